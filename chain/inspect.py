@@ -1,0 +1,35 @@
+"""Read a disk's backing chain from the image files (qemu-img info --backing-chain)."""
+from __future__ import annotations
+
+import json
+import subprocess
+from dataclasses import asdict, dataclass, field
+
+
+class ChainError(Exception):
+    pass
+
+
+@dataclass
+class Layer:
+    path: str
+    format: str
+    virtual_size: int
+    actual_size: int
+    backing: str | None
+    bitmaps: list[dict] = field(default_factory=list)   # name, granularity, flags ("auto", "in-use")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def backing_chain(path: str) -> list[Layer]:
+    """Top layer first. -U: the image may be open in a running QEMU (sizes may then lag)."""
+    proc = subprocess.run(["qemu-img", "info", "-U", "--backing-chain", "--output=json", path],
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise ChainError(f"cannot read the chain of {path}: {proc.stderr.strip()}")
+    return [Layer(path=i["filename"], format=i["format"], virtual_size=i["virtual-size"],
+                  actual_size=i.get("actual-size", 0), backing=i.get("full-backing-filename"),
+                  bitmaps=i.get("format-specific", {}).get("data", {}).get("bitmaps", []))
+            for i in json.loads(proc.stdout)]

@@ -1,0 +1,78 @@
+"""Errors raised by the chunk store.
+
+Every error subclasses StoreError so callers can catch store failures as one
+family; the few that are caller mistakes also subclass ValueError or
+LookupError so generic handlers treat them the usual way.
+"""
+
+
+class StoreError(Exception):
+    """Base class of every error raised by dedup."""
+
+
+class NotAStoreError(StoreError):
+    """The path holds no valid Cairn store configuration."""
+
+
+class StoreExistsError(StoreError):
+    """Store.init was pointed at a directory that already is a store."""
+
+
+class StoreNotEmptyError(StoreError):
+    """Store.init was pointed at a non-empty directory that is not a store."""
+
+
+class StoreConfigError(StoreError, ValueError):
+    """A store setting (chunk size, compression level) is out of range."""
+
+
+class InvalidNameError(StoreError, ValueError):
+    """A VM name, disk name or backup id is unsafe to use as a path element."""
+
+
+class BackupNotFoundError(StoreError, LookupError):
+    """No committed backup has the requested id."""
+
+
+class BackupExistsError(StoreError):
+    """A backup with the requested id already exists or is being written."""
+
+
+class DiskNotFoundError(StoreError, LookupError):
+    """The backup has no disk of the requested name."""
+
+
+class ManifestCorruptError(StoreError):
+    """A manifest.json cannot be parsed or has an unsupported format."""
+
+
+class IndexCorruptError(StoreError):
+    """An index file is missing, does not match its digest, or is malformed."""
+
+
+class ChunkMissingError(StoreError):
+    """A chunk referenced by an index has no file in the store."""
+
+    def __init__(self, message: str, chunk_id: str) -> None:
+        super().__init__(message)
+        self.chunk_id = chunk_id
+
+
+class ChunkCorruptError(StoreError):
+    """A chunk file does not decompress, or its content does not match its id."""
+
+    def __init__(self, message: str, chunk_id: str) -> None:
+        super().__init__(message)
+        self.chunk_id = chunk_id
+
+
+class BackupWriteError(StoreError):
+    """A backup session was used incorrectly (bad chunk number, length, state)."""
+
+
+class BackupIncompleteError(BackupWriteError):
+    """commit() found chunks that were never put, zeroed or reused."""
+
+
+class ChunkWriteError(StoreError):
+    """A worker failed to hash, compress or write a chunk; __cause__ has why."""

@@ -1,0 +1,48 @@
+"""Crash-safe file system primitives.
+
+A file written with write_atomic is either absent or complete after a crash:
+the data goes to a temporary sibling, is fsync'd, renamed over the final
+name, and the directory is fsync'd so the rename itself is durable.
+"""
+
+import os
+import secrets
+from pathlib import Path
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _temp_sibling(path: Path) -> Path:
+    """A hidden, unique name next to path; GC recognises the .tmp suffix."""
+    return path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    tmp = _temp_sibling(path)
+    try:
+        with open(tmp, "xb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.rename(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
+
+
+def mkdir_durable(path: Path, exist_ok: bool = False) -> None:
+    """mkdir, then fsync the parent so the new entry survives a crash."""
+    try:
+        path.mkdir()
+    except FileExistsError:
+        if not exist_ok:
+            raise
+        return
+    fsync_dir(path.parent)

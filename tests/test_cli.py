@@ -1,0 +1,119 @@
+"""The CLI on bad input and on the restore edge cases: clear errors, nothing changed."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from backup_helpers import allocated_bytes, same_content
+
+CAIRN = str(Path(sys.executable).with_name("cairn"))
+MiB = 1 << 20
+
+
+@pytest.fixture
+def cairn(tmp_path: Path):
+    env = {**os.environ, "CAIRN_DATA_DIR": str(tmp_path / "data")}
+
+    def call(*args: str, ok: bool = True) -> subprocess.CompletedProcess:
+        proc = subprocess.run([CAIRN, *args], env=env, capture_output=True, text=True, timeout=300)
+        if ok:
+            assert proc.returncode == 0, proc.stderr
+        return proc
+    return call
+
+
+def backups_on_disk(tmp_path: Path) -> list[Path]:
+    return sorted((tmp_path / "data" / "store" / "backups").glob("*/*/manifest.json"))
+
+
+def disk_of(cairn, vm: str, name: str = "vda") -> str:
+    return next(d["path"] for d in json.loads(cairn("vm", "show", vm, "--json").stdout)["disks"] if d["name"] == name)
+
+
+def backed_up_vm(cairn, name: str, size: str, writes: list[tuple[int, int, int]]) -> tuple[str, str]:
+    """A stopped VM whose disk got `writes` (pattern, offset, length); returns (backup id, disk path)."""
+    cairn("vm", "create", name, "--disk", size)
+    disk = disk_of(cairn, name)
+    for pattern, off, length in writes:
+        subprocess.run(["qemu-io", "-f", "qcow2", "-c", f"write -P {pattern:#x} {off} {length}", disk],
+                       check=True, capture_output=True)
+    backup = json.loads(cairn("backup", "create", name, "--json").stdout)
+    return backup["backup_id"], disk
+
+
+def test_vm_show_json_lists_disk_paths(cairn, tmp_path: Path):
+    cairn("vm", "create", "two", "--disk", "64M", "--disk", "32M")
+    shown = json.loads(cairn("vm", "show", "two", "--json").stdout)
+    assert [d["name"] for d in shown["disks"]] == ["vda", "vdb"]
+    assert all(Path(d["path"]).is_file() for d in shown["disks"])
+    assert shown["state"] == "stopped"
+    assert [v["name"] for v in json.loads(cairn("vm", "list", "--json").stdout)] == ["two"]
+
+
+def test_unknown_vm_is_a_clear_error(cairn, tmp_path: Path):
+    proc = cairn("backup", "create", "nosuchvm", ok=False)
+    assert proc.returncode == 1 and "no VM named nosuchvm" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert backups_on_disk(tmp_path) == []
+
+
+def test_backup_of_vm_with_missing_disk_changes_nothing(cairn, tmp_path: Path):
+    cairn("vm", "create", "lost", "--disk", "64M")
+    disk = disk_of(cairn, "lost")
+    os.unlink(disk)
+    proc = cairn("backup", "create", "lost", ok=False)
+    assert proc.returncode == 1 and disk in proc.stderr
+    assert backups_on_disk(tmp_path) == []
+    assert json.loads(cairn("backup", "list", "--json").stdout) == []
+
+
+def test_restore_refuses_existing_file_without_force(cairn, tmp_path: Path):
+    backup, disk = backed_up_vm(cairn, "keep", "64M", [(0xab, 0, MiB)])
+    target = tmp_path / "existing.raw"
+    target.write_bytes(b"precious")
+    proc = cairn("restore", backup, "--to", str(target), ok=False)
+    assert proc.returncode == 1 and "exists" in proc.stderr
+    assert target.read_bytes() == b"precious"
+    cairn("restore", backup, "--to", str(target), "--force")
+    assert same_content(target, Path(disk), "qcow2")
+
+
+def test_restore_from_a_directory_that_is_not_a_store(cairn, tmp_path: Path):
+    notastore = tmp_path / "random"
+    notastore.mkdir()
+    (notastore / "file.txt").write_text("hello")
+    proc = cairn("restore", "20260101T000000Z-abcd", "--to", str(tmp_path / "x.raw"), "--store", str(notastore),
+                 ok=False)
+    assert proc.returncode == 1 and str(notastore) in proc.stderr and "store" in proc.stderr
+    assert not (tmp_path / "x.raw").exists()
+    assert sorted(p.name for p in notastore.iterdir()) == ["file.txt"]
+
+
+def test_corrupted_chunk_is_named_and_target_not_left_complete(cairn, tmp_path: Path):
+    backup, _ = backed_up_vm(cairn, "rot", "64M", [(0x42, 5 * MiB, 2 * MiB)])
+    chunk = next(p for p in (tmp_path / "data" / "store" / "chunks").rglob("*") if p.is_file())
+    data = bytearray(chunk.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    chunk.write_bytes(bytes(data))
+    target = tmp_path / "restored.raw"
+    proc = cairn("restore", backup, "--to", str(target), ok=False)
+    assert proc.returncode == 1
+    assert chunk.name in proc.stderr and backup in proc.stderr
+    assert not target.exists()
+    assert [p.name for p in tmp_path.iterdir() if "restored" in p.name] == []
+
+
+@pytest.mark.parametrize("fmt", ["raw", "qcow2"])
+def test_restoring_a_1gib_zero_disk_allocates_almost_nothing(cairn, tmp_path: Path, fmt: str):
+    backup, _ = backed_up_vm(cairn, f"empty{fmt}", "1G", [])
+    target = tmp_path / f"zero.{fmt}"
+    cairn("restore", backup, "--to", str(target), "--format", fmt)
+    assert allocated_bytes(target) <= 4 * MiB
+    info = json.loads(subprocess.run(["qemu-img", "info", "--output=json", str(target)], capture_output=True,
+                                     text=True, check=True).stdout)
+    assert info["virtual-size"] == 1 << 30 and info["format"] == fmt

@@ -1,0 +1,252 @@
+"""QemuDriver: start, watch and stop daemonized QEMU processes, one run directory per VM.
+
+QEMU runs with -daemonize and a pidfile, so it outlives the process that started it (a CLI
+call); any later process finds it again through run_root/<name>/. The driver never holds the
+QMP socket: each operation opens a short session (see qmp.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shlex
+import signal
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from .accel import detect_accel
+from .cmdline import build_command
+from .errors import (DiskNotFoundError, QMPError, VMAlreadyRunningError, VMNotRunningError,
+                     VMSpecError, VMStartError, VMStopError)
+from .qmp import QMPSession
+from .rundir import RunDir, VMState, exclusive, is_our_qemu, read_pid, read_state, write_state
+from .spec import VMSpec, validate_vm_name
+
+VMRunState = Literal["running", "paused", "stopped", "crashed"]
+StopMethod = Literal["already-stopped", "powerdown", "quit", "kill"]
+
+# sun_path is 108 bytes including the terminating NUL.
+MAX_SOCKET_PATH = 107
+LOG_TAIL_LINES = 20
+
+
+@dataclass(frozen=True)
+class VMStatus:
+    name: str
+    state: VMRunState
+    pid: int | None
+    accel: str | None
+
+
+class QemuDriver:
+    def __init__(self, run_root: Path, *, qemu_binary: str = "qemu-system-x86_64",
+                 launch_timeout: float = 30.0, qmp_timeout: float = 10.0):
+        self.run_root = Path(run_root)
+        self.qemu_binary = qemu_binary
+        self.launch_timeout = launch_timeout
+        self.qmp_timeout = qmp_timeout
+
+    def paths(self, name: str) -> RunDir:
+        return RunDir(self.run_root / validate_vm_name(name))
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def start(self, spec: VMSpec) -> VMStatus:
+        spec.validate()
+        rundir = self.paths(spec.name)
+        self._check_files(spec, rundir)
+        accel = detect_accel()
+        rundir.path.mkdir(parents=True, exist_ok=True)
+        with exclusive(rundir, spec.name):
+            current = self.status(spec.name)
+            if current.state in ("running", "paused"):
+                raise VMAlreadyRunningError(spec.name, current.pid)
+            # Nothing of ours runs here, so these are leftovers of a crash or a failed start.
+            for stale in (rundir.qmp_socket, rundir.pidfile):
+                stale.unlink(missing_ok=True)
+            cmd = build_command(self.qemu_binary, spec, accel, rundir)
+            await self._launch(spec.name, cmd, rundir)
+            write_state(rundir, VMState(intended="running", paused=False, accel=accel.name,
+                                        spec=spec.to_dict()))
+        return self.status(spec.name)
+
+    async def stop(self, name: str, timeout: float = 30.0, force: bool = False) -> StopMethod:
+        """Stop the VM and return how: ACPI powerdown (waiting up to `timeout` for the guest),
+        then QMP `quit`, then SIGKILL. `force` skips the powerdown. A paused guest cannot
+        react to the power button, so it goes straight to `quit`. Stopping a stopped VM does
+        nothing; stopping a crashed one clears the crash."""
+        rundir = self.paths(name)
+        if not rundir.path.is_dir():
+            return "already-stopped"
+        with exclusive(rundir, name):
+            pid = read_pid(rundir)
+            if pid is not None and is_our_qemu(pid, rundir):
+                method = await self._shut_down(name, rundir, pid, timeout, force)
+            else:
+                method = "already-stopped"
+            for leftover in (rundir.qmp_socket, rundir.pidfile):
+                leftover.unlink(missing_ok=True)
+            state = read_state(rundir)
+            if state is not None:
+                state.intended, state.paused = "stopped", False
+                write_state(rundir, state)
+        return method
+
+    async def pause(self, name: str) -> None:
+        async with self.session(name) as qmp:
+            await qmp.execute("stop")
+        self._record_paused(name, True)
+
+    async def resume(self, name: str) -> None:
+        async with self.session(name) as qmp:
+            await qmp.execute("cont")
+        self._record_paused(name, False)
+
+    # -- observation ---------------------------------------------------------------------------
+
+    def status(self, name: str) -> VMStatus:
+        """Cheap and synchronous (no QMP): reads the run directory and /proc.
+
+        "paused" reflects pause()/resume() through this driver; run_state() asks QEMU.
+        A QEMU that exited cleanly (guest poweroff, quit, SIGTERM) removes its pidfile and
+        counts as "stopped"; one that vanished while meant to run and left its pidfile behind
+        (SIGKILL, segfault, host reboot) is "crashed".
+        """
+        rundir = self.paths(name)
+        state = read_state(rundir)
+        accel = state.accel if state else None
+        pid = read_pid(rundir)
+        if pid is not None and is_our_qemu(pid, rundir):
+            return VMStatus(name, "paused" if state and state.paused else "running", pid, accel)
+        if pid is not None and state is not None and state.intended == "running":
+            return VMStatus(name, "crashed", None, accel)
+        return VMStatus(name, "stopped", None, accel)
+
+    def list_vms(self) -> list[VMStatus]:
+        """Every VM this driver ever started under run_root, by name."""
+        if not self.run_root.is_dir():
+            return []
+        return [self.status(entry.name) for entry in sorted(self.run_root.iterdir())
+                if RunDir(entry).state_file.is_file()]
+
+    async def run_state(self, name: str) -> str:
+        """QEMU's own run state from query-status: "running", "paused", "shutdown", ..."""
+        async with self.session(name) as qmp:
+            result = await qmp.execute("query-status")
+        return str(result["status"])
+
+    def session(self, name: str, connect_timeout: float | None = None) -> QMPSession:
+        """A QMP session to a running VM: `async with driver.session(name) as qmp: ...`.
+
+        Keep it short: the monitor serves one client at a time."""
+        current = self.status(name)
+        if current.state not in ("running", "paused"):
+            raise VMNotRunningError(name, current.state)
+        return QMPSession(self.paths(name).qmp_socket,
+                          connect_timeout=self.qmp_timeout if connect_timeout is None
+                          else connect_timeout)
+
+    # -- internals -----------------------------------------------------------------------------
+
+    def _check_files(self, spec: VMSpec, rundir: RunDir) -> None:
+        for disk in spec.disks:
+            if not os.path.exists(disk.path):
+                raise DiskNotFoundError(spec.name, disk.name, disk.path)
+        for what, path in (("kernel", spec.kernel), ("initrd", spec.initrd)):
+            if path is not None and not os.path.isfile(path):
+                raise VMStartError(spec.name, f"{what} file {path} does not exist")
+        if len(os.fsencode(rundir.qmp_socket)) > MAX_SOCKET_PATH:
+            raise VMSpecError(f"VM {spec.name!r}: QMP socket path {rundir.qmp_socket} is longer "
+                              f"than {MAX_SOCKET_PATH} bytes; use a shorter run_root")
+
+    async def _launch(self, name: str, cmd: list[str], rundir: RunDir) -> None:
+        rundir.qemu_log.write_text(f"# {shlex.join(cmd)}\n")
+        with open(rundir.qemu_log, "a") as log:
+            try:
+                proc = await asyncio.create_subprocess_exec(
+                    *cmd, stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=log)
+            except OSError as err:
+                raise VMStartError(name, f"cannot run {cmd[0]}: {err}") from err
+            # With -daemonize the launched process exits once the machine is set up (devices
+            # and the QMP socket exist), with status 0 on success.
+            try:
+                returncode = await asyncio.wait_for(proc.wait(), self.launch_timeout)
+            except TimeoutError:
+                proc.kill()
+                await proc.wait()
+                self._kill_if_ours(rundir)
+                raise VMStartError(name, f"QEMU did not finish starting within "
+                                         f"{self.launch_timeout:g}s", self._log_tail(rundir))
+        if returncode != 0:
+            raise VMStartError(name, f"QEMU exited with status {returncode}",
+                               self._log_tail(rundir))
+        pid = read_pid(rundir)
+        if pid is None or not is_our_qemu(pid, rundir):
+            raise VMStartError(name, "QEMU exited right after starting", self._log_tail(rundir))
+        try:
+            async with QMPSession(rundir.qmp_socket, connect_timeout=self.qmp_timeout) as qmp:
+                await qmp.execute("query-status")
+        except QMPError as err:
+            self._kill_if_ours(rundir)
+            raise VMStartError(name, f"QMP does not answer: {err}", self._log_tail(rundir)) from err
+
+    async def _shut_down(self, name: str, rundir: RunDir, pid: int, timeout: float,
+                         force: bool) -> StopMethod:
+        if not force:
+            try:
+                async with QMPSession(rundir.qmp_socket,
+                                      connect_timeout=min(self.qmp_timeout, timeout)) as qmp:
+                    running = (await qmp.execute("query-status"))["running"]
+                    if running:
+                        await qmp.execute("system_powerdown")
+            except QMPError:
+                running = False
+            if running and await self._wait_exit(rundir, pid, timeout):
+                return "powerdown"
+        try:
+            async with QMPSession(rundir.qmp_socket, connect_timeout=self.qmp_timeout) as qmp:
+                await qmp.execute("quit")
+        except QMPError:
+            pass  # QEMU may be wedged or gone; SIGKILL below settles it either way
+        if await self._wait_exit(rundir, pid, self.qmp_timeout):
+            return "quit"
+        self._kill_if_ours(rundir)
+        if await self._wait_exit(rundir, pid, self.qmp_timeout):
+            return "kill"
+        raise VMStopError(name, pid)
+
+    @staticmethod
+    async def _wait_exit(rundir: RunDir, pid: int, timeout: float) -> bool:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while is_our_qemu(pid, rundir):
+            if loop.time() >= deadline:
+                return False
+            await asyncio.sleep(0.05)
+        return True
+
+    @staticmethod
+    def _kill_if_ours(rundir: RunDir) -> None:
+        pid = read_pid(rundir)
+        if pid is not None and is_our_qemu(pid, rundir):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass  # exited between the check and the kill
+
+    def _record_paused(self, name: str, paused: bool) -> None:
+        rundir = self.paths(name)
+        state = read_state(rundir)
+        if state is not None:
+            state.paused = paused
+            write_state(rundir, state)
+
+    @staticmethod
+    def _log_tail(rundir: RunDir) -> str:
+        try:
+            lines = rundir.qemu_log.read_text(errors="replace").splitlines()
+        except OSError:
+            return ""
+        # The first line is the command line we wrote; the rest is QEMU's.
+        return "\n".join(lines[1:][-LOG_TAIL_LINES:])
