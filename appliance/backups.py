@@ -18,7 +18,8 @@ from typing import AsyncIterator, Callable
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from dedup import BackupManifest, Store, new_backup_id
+from dedup import BackupManifest, Store
+from dedup.names import new_backup_id
 from transports import NbdSource, ingest_disk
 from transports.fleece import FleeceExport
 from transports.offline import OfflineExport
@@ -69,7 +70,7 @@ class BackupService:
         for disk in spec.disks:
             if not Path(disk.path).exists():
                 raise NotFoundError(f"disk {disk.name} of VM {spec.name} is missing: {disk.path} does not exist")
-        backup_id = new_backup_id()
+        backup_id = new_backup_id(utcnow())
         with self.catalog.begin() as s:
             parent = None if full else last_good_backup(s, spec.name)
             rec = BackupRecord(id=backup_id, vm_name=spec.name, store=str(self.store.path), kind="full",
@@ -92,7 +93,8 @@ class BackupService:
 
     async def _run(self, spec: VMSpec, rec: BackupRecord, progress: Progress | None) -> BackupResult:
         parent = self.store.get_backup(rec.parent) if rec.parent else None
-        since = {d.name: parent.checkpoint if parent and parent.disk(d.name) else None for d in spec.disks}
+        parent_disks = {d.name for d in parent.disks} if parent else set()
+        since = {d.name: parent.checkpoint if d.name in parent_disks else None for d in spec.disks}
         scratch = self.settings.scratch_dir / rec.id
         try:
             async with self._export(spec, rec.checkpoint, since, scratch) as points:
@@ -122,7 +124,7 @@ class BackupService:
             async with self.driver.session(spec.name) as qmp:
                 await live.close(qmp, success=True)
         else:
-            offline = OfflineExport(scratch, {d.name: d.path for d in spec.disks}, checkpoint, since)
+            offline = OfflineExport({d.name: d.path for d in spec.disks}, checkpoint, since)
             points = await asyncio.to_thread(offline.open)
             try:
                 yield points
@@ -143,8 +145,9 @@ class BackupService:
                 writer = session.disk(point.disk, point.size)
                 report = (lambda done, total, d=point.disk: progress(d, done, total)) if progress else None
                 with NbdSource(point.uri, point.since) as source:
-                    ingest_disk(source, writer, self.store.chunk_size, incremental=point.since is not None,
-                                progress=report)
+                    stats = ingest_disk(source, writer, self.store.chunk_size, incremental=point.since is not None,
+                                        progress=report)
+                writer.record_read(stats.bytes_read)
             return session.commit()
 
     def _finish(self, backup_id: str, status: str, manifest: BackupManifest | None = None,

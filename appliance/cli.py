@@ -181,7 +181,7 @@ def backup_create(vm: str, full: bool = typer.Option(False, "--full", help="Read
         result = asyncio.run(a.backups.create(spec, full=full, progress=progress))
     m = result.manifest
     if as_json:
-        emit_json(m.to_dict())
+        emit_json(json.loads(m.to_json()))
         return
     read = sum(d.stats.bytes_read for d in m.disks)
     stored = sum(d.stats.bytes_stored for d in m.disks)

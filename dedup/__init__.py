@@ -26,6 +26,7 @@ from .errors import (
 )
 from .index import FixedIndex
 from .manifest import BackupManifest, DiskEntry, DiskStats
+from .names import new_backup_id
 from .store import DEFAULT_CHUNK_SIZE, DEFAULT_ZSTD_LEVEL, Store
 from .writer import BackupSession, DiskWriter
 
@@ -56,4 +57,5 @@ __all__ = [
     "StoreError",
     "StoreExistsError",
     "StoreNotEmptyError",
+    "new_backup_id",
 ]

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from .codec import ChunkCodec, content_digest
 from .errors import ChunkCorruptError, ChunkMissingError
-from .fsutil import mkdir_durable, write_atomic
+from .fsutil import atomic_file, mkdir_durable
 
 
 class ChunkStore:
@@ -32,11 +32,11 @@ class ChunkStore:
 
     def insert(self, digest: bytes, data: bytes | bytearray | memoryview) -> int:
         """Compress and store data under digest; return the bytes written."""
-        frame = self._codec.compress(data)
         path = self.path(digest)
         self._ensure_dir(path.parent)
-        write_atomic(path, frame)
-        return len(frame)
+        with atomic_file(path) as f:
+            self._codec.compress_into(f, data)
+            return f.tell()
 
     def load(self, digest: bytes) -> bytes:
         """Return the chunk's plaintext, verified against its id."""

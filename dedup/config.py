@@ -12,7 +12,7 @@ identical disk regions of different backups and VMs deduplicate.
 import json
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from .errors import NotAStoreError, StoreConfigError
@@ -38,7 +38,7 @@ class StoreConfig:
     @classmethod
     def new(cls, chunk_size: int, zstd_level: int) -> "StoreConfig":
         check_settings(chunk_size, zstd_level)
-        return cls(chunk_size, zstd_level, str(uuid.uuid4()), datetime.now(timezone.utc))
+        return cls(chunk_size, zstd_level, str(uuid.uuid4()), datetime.now(UTC))
 
     def to_json(self) -> bytes:
         doc = {

@@ -1,13 +1,16 @@
 """Crash-safe file system primitives.
 
-A file written with write_atomic is either absent or complete after a crash:
-the data goes to a temporary sibling, is fsync'd, renamed over the final
-name, and the directory is fsync'd so the rename itself is durable.
+A file written through atomic_file is either absent or complete after a
+crash: the data goes to a temporary sibling, is fsync'd, renamed over the
+final name, and the directory is fsync'd so the rename itself is durable.
 """
 
 import os
 import secrets
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import BinaryIO
 
 
 def fsync_dir(path: Path) -> None:
@@ -23,11 +26,13 @@ def _temp_sibling(path: Path) -> Path:
     return path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
 
 
-def write_atomic(path: Path, data: bytes) -> None:
+@contextmanager
+def atomic_file(path: Path) -> Iterator[BinaryIO]:
+    """Yield a file that replaces path, durably, only if the block succeeds."""
     tmp = _temp_sibling(path)
     try:
         with open(tmp, "xb") as f:
-            f.write(data)
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.rename(tmp, path)
@@ -35,6 +40,11 @@ def write_atomic(path: Path, data: bytes) -> None:
         tmp.unlink(missing_ok=True)
         raise
     fsync_dir(path.parent)
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    with atomic_file(path) as f:
+        f.write(data)
 
 
 def mkdir_durable(path: Path, exist_ok: bool = False) -> None:

@@ -8,7 +8,7 @@ trust for everything the backup references.
 
 import json
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 from .errors import DiskNotFoundError, ManifestCorruptError
@@ -112,4 +112,4 @@ class BackupManifest:
 
 def format_time(moment: datetime) -> str:
     """ISO 8601 in UTC with a Z suffix, e.g. 2026-11-21T07:30:12.123456Z."""
-    return moment.astimezone(timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
+    return moment.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")

@@ -7,7 +7,7 @@ hide files: no separators, no leading dot, no whitespace.
 
 import re
 import secrets
-from datetime import datetime
+from datetime import UTC, datetime
 
 from .errors import InvalidNameError
 
@@ -33,9 +33,9 @@ def check_name(what: str, value: object) -> str:
     return value
 
 
-def new_backup_id(now: datetime) -> str:
-    """A backup id that sorts by time: UTC timestamp plus a random suffix.
-
-    The suffix keeps ids unique when two backups start in the same second.
-    """
-    return f"{now:%Y%m%dT%H%M%SZ}-{secrets.token_hex(2)}"
+def new_backup_id(now: datetime | None = None) -> str:
+    """A backup id that sorts by time: UTC timestamp plus a random suffix,
+    e.g. 20261121T073012Z-3f9a. The suffix keeps ids unique when two backups
+    start in the same second."""
+    moment = (now or datetime.now(UTC)).astimezone(UTC)
+    return f"{moment:%Y%m%dT%H%M%SZ}-{secrets.token_hex(2)}"

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import os
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +52,10 @@ class Store:
         self.config = config
         self.chunks = ChunkStore(path / CHUNKS_DIR, ChunkCodec(config.zstd_level, config.chunk_size))
         self._backups = path / BACKUPS_DIR
+
+    @property
+    def chunk_size(self) -> int:
+        return self.config.chunk_size
 
     @classmethod
     def init(
@@ -108,7 +112,7 @@ class Store:
             json.dumps(vm_definition)
         except (TypeError, ValueError) as e:
             raise BackupWriteError(f"vm_definition cannot be stored as JSON: {e}") from e
-        created = datetime.now(timezone.utc)
+        created = datetime.now(UTC)
         backup_id = new_backup_id(created) if backup_id is None else check_name("backup id", backup_id)
         if any(self._backups.glob(f"*/{backup_id}")):
             raise BackupExistsError(f"backup {backup_id} already exists in store {self.path}")

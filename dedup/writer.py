@@ -19,6 +19,7 @@ import shutil
 import threading
 from dataclasses import replace
 from datetime import datetime
+from itertools import islice
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -75,7 +76,7 @@ class BackupSession:
         self._claimed_lock = threading.Lock()
         # calloc'd and never written: costs no memory, and comparing against
         # it is a memcmp.
-        self._zero_chunk = bytes(store.config.chunk_size)
+        self._zero_chunk = bytes(store.chunk_size)
         self._state = "open"
 
     def __enter__(self) -> BackupSession:
@@ -166,7 +167,7 @@ class DiskWriter:
     def __init__(self, session: BackupSession, name: str, size: int, parent_index: FixedIndex | None) -> None:
         self.name = name
         self.size = size
-        self.chunk_size = session.store.config.chunk_size
+        self.chunk_size = session.store.chunk_size
         self.chunk_count = chunk_count(size, self.chunk_size)
         self._session = session
         self._chunks = session.store.chunks
@@ -234,11 +235,12 @@ class DiskWriter:
         return True
 
     def check_complete(self) -> None:
-        missing = [n for n, given in enumerate(self._given) if not given]
+        missing = self._given.count(0)
         if missing:
-            shown = ", ".join(map(str, missing[:10])) + (", ..." if len(missing) > 10 else "")
+            first = islice((n for n, given in enumerate(self._given) if not given), 10)
+            shown = ", ".join(map(str, first)) + (", ..." if missing > 10 else "")
             raise BackupIncompleteError(
-                f"backup {self._session.backup_id}: disk {self.name} has {len(missing)} of "
+                f"backup {self._session.backup_id}: disk {self.name} has {missing} of "
                 f"{self.chunk_count} chunks never put, zeroed or reused: {shown}"
             )
 

@@ -13,8 +13,8 @@ from appliance.context import Appliance
 
 
 @pytest.fixture
-def appliance(tmp_path: Path) -> Appliance:
-    return Appliance.open(str(tmp_path / "data"))
+def appliance(appliance_data_dir: Path) -> Appliance:
+    return Appliance.open(str(appliance_data_dir))
 
 
 @pytest.fixture

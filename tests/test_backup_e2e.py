@@ -21,9 +21,9 @@ MiB = 1 << 20
 
 
 @pytest.fixture
-def appliance(tmp_path: Path) -> Appliance:
-    Store.init(tmp_path / "data" / "store", chunk_size=CHUNK, zstd_level=1)
-    return Appliance.open(str(tmp_path / "data"))
+def appliance(appliance_data_dir: Path) -> Appliance:
+    Store.init(appliance_data_dir / "store", chunk_size=CHUNK, zstd_level=1)
+    return Appliance.open(str(appliance_data_dir))
 
 
 def run(coro):
@@ -120,7 +120,7 @@ def test_stopped_vm_backups_are_incremental_across_restart(appliance: Appliance,
     subprocess.run(["qemu-io", "-f", "qcow2", "-c", f"write -P 0x5a {40 * MiB} 8192", disk], check=True,
                    capture_output=True)
     second = run(appliance.backups.create(appliance.vms.spec("db1"))).manifest
-    assert second.kind == "incremental" and second.notes == []
+    assert second.kind == "incremental" and second.notes == ()
     assert second.disks[0].stats.bytes_read <= CHUNK
 
     ref = tmp_path / "ref.raw"
@@ -133,7 +133,7 @@ def test_stopped_vm_backups_are_incremental_across_restart(appliance: Appliance,
 
 def test_killed_qemu_loses_the_bitmap_and_the_next_backup_reads_in_full(appliance: Appliance, guest_kernel,
                                                                         tmp_path: Path):
-    new_guest_vm(appliance, guest_kernel, "crashy", [64 * MiB])
+    new_guest_vm(appliance, guest_kernel, "crashy", [128 * MiB])
     run(appliance.vms.start("crashy"))
     wait_serial(appliance, "crashy", "CAIRN: PATTERN-WRITTEN")
     run(appliance.backups.create(appliance.vms.spec("crashy")))

@@ -16,8 +16,13 @@ MiB = 1 << 20
 
 
 @pytest.fixture
-def cairn(tmp_path: Path):
-    env = {**os.environ, "CAIRN_DATA_DIR": str(tmp_path / "data")}
+def data_dir(appliance_data_dir: Path) -> Path:
+    return appliance_data_dir
+
+
+@pytest.fixture
+def cairn(data_dir: Path):
+    env = {**os.environ, "CAIRN_DATA_DIR": str(data_dir)}
 
     def call(*args: str, ok: bool = True) -> subprocess.CompletedProcess:
         proc = subprocess.run([CAIRN, *args], env=env, capture_output=True, text=True, timeout=300)
@@ -27,8 +32,8 @@ def cairn(tmp_path: Path):
     return call
 
 
-def backups_on_disk(tmp_path: Path) -> list[Path]:
-    return sorted((tmp_path / "data" / "store" / "backups").glob("*/*/manifest.json"))
+def backups_on_disk(data_dir: Path) -> list[Path]:
+    return sorted((data_dir / "store" / "backups").glob("*/*/manifest.json"))
 
 
 def disk_of(cairn, vm: str, name: str = "vda") -> str:
@@ -55,20 +60,20 @@ def test_vm_show_json_lists_disk_paths(cairn, tmp_path: Path):
     assert [v["name"] for v in json.loads(cairn("vm", "list", "--json").stdout)] == ["two"]
 
 
-def test_unknown_vm_is_a_clear_error(cairn, tmp_path: Path):
+def test_unknown_vm_is_a_clear_error(cairn, data_dir: Path):
     proc = cairn("backup", "create", "nosuchvm", ok=False)
     assert proc.returncode == 1 and "no VM named nosuchvm" in proc.stderr
     assert "Traceback" not in proc.stderr
-    assert backups_on_disk(tmp_path) == []
+    assert backups_on_disk(data_dir) == []
 
 
-def test_backup_of_vm_with_missing_disk_changes_nothing(cairn, tmp_path: Path):
+def test_backup_of_vm_with_missing_disk_changes_nothing(cairn, data_dir: Path):
     cairn("vm", "create", "lost", "--disk", "64M")
     disk = disk_of(cairn, "lost")
     os.unlink(disk)
     proc = cairn("backup", "create", "lost", ok=False)
     assert proc.returncode == 1 and disk in proc.stderr
-    assert backups_on_disk(tmp_path) == []
+    assert backups_on_disk(data_dir) == []
     assert json.loads(cairn("backup", "list", "--json").stdout) == []
 
 
@@ -94,9 +99,9 @@ def test_restore_from_a_directory_that_is_not_a_store(cairn, tmp_path: Path):
     assert sorted(p.name for p in notastore.iterdir()) == ["file.txt"]
 
 
-def test_corrupted_chunk_is_named_and_target_not_left_complete(cairn, tmp_path: Path):
+def test_corrupted_chunk_is_named_and_target_not_left_complete(cairn, data_dir: Path, tmp_path: Path):
     backup, _ = backed_up_vm(cairn, "rot", "64M", [(0x42, 5 * MiB, 2 * MiB)])
-    chunk = next(p for p in (tmp_path / "data" / "store" / "chunks").rglob("*") if p.is_file())
+    chunk = next(p for p in (data_dir / "store" / "chunks").rglob("*") if p.is_file())
     data = bytearray(chunk.read_bytes())
     data[len(data) // 2] ^= 0xFF
     chunk.write_bytes(bytes(data))

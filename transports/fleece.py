@@ -11,7 +11,9 @@ with the new one, so the next incremental still covers everything.
 from __future__ import annotations
 
 import asyncio
+import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +39,9 @@ class FleeceExport:
         self.disks = disks
         self.checkpoint = checkpoint
         self.since = dict(since)
-        self.socket = scratch / "nbd.sock"
+        # Socket paths must fit in 107 bytes, which a deep data directory may not: use /tmp.
+        self._socket_dir = Path(tempfile.mkdtemp(prefix="cairn-nbd-"))
+        self.socket = self._socket_dir / "nbd.sock"
         self._nodes: dict[str, str] = {}
         self._fleece_added: list[str] = []
         self._tracked: set[str] = set()   # disks that get the new checkpoint bitmap
@@ -91,7 +95,7 @@ class FleeceExport:
             await self._quietly("blockdev-del", {"node-name": node})
         for d in self.disks:
             (self.scratch / f"{d}.fleece.qcow2").unlink(missing_ok=True)
-        self.socket.unlink(missing_ok=True)
+        shutil.rmtree(self._socket_dir, ignore_errors=True)
 
     async def _root_nodes(self) -> dict[str, dict[str, Any]]:
         """disk name → its current root node, found through the device (`<disk>-dev`)."""

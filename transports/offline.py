@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,16 +35,16 @@ def image_state(path: str) -> ImageState:
 
 
 class OfflineExport:
-    def __init__(self, scratch: Path, images: dict[str, str], checkpoint: str, since: dict[str, str | None]):
-        self.scratch = scratch
+    def __init__(self, images: dict[str, str], checkpoint: str, since: dict[str, str | None]):
         self.images = images
         self.checkpoint = checkpoint
         self.since = dict(since)
         self._servers: list[subprocess.Popen] = []
+        # Socket paths must fit in 107 bytes, which a deep data directory may not: use /tmp.
+        self._socket_dir = Path(tempfile.mkdtemp(prefix="cairn-nbd-"))
         self._tracked: set[str] = set()
 
     def open(self) -> list[DiskPoint]:
-        self.scratch.mkdir(parents=True, exist_ok=True)
         points = []
         states = {}
         for disk, path in self.images.items():
@@ -64,6 +66,7 @@ class OfflineExport:
             server.terminate()
             server.wait(timeout=30)
         self._servers.clear()
+        shutil.rmtree(self._socket_dir, ignore_errors=True)
         for disk in self._tracked:
             path, old = self.images[disk], self.since[disk]
             if success:
@@ -96,7 +99,7 @@ class OfflineExport:
         return point
 
     def _socket(self, disk: str) -> Path:
-        return self.scratch / f"{disk}.nbd.sock"
+        return self._socket_dir / f"{disk}.sock"
 
     def _serve(self, disk: str, path: str, fmt: str, bitmap: str | None) -> None:
         sock = self._socket(disk)

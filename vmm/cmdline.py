@@ -34,9 +34,9 @@ def build_command(binary: str, spec: VMSpec, accel: Accel, rundir: RunDir) -> li
         "-mon", f"chardev={QMP_CHARDEV},mode=control",
         "-daemonize",
         "-pidfile", str(rundir.pidfile),
-        # A daemonized QEMU points stderr at /dev/null once it is up, unless a log file is
-        # set with -D. QEMU only opens that file for -d debug logging, which is off, so this
-        # keeps later messages (e.g. "terminating on signal 15 from pid N") in qemu.log.
+        # Once up, a daemonized QEMU points stderr at /dev/null, or at the -D log file if
+        # there is one. Naming our stderr file here (QEMU truncates it when it opens it, early
+        # in startup) keeps later messages too, e.g. "terminating on signal 15 from pid N".
         "-D", str(rundir.qemu_log),
     ]
     if spec.kernel is not None:

@@ -9,18 +9,36 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shlex
+import shutil
 import signal
+from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 from .accel import detect_accel
 from .cmdline import build_command
-from .errors import (DiskNotFoundError, QMPError, VMAlreadyRunningError, VMNotRunningError,
-                     VMSpecError, VMStartError, VMStopError)
+from .errors import (
+    DiskNotFoundError,
+    QMPDisconnectedError,
+    QMPError,
+    VMAlreadyRunningError,
+    VMNotRunningError,
+    VMSpecError,
+    VMStartError,
+    VMStateError,
+    VMStopError,
+)
 from .qmp import QMPSession
-from .rundir import RunDir, VMState, exclusive, is_our_qemu, read_pid, read_state, write_state
+from .rundir import (
+    RunDir,
+    VMState,
+    exclusive,
+    is_our_qemu,
+    read_pid,
+    read_state,
+    write_state,
+)
 from .spec import VMSpec, validate_vm_name
 
 VMRunState = Literal["running", "paused", "stopped", "crashed"]
@@ -63,18 +81,24 @@ class QemuDriver:
             if current.state in ("running", "paused"):
                 raise VMAlreadyRunningError(spec.name, current.pid)
             # Nothing of ours runs here, so these are leftovers of a crash or a failed start.
-            for stale in (rundir.qmp_socket, rundir.pidfile):
-                stale.unlink(missing_ok=True)
+            self._remove_leftovers(rundir)
             cmd = build_command(self.qemu_binary, spec, accel, rundir)
-            await self._launch(spec.name, cmd, rundir)
+            try:
+                await self._launch(spec.name, cmd, rundir)
+            except VMStartError:
+                # A failed start leaves nothing running, so it must not read as a crash.
+                self._remove_leftovers(rundir)
+                self._record_stopped(rundir)
+                raise
             write_state(rundir, VMState(intended="running", paused=False, accel=accel.name,
-                                        spec=spec.to_dict()))
+                                        spec=spec.to_dict(), command=cmd))
         return self.status(spec.name)
 
     async def stop(self, name: str, timeout: float = 30.0, force: bool = False) -> StopMethod:
         """Stop the VM and return how: ACPI powerdown (waiting up to `timeout` for the guest),
-        then QMP `quit`, then SIGKILL. `force` skips the powerdown. A paused guest cannot
-        react to the power button, so it goes straight to `quit`. Stopping a stopped VM does
+        then QMP `quit` (SIGTERM if the monitor cannot be reached: QEMU handles both as a
+        clean exit), then SIGKILL. `force` skips the powerdown. A paused guest cannot react
+        to the power button, so it goes straight to `quit`. Stopping a stopped VM does
         nothing; stopping a crashed one clears the crash."""
         rundir = self.paths(name)
         if not rundir.path.is_dir():
@@ -85,13 +109,21 @@ class QemuDriver:
                 method = await self._shut_down(name, rundir, pid, timeout, force)
             else:
                 method = "already-stopped"
-            for leftover in (rundir.qmp_socket, rundir.pidfile):
-                leftover.unlink(missing_ok=True)
-            state = read_state(rundir)
-            if state is not None:
-                state.intended, state.paused = "stopped", False
-                write_state(rundir, state)
+            self._remove_leftovers(rundir)
+            self._record_stopped(rundir)
         return method
+
+    def forget(self, name: str) -> None:
+        """Delete the VM's run directory (state, logs); its disks are not touched."""
+        rundir = self.paths(name)
+        if not rundir.path.is_dir():
+            return
+        with exclusive(rundir, name):
+            current = self.status(name)
+            if current.state in ("running", "paused"):
+                raise VMStateError(name, f"VM {name!r} is {current.state}; stop it before "
+                                         "forgetting it")
+            shutil.rmtree(rundir.path)
 
     async def pause(self, name: str) -> None:
         async with self.session(name) as qmp:
@@ -161,7 +193,7 @@ class QemuDriver:
                               f"than {MAX_SOCKET_PATH} bytes; use a shorter run_root")
 
     async def _launch(self, name: str, cmd: list[str], rundir: RunDir) -> None:
-        rundir.qemu_log.write_text(f"# {shlex.join(cmd)}\n")
+        rundir.qemu_log.unlink(missing_ok=True)
         with open(rundir.qemu_log, "a") as log:
             try:
                 proc = await asyncio.create_subprocess_exec(
@@ -175,9 +207,10 @@ class QemuDriver:
             except TimeoutError:
                 proc.kill()
                 await proc.wait()
-                self._kill_if_ours(rundir)
+                self._signal_if_ours(rundir, signal.SIGKILL)
                 raise VMStartError(name, f"QEMU did not finish starting within "
-                                         f"{self.launch_timeout:g}s", self._log_tail(rundir))
+                                         f"{self.launch_timeout:g}s",
+                                   self._log_tail(rundir)) from None
         if returncode != 0:
             raise VMStartError(name, f"QEMU exited with status {returncode}",
                                self._log_tail(rundir))
@@ -188,7 +221,7 @@ class QemuDriver:
             async with QMPSession(rundir.qmp_socket, connect_timeout=self.qmp_timeout) as qmp:
                 await qmp.execute("query-status")
         except QMPError as err:
-            self._kill_if_ours(rundir)
+            self._signal_if_ours(rundir, signal.SIGKILL)
             raise VMStartError(name, f"QMP does not answer: {err}", self._log_tail(rundir)) from err
 
     async def _shut_down(self, name: str, rundir: RunDir, pid: int, timeout: float,
@@ -207,11 +240,14 @@ class QemuDriver:
         try:
             async with QMPSession(rundir.qmp_socket, connect_timeout=self.qmp_timeout) as qmp:
                 await qmp.execute("quit")
+        except QMPDisconnectedError:
+            pass  # QEMU hung up while handling quit: it is exiting
         except QMPError:
-            pass  # QEMU may be wedged or gone; SIGKILL below settles it either way
+            # The monitor is busy (another client holds it) or QEMU is wedged.
+            self._signal_if_ours(rundir, signal.SIGTERM)
         if await self._wait_exit(rundir, pid, self.qmp_timeout):
             return "quit"
-        self._kill_if_ours(rundir)
+        self._signal_if_ours(rundir, signal.SIGKILL)
         if await self._wait_exit(rundir, pid, self.qmp_timeout):
             return "kill"
         raise VMStopError(name, pid)
@@ -227,13 +263,25 @@ class QemuDriver:
         return True
 
     @staticmethod
-    def _kill_if_ours(rundir: RunDir) -> None:
+    def _signal_if_ours(rundir: RunDir, signum: signal.Signals) -> None:
         pid = read_pid(rundir)
         if pid is not None and is_our_qemu(pid, rundir):
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass  # exited between the check and the kill
+            with suppress(ProcessLookupError):  # it may exit between the check and the kill
+                os.kill(pid, signum)
+
+    @staticmethod
+    def _remove_leftovers(rundir: RunDir) -> None:
+        """Files a QEMU that is no longer running may have left: a SIGKILLed QEMU leaves its
+        pidfile (which status() would read as a crash) and a failed start its socket."""
+        for leftover in (rundir.qmp_socket, rundir.pidfile):
+            leftover.unlink(missing_ok=True)
+
+    @staticmethod
+    def _record_stopped(rundir: RunDir) -> None:
+        state = read_state(rundir)
+        if state is not None:
+            state.intended, state.paused = "stopped", False
+            write_state(rundir, state)
 
     def _record_paused(self, name: str, paused: bool) -> None:
         rundir = self.paths(name)
@@ -248,5 +296,4 @@ class QemuDriver:
             lines = rundir.qemu_log.read_text(errors="replace").splitlines()
         except OSError:
             return ""
-        # The first line is the command line we wrote; the rest is QEMU's.
-        return "\n".join(lines[1:][-LOG_TAIL_LINES:])
+        return "\n".join(lines[-LOG_TAIL_LINES:])

@@ -9,16 +9,22 @@ from __future__ import annotations
 
 import asyncio
 import os
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, suppress
 from types import TracebackType
-from typing import Any
+from typing import Any, cast
 
-from qemu.qmp import EventListener, ExecuteError, QMPClient
+from qemu.qmp import EventListener, ExecuteError, Message, QMPClient
 from qemu.qmp import QMPError as LibQMPError
 from qemu.qmp.events import EventFilter, EventNames
 
-from .errors import (JobFailedError, QemuIOError, QMPCommandError, QMPConnectError,
-                     QMPDisconnectedError, QMPTimeoutError)
+from .errors import (
+    JobFailedError,
+    QemuIOError,
+    QMPCommandError,
+    QMPConnectError,
+    QMPDisconnectedError,
+    QMPTimeoutError,
+)
 
 # Job statuses after which a job never changes by itself again (see QAPI JobStatus).
 _FINAL_JOB_STATUSES = ("concluded", "null")
@@ -74,20 +80,18 @@ class QMPSession:
         client, self._client = self._client, None
         if client is None:
             return
-        try:
+        # disconnect() re-raises what broke the connection, typically EOF because QEMU exited
+        # (after `quit`, or a guest poweroff). There is nothing left to release then.
+        with suppress(LibQMPError, OSError, EOFError):
             await client.disconnect()
-        except (LibQMPError, OSError, EOFError):
-            # disconnect() re-raises what broke the connection, typically EOF because QEMU
-            # exited (after `quit`, or a guest poweroff). There is nothing left to release.
-            pass
 
     @property
     def events(self) -> EventListener:
         """qemu.qmp's default listener: every event received since connect()."""
         return self._require_client().events
 
-    def listener(self, names: EventNames = (),
-                 event_filter: EventFilter | None = None) -> AbstractContextManager[EventListener]:
+    def listener(self, names: EventNames = (), event_filter: EventFilter | None = None
+                 ) -> AbstractContextManager[EventListener]:
         """A temporary listener for some events (see qemu.qmp's QMPClient.listener)."""
         return self._require_client().listener(names, event_filter)
 
@@ -132,21 +136,22 @@ class QMPSession:
         passing through `status` is returned too (or raised, on error) rather than waited for.
         Events only tell when to look again; query-jobs is the truth.
         """
-        def about_this_job(event: dict[str, Any]) -> bool:
-            data = event.get("data", {})
-            return job_id in (data.get("id"), data.get("device"))
+        def about_this_job(event: Message) -> bool:
+            data = event.get("data")
+            return isinstance(data, dict) and job_id in (data.get("id"), data.get("device"))
 
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         completion_error: str | None = None
-        woken_by: list[dict[str, Any]] = []
+        woken_by: list[Message] = []
         with self.listener(("JOB_STATUS_CHANGE", "BLOCK_JOB_COMPLETED"),
                            about_this_job) as listener:
             while True:
                 for event in woken_by + listener.clear():
-                    if event["event"] == "BLOCK_JOB_COMPLETED" and "error" in event["data"]:
-                        completion_error = event["data"]["error"]
-                jobs = await self.execute("query-jobs")
+                    data = cast(dict[str, Any], event["data"])
+                    if event["event"] == "BLOCK_JOB_COMPLETED" and "error" in data:
+                        completion_error = str(data["error"])
+                jobs: list[dict[str, Any]] = await self.execute("query-jobs")
                 job = next((j for j in jobs if j["id"] == job_id), None)
                 if job is None:
                     if completion_error is not None:

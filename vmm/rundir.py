@@ -58,13 +58,14 @@ class VMState:
     paused: bool
     accel: str | None
     spec: dict[str, Any]
+    command: list[str]
 
 
 def read_state(rundir: RunDir) -> VMState | None:
     try:
         data = json.loads(rundir.state_file.read_text())
         return VMState(intended=data["intended"], paused=bool(data["paused"]),
-                       accel=data["accel"], spec=data["spec"])
+                       accel=data["accel"], spec=data["spec"], command=data["command"])
     except (OSError, ValueError, KeyError, TypeError):
         return None
 

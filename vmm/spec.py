@@ -72,7 +72,8 @@ class VMSpec:
             raise VMSpecError(f"VM {self.name!r}: memory_mib must be an integer >= 16, "
                               f"got {self.memory_mib!r}")
         if not _is_int(self.vcpus) or not 1 <= self.vcpus <= 255:
-            raise VMSpecError(f"VM {self.name!r}: vcpus must be an integer 1-255, got {self.vcpus!r}")
+            raise VMSpecError(f"VM {self.name!r}: vcpus must be an integer 1-255, "
+                              f"got {self.vcpus!r}")
         if not isinstance(self.disks, list) or not all(isinstance(d, DiskSpec) for d in self.disks):
             raise VMSpecError(f"VM {self.name!r}: disks must be a list of DiskSpec")
         for disk in self.disks:

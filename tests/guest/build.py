@@ -86,7 +86,8 @@ def _kernel_package() -> tuple[str, str]:
     package = next((line.split(":", 1)[1].strip() for line in depends.splitlines()
                     if line.strip().startswith("Depends:")), None)
     if package is None:
-        raise GuestBuildError(f"cannot resolve {KERNEL_META_PACKAGE} to a kernel package; {APT_HINT}")
+        raise GuestBuildError(
+            f"cannot resolve {KERNEL_META_PACKAGE} to a kernel package; {APT_HINT}")
     show = _run(["apt-cache", "show", "--no-all-versions", package], hint=APT_HINT)
     version = next((line.split(":", 1)[1].strip() for line in show.splitlines()
                     if line.startswith("Version:")), None)
@@ -121,7 +122,8 @@ def _build(work: Path, package: str) -> Path:
     for module in VIRTIO_MODULES + ACPI_MODULES:
         found = list(module_root.rglob(f"{module}.ko"))
         if len(found) != 1:
-            raise GuestBuildError(f"expected one {module}.ko in {kernel_deb.name}, found {len(found)}")
+            raise GuestBuildError(
+                f"expected one {module}.ko in {kernel_deb.name}, found {len(found)}")
         shutil.copy2(found[0], root / "lib" / "modules")
     shutil.copy2(INIT_SCRIPT, root / "init")
     (root / "init").chmod(0o755)

@@ -1,0 +1,158 @@
+"""Writing into NBD exports: a libnbd restore target and a private qemu-nbd.
+
+NbdTarget works against any NBD server (qemu-nbd here; later LVM or RBD
+exports), so it knows nothing about image files; it is given a connected
+libnbd handle. QemuNbdServer runs one qemu-nbd for one client on a unix
+socket in a private directory; without --persistent, qemu-nbd exits by
+itself once that client disconnects, which is how a finished restore shuts
+it down cleanly.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import nbd
+
+from .errors import TargetWriteError
+
+# qemu-nbd refuses requests over 32 MiB.
+MAX_REQUEST = 32 << 20
+
+
+class NbdTarget:
+    """A RestoreTarget writing with several requests in flight, so the
+    server's I/O overlaps our reading and decompressing."""
+
+    def __init__(self, handle: nbd.NBD, description: str, max_in_flight: int = 8) -> None:
+        self._handle = handle
+        self._description = description
+        self._max_in_flight = max_in_flight
+        # cookie -> buffer: the data must stay alive until the server replied.
+        self._pending: dict[int, nbd.Buffer] = {}
+
+    @classmethod
+    def connect_unix(cls, socket_path: Path, timeout: float = 10.0) -> NbdTarget:
+        """Connect, retrying while a just-started server is not listening yet."""
+        deadline = time.monotonic() + timeout
+        while True:
+            handle = nbd.NBD()
+            try:
+                handle.connect_unix(str(socket_path))
+                return cls(handle, f"NBD server on {socket_path}")
+            except nbd.Error as e:
+                if time.monotonic() > deadline:
+                    raise TargetWriteError(f"cannot connect to NBD server on {socket_path}: {e}") from e
+            time.sleep(0.02)
+
+    def write_at(self, offset: int, data: bytes | memoryview) -> None:
+        view = memoryview(data)
+        for start in range(0, len(view), MAX_REQUEST):
+            piece = view[start : start + MAX_REQUEST]
+            try:
+                self._wait_for_pending(self._max_in_flight - 1)
+                buffer = nbd.Buffer.from_buffer(piece)
+                cookie = self._handle.aio_pwrite(buffer, offset + start)
+            except nbd.Error as e:
+                # The failure may be an earlier write's, reported now.
+                raise TargetWriteError(f"writing to {self._description} failed: {e}") from e
+            self._pending[cookie] = buffer
+
+    def finish(self) -> None:
+        """Wait for all writes, flush them to stable storage and disconnect."""
+        try:
+            self._wait_for_pending(0)
+            self._handle.flush()
+            self._handle.shutdown()
+        except nbd.Error as e:
+            raise TargetWriteError(f"finishing writes to {self._description} failed: {e}") from e
+
+    def abort(self) -> None:
+        """Drop the connection without waiting for pending writes.
+
+        Safe after a failed finish(): shutting down a dead handle is ignored.
+        """
+        try:
+            self._handle.shutdown(nbd.SHUTDOWN_ABANDON_PENDING)
+        except nbd.Error:
+            pass  # the connection may already be dead, which is what we want
+        self._pending.clear()
+
+    def _wait_for_pending(self, limit: int) -> None:
+        # Retire first: poll(-1) with nothing left in flight would block forever.
+        self._retire_completed()
+        while len(self._pending) > limit:
+            self._handle.poll(-1)
+            self._retire_completed()
+
+    def _retire_completed(self) -> None:
+        for cookie in list(self._pending):
+            # Raises nbd.Error if the server failed the write.
+            if self._handle.aio_command_completed(cookie):
+                del self._pending[cookie]
+
+
+class QemuNbdServer:
+    """qemu-nbd serving one image, writable, to a single client."""
+
+    def __init__(self, image: Path, fmt: str, timeout: float = 10.0) -> None:
+        self.image = image
+        self._dir = Path(tempfile.mkdtemp(prefix="cairn-nbd-"))
+        self.socket = self._dir / "nbd.sock"
+        self._log = self._dir / "qemu-nbd.log"
+        command = [
+            "qemu-nbd",
+            f"--format={fmt}",
+            "--cache=writeback",
+            "--discard=unmap",
+            f"--socket={self.socket}",
+            str(image),
+        ]
+        with open(self._log, "wb") as log:
+            self._process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+        self._wait_for_socket(timeout)
+
+    def wait(self, timeout: float = 60.0) -> None:
+        """Wait for the server to exit after its client disconnected."""
+        try:
+            returncode = self._process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise TargetWriteError(f"qemu-nbd serving {self.image} did not exit within {timeout:.0f}s") from None
+        if returncode != 0:
+            message = f"qemu-nbd serving {self.image} exited with status {returncode}: {self._output()}"
+            self._remove_dir()
+            raise TargetWriteError(message)
+        self._remove_dir()
+
+    def kill(self) -> None:
+        if self._process.poll() is None:
+            self._process.terminate()
+            try:
+                self._process.wait(10)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+                self._process.wait()
+        self._remove_dir()
+
+    def _wait_for_socket(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while not self.socket.exists():
+            if self._process.poll() is not None:
+                message = f"qemu-nbd could not serve {self.image}: {self._output()}"
+                self._remove_dir()
+                raise TargetWriteError(message)
+            if time.monotonic() > deadline:
+                self.kill()
+                raise TargetWriteError(f"qemu-nbd did not create {self.socket} within {timeout:.0f}s")
+            time.sleep(0.01)
+
+    def _output(self) -> str:
+        return self._log.read_text(errors="replace").strip() or "no output"
+
+    def _remove_dir(self) -> None:
+        shutil.rmtree(self._dir, ignore_errors=True)

@@ -1,0 +1,101 @@
+"""Shared fixtures: the test guest, a QemuDriver on a private run root, and booting guests.
+
+Guests run under TCG here (see vmm.accel); helpers for what they write live in guest/harness.py.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import tempfile
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import suppress
+from pathlib import Path
+
+import pytest
+from guest.build import GuestImage, build_guest
+from guest.harness import BOOT_TIMEOUT, GuestVM, MiB
+
+from vmm import DiskSpec, QemuDriver, VMSpec, create_disk
+from vmm.rundir import RunDir, is_our_qemu, read_pid
+
+StartGuest = Callable[..., Awaitable[GuestVM]]
+
+
+@pytest.fixture(scope="session")
+def guest_kernel() -> GuestImage:
+    """Kernel + initramfs of the test guest, built once and cached across runs."""
+    return build_guest()
+
+
+@pytest.fixture
+def qemu_driver() -> Iterator[QemuDriver]:
+    """A QemuDriver whose VMs all die with the test.
+
+    The run root is a short /tmp directory, not tmp_path: a unix socket path must fit in 107
+    bytes and pytest's tmp_path for a long test name does not."""
+    run_root = Path(tempfile.mkdtemp(prefix="cairn-run-"))
+    try:
+        yield QemuDriver(run_root)
+    finally:
+        _kill_qemus_under(run_root)
+        shutil.rmtree(run_root, ignore_errors=True)
+
+
+def _kill_qemus_under(run_root: Path) -> None:
+    # Only processes proven to be QEMUs of this run root (their argv carries its pidfile).
+    for entry in run_root.iterdir():
+        rundir = RunDir(entry)
+        pid = read_pid(rundir)
+        if pid is not None and is_our_qemu(pid, rundir):
+            with suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+@pytest.fixture
+def start_guest(qemu_driver: QemuDriver, guest_kernel: GuestImage, tmp_path: Path) -> StartGuest:
+    """`vm = await start_guest(name, disk_sizes=(256 * MiB, 64 * MiB), mode="idle")`.
+
+    Creates blank qcow2 disks vda, vdb, ... (vda must be >= 101 MiB for the boot pattern),
+    boots the test guest and waits for `wait_for` on its serial console (None: don't wait).
+    `acpi=False` boots a guest that ignores the power button; `append` adds kernel arguments
+    (e.g. "cairn.writes=5 cairn.interval=0.5" for mode="writer")."""
+
+    async def start(name: str = "guest", disk_sizes: tuple[int, ...] = (256 * MiB,),
+                    mode: str = "idle", acpi: bool = True, append: str = "",
+                    wait_for: str | None = "CAIRN: READY",
+                    timeout: float = BOOT_TIMEOUT) -> GuestVM:
+        disks = []
+        for index, size in enumerate(disk_sizes):
+            path = tmp_path / f"{name}-vd{chr(ord('a') + index)}.qcow2"
+            create_disk(path, size)
+            disks.append(path)
+        spec = VMSpec(
+            name=name,
+            disks=[DiskSpec(f"vd{chr(ord('a') + i)}", str(p)) for i, p in enumerate(disks)],
+            kernel=str(guest_kernel.kernel), initrd=str(guest_kernel.initrd),
+            append=" ".join(filter(None, ["console=ttyS0 quiet", f"cairn.mode={mode}",
+                                          f"cairn.acpi={'on' if acpi else 'off'}", append])))
+        vm = GuestVM(qemu_driver, spec, disks, spawned_at=time.monotonic())
+        await qemu_driver.start(spec)
+        if wait_for is not None:
+            await vm.wait_serial(wait_for, timeout)
+        return vm
+
+    return start
+
+
+@pytest.fixture
+def appliance_data_dir() -> Iterator[Path]:
+    """A data directory for an Appliance, short enough for the unix sockets under it;
+    every QEMU started under it dies with the test."""
+    data_dir = Path(tempfile.mkdtemp(prefix="cairn-data-"))
+    try:
+        yield data_dir
+    finally:
+        run_root = data_dir / "run"
+        if run_root.exists():
+            _kill_qemus_under(run_root)
+        shutil.rmtree(data_dir, ignore_errors=True)

@@ -1,0 +1,136 @@
+import json
+import os
+import subprocess
+
+import pytest
+from store_helpers import CHUNK, MiB, backup_image, disk_image, flip_byte, new_store
+
+from dedup import BackupNotFoundError, DiskNotFoundError
+from restore import CorruptBackupError, DiskSelectionError, TargetDirectoryError, TargetExistsError, restore_disk
+
+GiB = 1 << 30
+
+
+def allocated(path):
+    return os.stat(path).st_blocks * 512
+
+
+def qemu_img(*args):
+    return subprocess.run(["qemu-img", *args], capture_output=True, text=True)
+
+
+@pytest.fixture
+def store(tmp_path):
+    return new_store(tmp_path / "store")
+
+
+@pytest.fixture
+def out(tmp_path):
+    path = tmp_path / "out"
+    path.mkdir()
+    return path
+
+
+def test_raw_restore_is_byte_exact(store, out):
+    data = disk_image("rzstr", tail=4321, seed=11)
+    manifest = backup_image(store, "web1", {"vda": data})
+    calls = []
+    result = restore_disk(store, manifest.backup_id, None, out / "vda.raw", progress=lambda *a: calls.append(a))
+    assert (out / "vda.raw").read_bytes() == data
+    assert (result.chunks, result.zero_chunks) == (6, 1)
+    assert 3 * CHUNK + 4321 < result.bytes_written < len(data) - CHUNK
+    assert calls[-1] == (len(data), len(data))
+    assert [done for done, _ in calls] == sorted(done for done, _ in calls)
+    assert os.listdir(out) == ["vda.raw"]
+
+
+def test_qcow2_restore_is_byte_exact(store, out, tmp_path):
+    data = disk_image("rsztr", tail=65536 + 3 * 512, seed=12)  # qcow2 sizes are whole sectors
+    manifest = backup_image(store, "web1", {"vda": disk_image("r"), "vdb": data})
+    source = tmp_path / "source.raw"
+    source.write_bytes(data)
+    target = out / "vdb.qcow2"
+    restore_disk(store, manifest.backup_id, "vdb", target, fmt="qcow2")
+    info = json.loads(qemu_img("info", "--output=json", str(target)).stdout)
+    assert (info["format"], info["virtual-size"]) == ("qcow2", len(data))
+    compare = qemu_img("compare", "-f", "raw", str(source), "-F", "qcow2", str(target))
+    assert compare.returncode == 0, compare.stdout + compare.stderr
+    assert os.listdir(out) == ["vdb.qcow2"]
+
+
+@pytest.mark.parametrize("fmt", ["raw", "qcow2"])
+def test_zero_disk_restores_thin(store, out, fmt):
+    with store.begin_backup("web1") as session:
+        writer = session.disk("vda", GiB)
+        for chunk_no in range(writer.chunk_count):
+            writer.zero(chunk_no)
+        manifest = session.commit()
+    target = out / f"vda.{fmt}"
+    result = restore_disk(store, manifest.backup_id, "vda", target, fmt=fmt)
+    assert (result.bytes_written, result.zero_chunks) == (0, GiB // CHUNK)
+    assert allocated(target) <= 4 * MiB
+    info = json.loads(qemu_img("info", "--output=json", "-f", fmt, str(target)).stdout)
+    assert info["virtual-size"] == GiB
+
+
+@pytest.mark.parametrize("fmt", ["raw", "qcow2"])
+def test_zero_blocks_inside_chunks_stay_holes(store, out, fmt):
+    data = disk_image("ssssssss", seed=13)  # 8 MiB, three 4 KiB blocks of data per chunk
+    manifest = backup_image(store, "web1", {"vda": data})
+    target = out / f"vda.{fmt}"
+    result = restore_disk(store, manifest.backup_id, "vda", target, fmt=fmt)
+    assert result.bytes_written <= 8 * 3 * 64 * 1024
+    assert allocated(target) <= 2 * MiB
+
+
+@pytest.mark.parametrize("fmt", ["raw", "qcow2"])
+def test_corrupt_chunk_fails_and_leaves_nothing(store, out, fmt):
+    data = disk_image("rrr", seed=14)
+    manifest = backup_image(store, "web1", {"vda": data})
+    bad = store.read_index(manifest, "vda").digest(1)
+    flip_byte(store.chunks.path(bad), offset=CHUNK // 3)
+    with pytest.raises(CorruptBackupError) as failure:
+        restore_disk(store, manifest.backup_id, "vda", out / "vda.img", fmt=fmt)
+    message = str(failure.value)
+    assert bad.hex() in message and manifest.backup_id in message and "disk vda" in message
+    assert (failure.value.chunk_no, failure.value.chunk_id) == (1, bad.hex())
+    assert os.listdir(out) == []
+
+
+def test_missing_chunk_fails_and_leaves_nothing(store, out):
+    manifest = backup_image(store, "web1", {"vda": disk_image("rr", seed=15)})
+    missing = store.read_index(manifest, "vda").digest(0)
+    store.chunks.path(missing).unlink()
+    with pytest.raises(CorruptBackupError, match=f"{manifest.backup_id} disk vda .*{missing.hex()} is missing"):
+        restore_disk(store, manifest.backup_id, "vda", out / "vda.raw")
+    assert os.listdir(out) == []
+
+
+def test_existing_target_is_refused_unless_forced(store, out):
+    data = disk_image("rt", seed=16)
+    manifest = backup_image(store, "web1", {"vda": data})
+    target = out / "vda.raw"
+    target.write_bytes(b"precious")
+    before = os.stat(target)
+    with pytest.raises(TargetExistsError, match="force"):
+        restore_disk(store, manifest.backup_id, "vda", target)
+    assert target.read_bytes() == b"precious"
+    assert os.stat(target).st_mtime_ns == before.st_mtime_ns
+    restore_disk(store, manifest.backup_id, "vda", target, force=True)
+    assert target.read_bytes() == data
+    assert os.listdir(out) == ["vda.raw"]
+
+
+def test_bad_requests_are_refused_clearly(store, out):
+    two_disks = backup_image(store, "web1", {"vda": disk_image("r"), "vdb": disk_image("r")})
+    with pytest.raises(TargetDirectoryError, match="does not exist"):
+        restore_disk(store, two_disks.backup_id, "vda", out / "missing" / "vda.raw")
+    with pytest.raises(DiskSelectionError, match="vda, vdb"):
+        restore_disk(store, two_disks.backup_id, None, out / "x.raw")
+    with pytest.raises(DiskNotFoundError, match="vdz"):
+        restore_disk(store, two_disks.backup_id, "vdz", out / "x.raw")
+    with pytest.raises(BackupNotFoundError):
+        restore_disk(store, "19700101T000000Z-0000", "vda", out / "x.raw")
+    with pytest.raises(TargetExistsError, match="directory"):
+        restore_disk(store, two_disks.backup_id, "vda", out, force=True)
+    assert os.listdir(out) == []
