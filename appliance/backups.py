@@ -18,8 +18,8 @@ from typing import AsyncIterator, Callable
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from dedup import BackupManifest, Store
-from dedup.names import new_backup_id
+from dedup import BackupManifest, Store, new_backup_id
+
 from transports import NbdSource, ingest_disk
 from transports.fleece import FleeceExport
 from transports.offline import OfflineExport

@@ -14,6 +14,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from .errors import NotAStoreError, StoreConfigError
 from .fsutil import write_atomic
@@ -69,7 +70,7 @@ class StoreConfig:
             raise NotAStoreError(f"{store_path} is not a Cairn store: invalid {path}: {e}") from e
 
     @classmethod
-    def _from_doc(cls, doc: dict) -> "StoreConfig":
+    def _from_doc(cls, doc: dict[str, Any]) -> "StoreConfig":
         if doc["format"] != STORE_FORMAT:
             raise ValueError(f"format is {doc['format']!r}, expected {STORE_FORMAT!r}")
         if doc["version"] != STORE_VERSION:

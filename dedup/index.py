@@ -83,7 +83,10 @@ class FixedIndex:
         if version != VERSION:
             raise IndexCorruptError(f"index {source} has unsupported version {version}")
         if chunk_size == 0 or count != chunk_count(disk_size, chunk_size):
-            raise IndexCorruptError(f"index {source}: {count} chunks of {chunk_size} bytes cannot cover {disk_size} bytes")
-        if len(data) != HEADER_SIZE + count * DIGEST_SIZE:
-            raise IndexCorruptError(f"index {source} is {len(data)} bytes, expected {HEADER_SIZE + count * DIGEST_SIZE}")
+            raise IndexCorruptError(
+                f"index {source}: {count} chunks of {chunk_size} bytes do not cover {disk_size} bytes"
+            )
+        expected = HEADER_SIZE + count * DIGEST_SIZE
+        if len(data) != expected:
+            raise IndexCorruptError(f"index {source} is {len(data)} bytes, expected {expected}")
         return cls(chunk_size, disk_size, data[HEADER_SIZE:])

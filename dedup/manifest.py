@@ -101,9 +101,7 @@ class BackupManifest:
                 parent=doc["parent"],
                 checkpoint=doc["checkpoint"],
                 vm_definition=doc["vm_definition"],
-                disks=tuple(
-                    DiskEntry(**{**disk, "stats": DiskStats(**disk["stats"])}) for disk in doc["disks"]
-                ),
+                disks=tuple(DiskEntry(**{**disk, "stats": DiskStats(**disk["stats"])}) for disk in doc["disks"]),
                 notes=tuple(doc["notes"]),
             )
         except (KeyError, TypeError, ValueError) as e:

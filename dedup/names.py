@@ -27,8 +27,7 @@ def check_name(what: str, value: object) -> str:
         raise InvalidNameError(f"{what} {value[:32]!r}... is longer than {MAX_NAME_LENGTH} characters")
     if not _NAME.fullmatch(value):
         raise InvalidNameError(
-            f"invalid {what} {value!r}: use letters, digits and . _ + @ -, "
-            "not starting with . + @ or -"
+            f"invalid {what} {value!r}: use letters, digits and . _ + @ -, not starting with . + @ or -"
         )
     return value
 

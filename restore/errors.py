@@ -7,7 +7,7 @@ class RestoreError(Exception):
 
 
 class TargetExistsError(RestoreError):
-    """The target path exists and force was not given, or it is a directory."""
+    """The target path exists and force was not given, or it is not a regular file."""
 
 
 class TargetDirectoryError(RestoreError):

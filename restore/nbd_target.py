@@ -14,6 +14,7 @@ import shutil
 import subprocess
 import tempfile
 import time
+from contextlib import suppress
 from pathlib import Path
 
 import nbd
@@ -76,10 +77,9 @@ class NbdTarget:
 
         Safe after a failed finish(): shutting down a dead handle is ignored.
         """
-        try:
+        # The connection may already be dead, which is what we want anyway.
+        with suppress(nbd.Error):
             self._handle.shutdown(nbd.SHUTDOWN_ABANDON_PENDING)
-        except nbd.Error:
-            pass  # the connection may already be dead, which is what we want
         self._pending.clear()
 
     def _wait_for_pending(self, limit: int) -> None:

@@ -97,8 +97,10 @@ def _select_disk(manifest: BackupManifest, disk_name: str | None) -> DiskEntry:
 def _check_target(target: Path, force: bool) -> None:
     if not target.parent.is_dir():
         raise TargetDirectoryError(f"cannot restore to {target}: directory {target.parent} does not exist")
-    if target.is_dir():
-        raise TargetExistsError(f"cannot restore to {target}: it is a directory")
+    # Replacing a directory or a device node with an image file is never
+    # what was meant, force or not.
+    if target.exists() and not target.is_file():
+        raise TargetExistsError(f"cannot restore to {target}: it exists and is not a regular file")
     if (target.exists() or target.is_symlink()) and not force:
         raise TargetExistsError(f"{target} already exists; restore with force to replace it")
 

@@ -30,7 +30,6 @@ class RawFileTarget:
     """A sparse raw image: truncated to size, data written with pwrite."""
 
     def __init__(self, path: Path, size: int) -> None:
-        self.path = path
         self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
         try:
             os.ftruncate(self._fd, size)
@@ -62,7 +61,9 @@ class Qcow2FileTarget:
     """
 
     def __init__(self, path: Path, size: int) -> None:
-        self.path = path
+        # Absolute, so that qemu never reads a relative "name:with:colons" as
+        # a protocol prefix.
+        path = path.absolute()
         create = ["qemu-img", "create", "-q", "-f", "qcow2", str(path), str(size)]
         result = subprocess.run(create, stdin=subprocess.DEVNULL, capture_output=True, text=True)
         if result.returncode != 0:

@@ -1,6 +1,8 @@
 import json
 import os
 import subprocess
+import tempfile
+from pathlib import Path
 
 import pytest
 from store_helpers import CHUNK, MiB, backup_image, disk_image, flip_byte, new_store
@@ -13,6 +15,10 @@ GiB = 1 << 30
 
 def allocated(path):
     return os.stat(path).st_blocks * 512
+
+
+def nbd_scratch_dirs():
+    return set(Path(tempfile.gettempdir()).glob("cairn-nbd-*"))
 
 
 def qemu_img(*args):
@@ -50,7 +56,9 @@ def test_qcow2_restore_is_byte_exact(store, out, tmp_path):
     source = tmp_path / "source.raw"
     source.write_bytes(data)
     target = out / "vdb.qcow2"
+    scratch_before = nbd_scratch_dirs()
     restore_disk(store, manifest.backup_id, "vdb", target, fmt="qcow2")
+    assert nbd_scratch_dirs() == scratch_before  # qemu-nbd gone, its socket dir removed
     info = json.loads(qemu_img("info", "--output=json", str(target)).stdout)
     assert (info["format"], info["virtual-size"]) == ("qcow2", len(data))
     compare = qemu_img("compare", "-f", "raw", str(source), "-F", "qcow2", str(target))
@@ -89,8 +97,10 @@ def test_corrupt_chunk_fails_and_leaves_nothing(store, out, fmt):
     manifest = backup_image(store, "web1", {"vda": data})
     bad = store.read_index(manifest, "vda").digest(1)
     flip_byte(store.chunks.path(bad), offset=CHUNK // 3)
+    scratch_before = nbd_scratch_dirs()
     with pytest.raises(CorruptBackupError) as failure:
         restore_disk(store, manifest.backup_id, "vda", out / "vda.img", fmt=fmt)
+    assert nbd_scratch_dirs() == scratch_before
     message = str(failure.value)
     assert bad.hex() in message and manifest.backup_id in message and "disk vda" in message
     assert (failure.value.chunk_no, failure.value.chunk_id) == (1, bad.hex())
@@ -131,6 +141,8 @@ def test_bad_requests_are_refused_clearly(store, out):
         restore_disk(store, two_disks.backup_id, "vdz", out / "x.raw")
     with pytest.raises(BackupNotFoundError):
         restore_disk(store, "19700101T000000Z-0000", "vda", out / "x.raw")
-    with pytest.raises(TargetExistsError, match="directory"):
+    with pytest.raises(TargetExistsError, match="not a regular file"):
         restore_disk(store, two_disks.backup_id, "vda", out, force=True)
+    with pytest.raises(TargetExistsError, match="not a regular file"):
+        restore_disk(store, two_disks.backup_id, "vda", "/dev/null", force=True)
     assert os.listdir(out) == []

@@ -17,6 +17,7 @@ from dedup import (
     DiskNotFoundError,
     IndexCorruptError,
     InvalidNameError,
+    ManifestCorruptError,
     NotAStoreError,
     Store,
     StoreConfigError,
@@ -175,6 +176,21 @@ def test_reuse_refuses_what_the_parent_cannot_supply(tmp_path):
     assert read_back(store, manifest, "vda") == grown
 
 
+def test_unusable_parent_index_means_nothing_is_reused(tmp_path):
+    store = new_store(tmp_path)
+    data = disk_image("rr", seed=5)
+    full = backup_image(store, "web1", {"vda": data})
+    flip_byte(tmp_path / "backups" / "web1" / full.backup_id / "vda.index")
+    with store.begin_backup("web1", kind="incremental", parent=full) as session:
+        writer = session.disk("vda", len(data))
+        assert not writer.reuse(0)
+        writer.put(0, data[:CHUNK])
+        writer.put(1, data[CHUNK:])
+        manifest = session.commit()
+    assert len(manifest.notes) == 1 and "parent index of vda unusable" in manifest.notes[0]
+    assert read_back(store, manifest, "vda") == data
+
+
 def test_corrupted_or_missing_chunk_is_detected(tmp_path):
     store = new_store(tmp_path)
     manifest = backup_image(store, "web1", {"vda": disk_image("rt", seed=3)})
@@ -202,15 +218,29 @@ def test_index_digest_mismatch_is_detected(tmp_path):
         store.read_index(manifest, "vdz")
 
 
+def test_damaged_manifest_is_reported(tmp_path):
+    store = new_store(tmp_path)
+    manifest = backup_image(store, "web1", {"vda": disk_image("r")})
+    path = tmp_path / "backups" / "web1" / manifest.backup_id / "manifest.json"
+    path.write_text(path.read_text().replace('"kind": "full"', '"kind": "weekly"'))
+    with pytest.raises(ManifestCorruptError, match="unknown kind 'weekly'"):
+        store.get_backup(manifest.backup_id)
+    moved = tmp_path / "backups" / "web1" / "elsewhere"
+    path.parent.rename(moved)
+    (moved / "manifest.json").write_bytes(manifest.to_json())
+    with pytest.raises(ManifestCorruptError, match="not to its directory"):
+        store.list_backups()
+
+
 def test_commit_refuses_a_chunk_never_given(tmp_path):
     store = new_store(tmp_path)
     data = disk_image("rrr")
-    with pytest.raises(BackupIncompleteError, match="vda has 1 of 3 chunks never put, zeroed or reused: 1"):
-        with store.begin_backup("web1", backup_id="b1") as session:
-            writer = session.disk("vda", len(data))
-            writer.put(0, data[:CHUNK])
-            writer.zero(2)
-            session.commit()
+    incomplete = pytest.raises(BackupIncompleteError, match="vda has 1 of 3 chunks never put, zeroed or reused: 1")
+    with incomplete, store.begin_backup("web1", backup_id="b1") as session:
+        writer = session.disk("vda", len(data))
+        writer.put(0, data[:CHUNK])
+        writer.zero(2)
+        session.commit()
     assert not (tmp_path / "backups" / "web1" / "b1").exists()
     assert store.list_backups() == []
 
