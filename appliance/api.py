@@ -100,6 +100,9 @@ def create_app(appliance: Appliance) -> FastAPI:
         return VMOut(name=d["name"], state=d["state"], pid=d["pid"], vcpus=d["vcpus"], memory_mib=d["memory_mib"],
                      disks=[DiskOut(**{k: disk[k] for k in ("name", "path", "format")}) for disk in d["disks"]])
 
+    from .api_store import store_router  # here: api_store builds on this module's error_body
+    api.include_router(store_router(appliance))
+
     @api.get("/api/v1/health", response_model=Health)
     def health() -> Health:
         return Health(status="ok", version=VERSION, store=str(appliance.store.path))

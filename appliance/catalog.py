@@ -44,6 +44,18 @@ class BackupRecord(Base):
     size: Mapped[int] = mapped_column(BigInteger, default=0)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     notes: Mapped[list[str]] = mapped_column(JSON, default=list)
+    # Set by `cairn store verify`: when the backup was last fully verified, and what
+    # verify found wrong with it (empty: nothing).
+    verified_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    damage: Mapped[list[str]] = mapped_column(JSON, default=list)
+
+
+class SnapshotTreeRecord(Base):
+    """A VM's snapshot tree (chain.VMTree.to_dict()), one document, so each change is atomic."""
+    __tablename__ = "snapshot_trees"
+    vm_name: Mapped[str] = mapped_column(String(63), primary_key=True)
+    tree: Mapped[dict[str, Any]] = mapped_column(JSON)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
 
 
 def open_catalog(url: str) -> sessionmaker[Session]:
@@ -67,4 +79,21 @@ def last_good_backup(session: Session, vm: str) -> BackupRecord | None:
                            .order_by(BackupRecord.started_at.desc())).first()
 
 
-__all__ = ["VMRecord", "BackupRecord", "open_catalog", "last_good_backup"]
+def record_verification(session: Session, damage: dict[str, list[str]], verified: list[str] | None) -> None:
+    """Mark damaged backups; `verified` (a full verify's backup ids) also clears the damage of the others."""
+    ids = set(damage) | set(verified or ())
+    for rec in session.scalars(select(BackupRecord).where(BackupRecord.id.in_(ids))):
+        if verified is not None:
+            rec.verified_at = utcnow()
+            rec.damage = damage.get(rec.id, [])
+        elif rec.id in damage:
+            rec.damage = damage[rec.id]
+
+
+def record_pruned(session: Session, backup_ids: list[str]) -> None:
+    """Pruned backups stop being "ok", so none is chosen as a parent again."""
+    for rec in session.scalars(select(BackupRecord).where(BackupRecord.id.in_(backup_ids))):
+        rec.status = "pruned"
+
+
+__all__ = ["VMRecord", "BackupRecord", "open_catalog", "last_good_backup", "record_verification", "record_pruned"]

@@ -235,6 +235,12 @@ def restore_cmd(backup: str,
                   f"in {result.seconds:.1f} s")
 
 
+from .cli_store import store_app  # noqa: E402 - builds on the helpers above
+app.add_typer(store_app, name="store")
+from .cli_snapshot import snapshot_app  # noqa: E402 - builds on the helpers above
+app.add_typer(snapshot_app, name="snapshot")
+
+
 def _opt(p: Optional[Path]) -> Optional[str]:
     return str(p) if p else None
 

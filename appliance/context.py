@@ -12,6 +12,7 @@ from vmm import QemuDriver
 from .backups import BackupService
 from .catalog import open_catalog
 from .settings import Settings
+from .snapshots import SnapshotService, chain_limit_from_env
 from .vms import VMService
 
 
@@ -47,3 +48,7 @@ class Appliance:
     @cached_property
     def backups(self) -> BackupService:
         return BackupService(self.settings, self.catalog, self.driver, self.store)
+
+    @cached_property
+    def snapshots(self) -> SnapshotService:
+        return SnapshotService(self.catalog, self.vms, chain_limit_from_env())

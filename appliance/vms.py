@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from vmm import DiskSpec, QemuDriver, VMSpec, VMStatus, create_disk
 
-from .catalog import VMRecord
+from .catalog import SnapshotTreeRecord, VMRecord
 from .errors import ConflictError, NotFoundError
 from .settings import Settings
 
@@ -70,6 +70,15 @@ class VMService:
                 raise NotFoundError(f"no VM named {name}")
             return VMSpec.from_dict(rec.spec)
 
+    @staticmethod
+    def point_disks(session: Session, name: str, paths: dict[str, str]) -> None:
+        """From its next start the VM opens these files (snapshots move a disk's active layer)."""
+        rec = session.get(VMRecord, name)
+        spec = VMSpec.from_dict(rec.spec)
+        for disk in spec.disks:
+            disk.path = paths.get(disk.name, disk.path)
+        rec.spec = spec.to_dict()
+
     def show(self, name: str) -> VMView:
         return VMView(self.spec(name), self.driver.status(name))
 
@@ -94,5 +103,7 @@ class VMService:
             raise ConflictError(f"VM {name} is {view.status.state}; stop it first")
         with self.catalog.begin() as s:
             s.delete(s.get(VMRecord, name))
+            if tree := s.get(SnapshotTreeRecord, name):
+                s.delete(tree)
         shutil.rmtree(self.settings.images_dir / name, ignore_errors=True)
         self.driver.forget(name)

@@ -1,13 +1,17 @@
-"""Read a disk's backing chain from the image files (qemu-img info --backing-chain)."""
+"""Read layers from the image files: a disk's backing chain (qemu-img info --backing-chain),
+and the sizes and bitmaps of the tree's nodes."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 
+from vmm import ImageError, image_info
 
-class ChainError(Exception):
-    pass
+from .errors import ChainError
+from .tree import Node
 
 
 @dataclass
@@ -33,3 +37,15 @@ def backing_chain(path: str) -> list[Layer]:
                   actual_size=i.get("actual-size", 0), backing=i.get("full-backing-filename"),
                   bitmaps=i.get("format-specific", {}).get("data", {}).get("bitmaps", []))
             for i in json.loads(proc.stdout)]
+
+
+def measure(nodes: Iterable[Node]) -> None:
+    """Refresh each node's allocated size and bitmap names from its file (missing: 0, none)."""
+    for node in nodes:
+        try:
+            node.size = os.stat(node.file).st_blocks * 512
+            info = image_info(node.file)
+        except (OSError, ImageError):
+            node.size, node.bitmaps = 0, []
+            continue
+        node.bitmaps = [b["name"] for b in info.get("format-specific", {}).get("data", {}).get("bitmaps", [])]

@@ -8,9 +8,11 @@ its directory fsync'd: after a crash it is whole or absent, so existence
 alone means "stored".
 """
 
+import os
+from collections.abc import Iterator
 from pathlib import Path
 
-from .codec import ChunkCodec, content_digest
+from .codec import DIGEST_SIZE, ChunkCodec, content_digest
 from .errors import ChunkCorruptError, ChunkMissingError
 from .fsutil import atomic_file, mkdir_durable
 
@@ -27,8 +29,19 @@ class ChunkStore:
         hex_id = digest.hex()
         return self.root / hex_id[0:2] / hex_id[2:4] / hex_id
 
-    def exists(self, digest: bytes) -> bool:
-        return self.path(digest).exists()
+    def touch(self, digest: bytes) -> bool:
+        """Whether the chunk is stored; if so, set its mtime to now.
+
+        A writer that references a chunk it did not write calls this instead
+        of checking existence: the fresh mtime tells a concurrent GC the
+        chunk is in use (see gc.py). Touching and checking in one call
+        leaves no gap in which GC could remove a chunk found to exist.
+        """
+        try:
+            os.utime(self.path(digest))
+        except FileNotFoundError:
+            return False
+        return True
 
     def insert(self, digest: bytes, data: bytes | bytearray | memoryview) -> int:
         """Compress and store data under digest; return the bytes written."""
@@ -51,9 +64,31 @@ class ChunkStore:
             raise ChunkCorruptError(f"chunk {chunk_id} is corrupt: content does not match its id ({path})", chunk_id)
         return data
 
+    def prefix_dirs(self) -> list[Path]:
+        """The first-level directories (chunks/ab), sorted: a store-wide walk goes one at a time."""
+        return sorted(p for p in self.root.iterdir() if p.is_dir() and _is_hex(p.name, 2))
+
+    def entries(self, prefix_dir: Path) -> Iterator[os.DirEntry[str]]:
+        """Every file under one prefix directory: chunks, temp files, GC leftovers."""
+        for leaf in sorted(os.scandir(prefix_dir), key=lambda e: e.name):
+            if leaf.is_dir(follow_symlinks=False) and _is_hex(leaf.name, 2):
+                yield from os.scandir(leaf.path)
+
     def _ensure_dir(self, leaf: Path) -> None:
         if leaf in self._ready_dirs:
             return
         mkdir_durable(leaf.parent, exist_ok=True)
         mkdir_durable(leaf, exist_ok=True)
         self._ready_dirs.add(leaf)
+
+
+def chunk_digest(name: str) -> bytes | None:
+    """The digest a chunk file name stands for, None if it is not a chunk's name."""
+    return bytes.fromhex(name) if _is_hex(name, 2 * DIGEST_SIZE) else None
+
+
+def _is_hex(name: str, length: int) -> bool:
+    return len(name) == length and all(c in _HEX_DIGITS for c in name)
+
+
+_HEX_DIGITS = frozenset("0123456789abcdef")

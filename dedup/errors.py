@@ -76,3 +76,15 @@ class BackupIncompleteError(BackupWriteError):
 
 class ChunkWriteError(StoreError):
     """A worker failed to hash, compress or write a chunk; __cause__ has why."""
+
+
+class StoreBusyError(StoreError):
+    """Another process holds a lock this operation needs (e.g. a GC is already running)."""
+
+
+class GcUnsafeError(StoreError):
+    """GC cannot know every chunk in use (an index or manifest is unreadable), so it sweeps nothing."""
+
+
+class RetentionRuleError(StoreError, ValueError):
+    """A prune was asked with no keep rule or a negative count."""

@@ -16,6 +16,7 @@ chunk, which is never stored.
 """
 
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from .codec import DIGEST_SIZE, ZERO_DIGEST
@@ -58,6 +59,14 @@ class FixedIndex:
             raise IndexError(f"chunk {chunk_no} out of range (index has {self.chunk_count})")
         start = chunk_no * DIGEST_SIZE
         return self.digests[start : start + DIGEST_SIZE]
+
+    def stored_chunks(self) -> Iterator[tuple[int, bytes]]:
+        """(chunk number, digest) of every chunk that has a file in the store: all but the zero ones."""
+        digests = self.digests
+        for chunk_no in range(self.chunk_count):
+            digest = digests[chunk_no * DIGEST_SIZE : (chunk_no + 1) * DIGEST_SIZE]
+            if digest != ZERO_DIGEST:
+                yield chunk_no, digest
 
     def is_zero(self, chunk_no: int) -> bool:
         return self.digest(chunk_no) == ZERO_DIGEST

@@ -38,6 +38,7 @@ from .names import check_name
 from .pipeline import JobPipeline
 
 if TYPE_CHECKING:
+    from .leases import WriterLease
     from .store import Store
 
 _Buffer = bytes | bytearray | memoryview
@@ -48,6 +49,7 @@ class BackupSession:
         self,
         store: Store,
         backup_dir: Path,
+        lease: WriterLease,
         *,
         vm: str,
         backup_id: str,
@@ -67,6 +69,7 @@ class BackupSession:
         self.checkpoint = checkpoint
         self.vm_definition = vm_definition
         self._dir = backup_dir
+        self._lease = lease
         self._pipeline = JobPipeline(workers)
         self._disks: dict[str, DiskWriter] = {}
         self._notes: list[str] = []
@@ -127,6 +130,7 @@ class BackupSession:
         write_atomic(self._dir / MANIFEST_FILE, manifest.to_json())
         self._state = "committed"
         self._pipeline.close()
+        self._lease.release()
         return manifest
 
     def abort(self) -> None:
@@ -136,6 +140,7 @@ class BackupSession:
         self._state = "aborted"
         self._pipeline.close()
         shutil.rmtree(self._dir, ignore_errors=True)
+        self._lease.release()
 
     def _check_open(self) -> None:
         if self._state != "open":
@@ -226,7 +231,7 @@ class DiskWriter:
         if parent is None or chunk_no >= parent.chunk_count or parent.chunk_length(chunk_no) != length:
             return False
         digest = parent.digest(chunk_no)
-        if digest != ZERO_DIGEST and not self._chunks.exists(digest):
+        if digest != ZERO_DIGEST and not self._chunks.touch(digest):
             return False
         self._take(chunk_no)
         with self._lock:
@@ -265,7 +270,7 @@ class DiskWriter:
                     self._stats.chunks_zero += 1
                 return
             digest = content_digest(data)
-            if self._session._claim(digest) and not self._chunks.exists(digest):
+            if self._session._claim(digest) and not self._chunks.touch(digest):
                 stored = self._chunks.insert(digest, data)
                 with self._lock:
                     self._set_digest(chunk_no, digest)

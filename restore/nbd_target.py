@@ -26,15 +26,16 @@ MAX_REQUEST = 32 << 20
 
 
 class NbdTarget:
-    """A RestoreTarget writing with several requests in flight, so the
-    server's I/O overlaps our reading and decompressing."""
+    """A RestoreTarget writing through libnbd's synchronous pwrite.
 
-    def __init__(self, handle: nbd.NBD, description: str, max_in_flight: int = 8) -> None:
+    Not aio_pwrite: libnbd 1.14's Python binding never releases an nbd.Buffer handed
+    to an aio call, so every restored chunk would stay in memory. The synchronous
+    call releases the GIL, so reading and decompressing on other threads overlap it.
+    """
+
+    def __init__(self, handle: nbd.NBD, description: str) -> None:
         self._handle = handle
         self._description = description
-        self._max_in_flight = max_in_flight
-        # cookie -> buffer: the data must stay alive until the server replied.
-        self._pending: dict[int, nbd.Buffer] = {}
 
     @classmethod
     def connect_unix(cls, socket_path: Path, timeout: float = 10.0) -> NbdTarget:
@@ -53,47 +54,23 @@ class NbdTarget:
     def write_at(self, offset: int, data: bytes | memoryview) -> None:
         view = memoryview(data)
         for start in range(0, len(view), MAX_REQUEST):
-            piece = view[start : start + MAX_REQUEST]
             try:
-                self._wait_for_pending(self._max_in_flight - 1)
-                buffer = nbd.Buffer.from_buffer(piece)
-                cookie = self._handle.aio_pwrite(buffer, offset + start)
+                self._handle.pwrite(view[start:start + MAX_REQUEST], offset + start)
             except nbd.Error as e:
-                # The failure may be an earlier write's, reported now.
                 raise TargetWriteError(f"writing to {self._description} failed: {e}") from e
-            self._pending[cookie] = buffer
 
     def finish(self) -> None:
-        """Wait for all writes, flush them to stable storage and disconnect."""
+        """Flush the writes to stable storage and disconnect."""
         try:
-            self._wait_for_pending(0)
             self._handle.flush()
             self._handle.shutdown()
         except nbd.Error as e:
             raise TargetWriteError(f"finishing writes to {self._description} failed: {e}") from e
 
     def abort(self) -> None:
-        """Drop the connection without waiting for pending writes.
-
-        Safe after a failed finish(): shutting down a dead handle is ignored.
-        """
-        # The connection may already be dead, which is what we want anyway.
+        """Drop the connection. Safe after a failed finish(): shutting down a dead handle is ignored."""
         with suppress(nbd.Error):
             self._handle.shutdown(nbd.SHUTDOWN_ABANDON_PENDING)
-        self._pending.clear()
-
-    def _wait_for_pending(self, limit: int) -> None:
-        # Retire first: poll(-1) with nothing left in flight would block forever.
-        self._retire_completed()
-        while len(self._pending) > limit:
-            self._handle.poll(-1)
-            self._retire_completed()
-
-    def _retire_completed(self) -> None:
-        for cookie in list(self._pending):
-            # Raises nbd.Error if the server failed the write.
-            if self._handle.aio_command_completed(cookie):
-                del self._pending[cookie]
 
 
 class QemuNbdServer:

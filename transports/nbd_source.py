@@ -32,7 +32,15 @@ class _PendingChunk:
     index: int
     buffer: bytearray
     outstanding: int = 0
-    cookies: list[int] = field(default_factory=list)
+
+
+@dataclass
+class _Read:
+    cookie: int
+    piece: nbd.Buffer
+    chunk: _PendingChunk
+    at: int        # offset inside the chunk
+    length: int
 
 
 class NbdSource:
@@ -101,41 +109,56 @@ class NbdSource:
 
     def read_chunks(self, plan: ChunkPlan, chunks: list[int],
                     deliver: Callable[[int, bytearray], None]) -> None:
-        """Read the data ranges of `chunks` (in order) and hand each finished chunk to `deliver`.
+        """Read the data ranges of `chunks` and hand each finished chunk, in order, to `deliver`.
 
         Ranges between data extents stay zero in the buffer, which is what the disk reads there.
+        Reads land in a small pool of libnbd-owned buffers and are copied into the chunk:
+        libnbd 1.14's Python binding never releases a buffer it was given with
+        Buffer.from_buffer, so reading straight into chunk memory would leak every chunk.
         """
-        pending: deque[_PendingChunk] = deque()
+        pool = [nbd.Buffer(READ_PIECE) for _ in range(self.in_flight)]
+        reads: list[_Read] = []
+        order: deque[_PendingChunk] = deque()
         for index in chunks:
             chunk = _PendingChunk(index, bytearray(plan.chunk_length(index)))
             base = index * plan.chunk_size
-            view = memoryview(chunk.buffer)
             for extent in plan.data.get(index, []):
                 for off in range(extent.offset, extent.end, READ_PIECE):
                     n = min(READ_PIECE, extent.end - off)
-                    while self._h.aio_in_flight() >= self.in_flight:
-                        self._wait(pending, deliver)
-                    buf = nbd.Buffer.from_buffer(view[off - base: off - base + n])
-                    chunk.cookies.append(self._h.aio_pread(buf, off))
+                    while not pool:
+                        reads = self._retire(reads, pool)
+                        self._deliver_finished(order, deliver)
+                    piece = pool.pop() if n == READ_PIECE else nbd.Buffer(n)
+                    reads.append(_Read(self._h.aio_pread(piece, off), piece, chunk, off - base, n))
+                    chunk.outstanding += 1
                     self.bytes_read += n
-            pending.append(chunk)
-            self._deliver_finished(pending, deliver)
-        while pending:
-            self._wait(pending, deliver)
+            order.append(chunk)   # only now: until all its reads are issued it is not complete
+            self._deliver_finished(order, deliver)
+        while reads:
+            reads = self._retire(reads, pool)
+            self._deliver_finished(order, deliver)
+        self._deliver_finished(order, deliver)
 
-    def _wait(self, pending: deque[_PendingChunk], deliver: Callable[[int, bytearray], None]) -> None:
-        if self._h.aio_in_flight():
-            self._h.poll(-1)
-        self._deliver_finished(pending, deliver)
-
-    def _deliver_finished(self, pending: deque[_PendingChunk], deliver: Callable[[int, bytearray], None]) -> None:
-        while pending:
-            head = pending[0]
+    def _retire(self, reads: list[_Read], pool: list[nbd.Buffer]) -> list[_Read]:
+        """Wait for the socket, copy every completed read into its chunk; return those still in flight."""
+        self._h.poll(-1)
+        waiting = []
+        for r in reads:
             try:
-                head.cookies = [c for c in head.cookies if not self._h.aio_command_completed(c)]
+                done = self._h.aio_command_completed(r.cookie)
             except nbd.Error as e:
-                raise SourceError(f"read from {self.uri} failed in chunk {head.index}: {e}") from e
-            if head.cookies:
-                return
-            pending.popleft()
-            deliver(head.index, head.buffer)
+                raise SourceError(f"read from {self.uri} failed in chunk {r.chunk.index}: {e}") from e
+            if not done:
+                waiting.append(r)
+                continue
+            r.chunk.buffer[r.at:r.at + r.length] = memoryview(r.piece.to_buffer())[:r.length]
+            r.chunk.outstanding -= 1
+            if r.length == READ_PIECE:
+                pool.append(r.piece)
+        return waiting
+
+    @staticmethod
+    def _deliver_finished(order: deque[_PendingChunk], deliver: Callable[[int, bytearray], None]) -> None:
+        while order and order[0].outstanding == 0:
+            chunk = order.popleft()
+            deliver(chunk.index, chunk.buffer)

@@ -1,0 +1,125 @@
+"""`cairn snapshot ...`: create, list (as a tree), revert, delete and check a VM's snapshots."""
+from __future__ import annotations
+
+import asyncio
+from typing import Any, Optional
+
+import typer
+from rich.tree import Tree
+
+from chain import Snapshot, VMTree
+
+from .cli import JsonOpt, emit_json, out, reports_errors, state
+from .units import human, parse_size
+
+snapshot_app = typer.Typer(help="Snapshot trees of VM disks: live or offline, revert, delete by commit or pull.",
+                           no_args_is_help=True)
+
+
+@snapshot_app.command("create")
+@reports_errors
+def snapshot_create(vm: str, name: Optional[str] = typer.Option(None, help="A name (default: the snapshot id)."),
+                    auto: bool = typer.Option(False, "--auto", help="An automatic snapshot: at the chain limit the "
+                                                                    "oldest automatic one rotates out."),
+                    as_json: bool = JsonOpt) -> None:
+    """Snapshot every disk of a VM at one instant (running or stopped)."""
+    snap = asyncio.run(state.appliance.snapshots.create(vm, name, automatic=auto))
+    emit_json(_snapshot_dict(snap)) if as_json else out.print(f"snapshot {snap.name} ({snap.id}) of {vm} taken")
+
+
+@snapshot_app.command("list")
+@reports_errors
+def snapshot_list(vm: str, as_json: bool = JsonOpt) -> None:
+    """Show a VM's snapshots as a tree, with the current position and layer sizes."""
+    tree = state.appliance.snapshots.tree(vm)
+    if as_json:
+        emit_json(tree_dict(tree))
+        return
+    root = Tree(f"[bold]{vm}[/bold]  {len(tree.snapshots)} snapshots, {human(tree.total_size())} in layers")
+    branches: dict[str | None, Any] = {None: root}
+    by_parent: dict[str | None, list[Snapshot]] = {}
+    for snap in sorted(tree.snapshots.values(), key=lambda s: s.created):
+        parent = tree.snapshot_parent(snap)
+        by_parent.setdefault(parent.id if parent else None, []).append(snap)
+    current = tree.current_parent()
+
+    def grow(parent_id: str | None) -> None:
+        for snap in by_parent.get(parent_id, []):
+            kind = "auto" if snap.automatic else "manual"
+            branches[snap.id] = branches[parent_id].add(
+                f"{snap.name}  [dim]{snap.id}  {snap.created:%Y-%m-%d %H:%M:%S}  {kind}  "
+                f"{human(tree.node_size(snap))}[/dim]")
+            grow(snap.id)
+    grow(None)
+    active = sum(tree.active(d).size for d in tree.disks())
+    branches[current.id if current else None].add(f"[green]● now[/green]  [dim]{human(active)} written since[/dim]")
+    out.print(root)
+
+
+@snapshot_app.command("revert")
+@reports_errors
+def snapshot_revert(vm: str, snapshot: str) -> None:
+    """Go back to a snapshot (the VM must be stopped). What was written since the last snapshot is
+    dropped; the other snapshots stay, so this starts a new branch."""
+    snap = asyncio.run(state.appliance.snapshots.revert(vm, snapshot))
+    out.print(f"{vm} reverted to {snap.name} ({snap.id})")
+
+
+@snapshot_app.command("delete")
+@reports_errors
+def snapshot_delete(vm: str, snapshot: str,
+                    via: Optional[str] = typer.Option(None, help="commit (merge a child down into it) or pull "
+                                                                 "(merge it up into its children); default: what "
+                                                                 "moves less data and fits the tree's shape."),
+                    rate_limit: Optional[str] = typer.Option(None, "--rate-limit",
+                                                             help="Bytes per second for the merge, e.g. 50M."),
+                    as_json: bool = JsonOpt) -> None:
+    """Delete a snapshot: its layers are merged so every other point keeps its content."""
+    if via not in (None, "commit", "pull"):
+        raise ValueError(f"--via must be commit or pull, not {via}")
+    speed = parse_size(rate_limit) if rate_limit else None
+    merges = asyncio.run(state.appliance.snapshots.delete(vm, snapshot, via, speed))  # type: ignore[arg-type]
+    if as_json:
+        emit_json([{"disk": m.disk, "via": m.kind, "moved_bytes": m.moved_bytes} for m in merges])
+        return
+    for m in merges:
+        out.print(f"{m.disk}: {m.kind}, {human(m.moved_bytes)} to move")
+    out.print(f"deleted snapshot {snapshot} of {vm}")
+
+
+@snapshot_app.command("check")
+@reports_errors
+def snapshot_check(vm: str, repair: bool = typer.Option(False, "--repair", help="Adopt what QEMU or the image "
+                                                                                "files hold as the truth."),
+                   as_json: bool = JsonOpt) -> None:
+    """Compare the snapshot tree with what QEMU has open (running) or the image files (stopped)."""
+    result = asyncio.run(state.appliance.snapshots.check(vm, fix=repair))
+    if as_json:
+        emit_json(vars(result))
+    else:
+        for problem in result.problems:
+            out.print(f"[red]mismatch:[/red] {problem}", highlight=False)
+        for note in result.repaired:
+            out.print(f"repaired: {note}", highlight=False)
+        if not result.problems:
+            out.print(f"{vm}: the snapshot tree matches the disks")
+    if result.problems and not repair:
+        raise typer.Exit(1)
+
+
+def tree_dict(tree: VMTree) -> dict[str, Any]:
+    """The tree as JSON: snapshots (with their parent and per-disk layers) and the current position."""
+    def layer(node_id: str) -> dict[str, Any]:
+        n = tree.nodes[node_id]
+        return {"node": n.id, "file": n.file, "size": n.size, "bitmaps": n.bitmaps}
+    current = tree.current_parent()
+    return {"vm": tree.vm, "total_size": tree.total_size(),
+            "current": {"parent": current.id if current else None,
+                        "disks": {d: layer(tree.active(d).id) for d in tree.disks()}},
+            "snapshots": [{**_snapshot_dict(s), "parent": (p.id if (p := tree.snapshot_parent(s)) else None),
+                           "size": tree.node_size(s), "disks": {d: layer(n) for d, n in s.nodes.items()}}
+                          for s in sorted(tree.snapshots.values(), key=lambda s: s.created)]}
+
+
+def _snapshot_dict(snap: Snapshot) -> dict[str, Any]:
+    return {"id": snap.id, "name": snap.name, "created": snap.created.isoformat(), "automatic": snap.automatic}

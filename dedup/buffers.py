@@ -1,0 +1,29 @@
+"""Keep chunk-sized buffers warm.
+
+glibc serves every allocation above its mmap threshold (at most 32 MiB) with a fresh
+mmap and unmaps it on free, so each 64 MiB chunk buffer is page-faulted in again:
+measured at about 30 ms per chunk in a VM, a third of a backup's time. Thread arenas
+cannot hold blocks that big either. With one arena, a high mmap threshold and a trim
+threshold that keeps a few chunks' worth of free heap, a freed chunk buffer is reused
+as it is. The setting is process-wide, so it is made once, before threads allocate.
+"""
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import functools
+
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_THRESHOLD = -3
+_M_ARENA_MAX = -8
+
+
+@functools.cache
+def keep_chunk_buffers_warm() -> bool:
+    """True if the allocator was tuned (glibc), False where it does not apply."""
+    name = ctypes.util.find_library("c")
+    mallopt = getattr(ctypes.CDLL(name), "mallopt", None) if name else None
+    if mallopt is None:
+        return False
+    return all(mallopt(param, value) == 1 for param, value in (
+        (_M_ARENA_MAX, 1), (_M_MMAP_THRESHOLD, 1 << 30), (_M_TRIM_THRESHOLD, 512 << 20)))

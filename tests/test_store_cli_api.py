@@ -1,0 +1,124 @@
+"""`cairn store ...` through the real executable, and /api/v1/store through the app."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+from store_helpers import MiB, backup_image, chunk_files, disk_image, flip_byte
+
+from appliance.api import create_app
+from appliance.catalog import BackupRecord, open_catalog
+from appliance.context import Appliance
+from appliance.settings import Settings
+from dedup import Store
+from dedup.gc import GC_LOCK
+from dedup.locks import FileLock
+
+CAIRN = str(Path(sys.executable).with_name("cairn"))
+
+
+@pytest.fixture
+def cairn(appliance_data_dir: Path):
+    env = {**os.environ, "CAIRN_DATA_DIR": str(appliance_data_dir), "COLUMNS": "400"}
+
+    def call(*args: str, status: int = 0) -> subprocess.CompletedProcess:
+        proc = subprocess.run([CAIRN, "store", *args], env=env, capture_output=True, text=True, timeout=60)
+        assert proc.returncode == status, proc.stderr
+        assert "Traceback" not in proc.stderr
+        return proc
+    return call
+
+
+def recorded_backups(data_dir: Path, store: Store, vm: str, days: int) -> list[str]:
+    """Backups a day apart, each also recorded in the appliance catalog as the backup service would."""
+    catalog = open_catalog(Settings.resolve(data_dir).catalog_url)
+    t0 = datetime(2026, 1, 1, tzinfo=UTC)
+    ids = []
+    for day in range(days):
+        m = backup_image(store, vm, {"vda": disk_image("rr", seed=day % 2)}, created=t0 + timedelta(days=day))
+        with catalog.begin() as s:
+            s.add(BackupRecord(id=m.backup_id, vm_name=vm, store=str(store.path), kind="full", status="ok"))
+        ids.append(m.backup_id)
+    return ids
+
+
+def catalog_records(data_dir: Path) -> dict[str, BackupRecord]:
+    with open_catalog(Settings.resolve(data_dir).catalog_url)() as s:
+        return {r.id: r for r in s.query(BackupRecord)}
+
+
+def test_store_commands_end_to_end(cairn, appliance_data_dir: Path):
+    store_dir = appliance_data_dir / "store"
+    created = json.loads(cairn("init", "--chunk-size", "1M", "--zstd-level", "5", "--json").stdout)
+    assert (created["chunk_size"], created["zstd_level"]) == (MiB, 5)
+    store = Store.open(store_dir)
+    ids = recorded_backups(appliance_data_dir, store, "web", days=3)
+
+    stats = json.loads(cairn("stats", "--json").stdout)
+    assert (stats["backups"], stats["chunks"], stats["logical_bytes"]) == (3, 4, 6 * MiB)
+    assert json.loads(cairn("verify", "--json").stdout)["ok"]
+    assert all(r.verified_at and r.damage == [] for r in catalog_records(appliance_data_dir).values())
+
+    flip_byte(store.chunks.path(store.read_index(store.get_backup(ids[1]), "vda").digest(0)))
+    report = json.loads(cairn("verify", "--json", status=3).stdout)
+    assert sorted(report["damaged_backups"]) == sorted([ids[1]])
+    assert "chunk 0" in catalog_records(appliance_data_dir)[ids[1]].damage[0]
+    assert "used by web/" + ids[1] in cairn("verify", status=3).stdout
+
+    cairn("protect", ids[0])
+    plan = json.loads(cairn("prune", "--vm", "web", "--keep-last", "1", "--dry-run", "--json").stdout)
+    assert plan["removed"] == [ids[1]] and len(store.list_backups()) == 3
+    assert "no rule keeps it" in cairn("prune", "--vm", "web", "--keep-last", "1").stdout
+    assert [m.backup_id for m in store.list_backups()] == [ids[0], ids[2]]
+    assert catalog_records(appliance_data_dir)[ids[1]].status == "pruned"
+
+    for path in chunk_files(store):
+        os.utime(path, (0, 0))
+    dry = json.loads(cairn("gc", "--grace", "1h", "--dry-run", "--json").stdout)
+    assert dry["chunks_removed"] == 2 and len(chunk_files(store)) == 4
+    assert "removed 2 chunks" in cairn("gc", "--grace", "0").stdout
+    assert json.loads(cairn("verify", "--json").stdout)["ok"]
+
+
+def test_store_command_errors(cairn, tmp_path: Path):
+    assert "not a Cairn store" in cairn("stats", "--store", str(tmp_path), status=1).stderr
+    assert "no keep rule" in cairn("prune", "--vm", "web", "--store", str(tmp_path), status=1).stderr
+    assert "not a duration" in cairn("gc", "--grace", "soon", status=2).stderr
+    cairn("init", "--store", str(tmp_path / "s"))
+    assert "already a Cairn store" in cairn("init", "--path", str(tmp_path / "s"), status=1).stderr
+    assert "not found" in cairn("protect", "nope", "--store", str(tmp_path / "s"), status=1).stderr
+
+
+def test_store_api(appliance_data_dir: Path):
+    appliance = Appliance.open(str(appliance_data_dir))
+    client = TestClient(create_app(appliance))
+    ids = recorded_backups(appliance_data_dir, appliance.store, "web", days=2)
+
+    assert client.get("/api/v1/store/stats").json()["backups"] == 2
+    r = client.post("/api/v1/store/verify", json={"sample_percent": 50})
+    assert r.status_code == 200 and r.json()["chunks_checked"] == 1
+    assert client.post("/api/v1/store/verify", json={"sample_percent": 0}).status_code == 422
+
+    r = client.post("/api/v1/store/prune", json={"vm": "web", "keep_daily": 1, "dry_run": True})
+    assert r.status_code == 200 and [d["keep"] for d in r.json()["decisions"]] == [True, False]
+    r = client.post("/api/v1/store/prune", json={"vm": "web"})
+    assert r.status_code == 422 and r.json()["error"]["code"] == "RetentionRuleError"
+    r = client.post("/api/v1/store/prune", json={"vm": "web", "keep_last": 1, "keep_forever": True})
+    assert r.status_code == 422 and r.json()["error"]["code"] == "ValidationError"
+    assert client.post("/api/v1/store/prune", json={"vm": "web", "keep_last": 1}).json()["decisions"][1]["keep"] is False
+    assert appliance.backups.get(ids[0]).status == "pruned"
+
+    held = FileLock.try_acquire(appliance.store.path / "locks" / GC_LOCK)
+    try:
+        r = client.post("/api/v1/store/gc", json={"grace_seconds": 0})
+        assert r.status_code == 409 and r.json()["error"]["code"] == "StoreBusyError"
+    finally:
+        held.release()
+    r = client.post("/api/v1/store/gc", json={"grace_seconds": 0, "dry_run": True})
+    assert r.status_code == 200 and r.json()["dry_run"] is True
