@@ -9,6 +9,7 @@ marked failed, and the previous checkpoint intact.
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -27,7 +28,7 @@ from transports.points import DiskPoint
 from vmm import QemuDriver, VMSpec
 
 from .catalog import BackupRecord, last_good_backup, utcnow
-from .errors import NotFoundError
+from .errors import ConflictError, NotFoundError
 from .settings import Settings
 
 # progress(disk, bytes done, bytes to read)
@@ -52,6 +53,8 @@ class BackupService:
         self.store = store
 
     def list(self, vm: str | None = None) -> list[BackupRecord]:
+        with self.catalog.begin() as s:
+            _fail_interrupted(s, vm)
         with self.catalog() as s:
             q = select(BackupRecord).order_by(BackupRecord.started_at)
             if vm:
@@ -72,10 +75,16 @@ class BackupService:
                 raise NotFoundError(f"disk {disk.name} of VM {spec.name} is missing: {disk.path} does not exist")
         backup_id = new_backup_id(utcnow())
         with self.catalog.begin() as s:
+            _fail_interrupted(s, spec.name)
+            running = s.scalars(select(BackupRecord).where(BackupRecord.vm_name == spec.name,
+                                                           BackupRecord.status == "running")).first()
+            if running:
+                raise ConflictError(f"backup {running.id} of VM {spec.name} is still running "
+                                    f"(pid {running.runner_pid})")
             parent = None if full else last_good_backup(s, spec.name)
             rec = BackupRecord(id=backup_id, vm_name=spec.name, store=str(self.store.path), kind="full",
                                status="running", parent=parent.id if parent else None,
-                               checkpoint=checkpoint_name(backup_id), notes=[])
+                               checkpoint=checkpoint_name(backup_id), notes=[], runner_pid=os.getpid())
             s.add(rec)
         return rec
 
@@ -97,15 +106,15 @@ class BackupService:
         since = {d.name: parent.checkpoint if d.name in parent_disks else None for d in spec.disks}
         scratch = self.settings.scratch_dir / rec.id
         try:
-            async with self._export(spec, rec.checkpoint, since, scratch) as points:
-                manifest = await asyncio.to_thread(self._ingest, spec, rec, parent, points, progress)
+            async with self._export(spec, rec.checkpoint, since, scratch) as (points, repairs):
+                manifest = await asyncio.to_thread(self._ingest, spec, rec, parent, points, repairs, progress)
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
         return BackupResult(manifest, manifest.notes)
 
     @asynccontextmanager
     async def _export(self, spec: VMSpec, checkpoint: str, since: dict[str, str | None],
-                      scratch: Path) -> AsyncIterator[list[DiskPoint]]:
+                      scratch: Path) -> AsyncIterator[tuple[list[DiskPoint], list[str]]]:
         """The VM's disks at one instant; the checkpoint is kept only if the body succeeds."""
         if self.driver.status(spec.name).state in ("running", "paused"):
             live = FleeceExport(scratch, [d.name for d in spec.disks], checkpoint, since)
@@ -116,7 +125,7 @@ class BackupService:
                     await live.close(qmp, success=False)
                     raise
             try:
-                yield points
+                yield points, live.notes
             except BaseException:
                 async with self.driver.session(spec.name) as qmp:
                     await live.close(qmp, success=False)
@@ -127,18 +136,20 @@ class BackupService:
             offline = OfflineExport({d.name: d.path for d in spec.disks}, checkpoint, since)
             points = await asyncio.to_thread(offline.open)
             try:
-                yield points
+                yield points, offline.notes
             except BaseException:
                 await asyncio.to_thread(offline.close, False)
                 raise
             await asyncio.to_thread(offline.close, True)
 
     def _ingest(self, spec: VMSpec, rec: BackupRecord, parent: BackupManifest | None,
-                points: list[DiskPoint], progress: Progress | None) -> BackupManifest:
+                points: list[DiskPoint], repairs: list[str], progress: Progress | None) -> BackupManifest:
         incremental = any(p.since for p in points)
         with self.store.begin_backup(vm=spec.name, backup_id=rec.id, kind="incremental" if incremental else "full",
                                      parent=parent if incremental else None, checkpoint=rec.checkpoint,
                                      vm_definition=spec.to_dict()) as session:
+            for note in repairs:
+                session.note(note)
             for point in points:
                 if point.fallback_reason:
                     session.note(point.fallback_reason)
@@ -154,7 +165,7 @@ class BackupService:
                 error: str | None = None) -> None:
         with self.catalog.begin() as s:
             rec = s.get(BackupRecord, backup_id)
-            rec.status, rec.finished_at, rec.error = status, utcnow(), error
+            rec.status, rec.finished_at, rec.error, rec.runner_pid = status, utcnow(), error, None
             if manifest:
                 rec.kind = manifest.kind
                 rec.parent = manifest.parent
@@ -162,3 +173,29 @@ class BackupService:
                 rec.size = sum(d.size for d in manifest.disks)
                 rec.bytes_read = sum(d.stats.bytes_read for d in manifest.disks)
                 rec.bytes_stored = sum(d.stats.bytes_stored for d in manifest.disks)
+
+
+def _fail_interrupted(session: Session, vm: str | None) -> None:
+    """Backups marked running whose process is gone were interrupted: say so.
+
+    What they left behind is cleared by the next backup of the VM (exports, bitmaps) and by
+    the store's GC (the unfinished backup directory).
+    """
+    q = select(BackupRecord).where(BackupRecord.status == "running")
+    if vm:
+        q = q.where(BackupRecord.vm_name == vm)
+    for rec in session.scalars(q):
+        if rec.runner_pid is None or not _alive(rec.runner_pid):
+            rec.status, rec.finished_at = "failed", utcnow()
+            rec.error = f"interrupted: the process running it (pid {rec.runner_pid}) exited"
+            rec.runner_pid = None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -34,7 +34,7 @@ class BackupRecord(Base):
     vm_name: Mapped[str] = mapped_column(String(63), index=True)
     store: Mapped[str] = mapped_column(Text)
     kind: Mapped[str] = mapped_column(String(16))
-    status: Mapped[str] = mapped_column(String(16), index=True)   # running | ok | failed
+    status: Mapped[str] = mapped_column(String(16), index=True)   # running | ok | failed | pruned
     parent: Mapped[str | None] = mapped_column(String(64), nullable=True)
     checkpoint: Mapped[str | None] = mapped_column(String(96), nullable=True)
     started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
@@ -44,6 +44,8 @@ class BackupRecord(Base):
     size: Mapped[int] = mapped_column(BigInteger, default=0)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     notes: Mapped[list[str]] = mapped_column(JSON, default=list)
+    # The process running it, while status is running: one that died leaves an interrupted backup.
+    runner_pid: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     # Set by `cairn store verify`: when the backup was last fully verified, and what
     # verify found wrong with it (empty: nothing).
     verified_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)

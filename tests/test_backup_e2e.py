@@ -6,6 +6,8 @@ import asyncio
 import os
 import signal
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -14,7 +16,7 @@ from appliance.context import Appliance
 from dedup import Store
 from restore import restore_disk
 
-from backup_helpers import reference_copy, same_content
+from backup_helpers import reference_copy, root_node, same_content
 
 CHUNK = 4 << 20
 MiB = 1 << 20
@@ -37,7 +39,6 @@ def new_guest_vm(appliance: Appliance, guest_kernel, name: str, disks: list[int]
 
 def wait_serial(appliance: Appliance, name: str, marker: str, timeout: float = 90) -> None:
     log = appliance.settings.run_dir / name / "serial.log"
-    import time
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if log.exists() and marker in log.read_text(errors="replace"):
@@ -48,7 +49,6 @@ def wait_serial(appliance: Appliance, name: str, marker: str, timeout: float = 9
 
 async def write_pattern(appliance: Appliance, vm: str, disk: str, pattern: int, offset: int, length: int) -> None:
     async with appliance.driver.session(vm) as s:
-        from backup_helpers import root_node
         await s.qemu_io(await root_node(s, disk), f"write -P {pattern:#x} {offset} {length}")
 
 
@@ -143,7 +143,6 @@ def test_killed_qemu_loses_the_bitmap_and_the_next_backup_reads_in_full(applianc
     for _ in range(50):
         if appliance_status.state == "crashed":
             break
-        import time
         time.sleep(0.1)
         appliance_status = appliance.driver.status("crashy")
     assert appliance_status.state == "crashed"
@@ -157,3 +156,51 @@ def test_killed_qemu_loses_the_bitmap_and_the_next_backup_reads_in_full(applianc
     out = tmp_path / "out.raw"
     restore_disk(appliance.store, after.backup_id, None, out)
     assert same_content(ref, out)
+
+
+def test_backup_killed_midway_loses_nothing_and_the_next_one_repairs(appliance: Appliance, guest_kernel,
+                                                                      tmp_path: Path):
+    new_guest_vm(appliance, guest_kernel, "victim", [512 * MiB])
+    run(appliance.vms.start("victim"))
+    wait_serial(appliance, "victim", "CAIRN: READY")
+    run(appliance.backups.create(appliance.vms.spec("victim")))
+    for n in range(6):                       # enough to read that the kill lands mid-way
+        run(write_pattern(appliance, "victim", "vda", 0x30 + n, (120 + 64 * n) * MiB, 48 * MiB))
+
+    env = {**os.environ, "CAIRN_DATA_DIR": str(appliance.settings.data_dir)}
+    cairn = str(Path(sys.executable).with_name("cairn"))
+    proc = subprocess.Popen([cairn, "backup", "create", "victim"], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+
+    async def export_is_up() -> bool:
+        async with appliance.driver.session("victim") as s:
+            return bool(await s.execute("query-block-exports"))
+    while not run(export_is_up()):
+        assert proc.poll() is None, "the backup finished before it could be interrupted"
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+
+    interrupted = [b for b in appliance.backups.list("victim") if b.status != "ok"]
+    assert len(interrupted) == 1 and interrupted[0].status == "failed"
+    assert "interrupted" in interrupted[0].error
+    assert interrupted[0].id not in {m.backup_id for m in appliance.store.list_backups("victim")}
+
+    run(write_pattern(appliance, "victim", "vda", 0x99, 7 * MiB, 65536))
+    run(appliance.driver.pause("victim"))
+    after = run(appliance.backups.create(appliance.vms.spec("victim"))).manifest
+    refdir = tmp_path / "ref"
+    refdir.mkdir()
+
+    async def reference() -> None:     # still paused: the disk is as the backup saw it
+        async with appliance.driver.session("victim") as s:
+            await reference_copy(s, "vda", refdir / "vda.raw", refdir / "ref.sock")
+    run(reference())
+    # The interrupted backup had frozen the checkpoint; folding its own bitmap back in keeps
+    # the next backup incremental, and it still sees every write since the last good one.
+    assert after.kind == "incremental", after.notes
+    assert any("interrupted backup" in n for n in after.notes), after.notes
+    out = tmp_path / "after.raw"
+    restore_disk(appliance.store, after.backup_id, "vda", out)
+    assert same_content(refdir / "vda.raw", out)
+    run(appliance.vms.stop("victim", timeout=5, force=True))

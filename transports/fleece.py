@@ -17,7 +17,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from .points import DiskPoint, bitmap_problem
+from .points import DiskPoint, bitmap_problem, plan_bitmap_repair
 from .qmp_protocol import QMP
 
 FLEECE_NODE = "cairn-fleece-{disk}"
@@ -47,13 +47,17 @@ class FleeceExport:
         self._tracked: set[str] = set()   # disks that get the new checkpoint bitmap
         self._started = False
         self._server = False
+        self.notes: list[str] = []   # what open() had to repair, for the backup's record
 
     async def open(self, qmp: QMP) -> list[DiskPoint]:
+        """Freeze and export the disks. The caller guarantees no other backup of this VM runs:
+        whatever an earlier, interrupted one left behind is cleared first."""
         self.qmp = qmp
         roots = await self._root_nodes()
         missing = [d for d in self.disks if d not in roots]
         if missing:
             raise ExportError(f"the running VM has no disk {', '.join(missing)}")
+        roots = await self._reclaim()
         self._nodes = {d: roots[d]["node"] for d in self.disks}
         points = {d: DiskPoint(d, roots[d]["size"], f"nbd+unix:///{d}?socket={self.socket}", None)
                   for d in self.disks}
@@ -96,6 +100,38 @@ class FleeceExport:
         for d in self.disks:
             (self.scratch / f"{d}.fleece.qcow2").unlink(missing_ok=True)
         shutil.rmtree(self._socket_dir, ignore_errors=True)
+
+    async def _reclaim(self) -> dict[str, dict[str, Any]]:
+        """Remove an interrupted backup's exports, jobs and nodes; repair its bitmaps.
+        Returns the disks' root nodes as they are afterwards."""
+        stale = [e["id"] for e in await self.qmp.execute("query-block-exports") if e["id"].startswith("cairn-export-")]
+        for export_id in stale:
+            await self._quietly("block-export-del", {"id": export_id, "mode": "hard"})
+        if stale:
+            await self._wait_exports_gone()
+            await self._quietly("nbd-server-stop")
+            self.notes.append(f"removed exports of an interrupted backup: {', '.join(stale)}")
+        for job in await self.qmp.execute("query-jobs"):
+            if job["id"].startswith("cairn-fleece-") and await self._quietly(
+                    "block-job-cancel", {"device": job["id"], "force": True}):
+                await self.qmp.wait_job(job["id"], timeout=60)
+        for node in await self.qmp.execute("query-named-block-nodes", {"flat": True}):
+            if node["node-name"].startswith("cairn-fleece-"):
+                await self._quietly("blockdev-del", {"node-name": node["node-name"]})
+        roots = await self._root_nodes()   # a leftover copy-before-write filter hid the disk node
+        for d in self.disks:
+            node, base = roots[d]["node"], self.since.get(d)
+            repair = plan_bitmap_repair({b["name"]: b for b in roots[d]["bitmaps"] if "name" in b}, base)
+            if not repair.needed:
+                continue
+            if repair.merge:
+                await self.qmp.execute("block-dirty-bitmap-merge", {"node": node, "target": base, "bitmaps": repair.merge})
+            for name in repair.remove:
+                await self.qmp.execute("block-dirty-bitmap-remove", {"node": node, "name": name})
+            if repair.enable_base:
+                await self.qmp.execute("block-dirty-bitmap-enable", {"node": node, "name": base})
+            self.notes.append(repair.describe(d, base))
+        return await self._root_nodes()
 
     async def _root_nodes(self) -> dict[str, dict[str, Any]]:
         """disk name → its current root node, found through the device (`<disk>-dev`)."""

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .fleece import ExportError
-from .points import DiskPoint, bitmap_problem
+from .points import DiskPoint, bitmap_problem, plan_bitmap_repair
 
 
 @dataclass
@@ -43,6 +43,7 @@ class OfflineExport:
         # Socket paths must fit in 107 bytes, which a deep data directory may not: use /tmp.
         self._socket_dir = Path(tempfile.mkdtemp(prefix="cairn-nbd-"))
         self._tracked: set[str] = set()
+        self.notes: list[str] = []   # what open() had to repair, for the backup's record
 
     def open(self) -> list[DiskPoint]:
         points = []
@@ -50,7 +51,7 @@ class OfflineExport:
         for disk, path in self.images.items():
             if not os.path.exists(path):
                 raise ExportError(f"disk {disk}: image {path} does not exist")
-            states[disk] = image_state(path)
+            states[disk] = self._reclaim(disk, path, image_state(path))
         try:
             for disk, state in states.items():
                 points.append(self._prepare(disk, self.images[disk], state))
@@ -77,6 +78,21 @@ class OfflineExport:
                 _run(["qemu-img", "bitmap", "--merge", self.checkpoint, "--enable", path, old])
             _run(["qemu-img", "bitmap", "--remove", path, self.checkpoint])
         self._tracked.clear()
+
+    def _reclaim(self, disk: str, path: str, state: ImageState) -> ImageState:
+        """Repair the checkpoint bitmaps an interrupted backup left in the image."""
+        base = self.since.get(disk)
+        repair = plan_bitmap_repair(state.bitmaps, base)
+        if not repair.needed:
+            return state
+        for name in repair.merge:
+            _run(["qemu-img", "bitmap", "--merge", name, path, base])
+        for name in repair.remove:
+            _run(["qemu-img", "bitmap", "--remove", path, name])
+        if repair.enable_base:
+            _run(["qemu-img", "bitmap", "--enable", path, base])
+        self.notes.append(repair.describe(disk, base))
+        return image_state(path)
 
     def _prepare(self, disk: str, path: str, state: ImageState) -> DiskPoint:
         point = DiskPoint(disk, state.size, f"nbd+unix:///{disk}?socket={self._socket(disk)}", None)
