@@ -46,9 +46,12 @@ class ChunkCodec:
         compressor = getattr(self._local, "compressor", None)
         if compressor is None:
             compressor = self._local.compressor = zstandard.ZstdCompressor(level=self._level)
-        # size= puts the content size in the frame header.
-        with compressor.stream_writer(file, size=memoryview(data).nbytes, closefd=False) as writer:
-            writer.write(data)
+        # size= puts the content size in the frame header. No `with`: its exit would end the
+        # frame even after a failed write and replace the real error (e.g. "No space left on
+        # device") with zstd's "Src size is incorrect".
+        writer = compressor.stream_writer(file, size=memoryview(data).nbytes, closefd=False)
+        writer.write(data)
+        writer.flush(zstandard.FLUSH_FRAME)
 
     def decompress(self, frame: bytes, chunk_id: str) -> bytes:
         """Decompress one stored frame; its digest is checked by the caller."""
