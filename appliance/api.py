@@ -102,6 +102,8 @@ def create_app(appliance: Appliance) -> FastAPI:
 
     from .api_store import store_router  # here: api_store builds on this module's error_body
     api.include_router(store_router(appliance))
+    from .api_snapshots import snapshot_router
+    api.include_router(snapshot_router(appliance))
 
     @api.get("/api/v1/health", response_model=Health)
     def health() -> Health:

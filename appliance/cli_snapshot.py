@@ -7,9 +7,10 @@ from typing import Any, Optional
 import typer
 from rich.tree import Tree
 
-from chain import Snapshot, VMTree
+from chain import Snapshot
 
 from .cli import JsonOpt, emit_json, out, reports_errors, state
+from .snapshots import snapshot_dict, tree_dict
 from .units import human, parse_size
 
 snapshot_app = typer.Typer(help="Snapshot trees of VM disks: live or offline, revert, delete by commit or pull.",
@@ -24,7 +25,7 @@ def snapshot_create(vm: str, name: Optional[str] = typer.Option(None, help="A na
                     as_json: bool = JsonOpt) -> None:
     """Snapshot every disk of a VM at one instant (running or stopped)."""
     snap = asyncio.run(state.appliance.snapshots.create(vm, name, automatic=auto))
-    emit_json(_snapshot_dict(snap)) if as_json else out.print(f"snapshot {snap.name} ({snap.id}) of {vm} taken")
+    emit_json(snapshot_dict(snap)) if as_json else out.print(f"snapshot {snap.name} ({snap.id}) of {vm} taken")
 
 
 @snapshot_app.command("list")
@@ -105,21 +106,3 @@ def snapshot_check(vm: str, repair: bool = typer.Option(False, "--repair", help=
             out.print(f"{vm}: the snapshot tree matches the disks")
     if result.problems and not repair:
         raise typer.Exit(1)
-
-
-def tree_dict(tree: VMTree) -> dict[str, Any]:
-    """The tree as JSON: snapshots (with their parent and per-disk layers) and the current position."""
-    def layer(node_id: str) -> dict[str, Any]:
-        n = tree.nodes[node_id]
-        return {"node": n.id, "file": n.file, "size": n.size, "bitmaps": n.bitmaps}
-    current = tree.current_parent()
-    return {"vm": tree.vm, "total_size": tree.total_size(),
-            "current": {"parent": current.id if current else None,
-                        "disks": {d: layer(tree.active(d).id) for d in tree.disks()}},
-            "snapshots": [{**_snapshot_dict(s), "parent": (p.id if (p := tree.snapshot_parent(s)) else None),
-                           "size": tree.node_size(s), "disks": {d: layer(n) for d, n in s.nodes.items()}}
-                          for s in sorted(tree.snapshots.values(), key=lambda s: s.created)]}
-
-
-def _snapshot_dict(snap: Snapshot) -> dict[str, Any]:
-    return {"id": snap.id, "name": snap.name, "created": snap.created.isoformat(), "automatic": snap.automatic}

@@ -12,6 +12,7 @@ import os
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -175,3 +176,21 @@ def _as_user_errors() -> Iterator[None]:
         raise NotFoundError(str(err)) from err
     except ChainError as err:
         raise ConflictError(str(err)) from err
+
+
+def tree_dict(tree: VMTree) -> dict[str, Any]:
+    """The tree as JSON: snapshots (with their parent and per-disk layers) and the current position."""
+    def layer(node_id: str) -> dict[str, Any]:
+        n = tree.nodes[node_id]
+        return {"node": n.id, "file": n.file, "size": n.size, "bitmaps": n.bitmaps}
+    current = tree.current_parent()
+    return {"vm": tree.vm, "total_size": tree.total_size(),
+            "current": {"parent": current.id if current else None,
+                        "disks": {d: layer(tree.active(d).id) for d in tree.disks()}},
+            "snapshots": [{**snapshot_dict(s), "parent": (p.id if (p := tree.snapshot_parent(s)) else None),
+                           "size": tree.node_size(s), "disks": {d: layer(n) for d, n in s.nodes.items()}}
+                          for s in sorted(tree.snapshots.values(), key=lambda s: s.created)]}
+
+
+def snapshot_dict(snap: Snapshot) -> dict[str, Any]:
+    return {"id": snap.id, "name": snap.name, "created": snap.created.isoformat(), "automatic": snap.automatic}

@@ -7,10 +7,12 @@ transaction):
     transaction: blockdev-snapshot {node: root, overlay: <id>}                   (each disk)
                  block-dirty-bitmap-add   <id>.B (persistent, same granularity)  (each recording B)
                  block-dirty-bitmap-merge <id>.B += {root, B}
-    then block-dirty-bitmap-remove root.B (the old layer no longer sees writes).
 The snapshot actions come first: each keeps its disk drained to the end of the transaction, so
 no write can land between the merge and the switch. The next backup finds B, complete, on the
-active layer, where the export and the offline path look for it.
+active layer, where the export and the offline path look for it. The old layer keeps a frozen
+copy of B: QEMU makes the bitmaps of a layer that lost its writer read-only, so it cannot be
+removed there; it goes with the layer's file, and is only ever looked up below the active
+layer's B, which contains it.
 
 Commit (a child into its parent) and pull (a parent into a child) are block-commit and
 block-stream jobs (see jobs.py). An active-layer commit carries the recording bitmaps down once
@@ -68,17 +70,13 @@ class LiveChains:
             actions = [{"type": "blockdev-snapshot", "data": {"node": graph.roots[layer.disk], "overlay": layer.node_id}}
                        for layer in layers]
             for layer in layers:
-                actions += carry_bitmap_actions(graph.root(layer.disk), layer.node_id)
+                actions += carry_bitmap_actions(graph.root(layer.disk), layer.node_id, set())
             await self.qmp.execute("transaction", {"actions": actions})
         except BaseException:
             await self._delete_nodes(reversed(added))
             for layer in layers:
                 Path(layer.file).unlink(missing_ok=True)
             raise
-        for layer in layers:
-            old = graph.root(layer.disk)
-            for bitmap in old.recording_bitmaps():
-                await self.qmp.execute("block-dirty-bitmap-remove", {"node": old.name, "name": bitmap["name"]})
 
     async def commit(self, top_file: str, base_file: str, speed: int | None) -> None:
         """Commit `top_file` into its backing `base_file`, pivoting if it is the active layer."""
@@ -89,7 +87,8 @@ class LiveChains:
         on_ready = None
         if top.name == graph.roots[disk]:
             async def on_ready() -> None:
-                await self.qmp.execute("transaction", {"actions": carry_bitmap_actions(top, base.name)})
+                await self.qmp.execute("transaction", {"actions": carry_bitmap_actions(
+                    top, base.name, {b["name"] for b in base.bitmaps}) + drop_stale_actions(top, base)})
         else:
             args["top-node"] = top.name
         await run_block_job(self.qmp, "block-commit", f"cairn-commit-{disk}", _with_speed(args, speed), on_ready)
@@ -137,17 +136,32 @@ class LiveChains:
         return node
 
 
-def carry_bitmap_actions(source: BlockNode, target: str) -> list[dict[str, Any]]:
-    """Transaction actions giving node `target` a copy of each recording bitmap of `source`."""
+def carry_bitmap_actions(source: BlockNode, target: str, target_has: set[str]) -> list[dict[str, Any]]:
+    """Transaction actions giving node `target` each recording bitmap of `source`. A bitmap of
+    the same name already on `target` is the frozen copy from when `source` was snapshotted on
+    it: `source`'s contains it, but a commit into `target` has dirtied it with every cluster it
+    copied, so it is cleared first."""
     actions: list[dict[str, Any]] = []
     for bitmap in source.recording_bitmaps():
         name = bitmap["name"]
-        actions.append({"type": "block-dirty-bitmap-add",
-                        "data": {"node": target, "name": name, "persistent": True,
-                                 "granularity": bitmap["granularity"]}})
+        if name in target_has:
+            actions.append({"type": "block-dirty-bitmap-clear", "data": {"node": target, "name": name}})
+        else:
+            actions.append({"type": "block-dirty-bitmap-add",
+                            "data": {"node": target, "name": name, "persistent": True,
+                                     "granularity": bitmap["granularity"]}})
         actions.append({"type": "block-dirty-bitmap-merge",
                         "data": {"node": target, "target": name, "bitmaps": [{"node": source.name, "name": name}]}})
     return actions
+
+
+def drop_stale_actions(top: BlockNode, base: BlockNode) -> list[dict[str, Any]]:
+    """Transaction actions removing the enabled bitmaps of `base` that `top` does not carry
+    down: frozen copies from snapshots, which missed every write to the layers above. Once
+    `base` is the active layer again they would claim to have recorded those."""
+    carried = {b["name"] for b in top.recording_bitmaps()}
+    return [{"type": "block-dirty-bitmap-remove", "data": {"node": base.name, "name": b["name"]}}
+            for b in base.bitmaps if b.get("recording") and b["name"] not in carried]
 
 
 def _with_speed(args: dict[str, Any], speed: int | None) -> dict[str, Any]:

@@ -62,7 +62,14 @@ def commit(top: str, base: str, rate_limit: int | None, active: bool) -> None:
     rate = ["-r", str(rate_limit)] if rate_limit else []
     _qemu_img("commit", "-q", "-d", *rate, "-b", base, top)
     if active:
-        carry_bitmaps(read_layer(top), base)
+        source = read_layer(top)
+        carry_bitmaps(source, base)
+        # As in live.drop_stale_actions: enabled bitmaps the base kept from snapshots missed
+        # every write above it, and the base is the active layer now.
+        carried = {b["name"] for b in source.recording_bitmaps}
+        for bitmap in read_layer(base).recording_bitmaps:
+            if bitmap["name"] not in carried:
+                _qemu_img("bitmap", "--remove", base, bitmap["name"])
 
 
 def pull(child: str, new_backing: str | None, new_backing_format: str | None) -> None:
@@ -78,9 +85,16 @@ def repoint(child: str, backing: str) -> None:
 
 
 def carry_bitmaps(source: ImageLayer, target: str) -> None:
+    """Give `target` each recording bitmap of `source`; a frozen copy of the same name that a
+    live snapshot left there is cleared first (see live.carry_bitmap_actions)."""
+    info = image_info(target)
+    present = {b["name"] for b in info.get("format-specific", {}).get("data", {}).get("bitmaps", [])}
     for bitmap in source.recording_bitmaps:
         name = bitmap["name"]
-        _qemu_img("bitmap", "--add", "-g", str(bitmap["granularity"]), target, name)
+        if name in present:
+            _qemu_img("bitmap", "--clear", target, name)
+        else:
+            _qemu_img("bitmap", "--add", "-g", str(bitmap["granularity"]), target, name)
         _qemu_img("bitmap", "--merge", name, "-b", source.file, "-F", source.format, target, name)
 
 
