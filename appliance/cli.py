@@ -2,49 +2,30 @@
 from __future__ import annotations
 
 import asyncio
-import functools
 import json
 import sys
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import typer
-from rich.console import Console
-from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 from rich.table import Table
 
-from dedup import Store, StoreError
-from restore import RestoreError, restore_disk
-from transports import SourceError
-from transports.fleece import ExportError
-from vmm import VMError
+from dedup import Store
+from restore import restore_disk
 
-from .context import Appliance
-from .errors import CairnError
+from .cli_common import JsonOpt, byte_progress, emit_json, out, reports_errors, state
+from .cli_snapshot import snapshot_app
+from .cli_store import store_app
+from .settings import Settings
 from .units import human, parse_size
-
-USER_ERRORS = (CairnError, StoreError, RestoreError, VMError, ExportError, SourceError)
 
 app = typer.Typer(help="Cairn: backup, snapshots and VM management for QEMU/KVM.", no_args_is_help=True)
 vm_app = typer.Typer(help="Define and run VMs.", no_args_is_help=True)
 backup_app = typer.Typer(help="Back up VMs and list backups.", no_args_is_help=True)
 app.add_typer(vm_app, name="vm")
 app.add_typer(backup_app, name="backup")
-
-out = Console()
-err = Console(stderr=True)
-JsonOpt = typer.Option(False, "--json", help="Print JSON instead of a table.")
-
-
-class State:
-    data_dir: Optional[str] = None
-
-    @functools.cached_property
-    def appliance(self) -> Appliance:
-        return Appliance.open(self.data_dir)
-
-
-state = State()
+app.add_typer(store_app, name="store")
+app.add_typer(snapshot_app, name="snapshot")
 
 
 @app.callback()
@@ -52,29 +33,6 @@ def main(data_dir: Optional[Path] = typer.Option(None, "--data-dir", envvar="CAI
                                                  help="Holds the catalog, the default store and VM disks.")) -> None:
     state.data_dir = str(data_dir) if data_dir else None
 
-
-def reports_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """A user error ends the command with its message and exit code 1, no traceback."""
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except USER_ERRORS as e:
-            err.print(f"[red]error:[/red] {e}", highlight=False)
-            raise typer.Exit(1)
-        except ValueError as e:
-            err.print(f"[red]error:[/red] {e}", highlight=False)
-            raise typer.Exit(2)
-    return wrapper
-
-
-def emit_json(data: Any) -> None:
-    out.out(json.dumps(data, indent=2, default=str), highlight=False)
-
-
-def byte_progress() -> Progress:
-    return Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-                    TimeRemainingColumn(), console=err, transient=False, disable=not err.is_terminal)
 
 
 @app.command()
@@ -222,7 +180,6 @@ def restore_cmd(backup: str,
     """Restore one disk of a backup into a file. Needs only the store: no catalog, no server."""
     if fmt not in ("raw", "qcow2"):
         raise ValueError(f"--format must be raw or qcow2, not {fmt}")
-    from .settings import Settings
     source = Store.open(store or Settings.resolve(state.data_dir).store_dir)
     with byte_progress() as bars:
         task = bars.add_task(f"restore {backup}", total=None)
@@ -235,10 +192,6 @@ def restore_cmd(backup: str,
                   f"in {result.seconds:.1f} s")
 
 
-from .cli_store import store_app  # noqa: E402 - builds on the helpers above
-app.add_typer(store_app, name="store")
-from .cli_snapshot import snapshot_app  # noqa: E402 - builds on the helpers above
-app.add_typer(snapshot_app, name="snapshot")
 
 
 def _opt(p: Optional[Path]) -> Optional[str]:

@@ -9,7 +9,7 @@ from rich.tree import Tree
 
 from chain import Snapshot
 
-from .cli import JsonOpt, emit_json, out, reports_errors, state
+from .cli_common import JsonOpt, emit_json, out, reports_errors, state
 from .snapshots import snapshot_dict, tree_dict
 from .units import human, parse_size
 

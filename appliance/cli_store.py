@@ -21,7 +21,7 @@ from dedup import (DEFAULT_CHUNK_SIZE, DEFAULT_ZSTD_LEVEL, RetentionPolicy, Stor
                    store_stats, unprotect, verify_store)
 
 from .catalog import open_catalog, record_pruned, record_verification
-from .cli import JsonOpt, byte_progress, emit_json, err, out, reports_errors, state
+from .cli_common import JsonOpt, byte_progress, emit_json, err, out, reports_errors, state
 from .settings import Settings
 from .units import human, parse_size
 

@@ -1,10 +1,14 @@
 """Helpers for backup tests: reference copies of a live disk and byte comparisons."""
 from __future__ import annotations
 
+import asyncio
 import subprocess
+import time
 from pathlib import Path
 
+from appliance.context import Appliance
 from vmm import QMPSession
+
 
 
 async def reference_copy(session: QMPSession, disk: str, target: Path, socket: Path) -> None:
@@ -39,3 +43,44 @@ def same_content(a: Path, b: Path, fmt_b: str = "raw") -> bool:
 
 def allocated_bytes(path: Path) -> int:
     return path.stat().st_blocks * 512
+
+
+CHUNK = 4 << 20
+MiB = 1 << 20
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def new_guest_vm(appliance: Appliance, guest_kernel, name: str, disks: list[int]) -> None:
+    appliance.vms.create(name, disks, kernel=str(guest_kernel.kernel), initrd=str(guest_kernel.initrd),
+                         append="console=ttyS0 quiet cairn.mode=idle")
+
+
+def wait_serial(appliance: Appliance, name: str, marker: str, timeout: float = 90) -> None:
+    log = appliance.settings.run_dir / name / "serial.log"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if log.exists() and marker in log.read_text(errors="replace"):
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"guest never printed {marker}: {log.read_text(errors='replace')[-2000:]}")
+
+
+async def write_pattern(appliance: Appliance, vm: str, disk: str, pattern: int, offset: int, length: int) -> None:
+    async with appliance.driver.session(vm) as s:
+        await s.qemu_io(await root_node(s, disk), f"write -P {pattern:#x} {offset} {length}")
+
+
+async def paused_backup_with_reference(appliance: Appliance, vm: str, disks: list[str], refdir: Path,
+                                       full: bool = False):
+    """Pause, copy each disk as it is, back up at that same instant, resume."""
+    async with appliance.driver.session(vm) as s:
+        await s.execute("stop")
+        for d in disks:
+            await reference_copy(s, d, refdir / f"{d}.raw", refdir / "ref.sock")
+    result = await appliance.backups.create(appliance.vms.spec(vm), full=full)
+    async with appliance.driver.session(vm) as s:
+        await s.execute("cont")
+    return result.manifest

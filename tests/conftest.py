@@ -18,6 +18,9 @@ import pytest
 from guest.build import GuestImage, build_guest
 from guest.harness import BOOT_TIMEOUT, GuestVM, MiB
 
+from appliance.context import Appliance
+from backup_helpers import CHUNK
+from dedup import Store
 from vmm import DiskSpec, QemuDriver, VMSpec, create_disk
 from vmm.rundir import RunDir, is_our_qemu, read_pid
 
@@ -99,3 +102,10 @@ def appliance_data_dir() -> Iterator[Path]:
         if run_root.exists():
             _kill_qemus_under(run_root)
         shutil.rmtree(data_dir, ignore_errors=True)
+
+
+@pytest.fixture
+def appliance(appliance_data_dir: Path) -> Appliance:
+    """An appliance whose store has small chunks, so tests can count the chunks a backup reads."""
+    Store.init(appliance_data_dir / "store", chunk_size=CHUNK, zstd_level=1)
+    return Appliance.open(str(appliance_data_dir))

@@ -2,7 +2,6 @@
 each point restored byte-exact; the stopped-VM path; a crash that costs the bitmap."""
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
 import subprocess
@@ -16,53 +15,8 @@ from appliance.context import Appliance
 from dedup import Store
 from restore import restore_disk
 
-from backup_helpers import reference_copy, root_node, same_content
-
-CHUNK = 4 << 20
-MiB = 1 << 20
-
-
-@pytest.fixture
-def appliance(appliance_data_dir: Path) -> Appliance:
-    Store.init(appliance_data_dir / "store", chunk_size=CHUNK, zstd_level=1)
-    return Appliance.open(str(appliance_data_dir))
-
-
-def run(coro):
-    return asyncio.run(coro)
-
-
-def new_guest_vm(appliance: Appliance, guest_kernel, name: str, disks: list[int]) -> None:
-    appliance.vms.create(name, disks, kernel=str(guest_kernel.kernel), initrd=str(guest_kernel.initrd),
-                         append="console=ttyS0 quiet cairn.mode=idle")
-
-
-def wait_serial(appliance: Appliance, name: str, marker: str, timeout: float = 90) -> None:
-    log = appliance.settings.run_dir / name / "serial.log"
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if log.exists() and marker in log.read_text(errors="replace"):
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"guest never printed {marker}: {log.read_text(errors='replace')[-2000:]}")
-
-
-async def write_pattern(appliance: Appliance, vm: str, disk: str, pattern: int, offset: int, length: int) -> None:
-    async with appliance.driver.session(vm) as s:
-        await s.qemu_io(await root_node(s, disk), f"write -P {pattern:#x} {offset} {length}")
-
-
-async def paused_backup_with_reference(appliance: Appliance, vm: str, disks: list[str], refdir: Path,
-                                       full: bool = False):
-    """Pause, copy each disk as it is, back up at that same instant, resume."""
-    async with appliance.driver.session(vm) as s:
-        await s.execute("stop")
-        for d in disks:
-            await reference_copy(s, d, refdir / f"{d}.raw", refdir / "ref.sock")
-    result = await appliance.backups.create(appliance.vms.spec(vm), full=full)
-    async with appliance.driver.session(vm) as s:
-        await s.execute("cont")
-    return result.manifest
+from backup_helpers import (CHUNK, MiB, new_guest_vm, paused_backup_with_reference, reference_copy, run, same_content,
+                            wait_serial, write_pattern)
 
 
 @pytest.mark.slow

@@ -16,10 +16,9 @@ from appliance.errors import ConflictError, NotFoundError
 from restore import restore_disk
 
 from backup_helpers import reference_copy, root_node, same_content
-from test_backup_e2e import (  # noqa: F401 - `appliance` is a fixture
+from backup_helpers import (
     CHUNK,
     MiB,
-    appliance,
     new_guest_vm,
     paused_backup_with_reference,
     run,

@@ -9,7 +9,7 @@ while a synchronous loop does not.
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 import nbd
