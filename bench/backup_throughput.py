@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import io
 import os
 import shutil
 import subprocess
@@ -24,14 +25,13 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import zstandard
-
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from appliance.context import Appliance  # noqa: E402
 from backup_helpers import root_node  # noqa: E402
 from dedup import Store  # noqa: E402
+from dedup.codec import ChunkCodec  # noqa: E402
 from guest.build import build_guest  # noqa: E402
 from restore import restore_disk  # noqa: E402
 
@@ -99,15 +99,16 @@ async def nbdcopy_ceiling(appliance: Appliance, vm: str, sock: Path) -> float:
 
 
 def zstd_ceiling(raw: Path, chunk: int, level: int) -> tuple[float, list[bytes]]:
-    """Compress the image's data chunks on all cores, one compressor per thread as the store does."""
+    """Compress the image's data chunks on all cores the fastest way we know (streaming, one
+    compressor per thread: the store's own codec), without reading, hashing or writing."""
     with open(raw, "rb") as f:
         chunks = [c for c in iter(lambda: f.read(chunk), b"") if c.count(0) != len(c)]
-    local = __import__("threading").local()
+    codec = ChunkCodec(level, chunk)
 
     def compress(c: bytes) -> bytes:
-        if not hasattr(local, "z"):
-            local.z = zstandard.ZstdCompressor(level=level)
-        return local.z.compress(c)
+        out = io.BytesIO()
+        codec.compress_into(out, c)
+        return out.getvalue()
     with ThreadPoolExecutor(os.cpu_count()) as pool:
         seconds, frames = timed(lambda: list(pool.map(compress, chunks)))
     return seconds, frames
