@@ -77,12 +77,16 @@ def test_stopped_vm_backups_are_incremental_across_restart(appliance: Appliance,
     assert second.kind == "incremental" and second.notes == ()
     assert second.disks[0].stats.bytes_read <= CHUNK
 
-    ref = tmp_path / "ref.raw"
-    subprocess.run(["qemu-img", "convert", "-O", "raw", disk, str(ref)], check=True)
-    out = tmp_path / "out.raw"
-    restore_disk(appliance.store, second.backup_id, None, out)
-    assert same_content(ref, out)
+    assert restores_to_image(appliance, second.backup_id, disk, tmp_path)
     assert first.backup_id != second.backup_id
+
+
+def restores_to_image(appliance: Appliance, backup_id: str, image: str, tmp_path: Path) -> bool:
+    """The backup's only disk restores to exactly what the (stopped VM's) image holds."""
+    ref, out = tmp_path / f"{backup_id}.ref.raw", tmp_path / f"{backup_id}.out.raw"
+    subprocess.run(["qemu-img", "convert", "-O", "raw", image, str(ref)], check=True)
+    restore_disk(appliance.store, backup_id, None, out)
+    return same_content(ref, out)
 
 
 def test_killed_qemu_loses_the_bitmap_and_the_next_backup_reads_in_full(appliance: Appliance, guest_kernel,
@@ -104,12 +108,7 @@ def test_killed_qemu_loses_the_bitmap_and_the_next_backup_reads_in_full(applianc
     after = run(appliance.backups.create(appliance.vms.spec("crashy"))).manifest
     assert after.kind == "full"
     assert any("inconsistent" in n or "missing" in n for n in after.notes), after.notes
-    disk = appliance.vms.spec("crashy").disks[0].path
-    ref = tmp_path / "ref.raw"
-    subprocess.run(["qemu-img", "convert", "-O", "raw", disk, str(ref)], check=True)
-    out = tmp_path / "out.raw"
-    restore_disk(appliance.store, after.backup_id, None, out)
-    assert same_content(ref, out)
+    assert restores_to_image(appliance, after.backup_id, appliance.vms.spec("crashy").disks[0].path, tmp_path)
 
 
 def test_backup_killed_midway_loses_nothing_and_the_next_one_repairs(appliance: Appliance, guest_kernel,

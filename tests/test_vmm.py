@@ -43,10 +43,9 @@ def run(coro):
 
 # -- no QEMU needed ---------------------------------------------------------------------------
 
+@pytest.mark.skipif(not os.path.exists("/sys/module/kvm_pvm"), reason="not a kvm_pvm host")
 def test_accel_falls_back_to_tcg_on_kvm_pvm(monkeypatch):
     monkeypatch.delenv("CAIRN_ACCEL", raising=False)
-    if not os.path.exists("/sys/module/kvm_pvm"):
-        pytest.skip("not a kvm_pvm host")
     accel = detect_accel()
     assert accel.name == "tcg"
     assert "kvm_pvm" in accel.reason
