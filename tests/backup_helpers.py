@@ -58,6 +58,13 @@ def new_guest_vm(appliance: Appliance, guest_kernel, name: str, disks: list[int]
                          append="console=ttyS0 quiet cairn.mode=idle")
 
 
+def boot_guest_vm(appliance: Appliance, guest_kernel, name: str, disks: list[int]) -> None:
+    """Create and start a guest VM; return once it has written its boot pattern and is ready."""
+    new_guest_vm(appliance, guest_kernel, name, disks)
+    run(appliance.vms.start(name))
+    wait_serial(appliance, name, "CAIRN: READY")
+
+
 def wait_serial(appliance: Appliance, name: str, marker: str, timeout: float = 90) -> None:
     log = appliance.settings.run_dir / name / "serial.log"
     deadline = time.monotonic() + timeout

@@ -15,7 +15,7 @@ from appliance.context import Appliance
 from dedup import Store
 from restore import restore_disk
 
-from backup_helpers import (CHUNK, MiB, new_guest_vm, paused_backup_with_reference, reference_copy, run, same_content,
+from backup_helpers import (CHUNK, MiB, boot_guest_vm, new_guest_vm, paused_backup_with_reference, reference_copy, run, same_content,
                             wait_serial, write_pattern)
 
 
@@ -64,9 +64,7 @@ def test_running_vm_full_then_incrementals_restore_byte_exact(appliance: Applian
 
 
 def test_stopped_vm_backups_are_incremental_across_restart(appliance: Appliance, guest_kernel, tmp_path: Path):
-    new_guest_vm(appliance, guest_kernel, "db1", [128 * MiB])
-    run(appliance.vms.start("db1"))
-    wait_serial(appliance, "db1", "CAIRN: PATTERN-WRITTEN")
+    boot_guest_vm(appliance, guest_kernel, "db1", [128 * MiB])
     first = run(appliance.backups.create(appliance.vms.spec("db1"))).manifest
     run(appliance.vms.stop("db1", timeout=5, force=True))     # QMP quit: bitmaps are stored in the image
 
@@ -91,9 +89,7 @@ def restores_to_image(appliance: Appliance, backup_id: str, image: str, tmp_path
 
 def test_killed_qemu_loses_the_bitmap_and_the_next_backup_reads_in_full(appliance: Appliance, guest_kernel,
                                                                         tmp_path: Path):
-    new_guest_vm(appliance, guest_kernel, "crashy", [128 * MiB])
-    run(appliance.vms.start("crashy"))
-    wait_serial(appliance, "crashy", "CAIRN: PATTERN-WRITTEN")
+    boot_guest_vm(appliance, guest_kernel, "crashy", [128 * MiB])
     run(appliance.backups.create(appliance.vms.spec("crashy")))
     run(write_pattern(appliance, "crashy", "vda", 0x77, 30 * MiB, 65536))
     os.kill(appliance.driver.status("crashy").pid, signal.SIGKILL)
@@ -113,9 +109,7 @@ def test_killed_qemu_loses_the_bitmap_and_the_next_backup_reads_in_full(applianc
 
 def test_backup_killed_midway_loses_nothing_and_the_next_one_repairs(appliance: Appliance, guest_kernel,
                                                                       tmp_path: Path):
-    new_guest_vm(appliance, guest_kernel, "victim", [512 * MiB])
-    run(appliance.vms.start("victim"))
-    wait_serial(appliance, "victim", "CAIRN: READY")
+    boot_guest_vm(appliance, guest_kernel, "victim", [512 * MiB])
     run(appliance.backups.create(appliance.vms.spec("victim")))
     for n in range(6):                       # enough to read that the kill lands mid-way
         run(write_pattern(appliance, "victim", "vda", 0x30 + n, (120 + 64 * n) * MiB, 48 * MiB))
