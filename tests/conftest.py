@@ -15,9 +15,11 @@ from contextlib import suppress
 from pathlib import Path
 
 import pytest
+from fastapi.testclient import TestClient
 from guest.build import GuestImage, build_guest
 from guest.harness import BOOT_TIMEOUT, GuestVM, MiB
 
+from appliance.api import create_app
 from appliance.context import Appliance
 from backup_helpers import CHUNK
 from dedup import Store
@@ -109,3 +111,9 @@ def appliance(appliance_data_dir: Path) -> Appliance:
     """An appliance whose store has small chunks, so tests can count the chunks a backup reads."""
     Store.init(appliance_data_dir / "store", chunk_size=CHUNK, zstd_level=1)
     return Appliance.open(str(appliance_data_dir))
+
+
+@pytest.fixture
+def api_client(appliance: Appliance) -> TestClient:
+    """A client of the appliance's web API, signed in with full rights."""
+    return TestClient(create_app(appliance))

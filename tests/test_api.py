@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from appliance.api import create_app
 from appliance.context import Appliance
 
 
@@ -18,8 +17,8 @@ def appliance(appliance_data_dir: Path) -> Appliance:
 
 
 @pytest.fixture
-def client(appliance: Appliance) -> TestClient:
-    return TestClient(create_app(appliance))
+def client(api_client: TestClient) -> TestClient:
+    return api_client
 
 
 def test_health_and_openapi(client: TestClient):

@@ -223,12 +223,9 @@ def test_chain_limit_rotates_automatic_snapshots_and_refuses_manual_ones(applian
     assert run(snaps.check("lim")).problems == []
 
 
-def test_api_and_cli_drive_the_same_tree(appliance: Appliance, appliance_data_dir: Path):
-    from fastapi.testclient import TestClient
-
-    from appliance.api import create_app
+def test_api_and_cli_drive_the_same_tree(appliance: Appliance, appliance_data_dir: Path, api_client):
     appliance.vms.create("apivm", [16 * MiB])
-    client = TestClient(create_app(appliance))
+    client = api_client
     base = "/api/v1/vms/apivm/snapshots"
     assert client.post(base, json={"name": "first"}).status_code == 201
     assert client.post(base, json={"name": "first"}).status_code == 409

@@ -12,7 +12,6 @@ import pytest
 from fastapi.testclient import TestClient
 from store_helpers import MiB, backup_image, chunk_files, disk_image, flip_byte
 
-from appliance.api import create_app
 from appliance.catalog import BackupRecord, open_catalog
 from appliance.context import Appliance
 from appliance.settings import Settings
@@ -95,9 +94,8 @@ def test_store_command_errors(cairn, tmp_path: Path):
     assert "not found" in cairn("protect", "nope", "--store", str(tmp_path / "s"), status=1).stderr
 
 
-def test_store_api(appliance_data_dir: Path):
-    appliance = Appliance.open(str(appliance_data_dir))
-    client = TestClient(create_app(appliance))
+def test_store_api(appliance_data_dir: Path, appliance: Appliance, api_client: TestClient):
+    client = api_client
     ids = recorded_backups(appliance_data_dir, appliance.store, "web", days=2)
 
     assert client.get("/api/v1/store/stats").json()["backups"] == 2
