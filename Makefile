@@ -3,7 +3,7 @@
 SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
-APT_PACKAGES := qemu-system-x86 qemu-utils libnbd-bin python3-libnbd python3-venv nbdkit
+APT_PACKAGES := qemu-system-x86 qemu-utils libnbd-bin python3-libnbd python3-venv nbdkit openssh-server openssh-client
 DATA_DIR ?= $(CURDIR)/data
 PYTEST_ARGS ?=
 

@@ -15,13 +15,14 @@ from contextlib import suppress
 from pathlib import Path
 
 import pytest
+from backup_helpers import CHUNK
 from fastapi.testclient import TestClient
 from guest.build import GuestImage, build_guest
 from guest.harness import BOOT_TIMEOUT, GuestVM, MiB
+from sshd_server import sshd_server  # noqa: F401  (a fixture shared by remote-access tests)
 
 from appliance.api import create_app
 from appliance.context import Appliance
-from backup_helpers import CHUNK
 from dedup import Store
 from vmm import DiskSpec, QemuDriver, VMSpec, create_disk
 from vmm.rundir import RunDir, is_our_qemu, read_pid
