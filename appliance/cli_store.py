@@ -1,32 +1,66 @@
 """`cairn store ...`: create, inspect and maintain a chunk store.
 
-Every command works from the store directory alone. verify also records
-what it found in the data dir's catalog when there is one; prune marks the
-backups it removed there.
+Every command works from the store alone: a directory or an
+sftp://user@host[:port]/path URL (--store, else $CAIRN_STORE, else the data
+dir's). An encrypted store's passphrase comes from $CAIRN_STORE_PASSPHRASE,
+else a prompt. verify also records what it found in the data dir's catalog
+when there is one; prune marks the backups it removed there.
 """
 from __future__ import annotations
 
+import os
 import re
+import sys
+from collections.abc import Callable
 from dataclasses import asdict
 from datetime import timedelta
 from pathlib import Path
-from typing import Callable, Optional
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+)
 from rich.table import Table
 from sqlalchemy.orm import Session, sessionmaker
 
-from dedup import (DEFAULT_CHUNK_SIZE, DEFAULT_ZSTD_LEVEL, RetentionPolicy, Store, collect_garbage, protect, prune,
-                   store_stats, unprotect, verify_store)
+from dedup import (
+    DEFAULT_CHUNK_SIZE,
+    DEFAULT_ZSTD_LEVEL,
+    KEY_FILE,
+    PassphraseRequiredError,
+    RetentionPolicy,
+    Store,
+    collect_garbage,
+    open_backend,
+    protect,
+    prune,
+    store_stats,
+    unprotect,
+    verify_store,
+)
 
 from .catalog import open_catalog, record_pruned, record_verification
-from .cli_common import JsonOpt, byte_progress, emit_json, err, out, reports_errors, state
+from .cli_common import (
+    JsonOpt,
+    byte_progress,
+    emit_json,
+    err,
+    out,
+    reports_errors,
+    state,
+)
 from .settings import Settings
 from .units import human, parse_size
 
 store_app = typer.Typer(help="Create, check and clean up the chunk store.", no_args_is_help=True)
-StoreOpt = typer.Option(None, "--store", help="Store directory (default: the data dir's).")
+StoreOpt = typer.Option(None, "--store", help="Store directory or sftp://user@host[:port]/path "
+                                              "(default: $CAIRN_STORE, else the data dir's).")
+KeyFileOpt = typer.Option(None, "--key-file", help="With --encrypt: write the sealed key here instead of into "
+                                                  f"the store's {KEY_FILE}.")
 # Exit status of a verify that found damage (1 is a usage or store error).
 DAMAGE_FOUND = 3
 
@@ -42,15 +76,27 @@ def parse_duration(text: str) -> timedelta:
     return timedelta(seconds=float(m.group(1)) * _DURATION_UNITS[m.group(2)])
 
 
-def store_dir(store: Optional[Path]) -> Path:
-    return store or Settings.resolve(state.data_dir).store_dir
+def open_store(location: str | None) -> Store:
+    """The store, unlocked with $CAIRN_STORE_PASSPHRASE or, at a terminal, a passphrase typed in."""
+    access = Settings.resolve(state.data_dir).store_access(location)
+    try:
+        return access.open()
+    except PassphraseRequiredError as e:
+        if not sys.stdin.isatty():
+            raise PassphraseRequiredError(f"{e}: set CAIRN_STORE_PASSPHRASE or run at a terminal") from None
+    return access.open(typer.prompt(f"passphrase of store {access.location}", hide_input=True, err=True))
 
 
-def open_store(store: Optional[Path]) -> Store:
-    return Store.open(store_dir(store))
+def new_passphrase() -> str:
+    given = os.environ.get("CAIRN_STORE_PASSPHRASE")
+    if given:
+        return given
+    if not sys.stdin.isatty():
+        raise ValueError("--encrypt needs a passphrase: set CAIRN_STORE_PASSPHRASE or run at a terminal")
+    return typer.prompt("passphrase for the new store key", hide_input=True, confirmation_prompt=True, err=True)
 
 
-def existing_catalog() -> Optional[sessionmaker[Session]]:
+def existing_catalog() -> sessionmaker[Session] | None:
     """The data dir's catalog if it has one; store commands never create it."""
     settings = Settings.resolve(state.data_dir)
     if settings.catalog_url.startswith("sqlite:///") and not (settings.data_dir / "catalog.db").exists():
@@ -65,22 +111,38 @@ def count_progress() -> Progress:
 
 @store_app.command("init")
 @reports_errors
-def init(store: Optional[Path] = typer.Option(None, "--store", "--path", help="Directory of the new store."),
+def init(store: str | None = typer.Option(None, "--store", "--path",
+                                             help="Directory or sftp:// URL of the new store."),
          chunk_size: str = typer.Option(f"{DEFAULT_CHUNK_SIZE >> 20}M", "--chunk-size",
                                         help="Power of two from 1M to 64M."),
          zstd_level: int = typer.Option(DEFAULT_ZSTD_LEVEL, "--zstd-level", help="1 (fast) to 22 (small)."),
+         encrypt: bool = typer.Option(False, "--encrypt", help="Encrypt chunks, indexes and manifests "
+                                      "(passphrase from CAIRN_STORE_PASSPHRASE or a prompt)."),
+         key_file: Path | None = KeyFileOpt,
          as_json: bool = JsonOpt) -> None:
-    """Create a store in an empty or missing directory."""
-    created = Store.init(store_dir(store), chunk_size=parse_size(chunk_size), zstd_level=zstd_level)
-    if as_json:
-        emit_json({"path": str(created.path), **asdict(created.config)})
-    else:
-        out.print(f"created store {created.path}: {human(created.chunk_size)} chunks, zstd level {zstd_level}")
+    """Create a store in an empty or missing directory, local or remote."""
+    if key_file is not None and not encrypt:
+        raise ValueError("--key-file goes with --encrypt")
+    access = Settings.resolve(state.data_dir).store_access(store)
+    passphrase = new_passphrase() if encrypt else None
+    created = Store.init(open_backend(access.location, access.ssh), chunk_size=parse_size(chunk_size),
+                         zstd_level=zstd_level, passphrase=passphrase, key_file=key_file)
+    with created:
+        if as_json:
+            emit_json({"location": created.location, **asdict(created.config)})
+            return
+        out.print(f"created store {created.location}: {human(created.chunk_size)} chunks, zstd level {zstd_level}",
+                  highlight=False)
+        if encrypt:
+            where = key_file or f"{created.location}/{KEY_FILE}"
+            out.print(f"encrypted with key {created.config.key_fingerprint}, sealed by your passphrase in {where}. "
+                      "Without the passphrase (and that file) the backups cannot be restored: keep copies of both.",
+                      highlight=False)
 
 
 @store_app.command("stats")
 @reports_errors
-def stats(store: Optional[Path] = StoreOpt, as_json: bool = JsonOpt) -> None:
+def stats(store: str | None = StoreOpt, as_json: bool = JsonOpt) -> None:
     """Sizes, dedup and compression ratios, and what each backup alone holds."""
     s = store_stats(open_store(store))
     if as_json:
@@ -100,7 +162,7 @@ def stats(store: Optional[Path] = StoreOpt, as_json: bool = JsonOpt) -> None:
 
 @store_app.command("verify")
 @reports_errors
-def verify(store: Optional[Path] = StoreOpt,
+def verify(store: str | None = StoreOpt,
            sample: float = typer.Option(100.0, "--sample", help="Percent of the chunks to check, chosen at random."),
            as_json: bool = JsonOpt) -> None:
     """Re-read and re-hash chunks; name every backup a bad chunk hurts. Exit status 3 if damage is found."""
@@ -131,7 +193,7 @@ def verify(store: Optional[Path] = StoreOpt,
 
 @store_app.command("gc")
 @reports_errors
-def gc(store: Optional[Path] = StoreOpt,
+def gc(store: str | None = StoreOpt,
        grace: str = typer.Option("24h", "--grace", help="Keep unreferenced chunks younger than this."),
        dry_run: bool = typer.Option(False, "--dry-run", help="Report what would be removed; remove nothing."),
        as_json: bool = JsonOpt) -> None:
@@ -165,7 +227,7 @@ def prune_cmd(vm: str = typer.Option(..., "--vm", help="Whose backups to prune."
               keep_weekly: int = typer.Option(0, "--keep-weekly", help="Keep the newest of each of N weeks."),
               keep_monthly: int = typer.Option(0, "--keep-monthly", help="Keep the newest of each of N months."),
               keep_yearly: int = typer.Option(0, "--keep-yearly", help="Keep the newest of each of N years."),
-              store: Optional[Path] = StoreOpt,
+              store: str | None = StoreOpt,
               dry_run: bool = typer.Option(False, "--dry-run", help="List what would go and why; remove nothing."),
               as_json: bool = JsonOpt) -> None:
     """Remove the backups of a VM that no keep rule (UTC periods) keeps; protected ones always stay."""
@@ -188,7 +250,7 @@ def prune_cmd(vm: str = typer.Option(..., "--vm", help="Whose backups to prune."
 
 def _protection(change: Callable[[Store, str], object], word: str) -> Callable[..., None]:
     @reports_errors
-    def command(backup: str, store: Optional[Path] = StoreOpt) -> None:
+    def command(backup: str, store: str | None = StoreOpt) -> None:
         change(open_store(store), backup)
         out.print(f"backup {backup} {word}")
     return command

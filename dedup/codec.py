@@ -1,11 +1,14 @@
-"""Chunk identity and compression.
+"""Chunk identity, compression and (in encrypted stores) sealing.
 
-A chunk's id is the BLAKE3-256 digest of its plaintext. A stored chunk is a
-single zstd frame with the content size in the frame header and no zstd
-checksum (the BLAKE3 id already covers the content). There is no raw
-variant: zstd stores incompressible input as raw blocks inside the frame, so
-random data costs a few bytes per 128 KiB block and decompresses at memcpy
-speed, and every chunk file has one format.
+A chunk's id is the BLAKE3-256 digest of its plaintext; in an encrypted
+store it is BLAKE3 keyed with the store's id key, so ids reveal nothing
+about content. A stored chunk is a single zstd frame with the content size
+in the frame header and no zstd checksum (the id already covers the
+content); an encrypted store seals that frame with AES-256-GCM, the chunk's
+id as associated data (crypto.py). There is no raw variant: zstd stores
+incompressible input as raw blocks inside the frame, so random data costs a
+few bytes per 128 KiB block and decompresses at memcpy speed, and every
+chunk file has one format.
 
 Compressors and decompressors are kept per thread: creating a zstd context
 per chunk was measured 2x slower than reusing one, and the contexts are not
@@ -19,6 +22,7 @@ from typing import BinaryIO
 import blake3
 import zstandard
 
+from .crypto import AeadFailed, StoreKey
 from .errors import ChunkCorruptError
 
 DIGEST_SIZE = 32
@@ -29,36 +33,69 @@ WRITE_SIZE = 4 << 20
 # The index entry of an all-zero chunk; no chunk is ever stored under it.
 ZERO_DIGEST = bytes(DIGEST_SIZE)
 
+_Buffer = bytes | bytearray | memoryview
 
-def content_digest(data: bytes | bytearray | memoryview) -> bytes:
+
+def content_digest(data: _Buffer) -> bytes:
+    """Unkeyed BLAKE3: the digest of index files recorded in manifests."""
     return blake3.blake3(data).digest()
 
 
 class ChunkCodec:
-    def __init__(self, level: int, max_chunk_size: int) -> None:
+    def __init__(self, level: int, max_chunk_size: int, key: StoreKey | None = None) -> None:
         self._level = level
         self._max_chunk_size = max_chunk_size
+        self._key = key
         self._local = threading.local()
 
-    def compress_into(self, file: BinaryIO, data: bytes | bytearray | memoryview) -> None:
-        """Write data to file as one zstd frame.
+    def chunk_id(self, data: _Buffer) -> bytes:
+        if self._key is None:
+            return blake3.blake3(data).digest()
+        return blake3.blake3(data, key=self._key.id_key).digest()
 
-        Streaming into the file instead of compressing to one bytes object
-        spares a chunk-sized output allocation per chunk; fresh 64 MiB
-        allocations are page-faulted in every time and measured ~40% slower.
-        """
+    def encode_into(self, file: BinaryIO, data: _Buffer, digest: bytes) -> None:
+        """Write the stored form of a chunk to file."""
+        if self._key is None:
+            self.compress_into(file, data)
+        else:
+            frame = self._compressor().compress(data)
+            file.write(self._key.seal(frame, digest))
+
+    def decode(self, stored: bytes, digest: bytes) -> bytes:
+        """The plaintext of a stored chunk; its id is checked by the caller."""
+        chunk_id = digest.hex()
+        frame = stored
+        if self._key is not None:
+            try:
+                frame = self._key.open(stored, digest)
+            except AeadFailed as e:
+                raise ChunkCorruptError(f"chunk {chunk_id}: {e} (damaged, or not sealed with this store's key)",
+                                        chunk_id) from None
+        return self._decompress(frame, chunk_id)
+
+    def _compressor(self) -> zstandard.ZstdCompressor:
         compressor = getattr(self._local, "compressor", None)
         if compressor is None:
             compressor = self._local.compressor = zstandard.ZstdCompressor(level=self._level)
+        return compressor
+
+    def compress_into(self, file: BinaryIO, data: _Buffer) -> None:
+        """Stream one zstd frame into file.
+
+        Streaming instead of compressing to one bytes object spares a
+        chunk-sized output allocation per chunk; fresh 64 MiB allocations
+        are page-faulted in every time and measured ~40% slower.
+        """
         # size= puts the content size in the frame header. No `with`: its exit would end the
         # frame even after a failed write and replace the real error (e.g. "No space left on
         # device") with zstd's "Src size is incorrect".
-        writer = compressor.stream_writer(file, size=memoryview(data).nbytes, closefd=False, write_size=WRITE_SIZE)
+        writer = self._compressor().stream_writer(
+            file, size=memoryview(data).nbytes, closefd=False, write_size=WRITE_SIZE
+        )
         writer.write(data)
         writer.flush(zstandard.FLUSH_FRAME)
 
-    def decompress(self, frame: bytes, chunk_id: str) -> bytes:
-        """Decompress one stored frame; its digest is checked by the caller."""
+    def _decompress(self, frame: bytes, chunk_id: str) -> bytes:
         try:
             # Checked before decompressing: a damaged header must not make
             # us allocate whatever size it claims.

@@ -88,3 +88,27 @@ class GcUnsafeError(StoreError):
 
 class RetentionRuleError(StoreError, ValueError):
     """A prune was asked with no keep rule or a negative count."""
+
+
+class StoreLocationError(StoreError, ValueError):
+    """A store location is neither a path nor a valid sftp://user@host[:port]/path URL."""
+
+
+class StoreUnreachableError(StoreError):
+    """A remote store's server cannot be reached or refused us."""
+
+
+class KeyFileError(StoreError):
+    """An encrypted store's key file is missing or malformed."""
+
+
+class WrongPassphraseError(KeyFileError):
+    """The passphrase does not open the key file."""
+
+
+class WrongKeyError(KeyFileError):
+    """The key opened but belongs to another store: its fingerprint differs from the store's config."""
+
+
+class PassphraseRequiredError(KeyFileError):
+    """The store is encrypted and no passphrase was given."""

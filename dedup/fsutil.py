@@ -42,11 +42,6 @@ def atomic_file(path: Path) -> Iterator[BinaryIO]:
     fsync_dir(path.parent)
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    with atomic_file(path) as f:
-        f.write(data)
-
-
 def mkdir_durable(path: Path, exist_ok: bool = False) -> None:
     """mkdir, then fsync the parent so the new entry survives a crash."""
     try:

@@ -1,7 +1,9 @@
 """Garbage collection: remove the chunks no backup needs, while backups run.
 
 No lock blocks backups. Safety comes from file times, all taken from the
-store's own file system clock so that host and file server clocks never mix:
+store's own clock so that host and file server clocks never mix (an SFTP
+store can only approximate that clock; the cutoff is moved back by the
+backend's clock_error_ns to cover it):
 
 1. GC takes store/locks/gc (one GC at a time) and touches it: its mtime is
    `gc_start`.
@@ -33,18 +35,16 @@ that the directory it is about to write into exists.
 
 from __future__ import annotations
 
-import os
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
+from .backend import Entry, Lock, join
 from .chunks import chunk_digest
 from .errors import GcUnsafeError, StoreBusyError
 from .leases import LeaseScan, lock_dead_lease, scan_leases
-from .locks import LOCKS_DIR, FileLock
+from .locks import LOCKS_DIR
 from .manifest import MANIFEST_FILE
 from .references import UnreadableBackup, walk_indexes
 from .store import Store
@@ -79,11 +79,11 @@ def collect_garbage(
 ) -> GcReport:
     if grace < timedelta(0):
         raise ValueError(f"grace period must not be negative, got {grace}")
-    locks = store.path / LOCKS_DIR
-    locks.mkdir(exist_ok=True)
-    lock = FileLock.try_acquire(locks / GC_LOCK)
+    backend = store.backend
+    backend.make_dir(LOCKS_DIR)
+    lock = backend.try_lock(join(LOCKS_DIR, GC_LOCK))
     if lock is None:
-        raise StoreBusyError(f"another GC is running on store {store.path} (it holds {locks / GC_LOCK})")
+        raise StoreBusyError(f"another GC is running on store {store.location} (it holds {LOCKS_DIR}/{GC_LOCK})")
     try:
         return _Collection(store, lock, grace, dry_run, progress).run()
     finally:
@@ -100,25 +100,37 @@ class _Counts:
     temp_files: int = 0
 
 
+@dataclass(frozen=True)
+class _Trashed:
+    trash: str  # the .gc name it was renamed to
+    chunk: str  # its name as a chunk
+    digest: bytes
+    size: int
+
+
 @dataclass
 class _Collection:
     store: Store
-    lock: FileLock
+    lock: Lock
     grace: timedelta
     dry_run: bool
     progress: GcProgress | None
     cutoff_ns: int = 0
     marked: set[bytes] = field(default_factory=set)
     counts: _Counts = field(default_factory=_Counts)
-    # Chunks renamed to their .gc name awaiting the final check: (.gc path, chunk path, digest, size).
-    trashed: list[tuple[Path, Path, bytes, int]] = field(default_factory=list)
+    # Chunks renamed to their .gc name awaiting the final check.
+    trashed: list[_Trashed] = field(default_factory=list)
 
     def run(self) -> GcReport:
         started = time.monotonic()
-        os.utime(self.lock.fd)
-        gc_start_ns = os.fstat(self.lock.fd).st_mtime_ns
-        leases = scan_leases(self.store.path)
-        self.cutoff_ns = min([gc_start_ns, *leases.live_started_ns.values()]) - _ns(self.grace)
+        backend = self.store.backend
+        lock_name = join(LOCKS_DIR, GC_LOCK)
+        backend.touch(lock_name)
+        gc_start_ns = _mtime(self.store, lock_name)
+        leases = scan_leases(backend)
+        self.cutoff_ns = (
+            min([gc_start_ns, *leases.live_started_ns.values()]) - _ns(self.grace) - backend.clock_error_ns
+        )
         self.marked = self._mark()
         self._sweep_chunks()
         self._settle_trash()
@@ -160,63 +172,61 @@ class _Collection:
     def _sweep_chunks(self) -> None:
         prefixes = self.store.chunks.prefix_dirs()
         for done, prefix in enumerate(prefixes, 1):
-            for entry in self.store.chunks.entries(prefix):
-                self._sweep_entry(entry)
+            for directory, entry in self.store.chunks.entries(prefix):
+                self._sweep_entry(directory, entry)
             if self.progress:
                 self.progress("sweep", done, len(prefixes))
 
-    def _sweep_entry(self, entry: os.DirEntry[str]) -> None:
-        path = Path(entry.path)
-        try:
-            st = entry.stat(follow_symlinks=False)
-        except FileNotFoundError:
-            return  # a writer's temp file renamed, or a concurrent trash move
+    def _sweep_entry(self, directory: str, entry: Entry) -> None:
         name = entry.name
+        path = join(directory, name)
         if name.startswith(".") and name.endswith(TEMP_SUFFIX):
-            if st.st_mtime_ns < self.cutoff_ns:
+            if entry.mtime_ns < self.cutoff_ns:
                 self._remove_temp(path)
             return
         if name.startswith(".") and name.endswith(TRASH_SUFFIX):
-            self._sweep_leftover_trash(path, st)
+            self._sweep_leftover_trash(directory, entry)
             return
         digest = chunk_digest(name)
         if digest is None:
             return  # not ours: leave it
-        if digest in self.marked or st.st_mtime_ns >= self.cutoff_ns:
-            self._keep(digest, st.st_size)
+        if digest in self.marked or entry.mtime_ns >= self.cutoff_ns:
+            self._keep(digest, entry.size)
         elif self.dry_run:
             self.counts.removed += 1
-            self.counts.bytes_removed += st.st_size
+            self.counts.bytes_removed += entry.size
         else:
-            trash = path.with_name(f".{name}{TRASH_SUFFIX}")
+            trash = join(directory, f".{name}{TRASH_SUFFIX}")
             try:
-                os.rename(path, trash)
+                self.store.backend.rename(path, trash)
             except FileNotFoundError:
                 return
-            self.trashed.append((trash, path, digest, st.st_size))
+            self.trashed.append(_Trashed(trash, path, digest, entry.size))
 
-    def _sweep_leftover_trash(self, trash: Path, st: os.stat_result) -> None:
+    def _sweep_leftover_trash(self, directory: str, entry: Entry) -> None:
         """A .gc file a crashed GC left behind: a chunk unless proven garbage now."""
-        chunk = trash.with_name(trash.name[1 : -len(TRASH_SUFFIX)])
-        digest = chunk_digest(chunk.name)
+        trash = join(directory, entry.name)
+        chunk = join(directory, entry.name[1 : -len(TRASH_SUFFIX)])
+        digest = chunk_digest(chunk.rsplit("/", 1)[1])
         if digest is None or self.dry_run:
             return
-        if digest in self.marked or st.st_mtime_ns >= self.cutoff_ns:
-            os.rename(trash, chunk)
-            self._keep(digest, st.st_size)
+        if digest in self.marked or entry.mtime_ns >= self.cutoff_ns:
+            self.store.backend.rename(trash, chunk)
+            self._keep(digest, entry.size)
         else:
-            self.trashed.append((trash, chunk, digest, st.st_size))
+            self.trashed.append(_Trashed(trash, chunk, digest, entry.size))
 
     def _settle_trash(self) -> None:
         """Delete each renamed chunk, unless a writer touched it since we looked."""
-        for trash, chunk, digest, size in self.trashed:
-            if trash.stat().st_mtime_ns >= self.cutoff_ns:
-                os.rename(trash, chunk)
-                self._keep(digest, size)
+        backend = self.store.backend
+        for t in self.trashed:
+            if _mtime(self.store, t.trash) >= self.cutoff_ns:
+                backend.rename(t.trash, t.chunk)
+                self._keep(t.digest, t.size)
             else:
-                trash.unlink()
+                backend.remove(t.trash)
                 self.counts.removed += 1
-                self.counts.bytes_removed += size
+                self.counts.bytes_removed += t.size
 
     def _keep(self, digest: bytes, size: int) -> None:
         self.counts.kept += 1
@@ -224,41 +234,48 @@ class _Collection:
         if digest not in self.marked:
             self.counts.within_grace += 1
 
-    def _remove_temp(self, path: Path) -> None:
+    def _remove_temp(self, name: str) -> None:
         if not self.dry_run:
-            path.unlink(missing_ok=True)
+            self.store.backend.remove(name)
         self.counts.temp_files += 1
 
     def _sweep_abandoned(self, leases: LeaseScan) -> tuple[str, ...]:
         """Backup directories that will never get a manifest, and dead leases."""
-        without_manifest = {d.name: d for d in self.store.backup_dirs() if not (d / MANIFEST_FILE).exists()}
+        backend = self.store.backend
+        without_manifest = {
+            d.backup_id: d for d in self.store.backup_dirs() if backend.stat(d.file(MANIFEST_FILE)) is None
+        }
         if self.dry_run:
             return tuple(
-                f"{d.parent.name}/{backup_id}"
+                f"{d.vm}/{backup_id}"
                 for backup_id, d in sorted(without_manifest.items())
                 if backup_id not in leases.live_started_ns
             )
         removed = []
         for backup_id in sorted(without_manifest.keys() | set(leases.dead)):
-            lease = lock_dead_lease(self.store.path, backup_id)
+            lease = lock_dead_lease(backend, backup_id)
             if lease is None:
                 continue  # its writer is alive
             directory = without_manifest.get(backup_id)
             # Checked again under the lease: the writer may have committed meanwhile.
-            if directory is not None and not (directory / MANIFEST_FILE).exists():
-                shutil.rmtree(directory, ignore_errors=True)
-                removed.append(f"{directory.parent.name}/{backup_id}")
+            if directory is not None and backend.stat(directory.file(MANIFEST_FILE)) is None:
+                backend.remove_tree(directory.name)
+                removed.append(f"{directory.vm}/{backup_id}")
             lease.release(unlink=True)
         return tuple(removed)
 
     def _sweep_backup_temp_files(self) -> None:
         for directory in self.store.backup_dirs():
-            for path in directory.glob(f".*{TEMP_SUFFIX}"):
-                try:
-                    if path.stat().st_mtime_ns < self.cutoff_ns:
-                        self._remove_temp(path)
-                except FileNotFoundError:
-                    pass
+            for entry in self.store.backend.list(directory.name):
+                if entry.name.startswith(".") and entry.name.endswith(TEMP_SUFFIX) and entry.mtime_ns < self.cutoff_ns:
+                    self._remove_temp(directory.file(entry.name))
+
+
+def _mtime(store: Store, name: str) -> int:
+    entry = store.backend.stat(name)
+    if entry is None:
+        raise FileNotFoundError(f"{store.location}/{name} vanished during GC")
+    return entry.mtime_ns
 
 
 def _ns(delta: timedelta) -> int:

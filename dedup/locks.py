@@ -8,7 +8,10 @@ thread in the appliance sees the leases of backup threads of the same
 process as held.
 
 store/locks/gc                one GC at a time (held for the whole run)
-store/writers/<backup-id>     lease of a backup being written (writer.py)
+store/writers/<backup-id>     lease of a backup being written (leases.py)
+
+Remote backends cannot flock; sftp.py keeps the same contract with leases
+that a heartbeat keeps fresh.
 """
 
 from __future__ import annotations
@@ -17,8 +20,11 @@ import fcntl
 import os
 from pathlib import Path
 
+from .errors import StoreBusyError
+
 LOCKS_DIR = "locks"
 WRITERS_DIR = "writers"
+_ATTEMPTS = 3
 
 
 class FileLock:
@@ -53,3 +59,24 @@ class FileLock:
         if unlink:
             self.path.unlink(missing_ok=True)
         os.close(self.fd)
+
+
+def create_locked(path: Path, content: bytes) -> FileLock:
+    """Create path (O_EXCL: FileExistsError if it exists), lock it and write content."""
+    for _ in range(_ATTEMPTS):
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR | os.O_CLOEXEC, 0o644)
+        # Blocking: whoever else locks a lease (a GC probing it) holds it for a moment only.
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        if _still_named(fd, path):
+            os.write(fd, content)
+            return FileLock(fd, path)
+        # A GC took the file for a dead lease between our open and flock, and removed it.
+        os.close(fd)
+    raise StoreBusyError(f"could not lock {path}: removed {_ATTEMPTS} times by a concurrent GC")
+
+
+def _still_named(fd: int, path: Path) -> bool:
+    try:
+        return os.stat(path).st_ino == os.fstat(fd).st_ino
+    except FileNotFoundError:
+        return False

@@ -23,15 +23,14 @@ of its disk, so no backup needs another backup's index to restore.
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, fields, replace
 from datetime import UTC, datetime
 
+from .backend import write_file
 from .errors import RetentionRuleError
-from .fsutil import fsync_dir, write_atomic
 from .manifest import MANIFEST_FILE, BackupManifest
-from .store import Store
+from .store import BackupDir, Store
 
 PROTECTED_FILE = "protected"
 
@@ -130,28 +129,25 @@ def delete_backup(store: Store, manifest: BackupManifest) -> bool:
     Returns False, removing nothing, if the backup is protected: checked here
     again so that a protect() racing with a prune always wins.
     """
-    directory = store.backup_dir(manifest.vm, manifest.backup_id)
-    if (directory / PROTECTED_FILE).exists():
+    directory = BackupDir(manifest.vm, manifest.backup_id)
+    if is_protected(store, manifest):
         return False
-    (directory / MANIFEST_FILE).unlink(missing_ok=True)
-    fsync_dir(directory)
-    shutil.rmtree(directory, ignore_errors=True)
+    store.backend.remove(directory.file(MANIFEST_FILE))
+    store.backend.remove_tree(directory.name)
     return True
 
 
 def is_protected(store: Store, manifest: BackupManifest) -> bool:
-    return (store.backup_dir(manifest.vm, manifest.backup_id) / PROTECTED_FILE).exists()
+    return store.backend.stat(BackupDir(manifest.vm, manifest.backup_id).file(PROTECTED_FILE)) is not None
 
 
 def protect(store: Store, backup_id: str) -> BackupManifest:
     manifest = store.get_backup(backup_id)
-    write_atomic(store.backup_dir(manifest.vm, backup_id) / PROTECTED_FILE, b"")
+    write_file(store.backend, BackupDir(manifest.vm, backup_id).file(PROTECTED_FILE), b"")
     return manifest
 
 
 def unprotect(store: Store, backup_id: str) -> BackupManifest:
     manifest = store.get_backup(backup_id)
-    path = store.backup_dir(manifest.vm, backup_id) / PROTECTED_FILE
-    path.unlink(missing_ok=True)
-    fsync_dir(path.parent)
+    store.backend.remove(BackupDir(manifest.vm, backup_id).file(PROTECTED_FILE))
     return manifest

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from .errors import IndexCorruptError, ManifestCorruptError
 from .index import FixedIndex
-from .manifest import BackupManifest
+from .manifest import MANIFEST_FILE, BackupManifest
 from .store import Store
 
 
@@ -37,21 +37,21 @@ WalkProgress = Callable[[int, int], None]
 
 
 def walk_indexes(store: Store, progress: WalkProgress | None = None) -> Iterator[DiskIndex | UnreadableBackup]:
-    paths = store.manifest_paths()
-    for done, path in enumerate(paths, 1):
+    backups = store.committed()
+    for done, backup in enumerate(backups, 1):
         try:
-            manifest = store.load_manifest(path)
+            manifest = store.load_manifest(backup)
         except FileNotFoundError:
             continue  # pruned since we listed it
         except (ManifestCorruptError, OSError) as e:
-            yield UnreadableBackup(path.parent.parent.name, path.parent.name, None, str(e))
+            yield UnreadableBackup(backup.vm, backup.backup_id, None, str(e))
             continue
         for disk in manifest.disks:
             try:
                 yield DiskIndex(manifest, disk.name, store.read_index(manifest, disk.name))
             except (IndexCorruptError, OSError) as e:
                 # Prune removes the manifest before the indexes: no manifest, no damage.
-                if path.exists():
+                if store.backend.stat(backup.file(MANIFEST_FILE)) is not None:
                     yield UnreadableBackup(manifest.vm, manifest.backup_id, disk.name, str(e))
         if progress:
-            progress(done, len(paths))
+            progress(done, len(backups))

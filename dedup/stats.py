@@ -119,13 +119,10 @@ def store_stats(store: Store) -> StoreStats:
 def _chunk_file_sizes(store: Store) -> dict[bytes, int]:
     sizes: dict[bytes, int] = {}
     for prefix in store.chunks.prefix_dirs():
-        for entry in store.chunks.entries(prefix):
+        for _, entry in store.chunks.entries(prefix):
             digest = chunk_digest(entry.name)
             if digest is not None:
-                try:
-                    sizes[digest] = entry.stat(follow_symlinks=False).st_size
-                except FileNotFoundError:
-                    pass  # removed by a concurrent GC
+                sizes[digest] = entry.size
     return sizes
 
 

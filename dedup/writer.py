@@ -15,13 +15,11 @@ garbage collection pass that sees every index can remove them.
 
 from __future__ import annotations
 
-import shutil
 import threading
 from dataclasses import replace
 from datetime import datetime
 from itertools import islice
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Self
 
 from .codec import DIGEST_SIZE, ZERO_DIGEST, content_digest
 from .errors import (
@@ -31,7 +29,6 @@ from .errors import (
     DiskNotFoundError,
     IndexCorruptError,
 )
-from .fsutil import write_atomic
 from .index import FixedIndex, chunk_count, chunk_length
 from .manifest import MANIFEST_FILE, BackupKind, BackupManifest, DiskEntry, DiskStats
 from .names import check_name
@@ -39,7 +36,7 @@ from .pipeline import JobPipeline
 
 if TYPE_CHECKING:
     from .leases import WriterLease
-    from .store import Store
+    from .store import BackupDir, Store
 
 _Buffer = bytes | bytearray | memoryview
 
@@ -48,7 +45,7 @@ class BackupSession:
     def __init__(
         self,
         store: Store,
-        backup_dir: Path,
+        backup_dir: BackupDir,
         lease: WriterLease,
         *,
         vm: str,
@@ -82,7 +79,7 @@ class BackupSession:
         self._zero_chunk = bytes(store.chunk_size)
         self._state = "open"
 
-    def __enter__(self) -> BackupSession:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
@@ -127,7 +124,7 @@ class BackupSession:
             disks=disks,
             notes=tuple(self._notes),
         )
-        write_atomic(self._dir / MANIFEST_FILE, manifest.to_json())
+        self.store.write_sealed(self._dir.file(MANIFEST_FILE), manifest.to_json())
         self._state = "committed"
         self._pipeline.close()
         self._lease.release()
@@ -139,7 +136,7 @@ class BackupSession:
             return
         self._state = "aborted"
         self._pipeline.close()
-        shutil.rmtree(self._dir, ignore_errors=True)
+        self.store.backend.remove_tree(self._dir.name)
         self._lease.release()
 
     def _check_open(self) -> None:
@@ -249,10 +246,10 @@ class DiskWriter:
                 f"{self.chunk_count} chunks never put, zeroed or reused: {shown}"
             )
 
-    def write_index(self, backup_dir: Path) -> DiskEntry:
+    def write_index(self, backup_dir: BackupDir) -> DiskEntry:
         index = FixedIndex(self.chunk_size, self.size, bytes(self._digests)).to_bytes()
         file_name = f"{self.name}.index"
-        write_atomic(backup_dir / file_name, index)
+        self._session.store.write_sealed(backup_dir.file(file_name), index)
         return DiskEntry(
             name=self.name,
             size=self.size,
@@ -269,7 +266,7 @@ class DiskWriter:
                 with self._lock:
                     self._stats.chunks_zero += 1
                 return
-            digest = content_digest(data)
+            digest = self._chunks.codec.chunk_id(data)
             if self._session._claim(digest) and not self._chunks.touch(digest):
                 stored = self._chunks.insert(digest, data)
                 with self._lock:

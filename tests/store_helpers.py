@@ -1,9 +1,12 @@
 """Helpers shared by the store and restore tests: small stores and disk images."""
 
 import random
+import threading
+from collections.abc import Callable
+from datetime import timedelta
 from pathlib import Path
 
-from dedup import BackupManifest, Store
+from dedup import BackupManifest, Store, collect_garbage
 
 MiB = 1 << 20
 CHUNK = MiB
@@ -72,3 +75,58 @@ def flip_byte(path: Path, offset: int = -1) -> None:
     data = bytearray(path.read_bytes())
     data[offset] ^= 0xFF
     path.write_bytes(bytes(data))
+
+
+def backup_path(store: Store, vm: str, backup_id: str) -> Path:
+    """The directory of a backup in a local store."""
+    return store.backup_dir(vm, backup_id)
+
+
+def ingest_images(store: Store, vm: str, images: dict[str, Path], **session_args) -> BackupManifest:
+    """A full backup of image files the way a stopped VM's is taken: qemu-nbd, libnbd, the store's writer."""
+    from transports import NbdSource, ingest_disk
+    from transports.offline import OfflineExport
+
+    export = OfflineExport({disk: str(path) for disk, path in images.items()}, "cairn-test", {d: None for d in images})
+    points = export.open()
+    try:
+        with store.begin_backup(vm, **session_args) as session:
+            for point in points:
+                writer = session.disk(point.disk, point.size)
+                with NbdSource(point.uri, point.since) as source:
+                    stats = ingest_disk(source, writer, store.chunk_size, incremental=False)
+                writer.record_read(stats.bytes_read)
+            manifest = session.commit()
+    except BaseException:
+        export.close(success=False)
+        raise
+    export.close(success=True)
+    return manifest
+
+
+def backups_beside_gc(stores: dict[str, Store], images: dict[str, bytes], gc_store: Store,
+                      *others: Callable[[], object]) -> dict[str, BackupManifest]:
+    """Back up each VM's image (through its own Store object) while a GC without grace runs, and
+    `others` beside them, all started at once; then a second GC. Returns the manifests."""
+    manifests: dict[str, BackupManifest] = {}
+    start = threading.Barrier(len(images) + len(others) + 1)
+
+    def back_up(vm: str) -> None:
+        start.wait()
+        manifests[vm] = backup_image(stores[vm], vm, {"vda": images[vm]}, workers=2)
+
+    def other(work: Callable[[], object]) -> None:
+        start.wait()
+        work()
+
+    threads = [threading.Thread(target=back_up, args=(vm,)) for vm in images]
+    threads += [threading.Thread(target=other, args=(work,)) for work in others]
+    for t in threads:
+        t.start()
+    start.wait()
+    collect_garbage(gc_store, grace=timedelta(0))
+    for t in threads:
+        t.join()
+    collect_garbage(gc_store, grace=timedelta(0))
+    assert set(manifests) == set(images), "a backup thread failed"
+    return manifests

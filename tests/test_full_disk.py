@@ -9,9 +9,9 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from backup_helpers import same_content
 
 from appliance.context import Appliance
-from backup_helpers import same_content
 from dedup import Store
 from restore import restore_disk
 

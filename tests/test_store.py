@@ -3,7 +3,16 @@ import os
 
 import blake3
 import pytest
-from store_helpers import CHUNK, MiB, backup_image, chunk_files, disk_image, flip_byte, new_store, read_back
+from store_helpers import (
+    CHUNK,
+    MiB,
+    backup_image,
+    chunk_files,
+    disk_image,
+    flip_byte,
+    new_store,
+    read_back,
+)
 
 from dedup import (
     ZERO_DIGEST,

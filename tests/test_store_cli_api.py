@@ -27,7 +27,7 @@ def cairn(appliance_data_dir: Path):
     env = {**os.environ, "CAIRN_DATA_DIR": str(appliance_data_dir), "COLUMNS": "400"}
 
     def call(*args: str, status: int = 0) -> subprocess.CompletedProcess:
-        proc = subprocess.run([CAIRN, "store", *args], env=env, capture_output=True, text=True, timeout=60)
+        proc = subprocess.run([CAIRN, "store", *args], check=False, env=env, capture_output=True, text=True, timeout=60)
         assert proc.returncode == status, proc.stderr
         assert "Traceback" not in proc.stderr
         return proc

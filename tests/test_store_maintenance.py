@@ -2,12 +2,21 @@
 
 import os
 import random
-import threading
 import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from store_helpers import CHUNK, backup_image, chunk_files, disk_image, flip_byte, new_store, read_back
+from store_helpers import (
+    CHUNK,
+    backup_image,
+    backup_path,
+    backups_beside_gc,
+    chunk_files,
+    disk_image,
+    flip_byte,
+    new_store,
+    read_back,
+)
 
 from dedup import (
     GcUnsafeError,
@@ -68,7 +77,7 @@ def test_verify_finds_a_truncated_chunk_and_a_bad_index(tmp_path):
     b = backup_image(store, "web", {"vda": disk_image("r", seed=2)})
     path = chunk_path(store, a, "vda", 1)
     path.write_bytes(path.read_bytes()[:-50])
-    index = store.backup_dir("web", b.backup_id) / "vda.index"
+    index = backup_path(store, "web", b.backup_id) / "vda.index"
     index.write_bytes(index.read_bytes()[:-1] + b"\0")
 
     report = verify_store(store)
@@ -95,10 +104,10 @@ def test_gc_removes_old_unreferenced_chunks_and_keeps_the_rest(tmp_path):
     store = new_store(tmp_path)
     kept = backup_image(store, "web", {"vda": disk_image("rr", seed=1)})
     doomed = backup_image(store, "web", {"vda": disk_image("rrr", seed=2)})
-    store.backup_dir("web", doomed.backup_id).joinpath("manifest.json").unlink()
+    backup_path(store, "web", doomed.backup_id).joinpath("manifest.json").unlink()
     age(chunk_files(store))
     young = backup_image(store, "tmp", {"vda": disk_image("r", seed=3)})
-    store.backup_dir("tmp", young.backup_id).joinpath("manifest.json").unlink()
+    backup_path(store, "tmp", young.backup_id).joinpath("manifest.json").unlink()
 
     dry = collect_garbage(store, grace=timedelta(minutes=10), dry_run=True)
     assert (dry.chunks_removed, dry.chunks_within_grace, len(chunk_files(store))) == (3, 1, 6)
@@ -143,7 +152,7 @@ def test_gc_refuses_to_sweep_when_a_backup_is_unreadable(tmp_path):
     store = new_store(tmp_path)
     m = backup_image(store, "web", {"vda": disk_image("r", seed=1)})
     backup_image(store, "web", {"vda": disk_image("r", seed=2)})
-    store.backup_dir("web", m.backup_id).joinpath("manifest.json").write_text("{")
+    backup_path(store, "web", m.backup_id).joinpath("manifest.json").write_text("{")
     age(chunk_files(store))
     with pytest.raises(GcUnsafeError, match=m.backup_id):
         collect_garbage(store, grace=timedelta(0))
@@ -158,7 +167,7 @@ def test_gc_during_a_backup_never_loses_a_chunk_it_reuses(tmp_path):
     parent = backup_image(store, "web", {"vda": parent_data})
     orphan_data = disk_image("rr", seed=2)
     orphan = backup_image(store, "old", {"vda": orphan_data})
-    store.backup_dir("old", orphan.backup_id).joinpath("manifest.json").unlink()
+    backup_path(store, "old", orphan.backup_id).joinpath("manifest.json").unlink()
     age(chunk_files(store))
 
     session = store.begin_backup("web", kind="incremental", parent=parent)
@@ -168,7 +177,7 @@ def test_gc_during_a_backup_never_loses_a_chunk_it_reuses(tmp_path):
     writer.put(3, orphan_data[CHUNK:])
     session._pipeline.drain()
     # The parent goes away while the backup still relies on its chunks.
-    store.backup_dir("web", parent.backup_id).joinpath("manifest.json").unlink()
+    backup_path(store, "web", parent.backup_id).joinpath("manifest.json").unlink()
 
     report = collect_garbage(store, grace=timedelta(0))
     assert report.live_writers == (session.backup_id,) and report.chunks_removed == 1
@@ -182,21 +191,7 @@ def test_two_backups_and_gc_at_once(tmp_path):
     store = new_store(tmp_path)
     common = disk_image("rrrr", seed=9)
     images = {vm: common + disk_image("rr", seed=n) for n, vm in enumerate(["a", "b"])}
-    manifests = {}
-    start = threading.Barrier(3)
-
-    def back_up(vm):
-        start.wait()
-        manifests[vm] = backup_image(store, vm, {"vda": images[vm]}, workers=2)
-
-    threads = [threading.Thread(target=back_up, args=(vm,)) for vm in images]
-    for t in threads:
-        t.start()
-    start.wait()
-    collect_garbage(store, grace=timedelta(0))
-    for t in threads:
-        t.join()
-    collect_garbage(store, grace=timedelta(0))
+    manifests = backups_beside_gc(dict.fromkeys(images, store), images, store)
     for vm, data in images.items():
         assert read_back(store, manifests[vm], "vda") == data
     assert verify_store(store).ok and len(chunk_files(store)) == 8
@@ -231,7 +226,7 @@ def test_prune_rules_and_reasons(tmp_path):
     report = prune(store, "web", policy)
     assert sorted(m.backup_id for m in store.list_backups("web")) == sorted(backups[t] for t in kept)
     assert len(report.removed) == 15
-    assert not any(store.backup_dir("web", r).exists() for r in report.removed)
+    assert not any(backup_path(store, "web", r).exists() for r in report.removed)
 
 
 def test_protected_backups_are_never_pruned_and_ignored_by_rules(tmp_path):
