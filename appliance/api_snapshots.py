@@ -16,12 +16,20 @@ class SnapshotRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str | None = None
     automatic: bool = False
+    memory: bool = Field(False, description="also save the running guest's memory, so a revert resumes it")
+
+
+class RevertRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    memory: bool | None = Field(None, description="resume from the snapshot's memory state (default: if it has "
+                                                  "one; the VM is restarted from it) or, false, the disks only")
 
 
 class DeleteRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     via: Literal["commit", "pull"] | None = None
-    rate_limit: int | None = Field(None, gt=0, description="bytes per second")
+    rate_limit: int | None = Field(None, gt=0, description="bytes per second: the block job's speed on a running "
+                                   "VM, qemu-img commit -r on a stopped one (an offline pull has no limit)")
 
 
 def snapshot_router(appliance: Appliance) -> APIRouter:
@@ -35,11 +43,11 @@ def snapshot_router(appliance: Appliance) -> APIRouter:
     @router.post("", status_code=201)
     async def create_snapshot(name: str, body: SnapshotRequest | None = None) -> dict[str, Any]:
         body = body or SnapshotRequest()
-        return snapshot_dict(await service.create(name, body.name, body.automatic))
+        return snapshot_dict(await service.create(name, body.name, body.automatic, body.memory))
 
     @router.post("/{snapshot}/revert")
-    async def revert_snapshot(name: str, snapshot: str) -> dict[str, Any]:
-        return snapshot_dict(await service.revert(name, snapshot))
+    async def revert_snapshot(name: str, snapshot: str, body: RevertRequest | None = None) -> dict[str, Any]:
+        return snapshot_dict(await service.revert(name, snapshot, (body or RevertRequest()).memory))
 
     @router.delete("/{snapshot}")
     async def delete_snapshot(name: str, snapshot: str, body: DeleteRequest | None = None) -> list[dict[str, Any]]:

@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from vmm import QMPSession
+from vmm import QMPSession, disk_of_qdev
 
 from .errors import ChainError
 
@@ -73,17 +73,18 @@ class BlockGraph:
 async def read_graph(qmp: QMPSession) -> BlockGraph:
     roots = {}
     for entry in await qmp.execute("query-block"):
-        qdev = entry.get("qdev", "")
-        if entry.get("inserted") and qdev.startswith("/machine/peripheral/"):
-            device = qdev.split("/")[3]
-            if device.endswith("-dev"):
-                roots[device[:-len("-dev")]] = entry["inserted"]["node-name"]
-    entries = await qmp.execute("query-named-block-nodes")
+        disk = disk_of_qdev(entry.get("qdev", ""))
+        # A read-only medium (the CD-ROM) is no disk of the snapshot tree.
+        if disk and entry.get("inserted") and not entry["inserted"]["ro"]:
+            roots[disk] = entry["inserted"]["node-name"]
+    # flat: without it each node's answer nests its whole backing chain, which makes the reply
+    # grow with the square of the chain's length (seconds of JSON at 50 layers).
+    entries = await qmp.execute("query-named-block-nodes", {"flat": True})
     protocol = {e["file"]: e["node-name"] for e in entries if e["drv"] == "file"}
     nodes = {}
     for e in entries:
         if e["drv"] in FORMAT_DRIVERS:
-            backing = e["image"].get("backing-image", {}).get("filename")
+            backing = e["image"].get("full-backing-filename")
             nodes[e["node-name"]] = BlockNode(e["node-name"], e["drv"], e["file"], e["image"]["virtual-size"], backing,
                                               protocol.get(e["file"]), tuple(e.get("dirty-bitmaps", [])))
     return BlockGraph(roots, nodes)

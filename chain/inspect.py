@@ -30,7 +30,7 @@ class Layer:
 def backing_chain(path: str) -> list[Layer]:
     """Top layer first. -U: the image may be open in a running QEMU (sizes may then lag)."""
     proc = subprocess.run(["qemu-img", "info", "-U", "--backing-chain", "--output=json", path],
-                          capture_output=True, text=True)
+                          check=False, capture_output=True, text=True)
     if proc.returncode != 0:
         raise ChainError(f"cannot read the chain of {path}: {proc.stderr.strip()}")
     return [Layer(path=i["filename"], format=i["format"], virtual_size=i["virtual-size"],

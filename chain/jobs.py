@@ -43,6 +43,12 @@ async def run_block_job(qmp: QMPSession, command: str, job_id: str, args: dict[s
             raise
 
 
+async def cancel_job(qmp: QMPSession, job_id: str) -> None:
+    """Cancel a job someone else started and left (and dismiss it)."""
+    async with _dismissed(qmp, job_id):
+        await _cancel(qmp, job_id)
+
+
 async def _cancel(qmp: QMPSession, job_id: str) -> None:
     try:
         await qmp.execute("job-cancel", {"id": job_id})

@@ -8,38 +8,48 @@ transaction):
                  block-dirty-bitmap-add   <id>.B (persistent, same granularity)  (each recording B)
                  block-dirty-bitmap-merge <id>.B += {root, B}
 The snapshot actions come first: each keeps its disk drained to the end of the transaction, so
-no write can land between the merge and the switch. The next backup finds B, complete, on the
+no write can land between the merge and the switch. Opening and switching are separate steps
+(`open_overlays`, `switch`): the catalog records the overlays between them (see intent.py). The next backup finds B, complete, on the
 active layer, where the export and the offline path look for it. The old layer keeps a frozen
 copy of B: QEMU makes the bitmaps of a layer that lost its writer read-only, so it cannot be
 removed there; it goes with the layer's file, and is only ever looked up below the active
 layer's B, which contains it.
 
+A memory state is saved in the same pause as the switch: `migrate` to `exec:cat > <file>`
+(QEMU 7.2 has no file: URI), then `cont`, which takes back the images a completed migration
+hands over. A revert loads it with `-incoming exec:cat <file>`.
+
 Commit (a child into its parent) and pull (a parent into a child) are block-commit and
 block-stream jobs (see jobs.py). An active-layer commit carries the recording bitmaps down once
 the job is READY: from then on the job mirrors each guest write into the base, and writes into
 the base dirty its enabled bitmaps (lab P2), so the carried bitmap misses nothing up to and
-after the pivot. Stream writes do not dirty bitmaps, and do not need to: the guest-visible data
+after the pivot. The guest is paused from READY until the caller has recorded the pivot: a
+pivot leaves the top layer stale, and a crash in between must not lose a write that reached
+only the base. Stream writes do not dirty bitmaps, and do not need to: the guest-visible data
 does not change.
 """
 from __future__ import annotations
 
-from collections.abc import Iterable
-from dataclasses import dataclass
+import asyncio
+import os
+import shlex
+from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 from vmm import QMPSession
 
-from .errors import TreeError
+from .errors import ChainError, TreeError
 from .graph import BlockGraph, BlockNode, read_graph
-from .jobs import run_block_job, run_create_job
+from .intent import NewLayer
+from .jobs import cancel_job, run_block_job, run_create_job
 
-
-@dataclass(frozen=True)
-class NewLayer:
-    disk: str
-    node_id: str        # the model's node id, also the QEMU node name
-    file: str
+# Block jobs chain/ starts are named so; one still there belongs to an operation that died.
+JOB_PREFIXES = ("cairn-commit-", "cairn-stream-", "cairn-create-")
+# The guest is paused while its memory is saved: as fast as the disk takes it.
+MEMORY_SAVE_BANDWIDTH = 1 << 40
+MEMORY_SAVE_TIMEOUT = 600.0
+MIGRATION_ENDS = ("completed", "failed", "cancelled")
 
 
 class LiveChains:
@@ -61,37 +71,100 @@ class LiveChains:
         if jobs := await self.qmp.execute("query-jobs"):
             raise TreeError(f"block jobs are running on the VM ({', '.join(j['id'] for j in jobs)}); try again later")
 
-    async def snapshot(self, layers: list[NewLayer]) -> None:
+    async def cancel_leftover_jobs(self) -> list[str]:
+        """Cancel and dismiss the jobs an interrupted operation left behind; returns their ids.
+        A cancelled commit or stream leaves the graph as it was (the data it copied is the
+        same as what it was copied over, as far as the guest can see)."""
+        ids = [j["id"] for j in await self.qmp.execute("query-jobs") if j["id"].startswith(JOB_PREFIXES)]
+        for job_id in ids:
+            await cancel_job(self.qmp, job_id)
+        return ids
+
+    async def open_overlays(self, layers: list[NewLayer]) -> None:
+        """Create and open an empty qcow2 over each disk's root, not yet attached."""
         graph = await self.graph()
-        added: list[str] = []
         try:
             for layer in layers:
-                added += await self._open_overlay(layer, graph.root(layer.disk))
-            actions = [{"type": "blockdev-snapshot", "data": {"node": graph.roots[layer.disk], "overlay": layer.node_id}}
-                       for layer in layers]
-            for layer in layers:
-                actions += carry_bitmap_actions(graph.root(layer.disk), layer.node_id, set())
-            await self.qmp.execute("transaction", {"actions": actions})
+                await self._open_overlay(layer, graph.root(layer.disk))
         except BaseException:
-            await self._delete_nodes(reversed(added))
-            for layer in layers:
-                Path(layer.file).unlink(missing_ok=True)
+            await self.close_overlays(layers)
             raise
 
-    async def commit(self, top_file: str, base_file: str, speed: int | None) -> None:
-        """Commit `top_file` into its backing `base_file`, pivoting if it is the active layer."""
+    async def close_overlays(self, layers: list[NewLayer]) -> None:
+        """Undo open_overlays, whatever part of it was done."""
+        present = {e["node-name"] for e in await self.qmp.execute("query-named-block-nodes")}
+        await self._delete_nodes(n for layer in layers for n in (layer.node_id, f"{layer.node_id}-file")
+                                 if n in present)
+        for layer in layers:
+            Path(layer.file).unlink(missing_ok=True)
+
+    async def switch(self, layers: list[NewLayer]) -> None:
+        """Make the opened overlays the disks' active layers, all at one instant."""
+        graph = await self.graph()
+        actions = [{"type": "blockdev-snapshot", "data": {"node": graph.roots[layer.disk], "overlay": layer.node_id}}
+                   for layer in layers]
+        for layer in layers:
+            actions += carry_bitmap_actions(graph.root(layer.disk), layer.node_id, set())
+        await self.qmp.execute("transaction", {"actions": actions})
+
+    async def save_memory(self, file: str) -> None:
+        """Save the guest's RAM and device state to `file` by migrating into it. The guest must
+        be paused, and the caller resumes it: a completed migration leaves QEMU in
+        `postmigrate` with its images handed over, and `cont` takes them back. The state is
+        written under a temporary name, so `file` exists only complete."""
+        partial = f"{file}.part"
+        await self.qmp.execute("migrate-set-parameters", {"max-bandwidth": MEMORY_SAVE_BANDWIDTH})
+        await self.qmp.execute("migrate", {"uri": f"exec:cat > {shlex.quote(partial)}"})
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + MEMORY_SAVE_TIMEOUT
+        while (status := await self.qmp.execute("query-migrate")).get("status") not in MIGRATION_ENDS:
+            if loop.time() > deadline:
+                await self.qmp.execute("migrate_cancel")
+                raise ChainError(f"saving the memory state took more than {MEMORY_SAVE_TIMEOUT:g}s")
+            await asyncio.sleep(0.05)
+        if status["status"] != "completed":
+            Path(partial).unlink(missing_ok=True)
+            raise ChainError(f"saving the memory state failed: {status.get('error-desc', status['status'])}")
+        os.replace(partial, file)
+
+    async def running(self) -> bool:
+        return bool((await self.qmp.execute("query-status"))["running"])
+
+    async def pause(self) -> bool:
+        """Pause the guest if it runs; returns whether it did (then resume() it)."""
+        if not await self.running():
+            return False
+        await self.qmp.execute("stop")
+        return True
+
+    async def resume(self) -> None:
+        await self.qmp.execute("cont")
+
+    async def commit(self, top_file: str, base_file: str, speed: int | None,
+                     on_pivot: Callable[[], Awaitable[None]]) -> None:
+        """Commit `top_file` into its backing `base_file`, pivoting if it is the active layer.
+        `on_pivot` runs once the graph has changed, before the guest resumes (see above)."""
         graph = await self.graph()
         top, base = self._node(graph, top_file), self._node(graph, base_file)
         disk = graph.disk_of(top)
         args: dict[str, Any] = {"device": graph.roots[disk], "base-node": base.name}
+        paused = False
         on_ready = None
         if top.name == graph.roots[disk]:
             async def on_ready() -> None:
+                nonlocal paused
+                paused = await self.pause()
                 await self.qmp.execute("transaction", {"actions": carry_bitmap_actions(
                     top, base.name, {b["name"] for b in base.bitmaps}) + drop_stale_actions(top, base)})
         else:
             args["top-node"] = top.name
-        await run_block_job(self.qmp, "block-commit", f"cairn-commit-{disk}", _with_speed(args, speed), on_ready)
+        try:
+            await run_block_job(self.qmp, "block-commit", f"cairn-commit-{disk}", _with_speed(args, speed), on_ready)
+            await self._flush(disk)
+            await on_pivot()
+        finally:
+            if paused:
+                await self.resume()
         await self.forget_file(top_file)
 
     async def pull(self, bottom_file: str, top_file: str, speed: int | None) -> None:
@@ -99,8 +172,10 @@ class LiveChains:
         The caller forgets `bottom_file` once no child needs it any more."""
         graph = await self.graph()
         top, bottom = self._node(graph, top_file), self._node(graph, bottom_file)
-        await run_block_job(self.qmp, "block-stream", f"cairn-stream-{graph.disk_of(top)}",
+        disk = graph.disk_of(top)
+        await run_block_job(self.qmp, "block-stream", f"cairn-stream-{disk}",
                             _with_speed({"device": top.name, "bottom": bottom.name}, speed))
+        await self._flush(disk)
 
     async def forget_file(self, file: str) -> None:
         """Close a layer that left the chain, if QEMU keeps it open (see BlockNode.owned_names)."""
@@ -108,21 +183,31 @@ class LiveChains:
         for node in [n for n in graph.nodes.values() if n.file == file]:
             await self._delete_nodes(node.owned_names())
 
-    async def _open_overlay(self, layer: NewLayer, current: BlockNode) -> list[str]:
-        """Create and open an empty qcow2 over `current`, not yet attached; returns node names."""
-        opened = []
+    async def resume_if_paused_by_us(self, paused_by_owner: bool) -> bool:
+        """Resume a guest that an interrupted commit paused for its pivot (not one its owner
+        paused); returns whether it did."""
+        if paused_by_owner or await self.running():
+            return False
+        await self.qmp.execute("cont")
+        return True
+
+    async def _flush(self, disk: str) -> None:
+        """Write the disk's chain to its files, metadata included: a job's copy may otherwise
+        sit in QEMU's qcow2 caches when the tree records it, and a QEMU crash would lose it
+        with the layer it came from already deleted. QMP has no flush command; HMP qemu-io
+        flushes a node and everything under it."""
+        await self.qmp.qemu_io((await self.graph()).roots[disk], "flush")
+
+    async def _open_overlay(self, layer: NewLayer, current: BlockNode) -> None:
         protocol = f"{layer.node_id}-file"
         await run_create_job(self.qmp, f"cairn-create-{layer.node_id}",
                              {"driver": "file", "filename": layer.file, "size": 0})
         await self.qmp.execute("blockdev-add", {"driver": "file", "filename": layer.file, "node-name": protocol})
-        opened.append(protocol)
         await run_create_job(self.qmp, f"cairn-create-{layer.node_id}",
                              {"driver": "qcow2", "file": protocol, "size": current.virtual_size,
                               "backing-file": current.file, "backing-fmt": current.driver})
         await self.qmp.execute("blockdev-add", {"driver": "qcow2", "node-name": layer.node_id, "file": protocol,
                                                 "backing": None})
-        opened.append(layer.node_id)
-        return opened
 
     async def _delete_nodes(self, names: Iterable[str]) -> None:
         for name in names:

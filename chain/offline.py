@@ -1,8 +1,8 @@
 """Changing the chains of a stopped VM (or layers a running VM does not have open) with qemu-img.
 
     snapshot: qemu-img create -f qcow2 -F <fmt> -b <top> <overlay>
-              qemu-img bitmap --add -g <g> <overlay> B; --merge B -b <top> -F <fmt> <overlay> B;
-              qemu-img bitmap --remove <top> B                         (each recording bitmap B)
+              qemu-img bitmap --add -g <g> <overlay> B; --merge B -b <top> -F <fmt> <overlay> B
+              (each recording bitmap B; <top> keeps a frozen copy, as after a live snapshot)
     commit:   qemu-img commit -d -b <base> [-r rate] <top>; for the active layer the same three
               bitmap steps carry B from <top> to <base> afterwards (so the commit's own writes
               into <base> do not dirty it: the guest-visible data did not change)
@@ -40,8 +40,7 @@ def read_layer(file: str) -> ImageLayer:
 
 
 def create_overlay(top: str, overlay: str) -> None:
-    """A new empty layer on `top` with a copy of its recording bitmaps; release_bitmaps(top)
-    then completes the hand-over (two steps, so a multi-disk snapshot can still be undone)."""
+    """A new empty layer on `top` with a copy of its recording bitmaps."""
     layer = read_layer(top)
     _qemu_img("create", "-q", "-f", "qcow2", "-F", layer.format, "-b", top, overlay)
     try:
@@ -49,12 +48,6 @@ def create_overlay(top: str, overlay: str) -> None:
     except ChainError:
         os.unlink(overlay)
         raise
-
-
-def release_bitmaps(top: str) -> None:
-    """Remove the recording bitmaps of a layer that no longer receives writes."""
-    for bitmap in read_layer(top).recording_bitmaps:
-        _qemu_img("bitmap", "--remove", top, bitmap["name"])
 
 
 def commit(top: str, base: str, rate_limit: int | None, active: bool) -> None:
@@ -110,6 +103,6 @@ def _recording_paused(layer: ImageLayer) -> Iterator[None]:
 
 
 def _qemu_img(*args: str) -> None:
-    done = subprocess.run(["qemu-img", *args], capture_output=True, text=True)
+    done = subprocess.run(["qemu-img", *args], check=False, capture_output=True, text=True)
     if done.returncode != 0:
         raise ChainError(f"qemu-img {' '.join(args)} failed: {done.stderr.strip()}")

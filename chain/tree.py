@@ -52,6 +52,8 @@ class Snapshot:
     created: datetime
     automatic: bool
     nodes: dict[str, str]          # disk -> node id
+    # The guest's RAM and device state saved with the disks (a live snapshot that asked for it)
+    memory: str | None = None
 
 
 @dataclass(frozen=True)
@@ -154,10 +156,10 @@ class VMTree:
         return min(on_chain, key=lambda s: s.created)
 
     def take_snapshot(self, snapshot_id: str, name: str, automatic: bool, now: datetime,
-                      overlays: Mapping[str, tuple[str, str]]) -> Snapshot:
+                      overlays: Mapping[str, tuple[str, str]], memory: str | None = None) -> Snapshot:
         """Record a snapshot taken: overlays maps disk -> (new node id, overlay file)."""
         self._require_all_disks(overlays, "a snapshot")
-        snap = Snapshot(snapshot_id, name, now, automatic, {})
+        snap = Snapshot(snapshot_id, name, now, automatic, {}, memory)
         for disk, (node_id, file) in overlays.items():
             frozen = self.active(disk)
             frozen.snapshot = snap.id
@@ -170,10 +172,7 @@ class VMTree:
         """Make new overlays on the snapshot's nodes the active layers. The old active layers
         (what was written since the last snapshot) are dropped; returns their files."""
         self._require_all_disks(overlays, "a revert")
-        missing = [d for d in self.disks() if d not in snap.nodes]
-        if missing:
-            raise TreeError(f"snapshot {snap.name} does not cover disk {', '.join(missing)} of VM {self.vm}: "
-                            "it cannot be reverted to")
+        self.check_revert(snap)
         dropped = []
         for disk, (node_id, file) in overlays.items():
             old = self.active(disk)
@@ -182,15 +181,29 @@ class VMTree:
             self.nodes[node_id] = Node(node_id, disk, file, snap.nodes[disk], now)
         return dropped
 
+    def check_revert(self, snap: Snapshot) -> None:
+        """A revert needs a layer of the snapshot on every disk (an adopted one may have one)."""
+        missing = [d for d in self.disks() if d not in snap.nodes]
+        if missing:
+            raise TreeError(f"snapshot {snap.name} does not cover disk {', '.join(missing)} of VM {self.vm}: "
+                            "it cannot be reverted to")
+
     def plan_delete(self, snap: Snapshot, via: Via | None = None) -> list[Merge]:
         """How each disk's node of `snap` would go away; raises if `via` cannot work."""
         merges = []
         for disk, node_id in sorted(snap.nodes.items()):
             node = self.nodes[node_id]
-            children = tuple(self.children(node))
-            merges.append(Merge(disk, kind := self._merge_kind(snap, node, children, via), node, children,
-                                children[0].file if kind == "commit" else node.file))
+            merges.append(self.merge(snap, disk, self._merge_kind(snap, node, tuple(self.children(node)), via)))
         return merges
+
+    def merge(self, snap: Snapshot, disk: str, kind: MergeKind) -> Merge:
+        """The merge of `snap`'s layer of `disk` in a way chosen before (an interrupted delete)."""
+        node = self.nodes[snap.nodes[disk]]
+        children = tuple(self.children(node))
+        if (kind == "drop") != (not children) or (kind == "commit" and len(children) != 1):
+            raise TreeError(f"snapshot {snap.name}: its layer of {disk} has {len(children)} children now, "
+                            f"it cannot go by {kind}")
+        return Merge(disk, kind, node, children, children[0].file if kind == "commit" else node.file)
 
     def apply_merge(self, snap: Snapshot, merge: Merge) -> None:
         """Record one disk's merge of plan_delete(snap) as done; the snapshot goes with its

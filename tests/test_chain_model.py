@@ -1,13 +1,13 @@
 """The snapshot tree model alone: shapes, merge choices, limits, persistence, repair."""
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from chain import TreeError, UnknownSnapshotError, VMTree
+from chain import Intent, NewLayer, TreeError, UnknownSnapshotError, VMTree
 
-T0 = datetime(2025, 1, 1, tzinfo=timezone.utc)
+T0 = datetime(2025, 1, 1, tzinfo=UTC)
 
 
 def tick(n: int) -> datetime:
@@ -89,7 +89,7 @@ def test_applying_commit_and_pull_keeps_every_other_point():
     for m in tree.plan_delete(snap_a, "pull"):
         assert m.obsolete_file.endswith(f"{m.disk}.qcow2")
         tree.apply_merge(snap_a, m)
-    assert set(s.name for s in tree.snapshots.values()) == {"c"}
+    assert {s.name for s in tree.snapshots.values()} == {"c"}
     assert [n.file for n in tree.active_chain("vda")] == ["/d/vda.3.qcow2", "/d/vda.1.qcow2"]
 
 
@@ -128,3 +128,24 @@ def test_adopting_a_real_chain_and_dropping_lost_layers():
     notes = tree.drop_nodes({lost.id})
     assert "dropped snapshot b: a layer of it is gone" in notes
     assert all(n.snapshot is not None or n.file in ("/d/X.qcow2", "/d/vdb.2.qcow2") for n in tree.nodes.values())
+
+
+def test_a_merge_kind_chosen_earlier_is_kept_or_refused_when_the_shape_changed():
+    b = Builder()
+    b.snap("a")
+    b.snap("b")
+    tree = b.tree
+    assert tree.merge(tree.snapshot("b"), "vda", "pull").kind == "pull"
+    assert tree.merge(tree.snapshot("a"), "vda", "commit").children[0].file == "/d/vda.1.qcow2"
+    b.revert("a")                          # a's layer now has two children
+    with pytest.raises(TreeError, match="2 children now"):
+        tree.merge(tree.snapshot("a"), "vda", "commit")
+    with pytest.raises(TreeError, match="0 children now"):
+        tree.merge(tree.snapshot("b"), "vdb", "pull")
+
+
+def test_intent_round_trip():
+    intent = Intent("create", "n1", layers=[NewLayer("vda", "n2", "/d/vda.n2.qcow2")], merges={"vda": "commit"},
+                    rate_limit=5, obsolete=["/d/x"])
+    assert Intent.from_dict(intent.to_dict()) == intent
+    assert intent.describe() == "create of snapshot n1 (started)"

@@ -10,21 +10,23 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from appliance.context import Appliance
-from appliance.errors import ConflictError, NotFoundError
-from restore import restore_disk
-
-from backup_helpers import reference_copy, root_node, same_content
 from backup_helpers import (
     CHUNK,
     MiB,
     new_guest_vm,
     paused_backup_with_reference,
+    reference_copy,
+    root_node,
     run,
+    same_content,
     wait_serial,
     write_pattern,
 )
+from snapshot_helpers import has_pattern, qemu_io_write
+
+from appliance.context import Appliance
+from appliance.errors import ConflictError, NotFoundError
+from restore import restore_disk
 
 DISKS = ["vda", "vdb"]
 
@@ -55,17 +57,6 @@ def assert_restores_exactly(appliance: Appliance, manifest, refdir: Path, tmp_pa
 def assert_same_disks(before: Path, after: Path) -> None:
     for disk in DISKS:
         assert same_content(before / f"{disk}.raw", after / f"{disk}.raw"), disk
-
-
-def has_pattern(image: str, pattern: int, offset: int, length: int) -> bool:
-    done = subprocess.run(["qemu-io", "-U", "-r", "-f", "qcow2", "-c", f"read -P {pattern:#x} {offset} {length}",
-                           image], capture_output=True, text=True)
-    return done.returncode == 0 and "Pattern verification failed" not in done.stdout
-
-
-def qemu_io_write(image: str, pattern: int, offset: int, length: int) -> None:
-    subprocess.run(["qemu-io", "-f", "qcow2", "-c", f"write -P {pattern:#x} {offset} {length}", image],
-                   check=True, capture_output=True)
 
 
 def vda(appliance: Appliance, vm: str) -> str:
@@ -200,7 +191,7 @@ def test_a_layer_deleted_behind_cairns_back_stops_changes_until_repaired(applian
     assert len(problems) == 1 and "is missing" in problems[0]
     with pytest.raises(ConflictError, match="does not match its disks.*--repair"):
         run(snaps.create("lost", "c"))
-    assert set(s.name for s in snaps.tree("lost").snapshots.values()) == {"a", "b"}
+    assert {s.name for s in snaps.tree("lost").snapshots.values()} == {"a", "b"}
 
     result = run(snaps.check("lost", fix=True))
     assert any("dropped snapshot b" in n for n in result.repaired)
@@ -244,4 +235,4 @@ def test_api_and_cli_drive_the_same_tree(appliance: Appliance, appliance_data_di
     assert listed["current"]["parent"] == listed["snapshots"][1]["id"]
     gone = client.request("DELETE", f"{base}/first", json={"via": "pull"})
     assert gone.status_code == 200 and gone.json()[0]["via"] == "pull"
-    assert client.post(f"{base}/check").json() == {"problems": [], "repaired": []}
+    assert client.post(f"{base}/check").json() == {"problems": [], "repaired": [], "recovered": []}
