@@ -22,18 +22,20 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
-from appliance.context import Appliance  # noqa: E402
-from backup_helpers import root_node  # noqa: E402
-from dedup import Store  # noqa: E402
-from dedup.codec import ChunkCodec  # noqa: E402
-from guest.build import build_guest  # noqa: E402
-from restore import restore_disk  # noqa: E402
+from backup_helpers import root_node
+from guest.build import build_guest
+
+from appliance.context import Appliance
+from dedup import Store
+from dedup.codec import ChunkCodec
+from restore import restore_disk
 
 MB = 1_000_000
 MiB = 1 << 20
@@ -119,16 +121,16 @@ def write_ceiling(frames: list[bytes], folder: Path) -> float:
 
     def write() -> None:
         with open(target, "wb") as f:
-            for frame in frames:
-                f.write(frame)
+            f.writelines(frames)
             os.fsync(f.fileno())
     seconds, _ = timed(write)
     target.unlink()
     return seconds
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def bench_main(measure: Callable[[Path], object], description: str | None) -> None:
+    """Run `measure` in a scratch directory under .cache (or --keep DIR, kept afterwards)."""
+    ap = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--keep", type=Path, help="work in this directory and keep it")
     args = ap.parse_args()
     (ROOT / ".cache").mkdir(exist_ok=True)
@@ -136,10 +138,14 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     print(f"load average before: {os.getloadavg()}  cores: {os.cpu_count()}  work: {work}")
     try:
-        run(work)
+        measure(work)
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
+
+
+def main() -> None:
+    bench_main(run, __doc__)
 
 
 def run(work: Path) -> None:
@@ -181,7 +187,7 @@ def run(work: Path) -> None:
     finally:
         asyncio.run(appliance.vms.stop("bench", timeout=5, force=True))
 
-    rate = lambda seconds: data_bytes / seconds / MB  # noqa: E731
+    rate = lambda seconds: data_bytes / seconds / MB
     ceilings = {"nbdcopy export → null:": rate(t_copy), "zstd, all cores": rate(t_zstd),
                 "write stored bytes + fsync": rate(t_write)}
     lowest = min(ceilings.values())

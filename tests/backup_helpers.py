@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import subprocess
 import time
 from pathlib import Path
 
+from appliance.catalog import VMRecord
 from appliance.context import Appliance
-from vmm import QMPSession
-
+from vmm import DiskSpec, QMPSession, VMSpec, create_disk, disk_of_qdev
 
 
 async def reference_copy(session: QMPSession, disk: str, target: Path, socket: Path) -> None:
@@ -21,8 +22,8 @@ async def reference_copy(session: QMPSession, disk: str, target: Path, socket: P
     try:
         await session.execute("block-export-add", {"type": "nbd", "id": "ref", "node-name": node,
                                                    "name": "ref", "writable": False})
-        subprocess.run(["qemu-img", "convert", "-f", "raw", "-O", "raw", f"nbd+unix:///ref?socket={socket}",
-                        str(target)], check=True, capture_output=True)
+        await asyncio.to_thread(subprocess.run, ["qemu-img", "convert", "-f", "raw", "-O", "raw",
+                                f"nbd+unix:///ref?socket={socket}", str(target)], check=True, capture_output=True)
         await session.execute("block-export-del", {"id": "ref"})
     finally:
         await session.execute("nbd-server-stop")
@@ -30,14 +31,14 @@ async def reference_copy(session: QMPSession, disk: str, target: Path, socket: P
 
 async def root_node(session: QMPSession, disk: str) -> str:
     for entry in await session.execute("query-block"):
-        if entry.get("qdev", "").startswith(f"/machine/peripheral/{disk}-dev"):
+        if disk_of_qdev(entry.get("qdev", "")) == disk:
             return entry["inserted"]["node-name"]
     raise AssertionError(f"no device for {disk}")
 
 
 def same_content(a: Path, b: Path, fmt_b: str = "raw") -> bool:
     """Byte equality of two images (qemu-img compare reads both through the block layer)."""
-    proc = subprocess.run(["qemu-img", "compare", "-q", "-f", "raw", "-F", fmt_b, str(a), str(b)])
+    proc = subprocess.run(["qemu-img", "compare", "-q", "-f", "raw", "-F", fmt_b, str(a), str(b)], check=False)
     return proc.returncode == 0
 
 
@@ -53,14 +54,15 @@ def run(coro):
     return asyncio.run(coro)
 
 
-def new_guest_vm(appliance: Appliance, guest_kernel, name: str, disks: list[int]) -> None:
+def new_guest_vm(appliance: Appliance, guest_kernel, name: str, disks: list[int], append: str = "") -> None:
+    """`append` adds kernel arguments, e.g. "cairn.agent=on cairn.fs=vdb" (see tests/guest/init)."""
     appliance.vms.create(name, disks, kernel=str(guest_kernel.kernel), initrd=str(guest_kernel.initrd),
-                         append="console=ttyS0 quiet cairn.mode=idle")
+                         append=f"console=ttyS0 quiet cairn.mode=idle {append}".strip())
 
 
-def boot_guest_vm(appliance: Appliance, guest_kernel, name: str, disks: list[int]) -> None:
+def boot_guest_vm(appliance: Appliance, guest_kernel, name: str, disks: list[int], append: str = "") -> None:
     """Create and start a guest VM; return once it has written its boot pattern and is ready."""
-    new_guest_vm(appliance, guest_kernel, name, disks)
+    new_guest_vm(appliance, guest_kernel, name, disks, append)
     run(appliance.vms.start(name))
     wait_serial(appliance, name, "CAIRN: READY")
 
@@ -91,3 +93,34 @@ async def paused_backup_with_reference(appliance: Appliance, vm: str, disks: lis
     async with appliance.driver.session(vm) as s:
         await s.execute("cont")
     return result.manifest
+
+
+def image_bitmaps(image: str | Path) -> list[str]:
+    """Names of the bitmaps stored in a qcow2 file (readable while a VM has it open)."""
+    info = json.loads(subprocess.run(["qemu-img", "info", "--output=json", "-U", str(image)], capture_output=True,
+                                     text=True, check=True).stdout)
+    return [b["name"] for b in info.get("format-specific", {}).get("data", {}).get("bitmaps", [])]
+
+
+def add_disk(appliance: Appliance, vm: str, name: str, size: int) -> str:
+    """Give a stopped VM one more blank qcow2 disk (from its next start)."""
+    path = appliance.settings.images_dir / vm / f"{name}.qcow2"
+    create_disk(path, size)
+    with appliance.catalog.begin() as s:
+        rec = s.get(VMRecord, vm)
+        spec = VMSpec.from_dict(rec.spec)
+        spec.disks.append(DiskSpec(name, str(path)))
+        rec.spec = spec.to_dict()
+    return str(path)
+
+
+def image_to_raw(image: str | Path, raw: Path) -> Path:
+    subprocess.run(["qemu-img", "convert", "-O", "raw", str(image), str(raw)], check=True)
+    return raw
+
+
+def disk_indexes(appliance: Appliance, backup_id: str) -> dict[str, list[bytes]]:
+    """Each disk's chunk ids in a backup: equal lists mean equal content, chunk by chunk."""
+    manifest = appliance.store.get_backup(backup_id)
+    return {d.name: [index.digest(i) for i in range(index.chunk_count)]
+            for d in manifest.disks for index in [appliance.store.read_index(manifest, d.name)]}

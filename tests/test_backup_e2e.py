@@ -10,13 +10,22 @@ import time
 from pathlib import Path
 
 import pytest
+from backup_helpers import (
+    CHUNK,
+    MiB,
+    boot_guest_vm,
+    new_guest_vm,
+    paused_backup_with_reference,
+    reference_copy,
+    run,
+    same_content,
+    wait_serial,
+    write_pattern,
+)
 
 from appliance.context import Appliance
 from dedup import Store
 from restore import restore_disk
-
-from backup_helpers import (CHUNK, MiB, boot_guest_vm, new_guest_vm, paused_backup_with_reference, reference_copy, run, same_content,
-                            wait_serial, write_pattern)
 
 
 @pytest.mark.slow

@@ -2,12 +2,15 @@
 
 A *source* is a read-only view of one disk at one instant, with the map of what is
 allocated and (for incrementals) what changed since a checkpoint. Exports create
-sources: a fleecing NBD export of a running VM (`fleece`), or qemu-nbd over the
-image files of a stopped VM (`offline`). `ingest` copies a source into a
-`dedup` disk writer, reading only what it has to.
+sources: a fleecing NBD export of a running VM (`fleece`, pull), a copy QEMU pushed
+into qemu-nbd targets or into files on an sshfs mount (`push`, `sshfs`), or qemu-nbd
+over the image files of a stopped VM (`offline`). The running-VM exports share one
+freezing transaction and the checkpoint bookkeeping (`live`); `guest_agent` freezes
+the guest's filesystems around it. `ingest` copies a source into a `dedup` disk
+writer, reading only what it has to.
 """
-from .extents import Extent, ChunkPlan
+from .extents import ChunkPlan, Extent
+from .ingest import IngestStats, ingest_disk
 from .nbd_source import NbdSource, SourceError
-from .ingest import ingest_disk, IngestStats
 
-__all__ = ["Extent", "ChunkPlan", "NbdSource", "SourceError", "ingest_disk", "IngestStats"]
+__all__ = ["ChunkPlan", "Extent", "IngestStats", "NbdSource", "SourceError", "ingest_disk"]

@@ -1,8 +1,8 @@
 """Byte ranges of a disk and how they fall onto fixed-size chunks."""
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
 
 @dataclass(frozen=True, order=True)
@@ -45,7 +45,7 @@ class ChunkPlan:
 
     @classmethod
     def build(cls, size: int, chunk_size: int, data: Iterable[Extent],
-              dirty: Iterable[Extent] | None = None) -> "ChunkPlan":
+              dirty: Iterable[Extent] | None = None) -> ChunkPlan:
         per_chunk: dict[int, list[Extent]] = {}
         for e in merge(data):
             for i, piece in split_by_chunk(e, chunk_size):

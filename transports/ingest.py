@@ -1,8 +1,9 @@
 """Copy one disk from a source into the store, reading only what the plan needs."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Protocol
+from typing import Protocol
 
 from .extents import ChunkPlan
 from .nbd_source import NbdSource

@@ -9,8 +9,9 @@ while a synchronous loop does not.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
+from typing import Self
 
 import nbd
 
@@ -68,7 +69,7 @@ class NbdSource:
         except nbd.Error:
             pass
 
-    def __enter__(self) -> "NbdSource":
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:

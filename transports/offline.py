@@ -9,14 +9,20 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 import tempfile
-import time
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
-from .fleece import ExportError
-from .points import DiskPoint, bitmap_problem, plan_bitmap_repair
+from .errors import ExportError
+from .points import (
+    Checkpoint,
+    DiskPoint,
+    backing_files,
+    checkpoint_problem,
+    plan_bitmap_repair,
+)
+from .qemu_nbd import QemuNbd, qemu_img
 
 
 @dataclass
@@ -24,22 +30,31 @@ class ImageState:
     format: str
     size: int
     bitmaps: dict[str, dict]   # in the shape bitmap_problem expects
+    chain: list[str]           # the image and its backing files, top first
 
 
 def image_state(path: str) -> ImageState:
-    info = json.loads(_run(["qemu-img", "info", "--output=json", "-U", path]))
-    found = info.get("format-specific", {}).get("data", {}).get("bitmaps", [])
-    return ImageState(info["format"], info["virtual-size"],
+    chain = json.loads(qemu_img("info", "--backing-chain", "--output=json", "-U", path))
+    top = chain[0]
+    found = top.get("format-specific", {}).get("data", {}).get("bitmaps", [])
+    return ImageState(top["format"], top["virtual-size"],
                       {b["name"]: {"recording": "auto" in b["flags"], "inconsistent": "in-use" in b["flags"]}
-                       for b in found})
+                       for b in found},
+                      backing_files(chain))
 
 
 class OfflineExport:
-    def __init__(self, images: dict[str, str], checkpoint: str, since: dict[str, str | None]):
+    """`since` names, per disk, the checkpoint the ledger knows (None: read in full); it is checked
+    against the image before it is trusted. Disks in `full` are read in full whatever it says."""
+
+    def __init__(self, images: dict[str, str], checkpoint: str, since: dict[str, Checkpoint | None],
+                 full: Collection[str] = ()):
         self.images = images
         self.checkpoint = checkpoint
-        self.since = dict(since)
-        self._servers: list[subprocess.Popen] = []
+        self.expected = dict(since)
+        self.since: dict[str, str | None] = {d: c.bitmap if c else None for d, c in since.items()}
+        self.full = set(full)
+        self._servers: list[QemuNbd] = []
         # Socket paths must fit in 107 bytes, which a deep data directory may not: use /tmp.
         self._socket_dir = Path(tempfile.mkdtemp(prefix="cairn-nbd-"))
         self._tracked: set[str] = set()
@@ -64,19 +79,18 @@ class OfflineExport:
 
     def close(self, success: bool) -> None:
         for server in self._servers:
-            server.terminate()
-            server.wait(timeout=30)
+            server.stop()
         self._servers.clear()
         shutil.rmtree(self._socket_dir, ignore_errors=True)
         for disk in self._tracked:
             path, old = self.images[disk], self.since[disk]
             if success:
                 if old:
-                    _run(["qemu-img", "bitmap", "--remove", path, old])
+                    qemu_img("bitmap", "--remove", path, old)
                 continue
             if old:
-                _run(["qemu-img", "bitmap", "--merge", self.checkpoint, "--enable", path, old])
-            _run(["qemu-img", "bitmap", "--remove", path, self.checkpoint])
+                qemu_img("bitmap", "--merge", self.checkpoint, "--enable", path, old)
+            qemu_img("bitmap", "--remove", path, self.checkpoint)
         self._tracked.clear()
 
     def _reclaim(self, disk: str, path: str, state: ImageState) -> ImageState:
@@ -86,30 +100,37 @@ class OfflineExport:
         if not repair.needed:
             return state
         for name in repair.merge:
-            _run(["qemu-img", "bitmap", "--merge", name, path, base])
+            qemu_img("bitmap", "--merge", name, path, base)
         for name in repair.remove:
-            _run(["qemu-img", "bitmap", "--remove", path, name])
+            qemu_img("bitmap", "--remove", path, name)
         if repair.enable_base:
-            _run(["qemu-img", "bitmap", "--enable", path, base])
+            qemu_img("bitmap", "--enable", path, base)
         self.notes.append(repair.describe(disk, base))
         return image_state(path)
 
     def _prepare(self, disk: str, path: str, state: ImageState) -> DiskPoint:
-        point = DiskPoint(disk, state.size, f"nbd+unix:///{disk}?socket={self._socket(disk)}", None)
+        point = DiskPoint(disk, state.size, f"nbd+unix:///{disk}?socket={self._socket(disk)}", None,
+                          checkpoint_file=path)
         wanted = self.since.get(disk)
         if state.format != "qcow2":
             point.fallback_reason = f"{disk} is {state.format}: no persistent dirty bitmap, full read"
             self.since[disk] = None
             return point
-        problem = bitmap_problem(state.bitmaps, wanted) if wanted else None
-        if problem:
-            point.fallback_reason = f"{disk}: {problem}; full read"
+        problem = None
+        if wanted and disk not in self.full:
+            problem = checkpoint_problem(state.bitmaps, state.chain, self.expected[disk])
+        if wanted and (problem or disk in self.full):
+            if problem:
+                point.fallback_reason = f"{disk}: {problem}; full read"
+            if wanted in state.bitmaps:
+                # Unused or distrusted, it must not linger as the base of a later incremental.
+                qemu_img("bitmap", "--remove", path, wanted)
             wanted = None
         self.since[disk] = wanted
         point.since = wanted
         if wanted:
-            _run(["qemu-img", "bitmap", "--disable", path, wanted])
-        _run(["qemu-img", "bitmap", "--add", path, self.checkpoint])
+            qemu_img("bitmap", "--disable", path, wanted)
+        qemu_img("bitmap", "--add", path, self.checkpoint)
         self._tracked.add(disk)
         point.checkpoint = self.checkpoint
         return point
@@ -118,25 +139,4 @@ class OfflineExport:
         return self._socket_dir / f"{disk}.sock"
 
     def _serve(self, disk: str, path: str, fmt: str, bitmap: str | None) -> None:
-        sock = self._socket(disk)
-        sock.unlink(missing_ok=True)
-        cmd = ["qemu-nbd", "--read-only", "--persistent", "--shared=4", "--format", fmt,
-               "--export-name", disk, "--socket", str(sock), path]
-        if bitmap:
-            cmd[1:1] = ["--bitmap", bitmap]
-        server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        self._servers.append(server)
-        deadline = time.monotonic() + 30
-        while not sock.exists():
-            if server.poll() is not None:
-                raise ExportError(f"qemu-nbd could not export {path}: {server.stderr.read().decode().strip()}")
-            if time.monotonic() > deadline:
-                raise ExportError(f"qemu-nbd did not start for {path}")
-            time.sleep(0.02)
-
-
-def _run(cmd: list[str]) -> str:
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise ExportError(f"{' '.join(cmd[:3])} failed: {proc.stderr.strip()}")
-    return proc.stdout
+        self._servers.append(QemuNbd(path, fmt, disk, self._socket(disk), bitmap=bitmap))

@@ -1,7 +1,9 @@
 """What an export hands out: one disk at one instant, and how its change tracking stands."""
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass
@@ -15,12 +17,33 @@ class DiskPoint:
     checkpoint: str | None = None
     # Why an incremental was asked for but a full read is needed (recorded on the backup).
     fallback_reason: str | None = None
+    # Where the new checkpoint lives: the disk's active layer file and, in a running VM, its node.
+    checkpoint_file: str | None = None
+    checkpoint_node: str | None = None
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A checkpoint bitmap as the catalog's ledger knows it: its name and the image file
+    (the disk's active layer then) it was created on."""
+
+    bitmap: str
+    file: str
+
+
+def backing_files(image: dict[str, Any] | list[dict[str, Any]]) -> list[str]:
+    """The disk's chain of image files, top first, from QEMU's ImageInfo: query-block's nested
+    `image`, or the list `qemu-img info --backing-chain --output=json` prints."""
+    infos = list(image) if isinstance(image, list) else [image]
+    while "backing-image" in infos[-1]:
+        infos.append(infos[-1]["backing-image"])
+    return [os.path.realpath(i["filename"]) for i in infos]
 
 
 def bitmap_problem(bitmaps: dict[str, dict], name: str) -> str | None:
     """Why bitmap `name` cannot serve as the base of an incremental, or None if it can.
 
-    `bitmaps` maps names to {"recording": bool, "inconsistent": bool, "busy": bool}.
+    `bitmaps` maps names to {"recording": bool, "inconsistent": bool, "busy": bool, "persistent": bool}.
     """
     info = bitmaps.get(name)
     if info is None:
@@ -31,7 +54,32 @@ def bitmap_problem(bitmaps: dict[str, dict], name: str) -> str | None:
         return f"checkpoint bitmap {name} is in use by another operation"
     if not info.get("recording", True):
         return f"checkpoint bitmap {name} is not recording"
+    if not info.get("persistent", True):
+        return f"checkpoint bitmap {name} is not persistent (not one Cairn made)"
     return None
+
+
+def chain_problem(chain: list[str], checkpoint: Checkpoint) -> str | None:
+    """Why the active layer's bitmap may not continue `checkpoint`, given the disk's chain of
+    files (top first).
+
+    Snapshots carry the bitmap up to each new active layer, so the layer the checkpoint was
+    made on is the active one or below it. If it left the chain, a commit or pull merged it
+    away (deleting its file; the bitmap was carried), unless its file is still there: then
+    the disk moved to another branch or image, and a bitmap of the same name there says
+    nothing about the writes since the checkpoint.
+    """
+    created_on = os.path.realpath(checkpoint.file)
+    if created_on in chain or not os.path.exists(created_on):
+        return None
+    return (f"checkpoint {checkpoint.bitmap} was made on {created_on}, which the disk no longer uses "
+            "(reverted or replaced)")
+
+
+def checkpoint_problem(bitmaps: dict[str, dict], chain: list[str], checkpoint: Checkpoint) -> str | None:
+    """Why the active layer (its `bitmaps`, its `chain` of files) cannot serve an incremental
+    from `checkpoint`, or None if it can."""
+    return bitmap_problem(bitmaps, checkpoint.bitmap) or chain_problem(chain, checkpoint)
 
 
 CHECKPOINT_PREFIX = "cairn-"
@@ -52,15 +100,18 @@ class BitmapRepair:
     def describe(self, disk: str, base: str | None) -> str:
         if self.merge:
             return f"{disk}: folded checkpoint bitmaps of an interrupted backup ({', '.join(self.merge)}) into {base}"
-        return f"{disk}: removed checkpoint bitmaps of an interrupted backup ({', '.join(self.remove)})"
+        return f"{disk}: removed orphan checkpoint bitmaps ({', '.join(self.remove)})"
 
 
 def plan_bitmap_repair(bitmaps: dict[str, dict], base: str | None) -> BitmapRepair:
-    """An interrupted backup froze `base` and started its own bitmap in one transaction.
+    """Every Cairn bitmap on the active layer other than `base` is an orphan: an interrupted
+    backup's (it froze `base` and started its own in one transaction) or one the ledger no
+    longer trusts.
 
-    Their union covers every write since `base` was made, so folding the orphan back in makes
-    `base` whole; an inconsistent bitmap cannot be merged and is only removed. Without a usable
-    base nothing is merged, and the next read is full anyway.
+    The union of `base` and an interrupted backup's bitmap covers every write since `base` was
+    made, so folding orphans back in makes `base` whole (merging more only makes the next read
+    larger, never wrong); an inconsistent bitmap cannot be merged and is only removed. Without
+    a usable base nothing is merged, and the next read is full anyway.
     """
     orphans = sorted(n for n in bitmaps if n.startswith(CHECKPOINT_PREFIX) and n != base)
     base_info = bitmaps.get(base) if base else None

@@ -1,6 +1,7 @@
-"""Build the test guest: Debian's cloud kernel + a busybox initramfs running ./init.
+"""Build the test guest: Debian's cloud kernel + a busybox initramfs running ./init, with
+qemu-guest-agent and the shared libraries it loads.
 
-Nothing is installed on the host: the two packages are fetched with `apt-get download` and
+Nothing is installed on the host: the packages are fetched with `apt-get download` and
 unpacked with `dpkg -x`. The result is cached (default ~/.cache/cairn/guest, override with
 CAIRN_GUEST_CACHE) under a key made of the kernel package version and a hash of the files that
 define the guest, so editing ./init or this file rebuilds it. Parallel test runs serialize on a
@@ -31,10 +32,20 @@ VIRTIO_MODULES = ("virtio_ring", "virtio", "virtio_pci_modern_dev", "virtio_pci_
 # The ACPI power button driver and evdev are modules in the cloud kernel; busybox acpid needs both
 # to see system_powerdown. Neither depends on another module.
 ACPI_MODULES = ("button", "evdev")
+# The guest agent's virtio-serial port (needs virtio and virtio_ring, loaded before it).
+AGENT_MODULES = ("virtio_console",)
+# The NIC for cairn.net=dhcp (tests/test_network*.py), in dependency order.
+NET_MODULES = ("failover", "net_failover", "virtio_net")
+# qemu-ga and the packages holding the libraries it needs; only the libraries it actually
+# loads (the DT_NEEDED closure, read with binutils' readelf) go into the initramfs.
+AGENT_PACKAGES = ("qemu-guest-agent", "libglib2.0-0", "libudev1", "libnuma1", "liburing2", "libpcre2-8-0",
+                  "libc6")
+LIBRARY_DIRS = ("lib/x86_64-linux-gnu", "usr/lib/x86_64-linux-gnu")
 
 HERE = Path(__file__).resolve().parent
 INIT_SCRIPT = HERE / "init"
 APT_HINT = "the package lists may be missing or stale: run `apt-get update` and retry"
+BINUTILS_HINT = "readelf comes with binutils: `apt-get install binutils`"
 
 
 class GuestBuildError(RuntimeError):
@@ -106,7 +117,7 @@ def _definition_hash() -> str:
 def _build(work: Path, package: str) -> Path:
     debs = work / "debs"
     debs.mkdir()
-    _run(["apt-get", "download", package, BUSYBOX_PACKAGE], cwd=debs, hint=APT_HINT)
+    _run(["apt-get", "download", package, BUSYBOX_PACKAGE, *AGENT_PACKAGES], cwd=debs, hint=APT_HINT)
     kernel_deb = next(debs.glob(f"{package}_*.deb"))
     busybox_deb = next(debs.glob(f"{BUSYBOX_PACKAGE}_*.deb"))
     kernel_tree, busybox_tree = work / "kernel", work / "busybox"
@@ -119,12 +130,16 @@ def _build(work: Path, package: str) -> Path:
     for sub in ("bin", "lib/modules", "proc", "sys", "dev", "tmp", "etc"):
         (root / sub).mkdir(parents=True)
     shutil.copy2(busybox, root / "bin" / "busybox")
-    for module in VIRTIO_MODULES + ACPI_MODULES:
+    for module in VIRTIO_MODULES + ACPI_MODULES + AGENT_MODULES + NET_MODULES:
         found = list(module_root.rglob(f"{module}.ko"))
         if len(found) != 1:
             raise GuestBuildError(
                 f"expected one {module}.ko in {kernel_deb.name}, found {len(found)}")
         shutil.copy2(found[0], root / "lib" / "modules")
+    agent_tree = work / "agent"
+    for name in AGENT_PACKAGES:
+        _run(["dpkg", "-x", str(next(debs.glob(f"{name}_*.deb"))), str(agent_tree)])
+    _install_program(agent_tree, "usr/sbin/qemu-ga", root)
     shutil.copy2(INIT_SCRIPT, root / "init")
     (root / "init").chmod(0o755)
 
@@ -139,9 +154,44 @@ def _build(work: Path, package: str) -> Path:
     return out
 
 
+def _install_program(tree: Path, program: str, root: Path) -> None:
+    """Copy `program` from an unpacked package tree into root/bin, with its ELF interpreter
+    and every shared library it loads, found in the tree (never on the host)."""
+    binary = tree / program
+    shutil.copy2(binary, root / "bin" / binary.name)
+    headers = _run(["readelf", "-l", str(binary)], hint=BINUTILS_HINT)
+    interpreter = root / headers.split("Requesting program interpreter: ", 1)[1].split("]", 1)[0].lstrip("/")
+    interpreter.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(_library(tree, interpreter.name), interpreter)
+    interpreter.chmod(0o755)
+    libdir = root / LIBRARY_DIRS[0]
+    libdir.mkdir(parents=True, exist_ok=True)
+    pending, seen = [binary], set()
+    while pending:
+        for name in _needed(pending.pop()):
+            if name not in seen:
+                seen.add(name)
+                shutil.copyfile(_library(tree, name), libdir / name)
+                pending.append(libdir / name)
+
+
+def _needed(elf: Path) -> list[str]:
+    dynamic = _run(["readelf", "-d", str(elf)], hint=BINUTILS_HINT)
+    return [line.split("[", 1)[1].rstrip("]") for line in dynamic.splitlines() if "(NEEDED)" in line]
+
+
+def _library(tree: Path, name: str) -> Path:
+    for folder in LIBRARY_DIRS:
+        candidate = tree / folder / name
+        if candidate.exists():
+            # Symlinks in the packages are relative to their folder, so they resolve inside the tree.
+            return candidate.resolve()
+    raise GuestBuildError(f"{name} is in none of {', '.join(AGENT_PACKAGES)}: add the package holding it")
+
+
 def _run(cmd: list[str], cwd: Path | None = None, hint: str | None = None) -> str:
     try:
-        done = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
+        done = subprocess.run(cmd, check=False, cwd=cwd, capture_output=True, text=True)
     except FileNotFoundError as err:
         raise GuestBuildError(f"{cmd[0]} is not installed (Debian host required): {err}") from err
     if done.returncode != 0:

@@ -1,0 +1,243 @@
+"""What every export of a running VM shares: one QMP transaction freezes all disks at one
+instant, and the checkpoint bitmaps are kept right whatever happens next.
+
+Per disk the transaction freezes the previous checkpoint bitmap (it says what changed up to
+this instant), starts the next one, and starts the copy job a subclass asks for: a
+`blockdev-backup sync=none` into a scratch overlay for pull (fleece.py), a `blockdev-backup`
+into a target on the backup side for push (push.py). On success the previous bitmap is
+dropped; on failure it is merged back with the new one, so the next incremental still covers
+everything.
+
+The QMP session is passed to each step and not kept: QEMU serves one QMP client at a time, and
+nobody else should wait for the length of a backup.
+"""
+from __future__ import annotations
+
+import asyncio
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Collection
+from contextlib import AbstractAsyncContextManager, nullcontext
+from typing import Any
+
+from vmm.spec import disk_of_qdev
+
+from .errors import ExportError
+from .points import (
+    Checkpoint,
+    DiskPoint,
+    backing_files,
+    checkpoint_problem,
+    plan_bitmap_repair,
+)
+from .qmp_protocol import QMP
+
+# Holds the guest still around the freezing transaction: (QMP session) -> async context.
+Quiesce = Callable[[QMP], AbstractAsyncContextManager[object]]
+# Opens a short QMP session to the VM: `async with sessions() as qmp: ...`.
+Sessions = Callable[[], AbstractAsyncContextManager[QMP]]
+
+EXPORT_PREFIX = "cairn-export-"
+# Nodes and jobs of exports are named "<prefix><disk>"; an interrupted backup's are removed.
+NODE_PREFIXES = ("cairn-fleece-", "cairn-push-")
+
+
+class LiveExport(ABC):
+    """`since` names, per disk, the checkpoint the ledger knows (None: read in full); it is checked
+    against QEMU before it is trusted. Disks in `full` are read in full whatever it says, and their
+    checkpoint is dropped once the backup succeeds."""
+
+    def __init__(self, disks: list[str], checkpoint: str, since: dict[str, Checkpoint | None],
+                 full: Collection[str] = (), quiesce: Quiesce | None = None):
+        self.qmp: QMP | None = None
+        self.disks = disks
+        self.checkpoint = checkpoint
+        self.expected = dict(since)
+        self.since: dict[str, str | None] = {d: c.bitmap if c else None for d, c in since.items()}
+        self.full = set(full)
+        self.quiesce = quiesce
+        self.notes: list[str] = []   # what open() had to repair, for the backup's record
+        self._nodes: dict[str, str] = {}
+        self._nodes_added: list[str] = []
+        self._tracked: set[str] = set()   # disks that get the new checkpoint bitmap
+        self._distrusted: dict[str, str] = {}   # disk -> a bitmap that failed the checks, dropped on success
+        self._started = False
+
+    # -- what a subclass provides -------------------------------------------------------------
+
+    @abstractmethod
+    def _job(self, disk: str) -> str:
+        """The id of the disk's copy job."""
+
+    @abstractmethod
+    async def _prepare(self, point: DiskPoint) -> None:
+        """Before the transaction: create the node the disk's job copies into."""
+
+    @abstractmethod
+    def _copy_actions(self, disk: str) -> list[dict[str, Any]]:
+        """The transaction actions starting the disk's copy job."""
+
+    @abstractmethod
+    async def _published(self, points: list[DiskPoint]) -> None:
+        """After the transaction: make the points readable (or start making them so)."""
+
+    @abstractmethod
+    async def _unpublish(self) -> None:
+        """First step of close(): stop serving the points."""
+
+    async def ready(self, sessions: Sessions) -> None:
+        """Wait until the points can be read (at once, unless a subclass copies first)."""
+
+    # -- the shared part -----------------------------------------------------------------------
+
+    async def open(self, qmp: QMP) -> list[DiskPoint]:
+        """Freeze the disks at one instant. The caller guarantees no other backup of this VM runs:
+        whatever an earlier, interrupted one left behind is cleared first."""
+        self.qmp = qmp
+        roots = await self._root_nodes()
+        missing = [d for d in self.disks if d not in roots]
+        if missing:
+            raise ExportError(f"the running VM has no disk {', '.join(missing)}")
+        roots = await self._reclaim()
+        self._nodes = {d: roots[d]["node"] for d in self.disks}
+        points = {d: DiskPoint(d, roots[d]["size"], "", None, checkpoint_file=roots[d]["file"],
+                               checkpoint_node=roots[d]["node"]) for d in self.disks}
+        self._check_since(roots, points)
+        if await self.qmp.execute("query-block-exports"):
+            raise ExportError("another export is active on this VM (a backup or restore is running)")
+        for d in self.disks:
+            await self._prepare(points[d])
+        async with self.quiesce(qmp) if self.quiesce else nullcontext():
+            await self.qmp.execute("transaction", {"actions": self._freeze_actions()})
+        self._started = True
+        ordered = [points[d] for d in self.disks]
+        await self._published(ordered)
+        return ordered
+
+    async def close(self, qmp: QMP, success: bool) -> None:
+        """Tear the export down; keep the checkpoint bitmaps right for the next backup."""
+        self.qmp = qmp
+        await self._unpublish()
+        if self._started:
+            for d in self.disks:
+                job = self._job(d)
+                if await self._quietly("block-job-cancel", {"device": job, "force": True}):
+                    await self.qmp.wait_job(job, timeout=60)
+                # A job that stays after it ends (auto-dismiss off) holds its target node.
+                await self._quietly("job-dismiss", {"id": job})
+            await self._settle_bitmaps(success)
+        for node in self._nodes_added:
+            await self._quietly("blockdev-del", {"node-name": node})
+
+    async def _reclaim(self) -> dict[str, dict[str, Any]]:
+        """Remove an interrupted backup's exports, jobs and nodes; repair its bitmaps.
+        Returns the disks' root nodes as they are afterwards."""
+        stale = [e["id"] for e in await self.qmp.execute("query-block-exports") if e["id"].startswith(EXPORT_PREFIX)]
+        for export_id in stale:
+            await self._quietly("block-export-del", {"id": export_id, "mode": "hard"})
+        if stale:
+            await self._wait_exports_gone()
+            await self._quietly("nbd-server-stop")
+            self.notes.append(f"removed exports of an interrupted backup: {', '.join(stale)}")
+        for job in await self.qmp.execute("query-jobs"):
+            if job["id"].startswith(NODE_PREFIXES):
+                if job["status"] not in ("concluded", "null") and await self._quietly(
+                        "block-job-cancel", {"device": job["id"], "force": True}):
+                    await self.qmp.wait_job(job["id"], timeout=60)
+                await self._quietly("job-dismiss", {"id": job["id"]})
+        for node in await self.qmp.execute("query-named-block-nodes", {"flat": True}):
+            if node["node-name"].startswith(NODE_PREFIXES):
+                await self._quietly("blockdev-del", {"node-name": node["node-name"]})
+        roots = await self._root_nodes()   # a leftover copy-before-write filter hid the disk node
+        for d in self.disks:
+            node, base = roots[d]["node"], self.since.get(d)
+            repair = plan_bitmap_repair({b["name"]: b for b in roots[d]["bitmaps"] if "name" in b}, base)
+            if not repair.needed:
+                continue
+            if repair.merge:
+                await self.qmp.execute("block-dirty-bitmap-merge", {"node": node, "target": base, "bitmaps": repair.merge})
+            for name in repair.remove:
+                await self.qmp.execute("block-dirty-bitmap-remove", {"node": node, "name": name})
+            if repair.enable_base:
+                await self.qmp.execute("block-dirty-bitmap-enable", {"node": node, "name": base})
+            self.notes.append(repair.describe(d, base))
+        return await self._root_nodes()
+
+    async def _root_nodes(self) -> dict[str, dict[str, Any]]:
+        """disk name → its current root node, found through the device (`<disk>-dev`)."""
+        roots: dict[str, dict[str, Any]] = {}
+        for entry in await self.qmp.execute("query-block"):
+            disk = disk_of_qdev(entry.get("qdev", ""))
+            inserted = entry.get("inserted")
+            if disk and inserted and not inserted["ro"]:
+                roots[disk] = {"node": inserted["node-name"], "size": inserted["image"]["virtual-size"],
+                               "driver": inserted["drv"], "bitmaps": inserted.get("dirty-bitmaps", []),
+                               "file": inserted["file"], "chain": backing_files(inserted["image"])}
+        return roots
+
+    def _check_since(self, roots: dict[str, dict[str, Any]], points: dict[str, DiskPoint]) -> None:
+        for d in self.disks:
+            wanted = self.since.get(d)
+            if roots[d]["driver"] != "qcow2":
+                self.since[d] = None
+                points[d].fallback_reason = f"{d} is {roots[d]['driver']}: no persistent dirty bitmap, full read"
+                continue
+            self._tracked.add(d)
+            points[d].checkpoint = self.checkpoint
+            if not wanted:
+                self.since[d] = None
+                continue
+            bitmaps = {b["name"]: b for b in roots[d]["bitmaps"] if "name" in b}
+            problem = None if d in self.full else checkpoint_problem(bitmaps, roots[d]["chain"], self.expected[d])
+            if problem or d in self.full:
+                self.since[d] = None
+                if problem:
+                    points[d].fallback_reason = f"{d}: {problem}; full read"
+                if wanted in bitmaps and not bitmaps[wanted].get("busy"):
+                    self._distrusted[d] = wanted
+            points[d].since = self.since[d]
+
+    def _freeze_actions(self) -> list[dict[str, Any]]:
+        actions: list[dict[str, Any]] = []
+        for d in self.disks:
+            node = self._nodes[d]
+            if self.since[d]:
+                actions.append({"type": "block-dirty-bitmap-disable", "data": {"node": node, "name": self.since[d]}})
+            if d in self._tracked:
+                actions.append({"type": "block-dirty-bitmap-add",
+                                "data": {"node": node, "name": self.checkpoint, "persistent": True}})
+            actions += self._copy_actions(d)
+        return actions
+
+    async def _settle_bitmaps(self, success: bool) -> None:
+        for d in self.disks:
+            node, old = self._nodes[d], self.since[d]
+            if success:
+                for name in filter(None, (old, self._distrusted.get(d))):
+                    await self.qmp.execute("block-dirty-bitmap-remove", {"node": node, "name": name})
+                continue
+            if old:
+                await self.qmp.execute("block-dirty-bitmap-merge",
+                                       {"node": node, "target": old, "bitmaps": [self.checkpoint]})
+                await self.qmp.execute("block-dirty-bitmap-enable", {"node": node, "name": old})
+            if d in self._tracked:
+                await self._quietly("block-dirty-bitmap-remove", {"node": node, "name": self.checkpoint})
+
+    async def _add_node(self, options: dict[str, Any]) -> None:
+        await self.qmp.execute("blockdev-add", options)
+        self._nodes_added.append(options["node-name"])
+
+    async def _wait_exports_gone(self, timeout: float = 30.0) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while await self.qmp.execute("query-block-exports"):
+            if loop.time() > deadline:
+                raise ExportError("NBD exports did not go away (a client is still connected)")
+            await asyncio.sleep(0.05)
+
+    async def _quietly(self, cmd: str, args: dict[str, Any] | None = None) -> bool:
+        """Teardown step that may find its object already gone."""
+        try:
+            await self.qmp.execute(cmd, args)
+            return True
+        except Exception:  # noqa: BLE001 - cleanup must reach every step
+            return False
