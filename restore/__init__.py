@@ -1,26 +1,40 @@
-"""Restore a backup point from the store into a raw or qcow2 image file.
+"""Restore a backup point from the store into a file, a block device, an NBD export
+or a file on another host.
 
 Works from the store alone; imports nothing from Cairn but dedup.
 """
 
+from .destinations import (
+    FILE_FORMATS,
+    BlockDeviceDestination,
+    Destination,
+    FileDestination,
+    NbdDestination,
+    parse_destination,
+)
 from .errors import (
     CorruptBackupError,
     DiskSelectionError,
     RestoreError,
     TargetDirectoryError,
     TargetExistsError,
+    TargetSizeError,
     TargetWriteError,
+    VerifyError,
 )
 from .nbd_target import NbdTarget, QemuNbdServer
-from .restorer import RestoreResult, restore_disk
-from .targets import TARGET_FORMATS, Qcow2FileTarget, RawFileTarget, RestoreTarget, create_target
+from .restorer import RestoreResult, restore_disk, select_disk
+from .targets import RawFileTarget, RestoreTarget
 
 __all__ = [
-    "TARGET_FORMATS",
+    "FILE_FORMATS",
+    "BlockDeviceDestination",
     "CorruptBackupError",
+    "Destination",
     "DiskSelectionError",
+    "FileDestination",
+    "NbdDestination",
     "NbdTarget",
-    "Qcow2FileTarget",
     "QemuNbdServer",
     "RawFileTarget",
     "RestoreError",
@@ -28,7 +42,10 @@ __all__ = [
     "RestoreTarget",
     "TargetDirectoryError",
     "TargetExistsError",
+    "TargetSizeError",
     "TargetWriteError",
-    "create_target",
+    "VerifyError",
+    "parse_destination",
     "restore_disk",
+    "select_disk",
 ]

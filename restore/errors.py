@@ -31,3 +31,11 @@ class CorruptBackupError(RestoreError):
 
 class TargetWriteError(RestoreError):
     """Creating or writing the target image failed (qemu-img, qemu-nbd, NBD)."""
+
+
+class TargetSizeError(RestoreError):
+    """An existing target (block device, NBD export) is smaller than the disk."""
+
+
+class VerifyError(RestoreError):
+    """Reading the restored target back did not give the backup's bytes."""

@@ -1,8 +1,8 @@
 """Writing into NBD exports: a libnbd restore target and a private qemu-nbd.
 
-NbdTarget works against any NBD server (qemu-nbd here; later LVM or RBD
-exports), so it knows nothing about image files; it is given a connected
-libnbd handle. QemuNbdServer runs one qemu-nbd for one client on a unix
+NbdTarget works against any NBD server (a private qemu-nbd, or a server the
+user names by URL), so it knows nothing about image files; it is given a
+connected libnbd handle. QemuNbdServer runs one qemu-nbd for one client on a unix
 socket in a private directory; without --persistent, qemu-nbd exits by
 itself once that client disconnects, which is how a finished restore shuts
 it down cleanly.
@@ -23,6 +23,8 @@ from .errors import TargetWriteError
 
 # qemu-nbd refuses requests over 32 MiB.
 MAX_REQUEST = 32 << 20
+# NBD lengths are 32-bit; write-zeroes carries no payload, so large pieces are cheap.
+MAX_ZERO_REQUEST = 1 << 30
 
 
 class NbdTarget:
@@ -33,23 +35,41 @@ class NbdTarget:
     call releases the GIL, so reading and decompressing on other threads overlap it.
     """
 
-    def __init__(self, handle: nbd.NBD, description: str) -> None:
+    def __init__(self, handle: nbd.NBD, description: str, fresh: bool) -> None:
+        """fresh: the export reads as zeros already, so zero ranges need no request."""
         self._handle = handle
         self._description = description
+        self._fresh = fresh
 
     @classmethod
-    def connect_unix(cls, socket_path: Path, timeout: float = 10.0) -> NbdTarget:
+    def connect_unix(cls, socket_path: Path, fresh: bool, timeout: float = 10.0) -> NbdTarget:
         """Connect, retrying while a just-started server is not listening yet."""
         deadline = time.monotonic() + timeout
         while True:
             handle = nbd.NBD()
             try:
                 handle.connect_unix(str(socket_path))
-                return cls(handle, f"NBD server on {socket_path}")
+                return cls(handle, f"NBD server on {socket_path}", fresh)
             except nbd.Error as e:
                 if time.monotonic() > deadline:
                     raise TargetWriteError(f"cannot connect to NBD server on {socket_path}: {e}") from e
             time.sleep(0.02)
+
+    @classmethod
+    def connect_uri(cls, uri: str) -> NbdTarget:
+        """Any NBD server, by NBD URI (nbd://host:port/export, nbd+unix:///export?socket=PATH)."""
+        handle = nbd.NBD()
+        try:
+            handle.connect_uri(uri)
+        except nbd.Error as e:
+            raise TargetWriteError(f"cannot connect to NBD server {uri}: {e}") from e
+        return cls(handle, f"NBD server {uri}", fresh=False)
+
+    def size(self) -> int:
+        return self._handle.get_size()
+
+    def read_only(self) -> bool:
+        return bool(self._handle.is_read_only())
 
     def write_at(self, offset: int, data: bytes | memoryview) -> None:
         view = memoryview(data)
@@ -58,6 +78,24 @@ class NbdTarget:
                 self._handle.pwrite(view[start:start + MAX_REQUEST], offset + start)
             except nbd.Error as e:
                 raise TargetWriteError(f"writing to {self._description} failed: {e}") from e
+
+    def zero_at(self, offset: int, length: int) -> None:
+        if self._fresh:
+            return
+        # Without NBD_CMD_FLAG_NO_HOLE the server may punch holes: zeros cost no space.
+        end = offset + length
+        for start in range(offset, end, MAX_ZERO_REQUEST):
+            try:
+                self._handle.zero(min(MAX_ZERO_REQUEST, end - start), start)
+            except nbd.Error as e:
+                raise TargetWriteError(f"writing zeros to {self._description} failed: {e}") from e
+
+    def read_at(self, offset: int, length: int) -> bytes:
+        try:
+            return b"".join(self._handle.pread(min(MAX_REQUEST, offset + length - start), start)
+                            for start in range(offset, offset + length, MAX_REQUEST))
+        except nbd.Error as e:
+            raise TargetWriteError(f"reading back from {self._description} failed: {e}") from e
 
     def finish(self) -> None:
         """Flush the writes to stable storage and disconnect."""
@@ -77,6 +115,8 @@ class QemuNbdServer:
     """qemu-nbd serving one image, writable, to a single client."""
 
     def __init__(self, image: Path, fmt: str, timeout: float = 10.0) -> None:
+        # Absolute, so that qemu never reads a relative "name:with:colons" as a protocol prefix.
+        image = image.absolute()
         self.image = image
         self._dir = Path(tempfile.mkdtemp(prefix="cairn-nbd-"))
         self.socket = self._dir / "nbd.sock"

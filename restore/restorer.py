@@ -1,13 +1,14 @@
-"""Restore one disk of a backup from the store into a new image file.
+"""Restore one disk of a backup from the store into a destination.
 
-The image is built under a hidden partial name next to the target and
-renamed over it only when every chunk was verified and written and the data
-is durable; on any failure the partial file is deleted, so the target path
-never holds a half-restored disk.
+New image files are built under a hidden partial name and renamed over the
+target only when every chunk was verified and written (and, with verify,
+read back and compared) and the data is durable; on any failure the partial
+file is deleted, so the target path never holds a half-restored disk.
 
 Restores are thin: all-zero chunks are skipped from the index alone, and
 inside data chunks all-zero 64 KiB blocks (the qcow2 cluster size) are
-skipped too, so the image allocates only what held data.
+skipped too, so the image allocates only what held data. A destination that
+already holds data gets those ranges as write-zeroes instead.
 """
 
 from __future__ import annotations
@@ -18,13 +19,20 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 
-from dedup import BackupManifest, ChunkCorruptError, ChunkMissingError, DiskEntry, FixedIndex, Store
-from dedup.fsutil import fsync_dir
+from dedup import (
+    BackupManifest,
+    ChunkCorruptError,
+    ChunkMissingError,
+    DiskEntry,
+    FixedIndex,
+    Store,
+)
 
-from .errors import CorruptBackupError, DiskSelectionError, TargetDirectoryError, TargetExistsError
-from .targets import RestoreTarget, create_target
+from .destinations import Destination, parse_destination
+from .errors import CorruptBackupError, DiskSelectionError
+from .targets import RestoreTarget
+from .verify import ReadBack, verify_target
 
 ZERO_BLOCK_SIZE = 64 << 10
 _ZERO_BLOCK = bytes(ZERO_BLOCK_SIZE)
@@ -42,67 +50,62 @@ class RestoreResult:
     chunks: int  # chunks in the disk, zero ones included
     zero_chunks: int
     seconds: float
+    verified: bool = False  # the target was read back and matched
 
 
 def restore_disk(
     store: Store,
     backup_id: str,
     disk_name: str | None,
-    target: str | os.PathLike[str],
+    target: str | os.PathLike[str] | Destination,
     fmt: str = "raw",
     force: bool = False,
     progress: Progress | None = None,
+    verify: bool = False,
+    verify_progress: Progress | None = None,
 ) -> RestoreResult:
-    """Write disk `disk_name` of backup `backup_id` to `target` as a raw or qcow2 image.
+    """Write disk `disk_name` of backup `backup_id` to `target`.
 
+    target is a Destination or what parse_destination() understands (a file
+    path, written as `fmt` raw or qcow2; a block device; an NBD URL).
     disk_name may be None when the backup has exactly one disk. An existing
-    target is replaced only with force=True. progress, if given, is called
-    with (bytes done, disk size) as the restore advances.
+    target is replaced only with force=True. verify reads the target back
+    and compares it chunk by chunk before the restore counts as done.
+    progress and verify_progress, if given, are called with (bytes done,
+    disk size) as the copy and the read-back advance.
     """
     started = time.monotonic()
     manifest = store.get_backup(backup_id)
-    disk = _select_disk(manifest, disk_name)
+    disk = select_disk(manifest, disk_name)
     index = store.read_index(manifest, disk.name)
-    target = Path(target)
-    _check_target(target, force)
-    partial = target.with_name(f".{target.name}.cairn-partial")
-    # A leftover of an interrupted restore to the same target.
-    partial.unlink(missing_ok=True)
+    destination = target if not isinstance(target, (str, os.PathLike)) else parse_destination(target, fmt, force)
+    image = destination.open(disk.size)
     try:
-        image = create_target(fmt, partial, disk.size)
         try:
-            copy = _ChunkCopy(store, manifest, disk, index, image, progress)
+            copy = _ChunkCopy(store, manifest, disk, index, image, progress, ReadBack(index) if verify else None)
             copy.run()
+            if copy.read_back is not None:
+                verify_target(image, copy.read_back, f"{backup_id} disk {disk.name} in {destination.description}",
+                              verify_progress)
             image.finish()
         except BaseException:
             image.abort()
             raise
-        os.replace(partial, target)
+        destination.commit()
     except BaseException:
-        partial.unlink(missing_ok=True)
+        destination.discard()
         raise
-    fsync_dir(target.parent)
-    return RestoreResult(copy.bytes_written, index.chunk_count, copy.zero_chunks, time.monotonic() - started)
+    return RestoreResult(copy.bytes_written, index.chunk_count, copy.zero_chunks, time.monotonic() - started,
+                         verified=verify)
 
 
-def _select_disk(manifest: BackupManifest, disk_name: str | None) -> DiskEntry:
+def select_disk(manifest: BackupManifest, disk_name: str | None) -> DiskEntry:
     if disk_name is not None:
         return manifest.disk(disk_name)
     if len(manifest.disks) != 1:
         names = ", ".join(d.name for d in manifest.disks)
         raise DiskSelectionError(f"backup {manifest.backup_id} has {len(manifest.disks)} disks ({names}): name one")
     return manifest.disks[0]
-
-
-def _check_target(target: Path, force: bool) -> None:
-    if not target.parent.is_dir():
-        raise TargetDirectoryError(f"cannot restore to {target}: directory {target.parent} does not exist")
-    # Replacing a directory or a device node with an image file is never
-    # what was meant, force or not.
-    if target.exists() and not target.is_file():
-        raise TargetExistsError(f"cannot restore to {target}: it exists and is not a regular file")
-    if (target.exists() or target.is_symlink()) and not force:
-        raise TargetExistsError(f"{target} already exists; restore with force to replace it")
 
 
 class _ChunkCopy:
@@ -117,6 +120,7 @@ class _ChunkCopy:
         index: FixedIndex,
         image: RestoreTarget,
         progress: Progress | None,
+        read_back: ReadBack | None,
     ) -> None:
         self._store = store
         self._manifest = manifest
@@ -124,6 +128,7 @@ class _ChunkCopy:
         self._index = index
         self._image = image
         self._progress = progress
+        self.read_back = read_back
         self.bytes_written = 0
         self.zero_chunks = 0
 
@@ -134,6 +139,7 @@ class _ChunkCopy:
             for chunk_no in range(self._index.chunk_count):
                 if self._index.is_zero(chunk_no):
                     self.zero_chunks += 1
+                    self._image.zero_at(self._index.chunk_offset(chunk_no), self._index.chunk_length(chunk_no))
                     continue
                 reading.append((chunk_no, pool.submit(self._store.read_chunk, self._index.digest(chunk_no))))
                 if len(reading) >= READ_AHEAD:
@@ -147,10 +153,15 @@ class _ChunkCopy:
     def _write(self, chunk_no: int, read: Future[bytes]) -> None:
         offset = self._index.chunk_offset(chunk_no)
         data = self._verified(chunk_no, read)
+        if self.read_back is not None:
+            self.read_back.expect(chunk_no, data)
         view = memoryview(data)
-        for start, end in data_runs(view):
-            self._image.write_at(offset + start, view[start:end])
-            self.bytes_written += end - start
+        for start, end, has_data in block_runs(view):
+            if has_data:
+                self._image.write_at(offset + start, view[start:end])
+                self.bytes_written += end - start
+            else:
+                self._image.zero_at(offset + start, end - start)
         self._report(offset + len(data))
 
     def _verified(self, chunk_no: int, read: Future[bytes]) -> bytes:
@@ -182,15 +193,14 @@ class _ChunkCopy:
             self._progress(done, self._disk.size)
 
 
-def data_runs(data: memoryview, block_size: int = ZERO_BLOCK_SIZE) -> Iterator[tuple[int, int]]:
-    """(start, end) of the maximal runs of blocks that are not all zero."""
-    run_start = None
+def block_runs(data: memoryview, block_size: int = ZERO_BLOCK_SIZE) -> Iterator[tuple[int, int, bool]]:
+    """(start, end, has_data) of the maximal runs of blocks that are all zero or not."""
+    run_start, run_data = 0, None
     for start in range(0, len(data), block_size):
-        if _ZERO_BLOCK.startswith(data[start : start + block_size]):
-            if run_start is not None:
-                yield run_start, start
-                run_start = None
-        elif run_start is None:
-            run_start = start
-    if run_start is not None:
-        yield run_start, len(data)
+        has_data = not _ZERO_BLOCK.startswith(data[start : start + block_size])
+        if has_data != run_data:
+            if run_data is not None:
+                yield run_start, start, run_data
+            run_start, run_data = start, has_data
+    if run_data is not None:
+        yield run_start, len(data), run_data

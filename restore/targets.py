@@ -1,8 +1,10 @@
-"""Where a restore writes: one small protocol, one class per kind of target.
+"""Where a restore writes: one small protocol, one class per kind of writer.
 
-Every target is created empty, so unwritten ranges read back as zeros; the
-restorer relies on that to skip zero chunks and zero blocks and keep the
-result thin.
+A target is either created empty (a new image file: unwritten ranges already
+read as zeros, so zero_at does nothing and the result stays thin) or it
+already holds data (a block device, an NBD export): then zero_at writes
+zeros, as write-zeroes/trim where the backend can, so nothing is allocated
+that was not.
 """
 
 from __future__ import annotations
@@ -12,25 +14,31 @@ import subprocess
 from pathlib import Path
 from typing import Protocol
 
-from .errors import RestoreError, TargetWriteError
+from .errors import TargetWriteError
 from .nbd_target import NbdTarget, QemuNbdServer
 
 
 class RestoreTarget(Protocol):
     def write_at(self, offset: int, data: bytes | memoryview) -> None: ...
 
+    def zero_at(self, offset: int, length: int) -> None:
+        """Make [offset, offset + length) read as zeros, without allocating it where possible."""
+
+    def read_at(self, offset: int, length: int) -> bytes:
+        """Read back what the target holds (--verify)."""
+
     def finish(self) -> None:
-        """Make everything written durable; the target is complete after this."""
+        """Make everything written durable and close; the target is complete after this."""
 
     def abort(self) -> None:
         """Release resources after a failure; the caller discards the result."""
 
 
 class RawFileTarget:
-    """A sparse raw image: truncated to size, data written with pwrite."""
+    """A new sparse raw image: truncated to size, data written with pwrite."""
 
     def __init__(self, path: Path, size: int) -> None:
-        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
+        self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
         try:
             os.ftruncate(self._fd, size)
         except BaseException:
@@ -44,6 +52,12 @@ class RawFileTarget:
             view = view[written:]
             offset += written
 
+    def zero_at(self, offset: int, length: int) -> None:
+        """Nothing to do: the file was created as one hole."""
+
+    def read_at(self, offset: int, length: int) -> bytes:
+        return os.pread(self._fd, length, offset)
+
     def finish(self) -> None:
         os.fsync(self._fd)
         os.close(self._fd)
@@ -52,31 +66,30 @@ class RawFileTarget:
         os.close(self._fd)
 
 
-class Qcow2FileTarget:
-    """A new qcow2 image, written through a private qemu-nbd.
+class QemuNbdTarget:
+    """An image QEMU opens (qcow2 file, block device), written through a private qemu-nbd.
 
-    qemu-nbd does the qcow2 allocation; a fresh image reads as zeros, so
-    only clusters that receive data are allocated. qcow2 sizes are whole
-    512-byte sectors: a disk of another size gets a zero-filled tail.
+    `fresh` says the image was just created and reads as zeros; otherwise zero
+    ranges are written as NBD write-zeroes, which QEMU turns into
+    BLKZEROOUT/discard/zero clusters.
     """
 
-    def __init__(self, path: Path, size: int) -> None:
-        # Absolute, so that qemu never reads a relative "name:with:colons" as
-        # a protocol prefix.
-        path = path.absolute()
-        create = ["qemu-img", "create", "-q", "-f", "qcow2", str(path), str(size)]
-        result = subprocess.run(create, stdin=subprocess.DEVNULL, capture_output=True, text=True)
-        if result.returncode != 0:
-            raise TargetWriteError(f"qemu-img could not create {path}: {result.stderr.strip()}")
-        self._server = QemuNbdServer(path, "qcow2")
+    def __init__(self, path: Path, fmt: str, fresh: bool) -> None:
+        self._server = QemuNbdServer(path, fmt)
         try:
-            self._nbd = NbdTarget.connect_unix(self._server.socket)
+            self._nbd = NbdTarget.connect_unix(self._server.socket, fresh=fresh)
         except BaseException:
             self._server.kill()
             raise
 
     def write_at(self, offset: int, data: bytes | memoryview) -> None:
         self._nbd.write_at(offset, data)
+
+    def zero_at(self, offset: int, length: int) -> None:
+        self._nbd.zero_at(offset, length)
+
+    def read_at(self, offset: int, length: int) -> bytes:
+        return self._nbd.read_at(offset, length)
 
     def finish(self) -> None:
         self._nbd.finish()
@@ -88,13 +101,12 @@ class Qcow2FileTarget:
         self._server.kill()
 
 
-TARGET_FORMATS = ("raw", "qcow2")
-
-
-def create_target(fmt: str, path: Path, size: int) -> RestoreTarget:
-    """Create an empty image of `size` bytes at path (which must not exist)."""
-    if fmt == "raw":
-        return RawFileTarget(path, size)
-    if fmt == "qcow2":
-        return Qcow2FileTarget(path, size)
-    raise RestoreError(f"unsupported target format {fmt!r} (supported: {', '.join(TARGET_FORMATS)})")
+def create_qcow2(path: Path, size: int, backing_uri: str | None = None) -> None:
+    """A new empty qcow2 image, or an overlay on a raw backing image named by URI (an NBD
+    export). qcow2 sizes are whole 512-byte sectors: a disk of another size gets a
+    zero-filled tail."""
+    backing = ["-b", backing_uri, "-F", "raw"] if backing_uri is not None else []
+    create = ["qemu-img", "create", "-q", "-f", "qcow2", *backing, str(path), str(size)]
+    result = subprocess.run(create, check=False, stdin=subprocess.DEVNULL, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise TargetWriteError(f"qemu-img could not create {path}: {result.stderr.strip()}")

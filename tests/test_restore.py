@@ -1,5 +1,6 @@
 import json
 import os
+import shutil
 import subprocess
 import tempfile
 from pathlib import Path
@@ -8,7 +9,13 @@ import pytest
 from store_helpers import CHUNK, MiB, backup_image, disk_image, flip_byte, new_store
 
 from dedup import BackupNotFoundError, DiskNotFoundError
-from restore import CorruptBackupError, DiskSelectionError, TargetDirectoryError, TargetExistsError, restore_disk
+from restore import (
+    CorruptBackupError,
+    DiskSelectionError,
+    TargetDirectoryError,
+    TargetExistsError,
+    restore_disk,
+)
 
 GiB = 1 << 30
 
@@ -17,12 +24,18 @@ def allocated(path):
     return os.stat(path).st_blocks * 512
 
 
-def nbd_scratch_dirs():
-    return set(Path(tempfile.gettempdir()).glob("cairn-nbd-*"))
+@pytest.fixture
+def private_tmp(monkeypatch):
+    """A temp directory of this test's own for the qemu-nbd scratch dirs: /tmp is shared with
+    other tests running at the same time. Short, so unix socket paths under it fit."""
+    path = Path(tempfile.mkdtemp(prefix="cairn-t-"))
+    monkeypatch.setattr(tempfile, "tempdir", str(path))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
 
 
 def qemu_img(*args):
-    return subprocess.run(["qemu-img", *args], capture_output=True, text=True)
+    return subprocess.run(["qemu-img", *args], check=False, capture_output=True, text=True)
 
 
 @pytest.fixture
@@ -50,15 +63,14 @@ def test_raw_restore_is_byte_exact(store, out):
     assert os.listdir(out) == ["vda.raw"]
 
 
-def test_qcow2_restore_is_byte_exact(store, out, tmp_path):
+def test_qcow2_restore_is_byte_exact(store, out, tmp_path, private_tmp):
     data = disk_image("rsztr", tail=65536 + 3 * 512, seed=12)  # qcow2 sizes are whole sectors
     manifest = backup_image(store, "web1", {"vda": disk_image("r"), "vdb": data})
     source = tmp_path / "source.raw"
     source.write_bytes(data)
     target = out / "vdb.qcow2"
-    scratch_before = nbd_scratch_dirs()
     restore_disk(store, manifest.backup_id, "vdb", target, fmt="qcow2")
-    assert nbd_scratch_dirs() == scratch_before  # qemu-nbd gone, its socket dir removed
+    assert list(private_tmp.iterdir()) == []  # qemu-nbd gone, its socket dir removed
     info = json.loads(qemu_img("info", "--output=json", str(target)).stdout)
     assert (info["format"], info["virtual-size"]) == ("qcow2", len(data))
     compare = qemu_img("compare", "-f", "raw", str(source), "-F", "qcow2", str(target))
@@ -92,15 +104,14 @@ def test_zero_blocks_inside_chunks_stay_holes(store, out, fmt):
 
 
 @pytest.mark.parametrize("fmt", ["raw", "qcow2"])
-def test_corrupt_chunk_fails_and_leaves_nothing(store, out, fmt):
+def test_corrupt_chunk_fails_and_leaves_nothing(store, out, fmt, private_tmp):
     data = disk_image("rrr", seed=14)
     manifest = backup_image(store, "web1", {"vda": data})
     bad = store.read_index(manifest, "vda").digest(1)
     flip_byte(store.chunks.path(bad), offset=CHUNK // 3)
-    scratch_before = nbd_scratch_dirs()
     with pytest.raises(CorruptBackupError) as failure:
         restore_disk(store, manifest.backup_id, "vda", out / "vda.img", fmt=fmt)
-    assert nbd_scratch_dirs() == scratch_before
+    assert list(private_tmp.iterdir()) == []
     message = str(failure.value)
     assert bad.hex() in message and manifest.backup_id in message and "disk vda" in message
     assert (failure.value.chunk_no, failure.value.chunk_id) == (1, bad.hex())
