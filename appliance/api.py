@@ -1,28 +1,50 @@
 """The web API under /api/v1 (OpenAPI at /api/v1/openapi.json).
 
-Backups started here run on a thread of their own; the call answers at once with
-the backup's record, whose status moves from running to ok or failed.
+create_app applies to every route, whichever router brings it: authentication and the role
+rule (api_auth.authorizer, roles.required_role), the audit log of changes (audit.AuditMiddleware),
+and one error body, {"error": {"code", "message", "details"}}.
 """
 from __future__ import annotations
 
-import asyncio
-import logging
-import threading
 from datetime import datetime
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict
+from starlette.exceptions import HTTPException
 
-from dedup import StoreError
+from dedup import (
+    BackupExistsError,
+    KeyFileError,
+    PassphraseRequiredError,
+    StoreBusyError,
+    StoreError,
+)
 
+from .api_auth import auth_router, authorizer
+from .api_users import users_router
+from .audit import record_changes
 from .context import Appliance
 from .errors import CairnError
 
-log = logging.getLogger("cairn.api")
 VERSION = "0.1.0"
+
+
+def store_error_status(e: StoreError) -> int:
+    """The caller's mistakes and conflicts are no server fault; a damaged or unreachable store is."""
+    if isinstance(e, LookupError):
+        return 404
+    if isinstance(e, ValueError):
+        return 422
+    if isinstance(e, StoreBusyError | BackupExistsError):
+        return 409
+    if isinstance(e, PassphraseRequiredError):
+        return 423   # locked: the store needs its passphrase
+    if isinstance(e, KeyFileError):
+        return 403   # a wrong passphrase, or the key of another store
+    return 500
 
 
 class Health(BaseModel):
@@ -46,11 +68,6 @@ class VMOut(BaseModel):
     disks: list[DiskOut]
 
 
-class BackupRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    full: bool = False
-
-
 class BackupOut(BaseModel):
     model_config = ConfigDict(from_attributes=True)
     id: str
@@ -71,43 +88,82 @@ class ErrorOut(BaseModel):
     error: dict[str, Any]
 
 
-def error_body(status: int, code: str, message: str, details: Any = None) -> JSONResponse:
+def error_body(status: int, code: str, message: str, details: Any = None,
+               headers: dict[str, str] | None = None) -> JSONResponse:
     body: dict[str, Any] = {"code": code, "message": message}
     if details is not None:
         body["details"] = details
-    return JSONResponse(status_code=status, content={"error": body})
+    return JSONResponse(status_code=status, content={"error": body}, headers=headers)
+
+
+# HTTP errors raised by the framework itself (no such route, method not allowed), named like ours.
+_HTTP_CODES = {404: "NotFoundError", 405: "MethodNotAllowedError"}
 
 
 def create_app(appliance: Appliance) -> FastAPI:
+    """The app; every route it has or is given later needs credentials, except roles.PUBLIC."""
     api = FastAPI(title="Cairn", version=VERSION, openapi_url="/api/v1/openapi.json", docs_url="/api/v1/docs",
-                  redoc_url=None)
+                  redoc_url=None, dependencies=[Depends(authorizer(appliance))])
+    record_changes(api, appliance.audit)
+
+    def failed(request: Request, status: int, code: str, message: str, details: Any = None) -> JSONResponse:
+        request.state.error = f"{code}: {message}"  # for the audit line
+        headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+        return error_body(status, code, message, details, headers)
 
     @api.exception_handler(CairnError)
-    async def cairn_error(_: Request, e: CairnError) -> JSONResponse:
-        return error_body(e.status, type(e).__name__, str(e))
+    async def cairn_error(request: Request, e: CairnError) -> JSONResponse:
+        return failed(request, e.status, type(e).__name__, str(e))
 
     @api.exception_handler(StoreError)
-    async def store_error(_: Request, e: StoreError) -> JSONResponse:
-        return error_body(500, type(e).__name__, str(e))
+    async def store_error(request: Request, e: StoreError) -> JSONResponse:
+        return failed(request, store_error_status(e), type(e).__name__, str(e))
 
     @api.exception_handler(RequestValidationError)
-    async def bad_request(_: Request, e: RequestValidationError) -> JSONResponse:
-        return error_body(422, "ValidationError", "the request is not valid",
-                          [{"loc": list(x["loc"]), "msg": x["msg"]} for x in e.errors()])
+    async def bad_request(request: Request, e: RequestValidationError) -> JSONResponse:
+        return failed(request, 422, "ValidationError", "the request is not valid",
+                      [{"loc": list(x["loc"]), "msg": x["msg"]} for x in e.errors()])
+
+    @api.exception_handler(HTTPException)
+    async def http_error(request: Request, e: HTTPException) -> JSONResponse:
+        return failed(request, e.status_code, _HTTP_CODES.get(e.status_code, f"HTTP{e.status_code}"), str(e.detail))
+
+    @api.exception_handler(Exception)
+    async def unexpected(request: Request, e: Exception) -> JSONResponse:
+        # Starlette logs the traceback after this answer; the caller gets the usual body, not a text page.
+        return failed(request, 500, "InternalError", "an unexpected error: the appliance's log has the details")
+
+    api.include_router(auth_router(appliance))
+    api.include_router(users_router(appliance))
 
     def vm_out(view: Any) -> VMOut:
         d = view.to_dict()
         return VMOut(name=d["name"], state=d["state"], pid=d["pid"], vcpus=d["vcpus"], memory_mib=d["memory_mib"],
                      disks=[DiskOut(**{k: disk[k] for k in ("name", "path", "format")}) for disk in d["disks"]])
 
-    from .api_store import store_router  # here: api_store builds on this module's error_body
+    # Imported here: api_store builds on this module's error_body.
+    from .api_store import store_router
     api.include_router(store_router(appliance))
     from .api_snapshots import snapshot_router
     api.include_router(snapshot_router(appliance))
+    # Jobs, events, policies, deletion; backups, store verify and GC are started as jobs.
+    from .api_operations import operations_router
+    api.include_router(operations_router(appliance))
+    from .api_vms import vm_router
+    api.include_router(vm_router(appliance))
+    from .api_restores import restore_router
+    api.include_router(restore_router(appliance))
+    from .api_hosts import host_router
+    api.include_router(host_router(appliance))
+    from .api_networks import network_router
+    api.include_router(network_router(appliance))
+    # The web console: static files at /ui that call this API like any script.
+    from .web import mount_console
+    mount_console(api)
 
     @api.get("/api/v1/health", response_model=Health)
     def health() -> Health:
-        return Health(status="ok", version=VERSION, store=str(appliance.store.path))
+        return Health(status="ok", version=VERSION, store=appliance.store.location)
 
     @api.get("/api/v1/vms", response_model=list[VMOut])
     def list_vms() -> list[VMOut]:
@@ -116,15 +172,6 @@ def create_app(appliance: Appliance) -> FastAPI:
     @api.get("/api/v1/vms/{name}", response_model=VMOut, responses={404: {"model": ErrorOut}})
     def get_vm(name: str) -> VMOut:
         return vm_out(appliance.vms.show(name))
-
-    @api.post("/api/v1/vms/{name}/backups", response_model=BackupOut, status_code=202,
-              responses={404: {"model": ErrorOut}, 422: {"model": ErrorOut}})
-    def start_backup(name: str, body: BackupRequest | None = None) -> BackupOut:
-        spec = appliance.vms.spec(name)
-        rec = appliance.backups.begin(spec, full=bool(body and body.full))
-        threading.Thread(target=_run_backup, args=(appliance, spec, rec), name=f"backup-{rec.id}",
-                         daemon=True).start()
-        return BackupOut.model_validate(rec)
 
     @api.get("/api/v1/backups", response_model=list[BackupOut])
     def list_backups(vm: str | None = None) -> list[BackupOut]:
@@ -136,9 +183,3 @@ def create_app(appliance: Appliance) -> FastAPI:
 
     return api
 
-
-def _run_backup(appliance: Appliance, spec: Any, rec: Any) -> None:
-    try:
-        asyncio.run(appliance.backups.run(spec, rec))
-    except Exception:  # noqa: BLE001 - the failure is recorded on the backup; keep the log
-        log.exception("backup %s of %s failed", rec.id, spec.name)

@@ -5,126 +5,107 @@ import asyncio
 import json
 import sys
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import typer
 from rich.table import Table
 
-from dedup import Store
-from restore import restore_disk
-
-from .cli_common import JsonOpt, byte_progress, emit_json, out, reports_errors, state
+from .backups import BackupOptions
+from .checkpoints import DEFAULT_FULL_EVERY
+from .cli_common import (
+    JsonOpt,
+    byte_progress,
+    emit_json,
+    err,
+    out,
+    reports_errors,
+    state,
+)
+from .cli_db import db_app
+from .cli_host import host_app
+from .cli_job import job_app
+from .cli_network import network_app, pool_app
+from .cli_policy import policy_app
+from .cli_restore import restore_app
 from .cli_snapshot import snapshot_app
 from .cli_store import store_app
-from .settings import Settings
-from .units import human, parse_size
+from .cli_user import user_app
+from .cli_vm import image_app, vm_app
+from .units import human
 
 app = typer.Typer(help="Cairn: backup, snapshots and VM management for QEMU/KVM.", no_args_is_help=True)
-vm_app = typer.Typer(help="Define and run VMs.", no_args_is_help=True)
 backup_app = typer.Typer(help="Back up VMs and list backups.", no_args_is_help=True)
 app.add_typer(vm_app, name="vm")
+app.add_typer(image_app, name="image")
 app.add_typer(backup_app, name="backup")
 app.add_typer(store_app, name="store")
 app.add_typer(snapshot_app, name="snapshot")
+app.add_typer(restore_app, name="restore")
+app.add_typer(db_app, name="db")
+app.add_typer(user_app, name="user")
+app.add_typer(job_app, name="job")
+app.add_typer(policy_app, name="policy")
+app.add_typer(network_app, name="network")
+app.add_typer(pool_app, name="pool")
+app.add_typer(host_app, name="host")
+
+
+DataDirOpt = typer.Option(None, "--data-dir", envvar="CAIRN_DATA_DIR",
+                          help="Holds the catalog, the default store and VM disks.")
 
 
 @app.callback()
-def main(data_dir: Optional[Path] = typer.Option(None, "--data-dir", envvar="CAIRN_DATA_DIR",
-                                                 help="Holds the catalog, the default store and VM disks.")) -> None:
+def main(data_dir: Path | None = DataDirOpt) -> None:
     state.data_dir = str(data_dir) if data_dir else None
 
 
+CertOpt = typer.Option(None, "--cert", exists=True, dir_okay=False,
+                       help="PEM certificate (chain) to serve instead of the generated one.")
+KeyOpt = typer.Option(None, "--key", exists=True, dir_okay=False, help="Its PEM private key.")
+
 
 @app.command()
+@reports_errors
 def serve(host: str = typer.Option("127.0.0.1", help="Address to listen on."),
-          port: int = typer.Option(8080, help="Port to listen on.")) -> None:
-    """Run the appliance's web API."""
+          port: int = typer.Option(8080, help="Port to listen on."),
+          cert: Path | None = CertOpt, key: Path | None = KeyOpt,
+          insecure_http: bool = typer.Option(False, "--insecure-http",
+                                             help="Plain HTTP, for development: tokens cross the network in clear.")
+          ) -> None:
+    """Run the appliance's web API over HTTPS (a self-signed certificate kept in <data dir>/tls/ by default).
+
+    On the first start, with no user yet, creates user `admin` with a random password written
+    to <data dir>/initial-admin-password."""
     import uvicorn
 
     from .api import create_app
-    uvicorn.run(create_app(state.appliance), host=host, port=port, log_level="info")
+    from .tls import TlsFiles, self_signed
 
-
-@vm_app.command("create")
-@reports_errors
-def vm_create(name: str,
-              disk: list[str] = typer.Option([], "--disk", help="Size of a new blank qcow2 disk (repeat for more)."),
-              image: Optional[Path] = typer.Option(None, help="Base image for the first disk (a thin overlay on it)."),
-              memory: int = typer.Option(256, help="Memory in MiB."),
-              vcpus: int = typer.Option(1, help="Virtual CPUs."),
-              kernel: Optional[Path] = typer.Option(None, help="Kernel for direct boot."),
-              initrd: Optional[Path] = typer.Option(None, help="Initrd for direct boot."),
-              append: Optional[str] = typer.Option(None, help="Kernel command line for direct boot."),
-              as_json: bool = JsonOpt) -> None:
-    """Define a new VM with blank qcow2 disks."""
-    spec = state.appliance.vms.create(name, [parse_size(d) for d in disk], memory_mib=memory, vcpus=vcpus,
-                                      kernel=_opt(kernel), initrd=_opt(initrd), append=append,
-                                      base_image=_opt(image))
-    if as_json:
-        emit_json(spec.to_dict())
-    else:
-        out.print(f"created VM {name} with disks " + ", ".join(f"{d.name} ({d.path})" for d in spec.disks))
-
-
-@vm_app.command("start")
-@reports_errors
-def vm_start(name: str, as_json: bool = JsonOpt) -> None:
-    """Start a VM (QEMU runs on after this command returns)."""
-    view = asyncio.run(state.appliance.vms.start(name))
-    emit_json(view.to_dict()) if as_json else out.print(f"{name}: {view.status.state} (pid {view.status.pid})")
-
-
-@vm_app.command("stop")
-@reports_errors
-def vm_stop(name: str, timeout: float = typer.Option(30.0, help="Seconds to wait for a clean shutdown."),
-            force: bool = typer.Option(False, "--force", help="Do not ask the guest: quit QEMU at once."),
-            as_json: bool = JsonOpt) -> None:
-    """Shut a VM down: ACPI power button first, then forced after --timeout."""
-    view = asyncio.run(state.appliance.vms.stop(name, timeout=timeout, force=force))
-    emit_json(view.to_dict()) if as_json else out.print(f"{name}: {view.status.state}")
-
-
-@vm_app.command("list")
-@reports_errors
-def vm_list(as_json: bool = JsonOpt) -> None:
-    """List VMs and their state."""
-    views = state.appliance.vms.list()
-    if as_json:
-        emit_json([v.to_dict() for v in views])
-        return
-    table = Table("name", "state", "vcpus", "memory", "disks")
-    for v in views:
-        table.add_row(v.spec.name, v.status.state, str(v.spec.vcpus), f"{v.spec.memory_mib} MiB",
-                      ", ".join(d.name for d in v.spec.disks))
-    out.print(table)
-
-
-@vm_app.command("show")
-@reports_errors
-def vm_show(name: str, as_json: bool = JsonOpt) -> None:
-    """Show a VM's definition, state and disks."""
-    view = state.appliance.vms.show(name)
-    if as_json:
-        emit_json(view.to_dict())
-        return
-    out.print(f"[bold]{name}[/bold]  {view.status.state}  {view.spec.vcpus} vCPU  {view.spec.memory_mib} MiB")
-    for d in view.spec.disks:
-        out.print(f"  {d.name}  {d.format}  {d.path}")
-
-
-@vm_app.command("delete")
-@reports_errors
-def vm_delete(name: str, yes: bool = typer.Option(False, "--yes", help="Do not ask for confirmation.")) -> None:
-    """Delete a stopped VM and its disks (its backups stay in the store)."""
-    if not yes and not typer.confirm(f"Delete VM {name} and its disks?"):
-        raise typer.Exit(1)
-    state.appliance.vms.delete(name)
-    out.print(f"deleted VM {name}")
+    if (cert is None) != (key is None):
+        raise typer.BadParameter("--cert and --key go together")
+    if insecure_http and cert:
+        raise typer.BadParameter("--insecure-http serves no certificate: drop --cert/--key")
+    a = state.appliance
+    tls = None if insecure_http else TlsFiles(cert, key) if cert and key else self_signed(a.settings.tls_dir, host)
+    password_file = a.settings.initial_admin_password_file
+    if password := a.users.ensure_initial_admin(password_file):
+        # Said once, here; the file keeps it for the installer's console until someone removes it.
+        err.print(f"created user admin with password {password} (also in {password_file}); "
+                  "change it: POST /api/v1/auth/password", highlight=False, soft_wrap=True)
+    scheme = "http" if tls is None else "https"
+    err.print(f"Cairn API at {scheme}://{host}:{port}/api/v1 (docs: /api/v1/docs)"
+              + (f", certificate {tls.cert}" if tls else ""), soft_wrap=True)
+    uvicorn.run(create_app(a), host=host, port=port, log_level="info",
+                ssl_certfile=str(tls.cert) if tls else None, ssl_keyfile=str(tls.key) if tls else None)
 
 
 @backup_app.command("create")
 @reports_errors
 def backup_create(vm: str, full: bool = typer.Option(False, "--full", help="Read every disk in full."),
+                  full_every: int = typer.Option(DEFAULT_FULL_EVERY, min=0,
+                                                 help="Read a disk in full after this many incrementals of it."),
+                  transport: str = typer.Option("pull", help="pull: Cairn reads an NBD export; push: QEMU writes "
+                                                "into a target Cairn serves."),
                   as_json: bool = JsonOpt) -> None:
     """Back up a VM, running or stopped: incremental from its last backup unless --full."""
     a = state.appliance
@@ -136,7 +117,8 @@ def backup_create(vm: str, full: bool = typer.Option(False, "--full", help="Read
             if disk not in tasks:
                 tasks[disk] = bars.add_task(f"{vm}/{disk}", total=total)
             bars.update(tasks[disk], completed=done, total=total)
-        result = asyncio.run(a.backups.create(spec, full=full, progress=progress))
+        options = BackupOptions(full_every=full_every, transport=transport)
+        result = asyncio.run(a.backups.create(spec, full=full, progress=progress, options=options))
     m = result.manifest
     if as_json:
         emit_json(json.loads(m.to_json()))
@@ -150,7 +132,7 @@ def backup_create(vm: str, full: bool = typer.Option(False, "--full", help="Read
 
 @backup_app.command("list")
 @reports_errors
-def backup_list(vm: Optional[str] = typer.Option(None, help="Only this VM's backups."), as_json: bool = JsonOpt) -> None:
+def backup_list(vm: str | None = typer.Option(None, help="Only this VM's backups."), as_json: bool = JsonOpt) -> None:
     """List backups recorded in the catalog."""
     records = state.appliance.backups.list(vm)
     if as_json:
@@ -166,36 +148,6 @@ def backup_list(vm: Optional[str] = typer.Option(None, help="Only this VM's back
 def backup_dict(r: Any) -> dict[str, Any]:
     return {c: getattr(r, c) for c in ("id", "vm_name", "store", "kind", "status", "parent", "checkpoint", "started_at",
                                        "finished_at", "size", "bytes_read", "bytes_stored", "error", "notes")}
-
-
-@app.command("restore")
-@reports_errors
-def restore_cmd(backup: str,
-                to: Path = typer.Option(..., "--to", help="File to create."),
-                fmt: str = typer.Option("raw", "--format", help="raw or qcow2."),
-                store: Optional[Path] = typer.Option(None, "--store", help="Store directory (default: the data dir's)."),
-                disk: Optional[str] = typer.Option(None, "--disk", help="Which disk, if the backup has several."),
-                force: bool = typer.Option(False, "--force", help="Replace an existing file."),
-                as_json: bool = JsonOpt) -> None:
-    """Restore one disk of a backup into a file. Needs only the store: no catalog, no server."""
-    if fmt not in ("raw", "qcow2"):
-        raise ValueError(f"--format must be raw or qcow2, not {fmt}")
-    source = Store.open(store or Settings.resolve(state.data_dir).store_dir)
-    with byte_progress() as bars:
-        task = bars.add_task(f"restore {backup}", total=None)
-        result = restore_disk(source, backup, disk, to, fmt=fmt, force=force,
-                              progress=lambda done, total: bars.update(task, completed=done, total=total))
-    if as_json:
-        emit_json({"backup": backup, "target": str(to), "format": fmt, **vars(result)})
-    else:
-        out.print(f"restored {backup} to {to} ({fmt}): {human(result.bytes_written)} written "
-                  f"in {result.seconds:.1f} s")
-
-
-
-
-def _opt(p: Optional[Path]) -> Optional[str]:
-    return str(p) if p else None
 
 
 if __name__ == "__main__":

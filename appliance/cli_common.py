@@ -3,11 +3,19 @@ from __future__ import annotations
 
 import functools
 import json
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+from typing import Any
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
 
 from chain import ChainError
 from dedup import StoreError
@@ -27,7 +35,7 @@ JsonOpt = typer.Option(False, "--json", help="Print JSON instead of a table.")
 
 
 class State:
-    data_dir: Optional[str] = None
+    data_dir: str | None = None
 
     @functools.cached_property
     def appliance(self) -> Appliance:

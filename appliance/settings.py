@@ -3,30 +3,64 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
+
+from dedup import SshOptions, Store, open_backend
 
 DEFAULT_DATA_DIR = Path("/var/lib/cairn")
 
 
 @dataclass(frozen=True)
+class StoreAccess:
+    location: str
+    passphrase: str | None
+    key_file: Path | None
+    ssh: SshOptions
+
+    def open(self, passphrase: str | None = None) -> Store:
+        return Store.open(open_backend(self.location, self.ssh), passphrase=passphrase or self.passphrase,
+                          key_file=self.key_file)
+
+
+def _path_or_none(value: str | None) -> Path | None:
+    return Path(value).expanduser() if value else None
+
+
+@dataclass(frozen=True)
 class Settings:
     data_dir: Path
+    # The catalog's SQLAlchemy URL when not the data dir's SQLite file ($CAIRN_CATALOG_URL).
+    catalog: str | None = None
+    session_ttl: timedelta = timedelta(hours=12)
 
     @classmethod
-    def resolve(cls, data_dir: Path | str | None = None) -> "Settings":
+    def resolve(cls, data_dir: Path | str | None = None, catalog: str | None = None) -> Settings:
         """--data-dir, else $CAIRN_DATA_DIR, else /var/lib/cairn for root or ~/.local/share/cairn."""
         chosen = data_dir or os.environ.get("CAIRN_DATA_DIR")
         if not chosen:
             chosen = DEFAULT_DATA_DIR if os.geteuid() == 0 else Path.home() / ".local/share/cairn"
-        return cls(Path(chosen).expanduser().resolve())
+        return cls(Path(chosen).expanduser().resolve(), catalog or os.environ.get("CAIRN_CATALOG_URL") or None)
 
     @property
     def catalog_url(self) -> str:
-        return os.environ.get("CAIRN_CATALOG_URL") or f"sqlite:///{self.data_dir / 'catalog.db'}"
+        return self.catalog or f"sqlite:///{self.data_dir / 'catalog.db'}"
 
     @property
     def store_dir(self) -> Path:
         return Path(os.environ.get("CAIRN_STORE") or self.data_dir / "store")
+
+    def store_access(self, location: str | None = None) -> StoreAccess:
+        """How to open the store: --store, else $CAIRN_STORE (a directory or sftp:// URL), else the data
+        dir's; passphrase, key file and SSH credentials from the environment."""
+        env = os.environ.get
+        return StoreAccess(
+            location=location or env("CAIRN_STORE") or str(self.data_dir / "store"),
+            passphrase=env("CAIRN_STORE_PASSPHRASE") or None,
+            key_file=_path_or_none(env("CAIRN_STORE_KEY_FILE")),
+            ssh=SshOptions(identity_file=_path_or_none(env("CAIRN_STORE_SSH_KEY")),
+                           known_hosts=_path_or_none(env("CAIRN_STORE_KNOWN_HOSTS"))),
+        )
 
     @property
     def images_dir(self) -> Path:
@@ -39,6 +73,20 @@ class Settings:
     @property
     def scratch_dir(self) -> Path:
         return self.data_dir / "scratch"
+
+    @property
+    def tls_dir(self) -> Path:
+        return self.data_dir / "tls"
+
+    @property
+    def secret_key_file(self) -> Path:
+        """The key that seals secrets at rest: whoever has the data dir has it, a catalog dump alone does not."""
+        return self.data_dir / "secret.key"
+
+    @property
+    def initial_admin_password_file(self) -> Path:
+        """Written on first start (mode 0600); the installer's console shows it."""
+        return self.data_dir / "initial-admin-password"
 
     def ensure(self) -> None:
         for d in (self.data_dir, self.images_dir, self.run_dir, self.scratch_dir):

@@ -23,6 +23,7 @@ from sshd_server import sshd_server  # noqa: F401  (a fixture shared by remote-a
 
 from appliance.api import create_app
 from appliance.context import Appliance
+from appliance.roles import Role
 from dedup import Store
 from vmm import DiskSpec, QemuDriver, VMSpec, create_disk
 from vmm.rundir import RunDir, is_our_qemu, read_pid
@@ -114,7 +115,31 @@ def appliance(appliance_data_dir: Path) -> Appliance:
     return Appliance.open(str(appliance_data_dir))
 
 
+TEST_PASSWORD = "correct horse battery staple"
+
+
+def signed_in_client(appliance: Appliance, role: Role) -> TestClient:
+    """A client of the appliance's web API, signed in (through the login route) as a new user `test-<role>`."""
+    name = f"test-{role.value}"
+    appliance.users.create(name, TEST_PASSWORD, role)
+    client = TestClient(create_app(appliance))
+    answer = client.post("/api/v1/auth/login", json={"username": name, "password": TEST_PASSWORD})
+    assert answer.status_code == 200, answer.text
+    client.headers["Authorization"] = f"Bearer {answer.json()['token']}"
+    return client
+
+
 @pytest.fixture
 def api_client(appliance: Appliance) -> TestClient:
-    """A client of the appliance's web API, signed in with full rights."""
-    return TestClient(create_app(appliance))
+    """A client of the appliance's web API, signed in with full rights (an admin)."""
+    return signed_in_client(appliance, Role.ADMIN)
+
+
+@pytest.fixture
+def operator_client(appliance: Appliance) -> TestClient:
+    return signed_in_client(appliance, Role.OPERATOR)
+
+
+@pytest.fixture
+def viewer_client(appliance: Appliance) -> TestClient:
+    return signed_in_client(appliance, Role.VIEWER)

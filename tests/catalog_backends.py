@@ -1,0 +1,38 @@
+"""The catalog backends a test can run on: SQLite always, PostgreSQL when $CAIRN_TEST_POSTGRES_URL names
+a role that may create databases (.ci/run sets it up). Each PostgreSQL test gets a database of its own."""
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Iterator
+
+import pytest
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+
+POSTGRES_ENV = "CAIRN_TEST_POSTGRES_URL"
+
+
+def _admin_url() -> str:
+    url = make_url(os.environ[POSTGRES_ENV])
+    return url.set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def catalog_url(request: pytest.FixtureRequest) -> Iterator[str | None]:
+    """None (the data dir's SQLite file) or the URL of a new, empty PostgreSQL database."""
+    if request.param == "sqlite":
+        yield None
+        return
+    if not os.environ.get(POSTGRES_ENV):
+        pytest.skip(f"${POSTGRES_ENV} is not set (.ci/run starts a PostgreSQL server and sets it)")
+    name = f"cairn_test_{secrets.token_hex(6)}"
+    admin = create_engine(_admin_url(), isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+        yield make_url(_admin_url()).set(database=name).render_as_string(hide_password=False)
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE "{name}" WITH (FORCE)'))
+    finally:
+        admin.dispose()
