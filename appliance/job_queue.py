@@ -1,0 +1,68 @@
+"""Per-resource queues: jobs on one resource run one after another, on that resource's worker.
+
+A worker thread exists only while its resource has work; nothing is locked across the
+process. `Capacity` caps how many jobs run at once per key (host, store), as policies ask.
+"""
+from __future__ import annotations
+
+import collections
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+
+class ResourceQueues:
+    def __init__(self, run: Callable[[str], None]):
+        self._run = run
+        self._pending: dict[str, collections.deque[str]] = {}
+        self._lock = threading.Lock()
+
+    def submit(self, resource: str, job_id: str) -> None:
+        with self._lock:
+            if resource in self._pending:
+                self._pending[resource].append(job_id)
+                return
+            self._pending[resource] = collections.deque([job_id])
+        threading.Thread(target=self._work, args=(resource,), name=f"jobs-{resource}", daemon=True).start()
+
+    def _work(self, resource: str) -> None:
+        while True:
+            with self._lock:
+                pending = self._pending[resource]
+                if not pending:
+                    del self._pending[resource]
+                    return
+                job_id = pending[0]
+            try:
+                self._run(job_id)
+            finally:
+                with self._lock:
+                    self._pending[resource].popleft()
+
+
+class Capacity:
+    """Counts jobs running per key; a job waits until every key it names is below its limit."""
+
+    def __init__(self) -> None:
+        self._in_use: collections.Counter[str] = collections.Counter()
+        self._changed = threading.Condition()
+
+    @contextmanager
+    def hold(self, limits: dict[str, int], give_up: threading.Event) -> Iterator[bool]:
+        """Yields True once the job may run, False if `give_up` was set while it waited."""
+        with self._changed:
+            while not all(self._in_use[key] < limit for key, limit in limits.items()):
+                if give_up.is_set():
+                    granted = False
+                    break
+                self._changed.wait(0.2)
+            else:
+                granted = True
+                self._in_use.update(limits.keys())
+        try:
+            yield granted
+        finally:
+            if granted:
+                with self._changed:
+                    self._in_use.subtract(limits.keys())
+                    self._changed.notify_all()

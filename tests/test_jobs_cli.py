@@ -1,0 +1,62 @@
+"""`cairn policy` and `cairn job` on a real data dir: what they print, and clear errors on bad input."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from appliance.context import Appliance
+
+CAIRN = str(Path(sys.executable).with_name("cairn"))
+
+
+@pytest.fixture
+def cairn(appliance: Appliance):
+    env = {**os.environ, "CAIRN_DATA_DIR": str(appliance.settings.data_dir)}
+
+    def call(*args: str, code: int = 0) -> subprocess.CompletedProcess:
+        proc = subprocess.run([CAIRN, *args], check=False, env=env, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == code, (proc.stdout, proc.stderr)
+        return proc
+    return call
+
+
+def test_policy_commands(cairn, appliance: Appliance):
+    appliance.vms.create("web1", [8 << 20])
+    cairn("policy", "create", "nightly", "--schedule", "0 2 * * *", "--vm", "web*", "--keep-last", "3",
+          "--full-every", "2", "--max-per-host", "1")
+    cairn("policy", "create", "snaps", "--schedule", "@hourly", "--vm", "web1", "--snapshot", "--keep", "2")
+    (nightly, snaps) = json.loads(cairn("policy", "list", "--json").stdout)
+    assert nightly["policy"]["retention"]["keep_last"] == 3 and nightly["policy"]["max_per_host"] == 1
+    assert snaps["policy"]["kind"] == "snapshot" and snaps["policy"]["keep"] == 2
+    preview = json.loads(cairn("policy", "preview", "nightly", "--count", "2", "--json").stdout)
+    assert preview["vms"] == {"web1": "full"} and len(preview["next_runs"]) == 2
+    assert "it selects 1 VM(s) today: web1" in cairn("policy", "delete", "nightly", "--dry-run").stdout
+    cairn("policy", "delete", "nightly")
+    assert [p["policy"]["name"] for p in json.loads(cairn("policy", "list", "--json").stdout)] == ["snaps"]
+
+    assert "not a cron expression" in cairn("policy", "create", "x", "--schedule", "soon", "--vm", "a",
+                                            code=2).stderr
+    assert "selects VMs" in cairn("policy", "create", "x", "--schedule", "@daily", code=2).stderr
+    assert "already exists" in cairn("policy", "create", "snaps", "--schedule", "@daily", "--vm", "a",
+                                     code=1).stderr
+    assert "no policy ghost" in cairn("policy", "preview", "ghost", code=1).stderr
+
+
+def test_job_commands(cairn, appliance: Appliance):
+    appliance.vms.create("db1", [8 << 20])
+    job = appliance.jobs.wait(appliance.jobs.submit("backup", {"vm": "db1"}).id, 240)
+    (listed,) = json.loads(cairn("job", "list", "--json", "--filter", "kind:eq:backup").stdout)
+    assert listed["id"] == job.id and listed["state"] == "succeeded"
+    shown = cairn("job", "show", job.id).stdout
+    assert "claim" in shown and "copy" in shown and "succeeded" in shown
+    events = json.loads(cairn("job", "events", job.id, "--json").stdout)
+    assert [e["kind"] for e in events] == ["job.succeeded", "backup.done", "job.started"]
+    assert "no job was left behind" in cairn("job", "recover").stdout
+    assert "already succeeded" in cairn("job", "cancel", job.id, code=1).stderr
+    assert "no job nope" in cairn("job", "show", "nope", code=1).stderr
+    assert "cannot filter 'colour'" in cairn("job", "list", "--filter", "colour:eq:red", code=1).stderr
