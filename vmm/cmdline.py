@@ -5,11 +5,14 @@ from __future__ import annotations
 import json
 
 from .accel import Accel
+from .profiles import get_profile, ide_addresses
 from .rundir import RunDir
-from .spec import VMSpec
+from .spec import CDROM_NODE, NicSpec, VMSpec
 
 QMP_CHARDEV = "qmp"
 SERIAL_CHARDEV = "serial0"
+GUEST_AGENT_CHARDEV = "qga0"
+GUEST_AGENT_PORT = "org.qemu.guest_agent.0"   # the port name qemu-ga looks for
 
 
 def qemu_opt(value: str) -> str:
@@ -17,7 +20,7 @@ def qemu_opt(value: str) -> str:
     return value.replace(",", ",,")
 
 
-def build_command(binary: str, spec: VMSpec, accel: Accel, rundir: RunDir) -> list[str]:
+def build_command(binary: str, spec: VMSpec, accel: Accel, rundir: RunDir, incoming: str | None = None) -> list[str]:
     cmd = [
         binary,
         "-name", f"guest={spec.name}",
@@ -29,8 +32,8 @@ def build_command(binary: str, spec: VMSpec, accel: Accel, rundir: RunDir) -> li
         "-display", "none",
         "-chardev", f"file,id={SERIAL_CHARDEV},path={qemu_opt(str(rundir.serial_log))}",
         "-serial", f"chardev:{SERIAL_CHARDEV}",
-        "-chardev", f"socket,id={QMP_CHARDEV},path={qemu_opt(str(rundir.qmp_socket))},"
-                    "server=on,wait=off",
+        "-chardev", (f"socket,id={QMP_CHARDEV},path={qemu_opt(str(rundir.qmp_socket))},"
+                     "server=on,wait=off"),
         "-mon", f"chardev={QMP_CHARDEV},mode=control",
         "-daemonize",
         "-pidfile", str(rundir.pidfile),
@@ -45,7 +48,10 @@ def build_command(binary: str, spec: VMSpec, accel: Accel, rundir: RunDir) -> li
         cmd += ["-initrd", spec.initrd]
     if spec.append is not None:
         cmd += ["-append", spec.append]
-    for disk in spec.disks:
+    profile = get_profile(spec.profile)
+    boot_index = {device: index for index, device in enumerate(spec.boot, start=1)}
+    ide_slots = iter(ide_addresses(spec.machine))
+    for position, disk in enumerate(spec.disks):
         # JSON syntax: no escaping issues whatever the image path contains.
         cmd += ["-blockdev", json.dumps({
             "driver": "file", "filename": disk.path, "node-name": disk.protocol_node(),
@@ -54,6 +60,56 @@ def build_command(binary: str, spec: VMSpec, accel: Accel, rundir: RunDir) -> li
             "driver": disk.format, "file": disk.protocol_node(), "node-name": disk.format_node()})]
         # share-rw=on lets other users of the node (HMP qemu-io, block jobs' writers) write
         # while the guest device is attached.
-        cmd += ["-device", f"virtio-blk-pci,drive={disk.format_node()},id={disk.device_id()},"
-                           "share-rw=on"]
+        device = (f"{profile.disk_device},drive={disk.format_node()},id={disk.device_id()},"
+                  "share-rw=on")
+        if profile.disk_device.startswith("ide-"):
+            device += "," + next(ide_slots)
+        cmd += ["-device", device + _boot_index(boot_index, "disk", position)]
+    if spec.cdrom is not None:
+        cmd += ["-blockdev", json.dumps({
+            "driver": "file", "filename": spec.cdrom, "node-name": f"{CDROM_NODE}-file",
+            "read-only": True})]
+        cmd += ["-blockdev", json.dumps({
+            "driver": "raw", "file": f"{CDROM_NODE}-file", "node-name": CDROM_NODE,
+            "read-only": True})]
+        cmd += ["-device", f"{profile.cdrom_device},drive={CDROM_NODE},id={CDROM_NODE}-dev,"
+                           + next(ide_slots) + _boot_index(boot_index, "cdrom", 0)]
+    for position, nic in enumerate(spec.nics):
+        cmd += ["-netdev", _netdev(nic)]
+        cmd += ["-device", f"{profile.nic_model},netdev={nic.netdev_id()},id={nic.name},"
+                           f"mac={nic.mac}" + _boot_index(boot_index, "network", position)]
+    if spec.vnc:
+        # The password is set through QMP after start (set_password), never on the command
+        # line, where any local user could read it in /proc.
+        cmd += ["-vga", "std",
+                "-vnc", f"unix:{qemu_opt(str(rundir.vnc_socket))},password=on"]
+    cmd += _guest_agent_channel(rundir)
+    if incoming is not None:
+        cmd += ["-incoming", incoming]
     return cmd
+
+
+def _guest_agent_channel(rundir: RunDir) -> list[str]:
+    """A virtio-serial port for the QEMU guest agent (backups freeze the guest's filesystems
+    through it). A guest without an agent never opens it, which QMP's query-chardev shows."""
+    return ["-chardev", (f"socket,id={GUEST_AGENT_CHARDEV},path={qemu_opt(str(rundir.guest_agent_socket))},"
+                        "server=on,wait=off"),
+            "-device", "virtio-serial-pci,id=guest-agent-serial",
+            "-device", (f"virtserialport,bus=guest-agent-serial.0,chardev={GUEST_AGENT_CHARDEV},"
+                       f"name={GUEST_AGENT_PORT}")]
+
+
+def _boot_index(boot_index: dict[str, int], kind: str, position: int) -> str:
+    """Only the first device of each kind is bootable: that is what a boot order names."""
+    if position != 0 or kind not in boot_index:
+        return ""
+    return f",bootindex={boot_index[kind]}"
+
+
+def _netdev(nic: NicSpec) -> str:
+    if nic.mode == "tap":
+        # The tap exists already; QEMU must not run /etc/qemu-ifup scripts on it.
+        return f"tap,id={nic.netdev_id()},ifname={nic.tap},script=no,downscript=no"
+    if nic.mode == "bridge":
+        return f"bridge,id={nic.netdev_id()},br={nic.bridge}"
+    return f"user,id={nic.netdev_id()}"

@@ -51,9 +51,37 @@ def image_info(path: str | os.PathLike[str]) -> dict[str, Any]:
     return info
 
 
+def backing_chain(path: str | os.PathLike[str]) -> list[str]:
+    """The files an image reads from: itself first, then each backing file down the chain."""
+    path = os.fspath(path)
+    out = _qemu_img(["qemu-img", "info", "--backing-chain", "--output=json", "-U", path],
+                    f"qemu-img cannot read {path}")
+    return [str(layer["filename"]) for layer in json.loads(out)]
+
+
+def convert_image(src: str | os.PathLike[str], dst: str | os.PathLike[str],
+                  fmt: str = "qcow2") -> None:
+    """Copy an image with its whole backing chain flattened into one standalone file."""
+    src, dst = os.fspath(src), os.fspath(dst)
+    if os.path.lexists(dst):
+        raise ImageError(f"cannot create {dst}: the file already exists")
+    _qemu_img(["qemu-img", "convert", "-O", fmt, src, dst], f"qemu-img could not copy {src}")
+
+
+def resize_image(path: str | os.PathLike[str], size_bytes: int) -> None:
+    """Grow an image that no running VM uses; shrinking is refused (it would cut data)."""
+    path = os.fspath(path)
+    current = int(image_info(path)["virtual-size"])
+    if size_bytes < current:
+        raise ImageError(f"cannot shrink {path} from {current} to {size_bytes} bytes")
+    if size_bytes > current:
+        _qemu_img(["qemu-img", "resize", "-q", path, str(size_bytes)],
+                  f"qemu-img could not resize {path}")
+
+
 def _qemu_img(cmd: list[str], message: str) -> str:
     try:
-        done = subprocess.run(cmd, capture_output=True, text=True)
+        done = subprocess.run(cmd, check=False, capture_output=True, text=True)
     except FileNotFoundError as err:
         raise ImageError(f"{message}: qemu-img is not installed", cmd) from err
     if done.returncode != 0:

@@ -18,6 +18,7 @@ from typing import Literal
 
 from .accel import detect_accel
 from .cmdline import build_command
+from .console import arm_vnc
 from .errors import (
     DiskNotFoundError,
     QMPDisconnectedError,
@@ -43,6 +44,8 @@ from .spec import VMSpec, validate_vm_name
 
 VMRunState = Literal["running", "paused", "stopped", "crashed"]
 StopMethod = Literal["already-stopped", "powerdown", "quit", "kill"]
+
+STREAM_JOB_PREFIX = "stream-"
 
 # sun_path is 108 bytes including the terminating NUL.
 MAX_SOCKET_PATH = 107
@@ -70,7 +73,9 @@ class QemuDriver:
 
     # -- lifecycle ---------------------------------------------------------------------------
 
-    async def start(self, spec: VMSpec) -> VMStatus:
+    async def start(self, spec: VMSpec, incoming: str | None = None) -> VMStatus:
+        """`incoming`: a migration URI (e.g. "exec:cat <file>") the guest's state is loaded
+        from instead of booting; the guest then runs on from where that state was saved."""
         spec.validate()
         rundir = self.paths(spec.name)
         self._check_files(spec, rundir)
@@ -82,9 +87,11 @@ class QemuDriver:
                 raise VMAlreadyRunningError(spec.name, current.pid)
             # Nothing of ours runs here, so these are leftovers of a crash or a failed start.
             self._remove_leftovers(rundir)
-            cmd = build_command(self.qemu_binary, spec, accel, rundir)
+            cmd = build_command(self.qemu_binary, spec, accel, rundir, incoming)
             try:
                 await self._launch(spec.name, cmd, rundir)
+                if spec.vnc:
+                    await self._arm_vnc(spec.name, rundir)
             except VMStartError:
                 # A failed start leaves nothing running, so it must not read as a crash.
                 self._remove_leftovers(rundir)
@@ -135,6 +142,41 @@ class QemuDriver:
             await qmp.execute("cont")
         self._record_paused(name, False)
 
+    async def reboot(self, name: str) -> None:
+        """Hard reset (the reset button): the guest restarts at once, without shutting down."""
+        async with self.session(name) as qmp:
+            await qmp.execute("system_reset")
+            if self.status(name).state == "paused":
+                await qmp.execute("cont")
+        self._record_paused(name, False)
+
+    async def grow_disk(self, name: str, disk: str, size_bytes: int) -> None:
+        """Grow a disk of a running VM to size_bytes (block_resize on its current root node,
+        which snapshots may have moved away from the node named after the disk)."""
+        async with self.session(name) as qmp:
+            node = await disk_root_node(qmp, name, disk)
+            await qmp.execute("block_resize", {"node-name": node, "size": size_bytes})
+
+    async def stream_disks(self, name: str, disks: list[str]) -> None:
+        """Start copying each disk's backing data into its active layer (block-stream). QEMU
+        finishes each job alone and then drops the backing file; if QEMU stops first, the disk
+        simply keeps its backing file and the stream can be started again."""
+        async with self.session(name) as qmp:
+            running = {job["id"] for job in await qmp.execute("query-jobs")}
+            for disk in disks:
+                if stream_job_id(disk) not in running:
+                    node = await disk_root_node(qmp, name, disk)
+                    await qmp.execute("block-stream", {"job-id": stream_job_id(disk),
+                                                       "device": node})
+
+    async def streaming_disks(self, name: str) -> dict[str, float]:
+        """Disks with a stream in progress and how far each is (0..1)."""
+        async with self.session(name) as qmp:
+            jobs = await qmp.execute("query-jobs")
+        return {job["id"].removeprefix(STREAM_JOB_PREFIX):
+                job["current-progress"] / max(job["total-progress"], 1)
+                for job in jobs if job["id"].startswith(STREAM_JOB_PREFIX)}
+
     # -- observation ---------------------------------------------------------------------------
 
     def status(self, name: str) -> VMStatus:
@@ -181,20 +223,36 @@ class QemuDriver:
 
     # -- internals -----------------------------------------------------------------------------
 
+    async def _arm_vnc(self, name: str, rundir: RunDir) -> None:
+        try:
+            async with QMPSession(rundir.qmp_socket, connect_timeout=self.qmp_timeout) as qmp:
+                await arm_vnc(qmp, rundir)
+        except QMPError as err:
+            self._signal_if_ours(rundir, signal.SIGKILL)
+            raise VMStartError(name, f"cannot set the VNC password: {err}") from err
+
     def _check_files(self, spec: VMSpec, rundir: RunDir) -> None:
         for disk in spec.disks:
             if not os.path.exists(disk.path):
                 raise DiskNotFoundError(spec.name, disk.name, disk.path)
-        for what, path in (("kernel", spec.kernel), ("initrd", spec.initrd)):
+        for what, path in (("kernel", spec.kernel), ("initrd", spec.initrd),
+                           ("cdrom image", spec.cdrom)):
             if path is not None and not os.path.isfile(path):
                 raise VMStartError(spec.name, f"{what} file {path} does not exist")
+        for nic in spec.nics:
+            if nic.mode == "tap" and not os.path.exists(f"/sys/class/net/{nic.tap}"):
+                raise VMStartError(spec.name, f"NIC {nic.name}: tap interface {nic.tap} "
+                                              "does not exist")
+            if nic.mode == "bridge" and not os.path.isdir(f"/sys/class/net/{nic.bridge}/bridge"):
+                raise VMStartError(spec.name, f"NIC {nic.name}: {nic.bridge} is not a Linux "
+                                              "bridge on this host")
         if len(os.fsencode(rundir.qmp_socket)) > MAX_SOCKET_PATH:
             raise VMSpecError(f"VM {spec.name!r}: QMP socket path {rundir.qmp_socket} is longer "
                               f"than {MAX_SOCKET_PATH} bytes; use a shorter run_root")
 
     async def _launch(self, name: str, cmd: list[str], rundir: RunDir) -> None:
         rundir.qemu_log.unlink(missing_ok=True)
-        with open(rundir.qemu_log, "a") as log:
+        with rundir.qemu_log.open("a") as log:
             try:
                 proc = await asyncio.create_subprocess_exec(
                     *cmd, stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=log)
@@ -273,7 +331,8 @@ class QemuDriver:
     def _remove_leftovers(rundir: RunDir) -> None:
         """Files a QEMU that is no longer running may have left: a SIGKILLed QEMU leaves its
         pidfile (which status() would read as a crash) and a failed start its socket."""
-        for leftover in (rundir.qmp_socket, rundir.pidfile):
+        for leftover in (rundir.qmp_socket, rundir.pidfile, rundir.vnc_socket,
+                         rundir.vnc_password_file):
             leftover.unlink(missing_ok=True)
 
     @staticmethod
@@ -297,3 +356,22 @@ class QemuDriver:
         except OSError:
             return ""
         return "\n".join(lines[-LOG_TAIL_LINES:])
+
+
+def stream_job_id(disk: str) -> str:
+    return f"{STREAM_JOB_PREFIX}{disk}"
+
+
+async def disk_root_node(qmp: QMPSession, name: str, disk: str) -> str:
+    """The node at the top of a disk's graph now (snapshots move it off the disk's own node)."""
+    for entry in await qmp.execute("query-block"):
+        if qdev_is_device(str(entry.get("qdev", "")), f"{disk}-dev") and "inserted" in entry:
+            return str(entry["inserted"]["node-name"])
+    raise VMStateError(name, f"VM {name!r} has no disk {disk!r}")
+
+
+def qdev_is_device(qdev: str, device_id: str) -> bool:
+    """Whether a query-block "qdev" names this device: QEMU gives the device's id for devices
+    that hold the drive themselves (ide-hd, ide-cd) and the QOM path of the backend below it for
+    virtio (/machine/peripheral/<id>/virtio-backend)."""
+    return qdev == device_id or qdev.startswith(f"/machine/peripheral/{device_id}/")

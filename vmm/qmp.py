@@ -11,7 +11,7 @@ import asyncio
 import os
 from contextlib import AbstractContextManager, suppress
 from types import TracebackType
-from typing import Any, cast
+from typing import Any, Self, cast
 
 from qemu.qmp import EventListener, ExecuteError, Message, QMPClient
 from qemu.qmp import QMPError as LibQMPError
@@ -43,7 +43,7 @@ class QMPSession:
         self._client_name = client_name
         self._client: QMPClient | None = None
 
-    async def __aenter__(self) -> QMPSession:
+    async def __aenter__(self) -> Self:
         await self.connect()
         return self
 

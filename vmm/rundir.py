@@ -42,6 +42,20 @@ class RunDir:
         return self.path / "qemu.log"
 
     @property
+    def guest_agent_socket(self) -> Path:
+        """The host end of the virtio-serial channel a QEMU guest agent in the VM answers on."""
+        return self.path / "qga.sock"
+
+    @property
+    def vnc_socket(self) -> Path:
+        return self.path / "vnc.sock"
+
+    @property
+    def vnc_password_file(self) -> Path:
+        """The VM's VNC password, set through QMP at each start (readable by root only)."""
+        return self.path / "vnc.password"
+
+    @property
     def state_file(self) -> Path:
         return self.path / "state.json"
 

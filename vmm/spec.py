@@ -3,17 +3,29 @@
 Block graph naming contract (other packages rely on it): a disk named "vda" becomes the protocol
 node "vda-file", the format node "vda" and the device "vda-dev" (virtio-blk-pci, share-rw=on).
 Snapshots can later put another node on top, so find a disk's current root node through the
-query-block entry whose qdev starts with "/machine/peripheral/vda-dev".
+query-block entry whose qdev names the device: "/machine/peripheral/vda-dev/virtio-backend" for
+virtio-blk, just "vda-dev" for the IDE disks of the legacy OS profile (disk_of_qdev below
+matches both). The OS profile picks the device model; the names stay the same. An ISO in the cdrom is the
+read-only node "cdrom" on device "cdrom-dev"; it is not a disk (backups and snapshots skip it).
 """
 
 from __future__ import annotations
 
 import os
 import re
+import secrets
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import Any
 
 from .errors import VMSpecError
+from .profiles import DEFAULT_PROFILE, get_profile, ide_addresses
+
+
+def disk_of_qdev(qdev: str) -> str | None:
+    """The disk a query-block entry belongs to, from its qdev in either form (see above)."""
+    device = qdev.split("/")[3] if qdev.startswith("/machine/peripheral/") else qdev
+    return device.removesuffix("-dev") if device.endswith("-dev") else None
+
 
 VM_NAME_RE = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
 # QEMU node names are at most 31 characters and "<disk>-file" is the longest one we derive,
@@ -21,6 +33,13 @@ VM_NAME_RE = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
 DISK_NAME_RE = re.compile(r"^[a-z][a-z0-9_-]{0,25}$")
 MACHINE_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 DISK_FORMATS = ("qcow2", "raw")
+NIC_NAME_RE = re.compile(r"^net[0-9]{1,2}$")
+# Locally administered unicast addresses only: the first octet's low bits are x2, x6, xA or xE.
+MAC_RE = re.compile(r"^[0-9a-f][26ae](:[0-9a-f]{2}){5}$")
+IFNAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")
+NIC_MODES = ("user", "tap", "bridge")
+BOOT_DEVICES = ("disk", "cdrom", "network")
+CDROM_NODE = "cdrom"
 
 
 def validate_vm_name(name: str) -> str:
@@ -55,6 +74,45 @@ class DiskSpec:
                               f"{', '.join(DISK_FORMATS)}")
 
 
+def random_mac() -> str:
+    """A random locally administered MAC in QEMU's customary 52:54:00 prefix."""
+    return "52:54:00:" + ":".join(f"{b:02x}" for b in secrets.token_bytes(3))
+
+
+@dataclass
+class NicSpec:
+    """A network card: "user" (QEMU's built-in NAT, needs nothing on the host), "tap" (an
+    existing tap interface) or "bridge" (a new tap on an existing Linux bridge, made by
+    qemu-bridge-helper)."""
+
+    name: str
+    mode: str = "user"
+    mac: str = field(default_factory=random_mac)
+    tap: str | None = None
+    bridge: str | None = None
+
+    def netdev_id(self) -> str:
+        return f"{self.name}-nd"
+
+    def validate(self) -> None:
+        if not isinstance(self.name, str) or not NIC_NAME_RE.match(self.name):
+            raise VMSpecError(f"invalid NIC name {self.name!r}: use net0 ... net99")
+        if self.mode not in NIC_MODES:
+            raise VMSpecError(f"NIC {self.name}: mode {self.mode!r} is not one of "
+                              f"{', '.join(NIC_MODES)}")
+        if not isinstance(self.mac, str) or not MAC_RE.match(self.mac):
+            raise VMSpecError(f"NIC {self.name}: {self.mac!r} is not a locally administered "
+                              "unicast MAC in lower case (e.g. 52:54:00:12:34:56)")
+        wanted = {"tap": self.mode == "tap", "bridge": self.mode == "bridge"}
+        for key, needed in wanted.items():
+            value = getattr(self, key)
+            if needed and not (isinstance(value, str) and IFNAME_RE.match(value)):
+                raise VMSpecError(f"NIC {self.name}: mode {self.mode} needs {key}=<interface "
+                                  f"name, at most 15 characters>, got {value!r}")
+            if not needed and value is not None:
+                raise VMSpecError(f"NIC {self.name}: {key} is only for mode {key}")
+
+
 @dataclass
 class VMSpec:
     name: str
@@ -65,6 +123,14 @@ class VMSpec:
     initrd: str | None = None
     append: str | None = None
     machine: str = "q35"
+    profile: str = DEFAULT_PROFILE
+    nics: list[NicSpec] = field(default_factory=list)
+    cdrom: str | None = None
+    # Firmware boot order, e.g. ["cdrom", "disk"]: the first disk, the cdrom, the first NIC.
+    # Empty leaves QEMU's default (the first disk). A direct kernel boot ignores it.
+    boot: list[str] = field(default_factory=list)
+    # A VGA card and a password-protected VNC server on a unix socket in the run directory.
+    vnc: bool = False
 
     def validate(self) -> None:
         validate_vm_name(self.name)
@@ -91,6 +157,42 @@ class VMSpec:
             raise VMSpecError(f"VM {self.name!r}: initrd and append need a kernel")
         if not isinstance(self.machine, str) or not MACHINE_RE.match(self.machine):
             raise VMSpecError(f"VM {self.name!r}: invalid machine type {self.machine!r}")
+        profile = get_profile(self.profile)
+        ide_devices = int(self.cdrom is not None)
+        if profile.disk_device.startswith("ide-"):
+            ide_devices += len(self.disks)
+        if ide_devices > len(ide_addresses(self.machine)):
+            raise VMSpecError(f"VM {self.name!r}: machine {self.machine} has room for "
+                              f"{len(ide_addresses(self.machine))} IDE devices (disks of the "
+                              f"{self.profile} profile and the cdrom), not {ide_devices}")
+        self._validate_nics()
+        if self.cdrom is not None:
+            _check_path(f"VM {self.name!r} cdrom", self.cdrom)
+        self._validate_boot()
+        if not isinstance(self.vnc, bool):
+            raise VMSpecError(f"VM {self.name!r}: vnc must be true or false")
+
+    def _validate_nics(self) -> None:
+        if not isinstance(self.nics, list) or not all(isinstance(n, NicSpec) for n in self.nics):
+            raise VMSpecError(f"VM {self.name!r}: nics must be a list of NicSpec")
+        for nic in self.nics:
+            nic.validate()
+        for what, values in (("NIC names", [n.name for n in self.nics]),
+                             ("MAC addresses", [n.mac for n in self.nics])):
+            if len(set(values)) != len(values):
+                raise VMSpecError(f"VM {self.name!r}: duplicate {what} in {values}")
+
+    def _validate_boot(self) -> None:
+        if not isinstance(self.boot, list) or len(set(map(str, self.boot))) != len(self.boot):
+            raise VMSpecError(f"VM {self.name!r}: boot must be a list without repeats")
+        present = {"disk": bool(self.disks), "cdrom": self.cdrom is not None,
+                   "network": bool(self.nics)}
+        for device in self.boot:
+            if device not in BOOT_DEVICES:
+                raise VMSpecError(f"VM {self.name!r}: boot device {device!r} is not one of "
+                                  f"{', '.join(BOOT_DEVICES)}")
+            if not present[device]:
+                raise VMSpecError(f"VM {self.name!r}: boot from {device}, but the VM has none")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -101,18 +203,23 @@ class VMSpec:
         if not isinstance(data, dict):
             raise VMSpecError(f"a VM spec must be a JSON object, got {type(data).__name__}")
         _check_keys("VM spec", data, cls)
-        disks_data = data.get("disks", [])
-        if not isinstance(disks_data, list):
-            raise VMSpecError("VM spec: disks must be a list")
-        disks = []
-        for disk in disks_data:
-            if not isinstance(disk, dict):
-                raise VMSpecError("VM spec: each disk must be a JSON object")
-            _check_keys("disk spec", disk, DiskSpec)
-            disks.append(DiskSpec(**disk))
-        spec = cls(**{**data, "disks": disks})
+        spec = cls(**{**data, "disks": _items(data, "disks", DiskSpec),
+                          "nics": _items(data, "nics", NicSpec)})
         spec.validate()
         return spec
+
+
+def _items(data: dict[str, Any], key: str, kind: type) -> list[Any]:
+    values = data.get(key, [])
+    if not isinstance(values, list):
+        raise VMSpecError(f"VM spec: {key} must be a list")
+    items = []
+    for value in values:
+        if not isinstance(value, dict):
+            raise VMSpecError(f"VM spec: each of {key} must be a JSON object")
+        _check_keys(f"{key} entry", value, kind)
+        items.append(kind(**value))
+    return items
 
 
 def _check_keys(what: str, data: dict[str, Any], kind: type) -> None:

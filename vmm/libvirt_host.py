@@ -1,0 +1,144 @@
+"""A host whose VMs libvirt runs: list its domains, start and stop them (libvirt-python).
+
+Cairn does not take the domains over: their definitions stay libvirt's, and every call opens a
+short connection to the host's URI (`qemu:///system`, `qemu+ssh://root@kvm1/system`, ...), so
+a libvirtd that restarts in between costs nothing.
+"""
+from __future__ import annotations
+
+import time
+import xml.etree.ElementTree as ET
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import libvirt
+
+from .hosts import (
+    HostDisk,
+    HostError,
+    HostUnreachableError,
+    HostVM,
+    HostVMNotFoundError,
+    HostVMStateError,
+)
+
+# libvirt prints every error to stderr by default; ours carry the message instead.
+libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
+
+_STATES = {
+    libvirt.VIR_DOMAIN_NOSTATE: "unknown", libvirt.VIR_DOMAIN_RUNNING: "running",
+    libvirt.VIR_DOMAIN_BLOCKED: "running", libvirt.VIR_DOMAIN_PAUSED: "paused",
+    libvirt.VIR_DOMAIN_SHUTDOWN: "stopping", libvirt.VIR_DOMAIN_SHUTOFF: "stopped",
+    libvirt.VIR_DOMAIN_CRASHED: "crashed", libvirt.VIR_DOMAIN_PMSUSPENDED: "suspended",
+}
+def domain_disks(xml: str) -> list[HostDisk]:
+    """The domain's hard disks (not CD-ROMs or floppies) from its XML description."""
+    disks = []
+    for disk in ET.fromstring(xml).iterfind("./devices/disk[@device='disk']"):
+        source = disk.find("source")
+        driver = disk.find("driver")
+        path = None if source is None else source.get("file") or source.get("dev")
+        disks.append(HostDisk(disk.find("target").get("dev"), path,
+                                driver.get("type", "raw") if driver is not None else "raw"))
+    return disks
+
+
+def domain_state(dom: libvirt.virDomain) -> str:
+    return _STATES.get(dom.state()[0], "unknown")
+
+
+class LibvirtHost:
+    def __init__(self, uri: str):
+        self.uri = uri
+
+    @contextmanager
+    def connect(self) -> Iterator[libvirt.virConnect]:
+        try:
+            conn = libvirt.open(self.uri)
+        except libvirt.libvirtError as e:
+            raise HostUnreachableError(f"cannot connect to libvirt at {self.uri}: {e.get_error_message()}") from e
+        try:
+            yield conn
+        except libvirt.libvirtError as e:
+            raise HostError(f"libvirt at {self.uri}: {e.get_error_message()}") from e
+        finally:
+            conn.close()
+
+    @contextmanager
+    def domain(self, name: str) -> Iterator[libvirt.virDomain]:
+        with self.connect() as conn:
+            try:
+                dom = conn.lookupByName(name)
+            except libvirt.libvirtError as e:
+                if e.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                    raise HostVMNotFoundError(f"libvirt at {self.uri} has no domain {name!r}") from e
+                raise
+            yield dom
+
+    def check(self) -> str:
+        """The hypervisor's description, e.g. "QEMU 7.2.0": proves the URI answers."""
+        with self.connect() as conn:
+            version = conn.getVersion()
+            return f"{conn.getType()} {version // 1_000_000}.{version // 1000 % 1000}.{version % 1000}"
+
+    def vms(self) -> list[HostVM]:
+        with self.connect() as conn:
+            return sorted((_info(d) for d in conn.listAllDomains()), key=lambda d: d.name)
+
+    def info(self, name: str) -> HostVM:
+        with self.domain(name) as dom:
+            return _info(dom)
+
+    def start(self, name: str) -> HostVM:
+        with self.domain(name) as dom:
+            if dom.isActive():
+                raise HostVMStateError(f"domain {name!r} is already running")
+            dom.create()
+            return _info(dom)
+
+    def stop(self, name: str, timeout: float = 60.0, force: bool = False) -> HostVM:
+        """ACPI power button first (unless `force`), then pulled out after `timeout` seconds."""
+        with self.domain(name) as dom:
+            if not dom.isActive():
+                raise HostVMStateError(f"domain {name!r} is not running")
+            if not force:
+                dom.shutdown()
+                deadline = time.monotonic() + timeout
+                while dom.isActive() and time.monotonic() < deadline:
+                    time.sleep(0.2)
+            if dom.isActive():
+                dom.destroy()
+            return _info(dom)
+
+
+    def snapshot(self, name: str, snapshot: str) -> list[str]:
+        """An external, disk-only snapshot of every disk at one instant (the domain may run):
+        each disk goes on in a new overlay beside its image, `<image base>.<snapshot>`. libvirt
+        carries the checkpoints' bitmaps into the overlays, so the next backup stays incremental.
+        Returns the domain's snapshots."""
+        root = ET.Element("domainsnapshot")
+        ET.SubElement(root, "name").text = snapshot
+        disks = ET.SubElement(root, "disks")
+        with self.domain(name) as dom:
+            for disk in domain_disks(dom.XMLDesc(0)):
+                ET.SubElement(disks, "disk", name=disk.target, snapshot="external")
+            dom.snapshotCreateXML(ET.tostring(root, encoding="unicode"),
+                                  libvirt.VIR_DOMAIN_SNAPSHOT_CREATE_DISK_ONLY | libvirt.VIR_DOMAIN_SNAPSHOT_CREATE_ATOMIC)
+            return _snapshot_names(dom)
+
+    def snapshots(self, name: str) -> list[str]:
+        """The domain's snapshots, oldest first."""
+        with self.domain(name) as dom:
+            return _snapshot_names(dom)
+
+
+def _snapshot_names(dom: libvirt.virDomain) -> list[str]:
+    by_time = sorted((int(ET.fromstring(s.getXMLDesc(0)).findtext("creationTime", "0")), s.getName())
+                     for s in dom.listAllSnapshots(0))
+    return [name for _created, name in by_time]
+
+
+def _info(dom: libvirt.virDomain) -> HostVM:
+    _state, max_kib, _mem, vcpus, _cpu_time = dom.info()
+    return HostVM(dom.name(), dom.UUIDString(), domain_state(dom), vcpus, max_kib // 1024,
+                      domain_disks(dom.XMLDesc(0)))
