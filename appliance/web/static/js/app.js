@@ -1,0 +1,114 @@
+// The console's shell: signing in and out, the session's end, and which page shows for the address.
+import { call, hooks, session } from "./api.js";
+import { may } from "./roles.js";
+import { notify } from "./ui.js";
+import { accountPage } from "./pages/account.js";
+import { consolePage } from "./pages/console.js";
+import { dashboardPage } from "./pages/dashboard.js";
+import { filesPage } from "./pages/files.js";
+import { jobsPage } from "./pages/jobs.js";
+import { policiesPage } from "./pages/policies.js";
+import { storePage } from "./pages/store.js";
+import { usersPage } from "./pages/users.js";
+import { vmPage } from "./pages/vm.js";
+import { vmsPage } from "./pages/vms.js";
+
+// "#/vm/web1" -> vmPage(main, {name: "web1"}, signal)
+const ROUTES = [
+  [/^#?\/?$/, dashboardPage, "dashboard"],
+  [/^#\/vms$/, vmsPage, "vms"],
+  [/^#\/vm\/(?<name>[^/]+)$/, vmPage, "vms"],
+  [/^#\/console\/(?<name>[^/]+)$/, consolePage, "vms"],
+  [/^#\/jobs$/, jobsPage, "jobs"],
+  [/^#\/files\/(?<backup>[^/?]+)\/(?<disk>[^/?]+)(?:\?(?<query>.*))?$/, filesPage, "vms"],
+  [/^#\/store$/, storePage, "store"],
+  [/^#\/policies$/, policiesPage, "policies"],
+  [/^#\/users$/, usersPage, "users"],
+  [/^#\/account$/, accountPage, "account"],
+];
+
+const $ = (id) => document.getElementById(id);
+let leaving = new AbortController();   // aborts the live streams of the page being left
+let expiry;
+
+async function show() {
+  leaving.abort();
+  leaving = new AbortController();
+  const current = session.get();
+  $("top").hidden = !current;
+  $("login").hidden = Boolean(current);
+  const main = $("main");
+  main.replaceChildren();
+  if (!current) return;
+  const route = ROUTES.find(([pattern]) => pattern.test(location.hash)) ?? ROUTES[0];
+  // Names in the address are decoded; a query string stays as it is, for URLSearchParams.
+  const params = Object.fromEntries(Object.entries(location.hash.match(route[0])?.groups ?? {})
+    .filter(([, v]) => v !== undefined).map(([k, v]) => [k, k === "query" ? v : decodeURIComponent(v)]));
+  for (const link of document.querySelectorAll("header a[data-page]")) {
+    link.classList.toggle("active", link.dataset.page === route[2]);
+  }
+  main.dataset.page = route[2];
+  // Each page draws into a new element of its own: a late answer of a page left behind lands nowhere.
+  const page = document.createElement("div");
+  main.append(page);
+  try {
+    await route[1](page, params, leaving.signal);
+  } catch (e) {
+    if (e.name !== "AbortError") notify(e.code ? `${e.code}: ${e.message}` : String(e), true);
+  }
+}
+
+function signedOut(message) {
+  session.clear();
+  clearTimeout(expiry);
+  $("login-message").textContent = message;
+  notify("");
+  show();
+}
+
+function signedIn() {
+  const current = session.get();
+  $("whoami").textContent = `${current.user.name} (${current.user.role})`;
+  $("users-link").hidden = !may("GET", "/users");
+  clearTimeout(expiry);
+  // setTimeout holds at most ~24 days; a session is far shorter.
+  expiry = setTimeout(() => signedOut("Your session has expired: sign in again."),
+                      Math.min(new Date(current.expires_at) - Date.now(), 2 ** 31 - 1));
+}
+
+async function signIn(event) {
+  event.preventDefault();
+  const form = event.target;
+  const values = Object.fromEntries(new FormData(form));
+  const body = { username: values.username, password: values.password };
+  if (values.totp) body.totp = values.totp;
+  try {
+    session.save(await call("POST", "/auth/login", body));
+  } catch (e) {
+    if (e.code === "TotpRequiredError") {
+      $("totp-field").hidden = false;
+      form.totp.required = true;
+      form.totp.focus();
+    }
+    $("login-message").textContent = e.message;
+    return;
+  }
+  form.reset();
+  $("totp-field").hidden = true;
+  form.totp.required = false;
+  $("login-message").textContent = "";
+  signedIn();
+  show();
+}
+
+async function signOut() {
+  await call("DELETE", "/auth/session").catch(() => {});
+  signedOut("Signed out.");
+}
+
+hooks.sessionLost = (message) => signedOut(message);
+$("login").addEventListener("submit", signIn);
+$("sign-out").addEventListener("click", signOut);
+window.addEventListener("hashchange", show);
+if (session.get()) signedIn();
+show();

@@ -1,0 +1,81 @@
+// A VM's backups: back up now; restore one as a new VM, instantly or over the VM; browse its files; delete.
+import { call } from "../api.js";
+import { age, bytes, h, table, when } from "../dom.js";
+import { actionButton, actionForm, confirmAction, field, notify } from "../ui.js";
+import { filesAddress } from "./files.js";
+
+function restoreAsNew(backup, after) {
+  const path = `/backups/${backup.id}/restore`;
+  const name = h("input", { name: "name", required: true, value: `${backup.vm_name}-restored` });
+  return actionButton("Restore as new VM", "POST", path, async () => {
+    const takes = [`A new VM is created from backup ${backup.id} (${when(backup.started_at)}), its disks verified.`];
+    if (!await confirmAction(`Restore ${backup.id} as a new VM?`, takes, "Restore", field("New VM's name", name))) {
+      return undefined;
+    }
+    notify(`Restoring ${backup.id} as VM ${name.value}…`);
+    return call("POST", path, { mode: "new", name: name.value, verify: true });
+  }, async (result) => {
+    notify(`Restored ${result.backup_id} as VM ${result.vm} (${bytes(result.bytes_written)} written, verified).`);
+    await after();
+  });
+}
+
+function restoreOver(backup, after) {
+  const path = `/backups/${backup.id}/restore`;
+  const stop = h("input", { type: "checkbox", name: "stop" });
+  return actionButton("Restore over VM", "POST", path, async () => {
+    const takes = [`Every disk of VM ${backup.vm_name} is overwritten with backup ${backup.id} (${when(backup.started_at)}).`,
+                   "What the disks hold now is lost, unless it is in a backup or snapshot."];
+    return await confirmAction(`Overwrite VM ${backup.vm_name}?`, takes, "Overwrite",
+                               field("Shut the VM down first if it runs", stop))
+      ? call("POST", path, { mode: "over", stop: stop.checked, verify: true }) : undefined;
+  }, async (result) => {
+    notify(`Restored ${result.backup_id} over VM ${result.vm}.`);
+    await after();
+  }, { class: "danger" });
+}
+
+function instantRestore(backup, after) {
+  const path = `/backups/${backup.id}/instant-restore`;
+  const name = h("input", { name: "name", required: true, value: `${backup.vm_name}-instant` });
+  return actionButton("Instant restore", "POST", path, async () => {
+    const takes = [`A new VM runs from backup ${backup.id} at once; its disks are copied in while it runs.`];
+    return await confirmAction(`Start backup ${backup.id} as a VM now?`, takes, "Start", field("New VM's name", name))
+      ? call("POST", path, { name: name.value }) : undefined;
+  }, async (state) => {
+    notify(`VM ${state.vm} runs from backup ${state.backup_id}; its disks are being copied in (${state.status}).`);
+    await after();
+  });
+}
+
+function remove(backup, after) {
+  const path = `/backups/${backup.id}`;
+  return actionButton("Delete", "DELETE", path, async () => {
+    const impact = await call("DELETE", `${path}?dry_run=true`);
+    const takes = [...impact.takes];
+    if (impact.frees_bytes !== null) takes.push(`frees ${bytes(impact.frees_bytes)}`);
+    if (impact.mode === "delayed") takes.push("It waits in the recycle bin first, restorable until it is purged.");
+    return await confirmAction(`Delete backup ${backup.id}?`, takes, "Delete") ? call("DELETE", path) : undefined;
+  }, after, { class: "danger" });
+}
+
+export function backupSection(vm, backups, redraw) {
+  const newest = [...backups].sort((a, b) => (a.started_at < b.started_at ? 1 : -1));
+  const start = actionForm("POST", `/vms/${encodeURIComponent(vm.name)}/backups`,
+    [field("Full (read everything)", h("input", { type: "checkbox", name: "full", value: "yes" }))], "Back up now",
+    async (values) => {
+      await call("POST", `/vms/${encodeURIComponent(vm.name)}/backups`, { full: values.full === "yes" });
+      await redraw();
+    });
+  return [
+    h("h2", {}, `Backups (${backups.length})`), start,
+    table(["Backup", "Kind", "Status", "Started", "Size", "Stored", "Notes", ""], newest.map((b) =>
+      h("tr", { "data-backup": b.id },
+        h("td", {}, b.id), h("td", {}, b.kind), h("td", { class: `status-${b.status}`, title: b.error ?? "" }, b.status),
+        h("td", { title: when(b.started_at) }, age(b.started_at)), h("td", {}, bytes(b.size)),
+        h("td", {}, bytes(b.bytes_stored)), h("td", {}, b.error ?? b.notes.join("; ")),
+        h("td", { class: "actions" }, b.status === "ok" && [restoreAsNew(b, redraw), instantRestore(b, redraw), restoreOver(b, redraw),
+          vm.disks.map((d) => h("a", { href: filesAddress(b.id, d.name), class: "files" }, `files of ${d.name}`))],
+          remove(b, redraw)))), "no backups yet"),
+  ];
+}

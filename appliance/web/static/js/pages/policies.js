@@ -1,0 +1,89 @@
+// Backup and snapshot policies: the list, a preview of the next runs and of what retention would
+// keep, create, enable or disable, delete.
+import { call, get } from "../api.js";
+import { fill, h, table, when } from "../dom.js";
+import { may } from "../roles.js";
+import { actionButton, actionForm, confirmAction, field } from "../ui.js";
+
+const KEEP = ["last", "hourly", "daily", "weekly", "monthly", "yearly"];
+const words = (text) => text.split(/[\s,]+/).filter(Boolean);
+
+function describe(p) {
+  const who = [...p.vms.map((v) => `VMs ${v}`), ...p.tags.map((t) => `tag ${t}`)].join(", ");
+  const what = p.kind === "snapshot" ? `keep ${p.keep} snapshots`
+    : p.retention ? `keep ${KEEP.filter((k) => p.retention[`keep_${k}`]).map((k) => `${k} ${p.retention[`keep_${k}`]}`).join(", ")}`
+      : "keep all";
+  return `${who}; ${what}`;
+}
+
+// What the policy's next run would do per VM, and for a backup policy with retention, what it keeps.
+async function preview(out, shown) {
+  const p = out.policy;
+  const next = await get(`/policies/${out.id}/preview?count=5`);
+  const parts = [h("h2", {}, `Preview of ${p.name}`),
+    h("p", {}, "Next runs: ", next.next_runs.map(when).join(" · ")),
+    table(["VM", "Next run would"], Object.entries(next.vms).map(([vm, does]) => h("tr", {}, h("td", {}, vm),
+      h("td", {}, does))), "selects no VM now")];
+  if (p.kind === "backup" && p.retention && may("POST", "/store/prune")) {
+    for (const vm of Object.keys(next.vms)) {
+      const report = await call("POST", "/store/prune", { vm, dry_run: true, ...p.retention });
+      parts.push(h("p", { "data-retention": vm }, `Retention on ${vm}: keeps `,
+        String(report.decisions.filter((d) => d.keep).length), " of ", String(report.decisions.length), " backups"));
+    }
+  }
+  fill(shown, parts);
+}
+
+function createForm(redraw) {
+  const kind = h("select", { name: "kind" }, h("option", { value: "backup" }, "backup"),
+    h("option", { value: "snapshot" }, "snapshot"));
+  return actionForm("POST", "/policies", [
+    field("Kind", kind), field("Name", h("input", { name: "name", required: true })),
+    field("Schedule (cron, UTC)", h("input", { name: "schedule", required: true, value: "0 2 * * *" })),
+    field("VM patterns", h("input", { name: "vms", placeholder: "web*, db1" })),
+    field("Tags", h("input", { name: "tags" })),
+    field("Snapshots kept (snapshot)", h("input", { name: "keep", type: "number", min: "1", value: "7" })),
+    ...KEEP.map((k) => field(`keep ${k} (backup)`, h("input", { name: `keep_${k}`, type: "number", min: "0", value: "0" }))),
+  ], "Create policy", async (values, form) => {
+    const body = { kind: values.kind, name: values.name, schedule: values.schedule, vms: words(values.vms),
+                   tags: words(values.tags) };
+    if (values.kind === "snapshot") body.keep = Number(values.keep);
+    const retention = Object.fromEntries(KEEP.map((k) => [`keep_${k}`, Number(values[`keep_${k}`] || 0)]));
+    if (values.kind === "backup" && Object.values(retention).some(Boolean)) body.retention = retention;
+    await call("POST", "/policies", body);
+    form.reset();
+    await redraw();
+  });
+}
+
+function remove(out, redraw) {
+  const path = `/policies/${out.id}`;
+  return actionButton("Delete", "DELETE", path, async () => {
+    const impact = await call("DELETE", `${path}?dry_run=true`);
+    return await confirmAction(`Delete policy ${out.policy.name}?`, impact.takes, "Delete")
+      ? call("DELETE", path) : undefined;
+  }, redraw, { class: "danger" });
+}
+
+export async function policiesPage(main) {
+  const shown = h("div", { id: "policy-preview" });
+  const draw = async () => {
+    const policies = await get("/policies?sort=name");
+    fill(main, h("h1", {}, "Policies"),
+      table(["Policy", "Kind", "Schedule", "What", "State", ""], policies.map((out) => {
+        const p = out.policy;
+        const path = `/policies/${out.id}`;
+        return h("tr", { "data-policy": p.name },
+          h("td", {}, p.name), h("td", {}, p.kind), h("td", {}, p.schedule), h("td", {}, describe(p)),
+          h("td", {}, p.enabled ? "enabled" : "disabled"),
+          h("td", { class: "actions" },
+            actionButton("Preview", "GET", `${path}/preview`, () => preview(out, shown)),
+            actionButton(p.enabled ? "Disable" : "Enable", "PUT", path,
+              () => call("PUT", path, { ...p, enabled: !p.enabled }), draw),
+            remove(out, draw)));
+      }), "no policies"),
+      shown, form && [h("h2", {}, "New policy"), form]);
+  };
+  const form = createForm(() => draw());
+  await draw();
+}

@@ -1,0 +1,29 @@
+// One VM: its definition and lifecycle, the jobs at work on it, its snapshot tree and its backups.
+import { get } from "../api.js";
+import { age, fill, h, table } from "../dom.js";
+import { jobBar, live } from "../ui.js";
+import { backupSection } from "./backups.js";
+import { snapshotSection } from "./snapshots.js";
+import { vmActions } from "./vm_actions.js";
+
+export async function vmPage(main, { name }, signal) {
+  const path = `/vms/${encodeURIComponent(name)}`;
+  const jobsOfVM = "/jobs?sort=-created_at&limit=10&filter=" + encodeURIComponent(`resource:eq:vm:${name}`);
+  const draw = async () => {
+    const [vm, tree, backups, jobs] = await Promise.all([get(path), get(`${path}/snapshots`),
+      get(`/backups?vm=${encodeURIComponent(name)}`), get(jobsOfVM)]);
+    fill(main, 
+      h("h1", {}, `VM ${vm.name} `, h("span", { class: `state-${vm.state}`, "data-vm-state": vm.state }, vm.state)),
+      h("p", { class: "actions" }, `${vm.vcpus} vCPUs · ${vm.memory_mib} MiB · disks `,
+        vm.disks.map((d) => `${d.name} (${d.format})`).join(", "), " ",
+        vmActions(vm, draw, () => { location.hash = "#/vms"; })),
+      h("h2", {}, "Recent jobs"),
+      table(["Job", "State", "Started", "Result"], jobs.map((j) => h("tr", {},
+        h("td", {}, j.kind), h("td", {}, jobBar(j)), h("td", {}, age(j.started_at ?? j.created_at)),
+        h("td", {}, j.error ?? (j.result?.backup_id ? `backup ${j.result.backup_id}` : "")))), "none"),
+      snapshotSection(vm, tree, draw),
+      backupSection(vm, backups, draw));
+  };
+  await draw();
+  live(main, signal, draw);
+}

@@ -1,0 +1,62 @@
+// The VM list: filter, create, and each VM's lifecycle.
+import { call, get } from "../api.js";
+import { fill, h } from "../dom.js";
+import { actionForm, field } from "../ui.js";
+import { vmActions } from "./vm_actions.js";
+
+// "1G, 512M" -> ["1G", "512M"]
+const sizes = (text) => text.split(/[\s,]+/).filter(Boolean);
+
+function imageChoice(name, images, kind) {
+  return h("select", { name }, h("option", { value: "" }, "none"),
+    images.filter((i) => i.kind === kind).map((i) => h("option", { value: i.name }, i.name)));
+}
+
+function createForm(images, created) {
+  const fields = [
+    field("Name", h("input", { name: "name", required: true, pattern: "[A-Za-z0-9][A-Za-z0-9_.-]*" })),
+    field("vCPUs", h("input", { name: "vcpus", type: "number", min: "1", value: "1" })),
+    field("Memory (MiB)", h("input", { name: "memory_mib", type: "number", min: "16", value: "256" })),
+    field("Disks (sizes)", h("input", { name: "disks", placeholder: "10G, 2G" })),
+    field("Disk image", imageChoice("image", images, "disk")),
+    field("ISO", imageChoice("iso", images, "iso")),
+    h("details", {}, h("summary", {}, "Boot a kernel directly"),
+      field("Kernel", h("input", { name: "kernel", size: "40" })),
+      field("Initrd", h("input", { name: "initrd", size: "40" })),
+      field("Kernel arguments", h("input", { name: "append", size: "40" }))),
+  ];
+  return actionForm("POST", "/vms", fields, "Create VM", async (values, form) => {
+    const body = { name: values.name, vcpus: Number(values.vcpus), memory_mib: Number(values.memory_mib),
+                   disks: sizes(values.disks) };
+    for (const key of ["image", "iso", "kernel", "initrd", "append"]) if (values[key]) body[key] = values[key];
+    await call("POST", "/vms", body);
+    form.reset();
+    await created(body.name);
+  });
+}
+
+export async function vmsPage(main) {
+  const filter = h("input", { type: "search", placeholder: "filter by name or state", "aria-label": "filter" });
+  const rows = h("tbody");
+  let vms = [];
+  const drawRows = () => {
+    const wanted = filter.value.trim().toLowerCase();
+    rows.replaceChildren(...vms.filter((v) => `${v.name} ${v.state}`.toLowerCase().includes(wanted)).map((v) =>
+      h("tr", { "data-vm": v.name },
+        h("td", {}, h("a", { href: `#/vm/${encodeURIComponent(v.name)}` }, v.name)),
+        h("td", { class: `state-${v.state}` }, v.state), h("td", {}, String(v.vcpus)), h("td", {}, `${v.memory_mib} MiB`),
+        h("td", {}, v.disks.map((d) => d.name).join(", ")), h("td", { class: "actions" }, vmActions(v, load)))));
+  };
+  const load = async () => {
+    vms = await get("/vms");
+    drawRows();
+  };
+  filter.addEventListener("input", drawRows);
+  const images = await get("/images");
+  const form = createForm(images, (name) => { location.hash = `#/vm/${encodeURIComponent(name)}`; });
+  fill(main, h("h1", {}, "VMs"), filter,
+    h("table", {}, h("thead", {}, h("tr", {}, ["Name", "State", "vCPUs", "Memory", "Disks", ""].map((t) => h("th", {}, t)))),
+      rows),
+    form && h("h2", {}, "New VM"), form);
+  await load();
+}

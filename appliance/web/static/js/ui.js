@@ -1,0 +1,103 @@
+// Widgets shared by the pages: notices, confirmation of destructive actions, buttons offered only to
+// those who may use them, and a job's live progress.
+import { follow } from "./api.js";
+import { h } from "./dom.js";
+import { may } from "./roles.js";
+
+export function notify(message, isError = false) {
+  const notice = document.getElementById("notice");
+  notice.textContent = message;
+  notice.className = isError ? "error" : "";
+  notice.hidden = !message;
+}
+
+// Runs an action, saying what went wrong in the API's own words if it fails; returns its result or undefined.
+export async function attempt(action) {
+  try {
+    return await action();
+  } catch (e) {
+    notify(e.code ? `${e.code}: ${e.message}` : String(e), true);
+    return undefined;
+  }
+}
+
+// Shows what an action will take with it and resolves true only if the user confirms.
+export function confirmAction(title, takes, okLabel = "Confirm", extra = null) {
+  const dialog = document.getElementById("confirm");
+  document.getElementById("confirm-title").textContent = title;
+  document.getElementById("confirm-takes").replaceChildren(...takes.map((t) => h("li", {}, t)));
+  document.getElementById("confirm-extra").replaceChildren(...(extra ? [extra] : []));
+  document.getElementById("confirm-ok").textContent = okLabel;
+  dialog.returnValue = "";
+  dialog.showModal();
+  return new Promise((resolve) => {
+    dialog.addEventListener("close", () => resolve(dialog.returnValue === "ok"), { once: true });
+  });
+}
+
+// A button for one API call, or nothing for a user whose role may not make it. `action` does the work
+// (disabled meanwhile), answering undefined if nothing was done (not confirmed, or failed: attempt()
+// shows why); otherwise `done(result)` shows its outcome (null for an API answer without a body).
+export function actionButton(label, method, path, action, done = () => {}, attrs = {}) {
+  if (!may(method, path)) return null;
+  const button = h("button", {
+    type: "button", ...attrs,
+    onclick: async () => {
+      button.disabled = true;
+      notify("");
+      const result = await attempt(action);
+      button.disabled = false;
+      if (result !== undefined) await done(result);
+    },
+  }, label);
+  return button;
+}
+
+// A form that is offered only to a user who may make its API call; onsubmit gets the form's values.
+export function actionForm(method, path, fields, submitLabel, onsubmit) {
+  if (!may(method, path)) return null;
+  const form = h("form", { class: "inline" }, fields, h("button", { type: "submit" }, submitLabel));
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const submit = form.querySelector("button[type=submit]");
+    submit.disabled = true;
+    notify("");
+    await attempt(() => onsubmit(Object.fromEntries(new FormData(form)), form));
+    submit.disabled = false;
+  });
+  return form;
+}
+
+export const field = (label, input) => h("label", {}, label, input);
+
+// A job's state and progress bar; live() moves the bar.
+export function jobBar(job) {
+  return h("span", { class: "job", "data-job": job.id, title: job.error ?? "" },
+    h("span", { class: `state-${job.state}` }, job.state), " ",
+    h("progress", { max: "1", value: String(job.progress) }));
+}
+
+// One event stream per page: progress ticks move the bars of jobBar()s; any other event (a job
+// queued, started or ended, a backup done) redraws the page, once typing in it has stopped.
+export function live(main, signal, redraw) {
+  let pending;
+  const later = () => {
+    clearTimeout(pending);
+    pending = setTimeout(() => {
+      if (signal.aborted) return;
+      if (main.contains(document.activeElement) && document.activeElement.matches("input, select")) later();
+      else attempt(redraw);
+    }, 300);
+  };
+  follow("/events/stream", (kind, event) => {
+    if (kind === "job.progress") {
+      for (const bar of main.querySelectorAll(`[data-job="${CSS.escape(event.job_id)}"] progress`)) {
+        bar.value = event.data.progress;
+      }
+    } else if (kind !== "job.step") {
+      later();
+    }
+  }, signal).catch((e) => {
+    if (e.name !== "AbortError") notify(`Live updates stopped (${e.message}): reload the page to resume them.`, true);
+  });
+}

@@ -1,0 +1,71 @@
+"""The console's files as the appliance serves them (no browser): where they are, the headers that
+keep their scripts to themselves, that every module and API call they name exists, and that no
+cookie can act for a user (so a page of another site cannot: no CSRF)."""
+from __future__ import annotations
+
+import re
+
+from fastapi.testclient import TestClient
+
+from appliance.api import create_app
+from appliance.web import STATIC_DIR
+
+JS_FILES = sorted(p for p in STATIC_DIR.rglob("*.js") if "vendor" not in p.relative_to(STATIC_DIR).parts)
+# Static imports, and the dynamic one that loads noVNC on the console page only.
+IMPORT = re.compile(r'^import .* from "(\.[^"]+)";$|import\("(\.[^"]+)"\)', re.MULTILINE)
+# A path the console hands to call()/get()/follow(): a literal starting with an API collection.
+API_PATH = re.compile(r'["`](/(?:vms|jobs|backups|store|events|auth|images)[^"`?]*)')
+
+
+def test_the_console_is_served_at_ui_with_a_strict_policy(appliance):
+    client = TestClient(create_app(appliance))
+    root = client.get("/", follow_redirects=False)
+    assert root.status_code in (302, 307) and root.headers["location"] == "/ui/"
+    page = client.get("/ui/")
+    assert page.status_code == 200 and '<script type="module" src="js/app.js">' in page.text
+    policy = page.headers["content-security-policy"]
+    assert "script-src 'self'" in policy and "frame-ancestors 'none'" in policy and "unsafe" not in policy
+    assert page.headers["x-content-type-options"] == "nosniff"
+    script = client.get("/ui/js/app.js")
+    assert script.status_code == 200 and "javascript" in script.headers["content-type"]
+
+
+def test_a_missing_file_is_a_clear_404(appliance):
+    answer = TestClient(create_app(appliance)).get("/ui/js/no-such-page.js")
+    assert answer.status_code == 404
+    assert answer.json()["error"]["code"] == "NotFoundError"
+
+
+def test_every_module_the_console_imports_is_there():
+    assert JS_FILES
+    for js in JS_FILES:
+        for target in (static or dynamic for static, dynamic in IMPORT.findall(js.read_text())):
+            assert (js.parent / target).resolve().is_file(), f"{js.relative_to(STATIC_DIR)} imports missing {target}"
+
+
+def _route_pattern(template: str) -> re.Pattern[str]:
+    return re.compile("^" + re.sub(r"\\\{[^}]+\\\}", "[^/]+", re.escape(template)) + "$")
+
+
+def test_every_api_call_of_the_console_is_in_the_api(appliance):
+    """Catches a console left behind by a renamed or removed endpoint (the API is its only back end)."""
+    routes = [_route_pattern(p) for p in create_app(appliance).openapi()["paths"]]
+    callers = [js for js in JS_FILES if js.name != "roles.js"]   # roles.js names prefixes, not calls
+    called = {re.sub(r"\$\{[^}]+\}", "x", path.rstrip("/"))
+              for js in callers for path in API_PATH.findall(js.read_text())}
+    assert len(called) > 15
+    missing = sorted(p for p in called if not any(r.match("/api/v1" + p) for r in routes))
+    assert not missing, f"the console calls paths the API does not have: {missing}"
+
+
+def test_the_pages_are_public_but_only_a_bearer_token_acts(appliance, api_client):
+    """No cookie is set or honoured: a form on another site that posts here carries no credentials."""
+    stranger = TestClient(create_app(appliance))
+    assert stranger.get("/ui/").status_code == 200
+    login = api_client.post("/api/v1/auth/login", json={"username": "test-admin",
+                                                        "password": "correct horse battery staple"})
+    assert login.status_code == 200 and "set-cookie" not in login.headers
+    forged = stranger.post("/api/v1/vms", data={"name": "evil"},
+                           headers={"Origin": "https://elsewhere.example", "Cookie": f"session={login.json()['token']}"})
+    assert forged.status_code == 401
+    assert api_client.get("/api/v1/vms").json() == []

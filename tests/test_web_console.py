@@ -1,0 +1,166 @@
+"""The console end to end in headless Chromium, against `cairn serve` with a real guest VM: sign in
+with TOTP, create a VM, start it and see its screen, snapshot it twice and see the tree, be told why
+a revert is refused, delete a snapshot by commit, back up and watch the job finish, restore as a new
+VM and instantly, be refused a restore over the running VM, delete a VM after reading what it
+takes, preview GC and a prune, and the dashboard following.
+
+Each main page is kept as a screenshot (web_helpers.SCREENSHOTS)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from backup_helpers import CHUNK
+from selenium.webdriver.common.by import By
+from web_helpers import (
+    add_user,
+    button,
+    chromium,
+    confirm,
+    console_server,
+    element,
+    screenshot,
+    sign_in,
+    until,
+)
+
+from appliance.roles import Role
+from dedup import Store
+
+pytestmark = pytest.mark.slow
+BACKUP_WAIT = 300   # a backup of a TCG guest on a shared machine
+
+
+def create_vm_in_form(browser, guest_kernel, name: str) -> None:
+    form = element(browser, "form.inline")
+    form.find_element(By.NAME, "name").send_keys(name)
+    form.find_element(By.NAME, "disks").send_keys("128M")
+    form.find_element(By.TAG_NAME, "summary").click()
+    form.find_element(By.NAME, "kernel").send_keys(str(guest_kernel.kernel))
+    form.find_element(By.NAME, "initrd").send_keys(str(guest_kernel.initrd))
+    form.find_element(By.NAME, "append").send_keys("console=ttyS0 quiet cairn.mode=idle")
+    form.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+
+
+def take_snapshot(browser, name: str) -> None:
+    element(browser, "form.inline input[name=name][placeholder]").send_keys(name)
+    button(browser, "main", "Take snapshot").click()
+
+
+def dashboard_row(browser, vm: str) -> list[str]:
+    row = element(browser, f'main[data-page=dashboard] tr[data-vm="{vm}"]')
+    return [td.text for td in row.find_elements(By.TAG_NAME, "td")]
+
+
+def test_sign_in_create_snapshot_back_up_restore_and_watch_the_dashboard(appliance_data_dir: Path, guest_kernel):
+    Store.init(appliance_data_dir / "store", chunk_size=CHUNK, zstd_level=1)
+    secret = add_user(appliance_data_dir, "ops", Role.ADMIN, totp=True)
+    with console_server(appliance_data_dir) as base, chromium() as browser:
+        browser.get(f"{base}/ui/")
+        element(browser, "#login")
+        screenshot(browser, "01-sign-in")
+        sign_in(browser, base, "ops", secret)
+        assert "0 running" in element(browser, "[data-card=vms]").text
+        screenshot(browser, "02-dashboard-empty")
+
+        element(browser, "header a", "VMs").click()
+        create_vm_in_form(browser, guest_kernel, "web1")
+        element(browser, "[data-vm-state=stopped]")
+        element(browser, "header a", "Dashboard").click()
+        assert dashboard_row(browser, "web1")[1:] == ["stopped", "never", "–"]
+        element(browser, "main[data-page=dashboard] a", "web1").click()
+        button(browser, "main", "Start").click()
+        element(browser, "[data-vm-state=running]")
+        element(browser, "main a.console", "Console").click()
+        element(browser, "[data-console-state=connected]")   # noVNC through the appliance's WebSocket proxy
+        element(browser, ".screen canvas")
+        screenshot(browser, "03-vm-console")
+        element(browser, "main a", "back to VM web1").click()
+
+        take_snapshot(browser, "before-upgrade")
+        # Drawn as a tree: the VM's current state hangs under the new snapshot.
+        element(browser, 'li[data-snapshot="before-upgrade"] > ul > li[data-now]')
+        take_snapshot(browser, "after-upgrade")
+        element(browser, 'li[data-snapshot="before-upgrade"] > ul > li[data-snapshot="after-upgrade"] > ul > li[data-now]')
+        screenshot(browser, "04-vm-snapshot-tree")
+
+        # A revert the VM's state refuses (running, no memory state) says why and changes nothing.
+        button(browser, 'li[data-snapshot="before-upgrade"] .node', "Revert").click()
+        confirm(browser)
+        element(browser, "#notice.error", "stop")
+        element(browser, 'li[data-snapshot="after-upgrade"] > ul > li[data-now]')
+
+        button(browser, 'li[data-snapshot="before-upgrade"] .node', "Delete").click()
+        element(browser, "#confirm-extra select option[value=commit]").click()
+        assert any("is merged" in line for line in confirm(browser))
+        until(browser, lambda b: not b.find_elements(By.CSS_SELECTOR, 'li[data-snapshot="before-upgrade"]'),
+              "the deleted snapshot to leave the tree")
+        element(browser, 'li[data-snapshot="after-upgrade"] > ul > li[data-now]')
+
+        button(browser, "main", "Back up now").click()
+        element(browser, "main [data-job] progress")   # the job shows with its live progress bar
+        ended = element(browser, "main [data-job] .state-succeeded, main [data-job] .state-failed", timeout=BACKUP_WAIT)
+        assert ended.text == "succeeded", element(browser, "main [data-job]").get_attribute("title")
+        backup_id = element(browser, "tr[data-backup]", "ok").get_attribute("data-backup")
+        screenshot(browser, "05-vm-backed-up")
+
+        element(browser, "header a", "Dashboard").click()
+        assert "ok (full)" in dashboard_row(browser, "web1")[3]
+        assert "1 running" in element(browser, "[data-card=vms]").text
+        assert "1" in element(browser, "[data-card=backups] .big").text
+
+        browser.get(f"{base}/ui/#/vm/web1")
+        button(browser, f'tr[data-backup="{backup_id}"]', "Restore as new VM").click()
+        assert "web1-restored" == element(browser, "#confirm-extra input").get_attribute("value")
+        confirm(browser)
+        element(browser, "#notice", "Restored ", timeout=BACKUP_WAIT)
+
+        # Over the running VM without shutting it down: refused, and said why.
+        button(browser, f'tr[data-backup="{backup_id}"]', "Restore over VM").click()
+        confirm(browser)
+        element(browser, "#notice.error", "stop it first")
+        element(browser, "[data-vm-state=running]")
+
+        button(browser, f'tr[data-backup="{backup_id}"]', "Instant restore").click()
+        confirm(browser)
+        element(browser, "#notice", "VM web1-instant runs from backup", timeout=BACKUP_WAIT)
+
+        element(browser, "header a", "Dashboard").click()
+        assert dashboard_row(browser, "web1-restored")[1] == "stopped"
+        assert dashboard_row(browser, "web1-instant")[1] == "running"
+        assert "2 running" in element(browser, "[data-card=vms]").text
+        screenshot(browser, "06-dashboard")
+
+        element(browser, "header a", "VMs").click()
+        button(browser, 'tr[data-vm="web1-restored"]', "Delete").click()
+        takes = confirm_after_reading(browser)
+        assert any(t.startswith("disk vda:") for t in takes), takes
+        assert any("backups stay in the store" in t for t in takes), takes
+        until(browser, lambda b: not b.find_elements(By.CSS_SELECTOR, 'tr[data-vm="web1-restored"]'),
+              "the deleted VM to leave the list")
+        screenshot(browser, "07-vms")
+
+        element(browser, "header a", "Jobs").click()
+        element(browser, "tr[data-job-row] .state-succeeded")
+        screenshot(browser, "08-jobs")
+
+        element(browser, "header a", "Store").click()
+        assert element(browser, "[data-stats]").text.startswith("Backups 1 ")
+        button(browser, "main", "GC preview").click()
+        element(browser, "[data-gc-report]", "Would remove")
+        keep_last = element(browser, "main form.inline input[name=keep_last]")
+        keep_last.clear()
+        keep_last.send_keys("1")
+        button(browser, "main form.inline", "Preview prune").click()
+        element(browser, "[data-prune-preview]", "keep-last 1")
+        element(browser, "[data-prune-preview]", "Nothing would be removed")
+        screenshot(browser, "09-store")
+
+
+def confirm_after_reading(browser) -> list[str]:
+    """Cancel once (nothing happens), then open the dialog again and confirm."""
+    element(browser, "dialog#confirm[open]")
+    browser.find_element(By.CSS_SELECTOR, "dialog#confirm button[value=cancel]").click()
+    assert element(browser, 'tr[data-vm="web1-restored"]')
+    button(browser, 'tr[data-vm="web1-restored"]', "Delete").click()
+    return confirm(browser)

@@ -1,0 +1,170 @@
+"""Helpers for the console's browser tests: a real `cairn serve`, headless Chromium through selenium,
+users with TOTP, and waiting for what the page shows.
+
+Screenshots go to build/screenshots/console (or $CAIRN_SCREENSHOTS): CI keeps that folder, so a
+person can look at each page."""
+from __future__ import annotations
+
+import os
+import socket
+import ssl
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pyotp
+from selenium import webdriver
+from selenium.common.exceptions import StaleElementReferenceException, TimeoutException
+from selenium.webdriver.common.by import By
+from selenium.webdriver.remote.webelement import WebElement
+from selenium.webdriver.support.ui import WebDriverWait
+
+from appliance.context import Appliance
+from appliance.roles import Role
+
+REPO = Path(__file__).resolve().parent.parent
+SCREENSHOTS = Path(os.environ.get("CAIRN_SCREENSHOTS") or REPO / "build" / "screenshots" / "console")
+START_TIMEOUT = 120   # a shared 2-core machine: importing and starting can take a while
+WAIT = 60             # for what a page shows; TCG guests and a busy machine make everything slow
+PASSWORD = "a console test password"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def console_server(data_dir: Path) -> Iterator[str]:
+    """`cairn serve` on a free port with its generated certificate; yields the base URL.
+    Its log goes to a file (a pipe nobody reads would fill up and stall it)."""
+    port = _free_port()
+    env = {**os.environ, "CAIRN_DATA_DIR": str(data_dir)}
+    env.pop("CAIRN_CATALOG_URL", None)
+    log_path = data_dir / "serve.log"
+    with open(log_path, "w") as log:
+        server = subprocess.Popen([sys.executable, "-m", "appliance.cli", "serve", "--port", str(port)],
+                                  env=env, stdout=log, stderr=subprocess.STDOUT)
+    base = f"https://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + START_TIMEOUT
+        while not _answers(base, data_dir / "tls" / "cert.pem"):
+            assert server.poll() is None, log_path.read_text()
+            assert time.monotonic() < deadline, "cairn serve did not answer:\n" + log_path.read_text()
+            time.sleep(0.3)
+        yield base
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
+
+
+def _answers(base: str, cert: Path) -> bool:
+    if not cert.exists():
+        return False
+    try:
+        return httpx.get(f"{base}/api/v1/health", verify=ssl.create_default_context(cafile=str(cert)),
+                         timeout=5).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def add_user(data_dir: Path, name: str, role: Role, totp: bool = False) -> str | None:
+    """A user with PASSWORD; with `totp`, enrolled and confirmed, and its secret returned.
+
+    The confirmation uses the previous 30 s step's code, so the current one (what an authenticator
+    shows) is still good for signing in at once."""
+    users = Appliance.open(str(data_dir)).users
+    users.create(name, PASSWORD, role)
+    if not totp:
+        return None
+    secret = users.enrol_totp(name).secret
+    users.confirm_totp(name, pyotp.TOTP(secret).at(time.time() - 30))
+    return secret
+
+
+@contextmanager
+def chromium() -> Iterator[webdriver.Chrome]:
+    options = webdriver.ChromeOptions()
+    options.binary_location = "/usr/bin/chromium"
+    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1280,1000",
+                     # the appliance's generated certificate is self-signed; the API tests check it is served
+                     "--ignore-certificate-errors"):
+        options.add_argument(argument)
+    browser = webdriver.Chrome(options=options, service=webdriver.ChromeService("/usr/bin/chromedriver"))
+    try:
+        yield browser
+    finally:
+        browser.quit()
+
+
+def until(browser: webdriver.Chrome, condition: Callable[[webdriver.Chrome], Any], what: str,
+          timeout: float = WAIT) -> Any:
+    """Wait for `condition` to be truthy; a timeout names `what` was awaited and shows the notice."""
+    try:
+        return WebDriverWait(browser, timeout, poll_frequency=0.3).until(condition)
+    except TimeoutException as e:
+        shot = screenshot(browser, "failed-wait")
+        raise AssertionError(f"waited {timeout} s for {what}; the page says: {notice(browser)!r}; "
+                             f"it looked like {shot}") from e
+
+
+def element(browser: webdriver.Chrome, css: str, text: str | None = None, timeout: float = WAIT) -> WebElement:
+    """The first visible element matching `css` (and containing `text`), once there is one."""
+    def found(b: webdriver.Chrome) -> WebElement | None:
+        for el in b.find_elements(By.CSS_SELECTOR, css):
+            try:
+                if el.is_displayed() and (text is None or text in el.text):
+                    return el
+            except StaleElementReferenceException:   # redrawn while looked at: look again
+                continue
+        return None
+    return until(browser, found, f"{css} {text or ''}".strip(), timeout)
+
+
+def button(browser: webdriver.Chrome, scope_css: str, label: str, timeout: float = WAIT) -> WebElement:
+    return element(browser, f"{scope_css} button", label, timeout)
+
+
+def notice(browser: webdriver.Chrome) -> str:
+    found = browser.find_elements(By.ID, "notice")
+    return found[0].text if found else ""
+
+
+def sign_in(browser: webdriver.Chrome, base: str, user: str, secret: str | None = None) -> None:
+    """Sign in through the form; with a TOTP `secret`, answer the code prompt it brings up."""
+    browser.get(f"{base}/ui/")
+    form = element(browser, "#login")
+    form.find_element(By.NAME, "username").send_keys(user)
+    form.find_element(By.NAME, "password").send_keys(PASSWORD)
+    form.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+    if secret is not None:
+        code = element(browser, "#totp-field input")
+        code.send_keys(pyotp.TOTP(secret).now())
+        form.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+    element(browser, "#whoami", user)
+
+
+def confirm(browser: webdriver.Chrome) -> list[str]:
+    """Accept the open confirmation dialog; returns what it said the action takes."""
+    dialog = element(browser, "dialog#confirm[open]")
+    takes = [li.text for li in dialog.find_elements(By.CSS_SELECTOR, "#confirm-takes li")]
+    dialog.find_element(By.ID, "confirm-ok").click()
+    return takes
+
+
+def screenshot(browser: webdriver.Chrome, name: str) -> Path:
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    path = SCREENSHOTS / f"{name}.png"
+    browser.save_screenshot(str(path))
+    return path
+
+
+def allow_downloads(browser: webdriver.Chrome, folder: Path) -> None:
+    """Downloads land in `folder` without asking (headless Chromium refuses them otherwise)."""
+    browser.execute_cdp_cmd("Browser.setDownloadBehavior", {"behavior": "allow", "downloadPath": str(folder)})
