@@ -3,11 +3,16 @@
 SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
-APT_PACKAGES := qemu-system-x86 qemu-utils libnbd-bin python3-libnbd python3-venv nbdkit openssh-server openssh-client
+APT_PACKAGES := qemu-system-x86 qemu-utils libnbd-bin python3-libnbd python3-venv nbdkit openssh-server openssh-client \
+  debootstrap squashfs-tools xorriso grub-pc-bin grub-efi-amd64-bin grub-common mtools dosfstools ovmf git \
+  sshfs binutils nbdkit-plugin-python fuse3 xfsprogs \
+  libvirt-daemon-system libvirt-daemon-system-sysv libvirt-daemon-driver-qemu libvirt-clients python3-libvirt netcat-openbsd \
+  dnsmasq-base iproute2 iputils-ping \
+  chromium chromium-driver
 DATA_DIR ?= $(CURDIR)/data
 PYTEST_ARGS ?=
 
-.PHONY: serve test test-fast deps venv bench clean
+.PHONY: serve test test-fast deps venv bench iso clean
 
 serve: venv
 	CAIRN_DATA_DIR=$${CAIRN_DATA_DIR:-$(DATA_DIR)} $(VENV)/bin/cairn serve --host 127.0.0.1 --port 8080
@@ -21,6 +26,12 @@ test-fast: venv
 
 bench: venv
 	$(PY) bench/backup_throughput.py
+	$(PY) bench/store.py
+	$(PY) bench/snapshot.py
+
+# The installer ISO: build/iso/cairn-<version>.iso with its .sha256 and .manifest (root, ~3-10 min).
+iso: venv
+	iso/build.sh $(CURDIR)/build/iso
 
 deps:
 	@if ! dpkg -s $(APT_PACKAGES) >/dev/null 2>&1; then \
