@@ -1,7 +1,7 @@
 // Widgets shared by the pages: notices, confirmation of destructive actions, buttons offered only to
 // those who may use them, and a job's live progress.
-import { follow } from "./api.js";
-import { h } from "./dom.js";
+import { call, follow } from "./api.js";
+import { bytes, h } from "./dom.js";
 import { may } from "./roles.js";
 
 export function notify(message, isError = false) {
@@ -38,6 +38,15 @@ export function confirmAction(title, takes, okLabel = "Confirm", extra = null) {
 // A button for one API call, or nothing for a user whose role may not make it. `action` does the work
 // (disabled meanwhile), answering undefined if nothing was done (not confirmed, or failed: attempt()
 // shows why); otherwise `done(result)` shows its outcome (null for an API answer without a body).
+// Ask the API what deleting takes with it (its dry run), show that, and delete only when confirmed.
+export async function confirmedDeletion(title, path) {
+  const impact = await call("DELETE", `${path}?dry_run=true`);
+  const takes = [...impact.takes];
+  if (impact.frees_bytes !== null) takes.push(`frees ${bytes(impact.frees_bytes)}`);
+  if (impact.mode === "delayed") takes.push("It waits in the recycle bin first, restorable until it is purged.");
+  return await confirmAction(title, takes, "Delete") ? call("DELETE", path) : undefined;
+}
+
 export function actionButton(label, method, path, action, done = () => {}, attrs = {}) {
   if (!may(method, path)) return null;
   const button = h("button", {

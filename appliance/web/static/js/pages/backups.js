@@ -1,7 +1,7 @@
 // A VM's backups: back up now; restore one as a new VM, instantly or over the VM; browse its files; delete.
 import { call } from "../api.js";
 import { age, bytes, h, table, when } from "../dom.js";
-import { actionButton, actionForm, confirmAction, field, notify } from "../ui.js";
+import { actionButton, actionForm, confirmAction, confirmedDeletion, field, notify } from "../ui.js";
 import { filesAddress } from "./files.js";
 
 function restoreAsNew(backup, after) {
@@ -50,13 +50,8 @@ function instantRestore(backup, after) {
 
 function remove(backup, after) {
   const path = `/backups/${backup.id}`;
-  return actionButton("Delete", "DELETE", path, async () => {
-    const impact = await call("DELETE", `${path}?dry_run=true`);
-    const takes = [...impact.takes];
-    if (impact.frees_bytes !== null) takes.push(`frees ${bytes(impact.frees_bytes)}`);
-    if (impact.mode === "delayed") takes.push("It waits in the recycle bin first, restorable until it is purged.");
-    return await confirmAction(`Delete backup ${backup.id}?`, takes, "Delete") ? call("DELETE", path) : undefined;
-  }, after, { class: "danger" });
+  return actionButton("Delete", "DELETE", path, () => confirmedDeletion(`Delete backup ${backup.id}?`, path), after,
+                      { class: "danger" });
 }
 
 export function backupSection(vm, backups, redraw) {

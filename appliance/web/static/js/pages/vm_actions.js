@@ -1,23 +1,10 @@
 // A VM's lifecycle actions, shared by the VM list and the VM's page: start, stop, force off, console, delete.
-import { call, get } from "../api.js";
-import { bytes, h } from "../dom.js";
+import { call } from "../api.js";
+import { h } from "../dom.js";
 import { may } from "../roles.js";
-import { actionButton, confirmAction } from "../ui.js";
+import { actionButton, confirmAction, confirmedDeletion } from "../ui.js";
 
 const RUNNING = ["running", "paused"];
-
-async function deleteVM(vm) {
-  const path = `/vms/${encodeURIComponent(vm.name)}`;
-  const [tree, backups] = await Promise.all([get(`${path}/snapshots`), get(`/backups?vm=${encodeURIComponent(vm.name)}`)]);
-  const takes = [
-    `the definition of VM ${vm.name}`,
-    ...vm.disks.map((d) => `disk ${d.name}: ${d.path} (${d.format})`),
-    `its snapshot tree: ${tree.snapshots.length} snapshots, ${bytes(tree.total_size)} in all`,
-    `Not taken: its ${backups.length} backups stay in the store and can be restored.`,
-  ];
-  if (!await confirmAction(`Delete VM ${vm.name}?`, takes, "Delete")) return undefined;
-  return call("DELETE", path);
-}
 
 export function vmActions(vm, after, onDeleted = after) {
   const path = `/vms/${encodeURIComponent(vm.name)}`;
@@ -34,7 +21,7 @@ export function vmActions(vm, after, onDeleted = after) {
   }
   return [
     actionButton("Start", "POST", `${path}/start`, () => call("POST", `${path}/start`), after),
-    actionButton("Delete", "DELETE", path, () => deleteVM(vm), onDeleted,
+    actionButton("Delete", "DELETE", path, () => confirmedDeletion(`Delete VM ${vm.name}?`, path), onDeleted,
                  { class: "danger" }),
   ];
 }
