@@ -69,3 +69,26 @@ def test_the_pages_are_public_but_only_a_bearer_token_acts(appliance, api_client
                            headers={"Origin": "https://elsewhere.example", "Cookie": f"session={login.json()['token']}"})
     assert forged.status_code == 401
     assert api_client.get("/api/v1/vms").json() == []
+
+
+def test_the_consoles_role_rule_mirrors_the_servers():
+    """roles.js offers buttons by the same prefixes and patterns appliance/roles.py enforces."""
+    from appliance import roles
+    text = (STATIC_DIR / "js" / "roles.js").read_text()
+
+    def js_list(name: str) -> list[str]:
+        body = re.search(rf"const {name} = \[(.*?)\];", text, re.DOTALL)
+        assert body, name
+        return body.group(1)
+
+    def strings(name: str) -> list[str]:
+        return re.findall(r'"([^"]+)"', js_list(name))
+
+    def api(paths: tuple[str, ...]) -> list[str]:
+        return [p.removeprefix("/api/v1") for p in paths]
+
+    assert strings("SELF_SERVICE") == api(roles.SELF_SERVICE)
+    assert strings("ADMIN_ONLY") == api(roles.ADMIN_ONLY)
+    assert strings("ADMIN_WRITES") == api(roles.ADMIN_WRITES)
+    js_patterns = [p.replace("\\/", "/") for p in re.findall(r"/(\^.*?\$)/", js_list("ADMIN_WRITE_PATTERNS"))]
+    assert js_patterns == [p.pattern.replace("/api/v1", "", 1) for p in roles.ADMIN_WRITE_PATTERNS]

@@ -4,7 +4,9 @@ import { session } from "./api.js";
 const RANK = { viewer: 0, operator: 1, admin: 2 };
 const SELF_SERVICE = ["/auth", "/tokens"];
 const ADMIN_ONLY = ["/users", "/audit"];
-const ADMIN_WRITES = ["/store", "/stores", "/policies", "/backup-policies", "/snapshot-policies", "/deletion-rules"];
+const ADMIN_WRITES = ["/store", "/stores", "/policies", "/backup-policies", "/snapshot-policies", "/deletion-rules",
+  "/recycle-bin", "/pools", "/networks"];
+const ADMIN_WRITE_PATTERNS = [/^\/backups\/[^/]+\/disks\/[^/]+\/restore\/?$/, /^\/hosts(\/[^/]+)?\/?$/];
 const READ_METHODS = ["GET", "HEAD", "OPTIONS"];
 
 const under = (path, prefixes) => prefixes.some((p) => path === p || path.startsWith(`${p}/`));
@@ -13,7 +15,7 @@ function needed(method, path) {
   path = path.split("?")[0];
   if (under(path, ADMIN_ONLY)) return "admin";
   if (under(path, SELF_SERVICE) || READ_METHODS.includes(method)) return "viewer";
-  if (under(path, ADMIN_WRITES)) return "admin";
+  if (under(path, ADMIN_WRITES) || ADMIN_WRITE_PATTERNS.some((p) => p.test(path))) return "admin";
   return "operator";
 }
 
