@@ -26,6 +26,7 @@ from web_helpers import (
 
 from appliance.roles import Role
 from dedup import Store
+from vmm import image_info
 
 pytestmark = pytest.mark.slow
 BACKUP_WAIT = 300   # a backup of a TCG guest on a shared machine
@@ -124,6 +125,14 @@ def test_sign_in_create_snapshot_back_up_restore_and_watch_the_dashboard(applian
         button(browser, f'tr[data-backup="{backup_id}"]', "Instant restore").click()
         confirm(browser)
         element(browser, "#notice", "VM web1-instant runs from backup", timeout=BACKUP_WAIT)
+
+        # One disk to a file the admin names: complete, verified, in the format asked for.
+        target = appliance_data_dir / "vda-copy.qcow2"
+        button(browser, f'tr[data-backup="{backup_id}"]', "Restore vda to…").click()
+        element(browser, "#confirm-extra input[name=target]").send_keys(str(target))
+        confirm(browser)
+        element(browser, "#notice", f"to {target} ", timeout=BACKUP_WAIT)
+        assert image_info(str(target))["format"] == "qcow2"
 
         element(browser, "header a", "Dashboard").click()
         assert dashboard_row(browser, "web1-restored")[1] == "stopped"

@@ -35,9 +35,6 @@ export function confirmAction(title, takes, okLabel = "Confirm", extra = null) {
   });
 }
 
-// A button for one API call, or nothing for a user whose role may not make it. `action` does the work
-// (disabled meanwhile), answering undefined if nothing was done (not confirmed, or failed: attempt()
-// shows why); otherwise `done(result)` shows its outcome (null for an API answer without a body).
 // Ask the API what deleting takes with it (its dry run), show that, and delete only when confirmed.
 export async function confirmedDeletion(title, path) {
   const impact = await call("DELETE", `${path}?dry_run=true`);
@@ -47,6 +44,9 @@ export async function confirmedDeletion(title, path) {
   return await confirmAction(title, takes, "Delete") ? call("DELETE", path) : undefined;
 }
 
+// A button for one API call, or nothing for a user whose role may not make it. `action` does the work
+// (disabled meanwhile), answering undefined if nothing was done (not confirmed, or failed: attempt()
+// shows why); otherwise `done(result)` shows its outcome (null for an API answer without a body).
 export function actionButton(label, method, path, action, done = () => {}, attrs = {}) {
   if (!may(method, path)) return null;
   const button = h("button", {

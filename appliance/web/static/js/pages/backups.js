@@ -1,4 +1,5 @@
-// A VM's backups: back up now; restore one as a new VM, instantly or over the VM; browse its files; delete.
+// A VM's backups: back up now; restore one as a new VM, instantly, over the VM or a disk to a target; browse
+// its files; delete.
 import { call } from "../api.js";
 import { age, bytes, h, table, when } from "../dom.js";
 import { actionButton, actionForm, confirmAction, confirmedDeletion, field, notify } from "../ui.js";
@@ -33,6 +34,23 @@ function restoreOver(backup, after) {
     notify(`Restored ${result.backup_id} over VM ${result.vm}.`);
     await after();
   }, { class: "danger" });
+}
+
+function restoreDiskTo(backup, disk) {
+  const path = `/backups/${backup.id}/disks/${encodeURIComponent(disk)}/restore`;
+  const target = h("input", { name: "target", required: true, placeholder: "/srv/restore/disk.qcow2, /dev/sdb, nbd://…" });
+  const format = h("select", { name: "format" }, h("option", { value: "qcow2" }, "qcow2"), h("option", { value: "raw" }, "raw"));
+  const force = h("input", { type: "checkbox", name: "force" });
+  return actionButton(`Restore ${disk} to…`, "POST", path, async () => {
+    const takes = [`Disk ${disk} of backup ${backup.id} (${when(backup.started_at)}) is written to the target and verified.`,
+                   "A file appears only when complete; a device or NBD export is overwritten only with force."];
+    const extra = h("div", {}, field("Target (file, block device or NBD URL)", target), field("File format", format),
+                    field("Replace an existing target", force));
+    return await confirmAction(`Restore disk ${disk} of ${backup.id}?`, takes, "Restore", extra)
+      ? call("POST", path, { target: target.value, format: format.value, force: force.checked, verify: true })
+      : undefined;
+  }, (result) => notify(`Restored ${result.disk} of ${result.backup_id} to ${result.target} `
+                        + `(${bytes(result.bytes_written)} written, verified).`), { class: "danger" });
 }
 
 function instantRestore(backup, after) {
@@ -70,7 +88,8 @@ export function backupSection(vm, backups, redraw) {
         h("td", { title: when(b.started_at) }, age(b.started_at)), h("td", {}, bytes(b.size)),
         h("td", {}, bytes(b.bytes_stored)), h("td", {}, b.error ?? b.notes.join("; ")),
         h("td", { class: "actions" }, b.status === "ok" && [restoreAsNew(b, redraw), instantRestore(b, redraw), restoreOver(b, redraw),
-          vm.disks.map((d) => h("a", { href: filesAddress(b.id, d.name), class: "files" }, `files of ${d.name}`))],
+          vm.disks.map((d) => [h("a", { href: filesAddress(b.id, d.name), class: "files" }, `files of ${d.name}`),
+                               restoreDiskTo(b, d.name)])],
           remove(b, redraw)))), "no backups yet"),
   ];
 }
