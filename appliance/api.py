@@ -23,11 +23,12 @@ from dedup import (
     StoreError,
 )
 
-from .api_auth import auth_router, authorizer
+from .api_auth import Caller, auth_router, authorizer
 from .api_users import users_router
 from .audit import record_changes
 from .context import Appliance
 from .errors import CairnError
+from .visibility import access_router, guard, visibility
 
 VERSION = "0.1.0"
 
@@ -101,9 +102,11 @@ _HTTP_CODES = {404: "NotFoundError", 405: "MethodNotAllowedError"}
 
 
 def create_app(appliance: Appliance) -> FastAPI:
-    """The app; every route it has or is given later needs credentials, except roles.PUBLIC."""
+    """The app; every route it has or is given later needs credentials, except roles.PUBLIC,
+    and answers 404 for a VM, backup or job its caller may not see (visibility.guard)."""
     api = FastAPI(title="Cairn", version=VERSION, openapi_url="/api/v1/openapi.json", docs_url="/api/v1/docs",
-                  redoc_url=None, dependencies=[Depends(authorizer(appliance))])
+                  redoc_url=None, dependencies=[Depends(authorizer(appliance)), Depends(guard(appliance))])
+    seen = visibility(appliance)
     record_changes(api, appliance.audit)
 
     def failed(request: Request, status: int, code: str, message: str, details: Any = None) -> JSONResponse:
@@ -135,6 +138,7 @@ def create_app(appliance: Appliance) -> FastAPI:
 
     api.include_router(auth_router(appliance))
     api.include_router(users_router(appliance))
+    api.include_router(access_router(appliance))
 
     def vm_out(view: Any) -> VMOut:
         d = view.to_dict()
@@ -166,16 +170,18 @@ def create_app(appliance: Appliance) -> FastAPI:
         return Health(status="ok", version=VERSION, store=appliance.store.location)
 
     @api.get("/api/v1/vms", response_model=list[VMOut])
-    def list_vms() -> list[VMOut]:
-        return [vm_out(v) for v in appliance.vms.list()]
+    def list_vms(caller: Caller) -> list[VMOut]:
+        hidden = seen.hidden(caller)
+        return [vm_out(v) for v in appliance.vms.list() if v.spec.name not in hidden]
 
     @api.get("/api/v1/vms/{name}", response_model=VMOut, responses={404: {"model": ErrorOut}})
     def get_vm(name: str) -> VMOut:
         return vm_out(appliance.vms.show(name))
 
     @api.get("/api/v1/backups", response_model=list[BackupOut])
-    def list_backups(vm: str | None = None) -> list[BackupOut]:
-        return [BackupOut.model_validate(r) for r in appliance.backups.list(vm)]
+    def list_backups(caller: Caller, vm: str | None = None) -> list[BackupOut]:
+        hidden = seen.hidden(caller)
+        return [BackupOut.model_validate(r) for r in appliance.backups.list(vm) if r.vm_name not in hidden]
 
     @api.get("/api/v1/backups/{backup_id}", response_model=BackupOut, responses={404: {"model": ErrorOut}})
     def get_backup(backup_id: str) -> BackupOut:

@@ -73,6 +73,7 @@ class UserOut(BaseModel):
     disabled: bool
     totp_enabled: bool
     created_at: datetime
+    groups: list[str] = []
 
 
 class LoginOut(BaseModel):

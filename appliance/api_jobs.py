@@ -15,13 +15,16 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Response
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy import select
 
 from .api import ErrorOut
+from .api_auth import Caller
 from .catalog import EventRecord, JobRecord
 from .context import Appliance
 from .job_kinds import BackupParams, BackupRequest, GcParams, VerifyParams
 from .jobs import FINISHED_STATES
 from .query import ListQuery, list_query
+from .visibility import visibility, vm_visible
 
 ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorOut} for code in (404, 409, 422)}
 
@@ -74,17 +77,21 @@ Query = Annotated[ListQuery, Depends(list_query)]
 def job_router(appliance: Appliance) -> APIRouter:
     router = APIRouter(prefix="/api/v1", tags=["jobs"])
     jobs = appliance.jobs
+    seen = visibility(appliance)
 
     def submit(kind: str, params: BaseModel) -> JobOut:
         return JobOut.model_validate(jobs.submit(kind, params.model_dump(exclude_none=True)))
 
     @router.get("/jobs", response_model=list[JobOut], responses=ERRORS)
-    def list_jobs(query: Query, response: Response) -> list[JobOut]:
+    def list_jobs(caller: Caller, query: Query, response: Response) -> list[JobOut]:
+        mine = select(JobRecord).where(vm_visible(JobRecord.resource, caller, resource=True))
         with appliance.catalog() as s:
-            return [JobOut.model_validate(r) for r in query.run(s, JobRecord, response=response)]
+            return [JobOut.model_validate(r) for r in query.run(s, JobRecord, mine, response=response)]
 
     @router.post("/jobs", response_model=JobOut, status_code=202, responses=ERRORS)
-    def start_job(body: JobRequest) -> JobOut:
+    def start_job(caller: Caller, body: JobRequest) -> JobOut:
+        if isinstance(vm := body.params.get("vm"), str):
+            seen.check_vm(caller, vm)
         return JobOut.model_validate(jobs.submit(body.kind, body.params))
 
     @router.get("/jobs/{job_id}", response_model=JobOut, responses=ERRORS)
@@ -108,19 +115,22 @@ def job_router(appliance: Appliance) -> APIRouter:
         return submit("store.gc", body or GcParams())
 
     @router.get("/events", response_model=list[EventOut], responses=ERRORS)
-    def list_events(query: Query, response: Response) -> list[EventOut]:
+    def list_events(caller: Caller, query: Query, response: Response) -> list[EventOut]:
+        mine = select(EventRecord).where(vm_visible(EventRecord.resource, caller, resource=True))
         with appliance.catalog() as s:
-            return [EventOut.model_validate(r) for r in query.run(s, EventRecord, response=response)]
+            return [EventOut.model_validate(r) for r in query.run(s, EventRecord, mine, response=response)]
 
-    def known_job(job: str | None = None) -> str | None:
-        """A dependency, so an unknown job is a 404 before the stream starts."""
+    def known_job(caller: Caller, job: str | None = None) -> str | None:
+        """A dependency, so an unknown (or invisible) job is a 404 before the stream starts."""
         if job is not None:
             jobs.get(job)
+            seen.check_job(caller, job)
         return job
 
     @router.get("/events/stream", response_class=EventSourceResponse, responses=ERRORS)
-    async def stream_events(job: str | None = Depends(known_job)) -> AsyncIterator[ServerSentEvent]:
-        """Events as they happen, job progress included. With `job`, only that job's, ending when it ends."""
+    async def stream_events(caller: Caller, job: str | None = Depends(known_job)) -> AsyncIterator[ServerSentEvent]:
+        """Events as they happen, job progress included. With `job`, only that job's, ending when it ends.
+        Events of VMs the caller may not see are left out (asked per event: VMs come and change hands)."""
         endings = {f"job.{state}" for state in FINISHED_STATES}
         with jobs.events.listen() as feed:
             event: dict[str, Any] | None = None
@@ -134,7 +144,7 @@ def job_router(appliance: Appliance) -> APIRouter:
                 except queue.Empty:
                     event = None
                     continue
-                if job is None or event.get("job_id") == job:
+                if (job is None or event.get("job_id") == job) and seen.sees_resource(caller, event.get("resource")):
                     yield ServerSentEvent(event=event["kind"], data=event,
                                           id=str(event["id"]) if event.get("id") else None)
 

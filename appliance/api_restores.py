@@ -23,9 +23,11 @@ from restore import (
 )
 from restore.files import BackupFilesystem, FileNotInBackupError
 
+from .api_auth import Caller
 from .boot_test import DEFAULT_MARKER
 from .context import Appliance
 from .errors import CairnError, NotFoundError
+from .visibility import visibility
 
 DOWNLOAD_BLOCK = 1 << 20
 
@@ -142,6 +144,7 @@ def restore_router(appliance: Appliance) -> APIRouter:
 def backup_restore_router(appliance: Appliance) -> APIRouter:
     """/api/v1/backups/{backup_id}/...: restore from one backup."""
     router = APIRouter(prefix="/api/v1/backups/{backup_id}", tags=["restore"])
+    seen = visibility(appliance)
 
     @router.post("/disks/{disk}/restore", response_model=DiskRestoreOut)
     def restore_one_disk(backup_id: str, disk: str, body: DiskRestoreRequest) -> DiskRestoreOut:
@@ -152,13 +155,15 @@ def backup_restore_router(appliance: Appliance) -> APIRouter:
                               seconds=result.seconds, verified=result.verified)
 
     @router.post("/restore", response_model=VMRestoreOut)
-    async def restore_vm(backup_id: str, body: VMRestoreRequest) -> VMRestoreOut:
+    async def restore_vm(caller: Caller, backup_id: str, body: VMRestoreRequest) -> VMRestoreOut:
         service = appliance.restores
         with reported():
             if body.mode == "new":
                 if not body.name:
                     raise RestoreFailedError("mode new needs the new VM's name")
+                seen.claim(caller, body.name)
                 result = await asyncio.to_thread(service.as_new_vm, backup_id, body.name, verify=body.verify)
+                seen.own(caller, body.name)
             else:
                 vm = appliance.store.get_backup(backup_id).vm
                 result = await service.over_vm(backup_id, vm, stop=body.stop, verify=body.verify)
@@ -194,10 +199,12 @@ def backup_restore_router(appliance: Appliance) -> APIRouter:
                                  headers={"Content-Disposition": f'attachment; filename="{name}"'})
 
     @router.post("/instant-restore", response_model=InstantRestoreOut, status_code=201)
-    async def start_instant_restore(backup_id: str, body: InstantRestoreRequest) -> InstantRestoreOut:
+    async def start_instant_restore(caller: Caller, backup_id: str, body: InstantRestoreRequest) -> InstantRestoreOut:
         """Start VM `name` on the backup now; its disks are copied in while it runs."""
+        seen.claim(caller, body.name)
         with reported():
             state = await appliance.restores.instant.start(backup_id, body.name, speed=body.speed)
+        seen.own(caller, body.name)
         return InstantRestoreOut(**state.to_dict())
 
     @router.post("/boot-test", response_model=BootTestOut)

@@ -25,6 +25,8 @@ class UserUpdate(BaseModel):
     password: Text | None = Field(None, max_length=1024)
     disabled: bool | None = None
     reset_totp: bool = Field(False, description="drop the user's TOTP: they sign in with the password alone")
+    groups: list[Text] | None = Field(None, max_length=64, description="the user's groups, replacing the "
+                                      "ones they had: they see the VMs shared with these groups")
 
 
 class AuditOut(BaseModel):
@@ -60,7 +62,8 @@ def users_router(appliance: Appliance) -> APIRouter:
     @router.patch("/users/{name}", response_model=UserOut, tags=["users"])
     def update_user(name: str, body: UserUpdate) -> UserOut:
         return UserOut.model_validate(users.update(name, role=body.role, password=body.password,
-                                                   disabled=body.disabled, reset_totp=body.reset_totp))
+                                                   disabled=body.disabled, reset_totp=body.reset_totp,
+                                                   groups=body.groups))
 
     @router.delete("/users/{name}", status_code=204, tags=["users"])
     def delete_user(name: str) -> Response:

@@ -24,12 +24,14 @@ from vmm.placement import PlacementError, SchedulingGroup
 from vmm.spec import NicSpec, random_mac
 
 from .api import error_body
+from .api_auth import Caller
 from .api_jobs import ERRORS
 from .context import Appliance
 from .deletables import deletion_service
 from .errors import ConflictError
 from .protection import Impact
 from .units import parse_size
+from .visibility import visibility
 from .vms import VMOptions, VMView
 
 CONSOLE_PATH = "/api/v1/console"
@@ -182,6 +184,7 @@ def detail(view: VMView) -> VMDetail:
 def vm_router(appliance: Appliance) -> APIRouter:
     vms = appliance.vms
     tokens = ConsoleTokens()
+    seen = visibility(appliance)
 
     @asynccontextmanager
     async def supervise(_: FastAPI) -> AsyncIterator[None]:
@@ -191,7 +194,9 @@ def vm_router(appliance: Appliance) -> APIRouter:
     router = APIRouter(tags=["vms"], route_class=VMErrorRoute, lifespan=supervise)
 
     @router.post("/api/v1/vms", response_model=VMDetail, status_code=201)
-    async def create_vm(body: VMCreate) -> VMDetail:
+    async def create_vm(caller: Caller, body: VMCreate) -> VMDetail:
+        """The new VM is the caller's: only they (and admins) see it until an admin shares it."""
+        seen.claim(caller, body.name)
         nics = [NicSpec(f"net{i}", n.mode, n.mac or random_mac(), n.tap, n.bridge)
                 for i, n in enumerate(body.nics)]
         options = VMOptions(image=body.image, iso=body.iso, profile=body.profile, nics=nics,
@@ -199,6 +204,7 @@ def vm_router(appliance: Appliance) -> APIRouter:
         await run_in_threadpool(vms.create, body.name, body.disks,
                                 body.memory_mib, body.vcpus, body.kernel, body.initrd, body.append,
                                 None, options)
+        seen.own(caller, body.name)
         if body.ha:
             vms.set_ha(body.name, True)
         return detail(vms.show(body.name))
@@ -241,8 +247,12 @@ def vm_router(appliance: Appliance) -> APIRouter:
         return deletions.preview("vm", name) if dry_run else deletions.delete("vm", name)
 
     @router.post("/api/v1/vms/{name}/clones", response_model=list[VMDetail], status_code=201)
-    async def clone_vm(name: str, body: CloneRequest) -> list[VMDetail]:
+    async def clone_vm(caller: Caller, name: str, body: CloneRequest) -> list[VMDetail]:
+        for clone in body.names:
+            seen.claim(caller, clone)
         specs = await run_in_threadpool(vms.clone, name, body.names, body.mode)
+        for spec in specs:
+            seen.own(caller, spec.name)
         return [detail(vms.show(s.name)) for s in specs]
 
     @router.get("/api/v1/vms/{name}/streams")

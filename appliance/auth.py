@@ -35,6 +35,7 @@ class Principal:
     name: str
     role: Role
     credential: str      # "session" or the access key's id
+    groups: tuple[str, ...] = ()   # the user's groups: what they see (appliance/visibility.py)
 
 
 @dataclass(frozen=True)
@@ -161,7 +162,7 @@ class AuthService:
 def _principal(user: UserRecord, credential: str) -> Principal:
     if user.disabled:
         raise UnauthorizedError(f"user {user.name} is disabled")
-    return Principal(user.id, user.name, Role(user.role), credential)
+    return Principal(user.id, user.name, Role(user.role), credential, tuple(user.groups or ()))
 
 
 def _digest(secret: str) -> str:

@@ -247,6 +247,18 @@ class UserRecord(Base):
     # The last time step a code was accepted for: the same code cannot sign in twice.
     totp_last_step: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # The groups the user belongs to (names); a VM shared with one of them is visible (visibility.py).
+    groups: Mapped[list[str]] = mapped_column(JSON, default=list, server_default="[]")
+
+
+class VMAccessRecord(Base):
+    """Who may see a VM (appliance/visibility.py): its owner and the group it is shared with.
+    No row, or no owner: shared with everyone. No foreign key: the row outlives the VM, like its
+    backups, so the backups of a deleted VM stay as private as the VM was."""
+    __tablename__ = "vm_access"
+    vm_name: Mapped[str] = mapped_column(String(63), primary_key=True)
+    owner: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)   # a user name
+    group: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
 
 
 class SessionRecord(Base):

@@ -14,6 +14,9 @@ NewRoleOpt = typer.Option(Role.VIEWER, help="viewer, operator or admin.")
 RoleChangeOpt = typer.Option(None, help="A new role.")
 DisabledOpt = typer.Option(None, "--disabled/--enabled", help="Lock the user out, or not.")
 ResetTotpOpt = typer.Option(False, "--reset-totp", help="Drop the user's TOTP enrolment.")
+GroupOpt = typer.Option([], "--group", help="A group of the user (repeat): replaces their groups; they see "
+                                            "the VMs shared with them.")
+NoGroupsOpt = typer.Option(False, "--no-groups", help="Take the user out of every group.")
 
 
 @user_app.command("list")
@@ -23,12 +26,12 @@ def user_list(as_json: bool = JsonOpt) -> None:
     users = state.appliance.users.list()
     if as_json:
         emit_json([{"name": u.name, "role": u.role, "disabled": u.disabled, "totp_enabled": u.totp_enabled,
-                    "created_at": u.created_at} for u in users])
+                    "groups": u.groups, "created_at": u.created_at} for u in users])
         return
-    table = Table("name", "role", "disabled", "totp", "created")
+    table = Table("name", "role", "disabled", "totp", "groups", "created")
     for u in users:
         table.add_row(u.name, u.role, "yes" if u.disabled else "", "yes" if u.totp_enabled else "",
-                      u.created_at.strftime("%Y-%m-%d %H:%M"))
+                      ", ".join(u.groups), u.created_at.strftime("%Y-%m-%d %H:%M"))
     out.print(table)
 
 
@@ -51,11 +54,13 @@ def user_passwd(name: str, password: str = PasswordOpt) -> None:
 @user_app.command("set")
 @reports_errors
 def user_set(name: str, role: Role | None = RoleChangeOpt, disabled: bool | None = DisabledOpt,
-             reset_totp: bool = ResetTotpOpt) -> None:
-    """Change a user's role, lock or TOTP."""
-    user = state.appliance.users.update(name, role=role, disabled=disabled, reset_totp=reset_totp)
+             reset_totp: bool = ResetTotpOpt, group: list[str] = GroupOpt, no_groups: bool = NoGroupsOpt) -> None:
+    """Change a user's role, lock, TOTP or groups."""
+    groups = [] if no_groups else group or None
+    user = state.appliance.users.update(name, role=role, disabled=disabled, reset_totp=reset_totp, groups=groups)
     out.print(f"{user.name}: {user.role}{', disabled' if user.disabled else ''}"
-              f"{', TOTP' if user.totp_enabled else ''}")
+              f"{', TOTP' if user.totp_enabled else ''}"
+              f"{', groups ' + ', '.join(user.groups) if user.groups else ''}", highlight=False)
 
 
 @user_app.command("delete")

@@ -14,6 +14,7 @@ from .cli_common import JsonOpt, emit_json, out, reports_errors, state
 from .deletables import deletion_service
 from .protection import Impact
 from .units import human, parse_size
+from .visibility import visibility
 from .vms import VMOptions, VMView
 
 vm_app = typer.Typer(help="Define, run, clone and place VMs.", no_args_is_help=True)
@@ -208,6 +209,28 @@ def vm_show(name: str, as_json: bool = JsonOpt) -> None:
         progress = asyncio.run(state.appliance.vms.clone_progress(name))
         out.print(f"  instant clone of {view.linked_to}: "
                   + (", ".join(f"{d} {p:.0%}" for d, p in progress.items()) or "independent"))
+
+
+@vm_app.command("access")
+@reports_errors
+def vm_access(name: str,
+              owner: str | None = typer.Option(None, help="The user who owns the VM (\"\": no owner, shared "
+                                                           "with everyone)."),
+              group: str | None = typer.Option(None, help="The group whose members see it too (\"\": none)."),
+              as_json: bool = JsonOpt) -> None:
+    """Show, or with --owner/--group change, who sees the VM (besides admins): its owner and the
+    members of its group; a VM without an owner is shared with every user."""
+    seen = visibility(state.appliance)
+    state.appliance.vms.spec(name)   # no such VM: an error
+    access = seen.get(name)
+    if owner is not None or group is not None:
+        access = seen.set(name, access.owner if owner is None else owner or None,
+                          access.group if group is None else group or None)
+    if as_json:
+        emit_json({"vm": name, "owner": access.owner, "group": access.group})
+    else:
+        out.print(f"{name}: owner {access.owner or '(none: shared with everyone)'}, "
+                  f"group {access.group or '(none)'}", highlight=False)
 
 
 @vm_app.command("delete")

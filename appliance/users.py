@@ -62,10 +62,14 @@ class UserService:
             return _user(s, name)
 
     def update(self, name: str, *, role: Role | None = None, password: str | None = None,
-               disabled: bool | None = None, reset_totp: bool = False) -> UserRecord:
-        """Change what is given; a new password, disabling or a role change ends the user's sessions."""
+               disabled: bool | None = None, reset_totp: bool = False,
+               groups: list[str] | None = None) -> UserRecord:
+        """Change what is given; a new password, disabling or a role change ends the user's sessions.
+        `groups` replaces the user's groups (what they see: appliance/visibility.py)."""
         if password is not None:
             _check_password(password)
+        if groups is not None:
+            groups = check_groups(groups)
         with self.catalog.begin() as s:
             user = _user(s, name)
             losing_admin = user.role == Role.ADMIN and not user.disabled and (
@@ -80,6 +84,8 @@ class UserService:
                 user.disabled = disabled
             if reset_totp:
                 user.totp_secret, user.totp_enabled, user.totp_last_step = None, False, None
+            if groups is not None:
+                user.groups = groups
             if role is not None or password is not None or disabled:
                 s.execute(delete(SessionRecord).where(SessionRecord.user_id == user.id))
         return user
@@ -174,6 +180,14 @@ def _keep_an_admin(s: Session, leaving: UserRecord) -> None:
         UserRecord.role == Role.ADMIN.value, UserRecord.disabled.is_(False), UserRecord.id != leaving.id))
     if not others:
         raise ConflictError(f"{leaving.name} is the last enabled admin: make another admin first")
+
+
+def check_groups(groups: list[str]) -> list[str]:
+    """Valid group names (like user names), sorted, each once."""
+    for group in groups:
+        if not NAME_RE.match(group):
+            raise CairnError(f"group name {group!r} is not valid: lower-case letters, digits, _ . - (up to 64)")
+    return sorted(set(groups))
 
 
 def _check_password(password: str) -> None:
