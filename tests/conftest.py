@@ -97,7 +97,7 @@ def start_guest(qemu_driver: QemuDriver, guest_kernel: GuestImage, tmp_path: Pat
 @pytest.fixture
 def appliance_data_dir() -> Iterator[Path]:
     """A data directory for an Appliance, short enough for the unix sockets under it;
-    every QEMU started under it dies with the test."""
+    every QEMU and NBD server started under it dies with the test."""
     data_dir = Path(tempfile.mkdtemp(prefix="cairn-data-"))
     try:
         yield data_dir
@@ -105,7 +105,18 @@ def appliance_data_dir() -> Iterator[Path]:
         run_root = data_dir / "run"
         if run_root.exists():
             _kill_qemus_under(run_root)
+        _kill_servers_under(data_dir)
         shutil.rmtree(data_dir, ignore_errors=True)
+
+
+def _kill_servers_under(data_dir: Path) -> None:
+    # Exports of an instant restore still copying when the test ends (nbdkit, qemu-nbd): only a
+    # process whose command line names the pidfile is the one that wrote it.
+    for pidfile in data_dir.rglob("*.pid"):
+        with suppress(OSError, ValueError):
+            pid = int(pidfile.read_text().strip())
+            if str(pidfile) in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace"):
+                os.kill(pid, signal.SIGKILL)
 
 
 @pytest.fixture
