@@ -178,8 +178,9 @@ def test_listeners_see_progress_live_and_lifecycle_events_are_kept(engine):
     with jobs.events.listen() as feed:
         job = jobs.wait(jobs.submit("slow", {"seconds": 0.6}).id, TIMEOUT)
         seen = []
-        while not feed.empty():
-            seen.append(feed.get())
+        # The end is recorded before it is announced: wait() can return just ahead of the event.
+        while not any(e["job_id"] == job.id and e["kind"] == "job.succeeded" for e in seen):
+            seen.append(feed.get(timeout=TIMEOUT))
     mine = [e for e in seen if e["job_id"] == job.id]
     progress = [e["data"]["progress"] for e in mine if e["kind"] == "job.progress"]
     assert len(progress) > 3 and progress == sorted(progress) and progress[-1] == 1.0
