@@ -21,9 +21,9 @@ from backup_helpers import (
 )
 from fastapi.testclient import TestClient
 
+from appliance.backups import BackupOptions
 from appliance.catalog import BackupRecord
 from appliance.context import Appliance
-from appliance.backups import BackupOptions
 from appliance.job_kinds import backup_steps, vm_resource
 from appliance.jobs import JobPlan, Step, StepContext
 from restore import restore_disk
@@ -112,11 +112,16 @@ def test_a_failing_later_step_undoes_the_backup(appliance: Appliance, guest_kern
 def test_cancel_mid_copy_leaves_nothing_and_the_next_backup_works(appliance: Appliance, guest_kernel,
                                                                   tmp_path: Path):
     boot_guest_vm(appliance, guest_kernel, "cancelme", [512 * MiB])
-    for n in range(4):
+    for n in range(6):
         run(write_pattern(appliance, "cancelme", "vda", 0x60 + n, (120 + 64 * n) * MiB, 48 * MiB))
-    job = appliance.jobs.submit("backup", {"vm": "cancelme", "full": True})
-    _until(lambda: (j := appliance.jobs.get(job.id)).steps[1]["state"] == "running" and j.progress > 0.06)
-    appliance.jobs.cancel(job.id)
+    # Cancel on the copy's first progress report, as it is announced: polling the stored progress
+    # can see it too late on a fast machine, after the copy has finished.
+    with appliance.jobs.events.listen() as feed:
+        job = appliance.jobs.submit("backup", {"vm": "cancelme", "full": True})
+        while not ((e := feed.get(timeout=JOB_TIMEOUT))["job_id"] == job.id and e["kind"] == "job.progress"
+                   and e["data"]["progress"] > 0.06):
+            pass
+        appliance.jobs.cancel(job.id)
     job = appliance.jobs.wait(job.id, JOB_TIMEOUT)
     assert job.state == "cancelled", (job.state, job.error)
     assert job.steps[1]["state"] == "undone" and job.steps[2]["state"] == "pending"
