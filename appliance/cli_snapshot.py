@@ -30,6 +30,7 @@ def snapshot_create(vm: str, name: str | None = typer.Option(None, help="A name 
     emit_json(snapshot_dict(snap)) if as_json else out.print(f"snapshot {snap.name} ({snap.id}) of {vm} taken")
 
 
+@snapshot_app.command("tree")
 @snapshot_app.command("list")
 @reports_errors
 def snapshot_list(vm: str, as_json: bool = JsonOpt) -> None:
