@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from dedup import BackupManifest, Store, new_backup_id
 from transports.fleece import FleeceExport
 from transports.guest_agent import GuestFreeze
-from transports.live import LiveExport
+from transports.live import LiveExport, exported
 from transports.offline import OfflineExport
 from transports.points import DiskPoint
 from transports.push import NbdPushTarget, PushExport, PushTarget
@@ -155,21 +155,8 @@ class BackupService:
         if self.driver.status(spec.name).state in ("running", "paused"):
             freeze = GuestFreeze(self.driver.paths(spec.name).guest_agent_socket, GUEST_AGENT_CHARDEV)
             live = await self._live_export(spec, checkpoint, bases, scratch, options, freeze)
-            async with self.driver.session(spec.name) as qmp:
-                try:
-                    points = await live.open(qmp)
-                except BaseException:
-                    await live.close(qmp, success=False)
-                    raise
-            try:
-                await live.ready(lambda: self.driver.session(spec.name))
+            async with exported(live, lambda: self.driver.session(spec.name)) as points:
                 yield points, live.notes + freeze.notes
-            except BaseException:
-                async with self.driver.session(spec.name) as qmp:
-                    await live.close(qmp, success=False)
-                raise
-            async with self.driver.session(spec.name) as qmp:
-                await live.close(qmp, success=True)
         else:
             offline = OfflineExport({d.name: d.path for d in spec.disks}, checkpoint, bases.known, set(bases.full))
             points = await asyncio.to_thread(offline.open)

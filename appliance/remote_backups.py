@@ -14,8 +14,9 @@ from pathlib import Path
 
 from dedup import BackupManifest
 from transports.errors import ExportError
+from transports.live import exported
 from transports.points import Checkpoint
-from transports.remote_fleece import RemoteFleeceExport, exported
+from transports.remote_fleece import RemoteFleeceExport
 from transports.tunnel import SocketForward
 from vmm import QMPSession, VMSpec
 from vmm.hosts import ACTIVE_STATES

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import asyncio
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Collection
-from contextlib import AbstractAsyncContextManager, nullcontext
+from collections.abc import AsyncIterator, Callable, Collection
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
 from typing import Any
 
 from vmm.spec import disk_of_qdev
@@ -241,3 +241,24 @@ class LiveExport(ABC):
             return True
         except Exception:  # noqa: BLE001 - cleanup must reach every step
             return False
+
+
+@asynccontextmanager
+async def exported(export: LiveExport, sessions: Sessions) -> AsyncIterator[list[DiskPoint]]:
+    """The export's points while the body reads them; closed afterwards, keeping the new
+    checkpoint only if the body succeeded. Each step has its own short QMP session."""
+    async with sessions() as qmp:
+        try:
+            points = await export.open(qmp)
+        except BaseException:
+            await export.close(qmp, success=False)
+            raise
+    try:
+        await export.ready(sessions)
+        yield points
+    except BaseException:
+        async with sessions() as qmp:
+            await export.close(qmp, success=False)
+        raise
+    async with sessions() as qmp:
+        await export.close(qmp, success=True)

@@ -12,13 +12,12 @@ import asyncio
 import posixpath
 import shutil
 import tempfile
-from collections.abc import AsyncIterator, Collection
-from contextlib import asynccontextmanager
+from collections.abc import Collection
 from pathlib import Path
 from typing import Protocol
 
 from .fleece import FLEECE_NODE, FleeceExport
-from .live import LiveExport, Quiesce, Sessions
+from .live import Quiesce
 from .points import Checkpoint, DiskPoint
 from .qmp_protocol import QMP
 from .tunnel import SocketForward
@@ -75,24 +74,3 @@ class RemoteFleeceExport(FleeceExport):
         finally:
             shutil.rmtree(self._local, ignore_errors=True)
             await asyncio.to_thread(self.files.remove, [*self._made, str(self.socket), self.remote_scratch])
-
-
-@asynccontextmanager
-async def exported(export: LiveExport, sessions: Sessions) -> AsyncIterator[list[DiskPoint]]:
-    """The export's points while the body reads them; closed afterwards, keeping the new
-    checkpoint only if the body succeeded. Each step has its own short QMP session."""
-    async with sessions() as qmp:
-        try:
-            points = await export.open(qmp)
-        except BaseException:
-            await export.close(qmp, success=False)
-            raise
-    try:
-        await export.ready(sessions)
-        yield points
-    except BaseException:
-        async with sessions() as qmp:
-            await export.close(qmp, success=False)
-        raise
-    async with sessions() as qmp:
-        await export.close(qmp, success=True)
