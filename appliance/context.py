@@ -7,23 +7,22 @@ from pathlib import Path
 
 from sqlalchemy.orm import Session, sessionmaker
 
+from appliance.access.audit import AuditLog
+from appliance.access.auth import AuthService
+from appliance.access.secrets import SecretBox
+from appliance.access.users import UserService
+from appliance.backups.service import BackupService
+from appliance.catalog.engine import open_catalog
+from appliance.hosts.service import HostService
+from appliance.jobs.engine import JobEngine
+from appliance.jobs.events import EventLog
+from appliance.jobs.kinds import standard_kinds
+from appliance.restores.service import RestoreService
+from appliance.settings import Settings
+from appliance.snapshots.service import SnapshotService, chain_limit_from_env
+from appliance.vms.service import VMService
 from dedup import Store, is_remote
 from vmm import QemuDriver
-
-from .audit import AuditLog
-from .auth import AuthService
-from .backups import BackupService
-from .catalog import open_catalog
-from .events import EventLog
-from .hosts import HostService
-from .job_engine import JobEngine
-from .job_kinds import standard_kinds
-from .restores import RestoreService
-from .secrets import SecretBox
-from .settings import Settings
-from .snapshots import SnapshotService, chain_limit_from_env
-from .users import UserService
-from .vms import VMService
 
 
 @dataclass

@@ -32,7 +32,7 @@ from backup_throughput import (
 )
 from guest.build import build_guest
 
-from appliance.backups import BackupOptions, BackupService
+from appliance.backups.service import BackupOptions, BackupService
 from appliance.context import Appliance
 from dedup import Store
 

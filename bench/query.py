@@ -23,9 +23,10 @@ sys.path[:0] = [str(ROOT)]
 
 from sqlalchemy import insert
 
-from appliance.api_jobs import EventOut, JobOut
-from appliance.catalog import EventRecord, JobRecord, open_catalog
-from appliance.query import ListQuery
+from appliance.api.jobs import EventOut, JobOut
+from appliance.catalog.engine import open_catalog
+from appliance.catalog.query import ListQuery
+from appliance.jobs.records import EventRecord, JobRecord
 
 CASES = [
     ("events: newest page", EventRecord, EventOut, {"sort": "-id"}),

@@ -7,8 +7,8 @@ import subprocess
 import time
 from pathlib import Path
 
-from appliance.catalog import VMRecord
 from appliance.context import Appliance
+from appliance.vms.records import VMRecord
 from vmm import DiskSpec, QMPSession, VMSpec, create_disk, disk_of_qdev
 
 

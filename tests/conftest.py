@@ -21,9 +21,9 @@ from guest.build import GuestImage, build_guest
 from guest.harness import BOOT_TIMEOUT, GuestVM, MiB
 from sshd_server import sshd_server  # noqa: F401  (a fixture shared by remote-access tests)
 
-from appliance.api import create_app
+from appliance.access.roles import Role
+from appliance.api.app import create_app
 from appliance.context import Appliance
-from appliance.roles import Role
 from dedup import Store
 from vmm import DiskSpec, QemuDriver, VMSpec, create_disk
 from vmm.rundir import RunDir, is_our_qemu, read_pid

@@ -13,10 +13,11 @@ from conftest import TEST_PASSWORD
 from fastapi.testclient import TestClient
 from sqlalchemy import select, update
 
-from appliance.api import create_app
-from appliance.catalog import AuditRecord, SessionRecord, UserRecord, utcnow
+from appliance.access.records import AuditRecord, SessionRecord, UserRecord
+from appliance.access.roles import PUBLIC, Role
+from appliance.api.app import create_app
+from appliance.catalog.base import utcnow
 from appliance.context import Appliance
-from appliance.roles import PUBLIC, Role
 
 
 @pytest.fixture

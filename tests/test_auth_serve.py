@@ -14,7 +14,7 @@ from pathlib import Path
 
 import httpx
 
-from appliance.tls import self_signed
+from appliance.server.tls import self_signed
 
 START_TIMEOUT = 90  # a shared 2-core machine: importing and starting can take a while
 

@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 
-from appliance.passwords import hash_password, verify_password
-from appliance.roles import Role, required_role
-from appliance.secrets import SecretBox, SecretError
-from appliance.tls import self_signed
+from appliance.access.passwords import hash_password, verify_password
+from appliance.access.roles import Role, required_role
+from appliance.access.secrets import SecretBox, SecretError
+from appliance.server.tls import self_signed
 
 
 def test_password_hashes():

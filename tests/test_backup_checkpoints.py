@@ -26,10 +26,11 @@ from backup_helpers import (
 )
 from sqlalchemy import select
 
-from appliance.backups import BackupOptions
-from appliance.catalog import CheckpointRecord, VMRecord
-from appliance.checkpoints import plan_bases
+from appliance.backups.checkpoints import plan_bases
+from appliance.backups.records import CheckpointRecord
+from appliance.backups.service import BackupOptions
 from appliance.context import Appliance
+from appliance.vms.records import VMRecord
 from restore import restore_disk
 from transports.points import Checkpoint, chain_problem
 

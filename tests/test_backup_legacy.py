@@ -7,7 +7,7 @@ from pathlib import Path
 from backup_helpers import MiB, paused_backup_with_reference, run, same_content, write_pattern
 
 from appliance.context import Appliance
-from appliance.vms import VMOptions
+from appliance.vms.service import VMOptions
 from restore import restore_disk
 
 

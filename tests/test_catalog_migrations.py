@@ -11,10 +11,11 @@ import pytest
 from catalog_backends import catalog_url  # noqa: F401  (fixture)
 from sqlalchemy import create_engine, inspect, text
 
-from appliance.catalog import Base, catalog_engine, open_catalog
+from appliance.catalog.base import Base
+from appliance.catalog.engine import catalog_engine, open_catalog
+from appliance.catalog.migrate import BASELINE, current_revision, head_revision, migration_gaps
 from appliance.context import Appliance
 from appliance.errors import CatalogError
-from appliance.migrate import BASELINE, current_revision, head_revision, migration_gaps
 
 BEFORE_MIGRATIONS = ("vms", "backups", "snapshot_trees")
 

@@ -9,7 +9,7 @@ from backup_helpers import MiB, same_content
 from fastapi.testclient import TestClient
 
 from appliance.context import Appliance
-from appliance.scheduler import Scheduler
+from appliance.policies.scheduler import Scheduler
 from restore import restore_disk
 
 JOB_TIMEOUT = 240

@@ -10,7 +10,7 @@ from backup_helpers import new_guest_vm, run, wait_serial
 from sqlalchemy import select
 from test_vm_lifecycle import wait_for
 
-from appliance.catalog import EventRecord
+from appliance.jobs.records import EventRecord
 from vmm.ha import FlapGuard, RestartLimit
 
 

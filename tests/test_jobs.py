@@ -16,11 +16,12 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from appliance.catalog import EventRecord, JobRecord, open_catalog
+from appliance.catalog.engine import open_catalog
 from appliance.errors import ConflictError, NotFoundError
-from appliance.events import EventLog
-from appliance.job_engine import JobEngine, JobParamsError
-from appliance.jobs import JobPlan, Step, StepContext
+from appliance.jobs.engine import JobEngine, JobParamsError
+from appliance.jobs.events import EventLog
+from appliance.jobs.plan import JobPlan, Step, StepContext
+from appliance.jobs.records import EventRecord, JobRecord
 
 TIMEOUT = 30
 

@@ -21,11 +21,11 @@ from backup_helpers import (
 )
 from fastapi.testclient import TestClient
 
-from appliance.backups import BackupOptions
-from appliance.catalog import BackupRecord
+from appliance.backups.records import BackupRecord
+from appliance.backups.service import BackupOptions
 from appliance.context import Appliance
-from appliance.job_kinds import backup_steps, vm_resource
-from appliance.jobs import JobPlan, Step, StepContext
+from appliance.jobs.kinds import backup_steps, vm_resource
+from appliance.jobs.plan import JobPlan, Step, StepContext
 from restore import restore_disk
 
 JOB_TIMEOUT = 240   # TCG guests on a shared 2-core machine

@@ -14,11 +14,11 @@ from backup_helpers import same_content
 from libvirt_helpers import LibvirtGuest, libvirt_guest, reference_copy
 from libvirtd_server import libvirtd  # noqa: F401  (fixture)
 
+from appliance.backups.host import HostBackups, backup_vm_name
+from appliance.backups.libvirt import LibvirtBackupService
 from appliance.context import Appliance
 from appliance.errors import ConflictError, NotFoundError
-from appliance.host_backups import HostBackups, backup_vm_name
-from appliance.hosts import HostSpecError, HostUnreachableError
-from appliance.libvirt_backups import LibvirtBackupService
+from appliance.hosts.service import HostSpecError, HostUnreachableError
 from restore import restore_disk
 
 HOST = "kvm1"

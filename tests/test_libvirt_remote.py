@@ -7,7 +7,7 @@ from backup_helpers import same_content
 from libvirt_helpers import libvirt_guest, reference_copy
 from libvirtd_server import libvirtd  # noqa: F401  (fixture)
 
-from appliance.host_vm_backups import back_up_host_vm
+from appliance.backups.host_vm import back_up_host_vm
 from restore import restore_disk
 
 HOST = "kvm2"

@@ -14,8 +14,8 @@ import pytest
 
 from appliance.context import Appliance
 from appliance.errors import ConflictError, NotFoundError
-from appliance.pools import PoolError, check_storage, mount_of
-from appliance.vms import VMOptions
+from appliance.pools.service import PoolError, check_storage, mount_of
+from appliance.vms.service import VMOptions
 from vmm.placement import Host, PlacementError, place
 
 MiB = 1 << 20

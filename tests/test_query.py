@@ -6,8 +6,8 @@ from datetime import UTC, datetime
 import pytest
 from fastapi.testclient import TestClient
 
+from appliance.catalog.query import ListQuery, QueryError
 from appliance.context import Appliance
-from appliance.query import ListQuery, QueryError
 
 VMS = [{"name": "web1", "state": "running", "memory_mib": 512, "pid": 10, "disks": [{"name": "vda"}]},
        {"name": "web2", "state": "stopped", "memory_mib": 256, "pid": None, "disks": [{"name": "vdb"}]},

@@ -17,10 +17,10 @@ import pytest
 from backup_helpers import CHUNK, root_node, same_content
 from guest.harness import BOOT_TIMEOUT, MiB
 
+from appliance.backups.host_vm import back_up_host_vm
 from appliance.context import Appliance
 from appliance.errors import ConflictError, NotFoundError
-from appliance.host_vm_backups import back_up_host_vm
-from appliance.hosts import HostUnreachableError
+from appliance.hosts.service import HostUnreachableError
 from restore import restore_disk
 from transports.tunnel import SocketForward
 from vmm import DiskSpec, QMPSession, VMSpec

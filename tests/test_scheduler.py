@@ -20,11 +20,11 @@ from backup_helpers import (
 )
 from sqlalchemy import select
 
-from appliance.catalog import EventRecord, JobRecord
+from appliance.backups.retention import RetentionRules
 from appliance.context import Appliance
-from appliance.policies import BackupPolicy, PolicyService, SnapshotPolicy
-from appliance.retention import RetentionRules
-from appliance.scheduler import Scheduler
+from appliance.jobs.records import EventRecord, JobRecord
+from appliance.policies.scheduler import Scheduler
+from appliance.policies.service import BackupPolicy, PolicyService, SnapshotPolicy
 from restore import restore_disk
 
 JOB_TIMEOUT = 240

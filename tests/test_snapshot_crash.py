@@ -19,7 +19,7 @@ from snapshot_helpers import has_pattern, qemu_io_write
 
 from appliance.context import Appliance
 from appliance.errors import ConflictError
-from appliance.snapshots import CatalogJournal
+from appliance.snapshots.service import CatalogJournal
 
 BASE = (0xA1, 0, 16 * MiB)         # vda, before the snapshot: what a pull moves up
 # vda, after it: what a commit moves down. The mirror job behind an active commit copies its

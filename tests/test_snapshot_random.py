@@ -21,9 +21,9 @@ from pathlib import Path
 import pytest
 from backup_helpers import root_node, run
 
-from appliance.catalog import SnapshotTreeRecord
 from appliance.context import Appliance
 from appliance.errors import ConflictError
+from appliance.snapshots.records import SnapshotTreeRecord
 from chain import VMTree
 from restore import restore_disk
 

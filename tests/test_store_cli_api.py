@@ -12,7 +12,8 @@ import pytest
 from fastapi.testclient import TestClient
 from store_helpers import MiB, backup_image, chunk_files, disk_image, flip_byte
 
-from appliance.catalog import BackupRecord, open_catalog
+from appliance.backups.records import BackupRecord
+from appliance.catalog.engine import open_catalog
 from appliance.context import Appliance
 from appliance.settings import Settings
 from dedup import Store

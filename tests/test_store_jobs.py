@@ -7,8 +7,8 @@ from backup_helpers import MiB
 from fastapi.testclient import TestClient
 from store_helpers import chunk_files, flip_byte
 
-from appliance.catalog import JobRecord
 from appliance.context import Appliance
+from appliance.jobs.records import JobRecord
 
 JOB_TIMEOUT = 240
 

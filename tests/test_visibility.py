@@ -1,4 +1,4 @@
-"""Per-user and group visibility of VMs (appliance/visibility.py): a user sees their own VMs, their
+"""Per-user and group visibility of VMs (appliance/access/visibility.py): a user sees their own VMs, their
 groups' and the shared (ownerless) ones, with their backups, jobs and events; the rest is not found."""
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ from catalog_backends import catalog_url  # noqa: F401  (fixture)
 from conftest import TEST_PASSWORD
 from fastapi.testclient import TestClient
 
-from appliance.api import create_app
+from appliance.access.roles import Role
+from appliance.api.app import create_app
 from appliance.context import Appliance
-from appliance.roles import Role
 from dedup import Store
 
 DISK = 8 << 20

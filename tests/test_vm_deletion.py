@@ -19,14 +19,9 @@ from guest.harness import read_image
 from network_helpers import netns  # noqa: F401  (fixture)
 from sqlalchemy import select
 
-from appliance.catalog import (
-    SnapshotIntentRecord,
-    SnapshotTreeRecord,
-    VMOptionsRecord,
-    VMRecord,
-    VMTagRecord,
-)
 from appliance.context import Appliance
+from appliance.snapshots.records import SnapshotIntentRecord, SnapshotTreeRecord
+from appliance.vms.records import VMOptionsRecord, VMRecord, VMTagRecord
 
 CAIRN = str(Path(sys.executable).with_name("cairn"))
 MARK = 120 * MiB   # past the guest's boot pattern (0 and 100 MiB): the guest leaves it alone

@@ -7,7 +7,7 @@ import re
 
 from fastapi.testclient import TestClient
 
-from appliance.api import create_app
+from appliance.api.app import create_app
 from appliance.web import STATIC_DIR
 
 JS_FILES = sorted(p for p in STATIC_DIR.rglob("*.js") if "vendor" not in p.relative_to(STATIC_DIR).parts)
@@ -72,8 +72,8 @@ def test_the_pages_are_public_but_only_a_bearer_token_acts(appliance, api_client
 
 
 def test_the_consoles_role_rule_mirrors_the_servers():
-    """roles.js offers buttons by the same prefixes and patterns appliance/roles.py enforces."""
-    from appliance import roles
+    """roles.js offers buttons by the same prefixes and patterns appliance/access/roles.py enforces."""
+    from appliance.access import roles
     text = (STATIC_DIR / "js" / "roles.js").read_text()
 
     def js_list(name: str) -> list[str]:

@@ -24,7 +24,7 @@ from web_helpers import (
     until,
 )
 
-from appliance.roles import Role
+from appliance.access.roles import Role
 from dedup import Store
 from vmm import image_info
 

@@ -20,9 +20,9 @@ from web_helpers import (
     until,
 )
 
+from appliance.access.roles import Role
 from appliance.context import Appliance
-from appliance.roles import Role
-from appliance.vms import VMOptions
+from appliance.vms.service import VMOptions
 
 pytestmark = pytest.mark.slow
 BACKUP_WAIT = 300

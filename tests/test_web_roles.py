@@ -27,9 +27,9 @@ from web_helpers import (
     until,
 )
 
-from appliance.catalog import VMRecord
+from appliance.access.roles import Role
 from appliance.context import Appliance
-from appliance.roles import Role
+from appliance.vms.records import VMRecord
 
 pytestmark = pytest.mark.slow
 PAGES = ("#/", "#/vms", "#/vm/idle", "#/jobs", "#/store")

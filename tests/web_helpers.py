@@ -24,8 +24,8 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webelement import WebElement
 from selenium.webdriver.support.ui import WebDriverWait
 
+from appliance.access.roles import Role
 from appliance.context import Appliance
-from appliance.roles import Role
 
 REPO = Path(__file__).resolve().parent.parent
 SCREENSHOTS = Path(os.environ.get("CAIRN_SCREENSHOTS") or REPO / "build" / "screenshots" / "console")

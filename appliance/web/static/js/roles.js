@@ -1,4 +1,4 @@
-// The rule of appliance/roles.py, so that a user is offered only what the API lets them do.
+// The rule of appliance/access/roles.py, so that a user is offered only what the API lets them do.
 import { session } from "./api.js";
 
 const RANK = { viewer: 0, operator: 1, admin: 2 };

@@ -1,0 +1,221 @@
+"""Who sees which VM (Nano's per-user/group resource visibility), and everything that follows it.
+
+The rule, in one place:
+  - an admin sees every VM;
+  - anyone else sees a VM they own, a VM shared with one of their groups, and a VM with no
+    owner (made by the local CLI, or before this rule existed: shared with everyone);
+  - what derives from a VM follows it: its routes (/api/v1/vms/{name}/...), its backups (by
+    vm_name: they keep the VM's access row after it is deleted), and the jobs and events whose
+    resource is `vm:NAME`.
+An invisible VM, backup or job answers 404, like a missing one.
+
+The app applies it to every request (`guard`, an app-wide dependency after authorization):
+requests naming a VM, a backup or a job in their path are checked before their route runs.
+The list routes narrow what they return with `hidden_vms` / `vm_visible`.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from fastapi import APIRouter, Request
+from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy import ColumnElement, and_, literal, or_, select, true
+from sqlalchemy.orm import Session, sessionmaker
+
+from appliance.backups.records import BackupRecord
+from appliance.errors import CairnError, ConflictError, NotFoundError
+from appliance.jobs.records import JobRecord
+from appliance.vms.records import VMRecord
+from dedup import StoreError
+
+from .auth import Principal
+from .records import UserRecord, VMAccessRecord
+from .roles import Role
+from .users import NAME_RE
+
+VM_RESOURCE = "vm:"
+
+
+def _hidden_condition(who: Principal) -> ColumnElement[bool]:
+    """vm_access rows of VMs `who` may not see: owned by someone else, not shared with their groups."""
+    others = and_(VMAccessRecord.owner.is_not(None), VMAccessRecord.owner != who.name)
+    if not who.groups:
+        return others
+    return and_(others, or_(VMAccessRecord.group.is_(None), VMAccessRecord.group.not_in(who.groups)))
+
+
+def hidden_vms(session: Session, who: Principal) -> set[str]:
+    """Names of the VMs (existing or deleted, with their backups) that `who` may not see."""
+    if who.role == Role.ADMIN:
+        return set()
+    return set(session.scalars(select(VMAccessRecord.vm_name).where(_hidden_condition(who))))
+
+
+def visible_vms(session: Session, who: Principal) -> list[str]:
+    """Names of the catalog's VMs that `who` sees."""
+    hidden = hidden_vms(session, who)
+    return [n for n in session.scalars(select(VMRecord.name).order_by(VMRecord.name)) if n not in hidden]
+
+
+def vm_visible(column: Any, who: Principal, resource: bool = False) -> ColumnElement[bool]:
+    """A SQL condition on `column` (a VM name, or with resource=True a job or event resource
+    like "vm:web1"): true for the rows `who` may see."""
+    if who.role == Role.ADMIN:
+        return true()
+    name = (literal(VM_RESOURCE) + VMAccessRecord.vm_name) if resource else VMAccessRecord.vm_name
+    hidden = select(name).where(_hidden_condition(who))
+    return or_(column.is_(None), column.not_in(hidden)) if resource else column.not_in(hidden)
+
+
+class Visibility:
+    """The checks, on one appliance's catalog."""
+
+    def __init__(self, catalog: sessionmaker[Session], backup_vm: Callable[[str], str | None] | None = None):
+        self.catalog = catalog
+        # The VM of a backup the catalog does not know (found in the store alone), or None.
+        self.backup_vm = backup_vm
+
+    def hidden(self, who: Principal) -> set[str]:
+        with self.catalog() as s:
+            return hidden_vms(s, who)
+
+    def sees_vm(self, who: Principal, name: str) -> bool:
+        if who.role == Role.ADMIN:
+            return True
+        with self.catalog() as s:
+            access = s.get(VMAccessRecord, name)
+        return (access is None or access.owner is None or access.owner == who.name
+                or (access.group is not None and access.group in who.groups))
+
+    def sees_resource(self, who: Principal, resource: str | None) -> bool:
+        """For a job's or event's resource: a `vm:NAME` one follows the VM; any other is seen."""
+        if not resource or not resource.startswith(VM_RESOURCE):
+            return True
+        return self.sees_vm(who, resource[len(VM_RESOURCE):])
+
+    def check_vm(self, who: Principal, name: str) -> None:
+        if not self.sees_vm(who, name):
+            raise NotFoundError(f"no VM named {name}")
+
+    def check_backup(self, who: Principal, backup_id: str) -> None:
+        if who.role == Role.ADMIN:
+            return
+        with self.catalog() as s:
+            rec = s.get(BackupRecord, backup_id)
+        vm = rec.vm_name if rec is not None else self.backup_vm(backup_id) if self.backup_vm else None
+        if vm is not None and not self.sees_vm(who, vm):
+            raise NotFoundError(f"no backup {backup_id}")
+
+    def check_job(self, who: Principal, job_id: str) -> None:
+        if who.role == Role.ADMIN:
+            return
+        with self.catalog() as s:
+            rec = s.get(JobRecord, job_id)
+        if rec is not None and not self.sees_resource(who, rec.resource):
+            raise NotFoundError(f"no job {job_id}")
+
+    # -- ownership ------------------------------------------------------------------------------
+
+    def get(self, name: str) -> VMAccessRecord:
+        with self.catalog() as s:
+            return s.get(VMAccessRecord, name) or VMAccessRecord(vm_name=name, owner=None, group=None)
+
+    def set(self, name: str, owner: str | None, group: str | None) -> VMAccessRecord:
+        """The VM's owner and group; both None: shared with everyone."""
+        if group is not None and not NAME_RE.match(group):
+            raise CairnError(f"group name {group!r} is not valid: lower-case letters, digits, _ . - (up to 64)")
+        with self.catalog.begin() as s:
+            if s.get(VMRecord, name) is None:
+                raise NotFoundError(f"no VM named {name}")
+            if owner is not None and s.scalar(select(UserRecord.id).where(UserRecord.name == owner)) is None:
+                raise NotFoundError(f"no user named {owner}")
+            access = s.get(VMAccessRecord, name) or VMAccessRecord(vm_name=name)
+            access.owner, access.group = owner, group
+            s.add(access)
+        return access
+
+    def claim(self, who: Principal, name: str) -> None:
+        """Before `who` creates VM `name` through the API: refuse a name whose (deleted VM's)
+        backups they may not see, since a new VM would inherit them."""
+        if not self.sees_vm(who, name):
+            raise ConflictError(f"the VM name {name} is taken")
+
+    def own(self, who: Principal, name: str) -> None:
+        """`who` made VM `name` through the API: they own it, shared with no group yet."""
+        with self.catalog.begin() as s:
+            access = s.get(VMAccessRecord, name) or VMAccessRecord(vm_name=name)
+            access.owner, access.group = who.name, None
+            s.add(access)
+
+
+def visibility(appliance: Any) -> Visibility:
+    def backup_vm(backup_id: str) -> str | None:
+        try:
+            return appliance.store.get_backup(backup_id).vm
+        except (StoreError, OSError, ValueError):   # not in the store either: the route answers for itself
+            return None
+    return Visibility(appliance.catalog, backup_vm)
+
+
+# -- the app-wide check ---------------------------------------------------------------------------
+
+# (path prefix, path parameter, check): a request under the prefix naming that parameter is checked.
+_GUARDED: tuple[tuple[str, str, str], ...] = (
+    ("/api/v1/vms/", "name", "check_vm"),
+    ("/api/v1/instant-restores/", "vm", "check_vm"),
+    ("/api/v1/backups/", "backup_id", "check_backup"),
+    ("/api/v1/jobs/", "job_id", "check_job"),
+)
+
+
+def guard(appliance: Any) -> Callable[[Request], None]:
+    """The app-wide dependency (after authorize): a VM, backup or job in the path that the
+    caller may not see is not found."""
+    checks = visibility(appliance)
+
+    def check_path(request: Request) -> None:
+        who: Principal | None = getattr(request.state, "principal", None)
+        if who is None or who.role == Role.ADMIN:
+            return
+        path = request.url.path
+        for prefix, param, check in _GUARDED:
+            value = request.path_params.get(param)
+            if value is not None and path.startswith(prefix):
+                getattr(checks, check)(who, value)
+
+    return check_path
+
+
+# -- the admin's routes ---------------------------------------------------------------------------
+
+class AccessIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    owner: str | None = Field(None, max_length=64, description="a user name; none: shared with everyone")
+    group: str | None = Field(None, max_length=64, description="a group whose members see it too")
+
+
+class AccessOut(BaseModel):
+    vm: str
+    owner: str | None
+    group: str | None
+
+
+def access_router(appliance: Any) -> APIRouter:
+    """GET (who sees it) and PUT (admin: who owns it) /api/v1/vms/{name}/access."""
+    router = APIRouter(prefix="/api/v1/vms/{name}/access", tags=["vms"])
+    checks = visibility(appliance)
+
+    def out(rec: VMAccessRecord) -> AccessOut:
+        return AccessOut(vm=rec.vm_name, owner=rec.owner, group=rec.group)
+
+    @router.get("", response_model=AccessOut)
+    def get_access(name: str) -> AccessOut:
+        appliance.vms.spec(name)   # a 404 for a VM that does not exist
+        return out(checks.get(name))
+
+    @router.put("", response_model=AccessOut)
+    def set_access(name: str, body: AccessIn) -> AccessOut:
+        return out(checks.set(name, body.owner, body.group))
+
+    return router

@@ -1,0 +1,175 @@
+"""Signing in and one's own account under /api/v1/auth, API tokens under /api/v1/tokens, and the
+dependency that authenticates and authorizes every request of the app (see roles.required_role)."""
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Request, Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+from appliance.access.auth import Principal
+from appliance.access.records import AccessKeyRecord
+from appliance.access.roles import required_role
+from appliance.context import Appliance
+from appliance.errors import CairnError, ForbiddenError, UnauthorizedError
+
+
+def _encodable(text: str) -> str:
+    # JSON may carry lone surrogates ("\ud800"): valid str, but neither a password nor a database takes them.
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise ValueError("not valid Unicode text") from e
+    return text
+
+
+Text = Annotated[str, AfterValidator(_encodable)]
+TOTP_CODE = r"^[0-9]{6}$"
+
+bearer = HTTPBearer(auto_error=False, description="A session token from /api/v1/auth/login or an access key "
+                                                  "(`ck_<id>.<secret>`) from /api/v1/tokens")
+
+
+def authorizer(appliance: Appliance) -> Callable[..., None]:
+    """The app-wide dependency: who calls (request.state.principal), and may they?"""
+
+    def authorize(request: Request,
+                  credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> None:
+        needed = required_role(request.method, request.url.path)
+        if needed is None:
+            return
+        if credentials is None:
+            raise UnauthorizedError("sign in first: send `Authorization: Bearer <session token or access key>`")
+        principal = appliance.auth.authenticate(credentials.credentials)
+        request.state.principal = principal
+        if not principal.role.allows(needed):
+            raise ForbiddenError(f"{principal.name} is a {principal.role.value}: "
+                                 f"{request.method} {request.url.path} needs an {needed.value}")
+
+    return authorize
+
+
+def current_principal(request: Request) -> Principal:
+    return request.state.principal
+
+
+Caller = Annotated[Principal, Depends(current_principal)]
+
+
+class LoginRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    username: Text = Field(min_length=1, max_length=64)
+    password: Text = Field(min_length=1, max_length=1024)
+    totp: str | None = Field(None, pattern=TOTP_CODE, description="the current code, for users with TOTP")
+
+
+class UserOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+    name: str
+    role: str
+    disabled: bool
+    totp_enabled: bool
+    created_at: datetime
+    groups: list[str] = []
+
+
+class LoginOut(BaseModel):
+    token: str
+    expires_at: datetime
+    user: UserOut
+
+
+class PasswordChange(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    current: Text = Field(max_length=1024)
+    new: Text = Field(max_length=1024)
+
+
+class TotpEnrolmentOut(BaseModel):
+    secret: str
+    uri: str = Field(description="otpauth:// URI for an authenticator app")
+
+
+class TotpCode(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    code: str = Field(pattern=TOTP_CODE)
+
+
+class TokenRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: Text = Field(min_length=1, max_length=128, description="what uses it")
+    expires_in_days: float | None = Field(None, gt=0, le=3650)
+
+
+class TokenOut(BaseModel):
+    id: str
+    name: str
+    owner: str
+    created_at: datetime
+    expires_at: datetime | None
+    revoked_at: datetime | None
+    last_used_at: datetime | None
+
+
+class IssuedTokenOut(TokenOut):
+    token: str = Field(description="`<id>.<secret>`: shown once, send it as `Authorization: Bearer <token>`")
+
+
+def auth_router(appliance: Appliance) -> APIRouter:
+    router = APIRouter(prefix="/api/v1", tags=["auth"])
+
+    @router.post("/auth/login", response_model=LoginOut)
+    def login(body: LoginRequest, request: Request) -> LoginOut:
+        request.state.claimed_user = body.username  # the audit line names who tried
+        client = request.client.host if request.client else ""
+        issued = appliance.auth.login(body.username, body.password, body.totp, client)
+        return LoginOut(token=issued.token, expires_at=issued.expires_at, user=UserOut.model_validate(issued.user))
+
+    @router.delete("/auth/session", status_code=204)
+    def logout(caller: Caller, credentials: Annotated[HTTPAuthorizationCredentials, Depends(bearer)]) -> Response:
+        if caller.credential != "session":
+            raise CairnError("this is an access key, not a session: revoke it under /api/v1/tokens")
+        appliance.auth.logout(credentials.credentials)
+        return Response(status_code=204)
+
+    @router.get("/auth/me", response_model=UserOut)
+    def me(caller: Caller) -> UserOut:
+        return UserOut.model_validate(appliance.users.get(caller.name))
+
+    @router.post("/auth/password", status_code=204)
+    def change_password(caller: Caller, body: PasswordChange) -> Response:
+        appliance.users.change_password(caller.name, body.current, body.new)
+        return Response(status_code=204)
+
+    @router.post("/auth/totp", response_model=TotpEnrolmentOut, status_code=201)
+    def enrol_totp(caller: Caller) -> TotpEnrolmentOut:
+        enrolment = appliance.users.enrol_totp(caller.name)
+        return TotpEnrolmentOut(secret=enrolment.secret, uri=enrolment.uri)
+
+    @router.post("/auth/totp/confirm", response_model=UserOut)
+    def confirm_totp(caller: Caller, body: TotpCode) -> UserOut:
+        return UserOut.model_validate(appliance.users.confirm_totp(caller.name, body.code))
+
+    @router.get("/tokens", response_model=list[TokenOut])
+    def list_tokens(caller: Caller) -> list[TokenOut]:
+        return [_token_out(key, owner) for key, owner in appliance.auth.list_keys(caller)]
+
+    @router.post("/tokens", response_model=IssuedTokenOut, status_code=201)
+    def create_token(caller: Caller, body: TokenRequest) -> IssuedTokenOut:
+        days = body.expires_in_days
+        issued = appliance.auth.create_key(caller, body.name, timedelta(days=days) if days else None)
+        return IssuedTokenOut(token=issued.token, **_token_out(issued.record, caller.name).model_dump())
+
+    @router.delete("/tokens/{token_id}", response_model=TokenOut)
+    def revoke_token(caller: Caller, token_id: str) -> TokenOut:
+        return _token_out(*appliance.auth.revoke_key(caller, token_id))
+
+    return router
+
+
+def _token_out(key: AccessKeyRecord, owner: str) -> TokenOut:
+    fields = ("id", "name", "created_at", "expires_at", "revoked_at", "last_used_at")
+    return TokenOut(owner=owner, **{f: getattr(key, f) for f in fields})

@@ -1,0 +1,58 @@
+"""Deleting backups and policies under deletion protection, the rules, and the recycle bin.
+
+Every DELETE takes `?dry_run=true`: then it only says what the deletion would take with it.
+"""
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Response
+
+from appliance.catalog.query import ListQuery, list_query
+from appliance.context import Appliance
+from appliance.deletion.deletables import deletion_service
+from appliance.deletion.protection import DeletionRule, Impact, RecycledOut, recycled_out
+from appliance.deletion.records import RecycledRecord
+
+from .jobs import ERRORS
+
+
+def deletion_router(appliance: Appliance) -> APIRouter:
+    router = APIRouter(prefix="/api/v1", tags=["deletion"])
+    deletions = deletion_service(appliance)
+
+    def delete_or_preview(kind: str, name: str, dry_run: bool) -> Impact:
+        return deletions.preview(kind, name) if dry_run else deletions.delete(kind, name)
+
+    @router.delete("/backups/{backup_id}", response_model=Impact, responses=ERRORS)
+    def delete_backup(backup_id: str, dry_run: bool = False) -> Impact:
+        """Delayed by default: the backup waits in the recycle bin (restorable) for a week."""
+        return delete_or_preview("backup", backup_id, dry_run)
+
+    @router.delete("/policies/{ref}", response_model=Impact, responses=ERRORS)
+    def delete_policy(ref: str, dry_run: bool = False) -> Impact:
+        return delete_or_preview("policy", ref, dry_run)
+
+    @router.get("/deletion-rules", response_model=dict[str, DeletionRule])
+    def get_rules() -> dict[str, DeletionRule]:
+        return deletions.rules()
+
+    @router.put("/deletion-rules/{kind}", response_model=DeletionRule, responses=ERRORS)
+    def set_rule(kind: str, rule: DeletionRule) -> DeletionRule:
+        return deletions.set_rule(kind, rule)
+
+    @router.get("/recycle-bin", response_model=list[RecycledOut], responses=ERRORS)
+    def list_bin(query: Annotated[ListQuery, Depends(list_query)], response: Response) -> list[RecycledOut]:
+        with appliance.catalog() as s:
+            return [recycled_out(r) for r in query.run(s, RecycledRecord, response=response)]
+
+    @router.post("/recycle-bin/{recycle_id}/restore", response_model=RecycledOut, responses=ERRORS)
+    def restore(recycle_id: str) -> RecycledOut:
+        return deletions.restore(recycle_id)
+
+    @router.delete("/recycle-bin/{recycle_id}", response_model=RecycledOut, responses=ERRORS)
+    def purge(recycle_id: str) -> RecycledOut:
+        """Delete for good now, without waiting for its purge time."""
+        return deletions.purge(recycle_id)
+
+    return router

@@ -1,0 +1,128 @@
+"""Host endpoints under /api/v1/hosts: the same operations as `cairn host`.
+
+A VM's backup answers when it is done (host VMs are backed up in the request, not as a job of
+the job engine)."""
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from fastapi import APIRouter, Response
+from pydantic import BaseModel, ConfigDict, Field
+
+from appliance.backups.host_vm import back_up_host_vm
+from appliance.context import Appliance
+from vmm.hosts import HostVM
+
+from .app import BackupOut
+
+
+class HostIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    kind: Literal["libvirt", "ssh"] = "libvirt"
+    uri: str = Field(description="libvirt: its connection URI, e.g. qemu:///system; ssh: ssh://user@host[:port]")
+    key_file: str | None = Field(None, description="ssh: the private key (a path on the appliance)")
+    known_hosts: str | None = Field(None, description="ssh, and libvirt over qemu+ssh: a known_hosts file "
+                                                      "naming the host's key")
+    agent_dir: str | None = Field(None, description="ssh: where the agent lives on the host "
+                                                    "(default /var/lib/cairn-agent)")
+    scratch_dir: str | None = Field(None, description="libvirt over qemu+ssh: a directory on the host its "
+                                                      "QEMU can write to, for backups' sockets and scratch files")
+
+
+class HostOut(BaseModel):
+    name: str
+    kind: str
+    uri: str
+    options: dict[str, Any]
+
+
+class HostDiskOut(BaseModel):
+    target: str
+    path: str | None
+    format: str
+
+
+class HostVMOut(BaseModel):
+    name: str
+    uuid: str | None
+    state: str
+    vcpus: int
+    memory_mib: int
+    disks: list[HostDiskOut]
+
+
+class StopIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    timeout: float = Field(60.0, gt=0, description="seconds to wait after the ACPI power button")
+    force: bool = Field(False, description="pull the plug at once")
+
+
+class SnapshotIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(description="the snapshot's name; each disk goes on in an overlay <image base>.<name>")
+
+
+class HostBackupIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    full: bool = False
+
+
+def _vm(vm: HostVM) -> HostVMOut:
+    return HostVMOut.model_validate(vm.to_dict())
+
+
+def host_router(appliance: Appliance) -> APIRouter:
+    router = APIRouter(prefix="/api/v1/hosts", tags=["hosts"])
+    hosts = appliance.hosts
+
+    @router.get("", response_model=list[HostOut])
+    def list_hosts() -> list[HostOut]:
+        return [HostOut(**h.to_dict()) for h in hosts.list()]
+
+    @router.post("", response_model=HostOut, status_code=201)
+    def add_host(body: HostIn) -> HostOut:
+        return HostOut(**hosts.add(body.name, body.uri, body.kind, body.key_file, body.known_hosts,
+                                   body.agent_dir, body.scratch_dir).to_dict())
+
+    @router.get("/{name}", response_model=HostOut)
+    def get_host(name: str) -> HostOut:
+        return HostOut(**hosts.get(name).to_dict())
+
+    @router.delete("/{name}", status_code=204)
+    def remove_host(name: str) -> Response:
+        hosts.remove(name)
+        return Response(status_code=204)
+
+    @router.get("/{name}/vms", response_model=list[HostVMOut])
+    def list_vms(name: str) -> list[HostVMOut]:
+        return [_vm(v) for v in hosts.vms(name)]
+
+    @router.get("/{name}/vms/{vm}", response_model=HostVMOut)
+    def get_vm(name: str, vm: str) -> HostVMOut:
+        return _vm(hosts.vm(name, vm))
+
+    @router.post("/{name}/vms/{vm}/start", response_model=HostVMOut)
+    def start_vm(name: str, vm: str) -> HostVMOut:
+        return _vm(hosts.start(name, vm))
+
+    @router.post("/{name}/vms/{vm}/stop", response_model=HostVMOut)
+    def stop_vm(name: str, vm: str, body: StopIn | None = None) -> HostVMOut:
+        body = body or StopIn()
+        return _vm(hosts.stop(name, vm, body.timeout, body.force))
+
+    @router.get("/{name}/vms/{vm}/snapshots", response_model=list[str])
+    def list_snapshots(name: str, vm: str) -> list[str]:
+        return hosts.snapshots(name, vm)
+
+    @router.post("/{name}/vms/{vm}/snapshots", response_model=list[str], status_code=201)
+    def create_snapshot(name: str, vm: str, body: SnapshotIn) -> list[str]:
+        """A disk-only snapshot of a libvirt domain, all disks at one instant; returns its snapshots."""
+        return hosts.snapshot(name, vm, body.name)
+
+    @router.post("/{name}/vms/{vm}/backups", response_model=BackupOut, status_code=201)
+    def back_up_vm(name: str, vm: str, body: HostBackupIn | None = None) -> BackupOut:
+        result = back_up_host_vm(appliance, name, vm, full=(body or HostBackupIn()).full)
+        return BackupOut.model_validate(appliance.backups.get(result.manifest.backup_id))
+
+    return router

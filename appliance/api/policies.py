@@ -1,0 +1,63 @@
+"""Backup and snapshot policies under /api/v1/policies, and the VM tags they select by."""
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated
+
+from fastapi import APIRouter, Body, Depends, Query, Response
+from pydantic import BaseModel, Field
+
+from appliance.catalog.query import ListQuery, list_query
+from appliance.context import Appliance
+from appliance.policies.records import PolicyRecord
+from appliance.policies.service import Policy, PolicyOut, PolicyService, policy_out
+
+from .jobs import ERRORS
+
+
+class PolicyPreview(BaseModel):
+    policy: str
+    enabled: bool
+    now: datetime
+    next_runs: list[datetime] = Field(description="the next times the schedule fires (UTC)")
+    vms: dict[str, str] = Field(description="each VM selected today and what its next run would do")
+
+
+Tag = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$", max_length=63)]
+
+
+def policy_router(appliance: Appliance) -> APIRouter:
+    router = APIRouter(prefix="/api/v1", tags=["policies"])
+    policies = PolicyService(appliance.catalog)
+
+    @router.get("/policies", response_model=list[PolicyOut], responses=ERRORS)
+    def list_policies(query: Annotated[ListQuery, Depends(list_query)], response: Response) -> list[PolicyOut]:
+        with appliance.catalog() as s:
+            return [policy_out(r) for r in query.run(s, PolicyRecord, response=response)]
+
+    @router.post("/policies", response_model=PolicyOut, status_code=201, responses=ERRORS)
+    def create_policy(policy: Annotated[Policy, Body()]) -> PolicyOut:
+        return policy_out(policies.create(policy))
+
+    @router.get("/policies/{ref}", response_model=PolicyOut, responses=ERRORS)
+    def get_policy(ref: str) -> PolicyOut:
+        """`ref` is the policy's id or name."""
+        return policy_out(policies.get(ref))
+
+    @router.put("/policies/{ref}", response_model=PolicyOut, responses=ERRORS)
+    def replace_policy(ref: str, policy: Annotated[Policy, Body()]) -> PolicyOut:
+        return policy_out(policies.replace(ref, policy))
+
+    @router.get("/policies/{ref}/preview", response_model=PolicyPreview, responses=ERRORS)
+    def preview_policy(ref: str, count: Annotated[int, Query(ge=1, le=100)] = 5) -> PolicyPreview:
+        return PolicyPreview(**policies.preview(ref, count))
+
+    @router.get("/vms/{name}/tags", response_model=list[str], responses=ERRORS)
+    def get_tags(name: str) -> list[str]:
+        return policies.tags(name)
+
+    @router.put("/vms/{name}/tags", response_model=list[str], responses=ERRORS)
+    def set_tags(name: str, tags: Annotated[list[Tag], Body()]) -> list[str]:
+        return policies.set_tags(name, tags)
+
+    return router

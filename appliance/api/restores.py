@@ -1,0 +1,258 @@
+"""Restore endpoints: a disk into a target the appliance host can reach, a whole VM as a
+new VM or over the VM it came from, files out of a backed-up filesystem, instant restore
+and boot tests. They answer when the restore (or boot test) is done; an instant restore
+answers once its VM runs."""
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import PurePosixPath
+from typing import Literal
+
+from fastapi import APIRouter
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from appliance.access.visibility import visibility
+from appliance.context import Appliance
+from appliance.errors import CairnError, NotFoundError
+from appliance.restores.boot_test import DEFAULT_MARKER
+from restore import (
+    CorruptBackupError,
+    RestoreError,
+    VerifyError,
+    parse_destination,
+    restore_disk,
+)
+from restore.files import BackupFilesystem, FileNotInBackupError
+
+from .auth import Caller
+
+DOWNLOAD_BLOCK = 1 << 20
+
+
+class RestoreFailedError(CairnError):
+    """The restore was refused (target exists, too small, ...) and nothing was changed."""
+    status = 409
+
+
+class BackupDamagedError(CairnError):
+    """The backup's data could not be restored or read back as it was stored."""
+    status = 500
+
+
+class DiskRestoreRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    target: str  # image file path, block device, nbd:// URL
+    format: Literal["raw", "qcow2"] = "raw"
+    force: bool = False
+    verify: bool = False
+
+
+class DiskRestoreOut(BaseModel):
+    backup_id: str
+    disk: str
+    target: str
+    bytes_written: int
+    seconds: float
+    verified: bool
+
+
+class VMRestoreRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    mode: Literal["new", "over"]
+    name: str | None = None  # mode "new": the new VM's name
+    stop: bool = False  # mode "over": shut the VM down first
+    verify: bool = True
+
+
+class VMRestoreOut(BaseModel):
+    vm: str
+    backup_id: str
+    disks: dict[str, str]
+    bytes_written: int
+    seconds: float
+    verified: bool
+
+
+class FileEntryOut(BaseModel):
+    name: str
+    kind: Literal["file", "dir", "symlink", "other"]
+    size: int
+    mtime: float
+    target: str | None
+
+
+class InstantRestoreRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    speed: int = Field(0, ge=0, description="bytes/s per disk; 0: unlimited")
+
+
+class SpeedRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    speed: int = Field(ge=0, description="bytes/s per disk; 0: unlimited")
+
+
+class ResumeRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    speed: int | None = Field(None, ge=0)
+
+
+class InstantDiskOut(BaseModel):
+    name: str
+    source: str
+    overlay: str
+    socket: str
+
+
+class InstantRestoreOut(BaseModel):
+    vm: str
+    backup_id: str
+    store: str
+    disks: list[InstantDiskOut]
+    speed: int
+    status: Literal["hydrating", "done", "failed"]
+    error: str | None
+    progress: dict[str, list[int]]
+
+
+class BootTestRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    timeout: float = Field(120.0, gt=0, le=3600)
+    marker: str = Field(DEFAULT_MARKER, min_length=1)
+
+
+class BootTestOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+    backup_id: str
+    vm_name: str
+    passed: bool
+    reason: str
+    seconds: float
+    console: str
+
+
+def restore_router(appliance: Appliance) -> APIRouter:
+    router = APIRouter()
+    router.include_router(backup_restore_router(appliance))
+    router.include_router(instant_router(appliance))
+    return router
+
+
+def backup_restore_router(appliance: Appliance) -> APIRouter:
+    """/api/v1/backups/{backup_id}/...: restore from one backup."""
+    router = APIRouter(prefix="/api/v1/backups/{backup_id}", tags=["restore"])
+    seen = visibility(appliance)
+
+    @router.post("/disks/{disk}/restore", response_model=DiskRestoreOut)
+    def restore_one_disk(backup_id: str, disk: str, body: DiskRestoreRequest) -> DiskRestoreOut:
+        with reported():
+            destination = parse_destination(body.target, body.format, body.force)
+            result = restore_disk(appliance.store, backup_id, disk, destination, verify=body.verify)
+        return DiskRestoreOut(backup_id=backup_id, disk=disk, target=body.target, bytes_written=result.bytes_written,
+                              seconds=result.seconds, verified=result.verified)
+
+    @router.post("/restore", response_model=VMRestoreOut)
+    async def restore_vm(caller: Caller, backup_id: str, body: VMRestoreRequest) -> VMRestoreOut:
+        service = appliance.restores
+        with reported():
+            if body.mode == "new":
+                if not body.name:
+                    raise RestoreFailedError("mode new needs the new VM's name")
+                seen.claim(caller, body.name)
+                result = await asyncio.to_thread(service.as_new_vm, backup_id, body.name, verify=body.verify)
+                seen.own(caller, body.name)
+            else:
+                vm = appliance.store.get_backup(backup_id).vm
+                result = await service.over_vm(backup_id, vm, stop=body.stop, verify=body.verify)
+        return VMRestoreOut(**vars(result))
+
+    @router.get("/disks/{disk}/files", response_model=list[FileEntryOut])
+    def list_files(backup_id: str, disk: str, path: str = "/", partition: int | None = None) -> list[FileEntryOut]:
+        """A directory of the disk's filesystem (partition: 1, 2, ... of an MBR/GPT disk)."""
+        with reported(), BackupFilesystem(appliance.store, backup_id, disk, partition) as fs:
+            return [FileEntryOut(**vars(e)) for e in fs.list(path)]
+
+    @router.get("/disks/{disk}/files/content")
+    def download_file(backup_id: str, disk: str, path: str, partition: int | None = None) -> StreamingResponse:
+        """One file's bytes. The filesystem is opened before the answer starts, so errors are
+        reported as such; it is closed when the download ends."""
+        with reported():
+            fs = BackupFilesystem(appliance.store, backup_id, disk, partition).mount()
+            try:
+                file = fs.open(path)
+            except BaseException:
+                fs.close()
+                raise
+
+        def content() -> Iterator[bytes]:
+            try:
+                while block := file.read(DOWNLOAD_BLOCK):
+                    yield block
+            finally:
+                file.close()
+                fs.close()
+        name = PurePosixPath(path).name
+        return StreamingResponse(content(), media_type="application/octet-stream",
+                                 headers={"Content-Disposition": f'attachment; filename="{name}"'})
+
+    @router.post("/instant-restore", response_model=InstantRestoreOut, status_code=201)
+    async def start_instant_restore(caller: Caller, backup_id: str, body: InstantRestoreRequest) -> InstantRestoreOut:
+        """Start VM `name` on the backup now; its disks are copied in while it runs."""
+        seen.claim(caller, body.name)
+        with reported():
+            state = await appliance.restores.instant.start(backup_id, body.name, speed=body.speed)
+        seen.own(caller, body.name)
+        return InstantRestoreOut(**state.to_dict())
+
+    @router.post("/boot-test", response_model=BootTestOut)
+    async def boot_test(backup_id: str, body: BootTestRequest | None = None) -> BootTestOut:
+        """Boot the backup in an isolated, throw-away VM; answers with the recorded result."""
+        body = body or BootTestRequest()
+        with reported():
+            result = await appliance.restores.boot_tests.run(backup_id, timeout=body.timeout, marker=body.marker)
+        return BootTestOut(vm_name=result.vm, **{k: v for k, v in vars(result).items() if k != "vm"})
+
+    @router.get("/boot-tests", response_model=list[BootTestOut])
+    def boot_tests(backup_id: str) -> list[BootTestOut]:
+        return [BootTestOut.model_validate(r) for r in appliance.restores.boot_tests.history(backup_id)]
+
+    return router
+
+
+def instant_router(appliance: Appliance) -> APIRouter:
+    """/api/v1/instant-restores/{vm}: follow, throttle and resume instant restores. Looking at one
+    whose copy is complete finishes it (stops serving the backup)."""
+    router = APIRouter(prefix="/api/v1/instant-restores/{vm}", tags=["restore"])
+    instant = appliance.restores.instant
+
+    @router.get("", response_model=InstantRestoreOut)
+    async def instant_status(vm: str) -> InstantRestoreOut:
+        return InstantRestoreOut(**(await instant.poll(vm)).to_dict())
+
+    @router.post("/speed", response_model=InstantRestoreOut)
+    async def instant_speed(vm: str, body: SpeedRequest) -> InstantRestoreOut:
+        return InstantRestoreOut(**(await instant.set_speed(vm, body.speed)).to_dict())
+
+    @router.post("/resume", response_model=InstantRestoreOut)
+    async def instant_resume(vm: str, body: ResumeRequest | None = None) -> InstantRestoreOut:
+        with reported():
+            state = await instant.resume(vm, speed=body.speed if body else None)
+        return InstantRestoreOut(**state.to_dict())
+
+    return router
+
+
+@contextmanager
+def reported() -> Iterator[None]:
+    """Restore's errors as the API's: refusals are 409, damaged data 500."""
+    try:
+        yield
+    except FileNotInBackupError as e:
+        raise NotFoundError(str(e)) from e
+    except (CorruptBackupError, VerifyError) as e:
+        raise BackupDamagedError(str(e)) from e
+    except RestoreError as e:
+        raise RestoreFailedError(str(e)) from e

@@ -1,0 +1,383 @@
+"""VM management endpoints: lifecycle, resize, clones, HA, scheduling groups, the image library
+and the VNC console (one-time tokens, then a WebSocket proxied to the VM's VNC socket).
+
+The HA supervisor runs for as long as the app does (this router's lifespan).
+"""
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager, suppress
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, FastAPI, Request, Response
+from fastapi.concurrency import run_in_threadpool
+from fastapi.routing import APIRoute
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from starlette.routing import WebSocketRoute
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from appliance.access.visibility import visibility
+from appliance.context import Appliance
+from appliance.deletion.deletables import deletion_service
+from appliance.deletion.protection import Impact
+from appliance.errors import ConflictError
+from appliance.units import parse_size
+from appliance.vms.service import VMOptions, VMView
+from vmm import VMBusyError, VMError, VMSpecError, VMStateError
+from vmm.console import ConsoleTokens, vnc_password
+from vmm.images_library import ImageChecksumError, ImageRecord
+from vmm.placement import PlacementError, SchedulingGroup
+from vmm.spec import NicSpec, random_mac
+
+from .app import error_body
+from .auth import Caller
+from .jobs import ERRORS
+
+CONSOLE_PATH = "/api/v1/console"
+PROXY_READ_SIZE = 64 * 1024
+# "10G", "512M" or a number of bytes; a bad size is a 422 like any other invalid field.
+Size = Annotated[int, BeforeValidator(lambda v: parse_size(str(v)))]
+
+
+class VMErrorRoute(APIRoute):
+    """Answers vmm's errors as JSON errors like the rest of the API: a bad definition is 422,
+    a VM in the wrong state or a refused image 409, anything else QEMU refused 400."""
+
+    def get_route_handler(self) -> Callable[[Request], Awaitable[Response]]:
+        handler = super().get_route_handler()
+
+        async def handle(request: Request) -> Response:
+            try:
+                return await handler(request)
+            except VMError as e:
+                status = (422 if isinstance(e, VMSpecError) else
+                          409 if isinstance(e, VMStateError | VMBusyError | ImageChecksumError | PlacementError)
+                          else 400)
+                request.state.error = f"{type(e).__name__}: {e}"
+                return error_body(status, type(e).__name__, str(e))
+        return handle
+
+
+class NicIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    mode: Literal["user", "tap", "bridge"] = "user"
+    mac: str | None = None
+    tap: str | None = None
+    bridge: str | None = None
+
+
+class VMCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    vcpus: int = Field(1, ge=1, le=255)
+    memory_mib: int = Field(256, ge=16)
+    disks: list[Size] = Field([], description="sizes of new blank disks, e.g. 10G (the first one "
+                                             "is the size of the overlay on `image`)")
+    image: str | None = Field(None, description="library disk image for the first disk (thin)")
+    iso: str | None = Field(None, description="library ISO in the cdrom (booted first)")
+    storage_pool: str | None = Field(None, description="storage pool for the disks (/api/v1/pools)")
+    profile: Literal["modern", "legacy"] = "modern"
+    nics: list[NicIn] = []
+    boot: list[Literal["disk", "cdrom", "network"]] = []
+    console: bool = True
+    ha: bool = False
+    kernel: str | None = None
+    initrd: str | None = None
+    append: str | None = None
+
+
+class NicOut(BaseModel):
+    name: str
+    mode: str
+    mac: str
+    tap: str | None
+    bridge: str | None
+
+
+class VMDetail(BaseModel):
+    name: str
+    state: str
+    pid: int | None
+    vcpus: int
+    memory_mib: int
+    profile: str
+    disks: list[dict[str, str]]
+    nics: list[NicOut]
+    cdrom: str | None
+    boot: list[str]
+    console: bool
+    ha: bool
+    linked_to: str | None
+
+
+class Resize(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    vcpus: int | None = Field(None, ge=1, le=255)
+    memory_mib: int | None = Field(None, ge=16)
+
+
+class DiskResize(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    size: Size = Field(description="the new size, e.g. 20G; disks only grow")
+
+
+class StopRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    timeout: float = Field(30.0, ge=0)
+    force: bool = False
+
+
+class CloneRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    names: list[str] = Field(min_length=1)
+    mode: Literal["full", "instant"] = "full"
+
+
+class HARequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    enabled: bool
+    max_restarts: int = Field(3, ge=1)
+    window_seconds: int = Field(600, ge=1)
+
+
+class ConsoleTicket(BaseModel):
+    token: str = Field(description="one-time: opens one WebSocket within ttl_seconds")
+    url: str
+    password: str = Field(description="the VM's VNC password (VNC authentication, 8 characters)")
+    ttl_seconds: float
+
+
+class ImageImport(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    path: str = Field(description="a file on the appliance host")
+    kind: Literal["iso", "disk"] | None = None
+
+
+class ImageFromVM(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    image: str
+    disk: str | None = None
+
+
+class GroupIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    policy: Literal["vm-anti-affinity", "vm-affinity", "vm-host-anti-affinity", "vm-host-affinity"]
+    enforcement: Literal["mandatory", "preferred"]
+    vms: list[str]
+    hosts: list[str] = []
+
+
+class GroupOut(GroupIn):
+    name: str
+
+
+def detail(view: VMView) -> VMDetail:
+    spec = view.spec
+    return VMDetail(name=spec.name, state=view.status.state, pid=view.status.pid, vcpus=spec.vcpus,
+                    memory_mib=spec.memory_mib, profile=spec.profile,
+                    disks=[{"name": d.name, "path": d.path, "format": d.format} for d in spec.disks],
+                    nics=[NicOut(**vars(n)) for n in spec.nics], cdrom=spec.cdrom, boot=spec.boot,
+                    console=spec.vnc, ha=view.ha, linked_to=view.linked_to)
+
+
+def vm_router(appliance: Appliance) -> APIRouter:
+    vms = appliance.vms
+    tokens = ConsoleTokens()
+    seen = visibility(appliance)
+
+    @asynccontextmanager
+    async def supervise(_: FastAPI) -> AsyncIterator[None]:
+        with vms.supervised():
+            yield
+
+    router = APIRouter(tags=["vms"], route_class=VMErrorRoute, lifespan=supervise)
+
+    @router.post("/api/v1/vms", response_model=VMDetail, status_code=201)
+    async def create_vm(caller: Caller, body: VMCreate) -> VMDetail:
+        """The new VM is the caller's: only they (and admins) see it until an admin shares it."""
+        seen.claim(caller, body.name)
+        nics = [NicSpec(f"net{i}", n.mode, n.mac or random_mac(), n.tap, n.bridge)
+                for i, n in enumerate(body.nics)]
+        options = VMOptions(image=body.image, iso=body.iso, profile=body.profile, nics=nics,
+                            boot=list(body.boot), vnc=body.console, storage_pool=body.storage_pool)
+        await run_in_threadpool(vms.create, body.name, body.disks,
+                                body.memory_mib, body.vcpus, body.kernel, body.initrd, body.append,
+                                None, options)
+        seen.own(caller, body.name)
+        if body.ha:
+            vms.set_ha(body.name, True)
+        return detail(vms.show(body.name))
+
+    @router.post("/api/v1/vms/{name}/start", response_model=VMDetail)
+    async def start_vm(name: str) -> VMDetail:
+        return detail(await vms.start(name))
+
+    @router.post("/api/v1/vms/{name}/stop", response_model=VMDetail)
+    async def stop_vm(name: str, body: StopRequest | None = None) -> VMDetail:
+        body = body or StopRequest()
+        return detail(await vms.stop(name, timeout=body.timeout, force=body.force))
+
+    @router.post("/api/v1/vms/{name}/reboot", response_model=VMDetail)
+    async def reboot_vm(name: str) -> VMDetail:
+        return detail(await vms.reboot(name))
+
+    @router.post("/api/v1/vms/{name}/pause", response_model=VMDetail)
+    async def pause_vm(name: str) -> VMDetail:
+        return detail(await vms.pause(name))
+
+    @router.post("/api/v1/vms/{name}/resume", response_model=VMDetail)
+    async def resume_vm(name: str) -> VMDetail:
+        return detail(await vms.resume(name))
+
+    @router.patch("/api/v1/vms/{name}", response_model=VMDetail)
+    def resize_vm(name: str, body: Resize) -> VMDetail:
+        vms.resize(name, vcpus=body.vcpus, memory_mib=body.memory_mib)
+        return detail(vms.show(name))
+
+    @router.post("/api/v1/vms/{name}/disks/{disk}/resize")
+    async def resize_disk(name: str, disk: str, body: DiskResize) -> dict[str, Any]:
+        return {"disk": disk, "size": await vms.grow_disk(name, disk, body.size)}
+
+    @router.delete("/api/v1/vms/{name}", response_model=Impact, responses=ERRORS)
+    def delete_vm(name: str, dry_run: bool = False) -> Impact:
+        """Under the deletion rules (kind "vm"; delayed by default: the stopped VM waits a week in
+        the recycle bin, restorable). `?dry_run=true` only says what it would take."""
+        deletions = deletion_service(appliance)
+        return deletions.preview("vm", name) if dry_run else deletions.delete("vm", name)
+
+    @router.post("/api/v1/vms/{name}/clones", response_model=list[VMDetail], status_code=201)
+    async def clone_vm(caller: Caller, name: str, body: CloneRequest) -> list[VMDetail]:
+        for clone in body.names:
+            seen.claim(caller, clone)
+        specs = await run_in_threadpool(vms.clone, name, body.names, body.mode)
+        for spec in specs:
+            seen.own(caller, spec.name)
+        return [detail(vms.show(s.name)) for s in specs]
+
+    @router.get("/api/v1/vms/{name}/streams")
+    async def clone_streams(name: str) -> dict[str, float]:
+        """An instant clone's background streams: disk -> fraction copied (empty: independent)."""
+        return await vms.clone_progress(name)
+
+    @router.put("/api/v1/vms/{name}/ha", response_model=VMDetail)
+    def set_ha(name: str, body: HARequest) -> VMDetail:
+        vms.set_ha(name, body.enabled, body.max_restarts, body.window_seconds)
+        return detail(vms.show(name))
+
+    @router.post("/api/v1/vms/{name}/console", response_model=ConsoleTicket)
+    def open_console(name: str) -> ConsoleTicket:
+        view = vms.show(name)
+        password = vnc_password(vms.driver.paths(name))
+        if not view.spec.vnc:
+            raise ConflictError(f"VM {name} has no console (create it with console on)")
+        if view.status.state not in ("running", "paused") or password is None:
+            raise ConflictError(f"VM {name} is {view.status.state}: start it to open its console")
+        token = tokens.issue(name)
+        return ConsoleTicket(token=token, url=f"{CONSOLE_PATH}?token={token}", password=password,
+                             ttl_seconds=tokens.ttl_seconds)
+
+    async def console_socket(ws: WebSocket) -> None:
+        vm = tokens.redeem(ws.query_params.get("token", ""))
+        if vm is None:
+            await ws.close(code=1008, reason="unknown, used or expired console token")
+            return
+        try:
+            reader, writer = await asyncio.open_unix_connection(vms.driver.paths(vm).vnc_socket)
+        except OSError:
+            await ws.close(code=1011, reason=f"the console of VM {vm} is not reachable")
+            return
+        # noVNC asks for the "binary" subprotocol; plain clients ask for none.
+        wanted = ws.scope.get("subprotocols") or []
+        await ws.accept(subprotocol="binary" if "binary" in wanted else None)
+        await _relay(ws, reader, writer)
+
+    router.routes.append(WebSocketRoute(CONSOLE_PATH, console_socket, name="console"))
+
+    # -- images -----------------------------------------------------------------------------
+
+    @router.get("/api/v1/images", tags=["images"])
+    def list_images() -> list[dict[str, Any]]:
+        return [r.to_dict() for r in vms.images.list()]
+
+    @router.get("/api/v1/images/{image}", tags=["images"])
+    def get_image(image: str) -> dict[str, Any]:
+        return vms.images.get(image).to_dict()
+
+    @router.put("/api/v1/images/{image}", status_code=201, tags=["images"])
+    async def upload_image(image: str, request: Request,
+                           kind: Literal["iso", "disk"] | None = None) -> dict[str, Any]:
+        """The request body is the image's bytes (application/octet-stream), streamed to disk."""
+        upload = vms.images.upload(image, kind)
+        try:
+            async for block in request.stream():
+                await run_in_threadpool(upload.write, block)
+        except BaseException:
+            upload.abort()
+            raise
+        record: ImageRecord = await run_in_threadpool(upload.commit)
+        return record.to_dict()
+
+    @router.post("/api/v1/images/{image}/import", status_code=201, tags=["images"])
+    async def import_image(image: str, body: ImageImport) -> dict[str, Any]:
+        record = await run_in_threadpool(vms.images.import_file, image, body.path, body.kind)
+        return record.to_dict()
+
+    @router.post("/api/v1/images/{image}/verify", tags=["images"])
+    async def verify_image(image: str) -> dict[str, Any]:
+        return (await run_in_threadpool(vms.images.verify, image)).to_dict()
+
+    @router.post("/api/v1/vms/{name}/image", status_code=201, tags=["images"])
+    async def image_from_vm(name: str, body: ImageFromVM) -> dict[str, Any]:
+        record = await run_in_threadpool(vms.image_from_vm, name, body.image, body.disk)
+        return record.to_dict()
+
+    @router.delete("/api/v1/images/{image}", status_code=204, tags=["images"])
+    def delete_image(image: str) -> None:
+        vms.delete_image(image)
+
+    # -- scheduling groups --------------------------------------------------------------------
+
+    @router.get("/api/v1/scheduling-groups", response_model=list[GroupOut], tags=["placement"])
+    def list_groups() -> list[GroupOut]:
+        return [GroupOut(name=g.name, policy=g.policy, enforcement=g.enforcement,
+                         vms=sorted(g.vms), hosts=sorted(g.hosts)) for g in vms.groups()]
+
+    @router.put("/api/v1/scheduling-groups/{group}", response_model=GroupOut, tags=["placement"])
+    def put_group(group: str, body: GroupIn) -> GroupOut:
+        vms.save_group(SchedulingGroup(group, body.policy, body.enforcement, frozenset(body.vms),
+                                       frozenset(body.hosts)))
+        return GroupOut(name=group, **body.model_dump())
+
+    @router.delete("/api/v1/scheduling-groups/{group}", status_code=204, tags=["placement"])
+    def delete_group(group: str) -> None:
+        vms.delete_group(group)
+
+    return router
+
+
+async def _relay(ws: WebSocket, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Copy bytes both ways until either side hangs up."""
+    async def to_vm() -> None:
+        with suppress(WebSocketDisconnect):
+            while True:
+                message = await ws.receive()
+                if message["type"] == "websocket.disconnect":
+                    return
+                data = message.get("bytes") or (message.get("text") or "").encode()
+                writer.write(data)
+                await writer.drain()
+
+    async def to_client() -> None:
+        while data := await reader.read(PROXY_READ_SIZE):
+            await ws.send_bytes(data)
+
+    tasks = [asyncio.create_task(to_vm()), asyncio.create_task(to_client())]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
+        writer.close()
+        with suppress(Exception):
+            await ws.close()

@@ -1,0 +1,97 @@
+"""What backing up a VM of another host shares, whatever reaches it (libvirt, SSH): claiming the
+backup in the catalog, ingesting the exported points into the store, recording how it ended.
+
+Such a VM's backups go by `<vm>@<host>` in the catalog and the store, so listing, restores,
+verify and prune treat them like a local VM's. A failed backup leaves no manifest and a catalog
+row marked failed; what becomes of its checkpoint is the export's business.
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from appliance.catalog.base import utcnow
+from appliance.errors import ConflictError
+from appliance.settings import Settings
+from dedup import BackupManifest, Store, new_backup_id
+from dedup.names import check_name
+from transports.points import DiskPoint
+
+from .ingest import ingest_point
+from .records import BackupRecord, last_good_backup
+from .service import BackupResult, Progress, _fail_interrupted, checkpoint_name
+
+
+def backup_vm_name(host: str, vm: str) -> str:
+    """The name a host's VM (or libvirt domain) goes by in the catalog and the store."""
+    return check_name("vm name", f"{vm}@{host}")
+
+
+class HostBackups:
+    def __init__(self, settings: Settings, catalog: sessionmaker[Session], store: Store):
+        self.settings = settings
+        self.catalog = catalog
+        self.store = store
+
+    def run(self, vm: str, full: bool,
+            body: Callable[[BackupRecord, BackupManifest | None, str | None], BackupResult]) -> BackupResult:
+        """Claim a backup of `vm`, run `body(record, parent manifest, parent checkpoint)` (no parent:
+        a full backup) and record how it ended."""
+        rec = self._begin(vm, full)
+        try:
+            parent, since = None, None
+            if rec.parent:
+                parent = self.store.get_backup(rec.parent)
+                with self.catalog() as s:
+                    since = s.get(BackupRecord, rec.parent).checkpoint
+            result = body(rec, parent, since)
+        except BaseException as e:
+            self._finish(rec.id, "failed", error=str(e) or type(e).__name__)
+            raise
+        self._finish(rec.id, "ok", manifest=result.manifest)
+        return result
+
+    def ingest(self, rec: BackupRecord, parent: BackupManifest | None, points: list[DiskPoint], notes: list[str],
+               progress: Progress | None, definition: dict[str, Any]) -> BackupResult:
+        """Read the points into the store: incremental (from `parent`) if any point has a base."""
+        incremental = any(p.since for p in points)
+        reasons = list(dict.fromkeys(p.fallback_reason for p in points if p.fallback_reason))
+        with self.store.begin_backup(vm=rec.vm_name, backup_id=rec.id, kind="incremental" if incremental else "full",
+                                     parent=parent if incremental else None, checkpoint=rec.checkpoint,
+                                     vm_definition=definition) as session:
+            for note in notes + reasons:
+                session.note(note)
+            for point in points:
+                ingest_point(session, point, self.store.chunk_size, progress)
+            manifest = session.commit()
+        return BackupResult(manifest, list(manifest.notes), points)
+
+    def _begin(self, vm: str, full: bool) -> BackupRecord:
+        backup_id = new_backup_id(utcnow())
+        with self.catalog.begin() as s:
+            _fail_interrupted(s, vm)
+            running = s.scalars(select(BackupRecord).where(BackupRecord.vm_name == vm,
+                                                           BackupRecord.status == "running")).first()
+            if running:
+                raise ConflictError(f"backup {running.id} of {vm} is still running (pid {running.runner_pid})")
+            parent = None if full else last_good_backup(s, vm)
+            rec = BackupRecord(id=backup_id, vm_name=vm, store=self.store.location, kind="full", status="running",
+                               parent=parent.id if parent else None, checkpoint=checkpoint_name(backup_id),
+                               notes=[], runner_pid=os.getpid())
+            s.add(rec)
+        return rec
+
+    def _finish(self, backup_id: str, status: str, manifest: BackupManifest | None = None,
+                error: str | None = None) -> None:
+        with self.catalog.begin() as s:
+            rec = s.get(BackupRecord, backup_id)
+            rec.status, rec.finished_at, rec.error, rec.runner_pid = status, utcnow(), error, None
+            if manifest:
+                rec.kind, rec.parent, rec.notes = manifest.kind, manifest.parent, list(manifest.notes)
+                rec.size = sum(d.size for d in manifest.disks)
+                rec.bytes_read = sum(d.stats.bytes_read for d in manifest.disks)
+                rec.bytes_stored = sum(d.stats.bytes_stored for d in manifest.disks)

@@ -1,0 +1,84 @@
+"""The tables of backups: one row per backup, and the checkpoint ledger.
+"""
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    DateTime,
+    Integer,
+    String,
+    Text,
+    select,
+)
+from sqlalchemy.orm import Mapped, Session, mapped_column
+
+from appliance.catalog.base import Base, utcnow
+
+
+class BackupRecord(Base):
+    __tablename__ = "backups"
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    # No foreign key: backups outlive the VM they came from.
+    vm_name: Mapped[str] = mapped_column(String(63), index=True)
+    store: Mapped[str] = mapped_column(Text)
+    kind: Mapped[str] = mapped_column(String(16))
+    status: Mapped[str] = mapped_column(String(16), index=True)   # running | ok | failed | pruned
+    parent: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    checkpoint: Mapped[str | None] = mapped_column(String(96), nullable=True)
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    bytes_read: Mapped[int] = mapped_column(BigInteger, default=0)
+    bytes_stored: Mapped[int] = mapped_column(BigInteger, default=0)
+    size: Mapped[int] = mapped_column(BigInteger, default=0)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    notes: Mapped[list[str]] = mapped_column(JSON, default=list)
+    # The process running it, while status is running: one that died leaves an interrupted backup.
+    runner_pid: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    # Set by `cairn store verify`: when the backup was last fully verified, and what
+    # verify found wrong with it (empty: nothing).
+    verified_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    damage: Mapped[list[str]] = mapped_column(JSON, default=list)
+
+
+class CheckpointRecord(Base):
+    """The checkpoint ledger: which dirty bitmap, on which image (and node), belongs to which
+    backup. A disk's `current` row is the base its next incremental may read from, once QEMU
+    (or qemu-img) confirms the bitmap is still there and trustworthy; `retired` rows are history."""
+    __tablename__ = "checkpoints"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    vm_name: Mapped[str] = mapped_column(String(63), index=True)
+    disk: Mapped[str] = mapped_column(String(63))
+    bitmap: Mapped[str] = mapped_column(String(96))
+    backup_id: Mapped[str] = mapped_column(String(64), index=True)
+    image_file: Mapped[str] = mapped_column(Text)
+    node: Mapped[str | None] = mapped_column(String(63), nullable=True)   # None: made by qemu-img, VM stopped
+    # Incremental reads of this disk since its last full read, this checkpoint's backup included.
+    incrementals: Mapped[int] = mapped_column(Integer, default=0)
+    state: Mapped[str] = mapped_column(String(16), index=True)   # current | retired
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    retired_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+def last_good_backup(session: Session, vm: str) -> BackupRecord | None:
+    return session.scalars(select(BackupRecord).where(BackupRecord.vm_name == vm, BackupRecord.status == "ok")
+                           .order_by(BackupRecord.started_at.desc())).first()
+
+
+def record_verification(session: Session, damage: dict[str, list[str]], verified: list[str] | None) -> None:
+    """Mark damaged backups; `verified` (a full verify's backup ids) also clears the damage of the others."""
+    ids = set(damage) | set(verified or ())
+    for rec in session.scalars(select(BackupRecord).where(BackupRecord.id.in_(ids))):
+        if verified is not None:
+            rec.verified_at = utcnow()
+            rec.damage = damage.get(rec.id, [])
+        elif rec.id in damage:
+            rec.damage = damage[rec.id]
+
+
+def record_pruned(session: Session, backup_ids: list[str]) -> None:
+    """Pruned backups stop being "ok", so none is chosen as a parent again."""
+    for rec in session.scalars(select(BackupRecord).where(BackupRecord.id.in_(backup_ids))):
+        rec.status = "pruned"

@@ -1,0 +1,237 @@
+"""Backing up a VM: export its disks at one instant, ingest them into the store, record it.
+
+Running VM: a fleecing export over QMP (the guest goes on). Stopped VM: qemu-nbd over
+its images. Either way the next incremental starts from the checkpoint bitmap made
+at the same instant, as the catalog's checkpoint ledger records it; if that bitmap
+cannot be trusted the disk is read in full and the backup says why. A failed backup
+leaves no manifest in the store, a catalog row marked failed, and the previous
+checkpoint intact.
+"""
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, get_args
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from appliance.backups import checkpoints
+from appliance.catalog.base import utcnow
+from appliance.errors import ConflictError, NotFoundError
+from appliance.settings import Settings
+from dedup import BackupManifest, Store, new_backup_id
+from transports.fleece import FleeceExport
+from transports.guest_agent import GuestFreeze
+from transports.live import LiveExport, exported
+from transports.offline import OfflineExport
+from transports.points import DiskPoint
+from transports.push import NbdPushTarget, PushExport, PushTarget
+from transports.sshfs import SshfsEndpoint, SshfsPushTarget
+from vmm import QemuDriver, VMSpec
+from vmm.cmdline import GUEST_AGENT_CHARDEV
+
+from .ingest import ingest_point
+from .records import BackupRecord, last_good_backup
+
+# progress(disk, bytes done, bytes to read)
+Progress = Callable[[str, int, int], None]
+
+
+# How a running VM's disks reach the store. pull: Cairn reads QEMU's NBD export of the instant.
+# push: QEMU writes the instant into qemu-nbd targets on this side. sshfs: QEMU writes it into
+# files in a directory of this side, mounted with sshfs where QEMU runs.
+Transport = Literal["pull", "push", "sshfs"]
+TRANSPORTS: tuple[str, ...] = get_args(Transport)
+
+
+@dataclass(frozen=True)
+class BackupOptions:
+    # Read every disk in full after this many incrementals of it.
+    full_every: int = checkpoints.DEFAULT_FULL_EVERY
+    transport: Transport = "pull"
+    sshfs: SshfsEndpoint | None = None    # needed by the sshfs transport
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.full_every, int) or isinstance(self.full_every, bool) or self.full_every < 0:
+            raise ValueError(f"full_every must be a whole number >= 0, got {self.full_every!r}")
+        if self.transport not in TRANSPORTS:
+            raise ValueError(f"transport {self.transport!r} is not one of {', '.join(TRANSPORTS)}")
+        if (self.transport == "sshfs") != (self.sshfs is not None):
+            raise ValueError("the sshfs transport needs an sshfs endpoint, and only it takes one")
+
+
+@dataclass
+class BackupResult:
+    manifest: BackupManifest
+    notes: list[str] = field(default_factory=list)
+    points: list[DiskPoint] = field(default_factory=list)   # what was read, and the checkpoints made
+
+
+def checkpoint_name(backup_id: str) -> str:
+    return f"cairn-{backup_id}"
+
+
+class BackupService:
+    def __init__(self, settings: Settings, catalog: sessionmaker[Session], driver: QemuDriver, store: Store):
+        self.settings = settings
+        self.catalog = catalog
+        self.driver = driver
+        self.store = store
+
+    def list(self, vm: str | None = None) -> list[BackupRecord]:
+        with self.catalog.begin() as s:
+            _fail_interrupted(s, vm)
+        with self.catalog() as s:
+            q = select(BackupRecord).order_by(BackupRecord.started_at)
+            if vm:
+                q = q.where(BackupRecord.vm_name == vm)
+            return list(s.scalars(q))
+
+    def get(self, backup_id: str) -> BackupRecord:
+        with self.catalog() as s:
+            rec = s.get(BackupRecord, backup_id)
+            if rec is None:
+                raise NotFoundError(f"no backup {backup_id}")
+            return rec
+
+    def begin(self, spec: VMSpec, full: bool = False) -> BackupRecord:
+        """Claim a backup id and record it as running (so the API can answer at once)."""
+        for disk in spec.disks:
+            if not Path(disk.path).exists():
+                raise NotFoundError(f"disk {disk.name} of VM {spec.name} is missing: {disk.path} does not exist")
+        backup_id = new_backup_id(utcnow())
+        with self.catalog.begin() as s:
+            _fail_interrupted(s, spec.name)
+            running = s.scalars(select(BackupRecord).where(BackupRecord.vm_name == spec.name,
+                                                           BackupRecord.status == "running")).first()
+            if running:
+                raise ConflictError(f"backup {running.id} of VM {spec.name} is still running "
+                                    f"(pid {running.runner_pid})")
+            parent = None if full else last_good_backup(s, spec.name)
+            rec = BackupRecord(id=backup_id, vm_name=spec.name, store=self.store.location, kind="full",
+                               status="running", parent=parent.id if parent else None,
+                               checkpoint=checkpoint_name(backup_id), notes=[], runner_pid=os.getpid())
+            s.add(rec)
+        return rec
+
+    async def run(self, spec: VMSpec, rec: BackupRecord, progress: Progress | None = None,
+                  options: BackupOptions = BackupOptions()) -> BackupResult:
+        try:
+            result = await self._run(spec, rec, progress, options)
+        except BaseException as e:
+            self._finish(rec.id, status="failed", error=str(e) or type(e).__name__)
+            raise
+        self._finish(rec.id, status="ok", manifest=result.manifest, points=result.points)
+        return result
+
+    async def create(self, spec: VMSpec, full: bool = False, progress: Progress | None = None,
+                     options: BackupOptions = BackupOptions()) -> BackupResult:
+        return await self.run(spec, self.begin(spec, full), progress, options)
+
+    async def _run(self, spec: VMSpec, rec: BackupRecord, progress: Progress | None,
+                   options: BackupOptions) -> BackupResult:
+        parent = self.store.get_backup(rec.parent) if rec.parent else None
+        with self.catalog() as s:
+            ledger = checkpoints.current(s, spec.name)
+        bases = checkpoints.plan_bases([d.name for d in spec.disks], parent, ledger, options.full_every)
+        scratch = self.settings.scratch_dir / rec.id
+        try:
+            async with self._export(spec, rec.checkpoint, bases, scratch, options) as (points, repairs):
+                manifest = await asyncio.to_thread(self._ingest, spec, rec, parent, points,
+                                                   bases.notes + repairs, progress)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+        return BackupResult(manifest, list(manifest.notes), points)
+
+    @asynccontextmanager
+    async def _export(self, spec: VMSpec, checkpoint: str, bases: checkpoints.Bases, scratch: Path,
+                      options: BackupOptions) -> AsyncIterator[tuple[list[DiskPoint], list[str]]]:
+        """The VM's disks at one instant; the checkpoint is kept only if the body succeeds."""
+        if self.driver.status(spec.name).state in ("running", "paused"):
+            freeze = GuestFreeze(self.driver.paths(spec.name).guest_agent_socket, GUEST_AGENT_CHARDEV)
+            live = await self._live_export(spec, checkpoint, bases, scratch, options, freeze)
+            async with exported(live, lambda: self.driver.session(spec.name)) as points:
+                yield points, live.notes + freeze.notes
+        else:
+            offline = OfflineExport({d.name: d.path for d in spec.disks}, checkpoint, bases.known, set(bases.full))
+            points = await asyncio.to_thread(offline.open)
+            if options.transport != "pull":
+                offline.notes.append(f"the VM is stopped: its images were read directly, not by {options.transport}")
+            try:
+                yield points, offline.notes
+            except BaseException:
+                await asyncio.to_thread(offline.close, False)
+                raise
+            await asyncio.to_thread(offline.close, True)
+
+    async def _live_export(self, spec: VMSpec, checkpoint: str, bases: checkpoints.Bases, scratch: Path,
+                           options: BackupOptions, freeze: GuestFreeze) -> LiveExport:
+        args = ([d.name for d in spec.disks], checkpoint, bases.known, set(bases.full))
+        if options.transport == "pull":
+            return FleeceExport(scratch, *args, quiesce=freeze.around)
+        if options.transport == "push":
+            target: PushTarget = NbdPushTarget(scratch)
+        else:
+            target = await asyncio.to_thread(SshfsPushTarget, options.sshfs, scratch.name)
+        return PushExport(target, self.store.chunk_size, *args, quiesce=freeze.around)
+
+    def _ingest(self, spec: VMSpec, rec: BackupRecord, parent: BackupManifest | None,
+                points: list[DiskPoint], repairs: list[str], progress: Progress | None) -> BackupManifest:
+        incremental = any(p.since for p in points)
+        with self.store.begin_backup(vm=spec.name, backup_id=rec.id, kind="incremental" if incremental else "full",
+                                     parent=parent if incremental else None, checkpoint=rec.checkpoint,
+                                     vm_definition=spec.to_dict()) as session:
+            for note in repairs:
+                session.note(note)
+            for point in points:
+                if point.fallback_reason:
+                    session.note(point.fallback_reason)
+                ingest_point(session, point, self.store.chunk_size, progress)
+            return session.commit()
+
+    def _finish(self, backup_id: str, status: str, manifest: BackupManifest | None = None,
+                error: str | None = None, points: list[DiskPoint] | None = None) -> None:
+        with self.catalog.begin() as s:
+            rec = s.get(BackupRecord, backup_id)
+            if points is not None:
+                checkpoints.record(s, rec.vm_name, backup_id, points, checkpoints.current(s, rec.vm_name))
+            rec.status, rec.finished_at, rec.error, rec.runner_pid = status, utcnow(), error, None
+            if manifest:
+                rec.kind = manifest.kind
+                rec.parent = manifest.parent
+                rec.notes = list(manifest.notes)
+                rec.size = sum(d.size for d in manifest.disks)
+                rec.bytes_read = sum(d.stats.bytes_read for d in manifest.disks)
+                rec.bytes_stored = sum(d.stats.bytes_stored for d in manifest.disks)
+
+
+def _fail_interrupted(session: Session, vm: str | None) -> None:
+    """Backups marked running whose process is gone were interrupted: say so.
+
+    What they left behind is cleared by the next backup of the VM (exports, bitmaps) and by
+    the store's GC (the unfinished backup directory).
+    """
+    q = select(BackupRecord).where(BackupRecord.status == "running")
+    if vm:
+        q = q.where(BackupRecord.vm_name == vm)
+    for rec in session.scalars(q):
+        if rec.runner_pid is None or not _alive(rec.runner_pid):
+            rec.status, rec.finished_at = "failed", utcnow()
+            rec.error = f"interrupted: the process running it (pid {rec.runner_pid}) exited"
+            rec.runner_pid = None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

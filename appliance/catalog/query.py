@@ -1,0 +1,172 @@
+"""Pagination, filtering and sorting for every list resource of the API.
+
+    GET /api/v1/jobs?limit=50&offset=100&sort=-created_at,kind&filter=state:eq:failed&filter=kind:in:backup|snapshot
+
+`sort` names fields, a leading `-` sorts descending; `filter` (repeatable, all must hold) is
+`field:op:value` with op one of eq, ne, lt, le, gt, ge, in (values split by `|`) and contains
+(case-insensitive substring); `null` as value of eq/ne matches a missing value. The total
+number of matches, before limit and offset, is in the `X-Total-Count` header.
+
+Works on SQLAlchemy models (the query runs in the database) and on lists of dicts (resources
+assembled in Python, like VMs with their live state), with the same syntax and errors.
+"""
+from __future__ import annotations
+
+import operator
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Annotated, Any
+
+from fastapi import Query, Response
+from sqlalchemy import JSON, Select, String, TypeDecorator, cast, func, select
+from sqlalchemy.orm import DeclarativeBase, Session
+
+from appliance.errors import CairnError
+
+MAX_LIMIT = 1000
+MAX_INTEGER = 2**63 - 1   # what SQLite and PostgreSQL store
+TOTAL_HEADER = "X-Total-Count"
+_COMPARE: dict[str, Callable[[Any, Any], bool]] = {"eq": operator.eq, "ne": operator.ne, "lt": operator.lt,
+                                                   "le": operator.le, "gt": operator.gt, "ge": operator.ge}
+OPERATORS = (*_COMPARE, "in", "contains")
+_FILTER_HELP = "field:op:value, repeatable; op: " + ", ".join(OPERATORS)
+
+
+class QueryError(CairnError):
+    status = 422
+
+
+@dataclass(frozen=True)
+class Filter:
+    field: str
+    op: str
+    value: str
+
+    @classmethod
+    def parse(cls, text: str) -> Filter:
+        field, sep, rest = text.partition(":")
+        op, sep2, value = rest.partition(":")
+        if not (sep and sep2 and field):
+            raise QueryError(f"filter {text!r} is not field:op:value (e.g. state:eq:failed)")
+        if op not in OPERATORS:
+            raise QueryError(f"filter {text!r}: unknown operator {op!r}; use one of {', '.join(OPERATORS)}")
+        return cls(field, op, value)
+
+
+@dataclass(frozen=True)
+class ListQuery:
+    limit: int = 100
+    offset: int = 0
+    sort: tuple[tuple[str, bool], ...] = ()   # (field, descending)
+    filters: tuple[Filter, ...] = ()
+
+    @classmethod
+    def parse(cls, limit: int = 100, offset: int = 0, sort: str | None = None,
+              filters: Sequence[str] = ()) -> ListQuery:
+        keys = tuple((key.lstrip("-"), key.startswith("-")) for key in (sort or "").split(",") if key.strip("- "))
+        return cls(limit, offset, keys, tuple(Filter.parse(f) for f in filters))
+
+    # -- in the database -------------------------------------------------------------------------
+
+    def run(self, session: Session, model: type[DeclarativeBase], stmt: Select[Any] | None = None,
+            response: Response | None = None) -> list[Any]:
+        """The page of `model` rows (narrowed by `stmt`, default all); sets the total header."""
+        stmt = stmt if stmt is not None else select(model)
+        columns = {c.key: c for c in model.__table__.columns}   # type: ignore[attr-defined]
+        for f in self.filters:
+            column = _known(columns, f.field, "filter", model.__tablename__)   # type: ignore[attr-defined]
+            stmt = stmt.where(_sql_condition(column, f))
+        total = session.scalar(select(func.count()).select_from(stmt.subquery()))
+        for field, descending in self.sort:
+            column = _known(columns, field, "sort by", model.__tablename__)   # type: ignore[attr-defined]
+            if isinstance(column.type, JSON):
+                raise QueryError(f"cannot sort by {field!r}: it holds structured data")
+            stmt = stmt.order_by(column.desc() if descending else column.asc())
+        stmt = stmt.order_by(*model.__table__.primary_key.columns)   # type: ignore[attr-defined]  # stable pages
+        if response is not None:
+            response.headers[TOTAL_HEADER] = str(total)
+        return list(session.scalars(stmt.offset(self.offset).limit(self.limit)))
+
+    # -- in Python -------------------------------------------------------------------------------
+
+    def apply(self, items: list[dict[str, Any]], resource: str, response: Response | None = None
+              ) -> list[dict[str, Any]]:
+        fields = set().union(*(item.keys() for item in items)) if items else set()
+        for f in self.filters:
+            if items:
+                _known(fields, f.field, "filter", resource)
+            items = [item for item in items if _matches(item.get(f.field), f)]
+        for field, descending in reversed(self.sort):   # stable sorts, last key first
+            if items:
+                _known(fields, field, "sort by", resource)
+            try:
+                items = sorted(items, key=lambda item, k=field: (item.get(k) is not None, item.get(k)),
+                               reverse=descending)
+            except TypeError as e:
+                raise QueryError(f"cannot sort by {field!r}: its values do not compare ({e})") from e
+        if response is not None:
+            response.headers[TOTAL_HEADER] = str(len(items))
+        return items[self.offset:self.offset + self.limit]
+
+
+def list_query(
+    limit: Annotated[int, Query(ge=1, le=MAX_LIMIT, description="page size")] = 100,
+    offset: Annotated[int, Query(ge=0, le=MAX_INTEGER, description="matches to skip")] = 0,
+    sort: Annotated[str | None, Query(description="fields, comma-separated; -field sorts descending")] = None,
+    filters: Annotated[list[str] | None, Query(alias="filter", description=_FILTER_HELP)] = None,
+) -> ListQuery:
+    """The FastAPI dependency: `query: Annotated[ListQuery, Depends(list_query)]`."""
+    return ListQuery.parse(limit, offset, sort, filters or ())
+
+
+def _known(fields: Any, field: str, action: str, resource: str) -> Any:
+    if field not in fields:
+        raise QueryError(f"cannot {action} {field!r}: {resource} have the fields {', '.join(sorted(fields))}")
+    return fields[field] if isinstance(fields, dict) else field
+
+
+def _sql_condition(column: Any, f: Filter) -> Any:
+    if isinstance(column.type, JSON):
+        raise QueryError(f"cannot filter {f.field!r}: it holds structured data")
+    sql_type = column.type.impl if isinstance(column.type, TypeDecorator) else column.type
+    python_type = sql_type.python_type
+    if f.op == "contains":
+        return cast(column, String).icontains(f.value)
+    if f.op == "in":
+        return column.in_([_convert(v, python_type, f) for v in f.value.split("|")])
+    value = _convert(f.value, python_type, f)
+    if value is None and f.op in ("eq", "ne"):
+        return column.is_(None) if f.op == "eq" else column.is_not(None)
+    return _COMPARE[f.op](column, value)
+
+
+def _matches(actual: Any, f: Filter) -> bool:
+    if f.op == "contains":
+        return actual is not None and f.value.lower() in str(actual).lower()
+    python_type = type(actual) if actual is not None else str
+    if f.op == "in":
+        return actual in [_convert(v, python_type, f) for v in f.value.split("|")]
+    value = _convert(f.value, python_type, f)
+    if value is None or actual is None:
+        return (actual is value) == (f.op == "eq") if f.op in ("eq", "ne") else False
+    return _COMPARE[f.op](actual, value)
+
+
+def _convert(text: str, python_type: type, f: Filter) -> Any:
+    if text == "null":
+        return None
+    try:
+        if python_type is bool:
+            if text.lower() not in ("true", "false"):
+                raise ValueError("expected true or false")
+            return text.lower() == "true"
+        if python_type is datetime:
+            return datetime.fromisoformat(text)
+        value = python_type(text)
+        if python_type is int and abs(value) > MAX_INTEGER:
+            raise ValueError("out of range")
+        return value
+    except (TypeError, ValueError) as e:
+        raise QueryError(f"filter {f.field}:{f.op}:{text}: {text!r} is not a valid {python_type.__name__} ({e})") \
+            from e

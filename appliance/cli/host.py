@@ -1,0 +1,120 @@
+"""`cairn host ...`: register libvirt and ssh hosts; list, start, stop and back up their VMs."""
+from __future__ import annotations
+
+import json
+
+import typer
+from rich.table import Table
+
+from appliance.backups.host_vm import back_up_host_vm
+from appliance.units import human
+
+from .common import JsonOpt, emit_json, out, reports_errors, state
+
+host_app = typer.Typer(help="Hosts besides this one: libvirt hosts (their domains) and ssh hosts (VMs run by "
+                            "Cairn's agent).", no_args_is_help=True)
+
+
+@host_app.command("add")
+@reports_errors
+def host_add(name: str,
+             uri: str = typer.Argument(..., help="libvirt: its connection URI, e.g. qemu:///system; "
+                                                 "ssh: ssh://user@host[:port]."),
+             kind: str = typer.Option("libvirt", help="libvirt or ssh."),
+             key_file: str | None = typer.Option(None, help="ssh: the private key to log in with."),
+             known_hosts: str | None = typer.Option(None, help="ssh (and libvirt over qemu+ssh): a known_hosts "
+                                                               "file naming the host's key."),
+             agent_dir: str | None = typer.Option(None, help="ssh: the agent's directory on the host "
+                                                             "(default /var/lib/cairn-agent)."),
+             scratch_dir: str | None = typer.Option(None, help="libvirt over qemu+ssh: a directory on the host "
+                                                               "its QEMU can write to, for backups."),
+             as_json: bool = JsonOpt) -> None:
+    """Register a host; it must answer now (an ssh host gets Cairn's agent installed)."""
+    host = state.appliance.hosts.add(name, uri, kind, key_file, known_hosts, agent_dir, scratch_dir)
+    emit_json(host.to_dict()) if as_json else out.print(f"host {host.name} added ({host.kind}, {host.uri})")
+
+
+@host_app.command("list")
+@reports_errors
+def host_list(as_json: bool = JsonOpt) -> None:
+    """List the registered hosts."""
+    hosts = state.appliance.hosts.list()
+    if as_json:
+        emit_json([h.to_dict() for h in hosts])
+        return
+    table = Table("name", "kind", "uri", "options")
+    for h in hosts:
+        table.add_row(h.name, h.kind, h.uri, " ".join(f"{k}={v}" for k, v in h.options.items()))
+    out.print(table)
+
+
+@host_app.command("remove")
+@reports_errors
+def host_remove(name: str) -> None:
+    """Forget a host (its VMs and their backups stay)."""
+    state.appliance.hosts.remove(name)
+    out.print(f"host {name} removed")
+
+
+@host_app.command("vms")
+@reports_errors
+def host_vms(name: str, as_json: bool = JsonOpt) -> None:
+    """List a host's VMs (a libvirt host's domains)."""
+    vms = state.appliance.hosts.vms(name)
+    if as_json:
+        emit_json([v.to_dict() for v in vms])
+        return
+    table = Table("name", "state", "vcpus", "memory", "disks")
+    for d in vms:
+        table.add_row(d.name, d.state, str(d.vcpus), f"{d.memory_mib} MiB",
+                      ", ".join(f"{k.target} ({k.format})" for k in d.disks))
+    out.print(table)
+
+
+@host_app.command("start")
+@reports_errors
+def host_start(name: str, vm: str) -> None:
+    """Start a VM (an ssh host's VM with the definition it last ran with)."""
+    out.print(f"{vm}: {state.appliance.hosts.start(name, vm).state}")
+
+
+@host_app.command("stop")
+@reports_errors
+def host_stop(name: str, vm: str,
+              timeout: float = typer.Option(60.0, help="Seconds to wait after the ACPI power button."),
+              force: bool = typer.Option(False, "--force", help="Pull the plug at once.")) -> None:
+    """Stop a VM: the ACPI power button, then forced after --timeout."""
+    out.print(f"{vm}: {state.appliance.hosts.stop(name, vm, timeout, force).state}")
+
+
+@host_app.command("snapshot")
+@reports_errors
+def host_snapshot(name: str, vm: str, snapshot: str) -> None:
+    """Snapshot every disk of a libvirt domain at one instant (disk-only; each disk goes on in an
+    overlay <image base>.<snapshot>)."""
+    state.appliance.hosts.snapshot(name, vm, snapshot)
+    out.print(f"snapshot {snapshot} of {vm} taken")
+
+
+@host_app.command("snapshots")
+@reports_errors
+def host_snapshots(name: str, vm: str, as_json: bool = JsonOpt) -> None:
+    """List a libvirt domain's snapshots, oldest first."""
+    names = state.appliance.hosts.snapshots(name, vm)
+    emit_json(names) if as_json else out.print("\n".join(names) or "no snapshots")
+
+
+@host_app.command("backup")
+@reports_errors
+def host_backup(name: str, vm: str, full: bool = typer.Option(False, "--full", help="Read every disk in full."),
+                as_json: bool = JsonOpt) -> None:
+    """Back up a running VM of a host: incremental from its last backup unless --full. Its backups
+    are listed as <vm>@<host>."""
+    m = back_up_host_vm(state.appliance, name, vm, full=full).manifest
+    if as_json:
+        emit_json(json.loads(m.to_json()))
+        return
+    read, stored = (sum(getattr(d.stats, f) for d in m.disks) for f in ("bytes_read", "bytes_stored"))
+    out.print(f"backup {m.backup_id} of {m.vm}: {m.kind}, read {human(read)}, stored {human(stored)} new")
+    for note in m.notes:
+        out.print(f"  note: {note}")

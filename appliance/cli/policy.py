@@ -1,0 +1,100 @@
+"""`cairn policy ...`: backup and snapshot policies, which `cairn serve` runs on their schedule."""
+from __future__ import annotations
+
+from typing import Any
+
+import typer
+from rich.table import Table
+
+from appliance.backups.checkpoints import DEFAULT_FULL_EVERY
+from appliance.backups.retention import RetentionRules
+from appliance.deletion.deletables import deletion_service
+from appliance.policies.service import BackupPolicy, PolicyService, SnapshotPolicy, policy_out
+
+from .common import JsonOpt, emit_json, out, reports_errors, state
+
+policy_app = typer.Typer(help="Backup and snapshot policies (run by `cairn serve`).", no_args_is_help=True)
+VM_OPT = typer.Option([], "--vm", help="VM name pattern, e.g. 'web*' (repeat for more).")
+TAG_OPT = typer.Option([], "--tag", help="VM tag; VMs with any of them are selected (repeat for more).")
+KEEP_OPTS = ("last", "hourly", "daily", "weekly", "monthly", "yearly")
+
+
+def _service() -> PolicyService:
+    return PolicyService(state.appliance.catalog)
+
+
+@policy_app.command("create")
+@reports_errors
+def policy_create(name: str,
+                  schedule: str = typer.Option(..., help="Cron expression in UTC, e.g. '0 2 * * *'."),
+                  vm: list[str] = VM_OPT, tag: list[str] = TAG_OPT,
+                  snapshot: bool = typer.Option(False, "--snapshot", help="Take automatic snapshots, not backups."),
+                  keep: int = typer.Option(7, help="Snapshot policy: automatic snapshots kept per VM."),
+                  full_every: int = typer.Option(DEFAULT_FULL_EVERY, help="Backup policy: read a disk in full after this "
+                                                 "many incrementals of it (0: always)."),
+                  keep_last: int = typer.Option(0), keep_hourly: int = typer.Option(0),
+                  keep_daily: int = typer.Option(0), keep_weekly: int = typer.Option(0),
+                  keep_monthly: int = typer.Option(0), keep_yearly: int = typer.Option(0),
+                  max_per_host: int | None = typer.Option(None, help="Backups running at once on this host."),
+                  max_per_store: int | None = typer.Option(None, help="Backups running at once into the store."),
+                  skip_missed: bool = typer.Option(False, "--skip-missed", help="After downtime, skip missed runs."),
+                  as_json: bool = JsonOpt) -> None:
+    """Create a policy. Backup retention: the --keep-* rules (none: keep every backup)."""
+    common: dict[str, Any] = {"name": name, "schedule": schedule, "vms": vm, "tags": tag,
+                              "run_missed": not skip_missed}
+    rules = {"keep_last": keep_last, "keep_hourly": keep_hourly, "keep_daily": keep_daily,
+             "keep_weekly": keep_weekly, "keep_monthly": keep_monthly, "keep_yearly": keep_yearly}
+    policy = SnapshotPolicy(**common, keep=keep) if snapshot else BackupPolicy(
+        **common, full_every=full_every, max_per_host=max_per_host, max_per_store=max_per_store,
+        retention=RetentionRules(**rules) if any(rules.values()) else None)
+    rec = _service().create(policy)
+    emit_json(policy_out(rec).model_dump(mode="json")) if as_json else out.print(f"created policy {name} ({rec.id})")
+
+
+@policy_app.command("list")
+@reports_errors
+def policy_list(as_json: bool = JsonOpt) -> None:
+    """Every policy with its schedule and selection."""
+    from sqlalchemy import select
+
+    from appliance.policies.records import PolicyRecord
+    with state.appliance.catalog() as s:
+        policies = [policy_out(r) for r in s.scalars(select(PolicyRecord).order_by(PolicyRecord.name))]
+    if as_json:
+        emit_json([p.model_dump(mode="json") for p in policies])
+        return
+    table = Table("name", "kind", "enabled", "schedule", "vms", "tags", "scheduled until")
+    for p in policies:
+        table.add_row(p.policy.name, p.policy.kind, "yes" if p.policy.enabled else "no", p.policy.schedule,
+                      ", ".join(p.policy.vms), ", ".join(p.policy.tags),
+                      f"{p.scheduled_until:%Y-%m-%d %H:%M}" if p.scheduled_until else "")
+    out.print(table)
+
+
+@policy_app.command("preview")
+@reports_errors
+def policy_preview(name: str, count: int = typer.Option(5, min=1, max=100), as_json: bool = JsonOpt) -> None:
+    """The next runs and what each selected VM would get."""
+    preview = _service().preview(name, count)
+    if as_json:
+        emit_json(preview)
+        return
+    for when in preview["next_runs"]:
+        out.print(f"{when:%Y-%m-%d %H:%M} UTC")
+    for vm, what in preview["vms"].items():
+        out.print(f"  {vm}: {what}")
+
+
+@policy_app.command("delete")
+@reports_errors
+def policy_delete(name: str, dry_run: bool = typer.Option(False, "--dry-run", help="Only say what it would take."),
+                  as_json: bool = JsonOpt) -> None:
+    """Delete a policy (under the deletion rules: it may go to the recycle bin)."""
+    deletions = deletion_service(state.appliance)
+    impact = deletions.preview("policy", name) if dry_run else deletions.delete("policy", name)
+    if as_json:
+        emit_json(impact.model_dump(mode="json"))
+        return
+    out.print(("would delete" if dry_run else "deleted") + f" policy {impact.name} ({impact.mode}):")
+    for line in impact.takes:
+        out.print(f"  {line}")

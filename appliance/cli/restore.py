@@ -1,0 +1,262 @@
+"""`cairn restore ...`: restore disks and whole VMs; list what a store holds.
+
+`list`, `disk`, `files` and `vm --to-dir` need only the store (--store, else the data
+dir's): no catalog, no running appliance, which is what disaster recovery has.
+`vm --as`, `vm --over`, `instant` and `boot-test` work on the appliance's VMs.
+"""
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from appliance.restores.boot_test import DEFAULT_MARKER
+from appliance.units import human, parse_size
+from restore import restore_disk
+from restore.destinations import parse_destination
+from restore.files import BackupFilesystem
+from restore.whole_vm import restore_vm_to_directory
+
+from .common import JsonOpt, byte_progress, emit_json, out, reports_errors, state
+from .store import open_store
+
+restore_app = typer.Typer(help="Restore disks and VMs from backups (works from the store alone).",
+                          no_args_is_help=True)
+
+StoreOpt = Annotated[str | None, typer.Option("--store", help="Store directory or sftp://user@host[:port]/path "
+                                                           "(default: the data dir's). No catalog needed.")]
+VerifyOpt = Annotated[bool, typer.Option("--verify", help="Read the target back and compare it with the backup.")]
+
+
+@restore_app.command("list")
+@reports_errors
+def restore_list(vm: Annotated[str | None, typer.Option("--vm", help="List this VM's backups.")] = None,
+                 store: StoreOpt = None, as_json: bool = JsonOpt) -> None:
+    """The VMs in a store, or with --vm the backups of one, newest last."""
+    manifests = open_store(store).list_backups(vm)
+    if vm is None:
+        vms: dict[str, list[Any]] = {}
+        for m in manifests:
+            vms.setdefault(m.vm, []).append(m)
+        rows = [{"vm": name, "backups": len(ms), "latest": ms[-1].backup_id,
+                 "latest_created": ms[-1].created.isoformat()} for name, ms in sorted(vms.items())]
+        if as_json:
+            emit_json(rows)
+            return
+        table = Table("vm", "backups", "latest", "created")
+        for r in rows:
+            table.add_row(r["vm"], str(r["backups"]), r["latest"], r["latest_created"][:19])
+        out.print(table)
+        return
+    if as_json:
+        emit_json([{"backup_id": m.backup_id, "vm": m.vm, "created": m.created.isoformat(), "kind": m.kind,
+                    "disks": {d.name: d.size for d in m.disks}, "notes": list(m.notes)} for m in manifests])
+        return
+    table = Table("backup", "created", "kind", "disks")
+    for m in manifests:
+        table.add_row(m.backup_id, m.created.strftime("%Y-%m-%d %H:%M:%S"), m.kind,
+                      ", ".join(f"{d.name} {human(d.size)}" for d in m.disks))
+    out.print(table)
+
+
+@restore_app.command("disk")
+@reports_errors
+def restore_disk_cmd(backup: str,
+                     to: Annotated[str, typer.Option("--to", help="A new image file, a block device (--force), "
+                                            "nbd://host:port/export or nbd+unix:///export?socket=PATH (--force), "
+                                            "or ssh://user@host:port/path.")],
+                     fmt: Annotated[str, typer.Option("--format", help="raw or qcow2 (image files only).")] = "raw",
+                     disk: Annotated[str | None, typer.Option("--disk", help="Which disk, if the backup has several.")] = None,
+                     store: StoreOpt = None,
+                     force: Annotated[bool, typer.Option("--force", help="Replace or overwrite an existing target.")] = False,
+                     verify: VerifyOpt = False,
+                     ssh_key: Annotated[Path | None, typer.Option("--ssh-key", help="Private key for ssh:// targets.")] = None,
+                     known_hosts: Annotated[Path | None, typer.Option("--known-hosts",
+                                                                help="known_hosts for ssh:// targets.")] = None,
+                     as_json: bool = JsonOpt) -> None:
+    """Restore one disk of a backup into a file, a device, an NBD export or a remote file."""
+    source = open_store(store)
+    destination = parse_destination(to, fmt, force, ssh_key=ssh_key, known_hosts=known_hosts)
+    with byte_progress() as bars:
+        copying = bars.add_task(f"restore {backup}", total=None)
+        checking = bars.add_task("verify", total=None, visible=False)
+        result = restore_disk(source, backup, disk, destination, progress=_updates(bars, copying), verify=verify,
+                              verify_progress=_updates(bars, checking))
+    if as_json:
+        emit_json({"backup": backup, "target": to, "format": fmt, **vars(result)})
+    else:
+        out.print(f"restored {backup} to {to}: {human(result.bytes_written)} written in {result.seconds:.1f} s"
+                  + (", verified" if result.verified else ""))
+
+
+@restore_app.command("vm")
+@reports_errors
+def restore_vm_cmd(backup: str,
+                   to_dir: Annotated[Path | None, typer.Option("--to-dir", help="Write every disk and vm.json into "
+                                                         "this directory (store only).")] = None,
+                   as_name: Annotated[str | None, typer.Option("--as", help="Restore as a new VM of this name.")] = None,
+                   over: Annotated[bool, typer.Option("--over", help="Replace the disks of the VM it came from, "
+                                             "all or nothing.")] = False,
+                   stop: Annotated[bool, typer.Option("--stop", help="With --over: shut the VM down first.")] = False,
+                   fmt: Annotated[str, typer.Option("--format", help="With --to-dir: raw or qcow2.")] = "qcow2",
+                   store: StoreOpt = None,
+                   force: Annotated[bool, typer.Option("--force", help="With --to-dir: replace existing files.")] = False,
+                   verify: VerifyOpt = False,
+                   as_json: bool = JsonOpt) -> None:
+    """Restore all disks of a backup plus the VM's definition."""
+    if sum([to_dir is not None, as_name is not None, over]) != 1:
+        raise ValueError("name exactly one of --to-dir DIR, --as NAME, --over")
+    if to_dir is None and store is not None:
+        raise ValueError("--store goes with --to-dir; --as and --over restore from the appliance's store")
+    with byte_progress() as bars:
+        tasks: dict[str, Any] = {}
+
+        def progress(disk: str, done: int, total: int) -> None:
+            if disk not in tasks:
+                tasks[disk] = bars.add_task(f"{backup}/{disk}", total=total)
+            bars.update(tasks[disk], completed=done, total=total)
+        if to_dir is not None:
+            result: Any = restore_vm_to_directory(open_store(store), backup, to_dir, fmt, force=force,
+                                                  verify=verify, progress=progress)
+        else:
+            restores = state.appliance.restores
+            if as_name is not None:
+                result = restores.as_new_vm(backup, as_name, verify=verify, progress=progress)
+            else:
+                vm = restores.store.get_backup(backup).vm
+                result = asyncio.run(restores.over_vm(backup, vm, stop=stop, verify=verify, progress=progress))
+    if as_json:
+        emit_json(vars(result))
+        return
+    out.print(f"restored {backup} of VM {result.vm}: {human(result.bytes_written)} written in {result.seconds:.1f} s"
+              + (", verified" if result.verified else ""))
+    for disk, path in result.disks.items():
+        out.print(f"  {disk}  {path}")
+
+
+def _updates(bars: Any, task: Any):
+    def update(done: int, total: int) -> None:
+        bars.update(task, completed=done, total=total, visible=True)
+    return update
+
+
+@restore_app.command("files")
+@reports_errors
+def restore_files_cmd(backup: str,
+                      path: Annotated[str, typer.Argument(help="Directory to list, or what to extract.")] = "/",
+                      disk: Annotated[str | None, typer.Option("--disk", help="Which disk, if several.")] = None,
+                      partition: Annotated[int | None, typer.Option("--partition", min=1,
+                                                                    help="Partition number (MBR or GPT).")] = None,
+                      extract: Annotated[Path | None, typer.Option("--extract", help="Copy PATH (a file or a "
+                                                                   "directory tree) to this new path.")] = None,
+                      store: StoreOpt = None, as_json: bool = JsonOpt) -> None:
+    """List or extract files of a backed-up filesystem (ext4, xfs, ...) without booting the VM."""
+    with BackupFilesystem(open_store(store), backup, disk, partition) as fs:
+        if extract is not None:
+            fs.extract(path, extract)
+            emit_json({"extracted": path, "to": str(extract)}) if as_json else out.print(f"extracted {path} to {extract}")
+            return
+        entries = fs.list(path)
+    if as_json:
+        emit_json([vars(e) for e in entries])
+        return
+    table = Table("name", "kind", "size", "modified")
+    for e in entries:
+        name = f"{e.name} -> {e.target}" if e.target else e.name
+        table.add_row(name, e.kind, human(e.size), datetime.fromtimestamp(e.mtime, UTC).strftime("%Y-%m-%d %H:%M"))
+    out.print(table)
+
+
+instant_app = typer.Typer(help="Instant restore: run a VM from a backup at once while its disks are copied in.",
+                          no_args_is_help=True)
+restore_app.add_typer(instant_app, name="instant")
+SpeedOpt = Annotated[str | None, typer.Option("--speed", help="Copy at most this many bytes/s per disk "
+                                              "(e.g. 50M; 0: unlimited).")]
+WaitOpt = Annotated[bool, typer.Option("--wait", help="Show the copy's progress until it is done.")]
+
+
+@instant_app.command("start")
+@reports_errors
+def instant_start(backup: str, name: Annotated[str, typer.Argument(help="The new VM's name.")],
+                  speed: SpeedOpt = None, wait: WaitOpt = False, as_json: bool = JsonOpt) -> None:
+    """Define VM NAME from the backup, start it on the backup, copy its disks in the background."""
+    instant = state.appliance.restores.instant
+    result = asyncio.run(instant.start(backup, name, speed=_speed(speed) if speed else 0))
+    _instant_report(name, result, wait, as_json)
+
+
+@instant_app.command("status")
+@reports_errors
+def instant_status(name: str, wait: WaitOpt = False, as_json: bool = JsonOpt) -> None:
+    """How far the copy is; finishes an instant restore whose copy is complete."""
+    _instant_report(name, asyncio.run(state.appliance.restores.instant.poll(name)), wait, as_json)
+
+
+@instant_app.command("resume")
+@reports_errors
+def instant_resume(name: str, speed: SpeedOpt = None, wait: WaitOpt = False, as_json: bool = JsonOpt) -> None:
+    """Go on after an interruption: restart the backup's exports, the VM and the copy as needed."""
+    instant = state.appliance.restores.instant
+    result = asyncio.run(instant.resume(name, speed=_speed(speed) if speed else None))
+    _instant_report(name, result, wait, as_json)
+
+
+@instant_app.command("speed")
+@reports_errors
+def instant_speed(name: str, speed: Annotated[str, typer.Argument(help="Bytes/s per disk, e.g. 50M; 0: unlimited.")],
+                  as_json: bool = JsonOpt) -> None:
+    """Change how fast the copy goes."""
+    _instant_report(name, asyncio.run(state.appliance.restores.instant.set_speed(name, _speed(speed))), False,
+                    as_json)
+
+
+def _speed(text: str) -> int:
+    return 0 if text.strip() == "0" else parse_size(text)
+
+
+def _instant_report(name: str, result: Any, wait: bool, as_json: bool) -> None:
+    if wait:
+        instant = state.appliance.restores.instant
+        with byte_progress() as bars:
+            tasks: dict[str, Any] = {}
+
+            async def watch() -> Any:
+                while True:
+                    current = await instant.poll(name)
+                    for disk, (done, total) in current.progress.items():
+                        if disk not in tasks:
+                            tasks[disk] = bars.add_task(f"{name}/{disk}", total=total)
+                        bars.update(tasks[disk], completed=done, total=total)
+                    if current.status != "hydrating":
+                        return current
+                    await asyncio.sleep(1)
+            result = asyncio.run(watch())
+    if as_json:
+        emit_json(result.to_dict())
+        return
+    out.print(f"VM {name}: instant restore of {result.backup_id} is {result.status}"
+              + (f": {result.error}" if result.error else ""))
+    for disk, (done, total) in result.progress.items():
+        out.print(f"  {disk}  {human(done)} of {human(total)} copied")
+
+
+@restore_app.command("boot-test")
+@reports_errors
+def boot_test_cmd(backup: str,
+                  timeout: Annotated[float, typer.Option("--timeout", help="Seconds to wait for the marker.")] = 120.0,
+                  marker: Annotated[str, typer.Option("--marker", help="Text the guest prints on its serial "
+                                                      "console once it is up.")] = DEFAULT_MARKER,
+                  as_json: bool = JsonOpt) -> None:
+    """Boot the backup in an isolated, throw-away VM and check it comes up; the result is recorded."""
+    result = asyncio.run(state.appliance.restores.boot_tests.run(backup, timeout=timeout, marker=marker))
+    if as_json:
+        emit_json(vars(result))
+    else:
+        out.print(f"boot test of {backup}: {'passed' if result.passed else 'FAILED'} in {result.seconds:.1f} s: "
+                  f"{result.reason}")
+    if not result.passed:
+        raise typer.Exit(1)

@@ -1,0 +1,125 @@
+"""`cairn snapshot ...`: create, list (as a tree), revert, delete and check a VM's snapshots."""
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import typer
+from rich.tree import Tree
+
+from appliance.snapshots.service import snapshot_dict, tree_dict
+from appliance.units import human, parse_size
+from chain import Snapshot
+
+from .common import JsonOpt, emit_json, out, reports_errors, state
+
+snapshot_app = typer.Typer(help="Snapshot trees of VM disks: live or offline, revert, delete by commit or pull.",
+                           no_args_is_help=True)
+
+
+@snapshot_app.command("create")
+@reports_errors
+def snapshot_create(vm: str, name: str | None = typer.Option(None, help="A name (default: the snapshot id)."),
+                    auto: bool = typer.Option(False, "--auto", help="An automatic snapshot: at the chain limit the "
+                                                                    "oldest automatic one rotates out."),
+                    memory: bool = typer.Option(False, "--memory", help="Also save the running guest's memory, so "
+                                                                         "a revert resumes it where it was."),
+                    as_json: bool = JsonOpt) -> None:
+    """Snapshot every disk of a VM at one instant (running or stopped)."""
+    snap = asyncio.run(state.appliance.snapshots.create(vm, name, automatic=auto, memory=memory))
+    emit_json(snapshot_dict(snap)) if as_json else out.print(f"snapshot {snap.name} ({snap.id}) of {vm} taken")
+
+
+@snapshot_app.command("tree")
+@snapshot_app.command("list")
+@reports_errors
+def snapshot_list(vm: str, as_json: bool = JsonOpt) -> None:
+    """Show a VM's snapshots as a tree, with the current position and layer sizes."""
+    tree = state.appliance.snapshots.tree(vm)
+    if as_json:
+        emit_json(tree_dict(tree))
+        return
+    root = Tree(f"[bold]{vm}[/bold]  {len(tree.snapshots)} snapshots, {human(tree.total_size())} in layers")
+    branches: dict[str | None, Any] = {None: root}
+    by_parent: dict[str | None, list[Snapshot]] = {}
+    for snap in sorted(tree.snapshots.values(), key=lambda s: s.created):
+        parent = tree.snapshot_parent(snap)
+        by_parent.setdefault(parent.id if parent else None, []).append(snap)
+    current = tree.current_parent()
+
+    def grow(parent_id: str | None) -> None:
+        for snap in by_parent.get(parent_id, []):
+            kind = ("auto" if snap.automatic else "manual") + (" +memory" if snap.memory else "")
+            branches[snap.id] = branches[parent_id].add(
+                f"{snap.name}  [dim]{snap.id}  {snap.created:%Y-%m-%d %H:%M:%S}  {kind}  "
+                f"{human(tree.node_size(snap))}[/dim]")
+            grow(snap.id)
+    grow(None)
+    active = sum(tree.active(d).size for d in tree.disks())
+    branches[current.id if current else None].add(f"[green]● now[/green]  [dim]{human(active)} written since[/dim]")
+    out.print(root)
+    if (intent := state.appliance.snapshots.interrupted(vm)) is not None:
+        out.print(f"[yellow]interrupted:[/yellow] the {intent.describe()}; the next snapshot command or "
+                  f"`cairn snapshot check {vm}` finishes or rolls it back", highlight=False)
+
+
+@snapshot_app.command("revert")
+@reports_errors
+def snapshot_revert(vm: str, snapshot: str,
+                    memory: bool | None = typer.Option(None, "--memory/--disk-only",
+                                                       help="Resume the guest from the snapshot's memory state "
+                                                            "(default when it has one; the VM is stopped and "
+                                                            "started from it), or revert the disks only (VM "
+                                                            "stopped).")) -> None:
+    """Go back to a snapshot. What was written since the last snapshot is dropped; the other
+    snapshots stay, so this starts a new branch."""
+    snap = asyncio.run(state.appliance.snapshots.revert(vm, snapshot, memory))
+    resumed = " and resumed from its memory state" if snap.memory and memory is not False else ""
+    out.print(f"{vm} reverted to {snap.name} ({snap.id}){resumed}")
+
+
+@snapshot_app.command("delete")
+@reports_errors
+def snapshot_delete(vm: str, snapshot: str,
+                    via: str | None = typer.Option(None, help="commit (merge a child down into it) or pull "
+                                                                 "(merge it up into its children); default: what "
+                                                                 "moves less data and fits the tree's shape."),
+                    rate_limit: str | None = typer.Option(
+                        None, "--rate", "--rate-limit",
+                        help="Bytes per second for the merge, e.g. 50M: block-commit/block-stream `speed` on a "
+                             "running VM, `qemu-img commit -r` on a stopped one (an offline pull, qemu-img "
+                             "rebase, has no rate limit)."),
+                    as_json: bool = JsonOpt) -> None:
+    """Delete a snapshot: its layers are merged so every other point keeps its content."""
+    if via not in (None, "commit", "pull"):
+        raise ValueError(f"--via must be commit or pull, not {via}")
+    speed = parse_size(rate_limit) if rate_limit else None
+    merges = asyncio.run(state.appliance.snapshots.delete(vm, snapshot, via, speed))  # type: ignore[arg-type]
+    if as_json:
+        emit_json([{"disk": m.disk, "via": m.kind, "moved_bytes": m.moved_bytes} for m in merges])
+        return
+    for m in merges:
+        out.print(f"{m.disk}: {m.kind}, {human(m.moved_bytes)} to move")
+    out.print(f"deleted snapshot {snapshot} of {vm}")
+
+
+@snapshot_app.command("check")
+@reports_errors
+def snapshot_check(vm: str, repair: bool = typer.Option(False, "--repair", help="Adopt what QEMU or the image "
+                                                                                "files hold as the truth."),
+                   as_json: bool = JsonOpt) -> None:
+    """Compare the snapshot tree with what QEMU has open (running) or the image files (stopped)."""
+    result = asyncio.run(state.appliance.snapshots.check(vm, fix=repair))
+    if as_json:
+        emit_json(vars(result))
+    else:
+        for note in result.recovered:
+            out.print(f"recovered: {note}", highlight=False)
+        for problem in result.problems:
+            out.print(f"[red]mismatch:[/red] {problem}", highlight=False)
+        for note in result.repaired:
+            out.print(f"repaired: {note}", highlight=False)
+        if not result.problems:
+            out.print(f"{vm}: the snapshot tree matches the disks")
+    if result.problems and not repair:
+        raise typer.Exit(1)

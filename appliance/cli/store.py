@@ -1,0 +1,254 @@
+"""`cairn store ...`: create, inspect and maintain a chunk store.
+
+Every command works from the store alone: a directory or an
+sftp://user@host[:port]/path URL (--store, else $CAIRN_STORE, else the data
+dir's). An encrypted store's passphrase comes from $CAIRN_STORE_PASSPHRASE,
+else a prompt. verify also records what it found in the data dir's catalog
+when there is one; prune marks the backups it removed there.
+"""
+from __future__ import annotations
+
+import os
+import re
+import sys
+from collections.abc import Callable
+from dataclasses import asdict
+from datetime import timedelta
+from pathlib import Path
+
+import typer
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+)
+from rich.table import Table
+from sqlalchemy.orm import Session, sessionmaker
+
+from appliance.backups.records import record_pruned, record_verification
+from appliance.catalog.engine import open_catalog
+from appliance.settings import Settings
+from appliance.units import human, parse_size
+from dedup import (
+    DEFAULT_CHUNK_SIZE,
+    DEFAULT_ZSTD_LEVEL,
+    KEY_FILE,
+    PassphraseRequiredError,
+    RetentionPolicy,
+    Store,
+    collect_garbage,
+    open_backend,
+    protect,
+    prune,
+    store_stats,
+    unprotect,
+    verify_store,
+)
+
+from .common import JsonOpt, byte_progress, emit_json, err, out, reports_errors, state
+
+store_app = typer.Typer(help="Create, check and clean up the chunk store.", no_args_is_help=True)
+StoreOpt = typer.Option(None, "--store", help="Store directory or sftp://user@host[:port]/path "
+                                              "(default: $CAIRN_STORE, else the data dir's).")
+KeyFileOpt = typer.Option(None, "--key-file", help="With --encrypt: write the sealed key here instead of into "
+                                                  f"the store's {KEY_FILE}.")
+# Exit status of a verify that found damage (1 is a usage or store error).
+DAMAGE_FOUND = 3
+
+_DURATION = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*")
+_DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_duration(text: str) -> timedelta:
+    """'24h', '30m', '7d', '90s', '0' -> timedelta."""
+    m = _DURATION.fullmatch(text.lower())
+    if not m:
+        raise ValueError(f"not a duration: {text!r} (use e.g. 24h, 30m, 7d)")
+    return timedelta(seconds=float(m.group(1)) * _DURATION_UNITS[m.group(2)])
+
+
+def open_store(location: str | None) -> Store:
+    """The store, unlocked with $CAIRN_STORE_PASSPHRASE or, at a terminal, a passphrase typed in."""
+    access = Settings.resolve(state.data_dir).store_access(location)
+    try:
+        return access.open()
+    except PassphraseRequiredError as e:
+        if not sys.stdin.isatty():
+            raise PassphraseRequiredError(f"{e}: set CAIRN_STORE_PASSPHRASE or run at a terminal") from None
+    return access.open(typer.prompt(f"passphrase of store {access.location}", hide_input=True, err=True))
+
+
+def new_passphrase() -> str:
+    given = os.environ.get("CAIRN_STORE_PASSPHRASE")
+    if given:
+        return given
+    if not sys.stdin.isatty():
+        raise ValueError("--encrypt needs a passphrase: set CAIRN_STORE_PASSPHRASE or run at a terminal")
+    return typer.prompt("passphrase for the new store key", hide_input=True, confirmation_prompt=True, err=True)
+
+
+def existing_catalog() -> sessionmaker[Session] | None:
+    """The data dir's catalog if it has one; store commands never create it."""
+    settings = Settings.resolve(state.data_dir)
+    if settings.catalog_url.startswith("sqlite:///") and not (settings.data_dir / "catalog.db").exists():
+        return None
+    return open_catalog(settings.catalog_url)
+
+
+def count_progress() -> Progress:
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    console=err, transient=False, disable=not err.is_terminal)
+
+
+@store_app.command("init")
+@reports_errors
+def init(store: str | None = typer.Option(None, "--store", "--path",
+                                             help="Directory or sftp:// URL of the new store."),
+         chunk_size: str = typer.Option(f"{DEFAULT_CHUNK_SIZE >> 20}M", "--chunk-size",
+                                        help="Power of two from 1M to 64M."),
+         zstd_level: int = typer.Option(DEFAULT_ZSTD_LEVEL, "--zstd-level", help="1 (fast) to 22 (small)."),
+         encrypt: bool = typer.Option(False, "--encrypt", help="Encrypt chunks, indexes and manifests "
+                                      "(passphrase from CAIRN_STORE_PASSPHRASE or a prompt)."),
+         key_file: Path | None = KeyFileOpt,
+         as_json: bool = JsonOpt) -> None:
+    """Create a store in an empty or missing directory, local or remote."""
+    if key_file is not None and not encrypt:
+        raise ValueError("--key-file goes with --encrypt")
+    access = Settings.resolve(state.data_dir).store_access(store)
+    passphrase = new_passphrase() if encrypt else None
+    created = Store.init(open_backend(access.location, access.ssh), chunk_size=parse_size(chunk_size),
+                         zstd_level=zstd_level, passphrase=passphrase, key_file=key_file)
+    with created:
+        if as_json:
+            emit_json({"location": created.location, **asdict(created.config)})
+            return
+        out.print(f"created store {created.location}: {human(created.chunk_size)} chunks, zstd level {zstd_level}",
+                  highlight=False)
+        if encrypt:
+            where = key_file or f"{created.location}/{KEY_FILE}"
+            out.print(f"encrypted with key {created.config.key_fingerprint}, sealed by your passphrase in {where}. "
+                      "Without the passphrase (and that file) the backups cannot be restored: keep copies of both.",
+                      highlight=False)
+
+
+@store_app.command("stats")
+@reports_errors
+def stats(store: str | None = StoreOpt, as_json: bool = JsonOpt) -> None:
+    """Sizes, dedup and compression ratios, and what each backup alone holds."""
+    s = store_stats(open_store(store))
+    if as_json:
+        emit_json(asdict(s))
+        return
+    out.print(f"{s.backups} backups, {human(s.logical_bytes)} logical ({human(s.zero_bytes)} zeros), "
+              f"{s.chunks} chunks: {human(s.unique_bytes)} unique, {human(s.stored_bytes)} stored")
+    out.print(f"dedup {s.dedup_ratio:.2f}x, compression {s.compression_ratio:.2f}x; "
+              f"unreferenced {s.unreferenced_chunks} chunks ({human(s.unreferenced_bytes)}), "
+              f"missing {s.missing_chunks}, unreadable backups {s.unreadable_backups}")
+    table = Table("backup", "vm", "created", "logical", "unique chunks", "unique stored")
+    for u in s.per_backup:
+        table.add_row(u.backup_id, u.vm, f"{u.created:%Y-%m-%d %H:%M:%S}", human(u.logical_bytes),
+                      str(u.unique_chunks), human(u.unique_stored_bytes))
+    out.print(table)
+
+
+@store_app.command("verify")
+@reports_errors
+def verify(store: str | None = StoreOpt,
+           sample: float = typer.Option(100.0, "--sample", help="Percent of the chunks to check, chosen at random."),
+           as_json: bool = JsonOpt) -> None:
+    """Re-read and re-hash chunks; name every backup a bad chunk hurts. Exit status 3 if damage is found."""
+    source = open_store(store)
+    with byte_progress() as bars:
+        task = bars.add_task("verify", total=None)
+        report = verify_store(source, sample_percent=sample,
+                              progress=lambda done, total: bars.update(task, completed=done, total=total))
+    catalog = existing_catalog()
+    if catalog is not None:
+        with catalog.begin() as session:
+            record_verification(session, report.damaged_backups(),
+                                list(report.backups) if report.sample_percent == 100 else None)
+    if as_json:
+        emit_json({**asdict(report), "ok": report.ok, "damaged_backups": report.damaged_backups()})
+    else:
+        out.print(f"checked {report.chunks_checked} of {report.chunks_referenced} chunks "
+                  f"({human(report.bytes_checked)}) of {len(report.backups)} backups in {report.seconds:.1f} s")
+        for bad in report.bad_chunks:
+            users = ", ".join(f"{u.vm}/{u.backup_id} {u.disk}#{u.chunk_no}" for u in bad.used_by)
+            out.print(f"[red]{bad.problem}[/red] chunk {bad.chunk_id}: used by {users}", highlight=False)
+        for u in report.unreadable:
+            out.print(f"[red]unreadable[/red] {u.vm}/{u.backup_id}: {u.error}", highlight=False)
+        out.print("store is sound" if report.ok else f"{len(report.damaged_backups())} backup(s) damaged")
+    if not report.ok:
+        raise typer.Exit(DAMAGE_FOUND)
+
+
+@store_app.command("gc")
+@reports_errors
+def gc(store: str | None = StoreOpt,
+       grace: str = typer.Option("24h", "--grace", help="Keep unreferenced chunks younger than this."),
+       dry_run: bool = typer.Option(False, "--dry-run", help="Report what would be removed; remove nothing."),
+       as_json: bool = JsonOpt) -> None:
+    """Remove chunks no backup references, safely beside running backups."""
+    grace_period = parse_duration(grace)
+    source = open_store(store)
+    with count_progress() as bars:
+        tasks: dict[str, int] = {}
+
+        def progress(phase: str, done: int, total: int) -> None:
+            if phase not in tasks:
+                tasks[phase] = bars.add_task(phase, total=total)
+            bars.update(tasks[phase], completed=done, total=total)
+        report = collect_garbage(source, grace=grace_period, dry_run=dry_run, progress=progress)
+    if as_json:
+        emit_json(asdict(report))
+        return
+    verb = "would remove" if dry_run else "removed"
+    out.print(f"{verb} {report.chunks_removed} chunks ({human(report.bytes_removed)}), "
+              f"{report.temp_files_removed} temp files, {len(report.abandoned_backups_removed)} abandoned backups; "
+              f"kept {report.chunks_kept} chunks ({human(report.bytes_kept)}, {report.chunks_within_grace} "
+              f"unreferenced within the grace period) in {report.seconds:.1f} s")
+
+
+@store_app.command("prune")
+@reports_errors
+def prune_cmd(vm: str = typer.Option(..., "--vm", help="Whose backups to prune."),
+              keep_last: int = typer.Option(0, "--keep-last", help="Keep the N newest backups."),
+              keep_hourly: int = typer.Option(0, "--keep-hourly", help="Keep the newest of each of N hours."),
+              keep_daily: int = typer.Option(0, "--keep-daily", help="Keep the newest of each of N days."),
+              keep_weekly: int = typer.Option(0, "--keep-weekly", help="Keep the newest of each of N weeks."),
+              keep_monthly: int = typer.Option(0, "--keep-monthly", help="Keep the newest of each of N months."),
+              keep_yearly: int = typer.Option(0, "--keep-yearly", help="Keep the newest of each of N years."),
+              store: str | None = StoreOpt,
+              dry_run: bool = typer.Option(False, "--dry-run", help="List what would go and why; remove nothing."),
+              as_json: bool = JsonOpt) -> None:
+    """Remove the backups of a VM that no keep rule (UTC periods) keeps; protected ones always stay."""
+    policy = RetentionPolicy(keep_last, keep_hourly, keep_daily, keep_weekly, keep_monthly, keep_yearly)
+    report = prune(open_store(store), vm, policy, dry_run=dry_run)
+    catalog = existing_catalog()
+    if catalog is not None and not dry_run:
+        with catalog.begin() as session:
+            record_pruned(session, list(report.removed))
+    if as_json:
+        emit_json({**asdict(report), "removed": list(report.removed)})
+        return
+    table = Table("backup", "created", "decision", "why")
+    for d in report.decisions:
+        decision = "keep" if d.keep else ("would remove" if dry_run else "removed")
+        table.add_row(d.backup_id, f"{d.created:%Y-%m-%d %H:%M:%S}", decision,
+                      ", ".join(d.reasons) or "no rule keeps it")
+    out.print(table)
+
+
+def _protection(change: Callable[[Store, str], object], word: str) -> Callable[..., None]:
+    @reports_errors
+    def command(backup: str, store: str | None = StoreOpt) -> None:
+        change(open_store(store), backup)
+        out.print(f"backup {backup} {word}")
+    return command
+
+
+store_app.command("protect", help="Never prune this backup.")(_protection(protect, "is protected"))
+store_app.command("unprotect", help="Let prune rules apply to this backup again.")(
+    _protection(unprotect, "is no longer protected"))

@@ -1,0 +1,351 @@
+"""`cairn vm ...` and `cairn image ...`: define, run, clone and place VMs; the image library."""
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from appliance.access.visibility import visibility
+from appliance.deletion.deletables import deletion_service
+from appliance.deletion.protection import Impact
+from appliance.units import human, parse_size
+from appliance.vms.service import VMOptions, VMView
+from vmm.placement import SchedulingGroup
+from vmm.spec import NicSpec
+
+from .common import JsonOpt, emit_json, out, reports_errors, state
+
+vm_app = typer.Typer(help="Define, run, clone and place VMs.", no_args_is_help=True)
+group_app = typer.Typer(help="VM scheduling groups: affinity and anti-affinity policies.",
+                        no_args_is_help=True)
+image_app = typer.Typer(help="The image library: ISO media and disk images, checksummed.",
+                        no_args_is_help=True)
+vm_app.add_typer(group_app, name="group")
+# Options whose defaults are mutable (lists) or paths, kept out of the signatures (ruff B008).
+DISK_OPT = typer.Option([], "--disk", help="Size of a new blank qcow2 disk (repeat for more).")
+IMAGE_FILE_OPT = typer.Option(None, "--image", help="Base image file for the first disk (a thin overlay on it).")
+NIC_OPT = typer.Option([], "--nic", help="user, tap:IFNAME or bridge:BRIDGE (repeat for more).")
+BOOT_OPT = typer.Option([], "--boot", help="Boot order: disk, cdrom, network (repeat).")
+KERNEL_OPT = typer.Option(None, "--kernel", help="Kernel for direct boot.")
+INITRD_OPT = typer.Option(None, "--initrd", help="Initrd for direct boot.")
+CLONE_NAMES_ARG = typer.Argument(..., help="Names of the new VMs.")
+GROUP_VM_OPT = typer.Option([], "--vm", help="A member VM (repeat).")
+GROUP_HOST_OPT = typer.Option([], "--host", help="A host of the host group (VM-host policies).")
+
+
+def parse_nic(index: int, text: str) -> NicSpec:
+    """user | tap:IFNAME | bridge:BRIDGE"""
+    mode, _, target = text.partition(":")
+    if mode == "user" and not target:
+        return NicSpec(f"net{index}")
+    if mode in ("tap", "bridge") and target:
+        return NicSpec(f"net{index}", mode, **{mode: target})
+    raise ValueError(f"--nic {text!r}: use user, tap:IFNAME or bridge:BRIDGE")
+
+
+def _opt(p: Path | None) -> str | None:
+    return str(p) if p else None
+
+
+def _say(view: VMView, as_json: bool) -> None:
+    if as_json:
+        emit_json(view.to_dict())
+    else:
+        pid = f" (pid {view.status.pid})" if view.status.pid else ""
+        out.print(f"{view.spec.name}: {view.status.state}{pid}")
+
+
+@vm_app.command("create")
+@reports_errors
+def vm_create(name: str,
+              disk: list[str] = DISK_OPT,
+              image: Path | None = IMAGE_FILE_OPT,
+              from_image: str | None = typer.Option(None, "--from-image",
+                                                    help="Library disk image for the first disk (a thin overlay)."),
+              iso: str | None = typer.Option(None, help="Library ISO for the cdrom (booted first)."),
+              storage_pool: str | None = typer.Option(None, help="Storage pool for the disks (`cairn pool`)."),
+              profile: str = typer.Option("modern", help="OS profile: modern (virtio) or legacy (IDE, e1000)."),
+              nic: list[str] = NIC_OPT,
+              boot: list[str] = BOOT_OPT,
+              console: bool = typer.Option(True, "--console/--no-console", help="A VNC console (VGA card)."),
+              ha: bool = typer.Option(False, "--ha", help="Restart the VM when its QEMU dies."),
+              memory: int = typer.Option(256, help="Memory in MiB."),
+              vcpus: int = typer.Option(1, help="Virtual CPUs."),
+              kernel: Path | None = KERNEL_OPT,
+              initrd: Path | None = INITRD_OPT,
+              append: str | None = typer.Option(None, help="Kernel command line for direct boot."),
+              as_json: bool = JsonOpt) -> None:
+    """Define a new VM: blank qcow2 disks, a thin overlay on an image, or an ISO in the cdrom."""
+    vms = state.appliance.vms
+    options = VMOptions(image=from_image, iso=iso, profile=profile,
+                        nics=[parse_nic(i, n) for i, n in enumerate(nic)], boot=boot, vnc=console,
+                        storage_pool=storage_pool)
+    spec = vms.create(name, [parse_size(d) for d in disk], memory_mib=memory, vcpus=vcpus,
+                      kernel=_opt(kernel), initrd=_opt(initrd), append=append, base_image=_opt(image),
+                      options=options)
+    if ha:
+        vms.set_ha(name, True)
+    if as_json:
+        emit_json(vms.show(name).to_dict())
+    else:
+        out.print(f"created VM {name} with disks " + ", ".join(f"{d.name} ({d.path})" for d in spec.disks))
+
+
+def _run_command(action: str, summary: str) -> None:
+    """`cairn vm <action> NAME`: one VMService coroutine of the same name, then the VM's state."""
+    @vm_app.command(action, help=summary)
+    @reports_errors
+    def command(name: str, as_json: bool = JsonOpt) -> None:
+        _say(asyncio.run(getattr(state.appliance.vms, action)(name)), as_json)
+
+
+for _action, _summary in (("start", "Start a VM (QEMU runs on after this command returns)."),
+                          ("reboot", "Reset a running VM (like its reset button)."),
+                          ("pause", "Freeze a running VM's CPUs."),
+                          ("resume", "Let a paused VM run on.")):
+    _run_command(_action, _summary)
+
+
+@vm_app.command("stop")
+@reports_errors
+def vm_stop(name: str, timeout: float = typer.Option(30.0, help="Seconds to wait for a clean shutdown."),
+            force: bool = typer.Option(False, "--force", help="Do not ask the guest: quit QEMU at once."),
+            as_json: bool = JsonOpt) -> None:
+    """Shut a VM down: ACPI power button first, then forced after --timeout."""
+    _say(asyncio.run(state.appliance.vms.stop(name, timeout=timeout, force=force)), as_json)
+
+
+@vm_app.command("resize")
+@reports_errors
+def vm_resize(name: str, vcpus: int | None = typer.Option(None, help="Virtual CPUs."),
+              memory: int | None = typer.Option(None, help="Memory in MiB."),
+              as_json: bool = JsonOpt) -> None:
+    """Change a stopped VM's CPUs and memory."""
+    state.appliance.vms.resize(name, vcpus=vcpus, memory_mib=memory)
+    _say(state.appliance.vms.show(name), as_json)
+
+
+@vm_app.command("grow-disk")
+@reports_errors
+def vm_grow_disk(name: str, disk: str, size: str) -> None:
+    """Grow a disk (live if the VM runs); the guest sees the new size, its partitions do not."""
+    new = asyncio.run(state.appliance.vms.grow_disk(name, disk, parse_size(size)))
+    out.print(f"{name}/{disk}: {human(new)}")
+
+
+@vm_app.command("clone")
+@reports_errors
+def vm_clone(source: str, names: list[str] = CLONE_NAMES_ARG,
+             instant: bool = typer.Option(False, "--instant",
+                                          help="Linked now, made independent by a background stream once started."),
+             as_json: bool = JsonOpt) -> None:
+    """Clone a stopped VM. Several full clones share one image cache of the source."""
+    specs = state.appliance.vms.clone(source, names, "instant" if instant else "full")
+    if as_json:
+        emit_json([state.appliance.vms.show(s.name).to_dict() for s in specs])
+    else:
+        out.print(f"cloned {source} to {', '.join(s.name for s in specs)}")
+
+
+@vm_app.command("ha")
+@reports_errors
+def vm_ha(name: str, enabled: bool = typer.Option(..., "--on/--off", help="Restart the VM when its QEMU dies."),
+          max_restarts: int = typer.Option(3, help="Give up after this many restarts ..."),
+          window: int = typer.Option(600, help="... within this many seconds."),
+          as_json: bool = JsonOpt) -> None:
+    """Turn high availability on or off (`cairn serve` runs the supervisor)."""
+    state.appliance.vms.set_ha(name, enabled, max_restarts, window)
+    _say(state.appliance.vms.show(name), as_json)
+
+
+@vm_app.command("console")
+@reports_errors
+def vm_console(name: str) -> None:
+    """Where a VNC client on this host connects, and the password (changes at every start)."""
+    from vmm.console import vnc_password
+
+    paths = state.appliance.driver.paths(name)
+    password = vnc_password(paths)
+    if password is None:
+        raise ValueError(f"VM {name} has no console right now (not running, or created with --no-console)")
+    out.print(f"socket {paths.vnc_socket}\npassword {password}", highlight=False)
+
+
+@vm_app.command("list")
+@reports_errors
+def vm_list(as_json: bool = JsonOpt) -> None:
+    """List VMs and their state."""
+    views = state.appliance.vms.list()
+    if as_json:
+        emit_json([v.to_dict() for v in views])
+        return
+    table = Table("name", "state", "vcpus", "memory", "disks", "ha")
+    for v in views:
+        table.add_row(v.spec.name, v.status.state, str(v.spec.vcpus), f"{v.spec.memory_mib} MiB",
+                      ", ".join(d.name for d in v.spec.disks), "on" if v.ha else "")
+    out.print(table)
+
+
+@vm_app.command("show")
+@reports_errors
+def vm_show(name: str, as_json: bool = JsonOpt) -> None:
+    """Show a VM's definition, state, disks and network cards."""
+    view = state.appliance.vms.show(name)
+    if as_json:
+        emit_json(view.to_dict())
+        return
+    spec = view.spec
+    out.print(f"[bold]{name}[/bold]  {view.status.state}  {spec.vcpus} vCPU  {spec.memory_mib} MiB  "
+              f"profile {spec.profile}" + ("  HA" if view.ha else ""))
+    for d in spec.disks:
+        out.print(f"  {d.name}  {d.format}  {d.path}")
+    for n in spec.nics:
+        out.print(f"  {n.name}  {n.mode} {n.tap or n.bridge or ''}  {n.mac}")
+    if spec.cdrom:
+        out.print(f"  cdrom  {spec.cdrom}")
+    if view.linked_to:
+        progress = asyncio.run(state.appliance.vms.clone_progress(name))
+        out.print(f"  instant clone of {view.linked_to}: "
+                  + (", ".join(f"{d} {p:.0%}" for d, p in progress.items()) or "independent"))
+
+
+@vm_app.command("access")
+@reports_errors
+def vm_access(name: str,
+              owner: str | None = typer.Option(None, help="The user who owns the VM (\"\": no owner, shared "
+                                                           "with everyone)."),
+              group: str | None = typer.Option(None, help="The group whose members see it too (\"\": none)."),
+              as_json: bool = JsonOpt) -> None:
+    """Show, or with --owner/--group change, who sees the VM (besides admins): its owner and the
+    members of its group; a VM without an owner is shared with every user."""
+    seen = visibility(state.appliance)
+    state.appliance.vms.spec(name)   # no such VM: an error
+    access = seen.get(name)
+    if owner is not None or group is not None:
+        access = seen.set(name, access.owner if owner is None else owner or None,
+                          access.group if group is None else group or None)
+    if as_json:
+        emit_json({"vm": name, "owner": access.owner, "group": access.group})
+    else:
+        out.print(f"{name}: owner {access.owner or '(none: shared with everyone)'}, "
+                  f"group {access.group or '(none)'}", highlight=False)
+
+
+@vm_app.command("delete")
+@reports_errors
+def vm_delete(name: str, yes: bool = typer.Option(False, "--yes", help="Do not ask for confirmation."),
+              dry_run: bool = typer.Option(False, "--dry-run", help="Only say what it would take."),
+              as_json: bool = JsonOpt) -> None:
+    """Delete a stopped VM and its disks under the deletion rules (by default it waits in the
+    recycle bin, restorable, for a week); its backups stay in the store."""
+    deletions = deletion_service(state.appliance)
+    if dry_run or not yes:
+        impact = deletions.preview("vm", name)
+        if not dry_run:
+            _say_impact(impact, "would delete")
+            if not typer.confirm(f"Delete VM {name}?"):
+                raise typer.Exit(1)
+    if not dry_run:
+        impact = deletions.delete("vm", name)
+    if as_json:
+        emit_json(impact.model_dump(mode="json"))
+    else:
+        _say_impact(impact, "would delete" if dry_run else "deleted")
+
+
+def _say_impact(impact: Impact, verb: str) -> None:
+    where = (f", in the recycle bin as {impact.recycle_id} until {impact.purge_at:%Y-%m-%d %H:%M} UTC"
+             if impact.recycle_id and impact.purge_at else "")
+    frees = f", frees {human(impact.frees_bytes)}" if impact.frees_bytes is not None else ""
+    out.print(f"{verb} VM {impact.name} ({impact.mode}{frees}{where}):")
+    for line in impact.takes:
+        out.print(f"  {line}")
+
+
+# -- scheduling groups ----------------------------------------------------------------------------
+
+@group_app.command("set")
+@reports_errors
+def group_set(name: str,
+              policy: str = typer.Option(..., help="vm-anti-affinity, vm-affinity, vm-host-anti-affinity, vm-host-affinity."),
+              enforcement: str = typer.Option("mandatory", help="mandatory or preferred."),
+              vm: list[str] = GROUP_VM_OPT,
+              host: list[str] = GROUP_HOST_OPT,
+              ) -> None:
+    """Create or replace a scheduling group."""
+    state.appliance.vms.save_group(SchedulingGroup(name, policy, enforcement, frozenset(vm),  # type: ignore[arg-type]
+                                                   frozenset(host)))
+    out.print(f"scheduling group {name}: {policy} ({enforcement})")
+
+
+@group_app.command("list")
+@reports_errors
+def group_list(as_json: bool = JsonOpt) -> None:
+    """List scheduling groups."""
+    groups = state.appliance.vms.groups()
+    if as_json:
+        emit_json([{"name": g.name, "policy": g.policy, "enforcement": g.enforcement,
+                    "vms": sorted(g.vms), "hosts": sorted(g.hosts)} for g in groups])
+        return
+    table = Table("name", "policy", "enforcement", "vms", "hosts")
+    for g in groups:
+        table.add_row(g.name, g.policy, g.enforcement, ", ".join(sorted(g.vms)), ", ".join(sorted(g.hosts)))
+    out.print(table)
+
+
+@group_app.command("delete")
+@reports_errors
+def group_delete(name: str) -> None:
+    """Delete a scheduling group."""
+    state.appliance.vms.delete_group(name)
+    out.print(f"deleted scheduling group {name}")
+
+
+# -- images ---------------------------------------------------------------------------------------
+
+@image_app.command("import")
+@reports_errors
+def image_import(name: str, path: Path, kind: str | None = typer.Option(None, help="iso or disk (detected).")) -> None:
+    """Copy a file into the library, recording its SHA-256."""
+    record = state.appliance.vms.images.import_file(name, path, kind)  # type: ignore[arg-type]
+    out.print(f"image {name}: {record.kind} {record.format} {human(record.size)} sha256 {record.sha256}")
+
+
+@image_app.command("from-vm")
+@reports_errors
+def image_from_vm(vm: str, name: str, disk: str | None = typer.Option(None, help="Which disk (default: the first).")) -> None:
+    """Make a library image of a stopped VM's disk (flattened: it stands alone)."""
+    record = state.appliance.vms.image_from_vm(vm, name, disk)
+    out.print(f"image {name}: {human(record.size)} sha256 {record.sha256}")
+
+
+@image_app.command("list")
+@reports_errors
+def image_list(as_json: bool = JsonOpt) -> None:
+    """List the library's images."""
+    records = state.appliance.vms.images.list()
+    if as_json:
+        emit_json([r.to_dict() for r in records])
+        return
+    table = Table("name", "kind", "format", "size", "virtual size", "sha256", "source")
+    for r in records:
+        table.add_row(r.name, r.kind, r.format, human(r.size), human(r.virtual_size), r.sha256[:16], r.source)
+    out.print(table)
+
+
+@image_app.command("verify")
+@reports_errors
+def image_verify(name: str) -> None:
+    """Re-hash an image and compare with its recorded SHA-256."""
+    record = state.appliance.vms.images.verify(name)
+    out.print(f"image {name}: ok (sha256 {record.sha256})")
+
+
+@image_app.command("delete")
+@reports_errors
+def image_delete(name: str) -> None:
+    """Delete an image no VM uses."""
+    state.appliance.vms.delete_image(name)
+    out.print(f"deleted image {name}")

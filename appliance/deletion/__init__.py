@@ -1,0 +1,2 @@
+"""Deletion protection: per kind of resource, deleting is immediate, delayed or never; the recycle bin.
+"""

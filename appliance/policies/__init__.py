@@ -1,0 +1,2 @@
+"""Backup and snapshot policies, and the scheduler that turns due policies into jobs.
+"""

@@ -1,0 +1,2 @@
+"""Pools (compute, storage, address) and VM networks (a bridge, an address pool, dnsmasq).
+"""

@@ -1,0 +1,238 @@
+"""Instant restore: a VM runs from a backup within seconds while its disks are copied in.
+
+Each disk of the backup is served read-only from the store by nbdkit
+(restore.export); the new VM's disk is a qcow2 overlay whose backing file is
+that export, so the VM boots at once and its writes land in the overlay. A
+block-stream job per disk, run by QEMU itself, then copies everything the
+overlay lacks from the backing export into the overlay and drops the backing
+file: the overlay becomes a complete, independent disk and the exports stop.
+
+The job lives in QEMU, so it goes on if the appliance dies. What is needed to
+finish it is recorded in <data dir>/instant/<vm>/state.json (backup, exports,
+overlays); resume() restarts whatever is gone (nbdkit, the VM, the stream job)
+and waits for the copy to complete.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from appliance.errors import ConflictError, NotFoundError
+from appliance.settings import Settings
+from appliance.vms.service import VMService
+from dedup import Store
+from restore.export import BackupExport
+from restore.targets import create_qcow2
+from vmm import QMPSession, disk_of_qdev, image_info
+
+from .restored_vm import define_like
+
+STATE_FILE = "state.json"
+Status = Literal["hydrating", "done", "failed"]
+
+
+@dataclass
+class InstantDisk:
+    name: str  # the new VM's disk
+    source: str  # the backup's disk it is restored from
+    overlay: str
+    socket: str
+
+
+@dataclass
+class InstantRestore:
+    vm: str
+    backup_id: str
+    store: str
+    disks: list[InstantDisk]
+    speed: int = 0  # bytes/s per stream job; 0: as fast as it goes
+    status: Status = "hydrating"
+    error: str | None = None
+    progress: dict[str, list[int]] = field(default_factory=dict)  # disk -> [copied, total], while hydrating
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def job_id(disk: str) -> str:
+    return f"instant-{disk}"
+
+
+class InstantRestoreService:
+    def __init__(self, settings: Settings, vms: VMService, store: Store):
+        self.settings = settings
+        self.vms = vms
+        self.store = store
+
+    async def start(self, backup_id: str, name: str, speed: int = 0) -> InstantRestore:
+        """Define VM `name` from the backup on overlays of the served backup, start it, start the copy."""
+        manifest = self.store.get_backup(backup_id)
+        folder = self._folder(name)
+        if folder.exists():
+            if self.load(name).status != "done":
+                raise ConflictError(f"an instant restore into VM {name} is not finished ({folder})")
+            shutil.rmtree(folder)  # the record of a finished one, whose VM may be gone since
+        backed_up, spec = define_like(self.vms, name, manifest)
+        sizes = [manifest.disk(d.name).size for d in backed_up.disks]
+        state = InstantRestore(name, backup_id, self.store.location, [
+            InstantDisk(new.name, old.name, new.path, str(folder / f"{new.name}.sock"))
+            for old, new in zip(backed_up.disks, spec.disks, strict=True)], speed)
+        try:
+            folder.mkdir(parents=True)
+            for disk, size in zip(state.disks, sizes, strict=True):
+                export = self._export(state, disk)
+                # The blank disk create() made is replaced by the overlay on the backup.
+                os.unlink(disk.overlay)
+                create_qcow2(Path(disk.overlay), size, backing_uri=export.uri)
+            self._save(state)
+            await self.vms.start(name)
+            await self._stream(state)
+        except BaseException:
+            await self.discard(name)
+            raise
+        return state
+
+    async def resume(self, name: str, speed: int | None = None) -> InstantRestore:
+        """Restart what an interruption stopped: exports, the VM, the copy jobs (at `speed`
+        bytes/s if given, else as before)."""
+        state = self.load(name)
+        if state.status == "done":
+            return state
+        if speed is not None:
+            state.speed = speed
+        for disk in state.disks:
+            if _backing(disk) is not None:
+                self._export(state, disk)
+        if self.vms.show(name).status.state not in ("running", "paused"):
+            await self.vms.start(name)
+        state.status, state.error = "hydrating", None
+        self._save(state)
+        await self._stream(state)
+        return state
+
+    async def set_speed(self, name: str, speed: int) -> InstantRestore:
+        """Throttle the copy to `speed` bytes/s per disk (0: unlimited), now and after a resume."""
+        state = self.load(name)
+        if state.status != "hydrating":
+            raise ConflictError(f"the instant restore of VM {name} is {state.status}, not copying")
+        state.speed = speed
+        self._save(state)
+        async with self.vms.driver.session(name) as qmp:
+            running = {j["id"] for j in await qmp.execute("query-jobs")}
+            for disk in state.disks:
+                if job_id(disk.name) in running:
+                    await qmp.execute("block-job-set-speed", {"device": job_id(disk.name), "speed": speed})
+        return state
+
+    async def poll(self, name: str) -> InstantRestore:
+        """Look at the copy jobs once; record progress, completion or failure."""
+        state = self.load(name)
+        if state.status != "hydrating":
+            return state
+        if self.vms.show(name).status.state in ("running", "paused"):
+            errors, backed = await self._inspect(state)
+        else:
+            backed = [d.name for d in state.disks if _backing(d) is not None]
+            errors = [f"VM {name} stopped before disks {', '.join(backed)} were copied"] if backed else []
+        if errors:
+            state.status, state.error = "failed", "; ".join(errors) + " (resume to go on)"
+        elif not backed:
+            for disk in state.disks:
+                _running_export(disk).stop()
+            state.status, state.progress = "done", {}
+        self._save(state)
+        return state
+
+    async def _inspect(self, state: InstantRestore) -> tuple[list[str], list[str]]:
+        """(errors, disks still reading from the backup) of the running VM; records progress."""
+        errors, backed = [], []
+        async with self.vms.driver.session(state.vm) as qmp:
+            jobs = {j["id"]: j for j in await qmp.execute("query-jobs")}
+            for disk in state.disks:
+                job = jobs.get(job_id(disk.name))
+                if job is not None:
+                    state.progress[disk.name] = [job["current-progress"], job["total-progress"]]
+                    if job["status"] == "concluded":
+                        await qmp.execute("job-dismiss", {"id": job["id"]})
+                        if job.get("error"):
+                            errors.append(f"copying disk {disk.name} failed: {job['error']}")
+                if await _has_backing(qmp, disk.name):
+                    backed.append(disk.name)
+                    if job is None:
+                        errors.append(f"the copy job of disk {disk.name} is gone before it finished")
+        return errors, backed
+
+    async def wait(self, name: str, timeout: float, interval: float = 0.5) -> InstantRestore:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while (state := await self.poll(name)).status == "hydrating":
+            if loop.time() > deadline:
+                raise ConflictError(f"the instant restore of VM {name} is still copying after {timeout:.0f}s")
+            await asyncio.sleep(interval)
+        return state
+
+    def load(self, name: str) -> InstantRestore:
+        try:
+            doc = json.loads((self._folder(name) / STATE_FILE).read_text())
+        except FileNotFoundError:
+            raise NotFoundError(f"no instant restore into VM {name}") from None
+        return InstantRestore(**{**doc, "disks": [InstantDisk(**d) for d in doc["disks"]]})
+
+    async def discard(self, name: str) -> None:
+        """Undo a failed start: stop the VM and the exports, remove the VM and the state."""
+        await self.vms.stop(name, force=True)
+        self.vms.delete(name)
+        folder = self._folder(name)
+        for sock in folder.glob("*.sock"):
+            BackupExport(sock, sock.with_suffix(".pid")).stop()
+        shutil.rmtree(folder, ignore_errors=True)
+
+    async def _stream(self, state: InstantRestore) -> None:
+        async with self.vms.driver.session(state.vm) as qmp:
+            running = {j["id"] for j in await qmp.execute("query-jobs")}
+            for disk in state.disks:
+                if job_id(disk.name) in running or not await _has_backing(qmp, disk.name):
+                    continue
+                # auto-dismiss off: a failed job stays listed with its error until poll() reads it.
+                await qmp.execute("block-stream", {"job-id": job_id(disk.name), "device": disk.name,
+                                                   "speed": state.speed, "auto-dismiss": False})
+
+    def _export(self, state: InstantRestore, disk: InstantDisk) -> BackupExport:
+        """The disk's export, started unless it runs."""
+        running = _running_export(disk)
+        if running.pid() is not None:
+            return running
+        Path(disk.socket).unlink(missing_ok=True)
+        return BackupExport.start(state.store, state.backup_id, disk.source, Path(disk.socket))
+
+    def _folder(self, name: str) -> Path:
+        return self.settings.data_dir / "instant" / name
+
+    def _save(self, state: InstantRestore) -> None:
+        path = self._folder(state.vm) / STATE_FILE
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(state.to_dict(), indent=2) + "\n")
+        os.replace(tmp, path)
+
+
+async def _has_backing(qmp: QMPSession, disk: str) -> bool:
+    """Whether the disk's image in the running VM still has its backing file."""
+    for entry in await qmp.execute("query-block"):
+        if disk_of_qdev(entry.get("qdev", "")) == disk:
+            return "backing_file" in entry.get("inserted", {})
+    raise NotFoundError(f"the VM has no disk {disk}")
+
+
+def _running_export(disk: InstantDisk) -> BackupExport:
+    socket = Path(disk.socket)
+    return BackupExport(socket, socket.with_suffix(".pid"))
+
+
+def _backing(disk: InstantDisk) -> str | None:
+    """The overlay file's backing file, read from its header (the VM may not run)."""
+    return image_info(disk.overlay).get("backing-filename")

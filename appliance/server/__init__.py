@@ -1,0 +1,2 @@
+"""Running the appliance as a server: HTTPS (a self-signed certificate made on first start).
+"""

@@ -1,0 +1,317 @@
+"""Snapshots of a VM's disks: the tree lives in the catalog, chain/ changes the image files.
+
+Every change runs under the VM's lock (no start or stop meanwhile). First an operation an
+earlier crash interrupted is finished or rolled back (its intent record says which, see
+chain/intent.py); then the tree is reconciled with what QEMU has open (running VM) or what the
+image files say (stopped VM), and a disagreement stops the change. chain/ records the tree, the
+VM's disk paths (the active layers, which the VM opens at its next start) and the intent
+together, in one catalog transaction per step.
+"""
+from __future__ import annotations
+
+import asyncio
+import os
+import shlex
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from appliance.backups.records import BackupRecord
+from appliance.catalog.base import utcnow
+from appliance.errors import ConflictError, NotFoundError
+from appliance.process import alive
+from appliance.vms.service import VMService
+from chain import (
+    DEFAULT_CHAIN_LIMIT,
+    ChainError,
+    ChainMismatchError,
+    Intent,
+    LiveChains,
+    Merge,
+    Snapshot,
+    UnknownSnapshotError,
+    Via,
+    VMTree,
+    delete_snapshot,
+    live_chains,
+    offline_chains,
+    problems,
+    recover,
+    repair,
+    revert,
+    take_snapshot,
+)
+from chain.inspect import measure
+from chain.reconcile import RealChains
+from chain.tree import new_id
+from vmm import VMError, VMSpec
+from vmm.rundir import exclusive
+
+from .records import SnapshotIntentRecord, SnapshotTreeRecord
+
+CHAIN_LIMIT_ENV = "CAIRN_SNAPSHOT_CHAIN_LIMIT"
+# Loading a saved memory state reads the file once; TCG on a busy host is slow at it.
+RESUME_TIMEOUT = 300.0
+
+
+def chain_limit_from_env() -> int:
+    text = os.environ.get(CHAIN_LIMIT_ENV, str(DEFAULT_CHAIN_LIMIT))
+    if not text.isdigit() or int(text) < 2:
+        raise ConflictError(f"{CHAIN_LIMIT_ENV} must be an integer >= 2, not {text!r}")
+    return int(text)
+
+
+@dataclass
+class CheckResult:
+    problems: list[str]
+    repaired: list[str] = field(default_factory=list)
+    # What finishing or rolling back an interrupted operation did before the check.
+    recovered: list[str] = field(default_factory=list)
+
+
+class CatalogJournal:
+    """chain.Journal on the catalog: the tree, the VM's disk paths and the intent, together."""
+
+    def __init__(self, catalog: sessionmaker[Session], vms: VMService):
+        self.catalog = catalog
+        self.vms = vms
+
+    def record(self, tree: VMTree, intent: Intent | None) -> None:
+        with self.catalog.begin() as s:
+            rec = s.get(SnapshotTreeRecord, tree.vm)
+            if rec is None:
+                s.add(SnapshotTreeRecord(vm_name=tree.vm, tree=tree.to_dict()))
+            else:
+                rec.tree = tree.to_dict()
+            self.vms.point_disks(s, tree.vm, {d: tree.active(d).file for d in tree.disks()})
+            pending = s.get(SnapshotIntentRecord, tree.vm)
+            if intent is None:
+                if pending is not None:
+                    s.delete(pending)
+            elif pending is None:
+                s.add(SnapshotIntentRecord(vm_name=tree.vm, intent=intent.to_dict()))
+            else:
+                pending.intent = intent.to_dict()
+
+    def pending(self, vm: str) -> Intent | None:
+        """The intent an interrupted operation left. One without a tree belongs to a VM that was
+        deleted or restored over since: nothing of it is left to finish."""
+        with self.catalog.begin() as s:
+            rec = s.get(SnapshotIntentRecord, vm)
+            if rec is None:
+                return None
+            if s.get(SnapshotTreeRecord, vm) is None:
+                s.delete(rec)
+                return None
+            return Intent.from_dict(rec.intent)
+
+
+class SnapshotService:
+    def __init__(self, catalog: sessionmaker[Session], vms: VMService, chain_limit: int = DEFAULT_CHAIN_LIMIT):
+        self.catalog = catalog
+        self.vms = vms
+        self.chain_limit = chain_limit
+        self.journal = CatalogJournal(catalog, vms)
+
+    def tree(self, vm: str) -> VMTree:
+        """The VM's tree with each layer's size and bitmaps read from its file."""
+        tree = self._load(self.vms.spec(vm))
+        measure(tree.nodes.values())
+        return tree
+
+    def interrupted(self, vm: str) -> Intent | None:
+        """An operation a crash interrupted, finished or rolled back by the next change or check."""
+        return self.journal.pending(vm)
+
+    async def create(self, vm: str, name: str | None = None, automatic: bool = False,
+                     memory: bool = False) -> Snapshot:
+        """`memory`: also save the running guest's memory, so a revert resumes it right there."""
+        async with self._changing(vm) as (tree, live):
+            snapshot_id = new_id()
+            rotate = tree.check_new_snapshot(name or snapshot_id, automatic, self.chain_limit)
+            if memory and live is None:
+                raise ConflictError(f"VM {vm} is not running: it has no memory state to save")
+            if rotate is not None:
+                await delete_snapshot(tree, live, self.journal, rotate, None, None)
+            return await take_snapshot(tree, live, self.journal, snapshot_id, name or snapshot_id, automatic,
+                                       utcnow(), memory)
+
+    async def revert(self, vm: str, ref: str, memory: bool | None = None) -> Snapshot:
+        """Go back to a snapshot. With its memory state (the default when it has one) the VM is
+        stopped if it runs and started again from that state: the guest runs on from the
+        instant of the snapshot. Without, only a stopped VM is reverted: a running guest's
+        memory would not match the reverted disks."""
+        with _as_user_errors():
+            tree = self._load(self.vms.spec(vm))
+            snap = tree.snapshot(ref)
+            tree.check_revert(snap)
+        resume = snap.memory is not None if memory is None else memory
+        if resume and (snap.memory is None or not os.path.exists(snap.memory)):
+            raise ConflictError(f"snapshot {snap.name} of VM {vm} has no memory state; revert its disks only")
+        if self.vms.driver.status(vm).state in ("running", "paused"):
+            if not resume:
+                raise ConflictError(f"VM {vm} is running: stop it before reverting to a snapshot without its "
+                                    "memory state (the running guest's memory would not match the reverted disks)")
+            self._require_no_backup(vm)
+            await self.vms.stop(vm, force=True)         # what it runs now is what the revert replaces
+        async with self._changing(vm) as (tree, live):
+            if live is not None:
+                raise ConflictError(f"VM {vm} was started during the revert; nothing was changed")
+            snap = tree.snapshot(ref)
+            await revert(tree, self.journal, snap, utcnow())
+        if resume:
+            await self._resume_from(vm, snap)
+        return snap
+
+    async def delete(self, vm: str, ref: str, via: Via | None = None, rate_limit: int | None = None) -> list[Merge]:
+        async with self._changing(vm) as (tree, live):
+            return await delete_snapshot(tree, live, self.journal, tree.snapshot(ref), via, rate_limit)
+
+    async def check(self, vm: str, fix: bool = False) -> CheckResult:
+        """What disagrees between the tree and the disks, once an interrupted operation is
+        finished or rolled back; with `fix`, adopt the disks' state (also when an interrupted
+        operation cannot be finished)."""
+        spec = self.vms.spec(vm)
+        with self._locked(vm), _as_user_errors():
+            async with self._live(vm) as live:
+                try:
+                    recovered = await self._recover(spec, live)
+                except ConflictError as err:
+                    if not fix:
+                        raise
+                    # What is on disk is adopted below, whatever the operation left.
+                    self.journal.record(self._load(spec), None)
+                    recovered = [f"gave up: {err}"]
+                tree = self._load(spec)
+                real = await _real_chains(self.vms.spec(vm), live)
+                result = CheckResult(problems(tree, real), recovered=recovered)
+                if fix and result.problems:
+                    result.repaired = repair(tree, real, utcnow())
+                    self.journal.record(tree, None)
+        return result
+
+    # -- internals ----------------------------------------------------------------------------
+
+    async def _resume_from(self, vm: str, snap: Snapshot) -> None:
+        """Start the VM from the snapshot's memory state. Straight through the driver: the
+        VM's disks were just made, VMService.start's checks are for a VM at rest."""
+        spec = self.vms.spec(vm)
+        with _as_user_errors():
+            await self.vms.driver.start(spec, incoming=f"exec:cat {shlex.quote(snap.memory)}")
+            deadline = time.monotonic() + RESUME_TIMEOUT
+            # The state says the guest was paused (it is, while it is saved), so QEMU holds it
+            # paused once loaded; a state that cannot be loaded makes QEMU exit.
+            while (state := await self.vms.driver.run_state(vm)) != "paused":
+                if state != "inmigrate" or time.monotonic() > deadline:
+                    raise ConflictError(f"VM {vm} did not resume from the memory state of {snap.name} "
+                                        f"(QEMU says {state}); its disks are reverted, start it to boot afresh")
+                await asyncio.sleep(0.1)
+            await self.vms.driver.resume(vm)
+
+    @asynccontextmanager
+    async def _changing(self, vm: str) -> AsyncIterator[tuple[VMTree, LiveChains | None]]:
+        """The reconciled tree and, for a running VM, its live chains (chain/ records changes)."""
+        spec = self.vms.spec(vm)
+        with self._locked(vm), _as_user_errors():
+            async with self._live(vm) as live:
+                await self._recover(spec, live)
+                self._require_no_backup(vm)
+                spec = self.vms.spec(vm)
+                tree = self._load(spec)
+                if live is not None:
+                    await live.require_idle()
+                if found := problems(tree, await _real_chains(spec, live)):
+                    raise ChainMismatchError(vm, found)
+                try:
+                    yield tree, live
+                except (ChainError, VMError) as err:
+                    if (intent := self.journal.pending(vm)) is None:
+                        raise
+                    raise ConflictError(f"VM {vm}: the {intent.describe()} was interrupted: {err}; the next "
+                                        f"snapshot command or `cairn snapshot check {vm}` finishes it") from err
+
+    def _require_no_backup(self, vm: str) -> None:
+        """A backup reads the layers a change would merge or move (through QEMU or qemu-nbd)."""
+        with self.catalog() as s:
+            running = [r for r in s.scalars(select(BackupRecord).where(BackupRecord.vm_name == vm,
+                                                                       BackupRecord.status == "running"))
+                       if r.runner_pid is not None and alive(r.runner_pid)]
+        if running:
+            raise ConflictError(f"backup {running[0].id} of VM {vm} is running; change its snapshots once it is "
+                                "done (nothing was changed)")
+
+    async def _recover(self, spec: VMSpec, live: LiveChains | None) -> list[str]:
+        intent = self.journal.pending(spec.name)
+        if intent is None:
+            return []
+        paused_by_owner = self.vms.driver.status(spec.name).state == "paused"
+        try:
+            return await recover(self._load(spec), live, self.journal, intent, paused_by_owner)
+        except (ChainError, VMError) as err:
+            raise ConflictError(f"VM {spec.name}: the interrupted {intent.describe()} could not be finished: {err}; "
+                                "it is tried again before the next snapshot operation") from err
+
+    @asynccontextmanager
+    async def _live(self, vm: str) -> AsyncIterator[LiveChains | None]:
+        """QMP access to the VM's chains if it runs (one session throughout), else None."""
+        if self.vms.driver.status(vm).state not in ("running", "paused"):
+            yield None
+            return
+        async with self.vms.driver.session(vm) as qmp:
+            yield LiveChains(qmp)
+
+    @contextmanager
+    def _locked(self, vm: str) -> Iterator[None]:
+        rundir = self.vms.driver.paths(vm)
+        rundir.path.mkdir(parents=True, exist_ok=True)
+        with exclusive(rundir, vm):
+            yield
+
+    def _load(self, spec: VMSpec) -> VMTree:
+        with self.catalog() as s:
+            rec = s.get(SnapshotTreeRecord, spec.name)
+            if rec is not None:
+                return VMTree.from_dict(rec.tree)
+        return VMTree.new(spec.name, {d.name: d.path for d in spec.disks}, utcnow())
+
+
+async def _real_chains(spec: VMSpec, live: LiveChains | None) -> RealChains:
+    """What QEMU has open, or what the files the VM will open next are backed by."""
+    if live is not None:
+        return live_chains(await live.graph())
+    return offline_chains({d.name: d.path for d in spec.disks})
+
+
+@contextmanager
+def _as_user_errors() -> Iterator[None]:
+    """chain/'s errors in the appliance's terms (the CLI and the API report those)."""
+    try:
+        yield
+    except UnknownSnapshotError as err:
+        raise NotFoundError(str(err)) from err
+    except ChainError as err:
+        raise ConflictError(str(err)) from err
+
+
+def tree_dict(tree: VMTree) -> dict[str, Any]:
+    """The tree as JSON: snapshots (with their parent and per-disk layers) and the current position."""
+    def layer(node_id: str) -> dict[str, Any]:
+        n = tree.nodes[node_id]
+        return {"node": n.id, "file": n.file, "size": n.size, "bitmaps": n.bitmaps}
+    current = tree.current_parent()
+    return {"vm": tree.vm, "total_size": tree.total_size(),
+            "current": {"parent": current.id if current else None,
+                        "disks": {d: layer(tree.active(d).id) for d in tree.disks()}},
+            "snapshots": [{**snapshot_dict(s), "parent": (p.id if (p := tree.snapshot_parent(s)) else None),
+                           "size": tree.node_size(s), "disks": {d: layer(n) for d, n in s.nodes.items()}}
+                          for s in sorted(tree.snapshots.values(), key=lambda s: s.created)]}
+
+
+def snapshot_dict(snap: Snapshot) -> dict[str, Any]:
+    return {"id": snap.id, "name": snap.name, "created": snap.created.isoformat(), "automatic": snap.automatic,
+            "memory": snap.memory is not None}

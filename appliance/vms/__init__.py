@@ -1,0 +1,2 @@
+"""VMs the appliance runs itself: definitions in the catalog, vmm/ runs them.
+"""

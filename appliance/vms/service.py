@@ -1,0 +1,488 @@
+"""Defining, running and removing VMs: the catalog keeps the definition, vmm runs it.
+
+Disk files live in <data dir>/vms/<vm>/; images come from the image library
+(<data dir>/images, vmm.images_library) and are checked against their SHA-256 whenever a VM is
+created on them and again before the VM starts.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import inspect as sa_inspect
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from appliance.catalog.base import utcnow
+from appliance.deletion.records import RecycledRecord
+from appliance.errors import ConflictError, NotFoundError
+from appliance.jobs.events import EventLog
+from appliance.pools.networks import NetworkService
+from appliance.pools.service import PoolService
+from appliance.settings import Settings
+from appliance.snapshots.records import SnapshotIntentRecord, SnapshotTreeRecord
+from vmm import DiskSpec, QemuDriver, VMSpec, VMStatus, create_disk, image_info
+from vmm.clone import CloneMode, clone_disks, clone_spec
+from vmm.ha import HAHooks, HASupervisor, RestartLimit
+from vmm.images import backing_chain, resize_image
+from vmm.images_library import ImageLibrary, ImageRecord
+from vmm.placement import LOCAL_HOST, Placement, SchedulingGroup, local_host, place
+from vmm.spec import NicSpec
+
+from .records import SchedulingGroupRecord, VMOptionsRecord, VMRecord, VMTagRecord
+
+DISK_NAMES = [f"vd{c}" for c in "abcdefghijklmnopqrstuvwxyz"]
+ACTIVE = ("running", "paused")
+# A VM's rows in the catalog besides its backups: deleting the VM removes them all.
+VM_RECORDS = (VMRecord, SnapshotTreeRecord, SnapshotIntentRecord, VMOptionsRecord, VMTagRecord)
+
+
+@dataclass
+class VMView:
+    spec: VMSpec
+    status: VMStatus
+    ha: bool = False
+    linked_to: str | None = None
+
+    def to_dict(self) -> dict:
+        return {**self.spec.to_dict(), "state": self.status.state, "pid": self.status.pid,
+                "ha": self.ha, "linked_to": self.linked_to}
+
+
+@dataclass
+class VMOptions:
+    """What create() accepts beyond disks and direct boot (all optional)."""
+    image: str | None = None          # library disk image: the first disk is a thin overlay on it
+    iso: str | None = None            # library ISO in the cdrom, booted first
+    profile: str = "modern"
+    nics: list[NicSpec] = field(default_factory=list)
+    boot: list[str] = field(default_factory=list)
+    vnc: bool = False
+    storage_pool: str | None = None   # disks go in this storage pool's folder, not the data dir
+
+
+class VMService:
+    def __init__(self, settings: Settings, catalog: sessionmaker[Session], driver: QemuDriver):
+        self.settings = settings
+        self.catalog = catalog
+        self.driver = driver
+        self.images = ImageLibrary(settings.data_dir / "images")
+        self.events = EventLog(catalog)
+        self.pools = PoolService(catalog)
+        self.networks = NetworkService(settings, catalog, self.pools, driver)
+
+    # -- definitions --------------------------------------------------------------------------
+
+    def create(self, name: str, disk_sizes: list[int], memory_mib: int = 256, vcpus: int = 1,
+               kernel: str | None = None, initrd: str | None = None, append: str | None = None,
+               base_image: str | None = None, options: VMOptions | None = None) -> VMSpec:
+        """A new VM with blank qcow2 disks; the first one is a thin overlay on `base_image` (a
+        file) or on options.image (a library image) if given, and an ISO goes in its cdrom."""
+        options = options or VMOptions()
+        with self.catalog() as s:
+            if s.get(VMRecord, name):
+                raise ConflictError(f"VM {name} already exists")
+        for path in (kernel, initrd, base_image):
+            if path and not Path(path).is_file():
+                raise NotFoundError(f"{path} does not exist")
+        if base_image and options.image:
+            raise ConflictError("give a base image file or a library image, not both")
+        backing = (str(self.images.verified_path(options.image, "disk")) if options.image
+                   else base_image and str(Path(base_image).resolve()))
+        cdrom = str(self.images.verified_path(options.iso, "iso")) if options.iso else None
+        if not disk_sizes and not backing:
+            raise ConflictError("a VM needs at least one disk (a disk size or an image)")
+        if len(disk_sizes) > len(DISK_NAMES):
+            raise ConflictError(f"a VM has at most {len(DISK_NAMES)} disks")
+        root = (self.pools.storage_pool(options.storage_pool).path if options.storage_pool
+                else self.settings.images_dir)
+        folder = root / name
+        disks = [DiskSpec(DISK_NAMES[i], str(folder / f"{DISK_NAMES[i]}.qcow2"))
+                 for i in range(max(len(disk_sizes), 1 if backing else 0))]
+        boot = options.boot or (["cdrom", "disk"] if cdrom else [])
+        spec = VMSpec(name=name, memory_mib=memory_mib, vcpus=vcpus, disks=disks,
+                      kernel=kernel and str(Path(kernel).resolve()),
+                      initrd=initrd and str(Path(initrd).resolve()), append=append,
+                      profile=options.profile, nics=options.nics, cdrom=cdrom, boot=boot,
+                      vnc=options.vnc)
+        spec.validate()
+        self._place(spec)
+        self._new_folder(name, root)
+        try:
+            for i, disk in enumerate(disks):
+                size = disk_sizes[i] if i < len(disk_sizes) else None
+                if i == 0 and backing:
+                    # An overlay smaller than its image would hide the image's end.
+                    size = size and max(size, int(image_info(backing)["virtual-size"]))
+                    create_disk(disk.path, size, backing=backing)
+                else:
+                    create_disk(disk.path, size)
+            with self.catalog.begin() as s:
+                s.add(VMRecord(name=name, spec=spec.to_dict()))
+        except Exception:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
+        return spec
+
+    def spec(self, name: str) -> VMSpec:
+        with self.catalog() as s:
+            rec = s.get(VMRecord, name)
+            if rec is None:
+                raise NotFoundError(f"no VM named {name}")
+            return VMSpec.from_dict(rec.spec)
+
+    @staticmethod
+    def point_disks(session: Session, name: str, paths: dict[str, str]) -> None:
+        """From its next start the VM opens these files (snapshots move a disk's active layer)."""
+        rec = session.get(VMRecord, name)
+        spec = VMSpec.from_dict(rec.spec)
+        for disk in spec.disks:
+            disk.path = paths.get(disk.name, disk.path)
+        rec.spec = spec.to_dict()
+
+    def show(self, name: str) -> VMView:
+        spec = self.spec(name)
+        with self.catalog() as s:
+            opts = s.get(VMOptionsRecord, name)
+        return self._view(spec, opts)
+
+    def list(self) -> list[VMView]:
+        with self.catalog() as s:
+            specs = [VMSpec.from_dict(r.spec) for r in s.scalars(select(VMRecord).order_by(VMRecord.name))]
+            opts = {o.vm_name: o for o in s.scalars(select(VMOptionsRecord))}
+        return [self._view(spec, opts.get(spec.name)) for spec in specs]
+
+    def _view(self, spec: VMSpec, opts: VMOptionsRecord | None) -> VMView:
+        return VMView(spec, self.driver.status(spec.name), ha=bool(opts and opts.ha_enabled),
+                      linked_to=opts.linked_to if opts else None)
+
+    def resize(self, name: str, vcpus: int | None = None, memory_mib: int | None = None) -> VMSpec:
+        """New CPU count and memory size, for a stopped VM (they apply at its next start)."""
+        self.spec(name)
+        self._require_stopped(name, "change its CPUs or memory")
+        with self.catalog.begin() as s:
+            rec = s.get(VMRecord, name)
+            spec = VMSpec.from_dict(rec.spec)
+            spec.vcpus = spec.vcpus if vcpus is None else vcpus
+            spec.memory_mib = spec.memory_mib if memory_mib is None else memory_mib
+            spec.validate()
+            self._place(spec)
+            rec.spec = spec.to_dict()
+        return spec
+
+    async def grow_disk(self, name: str, disk: str, size_bytes: int) -> int:
+        """Grow a disk to size_bytes: live (block_resize) if the VM runs, else qemu-img resize.
+        Returns the new size; shrinking is refused."""
+        spec = self.spec(name)
+        target = next((d for d in spec.disks if d.name == disk), None)
+        if target is None:
+            raise NotFoundError(f"VM {name} has no disk {disk}")
+        current = int(image_info(target.path)["virtual-size"])
+        if size_bytes < current:
+            raise ConflictError(f"disk {disk} of VM {name} is {current} bytes; shrinking it to "
+                                f"{size_bytes} would cut off data")
+        if self.driver.status(name).state in ACTIVE:
+            await self.driver.grow_disk(name, disk, size_bytes)
+        else:
+            resize_image(target.path, size_bytes)
+        return size_bytes
+
+    # -- running ------------------------------------------------------------------------------
+
+    async def start(self, name: str) -> VMView:
+        spec = self.spec(name)
+        self._check_not_a_clone_base(name)
+        self._verify_images(spec)
+        self._place(spec)
+        with self.networks.starting(spec):
+            status = await self.driver.start(spec)
+        with self.catalog() as s:
+            opts = s.get(VMOptionsRecord, name)
+        if opts and opts.linked_to:
+            await self.driver.stream_disks(name, [d.name for d in spec.disks])
+        return VMView(spec, status, ha=bool(opts and opts.ha_enabled),
+                      linked_to=opts.linked_to if opts else None)
+
+    async def stop(self, name: str, timeout: float = 30.0, force: bool = False) -> VMView:
+        self.spec(name)
+        await self.driver.stop(name, timeout=timeout, force=force)
+        return self.show(name)
+
+    async def reboot(self, name: str) -> VMView:
+        self.spec(name)
+        await self.driver.reboot(name)
+        return self.show(name)
+
+    async def pause(self, name: str) -> VMView:
+        self.spec(name)
+        await self.driver.pause(name)
+        return self.show(name)
+
+    async def resume(self, name: str) -> VMView:
+        self.spec(name)
+        await self.driver.resume(name)
+        return self.show(name)
+
+    def delete(self, name: str) -> None:
+        """Removes the VM and its disks at once; its backups stay in the store. (The API and
+        the CLI delete under the deletion rules instead: appliance/deletion/deletables.py, VMDeletable.)"""
+        folders = self.folders(self.check_deletable(name).spec)
+        self.take_out(name)
+        self.remove_folders(folders)
+
+    def check_deletable(self, name: str) -> VMView:
+        """The VM, if it may be deleted now: stopped, and no instant clone reads its disks."""
+        view = self.show(name)
+        if view.status.state in ACTIVE:
+            raise ConflictError(f"VM {name} is {view.status.state}; stop it first")
+        self._check_not_a_clone_base(name)
+        return view
+
+    def folders(self, spec: VMSpec) -> list[Path]:
+        """The folders holding the VM's own files: disks, snapshot layers, memory states."""
+        return [f for f in (self.settings.images_dir / spec.name, *self.pools.vm_folders(spec)) if f.is_dir()]
+
+    def take_out(self, name: str) -> dict[str, list[dict[str, Any]]]:
+        """Remove the VM from the catalog, leaving its folders to the caller: its addresses
+        released, its rows (VM_RECORDS) deleted in one transaction, its run state forgotten.
+        Returns the rows deleted, by table, as column -> value."""
+        self.networks.release_vm(name)
+        rows: dict[str, list[dict[str, Any]]] = {}
+        with self.catalog.begin() as s:
+            for record in VM_RECORDS:
+                column = record.name if record is VMRecord else record.vm_name
+                for row in s.scalars(select(record).where(column == name)):
+                    rows.setdefault(record.__tablename__, []).append(
+                        {a.key: getattr(row, a.key) for a in sa_inspect(record).column_attrs})
+                    s.delete(row)
+        self.driver.forget(name)
+        return rows
+
+    @staticmethod
+    def remove_folders(folders: list[Path]) -> None:
+        for folder in folders:
+            shutil.rmtree(folder, ignore_errors=True)
+
+    # -- clones -------------------------------------------------------------------------------
+
+    def clone(self, source: str, names: list[str], mode: str = "full") -> list[VMSpec]:
+        """Clones of a stopped VM. "full": independent copies; "instant": linked clones that
+        become independent by a background stream once started; several full clones at once
+        share one image cache of the source's disks (stored once, in the image library)."""
+        if mode not in ("full", "instant"):
+            raise ConflictError(f"clone mode {mode!r} is not one of full, instant")
+        if not names:
+            raise ConflictError("name at least one clone")
+        src = self.spec(source)
+        self._require_stopped(source, "clone it")
+        with self.catalog() as s:
+            taken = [n for n in names if s.get(VMRecord, n)]
+        if taken or len(set(names)) != len(names):
+            raise ConflictError(f"clone names must be new and distinct: {', '.join(taken) or names}")
+        for name in names:
+            self._place(replace(src, name=name))
+        disk_mode: CloneMode = "linked" if mode == "instant" else "full" if len(names) == 1 else "cached"
+        caches = self._clone_caches(src) if disk_mode == "cached" else None
+        made: list[VMSpec] = []
+        try:
+            for name in names:
+                folder = self._new_folder(name)
+                try:
+                    spec = clone_spec(src, name, clone_disks(src, folder, disk_mode, caches))
+                    with self.catalog.begin() as s:
+                        self.networks.adopt_clone(s, source, spec)
+                        s.add(VMRecord(name=name, spec=spec.to_dict()))
+                        if mode == "instant":
+                            s.add(VMOptionsRecord(vm_name=name, linked_to=source))
+                except BaseException:
+                    shutil.rmtree(folder, ignore_errors=True)
+                    raise
+                made.append(spec)
+                self.networks.refresh(spec.name)
+        except BaseException:
+            for spec in made:
+                self.delete(spec.name)
+            raise
+        return made
+
+    def _clone_caches(self, src: VMSpec) -> dict[str, str]:
+        stamp = utcnow().strftime("%Y%m%dt%H%M%S")
+        caches = {}
+        for disk in src.disks:
+            record = self.images.import_disk(f"cache-{src.name}-{disk.name}-{stamp}"[:63],
+                                             disk.path, source=f"vm:{src.name}/{disk.name}")
+            caches[disk.name] = str(self.images.verified_path(record.name, "disk"))
+        return caches
+
+    async def clone_progress(self, name: str) -> dict[str, float]:
+        """An instant clone's streams: disk -> fraction copied; empty once it stands alone."""
+        linked = self._linked_disks(name)
+        streaming = (await self.driver.streaming_disks(name)
+                     if linked and self.driver.status(name).state in ACTIVE else {})
+        return {disk: streaming.get(disk, 0.0) for disk in linked}
+
+    def _linked_disks(self, name: str) -> list[str]:
+        """The disks of an instant clone that still read from its source's files; when none
+        does any more, the link is dropped (QEMU removed the backing files by itself)."""
+        with self.catalog() as s:
+            opts = s.get(VMOptionsRecord, name)
+            source = opts.linked_to if opts else None
+        if source is None:
+            return []
+        base = self.settings.images_dir / source
+        linked = [d.name for d in self.spec(name).disks
+                  if any(Path(f).parent == base for f in backing_chain(d.path)[1:])]
+        if not linked:
+            with self.catalog.begin() as s:
+                s.get(VMOptionsRecord, name).linked_to = None
+        return linked
+
+    def _check_not_a_clone_base(self, name: str) -> None:
+        with self.catalog() as s:
+            clones = list(s.scalars(select(VMOptionsRecord.vm_name)
+                                    .where(VMOptionsRecord.linked_to == name)))
+        if still := [c for c in clones if self._linked_disks(c)]:
+            raise ConflictError(f"VM {name} is the base of instant clones {', '.join(still)} "
+                                "until their streams finish (start them; `cairn vm show` tells "
+                                "the progress): it must not change until then")
+
+    # -- images, placement --------------------------------------------------------------------
+
+    def image_from_vm(self, name: str, image: str, disk: str | None = None) -> ImageRecord:
+        """A library image of a stopped VM's disk (its backing chain flattened)."""
+        spec = self.spec(name)
+        self._require_stopped(name, "make an image of it")
+        chosen = next((d for d in spec.disks if disk in (None, d.name)), None)
+        if chosen is None:
+            raise NotFoundError(f"VM {name} has no disk {disk}")
+        return self.images.import_disk(image, chosen.path, source=f"vm:{name}/{chosen.name}")
+
+    def image_users(self, image: str) -> list[str]:
+        """VMs whose disks or cdrom read from a library image, those in the recycle bin included
+        (they must still open when put back)."""
+        path = str(self.images.path(image))
+        users = []
+        for spec, label in [*((view.spec, view.spec.name) for view in self.list()), *self._recycled_specs()]:
+            chains = [backing_chain(d.path) for d in spec.disks if Path(d.path).exists()]
+            if spec.cdrom == path or any(path in chain for chain in chains):
+                users.append(label)
+        return users
+
+    def _recycled_specs(self) -> Iterator[tuple[VMSpec, str]]:
+        """Each VM in the recycle bin, its disk paths pointing where the bin keeps them."""
+        with self.catalog() as s:
+            entries = [(r.payload, r.name) for r in s.scalars(select(RecycledRecord).where(RecycledRecord.kind == "vm"))]
+        for payload, name in entries:
+            spec = VMSpec.from_dict(payload["rows"]["vms"][0]["spec"])
+            for disk in spec.disks:
+                for original, recycled in payload["folders"]:
+                    if disk.path.startswith(original + os.sep):
+                        disk.path = recycled + disk.path[len(original):]
+            yield spec, f"{name} (in the recycle bin)"
+
+    def delete_image(self, image: str) -> None:
+        """Remove a library image no VM reads from."""
+        self.images.get(image)
+        if users := self.image_users(image):
+            raise ConflictError(f"image {image} is in use by VMs {', '.join(users)}")
+        self.images.delete(image)
+
+    def _verify_images(self, spec: VMSpec) -> None:
+        """Every library image the VM reads must still match its checksum."""
+        files = [f for d in spec.disks if Path(d.path).exists() for f in backing_chain(d.path)]
+        files += [spec.cdrom] if spec.cdrom else []
+        for path in files:
+            if (image := self.images.name_of(path)) is not None:
+                self.images.verify(image)
+
+    def groups(self) -> list[SchedulingGroup]:
+        with self.catalog() as s:
+            return [SchedulingGroup(r.name, r.policy, r.enforcement, frozenset(r.vms),  # type: ignore[arg-type]
+                                    frozenset(r.hosts))
+                    for r in s.scalars(select(SchedulingGroupRecord).order_by(SchedulingGroupRecord.name))]
+
+    def save_group(self, group: SchedulingGroup) -> None:
+        group.validate()
+        with self.catalog.begin() as s:
+            s.merge(SchedulingGroupRecord(name=group.name, policy=group.policy,
+                                          enforcement=group.enforcement, vms=sorted(group.vms),
+                                          hosts=sorted(group.hosts)))
+
+    def delete_group(self, name: str) -> None:
+        with self.catalog.begin() as s:
+            if (rec := s.get(SchedulingGroupRecord, name)) is None:
+                raise NotFoundError(f"no scheduling group named {name}")
+            s.delete(rec)
+
+    def _place(self, spec: VMSpec) -> Placement:
+        """Where the VM may run; today the only host is this one, so this refuses a VM that
+        does not fit in its memory or that a mandatory policy keeps off it."""
+        running = {v.status.name: LOCAL_HOST for v in self.list()
+                   if v.status.state in ACTIVE and v.status.name != spec.name}
+        return place(spec.name, spec.memory_mib, [local_host()], running, self.groups())
+
+    def _new_folder(self, name: str, root: Path | None = None) -> Path:
+        """The VM's own disk folder (in `root`, default the data dir's), made now: a concurrent
+        create of the same name fails here instead of later removing this one's files."""
+        folder = (root or self.settings.images_dir) / name
+        try:
+            folder.mkdir(parents=True)
+        except FileExistsError:
+            raise ConflictError(f"VM {name} already exists (or is being created): {folder} "
+                                "exists") from None
+        return folder
+
+    def _require_stopped(self, name: str, doing: str) -> None:
+        state = self.driver.status(name).state
+        if state in ACTIVE:
+            raise ConflictError(f"VM {name} is {state}; stop it to {doing}")
+
+    # -- high availability ----------------------------------------------------------------------
+
+    def set_ha(self, name: str, enabled: bool, max_restarts: int = 3, window_seconds: int = 600) -> None:
+        self.spec(name)
+        if max_restarts < 1 or window_seconds < 1:
+            raise ConflictError("HA needs max_restarts >= 1 and window_seconds >= 1")
+        with self.catalog.begin() as s:
+            opts = s.get(VMOptionsRecord, name) or VMOptionsRecord(vm_name=name)
+            opts.ha_enabled, opts.ha_gave_up_at = enabled, None
+            opts.ha_max_restarts, opts.ha_window_seconds = max_restarts, window_seconds
+            s.merge(opts)
+
+    def ha_supervisor(self, interval: float = 1.0) -> HASupervisor:
+        return HASupervisor(self.driver, HAHooks(self._ha_watched, self.start, self._ha_restarted,
+                                                 self._ha_gave_up), interval)
+
+    def _ha_watched(self) -> dict[str, RestartLimit]:
+        with self.catalog() as s:
+            rows = s.scalars(select(VMOptionsRecord).where(VMOptionsRecord.ha_enabled.is_(True)))
+            return {r.vm_name: RestartLimit(r.ha_max_restarts, r.ha_window_seconds) for r in rows}
+
+    def _ha_restarted(self, name: str, count: int) -> None:
+        self.events.emit("vm.ha.restarted", f"VM {name} crashed and was restarted "
+                         f"(restart {count} in its window)", severity="warning",
+                         resource=f"vm:{name}", data={"restarts": count})
+
+    def _ha_gave_up(self, name: str, why: str) -> None:
+        with self.catalog.begin() as s:
+            if opts := s.get(VMOptionsRecord, name):
+                opts.ha_enabled, opts.ha_gave_up_at = False, utcnow()
+        self.events.emit("vm.ha.gave_up", f"VM {name}: HA gave up: {why}", severity="error",
+                         resource=f"vm:{name}")
+
+    @contextmanager
+    def supervised(self, interval: float = 1.0) -> Iterator[HASupervisor]:
+        supervisor = self.ha_supervisor(interval)
+        supervisor.start()
+        try:
+            yield supervisor
+        finally:
+            supervisor.stop()
+
+
+__all__ = ["VMOptions", "VMService", "VMView"]
