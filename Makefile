@@ -12,13 +12,20 @@ APT_PACKAGES := qemu-system-x86 qemu-utils libnbd-bin python3-libnbd python3-ven
 DATA_DIR ?= $(CURDIR)/data
 PYTEST_ARGS ?=
 
-.PHONY: serve test test-fast deps venv bench iso clean
+.PHONY: serve test test-fast lint deps venv bench iso clean
 
 serve: venv
 	CAIRN_DATA_DIR=$${CAIRN_DATA_DIR:-$(DATA_DIR)} $(VENV)/bin/cairn serve --host 127.0.0.1 --port 8080
 
-test: venv
+test: lint
 	$(PY) -m pytest --durations=15 $(PYTEST_ARGS)
+
+# The rules the code keeps (pyproject.toml): style and bugs (ruff), the architecture's import
+# contracts (import-linter, see docs/architecture.md) and types (mypy).
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports
+	$(VENV)/bin/mypy
 
 # The quick set while working: everything but the slowest end-to-end scenarios.
 test-fast: venv

@@ -54,7 +54,7 @@ async def take_snapshot(tree: VMTree, live: LiveChains | None, journal: Journal,
         journal.record(tree, None)          # nothing changed: the half-made overlays are gone
         raise
     before = tree.to_dict()
-    snap = tree.take_snapshot(snapshot_id, name, automatic, now, {l.disk: (l.node_id, l.file) for l in layers},
+    snap = tree.take_snapshot(snapshot_id, name, automatic, now, {layer.disk: (layer.node_id, layer.file) for layer in layers},
                               memory_file)
     intent.phase = "recorded"
     intent.obsolete = [f"{memory_file}.part"] if memory_file else []
@@ -97,7 +97,7 @@ async def revert(tree: VMTree, journal: Journal, snap: Snapshot, now: datetime) 
     try:
         for layer in layers:
             await asyncio.to_thread(create_disk, layer.file, None, backing=tree.nodes[snap.nodes[layer.disk]].file)
-        intent.obsolete = tree.revert(snap, now, {l.disk: (l.node_id, l.file) for l in layers})
+        intent.obsolete = tree.revert(snap, now, {layer.disk: (layer.node_id, layer.file) for layer in layers})
     except BaseException:
         remove_files([layer.file for layer in layers])
         journal.record(tree, None)

@@ -49,7 +49,7 @@ class JobPipeline:
     def _run(self, job: Callable[[], None]) -> None:
         try:
             job()
-        except BaseException as e:  # noqa: BLE001 - handed to the submitting thread, not swallowed
+        except BaseException as e:
             with self._changed:
                 if self._error is None:
                     self._error = e

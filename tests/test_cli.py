@@ -129,7 +129,7 @@ def test_restoring_a_1gib_zero_disk_allocates_almost_nothing(cairn, tmp_path: Pa
 def test_disaster_recovery_needs_only_the_store(cairn, data_dir: Path, tmp_path: Path):
     cairn("vm", "create", "dr", "--disk", "16M", "--disk", "8M", "--memory", "128")
     disks = {name: disk_of(cairn, "dr", name) for name in ("vda", "vdb")}
-    for pattern, (name, path) in enumerate(disks.items(), start=0x31):
+    for pattern, path in enumerate(disks.values(), start=0x31):
         subprocess.run(["qemu-io", "-f", "qcow2", "-c", f"write -P {pattern:#x} 1M 3M", path], check=True,
                        capture_output=True)
     backup = json.loads(cairn("backup", "create", "dr", "--json").stdout)["backup_id"]

@@ -81,7 +81,7 @@ def assert_consistent_and_complete(appliance: Appliance, vm: str) -> None:
     assert files == {n.file for n in tree.nodes.values()}, "files left behind or missing"
     # The next backup is right: incremental if the bitmaps survived, else full and saying why.
     after = run(appliance.backups.create(appliance.vms.spec(vm))).manifest
-    assert after.kind == "full" and after.notes or after.kind == "incremental" and not after.notes, after
+    assert (after.kind == "full" and after.notes) or (after.kind == "incremental" and not after.notes), after
 
 
 @pytest.mark.parametrize(("via", "recover_while"), [("commit", "stopped"), ("commit", "running"),
@@ -93,7 +93,7 @@ def test_qemu_killed_during_a_merge(appliance: Appliance, via: str, recover_whil
     def delete() -> None:
         try:
             run(appliance.snapshots.delete("crash", "s1", via=via, rate_limit=RATE))
-        except BaseException as err:       # noqa: BLE001 (the test looks at it)
+        except BaseException as err:
             failed.append(err)
     worker = threading.Thread(target=delete)
     worker.start()
@@ -152,7 +152,7 @@ def crash_after_step(data_dir: Path, op: str, vm: str, crash_at: int) -> int:
              "revert": lambda: snapshots.revert(vm, "s1"),
              "commit": lambda: snapshots.delete(vm, "s2", via="commit"),
              "pull": lambda: snapshots.delete(vm, "s1", via="pull")}[op]())
-    except BaseException:                   # noqa: BLE001 (reported by the exit code)
+    except BaseException:
         traceback.print_exc()
         os._exit(1)
     os._exit(0)

@@ -129,7 +129,7 @@ def test_a_tampered_image_is_refused_before_use(api_client, appliance, guest_ker
     assert r.status_code == 409 and "damaged or was modified" in r.json()["error"]["message"]
     assert api_client.get("/api/v1/vms/b").status_code == 404
     r = api_client.post("/api/v1/vms/a/start")                    # the existing VM won't start on it either
-    assert r.status_code == 409 and "ImageChecksumError" == r.json()["error"]["code"]
+    assert r.status_code == 409 and r.json()["error"]["code"] == "ImageChecksumError"
     assert api_client.get("/api/v1/vms/a").json()["state"] == "stopped"
 
 

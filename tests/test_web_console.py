@@ -112,7 +112,7 @@ def test_sign_in_create_snapshot_back_up_restore_and_watch_the_dashboard(applian
 
         browser.get(f"{base}/ui/#/vm/web1")
         button(browser, f'tr[data-backup="{backup_id}"]', "Restore as new VM").click()
-        assert "web1-restored" == element(browser, "#confirm-extra input").get_attribute("value")
+        assert element(browser, "#confirm-extra input").get_attribute("value") == "web1-restored"
         confirm(browser)
         element(browser, "#notice", "Restored ", timeout=BACKUP_WAIT)
 

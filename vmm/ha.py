@@ -100,7 +100,7 @@ class HASupervisor:
                 await self.hooks.restart(name)
             except VMBusyError:
                 continue  # someone is starting or stopping it right now: look again next round
-            except Exception as err:  # noqa: BLE001 - whatever stops a restart would stop the next
+            except Exception as err:
                 self.guard.forget(name)
                 self.hooks.gave_up(name, f"restart failed: {err}")
                 continue

@@ -52,10 +52,10 @@ def reports_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
             return fn(*args, **kwargs)
         except USER_ERRORS as e:
             err.print(f"[red]error:[/red] {e}", highlight=False)
-            raise typer.Exit(1)
+            raise typer.Exit(1) from None
         except ValueError as e:
             err.print(f"[red]error:[/red] {e}", highlight=False)
-            raise typer.Exit(2)
+            raise typer.Exit(2) from None
     return wrapper
 
 

@@ -245,7 +245,7 @@ class _Execution:
                 self.ctx.check_cancelled()
                 self._step_state(index, "running")
                 await step.run(self.ctx)
-            except BaseException as e:  # noqa: BLE001 - whatever stopped the step, the ones before are undone
+            except BaseException as e:
                 cancelled = isinstance(e, JobCancelled)
                 self._step_state(index, "cancelled" if cancelled else "failed", _describe(e))
                 await self.roll_back(_describe(e), "cancelled" if cancelled else "failed")
@@ -287,7 +287,7 @@ class _Execution:
     def _report(self, fraction: float) -> None:
         """Overall progress from the steps' weights; written now and then, published each time."""
         weights = [s.weight for s in self.plan.steps]
-        done = sum(w for w, state in zip(weights, self.states) if state == "done")
+        done = sum(w for w, state in zip(weights, self.states, strict=True) if state == "done")
         overall = (done + weights[self.current] * fraction * (self.states[self.current] != "done")) / sum(weights)
         if fraction >= 1.0 or self.throttle():
             rec = self.engine._update(self.rec.id, progress=overall)
