@@ -5,8 +5,10 @@ import os
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from dedup import SshOptions, Store, open_backend
+if TYPE_CHECKING:   # the store's package is imported when a store is opened, not by every command
+    from dedup import SshOptions, Store
 
 DEFAULT_DATA_DIR = Path("/var/lib/cairn")
 
@@ -16,9 +18,18 @@ class StoreAccess:
     location: str
     passphrase: str | None
     key_file: Path | None
-    ssh: SshOptions
+    ssh_identity_file: Path | None = None
+    ssh_known_hosts: Path | None = None
+
+    @property
+    def ssh(self) -> SshOptions:
+        from dedup import SshOptions
+
+        return SshOptions(identity_file=self.ssh_identity_file, known_hosts=self.ssh_known_hosts)
 
     def open(self, passphrase: str | None = None) -> Store:
+        from dedup import Store, open_backend
+
         return Store.open(open_backend(self.location, self.ssh), passphrase=passphrase or self.passphrase,
                           key_file=self.key_file)
 
@@ -58,8 +69,8 @@ class Settings:
             location=location or env("CAIRN_STORE") or str(self.data_dir / "store"),
             passphrase=env("CAIRN_STORE_PASSPHRASE") or None,
             key_file=_path_or_none(env("CAIRN_STORE_KEY_FILE")),
-            ssh=SshOptions(identity_file=_path_or_none(env("CAIRN_STORE_SSH_KEY")),
-                           known_hosts=_path_or_none(env("CAIRN_STORE_KNOWN_HOSTS"))),
+            ssh_identity_file=_path_or_none(env("CAIRN_STORE_SSH_KEY")),
+            ssh_known_hosts=_path_or_none(env("CAIRN_STORE_KNOWN_HOSTS")),
         )
 
     @property

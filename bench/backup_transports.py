@@ -32,7 +32,8 @@ from backup_throughput import (
 )
 from guest.build import build_guest
 
-from appliance.backups.service import BackupOptions, BackupService
+from appliance.backups.options import BackupOptions
+from appliance.backups.service import BackupService
 from appliance.context import Appliance
 from dedup import Store
 

@@ -27,8 +27,8 @@ from backup_helpers import (
 from sqlalchemy import select
 
 from appliance.backups.checkpoints import plan_bases
+from appliance.backups.options import BackupOptions
 from appliance.backups.records import CheckpointRecord
-from appliance.backups.service import BackupOptions
 from appliance.context import Appliance
 from appliance.vms.records import VMRecord
 from restore import restore_disk

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from backup_helpers import MiB, boot_guest_vm, run, wait_serial
 
-from appliance.backups.service import BackupOptions
+from appliance.backups.options import BackupOptions
 from appliance.context import Appliance
 from restore import restore_disk
 

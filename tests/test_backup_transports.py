@@ -22,7 +22,7 @@ from backup_helpers import (
     write_pattern,
 )
 
-from appliance.backups.service import BackupOptions
+from appliance.backups.options import BackupOptions
 from appliance.context import Appliance
 from restore import restore_disk
 from transports.sshfs import SshfsEndpoint

@@ -21,8 +21,8 @@ from backup_helpers import (
 )
 from fastapi.testclient import TestClient
 
+from appliance.backups.options import BackupOptions
 from appliance.backups.records import BackupRecord
-from appliance.backups.service import BackupOptions
 from appliance.context import Appliance
 from appliance.jobs.kinds import backup_steps, vm_resource
 from appliance.jobs.plan import JobPlan, Step, StepContext

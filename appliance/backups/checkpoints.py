@@ -19,10 +19,6 @@ from transports.points import Checkpoint, DiskPoint
 
 from .records import CheckpointRecord
 
-# As in the nSSV design: after this many incremental reads a disk is read in full again, so
-# a change tracking error cannot live on in the chain for ever.
-DEFAULT_FULL_EVERY = 63
-
 
 @dataclass
 class Bases:

@@ -12,11 +12,10 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, get_args
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
@@ -32,38 +31,14 @@ from transports.live import LiveExport, exported
 from transports.offline import OfflineExport
 from transports.points import DiskPoint
 from transports.push import NbdPushTarget, PushExport, PushTarget
-from transports.sshfs import SshfsEndpoint, SshfsPushTarget
+from transports.sshfs import SshfsPushTarget
 from vmm import QemuDriver, VMSpec
 from vmm.cmdline import GUEST_AGENT_CHARDEV
 
+from .catalog import BackupCatalog, fail_interrupted
 from .ingest import ingest_point
+from .options import BackupOptions, Progress
 from .records import BackupRecord, last_good_backup
-
-# progress(disk, bytes done, bytes to read)
-Progress = Callable[[str, int, int], None]
-
-
-# How a running VM's disks reach the store. pull: Cairn reads QEMU's NBD export of the instant.
-# push: QEMU writes the instant into qemu-nbd targets on this side. sshfs: QEMU writes it into
-# files in a directory of this side, mounted with sshfs where QEMU runs.
-Transport = Literal["pull", "push", "sshfs"]
-TRANSPORTS: tuple[str, ...] = get_args(Transport)
-
-
-@dataclass(frozen=True)
-class BackupOptions:
-    # Read every disk in full after this many incrementals of it.
-    full_every: int = checkpoints.DEFAULT_FULL_EVERY
-    transport: Transport = "pull"
-    sshfs: SshfsEndpoint | None = None    # needed by the sshfs transport
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.full_every, int) or isinstance(self.full_every, bool) or self.full_every < 0:
-            raise ValueError(f"full_every must be a whole number >= 0, got {self.full_every!r}")
-        if self.transport not in TRANSPORTS:
-            raise ValueError(f"transport {self.transport!r} is not one of {', '.join(TRANSPORTS)}")
-        if (self.transport == "sshfs") != (self.sshfs is not None):
-            raise ValueError("the sshfs transport needs an sshfs endpoint, and only it takes one")
 
 
 @dataclass
@@ -83,22 +58,13 @@ class BackupService:
         self.catalog = catalog
         self.driver = driver
         self.store = store
+        self.records = BackupCatalog(catalog)
 
     def list(self, vm: str | None = None) -> list[BackupRecord]:
-        with self.catalog.begin() as s:
-            _fail_interrupted(s, vm)
-        with self.catalog() as s:
-            q = select(BackupRecord).order_by(BackupRecord.started_at)
-            if vm:
-                q = q.where(BackupRecord.vm_name == vm)
-            return list(s.scalars(q))
+        return self.records.list(vm)
 
     def get(self, backup_id: str) -> BackupRecord:
-        with self.catalog() as s:
-            rec = s.get(BackupRecord, backup_id)
-            if rec is None:
-                raise NotFoundError(f"no backup {backup_id}")
-            return rec
+        return self.records.get(backup_id)
 
     def begin(self, spec: VMSpec, full: bool = False) -> BackupRecord:
         """Claim a backup id and record it as running (so the API can answer at once)."""
@@ -107,7 +73,7 @@ class BackupService:
                 raise NotFoundError(f"disk {disk.name} of VM {spec.name} is missing: {disk.path} does not exist")
         backup_id = new_backup_id(utcnow())
         with self.catalog.begin() as s:
-            _fail_interrupted(s, spec.name)
+            fail_interrupted(s, spec.name)
             running = s.scalars(select(BackupRecord).where(BackupRecord.vm_name == spec.name,
                                                            BackupRecord.status == "running")).first()
             if running:
@@ -209,29 +175,3 @@ class BackupService:
                 rec.size = sum(d.size for d in manifest.disks)
                 rec.bytes_read = sum(d.stats.bytes_read for d in manifest.disks)
                 rec.bytes_stored = sum(d.stats.bytes_stored for d in manifest.disks)
-
-
-def _fail_interrupted(session: Session, vm: str | None) -> None:
-    """Backups marked running whose process is gone were interrupted: say so.
-
-    What they left behind is cleared by the next backup of the VM (exports, bitmaps) and by
-    the store's GC (the unfinished backup directory).
-    """
-    q = select(BackupRecord).where(BackupRecord.status == "running")
-    if vm:
-        q = q.where(BackupRecord.vm_name == vm)
-    for rec in session.scalars(q):
-        if rec.runner_pid is None or not _alive(rec.runner_pid):
-            rec.status, rec.finished_at = "failed", utcnow()
-            rec.error = f"interrupted: the process running it (pid {rec.runner_pid}) exited"
-            rec.runner_pid = None
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

@@ -19,11 +19,10 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, Engine, inspect, text
 from sqlalchemy.exc import OperationalError
 
-from .engine import catalog_engine, unreachable
+from .engine import MIGRATIONS, catalog_engine, unreachable
 from .schema import all_tables
 
 log = logging.getLogger("cairn.catalog")
-MIGRATIONS = Path(__file__).with_name("migrations")
 # Catalogs made before migrations existed (by create_all) have exactly this revision's tables.
 BASELINE = "0001"
 # Any constant will do: it only has to be the same for every Cairn process on one PostgreSQL.

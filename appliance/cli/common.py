@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import functools
 import json
+import sys
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.console import Console
@@ -17,16 +18,20 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
-from appliance.context import Appliance
-from appliance.errors import CairnError
-from chain import ChainError
-from dedup import StoreError
-from restore import RestoreError
-from transports import SourceError
-from transports.fleece import ExportError
-from vmm import VMError
+if TYPE_CHECKING:
+    from appliance.context import Appliance
 
-USER_ERRORS = (CairnError, StoreError, RestoreError, VMError, ExportError, SourceError, ChainError)
+# The roots of the errors that are the user's to fix: (module, class). Looked up only in modules
+# already imported, since an error can only come from one of those (and importing the others
+# would cost every command their start-up time).
+USER_ERRORS = (("appliance.errors", "CairnError"), ("dedup.errors", "StoreError"), ("restore.errors", "RestoreError"),
+               ("vmm.errors", "VMError"), ("transports.errors", "ExportError"), ("transports.nbd_source", "SourceError"),
+               ("chain.errors", "ChainError"))
+
+
+def is_user_error(e: BaseException) -> bool:
+    return any(isinstance(e, getattr(sys.modules[module], name))
+               for module, name in USER_ERRORS if module in sys.modules)
 
 out = Console()
 err = Console(stderr=True)
@@ -38,6 +43,8 @@ class State:
 
     @functools.cached_property
     def appliance(self) -> Appliance:
+        from appliance.context import Appliance
+
         return Appliance.open(self.data_dir)
 
 
@@ -50,12 +57,15 @@ def reports_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
-        except USER_ERRORS as e:
+        except Exception as e:
+            if is_user_error(e):
+                code = 1
+            elif isinstance(e, ValueError):
+                code = 2
+            else:
+                raise
             err.print(f"[red]error:[/red] {e}", highlight=False)
-            raise typer.Exit(1) from None
-        except ValueError as e:
-            err.print(f"[red]error:[/red] {e}", highlight=False)
-            raise typer.Exit(2) from None
+            raise typer.Exit(code) from None
     return wrapper
 
 

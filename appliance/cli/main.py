@@ -1,47 +1,71 @@
-"""The `cairn` command line. Long work shows progress bars; every listing has --json."""
+"""The `cairn` command line. Long work shows progress bars; every listing has --json.
+
+The command groups are imported only when one of them runs (`LazyGroup`): `cairn --help`
+and a quick listing must not pay for FastAPI, QEMU's QMP library or the store's codecs.
+"""
 from __future__ import annotations
 
-import asyncio
-import json
 import sys
+from importlib import import_module
 from pathlib import Path
 from typing import Any
 
+import click
 import typer
-from rich.table import Table
+from typer.core import TyperGroup
 
-from appliance.backups.checkpoints import DEFAULT_FULL_EVERY
-from appliance.backups.service import BackupOptions
-from appliance.units import human
+from .common import err, reports_errors, state
 
-from .common import JsonOpt, byte_progress, emit_json, err, out, reports_errors, state
-from .db import db_app
-from .host import host_app
-from .job import job_app
-from .network import network_app, pool_app
-from .policy import policy_app
-from .restore import restore_app
-from .snapshot import snapshot_app
-from .store import store_app
-from .user import user_app
-from .vm import image_app, vm_app
+# name: (module, its Typer app, the one-line help `cairn --help` shows without importing it)
+GROUPS: dict[str, tuple[str, str, str]] = {
+    "vm": ("appliance.cli.vm", "vm_app", "Define, run, clone and place VMs."),
+    "image": ("appliance.cli.vm", "image_app", "The image library: ISO media and disk images, checksummed."),
+    "backup": ("appliance.cli.backup", "backup_app", "Back up VMs and list backups."),
+    "store": ("appliance.cli.store", "store_app", "Create, check and clean up the chunk store."),
+    "snapshot": ("appliance.cli.snapshot", "snapshot_app",
+                 "Snapshot trees of VM disks: live or offline, revert, delete by commit or pull."),
+    "restore": ("appliance.cli.restore", "restore_app",
+                "Restore disks and VMs from backups (works from the store alone)."),
+    "db": ("appliance.cli.db", "db_app", "The catalog's schema: migrations."),
+    "user": ("appliance.cli.user", "user_app", "Users of the web API."),
+    "job": ("appliance.cli.job", "job_app", "List, show and cancel jobs."),
+    "policy": ("appliance.cli.policy", "policy_app", "Backup and snapshot policies (run by `cairn serve`)."),
+    "network": ("appliance.cli.network", "network_app", "VM networks: a Linux bridge, an address pool and dnsmasq."),
+    "pool": ("appliance.cli.network", "pool_app",
+             "Compute pools (hosts), storage pools (folders for VM disks) and address pools."),
+    "host": ("appliance.cli.host", "host_app",
+             "Hosts besides this one: libvirt hosts (their domains) and ssh hosts (VMs run by Cairn's agent)."),
+}
 
-app = typer.Typer(help="Cairn: backup, snapshots and VM management for QEMU/KVM.", no_args_is_help=True)
-backup_app = typer.Typer(help="Back up VMs and list backups.", no_args_is_help=True)
-app.add_typer(vm_app, name="vm")
-app.add_typer(image_app, name="image")
-app.add_typer(backup_app, name="backup")
-app.add_typer(store_app, name="store")
-app.add_typer(snapshot_app, name="snapshot")
-app.add_typer(restore_app, name="restore")
-app.add_typer(db_app, name="db")
-app.add_typer(user_app, name="user")
-app.add_typer(job_app, name="job")
-app.add_typer(policy_app, name="policy")
-app.add_typer(network_app, name="network")
-app.add_typer(pool_app, name="pool")
-app.add_typer(host_app, name="host")
 
+class LazyGroup(TyperGroup):
+    """The root group: a command group's module is imported when that group runs, not before."""
+
+    _describing = False
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted([*super().list_commands(ctx), *GROUPS])
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in GROUPS:
+            return super().get_command(ctx, cmd_name)
+        module, attribute, summary = GROUPS[cmd_name]
+        if self._describing:   # the root's --help: a name and a line are all it shows
+            return click.Group(cmd_name, help=summary)
+        command = typer.main.get_command(getattr(import_module(module), attribute))
+        command.name = cmd_name
+        return command
+
+    def format_help(self, ctx: click.Context, formatter: Any) -> None:
+        LazyGroup._describing = True
+        try:
+            super().format_help(ctx, formatter)
+        finally:
+            LazyGroup._describing = False
+
+
+app = typer.Typer(cls=LazyGroup, help="Cairn: backup, snapshots and VM management for QEMU/KVM.",
+                  no_args_is_help=True)
 
 DataDirOpt = typer.Option(None, "--data-dir", envvar="CAIRN_DATA_DIR",
                           help="Holds the catalog, the default store and VM disks.")
@@ -90,57 +114,6 @@ def serve(host: str = typer.Option("127.0.0.1", help="Address to listen on."),
               + (f", certificate {tls.cert}" if tls else ""), soft_wrap=True)
     uvicorn.run(create_app(a), host=host, port=port, log_level="info",
                 ssl_certfile=str(tls.cert) if tls else None, ssl_keyfile=str(tls.key) if tls else None)
-
-
-@backup_app.command("create")
-@reports_errors
-def backup_create(vm: str, full: bool = typer.Option(False, "--full", help="Read every disk in full."),
-                  full_every: int = typer.Option(DEFAULT_FULL_EVERY, min=0,
-                                                 help="Read a disk in full after this many incrementals of it."),
-                  transport: str = typer.Option("pull", help="pull: Cairn reads an NBD export; push: QEMU writes "
-                                                "into a target Cairn serves."),
-                  as_json: bool = JsonOpt) -> None:
-    """Back up a VM, running or stopped: incremental from its last backup unless --full."""
-    a = state.appliance
-    spec = a.vms.spec(vm)
-    with byte_progress() as bars:
-        tasks: dict[str, Any] = {}
-
-        def progress(disk: str, done: int, total: int) -> None:
-            if disk not in tasks:
-                tasks[disk] = bars.add_task(f"{vm}/{disk}", total=total)
-            bars.update(tasks[disk], completed=done, total=total)
-        options = BackupOptions(full_every=full_every, transport=transport)
-        result = asyncio.run(a.backups.create(spec, full=full, progress=progress, options=options))
-    m = result.manifest
-    if as_json:
-        emit_json(json.loads(m.to_json()))
-        return
-    read = sum(d.stats.bytes_read for d in m.disks)
-    stored = sum(d.stats.bytes_stored for d in m.disks)
-    out.print(f"backup {m.backup_id}: {m.kind}, read {human(read)}, stored {human(stored)} new")
-    for note in m.notes:
-        out.print(f"  note: {note}")
-
-
-@backup_app.command("list")
-@reports_errors
-def backup_list(vm: str | None = typer.Option(None, help="Only this VM's backups."), as_json: bool = JsonOpt) -> None:
-    """List backups recorded in the catalog."""
-    records = state.appliance.backups.list(vm)
-    if as_json:
-        emit_json([backup_dict(r) for r in records])
-        return
-    table = Table("id", "vm", "kind", "status", "started", "read", "stored", "note")
-    for r in records:
-        table.add_row(r.id, r.vm_name, r.kind, r.status, r.started_at.strftime("%Y-%m-%d %H:%M:%S"),
-                      human(r.bytes_read), human(r.bytes_stored), r.error or "; ".join(r.notes))
-    out.print(table)
-
-
-def backup_dict(r: Any) -> dict[str, Any]:
-    return {c: getattr(r, c) for c in ("id", "vm_name", "store", "kind", "status", "parent", "checkpoint", "started_at",
-                                       "finished_at", "size", "bytes_read", "bytes_stored", "error", "notes")}
 
 
 if __name__ == "__main__":

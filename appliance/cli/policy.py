@@ -6,7 +6,7 @@ from typing import Any
 import typer
 from rich.table import Table
 
-from appliance.backups.checkpoints import DEFAULT_FULL_EVERY
+from appliance.backups.options import DEFAULT_FULL_EVERY
 from appliance.backups.retention import RetentionRules
 from appliance.deletion.deletables import deletion_service
 from appliance.policies.service import BackupPolicy, PolicyService, SnapshotPolicy, policy_out

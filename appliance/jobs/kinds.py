@@ -12,10 +12,9 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 from sqlalchemy import delete
 
-from appliance.backups.checkpoints import DEFAULT_FULL_EVERY
+from appliance.backups.options import DEFAULT_FULL_EVERY, BackupOptions
 from appliance.backups.records import BackupRecord, record_verification
 from appliance.backups.retention import RetentionRules, apply_retention
-from appliance.backups.service import BackupOptions
 from appliance.catalog.base import utcnow
 from appliance.errors import ConflictError
 from dedup import (

@@ -25,7 +25,7 @@ from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from appliance.backups.checkpoints import DEFAULT_FULL_EVERY
+from appliance.backups.options import DEFAULT_FULL_EVERY
 from appliance.backups.records import last_good_backup
 from appliance.backups.retention import RetentionRules
 from appliance.catalog.base import utcnow

@@ -1,0 +1,72 @@
+"""`cairn backup ...`: back up VMs and list backups."""
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import typer
+
+from appliance.backups.options import DEFAULT_FULL_EVERY
+from appliance.units import human
+
+from .common import JsonOpt, byte_progress, emit_json, out, reports_errors, state
+
+backup_app = typer.Typer(help="Back up VMs and list backups.", no_args_is_help=True)
+
+
+@backup_app.command("create")
+@reports_errors
+def backup_create(vm: str, full: bool = typer.Option(False, "--full", help="Read every disk in full."),
+                  full_every: int = typer.Option(DEFAULT_FULL_EVERY, min=0,
+                                                 help="Read a disk in full after this many incrementals of it."),
+                  transport: str = typer.Option("pull", help="pull: Cairn reads an NBD export; push: QEMU writes "
+                                                "into a target Cairn serves."),
+                  as_json: bool = JsonOpt) -> None:
+    """Back up a VM, running or stopped: incremental from its last backup unless --full."""
+    a = state.appliance
+    spec = a.vms.spec(vm)
+    with byte_progress() as bars:
+        tasks: dict[str, Any] = {}
+
+        def progress(disk: str, done: int, total: int) -> None:
+            if disk not in tasks:
+                tasks[disk] = bars.add_task(f"{vm}/{disk}", total=total)
+            bars.update(tasks[disk], completed=done, total=total)
+        from appliance.backups.options import BackupOptions
+
+        options = BackupOptions(full_every=full_every, transport=transport)
+        result = asyncio.run(a.backups.create(spec, full=full, progress=progress, options=options))
+    m = result.manifest
+    if as_json:
+        emit_json(json.loads(m.to_json()))
+        return
+    read = sum(d.stats.bytes_read for d in m.disks)
+    stored = sum(d.stats.bytes_stored for d in m.disks)
+    out.print(f"backup {m.backup_id}: {m.kind}, read {human(read)}, stored {human(stored)} new")
+    for note in m.notes:
+        out.print(f"  note: {note}")
+
+
+@backup_app.command("list")
+@reports_errors
+def backup_list(vm: str | None = typer.Option(None, help="Only this VM's backups."), as_json: bool = JsonOpt) -> None:
+    """List backups recorded in the catalog."""
+    from appliance.backups.catalog import BackupCatalog
+
+    records = BackupCatalog(state.appliance.catalog).list(vm)
+    if as_json:
+        emit_json([backup_dict(r) for r in records])
+        return
+    from rich.table import Table
+
+    table = Table("id", "vm", "kind", "status", "started", "read", "stored", "note")
+    for r in records:
+        table.add_row(r.id, r.vm_name, r.kind, r.status, r.started_at.strftime("%Y-%m-%d %H:%M:%S"),
+                      human(r.bytes_read), human(r.bytes_stored), r.error or "; ".join(r.notes))
+    out.print(table)
+
+
+def backup_dict(r: Any) -> dict[str, Any]:
+    return {c: getattr(r, c) for c in ("id", "vm_name", "store", "kind", "status", "parent", "checkpoint", "started_at",
+                                       "finished_at", "size", "bytes_read", "bytes_stored", "error", "notes")}
