@@ -21,9 +21,11 @@ from dedup import BackupManifest, Store, new_backup_id
 from dedup.names import check_name
 from transports.points import DiskPoint
 
+from .catalog import fail_interrupted
 from .ingest import ingest_point
+from .options import Progress
 from .records import BackupRecord, last_good_backup
-from .service import BackupResult, Progress, _fail_interrupted, checkpoint_name
+from .service import BackupResult, checkpoint_name
 
 
 def backup_vm_name(host: str, vm: str) -> str:
@@ -73,7 +75,7 @@ class HostBackups:
     def _begin(self, vm: str, full: bool) -> BackupRecord:
         backup_id = new_backup_id(utcnow())
         with self.catalog.begin() as s:
-            _fail_interrupted(s, vm)
+            fail_interrupted(s, vm)
             running = s.scalars(select(BackupRecord).where(BackupRecord.vm_name == vm,
                                                            BackupRecord.status == "running")).first()
             if running:

@@ -5,7 +5,8 @@ from appliance.context import Appliance
 
 from .host import HostBackups
 from .libvirt import LibvirtBackupService
-from .service import BackupResult, Progress
+from .options import Progress
+from .service import BackupResult
 from .ssh import RemoteBackupService
 
 

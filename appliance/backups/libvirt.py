@@ -20,8 +20,9 @@ from vmm.hosts import ACTIVE_STATES
 from vmm.remote import SshTarget
 
 from .host import HostBackups, backup_vm_name
+from .options import Progress
 from .records import BackupRecord
-from .service import BackupResult, Progress
+from .service import BackupResult
 
 
 def export_place(view: HostView, scratch_root: Path, backup_id: str) -> tuple[str, Forward | None]:

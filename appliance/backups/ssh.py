@@ -25,8 +25,9 @@ from vmm.hosts import ACTIVE_STATES
 from vmm.remote import RemoteHost
 
 from .host import HostBackups, backup_vm_name
+from .options import Progress
 from .records import BackupRecord
-from .service import BackupResult, Progress
+from .service import BackupResult
 
 
 class RemoteBackupService:
