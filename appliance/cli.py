@@ -10,6 +10,8 @@ from typing import Any
 import typer
 from rich.table import Table
 
+from procs import sweep
+
 from .backups import BackupOptions
 from .checkpoints import DEFAULT_FULL_EVERY
 from .cli_common import (
@@ -57,6 +59,9 @@ DataDirOpt = typer.Option(None, "--data-dir", envvar="CAIRN_DATA_DIR",
 @app.callback()
 def main(data_dir: Path | None = DataDirOpt) -> None:
     state.data_dir = str(data_dir) if data_dir else None
+    # Whatever a killed Cairn process left (qemu-nbd holding a disk, mounts, partial files) goes
+    # before this one starts its own.
+    sweep()
 
 
 CertOpt = typer.Option(None, "--cert", exists=True, dir_okay=False,
