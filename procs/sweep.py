@@ -119,6 +119,10 @@ def _undo(release: dict[str, Any]) -> str | None:
     path = Path(release["remove"])
     if inode(path) != release["inode"] or release["inode"] is None:
         return None
+    if open_elsewhere(path):
+        # The inode number can come back for a new file of the same name (a newer restore to
+        # the same target): one that a running process has open is in use.
+        raise OSError("a running process has it open")
     if path.is_dir() and not path.is_symlink():
         if inside := [m for m in mounts() if Path(m).is_relative_to(path)]:
             raise OSError(f"{', '.join(inside)} still mounted inside it")
@@ -126,6 +130,19 @@ def _undo(release: dict[str, Any]) -> str | None:
     else:
         path.unlink()
     return f"removed {path}"
+
+
+def open_elsewhere(path: Path) -> bool:
+    """Whether a running process has the file open."""
+    wanted = inode(path)
+    for fd in Path("/proc").glob("[0-9]*/fd/*"):
+        try:
+            st = os.stat(fd)
+        except OSError:
+            continue   # gone meanwhile, or not a file
+        if [st.st_dev, st.st_ino] == wanted:
+            return True
+    return False
 
 
 def mounts() -> list[str]:
