@@ -171,6 +171,30 @@ def test_file_browsing_killed_leaves_no_server_mount_or_loop_device(tmp_path: Pa
     assert records_of(browsing.pid) == []
 
 
+def test_instant_restore_exports_outlive_cairn_and_go_with_their_vm(appliance: Appliance, appliance_data_dir: Path,
+                                                                    guest_kernel):
+    """An instant restore's nbdkit serves its VM after the `cairn` that started it has exited;
+    once the VM's QEMU is gone the next start sweeps it (it used to run until a resume or a
+    discard), and resume starts it again."""
+    boot_guest_vm(appliance, guest_kernel, "src", [64 * MiB])
+    backup_id = run(appliance.backups.create(appliance.vms.spec("src"))).manifest.backup_id
+    run(appliance.vms.stop("src", force=True))
+    cairn(appliance_data_dir, "restore", "instant", "start", backup_id, "copy", "--speed", "64K")
+    folder = str(appliance_data_dir / "instant" / "copy")
+    assert len(processes_naming(folder, "nbdkit")) == 1
+    qemu = appliance.vms.show("copy").status.pid
+    os.kill(qemu, signal.SIGKILL)
+    cairn(appliance_data_dir, "vm", "list")
+    assert processes_naming(folder, "nbdkit") == [] and records_of(qemu) == []
+    instant = appliance.restores.instant
+    run(instant.resume("copy", speed=0))
+    try:
+        assert run(instant.wait("copy", timeout=KILL_TIMEOUT)).status == "done"
+        assert processes_naming(folder, "nbdkit") == []
+    finally:
+        run(appliance.vms.stop("copy", force=True))
+
+
 # Cairn's own classes, in a process of their own that prints where it got and waits to be killed.
 OWNER = """
 import sys, time
