@@ -61,14 +61,15 @@ class Holding:
 
     @classmethod
     def find(cls, key: str) -> Holding | None:
+        """The record kept under `key`, whichever process wrote it, to hand over or close."""
         path = registry_dir() / f"{key}.json"
         try:
             record = json.loads(path.read_text())
         except FileNotFoundError:
             return None
-        holding = cls.__new__(cls)
-        holding.path, holding._record, holding._lock = path, record, threading.Lock()
-        return holding
+        found = cls.__new__(cls)   # not __init__: the record exists and keeps its owner
+        found.path, found._record, found._lock = path, record, threading.Lock()
+        return found
 
     def spawn(self, argv: list[str], *, outlives_owner: bool = False, **popen: Any) -> subprocess.Popen[Any]:
         """Start a helper (spawn.start_helper) and record it: if the owner is gone at the next
