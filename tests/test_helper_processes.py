@@ -17,6 +17,7 @@ import textwrap
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import httpx
 from backup_helpers import CHUNK, MiB, boot_guest_vm, run
@@ -28,6 +29,7 @@ from appliance.context import Appliance
 
 CAIRN = str(Path(sys.executable).with_name("cairn"))
 KILL_TIMEOUT = 300   # TCG guests and busy neighbours on a shared 2-core machine
+T = TypeVar("T")
 
 
 def cairn(data_dir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -58,15 +60,24 @@ def processes_naming(text: str, program: str | None = None) -> list[tuple[int, l
     return found
 
 
-def kill_when(process: subprocess.Popen, ready: Callable[[], object], timeout: float = KILL_TIMEOUT) -> None:
-    """SIGKILL `process` as soon as ready() holds (checked while it runs)."""
+def parent_of(pid: int) -> int | None:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return None
+    return int(next(line.split()[1] for line in status.splitlines() if line.startswith("PPid:")))
+
+
+def kill_when(process: subprocess.Popen, ready: Callable[[], T], timeout: float = KILL_TIMEOUT) -> T:
+    """SIGKILL `process` as soon as ready() holds (checked while it runs); return what it said."""
     deadline = time.monotonic() + timeout
-    while not ready():
+    while not (said := ready()):
         assert process.poll() is None, "the operation ended before it could be interrupted"
         assert time.monotonic() < deadline, "the operation never got there"
         time.sleep(0.005)
     process.send_signal(signal.SIGKILL)
     process.wait()
+    return said
 
 
 def mounted_under(directory: str) -> list[str]:
@@ -122,12 +133,12 @@ def test_restore_over_killed_before_its_qemu_nbd_has_a_client(appliance: Applian
     spec = appliance.vms.create("big", [CHUNK, 64 * MiB])
     qemu_io(spec.disks[1].path, f"write -P 0x22 0 {48 * MiB}")
     backup_id = run(appliance.backups.create(spec)).manifest.backup_id
-    restoring = start_cairn(appliance_data_dir, "restore", "vm", backup_id, "--over")
-    kill_when(restoring, lambda: processes_naming(".vdb-restored-", "qemu-nbd"))
-    result = cairn(appliance_data_dir, "restore", "vm", backup_id, "--over", "--json")
-    assert processes_naming(".cairn-partial") == []
-    assert records_of(restoring.pid) == []
     folder = appliance.settings.images_dir / "big"
+    restoring = start_cairn(appliance_data_dir, "restore", "vm", backup_id, "--over")
+    kill_when(restoring, lambda: processes_naming(f"{folder}/.vdb-restored-", "qemu-nbd"))
+    result = cairn(appliance_data_dir, "restore", "vm", backup_id, "--over", "--json")
+    assert processes_naming(str(folder)) == []
+    assert records_of(restoring.pid) == []
     assert sorted(str(p) for p in folder.iterdir()) == sorted(json.loads(result.stdout)["disks"].values())
 
 
@@ -137,11 +148,12 @@ def test_push_backup_killed_leaves_no_qemu_nbd(appliance: Appliance, appliance_d
     boot_guest_vm(appliance, guest_kernel, "pushed", [256 * MiB])
     try:
         backing_up = start_cairn(appliance_data_dir, "backup", "create", "pushed", "--transport", "push")
-        kill_when(backing_up, lambda: processes_naming(".push.qcow2", "qemu-nbd"))
+        scratch = str(appliance.settings.scratch_dir)
+        kill_when(backing_up, lambda: processes_naming(scratch, "qemu-nbd"))
         assert appliance.vms.show("pushed").status.state == "running"   # QEMU is no helper: it lives on
         assert "incremental" not in cairn(appliance_data_dir, "backup", "create", "pushed",
                                           "--transport", "push").stdout
-        assert processes_naming(".push.qcow2") == []
+        assert processes_naming(scratch) == []
         assert records_of(backing_up.pid) == []
     finally:
         run(appliance.vms.stop("pushed", force=True))
@@ -158,13 +170,15 @@ def test_file_browsing_killed_leaves_no_server_mount_or_loop_device(tmp_path: Pa
     image = tmp_path / "disk.raw"
     subprocess.run(["mkfs.ext4", "-q", "-F", "-d", str(content), str(image), "160M"], check=True)
     backup_id = backup_file(store, "web1", "vda", image)
-    before = set(mounted_under("/tmp/cairn-files-"))
-    browsing = start_cairn(appliance_data_dir, "restore", "files", backup_id, "/big.bin", "--store", str(store.location),
-                           "--extract", str(tmp_path / "big.bin"))
+    browsing = start_cairn(appliance_data_dir, "restore", "files", backup_id, "/big.bin",
+                           "--store", str(store.location), "--extract", str(tmp_path / "big.bin"))
+
     def filesystem_mounted() -> list[str]:
-        return [m for m in set(mounted_under("/tmp/cairn-files-")) - before if m.endswith("/mnt")]
-    kill_when(browsing, filesystem_mounted)
-    folder = str(Path(filesystem_mounted()[0]).parent)
+        """This process's browsing folder, once its filesystem is mounted (its nbdfuse names it)."""
+        folders = [Path(argv[2]).parent.parent for pid, argv in processes_naming("/tmp/cairn-files-", "nbdfuse")
+                   if parent_of(pid) == browsing.pid]
+        return [str(f) for f in folders if mounted_under(str(f / "mnt"))]
+    [folder] = kill_when(browsing, filesystem_mounted)
     cairn(appliance_data_dir, "restore", "files", backup_id, "/", "--store", str(store.location))
     assert processes_naming(folder) == []
     assert mounted_under(folder) == [] and loops_reading(folder) == []
