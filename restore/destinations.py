@@ -4,8 +4,10 @@ a file on a remote host.
 A Destination checks the request before anything is read from the store,
 opens a RestoreTarget for the disk, and afterwards commits or discards the
 result. New files are built under a hidden partial name and renamed when
-complete, so their name never holds a half-restored disk. Block devices and
-NBD exports are written in place: they are overwritten only with force.
+complete, so their name never holds a half-restored disk; a partial file whose
+restoring process was killed is removed by the next start's sweep (procs).
+Block devices and NBD exports are written in place: they are overwritten only
+with force.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from pathlib import Path
 from typing import Protocol
 
 from dedup.fsutil import fsync_dir
+from procs import Holding
 
 from .errors import (
     RestoreError,
@@ -62,26 +65,38 @@ class FileDestination:
         self.force = force
         self.description = f"{path} ({fmt})"
         self._partial = partial_name(path)
+        self._holding: Holding | None = None
 
     def open(self, size: int) -> RestoreTarget:
         self._check()
         # A leftover of an interrupted restore to the same target.
         self._partial.unlink(missing_ok=True)
-        if self.fmt == "raw":
-            return RawFileTarget(self._partial, size)
-        create_qcow2(self._partial.absolute(), size)
+        self._holding = Holding(f"restore to {self.path.absolute()}")
         try:
+            if self.fmt == "raw":
+                target = RawFileTarget(self._partial, size)
+                self._holding.remove(self._partial.absolute())
+                return target
+            create_qcow2(self._partial.absolute(), size)
+            self._holding.remove(self._partial.absolute())
             return QemuNbdTarget(self._partial, "qcow2", fresh=True)
         except BaseException:
-            self._partial.unlink(missing_ok=True)
+            self.discard()
             raise
 
     def commit(self) -> None:
         os.replace(self._partial, self.path)
         fsync_dir(self.path.parent)
+        self._release()
 
     def discard(self) -> None:
         self._partial.unlink(missing_ok=True)
+        self._release()
+
+    def _release(self) -> None:
+        if self._holding is not None:
+            self._holding.close()
+            self._holding = None
 
     def _check(self) -> None:
         target = self.path

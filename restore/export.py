@@ -1,20 +1,24 @@
 """Serve one disk of a backup over NBD, read-only, with nbdkit and restore/nbdkit_plugin.py.
 
-nbdkit runs as a daemon (it outlives the process that started it: an instant
-restore's VM keeps reading from it) on a unix socket; its pidfile tells a later
-process which nbdkit to stop, and the socket path in its command line proves
-the pid was not reused.
+nbdkit runs in the foreground as a helper (procs) on a unix socket. By default it dies with
+the process that started it (file-level restore, boot tests). An instant restore's VM keeps
+reading from it after that process is gone: started with outlives_owner, it is handed over
+to the VM's QEMU and swept once that is gone. Its pidfile tells a later process which nbdkit
+to stop, and the socket path in its command line proves the pid was not reused.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import signal
 import site
 import subprocess
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+
+from procs import Holding
 
 from .errors import RestoreError
 
@@ -31,31 +35,46 @@ class ExportError(RestoreError):
 class BackupExport:
     socket: Path
     pidfile: Path
+    # The nbdkit this process started (None for one found again by its pidfile): kept to reap it.
+    process: subprocess.Popen[bytes] | None = field(default=None, compare=False, repr=False)
 
     @property
     def uri(self) -> str:
         return f"nbd+unix:///?socket={self.socket}"
 
+    @property
+    def record(self) -> str:
+        return _record_key(self.socket)
+
     @classmethod
     def start(cls, store: str, backup_id: str, disk: str, socket: Path, partition: int | None = None,
-              timeout: float = 60.0) -> BackupExport:
+              timeout: float = 60.0, *, outlives_owner: bool = False) -> BackupExport:
         """Serve the disk, or one partition of it (MBR or GPT, numbered from 1), of a backup in
         the store at `store` (a directory or URL) on `socket` (whose directory must exist);
-        return once it is listening."""
+        return once it is listening. With outlives_owner it goes on after this process ends,
+        until hand_over()'s process ends or stop()."""
         pidfile = socket.with_suffix(".pid")
         log = socket.with_suffix(".log")
-        command = ["nbdkit", "--readonly", "--unix", str(socket), "--pidfile", str(pidfile),
+        pidfile.unlink(missing_ok=True)
+        command = ["nbdkit", "--foreground", "--readonly", "--unix", str(socket), "--pidfile", str(pidfile),
                    *(["--filter=partition"] if partition is not None else []),
                    "python", str(PLUGIN), f"store={store}", f"backup={backup_id}", f"disk={disk}",
                    *([f"partition={partition}"] if partition is not None else [])]
+        holding = Holding(f"nbdkit serving backup {backup_id} disk {disk} on {socket}", key=_record_key(socket))
         with open(log, "wb") as out:
-            # nbdkit forks into the background once it listens; the parent's status says if it got there.
-            result = subprocess.run(command, stdin=subprocess.DEVNULL, stdout=out, stderr=out, timeout=timeout,
-                                    env={**os.environ, "PYTHONPATH": _PYTHONPATH}, check=False)
-        if result.returncode != 0:
-            raise ExportError(f"nbdkit could not serve backup {backup_id} disk {disk}: "
-                              f"{log.read_text(errors='replace').strip()}")
-        return cls(socket, pidfile)
+            process = holding.spawn(command, outlives_owner=outlives_owner, stdin=subprocess.DEVNULL, stdout=out,
+                                    stderr=out, env={**os.environ, "PYTHONPATH": _PYTHONPATH})
+        export = cls(socket, pidfile, process)
+        deadline = time.monotonic() + timeout
+        while not pidfile.exists():   # nbdkit writes it once it accepts connections
+            if process.poll() is not None or time.monotonic() > deadline:
+                export.stop()
+                raise ExportError(f"nbdkit could not serve backup {backup_id} disk {disk}: "
+                                  f"{log.read_text(errors='replace').strip() or 'not listening in time'}")
+            time.sleep(0.02)
+        for made in (socket, pidfile):
+            holding.remove(made)
+        return export
 
     def pid(self) -> int | None:
         """nbdkit's pid while it runs (checked against its command line)."""
@@ -66,9 +85,20 @@ class BackupExport:
             return None
         return pid if os.fsencode(self.socket) in argv else None
 
+    def hand_over(self, pid: int) -> None:
+        """Serve process `pid` (the VM reading from it) from now on: nbdkit is swept once it is gone."""
+        if (held := Holding.find(self.record)) is not None:
+            held.hand_over(pid)
+
     def stop(self, timeout: float = 10.0) -> None:
-        pid = self.pid()
-        if pid is not None:
+        if self.process is not None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        elif (pid := self.pid()) is not None:
             os.kill(pid, signal.SIGTERM)
             deadline = time.monotonic() + timeout
             while self.pid() is not None and time.monotonic() < deadline:
@@ -77,3 +107,10 @@ class BackupExport:
                 os.kill(pid, signal.SIGKILL)
         for path in (self.socket, self.pidfile):
             path.unlink(missing_ok=True)
+        if (held := Holding.find(self.record)) is not None:
+            held.close()
+
+
+def _record_key(socket: Path) -> str:
+    """The key of an export's helper record: one per socket, whichever process started it."""
+    return "nbdkit-" + hashlib.sha256(os.fsencode(socket.absolute())).hexdigest()[:16]

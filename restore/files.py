@@ -6,6 +6,10 @@ loop device and mounted read-only without log replay (ext4 noload, xfs
 norecovery): nothing on the way can write, neither to the store nor to the VM's
 disks, which are never opened. Any filesystem the kernel can mount works;
 ext4 and xfs are tested.
+
+nbdkit and nbdfuse are helpers (procs) that die with the browsing process; the
+loop device and the mounts they leave are recorded, and released by the next
+start's sweep.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from pathlib import Path, PurePosixPath
 from typing import BinaryIO, Self
 
 from dedup import Store
+from procs import Holding
 
 from .errors import RestoreError
 from .export import BackupExport
@@ -56,6 +61,7 @@ class BackupFilesystem:
         self.disk = select_disk(store.get_backup(backup_id), disk).name
         self._store, self._backup_id, self._partition = store, backup_id, partition
         self._dir: Path | None = None
+        self._holding: Holding | None = None
         self._export: BackupExport | None = None
         self._fuse: subprocess.Popen[bytes] | None = None
         self._loop: str | None = None
@@ -130,23 +136,31 @@ class BackupFilesystem:
         if self._dir is not None:
             shutil.rmtree(self._dir, ignore_errors=True)
             self._dir = None
+        if self._holding is not None:
+            self._holding.close()
+            self._holding = None
 
     def _open(self) -> None:
         self._dir = Path(tempfile.mkdtemp(prefix="cairn-files-"))
+        self._holding = held = Holding(f"files of backup {self._backup_id} disk {self.disk} in {self._dir}")
+        held.remove(self._dir)
         self._export = BackupExport.start(self._store.location, self._backup_id, self.disk, self._dir / "nbd.sock",
                                           self._partition)
         (self._dir / "fuse").mkdir()
         image = self._dir / "fuse" / "disk"
-        self._fuse = subprocess.Popen(["nbdfuse", "--readonly", str(image), self._export.uri],
-                                      stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        self._fuse = held.spawn(["nbdfuse", "--readonly", str(image), self._export.uri],
+                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        held.unmount(image.parent)
         _wait_for(image, self._fuse)
         self._loop = device = _run(["losetup", "--find", "--show", "--read-only", str(image)]).strip()
+        held.detach_loop(device, image)
         fstype = _run(["blkid", "--probe", "--output", "value", "--match-tag", "TYPE", device], check=False).strip()
         if not fstype:
             raise FileRestoreError(f"no filesystem found on backup {self._backup_id} disk {self.disk}"
                                    + (f" partition {self._partition}" if self._partition else ""))
         self.root.mkdir()
         options = READ_ONLY_OPTIONS.get(fstype, "ro")
+        held.unmount(self.root)
         _run(["mount", "-t", fstype, "-o", options, device, str(self.root)])
         self._mounted = True
 

@@ -5,7 +5,8 @@ user names by URL), so it knows nothing about image files; it is given a
 connected libnbd handle. QemuNbdServer runs one qemu-nbd for one client on a unix
 socket in a private directory; without --persistent, qemu-nbd exits by
 itself once that client disconnects, which is how a finished restore shuts
-it down cleanly.
+it down cleanly. It is a helper (procs): it dies with the restoring process
+even before its client connects, when nothing else would end it.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from contextlib import suppress
 from pathlib import Path
 
 import nbd
+
+from procs import Holding
 
 from .errors import TargetWriteError
 
@@ -119,6 +122,8 @@ class QemuNbdServer:
         image = image.absolute()
         self.image = image
         self._dir = Path(tempfile.mkdtemp(prefix="cairn-nbd-"))
+        self._holding = Holding(f"qemu-nbd writing {image}")
+        self._holding.remove(self._dir)
         self.socket = self._dir / "nbd.sock"
         self._log = self._dir / "qemu-nbd.log"
         command = [
@@ -130,7 +135,7 @@ class QemuNbdServer:
             str(image),
         ]
         with open(self._log, "wb") as log:
-            self._process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+            self._process = self._holding.spawn(command, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
         self._wait_for_socket(timeout)
 
     def wait(self, timeout: float = 60.0) -> None:
@@ -172,4 +177,6 @@ class QemuNbdServer:
         return self._log.read_text(errors="replace").strip() or "no output"
 
     def _remove_dir(self) -> None:
+        """The server has exited: its directory and record go."""
         shutil.rmtree(self._dir, ignore_errors=True)
+        self._holding.close()

@@ -14,6 +14,8 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
+from procs import Holding
+
 from .errors import ExportError
 from .points import (
     Checkpoint,
@@ -57,6 +59,8 @@ class OfflineExport:
         self._servers: list[QemuNbd] = []
         # Socket paths must fit in 107 bytes, which a deep data directory may not: use /tmp.
         self._socket_dir = Path(tempfile.mkdtemp(prefix="cairn-nbd-"))
+        self._holding = Holding(f"export of stopped disks {', '.join(images.values())}")
+        self._holding.remove(self._socket_dir)
         self._tracked: set[str] = set()
         self.notes: list[str] = []   # what open() had to repair, for the backup's record
 
@@ -82,6 +86,7 @@ class OfflineExport:
             server.stop()
         self._servers.clear()
         shutil.rmtree(self._socket_dir, ignore_errors=True)
+        self._holding.close()
         for disk in self._tracked:
             path, old = self.images[disk], self.since[disk]
             if success:
@@ -139,4 +144,4 @@ class OfflineExport:
         return self._socket_dir / f"{disk}.sock"
 
     def _serve(self, disk: str, path: str, fmt: str, bitmap: str | None) -> None:
-        self._servers.append(QemuNbd(path, fmt, disk, self._socket(disk), bitmap=bitmap))
+        self._servers.append(QemuNbd(path, fmt, disk, self._socket(disk), holding=self._holding, bitmap=bitmap))

@@ -22,6 +22,8 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any, Protocol
 
+from procs import Holding
+
 from .errors import ExportError
 from .live import LiveExport, Quiesce, Sessions
 from .points import Checkpoint, DiskPoint
@@ -62,14 +64,17 @@ class NbdPushTarget:
         self.directory = directory
         # Socket paths must fit in 107 bytes, which a deep data directory may not: use /tmp.
         self._socket_dir = Path(tempfile.mkdtemp(prefix="cairn-push-"))
+        self._holding = Holding(f"push backup targets in {directory}")
+        self._holding.remove(self._socket_dir)
         self._writers: dict[str, QemuNbd] = {}
 
     def create(self, disk: str, size: int) -> dict[str, Any]:
         self.directory.mkdir(parents=True, exist_ok=True)
         image = self.directory / f"{disk}.push.qcow2"
         new_target_image(image, size)
+        self._holding.remove(image)
         socket = self._socket_dir / f"{disk}.sock"
-        self._writers[disk] = QemuNbd(image, "qcow2", disk, socket, writable=True)
+        self._writers[disk] = QemuNbd(image, "qcow2", disk, socket, holding=self._holding, writable=True)
         return {"driver": "nbd", "server": {"type": "unix", "path": str(socket)}, "export": disk}
 
     def released(self, disk: str) -> Path:
@@ -79,6 +84,7 @@ class NbdPushTarget:
     def close(self) -> None:
         writers, self._writers = list(self._writers.values()), {}
         with ExitStack() as cleanup:   # every step runs, whichever fails
+            cleanup.callback(self._holding.close)
             cleanup.callback(shutil.rmtree, self._socket_dir, ignore_errors=True)
             for image in self.directory.glob("*.push.qcow2"):
                 cleanup.callback(image.unlink)
@@ -93,6 +99,8 @@ class PushExport(LiveExport):
         self.target = target
         self.chunk_size = chunk_size
         self._socket_dir = Path(tempfile.mkdtemp(prefix="cairn-nbd-"))
+        self._holding = Holding(f"readers of the pushed copies of {', '.join(disks)}")
+        self._holding.remove(self._socket_dir)
         self._readers: list[QemuNbd] = []
         self._points: list[DiskPoint] = []
 
@@ -134,7 +142,8 @@ class PushExport(LiveExport):
             if bitmap:
                 await asyncio.to_thread(qemu_img, "bitmap", "--disable", str(image), bitmap)
             socket = self._socket_dir / f"{d}.sock"
-            self._readers.append(await asyncio.to_thread(QemuNbd, image, "qcow2", d, socket, bitmap=bitmap))
+            self._readers.append(await asyncio.to_thread(QemuNbd, image, "qcow2", d, socket, holding=self._holding,
+                                                         bitmap=bitmap))
             point.uri, point.since = f"nbd+unix:///{d}?socket={socket}", bitmap
 
     async def _copied(self, sessions: Sessions) -> bool:
@@ -176,4 +185,5 @@ class PushExport(LiveExport):
                                         {"node": self._nodes[d], "name": CHUNK_BITMAP.format(disk=d)})
         finally:
             shutil.rmtree(self._socket_dir, ignore_errors=True)
+            self._holding.close()
             await asyncio.to_thread(self.target.close)

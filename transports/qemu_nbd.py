@@ -3,12 +3,17 @@
 The backup side uses it both ways: read-only to publish a stopped VM's disks or a pushed
 copy for ingest (with a frozen bitmap as `qemu:dirty-bitmap:NAME`), and writable as the
 target a running QEMU pushes a backup into.
+
+Each server is a helper of the export that starts it (procs): it dies with the Cairn process,
+so a killed backup cannot leave a stopped VM's disk locked by a qemu-nbd nobody reads.
 """
 from __future__ import annotations
 
 import subprocess
 import time
 from pathlib import Path
+
+from procs import Holding
 
 from .errors import ExportError
 
@@ -20,9 +25,10 @@ TERM_INTERVAL = 2.0
 
 
 class QemuNbd:
-    def __init__(self, image: str | Path, fmt: str, export: str, socket: Path, *, writable: bool = False,
-                 bitmap: str | None = None):
-        """Start serving `image` as export `export`; returns once the socket accepts clients."""
+    def __init__(self, image: str | Path, fmt: str, export: str, socket: Path, *, holding: Holding,
+                 writable: bool = False, bitmap: str | None = None):
+        """Start serving `image` as export `export`, a helper of `holding`; returns once the
+        socket accepts clients."""
         self.image = str(image)
         # qemu-nbd writes its pid file once it listens and the export exists; the socket file
         # alone appears a moment before it listens (a client then gets "connection refused").
@@ -35,7 +41,7 @@ class QemuNbd:
         cmd += ["--shared=1"] if writable else ["--read-only", "--shared=4"]
         if bitmap:
             cmd += ["--bitmap", bitmap]
-        self._server = subprocess.Popen([*cmd, self.image], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        self._server = holding.spawn([*cmd, self.image], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         deadline = time.monotonic() + START_TIMEOUT
         while not ready.exists():
             if self._server.poll() is not None:

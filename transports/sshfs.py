@@ -10,14 +10,18 @@ import os
 import shutil
 import subprocess
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from procs import Holding
 
 from .errors import ExportError
 from .push import new_target_image
 
 MOUNT_TIMEOUT = 30.0
+UNMOUNT_TIMEOUT = 10.0
 
 
 @dataclass(frozen=True)
@@ -38,28 +42,46 @@ class SshfsEndpoint:
 
 
 class SshfsMount:
-    """`endpoint.directory` mounted on a fresh local directory until unmount()."""
+    """`endpoint.directory` mounted on a fresh local directory until unmount().
 
-    def __init__(self, endpoint: SshfsEndpoint):
+    sshfs runs in the foreground as a helper of `holding` (procs): it dies with this process,
+    and the next start's sweep unmounts what it leaves (a dead FUSE mount stays until then)."""
+
+    def __init__(self, endpoint: SshfsEndpoint, holding: Holding):
         self.path = Path(tempfile.mkdtemp(prefix="cairn-sshfs-"))
+        holding.remove(self.path)
         remote = f"{endpoint.user}@{endpoint.host}:{endpoint.directory}"
-        try:
-            # sshfs returns once the connection stands and the mount is in place (it then
-            # runs on in the background); a failure to connect is its exit status.
-            done = subprocess.run(["sshfs", *endpoint.ssh_options(), remote, str(self.path)],
-                                  capture_output=True, text=True, timeout=MOUNT_TIMEOUT, check=False)
-        except (OSError, subprocess.TimeoutExpired) as e:
-            self.path.rmdir()
-            raise ExportError(f"cannot mount {remote} with sshfs: {e}") from e
-        if done.returncode != 0 or not os.path.ismount(self.path):
-            self.path.rmdir()
-            raise ExportError(f"cannot mount {remote} with sshfs: {done.stderr.strip() or 'not mounted'}")
+        self._errors = tempfile.TemporaryFile()
+        self._sshfs = holding.spawn(["sshfs", "-f", *endpoint.ssh_options(), remote, str(self.path)],
+                                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=self._errors)
+        holding.unmount(self.path)
+        deadline = time.monotonic() + MOUNT_TIMEOUT
+        while not os.path.ismount(self.path):
+            # A failure to connect or authenticate is sshfs's exit.
+            if self._sshfs.poll() is not None or time.monotonic() > deadline:
+                reason = self._stop() or f"not mounted within {MOUNT_TIMEOUT:g}s"
+                self.path.rmdir()
+                raise ExportError(f"cannot mount {remote} with sshfs: {reason}")
+            time.sleep(0.05)
 
     def unmount(self) -> None:
         done = subprocess.run(["fusermount3", "-u", str(self.path)], capture_output=True, text=True, check=False)
         if done.returncode != 0:
             raise ExportError(f"cannot unmount {self.path}: {done.stderr.strip()}")
+        self._stop()
         self.path.rmdir()
+
+    def _stop(self) -> str:
+        """Wait for sshfs to end (it does once unmounted), killing it if it does not; return what it said."""
+        try:
+            self._sshfs.wait(UNMOUNT_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            self._sshfs.kill()
+            self._sshfs.wait()
+        self._errors.seek(0)
+        said = self._errors.read().decode(errors="replace").strip()
+        self._errors.close()
+        return said
 
 
 class SshfsPushTarget:
@@ -68,10 +90,13 @@ class SshfsPushTarget:
     def __init__(self, endpoint: SshfsEndpoint, name: str):
         self.local = endpoint.directory / name
         self.local.mkdir(parents=True)
+        self._holding = Holding(f"sshfs push targets in {self.local}")
+        self._holding.remove(self.local)
         try:
-            self.mount = SshfsMount(endpoint)
+            self.mount = SshfsMount(endpoint, self._holding)
         except ExportError:
             self.local.rmdir()
+            self._holding.close()
             raise
         self.remote = self.mount.path / name
 
@@ -88,3 +113,4 @@ class SshfsPushTarget:
             self.mount.unmount()
         finally:
             shutil.rmtree(self.local, ignore_errors=True)
+        self._holding.close()

@@ -3,7 +3,8 @@
 `ssh -N -L LOCAL.sock:REMOTE.sock` carries each connection to the local socket over the SSH
 connection to the remote one, so QEMU's QMP monitor and NBD exports on another host are read
 as if they were local, encrypted and authenticated by SSH, with no port opened on the host.
-(paramiko has no streamlocal forwarding, hence the OpenSSH client.)
+(paramiko has no streamlocal forwarding, hence the OpenSSH client.) The ssh process is a
+helper (procs): it dies with the process that opened the forward.
 """
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Self
+
+from procs import Holding
 
 from .errors import ExportError
 
@@ -31,10 +34,13 @@ class SocketForward:
         self._cmd = ["ssh", "-N", "-o", "ExitOnForwardFailure=yes", "-o", "StreamLocalBindUnlink=yes",
                      "-o", "ServerAliveInterval=15", "-L", f"{self.local}:{remote}", *ssh_args]
         self._proc: subprocess.Popen[bytes] | None = None
+        self._holding = Holding(f"SSH forward of {remote}")
+        self._holding.remove(self._dir)
 
     def open(self) -> Self:
-        self._proc = subprocess.Popen(self._cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                      stderr=self._log.open("wb"))
+        with self._log.open("wb") as log:
+            self._proc = self._holding.spawn(self._cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                             stderr=log)
         deadline = time.monotonic() + OPEN_TIMEOUT
         while not self.local.exists():
             if self._proc.poll() is not None or time.monotonic() > deadline:
@@ -54,6 +60,7 @@ class SocketForward:
                 self._proc.wait()
             self._proc = None
         shutil.rmtree(self._dir, ignore_errors=True)
+        self._holding.close()
 
     def __enter__(self) -> Self:
         return self.open()

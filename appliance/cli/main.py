@@ -73,7 +73,12 @@ DataDirOpt = typer.Option(None, "--data-dir", envvar="CAIRN_DATA_DIR",
 
 @app.callback()
 def main(data_dir: Path | None = DataDirOpt) -> None:
+    from procs import sweep
+
     state.data_dir = str(data_dir) if data_dir else None
+    # Whatever a killed Cairn process left (qemu-nbd holding a disk, mounts, partial files) goes
+    # before this one starts its own.
+    sweep()
 
 
 CertOpt = typer.Option(None, "--cert", exists=True, dir_okay=False,

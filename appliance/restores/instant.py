@@ -91,6 +91,7 @@ class InstantRestoreService:
                 create_qcow2(Path(disk.overlay), size, backing_uri=export.uri)
             self._save(state)
             await self.vms.start(name)
+            self._serve_vm(state)
             await self._stream(state)
         except BaseException:
             await self.discard(name)
@@ -110,6 +111,7 @@ class InstantRestoreService:
                 self._export(state, disk)
         if self.vms.show(name).status.state not in ("running", "paused"):
             await self.vms.start(name)
+        self._serve_vm(state)
         state.status, state.error = "hydrating", None
         self._save(state)
         await self._stream(state)
@@ -203,12 +205,19 @@ class InstantRestoreService:
                                                    "speed": state.speed, "auto-dismiss": False})
 
     def _export(self, state: InstantRestore, disk: InstantDisk) -> BackupExport:
-        """The disk's export, started unless it runs."""
+        """The disk's export, started unless it runs; it outlives this process, for the VM."""
         running = _running_export(disk)
         if running.pid() is not None:
             return running
         Path(disk.socket).unlink(missing_ok=True)
-        return BackupExport.start(state.store, state.backup_id, disk.source, Path(disk.socket))
+        return BackupExport.start(state.store, state.backup_id, disk.source, Path(disk.socket), outlives_owner=True)
+
+    def _serve_vm(self, state: InstantRestore) -> None:
+        """The exports belong to the VM's QEMU from now on: swept once it is gone, and restarted
+        by resume()."""
+        if (pid := self.vms.driver.status(state.vm).pid) is not None:
+            for disk in state.disks:
+                _running_export(disk).hand_over(pid)
 
     def _folder(self, name: str) -> Path:
         return self.settings.data_dir / "instant" / name
