@@ -69,6 +69,12 @@ def test_unknown_vm_is_a_clear_error(cairn, data_dir: Path):
     assert backups_on_disk(data_dir) == []
 
 
+def test_an_error_holding_brackets_is_printed_as_it_is(cairn):
+    """QEMU's messages hold "[...]": they are text to print, not rich markup to parse."""
+    r = cairn("vm", "show", "a[/b]", ok=False)
+    assert r.returncode == 1 and "no VM named a[/b]" in r.stderr and "Traceback" not in r.stderr
+
+
 def test_backup_of_vm_with_missing_disk_changes_nothing(cairn, data_dir: Path):
     cairn("vm", "create", "lost", "--disk", "64M")
     disk = disk_of(cairn, "lost")

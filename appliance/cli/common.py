@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     DownloadColumn,
@@ -64,7 +65,8 @@ def reports_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
                 code = 2
             else:
                 raise
-            err.print(f"[red]error:[/red] {e}", highlight=False)
+            # The message is text, not markup: QEMU's errors hold "[...]" that rich would parse.
+            err.print(f"[red]error:[/red] {escape(str(e))}", highlight=False)
             raise typer.Exit(code) from None
     return wrapper
 
