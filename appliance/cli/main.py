@@ -8,10 +8,9 @@ from __future__ import annotations
 import sys
 from importlib import import_module
 from pathlib import Path
-from typing import Any
 
-import click
 import typer
+from typer import _click as click  # typer carries its own click; its groups speak only that one's types
 from typer.core import TyperGroup
 
 from .common import err, reports_errors, state
@@ -51,12 +50,12 @@ class LazyGroup(TyperGroup):
             return super().get_command(ctx, cmd_name)
         module, attribute, summary = GROUPS[cmd_name]
         if self._describing:   # the root's --help: a name and a line are all it shows
-            return click.Group(cmd_name, help=summary)
+            return TyperGroup(name=cmd_name, help=summary)
         command = typer.main.get_command(getattr(import_module(module), attribute))
         command.name = cmd_name
         return command
 
-    def format_help(self, ctx: click.Context, formatter: Any) -> None:
+    def format_help(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         LazyGroup._describing = True
         try:
             super().format_help(ctx, formatter)
