@@ -3,16 +3,18 @@
 SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
-APT_PACKAGES := qemu-system-x86 qemu-utils libnbd-bin python3-libnbd python3-venv nbdkit openssh-server openssh-client \
-  debootstrap squashfs-tools xorriso grub-pc-bin grub-efi-amd64-bin grub-common mtools dosfstools ovmf git \
-  sshfs binutils nbdkit-plugin-python fuse3 xfsprogs \
-  libvirt-daemon-system libvirt-daemon-system-sysv libvirt-daemon-driver-qemu libvirt-clients python3-libvirt netcat-openbsd \
-  dnsmasq-base iproute2 iputils-ping \
-  chromium chromium-driver
+# What the appliance runs on (`make serve`) ...
+RUN_PACKAGES := qemu-system-x86 qemu-utils libnbd-bin python3-libnbd python3-venv nbdkit nbdkit-plugin-python \
+  openssh-client sshfs fuse3 xfsprogs python3-libvirt dnsmasq-base iproute2
+# ... and what the tests add (`make test`): servers to test against (sshd, libvirtd, a browser), the
+# ISO's build tools, and the tools the suite's guest and network tests use.
+TEST_PACKAGES := openssh-server debootstrap squashfs-tools xorriso grub-pc-bin grub-efi-amd64-bin grub-common mtools \
+  dosfstools ovmf git binutils libvirt-daemon-system libvirt-daemon-system-sysv libvirt-daemon-driver-qemu \
+  libvirt-clients netcat-openbsd iputils-ping chromium chromium-driver
 DATA_DIR ?= $(CURDIR)/data
 PYTEST_ARGS ?=
 
-.PHONY: serve test test-fast lint deps venv bench iso clean
+.PHONY: serve test test-fast lint deps test-deps venv test-venv bench iso clean
 
 serve: venv
 	CAIRN_DATA_DIR=$${CAIRN_DATA_DIR:-$(DATA_DIR)} $(VENV)/bin/cairn serve --host 127.0.0.1 --port 8080
@@ -22,37 +24,50 @@ test: lint
 
 # The rules the code keeps (pyproject.toml): style and bugs (ruff), the architecture's import
 # contracts (import-linter, see docs/architecture.md) and types (mypy).
-lint: venv
+lint: test-venv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/lint-imports
 	$(VENV)/bin/mypy
 
 # The quick set while working: everything but the slowest end-to-end scenarios.
-test-fast: venv
+test-fast: test-venv
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
-bench: venv
+bench: test-venv
 	$(PY) bench/backup_throughput.py
 	$(PY) bench/store.py
 	$(PY) bench/snapshot.py
 
 # The installer ISO: build/iso/cairn-<version>.iso with its .sha256 and .manifest (root, ~3-10 min).
-iso: venv
+iso: test-venv
 	iso/build.sh $(CURDIR)/build/iso
 
 deps:
-	@if ! dpkg -s $(APT_PACKAGES) >/dev/null 2>&1; then \
-	  export DEBIAN_FRONTEND=noninteractive; \
-	  apt-get update -qq && apt-get install -y -qq --no-install-recommends $(APT_PACKAGES); \
-	fi
+	@$(call apt_install,$(RUN_PACKAGES))
+
+test-deps: deps
+	@$(call apt_install,$(TEST_PACKAGES))
 	@# the test guest is fetched with `apt-get download`: the package lists must exist
 	@ls /var/lib/apt/lists/*_Packages >/dev/null 2>&1 || apt-get update -qq
 
+# Installs the packages not there yet (dpkg -s fails if any is missing).
+define apt_install
+if ! dpkg -s $(1) >/dev/null 2>&1; then \
+  export DEBIAN_FRONTEND=noninteractive; \
+  apt-get update -qq && apt-get install -y -qq --no-install-recommends $(1); \
+fi
+endef
+
 venv: deps $(VENV)/.installed
+test-venv: test-deps $(VENV)/.installed-test
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || /usr/bin/python3 -m venv --system-site-packages $(VENV)
 	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e .
+	touch $@
+
+$(VENV)/.installed-test: pyproject.toml $(VENV)/.installed
 	$(PY) -m pip install -q -e '.[test]'
 	touch $@
 
