@@ -79,6 +79,12 @@ class Holding:
             self._change("helpers", {**helper.to_dict(), "argv": argv})
         return process
 
+    def adopt(self, pid: int, argv: list[str]) -> None:
+        """Record helper `pid`, which a spawned process started and left running (a server that
+        forks into the background): swept like the helpers spawn() starts."""
+        if (helper := ProcessId.of(pid)) is not None:
+            self._change("helpers", {**helper.to_dict(), "argv": argv})
+
     # What the sweep releases, last acquired first (as the owner would): name each right after
     # acquiring it.
 

@@ -2,8 +2,9 @@
 
 nbdkit runs in the foreground as a helper (procs) on a unix socket. By default it dies with
 the process that started it (file-level restore, boot tests). An instant restore's VM keeps
-reading from it after that process is gone: started with outlives_owner, it is handed over
-to the VM's QEMU and swept once that is gone. Its pidfile tells a later process which nbdkit
+reading from it after that process is gone: started with outlives_owner, it forks into the
+background as nbdkit does by default (one kept in the foreground stops serving once the
+process that started it exits), is handed over to the VM's QEMU and swept once that is gone. Its pidfile tells a later process which nbdkit
 to stop, and the socket path in its command line proves the pid was not reused.
 """
 
@@ -56,7 +57,8 @@ class BackupExport:
         pidfile = socket.with_suffix(".pid")
         log = socket.with_suffix(".log")
         pidfile.unlink(missing_ok=True)
-        command = ["nbdkit", "--foreground", "--readonly", "--unix", str(socket), "--pidfile", str(pidfile),
+        command = ["nbdkit", *([] if outlives_owner else ["--foreground"]), "--readonly", "--unix", str(socket),
+                   "--pidfile", str(pidfile),
                    *(["--filter=partition"] if partition is not None else []),
                    "python", str(PLUGIN), f"store={store}", f"backup={backup_id}", f"disk={disk}",
                    *([f"partition={partition}"] if partition is not None else [])]
@@ -64,14 +66,19 @@ class BackupExport:
         with open(log, "wb") as out:
             process = holding.spawn(command, outlives_owner=outlives_owner, stdin=subprocess.DEVNULL, stdout=out,
                                     stderr=out, env={**os.environ, "PYTHONPATH": _PYTHONPATH})
-        export = cls(socket, pidfile, process)
+        # One in the background is found by its pidfile, like an export another process started.
+        export = cls(socket, pidfile, None if outlives_owner else process)
         deadline = time.monotonic() + timeout
         while not pidfile.exists():   # nbdkit writes it once it accepts connections
-            if process.poll() is not None or time.monotonic() > deadline:
+            # In the background, the process started exits once it has forked the server.
+            ended = process.poll()
+            if (ended is not None and (ended != 0 or not outlives_owner)) or time.monotonic() > deadline:
                 export.stop()
                 raise ExportError(f"nbdkit could not serve backup {backup_id} disk {disk}: "
                                   f"{log.read_text(errors='replace').strip() or 'not listening in time'}")
             time.sleep(0.02)
+        if outlives_owner and (server := export.pid()) is not None:
+            holding.adopt(server, command)
         for made in (socket, pidfile):
             holding.remove(made)
         return export
