@@ -14,13 +14,13 @@ from contextlib import contextmanager
 import libvirt
 
 from .hosts import (
-    HostDisk,
     HostError,
     HostUnreachableError,
     HostVM,
     HostVMNotFoundError,
     HostVMStateError,
 )
+from .libvirt_xml import domain_disks
 
 # libvirt prints every error to stderr by default; ours carry the message instead.
 libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
@@ -31,16 +31,6 @@ _STATES = {
     libvirt.VIR_DOMAIN_SHUTDOWN: "stopping", libvirt.VIR_DOMAIN_SHUTOFF: "stopped",
     libvirt.VIR_DOMAIN_CRASHED: "crashed", libvirt.VIR_DOMAIN_PMSUSPENDED: "suspended",
 }
-def domain_disks(xml: str) -> list[HostDisk]:
-    """The domain's hard disks (not CD-ROMs or floppies) from its XML description."""
-    disks = []
-    for disk in ET.fromstring(xml).iterfind("./devices/disk[@device='disk']"):
-        source = disk.find("source")
-        driver = disk.find("driver")
-        path = None if source is None else source.get("file") or source.get("dev")
-        disks.append(HostDisk(disk.find("target").get("dev"), path,
-                                driver.get("type", "raw") if driver is not None else "raw"))
-    return disks
 
 
 def domain_state(dom: libvirt.virDomain) -> str:
@@ -121,7 +111,9 @@ class LibvirtHost:
         disks = ET.SubElement(root, "disks")
         with self.domain(name) as dom:
             for disk in domain_disks(dom.XMLDesc(0)):
-                ET.SubElement(disks, "disk", name=disk.target, snapshot="external")
+                # Media and read-only disks do not change: they stay where they are.
+                changing = disk.holds_data and not disk.readonly
+                ET.SubElement(disks, "disk", name=disk.target, snapshot="external" if changing else "no")
             dom.snapshotCreateXML(ET.tostring(root, encoding="unicode"),
                                   libvirt.VIR_DOMAIN_SNAPSHOT_CREATE_DISK_ONLY | libvirt.VIR_DOMAIN_SNAPSHOT_CREATE_ATOMIC)
             return _snapshot_names(dom)
