@@ -23,12 +23,13 @@ def cairn(data_dir: Path, *args: str) -> subprocess.CompletedProcess:
 
 def test_host_api_and_cli_drive_and_back_up_a_domain(api_client, appliance, libvirtd, guest_kernel,  # noqa: F811
                                                      tmp_path):
-    answer = api_client.post("/api/v1/hosts", json={"name": "kvm1", "uri": libvirtd.uri})
+    answer = api_client.post("/api/v1/hosts", json={"name": "kvm1", "uri": libvirtd.uri,
+                                                    "libvirt_dir": str(libvirtd.lib_dir)})
     assert answer.status_code == 201, answer.text
     assert api_client.get("/api/v1/hosts").json() == [{"name": "kvm1", "kind": "libvirt", "uri": libvirtd.uri,
-                                                     "options": {}}]
+                                                     "options": {"libvirt_dir": str(libvirtd.lib_dir)}}]
 
-    with libvirt_guest(libvirtd.uri, "apiguest", guest_kernel, tmp_path, start=False) as guest:
+    with libvirt_guest(libvirtd, "apiguest", guest_kernel, start=False) as guest:
         domains = api_client.get("/api/v1/hosts/kvm1/vms").json()
         assert [(d["name"], d["state"], d["disks"][0]["target"]) for d in domains] == [("apiguest", "stopped", "vda")]
         assert api_client.post("/api/v1/hosts/kvm1/vms/apiguest/backups").status_code == 409
@@ -40,7 +41,7 @@ def test_host_api_and_cli_drive_and_back_up_a_domain(api_client, appliance, libv
 
         # The idle guest writes nothing after boot: API and CLI backups see the same disk.
         guest.dom.suspend()
-        reference_copy(guest.dom, tmp_path / "ref.raw", tmp_path / "ref.sock")
+        reference_copy(guest, tmp_path / "ref.raw")
         guest.dom.resume()
         answer = api_client.post("/api/v1/hosts/kvm1/vms/apiguest/backups", json={"full": False})
         assert answer.status_code == 201, answer.text

@@ -26,8 +26,11 @@ class HostIn(BaseModel):
                                                       "naming the host's key")
     agent_dir: str | None = Field(None, description="ssh: where the agent lives on the host "
                                                     "(default /var/lib/cairn-agent)")
-    scratch_dir: str | None = Field(None, description="libvirt over qemu+ssh: a directory on the host its "
-                                                      "QEMU can write to, for backups' sockets and scratch files")
+    scratch_dir: str | None = Field(None, description="libvirt: a directory on the host its QEMU can write "
+                                                      "to, for backups' sockets and scratch files (default: "
+                                                      "each domain's own directory, which it may write)")
+    libvirt_dir: str | None = Field(None, description="libvirt on this machine: where this machine sees the "
+                                                      "host's /var/lib/libvirt (default: there)")
 
 
 class HostOut(BaseModel):
@@ -41,6 +44,12 @@ class HostDiskOut(BaseModel):
     target: str
     path: str | None
     format: str
+    kind: str = Field(description="where its data lives: file, block, network, volume...")
+    device: str = Field(description="disk, lun, cdrom or floppy")
+    readonly: bool
+    shareable: bool
+    data_file: str | None = Field(description="a qcow2 image's external data file")
+    backing: list[str] = Field(description="the files below it in its chain, top first")
 
 
 class HostVMOut(BaseModel):
@@ -83,7 +92,7 @@ def host_router(appliance: Appliance) -> APIRouter:
     @router.post("", response_model=HostOut, status_code=201)
     def add_host(body: HostIn) -> HostOut:
         return HostOut(**hosts.add(body.name, body.uri, body.kind, body.key_file, body.known_hosts,
-                                   body.agent_dir, body.scratch_dir).to_dict())
+                                   body.agent_dir, body.scratch_dir, body.libvirt_dir).to_dict())
 
     @router.get("/{name}", response_model=HostOut)
     def get_host(name: str) -> HostOut:

@@ -26,11 +26,14 @@ def host_add(name: str,
                                                                "file naming the host's key."),
              agent_dir: str | None = typer.Option(None, help="ssh: the agent's directory on the host "
                                                              "(default /var/lib/cairn-agent)."),
-             scratch_dir: str | None = typer.Option(None, help="libvirt over qemu+ssh: a directory on the host "
-                                                               "its QEMU can write to, for backups."),
+             scratch_dir: str | None = typer.Option(None, help="libvirt: a directory on the host its QEMU can "
+                                                               "write to, for backups (default: each domain's own "
+                                                               "directory)."),
+             libvirt_dir: str | None = typer.Option(None, help="libvirt on this machine: where this machine sees "
+                                                               "the host's /var/lib/libvirt (default: there)."),
              as_json: bool = JsonOpt) -> None:
     """Register a host; it must answer now (an ssh host gets Cairn's agent installed)."""
-    host = state.appliance.hosts.add(name, uri, kind, key_file, known_hosts, agent_dir, scratch_dir)
+    host = state.appliance.hosts.add(name, uri, kind, key_file, known_hosts, agent_dir, scratch_dir, libvirt_dir)
     emit_json(host.to_dict()) if as_json else out.print(f"host {host.name} added ({host.kind}, {host.uri})")
 
 
