@@ -100,6 +100,57 @@ class LibvirtHost:
                 dom.destroy()
             return _info(dom)
 
+    def definition(self, name: str) -> str:
+        """The domain's persistent definition, as `virsh dumpxml --inactive` gives it."""
+        with self.domain(name) as dom:
+            return dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
+
+    def exists(self, name: str) -> bool:
+        with self.connect() as conn:
+            try:
+                conn.lookupByName(name)
+                return True
+            except libvirt.libvirtError as e:
+                if e.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                    return False
+                raise
+
+    def define(self, xml: str) -> HostVM:
+        """Define a domain (a new one, or a new definition of one by its name and UUID)."""
+        with self.connect() as conn:
+            return _info(conn.defineXML(xml))
+
+    def forget_moments(self, name: str) -> list[str]:
+        """Drop the domain's checkpoint and snapshot metadata (not their bitmaps or files), as
+        when its disks were replaced under them. Returns what was dropped."""
+        dropped = []
+        with self.domain(name) as dom:
+            for checkpoint in dom.listAllCheckpoints(0):
+                dropped.append(f"checkpoint {checkpoint.getName()}")
+                checkpoint.delete(libvirt.VIR_DOMAIN_CHECKPOINT_DELETE_METADATA_ONLY)
+            for snapshot in dom.listAllSnapshots(0):
+                dropped.append(f"snapshot {snapshot.getName()}")
+                snapshot.delete(libvirt.VIR_DOMAIN_SNAPSHOT_DELETE_METADATA_ONLY)
+        return dropped
+
+    def pool_directory(self, pool: str) -> str:
+        """Where a storage pool keeps its volumes as files (dir, fs and netfs pools)."""
+        with self.connect() as conn:
+            try:
+                found = conn.storagePoolLookupByName(pool)
+            except libvirt.libvirtError as e:
+                if e.get_error_code() == libvirt.VIR_ERR_NO_STORAGE_POOL:
+                    raise HostVMNotFoundError(f"libvirt at {self.uri} has no storage pool {pool!r}") from e
+                raise
+            root = ET.fromstring(found.XMLDesc(0))
+            if root.get("type") not in ("dir", "fs", "netfs"):
+                raise HostError(f"storage pool {pool} is a {root.get('type')} pool: disks are restored as files, "
+                                "into a dir, fs or netfs pool")
+            return root.findtext("./target/path")
+
+    def refresh_pool(self, pool: str) -> None:
+        with self.connect() as conn:
+            conn.storagePoolLookupByName(pool).refresh(0)
 
     def snapshot(self, name: str, snapshot: str) -> list[str]:
         """An external, disk-only snapshot of every disk at one instant (the domain may run):

@@ -83,3 +83,68 @@ def disk_of(element: ET.Element) -> HostDisk:
 def domain_disks(xml: str) -> list[HostDisk]:
     """Every block device of the domain, CD-ROMs and floppies included, in the XML's order."""
     return [disk_of(d) for d in parse(xml).iterfind("./devices/disk")]
+
+
+# Character devices whose file or socket belongs to one domain: a copy must not share them.
+_CHARDEVS = ("serial", "console", "parallel", "channel")
+
+
+def with_disks(xml: str, disks: dict[str, tuple[str, str]], drop: set[str] = frozenset()) -> ET.Element:
+    """The definition with each disk of `disks` (target -> (image file, format)) opening that
+    file instead, as a plain file disk without backing chain or data file, and the disks of
+    `drop` removed."""
+    root = parse(xml)
+    devices = root.find("devices")
+    for element in list(devices.iterfind("disk")):
+        target = element.find("target").get("dev")
+        if target in drop:
+            devices.remove(element)
+            continue
+        if target not in disks:
+            continue
+        path, fmt = disks[target]
+        element.set("type", "file")
+        for child in element.findall("source") + element.findall("backingStore"):
+            element.remove(child)
+        driver = element.find("driver")
+        if driver is None:
+            driver = ET.SubElement(element, "driver", name="qemu")
+        driver.set("type", fmt)
+        source = ET.Element("source", file=path)
+        element.insert(list(element).index(driver) + 1, source)
+    return root
+
+
+def as_new_domain(root: ET.Element, name: str, macs: list[str], log_dir: str) -> ET.Element:
+    """A definition of another domain like `root`: its own name, no UUID (libvirt makes one),
+    the given MACs in the order of its interfaces, its file-backed consoles writing into
+    `log_dir`, sockets chosen by libvirt, and a fresh copy of the firmware's variables."""
+    root.find("name").text = name
+    for tag in ("uuid", "title"):
+        for element in root.findall(tag):
+            root.remove(element)
+    interfaces = root.findall("./devices/interface")
+    if len(macs) != len(interfaces):
+        raise ValueError(f"{len(interfaces)} interfaces need as many MACs, not {len(macs)}")
+    for interface, mac in zip(interfaces, macs, strict=True):
+        for old in interface.findall("mac"):
+            interface.remove(old)
+        interface.insert(0, ET.Element("mac", address=mac))
+    logs: dict[str, str] = {}   # old file -> new: a console that is the serial port shares its file
+    for index, device in enumerate(e for tag in _CHARDEVS for e in root.iterfind(f"./devices/{tag}")):
+        source = device.find("source")
+        if source is None:
+            continue
+        if device.get("type") == "file" and source.get("path"):
+            new = logs.setdefault(source.get("path"), f"{log_dir}/{name}-{device.tag}{index}.log")
+            source.set("path", new)
+        elif device.get("type") == "unix" and source.get("mode") == "bind":
+            source.attrib.pop("path", None)   # libvirt picks one in the new domain's directory
+    for nvram in root.findall("./os/nvram"):
+        root.find("os").remove(nvram)   # libvirt copies its template to <name>_VARS.fd
+    return root
+
+
+def disk_files(xml: str) -> dict[str, str]:
+    """target -> the image file of every file disk holding data."""
+    return {d.target: d.path for d in domain_disks(xml) if d.holds_data and d.kind == "file" and d.path}

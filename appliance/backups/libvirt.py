@@ -103,7 +103,9 @@ class LibvirtBackupService:
                                            directory, forward)
                 try:
                     points = export.open()
-                    result = self.backups.ingest(rec, parent, points, choice.notes + bases.notes + export.notes,
+                    # A disk libvirt cannot checkpoint has its own reason; "no checkpoint" adds nothing.
+                    ledger_notes = [why for disk, why in bases.full.items() if why and export.plans[disk].bitmap]
+                    result = self.backups.ingest(rec, parent, points, choice.notes + ledger_notes + export.notes,
                                                  progress, definition(dom, choice, points))
                 except ExportError as e:
                     export.close(success=False)
