@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import os
 import posixpath
+import time
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
@@ -55,6 +56,7 @@ from .points import CHECKPOINT_PREFIX, Checkpoint, DiskPoint
 LIBVIRT_LIB_DIR = "/var/lib/libvirt"
 # libvirt 10.10: raw images can be checkpointed behind a qcow2 overlay (<dataStore>).
 DATA_STORE_VERSION = 10_010_000
+JOB_END_TIMEOUT = 60.0
 
 
 class Reach(Protocol):
@@ -180,11 +182,7 @@ class LibvirtPullExport:
         if self._reach is not None:
             self._reach.close()
             self._reach = None
-        try:
-            self.dom.abortJob()
-        except libvirt.libvirtError as e:
-            if e.get_error_code() != libvirt.VIR_ERR_OPERATION_INVALID:   # the job already ended
-                raise
+        self._end_job()
         doomed = self._base if success else self.checkpoint
         if doomed and (note := checkpoints.delete(self.dom, doomed)):
             self.notes.append(note)
@@ -245,6 +243,28 @@ class LibvirtPullExport:
         if not intact:
             self._base = None   # nothing left to delete after a good backup
 
+    def _end_job(self) -> None:
+        """Abort the backup job and wait until libvirt has let it go: it ends once QEMU's copy
+        jobs are cancelled, and only then removes the scratch files (the socket goes with the
+        NBD server)."""
+        try:
+            self.dom.abortJob()
+        except libvirt.libvirtError as e:
+            if e.get_error_code() != libvirt.VIR_ERR_OPERATION_INVALID:   # the job already ended
+                raise
+        deadline = time.monotonic() + JOB_END_TIMEOUT
+        while True:
+            try:
+                self.dom.backupGetXMLDesc(0)
+            except libvirt.libvirtError as e:
+                if e.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN_BACKUP:
+                    return
+                raise
+            if time.monotonic() > deadline:
+                raise ExportError(f"the backup job of libvirt domain {self.dom.name()} did not end within "
+                                  f"{JOB_END_TIMEOUT:g} s of being aborted")
+            time.sleep(0.05)
+
     # -- leftovers of interrupted backups -----------------------------------------------------
 
     def _end_stale_job(self) -> None:
@@ -257,7 +277,7 @@ class LibvirtPullExport:
         socket = posixpath.basename(server.get("socket", "")) if server is not None else ""
         if not (socket.startswith(CHECKPOINT_PREFIX) and socket.endswith(".sock")):
             raise ExportError(f"libvirt domain {self.dom.name()} already has a backup job that is not Cairn's")
-        self.dom.abortJob()
+        self._end_job()
         self.notes.append(f"ended the backup job of an interrupted backup (socket {socket})")
 
     def _drop_orphans(self) -> None:
