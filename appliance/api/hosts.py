@@ -7,9 +7,11 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from fastapi import APIRouter, Response
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from appliance.backups.checkpoints import DEFAULT_FULL_EVERY
 from appliance.backups.host_vm import back_up_host_vm
+from appliance.backups.selection import DiskSelection
 from appliance.context import Appliance
 from vmm.hosts import HostVM
 
@@ -75,6 +77,16 @@ class SnapshotIn(BaseModel):
 class HostBackupIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     full: bool = False
+    full_every: int = Field(DEFAULT_FULL_EVERY, ge=0, le=100_000,
+                            description="read a disk in full after this many incrementals of it (0: always)")
+    include: list[str] = Field([], description="read only the disks one of these selects: a name pattern (vdb, "
+                                               "vd[b-d]) or kind:<tag> (qcow2, raw, file, block, network, readonly...)")
+    exclude: list[str] = Field([], description="then leave out the disks one of these selects (same syntax)")
+
+    @model_validator(mode="after")
+    def _selection_is_valid(self) -> HostBackupIn:
+        DiskSelection.of(self.include, self.exclude)
+        return self
 
 
 def _vm(vm: HostVM) -> HostVMOut:
@@ -131,7 +143,9 @@ def host_router(appliance: Appliance) -> APIRouter:
 
     @router.post("/{name}/vms/{vm}/backups", response_model=BackupOut, status_code=201)
     def back_up_vm(name: str, vm: str, body: HostBackupIn | None = None) -> BackupOut:
-        result = back_up_host_vm(appliance, name, vm, full=(body or HostBackupIn()).full)
+        body = body or HostBackupIn()
+        result = back_up_host_vm(appliance, name, vm, full=body.full, full_every=body.full_every,
+                                 selection=DiskSelection.of(body.include, body.exclude))
         return BackupOut.model_validate(appliance.backups.get(result.manifest.backup_id))
 
     return router

@@ -9,6 +9,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal, get_args
 
+from .selection import DiskSelection
+
 if TYPE_CHECKING:
     from transports.sshfs import SshfsEndpoint
 
@@ -33,6 +35,7 @@ class BackupOptions:
     full_every: int = DEFAULT_FULL_EVERY
     transport: Transport = "pull"
     sshfs: SshfsEndpoint | None = None    # needed by the sshfs transport
+    disks: DiskSelection = DiskSelection()   # which disks to read (default: every disk that holds data)
 
     def __post_init__(self) -> None:
         if not isinstance(self.full_every, int) or isinstance(self.full_every, bool) or self.full_every < 0:

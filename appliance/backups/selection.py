@@ -12,15 +12,14 @@ guest (device='lun': the guest's commands bypass QEMU, so no instant of them can
 from __future__ import annotations
 
 import fnmatch
-import os
-import stat
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from appliance.errors import ConflictError
-from vmm import VMSpec
-from vmm.hosts import HostDisk
-from vmm.spec import CDROM_NODE
+
+if TYPE_CHECKING:   # light on purpose, as options.py that holds a selection
+    from vmm.hosts import HostDisk
 
 KIND_PREFIX = "kind:"
 TAGS = ("qcow2", "raw", "file", "block", "network", "volume", "dir", "disk", "lun", "readonly", "shareable",
@@ -98,18 +97,3 @@ class Choice:
     def notes(self) -> list[str]:
         return [f"{target}: left out: {why}" for target, why in self.left_out.items()] + self.unmatched
 
-
-def spec_disks(spec: VMSpec) -> list[HostDisk]:
-    """A Cairn VM's disks as a selection sees them (a missing path is reported by the backup),
-    and its cdrom, which is left out."""
-    disks = [HostDisk(d.name, d.path, d.format, kind=_kind(d.path)) for d in spec.disks]
-    if spec.cdrom is not None:
-        disks.append(HostDisk(CDROM_NODE, spec.cdrom, "raw", device="cdrom", readonly=True))
-    return disks
-
-
-def _kind(path: str) -> str:
-    try:
-        return "block" if stat.S_ISBLK(os.stat(path).st_mode) else "file"
-    except OSError:
-        return "file"

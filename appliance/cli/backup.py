@@ -10,7 +10,7 @@ import typer
 from appliance.backups.options import DEFAULT_FULL_EVERY
 from appliance.units import human
 
-from .common import JsonOpt, byte_progress, emit_json, out, reports_errors, state
+from .common import EXCLUDE_OPT, INCLUDE_OPT, JsonOpt, byte_progress, emit_json, out, reports_errors, state
 
 backup_app = typer.Typer(help="Back up VMs and list backups.", no_args_is_help=True)
 
@@ -22,8 +22,10 @@ def backup_create(vm: str, full: bool = typer.Option(False, "--full", help="Read
                                                  help="Read a disk in full after this many incrementals of it."),
                   transport: str = typer.Option("pull", help="pull: Cairn reads an NBD export; push: QEMU writes "
                                                 "into a target Cairn serves."),
+                  include: list[str] = INCLUDE_OPT, exclude: list[str] = EXCLUDE_OPT,
                   as_json: bool = JsonOpt) -> None:
-    """Back up a VM, running or stopped: incremental from its last backup unless --full."""
+    """Back up a VM, running or stopped: incremental from its last backup unless --full. Every disk
+    that holds data is read unless --include/--exclude say otherwise."""
     a = state.appliance
     spec = a.vms.spec(vm)
     with byte_progress() as bars:
@@ -34,8 +36,9 @@ def backup_create(vm: str, full: bool = typer.Option(False, "--full", help="Read
                 tasks[disk] = bars.add_task(f"{vm}/{disk}", total=total)
             bars.update(tasks[disk], completed=done, total=total)
         from appliance.backups.options import BackupOptions
+        from appliance.backups.selection import DiskSelection
 
-        options = BackupOptions(full_every=full_every, transport=transport)
+        options = BackupOptions(full_every=full_every, transport=transport, disks=DiskSelection.of(include, exclude))
         result = asyncio.run(a.backups.create(spec, full=full, progress=progress, options=options))
     m = result.manifest
     if as_json:

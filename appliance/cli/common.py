@@ -37,6 +37,10 @@ def is_user_error(e: BaseException) -> bool:
 out = Console()
 err = Console(stderr=True)
 JsonOpt = typer.Option(False, "--json", help="Print JSON instead of a table.")
+# A backup's disk selection (appliance/backups/selection.py), repeatable.
+INCLUDE_OPT = typer.Option([], "--include", help="Read only the disks one of these selects: a name pattern "
+                           "(vdb, 'vd[b-d]') or kind:<tag> (qcow2, raw, file, block, network, readonly...).")
+EXCLUDE_OPT = typer.Option([], "--exclude", help="Then leave out the disks one of these selects (same syntax).")
 
 
 class State:

@@ -6,10 +6,12 @@ import json
 import typer
 from rich.table import Table
 
+from appliance.backups.checkpoints import DEFAULT_FULL_EVERY
 from appliance.backups.host_vm import back_up_host_vm
+from appliance.backups.selection import DiskSelection
 from appliance.units import human
 
-from .common import JsonOpt, emit_json, out, reports_errors, state
+from .common import EXCLUDE_OPT, INCLUDE_OPT, JsonOpt, emit_json, out, reports_errors, state
 
 host_app = typer.Typer(help="Hosts besides this one: libvirt hosts (their domains) and ssh hosts (VMs run by "
                             "Cairn's agent).", no_args_is_help=True)
@@ -110,10 +112,15 @@ def host_snapshots(name: str, vm: str, as_json: bool = JsonOpt) -> None:
 @host_app.command("backup")
 @reports_errors
 def host_backup(name: str, vm: str, full: bool = typer.Option(False, "--full", help="Read every disk in full."),
+                full_every: int = typer.Option(DEFAULT_FULL_EVERY, min=0,
+                                               help="Read a disk in full after this many incrementals of it."),
+                include: list[str] = INCLUDE_OPT, exclude: list[str] = EXCLUDE_OPT,
                 as_json: bool = JsonOpt) -> None:
     """Back up a running VM of a host: incremental from its last backup unless --full. Its backups
-    are listed as <vm>@<host>."""
-    m = back_up_host_vm(state.appliance, name, vm, full=full).manifest
+    are listed as <vm>@<host>. Every disk that holds data is read unless --include/--exclude say
+    otherwise; the notes say how each disk was read, and why."""
+    m = back_up_host_vm(state.appliance, name, vm, full=full, selection=DiskSelection.of(include, exclude),
+                        full_every=full_every).manifest
     if as_json:
         emit_json(json.loads(m.to_json()))
         return
