@@ -120,6 +120,13 @@ class LibvirtHost:
         with self.connect() as conn:
             return _info(conn.defineXML(xml))
 
+    def undefine(self, name: str) -> None:
+        """Remove a stopped domain's definition (and its checkpoint and snapshot metadata); its
+        disks stay."""
+        with self.domain(name) as dom:
+            dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_CHECKPOINTS_METADATA
+                              | libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA)
+
     def forget_moments(self, name: str) -> list[str]:
         """Drop the domain's checkpoint and snapshot metadata (not their bitmaps or files), as
         when its disks were replaced under them. Returns what was dropped."""
