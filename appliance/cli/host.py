@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 
 import typer
 from rich.table import Table
@@ -9,6 +10,7 @@ from rich.table import Table
 from appliance.backups.checkpoints import DEFAULT_FULL_EVERY
 from appliance.backups.host_vm import back_up_host_vm
 from appliance.backups.selection import DiskSelection
+from appliance.restores.libvirt import LibvirtRestoreService
 from appliance.units import human
 
 from .common import EXCLUDE_OPT, INCLUDE_OPT, JsonOpt, emit_json, out, reports_errors, state
@@ -127,4 +129,35 @@ def host_backup(name: str, vm: str, full: bool = typer.Option(False, "--full", h
     read, stored = (sum(getattr(d.stats, f) for d in m.disks) for f in ("bytes_read", "bytes_stored"))
     out.print(f"backup {m.backup_id} of {m.vm}: {m.kind}, read {human(read)}, stored {human(stored)} new")
     for note in m.notes:
+        out.print(f"  note: {note}")
+
+
+@host_app.command("restore")
+@reports_errors
+def host_restore(host: str, backup_id: str,
+                 new_name: str | None = typer.Option(None, "--name", help="Restore as a new domain of this name..."),
+                 directory: str | None = typer.Option(None, "--dir", help="...its disks in this directory..."),
+                 pool: str | None = typer.Option(None, help="...or in this storage pool (dir, fs or netfs)."),
+                 start: bool = typer.Option(False, "--start", help="Start the new domain once defined."),
+                 over: bool = typer.Option(False, "--over", help="Or: replace the disks of the domain backed up."),
+                 stop: bool = typer.Option(False, "--stop", help="With --over: shut the domain down first."),
+                 verify: bool = typer.Option(True, "--verify/--no-verify", help="Read each disk back."),
+                 as_json: bool = JsonOpt) -> None:
+    """Restore a libvirt domain's backup into libvirt on this machine: as a new domain (new name,
+    UUID, MACs and disk files) or over the domain it was taken of, all or nothing."""
+    restores = LibvirtRestoreService(state.appliance.store, state.appliance.hosts)
+    if over == (new_name is not None):
+        raise ValueError("give --name (a new domain) or --over (replace the backed-up domain's disks)")
+    if over:
+        done = restores.over_domain(host, backup_id, stop=stop, verify=verify)
+    else:
+        done = restores.as_new_domain(host, backup_id, new_name, directory, pool, start=start, verify=verify)
+    if as_json:
+        emit_json(asdict(done))
+        return
+    out.print(f"domain {done.domain} on {done.host} restored from {done.backup_id}: wrote {human(done.bytes_written)}"
+              + (", verified" if done.verified else ""))
+    for disk, path in done.disks.items():
+        out.print(f"  {disk}: {path}")
+    for note in done.notes:
         out.print(f"  note: {note}")
