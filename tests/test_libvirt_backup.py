@@ -86,6 +86,7 @@ def test_full_then_two_incrementals_restore_byte_exact(appliance, libvirtd, gues
         with pytest.raises(RuntimeError, match="reader died"):
             service(appliance).create(HOST, "lvguest", progress=reader_dies)
         assert guest.checkpoints() == [f"cairn-{inc2.backup_id}"]
+        assert not [p for p in guest.domain_dir().iterdir() if p.name.startswith("cairn-")]   # socket, scratch files
         assert [r.status for r in appliance.backups.list(backup_vm_name(HOST, "lvguest"))][-1] == "failed"
         assert len(appliance.store.list_backups(backup_vm_name(HOST, "lvguest"))) == 3
 

@@ -1,9 +1,10 @@
 """Every disk kind of a libvirt domain, on a libvirtd configured as Debian configures it (QEMU as
 libvirt-qemu, DAC relabelling), and checkpoints that survive what admins do to domains.
 
-The domain has a qcow2 disk, a raw file, a read-only raw file, a raw block device (a loop
-device), a second qcow2 disk and a cdrom; the guest writes 64 KiB to vda, vdb, vdd and vde
-every second. Each backup is taken with the domain paused right after reference copies of its
+The first domain has a qcow2 disk, a raw file, a read-only raw file, a raw block device (a loop
+device), a second qcow2 disk and a cdrom; the second a qcow2 disk, a qcow2 disk with a data
+file, an NBD network disk and a shareable raw disk. The guest writes 64 KiB to its disks every
+second. Each backup is taken with the domain paused right after reference copies of its
 disks, so each restored disk must equal its reference byte for byte.
 """
 from __future__ import annotations
@@ -16,7 +17,7 @@ import pytest
 from backup_helpers import same_content
 from guest.harness import MiB
 from libvirt_helpers import DiskDef, LibvirtGuest, libvirt_guest, reference_copies
-from libvirtd_server import libvirtd  # noqa: F401  (fixture)
+from libvirtd_server import libvirtd, running_libvirtd  # noqa: F401  (fixture)
 
 from appliance.backups.host import HostBackups, backup_vm_name
 from appliance.backups.libvirt import LibvirtBackupService
@@ -24,6 +25,7 @@ from appliance.backups.service import BackupResult
 from appliance.context import Appliance
 from appliance.restores.libvirt import LibvirtRestoreService
 from restore import FileDestination, restore_disk
+from vmm.libvirt_xml import domain_disks
 
 HOST = "kvm1"
 DISKS = (DiskDef("vda"), DiskDef("vdb", format="raw"), DiskDef("vdc", 64 * MiB, format="raw", readonly=True),
@@ -41,22 +43,24 @@ def writes_seen(guest: LibvirtGuest) -> int:
     return len(re.findall(r"CAIRN: WRITE n=", guest.serial()))
 
 
-def paused_backup(appliance: Appliance, guest: LibvirtGuest, refdir: Path) -> tuple[BackupResult, dict[str, Path]]:
+def paused_backup(appliance: Appliance, guest: LibvirtGuest, refdir: Path,
+                  disks: list[str] = BACKED_UP) -> tuple[BackupResult, dict[str, Path]]:
     """Reference copies and a backup of the same instant: the domain is paused around both."""
     seen = writes_seen(guest)
     guest.wait_serial(f"CAIRN: WRITE n={seen + 1}", timeout=120)   # new writes to find
     guest.dom.suspend()
     try:
-        refs = reference_copies(guest, refdir)
+        refs = reference_copies(guest, refdir, disks)
         return service(appliance).create(HOST, guest.dom.name()), refs
     finally:
         guest.dom.resume()
 
 
-def assert_restores(appliance: Appliance, result: BackupResult, refs: dict[str, Path], out: Path) -> None:
+def assert_restores(appliance: Appliance, result: BackupResult, refs: dict[str, Path], out: Path,
+                    disks: list[str] = BACKED_UP) -> None:
     backup_id = result.manifest.backup_id
-    assert sorted(d.name for d in result.manifest.disks) == BACKED_UP
-    for disk in BACKED_UP:
+    assert sorted(d.name for d in result.manifest.disks) == disks
+    for disk in disks:
         restore_disk(appliance.store, backup_id, disk, out, fmt="raw")
         assert same_content(refs[disk], out), f"backup {backup_id}: {disk} does not restore byte for byte"
         out.unlink()
@@ -165,4 +169,62 @@ def test_every_disk_kind_survives_redefine_restart_and_disk_restore(appliance, l
         finally:
             twin.destroy()
             twin.undefine()
+        conn.close()
+
+
+MORE = (DiskDef("vda"), DiskDef("vdb", data_file=True), DiskDef("vdc", format="raw", kind="network"),
+        DiskDef("vdd", format="raw", shareable=True))
+
+
+@pytest.mark.slow
+def test_data_file_network_and_shareable_disks_and_a_move_to_another_host(appliance, libvirtd, guest_kernel,  # noqa: F811
+                                                                          tmp_path):
+    appliance.hosts.add(HOST, libvirtd.uri, libvirt_dir=str(libvirtd.lib_dir))
+    out = tmp_path / "out.raw"
+    with running_libvirtd() as other, libvirt_guest(libvirtd, "more", guest_kernel, disks=MORE,
+                                                    append=WRITER.replace("vde", "vdc")) as guest:
+        full, refs = paused_backup(appliance, guest, tmp_path, disks=["vda", "vdb", "vdc", "vdd"])
+        assert_restores(appliance, full, refs, out, ["vda", "vdb", "vdc", "vdd"])
+        # The qcow2 image with a data file keeps its bitmap in the qcow2 file: incremental.
+        inc, refs = paused_backup(appliance, guest, tmp_path, disks=["vda", "vdb", "vdc", "vdd"])
+        assert reads(inc) == {"vda": "incremental", "vdb": "incremental", "vdc": "full", "vdd": "full"}
+        assert read_bytes(inc, "vdb") <= 8 * MiB
+        assert any(n.startswith("vdc: raw image") for n in inc.notes) and any(n.startswith("vdd: raw image")
+                                                                                for n in inc.notes), inc.notes
+        assert_restores(appliance, inc, refs, out, ["vda", "vdb", "vdc", "vdd"])
+
+        # Moved to another host: shut down and undefined here, defined and started there (same
+        # files), and Cairn's host pointed at it. The other libvirtd has never heard of the
+        # checkpoint: it is redefined from the ledger, and the qcow2 disks stay incremental.
+        xml = guest.dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
+        guest.dom.destroy()
+        guest.dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_CHECKPOINTS_METADATA)
+        guest.daemon, guest.dom = other, libvirt.open(other.uri).defineXML(xml)
+        restart(guest)
+        appliance.hosts.remove(HOST)
+        appliance.hosts.add(HOST, other.uri, libvirt_dir=str(other.lib_dir))
+        moved, refs = paused_backup(appliance, guest, tmp_path, disks=["vda", "vdb", "vdc", "vdd"])
+        assert moved.manifest.kind == "incremental" and reads(moved)["vda"] == reads(moved)["vdb"] == "incremental"
+        assert any(f"libvirt had lost checkpoint {inc.manifest.checkpoint}" in n for n in moved.notes), moved.notes
+        assert_restores(appliance, moved, refs, out, ["vda", "vdb", "vdc", "vdd"])
+        assert guest.checkpoints() == [moved.manifest.checkpoint] and leftovers(guest) == []
+
+        # Restored as a new domain into a directory storage pool of the new host.
+        pool_dir = other.root / "pool"
+        pool_dir.mkdir(mode=0o755)
+        conn = libvirt.open(other.uri)
+        pool = conn.storagePoolDefineXML(f"<pool type='dir'><name>restored</name><target><path>{pool_dir}</path>"
+                                         "</target></pool>")
+        pool.create()
+        copy = LibvirtRestoreService(appliance.store, appliance.hosts).as_new_domain(
+            HOST, moved.manifest.backup_id, "more-copy", pool="restored")
+        assert sorted(v.name() for v in pool.listAllVolumes()) == sorted(Path(p).name for p in copy.disks.values())
+        twin = conn.lookupByName("more-copy")
+        disks = {d.target: d for d in domain_disks(twin.XMLDesc(0))}
+        assert {t: (d.kind, d.format, d.data_file) for t, d in disks.items()} == {
+            "vda": ("file", "qcow2", None), "vdb": ("file", "qcow2", None), "vdc": ("file", "raw", None),
+            "vdd": ("file", "raw", None)}
+        twin.undefine()
+        pool.destroy()
+        pool.undefine()
         conn.close()
