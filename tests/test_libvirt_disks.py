@@ -19,7 +19,7 @@ from guest.harness import MiB
 from libvirt_helpers import DiskDef, LibvirtGuest, libvirt_guest, reference_copies
 from libvirtd_server import libvirtd, running_libvirtd  # noqa: F401  (fixture)
 
-from appliance.backups.host import HostBackups, backup_vm_name
+from appliance.backups.host import HostBackups
 from appliance.backups.libvirt import LibvirtBackupService
 from appliance.backups.service import BackupResult
 from appliance.context import Appliance

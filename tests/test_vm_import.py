@@ -11,7 +11,7 @@ import libvirt
 import pytest
 from backup_helpers import run, wait_serial
 from guest.harness import MiB
-from libvirt_helpers import DiskDef, guest_image, libvirt_guest
+from libvirt_helpers import DiskDef, libvirt_guest
 from libvirtd_server import libvirtd  # noqa: F401  (fixture)
 
 from appliance.errors import ConflictError

@@ -104,7 +104,7 @@ class _DiskPlan:
     disk: HostDisk
     bitmap: bool                 # gets a bitmap in the new checkpoint
     since: str | None = None     # the checkpoint it is read incrementally from
-    reason: str | None = None    # why it is read in full although an incremental was possible
+    reason: str | None = None    # why it is read in full, where the backup must say
 
 
 class LibvirtPullExport:
@@ -220,10 +220,13 @@ class LibvirtPullExport:
         wanted = {t for t, p in self.plans.items() if p.since}
         if base in checkpoints.names(self.dom):
             intact, lost = checkpoints.intact_disks(self.dom, base)
-            if lost:
-                covered, _failed = checkpoints.redefine(self.dom, base, sorted(intact))
-                self.notes.append(f"checkpoint {base} narrowed to {', '.join(sorted(covered)) or 'no disk'}: "
-                                  f"the bitmap is gone from {', '.join(sorted(lost))}")
+            if lost and intact:
+                intact, _failed = checkpoints.redefine(self.dom, base, sorted(intact))
+                self.notes.append(f"checkpoint {base} narrowed to {', '.join(sorted(intact))}: its bitmap is gone "
+                                  f"from {', '.join(sorted(lost))}")
+            elif lost:
+                checkpoints.delete(self.dom, base)
+                self.notes.append(f"deleted checkpoint {base}: its bitmap is gone from every disk")
             why = {t: f"{t}: its bitmap of checkpoint {base} is missing or broken (was its image restored or "
                       "replaced?); full read" for t in wanted - intact}
         else:

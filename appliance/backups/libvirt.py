@@ -63,11 +63,12 @@ def export_place(view: HostView) -> tuple[str | None, Forward]:
 
 
 def definition(dom: libvirt.virDomain, choice: Choice, points: list[DiskPoint]) -> dict[str, Any]:
-    """What the manifest keeps of the domain (see the module's docstring)."""
+    """What the manifest keeps of the domain (see the module's docstring): its persistent
+    definition, and the disks as they ran (a disk attached live is read, yet not defined)."""
     xml = dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
     read = {p.disk: p for p in points}
     disks = []
-    for disk in domain_disks(xml):
+    for disk in domain_disks(dom.XMLDesc(0)):
         point = read.get(disk.target)
         if point is None:
             how, why = "left out", choice.left_out.get(disk.target)

@@ -80,21 +80,27 @@ class LibvirtRestoreService:
         manifest = self.store.get_backup(backup_id)
         domain = backed_up_domain(manifest)
         if not isinstance(name, str) or not VM_NAME_RE.match(name):
-            raise HostSpecError(f"invalid domain name {name!r}: use 1-63 characters a-z 0-9 _ -, starting with a letter")
+            raise HostSpecError(f"invalid domain name {name!r}: use 1-63 characters a-z 0-9 _ -, "
+                                "starting with a letter")
         if (directory is None) == (pool is None):
             raise HostSpecError("restore the disks into a directory or a storage pool: give one of them")
         with host_errors():
             if libvirt.exists(name):
-                raise ConflictError(f"host {host} already has a domain {name}: choose another name, or restore over it")
+                raise ConflictError(f"host {host} already has a domain {name}: choose another name, "
+                                    "or restore over it")
             folder = Path(directory or libvirt.pool_directory(pool))
         if not folder.is_dir():
             raise NotFoundError(f"{folder} is not a directory")
         backed_up = {d.name for d in manifest.disks}
         table = {d["target"]: d for d in domain["disks"]}
+        defined = {d.target for d in libvirt_xml.domain_disks(domain["xml"])}
         files = {t: (str(folder / f"{name}-{t}.{restored_format(table[t])}"), restored_format(table[t]))
                  for t in backed_up}
         dropped = {t for t, d in table.items() if t not in backed_up and d["device"] not in MEDIA}
-        notes = [f"{t}: not in the backup ({table[t]['why'] or 'left out'}): not in the new domain" for t in sorted(dropped)]
+        notes = [f"{t}: not in the backup ({table[t]['why'] or 'left out'}): not in the new domain"
+                 for t in sorted(dropped)]
+        notes += [f"{t}: was attached to the running domain only; restored to {files[t][0]}, not attached"
+                  for t in sorted(backed_up - defined)]
         results = restore_disks(self.store, manifest, {t: FileDestination(Path(p), fmt, force=False)
                                                        for t, (p, fmt) in files.items()}, verify, progress)
         root = libvirt_xml.with_disks(domain["xml"], files, dropped)
@@ -141,7 +147,8 @@ class LibvirtRestoreService:
         try:
             with host_errors():
                 if libvirt.info(name).state != "stopped":
-                    raise ConflictError(f"domain {name} was started during the restore; its disks were left as they were")
+                    raise ConflictError(f"domain {name} was started during the restore; its disks were left "
+                                        "as they were")
                 libvirt.define(libvirt_xml.to_string(libvirt_xml.with_disks(current, files)))
         except BaseException:
             for path, _fmt in files.values():
@@ -180,6 +187,7 @@ class LibvirtRestoreService:
         files and complete restored disks the domain never opened."""
         in_use = {Path(p).resolve() for p in images.values()}
         for folder in {Path(p).parent for p in images.values()}:
-            for leftover in [*folder.glob(f".{name}-*-restored-*.cairn-partial"), *folder.glob(f"{name}-*-restored-*")]:
+            leftovers = [*folder.glob(f".{name}-*-restored-*.cairn-partial"), *folder.glob(f"{name}-*-restored-*")]
+            for leftover in leftovers:
                 if leftover.resolve() not in in_use:
                     leftover.unlink()
