@@ -1,8 +1,9 @@
 """Cairn's own VMs on every disk kind: a qcow2 file, a raw file, a raw block device (a loop
-device) and a qcow2 image whose data lives in a raw data file, with the guest writing to all. While the VM runs its QEMU keeps a dirty bitmap for
-the raw disks too (in memory: a raw image cannot store one), so they are read incrementally; a
-restart loses it, and the next backup reads them in full and says why. Per-disk selection leaves
-disks out and says so. Each backup is compared byte for byte with copies taken while paused."""
+device) and a qcow2 image whose data lives in a raw data file, the guest writing to all. While
+the VM runs its QEMU keeps a dirty bitmap for the raw disks too (in memory: a raw image cannot
+store one), so they are read incrementally; a restart loses it, and the next backup reads them
+in full and says why. Per-disk selection leaves disks out and says so. Each backup is compared
+byte for byte with copies taken while paused."""
 from __future__ import annotations
 
 import subprocess
@@ -55,7 +56,7 @@ def writes(appliance: Appliance) -> int:
 
 
 def paused_backup(appliance: Appliance, refdir: Path, disks: list[str] = DISKS,
-                  selection: DiskSelection = DiskSelection()) -> BackupResult:
+                  selection: DiskSelection | None = None) -> BackupResult:
     wait_serial(appliance, VM, f"CAIRN: WRITE n={writes(appliance) + 1}")   # new writes to find
 
     async def body() -> BackupResult:
@@ -64,7 +65,7 @@ def paused_backup(appliance: Appliance, refdir: Path, disks: list[str] = DISKS,
             for d in disks:
                 await reference_copy(s, d, refdir / f"{d}.raw", refdir / "ref.sock")
         try:
-            return await appliance.backups.create(appliance.vms.spec(VM), options=BackupOptions(disks=selection))
+            return await appliance.backups.create(appliance.vms.spec(VM), options=BackupOptions(disks=selection or DiskSelection()))
         finally:
             async with appliance.driver.session(VM) as s:
                 await s.execute("cont")

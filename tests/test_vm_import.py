@@ -72,9 +72,9 @@ def test_a_libvirt_domain_runs_as_a_cairn_vm_from_its_disks(appliance, libvirtd,
 def test_read_only_disks_and_uefi_are_refused(appliance, libvirtd, guest_kernel):  # noqa: F811
     appliance.hosts.add(HOST, libvirtd.uri)
     disks = (DiskDef("vda"), DiskDef("vdb", 64 * MiB, format="raw", readonly=True))
-    with libvirt_guest(libvirtd, "readonly", guest_kernel, disks=disks, start=False):
-        with pytest.raises(ImportRefusedError, match="vdb is read-only"):
-            imports(appliance).from_libvirt(HOST, "readonly")
+    with (libvirt_guest(libvirtd, "readonly", guest_kernel, disks=disks, start=False),
+          pytest.raises(ImportRefusedError, match="vdb is read-only")):
+        imports(appliance).from_libvirt(HOST, "readonly")
     assert appliance.vms.list() == []
 
 

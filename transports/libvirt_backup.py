@@ -113,18 +113,19 @@ class LibvirtPullExport:
     trusted. Disks in `full` are read in full whatever it says.
 
     `directory`, on the libvirt host, gets the NBD socket and the scratch overlays (None:
-    the domain's own directory, see above); `forward` reaches the socket from here."""
+    the domain's own directory, see above); `forward` reaches the socket from here (None:
+    libvirtd runs on this machine)."""
 
     def __init__(self, dom: libvirt.virDomain, disks: list[str], checkpoint: str,
                  since: dict[str, Checkpoint | None], full: Collection[str] = (), directory: str | None = None,
-                 forward: Forward = SameHost()):
+                 forward: Forward | None = None):
         self.dom = dom
         self.disks = disks
         self.checkpoint = checkpoint
         self.expected = dict(since)
         self.full = set(full)
         self.directory = directory
-        self.forward = forward
+        self.forward = forward or SameHost()
         self.notes: list[str] = []   # what open() had to repair, for the backup's record
         self.plans: dict[str, _DiskPlan] = {}
         self._base: str | None = next((c.bitmap for c in since.values() if c), None)
@@ -149,7 +150,7 @@ class LibvirtPullExport:
         self._end_stale_job()
         self.plans = {t: self._plan(described[t]) for t in self.disks}
         if self._base:
-            self._prove_base(described)
+            self._prove_base(self._base, described)
         self._drop_orphans()
         bitmaps = [t for t, p in self.plans.items() if p.bitmap]
         try:
@@ -213,10 +214,9 @@ class LibvirtPullExport:
         return (f" (libvirt {version // 1_000_000}.{version // 1000 % 1000} here; from 10.10 a qcow2 overlay whose "
                 "data file is the raw image, <source><dataStore>, can be checkpointed)")
 
-    def _prove_base(self, described: dict[str, HostDisk]) -> None:
+    def _prove_base(self, base: str, described: dict[str, HostDisk]) -> None:
         """Read incrementally only disks whose bitmap of the base checkpoint is proven intact;
         afterwards libvirt's checkpoint covers exactly the disks that hold its bitmap."""
-        base = self._base
         wanted = {t for t, p in self.plans.items() if p.since}
         if base in checkpoints.names(self.dom):
             intact, lost = checkpoints.intact_disks(self.dom, base)
@@ -308,7 +308,7 @@ class LibvirtPullExport:
                 ET.SubElement(disks, "disk", name=target, backup="no")
                 continue
             mode = {"backupmode": "incremental", "incremental": plan.since} if plan.since else {"backupmode": "full"}
-            disk = ET.SubElement(disks, "disk", name=target, backup="yes", type="file", **mode)
+            disk = ET.SubElement(disks, "disk", {"name": target, "backup": "yes", "type": "file", **mode})
             ET.SubElement(disk, "scratch", file=posixpath.join(self._directory(), f"{self.checkpoint}-{target}.qcow2"))
         return ET.tostring(root, encoding="unicode")
 

@@ -74,7 +74,7 @@ def intact_disks(dom: libvirt.virDomain, name: str) -> tuple[set[str], set[str]]
     but which lost it). The SIZE description computes each disk's changes from its bitmap and
     leaves out the size of a disk without one."""
     desc = ET.fromstring(dom.checkpointLookupByName(name, 0).getXMLDesc(libvirt.VIR_DOMAIN_CHECKPOINT_XML_SIZE))
-    with_bitmap = {d.get("name"): d.get("size") is not None
+    with_bitmap = {str(d.get("name")): d.get("size") is not None
                    for d in desc.iterfind("./disks/disk") if d.get("checkpoint") == "bitmap"}
     return {d for d, ok in with_bitmap.items() if ok}, {d for d, ok in with_bitmap.items() if not ok}
 
@@ -83,7 +83,7 @@ def redefine(dom: libvirt.virDomain, name: str, disks: Iterable[str]) -> tuple[s
     """(Re)define checkpoint `name` over those of `disks` whose bitmap libvirt proves intact.
     Returns (the disks it covers, disk -> why it was left out). Covers nothing, and defines
     nothing, if no disk's bitmap is intact."""
-    remaining, failed = list(disks), {}
+    remaining, failed = list(disks), dict[str, str]()
     while remaining:
         try:
             dom.checkpointCreateXML(checkpoint_xml(name, remaining, created=created_at(name)), REDEFINE | VALIDATE)

@@ -73,7 +73,9 @@ def from_domain(xml: str, name: str | None = None) -> Imported:
     if os_.get("firmware") == "efi" or os_.find("loader") is not None:
         raise ImportRefusedError("the domain boots with UEFI firmware; Cairn's VMs boot with the machine's BIOS")
     memory = root.find("memory")
-    disks, buses, cdrom = [], [], None
+    disks: list[DiskSpec] = []
+    buses: list[str] = []
+    cdrom: str | None = None
     for element in root.iterfind("./devices/disk"):
         disk, bus = disk_of(element), element.find("target").get("bus", "virtio")
         if disk.device in ("cdrom", "floppy"):

@@ -13,6 +13,7 @@ an image's data file is then opened by QEMU itself, unlabelled.
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
+from collections.abc import Collection
 
 from .hosts import HostDisk
 
@@ -89,7 +90,7 @@ def domain_disks(xml: str) -> list[HostDisk]:
 _CHARDEVS = ("serial", "console", "parallel", "channel")
 
 
-def with_disks(xml: str, disks: dict[str, tuple[str, str]], drop: set[str] = frozenset()) -> ET.Element:
+def with_disks(xml: str, disks: dict[str, tuple[str, str]], drop: Collection[str] = ()) -> ET.Element:
     """The definition with each disk of `disks` (target -> (image file, format)) opening that
     file instead, as a plain file disk without backing chain or data file, and the disks of
     `drop` removed."""

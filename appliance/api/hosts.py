@@ -9,8 +9,8 @@ from typing import Any, Literal
 from fastapi import APIRouter, Response
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from appliance.backups.checkpoints import DEFAULT_FULL_EVERY
 from appliance.backups.host_vm import back_up_host_vm
+from appliance.backups.options import DEFAULT_FULL_EVERY
 from appliance.backups.selection import DiskSelection
 from appliance.context import Appliance
 from vmm.hosts import HostVM

@@ -36,7 +36,7 @@ from vmm.remote import SshTarget
 
 from . import checkpoints
 from .host import HostBackups, backup_vm_name
-from .options import Progress
+from .options import DEFAULT_FULL_EVERY, Progress
 from .records import BackupRecord
 from .selection import Choice, DiskSelection
 from .service import BackupResult
@@ -84,15 +84,16 @@ class LibvirtBackupService:
         self.hosts = hosts
 
     def create(self, host: str, domain: str, full: bool = False, progress: Progress | None = None,
-               selection: DiskSelection = DiskSelection(),
-               full_every: int = checkpoints.DEFAULT_FULL_EVERY) -> BackupResult:
-        """Back up a running domain; its backups are listed as `<domain>@<host>`."""
+               selection: DiskSelection | None = None,
+               full_every: int = DEFAULT_FULL_EVERY) -> BackupResult:
+        """Back up a running domain; its backups are listed as `<domain>@<host>`. Every disk
+        that holds data is read unless `selection` says otherwise."""
         vm = backup_vm_name(host, domain)
         info = self.hosts.vm(host, domain)
         if info.state not in ACTIVE_STATES:
             raise ConflictError(f"domain {domain} on host {host} is {info.state}: libvirt backs up running "
                                 "domains only")
-        choice = selection.choose(f"domain {domain}", info.disks)
+        choice = (selection or DiskSelection()).choose(f"domain {domain}", info.disks)
 
         def body(rec: BackupRecord, parent: BackupManifest | None, _since: str | None) -> BackupResult:
             with self.backups.catalog() as s:

@@ -7,8 +7,8 @@ from dataclasses import asdict
 import typer
 from rich.table import Table
 
-from appliance.backups.checkpoints import DEFAULT_FULL_EVERY
 from appliance.backups.host_vm import back_up_host_vm
+from appliance.backups.options import DEFAULT_FULL_EVERY
 from appliance.backups.selection import DiskSelection
 from appliance.restores.libvirt import LibvirtRestoreService
 from appliance.units import human
