@@ -13,7 +13,7 @@ from appliance.backups.selection import DiskSelection
 from appliance.restores.libvirt import LibvirtRestoreService
 from appliance.units import human
 
-from .common import EXCLUDE_OPT, INCLUDE_OPT, JsonOpt, emit_json, out, reports_errors, state
+from .common import EXCLUDE_OPT, INCLUDE_OPT, JsonOpt, emit_json, out, print_backup, reports_errors, state
 
 host_app = typer.Typer(help="Hosts besides this one: libvirt hosts (their domains) and ssh hosts (VMs run by "
                             "Cairn's agent).", no_args_is_help=True)
@@ -121,15 +121,12 @@ def host_backup(name: str, vm: str, full: bool = typer.Option(False, "--full", h
     """Back up a running VM of a host: incremental from its last backup unless --full. Its backups
     are listed as <vm>@<host>. Every disk that holds data is read unless --include/--exclude say
     otherwise; the notes say how each disk was read, and why."""
-    m = back_up_host_vm(state.appliance, name, vm, full=full, selection=DiskSelection.of(include, exclude),
-                        full_every=full_every).manifest
+    result = back_up_host_vm(state.appliance, name, vm, full=full, selection=DiskSelection.of(include, exclude),
+                             full_every=full_every)
     if as_json:
-        emit_json(json.loads(m.to_json()))
+        emit_json(json.loads(result.manifest.to_json()))
         return
-    read, stored = (sum(getattr(d.stats, f) for d in m.disks) for f in ("bytes_read", "bytes_stored"))
-    out.print(f"backup {m.backup_id} of {m.vm}: {m.kind}, read {human(read)}, stored {human(stored)} new")
-    for note in m.notes:
-        out.print(f"  note: {note}")
+    print_backup(result, human)
 
 
 @host_app.command("restore")
