@@ -20,7 +20,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -32,17 +32,61 @@ HIDDEN = ("/etc/libvirt", "/run/libvirt", "/var/lib/libvirt", "/var/log/libvirt"
 START_TIMEOUT = 180.0
 
 
-@dataclass(frozen=True)
 class Libvirtd:
-    uri: str
-    root: Path      # scratch space visible both to the test and to the domains' QEMUs
-    log: Path
+    """The running daemon: its URI, where its files are, and restarting it (its domains go on)."""
+
+    def __init__(self, root: Path):
+        self.root = root    # scratch space visible both to the test and to the domains' QEMUs
+        self.uri = f"qemu:///system?socket={root / 'sock' / 'libvirt-sock'}"
+        self.log = root / "libvirtd.log"
+        # libvirt's /var/lib/libvirt (where each running domain has its directory) as seen here
+        self.lib_dir = root / "var-lib-libvirt"
+        self._proc: subprocess.Popen | None = None
 
     def log_tail(self) -> str:
         try:
             return self.log.read_text(errors="replace")[-3000:]
         except FileNotFoundError:
             return ""
+
+    def start(self) -> None:
+        import libvirt
+
+        etc = self.root / "etc"
+        self._proc = subprocess.Popen(["unshare", "--mount", "--", "sh", "-c", _script(self.root, etc)],
+                                      stdout=subprocess.DEVNULL, stderr=(self.root / "stderr.log").open("w"))
+        deadline = time.monotonic() + START_TIMEOUT
+        while True:
+            if self._proc.poll() is not None:
+                raise RuntimeError(f"libvirtd exited with {self._proc.returncode}: "
+                                   f"{(self.root / 'stderr.log').read_text()}{self.log_tail()}")
+            try:
+                conn = libvirt.open(self.uri)
+                conn.getCapabilities()
+                conn.close()
+                return
+            except libvirt.libvirtError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+
+    def stop(self) -> None:
+        """libvirtd leaves its domains' QEMUs running when it stops; the tests destroy theirs first."""
+        if self._proc is None:
+            return
+        self._proc.terminate()
+        try:
+            self._proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+            self._proc.wait(10)
+        self._proc = None
+
+    def restart(self) -> None:
+        """As `systemctl restart libvirtd` does: the running domains stay, and the new daemon
+        finds them (and their checkpoints) again."""
+        self.stop()
+        self.start()
 
 
 def _write_config(root: Path) -> Path:
@@ -52,10 +96,10 @@ def _write_config(root: Path) -> Path:
         f'unix_sock_dir = "{root / "sock"}"', 'unix_sock_group = "root"', 'unix_sock_rw_perms = "0700"',
         'auth_unix_rw = "none"', 'auth_unix_ro = "none"',
         f'log_outputs = "3:file:{root / "libvirtd.log"}"', ""]))
-    # QEMU as root without relabelling, sandbox namespaces or virtlogd: the test guest's files and
-    # sockets live in the test's own directories.
-    (etc / "qemu.conf").write_text('user = "root"\ngroup = "root"\ndynamic_ownership = 0\n'
-                                   'security_driver = "none"\nnamespaces = [ ]\nstdio_handler = "file"\n')
+    # As Debian configures it (QEMU as libvirt-qemu, DAC relabelling, the default security
+    # drivers), except: no per-domain mount namespace (it cannot replace the covered /dev/kvm)
+    # and QEMU's stdio into a file rather than through virtlogd.
+    (etc / "qemu.conf").write_text('namespaces = [ ]\nstdio_handler = "file"\n')
     return etc
 
 
@@ -76,46 +120,30 @@ def _script(root: Path, etc: Path) -> str:
     return "\n".join(lines)
 
 
-@pytest.fixture(scope="session")
-def libvirtd() -> Iterator[Libvirtd]:
-    if not Path(LIBVIRTD).exists():
-        pytest.fail("libvirtd is not installed (the Makefile's deps install libvirt-daemon-driver-qemu)")
+@contextmanager
+def running_libvirtd() -> Iterator[Libvirtd]:
+    """A private libvirtd for as long as the context lasts (the fixture's body, usable alone)."""
     import libvirt
 
     # Quiet: refused connections while the daemon starts are expected.
     libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
     root = Path(tempfile.mkdtemp(prefix="cairn-lv-"))
+    # QEMU runs as libvirt-qemu: it must be able to reach the domains' files under root.
+    root.chmod(0o755)
     (root / "sock").mkdir()
-    etc = _write_config(root)
-    daemon = Libvirtd(f"qemu:///system?socket={root / 'sock' / 'libvirt-sock'}", root, root / "libvirtd.log")
-    proc = subprocess.Popen(["unshare", "--mount", "--", "sh", "-c", _script(root, etc)],
-                            stdout=subprocess.DEVNULL, stderr=(root / "stderr.log").open("w"))
+    _write_config(root)
+    daemon = Libvirtd(root)
     try:
-        deadline = time.monotonic() + START_TIMEOUT
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"libvirtd exited with {proc.returncode}: "
-                                   f"{(root / 'stderr.log').read_text()}{daemon.log_tail()}")
-            try:
-                conn = libvirt.open(daemon.uri)
-                conn.getCapabilities()
-                conn.close()
-                break
-            except libvirt.libvirtError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.2)
+        daemon.start()
         yield daemon
     finally:
-        _stop(proc)
+        daemon.stop()
         shutil.rmtree(root, ignore_errors=True)
 
 
-def _stop(proc: subprocess.Popen) -> None:
-    """libvirtd leaves its domains' QEMUs running when it stops; the tests destroy theirs first."""
-    proc.terminate()
-    try:
-        proc.wait(30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(10)
+@pytest.fixture(scope="session")
+def libvirtd() -> Iterator[Libvirtd]:
+    if not Path(LIBVIRTD).exists():
+        pytest.fail("libvirtd is not installed (the Makefile's deps install libvirt-daemon-driver-qemu)")
+    with running_libvirtd() as daemon:
+        yield daemon

@@ -36,7 +36,7 @@ def paused_backup(appliance: Appliance, guest: LibvirtGuest, refdir: Path, full:
     """Reference copy and backup of the same instant: the domain is paused around both."""
     guest.dom.suspend()
     try:
-        reference_copy(guest.dom, refdir / "ref.raw", refdir / "ref.sock")
+        reference_copy(guest, refdir / "ref.raw")
         return service(appliance).create(HOST, guest.dom.name(), full=full)
     finally:
         guest.dom.resume()
@@ -54,8 +54,8 @@ def assert_restores(appliance: Appliance, backup_id: str, reference: Path, out: 
 
 @pytest.mark.slow
 def test_full_then_two_incrementals_restore_byte_exact(appliance, libvirtd, guest_kernel, tmp_path):  # noqa: F811
-    appliance.hosts.add(HOST, libvirtd.uri)
-    with libvirt_guest(libvirtd.uri, "lvguest", guest_kernel, tmp_path,
+    appliance.hosts.add(HOST, libvirtd.uri, libvirt_dir=str(libvirtd.lib_dir))
+    with libvirt_guest(libvirtd, "lvguest", guest_kernel,
                        append="cairn.mode=writer cairn.writes=40 cairn.interval=1") as guest:
         results = []
         for step in range(3):
@@ -86,6 +86,7 @@ def test_full_then_two_incrementals_restore_byte_exact(appliance, libvirtd, gues
         with pytest.raises(RuntimeError, match="reader died"):
             service(appliance).create(HOST, "lvguest", progress=reader_dies)
         assert guest.checkpoints() == [f"cairn-{inc2.backup_id}"]
+        assert not [p for p in guest.domain_dir().iterdir() if p.name.startswith("cairn-")]   # socket, scratch files
         assert [r.status for r in appliance.backups.list(backup_vm_name(HOST, "lvguest"))][-1] == "failed"
         assert len(appliance.store.list_backups(backup_vm_name(HOST, "lvguest"))) == 3
 
@@ -114,7 +115,7 @@ def test_bad_hosts_and_domains_are_refused_and_change_nothing(appliance, libvirt
         service(appliance).create(HOST, "nope")
     with pytest.raises(NotFoundError, match="no host"):
         service(appliance).create("elsewhere", "nope")
-    with libvirt_guest(libvirtd.uri, "lvstopped", guest_kernel, tmp_path, start=False):
+    with libvirt_guest(libvirtd, "lvstopped", guest_kernel, start=False):
         with pytest.raises(HostSpecError, match="invalid snapshot name"):
             appliance.hosts.snapshot(HOST, "lvstopped", "../evil")
         with pytest.raises(ConflictError, match="running domains only"):

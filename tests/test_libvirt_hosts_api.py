@@ -23,12 +23,13 @@ def cairn(data_dir: Path, *args: str) -> subprocess.CompletedProcess:
 
 def test_host_api_and_cli_drive_and_back_up_a_domain(api_client, appliance, libvirtd, guest_kernel,  # noqa: F811
                                                      tmp_path):
-    answer = api_client.post("/api/v1/hosts", json={"name": "kvm1", "uri": libvirtd.uri})
+    answer = api_client.post("/api/v1/hosts", json={"name": "kvm1", "uri": libvirtd.uri,
+                                                    "libvirt_dir": str(libvirtd.lib_dir)})
     assert answer.status_code == 201, answer.text
     assert api_client.get("/api/v1/hosts").json() == [{"name": "kvm1", "kind": "libvirt", "uri": libvirtd.uri,
-                                                     "options": {}}]
+                                                     "options": {"libvirt_dir": str(libvirtd.lib_dir)}}]
 
-    with libvirt_guest(libvirtd.uri, "apiguest", guest_kernel, tmp_path, start=False) as guest:
+    with libvirt_guest(libvirtd, "apiguest", guest_kernel, start=False) as guest:
         domains = api_client.get("/api/v1/hosts/kvm1/vms").json()
         assert [(d["name"], d["state"], d["disks"][0]["target"]) for d in domains] == [("apiguest", "stopped", "vda")]
         assert api_client.post("/api/v1/hosts/kvm1/vms/apiguest/backups").status_code == 409
@@ -40,7 +41,7 @@ def test_host_api_and_cli_drive_and_back_up_a_domain(api_client, appliance, libv
 
         # The idle guest writes nothing after boot: API and CLI backups see the same disk.
         guest.dom.suspend()
-        reference_copy(guest.dom, tmp_path / "ref.raw", tmp_path / "ref.sock")
+        reference_copy(guest, tmp_path / "ref.raw")
         guest.dom.resume()
         answer = api_client.post("/api/v1/hosts/kvm1/vms/apiguest/backups", json={"full": False})
         assert answer.status_code == 201, answer.text
@@ -56,6 +57,25 @@ def test_host_api_and_cli_drive_and_back_up_a_domain(api_client, appliance, libv
             out = tmp_path / f"{backup_id}.raw"
             restore_disk(appliance.store, backup_id, "vda", out)
             assert same_content(tmp_path / "ref.raw", out)
+
+        # A disk selection that leaves nothing is refused; a bad selector too.
+        answer = api_client.post("/api/v1/hosts/kvm1/vms/apiguest/backups", json={"exclude": ["kind:qcow2"]})
+        assert answer.status_code == 409 and "no disk to back up" in answer.json()["error"]["message"], answer.text
+        answer = api_client.post("/api/v1/hosts/kvm1/vms/apiguest/backups", json={"include": ["kind:tape"]})
+        assert answer.status_code == 422, answer.text
+        refused = cairn(appliance.settings.data_dir, "host", "backup", "kvm1", "apiguest", "--include", "vdz")
+        assert refused.returncode == 1 and "no disk to back up" in refused.stderr, refused.stderr
+
+        # The CLI restores the backup as a new domain beside it.
+        folder = libvirtd.root / "apicopy"
+        folder.mkdir(mode=0o755)
+        restored = cairn(appliance.settings.data_dir, "host", "restore", "kvm1", full["id"], "--name", "apicopy",
+                         "--dir", str(folder))
+        assert restored.returncode == 0, restored.stderr
+        assert f"vda: {folder}/apicopy-vda.qcow2" in restored.stdout
+        assert same_content(tmp_path / "ref.raw", folder / "apicopy-vda.qcow2", "qcow2")
+        assert "apicopy" in [d["name"] for d in api_client.get("/api/v1/hosts/kvm1/vms").json()]
+        guest.dom.connect().lookupByName("apicopy").undefine()
 
         answer = api_client.post("/api/v1/hosts/kvm1/vms/apiguest/stop", json={"timeout": 120})
         assert answer.status_code == 200 and answer.json()["state"] == "stopped", answer.text

@@ -3,6 +3,9 @@ loopback to the private libvirtd, and the backup's NBD export is read through an
 its socket, from the host's scratch directory."""
 from __future__ import annotations
 
+import os
+import pwd
+
 from backup_helpers import same_content
 from libvirt_helpers import libvirt_guest, reference_copy
 from libvirtd_server import libvirtd  # noqa: F401  (fixture)
@@ -20,10 +23,14 @@ def test_qemu_ssh_host_full_and_incremental(appliance, libvirtd, sshd_server, gu
     # not touch: its own connection skips the check; Cairn's forward checks `known_hosts`.
     uri = (f"qemu+ssh://{server.user}@{server.host}:{server.port}/system?socket={socket}"
            f"&keyfile={server.key_file}&proxy=netcat&no_verify=1")
-    scratch = server.workdir / "lvscratch"
+    # On a remote host Cairn cannot see libvirt's per-domain directories through this test's
+    # private libvirtd: give it a scratch directory owned by the user libvirt runs QEMU as.
+    scratch = libvirtd.root / "lvscratch"
     scratch.mkdir()
+    qemu_user = pwd.getpwnam("libvirt-qemu")
+    os.chown(scratch, qemu_user.pw_uid, qemu_user.pw_gid)
     appliance.hosts.add(HOST, uri, known_hosts=str(server.known_hosts), scratch_dir=str(scratch))
-    with libvirt_guest(libvirtd.uri, "sshguest", guest_kernel, tmp_path,
+    with libvirt_guest(libvirtd, "sshguest", guest_kernel,
                        append="cairn.mode=writer cairn.writes=40 cairn.interval=1") as guest:
         assert [v.name for v in appliance.hosts.vms(HOST)] == ["sshguest"]
         kinds = []
@@ -31,7 +38,7 @@ def test_qemu_ssh_host_full_and_incremental(appliance, libvirtd, sshd_server, gu
             guest.wait_serial(f"CAIRN: WRITE n={2 * step}", timeout=120)
             guest.dom.suspend()
             try:
-                reference_copy(guest.dom, tmp_path / "ref.raw", tmp_path / "ref.sock")
+                reference_copy(guest, tmp_path / "ref.raw")
                 result = back_up_host_vm(appliance, HOST, "sshguest")
             finally:
                 guest.dom.resume()

@@ -59,6 +59,7 @@ class LiveExport(ABC):
         self._nodes: dict[str, str] = {}
         self._nodes_added: list[str] = []
         self._tracked: set[str] = set()   # disks that get the new checkpoint bitmap
+        self._volatile: set[str] = set()  # ... kept by QEMU in memory only: their images cannot store one
         self._distrusted: dict[str, str] = {}   # disk -> a bitmap that failed the checks, dropped on success
         self._started = False
 
@@ -177,21 +178,26 @@ class LiveExport(ABC):
 
     def _check_since(self, roots: dict[str, dict[str, Any]], points: dict[str, DiskPoint]) -> None:
         for d in self.disks:
-            wanted = self.since.get(d)
-            if roots[d]["driver"] != "qcow2":
-                self.since[d] = None
-                points[d].fallback_reason = f"{d} is {roots[d]['driver']}: no persistent dirty bitmap, full read"
-                continue
+            wanted, driver = self.since.get(d), roots[d]["driver"]
+            if driver != "qcow2":
+                # Only qcow2 stores bitmaps; on any other image (raw files, block devices) QEMU
+                # keeps this one in memory, for as long as it runs.
+                self._volatile.add(d)
             self._tracked.add(d)
             points[d].checkpoint = self.checkpoint
             if not wanted:
                 self.since[d] = None
                 continue
             bitmaps = {b["name"]: b for b in roots[d]["bitmaps"] if "name" in b}
-            problem = None if d in self.full else checkpoint_problem(bitmaps, roots[d]["chain"], self.expected[d])
+            problem = None if d in self.full else checkpoint_problem(bitmaps, roots[d]["chain"], self.expected[d],
+                                                                     persistent=d not in self._volatile)
             if problem or d in self.full:
                 self.since[d] = None
-                if problem:
+                if problem and d in self._volatile and wanted not in bitmaps:
+                    points[d].fallback_reason = (f"{d}: {driver} image: its checkpoint bitmap {wanted} lived only in "
+                                                 "the QEMU that ran the VM then (no bitmap can be stored in it), "
+                                                 "and the VM has been restarted since; full read")
+                elif problem:
                     points[d].fallback_reason = f"{d}: {problem}; full read"
                 if wanted in bitmaps and not bitmaps[wanted].get("busy"):
                     self._distrusted[d] = wanted
@@ -205,7 +211,7 @@ class LiveExport(ABC):
                 actions.append({"type": "block-dirty-bitmap-disable", "data": {"node": node, "name": self.since[d]}})
             if d in self._tracked:
                 actions.append({"type": "block-dirty-bitmap-add",
-                                "data": {"node": node, "name": self.checkpoint, "persistent": True}})
+                                "data": {"node": node, "name": self.checkpoint, "persistent": d not in self._volatile}})
             actions += self._copy_actions(d)
         return actions
 

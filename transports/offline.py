@@ -118,7 +118,8 @@ class OfflineExport:
                           checkpoint_file=path)
         wanted = self.since.get(disk)
         if state.format != "qcow2":
-            point.fallback_reason = f"{disk} is {state.format}: no persistent dirty bitmap, full read"
+            point.fallback_reason = (f"{disk} is {state.format}: no dirty bitmap is stored in it (only a running VM's "
+                                     "QEMU keeps one), full read")
             self.since[disk] = None
             return point
         problem = None

@@ -40,10 +40,12 @@ def backing_files(image: dict[str, Any] | list[dict[str, Any]]) -> list[str]:
     return [os.path.realpath(i["filename"]) for i in infos]
 
 
-def bitmap_problem(bitmaps: dict[str, dict], name: str) -> str | None:
+def bitmap_problem(bitmaps: dict[str, dict], name: str, persistent: bool = True) -> str | None:
     """Why bitmap `name` cannot serve as the base of an incremental, or None if it can.
 
     `bitmaps` maps names to {"recording": bool, "inconsistent": bool, "busy": bool, "persistent": bool}.
+    Cairn's bitmaps are persistent, except on images that cannot store one (raw: `persistent`
+    False), where QEMU keeps them in memory while it runs.
     """
     info = bitmaps.get(name)
     if info is None:
@@ -54,7 +56,7 @@ def bitmap_problem(bitmaps: dict[str, dict], name: str) -> str | None:
         return f"checkpoint bitmap {name} is in use by another operation"
     if not info.get("recording", True):
         return f"checkpoint bitmap {name} is not recording"
-    if not info.get("persistent", True):
+    if persistent and not info.get("persistent", True):
         return f"checkpoint bitmap {name} is not persistent (not one Cairn made)"
     return None
 
@@ -76,10 +78,11 @@ def chain_problem(chain: list[str], checkpoint: Checkpoint) -> str | None:
             "(reverted or replaced)")
 
 
-def checkpoint_problem(bitmaps: dict[str, dict], chain: list[str], checkpoint: Checkpoint) -> str | None:
+def checkpoint_problem(bitmaps: dict[str, dict], chain: list[str], checkpoint: Checkpoint,
+                       persistent: bool = True) -> str | None:
     """Why the active layer (its `bitmaps`, its `chain` of files) cannot serve an incremental
     from `checkpoint`, or None if it can."""
-    return bitmap_problem(bitmaps, checkpoint.bitmap) or chain_problem(chain, checkpoint)
+    return bitmap_problem(bitmaps, checkpoint.bitmap, persistent) or chain_problem(chain, checkpoint)
 
 
 CHECKPOINT_PREFIX = "cairn-"

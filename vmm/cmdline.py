@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 
 from .accel import Accel
 from .profiles import get_profile, ide_addresses
@@ -54,7 +56,7 @@ def build_command(binary: str, spec: VMSpec, accel: Accel, rundir: RunDir, incom
     for position, disk in enumerate(spec.disks):
         # JSON syntax: no escaping issues whatever the image path contains.
         cmd += ["-blockdev", json.dumps({
-            "driver": "file", "filename": disk.path, "node-name": disk.protocol_node(),
+            "driver": protocol_driver(disk.path), "filename": disk.path, "node-name": disk.protocol_node(),
             "cache": {"direct": False}})]
         cmd += ["-blockdev", json.dumps({
             "driver": disk.format, "file": disk.protocol_node(), "node-name": disk.format_node()})]
@@ -87,6 +89,15 @@ def build_command(binary: str, spec: VMSpec, accel: Accel, rundir: RunDir, incom
     if incoming is not None:
         cmd += ["-incoming", incoming]
     return cmd
+
+
+def protocol_driver(path: str) -> str:
+    """QEMU opens a block device (an LVM volume, a LUN, a loop device) with host_device and
+    refuses it with "file", which takes regular files only."""
+    try:
+        return "host_device" if stat.S_ISBLK(os.stat(path).st_mode) else "file"
+    except OSError:
+        return "file"   # QEMU says what is wrong with the path
 
 
 def _guest_agent_channel(rundir: RunDir) -> list[str]:

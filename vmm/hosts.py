@@ -2,7 +2,7 @@
 its VMs as it reports them, starting and stopping them, and the errors it raises."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
 from .errors import VMError
@@ -27,11 +27,33 @@ class HostVMStateError(HostError):
     """The VM is not in a state that allows the operation."""
 
 
+# What a guest device is: only "disk" and "lun" hold the VM's data; removable media do not.
+DATA_DEVICES = ("disk", "lun")
+
+
 @dataclass(frozen=True)
 class HostDisk:
+    """One of a VM's block devices as its host describes it (for libvirt: its <disk> element)."""
+
     target: str            # the guest's name for it: vda, sdb...
-    path: str | None       # the image file or block device on the host; None for network disks
+    path: str | None       # the image file, block device or network source; None: an empty drive
     format: str            # qcow2, raw...
+    kind: str = "file"     # where the data lives: file, block, network, volume (a pool's), dir, nvme...
+    device: str = "disk"   # how the guest sees it: disk, lun (SCSI passthrough), cdrom, floppy
+    readonly: bool = False
+    shareable: bool = False    # other VMs may open it at the same time
+    data_file: str | None = None   # a qcow2 image's external data file (libvirt's <dataStore>)
+    backing: tuple[str, ...] = ()  # the files below `path` in its chain, top first
+
+    @property
+    def holds_data(self) -> bool:
+        """A disk with a medium; CD-ROMs and floppies are not the VM's data."""
+        return self.device in DATA_DEVICES and self.path is not None
+
+    def tags(self) -> set[str]:
+        """What a disk selection's `kind:<tag>` matches: its format, kind, device and flags."""
+        flags = {"readonly": self.readonly, "shareable": self.shareable, "data-file": self.data_file is not None}
+        return {self.format, self.kind, self.device} | {tag for tag, on in flags.items() if on}
 
 
 @dataclass(frozen=True)
@@ -45,7 +67,7 @@ class HostVM:
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "uuid": self.uuid, "state": self.state, "vcpus": self.vcpus,
-                "memory_mib": self.memory_mib, "disks": [vars(d) for d in self.disks]}
+                "memory_mib": self.memory_mib, "disks": [asdict(d) for d in self.disks]}
 
 
 class HostDriver(Protocol):

@@ -14,13 +14,13 @@ from contextlib import contextmanager
 import libvirt
 
 from .hosts import (
-    HostDisk,
     HostError,
     HostUnreachableError,
     HostVM,
     HostVMNotFoundError,
     HostVMStateError,
 )
+from .libvirt_xml import domain_disks
 
 # libvirt prints every error to stderr by default; ours carry the message instead.
 libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
@@ -31,16 +31,6 @@ _STATES = {
     libvirt.VIR_DOMAIN_SHUTDOWN: "stopping", libvirt.VIR_DOMAIN_SHUTOFF: "stopped",
     libvirt.VIR_DOMAIN_CRASHED: "crashed", libvirt.VIR_DOMAIN_PMSUSPENDED: "suspended",
 }
-def domain_disks(xml: str) -> list[HostDisk]:
-    """The domain's hard disks (not CD-ROMs or floppies) from its XML description."""
-    disks = []
-    for disk in ET.fromstring(xml).iterfind("./devices/disk[@device='disk']"):
-        source = disk.find("source")
-        driver = disk.find("driver")
-        path = None if source is None else source.get("file") or source.get("dev")
-        disks.append(HostDisk(disk.find("target").get("dev"), path,
-                                driver.get("type", "raw") if driver is not None else "raw"))
-    return disks
 
 
 def domain_state(dom: libvirt.virDomain) -> str:
@@ -110,6 +100,64 @@ class LibvirtHost:
                 dom.destroy()
             return _info(dom)
 
+    def definition(self, name: str) -> str:
+        """The domain's persistent definition, as `virsh dumpxml --inactive` gives it."""
+        with self.domain(name) as dom:
+            return dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
+
+    def exists(self, name: str) -> bool:
+        with self.connect() as conn:
+            try:
+                conn.lookupByName(name)
+                return True
+            except libvirt.libvirtError as e:
+                if e.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                    return False
+                raise
+
+    def define(self, xml: str) -> HostVM:
+        """Define a domain (a new one, or a new definition of one by its name and UUID)."""
+        with self.connect() as conn:
+            return _info(conn.defineXML(xml))
+
+    def undefine(self, name: str) -> None:
+        """Remove a stopped domain's definition (and its checkpoint and snapshot metadata); its
+        disks stay."""
+        with self.domain(name) as dom:
+            dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_CHECKPOINTS_METADATA
+                              | libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA)
+
+    def forget_moments(self, name: str) -> list[str]:
+        """Drop the domain's checkpoint and snapshot metadata (not their bitmaps or files), as
+        when its disks were replaced under them. Returns what was dropped."""
+        dropped = []
+        with self.domain(name) as dom:
+            for checkpoint in dom.listAllCheckpoints(0):
+                dropped.append(f"checkpoint {checkpoint.getName()}")
+                checkpoint.delete(libvirt.VIR_DOMAIN_CHECKPOINT_DELETE_METADATA_ONLY)
+            for snapshot in dom.listAllSnapshots(0):
+                dropped.append(f"snapshot {snapshot.getName()}")
+                snapshot.delete(libvirt.VIR_DOMAIN_SNAPSHOT_DELETE_METADATA_ONLY)
+        return dropped
+
+    def pool_directory(self, pool: str) -> str:
+        """Where a storage pool keeps its volumes as files (dir, fs and netfs pools)."""
+        with self.connect() as conn:
+            try:
+                found = conn.storagePoolLookupByName(pool)
+            except libvirt.libvirtError as e:
+                if e.get_error_code() == libvirt.VIR_ERR_NO_STORAGE_POOL:
+                    raise HostVMNotFoundError(f"libvirt at {self.uri} has no storage pool {pool!r}") from e
+                raise
+            root = ET.fromstring(found.XMLDesc(0))
+            if root.get("type") not in ("dir", "fs", "netfs"):
+                raise HostError(f"storage pool {pool} is a {root.get('type')} pool: disks are restored as files, "
+                                "into a dir, fs or netfs pool")
+            return root.findtext("./target/path")
+
+    def refresh_pool(self, pool: str) -> None:
+        with self.connect() as conn:
+            conn.storagePoolLookupByName(pool).refresh(0)
 
     def snapshot(self, name: str, snapshot: str) -> list[str]:
         """An external, disk-only snapshot of every disk at one instant (the domain may run):
@@ -121,7 +169,9 @@ class LibvirtHost:
         disks = ET.SubElement(root, "disks")
         with self.domain(name) as dom:
             for disk in domain_disks(dom.XMLDesc(0)):
-                ET.SubElement(disks, "disk", name=disk.target, snapshot="external")
+                # Media and read-only disks do not change: they stay where they are.
+                changing = disk.holds_data and not disk.readonly
+                ET.SubElement(disks, "disk", name=disk.target, snapshot="external" if changing else "no")
             dom.snapshotCreateXML(ET.tostring(root, encoding="unicode"),
                                   libvirt.VIR_DOMAIN_SNAPSHOT_CREATE_DISK_ONLY | libvirt.VIR_DOMAIN_SNAPSHOT_CREATE_ATOMIC)
             return _snapshot_names(dom)

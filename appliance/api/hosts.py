@@ -7,9 +7,11 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from fastapi import APIRouter, Response
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from appliance.backups.host_vm import back_up_host_vm
+from appliance.backups.options import DEFAULT_FULL_EVERY
+from appliance.backups.selection import DiskSelection
 from appliance.context import Appliance
 from vmm.hosts import HostVM
 
@@ -26,8 +28,11 @@ class HostIn(BaseModel):
                                                       "naming the host's key")
     agent_dir: str | None = Field(None, description="ssh: where the agent lives on the host "
                                                     "(default /var/lib/cairn-agent)")
-    scratch_dir: str | None = Field(None, description="libvirt over qemu+ssh: a directory on the host its "
-                                                      "QEMU can write to, for backups' sockets and scratch files")
+    scratch_dir: str | None = Field(None, description="libvirt: a directory on the host its QEMU can write "
+                                                      "to, for backups' sockets and scratch files (default: "
+                                                      "each domain's own directory, which it may write)")
+    libvirt_dir: str | None = Field(None, description="libvirt on this machine: where this machine sees the "
+                                                      "host's /var/lib/libvirt (default: there)")
 
 
 class HostOut(BaseModel):
@@ -41,6 +46,12 @@ class HostDiskOut(BaseModel):
     target: str
     path: str | None
     format: str
+    kind: str = Field(description="where its data lives: file, block, network, volume...")
+    device: str = Field(description="disk, lun, cdrom or floppy")
+    readonly: bool
+    shareable: bool
+    data_file: str | None = Field(description="a qcow2 image's external data file")
+    backing: list[str] = Field(description="the files below it in its chain, top first")
 
 
 class HostVMOut(BaseModel):
@@ -66,6 +77,16 @@ class SnapshotIn(BaseModel):
 class HostBackupIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     full: bool = False
+    full_every: int = Field(DEFAULT_FULL_EVERY, ge=0, le=100_000,
+                            description="read a disk in full after this many incrementals of it (0: always)")
+    include: list[str] = Field([], description="read only the disks one of these selects: a name pattern (vdb, "
+                                               "vd[b-d]) or kind:<tag> (qcow2, raw, file, block, network, readonly...)")
+    exclude: list[str] = Field([], description="then leave out the disks one of these selects (same syntax)")
+
+    @model_validator(mode="after")
+    def _selection_is_valid(self) -> HostBackupIn:
+        DiskSelection.of(self.include, self.exclude)
+        return self
 
 
 def _vm(vm: HostVM) -> HostVMOut:
@@ -83,7 +104,7 @@ def host_router(appliance: Appliance) -> APIRouter:
     @router.post("", response_model=HostOut, status_code=201)
     def add_host(body: HostIn) -> HostOut:
         return HostOut(**hosts.add(body.name, body.uri, body.kind, body.key_file, body.known_hosts,
-                                   body.agent_dir, body.scratch_dir).to_dict())
+                                   body.agent_dir, body.scratch_dir, body.libvirt_dir).to_dict())
 
     @router.get("/{name}", response_model=HostOut)
     def get_host(name: str) -> HostOut:
@@ -122,7 +143,9 @@ def host_router(appliance: Appliance) -> APIRouter:
 
     @router.post("/{name}/vms/{vm}/backups", response_model=BackupOut, status_code=201)
     def back_up_vm(name: str, vm: str, body: HostBackupIn | None = None) -> BackupOut:
-        result = back_up_host_vm(appliance, name, vm, full=(body or HostBackupIn()).full)
+        body = body or HostBackupIn()
+        result = back_up_host_vm(appliance, name, vm, full=body.full, full_every=body.full_every,
+                                 selection=DiskSelection.of(body.include, body.exclude))
         return BackupOut.model_validate(appliance.backups.get(result.manifest.backup_id))
 
     return router

@@ -3,7 +3,8 @@ backup in the catalog, ingesting the exported points into the store, recording h
 
 Such a VM's backups go by `<vm>@<host>` in the catalog and the store, so listing, restores,
 verify and prune treat them like a local VM's. A failed backup leaves no manifest and a catalog
-row marked failed; what becomes of its checkpoint is the export's business.
+row marked failed; what becomes of its checkpoint is the export's business. A good one's
+checkpoints go in the ledger (checkpoints.py), from which the next backup's bases come.
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from dedup import BackupManifest, Store, new_backup_id
 from dedup.names import check_name
 from transports.points import DiskPoint
 
+from . import checkpoints
 from .catalog import fail_interrupted
 from .ingest import ingest_point
 from .options import Progress
@@ -54,7 +56,7 @@ class HostBackups:
         except BaseException as e:
             self._finish(rec.id, "failed", error=str(e) or type(e).__name__)
             raise
-        self._finish(rec.id, "ok", manifest=result.manifest)
+        self._finish(rec.id, "ok", manifest=result.manifest, points=result.points)
         return result
 
     def ingest(self, rec: BackupRecord, parent: BackupManifest | None, points: list[DiskPoint], notes: list[str],
@@ -88,9 +90,11 @@ class HostBackups:
         return rec
 
     def _finish(self, backup_id: str, status: str, manifest: BackupManifest | None = None,
-                error: str | None = None) -> None:
+                error: str | None = None, points: list[DiskPoint] | None = None) -> None:
         with self.catalog.begin() as s:
             rec = s.get(BackupRecord, backup_id)
+            if points is not None:
+                checkpoints.record(s, rec.vm_name, backup_id, points, checkpoints.current(s, rec.vm_name))
             rec.status, rec.finished_at, rec.error, rec.runner_pid = status, utcnow(), error, None
             if manifest:
                 rec.kind, rec.parent, rec.notes = manifest.kind, manifest.parent, list(manifest.notes)

@@ -6,8 +6,10 @@ import it to show and check the defaults.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal, get_args
+
+from .selection import DiskSelection
 
 if TYPE_CHECKING:
     from transports.sshfs import SshfsEndpoint
@@ -33,6 +35,7 @@ class BackupOptions:
     full_every: int = DEFAULT_FULL_EVERY
     transport: Transport = "pull"
     sshfs: SshfsEndpoint | None = None    # needed by the sshfs transport
+    disks: DiskSelection = field(default_factory=DiskSelection)   # which disks to read (default: all that hold data)
 
     def __post_init__(self) -> None:
         if not isinstance(self.full_every, int) or isinstance(self.full_every, bool) or self.full_every < 0:

@@ -14,7 +14,7 @@ import os
 import shutil
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from sqlalchemy import select
@@ -33,7 +33,9 @@ from transports.points import DiskPoint
 from transports.push import NbdPushTarget, PushExport, PushTarget
 from transports.sshfs import SshfsPushTarget
 from vmm import QemuDriver, VMSpec
-from vmm.cmdline import GUEST_AGENT_CHARDEV
+from vmm.cmdline import GUEST_AGENT_CHARDEV, protocol_driver
+from vmm.hosts import HostDisk
+from vmm.spec import CDROM_NODE
 
 from .catalog import BackupCatalog, fail_interrupted
 from .ingest import ingest_point
@@ -46,6 +48,16 @@ class BackupResult:
     manifest: BackupManifest
     notes: list[str] = field(default_factory=list)
     points: list[DiskPoint] = field(default_factory=list)   # what was read, and the checkpoints made
+
+
+def spec_disks(spec: VMSpec) -> list[HostDisk]:
+    """A Cairn VM's disks as a disk selection sees them (a missing path is reported by the
+    backup), and its cdrom, which is left out."""
+    disks = [HostDisk(d.name, d.path, d.format, kind="block" if protocol_driver(d.path) == "host_device" else "file")
+             for d in spec.disks]
+    if spec.cdrom is not None:
+        disks.append(HostDisk(CDROM_NODE, spec.cdrom, "raw", device="cdrom", readonly=True))
+    return disks
 
 
 def checkpoint_name(backup_id: str) -> str:
@@ -103,14 +115,16 @@ class BackupService:
     async def _run(self, spec: VMSpec, rec: BackupRecord, progress: Progress | None,
                    options: BackupOptions) -> BackupResult:
         parent = self.store.get_backup(rec.parent) if rec.parent else None
+        choice = options.disks.choose(f"VM {spec.name}", spec_disks(spec))
+        chosen = replace(spec, disks=[d for d in spec.disks if d.name in choice.names])
         with self.catalog() as s:
             ledger = checkpoints.current(s, spec.name)
-        bases = checkpoints.plan_bases([d.name for d in spec.disks], parent, ledger, options.full_every)
+        bases = checkpoints.plan_bases(choice.names, parent, ledger, options.full_every)
         scratch = self.settings.scratch_dir / rec.id
         try:
-            async with self._export(spec, rec.checkpoint, bases, scratch, options) as (points, repairs):
+            async with self._export(chosen, rec.checkpoint, bases, scratch, options) as (points, repairs):
                 manifest = await asyncio.to_thread(self._ingest, spec, rec, parent, points,
-                                                   bases.notes + repairs, progress)
+                                                   choice.notes + bases.notes + repairs, progress)
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
         return BackupResult(manifest, list(manifest.notes), points)

@@ -10,7 +10,17 @@ import typer
 from appliance.backups.options import DEFAULT_FULL_EVERY
 from appliance.units import human
 
-from .common import JsonOpt, byte_progress, emit_json, out, reports_errors, state
+from .common import (
+    EXCLUDE_OPT,
+    INCLUDE_OPT,
+    JsonOpt,
+    byte_progress,
+    emit_json,
+    out,
+    print_backup,
+    reports_errors,
+    state,
+)
 
 backup_app = typer.Typer(help="Back up VMs and list backups.", no_args_is_help=True)
 
@@ -22,8 +32,10 @@ def backup_create(vm: str, full: bool = typer.Option(False, "--full", help="Read
                                                  help="Read a disk in full after this many incrementals of it."),
                   transport: str = typer.Option("pull", help="pull: Cairn reads an NBD export; push: QEMU writes "
                                                 "into a target Cairn serves."),
+                  include: list[str] = INCLUDE_OPT, exclude: list[str] = EXCLUDE_OPT,
                   as_json: bool = JsonOpt) -> None:
-    """Back up a VM, running or stopped: incremental from its last backup unless --full."""
+    """Back up a VM, running or stopped: incremental from its last backup unless --full. Every disk
+    that holds data is read unless --include/--exclude say otherwise."""
     a = state.appliance
     spec = a.vms.spec(vm)
     with byte_progress() as bars:
@@ -34,18 +46,14 @@ def backup_create(vm: str, full: bool = typer.Option(False, "--full", help="Read
                 tasks[disk] = bars.add_task(f"{vm}/{disk}", total=total)
             bars.update(tasks[disk], completed=done, total=total)
         from appliance.backups.options import BackupOptions
+        from appliance.backups.selection import DiskSelection
 
-        options = BackupOptions(full_every=full_every, transport=transport)
+        options = BackupOptions(full_every=full_every, transport=transport, disks=DiskSelection.of(include, exclude))
         result = asyncio.run(a.backups.create(spec, full=full, progress=progress, options=options))
-    m = result.manifest
     if as_json:
-        emit_json(json.loads(m.to_json()))
+        emit_json(json.loads(result.manifest.to_json()))
         return
-    read = sum(d.stats.bytes_read for d in m.disks)
-    stored = sum(d.stats.bytes_stored for d in m.disks)
-    out.print(f"backup {m.backup_id}: {m.kind}, read {human(read)}, stored {human(stored)} new")
-    for note in m.notes:
-        out.print(f"  note: {note}")
+    print_backup(result, human)
 
 
 @backup_app.command("list")

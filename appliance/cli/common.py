@@ -20,6 +20,7 @@ from rich.progress import (
 )
 
 if TYPE_CHECKING:
+    from appliance.backups.service import BackupResult
     from appliance.context import Appliance
 
 # The roots of the errors that are the user's to fix: (module, class). Looked up only in modules
@@ -37,6 +38,10 @@ def is_user_error(e: BaseException) -> bool:
 out = Console()
 err = Console(stderr=True)
 JsonOpt = typer.Option(False, "--json", help="Print JSON instead of a table.")
+# A backup's disk selection (appliance/backups/selection.py), repeatable.
+INCLUDE_OPT = typer.Option([], "--include", help="Read only the disks one of these selects: a name pattern "
+                           "(vdb, 'vd[b-d]') or kind:<tag> (qcow2, raw, file, block, network, readonly...).")
+EXCLUDE_OPT = typer.Option([], "--exclude", help="Then leave out the disks one of these selects (same syntax).")
 
 
 class State:
@@ -78,3 +83,18 @@ def emit_json(data: Any) -> None:
 def byte_progress() -> Progress:
     return Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
                     TimeRemainingColumn(), console=err, transient=False, disable=not err.is_terminal)
+
+
+def print_backup(result: BackupResult, human: Callable[[int], str]) -> None:
+    """A backup's summary: each disk read (incrementally from which checkpoint, or in full), then
+    the notes saying why a disk was read in full or left out."""
+    m = result.manifest
+    read = sum(d.stats.bytes_read for d in m.disks)
+    stored = sum(d.stats.bytes_stored for d in m.disks)
+    out.print(f"backup {m.backup_id} of {m.vm}: {m.kind}, read {human(read)}, stored {human(stored)} new",
+              highlight=False)
+    for point in result.points:
+        how = f"incremental since {point.since}" if point.since else "full read"
+        out.print(f"  {point.disk}: {how}, read {human(m.disk(point.disk).stats.bytes_read)}", highlight=False)
+    for note in m.notes:
+        out.print(f"  note: {note}", highlight=False)

@@ -2,14 +2,18 @@
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 
 import typer
 from rich.table import Table
 
 from appliance.backups.host_vm import back_up_host_vm
+from appliance.backups.options import DEFAULT_FULL_EVERY
+from appliance.backups.selection import DiskSelection
+from appliance.restores.libvirt import LibvirtRestoreService
 from appliance.units import human
 
-from .common import JsonOpt, emit_json, out, reports_errors, state
+from .common import EXCLUDE_OPT, INCLUDE_OPT, JsonOpt, emit_json, out, print_backup, reports_errors, state
 
 host_app = typer.Typer(help="Hosts besides this one: libvirt hosts (their domains) and ssh hosts (VMs run by "
                             "Cairn's agent).", no_args_is_help=True)
@@ -26,11 +30,14 @@ def host_add(name: str,
                                                                "file naming the host's key."),
              agent_dir: str | None = typer.Option(None, help="ssh: the agent's directory on the host "
                                                              "(default /var/lib/cairn-agent)."),
-             scratch_dir: str | None = typer.Option(None, help="libvirt over qemu+ssh: a directory on the host "
-                                                               "its QEMU can write to, for backups."),
+             scratch_dir: str | None = typer.Option(None, help="libvirt: a directory on the host its QEMU can "
+                                                               "write to, for backups (default: each domain's own "
+                                                               "directory)."),
+             libvirt_dir: str | None = typer.Option(None, help="libvirt on this machine: where this machine sees "
+                                                               "the host's /var/lib/libvirt (default: there)."),
              as_json: bool = JsonOpt) -> None:
     """Register a host; it must answer now (an ssh host gets Cairn's agent installed)."""
-    host = state.appliance.hosts.add(name, uri, kind, key_file, known_hosts, agent_dir, scratch_dir)
+    host = state.appliance.hosts.add(name, uri, kind, key_file, known_hosts, agent_dir, scratch_dir, libvirt_dir)
     emit_json(host.to_dict()) if as_json else out.print(f"host {host.name} added ({host.kind}, {host.uri})")
 
 
@@ -107,14 +114,47 @@ def host_snapshots(name: str, vm: str, as_json: bool = JsonOpt) -> None:
 @host_app.command("backup")
 @reports_errors
 def host_backup(name: str, vm: str, full: bool = typer.Option(False, "--full", help="Read every disk in full."),
+                full_every: int = typer.Option(DEFAULT_FULL_EVERY, min=0,
+                                               help="Read a disk in full after this many incrementals of it."),
+                include: list[str] = INCLUDE_OPT, exclude: list[str] = EXCLUDE_OPT,
                 as_json: bool = JsonOpt) -> None:
     """Back up a running VM of a host: incremental from its last backup unless --full. Its backups
-    are listed as <vm>@<host>."""
-    m = back_up_host_vm(state.appliance, name, vm, full=full).manifest
+    are listed as <vm>@<host>. Every disk that holds data is read unless --include/--exclude say
+    otherwise; the notes say how each disk was read, and why."""
+    result = back_up_host_vm(state.appliance, name, vm, full=full, selection=DiskSelection.of(include, exclude),
+                             full_every=full_every)
     if as_json:
-        emit_json(json.loads(m.to_json()))
+        emit_json(json.loads(result.manifest.to_json()))
         return
-    read, stored = (sum(getattr(d.stats, f) for d in m.disks) for f in ("bytes_read", "bytes_stored"))
-    out.print(f"backup {m.backup_id} of {m.vm}: {m.kind}, read {human(read)}, stored {human(stored)} new")
-    for note in m.notes:
+    print_backup(result, human)
+
+
+@host_app.command("restore")
+@reports_errors
+def host_restore(host: str, backup_id: str,
+                 new_name: str | None = typer.Option(None, "--name", help="Restore as a new domain of this name..."),
+                 directory: str | None = typer.Option(None, "--dir", help="...its disks in this directory..."),
+                 pool: str | None = typer.Option(None, help="...or in this storage pool (dir, fs or netfs)."),
+                 start: bool = typer.Option(False, "--start", help="Start the new domain once defined."),
+                 over: bool = typer.Option(False, "--over", help="Or: replace the disks of the domain backed up."),
+                 stop: bool = typer.Option(False, "--stop", help="With --over: shut the domain down first."),
+                 verify: bool = typer.Option(True, "--verify/--no-verify", help="Read each disk back."),
+                 as_json: bool = JsonOpt) -> None:
+    """Restore a libvirt domain's backup into libvirt on this machine: as a new domain (new name,
+    UUID, MACs and disk files) or over the domain it was taken of, all or nothing."""
+    restores = LibvirtRestoreService(state.appliance.store, state.appliance.hosts)
+    if over == (new_name is not None):
+        raise ValueError("give --name (a new domain) or --over (replace the backed-up domain's disks)")
+    if over:
+        done = restores.over_domain(host, backup_id, stop=stop, verify=verify)
+    else:
+        done = restores.as_new_domain(host, backup_id, new_name, directory, pool, start=start, verify=verify)
+    if as_json:
+        emit_json(asdict(done))
+        return
+    out.print(f"domain {done.domain} on {done.host} restored from {done.backup_id}: wrote {human(done.bytes_written)}"
+              + (", verified" if done.verified else ""))
+    for disk, path in done.disks.items():
+        out.print(f"  {disk}: {path}")
+    for note in done.notes:
         out.print(f"  note: {note}")

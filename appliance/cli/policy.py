@@ -11,7 +11,7 @@ from appliance.backups.retention import RetentionRules
 from appliance.deletion.deletables import deletion_service
 from appliance.policies.service import BackupPolicy, PolicyService, SnapshotPolicy, policy_out
 
-from .common import JsonOpt, emit_json, out, reports_errors, state
+from .common import EXCLUDE_OPT, INCLUDE_OPT, JsonOpt, emit_json, out, reports_errors, state
 
 policy_app = typer.Typer(help="Backup and snapshot policies (run by `cairn serve`).", no_args_is_help=True)
 VM_OPT = typer.Option([], "--vm", help="VM name pattern, e.g. 'web*' (repeat for more).")
@@ -37,6 +37,7 @@ def policy_create(name: str,
                   keep_monthly: int = typer.Option(0), keep_yearly: int = typer.Option(0),
                   max_per_host: int | None = typer.Option(None, help="Backups running at once on this host."),
                   max_per_store: int | None = typer.Option(None, help="Backups running at once into the store."),
+                  include: list[str] = INCLUDE_OPT, exclude: list[str] = EXCLUDE_OPT,
                   skip_missed: bool = typer.Option(False, "--skip-missed", help="After downtime, skip missed runs."),
                   as_json: bool = JsonOpt) -> None:
     """Create a policy. Backup retention: the --keep-* rules (none: keep every backup)."""
@@ -46,6 +47,7 @@ def policy_create(name: str,
              "keep_weekly": keep_weekly, "keep_monthly": keep_monthly, "keep_yearly": keep_yearly}
     policy = SnapshotPolicy(**common, keep=keep) if snapshot else BackupPolicy(
         **common, full_every=full_every, max_per_host=max_per_host, max_per_store=max_per_store,
+        include=include, exclude=exclude,
         retention=RetentionRules(**rules) if any(rules.values()) else None)
     rec = _service().create(policy)
     emit_json(policy_out(rec).model_dump(mode="json")) if as_json else out.print(f"created policy {name} ({rec.id})")

@@ -11,6 +11,7 @@ from appliance.access.visibility import visibility
 from appliance.deletion.deletables import deletion_service
 from appliance.deletion.protection import Impact
 from appliance.units import human, parse_size
+from appliance.vms.imports import VMImports
 from appliance.vms.service import VMOptions, VMView
 from vmm.placement import SchedulingGroup
 from vmm.spec import NicSpec
@@ -33,6 +34,7 @@ INITRD_OPT = typer.Option(None, "--initrd", help="Initrd for direct boot.")
 CLONE_NAMES_ARG = typer.Argument(..., help="Names of the new VMs.")
 GROUP_VM_OPT = typer.Option([], "--vm", help="A member VM (repeat).")
 GROUP_HOST_OPT = typer.Option([], "--host", help="A host of the host group (VM-host policies).")
+COMMAND_FILE_OPT = typer.Option(None, "--command-file", help="Or: a file holding that command line.")
 
 
 def parse_nic(index: int, text: str) -> NicSpec:
@@ -55,6 +57,33 @@ def _say(view: VMView, as_json: bool) -> None:
     else:
         pid = f" (pid {view.status.pid})" if view.status.pid else ""
         out.print(f"{view.spec.name}: {view.status.state}{pid}")
+
+
+@vm_app.command("import")
+@reports_errors
+def vm_import(host: str | None = typer.Option(None, help="A libvirt host on this machine (with --domain)."),
+              domain: str | None = typer.Option(None, help="Its stopped domain to take over."),
+              command: str | None = typer.Option(None, help="Or: the command line a (stopped) QEMU was started with."),
+              command_file: Path | None = COMMAND_FILE_OPT,
+              name: str | None = typer.Option(None, help="The Cairn VM's name (default: the domain's or -name's)."),
+              undefine: bool = typer.Option(False, "--undefine", help="Then remove the domain from libvirt (its "
+                                                                     "disks stay)."),
+              as_json: bool = JsonOpt) -> None:
+    """Take over a libvirt domain or a QEMU command line as a Cairn VM; its disks stay where they
+    are. The VM must be stopped."""
+    imports = VMImports(state.appliance.vms, state.appliance.hosts)
+    if command_file is not None:
+        command = command_file.read_text()
+    if (host is not None and domain is not None) == (command is not None):
+        raise ValueError("give --host and --domain (a libvirt domain), or --command / --command-file")
+    imported = (imports.from_libvirt(host, domain, name, undefine) if command is None
+                else imports.from_command_line(command, name))
+    if as_json:
+        emit_json({"vm": imported.spec.to_dict(), "notes": imported.notes})
+        return
+    out.print(f"VM {imported.spec.name} imported: disks {', '.join(d.path for d in imported.spec.disks)}")
+    for note in imported.notes:
+        out.print(f"  note: {note}")
 
 
 @vm_app.command("create")

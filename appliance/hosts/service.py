@@ -34,9 +34,11 @@ from .records import HostRecord
 
 HostKind = Literal["libvirt", "ssh"]
 HOST_KINDS: tuple[str, ...] = get_args(HostKind)
-# libvirt: known_hosts and scratch_dir (a directory on the host its QEMU can write to) serve
-# backups of a qemu+ssh:// host, whose export is read through SSH (libvirt_backups.py).
-HOST_OPTIONS = {"libvirt": ("known_hosts", "scratch_dir"), "ssh": ("key_file", "known_hosts", "agent_dir")}
+# libvirt: known_hosts serves backups of a qemu+ssh:// host, whose export is read through SSH;
+# scratch_dir (a directory on the host its QEMU can write to) replaces the domain's own directory
+# for the export's socket and scratch files; libvirt_dir says where this machine sees a local
+# libvirtd's /var/lib/libvirt (backups/libvirt.py).
+HOST_OPTIONS = {"libvirt": ("known_hosts", "scratch_dir", "libvirt_dir"), "ssh": ("key_file", "known_hosts", "agent_dir")}
 DEFAULT_AGENT_DIR = "/var/lib/cairn-agent"
 
 
@@ -109,7 +111,7 @@ class HostService:
 
     def add(self, name: str, uri: str, kind: str = "libvirt", key_file: str | None = None,
             known_hosts: str | None = None, agent_dir: str | None = None,
-            scratch_dir: str | None = None) -> HostView:
+            scratch_dir: str | None = None, libvirt_dir: str | None = None) -> HostView:
         """Register a host once it has answered (an ssh host gets the agent installed first): a
         typo is caught now, not at the first backup."""
         if not isinstance(name, str) or not VM_NAME_RE.match(name) or name == LOCAL_HOST:
@@ -119,8 +121,8 @@ class HostService:
             raise HostSpecError(f"host kind {kind!r} is not one of {', '.join(HOST_KINDS)}")
         if not uri or not isinstance(uri, str):
             raise HostSpecError("a host needs its URI: qemu:///system (libvirt) or ssh://root@kvm1 (ssh)")
-        options = {k: v for k, v in (("key_file", key_file), ("known_hosts", known_hosts),
-                                     ("agent_dir", agent_dir), ("scratch_dir", scratch_dir)) if v}
+        options = {k: v for k, v in (("key_file", key_file), ("known_hosts", known_hosts), ("agent_dir", agent_dir),
+                                     ("scratch_dir", scratch_dir), ("libvirt_dir", libvirt_dir)) if v}
         foreign = sorted(set(options) - set(HOST_OPTIONS[kind]))
         if foreign:
             raise HostSpecError(f"{', '.join(foreign)} do not apply to {kind} hosts (they take "

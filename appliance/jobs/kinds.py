@@ -9,12 +9,13 @@ import asyncio
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
 from sqlalchemy import delete
 
 from appliance.backups.options import DEFAULT_FULL_EVERY, BackupOptions
 from appliance.backups.records import BackupRecord, record_verification
 from appliance.backups.retention import RetentionRules, apply_retention
+from appliance.backups.selection import DiskSelection
 from appliance.catalog.base import utcnow
 from appliance.errors import ConflictError
 from dedup import (
@@ -52,9 +53,20 @@ class BackupRequest(BaseModel):
                             description="read a disk in full after this many incrementals of it (0: always)")
     transport: Literal["pull", "push"] = Field("pull", description="pull: Cairn reads an NBD export of the point "
                                                "in time; push: QEMU writes it into a target Cairn serves")
+    include: list[str] = Field([], description="read only the disks one of these selects: a name pattern (vdb, "
+                                               "vd[b-d]) or kind:<tag> (qcow2, raw, file, block, network, readonly...)")
+    exclude: list[str] = Field([], description="then leave out the disks one of these selects (same syntax)")
+
+    @model_validator(mode="after")
+    def _selection_is_valid(self) -> BackupRequest:
+        self.disk_selection()
+        return self
+
+    def disk_selection(self) -> DiskSelection:
+        return DiskSelection.of(self.include, self.exclude)
 
     def options(self) -> BackupOptions:
-        return BackupOptions(full_every=self.full_every, transport=self.transport)
+        return BackupOptions(full_every=self.full_every, transport=self.transport, disks=self.disk_selection())
 
 
 class BackupParams(BackupRequest):

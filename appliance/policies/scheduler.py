@@ -110,7 +110,8 @@ class Scheduler:
         if isinstance(policy, SnapshotPolicy):
             params = SnapshotParams(vm=vm, prefix=policy.name, keep=policy.keep)
             return self.jobs.submit("snapshot", params.model_dump(), policy_id=policy_id)
-        params = BackupParams(vm=vm, full_every=policy.full_every, retention=policy.retention)
+        params = BackupParams(vm=vm, full_every=policy.full_every, retention=policy.retention,
+                              include=policy.include, exclude=policy.exclude)
         limits = {key: limit for key, limit in ((HOST, policy.max_per_host), (self.store_key, policy.max_per_store))
                   if limit is not None}
         return self.jobs.submit("backup", params.model_dump(exclude_none=True), policy_id=policy_id, limits=limits)

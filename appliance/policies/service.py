@@ -28,6 +28,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from appliance.backups.options import DEFAULT_FULL_EVERY
 from appliance.backups.records import last_good_backup
 from appliance.backups.retention import RetentionRules
+from appliance.backups.selection import DiskSelection
 from appliance.catalog.base import utcnow
 from appliance.errors import ConflictError, NotFoundError
 from appliance.vms.records import VMRecord, VMTagRecord
@@ -76,8 +77,16 @@ class BackupPolicy(PolicyBase):
     full_every: int = Field(DEFAULT_FULL_EVERY, ge=0, le=100_000,
                             description="read a disk in full after this many incrementals of it (0: always)")
     retention: RetentionRules | None = Field(None, description="prune each VM's backups after its backup")
+    include: list[str] = Field([], description="read only the disks one of these selects: a name pattern or "
+                                               "kind:<tag> (see the backup request)")
+    exclude: list[str] = Field([], description="then leave out the disks one of these selects")
     max_per_host: int | None = Field(None, ge=1, description="backups running at once on this host")
     max_per_store: int | None = Field(None, ge=1, description="backups running at once into the store")
+
+    @model_validator(mode="after")
+    def _selection_is_valid(self) -> BackupPolicy:
+        DiskSelection.of(self.include, self.exclude)
+        return self
 
 
 class SnapshotPolicy(PolicyBase):
