@@ -6,8 +6,10 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass
 
-from prometheus_client import CollectorRegistry, Histogram
+from prometheus_client import CollectorRegistry, Histogram, disable_created_metrics
 
+# No `_created` series beside each counter and histogram: Prometheus does not need them.
+disable_created_metrics()
 REGISTRY = CollectorRegistry(auto_describe=True)
 
 API_LATENCY = Histogram(

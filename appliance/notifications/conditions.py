@@ -129,8 +129,9 @@ def ha_gave_up(session: Session) -> list[Condition]:
 def backups_missed(session: Session, policies: PolicyService, now: datetime, grace: timedelta) -> list[Condition]:
     """Each VM a backup policy selects whose last scheduled run (due at least `grace` ago) left no
     good backup started at or after it."""
-    last_good = dict(session.execute(select(BackupRecord.vm_name, func.max(BackupRecord.started_at))
-                                     .where(BackupRecord.status.in_(GOOD_BACKUP)).group_by(BackupRecord.vm_name)))
+    last_good = {vm: started for vm, started in session.execute(
+        select(BackupRecord.vm_name, func.max(BackupRecord.started_at))
+        .where(BackupRecord.status.in_(GOOD_BACKUP)).group_by(BackupRecord.vm_name))}
     found = []
     for rec in session.scalars(select(PolicyRecord).where(PolicyRecord.enabled.is_(True),
                                                           PolicyRecord.kind == "backup")):
