@@ -154,6 +154,9 @@ class Notifier:
     # -- the loop -------------------------------------------------------------------------------
 
     def start(self) -> None:
+        # The first probe of the hosts waits one period: a server that starts (or a test's) does
+        # not open connections to every host before it has served anything.
+        self._last_check.setdefault(RuleKind.HOST_UNREACHABLE, self.clock())
         self._thread = threading.Thread(target=self._loop, name="cairn-notifier", daemon=True)
         self._thread.start()
 
