@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from appliance.backups.service import BackupService
     from appliance.hosts.service import HostService
     from appliance.jobs.engine import JobEngine
+    from appliance.notifications.service import NotificationService
     from appliance.restores.service import RestoreService
     from appliance.snapshots.service import SnapshotService
     from appliance.vms.service import VMService
@@ -126,3 +127,9 @@ class Appliance:
         from appliance.jobs.kinds import standard_kinds
 
         return JobEngine(self.catalog, EventLog(self.catalog), standard_kinds(self))
+
+    @cached_property
+    def notifications(self) -> NotificationService:
+        from appliance.notifications.service import NotificationService
+
+        return NotificationService(self.catalog, self.secrets)

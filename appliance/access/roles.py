@@ -24,7 +24,7 @@ PUBLIC = {("GET", "/api/v1/health"), ("POST", "/api/v1/auth/login")}
 # One's own account (session, password, TOTP, own tokens): any signed-in user.
 SELF_SERVICE = ("/api/v1/auth", "/api/v1/tokens")
 # Reading these needs an admin too.
-ADMIN_ONLY = ("/api/v1/users", "/api/v1/audit")
+ADMIN_ONLY = ("/api/v1/users", "/api/v1/audit", "/api/v1/notifications")
 # Reading these is for everyone; changing them is the admin's.
 ADMIN_WRITES = ("/api/v1/store", "/api/v1/stores", "/api/v1/policies", "/api/v1/backup-policies",
                 "/api/v1/snapshot-policies", "/api/v1/deletion-rules", "/api/v1/recycle-bin", "/api/v1/pools",

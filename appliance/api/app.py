@@ -161,6 +161,13 @@ def create_app(appliance: Appliance) -> FastAPI:
     api.include_router(host_router(appliance))
     from .networks import network_router
     api.include_router(network_router(appliance))
+    # Prometheus metrics at /metrics; alarms and where their messages go.
+    from .metrics import metrics_router, time_requests
+    api.include_router(metrics_router(appliance))
+    time_requests(api)
+    from .notifications import alarm_router, notification_router
+    api.include_router(notification_router(appliance))
+    api.include_router(alarm_router(appliance))
     # The web console: static files at /ui that call this API like any script.
     from appliance.web import mount_console
     mount_console(api)

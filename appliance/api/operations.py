@@ -11,6 +11,7 @@ from contextlib import asynccontextmanager
 from fastapi import APIRouter, FastAPI
 
 from appliance.context import Appliance
+from appliance.notifications.notifier import Notifier
 from appliance.policies.scheduler import Scheduler
 
 from .deletion import deletion_router
@@ -24,9 +25,12 @@ def operations_router(appliance: Appliance) -> APIRouter:
         appliance.jobs.recover()
         scheduler = Scheduler.for_appliance(appliance)
         scheduler.start()
+        notifier = Notifier.for_appliance(appliance)   # alarms and their messages: notifications/notifier.py
+        notifier.start()
         try:
             yield
         finally:
+            notifier.stop()
             scheduler.stop()
 
     router = APIRouter(lifespan=running)

@@ -11,7 +11,7 @@ from sqlalchemy import MetaData
 
 from .base import Base
 
-DOMAINS = ("access", "backups", "deletion", "hosts", "jobs", "policies", "pools", "restores", "snapshots", "vms")
+DOMAINS = ("access", "backups", "deletion", "hosts", "jobs", "notifications", "policies", "pools", "restores", "snapshots", "vms")
 
 
 def all_tables() -> MetaData:

@@ -32,6 +32,7 @@ GROUPS: dict[str, tuple[str, str, str]] = {
     "network": ("appliance.cli.network", "network_app", "VM networks: a Linux bridge, an address pool and dnsmasq."),
     "pool": ("appliance.cli.network", "pool_app",
              "Compute pools (hosts), storage pools (folders for VM disks) and address pools."),
+    "notify": ("appliance.cli.notify", "notify_app", "Alarms and notifications: targets, rules, quiet hours."),
     "host": ("appliance.cli.host", "host_app",
              "Hosts besides this one: libvirt hosts (their domains) and ssh hosts (VMs run by Cairn's agent)."),
 }

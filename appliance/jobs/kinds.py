@@ -18,6 +18,7 @@ from appliance.backups.retention import RetentionRules, apply_retention
 from appliance.backups.selection import DiskSelection
 from appliance.catalog.base import utcnow
 from appliance.errors import ConflictError
+from appliance.metrics.live import RUNNING_BACKUPS
 from dedup import (
     DEFAULT_GRACE,
     BackupNotFoundError,
@@ -133,7 +134,9 @@ def backup_steps(app: Appliance, vm: str, full: bool, options: BackupOptions) ->
 
         def progress(disk: str, done: int, total: int) -> None:
             disks[disk] = (done, total)
-            ctx.progress(sum(d for d, _ in disks.values()) / max(sum(t for _, t in disks.values()), 1))
+            done_all, total_all = sum(d for d, _ in disks.values()), sum(t for _, t in disks.values())
+            RUNNING_BACKUPS.report(ctx.job_id, vm, done_all, total_all)   # /metrics, while it runs
+            ctx.progress(done_all / max(total_all, 1))
 
         result = await app.backups.run(spec, rec, progress, options)
         m = result.manifest

@@ -3,7 +3,7 @@ import { session } from "./api.js";
 
 const RANK = { viewer: 0, operator: 1, admin: 2 };
 const SELF_SERVICE = ["/auth", "/tokens"];
-const ADMIN_ONLY = ["/users", "/audit"];
+const ADMIN_ONLY = ["/users", "/audit", "/notifications"];
 const ADMIN_WRITES = ["/store", "/stores", "/policies", "/backup-policies", "/snapshot-policies", "/deletion-rules",
   "/recycle-bin", "/pools", "/networks"];
 const ADMIN_WRITE_PATTERNS = [/^\/backups\/[^/]+\/disks\/[^/]+\/restore\/?$/, /^\/hosts(\/[^/]+)?\/?$/,
