@@ -1,0 +1,219 @@
+"""The block index: where each block is (pack, offset, length), for the whole store.
+
+    index/<32 hex>           one index file: the records of some packs
+
+It is a cache of what the packs say about themselves (packs.py): every index file can be
+lost or damaged and the index is still complete, because loading it reads the trailer of each
+pack that no sound index file covers. Index files are written whole and atomically and never
+changed: a backup writes one for the packs it wrote before its manifest; GC writes one for
+every pack it keeps, then removes the files it read; `cairn store repair` rebuilds them all.
+A crash between a pack and its index file leaves an unindexed pack, read from its trailer
+until the next index file covers it.
+
+Index file layout, integers little-endian:
+
+    0       8     magic b"CAIRNBIX"
+    8       4     version (u32) = 1
+    12      4     pack count (u32)
+    then per pack:
+            16    pack name (the 32 hex digits as 16 bytes)
+            8     pack size in bytes (u64): a pack of another size is not the one described
+            4     record count (u32)
+            48*n  records: 32 block id | u8 kind | u8 codec | u16 0 | u32 offset of the
+                  stored bytes | u32 stored length | u32 plain length
+    last    32    BLAKE3-256 of everything before it
+
+In memory the index maps a block id to one record (a block stored twice, e.g. by two
+backups racing or by an interrupted repack, is found at either place), and keeps every
+pack's records for GC, verify and stats. About 200 bytes per block: 1 TiB of unique data
+in 1 MiB blocks is about 1M blocks, 200 MB.
+"""
+
+from __future__ import annotations
+
+import struct
+import threading
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import blake3
+
+from .backend import Backend, Entry, join, write_file
+from .packs import (
+    PACKS_DIR,
+    PackFormatError,
+    PackRecord,
+    is_pack_name,
+    new_pack_name,
+    pack_file,
+    read_trailer,
+)
+
+INDEX_DIR = "index"
+MAGIC = b"CAIRNBIX"
+VERSION = 1
+_HEADER = struct.Struct("<8sII")
+_PACK = struct.Struct("<16sQI")
+_RECORD = struct.Struct("<32sBBHIII")
+_DIGEST = 32
+
+
+class IndexFileError(Exception):
+    """An index file is not what this module writes (damaged, truncated, foreign)."""
+
+
+@dataclass(frozen=True)
+class PackInfo:
+    name: str
+    size: int
+    mtime_ns: int
+    records: tuple[PackRecord, ...]
+
+
+@dataclass
+class IndexLoad:
+    """What loading found besides the records: the problems repair and verify report."""
+
+    index_files: tuple[str, ...] = ()  # the sound ones, by name
+    damaged_files: dict[str, str] = field(default_factory=dict)  # index file -> why it was ignored
+    unindexed: tuple[str, ...] = ()  # packs read from their own trailer
+    unreadable: dict[str, str] = field(default_factory=dict)  # pack -> why its records are unknown
+    # Blocks an index file places in a pack that is gone, or not the one described: block id -> pack.
+    lost_records: dict[bytes, str] = field(default_factory=dict)
+
+
+class BlockIndex:
+    def __init__(self, backend: Backend) -> None:
+        self._backend = backend
+        self._lock = threading.Lock()
+        self._by_id: dict[bytes, tuple[str, PackRecord]] = {}
+        self.packs: dict[str, PackInfo] = {}
+        self.load_report = IndexLoad()
+
+    def load(self) -> IndexLoad:
+        """(Re)read the index files and the trailers of the packs they do not cover."""
+        present = list_packs(self._backend)
+        files, damaged = {}, {}
+        for entry in self._backend.list(INDEX_DIR):
+            if entry.is_dir or entry.name.startswith("."):
+                continue
+            try:
+                files[entry.name] = parse_index_file(self._backend.read(join(INDEX_DIR, entry.name)), entry.name)
+            except FileNotFoundError:
+                continue  # consolidated by a GC while we listed
+            except IndexFileError as e:
+                damaged[entry.name] = str(e)
+        described: dict[str, tuple[int, tuple[PackRecord, ...]]] = {}
+        for packs in files.values():
+            described.update(packs)
+        packs: dict[str, PackInfo] = {}
+        unindexed, unreadable = [], {}
+        for name, entry in present.items():
+            known = described.get(name)
+            if known is not None and known[0] == entry.size:
+                packs[name] = PackInfo(name, entry.size, entry.mtime_ns, known[1])
+                continue
+            try:
+                records = tuple(read_trailer(self._backend, pack_file(name), entry.size))
+            except FileNotFoundError:
+                continue
+            except PackFormatError as e:
+                unreadable[name] = str(e)
+                continue
+            packs[name] = PackInfo(name, entry.size, entry.mtime_ns, records)
+            unindexed.append(name)
+        by_id: dict[bytes, tuple[str, PackRecord]] = {}
+        for info in packs.values():
+            for record in info.records:
+                by_id.setdefault(record.block_id, (info.name, record))
+        lost = {r.block_id: name for name, (_, records) in described.items() if name not in packs
+                for r in records if r.block_id not in by_id}
+        report = IndexLoad(tuple(sorted(files)), damaged, tuple(sorted(unindexed)), unreadable, lost)
+        with self._lock:
+            self.packs, self._by_id, self.load_report = packs, by_id, report
+        return report
+
+    def get(self, block_id: bytes) -> tuple[str, PackRecord] | None:
+        """(pack, record) of a block, None if no pack holds it."""
+        return self._by_id.get(block_id)
+
+    def __contains__(self, block_id: bytes) -> bool:
+        return block_id in self._by_id
+
+    def __len__(self) -> int:
+        return len(self._by_id)
+
+    def forget(self, block_id: bytes) -> None:
+        """Its pack turned out to be gone (GC repacked it): look elsewhere, or write it anew."""
+        with self._lock:
+            self._by_id.pop(block_id, None)
+
+    def add(self, info: PackInfo) -> None:
+        """A pack this process just closed."""
+        with self._lock:
+            self.packs[info.name] = info
+            for record in info.records:
+                self._by_id.setdefault(record.block_id, (info.name, record))
+
+    def drop_pack(self, name: str) -> None:
+        """The pack is gone; its blocks are found elsewhere only after the next load()."""
+        with self._lock:
+            info = self.packs.pop(name, None)
+            if info is None:
+                return
+            for record in info.records:
+                if self._by_id.get(record.block_id, ("",))[0] == name:
+                    del self._by_id[record.block_id]
+
+
+def list_packs(backend: Backend) -> dict[str, Entry]:
+    """Every pack file by name, with its size and mtime (not the temporary or trashed ones)."""
+    packs = {}
+    for prefix in backend.list(PACKS_DIR):
+        if prefix.is_dir and len(prefix.name) == 2:
+            for entry in backend.list(join(PACKS_DIR, prefix.name)):
+                if not entry.is_dir and is_pack_name(entry.name):
+                    packs[entry.name] = entry
+    return packs
+
+
+def write_index_file(backend: Backend, packs: Iterable[PackInfo]) -> str:
+    """Write one index file describing `packs`; returns its name."""
+    parts = [b""]
+    count = 0
+    for info in packs:
+        count += 1
+        parts.append(_PACK.pack(bytes.fromhex(info.name), info.size, len(info.records)))
+        parts.extend(_RECORD.pack(r.block_id, r.kind, r.codec, 0, r.offset, r.stored_length, r.plain_length)
+                     for r in info.records)
+    parts[0] = _HEADER.pack(MAGIC, VERSION, count)
+    body = b"".join(parts)
+    name = new_pack_name()
+    write_file(backend, join(INDEX_DIR, name), body + blake3.blake3(body).digest())
+    return name
+
+
+def parse_index_file(data: bytes, source: str) -> dict[str, tuple[int, tuple[PackRecord, ...]]]:
+    """pack name -> (pack size, records) as the index file describes them."""
+    if len(data) < _HEADER.size + _DIGEST or blake3.blake3(data[:-_DIGEST]).digest() != data[-_DIGEST:]:
+        raise IndexFileError(f"index file {source} is damaged: its checksum does not match")
+    magic, version, count = _HEADER.unpack_from(data)
+    if magic != MAGIC or version != VERSION:
+        raise IndexFileError(f"index file {source} is not a version {VERSION} block index")
+    packs = {}
+    at = _HEADER.size
+    try:
+        for _ in range(count):
+            raw_name, size, records = _PACK.unpack_from(data, at)
+            at += _PACK.size
+            described = []
+            for _ in range(records):
+                block_id, kind, codec, _zero, offset, stored, plain = _RECORD.unpack_from(data, at)
+                described.append(PackRecord(block_id, kind, codec, offset, stored, plain))
+                at += _RECORD.size
+            packs[raw_name.hex()] = (size, tuple(described))
+    except struct.error as e:
+        raise IndexFileError(f"index file {source} is truncated: {e}") from e
+    if at != len(data) - _DIGEST:
+        raise IndexFileError(f"index file {source} has {len(data) - _DIGEST - at} bytes too many")
+    return packs
