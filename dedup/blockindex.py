@@ -41,12 +41,14 @@ import blake3
 from .backend import Backend, Entry, join, write_file
 from .packs import (
     PACKS_DIR,
+    TRASH_SUFFIX,
     PackFormatError,
     PackRecord,
     is_pack_name,
     new_pack_name,
     pack_file,
     read_trailer,
+    trash_name,
 )
 
 INDEX_DIR = "index"
@@ -68,6 +70,7 @@ class PackInfo:
     size: int
     mtime_ns: int
     records: tuple[PackRecord, ...]
+    trashed: bool = False  # only its `.gc` name is there: a GC is deciding about it, or crashed
 
 
 @dataclass
@@ -92,7 +95,7 @@ class BlockIndex:
 
     def load(self) -> IndexLoad:
         """(Re)read the index files and the trailers of the packs they do not cover."""
-        present = list_packs(self._backend)
+        present = list_packs(self._backend, trashed=True)
         files, damaged = {}, {}
         for entry in self._backend.list(INDEX_DIR):
             if entry.is_dir or entry.name.startswith("."):
@@ -109,19 +112,22 @@ class BlockIndex:
         packs: dict[str, PackInfo] = {}
         unindexed, unreadable = [], {}
         for name, entry in present.items():
+            trashed = entry.name != name
             known = described.get(name)
             if known is not None and known[0] == entry.size:
-                packs[name] = PackInfo(name, entry.size, entry.mtime_ns, known[1])
+                packs[name] = PackInfo(name, entry.size, entry.mtime_ns, known[1], trashed)
                 continue
             try:
-                records = tuple(read_trailer(self._backend, pack_file(name), entry.size))
+                path = trash_name(name) if trashed else pack_file(name)
+                records = tuple(read_trailer(self._backend, path, entry.size))
             except FileNotFoundError:
                 continue
             except PackFormatError as e:
                 unreadable[name] = str(e)
                 continue
-            packs[name] = PackInfo(name, entry.size, entry.mtime_ns, records)
-            unindexed.append(name)
+            packs[name] = PackInfo(name, entry.size, entry.mtime_ns, records, trashed)
+            if not trashed:
+                unindexed.append(name)
         by_id: dict[bytes, tuple[str, PackRecord]] = {}
         for info in packs.values():
             for record in info.records:
@@ -166,15 +172,20 @@ class BlockIndex:
                     del self._by_id[record.block_id]
 
 
-def list_packs(backend: Backend) -> dict[str, Entry]:
-    """Every pack file by name, with its size and mtime (not the temporary or trashed ones)."""
-    packs = {}
+def list_packs(backend: Backend, trashed: bool = False) -> dict[str, Entry]:
+    """Every pack file by pack name, with its size and mtime; with trashed, also the packs that
+    are there only under their `.gc` name (the entry then has that name)."""
+    packs, trash = {}, {}
     for prefix in backend.list(PACKS_DIR):
         if prefix.is_dir and len(prefix.name) == 2:
             for entry in backend.list(join(PACKS_DIR, prefix.name)):
-                if not entry.is_dir and is_pack_name(entry.name):
+                if entry.is_dir:
+                    continue
+                if is_pack_name(entry.name):
                     packs[entry.name] = entry
-    return packs
+                elif trashed and entry.name.startswith(".") and entry.name.endswith(TRASH_SUFFIX):
+                    trash[entry.name[1:-len(TRASH_SUFFIX)]] = entry
+    return {**{n: e for n, e in trash.items() if is_pack_name(n)}, **packs}
 
 
 def write_index_file(backend: Backend, packs: Iterable[PackInfo]) -> str:

@@ -21,21 +21,15 @@ from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
-from .backend import Backend, join
+from .backend import Backend
 from .blockindex import BlockIndex
 from .codec import BlockCodec
 from .errors import ChunkCorruptError, ChunkMissingError, StoreError
-from .packs import PackRecord, pack_file
+from .packs import PackRecord, pack_file, trash_name
 
-TRASH_SUFFIX = ".gc"
 # One ranged read covers neighbouring records up to this many bytes, skipping gaps up to GAP.
 READ_SPAN = 16 << 20
 GAP = 1 << 20
-
-
-def trash_name(pack: str) -> str:
-    """Where GC moves a pack before deleting it (packs/<hh>/.<name>.gc)."""
-    return join(pack_file(pack).rsplit("/", 1)[0], f".{pack}{TRASH_SUFFIX}")
 
 
 @dataclass(frozen=True)

@@ -48,8 +48,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from .backend import Entry, Lock, join
-from .blockindex import INDEX_DIR, PackInfo, list_packs, write_index_file
-from .blocks import TRASH_SUFFIX, trash_name
+from .blockindex import INDEX_DIR, BlockIndex, PackInfo, list_packs, write_index_file
 from .errors import ChunkCorruptError, GcUnsafeError, StoreBusyError
 from .leases import LeaseScan, lock_dead_lease, scan_leases
 from .locks import LOCKS_DIR
@@ -59,11 +58,13 @@ from .packs import (
     PACKS_DIR,
     PAGE,
     RECORD_SIZE,
+    TRASH_SUFFIX,
     PackFormatError,
     PackWriter,
     is_pack_name,
     pack_file,
     read_trailer,
+    trash_name,
 )
 from .references import References, collect_references
 from .store import Store
@@ -224,7 +225,7 @@ class _Collection:
         # Each live block keeps one copy: the one the index finds. Others (a block two writers
         # stored at once, an interrupted repack's) are dead weight.
         keeper = {block_id: index.get(block_id)[0] for block_id in live if index.get(block_id) is not None}
-        packs = sorted(index.packs.values(), key=lambda p: p.name)
+        packs = sorted((p for p in index.packs.values() if not p.trashed), key=lambda p: p.name)
         for done, pack in enumerate(packs, 1):
             live_records = [r for r in pack.records if keeper.get(r.block_id) == pack.name]
             live_bytes = sum(RECORD_SIZE + r.stored_length for r in live_records)
@@ -314,7 +315,7 @@ class _Collection:
                 records = []
                 needed = True
             else:
-                needed = any(r.block_id in live and r.block_id not in index for r in records)
+                needed = any(r.block_id in live and _only_in(index, r.block_id, pack) for r in records)
             if self.dry_run:
                 continue
             if needed or entry.mtime_ns >= self.cutoff_ns:
@@ -373,6 +374,12 @@ class _Collection:
                 if not self.dry_run:
                     self.store.backend.remove(name)
                 self.temp_files += 1
+
+
+def _only_in(index: BlockIndex, block_id: bytes, pack: str) -> bool:
+    """Whether no pack but `pack` (itself in the trash) holds the block."""
+    found = index.get(block_id)
+    return found is None or found[0] == pack or index.packs[found[0]].trashed
 
 
 def _pack_dir_entries(store: Store) -> list[tuple[Entry, str]]:

@@ -48,6 +48,7 @@ from .backend import Backend, join
 from .codec import CODECS
 
 PACKS_DIR = "packs"
+TRASH_SUFFIX = ".gc"
 MAGIC = b"CAIRNPAK"
 END_MAGIC = b"CAIRNEND"
 VERSION = 1
@@ -83,6 +84,11 @@ class PackRecord:
 def pack_file(pack: str) -> str:
     """The store path of pack `pack` (its 32-hex name)."""
     return join(PACKS_DIR, pack[:2], pack)
+
+
+def trash_name(pack: str) -> str:
+    """Where GC moves a pack before deleting it (packs/<hh>/.<name>.gc)."""
+    return join(PACKS_DIR, pack[:2], f".{pack}{TRASH_SUFFIX}")
 
 
 def is_pack_name(name: str) -> bool:
