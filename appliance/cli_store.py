@@ -43,6 +43,7 @@ from dedup import (
     rebuild_index,
     store_stats,
     unprotect,
+    upgrade_store,
     verify_store,
 )
 
@@ -253,6 +254,27 @@ def repair(store: str | None = StoreOpt, as_json: bool = JsonOpt) -> None:
               "index files")
     for problem in report.problems:
         out.print(f"[yellow]{problem}[/yellow]", highlight=False)
+
+
+@store_app.command("upgrade")
+@reports_errors
+def upgrade(store: str | None = StoreOpt,
+            block_size: str = typer.Option(f"{DEFAULT_BLOCK_SIZE >> 20}M", "--block-size",
+                                           help="Block size of the format-2 store (a format-1 store only)."),
+            pack_size: str = typer.Option(f"{DEFAULT_PACK_SIZE >> 20}M", "--pack-size",
+                                          help="Pack size of the format-2 store (a format-1 store only)."),
+            as_json: bool = JsonOpt) -> None:
+    """Move a format-1 store to format 2 in place, keeping every backup; safe to interrupt and run again."""
+    source = open_store(store)
+    with count_progress() as bars:
+        task = bars.add_task("backups", total=None)
+        report = upgrade_store(source, parse_size(block_size), parse_size(pack_size),
+                               progress=lambda done, total: bars.update(task, completed=done, total=total))
+    if as_json:
+        emit_json(asdict(report))
+        return
+    out.print(f"converted {len(report.converted)} backups ({report.already} were format 2 already), stored "
+              f"{human(report.bytes_stored)}; the store is format 2 in {report.seconds:.1f} s")
 
 
 @store_app.command("prune")

@@ -85,6 +85,7 @@ from .store import (
     Store,
     UnreadableBackup,
 )
+from .upgrade import UpgradeReport, upgrade_store
 from .verify import BadChunk, ChunkUse, VerifyReport, verify_store
 from .writer import BackupSession, DiskWriter
 
@@ -151,6 +152,7 @@ __all__ = [
     "StoreStats",
     "StoreUnreachableError",
     "UnreadableBackup",
+    "UpgradeReport",
     "VerifyReport",
     "WrongKeyError",
     "WrongPassphraseError",
@@ -164,5 +166,6 @@ __all__ = [
     "rebuild_index",
     "store_stats",
     "unprotect",
+    "upgrade_store",
     "verify_store",
 ]

@@ -257,6 +257,10 @@ class Store:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
+    def with_config(self, config: StoreConfig) -> Store:
+        """The same store, key and connection under another config (upgrade.py)."""
+        return Store(self.backend, config, self._key)
+
     def require_format2(self, what: str) -> None:
         if self.config.layout != 2:
             raise StoreFormatError(f"store {self.location} is in format 1, which Cairn only reads: {what} needs "

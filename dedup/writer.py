@@ -75,7 +75,10 @@ class BackupSession:
         checkpoint: str | None,
         vm_definition: dict[str, Any],
         workers: int,
+        rewrite: bool = False,
     ) -> None:
+        """rewrite: the directory holds a committed backup this session writes again (upgrade.py);
+        an abort must leave it as it is."""
         self.store = store
         self.vm = vm
         self.backup_id = backup_id
@@ -86,6 +89,7 @@ class BackupSession:
         self.vm_definition = vm_definition
         self.block_size = store.config.block_size
         self._dir = backup_dir
+        self._rewrite = rewrite
         self._lease = lease
         self._blocks = store.blocks
         self._index = store.blocks.ensure_loaded()
@@ -133,6 +137,10 @@ class BackupSession:
     def commit(self) -> BackupManifest:
         """Wait for every block, write the maps, make the packs and their index durable, then
         write the manifest."""
+        return self.publish(self.seal())
+
+    def seal(self) -> BackupManifest:
+        """Everything commit() does but writing the manifest, which it returns."""
         self._check_open()
         if not self._disks:
             raise BackupIncompleteError(f"backup {self.backup_id} has no disks")
@@ -145,7 +153,7 @@ class BackupSession:
         packs = [*self._data_packs.finish(), *self._page_packs.finish()]
         if packs:
             write_index_file(self.store.backend, (_pack_info(p) for p in packs))
-        manifest = BackupManifest(
+        return BackupManifest(
             backup_id=self.backup_id,
             vm=self.vm,
             created=self.created,
@@ -156,6 +164,10 @@ class BackupSession:
             disks=disks,
             notes=tuple(self._notes),
         )
+
+    def publish(self, manifest: BackupManifest) -> BackupManifest:
+        """Write the manifest seal() returned (or one with other metadata): the backup exists now."""
+        self._check_open()
         self.store.write_sealed(self._dir.file(MANIFEST_FILE), manifest.to_json())
         self._state = "committed"
         self._pipeline.close()
@@ -170,7 +182,8 @@ class BackupSession:
         self._pipeline.close()
         self._data_packs.abort()
         self._page_packs.abort()
-        self.store.backend.remove_tree(self._dir.name)
+        if not self._rewrite:
+            self.store.backend.remove_tree(self._dir.name)
         self._lease.release()
 
     def _check_open(self) -> None:
@@ -348,6 +361,15 @@ class DiskWriter:
         """Declare [offset, offset + length) all zeros without reading it."""
         self._take(offset, length)
         self._changes.append(_Change(offset, length, None))
+
+    def link(self, offset: int, length: int, block_id: bytes, block_offset: int) -> bool:
+        """Give [offset, offset + length) as bytes of a block the store holds, without reading
+        them; False, giving nothing, if the store does not hold it."""
+        if not self._session.holds(block_id):
+            return False
+        self._take(offset, length)
+        self._changes.append(_Change(offset, length, _Block(block_id), block_offset))
+        return True
 
     def flush(self) -> None:
         """Store the gathered pieces not yet stored (commit does this)."""
