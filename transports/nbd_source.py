@@ -27,6 +27,10 @@ from .extents import Extent, Piece
 ALLOCATION = "base:allocation"
 DIRTY_PREFIX = "qemu:dirty-bitmap:"
 STATUS_SPAN = 1 << 30
+# Reads are issued in requests of at most this size, whatever the piece: QEMU's NBD server and
+# qemu-nbd answered 256 KiB requests about twice as fast as 1-4 MiB ones here (as nbdcopy's
+# default request size suggests), with 16-32 in flight.
+REQUEST = 256 << 10
 _SMALL_CLASS = 64 << 10
 
 
@@ -152,10 +156,11 @@ class NbdSource:
             for piece in pieces:
                 pending = _PendingPiece(piece, bytearray(piece.length) if piece.data else None)
                 for extent in piece.data:
-                    while len(reads) >= self.in_flight:
-                        reads = self._retire(reads)
-                        self._deliver_finished(order, deliver)
-                    reads.append(self._issue(extent, pending))
+                    for offset in range(extent.offset, extent.end, REQUEST):
+                        while len(reads) >= self.in_flight:
+                            reads = self._retire(reads)
+                            self._deliver_finished(order, deliver)
+                        reads.append(self._issue(Extent(offset, min(REQUEST, extent.end - offset)), pending))
                 order.append(pending)   # only now: until all its reads are issued it is not complete
                 self._deliver_finished(order, deliver)
             while reads:
