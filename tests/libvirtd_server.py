@@ -20,6 +20,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -80,6 +81,13 @@ def _script(root: Path, etc: Path) -> str:
 def libvirtd() -> Iterator[Libvirtd]:
     if not Path(LIBVIRTD).exists():
         pytest.fail("libvirtd is not installed (the Makefile's deps install libvirt-daemon-driver-qemu)")
+    with private_libvirtd() as daemon:
+        yield daemon
+
+
+@contextmanager
+def private_libvirtd() -> Iterator[Libvirtd]:
+    """The daemon, running until the block ends (the fixture's, and the peers bench's)."""
     import libvirt
 
     # Quiet: refused connections while the daemon starts are expected.
