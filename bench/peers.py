@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -51,6 +52,7 @@ TOOLS = ("virtnbdbackup", "borg", "restic")
 @dataclass
 class Step:
     seconds: float
+    cpu: float  # CPU seconds of this process and the tools it ran (not of QEMU's NBD server)
     stored: int  # bytes the step added to the repository (restores: 0)
 
 
@@ -59,15 +61,23 @@ class Results:
     steps: dict[tuple[str, str, str], Step] = field(default_factory=dict)  # (part, tool, step) -> result
     ceilings: dict[str, float] = field(default_factory=dict)  # name -> seconds
 
-    def add(self, part: str, tool: str, step: str, seconds: float, stored: int = 0) -> None:
-        self.steps[(part, tool, step)] = Step(seconds, stored)
-        print(f"  {part:5} {tool:13} {step:11} {seconds:7.2f} s  {stored / MiB:9.1f} MiB", flush=True)
+    def add(self, part: str, tool: str, step: str, measured: tuple[float, float, object], stored: int = 0) -> None:
+        seconds, cpu, _ = measured
+        self.steps[(part, tool, step)] = Step(seconds, cpu, stored)
+        print(f"  {part:5} {tool:13} {step:11} {seconds:7.2f} s  {cpu:6.2f} cpu s  {stored / MiB:9.1f} MiB",
+              flush=True)
 
 
-def timed(work: Callable[[], object]) -> tuple[float, object]:
-    started = time.perf_counter()
+def _cpu() -> float:
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return time.process_time() + children.ru_utime + children.ru_stime
+
+
+def timed(work: Callable[[], object]) -> tuple[float, float, object]:
+    """(seconds, CPU seconds, result) of work()."""
+    cpu, started = _cpu(), time.perf_counter()
     result = work()
-    return time.perf_counter() - started, result
+    return time.perf_counter() - started, _cpu() - cpu, result
 
 
 def run(*command: str | Path, env: dict[str, str] | None = None) -> None:
@@ -237,20 +247,19 @@ def live(work: Path, disk: BenchDisk, change: list[tuple[int, bytes]], results: 
                                              place / "serial.log"), place / "serial.log")
             try:
                 domain.start()
-                seconds, _ = timed(tool.backup)
-                results.add("live", name, "full", seconds, size_of(tool.repository))
+                results.add("live", name, "full", timed(tool.backup), size_of(tool.repository))
                 domain.shut_down()
                 apply_change(change, data, "qcow2", work)
                 domain.start()
                 before = size_of(tool.repository)
-                seconds, _ = timed(tool.backup)
-                results.add("live", name, "incremental", seconds, size_of(tool.repository) - before)
+                results.add("live", name, "incremental", timed(tool.backup), size_of(tool.repository) - before)
             finally:
                 domain.remove()
             restored = work / f"{name}-restored"
             restored.mkdir()
-            seconds, target = timed(lambda: tool.restore(restored))  # noqa: B023 - called at once
-            results.add("live", name, "restore", seconds)
+            measured = timed(lambda: tool.restore(restored))  # noqa: B023 - called at once
+            results.add("live", name, "restore", measured)
+            target = measured[2]
             if not same_image(reference, target):
                 raise SystemExit(f"{name}: the restored disk differs from the disk it backed up")
         conn.close()
@@ -329,17 +338,16 @@ def raw_image(work: Path, disk: BenchDisk, change: list[tuple[int, bytes]], resu
         tool.folder.mkdir()
         run("cp", "--sparse=always", disk.raw, tool.image)
         tool.init()
-        seconds, _ = timed(lambda: tool.backup("full"))  # noqa: B023 - called at once
-        results.add("raw", name, "full", seconds, size_of(tool.repository))
+        results.add("raw", name, "full", timed(lambda: tool.backup("full")),  # noqa: B023 - called at once
+                    size_of(tool.repository))
         cairn_full = size_of(tool.repository)
         apply_change(change, tool.image, "raw", work)
         before = size_of(tool.repository)
-        seconds, _ = timed(lambda: tool.backup("incremental"))  # noqa: B023 - called at once
-        results.add("raw", name, "incremental", seconds, size_of(tool.repository) - before)
+        results.add("raw", name, "incremental", timed(lambda: tool.backup("incremental")),  # noqa: B023
+                    size_of(tool.repository) - before)
         restored = tool.folder / "restored"
         restored.mkdir()
-        seconds, _ = timed(lambda: tool.restore(restored))  # noqa: B023 - called at once
-        results.add("raw", name, "restore", seconds)
+        results.add("raw", name, "restore", timed(lambda: tool.restore(restored)))  # noqa: B023
         target = next(p for p in restored.rglob("disk.raw"))
         if not same_image(reference, target):
             raise SystemExit(f"{name}: the restored image differs from the image it backed up")
@@ -360,8 +368,8 @@ def ceilings(work: Path, disk: BenchDisk, stored: int, results: Results) -> None
     try:
         while not socket.exists():
             time.sleep(0.02)
-        results.ceilings["nbdcopy export → null:"], _ = timed(
-            lambda: run("nbdcopy", f"nbd+unix:///d?socket={socket}", "null:"))
+        results.ceilings["nbdcopy export → null:"] = timed(
+            lambda: run("nbdcopy", f"nbd+unix:///d?socket={socket}", "null:"))[0]
     finally:
         server.terminate()
         server.wait()
@@ -376,7 +384,7 @@ def ceilings(work: Path, disk: BenchDisk, stored: int, results: Results) -> None
             compressors[me] = zstandard.ZstdCompressor(level=DEFAULT_ZSTD_LEVEL)
         return len(compressors[me].compress(block))
     with ThreadPoolExecutor(os.cpu_count()) as pool:
-        results.ceilings[f"zstd -{DEFAULT_ZSTD_LEVEL}, all cores"], _ = timed(lambda: list(pool.map(compress, blocks)))
+        results.ceilings[f"zstd -{DEFAULT_ZSTD_LEVEL}, all cores"] = timed(lambda: list(pool.map(compress, blocks)))[0]
     target = work / "write-ceiling.bin"
     piece = os.urandom(16 * MiB)
 
@@ -385,7 +393,7 @@ def ceilings(work: Path, disk: BenchDisk, stored: int, results: Results) -> None
             for _ in range(-(-stored // len(piece))):
                 f.write(piece)
             os.fsync(f.fileno())
-    results.ceilings["write stored bytes + fsync"], _ = timed(write)
+    results.ceilings["write stored bytes + fsync"] = timed(write)[0]
     target.unlink()
 
 
@@ -396,7 +404,8 @@ def report(results: Results, disk: BenchDisk, cli_seconds: float) -> None:
     steps = results.steps
     print(f"\ndisk: 2 GiB qcow2, {disk.data_bytes / MiB:.0f} MiB of data; change: 1% in 8 regions; "
           f"load average now {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
-    print(f"\n{'part':5} {'step':12} {'tool':14} {'seconds':>8} {'stored MiB':>11}   Cairn ÷ tool (time, stored)")
+    print(f"\n{'part':5} {'step':12} {'tool':14} {'seconds':>8} {'cpu s':>6} {'stored MiB':>11}   "
+          "Cairn ÷ tool (time, cpu, stored)")
     for part in ("live", "raw"):
         for step in ("full", "incremental", "restore"):
             mine = steps.get((part, "cairn", step))
@@ -407,8 +416,8 @@ def report(results: Results, disk: BenchDisk, cli_seconds: float) -> None:
                 ratio = ""
                 if mine and tool != "cairn":
                     stored = f"{mine.stored / r.stored:.2f}" if r.stored else "-"
-                    ratio = f"{mine.seconds / r.seconds:5.2f}  {stored}"
-                print(f"{part:5} {step:12} {tool:14} {r.seconds:8.2f} {r.stored / MiB:11.1f}   {ratio}")
+                    ratio = f"{mine.seconds / r.seconds:5.2f} {mine.cpu / r.cpu:5.2f}  {stored}"
+                print(f"{part:5} {step:12} {tool:14} {r.seconds:8.2f} {r.cpu:6.2f} {r.stored / MiB:11.1f}   {ratio}")
     for name, seconds in results.ceilings.items():
         print(f"ceiling: {name:30} {disk.data_bytes / seconds / MB:8.0f} MB/s ({seconds:.2f} s)")
     print(f"Cairn CLI start-up (`cairn --help`), not in the figures above: {cli_seconds:.2f} s")
@@ -450,7 +459,7 @@ def main() -> None:
     try:
         disk = bench_disk(cache)
         change = scattered_change()
-        cli_seconds, _ = timed(lambda: run(Path(sys.executable).with_name("cairn"), "--help"))
+        cli_seconds = timed(lambda: run(Path(sys.executable).with_name("cairn"), "--help"))[0]
         if not args.skip_live:
             live(work, disk, change, results)
         stored = raw_image(work, disk, change, results) if not args.skip_raw else 1 << 30
