@@ -9,6 +9,8 @@ APT_PACKAGES := qemu-system-x86 qemu-utils libnbd-bin python3-libnbd python3-ven
   libvirt-daemon-system libvirt-daemon-system-sysv libvirt-daemon-driver-qemu libvirt-clients python3-libvirt netcat-openbsd \
   dnsmasq-base iproute2 iputils-ping \
   chromium chromium-driver
+# The peers bench/peers.py runs Cairn against.
+BENCH_PACKAGES := virtnbdbackup borgbackup restic
 DATA_DIR ?= $(CURDIR)/data
 PYTEST_ARGS ?=
 
@@ -25,8 +27,11 @@ test-fast: venv
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
 bench: venv
+	@dpkg -s $(BENCH_PACKAGES) >/dev/null 2>&1 || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	  --no-install-recommends $(BENCH_PACKAGES)
 	$(PY) bench/backup_throughput.py
 	$(PY) bench/store.py
+	$(PY) bench/peers.py
 	$(PY) bench/snapshot.py
 
 # The installer ISO: build/iso/cairn-<version>.iso with its .sha256 and .manifest (root, ~3-10 min).

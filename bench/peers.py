@@ -47,6 +47,7 @@ from disk import BenchDisk, apply_change, bench_disk, scattered_change  # noqa: 
 MB = 1_000_000
 MiB = 1 << 20
 TOOLS = ("virtnbdbackup", "borg", "restic")
+ZSTD_LEVEL = 0  # Cairn's stores' zstd level, from --zstd-level
 
 
 @dataclass
@@ -201,10 +202,12 @@ class CairnLive(LiveTool):
         from appliance.context import Appliance
         from appliance.host_backups import HostBackups
         from appliance.libvirt_backups import LibvirtBackupService
+        from dedup import Store
 
         # Short: the export's unix socket lives under the data dir's scratch directory.
         data_dir = Path(tempfile.mkdtemp(prefix="cairn-peers-"))
         (self.work / "cairn-live").symlink_to(data_dir)
+        Store.init(data_dir / "store", zstd_level=ZSTD_LEVEL).close()
         self.appliance = Appliance.open(str(data_dir))
         self.appliance.hosts.add("bench", self.uri)
         self.service = LibvirtBackupService(HostBackups(self.appliance.settings, self.appliance.catalog,
@@ -311,7 +314,7 @@ class CairnRaw(RawTool):
     def init(self) -> None:
         from dedup import Store
 
-        self.store = Store.init(self.repository)
+        self.store = Store.init(self.repository, zstd_level=ZSTD_LEVEL)
         self.latest = None
 
     def backup(self, name: str) -> None:
@@ -361,7 +364,7 @@ def raw_image(work: Path, disk: BenchDisk, change: list[tuple[int, bytes]], resu
 def ceilings(work: Path, disk: BenchDisk, stored: int, results: Results) -> None:
     import zstandard
 
-    from dedup import DEFAULT_BLOCK_SIZE, DEFAULT_ZSTD_LEVEL
+    from dedup import DEFAULT_BLOCK_SIZE
 
     socket = work / "ceiling.sock"
     server = subprocess.Popen(["qemu-nbd", "-r", "-f", "qcow2", "-x", "d", "-k", str(socket), "-t", str(disk.qcow2)])
@@ -381,10 +384,10 @@ def ceilings(work: Path, disk: BenchDisk, stored: int, results: Results) -> None
         import threading
         me = threading.get_ident()
         if me not in compressors:
-            compressors[me] = zstandard.ZstdCompressor(level=DEFAULT_ZSTD_LEVEL)
+            compressors[me] = zstandard.ZstdCompressor(level=ZSTD_LEVEL)
         return len(compressors[me].compress(block))
     with ThreadPoolExecutor(os.cpu_count()) as pool:
-        results.ceilings[f"zstd -{DEFAULT_ZSTD_LEVEL}, all cores"] = timed(lambda: list(pool.map(compress, blocks)))[0]
+        results.ceilings[f"zstd -{ZSTD_LEVEL}, all cores"] = timed(lambda: list(pool.map(compress, blocks)))[0]
     target = work / "write-ceiling.bin"
     piece = os.urandom(16 * MiB)
 
@@ -402,8 +405,8 @@ def ceilings(work: Path, disk: BenchDisk, stored: int, results: Results) -> None
 
 def report(results: Results, disk: BenchDisk, cli_seconds: float) -> None:
     steps = results.steps
-    print(f"\ndisk: 2 GiB qcow2, {disk.data_bytes / MiB:.0f} MiB of data; change: 1% in 8 regions; "
-          f"load average now {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
+    print(f"\ndisk: 2 GiB qcow2, {disk.data_bytes / MiB:.0f} MiB of data; change: 1% in 8 regions; Cairn's zstd "
+          f"level {ZSTD_LEVEL}; load average now {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
     print(f"\n{'part':5} {'step':12} {'tool':14} {'seconds':>8} {'cpu s':>6} {'stored MiB':>11}   "
           "Cairn ÷ tool (time, cpu, stored)")
     for part in ("live", "raw"):
@@ -446,7 +449,11 @@ def main() -> None:
     ap.add_argument("--keep", type=Path, help="work in this directory and keep it")
     ap.add_argument("--skip-live", action="store_true", help="leave out the libvirt part")
     ap.add_argument("--skip-raw", action="store_true", help="leave out the raw-image part")
+    ap.add_argument("--zstd-level", type=int, default=None, help="Cairn's stores' level (default: the store's)")
     args = ap.parse_args()
+    global ZSTD_LEVEL
+    from dedup import DEFAULT_ZSTD_LEVEL
+    ZSTD_LEVEL = args.zstd_level or DEFAULT_ZSTD_LEVEL
     missing = [t for t in ("virtnbdbackup", "virtnbdrestore", "borg", "restic", "nbdcopy") if not shutil.which(t)]
     if missing:
         raise SystemExit(f"missing {', '.join(missing)}: apt-get install virtnbdbackup borgbackup restic libnbd-bin")
