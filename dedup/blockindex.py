@@ -86,57 +86,70 @@ class IndexLoad:
 
 
 class BlockIndex:
+    """Loaded incrementally: a load reads only the index files and pack trailers it has not read
+    before, so a long-running process can load again before each backup and on a miss."""
+
     def __init__(self, backend: Backend) -> None:
         self._backend = backend
         self._lock = threading.Lock()
         self._by_id: dict[bytes, tuple[str, PackRecord]] = {}
         self.packs: dict[str, PackInfo] = {}
         self.load_report = IndexLoad()
+        self._files: dict[str, dict[str, tuple[int, tuple[PackRecord, ...]]]] = {}  # parsed, by name
+        self._trailers: dict[str, tuple[int, tuple[PackRecord, ...]]] = {}  # pack -> (size, records)
 
     def load(self) -> IndexLoad:
-        """(Re)read the index files and the trailers of the packs they do not cover."""
+        """Bring the index up to date with the index files and the packs now in the store."""
         present = list_packs(self._backend, trashed=True)
-        files, damaged = {}, {}
-        for entry in self._backend.list(INDEX_DIR):
-            if entry.is_dir or entry.name.startswith("."):
-                continue
+        listed = {e.name for e in self._backend.list(INDEX_DIR) if not e.is_dir and not e.name.startswith(".")}
+        damaged = {}
+        for name in sorted(listed - self._files.keys()):
             try:
-                files[entry.name] = parse_index_file(self._backend.read(join(INDEX_DIR, entry.name)), entry.name)
+                self._files[name] = parse_index_file(self._backend.read(join(INDEX_DIR, name)), name)
             except FileNotFoundError:
                 continue  # consolidated by a GC while we listed
             except IndexFileError as e:
-                damaged[entry.name] = str(e)
+                damaged[name] = str(e)
+        for name in self._files.keys() - listed:
+            del self._files[name]
         described: dict[str, tuple[int, tuple[PackRecord, ...]]] = {}
-        for packs in files.values():
+        for packs in self._files.values():
             described.update(packs)
         packs: dict[str, PackInfo] = {}
         unindexed, unreadable = [], {}
         for name, entry in present.items():
             trashed = entry.name != name
             known = described.get(name)
-            if known is not None and known[0] == entry.size:
-                packs[name] = PackInfo(name, entry.size, entry.mtime_ns, known[1], trashed)
-                continue
-            try:
-                path = trash_name(name) if trashed else pack_file(name)
-                records = tuple(read_trailer(self._backend, path, entry.size))
-            except FileNotFoundError:
-                continue
-            except PackFormatError as e:
-                unreadable[name] = str(e)
-                continue
-            packs[name] = PackInfo(name, entry.size, entry.mtime_ns, records, trashed)
-            if not trashed:
-                unindexed.append(name)
-        by_id: dict[bytes, tuple[str, PackRecord]] = {}
-        for info in packs.values():
-            for record in info.records:
-                by_id.setdefault(record.block_id, (info.name, record))
-        lost = {r.block_id: name for name, (_, records) in described.items() if name not in packs
-                for r in records if r.block_id not in by_id}
-        report = IndexLoad(tuple(sorted(files)), damaged, tuple(sorted(unindexed)), unreadable, lost)
+            if known is None or known[0] != entry.size:
+                known = self._trailers.get(name)
+                if known is None or known[0] != entry.size:
+                    try:
+                        path = trash_name(name) if trashed else pack_file(name)
+                        known = self._trailers[name] = (entry.size, tuple(read_trailer(self._backend, path,
+                                                                                       entry.size)))
+                    except FileNotFoundError:
+                        continue
+                    except PackFormatError as e:
+                        unreadable[name] = str(e)
+                        continue
+                if not trashed:
+                    unindexed.append(name)
+            packs[name] = PackInfo(name, entry.size, entry.mtime_ns, known[1], trashed)
+        for name in self._trailers.keys() - present.keys():
+            del self._trailers[name]
         with self._lock:
-            self.packs, self._by_id, self.load_report = packs, by_id, report
+            by_id = self._by_id
+            for name in self.packs.keys() - packs.keys():
+                for record in self.packs[name].records:
+                    if by_id.get(record.block_id, ("",))[0] == name:
+                        del by_id[record.block_id]
+            for name in packs.keys() - self.packs.keys():
+                for record in packs[name].records:
+                    by_id.setdefault(record.block_id, (name, record))
+            lost = {r.block_id: name for name, (_, records) in described.items() if name not in packs
+                    for r in records if r.block_id not in by_id}
+            report = IndexLoad(tuple(sorted(self._files)), damaged, tuple(sorted(unindexed)), unreadable, lost)
+            self.packs, self.load_report = packs, report
         return report
 
     def get(self, block_id: bytes) -> tuple[str, PackRecord] | None:

@@ -67,20 +67,22 @@ class BlockStore:
         return self.ensure_loaded().get(block_id)
 
     def read(self, block_id: bytes) -> bytes:
-        """The verified plaintext of a block; ChunkMissingError, ChunkCorruptError."""
+        """The verified plaintext of a block; ChunkMissingError, ChunkCorruptError.
+
+        A block the index does not know, or whose pack is gone, is looked for again after
+        loading what is new in the store: another process may have written or repacked it."""
         for attempt in range(2):
             found = self.locate(block_id)
-            if found is None:
-                break
-            pack, record = found
-            try:
-                stored = self._read_range(pack, record.offset, record.stored_length)
-            except FileNotFoundError:
-                if attempt == 0:
-                    self.reload()
-                    continue
-                break
-            return self._decode(stored, record, pack)
+            if found is not None:
+                pack, record = found
+                try:
+                    stored = self._read_range(pack, record.offset, record.stored_length)
+                except FileNotFoundError:
+                    self.index.forget(block_id)
+                else:
+                    return self._decode(stored, record, pack)
+            if attempt == 0:
+                self.reload()
         hex_id = block_id.hex()
         raise ChunkMissingError(f"block {hex_id} is in no pack of the store", hex_id)
 
@@ -89,13 +91,22 @@ class BlockStore:
         """(id, plaintext or the error that stopped it) for every id, in pack order."""
         index = self.ensure_loaded()
         located: list[tuple[str, PackRecord]] = []
+        unknown = []
         for block_id in block_ids:
             found = index.get(block_id)
             if found is None:
-                hex_id = block_id.hex()
-                yield block_id, ChunkMissingError(f"block {hex_id} is in no pack of the store", hex_id)
+                unknown.append(block_id)
             else:
                 located.append(found)
+        if unknown:
+            self.reload()  # written or moved by another process since we loaded
+            for block_id in unknown:
+                found = index.get(block_id)
+                if found is None:
+                    hex_id = block_id.hex()
+                    yield block_id, ChunkMissingError(f"block {hex_id} is in no pack of the store", hex_id)
+                else:
+                    located.append(found)
         workers = workers or os.cpu_count() or 1
         pool = ThreadPoolExecutor(workers, thread_name_prefix="cairn-fetch")
         try:
@@ -130,7 +141,6 @@ class BlockStore:
 
     def _read_or_error(self, block_id: bytes) -> bytes | StoreError:
         try:
-            self.reload()
             return self.read(block_id)
         except StoreError as e:
             return e

@@ -91,8 +91,9 @@ class BackupSession:
         self._dir = backup_dir
         self._rewrite = rewrite
         self._lease = lease
-        self._blocks = store.blocks
-        self._index = store.blocks.ensure_loaded()
+        # Loaded again: another process may have written packs since this store was opened.
+        store.blocks.reload()
+        self._index = store.blocks.index
         self._codec = store.blocks.codec
         self._pipeline = JobPipeline(workers)
         self._data_packs = PackWriter(store.backend, store.config.pack_size, self._pack_closed)

@@ -175,7 +175,9 @@ def test_gc_removes_dead_packs_repacks_mostly_dead_ones_and_keeps_the_rest(tmp_p
         dry.bytes_removed, dry.packs_removed, dry.packs_repacked)
     assert report.packs_repacked >= 3 and report.packs_written >= 1
     assert report.packs_removed > report.packs_repacked  # the doomed backup's packs go whole
-    assert report.chunks_within_grace == 17  # the young one's blocks and map page: their packs are too new
+    # Kept unreferenced: the young one's blocks and map page (their packs are too new), and any
+    # the repack threshold left in mostly live packs.
+    assert report.chunks_within_grace >= 17
     assert sorted(report.abandoned_backups_removed) == sorted(
         [f"tmp/{doomed.backup_id}", f"db/{parent.backup_id}", f"new/{young.backup_id}"])
     assert sum(p.stat().st_size for p in pack_files(store)) < before - 4 * CHUNK
@@ -183,7 +185,7 @@ def test_gc_removes_dead_packs_repacks_mostly_dead_ones_and_keeps_the_rest(tmp_p
     assert read_back(Store.open(tmp_path), child, "vda") == bytes(expected)
     assert verify_store(store).ok
     age(pack_files(store))
-    assert collect_garbage(store, grace=timedelta(0)).chunks_removed == 17
+    assert collect_garbage(store, grace=timedelta(0)).chunks_removed >= 17
 
 
 def test_gc_follows_leftover_trash_and_stale_temp_files(tmp_path):
@@ -255,7 +257,9 @@ def test_gc_during_a_backup_never_loses_a_block_it_reuses(tmp_path):
     assert verify_store(store).ok
     age(pack_files(store))
     report = collect_garbage(store, grace=timedelta(0))
-    assert report.chunks_removed == 17  # the parent's third MiB, overwritten, and its map page
+    # Dead now: the parent's third MiB, overwritten, and its map page (some may wait in packs
+    # that are mostly live: the workers filled packs in no particular order).
+    assert report.chunks_removed + report.chunks_within_grace == 17 and report.chunks_removed
     assert read_back(Store.open(tmp_path), manifest, "vda") == parent_data[: 2 * CHUNK] + orphan_data
 
 
