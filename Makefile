@@ -11,6 +11,8 @@ RUN_PACKAGES := qemu-system-x86 qemu-utils libnbd-bin python3-libnbd python3-ven
 TEST_PACKAGES := openssh-server debootstrap squashfs-tools xorriso grub-pc-bin grub-efi-amd64-bin grub-common mtools \
   dosfstools ovmf git binutils libvirt-daemon-system libvirt-daemon-system-sysv libvirt-daemon-driver-qemu \
   libvirt-clients netcat-openbsd iputils-ping chromium chromium-driver
+# The peers bench/peers.py runs Cairn against.
+BENCH_PACKAGES := virtnbdbackup borgbackup restic
 DATA_DIR ?= $(CURDIR)/data
 PYTEST_ARGS ?=
 
@@ -34,8 +36,10 @@ test-fast: test-venv
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
 bench: test-venv
+	@$(call apt_install,$(BENCH_PACKAGES))
 	$(PY) bench/backup_throughput.py
 	$(PY) bench/store.py
+	$(PY) bench/peers.py
 	$(PY) bench/snapshot.py
 
 # The installer ISO: build/iso/cairn-<version>.iso with its .sha256 and .manifest (root, ~3-10 min).

@@ -3,9 +3,9 @@
 
 A 2 GiB qcow2 disk of mixed data (1/3 compressible binaries, 1/3 random, 1/3 holes) is attached
 to a running guest. Printed, all as MB/s of data bytes (allocated bytes; holes cost nothing):
-  full backup           fleecing export → libnbd → blake3 + zstd → chunk files
+  full backup           fleecing export → libnbd → blake3 + zstd → packs of blocks
   incremental           time for 1% of the disk dirtied in clustered 64 KiB writes
-  restore               store → verified chunks → sparse raw file (fsync'd)
+  restore               store → verified blocks → sparse raw file (fsync'd)
   ceilings              nbdcopy of the same export to null:; zstd of the same data on all cores
                         at the store's level; writing the same stored bytes to the store's disk
 and the ratio of each backup figure to the lowest ceiling (target: full ≥ 0.8×).
@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import io
 import os
 import shutil
 import subprocess
@@ -34,7 +33,7 @@ from guest.build import build_guest
 
 from appliance.context import Appliance
 from dedup import Store
-from dedup.codec import ChunkCodec
+from dedup.codec import BlockCodec
 from restore import restore_disk
 
 MB = 1_000_000
@@ -100,19 +99,14 @@ async def nbdcopy_ceiling(appliance: Appliance, vm: str, sock: Path) -> float:
     return seconds
 
 
-def zstd_ceiling(raw: Path, chunk: int, level: int) -> tuple[float, list[bytes]]:
-    """Compress the image's data chunks on all cores the fastest way we know (streaming, one
-    compressor per thread: the store's own codec), without reading, hashing or writing."""
+def zstd_ceiling(raw: Path, block: int, level: int) -> tuple[float, list[bytes]]:
+    """Compress the image's data blocks on all cores with the store's own codec (one compressor
+    per thread), without reading, hashing or writing."""
     with open(raw, "rb") as f:
-        chunks = [c for c in iter(lambda: f.read(chunk), b"") if c.count(0) != len(c)]
-    codec = ChunkCodec(level, chunk)
-
-    def compress(c: bytes) -> bytes:
-        out = io.BytesIO()
-        codec.compress_into(out, c)
-        return out.getvalue()
+        blocks = [c for c in iter(lambda: f.read(block), b"") if c.count(0) != len(c)]
+    codec = BlockCodec(level, block)
     with ThreadPoolExecutor(os.cpu_count()) as pool:
-        seconds, frames = timed(lambda: list(pool.map(compress, chunks)))
+        seconds, frames = timed(lambda: [stored for _, stored in pool.map(lambda b: codec.encode(b, b""), blocks)])
     return seconds, frames
 
 
@@ -161,8 +155,8 @@ def run(work: Path) -> None:
     wait_ready(appliance.settings.run_dir / "bench" / "serial.log")
     store = appliance.store
     try:
-        print(f"disk: {DISK / MiB:.0f} MiB virtual, {data_bytes / MiB:.0f} MiB data; store chunk "
-              f"{store.config.chunk_size // MiB} MiB, zstd level {store.config.zstd_level}")
+        print(f"disk: {DISK / MiB:.0f} MiB virtual, {data_bytes / MiB:.0f} MiB data; store blocks of "
+              f"{store.config.block_size // MiB} MiB, zstd level {store.config.zstd_level}")
         t_copy = asyncio.run(nbdcopy_ceiling(appliance, "bench", work / "ceil.sock"))
         t_full, result = timed(lambda: asyncio.run(appliance.backups.create(appliance.vms.spec("bench"))))
         full = result.manifest
@@ -182,7 +176,7 @@ def run(work: Path) -> None:
         t_restore, _ = timed(restore_disk, Store.open(appliance.settings.store_dir), full.backup_id, "vda", target)
         target.unlink()
 
-        t_zstd, frames = zstd_ceiling(raw, store.config.chunk_size, store.config.zstd_level)
+        t_zstd, frames = zstd_ceiling(raw, store.config.block_size, store.config.zstd_level)
         t_write = write_ceiling(frames, appliance.settings.store_dir)
     finally:
         asyncio.run(appliance.vms.stop("bench", timeout=5, force=True))

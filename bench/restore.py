@@ -3,12 +3,12 @@
 
 A raw disk image of mixed data (1/3 random, 1/3 compressible text, 1/3 holes) is backed up into a
 fresh store; then, for a thin qcow2 and for a sparse raw target, printed as MB/s of data bytes:
-  restore    store → verified chunks → target (qcow2 through qemu-nbd), flushed
+  restore    store → verified blocks → target (qcow2 through qemu-nbd), flushed
   ceiling    `qemu-img convert` of the same bytes from the page-cached raw image to the same
              kind of target, flushed
 and their ratio (target ≥ 0.8×). The machine is shared: restore and ceiling run in turns,
 --repeat times each, and the best time of each counts; the load average is printed with it.
-Run: .venv/bin/python bench/restore.py [--size MiB] [--chunk MiB] [--repeat N]
+Run: .venv/bin/python bench/restore.py [--size MiB] [--block KiB] [--repeat N]
 """
 from __future__ import annotations
 
@@ -77,17 +77,17 @@ def warm(*folders: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=768, help="disk size in MiB")
-    parser.add_argument("--chunk", type=int, default=16, help="store chunk size in MiB")
+    parser.add_argument("--block", type=int, default=1024, help="store block size in KiB")
     parser.add_argument("--repeat", type=int, default=3, help="runs of each, the best counts")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="cairn-bench-restore-", dir=ROOT) as scratch:
         work = Path(scratch)
         source = work / "source.raw"
         data = mixed_image(source, args.size * MiB)
-        store = Store.init(work / "store", chunk_size=args.chunk * MiB)
+        store = Store.init(work / "store", block_size=args.block << 10)
         backup_id = backup_file(store, "bench", "vda", source)
         print(f"load average before: {os.getloadavg()}  cores: {os.cpu_count()}  "
-              f"disk: {args.size} MiB, {data / MB:.0f} MB of data, chunks of {args.chunk} MiB")
+              f"disk: {args.size} MiB, {data / MB:.0f} MB of data, blocks of {args.block} KiB")
         for fmt in ("qcow2", "raw"):
             ceilings, restores = [], []
             for _ in range(args.repeat):

@@ -1,269 +1,291 @@
 #!/usr/bin/env python3
-"""The chunk store against this machine's ceilings, measured in one run.
+"""The store's choices measured: block size, zstd level, what 1% changed costs, GC and verify at
+scale, and a 1 TiB sparse disk's metadata and memory. One run prints everything.
 
-Printed:
-  ingest        MB/s of plaintext into a new store with 64, 16 and 4 MiB chunks (half compressible
-                binaries, half random), against the lower of two ceilings measured on the same
-                data: BLAKE3 + zstd on all cores without writing, and writing + fsyncing the
-                same stored bytes to the same disk
-  1% changed    bytes an incremental stores after 1% of a random disk is rewritten, scattered
-                (4 KiB blocks at random offsets) or clustered (one run), at each chunk size, and
-                that as a multiple of the bytes changed (the write amplification of chunking)
-  GC, verify    seconds for a store of >= 100k chunks (4 KiB chunks, on tmpfs so the figures are
-                the store's own cost, not the disk's), against a bare walk + stat (GC) and a bare
-                read of every chunk file (verify)
+  blocks × level  the bench disk's data (bench/disk.py: 1.3 GiB of system files and random data)
+                  backed up from memory into a new store, then restored to a sparse raw file:
+                  seconds and CPU seconds of each, bytes stored, distinct blocks, map bytes, and
+                  the block index's size in memory (~200 bytes a block)
+  1% changed      a 1 GiB random disk, 1% rewritten as scattered 4 KiB writes, scattered 64 KiB
+                  writes (4 KiB-aligned) or one run: bytes the incremental stores, and that as a
+                  multiple of the bytes changed
+  GC, verify      a store of >= 100k blocks (16 KiB blocks, on tmpfs, so the figures are the
+                  store's own cost, not the disk's), half of them unreferenced after a prune:
+                  seconds against a bare read of every pack
+  1 TiB sparse    a 1 TiB qcow2 holding 1 GiB in 1024 runs of 1 MiB at random places, backed up
+                  through qemu-nbd like a stopped VM, then again after 10 MiB of 4 KiB writes
+                  (incremental through the image's bitmap): metadata each backup added (map
+                  pages, index file, manifest) and the backup process's peak RSS
 
-  --sftp URL    the ingest also into a store on an SFTP server, as MB/s and as a ratio to the local one
+  --sftp URL      also the 1 MiB, level 3 ingest into a store on an SFTP server, as a ratio
 
-Run: .venv/bin/python bench/store.py [--dir DIR] [--ingest-mib N] [--disk-mib N] [--chunks N] [--sftp URL]
+Run: .venv/bin/python bench/store.py [--dir DIR] [--skip-sparse] [--sftp URL]
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import random
+import resource
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT)]
+sys.path[:0] = [str(ROOT), str(ROOT / "bench"), str(ROOT / "tests")]
 
-from appliance.settings import Settings
-from dedup import (
-    BackupManifest,
-    LocalBackend,
-    Store,
-    collect_garbage,
-    open_backend,
-    verify_store,
-)
-from dedup.codec import ChunkCodec
-from dedup.config import StoreConfig
-from dedup.store import BackupDir
+from disk import bench_disk  # noqa: E402
+
+from dedup import BackupManifest, Store, collect_garbage, open_backend, verify_store  # noqa: E402
 
 MB = 1_000_000
 MiB = 1 << 20
-CHUNK_SIZES = (64 * MiB, 16 * MiB, 4 * MiB)
-BLOCK = 4096
-WORKERS = os.cpu_count() or 1
+GiB = 1 << 30
+TiB = 1 << 40
+BLOCK_SIZES = (256 << 10, MiB, 4 * MiB)
+LEVELS = (1, 3)
+INDEX_BYTES_PER_BLOCK = 200
 
 
-def timed(work: Callable[[], object]) -> tuple[float, object]:
-    started = time.monotonic()
+def timed(work: Callable[[], object]) -> tuple[float, float, object]:
+    """(seconds, CPU seconds of this process, result)."""
+    cpu, started = time.process_time(), time.perf_counter()
     result = work()
-    return time.monotonic() - started, result
+    return time.perf_counter() - started, time.process_time() - cpu, result
 
 
-def corpus(size: int) -> bytes:
-    """Compressible bytes: the machine's own binaries and libraries."""
-    data = bytearray()
-    for folder in ("/usr/lib/x86_64-linux-gnu", "/usr/bin"):
-        for f in sorted(Path(folder).rglob("*")):
-            if len(data) >= size:
-                return bytes(data[:size])
-            if f.is_file() and not f.is_symlink():
-                try:
-                    data += f.read_bytes()
-                except OSError:
-                    pass
-    return bytes(data.ljust(size, b"\0"))
-
-
-def back_up(store: Store, vm: str, image: bytes | bytearray, parent: BackupManifest | None = None,
-            dirty: set[int] | None = None) -> BackupManifest:
-    """A backup of an in-memory disk; with a parent, only the chunks in `dirty` are put, the rest reused."""
+def back_up(store: Store, image: bytes | bytearray, parent: BackupManifest | None = None,
+            changes: list[tuple[int, int]] | None = None) -> BackupManifest:
+    """A backup of an in-memory disk; with a parent, only `changes` (offset, length) are given."""
     view = memoryview(image)
-    kind = "incremental" if parent else "full"
-    with store.begin_backup(vm, kind=kind, parent=parent, workers=WORKERS) as session:
+    with store.begin_backup("vm", kind="incremental" if parent else "full", parent=parent) as session:
         writer = session.disk("vda", len(image))
-        for n in range(writer.chunk_count):
-            if parent is not None and n not in (dirty or set()) and writer.reuse(n):
-                continue
-            start = n * writer.chunk_size
-            writer.put(n, view[start:start + writer.chunk_size])
+        for offset, length in changes if parent else [(o, MiB) for o in range(0, len(image), MiB)]:
+            writer.put(offset, view[offset:offset + length])
         return session.commit()
 
 
-def stored_bytes(manifest: BackupManifest) -> int:
-    return sum(d.stats.bytes_stored for d in manifest.disks)
+def restore_seconds(store: Store, manifest: BackupManifest, target: Path) -> tuple[float, float]:
+    from restore import restore_disk
+
+    seconds, cpu, _ = timed(lambda: restore_disk(store, manifest.backup_id, "vda", target))
+    target.unlink()
+    return seconds, cpu
 
 
-# --- ingest -----------------------------------------------------------------------------------------
+# --- block size × zstd level ----------------------------------------------------------------
 
-def cpu_ceiling(image: bytes, chunk_size: int) -> float:
-    """Seconds to hash and compress every chunk on all cores, writing nothing."""
-    codec = ChunkCodec(3, chunk_size)
-    view = memoryview(image)
-
-    def one(start: int) -> None:
-        chunk = view[start:start + chunk_size]
-        codec.chunk_id(chunk)
-        codec.encode_into(_Null(), chunk, b"")
-
-    with ThreadPoolExecutor(WORKERS) as pool:
-        seconds, _ = timed(lambda: list(pool.map(one, range(0, len(image), chunk_size))))
-    return seconds
-
-
-class _Null:
-    def write(self, data: bytes) -> int:
-        return len(data)
-
-
-def write_ceiling(directory: Path, total: int, file_size: int) -> float:
-    """Seconds to write and fsync `total` bytes as files of `file_size` on the store's disk."""
-    directory.mkdir()
-    block = os.urandom(file_size)
-    started = time.monotonic()
-    for n in range(-(-total // file_size)):
-        with open(directory / str(n), "wb") as f:
-            f.write(block[:min(file_size, total - n * file_size)])
-            os.fsync(f.fileno())
-    seconds = time.monotonic() - started
-    shutil.rmtree(directory)
-    return seconds
-
-
-def bench_ingest(work: Path, size: int, sftp: str | None) -> None:
-    half = size // 2
-    image = corpus(half) + os.urandom(size - half)
-    print(f"\ningest: {size // MiB} MiB (half binaries, half random), {WORKERS} workers, store in {work}"
-          + (f"; and over SFTP to {sftp}" if sftp else ""))
-    print(f"{'chunk':>7} {'MB/s':>8} {'stored MiB':>11} {'cpu ceil':>9} {'disk ceil':>10} {'ratio':>6}"
-          + (f" {'sftp MB/s':>10} {'ratio':>6}" if sftp else ""))
-    for chunk_size in CHUNK_SIZES:
-        path = work / f"ingest-{chunk_size // MiB}"
-        store = Store.init(path, chunk_size=chunk_size)
-        seconds, manifest = timed(lambda store=store: back_up(store, "vm", image))
-        stored = stored_bytes(manifest)
+def bench_blocks(work: Path, sftp: str | None) -> None:
+    disk = bench_disk(ROOT / ".cache")
+    image = disk.raw.read_bytes()
+    print(f"\nblock size × zstd level: the bench disk ({len(image) // MiB} MiB, {disk.data_bytes // MiB} MiB of "
+          f"data) from memory; load {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
+    print(f"{'block':>6} {'lvl':>3} {'backup s':>9} {'cpu s':>6} {'stored MiB':>11} {'blocks':>7} {'unique MiB':>11} "
+          f"{'maps KiB':>9} {'index MiB':>10} {'restore s':>10} {'cpu s':>6}")
+    combos = [(b, lvl) for b in BLOCK_SIZES for lvl in LEVELS] + [(MiB, 2)]
+    for block_size, level in combos:
+        path = work / f"blocks-{block_size}-{level}"
+        store = Store.init(path, block_size=block_size, zstd_level=level)
+        seconds, cpu, manifest = timed(lambda store=store: back_up(store, image))
+        stats = manifest.disk("vda").stats
+        records = [r for p in store.blocks.ensure_loaded().packs.values() for r in p.records]
+        unique = sum(r.plain_length for r in records if r.kind == 0)
+        r_seconds, r_cpu = restore_seconds(store, manifest, work / "restored.raw")
+        print(f"{block_size >> 10:>5}K {level:>3} {seconds:>9.2f} {cpu:>6.2f} {stats.bytes_stored / MiB:>11.1f} "
+              f"{stats.blocks_written:>7} {unique / MiB:>11.1f} {stats.metadata_stored / 1024:>9.1f} "
+              f"{len(records) * INDEX_BYTES_PER_BLOCK / MiB:>10.2f} {r_seconds:>10.2f} {r_cpu:>6.2f}")
         shutil.rmtree(path)
-        cpu = size / MB / cpu_ceiling(image, chunk_size)
-        disk = size / MB / write_ceiling(work / "ceiling", stored, chunk_size)
-        speed = size / MB / seconds
-        line = (f"{chunk_size // MiB:>5}Mi {speed:>8.0f} {stored / MiB:>11.0f} {cpu:>9.0f} {disk:>10.0f} "
-                f"{speed / min(cpu, disk):>6.2f}")
-        if sftp:
-            remote = sftp_ingest_speed(f"{sftp}/ingest-{chunk_size // MiB}", chunk_size, image)
-            line += f" {remote:>10.0f} {remote / speed:>6.2f}"
-        print(line)
+    if sftp:
+        from appliance.settings import Settings
+
+        local, _, _ = timed(lambda: back_up(Store.init(work / "local"), image))
+        with Store.init(open_backend(sftp, Settings.resolve().store_access(sftp).ssh)) as remote:
+            seconds, _, _ = timed(lambda: back_up(remote, image))
+            remote.backend.remove_tree("")
+        print(f"over SFTP ({sftp}): {seconds:.2f} s, {local / seconds:.2f}× the local store's speed")
 
 
-def sftp_ingest_speed(url: str, chunk_size: int, image: bytes) -> float:
-    """MB/s of the same backup into a new store on an SFTP server, which is removed afterwards."""
-    ssh = Settings.resolve().store_access(url).ssh
-    with Store.init(open_backend(url, ssh), chunk_size=chunk_size) as store:
-        seconds, _ = timed(lambda: back_up(store, "vm", image))
-        store.backend.remove_tree("")
-    return len(image) / MB / seconds
+# --- 1% changed ---------------------------------------------------------------------------------
 
-
-# --- 1% changed ---------------------------------------------------------------------------------------
-
-def bench_changes(work: Path, size: int) -> None:
+def bench_changes(work: Path) -> None:
+    size = GiB
     rng = random.Random(2)
-    base = os.urandom(size)
+    base = b"".join(rng.randbytes(MiB) for _ in range(size // MiB))
     changed = size // 100
-    scattered = sorted(rng.sample(range(size // BLOCK), changed // BLOCK))
-    run_start = rng.randrange(0, (size - changed) // BLOCK) * BLOCK
-    print(f"\n1% changed: {size // MiB} MiB random disk, {changed / MiB:.1f} MiB rewritten; "
-          "bytes the incremental stores (x = multiple of the bytes changed)")
-    print(f"{'chunk':>7} {'scattered 4K':>16} {'clustered':>16}")
-    for chunk_size in CHUNK_SIZES:
-        path = work / f"changes-{chunk_size // MiB}"
-        store = Store.init(path, chunk_size=chunk_size, zstd_level=1)
-        full = back_up(store, "vm", base)
+    runs = {
+        "scattered 4K": [(o * 4096, 4096) for o in sorted(rng.sample(range(size // 4096), changed // 4096))],
+        "scattered 64K": _apart(rng, size, 65536, changed // 65536),
+        "one run": [(rng.randrange(0, (size - changed) // 4096) * 4096, changed)],
+    }
+    print(f"\n1% changed: a {size // MiB} MiB random disk, {changed / MiB:.1f} MiB rewritten; bytes the "
+          "incremental stores (blocks + map pages; x = multiple of the bytes changed)")
+    print(f"{'block':>6} " + " ".join(f"{name:>22}" for name in runs))
+    for block_size in BLOCK_SIZES:
+        path = work / f"changes-{block_size}"
+        store = Store.init(path, block_size=block_size, zstd_level=1)
+        full = back_up(store, base)
         figures = []
-        for offsets in ([b * BLOCK for b in scattered], list(range(run_start, run_start + changed, BLOCK))):
+        for changes in runs.values():
             image = bytearray(base)
-            for offset in offsets:
-                image[offset:offset + BLOCK] = rng.randbytes(BLOCK)
-            dirty = {offset // chunk_size for offset in offsets}
-            stored = stored_bytes(back_up(store, "vm", image, parent=full, dirty=dirty))
-            figures.append(f"{stored / MiB:>8.1f} MiB {stored / changed:>4.0f}x")
+            for offset, length in changes:
+                image[offset:offset + length] = rng.randbytes(length)
+            stats = back_up(store, image, parent=full, changes=changes).disk("vda").stats
+            stored = stats.bytes_stored + stats.metadata_stored
+            figures.append(f"{stored / MiB:>8.2f} MiB {stored / changed:>6.3f}x")
         shutil.rmtree(path)
-        print(f"{chunk_size // MiB:>5}Mi {figures[0]:>16} {figures[1]:>16}")
+        print(f"{block_size >> 10:>5}K " + " ".join(f"{f:>22}" for f in figures))
 
 
-# --- GC and verify at scale ------------------------------------------------------------------------------
-
-def small_chunk_store(path: Path, chunk_size: int) -> Store:
-    """A store with chunks far below the 1 MiB minimum of real stores: only so that 100k chunk files
-    fit in a benchmark. Built directly: Store.init refuses such a chunk size."""
-    config = StoreConfig(chunk_size, 1, "00000000-0000-4000-8000-000000000000", datetime.now(UTC))
-    store = Store.init(path, chunk_size=MiB, zstd_level=1)
-    config.save(store.backend)
-    return Store(LocalBackend(path), config)
-
-
-def bare_walk(root: Path) -> int:
-    files = 0
-    for directory, _, names in os.walk(root):
-        for name in names:
-            os.stat(os.path.join(directory, name))
-            files += 1
-    return files
+def _apart(rng: random.Random, size: int, length: int, count: int) -> list[tuple[int, int]]:
+    """count writes of length at random 4 KiB-aligned places, not overlapping, sorted."""
+    starts: list[int] = []
+    while len(starts) < count:
+        offset = rng.randrange(0, (size - length) // 4096) * 4096
+        if all(offset + length <= s or s + length <= offset for s in starts):
+            starts.append(offset)
+    return [(s, length) for s in sorted(starts)]
 
 
-def bare_read(root: Path) -> None:
-    paths = [os.path.join(d, n) for d, _, names in os.walk(root) for n in names]
-    with ThreadPoolExecutor(WORKERS) as pool:
-        list(pool.map(lambda p: Path(p).read_bytes(), paths))
+# --- GC and verify at scale ------------------------------------------------------------------------
 
-
-def bench_gc_verify(work: Path, chunks: int) -> None:
-    chunk_size = BLOCK
+def bench_gc_verify(work: Path, blocks: int) -> None:
+    block_size = 16 << 10
     path = work / "many"
-    store = small_chunk_store(path, chunk_size)
+    store = Store.init(path, block_size=block_size, pack_size=64 * MiB, zstd_level=1)
     rng = random.Random(3)
-    first = bytearray(os.urandom(chunks * chunk_size))
-    old = back_up(store, "vm", first)
-    second = bytearray(first)
-    replaced = rng.sample(range(chunks), chunks // 10)
-    for n in replaced:
-        second[n * chunk_size:(n + 1) * chunk_size] = rng.randbytes(chunk_size)
-    new = back_up(store, "vm", second, parent=old, dirty=set(replaced))
-    store.backend.remove(BackupDir("vm", old.backup_id).file("manifest.json"))  # prune the first
+    filler = b"cairn packs blocks " * (block_size // 19 + 1)
+
+    def image(seed: int) -> bytes:
+        # Unique, compressible blocks: a random head, text after it.
+        r = random.Random(seed)
+        return b"".join(r.randbytes(512) + filler[:block_size - 512] for _ in range(blocks // 2))
+    old = back_up(store, image(1))
+    new = back_up(store, image(2))
+    store.backend.remove(f"backups/vm/{old.backup_id}/manifest.json")  # pruned
     when = time.time() - 7200
-    for directory, _, names in os.walk(path / "chunks"):
-        for name in names:
-            os.utime(os.path.join(directory, name), (when, when))
-    files = bare_walk(path / "chunks")
-    walk_seconds, _ = timed(lambda: bare_walk(path / "chunks"))
-    gc_seconds, report = timed(lambda: collect_garbage(store, grace=timedelta(hours=1)))
-    read_seconds, _ = timed(lambda: bare_read(path / "chunks"))
-    verify_seconds, checked = timed(lambda: verify_store(store))
-    print(f"\nGC and verify: {files} chunk files of {chunk_size} bytes on tmpfs, "
-          f"1 backup of {chunks} chunks left after pruning the other")
-    print(f"  gc      {gc_seconds:6.1f} s  removed {report.chunks_removed}, kept {report.chunks_kept}; "
-          f"{files / gc_seconds:,.0f} chunks/s; bare walk+stat {walk_seconds:.1f} s, ratio {gc_seconds / walk_seconds:.1f}")
-    print(f"  verify  {verify_seconds:6.1f} s  {checked.chunks_checked} chunks, ok={checked.ok}; "
-          f"{checked.chunks_checked / verify_seconds:,.0f} chunks/s; bare read {read_seconds:.1f} s, "
-          f"ratio {verify_seconds / read_seconds:.1f}")
-    assert report.chunks_removed == len(replaced) and checked.ok and new.backup_id
+    for pack in (path / "packs").rglob("*"):
+        os.utime(pack, (when, when))
+    packs = [p for p in (path / "packs").rglob("*") if p.is_file()]
+    read_seconds, _, _ = timed(lambda: _bare_read(packs))
+    verify_seconds, _, checked = timed(lambda: verify_store(Store.open(path)))
+    gc_seconds, _, report = timed(lambda: collect_garbage(Store.open(path), grace=timedelta(hours=1)))
+    print(f"\nGC and verify: {blocks} blocks of {block_size >> 10} KiB in {len(packs)} packs on tmpfs, half of them "
+          "unreferenced after a prune")
+    print(f"  verify {verify_seconds:6.1f} s  {checked.chunks_checked} blocks, ok={checked.ok}; "
+          f"{checked.chunks_checked / verify_seconds:,.0f} blocks/s; bare read of the packs {read_seconds:.1f} s")
+    print(f"  gc     {gc_seconds:6.1f} s  dropped {report.chunks_removed} blocks, removed {report.packs_removed} packs "
+          f"({report.bytes_removed / MiB:.0f} MiB), repacked {report.packs_repacked}; "
+          f"{(report.chunks_removed + report.chunks_kept) / gc_seconds:,.0f} blocks/s")
+    assert checked.ok and new.backup_id and rng
     shutil.rmtree(path)
 
 
+def _bare_read(paths: list[Path]) -> None:
+    with ThreadPoolExecutor(os.cpu_count()) as pool:
+        list(pool.map(lambda p: p.read_bytes(), paths))
+
+
+# --- 1 TiB sparse ---------------------------------------------------------------------------------
+
+def bench_sparse(work: Path) -> None:
+    image = work / "sparse.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(image), str(TiB)], check=True)
+    rng = random.Random(4)
+    runs = sorted(rng.sample(range(TiB // 4096 - MiB // 4096), 1024))
+    _qemu_io(image, [(r * 4096, rng.randbytes(MiB)) for r in runs], work)
+    store = work / "sparse-store"
+    Store.init(store).close()
+    print("\n1 TiB sparse disk holding 1 GiB (1024 runs of 1 MiB): what each backup added, and its peak RSS")
+    full = _child_backup(store, image, None)
+    writes = sorted(rng.sample(range(TiB // 4096), 10 * MiB // 4096))
+    _qemu_io(image, [(w * 4096, rng.randbytes(4096)) for w in writes], work)
+    incremental = _child_backup(store, image, full["checkpoint"])
+    for name, figures in (("full", full), ("incremental after 10 MiB of 4 KiB writes", incremental)):
+        print(f"  {name}: {figures['seconds']:.1f} s, read {figures['bytes_read'] / MiB:.0f} MiB, stored "
+              f"{figures['bytes_stored'] / MiB:.1f} MiB of blocks; metadata {figures['metadata'] / MiB:.2f} MiB "
+              f"(map pages {figures['pages'] / MiB:.2f} MiB, index file {figures['index'] / 1024:.0f} KiB, "
+              f"manifest {figures['manifest'] / 1024:.1f} KiB); peak RSS {figures['rss'] / MiB:.0f} MiB")
+
+
+def _qemu_io(image: Path, writes: list[tuple[int, bytes]], scratch: Path) -> None:
+    """Each (offset, data) written with qemu-io, 256 writes a run."""
+    for start in range(0, len(writes), 256):
+        args = []
+        for n, (offset, data) in enumerate(writes[start:start + 256]):
+            source = scratch / f"write-{n}.bin"
+            source.write_bytes(data)
+            args += ["-c", f"write -s {source} {offset} {len(data)}"]
+        subprocess.run(["qemu-io", "-f", "qcow2", *args, str(image)], check=True, capture_output=True)
+    for source in scratch.glob("write-*.bin"):
+        source.unlink()
+
+
+def _child_backup(store: Path, image: Path, since: str | None) -> dict:
+    """One backup in a process of its own, so its peak RSS is its own."""
+    done = subprocess.run([sys.executable, __file__, "--one-backup", str(store), str(image), since or ""],
+                          check=True, capture_output=True, text=True)
+    return json.loads(done.stdout)
+
+
+def one_backup(store_path: str, image: str, since: str) -> None:
+    """The child's side of _child_backup: an offline backup of `image`, stats as JSON on stdout."""
+    from appliance.point_ingest import ingest_point
+    from transports.offline import OfflineExport
+    from transports.points import Checkpoint
+
+    store = Store.open(store_path)
+    checkpoint = f"cairn-bench-{time.time_ns()}"
+    parent = store.list_backups("sparse")[-1] if since else None
+    export = OfflineExport({"vda": image}, checkpoint, {"vda": Checkpoint(since, image) if since else None})
+    index_before = {p.name for p in (Path(store_path) / "index").iterdir()}
+    started = time.perf_counter()
+    points = export.open()
+    try:
+        with store.begin_backup("sparse", kind="incremental" if parent else "full", parent=parent,
+                                checkpoint=checkpoint) as session:
+            for point in points:
+                ingest_point(session, point)
+            manifest = session.commit()
+    except BaseException:
+        export.close(success=False)
+        raise
+    export.close(success=True)
+    stats = manifest.disk("vda").stats
+    index = sum(p.stat().st_size for p in (Path(store_path) / "index").iterdir() if p.name not in index_before)
+    manifest_bytes = (Path(store_path) / "backups" / "sparse" / manifest.backup_id / "manifest.json").stat().st_size
+    print(json.dumps({"seconds": time.perf_counter() - started, "checkpoint": checkpoint,
+                      "bytes_read": stats.bytes_read, "bytes_stored": stats.bytes_stored,
+                      "pages": stats.metadata_stored, "index": index, "manifest": manifest_bytes,
+                      "metadata": stats.metadata_stored + index + manifest_bytes,
+                      "rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))
+
+
 def main() -> None:
+    if len(sys.argv) == 5 and sys.argv[1] == "--one-backup":
+        one_backup(*sys.argv[2:])
+        return
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--dir", type=Path, default=None, help="where the ingest stores go (default: a temp dir)")
-    parser.add_argument("--ingest-mib", type=int, default=768)
-    parser.add_argument("--disk-mib", type=int, default=1024)
-    parser.add_argument("--chunks", type=int, default=100_000)
+    parser.add_argument("--dir", type=Path, default=None, help="where the stores on disk go (default: a temp dir)")
+    parser.add_argument("--blocks", type=int, default=100_000, help="blocks of the GC and verify store")
+    parser.add_argument("--skip-sparse", action="store_true", help="leave out the 1 TiB sparse disk")
     parser.add_argument("--sftp", default=None, help="also ingest into sftp://user@host[:port]/dir (SSH key and "
                         "known_hosts from $CAIRN_STORE_SSH_KEY and $CAIRN_STORE_KNOWN_HOSTS, else ~/.ssh)")
     args = parser.parse_args()
-    disk_dir = Path(tempfile.mkdtemp(prefix="cairn-bench-", dir=args.dir))
+    disk_dir = Path(tempfile.mkdtemp(prefix="cairn-bench-", dir=args.dir or ROOT / ".cache"))
     memory_dir = Path(tempfile.mkdtemp(prefix="cairn-bench-", dir="/dev/shm" if Path("/dev/shm").is_dir() else None))
     try:
-        bench_ingest(disk_dir, args.ingest_mib * MiB, args.sftp)
-        bench_changes(memory_dir, args.disk_mib * MiB)
-        bench_gc_verify(memory_dir, args.chunks)
+        bench_blocks(disk_dir, args.sftp)
+        bench_changes(memory_dir)
+        bench_gc_verify(memory_dir, args.blocks)
+        if not args.skip_sparse:
+            bench_sparse(disk_dir)
     finally:
         shutil.rmtree(disk_dir, ignore_errors=True)
         shutil.rmtree(memory_dir, ignore_errors=True)

@@ -1,14 +1,31 @@
-"""Cairn's content-addressed chunk store.
+"""Cairn's content-addressed block store (format 2; format 1 is read and upgraded).
 
-Disk images are cut into fixed-size chunks named by their BLAKE3 digest and
-stored once, zstd-compressed (and sealed, in an encrypted store); a backup is
-a manifest plus one index (list of chunk ids) per disk. The store's files
-live in a local directory or on an SFTP server (backend.py). Pure storage:
-imports nothing from the rest of Cairn.
+A backup is a manifest naming, per disk, the root of an extent map (maps.py): a small tree
+of pages that says which block holds each byte of the disk. Blocks, about a megabyte each
+(block_size), are named by their BLAKE3 digest, stored once, zstd-compressed (and sealed, in
+an encrypted store) in packs of about 64 MiB (packs.py) that are written once and never
+changed; a block index (blockindex.py) says where each block is and can always be rebuilt
+from the packs. A full backup stores each block-sized slot that holds data; an incremental
+stores only the bytes that changed and splices them into its parent's map, so every backup
+is a complete point that restores alone. The store's files live in a local directory or on
+an SFTP server (backend.py). Pure storage: imports nothing from the rest of Cairn.
+
+Who locks what (no lock blocks backups, restores or verify):
+
+| operation           | takes                         | safe beside others because                      |
+|---------------------|-------------------------------|-------------------------------------------------|
+| backup (writer.py)  | writers/<id> lease            | packs are new files; it touches what it reuses  |
+| restore, list, stats| nothing                       | packs never change; a moved pack is followed    |
+| verify (verify.py)  | locks/gc only to rebuild index| reads only                                      |
+| prune (prune.py)    | nothing                       | removing a manifest is one atomic step          |
+| GC (gc.py)          | locks/gc                      | packs newer than the cutoff are left alone      |
+| repair (repair.py)  | locks/gc                      | the index is a cache of the packs               |
+| upgrade (upgrade.py)| locks/gc                      | each backup switches with one manifest write    |
 """
 
 from .backend import Backend, Entry, Lock
 from .codec import ZERO_DIGEST
+from .config import StoreConfig
 from .errors import (
     BackupExistsError,
     BackupIncompleteError,
@@ -23,6 +40,7 @@ from .errors import (
     InvalidNameError,
     KeyFileError,
     ManifestCorruptError,
+    MapCorruptError,
     NotAStoreError,
     PassphraseRequiredError,
     RetentionRuleError,
@@ -30,17 +48,19 @@ from .errors import (
     StoreConfigError,
     StoreError,
     StoreExistsError,
+    StoreFormatError,
     StoreLocationError,
     StoreNotEmptyError,
     StoreUnreachableError,
     WrongKeyError,
     WrongPassphraseError,
 )
-from .gc import DEFAULT_GRACE, GcReport, collect_garbage
-from .index import FixedIndex
+from .gc import DEFAULT_GRACE, DEFAULT_REPACK_THRESHOLD, GcReport, collect_garbage
+from .legacy import FixedIndex
 from .local import LocalBackend
 from .location import is_remote, open_backend
-from .manifest import BackupManifest, DiskEntry, DiskStats
+from .manifest import BackupManifest, ChunkStats, DiskEntry, DiskStats, MapRoot
+from .maps import MapEntry
 from .names import new_backup_id
 from .prune import (
     PruneDecision,
@@ -51,15 +71,29 @@ from .prune import (
     prune,
     unprotect,
 )
+from .repair import RepairReport, rebuild_index
 from .sftp import SftpBackend, SshOptions
 from .stats import BackupUsage, StoreStats, store_stats
-from .store import DEFAULT_CHUNK_SIZE, DEFAULT_ZSTD_LEVEL, KEY_FILE, BackupDir, Store
+from .store import (
+    DEFAULT_BLOCK_SIZE,
+    DEFAULT_PACK_SIZE,
+    DEFAULT_ZSTD_LEVEL,
+    KEY_FILE,
+    BackupDir,
+    BackupListing,
+    DiskMap,
+    Store,
+    UnreadableBackup,
+)
+from .upgrade import UpgradeReport, upgrade_store
 from .verify import BadChunk, ChunkUse, VerifyReport, verify_store
 from .writer import BackupSession, DiskWriter
 
 __all__ = [
-    "DEFAULT_CHUNK_SIZE",
+    "DEFAULT_BLOCK_SIZE",
     "DEFAULT_GRACE",
+    "DEFAULT_PACK_SIZE",
+    "DEFAULT_REPACK_THRESHOLD",
     "DEFAULT_ZSTD_LEVEL",
     "KEY_FILE",
     "ZERO_DIGEST",
@@ -67,6 +101,7 @@ __all__ = [
     "BackupDir",
     "BackupExistsError",
     "BackupIncompleteError",
+    "BackupListing",
     "BackupManifest",
     "BackupNotFoundError",
     "BackupSession",
@@ -75,9 +110,11 @@ __all__ = [
     "BadChunk",
     "ChunkCorruptError",
     "ChunkMissingError",
+    "ChunkStats",
     "ChunkUse",
     "ChunkWriteError",
     "DiskEntry",
+    "DiskMap",
     "DiskNotFoundError",
     "DiskStats",
     "DiskWriter",
@@ -91,23 +128,31 @@ __all__ = [
     "LocalBackend",
     "Lock",
     "ManifestCorruptError",
+    "MapCorruptError",
+    "MapEntry",
+    "MapRoot",
     "NotAStoreError",
     "PassphraseRequiredError",
     "PruneDecision",
     "PruneReport",
+    "RepairReport",
     "RetentionPolicy",
     "RetentionRuleError",
     "SftpBackend",
     "SshOptions",
     "Store",
     "StoreBusyError",
+    "StoreConfig",
     "StoreConfigError",
     "StoreError",
     "StoreExistsError",
+    "StoreFormatError",
     "StoreLocationError",
     "StoreNotEmptyError",
     "StoreStats",
     "StoreUnreachableError",
+    "UnreadableBackup",
+    "UpgradeReport",
     "VerifyReport",
     "WrongKeyError",
     "WrongPassphraseError",
@@ -118,7 +163,9 @@ __all__ = [
     "open_backend",
     "protect",
     "prune",
+    "rebuild_index",
     "store_stats",
     "unprotect",
+    "upgrade_store",
     "verify_store",
 ]

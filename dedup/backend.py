@@ -1,12 +1,14 @@
 """The few file operations a store needs, whatever holds its files.
 
 A store is a tree of small and large files named by relative POSIX paths
-("chunks/ab/cd/<id>", "backups/web1/<id>/manifest.json"). Everything above
-this interface (chunks, indexes, manifests, leases, GC, verify) is written
-against it, so a backend only has to provide:
+("packs/ab/<name>", "backups/web1/<id>/manifest.json"). Everything above
+this interface (packs, the block index, manifests, leases, GC, verify) is
+written against it, so a backend only has to provide:
 
 - atomic whole-file writes: a reader sees the old file, the new one or
   none, never a part (temporary sibling `.<name>.<hex>.tmp`, then rename);
+  a pack is one such file, streamed;
+- ranged reads: a restore reads the blocks it needs out of 64 MiB packs;
 - mtimes from one clock, and touch (set the mtime to that clock's now):
   GC's safety rests on comparing them (see gc.py);
 - rename, which GC uses to move a victim aside before deleting it;
@@ -14,7 +16,8 @@ against it, so a backend only has to provide:
 - locks that die with their holder: flock on a local file system, a lease
   file kept fresh by a heartbeat on a remote one.
 
-An object store fits the same shape: keys for names, PUT for atomic writes,
+An object store fits the same shape: keys for names, PUT for atomic writes
+(a pack is one object), GET with a Range header for ranged reads,
 copy+delete for rename, and a lease object with a heartbeat for locks.
 """
 
@@ -49,6 +52,9 @@ class Backend(Protocol):
 
     def read(self, name: str) -> bytes:
         """The whole file; FileNotFoundError if it does not exist."""
+
+    def read_range(self, name: str, offset: int, length: int) -> bytes:
+        """length bytes from offset (fewer only at the end of the file); FileNotFoundError if it does not exist."""
 
     def atomic_writer(self, name: str) -> AbstractContextManager[BinaryIO]:
         """A file that replaces `name` (durably where the backend can) only if the block succeeds."""

@@ -1,8 +1,10 @@
-"""Errors raised by the chunk store.
+"""Errors raised by the store.
 
 Every error subclasses StoreError so callers can catch store failures as one
 family; the few that are caller mistakes also subclass ValueError or
-LookupError so generic handlers treat them the usual way.
+LookupError so generic handlers treat them the usual way. "Chunk" in a name
+means a block of a format-2 store as well as a chunk of format 1: the unit a
+map or index names by its id.
 """
 
 
@@ -47,11 +49,16 @@ class ManifestCorruptError(StoreError):
 
 
 class IndexCorruptError(StoreError):
-    """An index file is missing, does not match its digest, or is malformed."""
+    """A backup's map of a disk cannot be read: a format-1 index file is missing, does not
+    match its digest or is malformed, or a format-2 map page is."""
+
+
+class MapCorruptError(IndexCorruptError):
+    """A page of a format-2 disk map is missing, damaged, or not where the tree says it is."""
 
 
 class ChunkMissingError(StoreError):
-    """A chunk referenced by an index has no file in the store."""
+    """A block (chunk) a backup references is in no pack (no chunk file) of the store."""
 
     def __init__(self, message: str, chunk_id: str) -> None:
         super().__init__(message)
@@ -59,7 +66,7 @@ class ChunkMissingError(StoreError):
 
 
 class ChunkCorruptError(StoreError):
-    """A chunk file does not decompress, or its content does not match its id."""
+    """A stored block (chunk) does not decrypt or decompress, or its content does not match its id."""
 
     def __init__(self, message: str, chunk_id: str) -> None:
         super().__init__(message)
@@ -71,11 +78,11 @@ class BackupWriteError(StoreError):
 
 
 class BackupIncompleteError(BackupWriteError):
-    """commit() found chunks that were never put, zeroed or reused."""
+    """commit() found disk bytes that were never put or zeroed (nor inherited from a parent)."""
 
 
 class ChunkWriteError(StoreError):
-    """A worker failed to hash, compress or write a chunk; __cause__ has why."""
+    """A worker failed to hash, compress or write a block; __cause__ has why."""
 
 
 class StoreBusyError(StoreError):
@@ -83,7 +90,11 @@ class StoreBusyError(StoreError):
 
 
 class GcUnsafeError(StoreError):
-    """GC cannot know every chunk in use (an index or manifest is unreadable), so it sweeps nothing."""
+    """GC cannot know every block in use (a manifest or map is unreadable), so it removes nothing."""
+
+
+class StoreFormatError(StoreError):
+    """The operation needs a format-2 store (or one whose upgrade has finished)."""
 
 
 class RetentionRuleError(StoreError, ValueError):

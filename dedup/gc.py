@@ -1,36 +1,43 @@
-"""Garbage collection: remove the chunks no backup needs, while backups run.
+"""Garbage collection: reclaim the blocks no backup needs, by repacking, while backups run.
 
-No lock blocks backups. Safety comes from file times, all taken from the
-store's own clock so that host and file server clocks never mix (an SFTP
-store can only approximate that clock; the cutoff is moved back by the
-backend's clock_error_ns to cover it):
+No lock blocks backups. Safety comes from file times, all taken from the store's own clock so
+that host and file server clocks never mix (an SFTP store can only approximate that clock; the
+cutoff is moved back by the backend's clock_error_ns to cover it):
 
-1. GC takes store/locks/gc (one GC at a time) and touches it: its mtime is
+1. GC takes store/locks/gc (one GC, repair or upgrade at a time) and touches it: its mtime is
    `gc_start`.
-2. It reads the writer leases (leases.py). A live writer's lease mtime is no
-   later than any chunk that writer has written or touched. The cutoff is
-   min(gc_start, oldest live lease) - grace.
-3. It marks every chunk named by every committed index (read after step 2,
-   so a backup committed before that is seen, and one committing later had a
-   live lease in step 2 or started after gc_start).
-4. It sweeps chunks that are unmarked and whose mtime is older than the
-   cutoff. A writer touches (utime) a chunk it deduplicates against or reuses
-   from a parent instead of testing that it exists, so every chunk a running
-   or future backup relies on has an mtime at or after the cutoff.
+2. It reads the writer leases (leases.py). A live writer's lease mtime is no later than any
+   pack that writer has written or touched. The cutoff is min(gc_start, oldest live lease)
+   - grace.
+3. It marks every page and block of every committed backup's maps (read after step 2, so a
+   backup committed before that is seen, and one committing later had a live lease in step 2
+   or started after gc_start).
+4. It looks only at packs whose mtime is older than the cutoff. A writer touches (utime) each
+   pack it deduplicates against or inherits from once, instead of testing that it exists, so
+   every pack a running or future backup relies on has an mtime at or after the cutoff.
+   Such a pack is:
+   - removed, when none of its blocks is marked;
+   - repacked, when the unmarked share of its bytes is at least the threshold: its marked
+     blocks are copied (checked, not recompressed) into new packs, then it is removed;
+   - kept otherwise: its dead blocks wait until more of the pack dies.
+5. New packs are made durable and indexed before any old pack goes. An old pack is first
+   renamed to `.<name>.gc`, and only after all renames is each one's mtime checked again: a
+   writer that touched it in between had it renamed back; the rest are deleted. A writer that
+   touches a pack already renamed finds it missing and writes its block anew; a reader goes to
+   the `.gc` name or, through a reloaded index, to the new pack. A `.gc` pack left by a crashed
+   GC is renamed back if it was touched since the cutoff or holds a marked block no other pack
+   holds, deleted otherwise: a crash at any step loses no block a backup needs.
+6. A new index file covers every pack kept; the index files read in step 4 are removed.
 
-What remains is the race between GC's stat and its removal: a writer could
-touch a chunk in between. So a victim is first renamed to `.<id>.gc`, and
-only after the whole sweep is each renamed file's mtime checked again: a
-touched one is renamed back, the others are deleted. A writer that touches a
-chunk already renamed finds it missing and writes it anew. A `.gc` file left
-by a crashed GC is restored if referenced or recent, deleted otherwise.
+The threshold is 25% by default. Repacking a pack whose dead share is d copies (1 - d) of it to
+free d: at 25% that is at most 3 bytes written per byte freed, and no more than a quarter of the
+packs' bytes can be dead and kept (restic's default, 5% of the whole repository, buys a
+smaller store with up to 19 bytes written per byte freed; a backup appliance's disk is
+better spent on history than on repacking churn). Fully dead packs cost nothing to remove.
 
-The same cutoff removes temp files (`.*.tmp`) of dead writers. Backup
-directories without a manifest whose lease is dead or gone are abandoned
-and removed whatever their age: a writer never outlives its lease.
-
-GC never removes directories under chunks/: a writer may have just checked
-that the directory it is about to write into exists.
+The same cutoff removes temp files (`.*.tmp`) of dead writers. Backup directories without a
+manifest whose lease is dead or gone are abandoned and removed whatever their age: a writer
+never outlives its lease.
 """
 
 from __future__ import annotations
@@ -41,71 +48,101 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from .backend import Entry, Lock, join
-from .chunks import chunk_digest
-from .errors import GcUnsafeError, StoreBusyError
+from .blockindex import INDEX_DIR, BlockIndex, PackInfo, list_packs, write_index_file
+from .errors import ChunkCorruptError, GcUnsafeError, StoreBusyError
 from .leases import LeaseScan, lock_dead_lease, scan_leases
 from .locks import LOCKS_DIR
 from .manifest import MANIFEST_FILE
-from .references import UnreadableBackup, walk_indexes
+from .packs import (
+    DATA,
+    PACKS_DIR,
+    PAGE,
+    RECORD_SIZE,
+    TRASH_SUFFIX,
+    PackFormatError,
+    PackWriter,
+    is_pack_name,
+    pack_file,
+    read_trailer,
+    trash_name,
+)
+from .references import References, collect_references
 from .store import Store
 
 DEFAULT_GRACE = timedelta(hours=24)
+DEFAULT_REPACK_THRESHOLD = 0.25
 GC_LOCK = "gc"
-TRASH_SUFFIX = ".gc"
 TEMP_SUFFIX = ".tmp"
 
-# progress(phase, done, total): phase "mark" counts manifests, "sweep" chunk prefix directories.
+# progress(phase, done, total): phase "mark" counts manifests, "sweep" packs.
 GcProgress = Callable[[str, int, int], None]
 
 
 @dataclass(frozen=True)
 class GcReport:
     dry_run: bool
-    cutoff: datetime  # unreferenced chunks older than this were (or would be) removed
+    cutoff: datetime  # unreferenced blocks in packs older than this were (or would be) reclaimed
     live_writers: tuple[str, ...]  # backup ids being written while GC ran
-    chunks_referenced: int
-    chunks_removed: int
-    bytes_removed: int
-    chunks_kept: int  # chunk files left in the store
-    bytes_kept: int
-    chunks_within_grace: int  # unreferenced but newer than the cutoff: kept, a later GC decides
+    chunks_referenced: int  # blocks and map pages the backups reference
+    chunks_removed: int  # blocks dropped (or that would be)
+    bytes_removed: int  # bytes of pack files freed (or that would be)
+    chunks_kept: int  # blocks left in the store
+    bytes_kept: int  # bytes of the pack files left
+    chunks_within_grace: int  # unreferenced blocks kept: their pack is newer than the cutoff or mostly live
     temp_files_removed: int
     abandoned_backups_removed: tuple[str, ...]  # "vm/backup-id"
     seconds: float
+    packs_removed: int = 0  # removed whole, or after repacking
+    packs_repacked: int = 0
+    packs_written: int = 0
+    bytes_repacked: int = 0  # live bytes copied into new packs
+    dead_bytes_kept: int = 0  # unreferenced bytes left in kept packs
+    repack_threshold: float = DEFAULT_REPACK_THRESHOLD
+    problems: tuple[str, ...] = ()  # packs left alone because they could not be read
 
 
 def collect_garbage(
-    store: Store, grace: timedelta = DEFAULT_GRACE, dry_run: bool = False, progress: GcProgress | None = None
+    store: Store,
+    grace: timedelta = DEFAULT_GRACE,
+    dry_run: bool = False,
+    progress: GcProgress | None = None,
+    repack_threshold: float = DEFAULT_REPACK_THRESHOLD,
 ) -> GcReport:
     if grace < timedelta(0):
         raise ValueError(f"grace period must not be negative, got {grace}")
+    if not 0 < repack_threshold <= 1:
+        raise ValueError(f"repack threshold must be in (0, 1], got {repack_threshold}")
+    store.require_format2("GC")
     backend = store.backend
     backend.make_dir(LOCKS_DIR)
-    lock = backend.try_lock(join(LOCKS_DIR, GC_LOCK))
-    if lock is None:
-        raise StoreBusyError(f"another GC is running on store {store.location} (it holds {LOCKS_DIR}/{GC_LOCK})")
+    lock = hold_gc_lock(store, "GC")
     try:
-        return _Collection(store, lock, grace, dry_run, progress).run()
+        return _Collection(store, lock, grace, dry_run, progress, repack_threshold).run()
     finally:
         lock.release()
 
 
+def hold_gc_lock(store: Store, who: str) -> Lock:
+    """The lock GC, repair and upgrade take; StoreBusyError naming who holds it otherwise."""
+    store.backend.make_dir(LOCKS_DIR)
+    lock = store.backend.try_lock(join(LOCKS_DIR, GC_LOCK))
+    if lock is None:
+        raise StoreBusyError(f"{who} cannot run: another GC, repair or upgrade is running on store "
+                             f"{store.location} (it holds {LOCKS_DIR}/{GC_LOCK})")
+    return lock
+
+
 @dataclass
-class _Counts:
-    removed: int = 0
-    bytes_removed: int = 0
-    kept: int = 0
-    bytes_kept: int = 0
-    within_grace: int = 0
-    temp_files: int = 0
-
-
-@dataclass(frozen=True)
-class _Trashed:
-    trash: str  # the .gc name it was renamed to
-    chunk: str  # its name as a chunk
-    digest: bytes
-    size: int
+class _Plan:
+    remove: list[PackInfo] = field(default_factory=list)
+    repack: list[PackInfo] = field(default_factory=list)
+    kept_blocks: int = 0
+    kept_bytes: int = 0
+    dead_kept_blocks: int = 0
+    dead_kept_bytes: int = 0
+    dropped_blocks: int = 0
+    freed_bytes: int = 0
+    copied_bytes: int = 0
 
 
 @dataclass
@@ -115,11 +152,10 @@ class _Collection:
     grace: timedelta
     dry_run: bool
     progress: GcProgress | None
+    threshold: float
     cutoff_ns: int = 0
-    marked: set[bytes] = field(default_factory=set)
-    counts: _Counts = field(default_factory=_Counts)
-    # Chunks renamed to their .gc name awaiting the final check.
-    trashed: list[_Trashed] = field(default_factory=list)
+    temp_files: int = 0
+    problems: list[str] = field(default_factory=list)
 
     def run(self) -> GcReport:
         started = time.monotonic()
@@ -131,113 +167,176 @@ class _Collection:
         self.cutoff_ns = (
             min([gc_start_ns, *leases.live_started_ns.values()]) - _ns(self.grace) - backend.clock_error_ns
         )
-        self.marked = self._mark()
-        self._sweep_chunks()
-        self._settle_trash()
+        refs = self._mark()
+        live = refs.pages | refs.blocks
+        index_files = [e.name for e in backend.list(INDEX_DIR) if not e.is_dir and not e.name.startswith(".")]
+        self.store.blocks.reload()
+        self._settle_leftover_trash(live)
+        plan = self._plan(live)
+        written: list[PackInfo] = []
+        if not self.dry_run:
+            written = self._repack(plan, live)
+            self._retire([*plan.remove, *plan.repack])
+            self._consolidate(index_files)
         abandoned = self._sweep_abandoned(leases)
-        self._sweep_backup_temp_files()
-        c = self.counts
+        self._sweep_temp_files()
         return GcReport(
             dry_run=self.dry_run,
             cutoff=datetime.fromtimestamp(self.cutoff_ns / 1e9, UTC),
             live_writers=tuple(sorted(leases.live_started_ns)),
-            chunks_referenced=len(self.marked),
-            chunks_removed=c.removed,
-            bytes_removed=c.bytes_removed,
-            chunks_kept=c.kept,
-            bytes_kept=c.bytes_kept,
-            chunks_within_grace=c.within_grace,
-            temp_files_removed=c.temp_files,
+            chunks_referenced=len(live),
+            chunks_removed=plan.dropped_blocks,
+            bytes_removed=plan.freed_bytes,
+            chunks_kept=plan.kept_blocks,
+            bytes_kept=plan.kept_bytes,
+            chunks_within_grace=plan.dead_kept_blocks,
+            temp_files_removed=self.temp_files,
             abandoned_backups_removed=abandoned,
             seconds=time.monotonic() - started,
+            packs_removed=len(plan.remove) + len(plan.repack),
+            packs_repacked=len(plan.repack),
+            packs_written=len(written),
+            bytes_repacked=plan.copied_bytes,
+            dead_bytes_kept=plan.dead_kept_bytes,
+            repack_threshold=self.threshold,
+            problems=tuple(self.problems),
         )
 
-    def _mark(self) -> set[bytes]:
-        marked: set[bytes] = set()
-        unreadable: list[UnreadableBackup] = []
+    def _mark(self) -> References:
         progress = (lambda done, total: self.progress("mark", done, total)) if self.progress else None
-        for item in walk_indexes(self.store, progress):
-            if isinstance(item, UnreadableBackup):
-                unreadable.append(item)
-            else:
-                marked.update(digest for _, digest in item.index.stored_chunks())
-        if unreadable:
-            listed = "; ".join(f"{u.vm}/{u.backup_id}: {u.error}" for u in unreadable)
+        refs = collect_references(self.store, progress)
+        if refs.unreadable:
+            listed = "; ".join(f"{u.vm}/{u.backup_id}: {u.error}" for u in refs.unreadable)
             raise GcUnsafeError(
-                f"GC removed nothing: {len(unreadable)} backup(s) cannot be read, so the chunks they "
-                f"need are unknown. Repair or prune them first: {listed}"
+                f"GC removed nothing: {len(refs.unreadable)} backup(s) cannot be read, so the blocks they "
+                f"need are unknown. Repair (cairn store repair) or prune them first: {listed}"
             )
-        return marked
+        if refs.chunk_backups:
+            raise GcUnsafeError(f"GC removed nothing: {len(refs.chunk_backups)} backup(s) are still in format 1; "
+                                "finish `cairn store upgrade` first")
+        return refs
 
-    def _sweep_chunks(self) -> None:
-        prefixes = self.store.chunks.prefix_dirs()
-        for done, prefix in enumerate(prefixes, 1):
-            for directory, entry in self.store.chunks.entries(prefix):
-                self._sweep_entry(directory, entry)
-            if self.progress:
-                self.progress("sweep", done, len(prefixes))
-
-    def _sweep_entry(self, directory: str, entry: Entry) -> None:
-        name = entry.name
-        path = join(directory, name)
-        if name.startswith(".") and name.endswith(TEMP_SUFFIX):
-            if entry.mtime_ns < self.cutoff_ns:
-                self._remove_temp(path)
-            return
-        if name.startswith(".") and name.endswith(TRASH_SUFFIX):
-            self._sweep_leftover_trash(directory, entry)
-            return
-        digest = chunk_digest(name)
-        if digest is None:
-            return  # not ours: leave it
-        if digest in self.marked or entry.mtime_ns >= self.cutoff_ns:
-            self._keep(digest, entry.size)
-        elif self.dry_run:
-            self.counts.removed += 1
-            self.counts.bytes_removed += entry.size
-        else:
-            trash = join(directory, f".{name}{TRASH_SUFFIX}")
-            try:
-                self.store.backend.rename(path, trash)
-            except FileNotFoundError:
-                return
-            self.trashed.append(_Trashed(trash, path, digest, entry.size))
-
-    def _sweep_leftover_trash(self, directory: str, entry: Entry) -> None:
-        """A .gc file a crashed GC left behind: a chunk unless proven garbage now."""
-        trash = join(directory, entry.name)
-        chunk = join(directory, entry.name[1 : -len(TRASH_SUFFIX)])
-        digest = chunk_digest(chunk.rsplit("/", 1)[1])
-        if digest is None or self.dry_run:
-            return
-        if digest in self.marked or entry.mtime_ns >= self.cutoff_ns:
-            self.store.backend.rename(trash, chunk)
-            self._keep(digest, entry.size)
-        else:
-            self.trashed.append(_Trashed(trash, chunk, digest, entry.size))
-
-    def _settle_trash(self) -> None:
-        """Delete each renamed chunk, unless a writer touched it since we looked."""
-        backend = self.store.backend
-        for t in self.trashed:
-            if _mtime(self.store, t.trash) >= self.cutoff_ns:
-                backend.rename(t.trash, t.chunk)
-                self._keep(t.digest, t.size)
+    def _plan(self, live: set[bytes]) -> _Plan:
+        """Which packs go, which are repacked; counted the same for a dry run."""
+        index = self.store.blocks.index
+        plan = _Plan()
+        for name, why in index.load_report.unreadable.items():
+            self.problems.append(f"pack {name} left alone: {why}")
+        # Each live block keeps one copy: the one the index finds. Others (a block two writers
+        # stored at once, an interrupted repack's) are dead weight.
+        keeper = {block_id: index.get(block_id)[0] for block_id in live if index.get(block_id) is not None}
+        packs = sorted((p for p in index.packs.values() if not p.trashed), key=lambda p: p.name)
+        for done, pack in enumerate(packs, 1):
+            live_records = [r for r in pack.records if keeper.get(r.block_id) == pack.name]
+            live_bytes = sum(RECORD_SIZE + r.stored_length for r in live_records)
+            dead = len(pack.records) - len(live_records)
+            dead_bytes = sum(RECORD_SIZE + r.stored_length for r in pack.records) - live_bytes
+            if pack.mtime_ns >= self.cutoff_ns or not dead or (live_records and dead_bytes < self.threshold *
+                                                               (live_bytes + dead_bytes)):
+                plan.kept_blocks += len(pack.records)
+                plan.kept_bytes += pack.size
+                plan.dead_kept_blocks += dead
+                plan.dead_kept_bytes += dead_bytes
             else:
-                backend.remove(t.trash)
-                self.counts.removed += 1
-                self.counts.bytes_removed += t.size
+                (plan.repack if live_records else plan.remove).append(pack)
+                plan.dropped_blocks += dead
+                plan.kept_blocks += len(live_records)
+                plan.copied_bytes += live_bytes
+                plan.freed_bytes += pack.size - live_bytes
+            if self.progress:
+                self.progress("sweep", done, len(packs))
+        return plan
 
-    def _keep(self, digest: bytes, size: int) -> None:
-        self.counts.kept += 1
-        self.counts.bytes_kept += size
-        if digest not in self.marked:
-            self.counts.within_grace += 1
+    def _repack(self, plan: _Plan, live: set[bytes]) -> list[PackInfo]:
+        """Copy the live records of the packs to repack into new packs; durable and indexed."""
+        backend = self.store.blocks.backend
+        config = self.store.config
+        index = self.store.blocks.index
+        writers = {kind: PackWriter(backend, config.pack_size, lambda _pack: None) for kind in (DATA, PAGE)}
+        unreadable = []
+        try:
+            for pack in plan.repack:
+                try:
+                    data = backend.read(pack_file(pack.name))
+                    copies = [(r, data[r.offset:r.offset + r.stored_length]) for r in pack.records
+                              if r.block_id in live and index.get(r.block_id)[0] == pack.name]
+                    for record, stored in copies:
+                        self.store.blocks.codec.decode(stored, record.codec, record.block_id, record.plain_length)
+                except (OSError, ChunkCorruptError) as e:
+                    # Something live in it does not read back: keep the pack, verify will name it.
+                    self.problems.append(f"pack {pack.name} not repacked, kept: {e}")
+                    unreadable.append(pack)
+                    continue
+                for record, stored in copies:
+                    writers[record.kind].append(record.block_id, record.kind, record.codec, stored,
+                                                record.plain_length)
+            written = [*writers[DATA].finish(), *writers[PAGE].finish()]
+        except BaseException:
+            for writer in writers.values():
+                writer.abort()
+            raise
+        for pack in unreadable:
+            plan.repack.remove(pack)
+        infos = [PackInfo(p.name, p.size, 0, p.records) for p in written]
+        if infos:
+            write_index_file(backend, infos)
+        return infos
 
-    def _remove_temp(self, name: str) -> None:
-        if not self.dry_run:
-            self.store.backend.remove(name)
-        self.counts.temp_files += 1
+    def _retire(self, packs: list[PackInfo]) -> None:
+        """Move each pack aside, then delete those no writer touched meanwhile."""
+        backend = self.store.backend
+        moved = []
+        for pack in packs:
+            try:
+                backend.rename(pack_file(pack.name), trash_name(pack.name))
+            except FileNotFoundError:
+                continue
+            moved.append(pack)
+        for pack in moved:
+            if _mtime(self.store, trash_name(pack.name)) >= self.cutoff_ns:
+                backend.rename(trash_name(pack.name), pack_file(pack.name))
+            else:
+                backend.remove(trash_name(pack.name))
+
+    def _settle_leftover_trash(self, live: set[bytes]) -> None:
+        """`.gc` packs a crashed GC left: back, if anything could still need them; else gone."""
+        backend = self.store.backend
+        index = self.store.blocks.index
+        for entry, directory in _pack_dir_entries(self.store):
+            if not (entry.name.startswith(".") and entry.name.endswith(TRASH_SUFFIX)):
+                continue
+            pack = entry.name[1:-len(TRASH_SUFFIX)]
+            if not is_pack_name(pack):
+                continue
+            try:
+                records = read_trailer(backend, join(directory, entry.name), entry.size)
+            except PackFormatError as e:
+                self.problems.append(f"trashed pack {pack} kept: {e}")
+                records = []
+                needed = True
+            else:
+                needed = any(r.block_id in live and _only_in(index, r.block_id, pack) for r in records)
+            if self.dry_run:
+                continue
+            if needed or entry.mtime_ns >= self.cutoff_ns:
+                backend.rename(join(directory, entry.name), pack_file(pack))
+                if records:
+                    index.add(PackInfo(pack, entry.size, entry.mtime_ns, tuple(records)))
+            else:
+                backend.remove(join(directory, entry.name))
+
+    def _consolidate(self, index_files: list[str]) -> None:
+        """One index file for every pack there is now; then the files read at the start go."""
+        backend = self.store.backend
+        self.store.blocks.reload()
+        index = self.store.blocks.index
+        present = list_packs(backend)
+        infos = [info for name, info in sorted(index.packs.items()) if name in present]
+        if infos:
+            write_index_file(backend, infos)
+        for name in index_files:
+            backend.remove(join(INDEX_DIR, name))
+        self.store.blocks.reload()
 
     def _sweep_abandoned(self, leases: LeaseScan) -> tuple[str, ...]:
         """Backup directories that will never get a manifest, and dead leases."""
@@ -264,11 +363,33 @@ class _Collection:
             lease.release(unlink=True)
         return tuple(removed)
 
-    def _sweep_backup_temp_files(self) -> None:
+    def _sweep_temp_files(self) -> None:
+        places = [(join(d, e.name), e) for e, d in _pack_dir_entries(self.store)]
+        places += [(join(INDEX_DIR, e.name), e) for e in self.store.backend.list(INDEX_DIR)]
         for directory in self.store.backup_dirs():
-            for entry in self.store.backend.list(directory.name):
-                if entry.name.startswith(".") and entry.name.endswith(TEMP_SUFFIX) and entry.mtime_ns < self.cutoff_ns:
-                    self._remove_temp(directory.file(entry.name))
+            places += [(directory.file(e.name), e) for e in self.store.backend.list(directory.name)]
+        for name, entry in places:
+            base = name.rsplit("/", 1)[-1]
+            if base.startswith(".") and base.endswith(TEMP_SUFFIX) and entry.mtime_ns < self.cutoff_ns:
+                if not self.dry_run:
+                    self.store.backend.remove(name)
+                self.temp_files += 1
+
+
+def _only_in(index: BlockIndex, block_id: bytes, pack: str) -> bool:
+    """Whether no pack but `pack` (itself in the trash) holds the block."""
+    found = index.get(block_id)
+    return found is None or found[0] == pack or index.packs[found[0]].trashed
+
+
+def _pack_dir_entries(store: Store) -> list[tuple[Entry, str]]:
+    """(entry, directory) of every file in the packs/<hh>/ directories."""
+    found = []
+    for prefix in store.backend.list(PACKS_DIR):
+        if prefix.is_dir and len(prefix.name) == 2:
+            directory = join(PACKS_DIR, prefix.name)
+            found += [(e, directory) for e in store.backend.list(directory) if not e.is_dir]
+    return found
 
 
 def _mtime(store: Store, name: str) -> int:

@@ -50,6 +50,18 @@ class WriterLease:
             raise BackupExistsError(f"backup {backup_id} is already being written in store {backend.location}") from None
         return cls(lock)
 
+    @classmethod
+    def take_over(cls, backend: Backend, vm: str, backup_id: str) -> WriterLease:
+        """The lease of a backup id whose writer may have died holding it (an upgrade run again);
+        BackupExistsError if that writer is alive."""
+        try:
+            return cls.acquire(backend, vm, backup_id)
+        except BackupExistsError:
+            lock = lock_dead_lease(backend, backup_id)
+            if lock is None:
+                raise
+            return cls(lock)
+
     def release(self) -> None:
         self._lock.release(unlink=True)
 

@@ -39,6 +39,13 @@ class LocalBackend:
         with open(self._path(name), "rb") as f:
             return f.read()
 
+    def read_range(self, name: str, offset: int, length: int) -> bytes:
+        fd = os.open(self._path(name), os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            return os.pread(fd, length, offset)
+        finally:
+            os.close(fd)
+
     def atomic_writer(self, name: str) -> AbstractContextManager[BinaryIO]:
         return atomic_file(self.root / name)
 

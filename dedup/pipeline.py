@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 
 class JobPipeline:
-    def __init__(self, workers: int, queue_per_worker: int = 2) -> None:
+    def __init__(self, workers: int, queue_per_worker: int = 8) -> None:
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="cairn-chunk")
         self._limit = workers * queue_per_worker
         self._in_flight = 0

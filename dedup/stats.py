@@ -1,16 +1,19 @@
 """How much the backups represent and how much they cost.
 
-- logical_bytes: the sum of the disk sizes of every backup (what a restore of
-  each would write, zeros included).
-- zero_bytes: the part of logical_bytes in all-zero chunks (never stored).
-- unique_bytes: plaintext size of the distinct chunks referenced.
-- stored_bytes: size on disk of those chunk files (compressed).
+- logical_bytes: the sum of the disk sizes of every backup (what a restore of each would
+  write, zeros included).
+- zero_bytes: the part of logical_bytes in holes (never stored).
+- chunks, unique_bytes: the distinct blocks referenced (format 1: chunks) and their plaintext.
+- stored_bytes: what those blocks take in the packs (record headers included; format 1: the
+  chunk files).
+- metadata_bytes: what the backups' map pages take in the packs.
 - dedup_ratio = (logical_bytes - zero_bytes) / unique_bytes
 - compression_ratio = unique_bytes / stored_bytes
-- Per backup, unique_stored_bytes: bytes of the chunk files that only this
-  backup references, i.e. what pruning it alone would free at the next GC.
-- unreferenced_*: chunk files no backup references (GC will remove them once
-  they are past the grace period).
+- Per backup, unique_stored_bytes: stored bytes of the blocks only this backup references,
+  i.e. what pruning it alone would make reclaimable (GC frees them once their packs are
+  repacked or dead, gc.py).
+- unreferenced_*: blocks in the packs that no backup references (and chunk files no format-1
+  backup references).
 """
 
 from __future__ import annotations
@@ -19,11 +22,13 @@ import time
 from dataclasses import dataclass
 from datetime import datetime
 
-from .chunks import chunk_digest
-from .references import UnreadableBackup, walk_indexes
-from .store import Store
+from .errors import IndexCorruptError
+from .legacy import chunk_digest
+from .packs import RECORD_SIZE
+from .references import each_disk
+from .store import DiskMap, Store
 
-# Owner value of a chunk referenced by more than one backup.
+# Owner value of a block referenced by more than one backup.
 _SHARED = -1
 
 
@@ -53,6 +58,9 @@ class StoreStats:
     compression_ratio: float
     per_backup: tuple[BackupUsage, ...]
     seconds: float
+    metadata_bytes: int = 0
+    packs: int = 0
+    pack_bytes: int = 0
 
 
 def store_stats(store: Store) -> StoreStats:
@@ -61,51 +69,50 @@ def store_stats(store: Store) -> StoreStats:
     ordinal: dict[str, int] = {}
     logical: dict[str, int] = {}
     zero_bytes = 0
-    owner: dict[bytes, int] = {}  # digest -> ordinal of the only backup using it, or _SHARED
-    plain: dict[bytes, int] = {}  # digest -> plaintext length
+    owner: dict[bytes, int] = {}  # block id -> ordinal of the only backup using it, or _SHARED
+    pages: set[bytes] = set()
     unreadable: set[str] = set()
-    for item in walk_indexes(store):
-        if isinstance(item, UnreadableBackup):
-            unreadable.add(item.backup_id)
+    leaf_cache: dict[bytes, tuple[tuple[bytes, ...], int]] = {}  # leaf page -> (block ids, data bytes)
+    chunk_plain: dict[bytes, int] = {}  # format-1 chunk -> its length
+    for manifest, disk in each_disk(store, on_unreadable=lambda u: unreadable.add(u.backup_id)):
+        if manifest.backup_id not in ordinal:
+            ordinal[manifest.backup_id] = len(backups)
+            backups.append((manifest.vm, manifest.backup_id, manifest.created))
+        me = ordinal[manifest.backup_id]
+        logical[manifest.backup_id] = logical.get(manifest.backup_id, 0) + disk.size
+        try:
+            ids, data_bytes = _disk_blocks(disk, pages, leaf_cache, chunk_plain)
+        except IndexCorruptError:
+            unreadable.add(manifest.backup_id)
             continue
-        m, index = item.manifest, item.index
-        if m.backup_id not in ordinal:
-            ordinal[m.backup_id] = len(backups)
-            backups.append((m.vm, m.backup_id, m.created))
-        me = ordinal[m.backup_id]
-        logical[m.backup_id] = logical.get(m.backup_id, 0) + index.disk_size
-        data_bytes = 0
-        for chunk_no, digest in index.stored_chunks():
-            length = index.chunk_length(chunk_no)
-            data_bytes += length
-            plain[digest] = length
-            if owner.setdefault(digest, me) != me:
-                owner[digest] = _SHARED
-        zero_bytes += index.disk_size - data_bytes
+        zero_bytes += disk.size - data_bytes
+        for block_id in ids:
+            if owner.setdefault(block_id, me) != me:
+                owner[block_id] = _SHARED
 
-    file_sizes = _chunk_file_sizes(store)
+    stored, plain, unreferenced = _stored_sizes(store, owner, pages)
+    plain |= chunk_plain
     unique_stored = [0] * len(backups)
     unique_chunks = [0] * len(backups)
-    for digest, who in owner.items():
-        if who != _SHARED:
-            unique_stored[who] += file_sizes.get(digest, 0)
+    for block_id, who in owner.items():
+        if who != _SHARED and block_id in stored:
+            unique_stored[who] += stored[block_id]
             unique_chunks[who] += 1
-    referenced_sizes = [file_sizes[d] for d in plain if d in file_sizes]
-    unreferenced = [size for d, size in file_sizes.items() if d not in plain]
     logical_bytes = sum(logical.values())
-    unique_bytes = sum(plain.values())
-    stored_bytes = sum(referenced_sizes)
+    unique_bytes = sum(plain.get(b, 0) for b in owner)
+    stored_bytes = sum(stored.get(b, 0) for b in owner)
+    index = store.blocks.index
     return StoreStats(
         backups=len(backups),
         unreadable_backups=len(unreadable),
         logical_bytes=logical_bytes,
         zero_bytes=zero_bytes,
-        chunks=len(plain),
+        chunks=len(owner),
         unique_bytes=unique_bytes,
         stored_bytes=stored_bytes,
-        missing_chunks=len(plain) - len(referenced_sizes),
+        missing_chunks=sum(1 for b in owner if b not in stored),
         unreferenced_chunks=len(unreferenced),
-        unreferenced_bytes=sum(unreferenced),
+        unreferenced_bytes=sum(unreferenced.values()),
         dedup_ratio=_ratio(logical_bytes - zero_bytes, unique_bytes),
         compression_ratio=_ratio(unique_bytes, stored_bytes),
         per_backup=tuple(
@@ -113,17 +120,53 @@ def store_stats(store: Store) -> StoreStats:
             for n, (vm, backup_id, created) in enumerate(backups)
         ),
         seconds=time.monotonic() - started,
+        metadata_bytes=sum(stored.get(p, 0) for p in pages),
+        packs=len(index.packs),
+        pack_bytes=sum(p.size for p in index.packs.values()),
     )
 
 
-def _chunk_file_sizes(store: Store) -> dict[bytes, int]:
-    sizes: dict[bytes, int] = {}
-    for prefix in store.chunks.prefix_dirs():
-        for _, entry in store.chunks.entries(prefix):
-            digest = chunk_digest(entry.name)
-            if digest is not None:
-                sizes[digest] = entry.size
-    return sizes
+def _disk_blocks(disk: DiskMap, pages: set[bytes], leaf_cache: dict[bytes, tuple[tuple[bytes, ...], int]],
+                 chunk_plain: dict[bytes, int]) -> tuple[set[bytes], int]:
+    """The blocks one disk references and its data bytes; the pages of its map go into pages,
+    a format-1 disk's chunk lengths into chunk_plain."""
+    tree = disk.tree
+    if tree is None:
+        entries = list(disk.entries())
+        for e in entries:
+            chunk_plain[e.block_id] = e.block_offset + e.length
+        return {e.block_id for e in entries}, sum(e.length for e in entries)
+    ids: set[bytes] = set()
+    data_bytes = 0
+    for page_id, level, start in tree.pages():
+        pages.add(page_id)
+        if level:
+            continue
+        if page_id not in leaf_cache:
+            leaf = tree.leaf(start // tree.shape.leaf_span, page_id)
+            leaf_cache[page_id] = (leaf.block_ids, sum(e.length for e in leaf.entries))
+        block_ids, length = leaf_cache[page_id]
+        ids.update(block_ids)
+        data_bytes += length
+    return ids, data_bytes
+
+
+def _stored_sizes(store: Store, referenced: dict[bytes, int], pages: set[bytes]
+                  ) -> tuple[dict[bytes, int], dict[bytes, int], dict[bytes, int]]:
+    """Stored and plain size of every block and chunk in the store; the unreferenced ones' stored sizes."""
+    stored: dict[bytes, int] = {}
+    plain: dict[bytes, int] = {}
+    if store.config.layout == 2:
+        for info in store.blocks.ensure_loaded().packs.values():
+            for r in info.records:
+                stored.setdefault(r.block_id, RECORD_SIZE + r.stored_length)
+                plain.setdefault(r.block_id, r.plain_length)
+    for _, entry in store.chunks.files():
+        digest = chunk_digest(entry.name)
+        if digest is not None:
+            stored[digest] = entry.size
+    unreferenced = {b: size for b, size in stored.items() if b not in referenced and b not in pages}
+    return stored, plain, unreferenced
 
 
 def _ratio(numerator: int, denominator: int) -> float:

@@ -3,59 +3,81 @@
     store/
       config.json                                 store settings (config.py)
       key.json                                    sealed key of an encrypted store (crypto.py)
-      chunks/ab/cd/<id-hex>                       one zstd frame per chunk (chunks.py)
-      backups/<vm>/<backup-id>/<disk>.index       fixed index per disk (index.py)
-      backups/<vm>/<backup-id>/manifest.json      written last (manifest.py)
+      packs/<hh>/<name>                           packs of blocks and map pages (packs.py)
+      index/<name>                                the block index, a cache of the packs (blockindex.py)
+      backups/<vm>/<backup-id>/manifest.json      written last (manifest.py), names each disk's map (maps.py)
       backups/<vm>/<backup-id>/protected          never pruned (prune.py)
       writers/<backup-id>                         lease of a backup being written (leases.py)
-      locks/gc                                    held by the running GC (gc.py)
+      locks/gc                                    held by GC, repair and upgrade (gc.py)
+    format 1 (read only, legacy.py), until `cairn store upgrade`:
+      chunks/ab/cd/<id>                           one zstd frame per chunk
+      backups/<vm>/<backup-id>/<disk>.index       fixed index per disk
 
-Backup ids are unique across the whole store, so a backup can be found by
-id alone. A backup directory without a manifest is a backup being written
-or one whose writer died; readers ignore it. In an encrypted store indexes
-and manifests are sealed with the store key (the file's store path as
-associated data), chunks too (codec.py).
+Backup ids are unique across the whole store, so a backup can be found by id alone. A backup
+directory without a manifest is a backup being written or one whose writer died; readers
+ignore it. In an encrypted store manifests (and format 1's indexes) are sealed with the store
+key, the file's store path as associated data; blocks and pages with their id (codec.py).
+Reading works the same on both formats: disk_map() gives a disk's extents, read_block() and
+blocks_for() the bytes they name.
 """
 
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Self
 
 from .backend import Backend, join, write_file
+from .blockindex import INDEX_DIR
+from .blocks import BlockStore
 from .buffers import keep_chunk_buffers_warm
-from .chunks import CHUNKS_DIR, ChunkStore
-from .codec import ChunkCodec, content_digest
-from .config import CONFIG_FILE, StoreConfig
+from .codec import BlockCodec, content_digest
+from .config import CONFIG_FILE, MAX_CHUNK_SIZE, StoreConfig
 from .crypto import AeadFailed, StoreKey, seal_key_file, unlock_key_file
 from .errors import (
     BackupExistsError,
     BackupNotFoundError,
     BackupWriteError,
+    ChunkCorruptError,
+    ChunkMissingError,
     IndexCorruptError,
     InvalidNameError,
     KeyFileError,
     ManifestCorruptError,
+    MapCorruptError,
     NotAStoreError,
     PassphraseRequiredError,
     StoreExistsError,
+    StoreFormatError,
     StoreNotEmptyError,
     WrongKeyError,
 )
-from .index import FixedIndex
 from .leases import WriterLease
+from .legacy import CHUNKS_DIR, ChunkFiles, FixedIndex
 from .local import local_file
 from .location import open_backend
 from .locks import LOCKS_DIR, WRITERS_DIR
-from .manifest import BACKUP_KINDS, MANIFEST_FILE, BackupKind, BackupManifest
+from .manifest import (
+    BACKUP_KINDS,
+    MANIFEST_FILE,
+    BackupKind,
+    BackupManifest,
+    ChunkIndexRef,
+    DiskEntry,
+    MapRoot,
+)
+from .maps import MapEntry, MapReader, MapShape
 from .names import check_name, new_backup_id
+from .packs import PACKS_DIR
 from .writer import BackupSession
 
-DEFAULT_CHUNK_SIZE = 64 << 20
+# Chosen by measurement (bench/store.py, docs/store-format.md): see there for the numbers.
+DEFAULT_BLOCK_SIZE = 1 << 20
+DEFAULT_PACK_SIZE = 64 << 20
 DEFAULT_ZSTD_LEVEL = 3
 BACKUPS_DIR = "backups"
 KEY_FILE = "key.json"
@@ -76,6 +98,43 @@ class BackupDir:
         return join(self.name, file_name)
 
 
+@dataclass(frozen=True)
+class UnreadableBackup:
+    """A committed backup (or one of its disks) that cannot be read, and why."""
+
+    vm: str
+    backup_id: str
+    disk: str | None  # None when the manifest itself is unreadable
+    error: str
+
+
+@dataclass(frozen=True)
+class BackupListing:
+    """The committed backups that could be read, oldest first, and those that could not."""
+
+    manifests: list[BackupManifest]
+    unreadable: list[UnreadableBackup]
+
+
+class DiskMap:
+    """One disk of one backup, for reading: its extents and where their blocks come from."""
+
+    def __init__(self, name: str, size: int, entries: MapReader | FixedIndex, blocks: BlockStore | ChunkFiles) -> None:
+        self.name = name
+        self.size = size
+        self._entries = entries
+        self.blocks = blocks
+
+    def entries(self, start: int = 0, end: int | None = None) -> Iterator[MapEntry]:
+        """The extents holding data in [start, end), in disk order; everything else reads as zeros."""
+        return self._entries.entries(start, end)
+
+    @property
+    def tree(self) -> MapReader | None:
+        """The format-2 map (pages), None for a format-1 disk."""
+        return self._entries if isinstance(self._entries, MapReader) else None
+
+
 class Store:
     def __init__(self, backend: Backend, config: StoreConfig, key: StoreKey | None = None) -> None:
         """Use Store.init or Store.open; this only wires the parts together."""
@@ -83,7 +142,10 @@ class Store:
         self.backend = backend
         self.config = config
         self._key = key
-        self.chunks = ChunkStore(backend, ChunkCodec(config.zstd_level, config.chunk_size, key))
+        block_size = config.block_size if config.layout == 2 else 0
+        self.blocks = BlockStore(backend, BlockCodec(config.zstd_level, max(block_size, 1), key))
+        # Format 1's chunks, read while a store is format 1 or being upgraded.
+        self.chunks = ChunkFiles(backend, BlockCodec(config.zstd_level, MAX_CHUNK_SIZE, key))
 
     @property
     def location(self) -> str:
@@ -96,29 +158,31 @@ class Store:
         return local_file(self.backend, "")
 
     @property
-    def chunk_size(self) -> int:
-        return self.config.chunk_size
+    def block_size(self) -> int:
+        return self.config.block_size
 
     @classmethod
     def init(
         cls,
         location: str | os.PathLike[str] | Backend,
-        chunk_size: int = DEFAULT_CHUNK_SIZE,
+        block_size: int = DEFAULT_BLOCK_SIZE,
+        pack_size: int = DEFAULT_PACK_SIZE,
         zstd_level: int = DEFAULT_ZSTD_LEVEL,
         *,
         passphrase: str | None = None,
         key_file: Path | None = None,
     ) -> Store:
-        """Create a store in an empty or missing directory: a path, an sftp:// URL or an open backend.
+        """Create a format-2 store in an empty or missing directory: a path, an sftp:// URL or an
+        open backend.
 
-        With a passphrase the store is encrypted: a new random key is sealed
-        with the passphrase into key.json in the store, or into key_file
-        (a local file) to keep key and data apart.
+        With a passphrase the store is encrypted: a new random key is sealed with the
+        passphrase into key.json in the store, or into key_file (a local file) to keep key and
+        data apart.
         """
         if key_file is not None and passphrase is None:
             raise KeyFileError("a key file is only written for an encrypted store: give a passphrase too")
         key = StoreKey.generate() if passphrase is not None else None
-        config = StoreConfig.new(chunk_size, zstd_level, key.fingerprint if key else None)
+        config = StoreConfig.new(block_size, pack_size, zstd_level, key.fingerprint if key else None)
         sealed_key = seal_key_file(key, passphrase) if key and passphrase is not None else None
         backend = open_backend(location)
         try:
@@ -126,7 +190,7 @@ class Store:
             if sealed_key is not None and key_file is not None:
                 _write_new_local(key_file, sealed_key)
             backend.create_root()
-            for sub in (CHUNKS_DIR, BACKUPS_DIR, LOCKS_DIR, WRITERS_DIR):
+            for sub in (PACKS_DIR, INDEX_DIR, BACKUPS_DIR, LOCKS_DIR, WRITERS_DIR):
                 backend.make_dir(sub)
             if sealed_key is not None and key_file is None:
                 write_file(backend, KEY_FILE, sealed_key)
@@ -149,11 +213,11 @@ class Store:
     def open(
         cls, location: str | os.PathLike[str] | Backend, *, passphrase: str | None = None, key_file: Path | None = None
     ) -> Store:
-        """Open a store; an encrypted one needs the passphrase of its key file."""
+        """Open a store of either format; an encrypted one needs the passphrase of its key file."""
         backend = open_backend(location)
         try:
             config = StoreConfig.load(backend)
-            for sub in (CHUNKS_DIR, BACKUPS_DIR):
+            for sub in (PACKS_DIR if config.layout == 2 else CHUNKS_DIR, BACKUPS_DIR):
                 entry = backend.stat(sub)
                 if entry is None or not entry.is_dir:
                     raise NotAStoreError(f"{backend.location} is not a complete Cairn store: {sub}/ is missing")
@@ -193,6 +257,15 @@ class Store:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
+    def with_config(self, config: StoreConfig) -> Store:
+        """The same store, key and connection under another config (upgrade.py)."""
+        return Store(self.backend, config, self._key)
+
+    def require_format2(self, what: str) -> None:
+        if self.config.layout != 2:
+            raise StoreFormatError(f"store {self.location} is in format 1, which Cairn only reads: {what} needs "
+                                   "format 2; run `cairn store upgrade` first")
+
     def begin_backup(
         self,
         vm: str,
@@ -207,11 +280,11 @@ class Store:
     ) -> BackupSession:
         """Start writing a backup; its id is generated unless given.
 
-        An incremental backup needs the parent it builds on, a full one has
-        none. workers defaults to one per CPU. created, the moment the backup
-        shows, defaults to now; set it when importing a backup taken earlier
-        (retention rules go by it).
+        An incremental backup needs the parent it builds on, a full one has none. workers
+        defaults to one per CPU. created, the moment the backup shows, defaults to now; set it
+        when importing a backup taken earlier (retention rules go by it).
         """
+        self.require_format2("a new backup")
         check_name("vm name", vm)
         if kind not in BACKUP_KINDS:
             raise BackupWriteError(f"backup kind {kind!r} is not one of {', '.join(BACKUP_KINDS)}")
@@ -231,39 +304,46 @@ class Store:
         backup_id = new_backup_id(created) if backup_id is None else check_name("backup id", backup_id)
         if any(self.backend.stat(BackupDir(v, backup_id).name) for v in self._names(BACKUPS_DIR)):
             raise BackupExistsError(f"backup {backup_id} already exists in store {self.location}")
-        # The lease comes first: GC treats a backup directory without a live
-        # lease and without a manifest as abandoned.
+        # The lease comes first: GC treats a backup directory without a live lease and without
+        # a manifest as abandoned, and leaves packs touched after it alone.
         lease = WriterLease.acquire(self.backend, vm, backup_id)
         backup_dir = BackupDir(vm, backup_id)
         try:
             self.backend.make_dir(join(BACKUPS_DIR, vm))
             self.backend.make_dir(backup_dir.name)
+            return BackupSession(
+                self,
+                backup_dir,
+                lease,
+                vm=vm,
+                backup_id=backup_id,
+                created=created,
+                kind=kind,
+                parent=parent,
+                checkpoint=checkpoint,
+                vm_definition=vm_definition,
+                workers=workers or os.cpu_count() or 1,
+            )
         except BaseException:
+            self.backend.remove_tree(backup_dir.name)
             lease.release()
             raise
-        return BackupSession(
-            self,
-            backup_dir,
-            lease,
-            vm=vm,
-            backup_id=backup_id,
-            created=created,
-            kind=kind,
-            parent=parent,
-            checkpoint=checkpoint,
-            vm_definition=vm_definition,
-            workers=workers or os.cpu_count() or 1,
-        )
 
-    def list_backups(self, vm: str | None = None) -> list[BackupManifest]:
-        """Committed backups, oldest first."""
-        manifests = []
+    def scan_backups(self, vm: str | None = None) -> BackupListing:
+        """Every committed backup (of one VM): those that read, oldest first, and those that do not."""
+        manifests, unreadable = [], []
         for backup in self.committed(vm):
             try:
                 manifests.append(self.load_manifest(backup))
             except FileNotFoundError:
                 continue  # pruned since we listed it
-        return sorted(manifests, key=lambda m: (m.created, m.backup_id))
+            except (ManifestCorruptError, OSError) as e:
+                unreadable.append(UnreadableBackup(backup.vm, backup.backup_id, None, str(e)))
+        return BackupListing(sorted(manifests, key=lambda m: (m.created, m.backup_id)), unreadable)
+
+    def list_backups(self, vm: str | None = None) -> list[BackupManifest]:
+        """Committed backups whose manifest reads, oldest first (scan_backups also says which do not)."""
+        return self.scan_backups(vm).manifests
 
     def committed(self, vm: str | None = None) -> list[BackupDir]:
         """Every backup (of one VM) that has a manifest, unparsed."""
@@ -285,10 +365,26 @@ class Store:
                 continue
         raise BackupNotFoundError(f"backup {backup_id} not found in store {self.location}")
 
-    def read_index(self, manifest: BackupManifest, disk_name: str) -> FixedIndex:
-        """The disk's index, verified against the digest in the manifest."""
-        disk = manifest.disk(disk_name)
-        name = BackupDir(manifest.vm, manifest.backup_id).file(disk.index)
+    def disk_map(self, manifest: BackupManifest, disk: DiskEntry | str) -> DiskMap:
+        """A disk of a backup for reading, either format; IndexCorruptError if its map cannot be opened."""
+        entry = manifest.disk(disk) if isinstance(disk, str) else disk
+        layout = entry.layout
+        if isinstance(layout, MapRoot):
+            shape = MapShape(layout.leaf_span, layout.fanout, layout.depth)
+            root = bytes.fromhex(layout.root) if layout.root else None
+            what = f"backup {manifest.backup_id} disk {entry.name}"
+            return DiskMap(entry.name, entry.size, MapReader(lambda page_id: self._read_page(page_id, what), root,
+                                                             shape, entry.size), self.blocks)
+        return DiskMap(entry.name, entry.size, self._read_fixed_index(manifest, entry, layout), self.chunks)
+
+    def _read_page(self, page_id: bytes, what: str) -> bytes:
+        try:
+            return self.blocks.read(page_id)
+        except (ChunkMissingError, ChunkCorruptError, OSError) as e:
+            raise MapCorruptError(f"the map of {what} cannot be read: {e}") from None
+
+    def _read_fixed_index(self, manifest: BackupManifest, disk: DiskEntry, ref: ChunkIndexRef) -> FixedIndex:
+        name = BackupDir(manifest.vm, manifest.backup_id).file(ref.index)
         what = f"index {name} of backup {manifest.backup_id} disk {disk.name}"
         try:
             data = self.read_sealed(name)
@@ -296,16 +392,16 @@ class Store:
             raise IndexCorruptError(f"{what} is missing") from None
         except AeadFailed as e:
             raise IndexCorruptError(f"{what} cannot be decrypted: {e}") from None
-        if content_digest(data).hex() != disk.index_digest:
+        if content_digest(data).hex() != ref.index_digest:
             raise IndexCorruptError(f"{what} does not match the digest recorded in its manifest")
         index = FixedIndex.from_bytes(data, name)
-        if (index.disk_size, index.chunk_size) != (disk.size, disk.chunk_size):
+        if (index.disk_size, index.chunk_size) != (disk.size, ref.chunk_size):
             raise IndexCorruptError(f"{what} describes a different disk geometry than its manifest")
         return index
 
-    def read_chunk(self, digest: bytes) -> bytes:
-        """The chunk's plaintext, verified against its id."""
-        return self.chunks.load(digest)
+    def read_block(self, manifest: BackupManifest, block_id: bytes) -> bytes:
+        """The verified plaintext of a block (a chunk, in a format-1 backup) the backup references."""
+        return self.chunks.read(block_id) if manifest.format_version == 1 else self.blocks.read(block_id)
 
     def backup_dir(self, vm: str, backup_id: str) -> Path:
         """The directory of a backup, for tools that work on files; local stores only."""
@@ -323,7 +419,8 @@ class Store:
                 check_name(what, value)
             for disk in manifest.disks:
                 check_name("disk name", disk.name)
-                check_name("index file name", disk.index)
+                if isinstance(disk.layout, ChunkIndexRef):
+                    check_name("index file name", disk.layout.index)
         except InvalidNameError as e:
             raise ManifestCorruptError(f"manifest {name} is invalid: {e}") from e
         if (manifest.vm, manifest.backup_id) != (backup.vm, backup.backup_id):
@@ -333,7 +430,7 @@ class Store:
         return manifest
 
     def write_sealed(self, name: str, data: bytes) -> None:
-        """Write an index or manifest atomically; sealed with the store key when there is one."""
+        """Write a manifest atomically; sealed with the store key when there is one."""
         write_file(self.backend, name, self._key.seal(data, name.encode()) if self._key else data)
 
     def read_sealed(self, name: str) -> bytes:

@@ -1,28 +1,34 @@
-"""Verify: re-read chunks and prove they still hold what their ids say.
+"""Verify: re-read blocks and prove they still hold what their ids say; name what damage hurts.
 
-Every manifest is parsed and every index checked against the digest its
-manifest records (that is how the indexes are read at all). Then each chunk
-referenced by any index, or a random sample of them, is read, decompressed
-and re-hashed on a thread pool: zstd and BLAKE3 release the GIL, so threads
-scale with cores. A bad chunk is reported once, with every (backup, disk,
-chunk number) that references it, found by a second pass over the indexes
-that looks only for the bad ids, so memory stays at one set of chunk ids.
+Every manifest is parsed and every map walked (its pages are read and checked on the way, so
+a damaged page shows as an unreadable disk of each backup whose map goes through it). Then
+every block the maps reference, or a random sample of them, is read and checked: decrypted,
+decompressed and re-hashed (blocks.fetch: packs in order, decoded on a thread pool). A bad
+block is reported once with every (backup, disk, byte range) that uses it, found by a second
+walk that looks only for the bad ids, so memory stays at one set of ids.
+
+The block index is checked on the way: an index file that is damaged, a pack no index file
+covers, a pack whose own trailer is damaged. When verify finds such a problem and no GC or
+repair is running, it rebuilds the index from the packs (repair.py; a pack whose trailer is
+damaged is read record by record up to the damage), then checks the blocks against the
+rebuilt index: a damaged or truncated pack loses only the blocks inside it that are actually
+damaged, and the report says which ones, and in which pack they were.
 """
 
 from __future__ import annotations
 
 import math
-import os
 import random
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Literal
 
-from .errors import ChunkCorruptError, ChunkMissingError
-from .references import DiskIndex, UnreadableBackup, walk_indexes
-from .store import Store
+from .errors import ChunkMissingError, StoreBusyError, StoreError
+from .packs import PackFormatError, pack_file, read_trailer
+from .references import collect_references, each_disk
+from .repair import rebuild_index
+from .store import Store, UnreadableBackup
 
 ChunkProblem = Literal["missing", "corrupt"]
 # progress(plaintext bytes checked, plaintext bytes to check)
@@ -31,15 +37,18 @@ VerifyProgress = Callable[[int, int], None]
 
 @dataclass(frozen=True)
 class ChunkUse:
+    """Where a backup uses a block: bytes [offset, offset + length) of one of its disks."""
+
     vm: str
     backup_id: str
     disk: str
-    chunk_no: int
+    offset: int
+    length: int
 
 
 @dataclass(frozen=True)
 class BadChunk:
-    chunk_id: str
+    chunk_id: str  # the block's (format 1: chunk's) id
     problem: ChunkProblem
     detail: str
     used_by: tuple[ChunkUse, ...]
@@ -49,12 +58,14 @@ class BadChunk:
 class VerifyReport:
     sample_percent: float
     backups: tuple[str, ...]  # ids of the backups whose manifest was read
-    chunks_referenced: int
+    chunks_referenced: int  # blocks (and format-1 chunks) the backups reference
     chunks_checked: int
     bytes_checked: int  # plaintext
     bad_chunks: tuple[BadChunk, ...]
     unreadable: tuple[UnreadableBackup, ...]
     seconds: float
+    index_problems: tuple[str, ...] = ()  # what was wrong with the block index
+    index_rebuilt: bool = False
 
     @property
     def ok(self) -> bool:
@@ -68,7 +79,8 @@ class VerifyReport:
         for bad in self.bad_chunks:
             for use in bad.used_by:
                 damage.setdefault(use.backup_id, []).append(
-                    f"disk {use.disk} chunk {use.chunk_no}: chunk {bad.chunk_id} is {bad.problem}"
+                    f"disk {use.disk} bytes {use.offset}-{use.offset + use.length - 1}: block {bad.chunk_id} "
+                    f"is {bad.problem}"
                 )
         return damage
 
@@ -80,72 +92,106 @@ def verify_store(
     progress: VerifyProgress | None = None,
     rng: random.Random | None = None,
 ) -> VerifyReport:
-    """Check every referenced chunk, or sample_percent of them chosen at random."""
+    """Check every referenced block, or sample_percent of them chosen at random."""
     if not 0 < sample_percent <= 100:
         raise ValueError(f"sample percentage must be in (0, 100], got {sample_percent}")
     started = time.monotonic()
-    lengths, backups, unreadable = _referenced_chunks(store)
-    chosen = sorted(lengths)
+    index_problems, rebuilt, lost_in = _check_index(store)
+    refs = collect_references(store)
+    chosen = [(b, False) for b in sorted(refs.blocks)] + [(c, True) for c in sorted(refs.chunks)]
     if sample_percent < 100:
         chosen = (rng or random.Random()).sample(chosen, math.ceil(len(chosen) * sample_percent / 100))
-    total = sum(lengths[d] for d in chosen)
-    done = 0
-    problems: dict[bytes, tuple[ChunkProblem, str]] = {}
-    with ThreadPoolExecutor(workers or os.cpu_count() or 1, thread_name_prefix="cairn-verify") as pool:
-        for digest, problem in zip(chosen, pool.map(lambda d: _check_chunk(store, d), chosen)):
-            if problem is not None:
-                problems[digest] = problem
-            done += lengths[digest]
-            if progress:
-                progress(done, total)
+    problems, checked = _check_blocks(store, chosen, workers, progress, lost_in)
     return VerifyReport(
         sample_percent=sample_percent,
-        backups=backups,
-        chunks_referenced=len(lengths),
+        backups=tuple(sorted(m.backup_id for m in refs.manifests)),
+        chunks_referenced=len(refs.blocks) + len(refs.chunks),
         chunks_checked=len(chosen),
-        bytes_checked=total,
+        bytes_checked=checked,
         bad_chunks=_name_users(store, problems),
-        unreadable=unreadable,
+        unreadable=tuple(refs.unreadable),
         seconds=time.monotonic() - started,
+        index_problems=tuple(index_problems),
+        index_rebuilt=rebuilt,
     )
 
 
-def _referenced_chunks(store: Store) -> tuple[dict[bytes, int], tuple[str, ...], tuple[UnreadableBackup, ...]]:
-    """Plaintext length of every referenced chunk, the backups read, and those that could not be."""
-    lengths: dict[bytes, int] = {}
-    backups: set[str] = set()
-    unreadable: list[UnreadableBackup] = []
-    for item in walk_indexes(store):
-        if isinstance(item, UnreadableBackup):
-            unreadable.append(item)
+def _check_index(store: Store) -> tuple[list[str], bool, dict[bytes, str]]:
+    """What is wrong with the block index, whether it was rebuilt, and which pack each block of
+    a damaged or vanished pack was in (as the index files said before the rebuild)."""
+    if store.config.layout != 2:
+        return [], False, {}
+    store.blocks.reload()
+    index = store.blocks.index
+    load = index.load_report
+    problems = [f"index file {name}: {why}" for name, why in sorted(load.damaged_files.items())]
+    problems += [f"pack {name} is covered by no index file" for name in load.unindexed]
+    problems += [f"pack {name}: {why}" for name, why in sorted(load.unreadable.items())]
+    for name, info in sorted(index.packs.items()):
+        if name in load.unindexed:
             continue
-        backups.add(item.manifest.backup_id)
-        for chunk_no, digest in item.index.stored_chunks():
-            lengths[digest] = item.index.chunk_length(chunk_no)
-    return lengths, tuple(sorted(backups)), tuple(unreadable)
-
-
-def _check_chunk(store: Store, digest: bytes) -> tuple[ChunkProblem, str] | None:
+        try:
+            if tuple(read_trailer(store.backend, pack_file(name), info.size)) != info.records:
+                problems.append(f"pack {name}: its trailer and the index disagree")
+        except (PackFormatError, OSError) as e:
+            problems.append(f"pack {name}: {e}")
+    lost = dict(load.lost_records)
+    if not problems:
+        return [], False, lost
     try:
-        store.chunks.load(digest)
-    except ChunkMissingError as e:
-        return "missing", str(e)
-    except (ChunkCorruptError, OSError) as e:
-        return "corrupt", str(e)
-    return None
+        report = rebuild_index(store)
+    except StoreBusyError:
+        return [*problems, "not rebuilt: a GC, repair or upgrade is running"], False, lost
+    return [*problems, *report.problems], True, lost
+
+
+def _check_blocks(store: Store, chosen: list[tuple[bytes, bool]], workers: int | None,
+                  progress: VerifyProgress | None, lost_in: dict[bytes, str]
+                  ) -> tuple[dict[bytes, tuple[ChunkProblem, str]], int]:
+    index = store.blocks.ensure_loaded()
+    total = 0
+    for block_id, legacy in chosen:
+        found = None if legacy else index.get(block_id)
+        total += found[1].plain_length if found else 0
+    done = 0
+    problems: dict[bytes, tuple[ChunkProblem, str]] = {}
+    blocks = [b for b, legacy in chosen if not legacy]
+    chunks = [c for c, legacy in chosen if legacy]
+    for source, ids in ((store.blocks, blocks), (store.chunks, chunks)):
+        for block_id, outcome in source.fetch(ids, workers):
+            if isinstance(outcome, StoreError):
+                problem: ChunkProblem = "missing" if isinstance(outcome, ChunkMissingError) else "corrupt"
+                detail = str(outcome)
+                if block_id in lost_in:
+                    detail += f" (it was in pack {lost_in[block_id]}, which is damaged or gone)"
+                problems[block_id] = (problem, detail)
+                continue
+            done += len(outcome)
+            if progress:
+                progress(done, max(total, done))
+    return problems, done
 
 
 def _name_users(store: Store, problems: dict[bytes, tuple[ChunkProblem, str]]) -> tuple[BadChunk, ...]:
     if not problems:
         return ()
-    users: dict[bytes, list[ChunkUse]] = {digest: [] for digest in problems}
-    for item in walk_indexes(store):
-        if isinstance(item, DiskIndex):
-            m = item.manifest
-            for chunk_no, digest in item.index.stored_chunks():
-                if digest in users:
-                    users[digest].append(ChunkUse(m.vm, m.backup_id, item.disk, chunk_no))
+    users: dict[bytes, list[ChunkUse]] = {block_id: [] for block_id in problems}
+    for manifest, disk in each_disk(store):
+        try:
+            for entry in disk.entries():
+                uses = users.get(entry.block_id)
+                if uses is None:
+                    continue
+                last = uses[-1] if uses else None
+                if last and (last.backup_id, last.disk, last.offset + last.length) == (
+                        manifest.backup_id, disk.name, entry.offset):
+                    uses[-1] = ChunkUse(last.vm, last.backup_id, last.disk, last.offset, last.length + entry.length)
+                else:
+                    uses.append(ChunkUse(manifest.vm, manifest.backup_id, disk.name, entry.offset, entry.length))
+        except StoreError:
+            continue  # an unreadable map: reported as such
     return tuple(
-        BadChunk(digest.hex(), problem, detail, tuple(users[digest]))
-        for digest, (problem, detail) in sorted(problems.items())
+        BadChunk(block_id.hex(), problem, detail, tuple(users[block_id]))
+        for block_id, (problem, detail) in sorted(problems.items())
     )
+

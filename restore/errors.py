@@ -19,13 +19,13 @@ class DiskSelectionError(RestoreError):
 
 
 class CorruptBackupError(RestoreError):
-    """A chunk of the backup is missing or does not match its id."""
+    """A block of the backup is missing or does not match its id; offset is the first disk byte it holds."""
 
-    def __init__(self, message: str, *, backup_id: str, disk: str, chunk_no: int, chunk_id: str) -> None:
+    def __init__(self, message: str, *, backup_id: str, disk: str, offset: int, chunk_id: str) -> None:
         super().__init__(message)
         self.backup_id = backup_id
         self.disk = disk
-        self.chunk_no = chunk_no
+        self.offset = offset
         self.chunk_id = chunk_id
 
 

@@ -4,13 +4,14 @@ Loaded by nbdkit (see export.py), not imported by Cairn:
 
     nbdkit python restore/nbdkit_plugin.py store=DIR-OR-URL backup=ID disk=NAME
 
-An encrypted store is unlocked as the CLI does it, from $CAIRN_STORE_PASSPHRASE
-(and $CAIRN_STORE_KEY_FILE), which nbdkit inherits: secrets stay off its command
-line.
+An encrypted store is unlocked as the CLI does it, from $CAIRN_STORE_PASSPHRASE (and
+$CAIRN_STORE_KEY_FILE), which nbdkit inherits: secrets stay off its command line.
 
-Zero chunks are reported as holes, so a client that copies (qemu's block
-jobs, qemu-img convert, nbdcopy) keeps its result thin. Every chunk is
-checked against its id by Store.read_chunk; a damaged one fails the read
+A read looks up the extents of its range in the disk's map (the tree's pages are cached as
+they are read, so a read touches only the leaf it needs) and copies from their blocks, a few
+of which are kept decoded: a guest or a copy reads a block in many small requests. Holes are
+reported as such, so a client that copies (qemu's block jobs, qemu-img convert, nbdcopy)
+keeps its result thin. Every block is checked against its id; a damaged one fails the read
 with EIO instead of serving wrong bytes.
 """
 
@@ -25,9 +26,8 @@ import nbdkit
 from dedup import Store
 
 API_VERSION = 2
-# Decompressed chunks kept for reads that come in pieces (a 64 MiB chunk is read as
-# hundreds of small requests).
-CACHED_CHUNKS = 4
+# Decoded blocks kept for reads that come in pieces.
+CACHED_BLOCKS = 16
 
 _params: dict[str, str] = {}
 _disk = None
@@ -36,24 +36,20 @@ _disk = None
 class _Disk:
     def __init__(self, store: Store, backup_id: str, disk_name: str) -> None:
         manifest = store.get_backup(backup_id)
-        self.store = store
-        self.index = store.read_index(manifest, disk_name)
-        self.size = manifest.disk(disk_name).size
-        self._cache: OrderedDict[int, bytes] = OrderedDict()
+        self.map = store.disk_map(manifest, disk_name)
+        self.size = self.map.size
+        self._cache: OrderedDict[bytes, bytes] = OrderedDict()
         self._lock = threading.Lock()
 
-    def chunk(self, chunk_no: int) -> bytes | None:
-        """The chunk's bytes; None for a zero chunk."""
-        if self.index.is_zero(chunk_no):
-            return None
+    def block(self, block_id: bytes) -> bytes:
         with self._lock:
-            if chunk_no in self._cache:
-                self._cache.move_to_end(chunk_no)
-                return self._cache[chunk_no]
-        data = self.store.read_chunk(self.index.digest(chunk_no))
+            if block_id in self._cache:
+                self._cache.move_to_end(block_id)
+                return self._cache[block_id]
+        data = self.map.blocks.read(block_id)
         with self._lock:
-            self._cache[chunk_no] = data
-            while len(self._cache) > CACHED_CHUNKS:
+            self._cache[block_id] = data
+            while len(self._cache) > CACHED_BLOCKS:
                 self._cache.popitem(last=False)
         return data
 
@@ -104,31 +100,35 @@ def is_rotational(_handle: int) -> bool:
 
 
 def pread(_handle: int, buf: bytearray, offset: int, _flags: int) -> None:
-    index = _disk.index
-    done = 0
-    while done < len(buf):
-        position = offset + done
-        chunk_no = position // index.chunk_size
-        start = position - index.chunk_offset(chunk_no)
-        length = min(len(buf) - done, index.chunk_length(chunk_no) - start)
-        try:
-            data = _disk.chunk(chunk_no)
-        except Exception as e:
-            nbdkit.set_error(errno.EIO)
-            raise RuntimeError(f"chunk {chunk_no} of backup {_params['backup']} disk {_params['disk']}: {e}") from e
-        buf[done:done + length] = bytes(length) if data is None else data[start:start + length]
-        done += length
+    end = offset + len(buf)
+    position = offset
+    try:
+        for e in _disk.map.entries(offset, end):
+            if e.offset > position:
+                buf[position - offset:e.offset - offset] = bytes(e.offset - position)
+            block = _disk.block(e.block_id)
+            buf[e.offset - offset:e.end - offset] = block[e.block_offset:e.block_offset + e.length]
+            position = e.end
+    except Exception as e:
+        nbdkit.set_error(errno.EIO)
+        raise RuntimeError(f"bytes {position}-{end - 1} of backup {_params['backup']} disk {_params['disk']}: {e}") from e
+    if position < end:
+        buf[position - offset:] = bytes(end - position)
 
 
 def extents(_handle: int, count: int, offset: int, _flags: int) -> list[tuple[int, int, int]]:
-    index = _disk.index
-    result = []
     end = min(offset + count, _disk.size)
+    result = []
     position = offset
-    while position < end:
-        chunk_no = position // index.chunk_size
-        chunk_end = index.chunk_offset(chunk_no) + index.chunk_length(chunk_no)
-        kind = nbdkit.EXTENT_HOLE | nbdkit.EXTENT_ZERO if index.is_zero(chunk_no) else 0
-        result.append((position, chunk_end - position, kind))
-        position = chunk_end
+    for e in _disk.map.entries(offset, end):
+        if e.offset > position:
+            result.append((position, e.offset - position, nbdkit.EXTENT_HOLE | nbdkit.EXTENT_ZERO))
+        if result and result[-1][2] == 0 and result[-1][0] + result[-1][1] == e.offset:
+            start, length, _ = result[-1]
+            result[-1] = (start, length + e.length, 0)
+        else:
+            result.append((e.offset, e.length, 0))
+        position = e.end
+    if position < end:
+        result.append((position, end - position, nbdkit.EXTENT_HOLE | nbdkit.EXTENT_ZERO))
     return result

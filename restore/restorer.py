@@ -1,33 +1,31 @@
 """Restore one disk of a backup from the store into a destination.
 
-New image files are built under a hidden partial name and renamed over the
-target only when every chunk was verified and written (and, with verify,
-read back and compared) and the data is durable; on any failure the partial
-file is deleted, so the target path never holds a half-restored disk.
+The disk's map (dedup.DiskMap) says which block holds each byte; everything else is a hole.
+The map is taken a window at a time (up to WINDOW_BYTES of data, in disk order); the blocks
+of a window are fetched in pack order, read in long ranged reads and decoded (decrypted,
+decompressed, checked against their ids) on a thread pool, and each block's bytes are written
+to every place of the window that uses it as soon as it arrives. A full backup's packs are in
+disk order, so this reads the packs front to back; a fragmented incremental's map still reads
+each pack once per window. There is no chain to replay: every backup's map is complete.
 
-Restores are thin: all-zero chunks are skipped from the index alone, and
-inside data chunks all-zero 64 KiB blocks (the qcow2 cluster size) are
-skipped too, so the image allocates only what held data. A destination that
-already holds data gets those ranges as write-zeroes instead.
+New image files are built under a hidden partial name and renamed over the target only when
+every block was verified and written (and, with verify, read back and compared) and the data
+is durable; on any failure the partial file is deleted, so the target path never holds a
+half-restored disk.
+
+Restores are thin: holes are never written, and inside data all-zero 64 KiB runs (the qcow2
+cluster size) are skipped too, so the image allocates only what held data. A destination
+that already holds data gets those ranges as write-zeroes instead.
 """
 
 from __future__ import annotations
 
 import os
 import time
-from collections import deque
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
-from dedup import (
-    BackupManifest,
-    ChunkCorruptError,
-    ChunkMissingError,
-    DiskEntry,
-    FixedIndex,
-    Store,
-)
+from dedup import BackupManifest, DiskEntry, DiskMap, MapEntry, Store, StoreError
 
 from .destinations import Destination, parse_destination
 from .errors import CorruptBackupError, DiskSelectionError
@@ -36,10 +34,10 @@ from .verify import ReadBack, verify_target
 
 ZERO_BLOCK_SIZE = 64 << 10
 _ZERO_BLOCK = bytes(ZERO_BLOCK_SIZE)
-# Chunks read, decompressed and verified ahead of the writer; the bound keeps
-# memory at a few chunks.
-READERS = min(4, os.cpu_count() or 1)
-READ_AHEAD = 2 * READERS
+# Data restored per window: its blocks are fetched in pack order, its extents kept in memory.
+WINDOW_BYTES = 256 << 20
+WINDOW_EXTENTS = 1 << 16
+READERS = os.cpu_count() or 1
 
 Progress = Callable[[int, int], None]
 
@@ -47,8 +45,8 @@ Progress = Callable[[int, int], None]
 @dataclass(frozen=True)
 class RestoreResult:
     bytes_written: int  # data bytes written; skipped zeros excluded
-    chunks: int  # chunks in the disk, zero ones included
-    zero_chunks: int
+    blocks: int  # distinct blocks read
+    hole_bytes: int  # bytes of the disk the map has no data for
     seconds: float
     verified: bool = False  # the target was read back and matched
 
@@ -66,23 +64,22 @@ def restore_disk(
 ) -> RestoreResult:
     """Write disk `disk_name` of backup `backup_id` to `target`.
 
-    target is a Destination or what parse_destination() understands (a file
-    path, written as `fmt` raw or qcow2; a block device; an NBD URL).
-    disk_name may be None when the backup has exactly one disk. An existing
-    target is replaced only with force=True. verify reads the target back
-    and compares it chunk by chunk before the restore counts as done.
-    progress and verify_progress, if given, are called with (bytes done,
-    disk size) as the copy and the read-back advance.
+    target is a Destination or what parse_destination() understands (a file path, written as
+    `fmt` raw or qcow2; a block device; an NBD URL). disk_name may be None when the backup has
+    exactly one disk. An existing target is replaced only with force=True. verify reads the
+    target back and compares it with what was written before the restore counts as done.
+    progress and verify_progress, if given, are called with (bytes done, disk size) as the
+    copy and the read-back advance.
     """
     started = time.monotonic()
     manifest = store.get_backup(backup_id)
     disk = select_disk(manifest, disk_name)
-    index = store.read_index(manifest, disk.name)
+    disk_map = store.disk_map(manifest, disk)
     destination = target if not isinstance(target, (str, os.PathLike)) else parse_destination(target, fmt, force)
     image = destination.open(disk.size)
     try:
         try:
-            copy = _ChunkCopy(store, manifest, disk, index, image, progress, ReadBack(index) if verify else None)
+            copy = _MapCopy(manifest, disk_map, image, progress, ReadBack(disk.size) if verify else None)
             copy.run()
             if copy.read_back is not None:
                 verify_target(image, copy.read_back, f"{backup_id} disk {disk.name} in {destination.description}",
@@ -95,7 +92,7 @@ def restore_disk(
     except BaseException:
         destination.discard()
         raise
-    return RestoreResult(copy.bytes_written, index.chunk_count, copy.zero_chunks, time.monotonic() - started,
+    return RestoreResult(copy.bytes_written, copy.blocks, copy.hole_bytes, time.monotonic() - started,
                          verified=verify)
 
 
@@ -108,89 +105,82 @@ def select_disk(manifest: BackupManifest, disk_name: str | None) -> DiskEntry:
     return manifest.disks[0]
 
 
-class _ChunkCopy:
-    """Copies the data chunks in disk order while the next ones are read,
-    decompressed and verified on a small thread pool."""
+class _MapCopy:
+    """Copies a disk window by window: holes first, then each block to every place it goes."""
 
-    def __init__(
-        self,
-        store: Store,
-        manifest: BackupManifest,
-        disk: DiskEntry,
-        index: FixedIndex,
-        image: RestoreTarget,
-        progress: Progress | None,
-        read_back: ReadBack | None,
-    ) -> None:
-        self._store = store
+    def __init__(self, manifest: BackupManifest, disk_map: DiskMap, image: RestoreTarget,
+                 progress: Progress | None, read_back: ReadBack | None) -> None:
         self._manifest = manifest
-        self._disk = disk
-        self._index = index
+        self._map = disk_map
         self._image = image
         self._progress = progress
         self.read_back = read_back
         self.bytes_written = 0
-        self.zero_chunks = 0
+        self.blocks = 0
+        self.hole_bytes = 0
+        self._done = 0
 
     def run(self) -> None:
-        pool = ThreadPoolExecutor(READERS, thread_name_prefix="cairn-restore")
-        try:
-            reading: deque[tuple[int, Future[bytes]]] = deque()
-            for chunk_no in range(self._index.chunk_count):
-                if self._index.is_zero(chunk_no):
-                    self.zero_chunks += 1
-                    self._image.zero_at(self._index.chunk_offset(chunk_no), self._index.chunk_length(chunk_no))
-                    continue
-                reading.append((chunk_no, pool.submit(self._store.read_chunk, self._index.digest(chunk_no))))
-                if len(reading) >= READ_AHEAD:
-                    self._write(*reading.popleft())
-            while reading:
-                self._write(*reading.popleft())
-        finally:
-            pool.shutdown(wait=True, cancel_futures=True)
-        self._report(self._disk.size)
+        position = 0
+        for window in _windows(self._map.entries()):
+            users: dict[bytes, list[MapEntry]] = {}
+            for entry in window:
+                if entry.offset > position:
+                    self._hole(position, entry.offset - position)
+                users.setdefault(entry.block_id, []).append(entry)
+                position = entry.end
+            for block_id, outcome in self._map.blocks.fetch(users, READERS):
+                if isinstance(outcome, StoreError):
+                    raise self._corrupt(users[block_id][0], str(outcome)) from outcome
+                self.blocks += 1
+                for entry in users[block_id]:
+                    self._write(entry, outcome)
+        if position < self._map.size:
+            self._hole(position, self._map.size - position)
 
-    def _write(self, chunk_no: int, read: Future[bytes]) -> None:
-        offset = self._index.chunk_offset(chunk_no)
-        data = self._verified(chunk_no, read)
+    def _hole(self, offset: int, length: int) -> None:
+        self._image.zero_at(offset, length)
+        self.hole_bytes += length
+        self._advance(length)
+
+    def _write(self, entry: MapEntry, block: bytes) -> None:
+        if entry.block_offset + entry.length > len(block):
+            raise self._corrupt(entry, f"block {entry.block_id.hex()} has {len(block)} bytes, the map uses "
+                                       f"{entry.block_offset + entry.length}")
+        view = memoryview(block)[entry.block_offset:entry.block_offset + entry.length]
         if self.read_back is not None:
-            self.read_back.expect(chunk_no, data)
-        view = memoryview(data)
+            self.read_back.expect(entry.offset, view)
         for start, end, has_data in block_runs(view):
             if has_data:
-                self._image.write_at(offset + start, view[start:end])
+                self._image.write_at(entry.offset + start, view[start:end])
                 self.bytes_written += end - start
             else:
-                self._image.zero_at(offset + start, end - start)
-        self._report(offset + len(data))
+                self._image.zero_at(entry.offset + start, end - start)
+        self._advance(entry.length)
 
-    def _verified(self, chunk_no: int, read: Future[bytes]) -> bytes:
-        chunk_id = self._index.digest(chunk_no).hex()
-        try:
-            data = read.result()
-        except (ChunkCorruptError, ChunkMissingError) as e:
-            raise self._corrupt(chunk_no, chunk_id, str(e)) from e
-        # The id covers the content, so this only trips on a writer bug; it
-        # keeps such a bug from writing past the chunk's range.
-        expected = self._index.chunk_length(chunk_no)
-        if len(data) != expected:
-            raise self._corrupt(chunk_no, chunk_id, f"chunk {chunk_id} has {len(data)} bytes, expected {expected}")
-        return data
-
-    def _corrupt(self, chunk_no: int, chunk_id: str, reason: str) -> CorruptBackupError:
-        backup_id, disk = self._manifest.backup_id, self._disk.name
-        return CorruptBackupError(
-            f"backup {backup_id} disk {disk} cannot be restored: chunk {chunk_no} "
-            f"(offset {self._index.chunk_offset(chunk_no)}): {reason}",
-            backup_id=backup_id,
-            disk=disk,
-            chunk_no=chunk_no,
-            chunk_id=chunk_id,
-        )
-
-    def _report(self, done: int) -> None:
+    def _advance(self, length: int) -> None:
+        self._done += length
         if self._progress is not None:
-            self._progress(done, self._disk.size)
+            self._progress(self._done, self._map.size)
+
+    def _corrupt(self, entry: MapEntry, reason: str) -> CorruptBackupError:
+        backup_id, disk = self._manifest.backup_id, self._map.name
+        return CorruptBackupError(
+            f"backup {backup_id} disk {disk} cannot be restored: bytes from offset {entry.offset}: {reason}",
+            backup_id=backup_id, disk=disk, offset=entry.offset, chunk_id=entry.block_id.hex())
+
+
+def _windows(entries: Iterator[MapEntry]) -> Iterator[list[MapEntry]]:
+    window: list[MapEntry] = []
+    data = 0
+    for entry in entries:
+        window.append(entry)
+        data += entry.length
+        if data >= WINDOW_BYTES or len(window) >= WINDOW_EXTENTS:
+            yield window
+            window, data = [], 0
+    if window:
+        yield window
 
 
 def block_runs(data: memoryview, block_size: int = ZERO_BLOCK_SIZE) -> Iterator[tuple[int, int, bool]]:

@@ -1,59 +1,81 @@
-"""--verify: read a restored target back and compare it with what the backup holds.
+"""--verify: read a restored target back and compare it with what the restore wrote.
 
-The expected digest of each chunk is taken from the bytes the restore wrote
-(every one already checked against its chunk id), so the comparison does not
-depend on how the store names chunks. Reading goes through the same target
-the restore wrote, before it is closed: an NBD server that serves one client
-only is still there, and a file is still under its partial name.
+The restore records the BLAKE3 of every extent it writes (each one's bytes already checked
+against its block's id), so the comparison does not depend on how the store names blocks;
+everything else must read back as zeros. Reading goes through the same target the restore
+wrote, before it is closed (an NBD server that serves one client only is still there, and a
+file is still under its partial name), front to back in READ_SIZE pieces whatever the
+extents' sizes.
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
-from functools import cache
 
 import blake3
-
-from dedup import FixedIndex
 
 from .errors import VerifyError
 from .targets import RestoreTarget
 
 READ_SIZE = 32 << 20
-
-
-@cache
-def _zero_digest(length: int) -> bytes:
-    return blake3.blake3(bytes(length)).digest()
+_ZEROS = bytes(READ_SIZE)
 
 
 class ReadBack:
-    """The digest every chunk of the target must have."""
+    """What the target must hold: the digest of every extent written, zeros elsewhere."""
 
-    def __init__(self, index: FixedIndex) -> None:
-        self.index = index
-        self._digests: dict[int, bytes] = {}
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._extents: list[tuple[int, int, bytes]] = []
+        self._lock = threading.Lock()
 
-    def expect(self, chunk_no: int, data: bytes) -> None:
-        self._digests[chunk_no] = blake3.blake3(data, max_threads=blake3.blake3.AUTO).digest()
+    def expect(self, offset: int, data: bytes | memoryview) -> None:
+        digest = blake3.blake3(data).digest()
+        with self._lock:
+            self._extents.append((offset, memoryview(data).nbytes, digest))
 
-    def digest(self, chunk_no: int) -> bytes:
-        if chunk_no in self._digests:
-            return self._digests[chunk_no]
-        return _zero_digest(self.index.chunk_length(chunk_no))
+    def extents(self) -> list[tuple[int, int, bytes]]:
+        return sorted(self._extents)
+
+
+class _Reader:
+    """Sequential reads of a target in READ_SIZE pieces, served as slices."""
+
+    def __init__(self, target: RestoreTarget, size: int) -> None:
+        self._target = target
+        self._size = size
+        self._start = 0
+        self._data = b""
+
+    def pieces(self, offset: int, end: int):
+        while offset < end:
+            if not self._start <= offset < self._start + len(self._data):
+                self._start = offset
+                self._data = self._target.read_at(offset, min(READ_SIZE, self._size - offset))
+                if not self._data:
+                    raise VerifyError(f"the target ends at byte {offset}, before its size {self._size}")
+            at = offset - self._start
+            piece = memoryview(self._data)[at:min(len(self._data), at + end - offset)]
+            yield offset, piece
+            offset += len(piece)
 
 
 def verify_target(target: RestoreTarget, expected: ReadBack, what: str,
                   progress: Callable[[int, int], None] | None = None) -> None:
-    """Raise VerifyError naming the first chunk whose bytes differ."""
-    index = expected.index
-    for chunk_no in range(index.chunk_count):
-        offset, length = index.chunk_offset(chunk_no), index.chunk_length(chunk_no)
-        hasher = blake3.blake3(max_threads=blake3.blake3.AUTO)
-        for start in range(offset, offset + length, READ_SIZE):
-            hasher.update(target.read_at(start, min(READ_SIZE, offset + length - start)))
-        if hasher.digest() != expected.digest(chunk_no):
-            raise VerifyError(f"verify failed: {what} differs from the backup in chunk {chunk_no} "
-                              f"(bytes {offset}-{offset + length - 1})")
+    """Raise VerifyError naming the first range whose bytes differ."""
+    reader = _Reader(target, expected.size)
+    position = 0
+    for offset, length, digest in [*expected.extents(), (expected.size, 0, b"")]:
+        for start, piece in reader.pieces(position, offset):
+            if not _ZEROS.startswith(piece):
+                raise VerifyError(f"verify failed: {what} holds data in bytes {start}-{start + len(piece) - 1}, "
+                                  "which the backup has as zeros")
+        hasher = blake3.blake3()
+        for _, piece in reader.pieces(offset, offset + length):
+            hasher.update(piece)
+        if length and hasher.digest() != digest:
+            raise VerifyError(f"verify failed: {what} differs from the backup in bytes {offset}-{offset + length - 1}")
+        position = offset + length
         if progress is not None:
-            progress(offset + length, index.disk_size)
+            progress(position, expected.size)

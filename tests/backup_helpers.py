@@ -7,6 +7,8 @@ import subprocess
 import time
 from pathlib import Path
 
+import blake3
+
 from appliance.context import Appliance
 from appliance.vms.records import VMRecord
 from vmm import DiskSpec, QMPSession, VMSpec, create_disk, disk_of_qdev
@@ -119,8 +121,18 @@ def image_to_raw(image: str | Path, raw: Path) -> Path:
     return raw
 
 
-def disk_indexes(appliance: Appliance, backup_id: str) -> dict[str, list[bytes]]:
-    """Each disk's chunk ids in a backup: equal lists mean equal content, chunk by chunk."""
-    manifest = appliance.store.get_backup(backup_id)
-    return {d.name: [index.digest(i) for i in range(index.chunk_count)]
-            for d in manifest.disks for index in [appliance.store.read_index(manifest, d.name)]}
+def disk_digests(appliance: Appliance, backup_id: str) -> dict[str, bytes]:
+    """Each disk's content in a backup as one BLAKE3, read through its map (holes as zeros)."""
+    store = appliance.store
+    manifest = store.get_backup(backup_id)
+    digests = {}
+    for disk in manifest.disks:
+        disk_map = store.disk_map(manifest, disk)
+        hasher, position = blake3.blake3(), 0
+        for e in disk_map.entries():
+            hasher.update(bytes(e.offset - position))
+            hasher.update(store.read_block(manifest, e.block_id)[e.block_offset:e.block_offset + e.length])
+            position = e.end
+        hasher.update(bytes(disk_map.size - position))
+        digests[disk.name] = hasher.digest()
+    return digests

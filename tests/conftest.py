@@ -15,7 +15,6 @@ from contextlib import suppress
 from pathlib import Path
 
 import pytest
-from backup_helpers import CHUNK
 from fastapi.testclient import TestClient
 from guest.build import GuestImage, build_guest
 from guest.harness import BOOT_TIMEOUT, GuestVM, MiB
@@ -122,7 +121,7 @@ def _kill_servers_under(data_dir: Path) -> None:
 @pytest.fixture
 def appliance(appliance_data_dir: Path) -> Appliance:
     """An appliance whose store has small chunks, so tests can count the chunks a backup reads."""
-    Store.init(appliance_data_dir / "store", chunk_size=CHUNK, zstd_level=1)
+    Store.init(appliance_data_dir / "store")
     return Appliance.open(str(appliance_data_dir))
 
 

@@ -1,4 +1,9 @@
-"""Helpers shared by the store and restore tests: small stores and disk images."""
+"""Helpers shared by the store and restore tests: small stores and disk images.
+
+The stores are small-scale format-2 stores: 64 KiB blocks in packs of 1 MiB, so a few MiB of
+test data spans many blocks and several packs. disk_image() describes content in units of
+CHUNK (1 MiB) for readability; the store's own block size does not matter to it.
+"""
 
 import random
 import threading
@@ -10,10 +15,12 @@ from dedup import BackupManifest, Store, collect_garbage
 
 MiB = 1 << 20
 CHUNK = MiB
+BLOCK = 64 << 10
+PACK = MiB
 
 
-def new_store(path: Path, chunk_size: int = CHUNK) -> Store:
-    return Store.init(path, chunk_size=chunk_size)
+def new_store(path: Path, block_size: int = BLOCK, pack_size: int = PACK, **options) -> Store:
+    return Store.init(path, block_size=block_size, pack_size=pack_size, **options)
 
 
 def disk_image(chunk_layout: str, chunk_size: int = CHUNK, tail: int = 0, seed: int = 0) -> bytes:
@@ -44,31 +51,52 @@ def disk_image(chunk_layout: str, chunk_size: int = CHUNK, tail: int = 0, seed: 
 
 
 def backup_image(store: Store, vm: str, disks: dict[str, bytes], **session_args) -> BackupManifest:
-    """A full backup of in-memory disk images, put chunk by chunk."""
+    """A full backup of in-memory disk images, put in 1 MiB pieces."""
     with store.begin_backup(vm, **session_args) as session:
         for name, data in disks.items():
             writer = session.disk(name, len(data))
-            for chunk_no in range(writer.chunk_count):
-                start = chunk_no * writer.chunk_size
-                chunk = data[start : start + writer.chunk_size]
-                writer.record_read(len(chunk))
-                writer.put(chunk_no, chunk)
+            for start in range(0, len(data), CHUNK):
+                piece = data[start : start + CHUNK]
+                writer.record_read(len(piece))
+                writer.put(start, piece)
+        return session.commit()
+
+
+def backup_changes(store: Store, parent: BackupManifest, changes: dict[str, list[tuple[int, bytes]]],
+                   sizes: dict[str, int] | None = None, **session_args) -> BackupManifest:
+    """An incremental on `parent` that gives only `changes`: disk -> [(offset, new bytes)]."""
+    with store.begin_backup(parent.vm, kind="incremental", parent=parent, **session_args) as session:
+        for disk in parent.disks:
+            size = (sizes or {}).get(disk.name, disk.size)
+            writer = session.disk(disk.name, size)
+            for offset, data in sorted(changes.get(disk.name, [])):
+                writer.put(offset, data)
         return session.commit()
 
 
 def read_back(store: Store, manifest: BackupManifest, disk: str) -> bytes:
-    index = store.read_index(manifest, disk)
-    parts = []
-    for chunk_no in range(index.chunk_count):
-        if index.is_zero(chunk_no):
-            parts.append(bytes(index.chunk_length(chunk_no)))
-        else:
-            parts.append(store.read_chunk(index.digest(chunk_no)))
-    return b"".join(parts)
+    """The disk's bytes, read through its map as a restore would."""
+    disk_map = store.disk_map(manifest, disk)
+    out = bytearray(disk_map.size)
+    for e in disk_map.entries():
+        block = store.read_block(manifest, e.block_id)
+        out[e.offset : e.end] = block[e.block_offset : e.block_offset + e.length]
+    return bytes(out)
 
 
-def chunk_files(store: Store) -> list[Path]:
-    return sorted(p for p in (store.path / "chunks").rglob("*") if p.is_file())
+def pack_files(store: Store) -> list[Path]:
+    return sorted(p for p in (store.path / "packs").rglob("*") if p.is_file() and not p.name.startswith("."))
+
+
+def block_pack(store: Store, block_id: bytes) -> Path:
+    """The pack file holding a block."""
+    pack, _ = store.blocks.locate(block_id)
+    return store.path / "packs" / pack[:2] / pack
+
+
+def block_ids(store: Store, manifest: BackupManifest, disk: str) -> list[bytes]:
+    """The disk's blocks in disk order, each once."""
+    return list(dict.fromkeys(e.block_id for e in store.disk_map(manifest, disk).entries()))
 
 
 def flip_byte(path: Path, offset: int = -1) -> None:
@@ -94,7 +122,7 @@ def ingest_images(store: Store, vm: str, images: dict[str, Path], **session_args
             for point in points:
                 writer = session.disk(point.disk, point.size)
                 with NbdSource(point.uri, point.since) as source:
-                    stats = ingest_disk(source, writer, store.chunk_size, incremental=False)
+                    stats = ingest_disk(source, writer, incremental=False)
                 writer.record_read(stats.bytes_read)
             manifest = session.commit()
     except BaseException:

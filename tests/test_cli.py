@@ -175,7 +175,7 @@ def test_restore_files_lists_and_extracts_from_the_store_alone(cairn, tmp_path: 
     (tree / "srv" / "index.html").write_text("<h1>backed up</h1>\n")
     image = tmp_path / "disk.raw"
     subprocess.run(["mkfs.ext4", "-q", "-F", "-d", str(tree), str(image), "32M"], check=True)
-    store = Store.init(tmp_path / "store", chunk_size=MiB)
+    store = Store.init(tmp_path / "store")
     backup = backup_file(store, "www", "vda", image)
     listed = json.loads(cairn("restore", "files", backup, "/srv", "--store", str(store.path), "--json").stdout)
     assert [(e["name"], e["kind"]) for e in listed] == [("index.html", "file")]

@@ -38,7 +38,7 @@ def bitmaps(image: str) -> list[str]:
 
 def test_backup_into_a_full_store_fails_cleanly_and_keeps_the_checkpoint(appliance_data_dir: Path, small_store: Path,
                                                                        tmp_path: Path):
-    Store.init(small_store, chunk_size=4 * MiB, zstd_level=1)
+    Store.init(small_store)
     appliance = Appliance.open(str(appliance_data_dir))
     appliance.vms.create("big", [64 * MiB])
     disk = appliance.vms.spec("big").disks[0].path

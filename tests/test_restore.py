@@ -6,7 +6,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from store_helpers import CHUNK, MiB, backup_image, disk_image, flip_byte, new_store
+from store_helpers import BLOCK, CHUNK, MiB, backup_image, block_ids, block_pack, disk_image, flip_byte, new_store
 
 from dedup import BackupNotFoundError, DiskNotFoundError
 from restore import (
@@ -56,7 +56,7 @@ def test_raw_restore_is_byte_exact(store, out):
     calls = []
     result = restore_disk(store, manifest.backup_id, None, out / "vda.raw", progress=lambda *a: calls.append(a))
     assert (out / "vda.raw").read_bytes() == data
-    assert (result.chunks, result.zero_chunks) == (6, 1)
+    assert result.blocks == len(block_ids(store, manifest, "vda")) and result.hole_bytes >= CHUNK
     assert 3 * CHUNK + 4321 < result.bytes_written < len(data) - CHUNK
     assert calls[-1] == (len(data), len(data))
     assert [done for done, _ in calls] == sorted(done for done, _ in calls)
@@ -81,21 +81,21 @@ def test_qcow2_restore_is_byte_exact(store, out, tmp_path, private_tmp):
 @pytest.mark.parametrize("fmt", ["raw", "qcow2"])
 def test_zero_disk_restores_thin(store, out, fmt):
     with store.begin_backup("web1") as session:
-        writer = session.disk("vda", GiB)
-        for chunk_no in range(writer.chunk_count):
-            writer.zero(chunk_no)
+        session.disk("vda", GiB).zero(0, GiB)
         manifest = session.commit()
+    assert manifest.disk("vda").layout.root is None
     target = out / f"vda.{fmt}"
     result = restore_disk(store, manifest.backup_id, "vda", target, fmt=fmt)
-    assert (result.bytes_written, result.zero_chunks) == (0, GiB // CHUNK)
+    assert (result.bytes_written, result.blocks, result.hole_bytes) == (0, 0, GiB)
     assert allocated(target) <= 4 * MiB
     info = json.loads(qemu_img("info", "--output=json", "-f", fmt, str(target)).stdout)
     assert info["virtual-size"] == GiB
 
 
 @pytest.mark.parametrize("fmt", ["raw", "qcow2"])
-def test_zero_blocks_inside_chunks_stay_holes(store, out, fmt):
-    data = disk_image("ssssssss", seed=13)  # 8 MiB, three 4 KiB blocks of data per chunk
+def test_zero_runs_inside_blocks_stay_holes(tmp_path, out, fmt):
+    store = new_store(tmp_path / "store", block_size=MiB)
+    data = disk_image("ssssssss", seed=13)  # 8 MiB, three 4 KiB blocks of data per MiB
     manifest = backup_image(store, "web1", {"vda": data})
     target = out / f"vda.{fmt}"
     result = restore_disk(store, manifest.backup_id, "vda", target, fmt=fmt)
@@ -104,26 +104,29 @@ def test_zero_blocks_inside_chunks_stay_holes(store, out, fmt):
 
 
 @pytest.mark.parametrize("fmt", ["raw", "qcow2"])
-def test_corrupt_chunk_fails_and_leaves_nothing(store, out, fmt, private_tmp):
+def test_corrupt_block_fails_and_leaves_nothing(store, out, fmt, private_tmp):
     data = disk_image("rrr", seed=14)
     manifest = backup_image(store, "web1", {"vda": data})
-    bad = store.read_index(manifest, "vda").digest(1)
-    flip_byte(store.chunks.path(bad), offset=CHUNK // 3)
+    bad = block_ids(store, manifest, "vda")[20]
+    _, record = store.blocks.locate(bad)
+    flip_byte(block_pack(store, bad), offset=record.offset + BLOCK // 3)
     with pytest.raises(CorruptBackupError) as failure:
         restore_disk(store, manifest.backup_id, "vda", out / "vda.img", fmt=fmt)
     assert list(private_tmp.iterdir()) == []
     message = str(failure.value)
     assert bad.hex() in message and manifest.backup_id in message and "disk vda" in message
-    assert (failure.value.chunk_no, failure.value.chunk_id) == (1, bad.hex())
+    assert (failure.value.offset, failure.value.chunk_id) == (20 * BLOCK, bad.hex())
     assert os.listdir(out) == []
 
 
-def test_missing_chunk_fails_and_leaves_nothing(store, out):
+def test_missing_block_fails_and_leaves_nothing(store, out):
     manifest = backup_image(store, "web1", {"vda": disk_image("rr", seed=15)})
-    missing = store.read_index(manifest, "vda").digest(0)
-    store.chunks.path(missing).unlink()
-    with pytest.raises(CorruptBackupError, match=f"{manifest.backup_id} disk vda .*{missing.hex()} is missing"):
+    pack = block_pack(store, block_ids(store, manifest, "vda")[0])
+    lost = {r.block_id.hex() for r in store.blocks.index.packs[pack.name].records}
+    pack.unlink()
+    with pytest.raises(CorruptBackupError, match=f"{manifest.backup_id} disk vda .* is in no pack") as failure:
         restore_disk(store, manifest.backup_id, "vda", out / "vda.raw")
+    assert failure.value.chunk_id in lost
     assert os.listdir(out) == []
 
 

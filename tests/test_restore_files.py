@@ -116,7 +116,7 @@ def test_files_from_xfs_partition(store, content, tmp_path):
 def test_files_from_an_encrypted_store(tmp_path, content, monkeypatch):
     """nbdkit unlocks the store as the CLI does, from $CAIRN_STORE_PASSPHRASE (never its command line)."""
     passphrase = "restore files from an encrypted store"
-    store = Store.init(tmp_path / "store", chunk_size=MiB, passphrase=passphrase)
+    store = Store.init(tmp_path / "store", passphrase=passphrase)
     image = tmp_path / "disk.raw"
     sh("mkfs.ext4", "-q", "-F", "-d", str(content), str(image), "32M")
     backup_id = backup_file(store, "web1", "vda", image)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
-from store_helpers import MiB, backup_image, chunk_files, disk_image, flip_byte
+from store_helpers import MiB, backup_image, block_ids, block_pack, disk_image, flip_byte, pack_files
 
 from appliance.backups.records import BackupRecord
 from appliance.catalog.engine import open_catalog
@@ -55,20 +55,22 @@ def catalog_records(data_dir: Path) -> dict[str, BackupRecord]:
 
 def test_store_commands_end_to_end(cairn, appliance_data_dir: Path):
     store_dir = appliance_data_dir / "store"
-    created = json.loads(cairn("init", "--chunk-size", "1M", "--zstd-level", "5", "--json").stdout)
-    assert (created["chunk_size"], created["zstd_level"]) == (MiB, 5)
+    created = json.loads(cairn("init", "--block-size", "256K", "--pack-size", "1M", "--zstd-level", "5",
+                               "--json").stdout)
+    assert (created["block_size"], created["pack_size"], created["zstd_level"]) == (256 << 10, MiB, 5)
     store = Store.open(store_dir)
     ids = recorded_backups(appliance_data_dir, store, "web", days=3)
 
     stats = json.loads(cairn("stats", "--json").stdout)
-    assert (stats["backups"], stats["chunks"], stats["logical_bytes"]) == (3, 4, 6 * MiB)
+    assert (stats["backups"], stats["chunks"], stats["logical_bytes"]) == (3, 16, 6 * MiB)
     assert json.loads(cairn("verify", "--json").stdout)["ok"]
     assert all(r.verified_at and r.damage == [] for r in catalog_records(appliance_data_dir).values())
 
-    flip_byte(store.chunks.path(store.read_index(store.get_backup(ids[1]), "vda").digest(0)))
+    bad = block_ids(store, store.get_backup(ids[1]), "vda")[0]
+    flip_byte(block_pack(store, bad), offset=store.blocks.locate(bad)[1].offset + 10)
     report = json.loads(cairn("verify", "--json", status=3).stdout)
     assert sorted(report["damaged_backups"]) == sorted([ids[1]])
-    assert "chunk 0" in catalog_records(appliance_data_dir)[ids[1]].damage[0]
+    assert f"disk vda bytes 0-{(256 << 10) - 1}" in catalog_records(appliance_data_dir)[ids[1]].damage[0]
     assert "used by web/" + ids[1] in cairn("verify", status=3).stdout
 
     cairn("protect", ids[0])
@@ -78,11 +80,12 @@ def test_store_commands_end_to_end(cairn, appliance_data_dir: Path):
     assert [m.backup_id for m in store.list_backups()] == [ids[0], ids[2]]
     assert catalog_records(appliance_data_dir)[ids[1]].status == "pruned"
 
-    for path in chunk_files(store):
+    for path in pack_files(store):
         os.utime(path, (0, 0))
+    packs = pack_files(store)
     dry = json.loads(cairn("gc", "--grace", "1h", "--dry-run", "--json").stdout)
-    assert dry["chunks_removed"] == 2 and len(chunk_files(store)) == 4
-    assert "removed 2 chunks" in cairn("gc", "--grace", "0").stdout
+    assert dry["chunks_removed"] == 8 + 1 and pack_files(store) == packs  # its blocks and its map page
+    assert "9 blocks dropped" in cairn("gc", "--grace", "0").stdout
     assert json.loads(cairn("verify", "--json").stdout)["ok"]
 
 
@@ -101,7 +104,7 @@ def test_store_api(appliance_data_dir: Path, appliance: Appliance, api_client: T
 
     assert client.get("/api/v1/store/stats").json()["backups"] == 2
     r = client.post("/api/v1/store/verify", json={"sample_percent": 50})
-    assert r.status_code == 200 and r.json()["chunks_checked"] == 1
+    assert r.status_code == 200 and r.json()["chunks_checked"] == 2
     assert client.post("/api/v1/store/verify", json={"sample_percent": 0}).status_code == 422
 
     r = client.post("/api/v1/store/prune", json={"vm": "web", "keep_daily": 1, "dry_run": True})
@@ -121,3 +124,29 @@ def test_store_api(appliance_data_dir: Path, appliance: Appliance, api_client: T
         held.release()
     r = client.post("/api/v1/store/gc", json={"grace_seconds": 0, "dry_run": True})
     assert r.status_code == 200 and r.json()["dry_run"] is True
+
+
+def test_restore_list_names_a_damaged_manifest_and_lists_the_others(appliance_data_dir: Path, tmp_path: Path):
+    """One backup's sealed manifest replaced by another's (issue 15): listing, verify and restore
+    name that one and go on with the rest."""
+    store = Store.init(tmp_path / "store", passphrase="pass phrase")
+    good, bad = (backup_image(store, "web", {"vda": disk_image("r", seed=n)}) for n in (1, 2))
+    directory = tmp_path / "store" / "backups" / "web"
+    (directory / bad.backup_id / "manifest.json").write_bytes((directory / good.backup_id / "manifest.json").read_bytes())
+    env = {**os.environ, "CAIRN_DATA_DIR": str(appliance_data_dir), "COLUMNS": "400",
+           "CAIRN_STORE_PASSPHRASE": "pass phrase"}
+
+    def cairn(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([CAIRN, *args, "--store", str(tmp_path / "store")], check=False, env=env,
+                              capture_output=True, text=True, timeout=60)
+
+    listed = cairn("restore", "list", "--vm", "web", "--json")
+    assert listed.returncode == 3 and "Traceback" not in listed.stderr
+    assert [b["backup_id"] for b in json.loads(listed.stdout)] == [good.backup_id]
+    assert f"unreadable backup web/{bad.backup_id}" in listed.stderr and "cannot be decrypted" in listed.stderr
+    assert good.backup_id in cairn("restore", "list").stdout
+    verified = json.loads(cairn("store", "verify", "--json").stdout)
+    assert list(verified["damaged_backups"]) == [bad.backup_id] and verified["backups"] == [good.backup_id]
+    restored = cairn("restore", "disk", good.backup_id, "--to", str(tmp_path / "vda.raw"))
+    assert restored.returncode == 0, restored.stderr
+    assert (tmp_path / "vda.raw").read_bytes() == disk_image("r", seed=1)

@@ -1,4 +1,4 @@
-"""Encrypted stores: chunks, indexes and manifests sealed; keyed chunk ids; a key that must match."""
+"""Encrypted stores: blocks, map pages and manifests sealed; keyed block ids; a key that must match."""
 from __future__ import annotations
 
 import json
@@ -11,12 +11,16 @@ from pathlib import Path
 import blake3
 import pytest
 from store_helpers import (
-    CHUNK,
+    BLOCK,
+    PACK,
+    backup_changes,
     backup_image,
     backup_path,
-    chunk_files,
+    block_ids,
+    block_pack,
     disk_image,
     flip_byte,
+    pack_files,
     read_back,
 )
 
@@ -37,23 +41,26 @@ PASSPHRASE = "correct horse battery staple"
 CAIRN = str(Path(sys.executable).with_name("cairn"))
 
 
+def encrypted_store(path: Path, **options) -> Store:
+    return Store.init(path, block_size=BLOCK, pack_size=PACK, passphrase=PASSPHRASE, **options)
+
+
 def test_encrypted_store_restores_with_its_passphrase(tmp_path):
-    store = Store.init(tmp_path / "store", chunk_size=CHUNK, passphrase=PASSPHRASE)
+    store = encrypted_store(tmp_path / "store")
     data = disk_image("rtz", tail=4096, seed=4)
     manifest = backup_image(store, "web1", {"vda": data}, vm_definition={"xml": "<domain>secret</domain>"})
 
     config = json.loads((tmp_path / "store" / "config.json").read_text())
-    assert config["version"] == 2
+    assert config["version"] == 3
     assert config["encryption"] == {"cipher": "aes-256-gcm", "chunk_id": "blake3-keyed",
                                     "key_fingerprint": store.config.key_fingerprint}
-    # Nothing readable at rest: not the content, not the VM definition, not a chunk id an attacker could compute.
-    plain_ids = {blake3.blake3(data[i * CHUNK:(i + 1) * CHUNK]).hexdigest() for i in range(2)}
-    assert plain_ids.isdisjoint(p.name for p in chunk_files(store))
-    directory = backup_path(store, "web1", manifest.backup_id)
-    assert b"secret" not in (directory / "manifest.json").read_bytes()
-    assert b"CAIRNIDX" not in (directory / "vda.index").read_bytes()
-    for path in chunk_files(store):
-        assert data[:64] not in path.read_bytes()
+    # Nothing readable at rest: not the content, not the VM definition, not the maps, not a
+    # block id an attacker could compute.
+    plain_ids = {blake3.blake3(data[o:o + BLOCK]).digest() for o in range(0, len(data), BLOCK)}
+    at_rest = b"".join(p.read_bytes() for p in [*pack_files(store), *(tmp_path / "store" / "index").iterdir()])
+    assert not any(plain_id in at_rest for plain_id in plain_ids)
+    assert b"CMAP" not in at_rest and data[:64] not in at_rest and data[2 << 20:(2 << 20) + 64] not in at_rest
+    assert b"secret" not in (backup_path(store, "web1", manifest.backup_id) / "manifest.json").read_bytes()
 
     reopened = Store.open(tmp_path / "store", passphrase=PASSPHRASE)
     assert reopened.get_backup(manifest.backup_id).vm_definition == {"xml": "<domain>secret</domain>"}
@@ -63,7 +70,7 @@ def test_encrypted_store_restores_with_its_passphrase(tmp_path):
 
 
 def test_wrong_or_missing_passphrase_fails_clearly(tmp_path):
-    Store.init(tmp_path / "store", chunk_size=CHUNK, passphrase=PASSPHRASE)
+    encrypted_store(tmp_path / "store")
     with pytest.raises(WrongPassphraseError, match=f"wrong passphrase for key file .*{KEY_FILE}"):
         Store.open(tmp_path / "store", passphrase="correct horse battery stapler")
     with pytest.raises(PassphraseRequiredError, match="is encrypted"):
@@ -73,8 +80,8 @@ def test_wrong_or_missing_passphrase_fails_clearly(tmp_path):
 
 
 def test_a_key_from_another_store_is_refused_by_fingerprint(tmp_path):
-    mine = Store.init(tmp_path / "mine", chunk_size=CHUNK, passphrase=PASSPHRASE)
-    theirs = Store.init(tmp_path / "theirs", chunk_size=CHUNK, passphrase=PASSPHRASE)
+    mine = encrypted_store(tmp_path / "mine")
+    theirs = encrypted_store(tmp_path / "theirs")
     data = disk_image("r", seed=1)
     manifest = backup_image(mine, "web1", {"vda": data})
     with pytest.raises(WrongKeyError, match=theirs.config.key_fingerprint + ".*" + mine.config.key_fingerprint):
@@ -91,7 +98,7 @@ def test_a_key_from_another_store_is_refused_by_fingerprint(tmp_path):
 def test_key_file_kept_apart_from_the_store(tmp_path):
     key_file = tmp_path / "keys" / "store.key"
     key_file.parent.mkdir()
-    store = Store.init(tmp_path / "store", chunk_size=CHUNK, passphrase=PASSPHRASE, key_file=key_file)
+    store = encrypted_store(tmp_path / "store", key_file=key_file)
     assert not (tmp_path / "store" / KEY_FILE).exists() and key_file.stat().st_mode & 0o777 == 0o600
     data = disk_image("rr", seed=2)
     manifest = backup_image(store, "web1", {"vda": data})
@@ -105,29 +112,35 @@ def test_key_file_kept_apart_from_the_store(tmp_path):
 
 
 def test_tampering_is_found_and_named(tmp_path):
-    store = Store.init(tmp_path / "store", chunk_size=CHUNK, passphrase=PASSPHRASE)
+    store = encrypted_store(tmp_path / "store")
     a = backup_image(store, "web1", {"vda": disk_image("rr", seed=5)})
     b = backup_image(store, "web1", {"vda": disk_image("t", seed=6)})
-    bad = store.read_index(a, "vda").digest(1)
-    flip_byte(store.chunks.path(bad), offset=NONCE_SIZE + 10)
-    # A sealed file moved under another name does not authenticate either.
-    shutil.copy(backup_path(store, "web1", a.backup_id) / "vda.index", backup_path(store, "web1", b.backup_id) / "vda.index")
+    bad = block_ids(store, a, "vda")[1]
+    _, record = store.blocks.locate(bad)
+    assert record.stored_length == NONCE_SIZE + BLOCK + TAG_SIZE  # random data: raw, sealed
+    flip_byte(block_pack(store, bad), offset=record.offset + NONCE_SIZE + 10)
+    # A sealed manifest moved under another backup's name does not authenticate either.
+    shutil.copy(backup_path(store, "web1", a.backup_id) / "manifest.json",
+                backup_path(store, "web1", b.backup_id) / "manifest.json")
     report = verify_store(store)
     assert [(x.chunk_id, x.problem) for x in report.bad_chunks] == [(bad.hex(), "corrupt")]
     assert "authentication failed" in report.bad_chunks[0].detail
-    assert [(u.backup_id, u.disk) for u in report.unreadable] == [(b.backup_id, "vda")]
+    assert [(u.backup_id, u.disk) for u in report.unreadable] == [(b.backup_id, None)]
     assert "cannot be decrypted" in report.unreadable[0].error
     assert set(report.damaged_backups()) == {a.backup_id, b.backup_id}
-    assert min(p.stat().st_size for p in chunk_files(store)) > NONCE_SIZE + TAG_SIZE
 
 
-def test_dedup_still_works_with_keyed_ids(tmp_path):
-    store = Store.init(tmp_path / "store", chunk_size=CHUNK, passphrase=PASSPHRASE)
+def test_dedup_and_incrementals_still_work_with_keyed_ids(tmp_path):
+    store = encrypted_store(tmp_path / "store")
     common = disk_image("rrr", seed=8)
     backup_image(store, "a", {"vda": common})
     second = backup_image(store, "b", {"vda": common + disk_image("r", seed=9)})
-    assert second.disk("vda").stats.chunks_deduplicated == 3
-    assert len(chunk_files(store)) == 4
+    assert (second.disk("vda").stats.blocks_deduplicated, second.disk("vda").stats.blocks_written) == (48, 16)
+    changed = bytearray(common + disk_image("r", seed=9))
+    changed[5000:9096] = bytes(range(256)) * 16
+    third = backup_changes(store, second, {"vda": [(4096, bytes(changed[4096:12288]))]})
+    assert third.disk("vda").stats.blocks_written == 1
+    assert read_back(store, third, "vda") == bytes(changed)
 
 
 def cairn(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
@@ -141,7 +154,7 @@ def test_cli_creates_and_unlocks_an_encrypted_store(tmp_path):
     env = {**os.environ, "CAIRN_DATA_DIR": str(tmp_path / "data"), "CAIRN_STORE_PASSPHRASE": PASSPHRASE,
            "COLUMNS": "400"}
     location = str(tmp_path / "store")
-    made = cairn(env, "store", "init", "--store", location, "--chunk-size", "1M", "--encrypt", "--json")
+    made = cairn(env, "store", "init", "--store", location, "--block-size", "256K", "--encrypt", "--json")
     assert made.returncode == 0, made.stderr
     fingerprint = json.loads(made.stdout)["key_fingerprint"]
     store = Store.open(location, passphrase=PASSPHRASE)
@@ -165,7 +178,7 @@ def test_cli_creates_and_unlocks_an_encrypted_store(tmp_path):
 def appliance(appliance_data_dir: Path, monkeypatch) -> Appliance:
     """Overrides conftest's: an appliance started with the passphrase of its encrypted store."""
     monkeypatch.setenv("CAIRN_STORE_PASSPHRASE", PASSPHRASE)
-    Store.init(appliance_data_dir / "store", chunk_size=CHUNK, passphrase=PASSPHRASE).close()
+    Store.init(appliance_data_dir / "store", passphrase=PASSPHRASE).close()
     return Appliance.open(str(appliance_data_dir))
 
 

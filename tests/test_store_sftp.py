@@ -16,9 +16,13 @@ from pathlib import Path
 
 import pytest
 from store_helpers import (
+    BLOCK,
     CHUNK,
+    PACK,
     backup_image,
     backups_beside_gc,
+    block_ids,
+    block_pack,
     disk_image,
     flip_byte,
     ingest_images,
@@ -57,6 +61,10 @@ def open_remote(server, url: str, **kwargs) -> Store:
     return Store.open(open_backend(url, ssh_options(server)), **kwargs)
 
 
+def init_remote(server, url: str) -> Store:
+    return Store.init(open_backend(url, ssh_options(server)), block_size=BLOCK, pack_size=PACK)
+
+
 def age(root: Path, seconds: float = 3600) -> None:
     when = time.time() - seconds
     for path in root.rglob("*"):
@@ -69,8 +77,8 @@ def test_sftp_store_backs_up_verifies_and_restores_byte_exact(remote, tmp_path):
     image = tmp_path / "vda.raw"
     data = disk_image("rtzs", tail=4608, seed=3)  # qemu sees raw images in whole 512-byte sectors
     image.write_bytes(data)
-    store = Store.init(open_backend(url, ssh_options(server)), chunk_size=CHUNK)
-    assert store.location == url and (path / "config.json").is_file() and (path / "chunks").is_dir()
+    store = init_remote(server, url)
+    assert store.location == url and (path / "config.json").is_file() and (path / "packs").is_dir()
     manifest = ingest_images(store, "web1", {"vda": image})
     store.close()
 
@@ -78,7 +86,8 @@ def test_sftp_store_backs_up_verifies_and_restores_byte_exact(remote, tmp_path):
     assert [m.backup_id for m in store.list_backups()] == [manifest.backup_id]
     assert read_back(store, manifest, "vda") == data
     report = verify_store(store)
-    assert report.ok and report.chunks_checked == 4  # r, t, s and the tail; the zero chunk is no file
+    slots = {data[o:o + BLOCK] for o in range(0, len(data), BLOCK)} - {bytes(BLOCK)}
+    assert report.ok and report.chunks_checked == len(slots)  # zero slots are holes, no block
     result = restore_disk(store, manifest.backup_id, "vda", tmp_path / "restored.raw")
     assert (tmp_path / "restored.raw").read_bytes() == data and result.bytes_written > 0
 
@@ -89,19 +98,22 @@ def test_sftp_store_backs_up_verifies_and_restores_byte_exact(remote, tmp_path):
 
 def test_sftp_store_verify_names_damage(remote):
     server, url, path = remote
-    store = Store.init(open_backend(url, ssh_options(server)), chunk_size=CHUNK)
+    store = init_remote(server, url)
     m = backup_image(store, "web1", {"vda": disk_image("rr", seed=1)})
-    bad = store.read_index(m, "vda").digest(1)
-    flip_byte(path / store.chunks.name(bad), offset=100)
+    bad = block_ids(store, m, "vda")[1]
+    _, record = store.blocks.locate(bad)
+    pack = block_pack(Store.open(path), bad)
+    flip_byte(pack, offset=record.offset + 100)
     report = verify_store(store)
     assert [b.chunk_id for b in report.bad_chunks] == [bad.hex()]
-    assert report.damaged_backups() == {m.backup_id: [f"disk vda chunk 1: chunk {bad.hex()} is corrupt"]}
+    assert report.damaged_backups() == {m.backup_id: [f"disk vda bytes {BLOCK}-{2 * BLOCK - 1}: block {bad.hex()} "
+                                                      "is corrupt"]}
     store.close()
 
 
 def test_sftp_store_prune_then_gc_frees_only_what_no_backup_needs(remote, tmp_path):
     server, url, path = remote
-    store = Store.init(open_backend(url, ssh_options(server)), chunk_size=CHUNK)
+    store = init_remote(server, url)
     common = disk_image("rr", seed=7)
     images = [common + disk_image("r", seed=n) for n in range(3)]
     manifests = [backup_image(store, "web1", {"vda": image}) for image in images]
@@ -110,13 +122,12 @@ def test_sftp_store_prune_then_gc_frees_only_what_no_backup_needs(remote, tmp_pa
     assert [m.backup_id for m in store.list_backups()] == [manifests[2].backup_id]
 
     fresh = collect_garbage(store, grace=timedelta(minutes=10))
-    assert fresh.chunks_removed == 0 and fresh.chunks_within_grace == 2
-    age(path / "chunks")
+    assert fresh.chunks_removed == 0 and fresh.chunks_within_grace == 2 * (16 + 1)  # blocks and map pages
+    age(path / "packs")
     gc = collect_garbage(store, grace=timedelta(minutes=10))
-    assert (gc.chunks_referenced, gc.chunks_removed, gc.chunks_kept) == (3, 2, 3)
-    assert sorted(p.name for p in (path / "chunks").rglob("*") if p.is_file()) == sorted(
-        d.hex() for _, d in store.read_index(manifests[2], "vda").stored_chunks()
-    )
+    assert (gc.chunks_referenced, gc.chunks_removed, gc.chunks_kept) == (48 + 1, 2 * 17, 49)
+    kept = {r.block_id for p in Store.open(path).blocks.ensure_loaded().packs.values() for r in p.records}
+    assert kept == set(block_ids(store, manifests[2], "vda")) | {bytes.fromhex(manifests[2].disk("vda").layout.root)}
     assert verify_store(store).ok
     restore_disk(store, manifests[2].backup_id, "vda", tmp_path / "last.raw")
     assert (tmp_path / "last.raw").read_bytes() == images[2]
@@ -125,7 +136,7 @@ def test_sftp_store_prune_then_gc_frees_only_what_no_backup_needs(remote, tmp_pa
 
 def test_sftp_locks_exclude_a_second_gc_and_die_with_their_holder(remote):
     server, url, path = remote
-    store = Store.init(open_backend(url, ssh_options(server)), chunk_size=CHUNK)
+    store = init_remote(server, url)
     other = open_remote(server, url)
     held = other.backend.try_lock("locks/gc")
     assert held is not None
@@ -174,7 +185,7 @@ def test_cli_works_on_an_sftp_store(remote, tmp_path):
         assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
         return proc
 
-    assert url in cairn("store", "init", "--chunk-size", "1M").stdout
+    assert url in cairn("store", "init", "--block-size", "256K", "--pack-size", "1M").stdout
     data = disk_image("rs", seed=21)
     with open_remote(server, url) as store:
         manifest = backup_image(store, "web1", {"vda": data})
@@ -184,14 +195,14 @@ def test_cli_works_on_an_sftp_store(remote, tmp_path):
 
 
 def test_two_backups_gc_and_verify_at_once_on_sftp(remote, tmp_path):
-    """Chunks of a pruned backup are deduplicated against by two running backups while a GC
-    without grace sweeps them and a verify reads: every backup restores, verify is clean."""
+    """Blocks of a pruned backup are deduplicated against by two running backups while a GC
+    without grace reclaims and a verify reads: every backup restores, verify is clean."""
     server, url, path = remote
-    store = Store.init(open_backend(url, ssh_options(server)), chunk_size=CHUNK)
+    store = init_remote(server, url)
     common = disk_image("rrr", seed=30)
     gone = backup_image(store, "old", {"vda": common})
     (path / "backups" / "old" / gone.backup_id / "manifest.json").unlink()
-    age(path / "chunks")
+    age(path / "packs")
     images = {vm: common + disk_image("rr", seed=n) for n, vm in enumerate(["a", "b"], 31)}
     stores = {vm: open_remote(server, url) for vm in images}
     checker = open_remote(server, url)

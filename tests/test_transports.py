@@ -1,4 +1,4 @@
-"""NbdSource and the chunk plan against a real qemu-nbd export."""
+"""NbdSource and the read plan against a real qemu-nbd export."""
 from __future__ import annotations
 
 import hashlib
@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from transports import ChunkPlan, Extent, NbdSource
+from transports import Extent, NbdSource, Piece, pieces
+from transports.nbd_source import size_class
 
 MiB = 1 << 20
 
@@ -38,36 +39,59 @@ def export(tmp_path: Path):
     server.wait()
 
 
-def test_plan_splits_extents_by_chunk_and_marks_changed():
-    plan = ChunkPlan.build(10 * MiB, 4 * MiB, [Extent(3 * MiB, 2 * MiB), Extent(5 * MiB, MiB)],
-                           dirty=[Extent(9 * MiB, 4096)])
-    assert plan.chunk_count == 3 and plan.chunk_length(2) == 2 * MiB
-    assert plan.data == {0: [Extent(3 * MiB, MiB)], 1: [Extent(4 * MiB, 2 * MiB)]}
-    assert plan.changed == {2} and not plan.must_read(0) and plan.must_read(2)
-    assert plan.bytes_to_read() == 0
+def test_pieces_cut_data_at_block_boundaries_and_keep_zero_runs_whole():
+    data = [Extent(3 * MiB, 2 * MiB), Extent(9 * MiB + 4096, 4096)]
+    whole = list(pieces(4 * MiB, data, [Extent(0, 16 * MiB)]))
+    assert whole == [
+        Piece(0, 4 * MiB, (Extent(3 * MiB, MiB),)),
+        Piece(4 * MiB, 4 * MiB, (Extent(4 * MiB, MiB),)),
+        Piece(8 * MiB, 4 * MiB, (Extent(9 * MiB + 4096, 4096),)),
+        Piece(12 * MiB, 4 * MiB, ()),
+    ]
+    # Only what is wanted (a dirty range), and a zero run is one piece however long.
+    dirty = list(pieces(4 * MiB, data, [Extent(4 * MiB + 512, 12 * MiB - 512)]))
+    assert dirty == [
+        Piece(4 * MiB + 512, 4 * MiB - 512, (Extent(4 * MiB + 512, MiB - 512),)),
+        Piece(8 * MiB, 4 * MiB, (Extent(9 * MiB + 4096, 4096),)),
+        Piece(12 * MiB, 4 * MiB, ()),
+    ]
+    assert list(pieces(MiB, [], [Extent(0, 1 << 40)])) == [Piece(0, 1 << 40, ())]
 
 
-def test_read_chunks_gives_exact_content_in_order_with_bounded_memory(export):
+def test_size_classes():
+    assert [size_class(n) for n in (1, 4096, 4097, 65536, 65537, MiB - 1)] == [4096, 4096, 8192, 65536, 131072, MiB]
+
+
+def test_read_pieces_gives_exact_content_in_order_with_bounded_memory(export):
     uri, raw = export
-    chunk = 64 * MiB
+    block = 4 * MiB
     seen: list[int] = []
     with NbdSource(uri) as source, open(raw, "rb") as ref:
-        plan = ChunkPlan.build(source.size, chunk, source.data_extents())
+        plan = list(pieces(block, source.data_extents(), [Extent(0, source.size)]))
         before = rss_mib()
 
-        def check(index: int, data: bytearray) -> None:
-            seen.append(index)
-            ref.seek(index * chunk)
-            assert hashlib.sha256(data).digest() == hashlib.sha256(ref.read(len(data))).digest(), index
+        def check(piece: Piece, data: bytearray | None) -> None:
+            seen.append(piece.offset)
+            ref.seek(piece.offset)
+            expected = ref.read(piece.length)
+            if data is None:
+                assert expected == bytes(piece.length), piece
+            else:
+                assert hashlib.sha256(data).digest() == hashlib.sha256(expected).digest(), piece
 
-        source.read_chunks(plan, sorted(plan.data), check)
+        source.read_pieces(plan, check)
         grown = rss_mib() - before
-    assert seen == sorted(plan.data) == [0, 1, 3, 4, 5, 6, 7, 9]
+    assert seen == [p.offset for p in plan]
     written = 3 * MiB + 70 * MiB + 300 * MiB + 65536
     # Allocation is per 64 KiB qcow2 cluster: an unaligned run costs at most a cluster each side.
     assert written <= source.bytes_read <= written + 2 * 65536
-    # A few chunks in flight at most, never the whole disk (libnbd must not keep buffers).
-    assert grown < 6 * chunk // MiB, grown
+    # A few blocks in flight at most, never the whole disk (libnbd must not keep buffers).
+    assert grown < 24 * block // MiB, grown
+    # The same pieces again reuse the buffers libnbd cannot free.
+    with NbdSource(uri) as source:
+        before = rss_mib()
+        source.read_pieces(plan, lambda piece, data: None)
+        assert rss_mib() - before < 8
 
 
 def test_missing_bitmap_is_a_clear_error(export):

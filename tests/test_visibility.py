@@ -8,7 +8,6 @@ import time
 from pathlib import Path
 
 import pytest
-from backup_helpers import CHUNK
 from catalog_backends import catalog_url  # noqa: F401  (fixture)
 from conftest import TEST_PASSWORD
 from fastapi.testclient import TestClient
@@ -24,7 +23,7 @@ DISK = 8 << 20
 @pytest.fixture
 def appliance(appliance_data_dir: Path, catalog_url: str | None) -> Appliance:  # noqa: F811
     """On SQLite, and on PostgreSQL when $CAIRN_TEST_POSTGRES_URL is set."""
-    Store.init(appliance_data_dir / "store", chunk_size=CHUNK, zstd_level=1)
+    Store.init(appliance_data_dir / "store")
     return Appliance.open(str(appliance_data_dir), catalog_url)
 
 

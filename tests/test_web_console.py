@@ -10,7 +10,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from backup_helpers import CHUNK
 from selenium.webdriver.common.by import By
 from web_helpers import (
     add_user,
@@ -54,7 +53,7 @@ def dashboard_row(browser, vm: str) -> list[str]:
 
 
 def test_sign_in_create_snapshot_back_up_restore_and_watch_the_dashboard(appliance_data_dir: Path, guest_kernel):
-    Store.init(appliance_data_dir / "store", chunk_size=CHUNK, zstd_level=1)
+    Store.init(appliance_data_dir / "store")
     secret = add_user(appliance_data_dir, "ops", Role.ADMIN, totp=True)
     with console_server(appliance_data_dir) as base, chromium() as browser:
         browser.get(f"{base}/ui/")

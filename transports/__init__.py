@@ -7,10 +7,10 @@ into qemu-nbd targets or into files on an sshfs mount (`push`, `sshfs`), or qemu
 over the image files of a stopped VM (`offline`). The running-VM exports share one
 freezing transaction and the checkpoint bookkeeping (`live`); `guest_agent` freezes
 the guest's filesystems around it. `ingest` copies a source into a `dedup` disk
-writer, reading only what it has to.
+writer, reading only what it has to, in pieces that never cross the store's blocks.
 """
-from .extents import ChunkPlan, Extent
-from .ingest import IngestStats, ingest_disk
+from .extents import Extent, Piece, pieces
+from .ingest import BlockSink, IngestStats, ingest_disk
 from .nbd_source import NbdSource, SourceError
 
-__all__ = ["ChunkPlan", "Extent", "IngestStats", "NbdSource", "SourceError", "ingest_disk"]
+__all__ = ["BlockSink", "Extent", "IngestStats", "NbdSource", "Piece", "SourceError", "ingest_disk", "pieces"]

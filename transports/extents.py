@@ -1,7 +1,7 @@
-"""Byte ranges of a disk and how they fall onto fixed-size chunks."""
+"""Byte ranges of a disk, and the pieces a backup reads them in."""
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 
@@ -29,50 +29,59 @@ def merge(extents: Iterable[Extent]) -> list[Extent]:
     return out
 
 
-@dataclass
-class ChunkPlan:
-    """What to do with each chunk of a disk: which byte ranges hold data.
+def intersect(a: list[Extent], b: list[Extent]) -> list[Extent]:
+    """The ranges in both merged lists."""
+    out: list[Extent] = []
+    i = j = 0
+    while i < len(a) and j < len(b):
+        lo, hi = max(a[i].offset, b[j].offset), min(a[i].end, b[j].end)
+        if lo < hi:
+            out.append(Extent(lo, hi - lo))
+        if a[i].end < b[j].end:
+            i += 1
+        else:
+            j += 1
+    return out
 
-    `data[i]` lists the data ranges inside chunk i in disk offsets; a chunk absent
-    from `data` holds only zeros or holes. `changed` is None for a full read, or the
-    set of chunks touched by a dirty range (all others keep their previous ids).
-    """
 
-    size: int
-    chunk_size: int
-    data: dict[int, list[Extent]]
-    changed: set[int] | None
+@dataclass(frozen=True)
+class Piece:
+    """One read of a backup: a range, and the ranges inside it that may hold data (disk offsets).
 
-    @classmethod
-    def build(cls, size: int, chunk_size: int, data: Iterable[Extent],
-              dirty: Iterable[Extent] | None = None) -> ChunkPlan:
-        per_chunk: dict[int, list[Extent]] = {}
-        for e in merge(data):
-            for i, piece in split_by_chunk(e, chunk_size):
-                per_chunk.setdefault(i, []).append(piece)
-        changed = None
-        if dirty is not None:
-            changed = {i for e in merge(dirty) for i, _ in split_by_chunk(e, chunk_size)}
-        return cls(size, chunk_size, per_chunk, changed)
+    A piece without data is all zeros and is not read. A piece never crosses a block boundary,
+    so the store can make a block of a piece that fills its block-sized slot."""
+
+    offset: int
+    length: int
+    data: tuple[Extent, ...]
 
     @property
-    def chunk_count(self) -> int:
-        return -(-self.size // self.chunk_size)
-
-    def chunk_length(self, i: int) -> int:
-        return min(self.chunk_size, self.size - i * self.chunk_size)
-
-    def must_read(self, i: int) -> bool:
-        return self.changed is None or i in self.changed
-
-    def bytes_to_read(self) -> int:
-        return sum(e.length for i, pieces in self.data.items() if self.must_read(i) for e in pieces)
+    def end(self) -> int:
+        return self.offset + self.length
 
 
-def split_by_chunk(e: Extent, chunk_size: int) -> Iterable[tuple[int, Extent]]:
-    off = e.offset
-    while off < e.end:
-        i = off // chunk_size
-        stop = min(e.end, (i + 1) * chunk_size)
-        yield i, Extent(off, stop - off)
-        off = stop
+def pieces(block_size: int, data: list[Extent], wanted: list[Extent]) -> Iterator[Piece]:
+    """The `wanted` ranges (merged) as pieces in disk order: cut at block boundaries where they
+    hold data (per `data`, merged), whole runs of zeros where they do not."""
+    j = 0
+    for w in wanted:
+        position = w.offset
+        while position < w.end:
+            while j < len(data) and data[j].end <= position:
+                j += 1
+            if j == len(data) or data[j].offset >= w.end:
+                yield Piece(position, w.end - position, ())
+                break
+            slot = max(position, data[j].offset - data[j].offset % block_size)
+            if slot > position:
+                yield Piece(position, slot - position, ())
+                position = slot
+            end = min(w.end, position - position % block_size + block_size)
+            inside = []
+            k = j
+            while k < len(data) and data[k].offset < end:
+                lo, hi = max(data[k].offset, position), min(data[k].end, end)
+                inside.append(Extent(lo, hi - lo))
+                k += 1
+            yield Piece(position, end - position, tuple(inside))
+            position = end

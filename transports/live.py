@@ -26,6 +26,7 @@ from .points import (
     Checkpoint,
     DiskPoint,
     backing_files,
+    bitmap_granularity,
     checkpoint_problem,
     plan_bitmap_repair,
 )
@@ -57,6 +58,7 @@ class LiveExport(ABC):
         self.quiesce = quiesce
         self.notes: list[str] = []   # what open() had to repair, for the backup's record
         self._nodes: dict[str, str] = {}
+        self._sizes: dict[str, int] = {}
         self._nodes_added: list[str] = []
         self._tracked: set[str] = set()   # disks that get the new checkpoint bitmap
         self._volatile: set[str] = set()  # ... kept by QEMU in memory only: their images cannot store one
@@ -101,6 +103,7 @@ class LiveExport(ABC):
             raise ExportError(f"the running VM has no disk {', '.join(missing)}")
         roots = await self._reclaim()
         self._nodes = {d: roots[d]["node"] for d in self.disks}
+        self._sizes = {d: roots[d]["size"] for d in self.disks}
         points = {d: DiskPoint(d, roots[d]["size"], "", None, checkpoint_file=roots[d]["file"],
                                checkpoint_node=roots[d]["node"]) for d in self.disks}
         self._check_since(roots, points)
@@ -211,7 +214,8 @@ class LiveExport(ABC):
                 actions.append({"type": "block-dirty-bitmap-disable", "data": {"node": node, "name": self.since[d]}})
             if d in self._tracked:
                 actions.append({"type": "block-dirty-bitmap-add",
-                                "data": {"node": node, "name": self.checkpoint, "persistent": d not in self._volatile}})
+                                "data": {"node": node, "name": self.checkpoint, "persistent": d not in self._volatile,
+                                         "granularity": bitmap_granularity(self._sizes[d])}})
             actions += self._copy_actions(d)
         return actions
 

@@ -21,6 +21,7 @@ from .points import (
     Checkpoint,
     DiskPoint,
     backing_files,
+    bitmap_granularity,
     checkpoint_problem,
     plan_bitmap_repair,
 )
@@ -136,7 +137,7 @@ class OfflineExport:
         point.since = wanted
         if wanted:
             qemu_img("bitmap", "--disable", path, wanted)
-        qemu_img("bitmap", "--add", path, self.checkpoint)
+        qemu_img("bitmap", "--add", "-g", str(bitmap_granularity(state.size)), path, self.checkpoint)
         self._tracked.add(disk)
         point.checkpoint = self.checkpoint
         return point

@@ -86,6 +86,22 @@ def checkpoint_problem(bitmaps: dict[str, dict], chain: list[str], checkpoint: C
 
 
 CHECKPOINT_PREFIX = "cairn-"
+# Dirty bitmaps Cairn creates track 4 KiB granules, a page, so scattered small writes cost an
+# incremental what they changed (QEMU's default for qcow2 is the 64 KiB cluster: a 4 KiB write
+# would be read and stored 16 times over). A bitmap costs one bit per granule, in QEMU's memory
+# while the VM runs and in the qcow2 file: 4 KiB granules are 32 MiB per TiB. Beyond
+# BITMAP_BYTES_CAP per bitmap the granule doubles (a 1 TiB disk: 8 KiB granules, 16 MiB;
+# 4 TiB: 32 KiB) so a backup's two bitmaps (the frozen and the recording one) stay small.
+MIN_GRANULARITY = 4 << 10
+BITMAP_BYTES_CAP = 16 << 20
+
+
+def bitmap_granularity(disk_size: int) -> int:
+    """The granularity of every dirty bitmap Cairn creates on a disk of that size."""
+    granularity = MIN_GRANULARITY
+    while disk_size > granularity * BITMAP_BYTES_CAP * 8:
+        granularity *= 2
+    return granularity
 
 
 @dataclass

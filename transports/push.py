@@ -3,12 +3,12 @@
 In the freezing transaction (live.py) each disk starts a `blockdev-backup` into its target:
 `sync=full`, or `sync=bitmap` from the frozen checkpoint. The job itself holds the instant
 (copy-before-write), so the guest goes on meanwhile. For an incremental the frozen bitmap is
-first merged into a scratch bitmap whose granularity is the store's chunk size: QEMU then copies
-every changed chunk whole, and a chunk is the unit the store reuses or replaces.
+first merged into a scratch bitmap that the job uses (the checkpoint itself stays free for the
+bookkeeping in live.py): QEMU copies every granule it marks (points.bitmap_granularity).
 
 Targets are fresh qcow2 files with a `tracking` bitmap that records what QEMU wrote. Once the
 copy is done they are served read-only by qemu-nbd with that bitmap frozen, so the reader sees
-the same shape of export as in pull mode: the disk's content, and which chunks changed.
+the same shape of export as in pull mode: the disk's content, and which granules changed.
 Where the target lives and how QEMU reaches it is the `PushTarget`'s business: over NBD
 (`NbdPushTarget` here) or as a file on an sshfs mount (sshfs.py).
 """
@@ -26,13 +26,13 @@ from procs import Holding
 
 from .errors import ExportError
 from .live import LiveExport, Quiesce, Sessions
-from .points import Checkpoint, DiskPoint
+from .points import Checkpoint, DiskPoint, bitmap_granularity
 from .qemu_nbd import QemuNbd, qemu_img
 from .qmp_protocol import QMP
 
 PUSH_NODE = "cairn-push-{disk}"
 PUSH_JOB = "cairn-push-{disk}"
-CHUNK_BITMAP = "cairn-push-{disk}"   # non-persistent; an orphan is folded back by the next backup
+COPY_BITMAP = "cairn-push-{disk}"   # non-persistent; an orphan is folded back by the next backup
 TRACKING_BITMAP = "tracking"
 POLL_INTERVAL = 0.2
 
@@ -54,7 +54,7 @@ class PushTarget(Protocol):
 
 def new_target_image(path: Path, size: int) -> None:
     qemu_img("create", "-q", "-f", "qcow2", str(path), str(size))
-    qemu_img("bitmap", "--add", str(path), TRACKING_BITMAP)
+    qemu_img("bitmap", "--add", "-g", str(bitmap_granularity(size)), str(path), TRACKING_BITMAP)
 
 
 class NbdPushTarget:
@@ -93,11 +93,10 @@ class NbdPushTarget:
 
 
 class PushExport(LiveExport):
-    def __init__(self, target: PushTarget, chunk_size: int, disks: list[str], checkpoint: str,
+    def __init__(self, target: PushTarget, disks: list[str], checkpoint: str,
                  since: dict[str, Checkpoint | None], full: Collection[str] = (), quiesce: Quiesce | None = None):
         super().__init__(disks, checkpoint, since, full, quiesce)
         self.target = target
-        self.chunk_size = chunk_size
         self._socket_dir = Path(tempfile.mkdtemp(prefix="cairn-nbd-"))
         self._holding = Holding(f"readers of the pushed copies of {', '.join(disks)}")
         self._holding.remove(self._socket_dir)
@@ -113,7 +112,8 @@ class PushExport(LiveExport):
         await self._add_node({**options, "node-name": PUSH_NODE.format(disk=d)})
         if self.since[d]:
             await self.qmp.execute("block-dirty-bitmap-add", {
-                "node": self._nodes[d], "name": CHUNK_BITMAP.format(disk=d), "granularity": self.chunk_size,
+                "node": self._nodes[d], "name": COPY_BITMAP.format(disk=d),
+                "granularity": bitmap_granularity(point.size),
                 "persistent": False, "disabled": True})
 
     def _copy_actions(self, disk: str) -> list[dict[str, Any]]:
@@ -122,7 +122,7 @@ class PushExport(LiveExport):
                                 "target": PUSH_NODE.format(disk=disk), "sync": "full", "auto-dismiss": False}
         if not self.since[disk]:
             return [{"type": "blockdev-backup", "data": data}]
-        chunks = CHUNK_BITMAP.format(disk=disk)
+        chunks = COPY_BITMAP.format(disk=disk)
         return [{"type": "block-dirty-bitmap-merge",
                  "data": {"node": self._nodes[disk], "target": chunks, "bitmaps": [self.since[disk]]}},
                 {"type": "blockdev-backup",
@@ -164,7 +164,7 @@ class PushExport(LiveExport):
                 self._nodes_added.remove(PUSH_NODE.format(disk=d))
                 if self.since[d]:
                     await qmp.execute("block-dirty-bitmap-remove",
-                                      {"node": self._nodes[d], "name": CHUNK_BITMAP.format(disk=d)})
+                                      {"node": self._nodes[d], "name": COPY_BITMAP.format(disk=d)})
             return True
 
     async def _unpublish(self) -> None:
@@ -182,7 +182,7 @@ class PushExport(LiveExport):
             for d in self.disks:
                 if self.since[d]:
                     await self._quietly("block-dirty-bitmap-remove",
-                                        {"node": self._nodes[d], "name": CHUNK_BITMAP.format(disk=d)})
+                                        {"node": self._nodes[d], "name": COPY_BITMAP.format(disk=d)})
         finally:
             shutil.rmtree(self._socket_dir, ignore_errors=True)
             self._holding.close()

@@ -70,7 +70,7 @@ class HostBackups:
             for note in notes + reasons:
                 session.note(note)
             for point in points:
-                ingest_point(session, point, self.store.chunk_size, progress)
+                ingest_point(session, point, progress)
             manifest = session.commit()
         return BackupResult(manifest, list(manifest.notes), points)
 

@@ -9,12 +9,12 @@ from transports import NbdSource, ingest_disk
 from transports.points import DiskPoint
 
 
-def ingest_point(session: BackupSession, point: DiskPoint, chunk_size: int,
+def ingest_point(session: BackupSession, point: DiskPoint,
                  progress: Callable[[str, int, int], None] | None = None) -> None:
     """Incremental where the point publishes a base bitmap, full otherwise; `progress(disk,
     bytes done, bytes to read)`."""
     writer = session.disk(point.disk, point.size)
     report = (lambda done, total: progress(point.disk, done, total)) if progress else None
     with NbdSource(point.uri, point.since) as source:
-        stats = ingest_disk(source, writer, chunk_size, incremental=point.since is not None, progress=report)
+        stats = ingest_disk(source, writer, incremental=point.since is not None, progress=report)
     writer.record_read(stats.bytes_read)

@@ -159,7 +159,7 @@ class BackupService:
             target: PushTarget = NbdPushTarget(scratch)
         else:
             target = await asyncio.to_thread(SshfsPushTarget, options.sshfs, scratch.name)
-        return PushExport(target, self.store.chunk_size, *args, quiesce=freeze.around)
+        return PushExport(target, *args, quiesce=freeze.around)
 
     def _ingest(self, spec: VMSpec, rec: BackupRecord, parent: BackupManifest | None,
                 points: list[DiskPoint], repairs: list[str], progress: Progress | None) -> BackupManifest:
@@ -172,7 +172,7 @@ class BackupService:
             for point in points:
                 if point.fallback_reason:
                     session.note(point.fallback_reason)
-                ingest_point(session, point, self.store.chunk_size, progress)
+                ingest_point(session, point, progress)
             return session.commit()
 
     def _finish(self, backup_id: str, status: str, manifest: BackupManifest | None = None,

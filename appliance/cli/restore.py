@@ -21,8 +21,8 @@ from restore.destinations import parse_destination
 from restore.files import BackupFilesystem
 from restore.whole_vm import restore_vm_to_directory
 
-from .common import JsonOpt, byte_progress, emit_json, out, reports_errors, state
-from .store import open_store
+from .common import JsonOpt, byte_progress, emit_json, err, out, reports_errors, state
+from .store import DAMAGE_FOUND, open_store
 
 restore_app = typer.Typer(help="Restore disks and VMs from backups (works from the store alone).",
                           no_args_is_help=True)
@@ -36,8 +36,17 @@ VerifyOpt = Annotated[bool, typer.Option("--verify", help="Read the target back 
 @reports_errors
 def restore_list(vm: Annotated[str | None, typer.Option("--vm", help="List this VM's backups.")] = None,
                  store: StoreOpt = None, as_json: bool = JsonOpt) -> None:
-    """The VMs in a store, or with --vm the backups of one, newest last."""
-    manifests = open_store(store).list_backups(vm)
+    """The VMs in a store, or with --vm the backups of one, newest last. A backup whose manifest cannot
+    be read is named on stderr (exit status 3) and the others are listed."""
+    listing = open_store(store).scan_backups(vm)
+    for damaged in listing.unreadable:
+        err.print(f"[red]unreadable[/red] backup {damaged.vm}/{damaged.backup_id}: {damaged.error}", highlight=False)
+    _list_backups(vm, listing.manifests, as_json)
+    if listing.unreadable:
+        raise typer.Exit(DAMAGE_FOUND)
+
+
+def _list_backups(vm: str | None, manifests: list[Any], as_json: bool) -> None:
     if vm is None:
         vms: dict[str, list[Any]] = {}
         for m in manifests:

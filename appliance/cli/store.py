@@ -1,4 +1,4 @@
-"""`cairn store ...`: create, inspect and maintain a chunk store.
+"""`cairn store ...`: create, inspect, maintain, repair and upgrade a store.
 
 Every command works from the store alone: a directory or an
 sftp://user@host[:port]/path URL (--store, else $CAIRN_STORE, else the data
@@ -32,7 +32,9 @@ from appliance.catalog.engine import open_catalog
 from appliance.settings import Settings
 from appliance.units import human, parse_size
 from dedup import (
-    DEFAULT_CHUNK_SIZE,
+    DEFAULT_BLOCK_SIZE,
+    DEFAULT_PACK_SIZE,
+    DEFAULT_REPACK_THRESHOLD,
     DEFAULT_ZSTD_LEVEL,
     KEY_FILE,
     PassphraseRequiredError,
@@ -42,14 +44,16 @@ from dedup import (
     open_backend,
     protect,
     prune,
+    rebuild_index,
     store_stats,
     unprotect,
+    upgrade_store,
     verify_store,
 )
 
 from .common import JsonOpt, byte_progress, emit_json, err, out, reports_errors, state
 
-store_app = typer.Typer(help="Create, check and clean up the chunk store.", no_args_is_help=True)
+store_app = typer.Typer(help="Create, check, clean up, repair and upgrade the store.", no_args_is_help=True)
 StoreOpt = typer.Option(None, "--store", help="Store directory or sftp://user@host[:port]/path "
                                               "(default: $CAIRN_STORE, else the data dir's).")
 KeyFileOpt = typer.Option(None, "--key-file", help="With --encrypt: write the sealed key here instead of into "
@@ -106,8 +110,10 @@ def count_progress() -> Progress:
 @reports_errors
 def init(store: str | None = typer.Option(None, "--store", "--path",
                                              help="Directory or sftp:// URL of the new store."),
-         chunk_size: str = typer.Option(f"{DEFAULT_CHUNK_SIZE >> 20}M", "--chunk-size",
-                                        help="Power of two from 1M to 64M."),
+         block_size: str = typer.Option(f"{DEFAULT_BLOCK_SIZE >> 20}M", "--block-size",
+                                        help="Power of two from 16K to 16M: full reads cut disks at it."),
+         pack_size: str = typer.Option(f"{DEFAULT_PACK_SIZE >> 20}M", "--pack-size",
+                                       help="Size a pack of blocks grows to, from 256K to 1G."),
          zstd_level: int = typer.Option(DEFAULT_ZSTD_LEVEL, "--zstd-level", help="1 (fast) to 22 (small)."),
          encrypt: bool = typer.Option(False, "--encrypt", help="Encrypt chunks, indexes and manifests "
                                       "(passphrase from CAIRN_STORE_PASSPHRASE or a prompt)."),
@@ -118,14 +124,15 @@ def init(store: str | None = typer.Option(None, "--store", "--path",
         raise ValueError("--key-file goes with --encrypt")
     access = Settings.resolve(state.data_dir).store_access(store)
     passphrase = new_passphrase() if encrypt else None
-    created = Store.init(open_backend(access.location, access.ssh), chunk_size=parse_size(chunk_size),
-                         zstd_level=zstd_level, passphrase=passphrase, key_file=key_file)
+    created = Store.init(open_backend(access.location, access.ssh), block_size=parse_size(block_size),
+                         pack_size=parse_size(pack_size), zstd_level=zstd_level, passphrase=passphrase,
+                         key_file=key_file)
     with created:
         if as_json:
             emit_json({"location": created.location, **asdict(created.config)})
             return
-        out.print(f"created store {created.location}: {human(created.chunk_size)} chunks, zstd level {zstd_level}",
-                  highlight=False)
+        out.print(f"created store {created.location}: {human(created.config.block_size)} blocks in "
+                  f"{human(created.config.pack_size)} packs, zstd level {zstd_level}", highlight=False)
         if encrypt:
             where = key_file or f"{created.location}/{KEY_FILE}"
             out.print(f"encrypted with key {created.config.key_fingerprint}, sealed by your passphrase in {where}. "
@@ -142,11 +149,12 @@ def stats(store: str | None = StoreOpt, as_json: bool = JsonOpt) -> None:
         emit_json(asdict(s))
         return
     out.print(f"{s.backups} backups, {human(s.logical_bytes)} logical ({human(s.zero_bytes)} zeros), "
-              f"{s.chunks} chunks: {human(s.unique_bytes)} unique, {human(s.stored_bytes)} stored")
+              f"{s.chunks} blocks: {human(s.unique_bytes)} unique, {human(s.stored_bytes)} stored, "
+              f"{human(s.metadata_bytes)} of maps, in {s.packs} packs ({human(s.pack_bytes)})")
     out.print(f"dedup {s.dedup_ratio:.2f}x, compression {s.compression_ratio:.2f}x; "
-              f"unreferenced {s.unreferenced_chunks} chunks ({human(s.unreferenced_bytes)}), "
+              f"unreferenced {s.unreferenced_chunks} blocks ({human(s.unreferenced_bytes)}), "
               f"missing {s.missing_chunks}, unreadable backups {s.unreadable_backups}")
-    table = Table("backup", "vm", "created", "logical", "unique chunks", "unique stored")
+    table = Table("backup", "vm", "created", "logical", "unique blocks", "unique stored")
     for u in s.per_backup:
         table.add_row(u.backup_id, u.vm, f"{u.created:%Y-%m-%d %H:%M:%S}", human(u.logical_bytes),
                       str(u.unique_chunks), human(u.unique_stored_bytes))
@@ -156,9 +164,10 @@ def stats(store: str | None = StoreOpt, as_json: bool = JsonOpt) -> None:
 @store_app.command("verify")
 @reports_errors
 def verify(store: str | None = StoreOpt,
-           sample: float = typer.Option(100.0, "--sample", help="Percent of the chunks to check, chosen at random."),
+           sample: float = typer.Option(100.0, "--sample", help="Percent of the blocks to check, chosen at random."),
            as_json: bool = JsonOpt) -> None:
-    """Re-read and re-hash chunks; name every backup a bad chunk hurts. Exit status 3 if damage is found."""
+    """Re-read and re-hash blocks; name every backup a bad block hurts; rebuild a damaged block index.
+    Exit status 3 if damage is found."""
     source = open_store(store)
     with byte_progress() as bars:
         task = bars.add_task("verify", total=None)
@@ -172,11 +181,16 @@ def verify(store: str | None = StoreOpt,
     if as_json:
         emit_json({**asdict(report), "ok": report.ok, "damaged_backups": report.damaged_backups()})
     else:
-        out.print(f"checked {report.chunks_checked} of {report.chunks_referenced} chunks "
+        for problem in report.index_problems:
+            out.print(f"[yellow]index[/yellow] {problem}", highlight=False)
+        if report.index_rebuilt:
+            out.print("the block index was rebuilt from the packs")
+        out.print(f"checked {report.chunks_checked} of {report.chunks_referenced} blocks "
                   f"({human(report.bytes_checked)}) of {len(report.backups)} backups in {report.seconds:.1f} s")
         for bad in report.bad_chunks:
-            users = ", ".join(f"{u.vm}/{u.backup_id} {u.disk}#{u.chunk_no}" for u in bad.used_by)
-            out.print(f"[red]{bad.problem}[/red] chunk {bad.chunk_id}: used by {users}", highlight=False)
+            users = ", ".join(f"{u.vm}/{u.backup_id} {u.disk}@{u.offset}+{u.length}" for u in bad.used_by)
+            out.print(f"[red]{bad.problem}[/red] block {bad.chunk_id}: used by {users}; {bad.detail}",
+                      highlight=False)
         for u in report.unreadable:
             out.print(f"[red]unreadable[/red] {u.vm}/{u.backup_id}: {u.error}", highlight=False)
         out.print("store is sound" if report.ok else f"{len(report.damaged_backups())} backup(s) damaged")
@@ -187,10 +201,12 @@ def verify(store: str | None = StoreOpt,
 @store_app.command("gc")
 @reports_errors
 def gc(store: str | None = StoreOpt,
-       grace: str = typer.Option("24h", "--grace", help="Keep unreferenced chunks younger than this."),
-       dry_run: bool = typer.Option(False, "--dry-run", help="Report what would be removed; remove nothing."),
+       grace: str = typer.Option("24h", "--grace", help="Leave packs touched more recently than this alone."),
+       dry_run: bool = typer.Option(False, "--dry-run", help="Report what would be freed; change nothing."),
+       repack: float = typer.Option(DEFAULT_REPACK_THRESHOLD * 100, "--repack",
+                                    help="Repack a pack once this percentage of it is unreferenced."),
        as_json: bool = JsonOpt) -> None:
-    """Remove chunks no backup references, safely beside running backups."""
+    """Reclaim the blocks no backup references (removing or repacking packs), safely beside running backups."""
     grace_period = parse_duration(grace)
     source = open_store(store)
     with count_progress() as bars:
@@ -200,15 +216,58 @@ def gc(store: str | None = StoreOpt,
             if phase not in tasks:
                 tasks[phase] = bars.add_task(phase, total=total)
             bars.update(tasks[phase], completed=done, total=total)
-        report = collect_garbage(source, grace=grace_period, dry_run=dry_run, progress=progress)
+        report = collect_garbage(source, grace=grace_period, dry_run=dry_run, progress=progress,
+                                 repack_threshold=repack / 100)
     if as_json:
         emit_json(asdict(report))
         return
-    verb = "would remove" if dry_run else "removed"
-    out.print(f"{verb} {report.chunks_removed} chunks ({human(report.bytes_removed)}), "
-              f"{report.temp_files_removed} temp files, {len(report.abandoned_backups_removed)} abandoned backups; "
-              f"kept {report.chunks_kept} chunks ({human(report.bytes_kept)}, {report.chunks_within_grace} "
-              f"unreferenced within the grace period) in {report.seconds:.1f} s")
+    verb = "would free" if dry_run else "freed"
+    out.print(f"{verb} {human(report.bytes_removed)}: {report.chunks_removed} blocks dropped, "
+              f"{report.packs_removed} packs removed ({report.packs_repacked} of them repacked, "
+              f"{human(report.bytes_repacked)} copied), {report.temp_files_removed} temp files, "
+              f"{len(report.abandoned_backups_removed)} abandoned backups; kept {report.chunks_kept} blocks "
+              f"({human(report.bytes_kept)}; {report.chunks_within_grace} unreferenced, "
+              f"{human(report.dead_bytes_kept)}, in packs too new or too full to repack) in {report.seconds:.1f} s")
+    for problem in report.problems:
+        out.print(f"[yellow]{problem}[/yellow]", highlight=False)
+
+
+@store_app.command("repair")
+@reports_errors
+def repair(store: str | None = StoreOpt, as_json: bool = JsonOpt) -> None:
+    """Rebuild the block index from the packs alone (a damaged pack gives back what is still readable)."""
+    source = open_store(store)
+    with count_progress() as bars:
+        task = bars.add_task("packs", total=None)
+        report = rebuild_index(source, progress=lambda done, total: bars.update(task, completed=done, total=total))
+    if as_json:
+        emit_json(asdict(report))
+        return
+    out.print(f"indexed {report.blocks} blocks in {report.packs} packs; replaced {report.index_files_replaced} "
+              "index files")
+    for problem in report.problems:
+        out.print(f"[yellow]{problem}[/yellow]", highlight=False)
+
+
+@store_app.command("upgrade")
+@reports_errors
+def upgrade(store: str | None = StoreOpt,
+            block_size: str = typer.Option(f"{DEFAULT_BLOCK_SIZE >> 20}M", "--block-size",
+                                           help="Block size of the format-2 store (a format-1 store only)."),
+            pack_size: str = typer.Option(f"{DEFAULT_PACK_SIZE >> 20}M", "--pack-size",
+                                          help="Pack size of the format-2 store (a format-1 store only)."),
+            as_json: bool = JsonOpt) -> None:
+    """Move a format-1 store to format 2 in place, keeping every backup; safe to interrupt and run again."""
+    source = open_store(store)
+    with count_progress() as bars:
+        task = bars.add_task("backups", total=None)
+        report = upgrade_store(source, parse_size(block_size), parse_size(pack_size),
+                               progress=lambda done, total: bars.update(task, completed=done, total=total))
+    if as_json:
+        emit_json(asdict(report))
+        return
+    out.print(f"converted {len(report.converted)} backups ({report.already} were format 2 already), stored "
+              f"{human(report.bytes_stored)}; the store is format 2 in {report.seconds:.1f} s")
 
 
 @store_app.command("prune")
