@@ -82,6 +82,8 @@ class RestoreService:
         if backup_disks != sorted(d.name for d in spec.disks):
             raise ConflictError(f"backup {backup_id} has disks {', '.join(backup_disks)}, VM {vm} has "
                                 f"{', '.join(d.name for d in spec.disks)}: restore it as a new VM instead")
+        with self.catalog() as s:
+            self.vms.require_unread(sorted(self._files_in_use(s, vm)), f"restoring over VM {vm}", besides=vm)
         await self._ensure_stopped(vm, stop)
         folder = self.settings.images_dir / vm
         folder.mkdir(parents=True, exist_ok=True)
@@ -137,6 +139,8 @@ class RestoreService:
                 raise ConflictError(f"VM {vm} was started during the restore; its disks were left as they were")
             with self.catalog.begin() as s:
                 old = self._files_in_use(s, vm)
+                # Again, under the lock: a clone may have been made during the copy.
+                self.vms.require_unread(sorted(old), f"restoring over VM {vm}", besides=vm)
                 if tree := s.get(SnapshotTreeRecord, vm):
                     s.delete(tree)
                 self.vms.point_disks(s, vm, new_files)
