@@ -81,8 +81,11 @@ class CatalogJournal:
         self.catalog = catalog
         self.vms = vms
 
-    def record(self, tree: VMTree, intent: Intent | None) -> None:
+    def record(self, tree: VMTree, intent: Intent | None, also: Callable[[Session], None] | None = None) -> None:
+        """`also`: more changes to commit in the same transaction."""
         with self.catalog.begin() as s:
+            if also is not None:
+                also(s)
             rec = s.get(SnapshotTreeRecord, tree.vm)
             if rec is None:
                 s.add(SnapshotTreeRecord(vm_name=tree.vm, tree=tree.to_dict()))
