@@ -171,6 +171,23 @@ def qemu_io_reads(expected: list[tuple[str, list[int]]]) -> int:
     return done.stdout.count("Pattern verification failed") + (done.returncode != 0 and "read" not in done.stdout)
 
 
+def test_the_checker_fails_on_a_missing_or_unreadable_layer(tmp_path: Path):
+    """A read of a layer that is gone, or whose backing layer is gone, is a failure of the check,
+    whichever other files verify in the same qemu-io run."""
+    base, top = str(tmp_path / "base.qcow2"), str(tmp_path / "top.qcow2")
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", base, str(4 * SLOT)], check=True)
+    subprocess.run(["qemu-io", "-f", "qcow2", "-c", f"write -P 0x11 0 {4 * SLOT}", base], check=True, capture_output=True)
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", base, top], check=True)
+    good = [(base, [0x11] * 4), (top, [0x11] * 4)]
+    assert qemu_io_reads(good) == 0
+    assert qemu_io_reads([(base, [0x22] * 4)]) > 0                           # wrong content
+    assert qemu_io_reads([*good, (str(tmp_path / "gone.qcow2"), [0x11] * 4)]) > 0  # a missing layer
+    blank = str(tmp_path / "blank.qcow2")
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", blank, str(4 * SLOT)], check=True)
+    Path(base).unlink()                                                       # a deleted layer under top
+    assert qemu_io_reads([(blank, [0] * 4), (top, [0x11] * 4)]) > 0
+
+
 @pytest.mark.slow
 def test_random_snapshot_operations_keep_every_point(appliance: Appliance, tmp_path: Path):
     seed = int(os.environ.get("CAIRN_SEED") or random.SystemRandom().randrange(1 << 32))
