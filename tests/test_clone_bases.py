@@ -5,6 +5,9 @@ was made with. A snapshot of the source only adds layers, so it is allowed, and 
 run again on its new layers."""
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import pytest
 from backup_helpers import MiB, run
 from snapshot_helpers import has_pattern, qemu_io_write
@@ -12,7 +15,9 @@ from test_vm_lifecycle import wait_for
 
 from appliance.context import Appliance
 from appliance.errors import ConflictError
+from appliance.vms.readers import ReadingVM, find_readers
 from appliance.vms.service import VMOptions
+from vmm import create_disk
 
 MARK = (0x3C, 1 * MiB, 1 * MiB)      # the source's data when the clone is made
 NEWER = (0x5D, 1 * MiB, 1 * MiB)     # what the source writes afterwards, in its own layers
@@ -115,3 +120,13 @@ def test_a_library_image_read_by_a_vm_and_its_clone_stays(appliance: Appliance, 
     with pytest.raises(ConflictError, match="image base is in use by VMs c, onimg"):
         appliance.vms.delete_image("base")
     assert clone_is_intact(appliance)
+
+
+def test_a_chain_broken_further_down_still_reads_the_files_above_the_break(tmp_path):
+    gone, middle, top = (str(tmp_path / f"{name}.qcow2") for name in ("gone", "middle", "top"))
+    create_disk(gone, MiB)
+    create_disk(middle, None, backing=gone)
+    create_disk(top, None, backing=middle)
+    Path(gone).unlink()
+    readers = find_readers([middle], [ReadingVM("x", [("vda", top)])])
+    assert [(r.vm, r.disk, r.file) for r in readers] == [("x", "vda", os.path.realpath(middle))]

@@ -26,7 +26,7 @@ import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from vmm import ImageError
+from vmm import ImageError, image_info
 from vmm.images import backing_chain
 
 
@@ -88,10 +88,23 @@ def _files_read(tops: list[tuple[str, str]]) -> dict[str, str]:
     for disk, top in tops:
         if os.path.realpath(top) in reads or not os.path.exists(top):
             continue
-        try:
-            chain = backing_chain(top)
-        except ImageError:
-            continue                    # a chain already broken: nothing in it opens anyway
-        for file in chain:
+        for file in _chain(top):
             reads.setdefault(os.path.realpath(file), disk)
     return reads
+
+
+def _chain(top: str) -> list[str]:
+    """The files a chain reads, top first. A chain broken further down (a file gone) still
+    reads every file above the break, which must stay for it to be repaired."""
+    try:
+        return backing_chain(top)
+    except ImageError:
+        files: list[str] = []
+        file: str | None = top
+        while file and os.path.exists(file) and file not in files:
+            files.append(file)
+            try:
+                file = image_info(file).get("full-backing-filename")
+            except ImageError:
+                break
+        return files
