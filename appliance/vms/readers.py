@@ -23,7 +23,7 @@ operations that change files, never by a backup or a listing.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from vmm import ImageError, image_info
@@ -74,7 +74,7 @@ def find_readers(files: Iterable[str | os.PathLike[str]], vms: Iterable[ReadingV
     return found
 
 
-def refusal(doing: str, readers: list[Reader], hint: str | None = None) -> str:
+def refusal(doing: str, readers: Sequence[Reader], hint: str | None = None) -> str:
     """The error for an operation other VMs' reads forbid: who reads what, and what to do."""
     remedies = "; ".join([*(r.describe() for r in readers), *([hint] if hint else [])])
     return f"{doing} would change files other VMs read: {remedies}. Nothing was changed"

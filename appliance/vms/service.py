@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -362,12 +362,12 @@ class VMService:
 
     # -- who reads a file (readers.py) -------------------------------------------------------
 
-    def readers(self, files: list[str] | list[Path], besides: str | None = None) -> list[Reader]:
+    def readers(self, files: Iterable[str | Path], besides: str | None = None) -> Sequence[Reader]:
         """The VMs, besides VM `besides`, whose disks, snapshot layers or CD-ROM read any of
         `files`; those in the recycle bin too (they must open when put back)."""
         return find_readers(files, self._reading_vms(besides))
 
-    def require_unread(self, files: list[str] | list[Path], doing: str, besides: str | None = None,
+    def require_unread(self, files: Iterable[str | Path], doing: str, besides: str | None = None,
                        hint: str | None = None) -> None:
         """Refuse `doing` (it changes or removes `files`) while another VM reads one of them."""
         if readers := self.readers(files, besides):
