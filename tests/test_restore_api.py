@@ -29,8 +29,10 @@ def test_restore_disk_into_a_file(api_client, appliance, tmp_path):
     bad = api_client.post(f"/api/v1/backups/{backup_id}/disks/vda/restore",
                           json={"target": str(tmp_path / "x"), "format": "vmdk"})
     assert bad.status_code == 422 and not (tmp_path / "x").exists()
+    # A disk the backup does not have is the caller's mistake: 404, and no file made.
     missing = api_client.post(f"/api/v1/backups/{backup_id}/disks/vdz/restore", json={"target": str(tmp_path / "y")})
-    assert missing.status_code in (404, 500) and "vdz" in missing.json()["error"]["message"]
+    assert missing.status_code == 404 and missing.json()["error"]["code"] == "DiskNotFoundError", missing.text
+    assert "vdz" in missing.json()["error"]["message"] and not list(tmp_path.glob("*y*"))
 
 
 def test_restore_vm_as_new_and_over(api_client, appliance):

@@ -1,10 +1,8 @@
 """Whole-VM restore in the appliance: as a new VM, and over the existing VM all or nothing."""
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -108,6 +106,20 @@ def test_restore_over_running_guest_stops_it_first(appliance, guest_kernel, tmp_
     wait_serial(appliance, "g1", "CAIRN: READY", timeout=180)
 
 
+# The restoring process: restores over the VM and, at the first progress report of vdb (a
+# pause point: vda is complete, vdb partly written), says so and waits there until it is killed.
+RESTORE_UNTIL_KILLED = """
+import asyncio, sys, threading
+from appliance.context import Appliance
+data_dir, backup_id, vm = sys.argv[1:]
+def pause_in_vdb(disk, done, total):
+    if disk == "vdb" and done > 0:
+        print(disk, done, total, flush=True)
+        threading.Event().wait()
+asyncio.run(Appliance.open(data_dir).restores.over_vm(backup_id, vm, progress=pause_in_vdb))
+"""
+
+
 def test_restore_over_vm_killed_half_way(appliance, appliance_data_dir, tmp_path):
     """The restoring process dies while the second disk is written: the VM keeps its old disks,
     and the next restore over it clears what the dead one left and succeeds."""
@@ -119,16 +131,15 @@ def test_restore_over_vm_killed_half_way(appliance, appliance_data_dir, tmp_path
     qemu_io(paths["vdb"], "write -P 0x99 0 1M")
     before = {name: as_raw(path, tmp_path / f"before-{name}.raw") for name, path in paths.items()}
     folder = appliance.settings.images_dir / "big"
-    cairn = str(Path(sys.executable).with_name("cairn"))
-    proc = subprocess.Popen([cairn, "restore", "vm", backup_id, "--over"],
-                            env={**os.environ, "CAIRN_DATA_DIR": str(appliance_data_dir)},
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 300
-    while not list(folder.glob(".vdb-restored-*.cairn-partial")):
-        assert proc.poll() is None and time.monotonic() < deadline, "the restore never reached vdb"
-        time.sleep(0.02)
-    proc.kill()
-    proc.wait()
+    proc = subprocess.Popen([sys.executable, "-c", RESTORE_UNTIL_KILLED, str(appliance_data_dir), backup_id, "big"],
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        disk, done, total = proc.stdout.readline().split()
+        assert disk == "vdb" and 0 < int(done) < int(total), "the restore never paused in vdb"
+        assert list(folder.glob(".vdb-restored-*.cairn-partial"))
+    finally:
+        proc.kill()
+        proc.wait()
     assert {d.name: d.path for d in appliance.vms.spec("big").disks} == paths
     for name, path in paths.items():
         assert same_image(before[name], path)

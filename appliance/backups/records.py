@@ -57,7 +57,7 @@ class CheckpointRecord(Base):
     node: Mapped[str | None] = mapped_column(String(63), nullable=True)   # None: made by qemu-img, VM stopped
     # Incremental reads of this disk since its last full read, this checkpoint's backup included.
     incrementals: Mapped[int] = mapped_column(Integer, default=0)
-    state: Mapped[str] = mapped_column(String(16), index=True)   # current | retired
+    state: Mapped[str] = mapped_column(String(16), index=True)   # current | replaced | retired
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     retired_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
 

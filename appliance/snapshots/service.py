@@ -13,7 +13,7 @@ import asyncio
 import os
 import shlex
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -81,8 +81,11 @@ class CatalogJournal:
         self.catalog = catalog
         self.vms = vms
 
-    def record(self, tree: VMTree, intent: Intent | None) -> None:
+    def record(self, tree: VMTree, intent: Intent | None, also: Callable[[Session], None] | None = None) -> None:
+        """`also`: more changes to commit in the same transaction."""
         with self.catalog.begin() as s:
+            if also is not None:
+                also(s)
             rec = s.get(SnapshotTreeRecord, tree.vm)
             if rec is None:
                 s.add(SnapshotTreeRecord(vm_name=tree.vm, tree=tree.to_dict()))
@@ -137,7 +140,9 @@ class SnapshotService:
             if memory and live is None:
                 raise ConflictError(f"VM {vm} is not running: it has no memory state to save")
             if rotate is not None:
-                await delete_snapshot(tree, live, self.journal, rotate, None, None)
+                await delete_snapshot(tree, live, self.journal, rotate, None, None,
+                                      self._merges_unread(vm, f"rotating out snapshot {rotate.name} of VM {vm}"))
+            # Nothing else to ask: a snapshot only adds layers, the frozen ones keep their data.
             return await take_snapshot(tree, live, self.journal, snapshot_id, name or snapshot_id, automatic,
                                        utcnow(), memory)
 
@@ -158,11 +163,13 @@ class SnapshotService:
                 raise ConflictError(f"VM {vm} is running: stop it before reverting to a snapshot without its "
                                     "memory state (the running guest's memory would not match the reverted disks)")
             self._require_no_backup(vm)
+            self._require_active_unread(vm, tree, f"reverting VM {vm} to snapshot {snap.name}")
             await self.vms.stop(vm, force=True)         # what it runs now is what the revert replaces
         async with self._changing(vm) as (tree, live):
             if live is not None:
                 raise ConflictError(f"VM {vm} was started during the revert; nothing was changed")
             snap = tree.snapshot(ref)
+            self._require_active_unread(vm, tree, f"reverting VM {vm} to snapshot {snap.name}")
             await revert(tree, self.journal, snap, utcnow())
         if resume:
             await self._resume_from(vm, snap)
@@ -170,7 +177,9 @@ class SnapshotService:
 
     async def delete(self, vm: str, ref: str, via: Via | None = None, rate_limit: int | None = None) -> list[Merge]:
         async with self._changing(vm) as (tree, live):
-            return await delete_snapshot(tree, live, self.journal, tree.snapshot(ref), via, rate_limit)
+            snap = tree.snapshot(ref)
+            return await delete_snapshot(tree, live, self.journal, snap, via, rate_limit,
+                                         self._merges_unread(vm, f"deleting snapshot {snap.name} of VM {vm}"))
 
     async def check(self, vm: str, fix: bool = False) -> CheckResult:
         """What disagrees between the tree and the disks, once an interrupted operation is
@@ -196,6 +205,16 @@ class SnapshotService:
         return result
 
     # -- internals ----------------------------------------------------------------------------
+
+    def _merges_unread(self, vm: str, doing: str) -> Callable[[list[Merge]], None]:
+        """A delete's approval: no other VM (an instant clone) reads a file its merges rewrite or remove."""
+        def approve(merges: list[Merge]) -> None:
+            self.vms.require_unread([f for m in merges for f in m.touched_files], doing, besides=vm)
+        return approve
+
+    def _require_active_unread(self, vm: str, tree: VMTree, doing: str) -> None:
+        """A revert removes the active layers (what was written since the last snapshot)."""
+        self.vms.require_unread([tree.active(d).file for d in tree.disks()], doing, besides=vm)
 
     async def _resume_from(self, vm: str, snap: Snapshot) -> None:
         """Start the VM from the snapshot's memory state. Straight through the driver: the
