@@ -12,8 +12,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from vmm.hosts import HostVM
 
 from .api import BackupOut
+from .api_auth import Caller
 from .context import Appliance
 from .host_vm_backups import back_up_host_vm
+from .hosts import HOST_OPTIONS
 
 
 class HostIn(BaseModel):
@@ -81,7 +83,10 @@ def host_router(appliance: Appliance) -> APIRouter:
         return [HostOut(**h.to_dict()) for h in hosts.list()]
 
     @router.post("", response_model=HostOut, status_code=201)
-    def add_host(body: HostIn) -> HostOut:
+    def add_host(caller: Caller, body: HostIn) -> HostOut:
+        for option in ("key_file", "known_hosts"):
+            if (path := getattr(body, option)) is not None and option in HOST_OPTIONS[body.kind]:
+                appliance.host_paths.readable_file(caller, path, option.replace("_", " "))
         return HostOut(**hosts.add(body.name, body.uri, body.kind, body.key_file, body.known_hosts,
                                    body.agent_dir, body.scratch_dir).to_dict())
 

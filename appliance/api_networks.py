@@ -13,8 +13,10 @@ from fastapi import APIRouter, Query, Response
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, ConfigDict, Field
 
+from .api_auth import Caller
 from .api_vms import VMErrorRoute
 from .context import Appliance
+from .host_paths import HostPaths
 from .pools import PoolService
 
 PoolKind = Literal["compute", "storage", "address"]
@@ -67,7 +69,7 @@ class AttachIn(BaseModel):
     vm: str
 
 
-def pools_router(pools: PoolService) -> APIRouter:
+def pools_router(pools: PoolService, paths: HostPaths) -> APIRouter:
     router = APIRouter(tags=["pools"], route_class=VMErrorRoute)
 
     def pool_dicts(kind: PoolKind | None) -> list[dict[str, Any]]:
@@ -85,10 +87,11 @@ def pools_router(pools: PoolService) -> APIRouter:
         return pool_dicts(kind)
 
     @router.post("/api/v1/pools", status_code=201)
-    async def create_pool(body: PoolIn) -> dict[str, Any]:
+    async def create_pool(caller: Caller, body: PoolIn) -> dict[str, Any]:
         if isinstance(body, ComputePoolIn):
             return pools.create_compute(body.name, body.hosts).to_dict()
         if isinstance(body, StoragePoolIn):
+            await run_in_threadpool(paths.folder, caller, body.path, "storage pool folder")
             # Probing a (possibly NFS) folder may block: not on the event loop.
             made = await run_in_threadpool(pools.create_storage, body.name, body.type, body.path)
             return made.to_dict()
@@ -167,6 +170,6 @@ def networks_router(appliance: Appliance) -> APIRouter:
 def network_router(appliance: Appliance) -> APIRouter:
     """Both routers, for one include line in api.py."""
     router = APIRouter()
-    router.include_router(pools_router(appliance.vms.pools))
+    router.include_router(pools_router(appliance.vms.pools, appliance.host_paths))
     router.include_router(networks_router(appliance))
     return router

@@ -44,7 +44,8 @@ class BackupDamagedError(CairnError):
 
 class DiskRestoreRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    target: str  # image file path, block device, nbd:// URL
+    target: str = Field(description="an nbd:// or ssh:// URL, or an absolute path on the appliance host outside "
+                                    "its data dir: a new or existing image file, or a block device")
     format: Literal["raw", "qcow2"] = "raw"
     force: bool = False
     verify: bool = False
@@ -147,7 +148,9 @@ def backup_restore_router(appliance: Appliance) -> APIRouter:
     seen = visibility(appliance)
 
     @router.post("/disks/{disk}/restore", response_model=DiskRestoreOut)
-    def restore_one_disk(backup_id: str, disk: str, body: DiskRestoreRequest) -> DiskRestoreOut:
+    def restore_one_disk(caller: Caller, backup_id: str, disk: str, body: DiskRestoreRequest) -> DiskRestoreOut:
+        if "://" not in body.target:
+            appliance.host_paths.disk_target(caller, body.target, "restore target")
         with reported():
             destination = parse_destination(body.target, body.format, body.force)
             result = restore_disk(appliance.store, backup_id, disk, destination, verify=body.verify)

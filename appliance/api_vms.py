@@ -25,6 +25,7 @@ from vmm.spec import NicSpec, random_mac
 
 from .api import error_body
 from .api_auth import Caller
+from .auth import Principal
 from .api_jobs import ERRORS
 from .context import Appliance
 from .deletables import deletion_service
@@ -82,8 +83,9 @@ class VMCreate(BaseModel):
     boot: list[Literal["disk", "cdrom", "network"]] = []
     console: bool = True
     ha: bool = False
-    kernel: str | None = None
-    initrd: str | None = None
+    kernel: str | None = Field(None, description="direct boot: a library image (raw, uploaded as it is) or, "
+                                                 "for admins only, an absolute path on the appliance host")
+    initrd: str | None = Field(None, description="its initramfs, named the same way")
     append: str | None = None
 
 
@@ -150,7 +152,7 @@ class ConsoleTicket(BaseModel):
 
 class ImageImport(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    path: str = Field(description="a file on the appliance host")
+    path: str = Field(description="admins: a regular file on the appliance host, outside its data dir")
     kind: Literal["iso", "disk"] | None = None
 
 
@@ -185,6 +187,15 @@ def vm_router(appliance: Appliance) -> APIRouter:
     vms = appliance.vms
     tokens = ConsoleTokens()
     seen = visibility(appliance)
+    paths = appliance.host_paths
+
+    def boot_file(caller: Principal, value: str | None, what: str) -> str | None:
+        """A direct-boot file by library image name (anyone), or by host path (an admin's)."""
+        if value is None:
+            return None
+        if "/" in value:
+            return str(paths.readable_file(caller, value, what))
+        return str(vms.images.verified_raw_file(value))
 
     @asynccontextmanager
     async def supervise(_: FastAPI) -> AsyncIterator[None]:
@@ -197,12 +208,13 @@ def vm_router(appliance: Appliance) -> APIRouter:
     async def create_vm(caller: Caller, body: VMCreate) -> VMDetail:
         """The new VM is the caller's: only they (and admins) see it until an admin shares it."""
         seen.claim(caller, body.name)
+        kernel, initrd = boot_file(caller, body.kernel, "kernel"), boot_file(caller, body.initrd, "initrd")
         nics = [NicSpec(f"net{i}", n.mode, n.mac or random_mac(), n.tap, n.bridge)
                 for i, n in enumerate(body.nics)]
         options = VMOptions(image=body.image, iso=body.iso, profile=body.profile, nics=nics,
                             boot=list(body.boot), vnc=body.console, storage_pool=body.storage_pool)
         await run_in_threadpool(vms.create, body.name, body.disks,
-                                body.memory_mib, body.vcpus, body.kernel, body.initrd, body.append,
+                                body.memory_mib, body.vcpus, kernel, initrd, body.append,
                                 None, options)
         seen.own(caller, body.name)
         if body.ha:
@@ -319,8 +331,9 @@ def vm_router(appliance: Appliance) -> APIRouter:
         return record.to_dict()
 
     @router.post("/api/v1/images/{image}/import", status_code=201, tags=["images"])
-    async def import_image(image: str, body: ImageImport) -> dict[str, Any]:
-        record = await run_in_threadpool(vms.images.import_file, image, body.path, body.kind)
+    async def import_image(caller: Caller, image: str, body: ImageImport) -> dict[str, Any]:
+        source = paths.readable_file(caller, body.path, "image to import")
+        record = await run_in_threadpool(vms.images.import_file, image, source, body.kind)
         return record.to_dict()
 
     @router.post("/api/v1/images/{image}/verify", tags=["images"])

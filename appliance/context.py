@@ -15,6 +15,7 @@ from .auth import AuthService
 from .backups import BackupService
 from .catalog import open_catalog
 from .events import EventLog
+from .host_paths import HostPaths
 from .hosts import HostService
 from .job_engine import JobEngine
 from .job_kinds import standard_kinds
@@ -75,6 +76,11 @@ class Appliance:
     @cached_property
     def vms(self) -> VMService:
         return VMService(self.settings, self.catalog, self.driver)
+
+    @cached_property
+    def host_paths(self) -> HostPaths:
+        """The check of every host path a request names (admins only, outside the data dir)."""
+        return HostPaths(self.settings.data_dir)
 
     @cached_property
     def hosts(self) -> HostService:

@@ -136,6 +136,15 @@ class ImageLibrary:
             raise ImageError(f"image {name!r} is of kind {record.kind}, not {kind}")
         return self.path(name)
 
+    def verified_raw_file(self, name: str) -> Path:
+        """The path of a verified raw disk image, for QEMU to read as a file of its own (a
+        direct-boot kernel or initrd)."""
+        record = self.verify(name)
+        if record.kind != "disk" or record.format != "raw":
+            raise ImageError(f"image {name!r} is {'an ISO' if record.kind == 'iso' else 'a ' + record.format} "
+                             "image: a kernel or an initrd is uploaded as it is (a raw file)")
+        return self.path(name)
+
     def name_of(self, path: str | os.PathLike[str]) -> str | None:
         """The library name of a file, if the file is one of the library's images."""
         candidate = Path(path)
