@@ -100,6 +100,8 @@ class VMService:
             raise ConflictError("give a base image file or a library image, not both")
         backing = (str(self.images.verified_path(options.image, "disk")) if options.image
                    else base_image and str(Path(base_image).resolve()))
+        # A library image's format is its record's: an image from outside is never probed.
+        backing_format = self.images.get(options.image).format if options.image else None
         cdrom = str(self.images.verified_path(options.iso, "iso")) if options.iso else None
         if not disk_sizes and not backing:
             raise ConflictError("a VM needs at least one disk (a disk size or an image)")
@@ -124,8 +126,8 @@ class VMService:
                 size = disk_sizes[i] if i < len(disk_sizes) else None
                 if i == 0 and backing:
                     # An overlay smaller than its image would hide the image's end.
-                    size = size and max(size, int(image_info(backing)["virtual-size"]))
-                    create_disk(disk.path, size, backing=backing)
+                    size = size and max(size, int(image_info(backing, backing_format)["virtual-size"]))
+                    create_disk(disk.path, size, backing=backing, backing_format=backing_format)
                 else:
                     create_disk(disk.path, size)
             with self.catalog.begin() as s:
