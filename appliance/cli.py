@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,7 @@ from .cli_snapshot import snapshot_app
 from .cli_store import store_app
 from .cli_user import user_app
 from .cli_vm import image_app, vm_app
+from .settings import UMASK
 from .units import human
 
 app = typer.Typer(help="Cairn: backup, snapshots and VM management for QEMU/KVM.", no_args_is_help=True)
@@ -56,6 +58,7 @@ DataDirOpt = typer.Option(None, "--data-dir", envvar="CAIRN_DATA_DIR",
 
 @app.callback()
 def main(data_dir: Path | None = DataDirOpt) -> None:
+    os.umask(UMASK)   # before anything is written, by us or by what we start
     state.data_dir = str(data_dir) if data_dir else None
 
 

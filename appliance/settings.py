@@ -9,6 +9,11 @@ from pathlib import Path
 from dedup import SshOptions, Store, open_backend
 
 DEFAULT_DATA_DIR = Path("/var/lib/cairn")
+# What Cairn writes is for its own user alone: files 0600, folders 0700. Every entry point sets
+# it first (the `cairn` command's callback), so the processes it starts (QEMU, qemu-img, nbdkit,
+# SQLite) inherit it; files holding secrets or VM data also get their mode explicitly.
+UMASK = 0o077
+PRIVATE_DIR = 0o700
 
 
 @dataclass(frozen=True)
@@ -89,5 +94,9 @@ class Settings:
         return self.data_dir / "initial-admin-password"
 
     def ensure(self) -> None:
-        for d in (self.data_dir, self.images_dir, self.run_dir, self.scratch_dir):
-            d.mkdir(parents=True, exist_ok=True)
+        """The data dir and its folders, the data dir private (tightened if an older one was not)."""
+        self.data_dir.mkdir(mode=PRIVATE_DIR, parents=True, exist_ok=True)
+        if self.data_dir.stat().st_mode & 0o077:
+            self.data_dir.chmod(PRIVATE_DIR)
+        for d in (self.images_dir, self.run_dir, self.scratch_dir):
+            d.mkdir(mode=PRIVATE_DIR, exist_ok=True)

@@ -20,6 +20,8 @@ from typing import Any
 from .errors import ImageError
 
 IMAGE_FORMATS = ("qcow2", "raw")
+# A disk holds a guest's data: readable by the appliance's user alone, whatever the umask.
+DISK_MODE = 0o600
 QCOW2_MAGIC = b"QFI\xfb"
 # The formats qemu's probe recognizes (block/*.c, their *_probe), by what their first bytes hold.
 FOREIGN_MAGIC = ((b"KDMV", "vmdk"), (b"COWD", "vmdk"), (b"vhdxfile", "vhdx"), (b"conectix", "vpc"),
@@ -58,6 +60,7 @@ def create_disk(path: str | os.PathLike[str], size_bytes: int | None, fmt: str =
             raise ImageError(f"cannot create {path}: size must be positive, got {size_bytes}")
         cmd.append(str(size_bytes))
     _qemu_img(cmd, f"qemu-img could not create {path}")
+    os.chmod(path, DISK_MODE)
 
 
 def image_info(path: str | os.PathLike[str], fmt: str | None = None) -> dict[str, Any]:
@@ -134,6 +137,7 @@ def convert_image(src: str | os.PathLike[str], dst: str | os.PathLike[str],
     if os.path.lexists(dst):
         raise ImageError(f"cannot create {dst}: the file already exists")
     _qemu_img(["qemu-img", "convert", "-O", fmt, src, dst], f"qemu-img could not copy {src}")
+    os.chmod(dst, DISK_MODE)
 
 
 def resize_image(path: str | os.PathLike[str], size_bytes: int) -> None:

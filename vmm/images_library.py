@@ -1,7 +1,8 @@
 """The image library: ISO media and disk images, each stored once with its SHA-256.
 
 Layout under the library root, one pair of files per image:
-    <name>.img    the image, read-only (mode 0444): thin VM disks use it as their backing file
+    <name>.img    the image, read-only for the appliance alone (mode 0400): thin VM disks use
+                  it as their backing file
     <name>.json   its record: kind, format, sizes, sha256, where it came from, when
 
 Every image is checked against its recorded SHA-256 before it is used (a VM created on it, a
@@ -30,6 +31,7 @@ from .spec import VM_NAME_RE
 ImageKind = Literal["iso", "disk"]
 IMAGE_KINDS = ("iso", "disk")
 READ_SIZE = 1 << 20
+IMAGE_MODE = 0o400   # read-only, and the appliance's own: an image may hold anyone's data
 # ISO 9660: the primary volume descriptor at sector 16 starts with type 1 and "CD001".
 ISO_MAGIC_OFFSET = 16 * 2048 + 1
 ISO_MAGIC = b"CD001"
@@ -218,7 +220,7 @@ class ImageLibrary:
                                  size=tmp.stat().st_size, virtual_size=detected[2],
                                  sha256=sha256, source=source,
                                  created_at=datetime.now(UTC).isoformat(timespec="seconds"))
-            tmp.chmod(0o444)
+            tmp.chmod(IMAGE_MODE)
             if self.path(name).exists():
                 raise ImageError(f"an image named {name!r} already exists")
             os.link(tmp, self.path(name))  # fails rather than replace a concurrent upload's
