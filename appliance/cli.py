@@ -82,6 +82,7 @@ def serve(host: str = typer.Option("127.0.0.1", help="Address to listen on."),
     import uvicorn
 
     from .api import create_app
+    from .logs import log_config
     from .tls import TlsFiles, self_signed
 
     if (cert is None) != (key is None):
@@ -91,14 +92,15 @@ def serve(host: str = typer.Option("127.0.0.1", help="Address to listen on."),
     a = state.appliance
     tls = None if insecure_http else TlsFiles(cert, key) if cert and key else self_signed(a.settings.tls_dir, host)
     password_file = a.settings.initial_admin_password_file
-    if password := a.users.ensure_initial_admin(password_file):
-        # Said once, here; the file keeps it for the installer's console until someone removes it.
-        err.print(f"created user admin with password {password} (also in {password_file}); "
-                  "change it: POST /api/v1/auth/password", highlight=False, soft_wrap=True)
+    if a.users.ensure_initial_admin(password_file):
+        # Where the password is, never the password: this output is a log (journald). The file
+        # (0600) keeps it for the installer's console until someone removes it.
+        err.print(f"created user admin; its password is in {password_file} (readable by root only); "
+                  "sign in and change it: POST /api/v1/auth/password", highlight=False, soft_wrap=True)
     scheme = "http" if tls is None else "https"
     err.print(f"Cairn API at {scheme}://{host}:{port}/api/v1 (docs: /api/v1/docs)"
               + (f", certificate {tls.cert}" if tls else ""), soft_wrap=True)
-    uvicorn.run(create_app(a), host=host, port=port, log_level="info",
+    uvicorn.run(create_app(a), host=host, port=port, log_level="info", log_config=log_config(),
                 ssl_certfile=str(tls.cert) if tls else None, ssl_keyfile=str(tls.key) if tls else None)
 
 
