@@ -19,6 +19,7 @@ from sqlalchemy import select
 
 from .api import ErrorOut
 from .api_auth import Caller
+from .auth import Principal
 from .catalog import EventRecord, JobRecord
 from .context import Appliance
 from .job_kinds import BackupParams, BackupRequest, GcParams, VerifyParams
@@ -79,8 +80,12 @@ def job_router(appliance: Appliance) -> APIRouter:
     jobs = appliance.jobs
     seen = visibility(appliance)
 
-    def submit(kind: str, params: BaseModel) -> JobOut:
-        return JobOut.model_validate(jobs.submit(kind, params.model_dump(exclude_none=True)))
+    def submit(caller: Principal, kind: str, params: dict[str, Any]) -> JobOut:
+        """Every route that starts a job comes here: the VM it names must be visible, and the
+        caller's role must be the one the job's plan needs (JobPlan.needs), whichever route."""
+        if isinstance(vm := params.get("vm"), str):
+            seen.check_vm(caller, vm)
+        return JobOut.model_validate(jobs.submit(kind, params, role=caller.role))
 
     @router.get("/jobs", response_model=list[JobOut], responses=ERRORS)
     def list_jobs(caller: Caller, query: Query, response: Response) -> list[JobOut]:
@@ -90,9 +95,7 @@ def job_router(appliance: Appliance) -> APIRouter:
 
     @router.post("/jobs", response_model=JobOut, status_code=202, responses=ERRORS)
     def start_job(caller: Caller, body: JobRequest) -> JobOut:
-        if isinstance(vm := body.params.get("vm"), str):
-            seen.check_vm(caller, vm)
-        return JobOut.model_validate(jobs.submit(body.kind, body.params))
+        return submit(caller, body.kind, body.params)
 
     @router.get("/jobs/{job_id}", response_model=JobOut, responses=ERRORS)
     def get_job(job_id: str) -> JobOut:
@@ -103,16 +106,17 @@ def job_router(appliance: Appliance) -> APIRouter:
         return JobOut.model_validate(jobs.cancel(job_id))
 
     @router.post("/vms/{name}/backups", response_model=JobOut, status_code=202, responses=ERRORS)
-    def start_backup(name: str, body: BackupRequest | None = None) -> JobOut:
-        return submit("backup", BackupParams(vm=name, **(body or BackupRequest()).model_dump()))
+    def start_backup(caller: Caller, name: str, body: BackupRequest | None = None) -> JobOut:
+        params = BackupParams(vm=name, **(body or BackupRequest()).model_dump())
+        return submit(caller, "backup", params.model_dump(exclude_none=True))
 
     @router.post("/store/verify-jobs", response_model=JobOut, status_code=202, responses=ERRORS)
-    def start_verify(body: VerifyParams | None = None) -> JobOut:
-        return submit("store.verify", body or VerifyParams())
+    def start_verify(caller: Caller, body: VerifyParams | None = None) -> JobOut:
+        return submit(caller, "store.verify", (body or VerifyParams()).model_dump(exclude_none=True))
 
     @router.post("/store/gc-jobs", response_model=JobOut, status_code=202, responses=ERRORS)
-    def start_gc(body: GcParams | None = None) -> JobOut:
-        return submit("store.gc", body or GcParams())
+    def start_gc(caller: Caller, body: GcParams | None = None) -> JobOut:
+        return submit(caller, "store.gc", (body or GcParams()).model_dump(exclude_none=True))
 
     @router.get("/events", response_model=list[EventOut], responses=ERRORS)
     def list_events(caller: Caller, query: Query, response: Response) -> list[EventOut]:

@@ -20,7 +20,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from .catalog import JobRecord, utcnow
-from .errors import CairnError, ConflictError, NotFoundError
+from .errors import CairnError, ConflictError, ForbiddenError, NotFoundError
 from .events import EventLog
 from .job_queue import Capacity, ResourceQueues
 from .jobs import (
@@ -33,6 +33,7 @@ from .jobs import (
     Throttle,
 )
 from .process import alive
+from .roles import Role
 
 log = logging.getLogger("cairn.jobs")
 PROGRESS_INTERVAL = 0.5   # seconds between progress writes to the catalog
@@ -56,9 +57,13 @@ class JobEngine:
     # -- asking ---------------------------------------------------------------------------------
 
     def submit(self, kind: str, params: dict[str, Any], policy_id: str | None = None,
-               limits: dict[str, int] | None = None) -> JobRecord:
-        """Queue a job; its plan is built now, so bad parameters are refused before anything runs."""
+               limits: dict[str, int] | None = None, role: Role | None = None) -> JobRecord:
+        """Queue a job; its plan is built now, so bad parameters are refused before anything runs.
+        `role` is the submitter's (None: the appliance itself, e.g. its scheduler); the plan says
+        which role its work needs (JobPlan.needs)."""
         plan = self._plan(kind, params)
+        if role is not None and not role.allows(plan.needs):
+            raise ForbiddenError(f"a {kind} job with these parameters needs an {plan.needs.value}, not a {role.value}")
         rec = JobRecord(id=uuid.uuid4().hex[:16], kind=kind, resource=plan.resource, state="queued", params=params,
                         limits={**plan.limits, **(limits or {})}, memo={}, policy_id=policy_id,
                         steps=[{"name": s.name, "state": "pending", "error": None} for s in plan.steps],

@@ -29,6 +29,7 @@ from .checkpoints import DEFAULT_FULL_EVERY
 from .errors import ConflictError
 from .jobs import JobPlan, PlanFactory, Step, StepContext
 from .retention import RetentionRules, apply_retention
+from .roles import Role
 
 if TYPE_CHECKING:
     from .context import Appliance
@@ -96,7 +97,8 @@ def backup_plan(app: Appliance, params: BackupParams) -> JobPlan:
     steps = backup_steps(app, params.vm, params.full, params.options())
     if params.retention is not None:
         steps.append(retention_step(app, params.vm, params.retention))
-    return JobPlan(vm_resource(params.vm), steps)
+    # Retention removes backups for good, past the recycle bin: the admin's, like prune.
+    return JobPlan(vm_resource(params.vm), steps, needs=Role.ADMIN if params.retention else Role.OPERATOR)
 
 
 def backup_steps(app: Appliance, vm: str, full: bool, options: BackupOptions) -> list[Step]:
@@ -213,7 +215,7 @@ def verify_plan(app: Appliance, params: VerifyParams) -> JobPlan:
                                  severity="error", resource=store_resource(app), job_id=ctx.job_id,
                                  data={"damaged_backups": damage})
 
-    return JobPlan(store_resource(app), [Step("verify", verify)], after_interruption="resume")
+    return JobPlan(store_resource(app), [Step("verify", verify)], after_interruption="resume", needs=Role.ADMIN)
 
 
 def gc_plan(app: Appliance, params: GcParams) -> JobPlan:
@@ -226,7 +228,7 @@ def gc_plan(app: Appliance, params: GcParams) -> JobPlan:
                                                              + 0.5 * (done / total if total else 1.0)))
         ctx.result.update(_dump(GcReport, report))
 
-    return JobPlan(store_resource(app), [Step("gc", gc)], after_interruption="resume")
+    return JobPlan(store_resource(app), [Step("gc", gc)], after_interruption="resume", needs=Role.ADMIN)
 
 
 def _dump(kind: type, report: Any) -> dict[str, Any]:
