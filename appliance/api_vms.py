@@ -352,19 +352,19 @@ def vm_router(appliance: Appliance) -> APIRouter:
     # -- scheduling groups --------------------------------------------------------------------
 
     @router.get("/api/v1/scheduling-groups", response_model=list[GroupOut], tags=["placement"])
-    def list_groups() -> list[GroupOut]:
+    def list_groups(caller: Caller) -> list[GroupOut]:
         return [GroupOut(name=g.name, policy=g.policy, enforcement=g.enforcement,
-                         vms=sorted(g.vms), hosts=sorted(g.hosts)) for g in vms.groups()]
+                         vms=sorted(g.vms), hosts=sorted(g.hosts)) for g in vms.groups(seen.seen(caller))]
 
     @router.put("/api/v1/scheduling-groups/{group}", response_model=GroupOut, tags=["placement"])
-    def put_group(group: str, body: GroupIn) -> GroupOut:
+    def put_group(caller: Caller, group: str, body: GroupIn) -> GroupOut:
         vms.save_group(SchedulingGroup(group, body.policy, body.enforcement, frozenset(body.vms),
-                                       frozenset(body.hosts)))
+                                       frozenset(body.hosts)), seen.seen(caller))
         return GroupOut(name=group, **body.model_dump())
 
     @router.delete("/api/v1/scheduling-groups/{group}", status_code=204, tags=["placement"])
-    def delete_group(group: str) -> None:
-        vms.delete_group(group)
+    def delete_group(caller: Caller, group: str) -> None:
+        vms.delete_group(group, seen.seen(caller))
 
     return router
 

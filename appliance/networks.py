@@ -50,6 +50,7 @@ from .pools import (
     check_name,
 )
 from .settings import Settings
+from .visibility import ALL, Seen
 
 ACTIVE = ("running", "paused")
 MAX_NICS = 100   # NicSpec names are net0 ... net99
@@ -169,7 +170,8 @@ class NetworkService:
 
     # -- attachments --------------------------------------------------------------------------
 
-    def attachments(self, network: str | None = None, vm: str | None = None) -> list[Attachment]:
+    def attachments(self, network: str | None = None, vm: str | None = None, seen: Seen = ALL) -> list[Attachment]:
+        """The VMs' NICs on the network (or every network), those of VMs `seen` hides left out."""
         with self.catalog() as s:
             pools = {r.address_pool: r.name for r in s.scalars(select(NetworkRecord))
                      if network in (None, r.name)}
@@ -177,7 +179,7 @@ class NetworkService:
             raise NotFoundError(f"no network named {network}")
         return [Attachment(pools[lease.pool], lease.owner, lease.nic, lease.mac or "",
                            str(lease.address), tap_name(lease.owner, lease.nic))
-                for lease in self.pools.leases(owner=vm)
+                for lease in self.pools.leases(owner=vm, seen=seen)
                 if lease.pool in pools and lease.nic is not None]
 
     def attach(self, name: str, vm: str) -> Attachment:

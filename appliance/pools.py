@@ -35,6 +35,7 @@ from .catalog import (
     VMRecord,
 )
 from .errors import CairnError, ConflictError, NotFoundError
+from .visibility import ALL, Seen
 
 StorageKind = Literal["dir", "nfs"]
 STORAGE_KINDS: tuple[StorageKind, ...] = ("dir", "nfs")
@@ -331,7 +332,8 @@ class PoolService:
             s.delete(row)
             return _lease(row)
 
-    def leases(self, pool: str | None = None, owner: str | None = None) -> list[Lease]:
+    def leases(self, pool: str | None = None, owner: str | None = None, seen: Seen = ALL) -> list[Lease]:
+        """Addresses handed out; those held by a VM `seen` hides are left out."""
         with self.catalog() as s:
             query = select(AddressLeaseRecord)
             if pool is not None:
@@ -340,7 +342,7 @@ class PoolService:
             if owner is not None:
                 query = query.where(AddressLeaseRecord.owner == owner)
             rows = sorted(s.scalars(query), key=lambda r: (r.pool, int(IPv4Address(r.address))))
-            return [_lease(r) for r in rows]
+            return [_lease(r) for r in rows if seen.vm(r.owner)]
 
     @staticmethod
     def _leases(s: Session, pool: str) -> list[AddressLeaseRecord]:

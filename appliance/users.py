@@ -10,11 +10,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from . import totp
-from .catalog import AccessKeyRecord, SessionRecord, UserRecord, utcnow
+from .catalog import AccessKeyRecord, SessionRecord, UserRecord, VMAccessRecord, utcnow
 from .errors import CairnError, ConflictError, NotFoundError
 from .passwords import hash_password, verify_password
 from .roles import Role
@@ -98,6 +98,9 @@ class UserService:
             # Explicit, not only ON DELETE CASCADE: SQLite enforces foreign keys per connection.
             s.execute(delete(SessionRecord).where(SessionRecord.user_id == user.id))
             s.execute(delete(AccessKeyRecord).where(AccessKeyRecord.user_id == user.id))
+            # Their VMs (and backups) go to an owner no new user can be, not to the next "alice".
+            s.execute(update(VMAccessRecord).where(VMAccessRecord.owner == user.name)
+                      .values(owner=deleted_owner(user.name)))
             s.delete(user)
 
     def check_password(self, name: str, password: str) -> UserRecord | None:
@@ -166,6 +169,12 @@ class UserService:
         os.chmod(password_file, 0o600)  # an older file may have had looser bits
         self.create(INITIAL_ADMIN, password, Role.ADMIN)
         return password
+
+
+def deleted_owner(name: str) -> str:
+    """The owner a deleted user's VMs keep (appliance/visibility.py): it says who it was, and no
+    user can ever be named so (it holds a space)."""
+    return f"{name[:54]} (deleted)"
 
 
 def _user(s: Session, name: str) -> UserRecord:

@@ -41,6 +41,7 @@ from .events import EventLog
 from .networks import NetworkService
 from .pools import PoolService
 from .settings import Settings
+from .visibility import ALL, Seen
 
 DISK_NAMES = [f"vd{c}" for c in "abcdefghijklmnopqrstuvwxyz"]
 ACTIVE = ("running", "paused")
@@ -408,24 +409,40 @@ class VMService:
             if (image := self.images.name_of(path)) is not None:
                 self.images.verify(image)
 
-    def groups(self) -> list[SchedulingGroup]:
+    def groups(self, seen: Seen = ALL) -> list[SchedulingGroup]:
+        """The scheduling groups, each naming only the VMs `seen` shows (placement sees them all)."""
         with self.catalog() as s:
-            return [SchedulingGroup(r.name, r.policy, r.enforcement, frozenset(r.vms),  # type: ignore[arg-type]
-                                    frozenset(r.hosts))
+            return [SchedulingGroup(r.name, r.policy, r.enforcement,  # type: ignore[arg-type]
+                                    frozenset(vm for vm in r.vms if seen.vm(vm)), frozenset(r.hosts))
                     for r in s.scalars(select(SchedulingGroupRecord).order_by(SchedulingGroupRecord.name))]
 
-    def save_group(self, group: SchedulingGroup) -> None:
+    def save_group(self, group: SchedulingGroup, seen: Seen = ALL) -> None:
+        """Create or replace a group. A caller who does not see every VM may name only VMs that
+        exist and that they see, and may not replace a group naming one they do not see: a
+        mandatory rule keeps its VMs from starting."""
         group.validate()
         with self.catalog.begin() as s:
+            if not seen.everything:
+                for vm in sorted(group.vms):
+                    if s.get(VMRecord, vm) is None or not seen.vm(vm):
+                        raise NotFoundError(f"no VM named {vm}")
+                self._check_group_seen(s.get(SchedulingGroupRecord, group.name), seen)
             s.merge(SchedulingGroupRecord(name=group.name, policy=group.policy,
                                           enforcement=group.enforcement, vms=sorted(group.vms),
                                           hosts=sorted(group.hosts)))
 
-    def delete_group(self, name: str) -> None:
+    def delete_group(self, name: str, seen: Seen = ALL) -> None:
         with self.catalog.begin() as s:
             if (rec := s.get(SchedulingGroupRecord, name)) is None:
                 raise NotFoundError(f"no scheduling group named {name}")
+            self._check_group_seen(rec, seen)
             s.delete(rec)
+
+    @staticmethod
+    def _check_group_seen(rec: SchedulingGroupRecord | None, seen: Seen) -> None:
+        if rec is not None and not all(seen.vm(vm) for vm in rec.vms):
+            raise ConflictError(f"scheduling group {rec.name} also names VMs you do not see: "
+                                "only an admin may change or delete it")
 
     def _place(self, spec: VMSpec) -> Placement:
         """Where the VM may run; today the only host is this one, so this refuses a VM that
