@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from .catalog import AccessKeyRecord, SessionRecord, UserRecord, utcnow
 from .errors import CairnError, NotFoundError, TotpRequiredError, UnauthorizedError
+from .names import check_text
 from .roles import Role
 from .throttle import LoginThrottle
 from .users import UserService
@@ -130,6 +131,7 @@ class AuthService:
         """A new access key acting as `owner`; its secret is shown once, here, and never again."""
         if not name.strip():
             raise CairnError("an access key needs a name saying what uses it")
+        check_text("an access key's name", name, 128)
         secret = secrets.token_urlsafe(32)
         now = self.clock()
         record = AccessKeyRecord(id=KEY_PREFIX + secrets.token_hex(8), user_id=owner.user_id, name=name.strip(),

@@ -23,7 +23,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from vmm.placement import LOCAL_HOST, Host
-from vmm.spec import VM_NAME_RE, VMSpec
+from vmm.spec import VMSpec
 
 from .catalog import (
     AddressLeaseRecord,
@@ -35,6 +35,7 @@ from .catalog import (
     VMRecord,
 )
 from .errors import CairnError, ConflictError, NotFoundError
+from .names import VM_LIKE
 from .visibility import ALL, Seen
 
 StorageKind = Literal["dir", "nfs"]
@@ -49,10 +50,7 @@ class PoolError(CairnError):
 
 
 def check_name(what: str, name: str) -> str:
-    if not isinstance(name, str) or not VM_NAME_RE.match(name):
-        raise PoolError(f"invalid {what} name {name!r}: use 1-63 characters a-z 0-9 _ -, "
-                        "starting with a letter")
-    return name
+    return VM_LIKE.check(what, name, PoolError)
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,7 @@ from .boot_test import BootTestService
 from .catalog import SnapshotTreeRecord
 from .errors import ConflictError
 from .instant_restore import InstantRestoreService
+from .names import check_vm_name
 from .restored_vm import define_like
 from .settings import Settings
 from .vms import VMService
@@ -56,6 +57,7 @@ class RestoreService:
     def as_new_vm(self, backup_id: str, name: str, verify: bool = True,
                   progress: DiskProgress | None = None) -> VMRestore:
         """A new VM `name` with the backed-up VM's definition and disks."""
+        check_vm_name(name)
         manifest = self.store.get_backup(backup_id)
         backed_up, spec = define_like(self.vms, name, manifest)
         # create() names disks vda, vdb, ... in order; the backup's disks go in the same order.

@@ -49,6 +49,7 @@ from vmm.rundir import exclusive
 
 from .catalog import BackupRecord, SnapshotIntentRecord, SnapshotTreeRecord, utcnow
 from .errors import ConflictError, NotFoundError
+from .names import LABEL
 from .process import alive
 from .vms import VMService
 
@@ -129,6 +130,8 @@ class SnapshotService:
     async def create(self, vm: str, name: str | None = None, automatic: bool = False,
                      memory: bool = False) -> Snapshot:
         """`memory`: also save the running guest's memory, so a revert resumes it right there."""
+        if name is not None:
+            LABEL.check("snapshot", name)
         async with self._changing(vm) as (tree, live):
             snapshot_id = new_id()
             rotate = tree.check_new_snapshot(name or snapshot_id, automatic, self.chain_limit)

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -16,12 +15,12 @@ from sqlalchemy.orm import Session, sessionmaker
 from . import totp
 from .catalog import AccessKeyRecord, SessionRecord, UserRecord, VMAccessRecord, utcnow
 from .errors import CairnError, ConflictError, NotFoundError
+from .names import ACCOUNT
 from .passwords import hash_password, verify_password
 from .roles import Role
 from .secrets import SecretBox
 
 log = logging.getLogger("cairn.users")
-NAME_RE = re.compile(r"^[a-z_][a-z0-9_.-]{0,63}$")
 MIN_PASSWORD = 8
 INITIAL_ADMIN = "admin"
 # Checked against when the user does not exist, so a wrong name costs as long as a wrong password.
@@ -42,8 +41,7 @@ class UserService:
         self.clock = clock
 
     def create(self, name: str, password: str, role: Role) -> UserRecord:
-        if not NAME_RE.match(name):
-            raise CairnError(f"user name {name!r} is not valid: lower-case letters, digits, _ . - (up to 64)")
+        ACCOUNT.check("user", name, CairnError)
         _check_password(password)
         with self.catalog.begin() as s:
             if s.scalar(select(UserRecord).where(UserRecord.name == name)):
@@ -194,8 +192,7 @@ def _keep_an_admin(s: Session, leaving: UserRecord) -> None:
 def check_groups(groups: list[str]) -> list[str]:
     """Valid group names (like user names), sorted, each once."""
     for group in groups:
-        if not NAME_RE.match(group):
-            raise CairnError(f"group name {group!r} is not valid: lower-case letters, digits, _ . - (up to 64)")
+        ACCOUNT.check("group", group, CairnError)
     return sorted(set(groups))
 
 

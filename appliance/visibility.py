@@ -35,7 +35,7 @@ from .auth import Principal
 from .catalog import BackupRecord, JobRecord, RecycledRecord, UserRecord, VMAccessRecord, VMRecord
 from .errors import CairnError, ConflictError, NotFoundError
 from .roles import Role
-from .users import NAME_RE
+from .names import ACCOUNT
 
 VM_RESOURCE = "vm:"
 
@@ -157,8 +157,8 @@ class Visibility:
 
     def set(self, name: str, owner: str | None, group: str | None) -> VMAccessRecord:
         """The VM's owner and group; both None: shared with everyone."""
-        if group is not None and not NAME_RE.match(group):
-            raise CairnError(f"group name {group!r} is not valid: lower-case letters, digits, _ . - (up to 64)")
+        if group is not None:
+            ACCOUNT.check("group", group, CairnError)
         with self.catalog.begin() as s:
             if s.get(VMRecord, name) is None:
                 raise NotFoundError(f"no VM named {name}")

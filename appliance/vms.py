@@ -24,7 +24,7 @@ from vmm.ha import HAHooks, HASupervisor, RestartLimit
 from vmm.images import backing_chain, resize_image
 from vmm.images_library import ImageLibrary, ImageRecord
 from vmm.placement import LOCAL_HOST, Placement, SchedulingGroup, local_host, place
-from vmm.spec import NicSpec
+from vmm.spec import NicSpec, validate_vm_name
 
 from .catalog import (
     RecycledRecord,
@@ -41,6 +41,7 @@ from .events import EventLog
 from .networks import NetworkService
 from .pools import PoolService
 from .settings import Settings
+from .names import LABEL
 from .visibility import ALL, Seen
 
 DISK_NAMES = [f"vd{c}" for c in "abcdefghijklmnopqrstuvwxyz"]
@@ -287,6 +288,8 @@ class VMService:
             raise ConflictError(f"clone mode {mode!r} is not one of full, instant")
         if not names:
             raise ConflictError("name at least one clone")
+        for name in names:
+            validate_vm_name(name)   # before a folder is made of it
         src = self.spec(source)
         self._require_stopped(source, "clone it")
         with self.catalog() as s:
@@ -420,6 +423,7 @@ class VMService:
         """Create or replace a group. A caller who does not see every VM may name only VMs that
         exist and that they see, and may not replace a group naming one they do not see: a
         mandatory rule keeps its VMs from starting."""
+        LABEL.check("scheduling group", group.name)
         group.validate()
         with self.catalog.begin() as s:
             if not seen.everything:
