@@ -63,14 +63,14 @@ class AuthService:
         self.users = users
         self.session_ttl = session_ttl
         self.clock = clock
-        self.throttle = LoginThrottle(clock)
+        self.throttle = LoginThrottle(catalog, clock)
 
     def login(self, name: str, password: str, totp_code: str | None = None, client: str = "") -> IssuedSession:
-        """A new session; `client` (the caller's address) is what failed attempts are counted by."""
-        self.throttle.check(name, client)
+        """A new session; `client` (the caller's address) is what attempts are counted by: each
+        is counted before its password is checked (throttle.py), and cleared by a success."""
+        self.throttle.attempt(name, client)
         user = self.users.check_password(name, password)
         if user is None:
-            self.throttle.failed(name, client)
             raise UnauthorizedError("wrong user name or password")
         now = self.clock()
         with self.catalog.begin() as s:
@@ -79,7 +79,6 @@ class AuthService:
                 if not totp_code:
                     raise TotpRequiredError(f"{name} signs in with a TOTP code too: send it as `totp`")
                 if not self.users.accept_totp(user, totp_code):
-                    self.throttle.failed(name, client)
                     raise UnauthorizedError("wrong or already used TOTP code")
             s.execute(delete(SessionRecord).where(SessionRecord.expires_at <= now))
             token = SESSION_PREFIX + secrets.token_urlsafe(32)

@@ -73,7 +73,11 @@ def serve(host: str = typer.Option("127.0.0.1", help="Address to listen on."),
           port: int = typer.Option(8080, help="Port to listen on."),
           cert: Path | None = CertOpt, key: Path | None = KeyOpt,
           insecure_http: bool = typer.Option(False, "--insecure-http",
-                                             help="Plain HTTP, for development: tokens cross the network in clear.")
+                                             help="Plain HTTP, for development: tokens cross the network in clear."),
+          trusted_proxy: list[str] = typer.Option(
+              [], "--trusted-proxy", envvar="CAIRN_TRUSTED_PROXIES",
+              help="Address or network of a reverse proxy in front (repeat for more): only its "
+                   "X-Forwarded-For/-Proto are believed. None by default: a client's address is its own.")
           ) -> None:
     """Run the appliance's web API over HTTPS (a self-signed certificate kept in <data dir>/tls/ by default).
 
@@ -100,7 +104,10 @@ def serve(host: str = typer.Option("127.0.0.1", help="Address to listen on."),
     scheme = "http" if tls is None else "https"
     err.print(f"Cairn API at {scheme}://{host}:{port}/api/v1 (docs: /api/v1/docs)"
               + (f", certificate {tls.cert}" if tls else ""), soft_wrap=True)
+    # The client address counts sign-in attempts and goes in the audit log: it comes from a
+    # forwarded header only when a proxy the admin named sent it (uvicorn would trust loopback).
     uvicorn.run(create_app(a), host=host, port=port, log_level="info", log_config=log_config(),
+                proxy_headers=bool(trusted_proxy), forwarded_allow_ips=list(trusted_proxy) or None,
                 ssl_certfile=str(tls.cert) if tls else None, ssl_keyfile=str(tls.key) if tls else None)
 
 

@@ -9,8 +9,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from sqlalchemy import delete, func, select, update
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy import delete, func, or_, select, update
+from sqlalchemy.orm import Session, object_session, sessionmaker
+from sqlalchemy.orm.attributes import set_committed_value
 
 from . import totp
 from .catalog import AccessKeyRecord, SessionRecord, UserRecord, VMAccessRecord, utcnow
@@ -143,13 +144,22 @@ class UserService:
         return user
 
     def accept_totp(self, user: UserRecord, code: str) -> bool:
-        """Whether `code` is good for the user now; remembers its step so it is not accepted again.
-        `user` must belong to an open transaction."""
+        """Whether `code` is good for the user now; its step is claimed in the catalog, so it is
+        not accepted again: one conditional UPDATE decides, not what this session read (eight
+        sign-ins racing with one code get one yes). `user` must belong to an open transaction."""
         assert user.totp_secret is not None
         step = totp.accepted_step(self.box.unseal_text(user.totp_secret), code, self.clock(), user.totp_last_step)
         if step is None:
             return False
-        user.totp_last_step = step
+        session = object_session(user)
+        assert session is not None
+        claimed = session.execute(
+            update(UserRecord).where(UserRecord.id == user.id,
+                                     or_(UserRecord.totp_last_step.is_(None), UserRecord.totp_last_step < step))
+            .values(totp_last_step=step).execution_options(synchronize_session=False))
+        if claimed.rowcount != 1:
+            return False
+        set_committed_value(user, "totp_last_step", step)
         return True
 
     # -- first start ----------------------------------------------------------------------------
