@@ -20,7 +20,9 @@ class Role(str, Enum):
 
 _RANK = {Role.VIEWER: 0, Role.OPERATOR: 1, Role.ADMIN: 2}
 
-PUBLIC = {("GET", "/api/v1/health"), ("POST", "/api/v1/auth/login")}
+PUBLIC = {("GET", "/api/v1/health"), ("POST", "/api/v1/auth/login"),
+          # The OpenAPI document and its browser view: what the API is, not what it holds.
+          ("GET", "/api/v1/openapi.json"), ("GET", "/api/v1/docs"), ("GET", "/api/v1/docs/oauth2-redirect")}
 # One's own account (session, password, TOTP, own tokens): any signed-in user.
 SELF_SERVICE = ("/api/v1/auth", "/api/v1/tokens")
 # Reading these needs an admin too.

@@ -8,12 +8,15 @@ from pathlib import Path
 
 from dedup import SshOptions, Store, open_backend
 
+from .units import parse_size
+
 DEFAULT_DATA_DIR = Path("/var/lib/cairn")
 # What Cairn writes is for its own user alone: files 0600, folders 0700. Every entry point sets
 # it first (the `cairn` command's callback), so the processes it starts (QEMU, qemu-img, nbdkit,
 # SQLite) inherit it; files holding secrets or VM data also get their mode explicitly.
 UMASK = 0o077
 PRIVATE_DIR = 0o700
+DEFAULT_MAX_UPLOAD = 1 << 40   # 1 TiB
 
 
 @dataclass(frozen=True)
@@ -38,6 +41,8 @@ class Settings:
     # The catalog's SQLAlchemy URL when not the data dir's SQLite file ($CAIRN_CATALOG_URL).
     catalog: str | None = None
     session_ttl: timedelta = timedelta(hours=12)
+    # The largest image upload taken ($CAIRN_MAX_UPLOAD, e.g. "200G"); larger ones are 413.
+    max_upload: int = DEFAULT_MAX_UPLOAD
 
     @classmethod
     def resolve(cls, data_dir: Path | str | None = None, catalog: str | None = None) -> Settings:
@@ -45,7 +50,9 @@ class Settings:
         chosen = data_dir or os.environ.get("CAIRN_DATA_DIR")
         if not chosen:
             chosen = DEFAULT_DATA_DIR if os.geteuid() == 0 else Path.home() / ".local/share/cairn"
-        return cls(Path(chosen).expanduser().resolve(), catalog or os.environ.get("CAIRN_CATALOG_URL") or None)
+        max_upload = os.environ.get("CAIRN_MAX_UPLOAD")
+        return cls(Path(chosen).expanduser().resolve(), catalog or os.environ.get("CAIRN_CATALOG_URL") or None,
+                   max_upload=parse_size(max_upload) if max_upload else DEFAULT_MAX_UPLOAD)
 
     @property
     def catalog_url(self) -> str:
