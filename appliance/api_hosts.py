@@ -13,6 +13,7 @@ from vmm.hosts import HostVM
 
 from .api import BackupOut
 from .api_auth import Caller
+from .api_vms import MAX_STOP_TIMEOUT
 from .context import Appliance
 from .host_vm_backups import back_up_host_vm
 from .hosts import HOST_OPTIONS
@@ -56,7 +57,7 @@ class HostVMOut(BaseModel):
 
 class StopIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    timeout: float = Field(60.0, gt=0, description="seconds to wait after the ACPI power button")
+    timeout: float = Field(60.0, gt=0, le=MAX_STOP_TIMEOUT, description="seconds to wait after the ACPI power button")
     force: bool = Field(False, description="pull the plug at once")
 
 

@@ -36,6 +36,7 @@ from .visibility import visibility
 from .vms import VMOptions, VMView
 
 CONSOLE_PATH = "/api/v1/console"
+MAX_STOP_TIMEOUT = 3600.0   # a stop waits at most an hour for its guest (a force-stop cuts it short anyway)
 PROXY_READ_SIZE = 64 * 1024
 # "10G", "512M" or a number of bytes; a bad size is a 422 like any other invalid field.
 Size = Annotated[int, BeforeValidator(lambda v: parse_size(str(v)))]
@@ -126,8 +127,8 @@ class DiskResize(BaseModel):
 
 class StopRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    timeout: float = Field(30.0, ge=0)
-    force: bool = False
+    timeout: float = Field(30.0, ge=0, le=MAX_STOP_TIMEOUT, description="seconds the guest gets to shut down")
+    force: bool = Field(False, description="end QEMU now; also cuts short a graceful stop that is waiting")
 
 
 class CloneRequest(BaseModel):

@@ -10,7 +10,6 @@ checkpoint intact.
 from __future__ import annotations
 
 import asyncio
-import os
 import shutil
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -34,6 +33,7 @@ from vmm.cmdline import GUEST_AGENT_CHARDEV
 
 from . import checkpoints
 from .catalog import BackupRecord, last_good_backup, utcnow
+from .process import alive, claim
 from .errors import ConflictError, NotFoundError
 from .point_ingest import ingest_point
 from .settings import Settings
@@ -115,7 +115,7 @@ class BackupService:
             parent = None if full else last_good_backup(s, spec.name)
             rec = BackupRecord(id=backup_id, vm_name=spec.name, store=self.store.location, kind="full",
                                status="running", parent=parent.id if parent else None,
-                               checkpoint=checkpoint_name(backup_id), notes=[], runner_pid=os.getpid())
+                               checkpoint=checkpoint_name(backup_id), notes=[], **claim())
             s.add(rec)
         return rec
 
@@ -200,7 +200,8 @@ class BackupService:
             rec = s.get(BackupRecord, backup_id)
             if points is not None:
                 checkpoints.record(s, rec.vm_name, backup_id, points, checkpoints.current(s, rec.vm_name))
-            rec.status, rec.finished_at, rec.error, rec.runner_pid = status, utcnow(), error, None
+            rec.status, rec.finished_at, rec.error = status, utcnow(), error
+            rec.runner_pid = rec.runner_start = None
             if manifest:
                 rec.kind = manifest.kind
                 rec.parent = manifest.parent
@@ -220,17 +221,7 @@ def _fail_interrupted(session: Session, vm: str | None) -> None:
     if vm:
         q = q.where(BackupRecord.vm_name == vm)
     for rec in session.scalars(q):
-        if rec.runner_pid is None or not _alive(rec.runner_pid):
+        if not alive(rec.runner_pid, rec.runner_start):
             rec.status, rec.finished_at = "failed", utcnow()
             rec.error = f"interrupted: the process running it (pid {rec.runner_pid}) exited"
-            rec.runner_pid = None
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+            rec.runner_pid = rec.runner_start = None

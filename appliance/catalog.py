@@ -64,7 +64,9 @@ class BackupRecord(Base):
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     notes: Mapped[list[str]] = mapped_column(JSON, default=list)
     # The process running it, while status is running: one that died leaves an interrupted backup.
+    # Its pid and when it started (appliance/process.py): a pid alone may be another process's by now.
     runner_pid: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    runner_start: Mapped[str | None] = mapped_column(String(64), nullable=True)
     # Set by `cairn store verify`: when the backup was last fully verified, and what
     # verify found wrong with it (empty: nothing).
     verified_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
@@ -177,7 +179,9 @@ class JobRecord(Base):
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     policy_id: Mapped[str | None] = mapped_column(String(32), nullable=True, index=True)
+    # The process running it, and when that process started (appliance/process.py).
     runner_pid: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    runner_start: Mapped[str | None] = mapped_column(String(64), nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, index=True)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)

@@ -7,7 +7,6 @@ row marked failed; what becomes of its checkpoint is the export's business.
 """
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from typing import Any
 
@@ -20,6 +19,7 @@ from transports.points import DiskPoint
 
 from .backups import BackupResult, Progress, _fail_interrupted, checkpoint_name
 from .catalog import BackupRecord, last_good_backup, utcnow
+from .process import claim
 from .errors import ConflictError
 from .point_ingest import ingest_point
 from .settings import Settings
@@ -80,7 +80,7 @@ class HostBackups:
             parent = None if full else last_good_backup(s, vm)
             rec = BackupRecord(id=backup_id, vm_name=vm, store=self.store.location, kind="full", status="running",
                                parent=parent.id if parent else None, checkpoint=checkpoint_name(backup_id),
-                               notes=[], runner_pid=os.getpid())
+                               notes=[], **claim())
             s.add(rec)
         return rec
 
@@ -88,7 +88,8 @@ class HostBackups:
                 error: str | None = None) -> None:
         with self.catalog.begin() as s:
             rec = s.get(BackupRecord, backup_id)
-            rec.status, rec.finished_at, rec.error, rec.runner_pid = status, utcnow(), error, None
+            rec.status, rec.finished_at, rec.error = status, utcnow(), error
+            rec.runner_pid = rec.runner_start = None
             if manifest:
                 rec.kind, rec.parent, rec.notes = manifest.kind, manifest.parent, list(manifest.notes)
                 rec.size = sum(d.size for d in manifest.disks)

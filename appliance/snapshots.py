@@ -241,7 +241,7 @@ class SnapshotService:
         with self.catalog() as s:
             running = [r for r in s.scalars(select(BackupRecord).where(BackupRecord.vm_name == vm,
                                                                        BackupRecord.status == "running"))
-                       if r.runner_pid is not None and alive(r.runner_pid)]
+                       if alive(r.runner_pid, r.runner_start)]
         if running:
             raise ConflictError(f"backup {running[0].id} of VM {vm} is running; change its snapshots once it is "
                                 "done (nothing was changed)")
