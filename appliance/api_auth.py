@@ -52,6 +52,17 @@ def authorize(principal: Principal, method: str, path: str) -> None:
         raise ForbiddenError(f"{principal.name} is a {principal.role.value}: {method} {path} needs an {needed.value}")
 
 
+def still_signed_in(appliance: Appliance, authorization: str | None) -> bool:
+    """Whether the credentials a live connection (an event stream, a console) was opened with
+    still stand for someone: it asks now and then, so revoking a session or a key ends it too."""
+    _, _, token = (authorization or "").partition(" ")
+    try:
+        appliance.auth.authenticate(token.strip())
+    except UnauthorizedError:
+        return False
+    return True
+
+
 def current_principal(request: Request) -> Principal:
     """The caller the request gate authenticated (every route but the public ones has one)."""
     return request.state.principal

@@ -12,13 +12,13 @@ from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Response
+from fastapi import APIRouter, Depends, Request, Response
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 
 from .api import ErrorOut
-from .api_auth import Caller
+from .api_auth import Caller, still_signed_in
 from .auth import Principal
 from .catalog import EventRecord, JobRecord
 from .context import Appliance
@@ -28,6 +28,7 @@ from .query import ListQuery, list_query
 from .visibility import visibility, vm_visible
 
 ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorOut} for code in (404, 409, 422)}
+SIGNED_IN_CHECK = 1.0   # seconds between checks that a live stream's session or key still stands
 
 
 class StepOut(BaseModel):
@@ -132,13 +133,22 @@ def job_router(appliance: Appliance) -> APIRouter:
         return job
 
     @router.get("/events/stream", response_class=EventSourceResponse, responses=ERRORS)
-    async def stream_events(caller: Caller, job: str | None = Depends(known_job)) -> AsyncIterator[ServerSentEvent]:
+    async def stream_events(caller: Caller, request: Request,
+                            job: str | None = Depends(known_job)) -> AsyncIterator[ServerSentEvent]:
         """Events as they happen, job progress included. With `job`, only that job's, ending when it ends.
-        Events of VMs the caller may not see are left out (asked per event: VMs come and change hands)."""
+        Events of VMs the caller may not see are left out (asked per event: VMs come and change hands).
+        The stream ends once the caller's session or key does (asked every second)."""
         endings = {f"job.{state}" for state in FINISHED_STATES}
+        authorization = request.headers.get("authorization")
+        loop = asyncio.get_running_loop()
+        checked = loop.time()
         with jobs.events.listen() as feed:
             event: dict[str, Any] | None = None
             while True:
+                if loop.time() - checked >= SIGNED_IN_CHECK:
+                    if not await asyncio.to_thread(still_signed_in, appliance, authorization):
+                        return
+                    checked = loop.time()
                 if job is not None and (event is None or event["kind"] in endings) and \
                         (rec := jobs.get(job)).state in FINISHED_STATES:
                     yield ServerSentEvent(event="job.end", data=JobOut.model_validate(rec).model_dump(mode="json"))

@@ -24,7 +24,7 @@ from vmm.placement import PlacementError, SchedulingGroup
 from vmm.spec import NicSpec, random_mac
 
 from .api import error_body
-from .api_auth import Caller
+from .api_auth import Caller, still_signed_in
 from .auth import Principal
 from .api_jobs import ERRORS
 from .context import Appliance
@@ -38,6 +38,7 @@ from .vms import VMOptions, VMView
 CONSOLE_PATH = "/api/v1/console"
 MAX_STOP_TIMEOUT = 3600.0   # a stop waits at most an hour for its guest (a force-stop cuts it short anyway)
 PROXY_READ_SIZE = 64 * 1024
+CONSOLE_CHECK = 2.0   # seconds between checks that an open console's session or key still stands
 # "10G", "512M" or a number of bytes; a bad size is a 422 like any other invalid field.
 Size = Annotated[int, BeforeValidator(lambda v: parse_size(str(v)))]
 
@@ -186,7 +187,8 @@ def detail(view: VMView) -> VMDetail:
 
 def vm_router(appliance: Appliance) -> APIRouter:
     vms = appliance.vms
-    tokens = ConsoleTokens()
+    # A console ticket grants one VM's console to the credentials that asked for it.
+    tokens: ConsoleTokens[tuple[str, str | None]] = ConsoleTokens()
     seen = visibility(appliance)
     paths = appliance.host_paths
 
@@ -279,21 +281,28 @@ def vm_router(appliance: Appliance) -> APIRouter:
         return detail(vms.show(name))
 
     @router.post("/api/v1/vms/{name}/console", response_model=ConsoleTicket)
-    def open_console(name: str) -> ConsoleTicket:
+    def open_console(name: str, request: Request) -> ConsoleTicket:
         view = vms.show(name)
         password = vnc_password(vms.driver.paths(name))
         if not view.spec.vnc:
             raise ConflictError(f"VM {name} has no console (create it with console on)")
         if view.status.state not in ("running", "paused") or password is None:
             raise ConflictError(f"VM {name} is {view.status.state}: start it to open its console")
-        token = tokens.issue(name)
+        token = tokens.issue((name, request.headers.get("authorization")))
         return ConsoleTicket(token=token, url=f"{CONSOLE_PATH}?token={token}", password=password,
                              ttl_seconds=tokens.ttl_seconds)
 
     async def console_socket(ws: WebSocket) -> None:
-        vm = tokens.redeem(ws.query_params.get("token", ""))
-        if vm is None:
+        grant = tokens.redeem(ws.query_params.get("token", ""))
+        if grant is None:
             await ws.close(code=1008, reason="unknown, used or expired console token")
+            return
+        vm, authorization = grant
+
+        def signed_in() -> Awaitable[bool]:
+            return run_in_threadpool(still_signed_in, appliance, authorization)
+        if not await signed_in():
+            await ws.close(code=1008, reason="the session or key that asked for this console has ended")
             return
         try:
             reader, writer = await asyncio.open_unix_connection(vms.driver.paths(vm).vnc_socket)
@@ -303,7 +312,7 @@ def vm_router(appliance: Appliance) -> APIRouter:
         # noVNC asks for the "binary" subprotocol; plain clients ask for none.
         wanted = ws.scope.get("subprotocols") or []
         await ws.accept(subprotocol="binary" if "binary" in wanted else None)
-        await _relay(ws, reader, writer)
+        await _relay(ws, reader, writer, signed_in)
 
     router.routes.append(WebSocketRoute(CONSOLE_PATH, console_socket, name="console"))
 
@@ -370,8 +379,10 @@ def vm_router(appliance: Appliance) -> APIRouter:
     return router
 
 
-async def _relay(ws: WebSocket, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    """Copy bytes both ways until either side hangs up."""
+async def _relay(ws: WebSocket, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                 signed_in: Callable[[], Awaitable[bool]]) -> None:
+    """Copy bytes both ways until either side hangs up, or the credentials that opened the
+    console are revoked (asked every few seconds)."""
     async def to_vm() -> None:
         with suppress(WebSocketDisconnect):
             while True:
@@ -386,7 +397,11 @@ async def _relay(ws: WebSocket, reader: asyncio.StreamReader, writer: asyncio.St
         while data := await reader.read(PROXY_READ_SIZE):
             await ws.send_bytes(data)
 
-    tasks = [asyncio.create_task(to_vm()), asyncio.create_task(to_client())]
+    async def while_signed_in() -> None:
+        while await signed_in():
+            await asyncio.sleep(CONSOLE_CHECK)
+
+    tasks = [asyncio.create_task(to_vm()), asyncio.create_task(to_client()), asyncio.create_task(while_signed_in())]
     try:
         await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
     finally:

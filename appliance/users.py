@@ -63,8 +63,9 @@ class UserService:
     def update(self, name: str, *, role: Role | None = None, password: str | None = None,
                disabled: bool | None = None, reset_totp: bool = False,
                groups: list[str] | None = None) -> UserRecord:
-        """Change what is given; a new password, disabling or a role change ends the user's sessions.
-        `groups` replaces the user's groups (what they see: appliance/visibility.py)."""
+        """Change what is given. A new password or disabling ends the user's sessions and revokes
+        their access keys, at once and for good (a key outlives neither); a role change or a TOTP
+        reset ends their sessions. `groups` replaces the user's groups (appliance/visibility.py)."""
         if password is not None:
             _check_password(password)
         if groups is not None:
@@ -85,8 +86,12 @@ class UserService:
                 user.totp_secret, user.totp_enabled, user.totp_last_step = None, False, None
             if groups is not None:
                 user.groups = groups
-            if role is not None or password is not None or disabled:
+            if role is not None or password is not None or disabled or reset_totp:
                 s.execute(delete(SessionRecord).where(SessionRecord.user_id == user.id))
+            if password is not None or disabled:
+                s.execute(update(AccessKeyRecord).where(AccessKeyRecord.user_id == user.id,
+                                                        AccessKeyRecord.revoked_at.is_(None))
+                          .values(revoked_at=self.clock()))
         return user
 
     def delete(self, name: str) -> None:
