@@ -16,8 +16,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from .api_auth import Caller
 from .api_vms import VMErrorRoute
-from .context import Appliance
 from .auth import Principal
+from .context import Appliance
 from .host_paths import HostPaths
 from .pools import PoolService
 from .visibility import Seen, visibility

@@ -25,8 +25,8 @@ from vmm.spec import NicSpec, random_mac
 
 from .api import error_body
 from .api_auth import Caller, still_signed_in
-from .auth import Principal
 from .api_jobs import ERRORS
+from .auth import Principal
 from .context import Appliance
 from .deletables import deletion_service
 from .errors import ConflictError

@@ -33,9 +33,9 @@ from vmm.cmdline import GUEST_AGENT_CHARDEV
 
 from . import checkpoints
 from .catalog import BackupRecord, last_good_backup, utcnow
-from .process import alive, claim
 from .errors import ConflictError, NotFoundError
 from .point_ingest import ingest_point
+from .process import alive, claim
 from .settings import Settings
 
 # progress(disk, bytes done, bytes to read)

@@ -19,9 +19,9 @@ from transports.points import DiskPoint
 
 from .backups import BackupResult, Progress, _fail_interrupted, checkpoint_name
 from .catalog import BackupRecord, last_good_backup, utcnow
-from .process import claim
 from .errors import ConflictError
 from .point_ingest import ingest_point
+from .process import claim
 from .settings import Settings
 
 

@@ -34,8 +34,8 @@ from dedup import StoreError
 from .auth import Principal
 from .catalog import BackupRecord, JobRecord, RecycledRecord, UserRecord, VMAccessRecord, VMRecord
 from .errors import CairnError, ConflictError, NotFoundError
-from .roles import Role
 from .names import ACCOUNT
+from .roles import Role
 
 VM_RESOURCE = "vm:"
 

@@ -38,10 +38,10 @@ from .catalog import (
 )
 from .errors import ConflictError, NotFoundError
 from .events import EventLog
+from .names import LABEL
 from .networks import NetworkService
 from .pools import PoolService
 from .settings import Settings
-from .names import LABEL
 from .visibility import ALL, Seen
 
 DISK_NAMES = [f"vd{c}" for c in "abcdefghijklmnopqrstuvwxyz"]
