@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import datetime, timedelta
 
-from sqlalchemy import update
+from sqlalchemy import delete, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -45,6 +45,9 @@ class LoginThrottle:
                         return
                     row = s.get(LoginAttemptRecord, key)
                     if row is None:
+                        # Windows that ended count for nothing: each new pair sweeps them, so
+                        # guesses at ever new names cannot grow the table without bound.
+                        s.execute(delete(LoginAttemptRecord).where(LoginAttemptRecord.window_start <= now - WINDOW))
                         s.add(LoginAttemptRecord(user_name=key[0], client=key[1], attempts=1, window_start=now))
                         return
                     wait = int((row.window_start + WINDOW - now).total_seconds()) + 1

@@ -17,11 +17,11 @@ from web_helpers import previous_totp_code
 
 from sqlalchemy import select
 
-from appliance.catalog import UserRecord
+from appliance.catalog import LoginAttemptRecord, UserRecord
 from appliance.context import Appliance
 from appliance.errors import UnauthorizedError
 from appliance.roles import Role
-from appliance.throttle import MAX_FAILURES, TooManyAttemptsError
+from appliance.throttle import MAX_FAILURES, WINDOW, TooManyAttemptsError
 from dedup import Store
 
 PASSWORD = "the right password"
@@ -118,3 +118,15 @@ def test_forwarded_for_counts_only_from_a_trusted_proxy(appliance_data_dir: Path
         # A configured proxy's header is believed: each address is a client of its own.
         assert guesses(f"http://127.0.0.1:{port}") == [401] * 7
     assert {f"203.0.113.{i}" for i in range(7)} <= audited_clients()
+
+
+def test_ended_windows_are_swept(appliance: Appliance):
+    """Guesses at ever new names leave no more rows than one window holds."""
+    now = [appliance.auth.clock()]
+    appliance.auth.throttle.clock = lambda: now[0]
+    for name in ("x1", "x2", "x3"):
+        appliance.auth.throttle.attempt(name, "192.0.2.10")
+    now[0] += WINDOW
+    appliance.auth.throttle.attempt("x4", "192.0.2.10")
+    with appliance.catalog() as s:
+        assert [r.user_name for r in s.scalars(select(LoginAttemptRecord))] == ["x4"]
