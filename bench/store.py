@@ -41,9 +41,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "bench"), str(ROOT / "tests")]
 
-from disk import bench_disk  # noqa: E402
+from disk import bench_disk
 
-from dedup import BackupManifest, Store, collect_garbage, open_backend, verify_store  # noqa: E402
+from dedup import BackupManifest, Store, collect_garbage, open_backend, verify_store
 
 MB = 1_000_000
 MiB = 1 << 20
@@ -236,7 +236,7 @@ def _child_backup(store: Path, image: Path, since: str | None) -> dict:
 
 def one_backup(store_path: str, image: str, since: str) -> None:
     """The child's side of _child_backup: an offline backup of `image`, stats as JSON on stdout."""
-    from appliance.point_ingest import ingest_point
+    from appliance.backups.ingest import ingest_point
     from transports.offline import OfflineExport
     from transports.points import Checkpoint
 

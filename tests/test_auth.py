@@ -124,7 +124,7 @@ def test_users_resource(api_client: TestClient, anonymous: TestClient, appliance
     assert r.status_code == 201 and r.json()["role"] == "operator" and "password" not in r.text
     assert api_client.post("/api/v1/users", json={"name": "alice", "password": "another-one"}).status_code == 409
     r = api_client.post("/api/v1/users", json={"name": "Bad Name", "password": "long-enough"})
-    assert r.status_code == 400 and "not valid" in r.json()["error"]["message"]
+    assert r.status_code == 400 and "invalid user name" in r.json()["error"]["message"]
     r = api_client.post("/api/v1/users", json={"name": "bob", "password": "short"})
     assert r.status_code == 400 and "at least 8" in r.json()["error"]["message"]
     assert api_client.post("/api/v1/users", json={"name": "bob", "password": "long-enough", "role": "god"}

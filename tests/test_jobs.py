@@ -21,6 +21,7 @@ from appliance.jobs.engine import JobEngine, JobParamsError
 from appliance.jobs.events import EventLog
 from appliance.jobs.plan import JobPlan, Step, StepContext
 from appliance.jobs.records import EventRecord, JobRecord
+from appliance.process import start_of
 
 TIMEOUT = 30
 
@@ -164,7 +165,8 @@ def test_recover_rolls_back_what_a_dead_process_left_and_leaves_live_ones_alone(
     with jobs.catalog.begin() as s:
         for job_id, pid in (("dead", gone.pid), ("samepid", os.getpid()), ("alive", os.getppid())):
             s.add(JobRecord(id=job_id, kind="three", resource="vm:x", state="running", params={},
-                            limits={}, memo={"a": True, "b": True}, runner_pid=pid, steps=steps))
+                            limits={}, memo={"a": True, "b": True}, runner_pid=pid, runner_start=start_of(pid),
+                            steps=steps))
     assert sorted(jobs.recover()) == ["dead", "samepid"], "the pid of a live other process keeps its job"
     for job_id in ("dead", "samepid"):
         rec = jobs.wait(job_id, TIMEOUT)

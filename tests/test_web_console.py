@@ -52,7 +52,8 @@ def dashboard_row(browser, vm: str) -> list[str]:
     return [td.text for td in row.find_elements(By.TAG_NAME, "td")]
 
 
-def test_sign_in_create_snapshot_back_up_restore_and_watch_the_dashboard(appliance_data_dir: Path, guest_kernel):
+def test_sign_in_create_snapshot_back_up_restore_and_watch_the_dashboard(appliance_data_dir: Path, guest_kernel,
+                                                                         tmp_path: Path):
     Store.init(appliance_data_dir / "store")
     secret = add_user(appliance_data_dir, "ops", Role.ADMIN, totp=True)
     with console_server(appliance_data_dir) as base, chromium() as browser:
@@ -125,8 +126,8 @@ def test_sign_in_create_snapshot_back_up_restore_and_watch_the_dashboard(applian
         confirm(browser)
         element(browser, "#notice", "VM web1-instant runs from backup", timeout=BACKUP_WAIT)
 
-        # One disk to a file the admin names: complete, verified, in the format asked for.
-        target = appliance_data_dir / "vda-copy.qcow2"
+        # One disk to a file the admin names (outside the data dir): complete, verified, in the format asked for.
+        target = tmp_path / "vda-copy.qcow2"
         button(browser, f'tr[data-backup="{backup_id}"]', "Restore vda to…").click()
         element(browser, "#confirm-extra input[name=target]").send_keys(str(target))
         confirm(browser)

@@ -13,9 +13,12 @@ from appliance.backups.host_vm import back_up_host_vm
 from appliance.backups.options import DEFAULT_FULL_EVERY
 from appliance.backups.selection import DiskSelection
 from appliance.context import Appliance
+from appliance.hosts.service import HOST_OPTIONS
 from vmm.hosts import HostVM
 
 from .app import BackupOut
+from .auth import Caller
+from .vms import MAX_STOP_TIMEOUT
 
 
 class HostIn(BaseModel):
@@ -65,7 +68,7 @@ class HostVMOut(BaseModel):
 
 class StopIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    timeout: float = Field(60.0, gt=0, description="seconds to wait after the ACPI power button")
+    timeout: float = Field(60.0, gt=0, le=MAX_STOP_TIMEOUT, description="seconds to wait after the ACPI power button")
     force: bool = Field(False, description="pull the plug at once")
 
 
@@ -102,7 +105,10 @@ def host_router(appliance: Appliance) -> APIRouter:
         return [HostOut(**h.to_dict()) for h in hosts.list()]
 
     @router.post("", response_model=HostOut, status_code=201)
-    def add_host(body: HostIn) -> HostOut:
+    def add_host(caller: Caller, body: HostIn) -> HostOut:
+        for option in ("key_file", "known_hosts"):
+            if (path := getattr(body, option)) is not None and option in HOST_OPTIONS[body.kind]:
+                appliance.host_paths.readable_file(caller, path, option.replace("_", " "))
         return HostOut(**hosts.add(body.name, body.uri, body.kind, body.key_file, body.known_hosts,
                                    body.agent_dir, body.scratch_dir, body.libvirt_dir).to_dict())
 

@@ -12,11 +12,12 @@ from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Response
+from fastapi import APIRouter, Depends, Request, Response
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 
+from appliance.access.auth import Principal
 from appliance.access.visibility import visibility, vm_visible
 from appliance.catalog.query import ListQuery, list_query
 from appliance.context import Appliance
@@ -25,9 +26,10 @@ from appliance.jobs.plan import FINISHED_STATES
 from appliance.jobs.records import EventRecord, JobRecord
 
 from .app import ErrorOut
-from .auth import Caller
+from .auth import Caller, still_signed_in
 
 ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorOut} for code in (404, 409, 422)}
+SIGNED_IN_CHECK = 1.0   # seconds between checks that a live stream's session or key still stands
 
 
 class StepOut(BaseModel):
@@ -80,8 +82,12 @@ def job_router(appliance: Appliance) -> APIRouter:
     jobs = appliance.jobs
     seen = visibility(appliance)
 
-    def submit(kind: str, params: BaseModel) -> JobOut:
-        return JobOut.model_validate(jobs.submit(kind, params.model_dump(exclude_none=True)))
+    def submit(caller: Principal, kind: str, params: dict[str, Any]) -> JobOut:
+        """Every route that starts a job comes here: the VM it names must be visible, and the
+        caller's role must be the one the job's plan needs (JobPlan.needs), whichever route."""
+        if isinstance(vm := params.get("vm"), str):
+            seen.check_vm(caller, vm)
+        return JobOut.model_validate(jobs.submit(kind, params, role=caller.role))
 
     @router.get("/jobs", response_model=list[JobOut], responses=ERRORS)
     def list_jobs(caller: Caller, query: Query, response: Response) -> list[JobOut]:
@@ -91,9 +97,7 @@ def job_router(appliance: Appliance) -> APIRouter:
 
     @router.post("/jobs", response_model=JobOut, status_code=202, responses=ERRORS)
     def start_job(caller: Caller, body: JobRequest) -> JobOut:
-        if isinstance(vm := body.params.get("vm"), str):
-            seen.check_vm(caller, vm)
-        return JobOut.model_validate(jobs.submit(body.kind, body.params))
+        return submit(caller, body.kind, body.params)
 
     @router.get("/jobs/{job_id}", response_model=JobOut, responses=ERRORS)
     def get_job(job_id: str) -> JobOut:
@@ -104,16 +108,17 @@ def job_router(appliance: Appliance) -> APIRouter:
         return JobOut.model_validate(jobs.cancel(job_id))
 
     @router.post("/vms/{name}/backups", response_model=JobOut, status_code=202, responses=ERRORS)
-    def start_backup(name: str, body: BackupRequest | None = None) -> JobOut:
-        return submit("backup", BackupParams(vm=name, **(body or BackupRequest()).model_dump()))
+    def start_backup(caller: Caller, name: str, body: BackupRequest | None = None) -> JobOut:
+        params = BackupParams(vm=name, **(body or BackupRequest()).model_dump())
+        return submit(caller, "backup", params.model_dump(exclude_none=True))
 
     @router.post("/store/verify-jobs", response_model=JobOut, status_code=202, responses=ERRORS)
-    def start_verify(body: VerifyParams | None = None) -> JobOut:
-        return submit("store.verify", body or VerifyParams())
+    def start_verify(caller: Caller, body: VerifyParams | None = None) -> JobOut:
+        return submit(caller, "store.verify", (body or VerifyParams()).model_dump(exclude_none=True))
 
     @router.post("/store/gc-jobs", response_model=JobOut, status_code=202, responses=ERRORS)
-    def start_gc(body: GcParams | None = None) -> JobOut:
-        return submit("store.gc", body or GcParams())
+    def start_gc(caller: Caller, body: GcParams | None = None) -> JobOut:
+        return submit(caller, "store.gc", (body or GcParams()).model_dump(exclude_none=True))
 
     @router.get("/events", response_model=list[EventOut], responses=ERRORS)
     def list_events(caller: Caller, query: Query, response: Response) -> list[EventOut]:
@@ -129,13 +134,22 @@ def job_router(appliance: Appliance) -> APIRouter:
         return job
 
     @router.get("/events/stream", response_class=EventSourceResponse, responses=ERRORS)
-    async def stream_events(caller: Caller, job: str | None = Depends(known_job)) -> AsyncIterator[ServerSentEvent]:
+    async def stream_events(caller: Caller, request: Request,
+                            job: str | None = Depends(known_job)) -> AsyncIterator[ServerSentEvent]:
         """Events as they happen, job progress included. With `job`, only that job's, ending when it ends.
-        Events of VMs the caller may not see are left out (asked per event: VMs come and change hands)."""
+        Events of VMs the caller may not see are left out (asked per event: VMs come and change hands).
+        The stream ends once the caller's session or key does (asked every second)."""
         endings = {f"job.{state}" for state in FINISHED_STATES}
+        authorization = request.headers.get("authorization")
+        loop = asyncio.get_running_loop()
+        checked = loop.time()
         with jobs.events.listen() as feed:
             event: dict[str, Any] | None = None
             while True:
+                if loop.time() - checked >= SIGNED_IN_CHECK:
+                    if not await asyncio.to_thread(still_signed_in, appliance, authorization):
+                        return
+                    checked = loop.time()
                 if job is not None and (event is None or event["kind"] in endings) and \
                         (rec := jobs.get(job)).state in FINISHED_STATES:
                     yield ServerSentEvent(event="job.end", data=JobOut.model_validate(rec).model_dump(mode="json"))

@@ -5,14 +5,18 @@ answers once its VM runs."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import PurePosixPath
-from typing import Literal
+from typing import Any, Literal
+from urllib.parse import quote
 
+import anyio
 from fastapi import APIRouter
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.types import Receive, Scope, Send
 
 from appliance.access.visibility import visibility
 from appliance.context import Appliance
@@ -44,7 +48,8 @@ class BackupDamagedError(CairnError):
 
 class DiskRestoreRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    target: str  # image file path, block device, nbd:// URL
+    target: str = Field(description="an nbd:// or ssh:// URL, or an absolute path on the appliance host outside "
+                                    "its data dir: a new or existing image file, or a block device")
     format: Literal["raw", "qcow2"] = "raw"
     force: bool = False
     verify: bool = False
@@ -147,7 +152,9 @@ def backup_restore_router(appliance: Appliance) -> APIRouter:
     seen = visibility(appliance)
 
     @router.post("/disks/{disk}/restore", response_model=DiskRestoreOut)
-    def restore_one_disk(backup_id: str, disk: str, body: DiskRestoreRequest) -> DiskRestoreOut:
+    def restore_one_disk(caller: Caller, backup_id: str, disk: str, body: DiskRestoreRequest) -> DiskRestoreOut:
+        if "://" not in body.target:
+            appliance.host_paths.disk_target(caller, body.target, "restore target")
         with reported():
             destination = parse_destination(body.target, body.format, body.force)
             result = restore_disk(appliance.store, backup_id, disk, destination, verify=body.verify)
@@ -178,7 +185,9 @@ def backup_restore_router(appliance: Appliance) -> APIRouter:
     @router.get("/disks/{disk}/files/content")
     def download_file(backup_id: str, disk: str, path: str, partition: int | None = None) -> StreamingResponse:
         """One file's bytes. The filesystem is opened before the answer starts, so errors are
-        reported as such; it is closed when the download ends."""
+        reported as such; it is released (mount, loop device, nbdfuse, nbdkit) however the
+        download ends: sent, failed, or abandoned by the client."""
+        headers = {"Content-Disposition": attachment(PurePosixPath(path).name)}
         with reported():
             fs = BackupFilesystem(appliance.store, backup_id, disk, partition).mount()
             try:
@@ -188,15 +197,13 @@ def backup_restore_router(appliance: Appliance) -> APIRouter:
                 raise
 
         def content() -> Iterator[bytes]:
-            try:
-                while block := file.read(DOWNLOAD_BLOCK):
-                    yield block
-            finally:
-                file.close()
-                fs.close()
-        name = PurePosixPath(path).name
-        return StreamingResponse(content(), media_type="application/octet-stream",
-                                 headers={"Content-Disposition": f'attachment; filename="{name}"'})
+            while block := file.read(DOWNLOAD_BLOCK):
+                yield block
+
+        def release() -> None:
+            file.close()
+            fs.close()
+        return ReleasingResponse(content(), release, media_type="application/octet-stream", headers=headers)
 
     @router.post("/instant-restore", response_model=InstantRestoreOut, status_code=201)
     async def start_instant_restore(caller: Caller, backup_id: str, body: InstantRestoreRequest) -> InstantRestoreOut:
@@ -243,6 +250,36 @@ def instant_router(appliance: Appliance) -> APIRouter:
         return InstantRestoreOut(**state.to_dict())
 
     return router
+
+
+class ReleasingResponse(StreamingResponse):
+    """A streamed answer that calls `release` once it ends, however: sent in full, failed, or
+    cut short by the client going away (which stops the stream without finishing it)."""
+
+    def __init__(self, content: Iterator[bytes], release: Callable[[], None], **kwargs: Any) -> None:
+        try:
+            super().__init__(content, **kwargs)
+        except BaseException:
+            release()
+            raise
+        self.release = release
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            # Shielded: when the request was cancelled (the client gone), an unshielded await
+            # here would be cancelled too, and the release skipped.
+            with anyio.CancelScope(shield=True):
+                await run_in_threadpool(self.release)
+
+
+def attachment(name: str) -> str:
+    """Content-Disposition for a download named `name` (RFC 6266): the exact name as RFC 5987's
+    UTF-8 filename*, and for older clients a plain ASCII filename with the rest replaced by _.
+    A header is Latin-1 and one line: the name itself may be neither."""
+    fallback = "".join(c if c.isascii() and c.isprintable() and c not in '"\\' else "_" for c in name) or "download"
+    return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{quote(name, safe='')}"
 
 
 @contextmanager

@@ -8,11 +8,13 @@ answer 423 or 403 and say why.
 """
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import timedelta
 from typing import Any
 
 from fastapi import APIRouter
 
+from appliance.access.visibility import visibility
 from appliance.backups.records import record_pruned, record_verification
 from appliance.backups.retention import RetentionCounts
 from appliance.context import Appliance
@@ -30,6 +32,7 @@ from dedup import (
 )
 
 from .app import ErrorOut
+from .auth import Caller
 
 
 class PruneRequest(RetentionCounts):
@@ -39,11 +42,15 @@ class PruneRequest(RetentionCounts):
 
 def store_router(appliance: Appliance) -> APIRouter:
     router = APIRouter(prefix="/api/v1/store", tags=["store"])
+    seen = visibility(appliance)
     errors: dict[int | str, dict[str, Any]] = {code: {"model": ErrorOut} for code in (403, 404, 409, 422, 423)}
 
     @router.get("/stats", response_model=StoreStats, responses=errors)
-    def stats() -> StoreStats:
-        return store_stats(appliance.store)
+    def stats(caller: Caller) -> StoreStats:
+        """Totals of the whole store; per backup, only those of the VMs the caller sees."""
+        shown = seen.seen(caller)
+        totals = store_stats(appliance.store)
+        return replace(totals, per_backup=tuple(u for u in totals.per_backup if shown.vm(u.vm)))
 
     @router.post("/verify", response_model=VerifyReport, responses=errors)
     def verify(body: VerifyParams | None = None) -> VerifyReport:

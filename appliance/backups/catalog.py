@@ -46,8 +46,8 @@ def fail_interrupted(session: Session, vm: str | None) -> None:
     if vm:
         q = q.where(BackupRecord.vm_name == vm)
     for rec in session.scalars(q):
-        if rec.runner_pid is None or not alive(rec.runner_pid):
+        if not alive(rec.runner_pid, rec.runner_start):
             rec.status, rec.finished_at = "failed", utcnow()
             rec.error = f"interrupted: the process running it (pid {rec.runner_pid}) exited"
-            rec.runner_pid = None
+            rec.runner_pid = rec.runner_start = None
 

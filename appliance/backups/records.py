@@ -36,7 +36,9 @@ class BackupRecord(Base):
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     notes: Mapped[list[str]] = mapped_column(JSON, default=list)
     # The process running it, while status is running: one that died leaves an interrupted backup.
+    # Its pid and when it started (appliance/process.py): a pid alone may be another process's by now.
     runner_pid: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    runner_start: Mapped[str | None] = mapped_column(String(64), nullable=True)
     # Set by `cairn store verify`: when the backup was last fully verified, and what
     # verify found wrong with it (empty: nothing).
     verified_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)

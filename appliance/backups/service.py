@@ -10,7 +10,6 @@ checkpoint intact.
 from __future__ import annotations
 
 import asyncio
-import os
 import shutil
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -23,6 +22,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from appliance.backups import checkpoints
 from appliance.catalog.base import utcnow
 from appliance.errors import ConflictError, NotFoundError
+from appliance.process import claim
 from appliance.settings import Settings
 from dedup import BackupManifest, Store, new_backup_id
 from transports.fleece import FleeceExport
@@ -94,7 +94,7 @@ class BackupService:
             parent = None if full else last_good_backup(s, spec.name)
             rec = BackupRecord(id=backup_id, vm_name=spec.name, store=self.store.location, kind="full",
                                status="running", parent=parent.id if parent else None,
-                               checkpoint=checkpoint_name(backup_id), notes=[], runner_pid=os.getpid())
+                               checkpoint=checkpoint_name(backup_id), notes=[], **claim())
             s.add(rec)
         return rec
 
@@ -181,7 +181,8 @@ class BackupService:
             rec = s.get(BackupRecord, backup_id)
             if points is not None:
                 checkpoints.record(s, rec.vm_name, backup_id, points, checkpoints.current(s, rec.vm_name))
-            rec.status, rec.finished_at, rec.error, rec.runner_pid = status, utcnow(), error, None
+            rec.status, rec.finished_at, rec.error = status, utcnow(), error
+            rec.runner_pid = rec.runner_start = None
             if manifest:
                 rec.kind = manifest.kind
                 rec.parent = manifest.parent

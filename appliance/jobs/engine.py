@@ -1,8 +1,8 @@
 """Runs jobs: queues them per resource, runs their steps, undoes them on failure, recovers after a crash.
 
 Every state change is written to the catalog before the work it announces, so a job whose
-process died is found on the next start (its `runner_pid` is gone) and is rolled back or
-resumed there, as its plan says: never left half-done.
+process died is found on the next start (its runner, pid and start time, is gone: process.py)
+and is rolled back or resumed there, as its plan says: never left half-done.
 """
 from __future__ import annotations
 
@@ -19,9 +19,10 @@ from pydantic import ValidationError
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from appliance.access.roles import Role
 from appliance.catalog.base import utcnow
-from appliance.errors import CairnError, ConflictError, NotFoundError
-from appliance.process import alive
+from appliance.errors import CairnError, ConflictError, ForbiddenError, NotFoundError
+from appliance.process import RELEASED, alive, claim, ours, start_of
 
 from .events import EventLog
 from .plan import ACTIVE_STATES, FINISHED_STATES, JobCancelled, JobPlan, PlanFactory, StepContext, Throttle
@@ -50,13 +51,17 @@ class JobEngine:
     # -- asking ---------------------------------------------------------------------------------
 
     def submit(self, kind: str, params: dict[str, Any], policy_id: str | None = None,
-               limits: dict[str, int] | None = None) -> JobRecord:
-        """Queue a job; its plan is built now, so bad parameters are refused before anything runs."""
+               limits: dict[str, int] | None = None, role: Role | None = None) -> JobRecord:
+        """Queue a job; its plan is built now, so bad parameters are refused before anything runs.
+        `role` is the submitter's (None: the appliance itself, e.g. its scheduler); the plan says
+        which role its work needs (JobPlan.needs)."""
         plan = self._plan(kind, params)
+        if role is not None and not role.allows(plan.needs):
+            raise ForbiddenError(f"a {kind} job with these parameters needs an {plan.needs.value}, not a {role.value}")
         rec = JobRecord(id=uuid.uuid4().hex[:16], kind=kind, resource=plan.resource, state="queued", params=params,
                         limits={**plan.limits, **(limits or {})}, memo={}, policy_id=policy_id,
                         steps=[{"name": s.name, "state": "pending", "error": None} for s in plan.steps],
-                        runner_pid=os.getpid(), created_at=utcnow())
+                        created_at=utcnow(), **claim())
         with self.catalog.begin() as s:
             s.add(rec)
         self._mine.add(rec.id)
@@ -107,12 +112,11 @@ class JobEngine:
         with self.catalog.begin() as s:
             for rec in s.scalars(select(JobRecord).where(JobRecord.state.in_(ACTIVE_STATES))
                                  .order_by(JobRecord.created_at)):
-                ours = rec.runner_pid == os.getpid()
-                # Our own pid on a job this engine does not know: a previous process had it (a
-                # restarted container's first process gets the same pid).
-                if (ours and rec.id in self._mine) or (not ours and rec.runner_pid and alive(rec.runner_pid)):
+                mine = ours(rec.runner_pid, rec.runner_start)
+                # Ours but unknown to this engine: another engine of this process made it (tests).
+                if (mine and rec.id in self._mine) or (not mine and alive(rec.runner_pid, rec.runner_start)):
                     continue
-                rec.runner_pid = os.getpid()
+                rec.runner_pid, rec.runner_start = os.getpid(), start_of(os.getpid())
                 orphans.append((rec.resource, rec.id))
                 self._mine.add(rec.id)
         for resource, job_id in orphans:
@@ -197,14 +201,14 @@ class JobEngine:
         """queued -> running, unless it is no longer queued (one statement: a cancel cannot slip between)."""
         with self.catalog.begin() as s:
             changed = s.execute(update(JobRecord).where(JobRecord.id == job_id, JobRecord.state == "queued")
-                                .values(state="running", started_at=utcnow(), runner_pid=os.getpid()))
+                                .values(state="running", started_at=utcnow(), **claim()))
         return changed.rowcount == 1
 
     def _finish(self, job_id: str, state: str, result: dict[str, Any] | None = None, error: str | None = None,
                 if_state: str | None = None) -> bool:
         """Record the end (only if the job is still in `if_state`, when given) and announce it."""
         values: dict[str, Any] = {"state": state, "result": result, "error": error, "finished_at": utcnow(),
-                                  "runner_pid": None}
+                                  **RELEASED}
         if state == "succeeded":
             values["progress"] = 1.0
         stmt = update(JobRecord).where(JobRecord.id == job_id)

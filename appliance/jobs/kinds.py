@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
 from sqlalchemy import delete
 
+from appliance.access.roles import Role
 from appliance.backups.options import DEFAULT_FULL_EVERY, BackupOptions
 from appliance.backups.records import BackupRecord, record_verification
 from appliance.backups.retention import RetentionRules, apply_retention
@@ -109,7 +110,8 @@ def backup_plan(app: Appliance, params: BackupParams) -> JobPlan:
     steps = backup_steps(app, params.vm, params.full, params.options())
     if params.retention is not None:
         steps.append(retention_step(app, params.vm, params.retention))
-    return JobPlan(vm_resource(params.vm), steps)
+    # Retention removes backups for good, past the recycle bin: the admin's, like prune.
+    return JobPlan(vm_resource(params.vm), steps, needs=Role.ADMIN if params.retention else Role.OPERATOR)
 
 
 def backup_steps(app: Appliance, vm: str, full: bool, options: BackupOptions) -> list[Step]:
@@ -228,7 +230,7 @@ def verify_plan(app: Appliance, params: VerifyParams) -> JobPlan:
                                  severity="error", resource=store_resource(app), job_id=ctx.job_id,
                                  data={"damaged_backups": damage})
 
-    return JobPlan(store_resource(app), [Step("verify", verify)], after_interruption="resume")
+    return JobPlan(store_resource(app), [Step("verify", verify)], after_interruption="resume", needs=Role.ADMIN)
 
 
 def gc_plan(app: Appliance, params: GcParams) -> JobPlan:
@@ -241,7 +243,7 @@ def gc_plan(app: Appliance, params: GcParams) -> JobPlan:
                                                              + 0.5 * (done / total if total else 1.0)))
         ctx.result.update(_dump(GcReport, report))
 
-    return JobPlan(store_resource(app), [Step("gc", gc)], after_interruption="resume")
+    return JobPlan(store_resource(app), [Step("gc", gc)], after_interruption="resume", needs=Role.ADMIN)
 
 
 def _dump(kind: type, report: Any) -> dict[str, Any]:

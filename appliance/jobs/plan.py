@@ -12,6 +12,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from appliance.access.roles import Role
+
 # queued -> running -> succeeded | failed | cancelled; "undoing" while a failure is rolled back.
 FINISHED_STATES = ("succeeded", "failed", "cancelled")
 ACTIVE_STATES = ("queued", "running", "undoing")
@@ -76,6 +78,9 @@ class JobPlan:
     # (only for jobs whose steps can simply run again, like verify and GC).
     after_interruption: Literal["rollback", "resume"] = "rollback"
     limits: dict[str, int] = field(default_factory=dict)
+    # The least role that may ask for this work: the plan says it, so every route that submits
+    # the job (its own, or POST /api/v1/jobs) needs the same (JobEngine.submit checks it).
+    needs: Role = Role.OPERATOR
 
 
 PlanFactory = Callable[[dict[str, Any]], JobPlan]

@@ -40,7 +40,9 @@ class JobRecord(Base):
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     policy_id: Mapped[str | None] = mapped_column(String(32), nullable=True, index=True)
+    # The process running it, and when that process started (appliance/process.py).
     runner_pid: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    runner_start: Mapped[str | None] = mapped_column(String(64), nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, index=True)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)

@@ -25,6 +25,7 @@ from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
+from appliance.access.visibility import ALL, Seen
 from appliance.backups.options import DEFAULT_FULL_EVERY
 from appliance.backups.records import last_good_backup
 from appliance.backups.retention import RetentionRules
@@ -184,12 +185,13 @@ class PolicyService:
             tags = _tags_by_vm(s.execute(select(VMTagRecord.vm_name, VMTagRecord.tag)))
         return [vm for vm in names if policy.selects(vm, tags.get(vm, set()))]
 
-    def preview(self, ref: str, count: int) -> dict[str, Any]:
-        """The next runs and, for each VM it selects today, what the next run would do."""
+    def preview(self, ref: str, count: int, seen: Seen = ALL) -> dict[str, Any]:
+        """The next runs and, for each VM it selects today (of those `seen` shows), what the next
+        run would do."""
         rec = self.get(ref)
         policy = policy_of(rec)
         now = self.clock()
-        vms = self.selected_vms(policy)
+        vms = [vm for vm in self.selected_vms(policy) if seen.vm(vm)]
         plan: dict[str, Any]
         if isinstance(policy, BackupPolicy):
             with self.catalog() as s:

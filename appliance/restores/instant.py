@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from appliance.errors import ConflictError, NotFoundError
+from appliance.names import InvalidNameError, check_vm_name
 from appliance.settings import Settings
 from appliance.vms.service import VMService
 from dedup import Store
@@ -71,6 +72,7 @@ class InstantRestoreService:
 
     async def start(self, backup_id: str, name: str, speed: int = 0) -> InstantRestore:
         """Define VM `name` from the backup on overlays of the served backup, start it, start the copy."""
+        check_vm_name(name)   # it names a folder: checked before anything is made or removed there
         manifest = self.store.get_backup(backup_id)
         folder = self._folder(name)
         if folder.exists():
@@ -220,7 +222,11 @@ class InstantRestoreService:
                 _running_export(disk).hand_over(pid)
 
     def _folder(self, name: str) -> Path:
-        return self.settings.data_dir / "instant" / name
+        """The restore's folder; a name no VM can have has none (and never names another folder)."""
+        try:
+            return self.settings.data_dir / "instant" / check_vm_name(name)
+        except InvalidNameError:
+            raise NotFoundError(f"no instant restore into VM {name!r}") from None
 
     def _save(self, state: InstantRestore) -> None:
         path = self._folder(state.vm) / STATE_FILE

@@ -28,6 +28,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from appliance.backups import checkpoints
 from appliance.catalog.base import utcnow
 from appliance.errors import ConflictError
+from appliance.names import check_vm_name
 from appliance.settings import Settings
 from appliance.snapshots.records import SnapshotTreeRecord
 from appliance.snapshots.service import CatalogJournal
@@ -70,6 +71,7 @@ class RestoreService:
     def as_new_vm(self, backup_id: str, name: str, verify: bool = True,
                   progress: DiskProgress | None = None) -> VMRestore:
         """A new VM `name` with the backed-up VM's definition and disks."""
+        check_vm_name(name)
         manifest = self.store.get_backup(backup_id)
         backed_up, spec = define_like(self.vms, name, manifest)
         # create() names disks vda, vdb, ... in order; the backup's disks go in the same order.

@@ -24,6 +24,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from appliance.backups.records import BackupRecord
 from appliance.catalog.base import utcnow
 from appliance.errors import ConflictError, NotFoundError
+from appliance.names import LABEL
 from appliance.process import alive
 from appliance.vms.service import VMService
 from chain import (
@@ -134,6 +135,8 @@ class SnapshotService:
     async def create(self, vm: str, name: str | None = None, automatic: bool = False,
                      memory: bool = False) -> Snapshot:
         """`memory`: also save the running guest's memory, so a revert resumes it right there."""
+        if name is not None:
+            LABEL.check("snapshot", name)
         async with self._changing(vm) as (tree, live):
             snapshot_id = new_id()
             rotate = tree.check_new_snapshot(name or snapshot_id, automatic, self.chain_limit)
@@ -259,7 +262,7 @@ class SnapshotService:
         with self.catalog() as s:
             running = [r for r in s.scalars(select(BackupRecord).where(BackupRecord.vm_name == vm,
                                                                        BackupRecord.status == "running"))
-                       if r.runner_pid is not None and alive(r.runner_pid)]
+                       if alive(r.runner_pid, r.runner_start)]
         if running:
             raise ConflictError(f"backup {running[0].id} of VM {vm} is running; change its snapshots once it is "
                                 "done (nothing was changed)")

@@ -18,10 +18,12 @@ from sqlalchemy import inspect as sa_inspect
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from appliance.access.visibility import ALL, Seen
 from appliance.catalog.base import utcnow
 from appliance.deletion.records import RecycledRecord
 from appliance.errors import ConflictError, NotFoundError
 from appliance.jobs.events import EventLog
+from appliance.names import LABEL
 from appliance.pools.networks import NetworkService
 from appliance.pools.service import PoolService
 from appliance.settings import Settings
@@ -34,7 +36,7 @@ from vmm.images import backing_chain, resize_image
 from vmm.images_library import ImageLibrary, ImageRecord
 from vmm.placement import LOCAL_HOST, Placement, SchedulingGroup, local_host, place
 from vmm.rundir import exclusive
-from vmm.spec import NicSpec
+from vmm.spec import NicSpec, validate_vm_name
 
 from .readers import Reader, ReadingVM, find_readers, refusal
 from .records import SchedulingGroupRecord, VMOptionsRecord, VMRecord, VMTagRecord
@@ -97,6 +99,8 @@ class VMService:
             raise ConflictError("give a base image file or a library image, not both")
         backing = (str(self.images.verified_path(options.image, "disk")) if options.image
                    else base_image and str(Path(base_image).resolve()))
+        # A library image's format is its record's: an image from outside is never probed.
+        backing_format = self.images.get(options.image).format if options.image else None
         cdrom = str(self.images.verified_path(options.iso, "iso")) if options.iso else None
         if not disk_sizes and not backing:
             raise ConflictError("a VM needs at least one disk (a disk size or an image)")
@@ -121,8 +125,8 @@ class VMService:
                 size = disk_sizes[i] if i < len(disk_sizes) else None
                 if i == 0 and backing:
                     # An overlay smaller than its image would hide the image's end.
-                    size = size and max(size, int(image_info(backing)["virtual-size"]))
-                    create_disk(disk.path, size, backing=backing)
+                    size = size and max(size, int(image_info(backing, backing_format)["virtual-size"]))
+                    create_disk(disk.path, size, backing=backing, backing_format=backing_format)
                 else:
                     create_disk(disk.path, size)
             with self.catalog.begin() as s:
@@ -288,6 +292,8 @@ class VMService:
             raise ConflictError(f"clone mode {mode!r} is not one of full, instant")
         if not names:
             raise ConflictError("name at least one clone")
+        for name in names:
+            validate_vm_name(name)   # before a folder is made of it
         self.spec(source)
         rundir = self.driver.paths(source)
         rundir.path.mkdir(parents=True, exist_ok=True)
@@ -428,24 +434,41 @@ class VMService:
             if (image := self.images.name_of(path)) is not None:
                 self.images.verify(image)
 
-    def groups(self) -> list[SchedulingGroup]:
+    def groups(self, seen: Seen = ALL) -> list[SchedulingGroup]:
+        """The scheduling groups, each naming only the VMs `seen` shows (placement sees them all)."""
         with self.catalog() as s:
-            return [SchedulingGroup(r.name, r.policy, r.enforcement, frozenset(r.vms),  # type: ignore[arg-type]
-                                    frozenset(r.hosts))
+            return [SchedulingGroup(r.name, r.policy, r.enforcement,  # type: ignore[arg-type]
+                                    frozenset(vm for vm in r.vms if seen.vm(vm)), frozenset(r.hosts))
                     for r in s.scalars(select(SchedulingGroupRecord).order_by(SchedulingGroupRecord.name))]
 
-    def save_group(self, group: SchedulingGroup) -> None:
+    def save_group(self, group: SchedulingGroup, seen: Seen = ALL) -> None:
+        """Create or replace a group. A caller who does not see every VM may name only VMs that
+        exist and that they see, and may not replace a group naming one they do not see: a
+        mandatory rule keeps its VMs from starting."""
+        LABEL.check("scheduling group", group.name)
         group.validate()
         with self.catalog.begin() as s:
+            if not seen.everything:
+                for vm in sorted(group.vms):
+                    if s.get(VMRecord, vm) is None or not seen.vm(vm):
+                        raise NotFoundError(f"no VM named {vm}")
+                self._check_group_seen(s.get(SchedulingGroupRecord, group.name), seen)
             s.merge(SchedulingGroupRecord(name=group.name, policy=group.policy,
                                           enforcement=group.enforcement, vms=sorted(group.vms),
                                           hosts=sorted(group.hosts)))
 
-    def delete_group(self, name: str) -> None:
+    def delete_group(self, name: str, seen: Seen = ALL) -> None:
         with self.catalog.begin() as s:
             if (rec := s.get(SchedulingGroupRecord, name)) is None:
                 raise NotFoundError(f"no scheduling group named {name}")
+            self._check_group_seen(rec, seen)
             s.delete(rec)
+
+    @staticmethod
+    def _check_group_seen(rec: SchedulingGroupRecord | None, seen: Seen) -> None:
+        if rec is not None and not all(seen.vm(vm) for vm in rec.vms):
+            raise ConflictError(f"scheduling group {rec.name} also names VMs you do not see: "
+                                "only an admin may change or delete it")
 
     def _place(self, spec: VMSpec) -> Placement:
         """Where the VM may run; today the only host is this one, so this refuses a VM that
