@@ -14,7 +14,7 @@ from fastapi.testclient import TestClient
 from test_visibility import backed_up
 
 from appliance.context import Appliance
-from appliance.hosts import HostSpecError
+from appliance.hosts.service import HostSpecError
 
 HOSTILE = ["../x", "a,b", "x,file=/etc/shadow", "x\n", "admin\n", "$(id)", "`id`", "x" * 300,
            "ünïcode", "", " x", "a/b", "x\u0000y", "x y", "-x"]

@@ -13,7 +13,7 @@ from starlette.websockets import WebSocketDisconnect
 from test_console import WSStream, console_vm, rfb_login  # noqa: F401  (console_vm: a fixture)
 
 from appliance.access.roles import Role
-from appliance.api import create_app
+from appliance.api.app import create_app
 from appliance.context import Appliance
 
 NEW_PASSWORD = "a brand new password"
