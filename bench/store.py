@@ -27,7 +27,6 @@ import argparse
 import json
 import os
 import random
-import resource
 import shutil
 import subprocess
 import sys
@@ -264,7 +263,13 @@ def one_backup(store_path: str, image: str, since: str) -> None:
                       "bytes_read": stats.bytes_read, "bytes_stored": stats.bytes_stored,
                       "pages": stats.metadata_stored, "index": index, "manifest": manifest_bytes,
                       "metadata": stats.metadata_stored + index + manifest_bytes,
-                      "rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))
+                      "rss": _peak_rss()}))
+
+
+def _peak_rss() -> int:
+    """This process's peak resident set since its exec (ru_maxrss would count the forking parent's)."""
+    status = Path("/proc/self/status").read_text()
+    return int(status.split("VmHWM:")[1].split()[0]) * 1024
 
 
 def main() -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from backup_helpers import CHUNK, MiB, boot_guest_vm, run, wait_serial
 from restore_helpers import same_image
-from store_helpers import flip_byte
+from store_helpers import block_ids, block_pack, flip_byte
 
 from appliance.errors import ConflictError
 from restore import CorruptBackupError
@@ -70,12 +70,12 @@ def test_interrupted_restore_over_vm_leaves_old_disks(appliance, backed_up, tmp_
     spec = appliance.vms.spec("web1")
     before = {d.name: as_raw(d.path, tmp_path / f"before-{d.name}.raw") for d in spec.disks}
     folder_before = sorted((appliance.settings.images_dir / "web1").iterdir())
-    # Damage a chunk only vdb uses: vda restores completely, then vdb fails half-way.
-    manifest = appliance.store.get_backup(backup_id)
-    vda_chunks = {digest for _, digest in appliance.store.read_index(manifest, "vda").stored_chunks()}
-    vdb_index = appliance.store.read_index(manifest, "vdb")
-    bad = next(digest for _, digest in vdb_index.stored_chunks() if digest not in vda_chunks)
-    flip_byte(appliance.store.chunks.path(bad), offset=20)
+    # Damage a block only vdb uses: vda restores completely, then vdb fails half-way.
+    store = appliance.store
+    manifest = store.get_backup(backup_id)
+    vda_blocks = set(block_ids(store, manifest, "vda"))
+    bad = next(b for b in block_ids(store, manifest, "vdb") if b not in vda_blocks)
+    flip_byte(block_pack(store, bad), offset=store.blocks.locate(bad)[1].offset + 20)
     with pytest.raises(CorruptBackupError, match="disk vdb"):
         run(appliance.restores.over_vm(backup_id, "web1"))
     after = appliance.vms.spec("web1")

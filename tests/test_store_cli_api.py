@@ -132,7 +132,8 @@ def test_restore_list_names_a_damaged_manifest_and_lists_the_others(appliance_da
     store = Store.init(tmp_path / "store", passphrase="pass phrase")
     good, bad = (backup_image(store, "web", {"vda": disk_image("r", seed=n)}) for n in (1, 2))
     directory = tmp_path / "store" / "backups" / "web"
-    (directory / bad.backup_id / "manifest.json").write_bytes((directory / good.backup_id / "manifest.json").read_bytes())
+    good_manifest = (directory / good.backup_id / "manifest.json").read_bytes()
+    (directory / bad.backup_id / "manifest.json").write_bytes(good_manifest)
     env = {**os.environ, "CAIRN_DATA_DIR": str(appliance_data_dir), "COLUMNS": "400",
            "CAIRN_STORE_PASSPHRASE": "pass phrase"}
 

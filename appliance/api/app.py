@@ -26,6 +26,7 @@ from dedup import (
     PassphraseRequiredError,
     StoreBusyError,
     StoreError,
+    StoreFormatError,
 )
 
 from .auth import Caller, auth_router, bearer
@@ -40,8 +41,8 @@ def store_error_status(e: StoreError) -> int:
         return 404
     if isinstance(e, ValueError):
         return 422
-    if isinstance(e, StoreBusyError | BackupExistsError):
-        return 409
+    if isinstance(e, StoreBusyError | BackupExistsError | StoreFormatError):
+        return 409   # StoreFormatError: a format-1 store wants `cairn store upgrade` first
     if isinstance(e, PassphraseRequiredError):
         return 423   # locked: the store needs its passphrase
     if isinstance(e, KeyFileError):
