@@ -28,6 +28,8 @@ from appliance.units import human
 from .auth import authenticate, authorize
 
 API_PREFIX = "/api/v1/"
+# What the gate guards: the API, and the metrics (they name VMs); the console's static files are public.
+GUARDED = (API_PREFIX, "/metrics")
 MAX_BODY = 1 << 20   # JSON requests are small; anything larger is a mistake or an attack
 # Requests whose body is a file, streamed to disk by their route.
 UPLOADS = (("PUT", re.compile(r"^/api/v1/images/[^/]+/?$")),)
@@ -43,7 +45,7 @@ class RequestGate:
         self.appliance = appliance
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not scope["path"].startswith(API_PREFIX):
+        if scope["type"] != "http" or not scope["path"].startswith(GUARDED):
             await self.app(scope, receive, send)
             return
         state = scope.setdefault("state", {})
