@@ -17,7 +17,7 @@ from appliance.catalog.base import utcnow
 from dedup import BackupManifest
 from transports.points import Checkpoint, DiskPoint
 
-from .records import CheckpointRecord
+from .records import CheckpointRecord, CheckpointState
 
 
 @dataclass
@@ -35,7 +35,7 @@ class Bases:
 
 def current(session: Session, vm: str) -> dict[str, CheckpointRecord]:
     rows = session.scalars(select(CheckpointRecord).where(CheckpointRecord.vm_name == vm,
-                                                          CheckpointRecord.state == "current"))
+                                                          CheckpointRecord.state == CheckpointState.CURRENT))
     return {r.disk: r for r in rows}
 
 
@@ -66,8 +66,8 @@ def record(session: Session, vm: str, backup_id: str, points: list[DiskPoint],
            ledger: dict[str, CheckpointRecord]) -> None:
     """After a good backup: its bitmaps are the bases now, the previous ones are gone."""
     for row in session.scalars(select(CheckpointRecord).where(CheckpointRecord.vm_name == vm,
-                                                              CheckpointRecord.state == "current")):
-        row.state, row.retired_at = "retired", utcnow()
+                                                              CheckpointRecord.state == CheckpointState.CURRENT)):
+        row.state, row.retired_at = CheckpointState.RETIRED, utcnow()
     for point in points:
         if point.checkpoint is None:
             continue
@@ -75,4 +75,4 @@ def record(session: Session, vm: str, backup_id: str, points: list[DiskPoint],
         depth = base.incrementals + 1 if point.since and base else 0
         session.add(CheckpointRecord(vm_name=vm, disk=point.disk, bitmap=point.checkpoint, backup_id=backup_id,
                                      image_file=point.checkpoint_file or "", node=point.checkpoint_node,
-                                     incrementals=depth, state="current"))
+                                     incrementals=depth, state=CheckpointState.CURRENT))

@@ -11,7 +11,7 @@ from sqlalchemy import delete, select
 from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.exc import IntegrityError
 
-from appliance.backups.records import BackupRecord
+from appliance.backups.records import BackupRecord, BackupStatus
 from appliance.catalog.base import utcnow
 from appliance.errors import ConflictError, NotFoundError
 from appliance.jobs.plan import ACTIVE_STATES
@@ -38,7 +38,7 @@ WEEK = 7 * 24 * 3600
 DEFAULT_RULES = {"backup": DeletionRule(mode="delayed", delay_seconds=WEEK),
                  "policy": DeletionRule(mode="immediate"),
                  "vm": DeletionRule(mode="delayed", delay_seconds=WEEK)}
-RECYCLED = "recycled"   # a backup's catalog status while it waits in the recycle bin
+RECYCLED = BackupStatus.RECYCLED   # a backup's catalog status while it waits in the recycle bin
 RECYCLE_DIR = "recycle"            # <data dir>/recycle/vms/<token>/<vm>: a recycled VM's folder
 POOL_RECYCLE_DIR = ".cairn-recycle"  # the same next to a storage pool's folder on another filesystem
 
@@ -58,7 +58,7 @@ class BackupDeletable:
 
     def impact(self, name: str) -> tuple[str, list[str], int | None]:
         rec = self.app.backups.get(name)
-        if rec.status == "running":
+        if rec.status == BackupStatus.RUNNING:
             raise ConflictError(f"backup {name} is running: cancel its job instead")
         if rec.status == RECYCLED:
             raise ConflictError(f"backup {name} is already in the recycle bin")
@@ -72,7 +72,7 @@ class BackupDeletable:
         with self.app.catalog() as s:
             children = list(s.scalars(select(BackupRecord.id).where(BackupRecord.parent == rec.id)))
             newest = s.scalars(select(BackupRecord.id).where(BackupRecord.vm_name == rec.vm_name,
-                                                             BackupRecord.status == "ok")
+                                                             BackupRecord.status == BackupStatus.OK)
                                .order_by(BackupRecord.started_at.desc())).first()
         if children:
             takes.append(f"nothing of the {len(children)} later backup(s) made from it: each restores alone")
