@@ -20,9 +20,8 @@ from sqlalchemy import select
 from appliance.access.visibility import visibility, vm_visible
 from appliance.catalog.query import ListQuery, list_query
 from appliance.context import Appliance
-from appliance.jobs.kinds import BackupParams, BackupRequest, GcParams, VerifyParams
-from appliance.jobs.plan import FINISHED_STATES
-from appliance.jobs.records import EventRecord, JobRecord
+from appliance.jobs.params import BackupParams, BackupRequest, GcParams, VerifyParams
+from appliance.jobs.records import FINISHED_STATES, EventRecord, JobRecord
 
 from .app import ErrorOut
 from .auth import Caller
@@ -81,7 +80,7 @@ def job_router(appliance: Appliance) -> APIRouter:
     seen = visibility(appliance)
 
     def submit(kind: str, params: BaseModel) -> JobOut:
-        return JobOut.model_validate(jobs.submit(kind, params.model_dump(exclude_none=True)))
+        return JobOut.model_validate(jobs.submit(kind, params))
 
     @router.get("/jobs", response_model=list[JobOut], responses=ERRORS)
     def list_jobs(caller: Caller, query: Query, response: Response) -> list[JobOut]:

@@ -16,7 +16,7 @@ from fastapi import APIRouter
 from appliance.backups.records import record_pruned, record_verification
 from appliance.backups.retention import RetentionCounts
 from appliance.context import Appliance
-from appliance.jobs.kinds import GcParams, VerifyParams
+from appliance.jobs.params import GcParams, VerifyParams
 from dedup import (
     GcReport,
     PruneReport,

@@ -14,8 +14,7 @@ from sqlalchemy.exc import IntegrityError
 from appliance.backups.records import BackupRecord, BackupStatus
 from appliance.catalog.base import utcnow
 from appliance.errors import ConflictError, NotFoundError
-from appliance.jobs.plan import ACTIVE_STATES
-from appliance.jobs.records import JobRecord
+from appliance.jobs.records import ACTIVE_STATES, JobRecord
 from appliance.policies.service import Clock, PolicyService, policy_of
 from appliance.pools.records import AddressLeaseRecord
 from appliance.snapshots.records import SnapshotIntentRecord, SnapshotTreeRecord
