@@ -1,7 +1,7 @@
 """Host endpoints under /api/v1/hosts: the same operations as `cairn host`.
 
-A VM's backup answers when it is done (host VMs are backed up in the request, not as a job of
-the job engine)."""
+A VM's backup is a job (kind host.backup, on the resource `vm:<vm>@<host>`): it answers 202
+with the job, whose result names the backup, listed as `<vm>@<host>`."""
 from __future__ import annotations
 
 from typing import Any, Literal
@@ -9,11 +9,12 @@ from typing import Any, Literal
 from fastapi import APIRouter, Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from appliance.backups.host_vm import back_up_host_vm
 from appliance.context import Appliance
+from appliance.jobs.params import HostBackupParams, HostBackupRequest
 from vmm.hosts import HostVM
 
-from .app import BackupOut
+from .auth import Caller
+from .jobs import ERRORS, JobOut, submit_job
 
 
 class HostIn(BaseModel):
@@ -61,11 +62,6 @@ class StopIn(BaseModel):
 class SnapshotIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str = Field(description="the snapshot's name; each disk goes on in an overlay <image base>.<name>")
-
-
-class HostBackupIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    full: bool = False
 
 
 def _vm(vm: HostVM) -> HostVMOut:
@@ -120,9 +116,9 @@ def host_router(appliance: Appliance) -> APIRouter:
         """A disk-only snapshot of a libvirt domain, all disks at one instant; returns its snapshots."""
         return hosts.snapshot(name, vm, body.name)
 
-    @router.post("/{name}/vms/{vm}/backups", response_model=BackupOut, status_code=201)
-    def back_up_vm(name: str, vm: str, body: HostBackupIn | None = None) -> BackupOut:
-        result = back_up_host_vm(appliance, name, vm, full=(body or HostBackupIn()).full)
-        return BackupOut.model_validate(appliance.backups.get(result.manifest.backup_id))
+    @router.post("/{name}/vms/{vm}/backups", response_model=JobOut, status_code=202, responses=ERRORS)
+    def back_up_vm(caller: Caller, name: str, vm: str, body: HostBackupRequest | None = None) -> JobOut:
+        params = HostBackupParams(host=name, vm=vm, **(body or HostBackupRequest()).model_dump())
+        return submit_job(appliance, caller, "host.backup", params)
 
     return router
