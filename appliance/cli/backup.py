@@ -1,8 +1,6 @@
-"""`cairn backup ...`: back up VMs and list backups."""
+"""`cairn backup ...`: back up VMs (as jobs, like the API and policies do) and list backups."""
 from __future__ import annotations
 
-import asyncio
-import json
 from typing import Any
 
 import typer
@@ -10,7 +8,7 @@ import typer
 from appliance.backups.options import DEFAULT_FULL_EVERY
 from appliance.units import human
 
-from .common import JsonOpt, byte_progress, emit_json, out, reports_errors, state
+from .common import JsonOpt, emit_json, out, reports_errors, state
 
 backup_app = typer.Typer(help="Back up VMs and list backups.", no_args_is_help=True)
 
@@ -23,29 +21,28 @@ def backup_create(vm: str, full: bool = typer.Option(False, "--full", help="Read
                   transport: str = typer.Option("pull", help="pull: Cairn reads an NBD export; push: QEMU writes "
                                                 "into a target Cairn serves."),
                   as_json: bool = JsonOpt) -> None:
-    """Back up a VM, running or stopped: incremental from its last backup unless --full."""
-    a = state.appliance
-    spec = a.vms.spec(vm)
-    with byte_progress() as bars:
-        tasks: dict[str, Any] = {}
+    """Back up a VM, running or stopped: incremental from its last backup unless --full.
 
-        def progress(disk: str, done: int, total: int) -> None:
-            if disk not in tasks:
-                tasks[disk] = bars.add_task(f"{vm}/{disk}", total=total)
-            bars.update(tasks[disk], completed=done, total=total)
-        from appliance.backups.options import BackupOptions
+    Runs as a job (`cairn job list` shows it), after any other job on the VM; Ctrl-C cancels it
+    and a backup that does not complete leaves nothing behind."""
+    from appliance.jobs.params import BackupParams
 
-        options = BackupOptions(full_every=full_every, transport=transport)
-        result = asyncio.run(a.backups.create(spec, full=full, progress=progress, options=options))
-    m = result.manifest
+    from .follow import run_job
+
+    params = BackupParams.model_validate({"vm": vm, "full": full, "full_every": full_every, "transport": transport})
+    result = run_job("backup", params)
+    say_backup(result, vm, as_json)
+
+
+def say_backup(result: dict[str, Any], vm: str, as_json: bool) -> None:
+    """A backup job's result: as JSON, or one line with its notes."""
     if as_json:
-        emit_json(json.loads(m.to_json()))
+        emit_json(result)
         return
-    read = sum(d.stats.bytes_read for d in m.disks)
-    stored = sum(d.stats.bytes_stored for d in m.disks)
-    out.print(f"backup {m.backup_id}: {m.kind}, read {human(read)}, stored {human(stored)} new")
-    for note in m.notes:
-        out.print(f"  note: {note}")
+    out.print(f"backup {result['backup_id']} of {vm}: {result['kind']}, read {human(result['bytes_read'])}, "
+              f"stored {human(result['bytes_stored'])} new", highlight=False)
+    for note in result["notes"]:
+        out.print(f"  note: {note}", highlight=False)
 
 
 @backup_app.command("list")

@@ -1,13 +1,8 @@
 """`cairn host ...`: register libvirt and ssh hosts; list, start, stop and back up their VMs."""
 from __future__ import annotations
 
-import json
-
 import typer
 from rich.table import Table
-
-from appliance.backups.host_vm import back_up_host_vm
-from appliance.units import human
 
 from .common import JsonOpt, emit_json, out, reports_errors, state
 
@@ -110,11 +105,10 @@ def host_backup(name: str, vm: str, full: bool = typer.Option(False, "--full", h
                 as_json: bool = JsonOpt) -> None:
     """Back up a running VM of a host: incremental from its last backup unless --full. Its backups
     are listed as <vm>@<host>."""
-    m = back_up_host_vm(state.appliance, name, vm, full=full).manifest
-    if as_json:
-        emit_json(json.loads(m.to_json()))
-        return
-    read, stored = (sum(getattr(d.stats, f) for d in m.disks) for f in ("bytes_read", "bytes_stored"))
-    out.print(f"backup {m.backup_id} of {m.vm}: {m.kind}, read {human(read)}, stored {human(stored)} new")
-    for note in m.notes:
-        out.print(f"  note: {note}")
+    from appliance.jobs.params import HostBackupParams
+
+    from .backup import say_backup
+    from .follow import run_job
+
+    result = run_job("host.backup", HostBackupParams(host=name, vm=vm, full=full))
+    say_backup(result, f"{vm}@{name}", as_json)
