@@ -139,6 +139,26 @@ def button(browser: webdriver.Chrome, scope_css: str, label: str, timeout: float
     return element(browser, f"{scope_css} button", label, timeout)
 
 
+def click(browser: webdriver.Chrome, scope_css: str, label: str, timeout: float = WAIT) -> None:
+    """Click a button, found again if the page redrew it in between: a page redraws on every job
+    event it hears (one of its own jobs starting or ending, say)."""
+    def clicked(b: webdriver.Chrome) -> bool:
+        try:
+            button(b, scope_css, label, timeout).click()
+        except StaleElementReferenceException:
+            return False
+        return True
+    until(browser, clicked, f"a click on {label!r} in {scope_css}", timeout)
+
+
+def read(browser: webdriver.Chrome, css: str, attribute: str | None = None) -> str | None:
+    """The text (or an attribute) of the first element matching `css`, read in one go: no element
+    is held that a redraw could make stale."""
+    return browser.execute_script("const e = document.querySelector(arguments[0]);"
+                                  "return e && (arguments[1] ? e.getAttribute(arguments[1]) : e.textContent);",
+                                  css, attribute)
+
+
 def notice(browser: webdriver.Chrome) -> str:
     found = browser.find_elements(By.ID, "notice")
     return found[0].text if found else ""
