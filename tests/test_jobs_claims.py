@@ -15,6 +15,7 @@ import pytest
 from catalog_backends import catalog_url  # noqa: F401  (fixture)
 from job_helpers import Nap, napping_engine
 
+from appliance.jobs.engine import PROGRESS_INTERVAL
 from appliance.jobs.records import JobRecord, ResourceClaimRecord
 
 TIMEOUT = 60
@@ -117,3 +118,20 @@ def test_a_job_running_while_the_catalog_is_upgraded_keeps_its_resource(url: str
     ours = jobs.wait(jobs.submit("nap", Nap(seconds=0.1)).id, TIMEOUT)
     old = jobs.get("old")
     assert old.state == "failed" and old.steps[0]["state"] == "undone" and old.finished_at <= ours.started_at
+
+
+def test_a_runner_whose_token_is_stale_stops_writing(url: str):
+    """What a node that took over a job would do (issue 18): it claims anew, with the next token.
+    The runner still at work finds its token stale at its next write and leaves the job alone."""
+    jobs = napping_engine(url)
+    job = jobs.submit("nap", Nap(seconds=30))
+    until(lambda: jobs.get(job.id).progress > 0)
+    with jobs.catalog.begin() as s:
+        claim = s.get(ResourceClaimRecord, "vm:a")
+        claim.token += 1
+        s.get(JobRecord, job.id).fence = claim.token
+    time.sleep(2 * PROGRESS_INTERVAL + 0.5)
+    taken = jobs.get(job.id)
+    assert (taken.state, taken.fence, taken.finished_at) == ("running", 2, None), "the old runner wrote nothing"
+    with jobs.catalog() as s:
+        assert s.get(ResourceClaimRecord, "vm:a").job_id == job.id, "nor did it free the resource"

@@ -211,6 +211,8 @@ class JobEngine:
                 self._start(rec, fence, cancel)
             else:
                 self._after_interruption(rec, fence, cancel)
+        except ClaimLostError:
+            log.warning("job %s was taken over by another process: this one leaves it alone", job_id)
         except Exception:
             log.exception("job %s broke its runner", job_id)
             self._finish(job_id, JobState.FAILED, error="internal error running the job (see the appliance log)")
