@@ -22,6 +22,7 @@ from .common import delete_made_vms, disk_progress, making_vms, vm_exists
 
 if TYPE_CHECKING:
     from appliance.context import Appliance
+    from restore.destinations import Destination
 
 
 def restore_kinds(app: Appliance) -> dict[str, JobKind[Any]]:
@@ -29,13 +30,13 @@ def restore_kinds(app: Appliance) -> dict[str, JobKind[Any]]:
         """The disk is in the backup, and the target is one a restore may write (an existing
         file only with force)."""
         from restore import RestoreError
-        from restore.destinations import NBD_SCHEMES, SSH_SCHEMES, parse_destination
+        from restore.destinations import NBD_SCHEMES, SSH_SCHEMES
 
         manifest = app.store.get_backup(params.backup_id)
         if params.disk is not None:
             manifest.disk(params.disk)
         try:
-            parse_destination(params.target, params.format, params.force)
+            destination_of(params)
         except RestoreError as e:
             raise ConflictError(str(e)) from e
         local = not params.target.startswith(NBD_SCHEMES + SSH_SCHEMES)
@@ -67,11 +68,8 @@ def disk_plan(app: Appliance, params: DiskRestoreParams) -> JobPlan:
 
     async def restore(ctx: StepContext) -> None:
         from restore import restore_disk
-        from restore.destinations import parse_destination
 
-        destination = parse_destination(params.target, params.format, params.force,
-                                        ssh_key=Path(params.ssh_key) if params.ssh_key else None,
-                                        known_hosts=Path(params.known_hosts) if params.known_hosts else None)
+        destination = destination_of(params)
 
         def progress(done: int, total: int) -> None:
             ctx.progress(done / total if total else 1.0, {"disk": params.disk or "disk", "done": done, "total": total})
@@ -82,6 +80,14 @@ def disk_plan(app: Appliance, params: DiskRestoreParams) -> JobPlan:
                           bytes_written=result.bytes_written, seconds=result.seconds, verified=result.verified)
 
     return JobPlan(target_resource(params.target), [Step("restore", restore)])
+
+
+def destination_of(params: DiskRestoreParams) -> Destination:
+    from restore.destinations import parse_destination
+
+    return parse_destination(params.target, params.format, params.force,
+                             ssh_key=Path(params.ssh_key) if params.ssh_key else None,
+                             known_hosts=Path(params.known_hosts) if params.known_hosts else None)
 
 
 def new_vm_plan(app: Appliance, params: RestoreAsNewParams) -> JobPlan:
