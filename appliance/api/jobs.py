@@ -116,7 +116,8 @@ Query = Annotated[ListQuery, Depends(list_query)]
 
 def submit_job(appliance: Appliance, caller: Principal, kind: str, params: JobParams) -> JobOut:
     """Every route that starts a job comes here: the VMs and the backup it names must be the
-    caller's to see, and the VMs it creates are theirs from now on (the name is held for them
+    caller's to see, the caller's role must be the one the job's plan needs (JobPlan.needs),
+    whichever route, and the VMs it creates are theirs from now on (the name is held for them
     while the job waits)."""
     seen = visibility(appliance)
     for vm in params.vms():
@@ -125,7 +126,7 @@ def submit_job(appliance: Appliance, caller: Principal, kind: str, params: JobPa
         seen.check_backup(caller, backup)
     for name in params.new_vms():
         seen.claim(caller, name)
-    job = appliance.jobs.submit(kind, params)
+    job = appliance.jobs.submit(kind, params, role=caller.role)
     for name in params.new_vms():
         seen.own(caller, name)
     return JobOut.model_validate(job)

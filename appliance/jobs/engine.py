@@ -26,8 +26,9 @@ from pydantic import BaseModel, ValidationError
 from sqlalchemy import CursorResult, Result, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from appliance.access.roles import Role
 from appliance.catalog.base import utcnow
-from appliance.errors import CairnError, ConflictError, NotFoundError
+from appliance.errors import CairnError, ConflictError, ForbiddenError, NotFoundError
 from appliance.process import alive
 
 from . import claims
@@ -80,15 +81,18 @@ class JobEngine:
     # -- asking ---------------------------------------------------------------------------------
 
     def submit(self, kind: str, params: BaseModel | Mapping[str, Any], policy_id: str | None = None,
-               limits: dict[str, int] | None = None) -> JobRecord:
+               limits: dict[str, int] | None = None, role: Role | None = None) -> JobRecord:
         """Queue a job of `kind` with its parameters (the kind's model, or what validates into it),
-        to run in this process. What the kind's `admit` refuses, or parameters that do not
-        validate, are refused now, before anything is queued."""
+        to run in this process. Parameters that do not validate, a `role` (the submitter's; None:
+        the appliance itself, e.g. its scheduler, or the local CLI) below what the plan needs, and
+        what the kind's `admit` refuses are refused now, before anything is queued."""
         job_kind = self._kind(kind)
         model = self._params(kind, job_kind, params)
+        plan = job_kind.plan(model)
+        if role is not None and not role.allows(plan.needs):
+            raise ForbiddenError(f"a {kind} job with these parameters needs an {plan.needs.value}, not a {role.value}")
         if job_kind.admit is not None:
             job_kind.admit(model)
-        plan = job_kind.plan(model)
         rec = JobRecord(id=uuid.uuid4().hex[:16], kind=kind, resource=plan.resource, state=JobState.QUEUED,
                         params=model.model_dump(mode="json"), limits={**plan.limits, **(limits or {})}, memo={},
                         policy_id=policy_id, runner_pid=os.getpid(), created_at=utcnow(),

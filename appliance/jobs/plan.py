@@ -16,6 +16,8 @@ from typing import Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel
 
+from appliance.access.roles import Role
+
 
 class JobCancelled(Exception):
     """Raised inside a step when the job was asked to stop."""
@@ -77,6 +79,9 @@ class JobPlan:
     # (only for jobs whose steps can simply run again, like verify and GC).
     after_interruption: Literal["rollback", "resume"] = "rollback"
     limits: dict[str, int] = field(default_factory=dict)
+    # The least role that may ask for this work: the plan says it, so every route that submits
+    # the job (its own, or POST /api/v1/jobs) needs the same (JobEngine.submit checks it).
+    needs: Role = Role.OPERATOR
 
 
 P = TypeVar("P", bound=BaseModel)

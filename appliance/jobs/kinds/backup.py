@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import delete, select
 
+from appliance.access.roles import Role
 from appliance.backups.options import BackupOptions
 from appliance.backups.records import BackupRecord, BackupStatus
 from appliance.backups.retention import RetentionRules, apply_retention
@@ -47,7 +48,8 @@ def backup_plan(app: Appliance, params: BackupParams) -> JobPlan:
     steps = backup_steps(app, params.vm, params.full, params.options())
     if params.retention is not None:
         steps.append(retention_step(app, params.vm, params.retention))
-    return JobPlan(vm_resource(params.vm), steps)
+    # Retention removes backups for good, past the recycle bin: the admin's, like prune.
+    return JobPlan(vm_resource(params.vm), steps, needs=Role.ADMIN if params.retention else Role.OPERATOR)
 
 
 def backup_steps(app: Appliance, vm: str, full: bool, options: BackupOptions) -> list[Step]:

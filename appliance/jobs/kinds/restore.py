@@ -13,6 +13,7 @@ import asyncio
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from appliance.access.roles import Role
 from appliance.errors import ConflictError
 
 from ..params import DiskRestoreParams, InstantRestoreParams, RestoreAsNewParams, RestoreOverParams
@@ -79,7 +80,8 @@ def disk_plan(app: Appliance, params: DiskRestoreParams) -> JobPlan:
         ctx.result.update(backup_id=params.backup_id, disk=params.disk, target=params.target,
                           bytes_written=result.bytes_written, seconds=result.seconds, verified=result.verified)
 
-    return JobPlan(target_resource(params.target), [Step("restore", restore)])
+    # A target is any path or URL the appliance's host reaches: the admin's, like its route.
+    return JobPlan(target_resource(params.target), [Step("restore", restore)], needs=Role.ADMIN)
 
 
 def destination_of(params: DiskRestoreParams) -> Destination:

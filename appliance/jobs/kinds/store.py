@@ -9,6 +9,7 @@ import asyncio
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
+from appliance.access.roles import Role
 from appliance.backups.records import record_pruned, record_verification
 from dedup import GcReport, PruneReport, RetentionPolicy, VerifyReport, collect_garbage, prune, verify_store
 from dedup.names import check_name
@@ -50,7 +51,7 @@ def verify_plan(app: Appliance, params: VerifyParams) -> JobPlan:
                                  severity="error", resource=store_resource(app), job_id=ctx.job_id,
                                  data={"damaged_backups": damage})
 
-    return JobPlan(store_resource(app), [Step("verify", verify)], after_interruption="resume")
+    return JobPlan(store_resource(app), [Step("verify", verify)], after_interruption="resume", needs=Role.ADMIN)
 
 
 def gc_plan(app: Appliance, params: GcParams) -> JobPlan:
@@ -63,7 +64,7 @@ def gc_plan(app: Appliance, params: GcParams) -> JobPlan:
                                                              + 0.5 * (done / total if total else 1.0)))
         ctx.result.update(dumped(GcReport, report))
 
-    return JobPlan(store_resource(app), [Step("gc", gc)], after_interruption="resume")
+    return JobPlan(store_resource(app), [Step("gc", gc)], after_interruption="resume", needs=Role.ADMIN)
 
 
 def prune_plan(app: Appliance, params: PruneParams) -> JobPlan:
@@ -77,4 +78,4 @@ def prune_plan(app: Appliance, params: PruneParams) -> JobPlan:
                 record_pruned(session, list(report.removed))
         ctx.result.update(dumped(PruneReport, report), removed=list(report.removed))
 
-    return JobPlan(vm_resource(params.vm), [Step("prune", prune_backups)])
+    return JobPlan(vm_resource(params.vm), [Step("prune", prune_backups)], needs=Role.ADMIN)
