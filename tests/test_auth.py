@@ -11,6 +11,7 @@ import pytest
 from catalog_backends import catalog_url  # noqa: F401  (fixture)
 from conftest import TEST_PASSWORD
 from fastapi.testclient import TestClient
+from job_helpers import job_done
 from sqlalchemy import select, update
 
 from appliance.access.records import AuditRecord, SessionRecord, UserRecord
@@ -116,7 +117,7 @@ def test_roles(api_client: TestClient, operator_client: TestClient, viewer_clien
     # Everyone manages their own account.
     assert viewer_client.get("/api/v1/auth/me").json()["role"] == "viewer"
     assert viewer_client.post("/api/v1/tokens", json={"name": "grafana"}).status_code == 201
-    assert api_client.post("/api/v1/store/gc", json={"dry_run": True}).status_code == 200
+    assert job_done(api_client, api_client.post("/api/v1/store/gc", json={"dry_run": True}))["state"] == "succeeded"
 
 
 def test_users_resource(api_client: TestClient, anonymous: TestClient, appliance: Appliance):

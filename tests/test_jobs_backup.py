@@ -21,11 +21,12 @@ from backup_helpers import (
 )
 from fastapi.testclient import TestClient
 
-from appliance.backups.options import BackupOptions
 from appliance.backups.records import BackupRecord
 from appliance.context import Appliance
-from appliance.jobs.kinds import backup_steps, vm_resource
-from appliance.jobs.plan import JobPlan, Step, StepContext
+from appliance.jobs.kinds.backup import backup_steps
+from appliance.jobs.params import BackupParams
+from appliance.jobs.plan import JobKind, JobPlan, Step, StepContext
+from appliance.jobs.resources import vm_resource
 from restore import restore_disk
 
 JOB_TIMEOUT = 240   # TCG guests on a shared 2-core machine
@@ -94,9 +95,8 @@ def test_a_failing_later_step_undoes_the_backup(appliance: Appliance, guest_kern
 
     async def explode(_: StepContext) -> None:
         raise RuntimeError("the step after the copy failed")
-    appliance.jobs.kinds["backup-then-fail"] = lambda p: JobPlan(vm_resource(p["vm"]),
-                                                                 [*backup_steps(appliance, p["vm"], False, BackupOptions()),
-                                                                  Step("explode", explode)])
+    appliance.jobs.kinds["backup-then-fail"] = JobKind(BackupParams, lambda p: JobPlan(
+        vm_resource(p.vm), [*backup_steps(appliance, p.vm, p.full, p.options()), Step("explode", explode)]))
     job = appliance.jobs.wait(appliance.jobs.submit("backup-then-fail", {"vm": "undo"}).id, JOB_TIMEOUT)
     assert job.state == "failed" and "the step after the copy failed" in job.error
     assert [s["state"] for s in job.steps] == ["undone", "undone", "done", "failed"]

@@ -23,6 +23,7 @@ from appliance.context import Appliance
 from appliance.deletion.deletables import deletion_service
 from appliance.deletion.protection import Impact
 from appliance.errors import ConflictError
+from appliance.jobs.params import CloneParams, CloneRequest
 from appliance.units import parse_size
 from appliance.vms.service import VMOptions, VMView
 from vmm import VMBusyError, VMError, VMSpecError, VMStateError
@@ -33,7 +34,7 @@ from vmm.spec import NicSpec, random_mac
 
 from .app import error_body
 from .auth import Caller, still_signed_in
-from .jobs import ERRORS
+from .jobs import ERRORS, JobOut, submit_job
 
 CONSOLE_PATH = "/api/v1/console"
 MAX_STOP_TIMEOUT = 3600.0   # a stop waits at most an hour for its guest (a force-stop cuts it short anyway)
@@ -130,12 +131,6 @@ class StopRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     timeout: float = Field(30.0, ge=0, le=MAX_STOP_TIMEOUT, description="seconds the guest gets to shut down")
     force: bool = Field(False, description="end QEMU now; also cuts short a graceful stop that is waiting")
-
-
-class CloneRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    names: list[str] = Field(min_length=1)
-    mode: Literal["full", "instant"] = "full"
 
 
 class HARequest(BaseModel):
@@ -261,14 +256,10 @@ def vm_router(appliance: Appliance) -> APIRouter:
         deletions = deletion_service(appliance)
         return deletions.preview("vm", name) if dry_run else deletions.delete("vm", name)
 
-    @router.post("/api/v1/vms/{name}/clones", response_model=list[VMDetail], status_code=201)
-    async def clone_vm(caller: Caller, name: str, body: CloneRequest) -> list[VMDetail]:
-        for clone in body.names:
-            seen.claim(caller, clone)
-        specs = await run_in_threadpool(vms.clone, name, body.names, body.mode)
-        for spec in specs:
-            seen.own(caller, spec.name)
-        return [detail(vms.show(s.name)) for s in specs]
+    @router.post("/api/v1/vms/{name}/clones", response_model=JobOut, status_code=202, responses=ERRORS)
+    def clone_vm(caller: Caller, name: str, body: CloneRequest) -> JobOut:
+        """A job on the source VM; its result names the clones (GET /api/v1/vms/{clone} shows each)."""
+        return submit_job(appliance, caller, "vm.clone", CloneParams(source=name, **body.model_dump()))
 
     @router.get("/api/v1/vms/{name}/streams")
     async def clone_streams(name: str) -> dict[str, float]:

@@ -17,8 +17,9 @@ from appliance.catalog.base import utcnow
 from appliance.deletion.deletables import deletion_service
 from appliance.deletion.protection import DeletionService
 from appliance.jobs.engine import JobEngine
-from appliance.jobs.kinds import HOST, BackupParams, SnapshotParams, store_resource
+from appliance.jobs.params import BackupParams, SnapshotParams
 from appliance.jobs.records import JobRecord
+from appliance.jobs.resources import HOST, store_resource
 
 from .records import PolicyRecord
 from .service import BackupPolicy, Clock, PolicyService, SnapshotPolicy, latest_due, policy_of
@@ -108,10 +109,10 @@ class Scheduler:
 
     def _submit(self, policy_id: str, policy: BackupPolicy | SnapshotPolicy, vm: str) -> JobRecord:
         if isinstance(policy, SnapshotPolicy):
-            params = SnapshotParams(vm=vm, prefix=policy.name, keep=policy.keep)
-            return self.jobs.submit("snapshot", params.model_dump(), policy_id=policy_id)
-        params = BackupParams(vm=vm, full_every=policy.full_every, retention=policy.retention,
-                              include=policy.include, exclude=policy.exclude)
+            return self.jobs.submit("snapshot", SnapshotParams(vm=vm, prefix=policy.name, keep=policy.keep),
+                                    policy_id=policy_id)
         limits = {key: limit for key, limit in ((HOST, policy.max_per_host), (self.store_key, policy.max_per_store))
                   if limit is not None}
-        return self.jobs.submit("backup", params.model_dump(exclude_none=True), policy_id=policy_id, limits=limits)
+        params = BackupParams(vm=vm, full_every=policy.full_every, retention=policy.retention,
+                              include=policy.include, exclude=policy.exclude)
+        return self.jobs.submit("backup", params, policy_id=policy_id, limits=limits)

@@ -59,6 +59,10 @@ class InstantRestore:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    @classmethod
+    def from_dict(cls, doc: dict[str, Any]) -> InstantRestore:
+        return cls(**{**doc, "disks": [InstantDisk(**d) for d in doc["disks"]]})
+
 
 def job_id(disk: str) -> str:
     return f"instant-{disk}"
@@ -185,7 +189,7 @@ class InstantRestoreService:
             doc = json.loads((self._folder(name) / STATE_FILE).read_text())
         except FileNotFoundError:
             raise NotFoundError(f"no instant restore into VM {name}") from None
-        return InstantRestore(**{**doc, "disks": [InstantDisk(**d) for d in doc["disks"]]})
+        return InstantRestore.from_dict(doc)
 
     async def discard(self, name: str) -> None:
         """Undo a failed start: stop the VM and the exports, remove the VM and the state."""
