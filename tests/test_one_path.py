@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from backup_helpers import CHUNK, MiB, run
+from backup_helpers import MiB, run
 from catalog_backends import catalog_url  # noqa: F401  (fixture)
 from sqlalchemy import select
 from web_helpers import add_user, api_client_of, button, chromium, console_server, element, sign_in
@@ -65,7 +65,7 @@ def test_a_snapshot_delete_and_a_backup_of_one_vm_from_two_processes_run_one_aft
         appliance_data_dir: Path, catalog_url: str | None, delete_from: str):  # noqa: F811
     """The delete comes first (held to 8 MiB/s, it takes seconds), from the CLI or through the
     server; the backup is asked for through the other while it runs, and waits for it."""
-    Store.init(appliance_data_dir / "store", chunk_size=CHUNK, zstd_level=1)
+    Store.init(appliance_data_dir / "store")
     appliance = Appliance.open(str(appliance_data_dir), catalog_url)
     appliance.vms.create("web", [256 * MiB])
     qemu_io(appliance.vms.spec("web").disks[0].path, f"write -P 0x11 0 {64 * MiB}")
@@ -146,7 +146,7 @@ def outcome(appliance: Appliance, job: JobRecord) -> dict[str, Any]:
 @pytest.mark.slow
 def test_a_backup_from_the_cli_the_api_the_console_and_a_policy_leaves_the_same_records(
         appliance_data_dir: Path, tmp_path: Path):
-    Store.init(appliance_data_dir / "store", chunk_size=CHUNK, zstd_level=1)
+    Store.init(appliance_data_dir / "store")
     appliance = Appliance.open(str(appliance_data_dir))
     appliance.vms.create("web", [32 * MiB])
     qemu_io(appliance.vms.spec("web").disks[0].path, f"write -P 0x5a 0 {4 * MiB}")

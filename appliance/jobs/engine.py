@@ -180,10 +180,12 @@ class JobEngine:
         return params, job_kind.plan(params)
 
     def _runner_gone(self, rec: JobRecord) -> bool:
-        """Whether the process that runs (or was to run) the job has died. One that is this very
-        process (pid and start time) has not, even if this engine does not know the job: another
-        engine of this process made it (tests)."""
-        return not ours(rec.runner_pid, rec.runner_start) and not alive(rec.runner_pid, rec.runner_start)
+        """Whether the process that runs (or was to run) the job has died. A job of this very
+        process (pid and start time) that none of its engines runs was left by one that stopped
+        (tests), and counts as orphaned too."""
+        if ours(rec.runner_pid, rec.runner_start):
+            return rec.id not in _RUN_HERE
+        return not alive(rec.runner_pid, rec.runner_start)
 
     def _adopt(self, rec: JobRecord) -> bool:
         """Make an orphaned job this process's, unless another process took it over first."""
