@@ -42,7 +42,11 @@ def claim() -> dict[str, Any]:
     return {"runner_pid": os.getpid(), "runner_start": start_of(os.getpid())}
 
 
-RELEASED: dict[str, Any] = {"runner_pid": None, "runner_start": None}
+
+def on_this_boot(start: str | None) -> bool:
+    """Whether a recorded start is of a process of this host's running boot: only such a pid
+    can be looked up here (another host's, or an earlier boot's, names nothing here)."""
+    return start is not None and start.split("/", 1)[0] == _boot_id()
 
 
 def ours(pid: int | None, start: str | None) -> bool:

@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from appliance.catalog.base import utcnow
 from appliance.errors import NotFoundError
-from appliance.process import alive
+from appliance.jobs.nodes import process_gone
 
 from .records import BackupRecord, BackupStatus
 
@@ -46,7 +46,7 @@ def fail_interrupted(session: Session, vm: str | None) -> None:
     if vm:
         q = q.where(BackupRecord.vm_name == vm)
     for rec in session.scalars(q):
-        if not alive(rec.runner_pid, rec.runner_start):
+        if process_gone(session, rec.runner_pid, rec.runner_start):
             rec.status, rec.finished_at = BackupStatus.FAILED, utcnow()
             rec.error = f"interrupted: the process running it (pid {rec.runner_pid}) exited"
             rec.runner_pid = rec.runner_start = None

@@ -18,9 +18,15 @@ finished or undone by the next one that needs the resource.
 
 Each claim and takeover increases the claim's `token`, the fencing token the job runs under
 (JobRecord.fence): a runner whose token is no longer the job's has lost the job and stops
-writing (JobEngine's writes check it). Several `cairn serve` nodes on one PostgreSQL would
-claim the same way; picking work is then one more query over the free claims, with
-`FOR UPDATE SKIP LOCKED` so nodes do not queue behind each other's locks.
+writing (JobEngine's writes check it).
+
+Several `cairn serve` nodes on one PostgreSQL claim the same way: a job runs in the process
+that submitted it, on whichever node that is (the one that answered the API call, the leader
+for a scheduled run), and the claim row serializes the nodes' jobs per resource. Nodes do not
+pick each other's queued work from a shared queue (with `FOR UPDATE SKIP LOCKED`): a job's
+follower, its capacity limits and its helpers are where it was submitted, and the only work
+that moves is a dead runner's, which whoever needs the resource, or the leader, takes over
+(nodes.py says when a runner on another node counts as dead).
 """
 from __future__ import annotations
 
@@ -34,7 +40,7 @@ from sqlalchemy import select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
-from appliance.catalog.base import utcnow
+from appliance.catalog.base import Base, utcnow
 
 from .records import FINISHED_STATES, JobRecord, JobState, ResourceClaimRecord
 
@@ -72,16 +78,21 @@ def exclusive(catalog: sessionmaker[Session]) -> Iterator[Session]:
 def register(session: Session, resource: str) -> None:
     """The resource's claim row, made free if it does not exist yet (with the job's submission):
     claimers lock that row, and a row that does not exist cannot be locked."""
+    insert_missing(session, ResourceClaimRecord, resource=resource, job_id=None, token=0)
+
+
+def insert_missing(session: Session, table: type[Base], **values: Any) -> None:
+    """Insert the row `values` describe unless a row with its primary key exists: two processes
+    that both find it missing both insert, and neither fails."""
     insert: Any = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
-    session.execute(insert(ResourceClaimRecord).values(resource=resource, job_id=None, token=0)
-                    .on_conflict_do_nothing(index_elements=["resource"]))
+    session.execute(insert(table).values(**values).on_conflict_do_nothing())
 
 
 def try_claim(catalog: sessionmaker[Session], job_id: str, runner: Mapping[str, Any],
               gone: Callable[[JobRecord], bool]) -> Outcome:
     """Claim the resource of job `job_id` for it, run by the process `runner` names (its runner
-    columns: appliance.process.claim()), if it is its turn.
-    `gone(job)`: whether the process that runs job `job` has died."""
+    columns: nodes.Runner.columns()), if it is its turn.
+    `gone(job)`: whether the process that runs job `job` has died (nodes.py says how it is told)."""
     with exclusive(catalog) as s:
         job = s.get(JobRecord, job_id, with_for_update=True)
         if job is None or job.state in FINISHED_STATES:
@@ -101,7 +112,8 @@ def try_claim(catalog: sessionmaker[Session], job_id: str, runner: Mapping[str, 
                 return Orphan(head.id) if gone(head) else NotNow.WAIT
         claim.job_id, claim.token, claim.claimed_at = job.id, claim.token + 1, utcnow()
         job.fence = claim.token
-        job.runner_pid, job.runner_start = runner["runner_pid"], runner["runner_start"]
+        for column, value in runner.items():
+            setattr(job, column, value)
         return Claimed(claim.token)
 
 

@@ -3,14 +3,15 @@
 Whoever submits a job (the API in `cairn serve`, a CLI command, the scheduler) runs it, in its
 own process, on a worker thread of the job's resource. Before it starts it claims the resource
 in the catalog (claims.py), so jobs on one resource run one at a time and in submission order
-across processes; a waiting worker asks again every POLL_INTERVAL seconds, or at once when a
-job of this process ends.
+across processes and nodes; a waiting worker asks again every POLL_INTERVAL seconds, or at once
+when a job of this process ends.
 
 Every state change is written to the catalog before the work it announces, so a job whose
-process died is found (its runner, pid and start time, is gone: appliance/process.py) by the next
-process that needs its resource,
-or by the next start of `cairn serve` (recover()), and is rolled back or resumed there, as its
-plan says: never left half-done.
+runner died (its process, or its whole node: nodes.py) is found by the next process that needs
+its resource, by its node's `cairn serve` or by the leader (recover()), and is rolled back or
+resumed there, as its plan says: never left half-done. A catalog that stops answering (a
+restart of PostgreSQL) is waited for, up to CATALOG_OUTAGE seconds, by every write a runner
+makes; past that the job is left as it stands, to its node's next recovery.
 """
 from __future__ import annotations
 
@@ -19,31 +20,41 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Mapping
-from typing import Any, cast
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar, cast
 
 from pydantic import BaseModel, ValidationError
 from sqlalchemy import CursorResult, Result, select, update
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from appliance.access.roles import Role
 from appliance.catalog.base import utcnow
 from appliance.errors import CairnError, ConflictError, ForbiddenError, NotFoundError
-from appliance.process import RELEASED, alive, claim, ours
+from appliance.process import alive, ours
 
 from . import claims
 from .events import EventLog
+from .nodes import Nodes
 from .plan import JobCancelled, JobKind, JobPlan, StepContext, Throttle
 from .queue import Capacity, ResourceQueues
 from .records import ACTIVE_STATES, FINISHED_STATES, HOLDING_STATES, JobRecord, JobState, Severity, StepState
 
 log = logging.getLogger("cairn.jobs")
+T = TypeVar("T")
 PROGRESS_INTERVAL = 0.5   # seconds between progress writes to the catalog
 POLL_INTERVAL = 0.5       # seconds between asks for a resource another process holds
+CATALOG_OUTAGE = 30.0     # seconds a runner waits for a catalog that stopped answering
+OUTAGE_RETRY = 1.0        # seconds between its tries meanwhile
+RELEASED: dict[str, Any] = {"runner_node": None, "runner_pid": None, "runner_start": None}
 
 # The jobs this process runs or will run (by every engine in it): a job with this process's pid
-# that is not here belongs to an earlier process that had the same pid.
+# that is not here belongs to an earlier process that had the same pid, or was given up by a
+# runner that lost the catalog. A job is added before the transaction that records it or takes
+# it over commits, so a recovery in another thread never sees it as nobody's.
 _RUN_HERE: set[str] = set()
+# Taking over a job is checked and done by one thread of this process at a time.
+_ADOPTING = threading.Lock()
 
 
 class JobParamsError(CairnError):
@@ -68,10 +79,12 @@ class ClaimLostError(CairnError):
 
 
 class JobEngine:
-    def __init__(self, catalog: sessionmaker[Session], events: EventLog, kinds: Mapping[str, JobKind[Any]]):
+    def __init__(self, catalog: sessionmaker[Session], events: EventLog, kinds: Mapping[str, JobKind[Any]],
+                 nodes: Nodes | None = None):
         self.catalog = catalog
         self.events = events
         self.kinds = dict(kinds)
+        self.nodes = nodes or Nodes(catalog)
         self.capacity = Capacity()
         self._queues = ResourceQueues(self._run)
         self._cancels: dict[str, threading.Event] = {}
@@ -86,6 +99,17 @@ class JobEngine:
         to run in this process. Parameters that do not validate, a `role` (the submitter's; None:
         the appliance itself, e.g. its scheduler, or the local CLI) below what the plan needs, and
         what the kind's `admit` refuses are refused now, before anything is queued."""
+        with self.catalog.begin() as s:
+            rec = self.submit_in(s, kind, params, policy_id, limits, role)
+        self.queue(rec)
+        return rec
+
+    def submit_in(self, session: Session, kind: str, params: BaseModel | Mapping[str, Any],
+                  policy_id: str | None = None, limits: dict[str, int] | None = None,
+                  role: Role | None = None) -> JobRecord:
+        """`submit`, written in the caller's transaction with what else it writes (a scheduled
+        run, with the policy's mark): the job exists if and only if that commits. Once it has,
+        `queue` it; if this process dies first, it is recovered like any job of a dead runner."""
         job_kind = self._kind(kind)
         model = self._params(kind, job_kind, params)
         plan = job_kind.plan(model)
@@ -93,16 +117,19 @@ class JobEngine:
             raise ForbiddenError(f"a {kind} job with these parameters needs an {plan.needs.value}, not a {role.value}")
         if job_kind.admit is not None:
             job_kind.admit(model)
+        self.nodes.announce()
         rec = JobRecord(id=uuid.uuid4().hex[:16], kind=kind, resource=plan.resource, state=JobState.QUEUED,
                         params=model.model_dump(mode="json"), limits={**plan.limits, **(limits or {})}, memo={},
-                        policy_id=policy_id, created_at=utcnow(), **claim(),
+                        policy_id=policy_id, created_at=utcnow(), **self.nodes.me.columns(),
                         steps=[{"name": s.name, "state": StepState.PENDING, "error": None} for s in plan.steps])
-        with self.catalog.begin() as s:
-            s.add(rec)
-            claims.register(s, rec.resource)
         _RUN_HERE.add(rec.id)
-        self._queues.submit(rec.resource, rec.id)
+        session.add(rec)
+        claims.register(session, rec.resource)
         return rec
+
+    def queue(self, rec: JobRecord) -> None:
+        """Run a job recorded by `submit_in` (its transaction committed) on its resource's worker."""
+        self._queues.submit(rec.resource, rec.id)
 
     def get(self, job_id: str) -> JobRecord:
         with self.catalog() as s:
@@ -110,6 +137,10 @@ class JobEngine:
             if rec is None:
                 raise NotFoundError(f"no job {job_id}")
             return rec
+
+    def _reread(self, job_id: str) -> JobRecord:
+        """`get` for a runner: waits out an outage of the catalog (CATALOG_OUTAGE)."""
+        return self._through_outage(lambda: self.get(job_id))
 
     def cancel(self, job_id: str) -> JobRecord:
         """A queued job is cancelled at once; a running one stops at its next step or progress report
@@ -142,12 +173,15 @@ class JobEngine:
         with self.catalog() as s:
             return list(s.scalars(select(JobRecord).where(JobRecord.state.in_(ACTIVE_STATES))))
 
-    def recover(self) -> list[str]:
-        """Take over the jobs whose process died: queued ones run, interrupted ones are rolled back
-        or resumed (on their resource's queue, so in order with new work). Returns their ids."""
+    def recover(self, other_nodes: bool = True) -> list[str]:
+        """Take over the jobs whose runner died: queued ones run, interrupted ones are rolled back
+        or resumed (on their resource's queue, so in order with new work). Returns their ids.
+        Without `other_nodes`, only this node's: the jobs of dead nodes are the leader's."""
         with self.catalog() as s:
             candidates = list(s.scalars(select(JobRecord).where(JobRecord.state.in_(ACTIVE_STATES))
                                         .order_by(JobRecord.created_at, JobRecord.id)))
+        if not other_nodes:
+            candidates = [rec for rec in candidates if self.nodes.judged_by_pid(rec.runner_node)]
         orphans = [rec for rec in candidates if self._runner_gone(rec) and self._adopt(rec)]
         # Interrupted ones first: they hold their resource, and queued ones wait for it.
         for rec in sorted(orphans, key=lambda r: r.state not in HOLDING_STATES):
@@ -180,23 +214,35 @@ class JobEngine:
         return params, job_kind.plan(params)
 
     def _runner_gone(self, rec: JobRecord) -> bool:
-        """Whether the process that runs (or was to run) the job has died. A job of this very
-        process (pid and start time) that none of its engines runs was left by one that stopped
-        (tests), and counts as orphaned too."""
+        """Whether the runner of the job (or its runner to be) has died: on this node, its process
+        (pid and start); on another, the whole node (nodes.py). A job of this very process that
+        none of its engines runs was left by one that stopped (tests), or given up when the
+        catalog was lost, and counts as orphaned too."""
+        if not self.nodes.judged_by_pid(rec.runner_node):
+            return not self.nodes.alive(rec.runner_node or "")
         if ours(rec.runner_pid, rec.runner_start):
             return rec.id not in _RUN_HERE
         return not alive(rec.runner_pid, rec.runner_start)
 
     def _adopt(self, rec: JobRecord) -> bool:
-        """Make an orphaned job this process's, unless another process took it over first."""
-        with self.catalog.begin() as s:
-            same_runner = (JobRecord.runner_pid.is_(None) if rec.runner_pid is None
-                           else (JobRecord.runner_pid == rec.runner_pid) & (JobRecord.runner_start == rec.runner_start))
-            changed = s.execute(update(JobRecord).where(JobRecord.id == rec.id, same_runner).values(**claim()))
-        if _rows(changed) != 1:
-            return False
-        _RUN_HERE.add(rec.id)
-        return True
+        """Make an orphaned job this process's, unless another process took it over first (its
+        runner columns are no longer those `rec` read)."""
+        self.nodes.announce()
+        with _ADOPTING:
+            if not self._runner_gone(self.get(rec.id)):
+                return False   # another thread of this process took it over meanwhile
+            new = rec.id not in _RUN_HERE
+            _RUN_HERE.add(rec.id)
+            with self.catalog.begin() as s:
+                same_runner = [getattr(JobRecord, column).is_(None) if getattr(rec, column) is None
+                               else getattr(JobRecord, column) == getattr(rec, column) for column in RELEASED]
+                changed = s.execute(update(JobRecord).where(JobRecord.id == rec.id, *same_runner)
+                                    .values(**self.nodes.me.columns()))
+            if _rows(changed) != 1:
+                if new:
+                    _RUN_HERE.discard(rec.id)
+                return False
+            return True
 
     def _run(self, job_id: str) -> None:
         """One job on its resource's worker thread, from wherever it stands, once it holds the resource."""
@@ -204,18 +250,24 @@ class JobEngine:
         with self._lock:
             self._cancels[job_id] = cancel
         try:
-            fence = self._claim(job_id)
-            if fence is None:
-                return
-            rec = self.get(job_id)
-            if rec.cancel_requested:
-                cancel.set()
-            if rec.state == JobState.QUEUED:
-                self._start(rec, fence, cancel)
-            else:
-                self._after_interruption(rec, fence, cancel)
+            with self.nodes.beating():
+                fence = self._claim(job_id)
+                if fence is None:
+                    return
+                rec = self._reread(job_id)
+                if rec.cancel_requested:
+                    cancel.set()
+                if rec.state == JobState.QUEUED:
+                    self._start(rec, fence, cancel)
+                else:
+                    self._after_interruption(rec, fence, cancel)
         except ClaimLostError:
             log.warning("job %s was taken over by another process: this one leaves it alone", job_id)
+        except OperationalError as e:
+            # The catalog stayed away for longer than a runner waits: the job is left as it stands,
+            # no longer this process's, for this node's next recovery to roll back or resume.
+            log.error("job %s: %s; it is left to this node's next recovery", job_id, _describe(e))
+            _RUN_HERE.discard(job_id)
         except Exception:
             log.exception("job %s broke its runner", job_id)
             self._finish(job_id, JobState.FAILED, error="internal error running the job (see the appliance log)")
@@ -227,18 +279,19 @@ class JobEngine:
 
     def _claim(self, job_id: str) -> int | None:
         """Wait for the job's turn on its resource and claim it; returns the fencing token, or None
-        if the job ended meanwhile. A job in the way whose process died is taken over and run
+        if the job ended meanwhile. A job in the way whose runner died is taken over and run
         (rolled back, resumed or started) here first."""
         while True:
-            outcome = claims.try_claim(self.catalog, job_id, claim(), self._runner_gone)
+            outcome = self._through_outage(
+                lambda: claims.try_claim(self.catalog, job_id, self.nodes.me.columns(), self._runner_gone))
             if isinstance(outcome, claims.Claimed):
                 return outcome.fence
             if outcome is claims.NotNow.GONE:
                 return None
             if isinstance(outcome, claims.Orphan):
-                orphan = self.get(outcome.job_id)
+                orphan = self._reread(outcome.job_id)
                 if self._runner_gone(orphan) and self._adopt(orphan):
-                    log.info("job %s takes over job %s, whose process is gone", job_id, orphan.id)
+                    log.info("job %s takes over job %s, whose runner is gone", job_id, orphan.id)
                     self._run(orphan.id)
                 continue
             with self._ended:
@@ -254,40 +307,58 @@ class JobEngine:
                 self._finish(rec.id, JobState.CANCELLED, error="cancelled while waiting for capacity",
                              if_state=JobState.QUEUED)
                 return
-            if not self._begin(rec.id, fence):
+            if not self._begin(rec, fence):
                 return   # cancelled meanwhile, by another process
-            self.events.emit("job.started", f"{rec.kind} job started on {rec.resource}", resource=rec.resource,
-                             job_id=rec.id)
             asyncio.run(_Execution(self, rec, params, plan, fence, cancel).run())
 
     def _after_interruption(self, rec: JobRecord, fence: int, cancel: threading.Event) -> None:
         params, plan = self._rebuild(rec)
         execution = _Execution(self, rec, params, plan, fence, cancel)
         if plan.after_interruption == "resume" and rec.state == JobState.RUNNING and not rec.cancel_requested:
-            self.events.emit("job.resumed", f"{rec.kind} job resumed after the appliance restarted",
-                             resource=rec.resource, job_id=rec.id)
+            self._through_outage(lambda: self.events.emit(
+                "job.resumed", f"{rec.kind} job resumed after its runner stopped", resource=rec.resource,
+                job_id=rec.id))
             asyncio.run(execution.run())
         else:
-            reason = "interrupted: the appliance stopped while it ran"
+            reason = "interrupted: the process running it stopped"
             if rec.state == JobState.UNDOING:   # it died undoing a failure: that failure is the story
-                reason = f"{rec.error}; the appliance stopped while it undid the steps"
+                reason = f"{rec.error}; the process running it stopped while it undid the steps"
             asyncio.run(execution.roll_back(reason, JobState.FAILED))
 
     # -- catalog --------------------------------------------------------------------------------
 
+    def _through_outage(self, call: Callable[[], T]) -> T:
+        """`call()`, tried again while the catalog does not answer (PostgreSQL restarting), for up
+        to CATALOG_OUTAGE seconds. What a runner tries again is idempotent: a try whose commit went
+        through but whose answer was lost leaves the next one nothing to do. (SQLite waits for its
+        lock by itself, and cannot go away.)"""
+        deadline = time.monotonic() + CATALOG_OUTAGE
+        while True:
+            try:
+                return call()
+            except OperationalError as e:
+                if self.nodes.one_host or time.monotonic() > deadline:
+                    raise
+                log.warning("the catalog does not answer (%s): trying again", _describe(e))
+                time.sleep(OUTAGE_RETRY)
+
     def _update(self, job_id: str, fence: int, **values: Any) -> JobRecord:
-        with self.catalog.begin() as s:
-            rec = self._fenced(s, job_id, fence)
-            for key, value in values.items():
-                setattr(rec, key, value)
-            return rec
+        def update_job() -> JobRecord:
+            with self.catalog.begin() as s:
+                rec = self._fenced(s, job_id, fence)
+                for key, value in values.items():
+                    setattr(rec, key, value)
+                return rec
+        return self._through_outage(update_job)
 
     def _set_step(self, job_id: str, fence: int, index: int, state: StepState, error: str | None = None) -> None:
-        with self.catalog.begin() as s:
-            rec = self._fenced(s, job_id, fence)
-            steps = [dict(step) for step in rec.steps]
-            steps[index].update(state=state, error=error)
-            rec.steps = steps
+        def set_step() -> None:
+            with self.catalog.begin() as s:
+                rec = self._fenced(s, job_id, fence)
+                steps = [dict(step) for step in rec.steps]
+                steps[index].update(state=state, error=error)
+                rec.steps = steps
+        self._through_outage(set_step)
 
     @staticmethod
     def _fenced(session: Session, job_id: str, fence: int) -> JobRecord:
@@ -297,37 +368,55 @@ class JobEngine:
             raise ClaimLostError(f"job {job_id} was taken over by another runner (token {fence} is stale)")
         return rec
 
-    def _begin(self, job_id: str, fence: int) -> bool:
-        """queued -> running, unless it is no longer queued (one statement: a cancel cannot slip between)."""
-        with self.catalog.begin() as s:
-            changed = s.execute(update(JobRecord).where(JobRecord.id == job_id, JobRecord.state == JobState.QUEUED,
-                                                        JobRecord.fence == fence)
-                                .values(state=JobState.RUNNING, started_at=utcnow()))
-        return _rows(changed) == 1
+    def _begin(self, rec: JobRecord, fence: int) -> bool:
+        """queued -> running, with its job.started event, unless it is no longer queued (one
+        statement: a cancel cannot slip between)."""
+        def begin() -> dict[str, Any] | None:
+            with self.catalog.begin() as s:
+                changed = s.execute(update(JobRecord).where(JobRecord.id == rec.id, JobRecord.state == JobState.QUEUED,
+                                                            JobRecord.fence == fence)
+                                    .values(state=JobState.RUNNING, started_at=utcnow()))
+                if _rows(changed) != 1:
+                    return None
+                return self.events.record(s, "job.started", f"{rec.kind} job started on {rec.resource}",
+                                          resource=rec.resource, job_id=rec.id)
+        event = self._through_outage(begin)
+        if event is None:   # cancelled meanwhile, or begun by a try whose answer was lost
+            now = self._reread(rec.id)
+            return now.state == JobState.RUNNING and now.fence == fence
+        self.events.deliver(event)
+        return True
 
     def _finish(self, job_id: str, state: JobState, result: dict[str, Any] | None = None,
                 error: str | None = None, if_state: JobState | None = None, fence: int | None = None) -> bool:
-        """Record the end (only if the job is still in `if_state`, and still runs under `fence`,
-        when given), free its resource in the same transaction, and announce it."""
+        """Record the end (unless it ended already; only if the job is still in `if_state`, and
+        still runs under `fence`, when given), with its event, and free its resource, in one
+        transaction; then announce it."""
         values: dict[str, Any] = {"state": state, "result": result, "error": error, "finished_at": utcnow(),
                                   **RELEASED}
         if state == JobState.SUCCEEDED:
             values["progress"] = 1.0
-        stmt = update(JobRecord).where(JobRecord.id == job_id)
+        stmt = update(JobRecord).where(JobRecord.id == job_id, JobRecord.state.not_in(FINISHED_STATES))
         if if_state is not None:
             stmt = stmt.where(JobRecord.state == if_state)
         if fence is not None:
             stmt = stmt.where(JobRecord.fence == fence)
-        with self.catalog.begin() as s:
-            if _rows(s.execute(stmt.values(**values))) != 1:
-                return False
-            rec = s.get_one(JobRecord, job_id)
-            claims.release(s, rec.resource, job_id)
         severity = (Severity.INFO if state == JobState.SUCCEEDED else Severity.WARNING
                     if state == JobState.CANCELLED else Severity.ERROR)
-        message = f"{rec.kind} job {state} on {rec.resource}" + (f": {error}" if error else "")
-        self.events.emit(f"job.{state}", message, severity=severity, resource=rec.resource, job_id=job_id,
-                         data={"result": result} if result else None)
+
+        def finish() -> dict[str, Any] | None:
+            with self.catalog.begin() as s:
+                if _rows(s.execute(stmt.values(**values))) != 1:
+                    return None
+                rec = s.get_one(JobRecord, job_id)
+                claims.release(s, rec.resource, job_id)
+                message = f"{rec.kind} job {state} on {rec.resource}" + (f": {error}" if error else "")
+                return self.events.record(s, f"job.{state}", message, severity=severity, resource=rec.resource,
+                                          job_id=job_id, data={"result": result} if result else None)
+        event = self._through_outage(finish)
+        if event is None:
+            return False
+        self.events.deliver(event)
         return True
 
 
@@ -352,7 +441,7 @@ class _Execution:
             if self.states[index] == StepState.DONE:
                 continue
             self.current = index
-            if self.engine.get(self.rec.id).cancel_requested:   # asked from another process (the CLI)
+            if self.engine._reread(self.rec.id).cancel_requested:   # asked from another process (the CLI)
                 self.cancel.set()
             try:
                 self.ctx.check_cancelled()
@@ -421,4 +510,6 @@ def _rows(result: Result[Any]) -> int:
 
 
 def _describe(e: BaseException) -> str:
+    if isinstance(e, OperationalError):   # the driver's own words, without SQLAlchemy's statement and link
+        return f"the catalog could not be reached: {str(e.orig).strip() or type(e.orig).__name__}"
     return str(e) or type(e).__name__

@@ -1,4 +1,5 @@
-"""The tables of jobs, the claims that serialize them per resource, and events; and their states.
+"""The tables of jobs, the claims that serialize them per resource, and events; and their states;
+the management nodes that run them, and the lease of the one that leads.
 """
 from __future__ import annotations
 
@@ -74,9 +75,12 @@ class JobRecord(Base):
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     policy_id: Mapped[str | None] = mapped_column(String(32), nullable=True, index=True)
-    # The process that runs it (or will: the one that submitted it), and when that process started
-    # (appliance/process.py: a pid alone may be another process's by now); one that died leaves
-    # the job to whoever next needs the resource, or to the next `cairn serve`.
+    # The process that runs it (or will: the one that submitted it): on which node (NodeRecord;
+    # None: a job of a version before nodes, on the one node there was), and on that node its pid
+    # and when it started (appliance/process.py: a pid alone may be another process's by now). A
+    # runner that died leaves the job to whoever next needs the resource, to its node's next
+    # `cairn serve`, or to the leader once the node itself is dead (jobs/nodes.py).
+    runner_node: Mapped[str | None] = mapped_column(String(64), nullable=True)
     runner_pid: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     runner_start: Mapped[str | None] = mapped_column(String(64), nullable=True)
     # The resource claim's fencing token this job runs under (None until it first claims).
@@ -107,3 +111,35 @@ class EventRecord(Base):
     job_id: Mapped[str | None] = mapped_column(String(32), nullable=True, index=True)
     message: Mapped[str] = mapped_column(Text)
     data: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+
+
+class NodeRecord(Base):
+    """A management node: the Cairn processes of one host under one name (jobs/nodes.py). It is
+    alive while its heartbeat, written by any of its processes that runs jobs, is younger than
+    the lease; its jobs are then its own to recover."""
+    __tablename__ = "nodes"
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    # The host's boot when the node last beat (/proc/sys/kernel/random/boot_id): one name beaten
+    # from two hosts is refused, since a node judges its own runners by their pids.
+    boot_id: Mapped[str] = mapped_column(String(64))
+    # The node's `cairn serve`, if one runs (pid and start, appliance/process.py): a second one
+    # on a SQLite catalog is refused; where it listens, for people.
+    serve_pid: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    serve_start: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    address: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    # The catalog's own clock (PostgreSQL's now()), so the nodes' clocks need not agree.
+    heartbeat_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class LeaderLeaseRecord(Base):
+    """The one row saying which `cairn serve` leads (runs the scheduler, HA and the recovery of
+    dead nodes' jobs) and until when; `term` grows with every new leader and is the fencing token
+    a leader's writes are checked against (jobs/nodes.py)."""
+    __tablename__ = "leader_lease"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)   # always 1
+    node: Mapped[str | None] = mapped_column(String(64), nullable=True)   # None: nobody leads
+    pid: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    start: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    term: Mapped[int] = mapped_column(BigInteger, default=0)
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
