@@ -174,11 +174,6 @@ class PolicyService:
             return list(s.scalars(select(PolicyRecord).where(PolicyRecord.enabled.is_(True))
                                   .order_by(PolicyRecord.name)))
 
-    def mark_scheduled(self, policy_id: str, until: datetime) -> None:
-        with self.catalog.begin() as s:
-            if rec := s.get(PolicyRecord, policy_id):
-                rec.scheduled_until = until
-
     def selected_vms(self, policy: BackupPolicy | SnapshotPolicy) -> list[str]:
         with self.catalog() as s:
             names = list(s.scalars(select(VMRecord.name).order_by(VMRecord.name)))
