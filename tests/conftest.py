@@ -21,8 +21,8 @@ from guest.harness import BOOT_TIMEOUT, GuestVM, MiB
 from sshd_server import sshd_server  # noqa: F401  (a fixture shared by remote-access tests)
 
 from appliance.access.roles import Role
-from appliance.api.app import create_app
 from appliance.context import Appliance
+from appliance.server.app import server_app
 from dedup import Store
 from vmm import DiskSpec, QemuDriver, VMSpec, create_disk
 from vmm.rundir import RunDir, is_our_qemu, read_pid
@@ -132,7 +132,7 @@ def signed_in_client(appliance: Appliance, role: Role) -> TestClient:
     """A client of the appliance's web API, signed in (through the login route) as a new user `test-<role>`."""
     name = f"test-{role.value}"
     appliance.users.create(name, TEST_PASSWORD, role)
-    client = TestClient(create_app(appliance))
+    client = TestClient(server_app(appliance))   # what `cairn serve` runs, once used as a context manager
     answer = client.post("/api/v1/auth/login", json={"username": name, "password": TEST_PASSWORD})
     assert answer.status_code == 200, answer.text
     client.headers["Authorization"] = f"Bearer {answer.json()['token']}"

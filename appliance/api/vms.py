@@ -1,16 +1,16 @@
 """VM management endpoints: lifecycle, resize, clones, HA, scheduling groups, the image library
 and the VNC console (one-time tokens, then a WebSocket proxied to the VM's VNC socket).
 
-The HA supervisor runs for as long as the app does (this router's lifespan).
+The HA supervisor is run by the server on the node that leads (appliance/server/services.py).
 """
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager, suppress
+from collections.abc import Awaitable, Callable
+from contextlib import suppress
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, FastAPI, Request, Response
+from fastapi import APIRouter, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.routing import APIRoute
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
@@ -195,12 +195,7 @@ def vm_router(appliance: Appliance) -> APIRouter:
             return str(paths.readable_file(caller, value, what))
         return str(vms.images.verified_raw_file(value))
 
-    @asynccontextmanager
-    async def supervise(_: FastAPI) -> AsyncIterator[None]:
-        with vms.supervised():
-            yield
-
-    router = APIRouter(tags=["vms"], route_class=VMErrorRoute, lifespan=supervise)
+    router = APIRouter(tags=["vms"], route_class=VMErrorRoute)
 
     @router.post("/api/v1/vms", response_model=VMDetail, status_code=201)
     async def create_vm(caller: Caller, body: VMCreate) -> VMDetail:

@@ -109,7 +109,7 @@ def serve(host: str = typer.Option("127.0.0.1", help="Address to listen on."),
     to <data dir>/initial-admin-password."""
     import uvicorn
 
-    from appliance.api.app import create_app
+    from appliance.server.app import server_app
     from appliance.server.logs import log_config
     from appliance.server.tls import TlsFiles, self_signed
 
@@ -126,11 +126,12 @@ def serve(host: str = typer.Option("127.0.0.1", help="Address to listen on."),
         err.print(f"created user admin; its password is in {password_file} (readable by root only); "
                   "sign in and change it: POST /api/v1/auth/password", highlight=False, soft_wrap=True)
     scheme = "http" if tls is None else "https"
+    api = server_app(a, f"{scheme}://{host}:{port}")   # refuses a node that may not serve
     err.print(f"Cairn API at {scheme}://{host}:{port}/api/v1 (docs: /api/v1/docs)"
               + (f", certificate {tls.cert}" if tls else ""), soft_wrap=True)
     # The client address counts sign-in attempts and goes in the audit log: it comes from a
     # forwarded header only when a proxy the admin named sent it (uvicorn would trust loopback).
-    uvicorn.run(create_app(a), host=host, port=port, log_level="info", log_config=log_config(),
+    uvicorn.run(api, host=host, port=port, log_level="info", log_config=log_config(),
                 proxy_headers=bool(trusted_proxy), forwarded_allow_ips=trusted_proxy or None,
                 ssl_certfile=str(tls.cert) if tls else None, ssl_keyfile=str(tls.key) if tls else None)
 
