@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import secrets
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 from sqlalchemy import create_engine, text
@@ -18,12 +19,10 @@ def _admin_url() -> str:
     return url.set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def catalog_url(request: pytest.FixtureRequest) -> Iterator[str | None]:
-    """None (the data dir's SQLite file) or the URL of a new, empty PostgreSQL database."""
-    if request.param == "sqlite":
-        yield None
-        return
+@contextmanager
+def postgres_database() -> Iterator[str]:
+    """The URL of a new, empty PostgreSQL database, dropped afterwards (its sessions ended first);
+    the test is skipped where there is no PostgreSQL to ask."""
     if not os.environ.get(POSTGRES_ENV):
         pytest.skip(f"${POSTGRES_ENV} is not set (.ci/run starts a PostgreSQL server and sets it)")
     name = f"cairn_test_{secrets.token_hex(6)}"
@@ -36,3 +35,20 @@ def catalog_url(request: pytest.FixtureRequest) -> Iterator[str | None]:
             conn.execute(text(f'DROP DATABASE "{name}" WITH (FORCE)'))
     finally:
         admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def catalog_url(request: pytest.FixtureRequest) -> Iterator[str | None]:
+    """None (the data dir's SQLite file) or the URL of a new, empty PostgreSQL database."""
+    if request.param == "sqlite":
+        yield None
+        return
+    with postgres_database() as url:
+        yield url
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """For what only PostgreSQL has (several nodes): the URL of a new, empty database."""
+    with postgres_database() as url:
+        yield url

@@ -136,11 +136,11 @@ import sys, threading
 from appliance.context import Appliance
 from appliance.jobs.plan import StepContext
 progress = StepContext.progress
-def pause_mid_copy(self, fraction):
+def pause_mid_copy(self, fraction, detail=None):
     if 0 < fraction < 1:
         print("copying", fraction, flush=True)
         threading.Event().wait()
-    progress(self, fraction)
+    progress(self, fraction, detail)
 StepContext.progress = pause_mid_copy
 jobs = Appliance.open(sys.argv[1]).jobs
 job = jobs.submit("backup", {"vm": sys.argv[2]})
