@@ -29,7 +29,7 @@ bench: venv
 	$(PY) bench/store.py
 	$(PY) bench/snapshot.py
 
-# The installer ISO: build/iso/cairn-<version>.iso with its .sha256 and .manifest (root, ~3-10 min).
+# The installer ISO: build/iso/cairn-<version>.iso with its .sha256 and .manifest (root, ~2-4 min).
 iso: venv
 	iso/build.sh $(CURDIR)/build/iso
 
