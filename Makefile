@@ -42,7 +42,7 @@ bench: test-venv
 	$(PY) bench/peers.py
 	$(PY) bench/snapshot.py
 
-# The installer ISO: build/iso/cairn-<version>.iso with its .sha256 and .manifest (root, ~3-10 min).
+# The installer ISO: build/iso/cairn-<version>.iso with its .sha256 and .manifest (root, ~2-4 min).
 iso: test-venv
 	iso/build.sh $(CURDIR)/build/iso
 
