@@ -7,8 +7,9 @@ an encrypted store) in packs of about 64 MiB (packs.py) that are written once an
 changed; a block index (blockindex.py) says where each block is and can always be rebuilt
 from the packs. A full backup stores each block-sized slot that holds data; an incremental
 stores only the bytes that changed and splices them into its parent's map, so every backup
-is a complete point that restores alone. The store's files live in a local directory or on
-an SFTP server (backend.py). Pure storage: imports nothing from the rest of Cairn.
+is a complete point that restores alone. The store's files live in a local directory, on an
+SFTP server, in a Ceph pool (rados.py) or an S3 bucket (s3.py): backend.py is all they share,
+and location.py names them. Pure storage: imports nothing from the rest of Cairn.
 
 Who locks what (no lock blocks backups, restores or verify):
 
@@ -21,6 +22,17 @@ Who locks what (no lock blocks backups, restores or verify):
 | GC (gc.py)          | locks/gc                      | packs newer than the cutoff are left alone      |
 | repair (repair.py)  | locks/gc                      | the index is a cache of the packs               |
 | upgrade (upgrade.py)| locks/gc                      | each backup switches with one manifest write    |
+
+How each backend keeps those locks, and the clock GC's cutoff compares against:
+
+| backend | a lock is                                    | dies with its holder         | clock          |
+|---------|----------------------------------------------|------------------------------|----------------|
+| local   | flock(2) on the file                         | at once (the kernel drops it)| the file system|
+| SFTP    | the file's atime, refreshed every 30 s       | 120 s after the last beat    | server, ~2 s   |
+| RADOS   | a RADOS object lock (cls_lock) on the entry's| 30 s after the last renewal, | Cairn hosts,   |
+|         | directory object, renewed every 7.5 s        | expired by the OSD           | 2 s allowed    |
+| S3      | a lease object rewritten by conditional PUT  | 60 s after the last beat,    | server (Date,  |
+|         | (If-Match its ETag) every 15 s               | by the server's own clock    | LastModified)  |
 """
 
 from .backend import Backend, Entry, Lock
@@ -49,6 +61,7 @@ from .errors import (
     StoreError,
     StoreExistsError,
     StoreFormatError,
+    StoreFullError,
     StoreLocationError,
     StoreNotEmptyError,
     StoreUnreachableError,
@@ -71,7 +84,9 @@ from .prune import (
     prune,
     unprotect,
 )
+from .rados import RadosBackend, RadosOptions
 from .repair import RepairReport, rebuild_index
+from .s3 import S3Backend, S3Options
 from .sftp import SftpBackend, SshOptions
 from .stats import BackupUsage, StoreStats, store_stats
 from .store import (
@@ -135,9 +150,13 @@ __all__ = [
     "PassphraseRequiredError",
     "PruneDecision",
     "PruneReport",
+    "RadosBackend",
+    "RadosOptions",
     "RepairReport",
     "RetentionPolicy",
     "RetentionRuleError",
+    "S3Backend",
+    "S3Options",
     "SftpBackend",
     "SshOptions",
     "Store",
@@ -147,6 +166,7 @@ __all__ = [
     "StoreError",
     "StoreExistsError",
     "StoreFormatError",
+    "StoreFullError",
     "StoreLocationError",
     "StoreNotEmptyError",
     "StoreStats",

@@ -123,3 +123,8 @@ class WrongKeyError(KeyFileError):
 
 class PassphraseRequiredError(KeyFileError):
     """The store is encrypted and no passphrase was given."""
+
+
+class StoreFullError(StoreError):
+    """The store's space ran out (a pool quota, a full cluster or bucket): nothing was lost, the
+    write that needed space failed."""
