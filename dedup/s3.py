@@ -70,7 +70,7 @@ _MTIME = "cairn-mtime"  # metadata of a renamed object: its source's mtime (ns)
 _ORIGIN = "cairn-origin"  # ... and its source's store path
 _LIFECYCLE_DAYS = 1
 _FULL = {"QuotaExceeded", "InsufficientStorage", "XMinioStorageFull", "EntityTooLarge"}
-_REFUSED = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "AllAccessDisabled",
+_REFUSED = {"AccessDenied", "403", "InvalidAccessKeyId", "SignatureDoesNotMatch", "AllAccessDisabled",
             "InvalidToken", "ExpiredToken"}
 _MISSING = {"NoSuchKey", "404", "NotFound"}
 

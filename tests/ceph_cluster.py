@@ -153,8 +153,10 @@ class CephCluster:
         with self.conf.open("a") as f:
             f.write(f"\n[client.rgw.0]\nrgw data = {self.dir}/rgw.0\nlog file = {self.dir}/log/$name.log\n"
                     f"admin socket = {self.dir}/run/$cluster-$name.asok\n"
+                    # without tcp_nodelay a small request waits out a delayed ACK: 40 ms, not 5
                     f"rgw frontends = beast endpoint=127.0.0.1:{port} tcp_nodelay=1\nrgw thread pool size = 32\n"
-                    "rgw enable usage log = false\n")
+                    # quotas are checked against usage cached this long (default 600 s)
+                    "rgw enable usage log = false\nrgw bucket quota ttl = 0\nrgw user quota bucket sync interval = 0\n")
         self._launch("rgw.0", "radosgw", "-n", "client.rgw.0")
         endpoint = f"http://127.0.0.1:{port}"
         self._wait("radosgw answering", lambda: _http_answers(endpoint))
