@@ -63,6 +63,7 @@ from .errors import (
     StoreFormatError,
     StoreFullError,
     StoreLocationError,
+    StoreMismatchError,
     StoreNotEmptyError,
     StoreUnreachableError,
     WrongKeyError,
@@ -100,6 +101,7 @@ from .store import (
     Store,
     UnreadableBackup,
 )
+from .sync import Bandwidth, SyncProgress, SyncReport, open_replica, sync_store
 from .upgrade import UpgradeReport, upgrade_store
 from .verify import BadChunk, ChunkUse, VerifyReport, verify_store
 from .writer import BackupSession, DiskWriter
@@ -123,6 +125,7 @@ __all__ = [
     "BackupUsage",
     "BackupWriteError",
     "BadChunk",
+    "Bandwidth",
     "ChunkCorruptError",
     "ChunkMissingError",
     "ChunkStats",
@@ -168,9 +171,12 @@ __all__ = [
     "StoreFormatError",
     "StoreFullError",
     "StoreLocationError",
+    "StoreMismatchError",
     "StoreNotEmptyError",
     "StoreStats",
     "StoreUnreachableError",
+    "SyncProgress",
+    "SyncReport",
     "UnreadableBackup",
     "UpgradeReport",
     "VerifyReport",
@@ -181,10 +187,12 @@ __all__ = [
     "is_remote",
     "new_backup_id",
     "open_backend",
+    "open_replica",
     "protect",
     "prune",
     "rebuild_index",
     "store_stats",
+    "sync_store",
     "unprotect",
     "upgrade_store",
     "verify_store",

@@ -128,3 +128,7 @@ class PassphraseRequiredError(KeyFileError):
 class StoreFullError(StoreError):
     """The store's space ran out (a pool quota, a full cluster or bucket): nothing was lost, the
     write that needed space failed."""
+
+
+class StoreMismatchError(StoreError):
+    """A sync's target cannot take the source's blocks as they are: another block size or key."""

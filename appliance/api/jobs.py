@@ -23,6 +23,7 @@ from appliance.context import Appliance
 from appliance.jobs.kinds import BackupParams, BackupRequest, GcParams, VerifyParams
 from appliance.jobs.plan import FINISHED_STATES
 from appliance.jobs.records import EventRecord, JobRecord
+from appliance.jobs.sync import SyncParams
 
 from .app import ErrorOut
 from .auth import Caller
@@ -114,6 +115,10 @@ def job_router(appliance: Appliance) -> APIRouter:
     @router.post("/store/gc-jobs", response_model=JobOut, status_code=202, responses=ERRORS)
     def start_gc(body: GcParams | None = None) -> JobOut:
         return submit("store.gc", body or GcParams())
+
+    @router.post("/store/sync-jobs", response_model=JobOut, status_code=202, responses=ERRORS)
+    def start_sync(body: SyncParams) -> JobOut:
+        return submit("store.sync", body)
 
     @router.get("/events", response_model=list[EventOut], responses=ERRORS)
     def list_events(caller: Caller, query: Query, response: Response) -> list[EventOut]:

@@ -29,6 +29,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from appliance.backups.records import record_pruned, record_verification
 from appliance.catalog.engine import open_catalog
+from appliance.jobs.sync import SyncParams, run_sync
 from appliance.settings import Settings
 from appliance.units import human, parse_size
 from dedup import (
@@ -311,3 +312,39 @@ def _protection(change: Callable[[Store, str], object], word: str) -> Callable[.
 store_app.command("protect", help="Never prune this backup.")(_protection(protect, "is protected"))
 store_app.command("unprotect", help="Let prune rules apply to this backup again.")(
     _protection(unprotect, "is no longer protected"))
+
+
+SYNC_VMS_OPT = typer.Option([], "--vm", help="Only this VM's backups (repeat for more).")
+
+
+@store_app.command("sync")
+@reports_errors
+def sync_cmd(to: str | None = typer.Option(None, "--to", help="Copy into this store (push): a directory or URL; "
+                                           "a new location becomes a replica of this store."),
+             source: str | None = typer.Option(None, "--from", help="Copy from this store (pull) into this one."),
+             vms: list[str] = SYNC_VMS_OPT,
+             bandwidth: str | None = typer.Option(None, "--bandwidth", help="Bytes per second at most, e.g. 10M."),
+             store: str | None = StoreOpt,
+             as_json: bool = JsonOpt) -> None:
+    """Copy backups to another store, or from one, sending only the blocks it lacks. Run it again
+    after a cut: it sends only what is still missing."""
+    params = SyncParams(target=to, source=source, vms=vms, bandwidth=parse_size(bandwidth) if bandwidth else None)
+    access = Settings.resolve(state.data_dir).store_access(store)
+    own = open_store(store) if source is None else None
+    with byte_progress() as bars:
+        task = bars.add_task("sync", total=None)
+
+        def progress(sent: int, total: int, backup_id: str) -> None:
+            bars.update(task, description=backup_id, completed=sent, total=total)
+
+        report = run_sync(access, own, params, progress)
+    if as_json:
+        emit_json({**asdict(report), "ok": report.ok})
+    else:
+        out.print(f"{len(report.copied)} backup(s) copied to {report.target}, {len(report.present)} there already; "
+                  f"sent {report.blocks_sent} blocks ({human(report.bytes_sent)}), {report.blocks_present} were "
+                  f"there, in {report.seconds:.1f} s", highlight=False)
+        for skipped in report.skipped:
+            out.print(f"[red]not copied[/red] {skipped}", highlight=False)
+    if not report.ok:
+        raise typer.Exit(1)

@@ -31,6 +31,7 @@ from dedup import (
 from dedup.prune import delete_backup
 
 from .plan import JobPlan, PlanFactory, Step, StepContext
+from .sync import SyncParams, sync_plan
 
 if TYPE_CHECKING:
     from appliance.context import Appliance
@@ -99,6 +100,7 @@ def standard_kinds(app: Appliance) -> dict[str, PlanFactory]:
         "snapshot": lambda params: snapshot_plan(app, SnapshotParams.model_validate(params)),
         "store.verify": lambda params: verify_plan(app, VerifyParams.model_validate(params)),
         "store.gc": lambda params: gc_plan(app, GcParams.model_validate(params)),
+        "store.sync": lambda params: sync_plan(app, SyncParams.model_validate(params)),
     }
 
 
