@@ -19,6 +19,7 @@ Who locks what (no lock blocks backups, restores or verify):
 | restore, list, stats| nothing                       | packs never change; a moved pack is followed    |
 | verify (verify.py)  | locks/gc only to rebuild index| reads only                                      |
 | prune (prune.py)    | nothing                       | removing a manifest is one atomic step          |
+| lock (immutability) | nothing                       | one record; prune, delete and GC read it        |
 | GC (gc.py)          | locks/gc                      | packs newer than the cutoff are left alone      |
 | repair (repair.py)  | locks/gc                      | the index is a cache of the packs               |
 | upgrade (upgrade.py)| locks/gc                      | each backup switches with one manifest write    |
@@ -41,6 +42,7 @@ from .config import StoreConfig
 from .errors import (
     BackupExistsError,
     BackupIncompleteError,
+    BackupLockedError,
     BackupNotFoundError,
     BackupWriteError,
     ChunkCorruptError,
@@ -70,6 +72,7 @@ from .errors import (
     WrongPassphraseError,
 )
 from .gc import DEFAULT_GRACE, DEFAULT_REPACK_THRESHOLD, GcReport, collect_garbage
+from .immutability import check_deletable, lock_backup, locked_until
 from .legacy import FixedIndex
 from .local import LocalBackend
 from .location import is_remote, open_backend
@@ -119,6 +122,7 @@ __all__ = [
     "BackupExistsError",
     "BackupIncompleteError",
     "BackupListing",
+    "BackupLockedError",
     "BackupManifest",
     "BackupNotFoundError",
     "BackupSession",
@@ -182,9 +186,12 @@ __all__ = [
     "VerifyReport",
     "WrongKeyError",
     "WrongPassphraseError",
+    "check_deletable",
     "collect_garbage",
     "is_protected",
     "is_remote",
+    "lock_backup",
+    "locked_until",
     "new_backup_id",
     "open_backend",
     "open_replica",

@@ -16,8 +16,9 @@ first, a sync:
    touched once, as a writer does); any other is read from its source pack, checked, and
    appended to the target's packs;
 3. once those packs are durable, writes one index file for them; then, holding the backup's own
-   lease, its other files (protected, lock) and last its manifest, the source's bytes: an
-   encrypted store seals a manifest with its path as associated data, the same in both stores;
+   lease, its other files (protected, its retention lock) and last its manifest, the source's
+   bytes: an encrypted store seals a manifest with its path as associated data, the same in both;
+   a locked backup copied into an Object Lock bucket is retained there too (immutability.py);
 4. lets go of the leases.
 
 Resumable: a cut (a killed process, a lost network) loses at most the packs being filled.
@@ -55,6 +56,7 @@ from .errors import (
     StoreMismatchError,
     StoreNotEmptyError,
 )
+from .immutability import locked_backups, retain_in_storage
 from .leases import WriterLease
 from .location import open_backend
 from .locks import LOCKS_DIR, WRITERS_DIR
@@ -207,6 +209,9 @@ class _Run:
                 self.skipped.append(f"{manifest.backup_id}: damaged in the source, not copied: {e}")
                 return
             self._commit(manifest)
+            until = locked_backups(self.source, [manifest]).get(manifest.backup_id)
+            if until is not None:  # the lock record came along; a bucket with Object Lock holds the copy too
+                retain_in_storage(self.target, manifest, until, needed)
             self.copied.append(manifest.backup_id)
         finally:
             lease.release()

@@ -21,6 +21,7 @@ from appliance.context import Appliance
 from appliance.errors import CairnError
 from dedup import (
     BackupExistsError,
+    BackupLockedError,
     KeyFileError,
     PassphraseRequiredError,
     StoreBusyError,
@@ -39,7 +40,7 @@ def store_error_status(e: StoreError) -> int:
         return 404
     if isinstance(e, ValueError):
         return 422
-    if isinstance(e, StoreBusyError | BackupExistsError):
+    if isinstance(e, StoreBusyError | BackupExistsError | BackupLockedError):
         return 409
     if isinstance(e, PassphraseRequiredError):
         return 423   # locked: the store needs its passphrase

@@ -1,4 +1,4 @@
-"""The store's maintenance API under /api/v1/store: stats, verify, gc, prune.
+"""The store's maintenance API under /api/v1/store: stats, verify, gc, prune, retention locks.
 
 Each call runs to completion and answers with its report; for large stores, run verify and GC
 as jobs (POST /api/v1/store/verify-jobs, /store/gc-jobs: progress, cancel, events). An
@@ -8,10 +8,11 @@ answer 423 or 403 and say why.
 """
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from fastapi import APIRouter
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from appliance.backups.records import record_pruned, record_verification
 from appliance.backups.retention import RetentionCounts
@@ -24,6 +25,7 @@ from dedup import (
     StoreStats,
     VerifyReport,
     collect_garbage,
+    lock_backup,
     prune,
     store_stats,
     verify_store,
@@ -67,4 +69,19 @@ def store_router(appliance: Appliance) -> APIRouter:
                 record_pruned(session, list(answer.removed))
         return answer
 
+    @router.post("/backups/{backup_id}/lock", response_model=LockOut, responses=errors)
+    def lock(backup_id: str, body: LockRequest) -> LockOut:
+        """Lock a backup until a date: nobody can delete it before then, nor shorten the lock."""
+        return LockOut(backup_id=backup_id, locked_until=lock_backup(appliance.store, backup_id, body.until))
+
     return router
+
+
+class LockRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    until: AwareDatetime = Field(description="the date before which the backup cannot be deleted (UTC offset required)")
+
+
+class LockOut(BaseModel):
+    backup_id: str
+    locked_until: datetime

@@ -13,7 +13,7 @@ import re
 import sys
 from collections.abc import Callable
 from dataclasses import asdict
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import typer
@@ -42,6 +42,7 @@ from dedup import (
     RetentionPolicy,
     Store,
     collect_garbage,
+    lock_backup,
     open_backend,
     protect,
     prune,
@@ -348,3 +349,21 @@ def sync_cmd(to: str | None = typer.Option(None, "--to", help="Copy into this st
             out.print(f"[red]not copied[/red] {skipped}", highlight=False)
     if not report.ok:
         raise typer.Exit(1)
+
+
+@store_app.command("lock")
+@reports_errors
+def lock_cmd(backup: str,
+             until: str | None = typer.Option(None, "--until", help="Date (and time, UTC if no offset): "
+                                              "2027-01-31 or 2027-01-31T12:00:00+01:00."),
+             for_: str | None = typer.Option(None, "--for", help="Or a duration from now: 30d, 12w, 8h."),
+             store: str | None = StoreOpt) -> None:
+    """Lock a backup: nobody can delete it (prune, GC and delete go around it) before the date,
+    nor shorten the lock. An S3 Object Lock bucket holds it against anyone; elsewhere Cairn does."""
+    if (until is None) == (for_ is None):
+        raise ValueError("give either --until DATE or --for DURATION")
+    when = datetime.now(UTC) + parse_duration(for_) if for_ else datetime.fromisoformat(until or "")
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    locked = lock_backup(open_store(store), backup, when)
+    out.print(f"backup {backup} is locked until {locked:%Y-%m-%d %H:%M:%S} UTC", highlight=False)
