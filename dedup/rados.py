@@ -452,8 +452,10 @@ class RadosBackend:
                 f"was lost; free space (cairn store prune, then gc), raise the quota (ceph osd pool "
                 f"set-quota {pool} max_bytes N) or add capacity, then run again")
         if isinstance(e, rados.PermissionDeniedError | rados.PermissionError):
-            return StoreUnreachableError(f"store {self.location}: cannot {doing}: the cluster refused ({e}); "
-                                         f"the client's caps must allow rw on pool {pool}")
+            return StoreUnreachableError(
+                f"store {self.location}: cannot {doing}: the cluster refused ({e}); the client's caps must allow "
+                f"rwx on pool {pool} (x for the object locks): ceph auth caps client.NAME mon 'allow r' "
+                f"osd 'allow rwx pool={pool}'")
         if isinstance(e, rados.TimedOut | rados.InterruptedOrTimeoutError | rados.ConnectionShutdown):
             return StoreUnreachableError(f"store {self.location}: cannot {doing}: Ceph did not answer in time "
                                          f"({e}); check the cluster (ceph -s) and the network, then run again")

@@ -1,8 +1,8 @@
 """A real one-node Ceph for the tests of the RADOS and S3 stores and of restores into RBD.
 
 `ceph_cluster` (session scope, registered in conftest) starts one monitor, one OSD on memstore
-(its data lives in the OSD's RAM: nothing to format, about 2x the data stored in RSS) and one
-manager, all from Debian's packages, under a pytest temp directory with its own ceph.conf:
+(its data lives in the OSD's RAM: nothing to format, about 2x the data stored in RSS; the bench
+uses bluestore on a sparse file instead) and one manager, all from Debian's packages, under a pytest temp directory with its own ceph.conf:
 nothing goes to /etc/ceph, /var/lib/ceph, systemd or a block device. It is started by the first
 test that asks for it, about 4 s here, and stopped (by the PIDs it started, then the directory
 removed) when the session ends. `ceph_s3` adds radosgw to the same cluster on first use (about
@@ -56,6 +56,9 @@ class CephCluster:
     dir: Path
     conf: Path
     mon_port: int
+    # memstore for the tests (nothing to format, data in RAM); bluestore on a sparse file in dir
+    # for the bench, whose data must reach a disk as a local store's does
+    objectstore: str = "memstore"
     processes: dict[str, subprocess.Popen] = field(default_factory=dict)
     s3_endpoint: str | None = None
     _admin: Any = None   # a connected rados.Rados, for mon commands
@@ -235,8 +238,12 @@ admin socket = {d}/run/$cluster-$name.asok
 osd data = {d}/osd.$id
 log file = {d}/log/$name.log
 admin socket = {d}/run/$cluster-$name.asok
-osd objectstore = memstore
+osd objectstore = {self.objectstore}
 memstore device bytes = {4 << 30}
+bluestore block create = true
+bluestore block size = {20 << 30}
+bluestore block db create = false
+bluestore block wal create = false
 osd memory target = {1 << 30}
 
 [client]

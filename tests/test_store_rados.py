@@ -163,6 +163,16 @@ def test_rados_faults_say_what_to_do(ceph_cluster, tmp_path):
     keyring.write_text("[client.admin]\n\tkey = AQBn4ZZlAAAAABAAq2h0MAeyKZ3lODb1YHVAnA==\n")
     with pytest.raises(StoreUnreachableError, match="refused client.admin.*keyring"):
         open_backend(f"rados://{ceph_cluster.store_pool}/x?conf={conf}&keyring={keyring}")
+    # A key that may read and write but not call object classes: its store works until it needs a lock.
+    pool = ceph_cluster.store_pool
+    (entity,) = ceph_cluster.mon_command("auth get-or-create", entity="client.cairn-rw",
+                                         caps=["mon", "allow r", "osd", f"allow rw pool={pool}"])
+    keyring.write_text(f"[client.cairn-rw]\n\tkey = {entity['key']}\n")
+    store = Store.init(f"rados://{pool}/rw-only?conf={conf}&id=cairn-rw&keyring={keyring}",
+                       block_size=BLOCK, pack_size=PACK)
+    with pytest.raises(StoreUnreachableError, match=f"caps must allow rwx on pool {pool}.*osd 'allow rwx"):
+        backup_image(store, "web1", {"vda": disk_image("r", seed=1)})
+    store.close()
     # An unreachable cluster: the monitors' address answers nothing; the timeout bounds the wait.
     dead = tmp_path / "dead.conf"
     dead.write_text(conf.read_text().replace(f":{ceph_cluster.mon_port}", ":1"))
