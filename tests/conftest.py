@@ -15,11 +15,11 @@ from contextlib import suppress
 from pathlib import Path
 
 import pytest
+from ceph_cluster import ceph_cluster, ceph_s3  # noqa: F401  (Ceph for the RADOS, S3 and RBD tests)
 from fastapi.testclient import TestClient
 from guest.build import GuestImage, build_guest
 from guest.harness import BOOT_TIMEOUT, GuestVM, MiB
 from sshd_server import sshd_server  # noqa: F401  (a fixture shared by remote-access tests)
-from ceph_cluster import ceph_cluster, ceph_s3  # noqa: F401  (Ceph for the RADOS, S3 and RBD tests)
 
 from appliance.access.roles import Role
 from appliance.api.app import create_app
