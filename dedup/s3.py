@@ -72,7 +72,7 @@ _LIFECYCLE_DAYS = 1
 _FULL = {"QuotaExceeded", "InsufficientStorage", "XMinioStorageFull", "EntityTooLarge"}
 _REFUSED = {"AccessDenied", "403", "InvalidAccessKeyId", "SignatureDoesNotMatch", "AllAccessDisabled",
             "InvalidToken", "ExpiredToken"}
-_MISSING = {"NoSuchKey", "404", "NotFound"}
+_MISSING = {"NoSuchKey", "404", "NotFound", "NoSuchBucket"}  # a missing bucket holds no file
 
 
 def _boto3() -> Any:
@@ -124,7 +124,7 @@ class S3Backend:
         try:
             client.head_bucket(Bucket=bucket)
         except ClientError as e:
-            if _code(e) not in _MISSING and _code(e) != "NoSuchBucket":
+            if _code(e) not in _MISSING:
                 backend.close()
                 raise backend.translate(e, "open the bucket") from None
             # A missing bucket is an empty store: init creates it.
@@ -373,7 +373,7 @@ class S3Backend:
         try:
             self._s3.head_bucket(Bucket=self._bucket)
         except self._client_error() as e:
-            if _code(e) in _MISSING or _code(e) == "NoSuchBucket":
+            if _code(e) in _MISSING:
                 return False
             raise
         return True

@@ -25,6 +25,7 @@ from store_helpers import (
 )
 
 from dedup import (
+    NotAStoreError,
     RetentionPolicy,
     Store,
     StoreBusyError,
@@ -135,6 +136,8 @@ def test_s3_faults_say_what_to_do(ceph_s3, s3_url, monkeypatch):
                 "s3://user:pw@b/x", "s3://b/x?lock=governance"]:
         with pytest.raises(StoreLocationError):
             open_backend(bad)
+    with pytest.raises(NotAStoreError, match="has no config.json"):
+        Store.open(s3_url)   # no such bucket yet
     Store.init(s3_url, block_size=BLOCK, pack_size=PACK).close()
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-the-secret")
     with pytest.raises(StoreUnreachableError, match="refused the credentials.*AWS_SECRET_ACCESS_KEY"):
