@@ -111,6 +111,9 @@ class RadosBackend:
         self._objects: OrderedDict[str, tuple[str, int]] = OrderedDict()  # path -> (data object, size)
         self._objects_lock = threading.Lock()
         self._locks: set[RadosLock] = set()  # held, with a heartbeat using the connection
+        # Calls in progress: close() waits for them, as librados frees what they use.
+        self._users = 0
+        self._idle = threading.Condition()
 
     @classmethod
     def connect(cls, pool: str, namespace: str, options: RadosOptions) -> RadosBackend:
@@ -274,12 +277,16 @@ class RadosBackend:
         return lock
 
     def close(self) -> None:
-        """Disconnect. Locks still held are left to expire, as if this process had died."""
-        if self.closed:
-            return
-        self.closed = True
+        """Disconnect, once the calls in progress (other threads') are done; later calls fail with
+        StoreError. Locks still held are left to expire, as if this process had died."""
+        with self._idle:
+            if self.closed:
+                return
+            self.closed = True
+            self._idle.wait_for(lambda: self._users == 0)
         for lock in list(self._locks):
             lock.stop_heartbeat()
+        self._io.aio_flush()  # writes a writer left in flight
         self._io.close()
         self._cluster.shutdown()
 
@@ -404,25 +411,25 @@ class RadosBackend:
         """One atomic operation on a directory: for each (key, expected, new), the key must hold
         `expected` ("" = absent), then it is set to `new` (None = removed). _Changed if not."""
         rados = self._rados
-        op = self._io.create_write_op()
-        try:
-            for key, expected, _ in changes:
-                op.omap_cmp(key, expected, rados.LIBRADOS_CMPXATTR_OP_EQ)
-            sets = [(key, new.encode()) for key, _, new in changes if new is not None]
-            removals = [key for key, _, new in changes if new is None]
-            if sets:
-                self._io.set_omap(op, tuple(k for k, _ in sets), tuple(v for _, v in sets))
-            if removals:
-                self._io.remove_omap_keys(op, tuple(removals))
-            with self._errors(f"update directory {directory or 'of the store'}"):
+        with self._errors(f"update directory {directory or 'of the store'}"):
+            op = self._io.create_write_op()
+            try:
+                for key, expected, _ in changes:
+                    op.omap_cmp(key, expected, rados.LIBRADOS_CMPXATTR_OP_EQ)
+                sets = [(key, new.encode()) for key, _, new in changes if new is not None]
+                removals = [key for key, _, new in changes if new is None]
+                if sets:
+                    self._io.set_omap(op, tuple(k for k, _ in sets), tuple(v for _, v in sets))
+                if removals:
+                    self._io.remove_omap_keys(op, tuple(removals))
                 try:
                     self._io.operate_write_op(op, _DIR + directory)
                 except rados.OSError as e:
                     if e.errno == errno.ECANCELED:
                         raise _Changed() from None
                     raise
-        finally:
-            self._io.release_write_op(op)
+            finally:
+                self._io.release_write_op(op)
 
     def _remove_object(self, obj: str) -> None:
         with self._errors(f"remove {obj}"):
@@ -433,14 +440,23 @@ class RadosBackend:
 
     @contextmanager
     def _errors(self, doing: str) -> Iterator[None]:
-        """librados' errors as the store's, saying what to do; ObjectNotFound is left to the caller."""
+        """Every librados call runs in here: librados' errors become the store's, saying what to
+        do (ObjectNotFound is left to the caller), and close() waits for the call to end."""
         rados = self._rados
+        with self._idle:
+            if self.closed:
+                raise StoreError(f"store {self.location} is closed: cannot {doing}")
+            self._users += 1
         try:
             yield
         except (rados.ObjectNotFound, _Changed):
             raise
         except rados.Error as e:
             raise self.translate(e, doing) from None
+        finally:
+            with self._idle:
+                self._users -= 1
+                self._idle.notify_all()
 
     def translate(self, e: Exception, doing: str) -> StoreError:
         rados = self._rados
@@ -497,11 +513,12 @@ class _ObjectWriter:
         return {"o": self._obj, "s": self._offset}
 
     def abandon(self) -> None:
+        """Drop what was written; the first error stays the one reported (GC sweeps what remains)."""
         try:
             self._wait(0)
+            self._backend._remove_object(self._obj)
         except StoreError:
             pass
-        self._backend._remove_object(self._obj)
 
     def _submit(self) -> None:
         self._wait(IN_FLIGHT - 1)
@@ -513,12 +530,12 @@ class _ObjectWriter:
 
     def _wait(self, keep: int) -> None:
         while len(self._pending) > keep:
-            completion = self._pending.pop(0)
-            completion.wait_for_complete()
-            result = completion.get_return_value()
-            if result < 0:
-                error = self._backend._rados.OSError(f"failed to write {self._obj}", errno=-result)
-                raise self._backend.translate(error, f"write {self._obj}")
+            with self._backend._errors(f"write {self._obj}"):
+                completion = self._pending.pop(0)
+                completion.wait_for_complete()
+                result = completion.get_return_value()
+                if result < 0:
+                    raise self._backend._rados.OSError(f"failed to write {self._obj}", errno=-result)
 
 
 class RadosLock:

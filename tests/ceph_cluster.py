@@ -152,20 +152,29 @@ class CephCluster:
         self._wait("mgr available", lambda: self.mon_command("mgr stat")["available"])
 
     def start_rgw(self) -> None:
-        port = _free_port()
-        with self.conf.open("a") as f:
-            f.write(f"\n[client.rgw.0]\nrgw data = {self.dir}/rgw.0\nlog file = {self.dir}/log/$name.log\n"
-                    f"admin socket = {self.dir}/run/$cluster-$name.asok\n"
-                    # without tcp_nodelay a small request waits out a delayed ACK: 40 ms, not 5
-                    f"rgw frontends = beast endpoint=127.0.0.1:{port} tcp_nodelay=1\nrgw thread pool size = 32\n"
-                    # quotas are checked against usage cached this long (default 600 s)
-                    "rgw enable usage log = false\nrgw bucket quota ttl = 0\nrgw user quota bucket sync interval = 0\n")
+        """Start radosgw: the first time on a free port with an S3 user, later (restart_rgw) as it was."""
+        first = self.s3_endpoint is None
+        if first:
+            port = _free_port()
+            with self.conf.open("a") as f:
+                f.write(f"\n[client.rgw.0]\nrgw data = {self.dir}/rgw.0\nlog file = {self.dir}/log/$name.log\n"
+                        f"admin socket = {self.dir}/run/$cluster-$name.asok\n"
+                        # without tcp_nodelay a small request waits out a delayed ACK: 40 ms, not 5
+                        f"rgw frontends = beast endpoint=127.0.0.1:{port} tcp_nodelay=1\nrgw thread pool size = 32\n"
+                        # quotas are checked against usage cached this long (default 600 s)
+                        "rgw enable usage log = false\nrgw bucket quota ttl = 0\n"
+                        "rgw user quota bucket sync interval = 0\n")
+            self.s3_endpoint = f"http://127.0.0.1:{port}"
+        endpoint = self.s3_endpoint
         self._launch("rgw.0", "radosgw", "-n", "client.rgw.0")
-        endpoint = f"http://127.0.0.1:{port}"
         self._wait("radosgw answering", lambda: _http_answers(endpoint))
-        self.cli("radosgw-admin", "user", "create", "--uid=cairn", "--display-name=cairn",
-                 f"--access-key={S3_ACCESS_KEY}", f"--secret-key={S3_SECRET_KEY}")
-        self.s3_endpoint = endpoint
+        if first:
+            self.cli("radosgw-admin", "user", "create", "--uid=cairn", "--display-name=cairn",
+                     f"--access-key={S3_ACCESS_KEY}", f"--secret-key={S3_SECRET_KEY}")
+
+    def stop_rgw(self) -> None:
+        """The S3 endpoint goes away (a gateway down, a network cut); start_rgw brings it back."""
+        self._stop_daemon("rgw.0")
 
     def stop(self) -> None:
         """Stop what this fixture started, gateway first and monitor last; then remove the directory."""
@@ -173,16 +182,19 @@ class CephCluster:
             self._admin.shutdown()
             self._admin = None
         for name in ("rgw.0", "mgr.x", "osd.0", "mon.a"):
-            process = self.processes.pop(name, None)
-            if process is None or process.poll() is not None:
-                continue
-            process.terminate()
-            try:
-                process.wait(10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+            self._stop_daemon(name)
         shutil.rmtree(self.dir, ignore_errors=True)
+
+    def _stop_daemon(self, name: str) -> None:
+        process = self.processes.pop(name, None)
+        if process is None or process.poll() is not None:
+            return
+        process.terminate()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
     def daemon_log(self, lines: int = 20) -> str:
         tails = []
@@ -365,6 +377,6 @@ def ceph_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CephClust
 @pytest.fixture(scope="session")
 def ceph_s3(ceph_cluster: CephCluster) -> CephCluster:
     """The same cluster with radosgw answering S3 on 127.0.0.1."""
-    if ceph_cluster.s3_endpoint is None:
+    if "rgw.0" not in ceph_cluster.processes:
         ceph_cluster.start_rgw()
     return ceph_cluster

@@ -25,6 +25,7 @@ from store_helpers import (
 )
 
 from dedup import (
+    ChunkWriteError,
     NotAStoreError,
     RetentionPolicy,
     Store,
@@ -149,6 +150,31 @@ def test_s3_faults_say_what_to_do(ceph_s3, s3_url, monkeypatch):
     with pytest.raises(StoreUnreachableError, match="does not answer"):
         Store.open(s3_url.replace(ceph_s3.s3_endpoint, "http://127.0.0.1:1"))
     assert time.monotonic() - started < 15
+
+
+def test_a_gateway_lost_mid_backup_fails_it_clearly_loses_nothing_and_the_next_run_succeeds(ceph_s3, s3_url):
+    store = Store.init(s3_url, block_size=BLOCK, pack_size=PACK)
+    first = disk_image("rrr", seed=50)
+    kept = backup_image(store, "web1", {"vda": first})
+    data = disk_image("rrrrrr", seed=51)
+    try:
+        # From the worker that met it (ChunkWriteError), the pack being closed or the abort that
+        # cannot clean up (StoreUnreachableError): the message says what happened and what to do.
+        with pytest.raises((ChunkWriteError, StoreUnreachableError), match="does not answer.*run again"), \
+                store.begin_backup("web1") as session:
+            writer = session.disk("vda", len(data))
+            writer.put(0, data[:3 * MiB])
+            session._pipeline.drain()
+            ceph_s3.stop_rgw()
+            writer.put(3 * MiB, data[3 * MiB:])
+            session.commit()
+    finally:
+        ceph_s3.start_rgw()
+    assert [m.backup_id for m in store.list_backups()] == [kept.backup_id]
+    assert read_back(store, kept, "vda") == first
+    latest = backup_image(store, "web1", {"vda": data})
+    assert read_back(store, latest, "vda") == data and verify_store(store).ok
+    store.close()
 
 
 def test_a_full_bucket_fails_the_backup_clearly_loses_nothing_and_the_next_run_succeeds(ceph_s3, s3_url):
