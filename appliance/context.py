@@ -17,6 +17,7 @@ if TYPE_CHECKING:
 
     from appliance.access.audit import AuditLog
     from appliance.access.auth import AuthService
+    from appliance.access.host_paths import HostPaths
     from appliance.access.secrets import SecretBox
     from appliance.access.users import UserService
     from appliance.backups.service import BackupService
@@ -95,6 +96,13 @@ class Appliance:
         from appliance.vms.service import VMService
 
         return VMService(self.settings, self.catalog, self.driver)
+
+    @cached_property
+    def host_paths(self) -> HostPaths:
+        """The check of every host path a request names (admins only, outside the data dir)."""
+        from appliance.access.host_paths import HostPaths
+
+        return HostPaths(self.settings.data_dir)
 
     @cached_property
     def hosts(self) -> HostService:

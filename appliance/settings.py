@@ -10,7 +10,15 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:   # the store's package is imported when a store is opened, not by every command
     from dedup import SshOptions, Store
 
+from .units import parse_size
+
 DEFAULT_DATA_DIR = Path("/var/lib/cairn")
+# What Cairn writes is for its own user alone: files 0600, folders 0700. Every entry point sets
+# it first (the `cairn` command's callback), so the processes it starts (QEMU, qemu-img, nbdkit,
+# SQLite) inherit it; files holding secrets or VM data also get their mode explicitly.
+UMASK = 0o077
+PRIVATE_DIR = 0o700
+DEFAULT_MAX_UPLOAD = 1 << 40   # 1 TiB
 
 
 @dataclass(frozen=True)
@@ -44,6 +52,8 @@ class Settings:
     # The catalog's SQLAlchemy URL when not the data dir's SQLite file ($CAIRN_CATALOG_URL).
     catalog: str | None = None
     session_ttl: timedelta = timedelta(hours=12)
+    # The largest image upload taken ($CAIRN_MAX_UPLOAD, e.g. "200G"); larger ones are 413.
+    max_upload: int = DEFAULT_MAX_UPLOAD
 
     @classmethod
     def resolve(cls, data_dir: Path | str | None = None, catalog: str | None = None) -> Settings:
@@ -51,7 +61,9 @@ class Settings:
         chosen = data_dir or os.environ.get("CAIRN_DATA_DIR")
         if not chosen:
             chosen = DEFAULT_DATA_DIR if os.geteuid() == 0 else Path.home() / ".local/share/cairn"
-        return cls(Path(chosen).expanduser().resolve(), catalog or os.environ.get("CAIRN_CATALOG_URL") or None)
+        max_upload = os.environ.get("CAIRN_MAX_UPLOAD")
+        return cls(Path(chosen).expanduser().resolve(), catalog or os.environ.get("CAIRN_CATALOG_URL") or None,
+                   max_upload=parse_size(max_upload) if max_upload else DEFAULT_MAX_UPLOAD)
 
     @property
     def catalog_url(self) -> str:
@@ -100,5 +112,9 @@ class Settings:
         return self.data_dir / "initial-admin-password"
 
     def ensure(self) -> None:
-        for d in (self.data_dir, self.images_dir, self.run_dir, self.scratch_dir):
-            d.mkdir(parents=True, exist_ok=True)
+        """The data dir and its folders, the data dir private (tightened if an older one was not)."""
+        self.data_dir.mkdir(mode=PRIVATE_DIR, parents=True, exist_ok=True)
+        if self.data_dir.stat().st_mode & 0o077:
+            self.data_dir.chmod(PRIVATE_DIR)
+        for d in (self.images_dir, self.run_dir, self.scratch_dir):
+            d.mkdir(mode=PRIVATE_DIR, exist_ok=True)

@@ -42,7 +42,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "bench")]
 
-from disk import BenchDisk, apply_change, bench_disk, scattered_change  # noqa: E402
+from disk import BenchDisk, apply_change, bench_disk, scattered_change
 
 MB = 1_000_000
 MiB = 1 << 20
@@ -199,9 +199,9 @@ class CairnLive(LiveTool):
 
     def __init__(self, *args) -> None:
         super().__init__(*args)
+        from appliance.backups.host import HostBackups
+        from appliance.backups.libvirt import LibvirtBackupService
         from appliance.context import Appliance
-        from appliance.host_backups import HostBackups
-        from appliance.libvirt_backups import LibvirtBackupService
         from dedup import Store
 
         # Short: the export's unix socket lives under the data dir's scratch directory.

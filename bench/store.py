@@ -27,7 +27,6 @@ import argparse
 import json
 import os
 import random
-import resource
 import shutil
 import subprocess
 import sys
@@ -41,9 +40,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "bench"), str(ROOT / "tests")]
 
-from disk import bench_disk  # noqa: E402
+from disk import bench_disk
 
-from dedup import BackupManifest, Store, collect_garbage, open_backend, verify_store  # noqa: E402
+from dedup import BackupManifest, Store, collect_garbage, open_backend, verify_store
 
 MB = 1_000_000
 MiB = 1 << 20
@@ -236,7 +235,7 @@ def _child_backup(store: Path, image: Path, since: str | None) -> dict:
 
 def one_backup(store_path: str, image: str, since: str) -> None:
     """The child's side of _child_backup: an offline backup of `image`, stats as JSON on stdout."""
-    from appliance.point_ingest import ingest_point
+    from appliance.backups.ingest import ingest_point
     from transports.offline import OfflineExport
     from transports.points import Checkpoint
 
@@ -264,7 +263,13 @@ def one_backup(store_path: str, image: str, since: str) -> None:
                       "bytes_read": stats.bytes_read, "bytes_stored": stats.bytes_stored,
                       "pages": stats.metadata_stored, "index": index, "manifest": manifest_bytes,
                       "metadata": stats.metadata_stored + index + manifest_bytes,
-                      "rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))
+                      "rss": _peak_rss()}))
+
+
+def _peak_rss() -> int:
+    """This process's peak resident set since its exec (ru_maxrss would count the forking parent's)."""
+    status = Path("/proc/self/status").read_text()
+    return int(status.split("VmHWM:")[1].split()[0]) * 1024
 
 
 def main() -> None:

@@ -9,6 +9,9 @@ that each leave those files holding the VM's latest data:
     revert  started  → overlays on the snapshot's layers created
             recorded → the tree and the VM point at them; the dropped layers are then removed
     delete  started  → disk by disk: merge, record the tree (the intent stays), remove the file
+    restore recorded → the VM points at disks restored from a backup, the tree is a new root on
+                       them; the old layers and memory states are then removed (written by the
+                       restore over a VM, appliance/restores/service.py, already recorded)
 
 A `started` create or revert is rolled back (only new files exist); a `recorded` one, and any
 delete, is finished: every merge step can be run again on a half-done state.
@@ -20,7 +23,7 @@ from typing import Any, Literal, Protocol
 
 from .tree import MergeKind, VMTree
 
-Operation = Literal["create", "revert", "delete"]
+Operation = Literal["create", "revert", "delete", "restore"]
 Phase = Literal["started", "recorded"]
 
 
@@ -34,7 +37,7 @@ class NewLayer:
 @dataclass
 class Intent:
     op: Operation
-    snapshot: str                                   # the snapshot's id
+    snapshot: str                                   # the snapshot's id (a restore: the backup's)
     phase: Phase = "started"
     layers: list[NewLayer] = field(default_factory=list)          # create, revert
     # delete: how each disk's layer goes, fixed when the delete began (sizes change on the way)
@@ -42,8 +45,12 @@ class Intent:
     rate_limit: int | None = None
     obsolete: list[str] = field(default_factory=list)  # files to remove once the tree is recorded
 
+    @property
+    def what(self) -> str:
+        return f"restore of backup {self.snapshot}" if self.op == "restore" else f"{self.op} of snapshot {self.snapshot}"
+
     def describe(self) -> str:
-        return f"{self.op} of snapshot {self.snapshot} ({self.phase})"
+        return f"{self.what} ({self.phase})"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -115,11 +115,14 @@ def finish_recorded(tree: VMTree, journal: Journal, intent: Intent) -> None:
 
 
 async def delete_snapshot(tree: VMTree, live: LiveChains | None, journal: Journal, snap: Snapshot, via: Via | None,
-                          rate_limit: int | None) -> list[Merge]:
+                          rate_limit: int | None, approve: Callable[[list[Merge]], None] | None = None) -> list[Merge]:
+    """`approve` sees the plan before anything is written, and may refuse it by raising."""
     nodes = [tree.nodes[n] for n in snap.nodes.values()]
     # plan_delete weighs the data each way would move: measure what it looks at.
     await asyncio.to_thread(measure, nodes + [c for n in nodes for c in tree.children(n)])
     merges = tree.plan_delete(snap, via)
+    if approve is not None:
+        approve(merges)
     intent = Intent("delete", snap.id, merges={m.disk: m.kind for m in merges}, rate_limit=rate_limit,
                     obsolete=[snap.memory] if snap.memory else [])
     journal.record(tree, intent)

@@ -39,7 +39,7 @@ async def recover(tree: VMTree, live: LiveChains | None, journal: Journal, inten
             if any(graph.root(layer.disk).file != layer.file for layer in intent.layers):
                 await live.switch(intent.layers)
         finish_recorded(tree, journal, intent)
-        notes.append(f"finished the {intent.op} of snapshot {intent.snapshot}")
+        notes.append(f"finished the {intent.what}")
     if live is not None and await live.resume_if_paused_by_us(paused_by_owner):
         notes.append("resumed the guest, which the interrupted commit had paused for its pivot")
     return notes

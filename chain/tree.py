@@ -66,6 +66,14 @@ class Merge:
     obsolete_file: str             # the file nobody needs once the merge is done
 
     @property
+    def touched_files(self) -> list[str]:
+        """The files the merge writes into or removes: a commit rewrites the node's file and
+        removes the child's; a pull writes each child's file and removes the node's."""
+        if self.kind == "commit":
+            return [self.node.file, self.children[0].file]
+        return [self.node.file, *(c.file for c in self.children)]
+
+    @property
     def moved_bytes(self) -> int:
         if self.kind == "commit":
             return self.children[0].size

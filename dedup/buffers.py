@@ -1,11 +1,12 @@
-"""Keep chunk-sized buffers warm.
+"""Keep block-sized buffers warm.
 
-glibc serves every allocation above its mmap threshold (at most 32 MiB) with a fresh
-mmap and unmaps it on free, so each 64 MiB chunk buffer is page-faulted in again:
-measured at about 30 ms per chunk in a VM, a third of a backup's time. Thread arenas
-cannot hold blocks that big either. With one arena, a high mmap threshold and a trim
-threshold that keeps a few chunks' worth of free heap, a freed chunk buffer is reused
-as it is. The setting is process-wide, so it is made once, before threads allocate.
+glibc serves an allocation above its mmap threshold with a fresh mmap and unmaps it on
+free, so such a buffer is page-faulted in again each time (measured at about 30 ms per
+64 MiB in a VM, when Cairn's chunks were that big; a restore's 16 MiB pack reads and the
+blocks and frames of every worker are the same story at a smaller scale). With one arena,
+a high mmap threshold and a trim threshold that keeps a few hundred MiB of free heap, a
+freed buffer is reused as it is. The setting is process-wide, so it is made once, before
+threads allocate.
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ _M_ARENA_MAX = -8
 
 
 @functools.cache
-def keep_chunk_buffers_warm() -> bool:
+def keep_buffers_warm() -> bool:
     """True if the allocator was tuned (glibc), False where it does not apply."""
     name = ctypes.util.find_library("c")
     mallopt = getattr(ctypes.CDLL(name), "mallopt", None) if name else None

@@ -34,7 +34,7 @@ from typing import Any, Self
 from .backend import Backend, join, write_file
 from .blockindex import INDEX_DIR
 from .blocks import BlockStore
-from .buffers import keep_chunk_buffers_warm
+from .buffers import keep_buffers_warm
 from .codec import BlockCodec, content_digest
 from .config import CONFIG_FILE, MAX_CHUNK_SIZE, StoreConfig
 from .crypto import AeadFailed, StoreKey, seal_key_file, unlock_key_file
@@ -138,7 +138,7 @@ class DiskMap:
 class Store:
     def __init__(self, backend: Backend, config: StoreConfig, key: StoreKey | None = None) -> None:
         """Use Store.init or Store.open; this only wires the parts together."""
-        keep_chunk_buffers_warm()
+        keep_buffers_warm()
         self.backend = backend
         self.config = config
         self._key = key

@@ -321,7 +321,7 @@ class DiskWriter:
         extents whose blocks the store lost, and what lies beyond the parent's disk."""
         if self._parent is None:
             return [(0, self.size)]
-        ranges = list(self._parent.lost)
+        ranges = [(o, min(n, self.size - o)) for o, n in self._parent.lost if o < self.size]
         if self.size > self._parent.reader.size:
             ranges.append((self._parent.reader.size, self.size - self._parent.reader.size))
         return ranges

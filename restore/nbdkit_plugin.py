@@ -111,7 +111,8 @@ def pread(_handle: int, buf: bytearray, offset: int, _flags: int) -> None:
             position = e.end
     except Exception as e:
         nbdkit.set_error(errno.EIO)
-        raise RuntimeError(f"bytes {position}-{end - 1} of backup {_params['backup']} disk {_params['disk']}: {e}") from e
+        where = f"backup {_params['backup']} disk {_params['disk']}"
+        raise RuntimeError(f"bytes {position}-{end - 1} of {where}: {e}") from e
     if position < end:
         buf[position - offset:] = bytes(end - position)
 

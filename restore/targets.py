@@ -38,7 +38,8 @@ class RawFileTarget:
     """A new sparse raw image: truncated to size, data written with pwrite."""
 
     def __init__(self, path: Path, size: int) -> None:
-        self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
+        # 0600: a restored disk holds the guest's data, for the appliance's user alone.
+        self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         try:
             os.ftruncate(self._fd, size)
         except BaseException:
@@ -110,3 +111,4 @@ def create_qcow2(path: Path, size: int, backing_uri: str | None = None) -> None:
     result = subprocess.run(create, check=False, stdin=subprocess.DEVNULL, capture_output=True, text=True)
     if result.returncode != 0:
         raise TargetWriteError(f"qemu-img could not create {path}: {result.stderr.strip()}")
+    os.chmod(path, 0o600)   # the guest's data: for the appliance's user alone

@@ -11,6 +11,7 @@ import pytest
 from catalog_backends import catalog_url  # noqa: F401  (fixture)
 from conftest import TEST_PASSWORD
 from fastapi.testclient import TestClient
+from job_helpers import job_done
 from sqlalchemy import select, update
 
 from appliance.access.records import AuditRecord, SessionRecord, UserRecord
@@ -116,7 +117,7 @@ def test_roles(api_client: TestClient, operator_client: TestClient, viewer_clien
     # Everyone manages their own account.
     assert viewer_client.get("/api/v1/auth/me").json()["role"] == "viewer"
     assert viewer_client.post("/api/v1/tokens", json={"name": "grafana"}).status_code == 201
-    assert api_client.post("/api/v1/store/gc", json={"dry_run": True}).status_code == 200
+    assert job_done(api_client, api_client.post("/api/v1/store/gc", json={"dry_run": True}))["state"] == "succeeded"
 
 
 def test_users_resource(api_client: TestClient, anonymous: TestClient, appliance: Appliance):
@@ -124,7 +125,7 @@ def test_users_resource(api_client: TestClient, anonymous: TestClient, appliance
     assert r.status_code == 201 and r.json()["role"] == "operator" and "password" not in r.text
     assert api_client.post("/api/v1/users", json={"name": "alice", "password": "another-one"}).status_code == 409
     r = api_client.post("/api/v1/users", json={"name": "Bad Name", "password": "long-enough"})
-    assert r.status_code == 400 and "not valid" in r.json()["error"]["message"]
+    assert r.status_code == 400 and "invalid user name" in r.json()["error"]["message"]
     r = api_client.post("/api/v1/users", json={"name": "bob", "password": "short"})
     assert r.status_code == 400 and "at least 8" in r.json()["error"]["message"]
     assert api_client.post("/api/v1/users", json={"name": "bob", "password": "long-enough", "role": "god"}

@@ -115,26 +115,34 @@ def test_killed_qemu_loses_the_bitmap_and_the_next_backup_reads_in_full(applianc
     assert restores_to_image(appliance, after.backup_id, appliance.vms.spec("crashy").disks[0].path, tmp_path)
 
 
+# The backing-up process: at the copy's first progress report (a pause point: the export is up and
+# the copy far from done) it says so and waits to be killed.
+BACKUP_UNTIL_KILLED = """
+import asyncio, sys, threading
+from appliance.context import Appliance
+app = Appliance.open(sys.argv[1])
+def pause_mid_copy(disk, done, total):
+    if 0 < done < total:
+        print(disk, done, total, flush=True)
+        threading.Event().wait()
+asyncio.run(app.backups.create(app.vms.spec(sys.argv[2]), progress=pause_mid_copy))
+"""
+
+
 def test_backup_killed_midway_loses_nothing_and_the_next_one_repairs(appliance: Appliance, guest_kernel,
                                                                       tmp_path: Path):
     boot_guest_vm(appliance, guest_kernel, "victim", [512 * MiB])
     run(appliance.backups.create(appliance.vms.spec("victim")))
-    for n in range(6):                       # enough to read that the kill lands mid-way
+    for n in range(6):                       # what the next backup must see, the killed one read part of it
         run(write_pattern(appliance, "victim", "vda", 0x30 + n, (120 + 64 * n) * MiB, 48 * MiB))
 
-    env = {**os.environ, "CAIRN_DATA_DIR": str(appliance.settings.data_dir)}
-    cairn = str(Path(sys.executable).with_name("cairn"))
-    proc = subprocess.Popen([cairn, "backup", "create", "victim"], env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-
-    async def export_is_up() -> bool:
-        async with appliance.driver.session("victim") as s:
-            return bool(await s.execute("query-block-exports"))
-    while not run(export_is_up()):
-        assert proc.poll() is None, "the backup finished before it could be interrupted"
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    proc = subprocess.Popen([sys.executable, "-c", BACKUP_UNTIL_KILLED, str(appliance.settings.data_dir), "victim"],
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().startswith("vda"), "the backup never reported its copy"
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
 
     interrupted = [b for b in appliance.backups.list("victim") if b.status != "ok"]
     assert len(interrupted) == 1 and interrupted[0].status == "failed"

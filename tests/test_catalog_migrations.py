@@ -8,16 +8,14 @@ import sys
 from pathlib import Path
 
 import pytest
+from alembic import command
 from catalog_backends import catalog_url  # noqa: F401  (fixture)
 from sqlalchemy import create_engine, inspect, text
 
-from appliance.catalog.base import Base
 from appliance.catalog.engine import catalog_engine, newest_revision, open_catalog
-from appliance.catalog.migrate import BASELINE, current_revision, head_revision, migration_gaps
+from appliance.catalog.migrate import BASELINE, _config, current_revision, head_revision, migration_gaps
 from appliance.context import Appliance
 from appliance.errors import CatalogError
-
-BEFORE_MIGRATIONS = ("vms", "backups", "snapshot_trees")
 
 
 def test_models_and_migrations_agree(catalog_url: str | None):  # noqa: F811
@@ -46,8 +44,10 @@ def test_a_catalog_from_before_migrations_is_adopted(tmp_path: Path):
     """Catalogs made by create_all before alembic keep their rows and get the new tables."""
     url = f"sqlite:///{tmp_path / 'catalog.db'}"
     legacy = create_engine(url)
-    Base.metadata.create_all(legacy, tables=[Base.metadata.tables[t] for t in BEFORE_MIGRATIONS])
+    # Exactly the tables of then (the baseline revision's, not today's models), without alembic's mark.
     with legacy.begin() as conn:
+        command.upgrade(_config(conn), BASELINE)
+        conn.execute(text("DROP TABLE alembic_version"))
         conn.execute(text("INSERT INTO vms (name, spec, created_at) VALUES ('old', '{}', '2026-01-01 00:00:00')"))
     legacy.dispose()
 

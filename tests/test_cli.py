@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from backup_helpers import allocated_bytes, same_content
 from restore_helpers import backup_file, boot_sector, same_image
+from store_helpers import block_ids, block_pack, flip_byte
 
 from dedup import Store
 
@@ -107,16 +108,15 @@ def test_restore_from_a_directory_that_is_not_a_store(cairn, tmp_path: Path):
     assert sorted(p.name for p in notastore.iterdir()) == ["file.txt"]
 
 
-def test_corrupted_chunk_is_named_and_target_not_left_complete(cairn, data_dir: Path, tmp_path: Path):
+def test_corrupted_block_is_named_and_target_not_left_complete(cairn, data_dir: Path, tmp_path: Path):
     backup, _ = backed_up_vm(cairn, "rot", "64M", [(0x42, 5 * MiB, 2 * MiB)])
-    chunk = next(p for p in (data_dir / "store" / "chunks").rglob("*") if p.is_file())
-    data = bytearray(chunk.read_bytes())
-    data[len(data) // 2] ^= 0xFF
-    chunk.write_bytes(bytes(data))
+    store = Store.open(data_dir / "store")
+    block = block_ids(store, store.get_backup(backup), "vda")[0]
+    flip_byte(block_pack(store, block), offset=store.blocks.locate(block)[1].offset + 10)
     target = tmp_path / "restored.raw"
     proc = cairn("restore", "disk", backup, "--to", str(target), ok=False)
     assert proc.returncode == 1
-    assert chunk.name in proc.stderr and backup in proc.stderr
+    assert block.hex() in proc.stderr and backup in proc.stderr
     assert not target.exists()
     assert [p.name for p in tmp_path.iterdir() if "restored" in p.name] == []
 

@@ -21,11 +21,12 @@ from backup_helpers import (
 )
 from fastapi.testclient import TestClient
 
-from appliance.backups.options import BackupOptions
 from appliance.backups.records import BackupRecord
 from appliance.context import Appliance
-from appliance.jobs.kinds import backup_steps, vm_resource
-from appliance.jobs.plan import JobPlan, Step, StepContext
+from appliance.jobs.kinds.backup import backup_steps
+from appliance.jobs.params import BackupParams
+from appliance.jobs.plan import JobKind, JobPlan, Step, StepContext
+from appliance.jobs.resources import vm_resource
 from restore import restore_disk
 
 JOB_TIMEOUT = 240   # TCG guests on a shared 2-core machine
@@ -94,9 +95,8 @@ def test_a_failing_later_step_undoes_the_backup(appliance: Appliance, guest_kern
 
     async def explode(_: StepContext) -> None:
         raise RuntimeError("the step after the copy failed")
-    appliance.jobs.kinds["backup-then-fail"] = lambda p: JobPlan(vm_resource(p["vm"]),
-                                                                 [*backup_steps(appliance, p["vm"], False, BackupOptions()),
-                                                                  Step("explode", explode)])
+    appliance.jobs.kinds["backup-then-fail"] = JobKind(BackupParams, lambda p: JobPlan(
+        vm_resource(p.vm), [*backup_steps(appliance, p.vm, p.full, p.options()), Step("explode", explode)]))
     job = appliance.jobs.wait(appliance.jobs.submit("backup-then-fail", {"vm": "undo"}).id, JOB_TIMEOUT)
     assert job.state == "failed" and "the step after the copy failed" in job.error
     assert [s["state"] for s in job.steps] == ["undone", "undone", "done", "failed"]
@@ -129,10 +129,19 @@ def test_cancel_mid_copy_leaves_nothing_and_the_next_backup_works(appliance: App
     backup_restores_exactly(appliance, "cancelme", tmp_path)
 
 
-# The appliance process: submits the backup job and runs it, until it is killed.
+# The appliance process: submits the backup job and runs it; at the copy's first progress report
+# (a pause point: the copy is under way and far from done) it says so and waits to be killed.
 RUN_ONE_JOB = """
-import sys
+import sys, threading
 from appliance.context import Appliance
+from appliance.jobs.plan import StepContext
+progress = StepContext.progress
+def pause_mid_copy(self, fraction):
+    if 0 < fraction < 1:
+        print("copying", fraction, flush=True)
+        threading.Event().wait()
+    progress(self, fraction)
+StepContext.progress = pause_mid_copy
 jobs = Appliance.open(sys.argv[1]).jobs
 job = jobs.submit("backup", {"vm": sys.argv[2]})
 print(job.id, flush=True)
@@ -145,19 +154,15 @@ def test_appliance_killed_mid_backup_job_is_rolled_back_on_restart(appliance: Ap
                                                                     guest_kernel, tmp_path: Path):
     boot_guest_vm(appliance, guest_kernel, "killed", [512 * MiB])
     first = backup_restores_exactly(appliance, "killed", tmp_path)
-    for n in range(6):   # enough to read that the kill lands mid-copy
+    for n in range(6):   # what the next backup must see, though the killed one read part of it
         run(write_pattern(appliance, "killed", "vda", 0x30 + n, (120 + 64 * n) * MiB, 48 * MiB))
 
     proc = subprocess.Popen([sys.executable, "-c", RUN_ONE_JOB, str(appliance.settings.data_dir), "killed"],
                             stdout=subprocess.PIPE, text=True)
     try:
         job_id = proc.stdout.readline().strip()
-
-        async def export_is_up() -> bool:
-            async with appliance.driver.session("killed") as s:
-                return bool(await s.execute("query-block-exports"))
-        _until(lambda: run(export_is_up()), interval=0.01)
-        assert appliance.jobs.get(job_id).state == "running", "the job ended before it could be interrupted"
+        assert proc.stdout.readline().startswith("copying"), "the job never reported its copy"
+        assert appliance.jobs.get(job_id).state == "running"
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait()

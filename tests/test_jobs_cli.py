@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -60,3 +62,29 @@ def test_job_commands(cairn, appliance: Appliance):
     assert "already succeeded" in cairn("job", "cancel", job.id, code=1).stderr
     assert "no job nope" in cairn("job", "show", "nope", code=1).stderr
     assert "cannot filter 'colour'" in cairn("job", "list", "--filter", "colour:eq:red", code=1).stderr
+
+
+def test_a_command_runs_its_work_as_a_job_and_ctrl_c_cancels_it(cairn, appliance: Appliance):
+    """`cairn backup create` is a job like the API's (listed, same steps, `--json` its result); Ctrl-C
+    cancels it, and its steps are undone before the command ends."""
+    spec = appliance.vms.create("big", [512 << 20])
+    subprocess.run(["qemu-io", "-f", "qcow2", "-c", f"write -P 0x3c 0 {448 << 20}", spec.disks[0].path],
+                   check=True, capture_output=True)
+    done = json.loads(cairn("backup", "create", "big", "--json").stdout)
+    (listed,) = json.loads(cairn("job", "list", "--json", "--filter", "kind:eq:backup").stdout)
+    assert listed["state"] == "succeeded" and listed["result"] == done and listed["resource"] == "vm:big"
+
+    env = {**os.environ, "CAIRN_DATA_DIR": str(appliance.settings.data_dir)}
+    proc = subprocess.Popen([CAIRN, "backup", "create", "big", "--full"], env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while not any(j.state == "running" and j.progress > 0.06 for j in appliance.jobs.active()):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, said = proc.communicate(timeout=120)
+    assert proc.returncode == 130, said
+    assert "cancelling job" in said and "cancelled" in said
+    job = appliance.jobs.get(json.loads(cairn("job", "list", "--json", "--limit", "1").stdout)[0]["id"])
+    assert job.state == "cancelled" and [s["state"] for s in job.steps] == ["undone", "undone", "pending"], job.steps
+    assert [b.id for b in appliance.backups.list("big")] == [done["backup_id"]], "nothing is left of it"

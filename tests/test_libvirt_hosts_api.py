@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from backup_helpers import same_content
+from job_helpers import job_result
 from libvirt_helpers import libvirt_guest, reference_copy
 from libvirtd_server import libvirtd  # noqa: F401  (fixture)
 
@@ -43,9 +44,8 @@ def test_host_api_and_cli_drive_and_back_up_a_domain(api_client, appliance, libv
         guest.dom.suspend()
         reference_copy(guest, tmp_path / "ref.raw")
         guest.dom.resume()
-        answer = api_client.post("/api/v1/hosts/kvm1/vms/apiguest/backups", json={"full": False})
-        assert answer.status_code == 201, answer.text
-        full = answer.json()
+        made = job_result(api_client, api_client.post("/api/v1/hosts/kvm1/vms/apiguest/backups", json={"full": False}))
+        full = api_client.get(f"/api/v1/backups/{made['backup_id']}").json()
         assert (full["vm_name"], full["kind"], full["status"]) == ("apiguest@kvm1", "full", "ok")
 
         done = cairn(appliance.settings.data_dir, "host", "backup", "kvm1", "apiguest")

@@ -24,7 +24,7 @@ from notification_receivers import (
     smtp_server,
     webhook,
 )
-from store_helpers import chunk_files, flip_byte
+from store_helpers import block_ids, block_pack, flip_byte
 
 from appliance.context import Appliance
 from appliance.notifications.notifier import Notifier
@@ -89,15 +89,17 @@ def test_three_alarms_reach_a_webhook_and_a_mailbox_once_then_resolve(appliance:
         assert run_job(appliance, "backup", {"vm": "nightly"}) == "succeeded"
         tick_until(notifier, both_have(2))
 
-        # 2. Verify finds a flipped byte in a chunk; the byte flipped back, the next verify finds none.
-        chunk = chunk_files(appliance.store)[0]
-        flip_byte(chunk, offset=10)
+        # 2. Verify finds a flipped byte in a block; the byte flipped back, the next verify finds none.
+        store = appliance.store
+        block = block_ids(store, store.get_backup(appliance.backups.list("nightly")[-1].id), "vda")[0]
+        pack, offset = block_pack(store, block), store.blocks.locate(block)[1].offset + 10
+        flip_byte(pack, offset=offset)
         assert run_job(appliance, "store.verify", {}) == "succeeded"
         tick_until(notifier, both_have(3))
         for _ in range(3):   # the damage lasts: no second message
             notifier.tick()
         assert len(hook.received) == 3
-        flip_byte(chunk, offset=10)
+        flip_byte(pack, offset=offset)
         assert run_job(appliance, "store.verify", {}) == "succeeded"
         tick_until(notifier, both_have(4))
 

@@ -182,5 +182,7 @@ def test_ssh_host_through_the_api(api_client, sshd_server):
     assert api_client.post(f"/api/v1/hosts/{HOST}/vms/ghost/backups").status_code == 404
     assert api_client.post(f"/api/v1/hosts/{HOST}/vms/ghost/stop").status_code == 404
     answer = api_client.post("/api/v1/hosts", json={**body, "name": "bad", "key_file": "/nonexistent/key"})
+    assert answer.status_code == 400 and "not a regular file" in answer.json()["error"]["message"]
+    answer = api_client.post("/api/v1/hosts", json={**body, "name": "bad", "key_file": str(sshd_server.known_hosts)})
     assert answer.status_code == 502 and "over SSH" in answer.json()["error"]["message"]
     assert [h["name"] for h in api_client.get("/api/v1/hosts").json()] == [HOST]

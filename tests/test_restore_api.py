@@ -4,6 +4,7 @@ from __future__ import annotations
 import subprocess
 
 from backup_helpers import CHUNK, MiB, run
+from job_helpers import job_done, job_result
 from restore_helpers import backup_file, same_image
 
 
@@ -18,10 +19,9 @@ def backed_up_vm(appliance, name: str = "web1") -> tuple[str, str]:
 def test_restore_disk_into_a_file(api_client, appliance, tmp_path):
     backup_id, disk = backed_up_vm(appliance)
     target = tmp_path / "vda.qcow2"
-    reply = api_client.post(f"/api/v1/backups/{backup_id}/disks/vda/restore",
-                            json={"target": str(target), "format": "qcow2", "verify": True})
-    assert reply.status_code == 200, reply.text
-    assert reply.json()["verified"] and same_image(disk, target)
+    reply = job_result(api_client, api_client.post(f"/api/v1/backups/{backup_id}/disks/vda/restore",
+                                                   json={"target": str(target), "format": "qcow2", "verify": True}))
+    assert reply["verified"] and same_image(disk, target)
     before = target.stat().st_mtime_ns
     again = api_client.post(f"/api/v1/backups/{backup_id}/disks/vda/restore", json={"target": str(target)})
     assert again.status_code == 409 and "already exists" in again.json()["error"]["message"]
@@ -29,23 +29,29 @@ def test_restore_disk_into_a_file(api_client, appliance, tmp_path):
     bad = api_client.post(f"/api/v1/backups/{backup_id}/disks/vda/restore",
                           json={"target": str(tmp_path / "x"), "format": "vmdk"})
     assert bad.status_code == 422 and not (tmp_path / "x").exists()
+    # A disk the backup does not have is the caller's mistake: 404, and no file made.
     missing = api_client.post(f"/api/v1/backups/{backup_id}/disks/vdz/restore", json={"target": str(tmp_path / "y")})
-    assert missing.status_code in (404, 500) and "vdz" in missing.json()["error"]["message"]
+    assert missing.status_code == 404 and missing.json()["error"]["code"] == "DiskNotFoundError", missing.text
+    assert "vdz" in missing.json()["error"]["message"] and not list(tmp_path.glob("*y*"))
+    # A refusal only the restore itself finds (the target's directory is a file): the job fails, nothing is made.
+    (tmp_path / "file").write_text("not a directory")
+    failed = job_done(api_client, api_client.post(f"/api/v1/backups/{backup_id}/disks/vda/restore",
+                                                  json={"target": str(tmp_path / "file" / "vda.raw")}))
+    assert failed["state"] == "failed" and "does not exist" in failed["error"]
 
 
 def test_restore_vm_as_new_and_over(api_client, appliance):
     backup_id, disk = backed_up_vm(appliance)
-    reply = api_client.post(f"/api/v1/backups/{backup_id}/restore", json={"mode": "new", "name": "web2"})
-    assert reply.status_code == 200, reply.text
-    assert same_image(disk, reply.json()["disks"]["vda"])
+    reply = job_result(api_client, api_client.post(f"/api/v1/backups/{backup_id}/restore",
+                                                   json={"mode": "new", "name": "web2"}))
+    assert same_image(disk, reply["disks"]["vda"])
     assert api_client.get("/api/v1/vms/web2").status_code == 200
     nameless = api_client.post(f"/api/v1/backups/{backup_id}/restore", json={"mode": "new"})
     assert nameless.status_code == 409 and "name" in nameless.json()["error"]["message"]
     subprocess.run(["qemu-io", "-f", "qcow2", "-c", "write -P 0x77 0 1M", disk], check=True, capture_output=True)
-    over = api_client.post(f"/api/v1/backups/{backup_id}/restore", json={"mode": "over"})
-    assert over.status_code == 200, over.text
-    restored = over.json()["disks"]["vda"]
-    assert restored != disk and same_image(restored, reply.json()["disks"]["vda"])
+    over = job_result(api_client, api_client.post(f"/api/v1/backups/{backup_id}/restore", json={"mode": "over"}))
+    restored = over["disks"]["vda"]
+    assert restored != disk and same_image(restored, reply["disks"]["vda"])
 
 
 def test_list_and_download_files(api_client, appliance, tmp_path):

@@ -1,16 +1,14 @@
 """Whole-VM restore in the appliance: as a new VM, and over the existing VM all or nothing."""
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 from backup_helpers import CHUNK, MiB, boot_guest_vm, run, wait_serial
 from restore_helpers import same_image
-from store_helpers import flip_byte
+from store_helpers import block_ids, block_pack, flip_byte
 
 from appliance.errors import ConflictError
 from restore import CorruptBackupError
@@ -72,12 +70,12 @@ def test_interrupted_restore_over_vm_leaves_old_disks(appliance, backed_up, tmp_
     spec = appliance.vms.spec("web1")
     before = {d.name: as_raw(d.path, tmp_path / f"before-{d.name}.raw") for d in spec.disks}
     folder_before = sorted((appliance.settings.images_dir / "web1").iterdir())
-    # Damage a chunk only vdb uses: vda restores completely, then vdb fails half-way.
-    manifest = appliance.store.get_backup(backup_id)
-    vda_chunks = {digest for _, digest in appliance.store.read_index(manifest, "vda").stored_chunks()}
-    vdb_index = appliance.store.read_index(manifest, "vdb")
-    bad = next(digest for _, digest in vdb_index.stored_chunks() if digest not in vda_chunks)
-    flip_byte(appliance.store.chunks.path(bad), offset=20)
+    # Damage a block only vdb uses: vda restores completely, then vdb fails half-way.
+    store = appliance.store
+    manifest = store.get_backup(backup_id)
+    vda_blocks = set(block_ids(store, manifest, "vda"))
+    bad = next(b for b in block_ids(store, manifest, "vdb") if b not in vda_blocks)
+    flip_byte(block_pack(store, bad), offset=store.blocks.locate(bad)[1].offset + 20)
     with pytest.raises(CorruptBackupError, match="disk vdb"):
         run(appliance.restores.over_vm(backup_id, "web1"))
     after = appliance.vms.spec("web1")
@@ -108,6 +106,20 @@ def test_restore_over_running_guest_stops_it_first(appliance, guest_kernel, tmp_
     wait_serial(appliance, "g1", "CAIRN: READY", timeout=180)
 
 
+# The restoring process: restores over the VM and, at the first progress report of vdb (a
+# pause point: vda is complete, vdb partly written), says so and waits there until it is killed.
+RESTORE_UNTIL_KILLED = """
+import asyncio, sys, threading
+from appliance.context import Appliance
+data_dir, backup_id, vm = sys.argv[1:]
+def pause_in_vdb(disk, done, total):
+    if disk == "vdb" and done > 0:
+        print(disk, done, total, flush=True)
+        threading.Event().wait()
+asyncio.run(Appliance.open(data_dir).restores.over_vm(backup_id, vm, progress=pause_in_vdb))
+"""
+
+
 def test_restore_over_vm_killed_half_way(appliance, appliance_data_dir, tmp_path):
     """The restoring process dies while the second disk is written: the VM keeps its old disks,
     and the next restore over it clears what the dead one left and succeeds."""
@@ -119,16 +131,15 @@ def test_restore_over_vm_killed_half_way(appliance, appliance_data_dir, tmp_path
     qemu_io(paths["vdb"], "write -P 0x99 0 1M")
     before = {name: as_raw(path, tmp_path / f"before-{name}.raw") for name, path in paths.items()}
     folder = appliance.settings.images_dir / "big"
-    cairn = str(Path(sys.executable).with_name("cairn"))
-    proc = subprocess.Popen([cairn, "restore", "vm", backup_id, "--over"],
-                            env={**os.environ, "CAIRN_DATA_DIR": str(appliance_data_dir)},
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 300
-    while not list(folder.glob(".vdb-restored-*.cairn-partial")):
-        assert proc.poll() is None and time.monotonic() < deadline, "the restore never reached vdb"
-        time.sleep(0.02)
-    proc.kill()
-    proc.wait()
+    proc = subprocess.Popen([sys.executable, "-c", RESTORE_UNTIL_KILLED, str(appliance_data_dir), backup_id, "big"],
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        disk, done, total = proc.stdout.readline().split()
+        assert disk == "vdb" and 0 < int(done) < int(total), "the restore never paused in vdb"
+        assert list(folder.glob(".vdb-restored-*.cairn-partial"))
+    finally:
+        proc.kill()
+        proc.wait()
     assert {d.name: d.path for d in appliance.vms.spec("big").disks} == paths
     for name, path in paths.items():
         assert same_image(before[name], path)

@@ -1,25 +1,30 @@
 """Crash safety of snapshot operations on real QEMU: QEMU SIGKILLed, or the appliance process
-killed, in the middle of a rate-limited block-commit or block-stream, or after any step of an
-operation. The intent record makes the next operation finish or roll back what was begun, the
-tree then matches the disks, and every byte the guest wrote is still there."""
+killed, in the middle of a block-commit or block-stream (paused there by the test, so the kill
+lands mid-copy every time), or after any step of an operation. The intent record makes the next
+operation finish or roll back what was begun, the tree then matches the disks, every byte the
+guest wrote is still there, and the next backup is of the kind the checkpoint ledger implies and
+restores to the disks byte for byte."""
 from __future__ import annotations
 
+import json
 import os
+import queue
 import signal
 import subprocess
 import sys
 import threading
-import time
 import traceback
 from pathlib import Path
 
 import pytest
 from backup_helpers import MiB, root_node, run
-from snapshot_helpers import has_pattern, qemu_io_write
+from restore_helpers import same_image
+from snapshot_helpers import block_jobs_paused_midway, has_pattern, qemu_io_write
 
 from appliance.context import Appliance
 from appliance.errors import ConflictError
 from appliance.snapshots.service import CatalogJournal
+from restore import restore_disk
 
 BASE = (0xA1, 0, 16 * MiB)         # vda, before the snapshot: what a pull moves up
 # vda, after it: what a commit moves down. The mirror job behind an active commit copies its
@@ -27,12 +32,10 @@ BASE = (0xA1, 0, 16 * MiB)         # vda, before the snapshot: what a pull moves
 TOP = (0xB2, 16 * MiB, 40 * MiB)
 SMALL = (0xC3, 0, 1 * MiB)         # vdb, after the snapshot
 RATE = 4 * MiB                     # bytes per second: a merge of vda takes seconds
-MOVED = {"commit": TOP[2], "pull": BASE[2]}
 
 
-def prepare(appliance: Appliance, vm: str) -> dict[str, str]:
-    """A running VM (no guest OS needed for block jobs) with data below and above snapshot s1;
-    returns the file of vda that deleting s1 writes into, by way of merge."""
+def prepare(appliance: Appliance, vm: str) -> None:
+    """A running VM (no guest OS needed for block jobs) with data below and above snapshot s1."""
     appliance.vms.create(vm, [64 * MiB, 16 * MiB])
     run(appliance.vms.start(vm))
     run(write_flushed(appliance, vm, "vda", *BASE))
@@ -40,8 +43,6 @@ def prepare(appliance: Appliance, vm: str) -> dict[str, str]:
     run(appliance.snapshots.create(vm, "s1"))
     run(write_flushed(appliance, vm, "vda", *TOP))
     run(write_flushed(appliance, vm, "vdb", *SMALL))
-    tree = appliance.snapshots.tree(vm)
-    return {"commit": tree.nodes[tree.snapshot("s1").nodes["vda"]].file, "pull": tree.active("vda").file}
 
 
 async def write_flushed(appliance: Appliance, vm: str, disk: str, pattern: int, offset: int, length: int) -> None:
@@ -53,21 +54,14 @@ async def write_flushed(appliance: Appliance, vm: str, disk: str, pattern: int, 
         await s.qemu_io(node, "flush")
 
 
-def wait_until_midway(target: str) -> int:
-    """Until the merge has copied a few MiB into `target`; returns its size before."""
-    start = allocated(target)
-    deadline = time.monotonic() + 60
-    while allocated(target) < start + 4 * MiB:
-        assert time.monotonic() < deadline, "the merge never got going"
-        time.sleep(0.05)
-    return start
+def assert_paused_mid_copy(job: dict) -> None:
+    assert job["status"] == "paused" and 0 < job["current-progress"] < job["total-progress"], job
 
 
-def allocated(path: str) -> int:
-    return os.stat(path).st_blocks * 512
-
-
-def assert_consistent_and_complete(appliance: Appliance, vm: str) -> None:
+def assert_consistent_and_complete(appliance: Appliance, vm: str, tmp_path: Path, qemu_died: bool) -> None:
+    """`qemu_died`: QEMU was SIGKILLed, so the checkpoint bitmaps it held were never written back
+    whole (they are marked in use in the images): the next backup reads every disk in full and
+    says so. Otherwise QEMU carried them through the merge and the next backup is incremental."""
     result = run(appliance.snapshots.check(vm))
     assert result.problems == [], result
     tree = appliance.snapshots.tree(vm)
@@ -79,29 +73,38 @@ def assert_consistent_and_complete(appliance: Appliance, vm: str) -> None:
     assert has_pattern(vdb, *SMALL)
     files = {str(p) for p in Path(vda).parent.iterdir()}
     assert files == {n.file for n in tree.nodes.values()}, "files left behind or missing"
-    # The next backup is right: incremental if the bitmaps survived, else full and saying why.
     after = run(appliance.backups.create(appliance.vms.spec(vm))).manifest
-    assert (after.kind == "full" and after.notes) or (after.kind == "incremental" and not after.notes), after
+    if qemu_died:
+        assert after.kind == "full", after
+        for disk in ("vda", "vdb"):
+            assert any(n.startswith(f"{disk}:") and "full read" in n for n in after.notes), after.notes
+    else:
+        assert after.kind == "incremental" and not after.notes, after
+    for disk in appliance.vms.spec(vm).disks:
+        out = tmp_path / f"{after.backup_id}-{disk.name}.raw"
+        restore_disk(appliance.store, after.backup_id, disk.name, out)
+        assert same_image(disk.path, out), disk
 
 
 @pytest.mark.parametrize(("via", "recover_while"), [("commit", "stopped"), ("commit", "running"),
                                                     ("pull", "stopped"), ("pull", "running")])
-def test_qemu_killed_during_a_merge(appliance: Appliance, via: str, recover_while: str):
-    target = prepare(appliance, "crash")[via]
+def test_qemu_killed_during_a_merge(appliance: Appliance, tmp_path: Path, via: str, recover_while: str):
+    prepare(appliance, "crash")
     failed: list[BaseException] = []
+    paused: queue.Queue[dict] = queue.Queue()
 
     def delete() -> None:
         try:
             run(appliance.snapshots.delete("crash", "s1", via=via, rate_limit=RATE))
         except BaseException as err:
             failed.append(err)
-    worker = threading.Thread(target=delete)
-    worker.start()
-    before = wait_until_midway(target)
-    os.kill(appliance.driver.status("crash").pid, signal.SIGKILL)
-    worker.join(60)
+    with block_jobs_paused_midway(paused.put):
+        worker = threading.Thread(target=delete)
+        worker.start()
+        assert_paused_mid_copy(paused.get(timeout=120))
+        os.kill(appliance.driver.status("crash").pid, signal.SIGKILL)
+        worker.join(60)
     assert failed, "the delete survived QEMU's death"
-    assert allocated(target) < before + MOVED[via], "the merge was not mid-way"
     assert appliance.snapshots.interrupted("crash").op == "delete"
 
     if recover_while == "stopped":
@@ -111,24 +114,37 @@ def test_qemu_killed_during_a_merge(appliance: Appliance, via: str, recover_whil
         run(appliance.vms.start("crash"))                              # QEMU opens the old chain
         notes = run(appliance.snapshots.check("crash")).recovered     # a new live job
     assert any("finished deleting" in n for n in notes), notes
-    assert_consistent_and_complete(appliance, "crash")
+    assert_consistent_and_complete(appliance, "crash", tmp_path, qemu_died=True)
 
 
-def test_appliance_killed_during_a_commit(appliance: Appliance, appliance_data_dir: Path):
-    base_file = prepare(appliance, "orphan")["commit"]
-    cairn = Path(sys.executable).with_name("cairn")
-    cli = subprocess.Popen([str(cairn), "snapshot", "delete", "orphan", "s1", "--via", "commit", "--rate-limit",
-                            str(RATE)], env={**os.environ, "CAIRN_DATA_DIR": str(appliance_data_dir)},
-                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    wait_until_midway(base_file)
-    cli.kill()
-    cli.wait()
+# The appliance process: deletes s1 by a commit that the pause point holds mid-copy, says so, and
+# waits there until it is killed.
+DELETE_UNTIL_KILLED = """
+import asyncio, json, sys
+sys.path.insert(0, sys.argv[1])
+from snapshot_helpers import block_jobs_paused_midway
+from appliance.context import Appliance
+data_dir, vm, rate = sys.argv[2:]
+with block_jobs_paused_midway(lambda job: print(json.dumps(job), flush=True)):
+    asyncio.run(Appliance.open(data_dir).snapshots.delete(vm, "s1", via="commit", rate_limit=int(rate)))
+"""
+
+
+def test_appliance_killed_during_a_commit(appliance: Appliance, appliance_data_dir: Path, tmp_path: Path):
+    prepare(appliance, "orphan")
+    cli = subprocess.Popen([sys.executable, "-c", DELETE_UNTIL_KILLED, str(Path(__file__).parent),
+                            str(appliance_data_dir), "orphan", str(RATE)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert_paused_mid_copy(json.loads(cli.stdout.readline()))
+    finally:
+        cli.kill()
+        cli.wait()
     assert appliance.snapshots.interrupted("orphan").op == "delete"
-    # QEMU still runs the orphaned job; the next operation cancels it and commits again.
+    # QEMU still has the orphaned job; the next operation cancels it and commits again.
     notes = run(appliance.snapshots.check("orphan")).recovered
     assert any("cancelled the block jobs cairn-commit-vda" in n for n in notes), notes
     assert run(appliance.driver.run_state("orphan")) == "running"
-    assert_consistent_and_complete(appliance, "orphan")
+    assert_consistent_and_complete(appliance, "orphan", tmp_path, qemu_died=False)
 
 
 def crash_after_step(data_dir: Path, op: str, vm: str, crash_at: int) -> int:

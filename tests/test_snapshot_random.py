@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -157,18 +158,42 @@ class Runner:
 
 
 def qemu_io_reads(expected: list[tuple[str, list[int]]]) -> int:
-    """Verify each file's slots in one qemu-io process; the number of mismatching runs."""
-    commands = []
+    """Verify each file's slots in one qemu-io process; the number of reads that did not verify.
+
+    qemu-io goes on after a command fails: a file that is missing or does not open (a layer of
+    its chain gone) gets "no file open" for each of its reads, on stderr, while the other files
+    verify. So every read must be confirmed: each prints "read N/N bytes" on success, and that
+    line follows a "Pattern verification failed" when the content is wrong."""
+    commands, reads = [], 0
     for file, slots in expected:
         commands += ["-c", f"open -r -U {file}"]
         start = 0
         for i in range(1, len(slots) + 1):
             if i == len(slots) or slots[i] != slots[start]:
                 commands += ["-c", f"read -P {slots[start]:#x} {start * SLOT} {(i - start) * SLOT}"]
+                reads += 1
                 start = i
         commands += ["-c", "close"]
     done = subprocess.run(["qemu-io", *commands], check=False, capture_output=True, text=True)
-    return done.stdout.count("Pattern verification failed") + (done.returncode != 0 and "read" not in done.stdout)
+    confirmed = len(re.findall(r"^read (\d+)/\1 bytes at offset", done.stdout, re.MULTILINE))
+    return reads - confirmed + done.stdout.count("Pattern verification failed")
+
+
+def test_the_checker_fails_on_a_missing_or_unreadable_layer(tmp_path: Path):
+    """A read of a layer that is gone, or whose backing layer is gone, is a failure of the check,
+    whichever other files verify in the same qemu-io run."""
+    base, top = str(tmp_path / "base.qcow2"), str(tmp_path / "top.qcow2")
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", base, str(4 * SLOT)], check=True)
+    subprocess.run(["qemu-io", "-f", "qcow2", "-c", f"write -P 0x11 0 {4 * SLOT}", base], check=True, capture_output=True)
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", base, top], check=True)
+    good = [(base, [0x11] * 4), (top, [0x11] * 4)]
+    assert qemu_io_reads(good) == 0
+    assert qemu_io_reads([(base, [0x22] * 4)]) > 0                           # wrong content
+    assert qemu_io_reads([*good, (str(tmp_path / "gone.qcow2"), [0x11] * 4)]) > 0  # a missing layer
+    blank = str(tmp_path / "blank.qcow2")
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", blank, str(4 * SLOT)], check=True)
+    Path(base).unlink()                                                       # a deleted layer under top
+    assert qemu_io_reads([(blank, [0] * 4), (top, [0x11] * 4)]) > 0
 
 
 @pytest.mark.slow

@@ -22,6 +22,7 @@ from backup_helpers import (
     wait_serial,
     write_pattern,
 )
+from job_helpers import job_result
 from snapshot_helpers import has_pattern, qemu_io_write
 
 from appliance.context import Appliance
@@ -218,7 +219,7 @@ def test_api_and_cli_drive_the_same_tree(appliance: Appliance, appliance_data_di
     appliance.vms.create("apivm", [16 * MiB])
     client = api_client
     base = "/api/v1/vms/apivm/snapshots"
-    assert client.post(base, json={"name": "first"}).status_code == 201
+    assert job_result(client, client.post(base, json={"name": "first"}))["name"] == "first"
     assert client.post(base, json={"name": "first"}).status_code == 409
     assert client.post(f"{base}/nope/revert").status_code == 404
 
@@ -233,6 +234,6 @@ def test_api_and_cli_drive_the_same_tree(appliance: Appliance, appliance_data_di
     listed = client.get(base).json()
     assert [s["name"] for s in listed["snapshots"]] == ["first", "second"]
     assert listed["current"]["parent"] == listed["snapshots"][1]["id"]
-    gone = client.request("DELETE", f"{base}/first", json={"via": "pull"})
-    assert gone.status_code == 200 and gone.json()[0]["via"] == "pull"
+    gone = job_result(client, client.request("DELETE", f"{base}/first", json={"via": "pull"}))
+    assert gone["merges"][0]["via"] == "pull"
     assert client.post(f"{base}/check").json() == {"problems": [], "repaired": [], "recovered": []}

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
+from job_helpers import job_done, job_result
 from store_helpers import MiB, backup_image, block_ids, block_pack, disk_image, flip_byte, pack_files
 
 from appliance.backups.records import BackupRecord
@@ -103,27 +104,26 @@ def test_store_api(appliance_data_dir: Path, appliance: Appliance, api_client: T
     ids = recorded_backups(appliance_data_dir, appliance.store, "web", days=2)
 
     assert client.get("/api/v1/store/stats").json()["backups"] == 2
-    r = client.post("/api/v1/store/verify", json={"sample_percent": 50})
-    assert r.status_code == 200 and r.json()["chunks_checked"] == 2
+    assert job_result(client, client.post("/api/v1/store/verify", json={"sample_percent": 50}))["chunks_checked"] == 2
     assert client.post("/api/v1/store/verify", json={"sample_percent": 0}).status_code == 422
 
     r = client.post("/api/v1/store/prune", json={"vm": "web", "keep_daily": 1, "dry_run": True})
-    assert r.status_code == 200 and [d["keep"] for d in r.json()["decisions"]] == [True, False]
+    assert [d["keep"] for d in job_result(client, r)["decisions"]] == [True, False]
     r = client.post("/api/v1/store/prune", json={"vm": "web"})
     assert r.status_code == 422 and r.json()["error"]["code"] == "RetentionRuleError"
     r = client.post("/api/v1/store/prune", json={"vm": "web", "keep_last": 1, "keep_forever": True})
     assert r.status_code == 422 and r.json()["error"]["code"] == "ValidationError"
-    assert client.post("/api/v1/store/prune", json={"vm": "web", "keep_last": 1}).json()["decisions"][1]["keep"] is False
+    r = client.post("/api/v1/store/prune", json={"vm": "web", "keep_last": 1})
+    assert job_result(client, r)["decisions"][1]["keep"] is False
     assert appliance.backups.get(ids[0]).status == "pruned"
 
     held = FileLock.try_acquire(appliance.store.path / "locks" / GC_LOCK)
     try:
-        r = client.post("/api/v1/store/gc", json={"grace_seconds": 0})
-        assert r.status_code == 409 and r.json()["error"]["code"] == "StoreBusyError"
+        gc = job_done(client, client.post("/api/v1/store/gc", json={"grace_seconds": 0}))
+        assert gc["state"] == "failed" and "another GC is running" in gc["error"]
     finally:
         held.release()
-    r = client.post("/api/v1/store/gc", json={"grace_seconds": 0, "dry_run": True})
-    assert r.status_code == 200 and r.json()["dry_run"] is True
+    assert job_result(client, client.post("/api/v1/store/gc", json={"grace_seconds": 0, "dry_run": True}))["dry_run"]
 
 
 def test_restore_list_names_a_damaged_manifest_and_lists_the_others(appliance_data_dir: Path, tmp_path: Path):
@@ -132,7 +132,8 @@ def test_restore_list_names_a_damaged_manifest_and_lists_the_others(appliance_da
     store = Store.init(tmp_path / "store", passphrase="pass phrase")
     good, bad = (backup_image(store, "web", {"vda": disk_image("r", seed=n)}) for n in (1, 2))
     directory = tmp_path / "store" / "backups" / "web"
-    (directory / bad.backup_id / "manifest.json").write_bytes((directory / good.backup_id / "manifest.json").read_bytes())
+    good_manifest = (directory / good.backup_id / "manifest.json").read_bytes()
+    (directory / bad.backup_id / "manifest.json").write_bytes(good_manifest)
     env = {**os.environ, "CAIRN_DATA_DIR": str(appliance_data_dir), "COLUMNS": "400",
            "CAIRN_STORE_PASSPHRASE": "pass phrase"}
 

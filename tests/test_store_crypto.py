@@ -10,6 +10,7 @@ from pathlib import Path
 
 import blake3
 import pytest
+from job_helpers import job_result
 from store_helpers import (
     BLOCK,
     PACK,
@@ -187,8 +188,8 @@ def test_api_restores_from_an_encrypted_store(appliance, api_client, appliance_d
     manifest = backup_image(appliance.store, "web1", {"vda": data})
     assert api_client.get("/api/v1/store/stats").json()["backups"] == 1
     target = tmp_path / "vda.raw"
-    r = api_client.post(f"/api/v1/backups/{manifest.backup_id}/disks/vda/restore", json={"target": str(target)})
-    assert r.status_code == 200, r.text
+    job_result(api_client, api_client.post(f"/api/v1/backups/{manifest.backup_id}/disks/vda/restore",
+                                           json={"target": str(target)}))
     assert target.read_bytes() == data
 
     monkeypatch.setenv("CAIRN_STORE_PASSPHRASE", "not it")

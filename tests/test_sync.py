@@ -7,7 +7,8 @@ import time
 import pytest
 from store_helpers import BLOCK, PACK, backup_changes, backup_image, disk_image, read_back
 
-from appliance.jobs.sync import SyncParams, run_sync
+from appliance.jobs.kinds.sync import run_sync
+from appliance.jobs.params import SyncParams
 from appliance.settings import StoreAccess
 from dedup import (
     SshOptions,

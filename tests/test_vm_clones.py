@@ -7,6 +7,7 @@ from pathlib import Path
 
 from backup_helpers import wait_serial
 from guest.harness import MiB, read_image
+from job_helpers import job_done, job_result
 from test_vm_lifecycle import assert_guest_pattern, guest_body, wait_for
 
 from vmm.images import backing_chain
@@ -31,11 +32,16 @@ def same_guest_data(clone_disk: str, source_disk: str) -> None:
     assert_guest_pattern(clone_disk)
 
 
+def clones_of_src(api_client, names: list[str], mode: str = "full") -> list[dict]:
+    """Clones of VM src, made by a job: their definitions, as the job's result has them."""
+    made = job_result(api_client, api_client.post("/api/v1/vms/src/clones", json={"names": names, "mode": mode}))
+    assert made["vms"] == names
+    return made["clones"]
+
+
 def clone_of_src(api_client, name: str, mode: str) -> tuple[dict, str]:
     """One clone of VM src: its definition and the path of its disk."""
-    r = api_client.post("/api/v1/vms/src/clones", json={"names": [name], "mode": mode})
-    assert r.status_code == 201, r.text
-    clone = r.json()[0]
+    (clone,) = clones_of_src(api_client, [name], mode)
     return clone, clone["disks"][0]["path"]
 
 
@@ -58,7 +64,7 @@ def test_instant_clone_boots_at_once_and_becomes_independent(api_client, applian
     assert clone["linked_to"] == "src" and backing_chain(disk)[1] == src   # linked: nothing copied
     # While linked, the source must not change (its disk is the clone's backing file).
     r = api_client.post("/api/v1/vms/src/start")
-    assert r.status_code == 409 and "instant clones fast" in r.json()["error"]["message"]
+    assert r.status_code == 409 and "instant clone fast still reads" in r.json()["error"]["message"]
     assert api_client.delete("/api/v1/vms/src").status_code == 409
 
     assert api_client.post("/api/v1/vms/fast/start").status_code == 200   # boots at once
@@ -78,9 +84,7 @@ def test_instant_clone_boots_at_once_and_becomes_independent(api_client, applian
 
 def test_batch_clones_share_one_image_cache(api_client, appliance, guest_kernel):
     src = stopped_source(api_client, appliance, guest_kernel)
-    r = api_client.post("/api/v1/vms/src/clones", json={"names": ["b1", "b2", "b3"]})
-    assert r.status_code == 201, r.text
-    disks = [c["disks"][0]["path"] for c in r.json()]
+    disks = [c["disks"][0]["path"] for c in clones_of_src(api_client, ["b1", "b2", "b3"])]
     caches = {backing_chain(d)[1] for d in disks}
     assert len(caches) == 1                                   # stored once ...
     cache = Path(caches.pop())
@@ -111,5 +115,10 @@ def test_clone_refusals_change_nothing(api_client, appliance, guest_kernel):
         r = api_client.post("/api/v1/vms/s/clones", json=body)
         assert r.status_code == status and message in r.text, (body, r.text)
     assert api_client.post("/api/v1/vms/ghost/clones", json={"names": ["x"]}).status_code == 404
+    # A refusal only the clone itself finds (the source runs): the job fails and makes nothing.
+    assert api_client.post("/api/v1/vms/s/start").status_code == 200
+    running = job_done(api_client, api_client.post("/api/v1/vms/s/clones", json={"names": ["x"]}))
+    assert running["state"] == "failed" and "stop it to clone it" in running["error"]
+    api_client.post("/api/v1/vms/s/stop", json={"force": True})
     assert sorted(v["name"] for v in api_client.get("/api/v1/vms").json()) == ["s", "taken"]
     assert sorted(p.name for p in appliance.settings.images_dir.iterdir()) == ["s", "taken"]

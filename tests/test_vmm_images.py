@@ -39,7 +39,7 @@ def test_import_disk_records_checksum_and_is_read_only(tmp_path):
     assert record.kind == "disk" and record.format == "qcow2" and record.virtual_size == 8 * MiB
     assert record.sha256 == hashlib.sha256(src.read_bytes()).hexdigest()
     assert lib.path("base").read_bytes() == src.read_bytes()
-    assert lib.path("base").stat().st_mode & 0o777 == 0o444
+    assert lib.path("base").stat().st_mode & 0o777 == 0o400
     assert json.loads((tmp_path / "images" / "base.json").read_text())["sha256"] == record.sha256
     assert lib.verify("base") == record
     assert [r.name for r in lib.list()] == ["base"]

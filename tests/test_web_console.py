@@ -13,11 +13,12 @@ import pytest
 from selenium.webdriver.common.by import By
 from web_helpers import (
     add_user,
-    button,
     chromium,
+    click,
     confirm,
     console_server,
     element,
+    read,
     screenshot,
     sign_in,
     until,
@@ -44,7 +45,7 @@ def create_vm_in_form(browser, guest_kernel, name: str) -> None:
 
 def take_snapshot(browser, name: str) -> None:
     element(browser, "form.inline input[name=name][placeholder]").send_keys(name)
-    button(browser, "main", "Take snapshot").click()
+    click(browser, "main", "Take snapshot")
 
 
 def dashboard_row(browser, vm: str) -> list[str]:
@@ -52,7 +53,8 @@ def dashboard_row(browser, vm: str) -> list[str]:
     return [td.text for td in row.find_elements(By.TAG_NAME, "td")]
 
 
-def test_sign_in_create_snapshot_back_up_restore_and_watch_the_dashboard(appliance_data_dir: Path, guest_kernel):
+def test_sign_in_create_snapshot_back_up_restore_and_watch_the_dashboard(appliance_data_dir: Path, guest_kernel,
+                                                                         tmp_path: Path):
     Store.init(appliance_data_dir / "store")
     secret = add_user(appliance_data_dir, "ops", Role.ADMIN, totp=True)
     with console_server(appliance_data_dir) as base, chromium() as browser:
@@ -69,7 +71,7 @@ def test_sign_in_create_snapshot_back_up_restore_and_watch_the_dashboard(applian
         element(browser, "header a", "Dashboard").click()
         assert dashboard_row(browser, "web1")[1:] == ["stopped", "never", "–"]
         element(browser, "main[data-page=dashboard] a", "web1").click()
-        button(browser, "main", "Start").click()
+        click(browser, "main", "Start")
         element(browser, "[data-vm-state=running]")
         element(browser, "main a.console", "Console").click()
         element(browser, "[data-console-state=connected]")   # noVNC through the appliance's WebSocket proxy
@@ -85,23 +87,27 @@ def test_sign_in_create_snapshot_back_up_restore_and_watch_the_dashboard(applian
         screenshot(browser, "04-vm-snapshot-tree")
 
         # A revert the VM's state refuses (running, no memory state) says why and changes nothing.
-        button(browser, 'li[data-snapshot="before-upgrade"] .node', "Revert").click()
+        click(browser, 'li[data-snapshot="before-upgrade"] .node', "Revert")
         confirm(browser)
         element(browser, "#notice.error", "stop")
         element(browser, 'li[data-snapshot="after-upgrade"] > ul > li[data-now]')
 
-        button(browser, 'li[data-snapshot="before-upgrade"] .node', "Delete").click()
+        click(browser, 'li[data-snapshot="before-upgrade"] .node', "Delete")
         element(browser, "#confirm-extra select option[value=commit]").click()
         assert any("is merged" in line for line in confirm(browser))
         until(browser, lambda b: not b.find_elements(By.CSS_SELECTOR, 'li[data-snapshot="before-upgrade"]'),
               "the deleted snapshot to leave the tree")
         element(browser, 'li[data-snapshot="after-upgrade"] > ul > li[data-now]')
 
-        button(browser, "main", "Back up now").click()
-        element(browser, "main [data-job] progress")   # the job shows with its live progress bar
-        ended = element(browser, "main [data-job] .state-succeeded, main [data-job] .state-failed", timeout=BACKUP_WAIT)
-        assert ended.text == "succeeded", element(browser, "main [data-job]").get_attribute("title")
-        backup_id = element(browser, "tr[data-backup]", "ok").get_attribute("data-backup")
+        click(browser, "main", "Back up now")
+        # The job shows with its live progress bar (among the VM's snapshot jobs: one path per operation).
+        element(browser, "main [data-kind=backup] progress")
+        element(browser, "main [data-kind=backup] .state-succeeded, main [data-kind=backup] .state-failed",
+                timeout=BACKUP_WAIT)
+        ended = "main [data-kind=backup]"
+        assert read(browser, f"{ended} [class^=state-]") == "succeeded", read(browser, ended, "title")
+        element(browser, "tr[data-backup]", "ok")
+        backup_id = read(browser, "tr[data-backup]", "data-backup")
         screenshot(browser, "05-vm-backed-up")
 
         element(browser, "header a", "Dashboard").click()
@@ -110,24 +116,24 @@ def test_sign_in_create_snapshot_back_up_restore_and_watch_the_dashboard(applian
         assert "1" in element(browser, "[data-card=backups] .big").text
 
         browser.get(f"{base}/ui/#/vm/web1")
-        button(browser, f'tr[data-backup="{backup_id}"]', "Restore as new VM").click()
+        click(browser, f'tr[data-backup="{backup_id}"]', "Restore as new VM")
         assert element(browser, "#confirm-extra input").get_attribute("value") == "web1-restored"
         confirm(browser)
         element(browser, "#notice", "Restored ", timeout=BACKUP_WAIT)
 
         # Over the running VM without shutting it down: refused, and said why.
-        button(browser, f'tr[data-backup="{backup_id}"]', "Restore over VM").click()
+        click(browser, f'tr[data-backup="{backup_id}"]', "Restore over VM")
         confirm(browser)
         element(browser, "#notice.error", "stop it first")
         element(browser, "[data-vm-state=running]")
 
-        button(browser, f'tr[data-backup="{backup_id}"]', "Instant restore").click()
+        click(browser, f'tr[data-backup="{backup_id}"]', "Instant restore")
         confirm(browser)
         element(browser, "#notice", "VM web1-instant runs from backup", timeout=BACKUP_WAIT)
 
-        # One disk to a file the admin names: complete, verified, in the format asked for.
-        target = appliance_data_dir / "vda-copy.qcow2"
-        button(browser, f'tr[data-backup="{backup_id}"]', "Restore vda to…").click()
+        # One disk to a file the admin names (outside the data dir): complete, verified, in the format asked for.
+        target = tmp_path / "vda-copy.qcow2"
+        click(browser, f'tr[data-backup="{backup_id}"]', "Restore vda to…")
         element(browser, "#confirm-extra input[name=target]").send_keys(str(target))
         confirm(browser)
         element(browser, "#notice", f"to {target} ", timeout=BACKUP_WAIT)
@@ -140,7 +146,7 @@ def test_sign_in_create_snapshot_back_up_restore_and_watch_the_dashboard(applian
         screenshot(browser, "06-dashboard")
 
         element(browser, "header a", "VMs").click()
-        button(browser, 'tr[data-vm="web1-restored"]', "Delete").click()
+        click(browser, 'tr[data-vm="web1-restored"]', "Delete")
         takes = confirm_after_reading(browser)
         assert any(t.startswith("disk vda (") for t in takes), takes
         assert "no backups: it has none" in takes and any("recycle bin" in t for t in takes), takes
@@ -154,12 +160,12 @@ def test_sign_in_create_snapshot_back_up_restore_and_watch_the_dashboard(applian
 
         element(browser, "header a", "Store").click()
         assert element(browser, "[data-stats]").text.startswith("Backups 1 ")
-        button(browser, "main", "GC preview").click()
+        click(browser, "main", "GC preview")
         element(browser, "[data-gc-report]", "Would remove")
         keep_last = element(browser, "main form.inline input[name=keep_last]")
         keep_last.clear()
         keep_last.send_keys("1")
-        button(browser, "main form.inline", "Preview prune").click()
+        click(browser, "main form.inline", "Preview prune")
         element(browser, "[data-prune-preview]", "keep-last 1")
         element(browser, "[data-prune-preview]", "Nothing would be removed")
         screenshot(browser, "09-store")
@@ -170,5 +176,5 @@ def confirm_after_reading(browser) -> list[str]:
     element(browser, "dialog#confirm[open]")
     browser.find_element(By.CSS_SELECTOR, "dialog#confirm button[value=cancel]").click()
     assert element(browser, 'tr[data-vm="web1-restored"]')
-    button(browser, 'tr[data-vm="web1-restored"]', "Delete").click()
+    click(browser, 'tr[data-vm="web1-restored"]', "Delete")
     return confirm(browser)

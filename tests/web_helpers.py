@@ -41,12 +41,15 @@ def _free_port() -> int:
 
 
 @contextmanager
-def console_server(data_dir: Path) -> Iterator[str]:
-    """`cairn serve` on a free port with its generated certificate; yields the base URL.
-    Its log goes to a file (a pipe nobody reads would fill up and stall it)."""
+def console_server(data_dir: Path, catalog_url: str | None = None) -> Iterator[str]:
+    """`cairn serve` on a free port with its generated certificate (and the data dir's catalog,
+    or `catalog_url`); yields the base URL. Its log goes to a file (a pipe nobody reads would
+    fill up and stall it)."""
     port = _free_port()
     env = {**os.environ, "CAIRN_DATA_DIR": str(data_dir)}
     env.pop("CAIRN_CATALOG_URL", None)
+    if catalog_url is not None:
+        env["CAIRN_CATALOG_URL"] = catalog_url
     log_path = data_dir / "serve.log"
     with open(log_path, "w") as log:
         server = subprocess.Popen([sys.executable, "-m", "appliance.cli", "serve", "--port", str(port)],
@@ -74,12 +77,23 @@ def _answers(base: str, cert: Path) -> bool:
         return False
 
 
-def add_user(data_dir: Path, name: str, role: Role, totp: bool = False) -> str | None:
+@contextmanager
+def api_client_of(base: str, data_dir: Path, user: str) -> Iterator[httpx.Client]:
+    """A client of the server's API, signed in as `user` (PASSWORD, no TOTP), checking its certificate."""
+    with httpx.Client(base_url=base, verify=ssl.create_default_context(cafile=str(data_dir / "tls" / "cert.pem")),
+                      timeout=60) as client:
+        login = client.post("/api/v1/auth/login", json={"username": user, "password": PASSWORD})
+        assert login.status_code == 200, login.text
+        client.headers["Authorization"] = f"Bearer {login.json()['token']}"
+        yield client
+
+
+def add_user(data_dir: Path, name: str, role: Role, totp: bool = False, catalog_url: str | None = None) -> str | None:
     """A user with PASSWORD; with `totp`, enrolled and confirmed, and its secret returned.
 
     The confirmation uses the previous 30 s step's code, so the current one (what an authenticator
     shows) is still good for signing in at once."""
-    users = Appliance.open(str(data_dir)).users
+    users = Appliance.open(str(data_dir), catalog_url).users
     users.create(name, PASSWORD, role)
     if not totp:
         return None
@@ -137,6 +151,26 @@ def element(browser: webdriver.Chrome, css: str, text: str | None = None, timeou
 
 def button(browser: webdriver.Chrome, scope_css: str, label: str, timeout: float = WAIT) -> WebElement:
     return element(browser, f"{scope_css} button", label, timeout)
+
+
+def click(browser: webdriver.Chrome, scope_css: str, label: str, timeout: float = WAIT) -> None:
+    """Click a button, found again if the page redrew it in between: a page redraws on every job
+    event it hears (one of its own jobs starting or ending, say)."""
+    def clicked(b: webdriver.Chrome) -> bool:
+        try:
+            button(b, scope_css, label, timeout).click()
+        except StaleElementReferenceException:
+            return False
+        return True
+    until(browser, clicked, f"a click on {label!r} in {scope_css}", timeout)
+
+
+def read(browser: webdriver.Chrome, css: str, attribute: str | None = None) -> str | None:
+    """The text (or an attribute) of the first element matching `css`, read in one go: no element
+    is held that a redraw could make stale."""
+    return browser.execute_script("const e = document.querySelector(arguments[0]);"
+                                  "return e && (arguments[1] ? e.getAttribute(arguments[1]) : e.textContent);",
+                                  css, attribute)
 
 
 def notice(browser: webdriver.Chrome) -> str:

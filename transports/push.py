@@ -4,7 +4,8 @@ In the freezing transaction (live.py) each disk starts a `blockdev-backup` into 
 `sync=full`, or `sync=bitmap` from the frozen checkpoint. The job itself holds the instant
 (copy-before-write), so the guest goes on meanwhile. For an incremental the frozen bitmap is
 first merged into a scratch bitmap that the job uses (the checkpoint itself stays free for the
-bookkeeping in live.py): QEMU copies every granule it marks (points.bitmap_granularity).
+bookkeeping in live.py): QEMU copies every granule it marks (points.bitmap_granularity), in
+whole clusters of its backup job (64 KiB), so a push incremental reads at that granularity.
 
 Targets are fresh qcow2 files with a `tracking` bitmap that records what QEMU wrote. Once the
 copy is done they are served read-only by qemu-nbd with that bitmap frozen, so the reader sees

@@ -13,10 +13,12 @@ import string
 import threading
 import time
 from collections.abc import Callable
+from typing import Generic, TypeVar
 
 from .qmp import QMPSession
 from .rundir import RunDir
 
+Grant = TypeVar("Grant")
 VNC_PASSWORD_LENGTH = 8
 _ALPHABET = string.ascii_letters + string.digits
 
@@ -38,8 +40,9 @@ def vnc_password(rundir: RunDir) -> str | None:
         return None
 
 
-class ConsoleTokens:
-    """One-time tokens for the console proxy: each opens one VM's console once, shortly.
+class ConsoleTokens(Generic[Grant]):
+    """One-time tokens for the console proxy: each opens one VM's console once, shortly. What a
+    token grants is the issuer's to say: a VM's name, or the name with who asked for it.
 
     Kept in memory: a token is only good in the process (the appliance server) that issued it,
     and a restart simply invalidates them all.
@@ -48,10 +51,10 @@ class ConsoleTokens:
     def __init__(self, ttl_seconds: float = 60.0, clock: Callable[[], float] = time.monotonic):
         self.ttl_seconds = ttl_seconds
         self._clock = clock
-        self._tokens: dict[str, tuple[str, float]] = {}
+        self._tokens: dict[str, tuple[Grant, float]] = {}
         self._lock = threading.Lock()
 
-    def issue(self, vm: str) -> str:
+    def issue(self, vm: Grant) -> str:
         token = secrets.token_urlsafe(32)
         with self._lock:
             now = self._clock()
@@ -59,8 +62,8 @@ class ConsoleTokens:
             self._tokens[token] = (vm, now + self.ttl_seconds)
         return token
 
-    def redeem(self, token: str) -> str | None:
-        """The VM the token was issued for, or None if it is unknown, used or expired."""
+    def redeem(self, token: str) -> Grant | None:
+        """What the token was issued for, or None if it is unknown, used or expired."""
         with self._lock:
             entry = self._tokens.pop(token, None)
         if entry is None or entry[1] <= self._clock():

@@ -1,13 +1,16 @@
 """The image library: ISO media and disk images, each stored once with its SHA-256.
 
 Layout under the library root, one pair of files per image:
-    <name>.img    the image, read-only (mode 0444): thin VM disks use it as their backing file
+    <name>.img    the image, read-only for the appliance alone (mode 0400): thin VM disks use
+                  it as their backing file
     <name>.json   its record: kind, format, sizes, sha256, where it came from, when
 
 Every image is checked against its recorded SHA-256 before it is used (a VM created on it, a
 clone cache, an ISO put in a cdrom), so a damaged or tampered image is refused instead of
 silently becoming part of a VM. New images are written under a temporary name and appear only
-when complete and hashed.
+when complete, hashed and inspected: raw or a qcow2 that stands alone, its format decided from
+its bytes (vmm.images.sniff_format), never by qemu's probe nor the client. Images that entered
+the library before that inspection are inspected again when used.
 """
 
 from __future__ import annotations
@@ -22,12 +25,13 @@ from pathlib import Path
 from typing import BinaryIO, Literal
 
 from .errors import ImageError
-from .images import convert_image, image_info
+from .images import convert_image, inspect_image, sniff_format
 from .spec import VM_NAME_RE
 
 ImageKind = Literal["iso", "disk"]
 IMAGE_KINDS = ("iso", "disk")
 READ_SIZE = 1 << 20
+IMAGE_MODE = 0o400   # read-only, and the appliance's own: an image may hold anyone's data
 # ISO 9660: the primary volume descriptor at sector 16 starts with type 1 and "CD001".
 ISO_MAGIC_OFFSET = 16 * 2048 + 1
 ISO_MAGIC = b"CD001"
@@ -126,6 +130,8 @@ class ImageLibrary:
             raise ImageChecksumError(
                 f"image {name!r} is damaged or was modified: its SHA-256 is {actual}, "
                 f"recorded {record.sha256}; it will not be used")
+        if record.kind == "disk":
+            inspect_image(path, record.format, name)
         self._verified[name] = key
         return record
 
@@ -134,6 +140,15 @@ class ImageLibrary:
         record = self.verify(name)
         if record.kind != kind:
             raise ImageError(f"image {name!r} is of kind {record.kind}, not {kind}")
+        return self.path(name)
+
+    def verified_raw_file(self, name: str) -> Path:
+        """The path of a verified raw disk image, for QEMU to read as a file of its own (a
+        direct-boot kernel or initrd)."""
+        record = self.verify(name)
+        if record.kind != "disk" or record.format != "raw":
+            raise ImageError(f"image {name!r} is {'an ISO' if record.kind == 'iso' else 'a ' + record.format} "
+                             "image: a kernel or an initrd is uploaded as it is (a raw file)")
         return self.path(name)
 
     def name_of(self, path: str | os.PathLike[str]) -> str | None:
@@ -205,7 +220,7 @@ class ImageLibrary:
                                  size=tmp.stat().st_size, virtual_size=detected[2],
                                  sha256=sha256, source=source,
                                  created_at=datetime.now(UTC).isoformat(timespec="seconds"))
-            tmp.chmod(0o444)
+            tmp.chmod(IMAGE_MODE)
             if self.path(name).exists():
                 raise ImageError(f"an image named {name!r} already exists")
             os.link(tmp, self.path(name))  # fails rather than replace a concurrent upload's
@@ -226,23 +241,18 @@ def sha256_file(path: str | os.PathLike[str]) -> str:
 
 
 def _detect(path: Path, name: str) -> tuple[ImageKind, str, int]:
-    """(kind, format, virtual size) of a file; refuses what a VM cannot safely use."""
+    """(kind, format, virtual size) of a file; refuses what a VM cannot safely use. A library
+    image must stand alone: what it names outside the library could be any file of this host,
+    and could change under it without the checksum noticing."""
     with path.open("rb") as file:
         file.seek(ISO_MAGIC_OFFSET)
         if file.read(len(ISO_MAGIC)) == ISO_MAGIC:
             return "iso", "raw", path.stat().st_size
-    info = image_info(path)
-    if info["format"] not in ("qcow2", "raw"):
-        raise ImageError(f"image {name!r}: format {info['format']} is not supported "
-                         "(use qcow2 or raw)")
-    if info.get("backing-filename"):
-        # A library image must stand alone: a backing file outside the library could change
-        # under it without the checksum noticing.
-        raise ImageError(f"image {name!r} has a backing file ({info['backing-filename']}); "
-                         "import a standalone image (qemu-img convert flattens it)")
     if path.stat().st_size == 0:
         raise ImageError(f"image {name!r} is empty")
-    return "disk", str(info["format"]), int(info["virtual-size"])
+    fmt = sniff_format(path, name)
+    info = inspect_image(path, fmt, name)
+    return "disk", fmt, int(info["virtual-size"])
 
 
 def _check_name(name: str) -> str:

@@ -18,8 +18,8 @@ from ipaddress import IPv4Interface
 from .errors import VMError
 
 # The kernel's IFNAMSIZ is 16 bytes with the terminating NUL; netns names become file names.
-IFNAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")
-NETNS_RE = re.compile(r"^[A-Za-z0-9_.-]{1,63}$")
+IFNAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,15}\Z")
+NETNS_RE = re.compile(r"^[A-Za-z0-9_.-]{1,63}\Z")
 TAP_PREFIX = "cn"
 
 

@@ -24,6 +24,7 @@ from .errors import (
     QMPDisconnectedError,
     QMPError,
     VMAlreadyRunningError,
+    VMBusyError,
     VMNotRunningError,
     VMSpecError,
     VMStartError,
@@ -106,19 +107,50 @@ class QemuDriver:
         then QMP `quit` (SIGTERM if the monitor cannot be reached: QEMU handles both as a
         clean exit), then SIGKILL. `force` skips the powerdown. A paused guest cannot react
         to the power button, so it goes straight to `quit`. Stopping a stopped VM does
-        nothing; stopping a crashed one clears the crash."""
+        nothing; stopping a crashed one clears the crash. A forced stop does not queue behind
+        a graceful one waiting for its guest: it ends QEMU itself (_interrupt_stop)."""
         rundir = self.paths(name)
         if not rundir.path.is_dir():
             return "already-stopped"
+        if force and rundir.stopping_file.exists():
+            return await self._interrupt_stop(name, rundir)
         with exclusive(rundir, name):
             pid = read_pid(rundir)
             if pid is not None and is_our_qemu(pid, rundir):
-                method = await self._shut_down(name, rundir, pid, timeout, force)
+                if not force:
+                    rundir.stopping_file.write_text(f"{os.getpid()}\n")
+                try:
+                    method = await self._shut_down(name, rundir, pid, timeout, force)
+                finally:
+                    rundir.stopping_file.unlink(missing_ok=True)
             else:
                 method = "already-stopped"
             self._remove_leftovers(rundir)
             self._record_stopped(rundir)
         return method
+
+    async def _interrupt_stop(self, name: str, rundir: RunDir) -> StopMethod:
+        """A forced stop while a graceful one waits (holding the lock): end QEMU without the
+        lock; the waiting stop sees it gone and records the stop, which is awaited here. A
+        marker whose stop died with its process is cleared here, under the lock."""
+        pid = read_pid(rundir)
+        method: StopMethod = "already-stopped"
+        if pid is not None and is_our_qemu(pid, rundir):
+            method = await self._shut_down(name, rundir, pid, 0.0, force=True)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.qmp_timeout
+        while True:
+            try:
+                with exclusive(rundir, name):
+                    if rundir.stopping_file.exists():
+                        rundir.stopping_file.unlink()
+                        self._remove_leftovers(rundir)
+                        self._record_stopped(rundir)
+                return method
+            except VMBusyError:
+                if loop.time() >= deadline:
+                    return method   # QEMU is gone; the waiting stop records it when it wakes
+                await asyncio.sleep(0.05)
 
     def forget(self, name: str) -> None:
         """Delete the VM's run directory (state, logs); its disks are not touched."""

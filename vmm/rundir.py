@@ -63,6 +63,12 @@ class RunDir:
     def lock_file(self) -> Path:
         return self.path / "lock"
 
+    @property
+    def stopping_file(self) -> Path:
+        """There while a graceful stop waits for the guest (holding the lock): a forced stop
+        does not wait behind it, it ends QEMU itself."""
+        return self.path / "stopping"
+
 
 @dataclass
 class VMState:

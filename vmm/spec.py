@@ -27,16 +27,17 @@ def disk_of_qdev(qdev: str) -> str | None:
     return device.removesuffix("-dev") if device.endswith("-dev") else None
 
 
-VM_NAME_RE = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
+# Names end in \Z, not $: `$` also matches before a trailing newline ("web\n" would pass).
+VM_NAME_RE = re.compile(r"^[a-z][a-z0-9_-]{0,62}\Z")
 # QEMU node names are at most 31 characters and "<disk>-file" is the longest one we derive,
 # so a disk name may have at most 26.
-DISK_NAME_RE = re.compile(r"^[a-z][a-z0-9_-]{0,25}$")
-MACHINE_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
+DISK_NAME_RE = re.compile(r"^[a-z][a-z0-9_-]{0,25}\Z")
+MACHINE_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*\Z")
 DISK_FORMATS = ("qcow2", "raw")
-NIC_NAME_RE = re.compile(r"^net[0-9]{1,2}$")
+NIC_NAME_RE = re.compile(r"^net[0-9]{1,2}\Z")
 # Locally administered unicast addresses only: the first octet's low bits are x2, x6, xA or xE.
-MAC_RE = re.compile(r"^[0-9a-f][26ae](:[0-9a-f]{2}){5}$")
-IFNAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")
+MAC_RE = re.compile(r"^[0-9a-f][26ae](:[0-9a-f]{2}){5}\Z")
+IFNAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,15}\Z")
 NIC_MODES = ("user", "tap", "bridge")
 BOOT_DEVICES = ("disk", "cdrom", "network")
 CDROM_NODE = "cdrom"

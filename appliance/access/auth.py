@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from appliance.catalog.base import utcnow
 from appliance.errors import CairnError, NotFoundError, TotpRequiredError, UnauthorizedError
+from appliance.names import check_text
 
 from .records import AccessKeyRecord, SessionRecord, UserRecord
 from .roles import Role
@@ -64,14 +65,14 @@ class AuthService:
         self.users = users
         self.session_ttl = session_ttl
         self.clock = clock
-        self.throttle = LoginThrottle(clock)
+        self.throttle = LoginThrottle(catalog, clock)
 
     def login(self, name: str, password: str, totp_code: str | None = None, client: str = "") -> IssuedSession:
-        """A new session; `client` (the caller's address) is what failed attempts are counted by."""
-        self.throttle.check(name, client)
+        """A new session; `client` (the caller's address) is what attempts are counted by: each
+        is counted before its password is checked (throttle.py), and cleared by a success."""
+        self.throttle.attempt(name, client)
         user = self.users.check_password(name, password)
         if user is None:
-            self.throttle.failed(name, client)
             raise UnauthorizedError("wrong user name or password")
         now = self.clock()
         with self.catalog.begin() as s:
@@ -80,7 +81,6 @@ class AuthService:
                 if not totp_code:
                     raise TotpRequiredError(f"{name} signs in with a TOTP code too: send it as `totp`")
                 if not self.users.accept_totp(user, totp_code):
-                    self.throttle.failed(name, client)
                     raise UnauthorizedError("wrong or already used TOTP code")
             s.execute(delete(SessionRecord).where(SessionRecord.expires_at <= now))
             token = SESSION_PREFIX + secrets.token_urlsafe(32)
@@ -132,6 +132,7 @@ class AuthService:
         """A new access key acting as `owner`; its secret is shown once, here, and never again."""
         if not name.strip():
             raise CairnError("an access key needs a name saying what uses it")
+        check_text("an access key's name", name, 128)
         secret = secrets.token_urlsafe(32)
         now = self.clock()
         record = AccessKeyRecord(id=KEY_PREFIX + secrets.token_hex(8), user_id=owner.user_id, name=name.strip(),

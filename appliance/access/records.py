@@ -35,6 +35,15 @@ class UserRecord(Base):
     groups: Mapped[list[str]] = mapped_column(JSON, default=list, server_default="[]")
 
 
+class LoginAttemptRecord(Base):
+    """Sign-in attempts of one user name from one address in the current window (throttle.py)."""
+    __tablename__ = "login_attempts"
+    user_name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    client: Mapped[str] = mapped_column(String(64), primary_key=True)
+    attempts: Mapped[int] = mapped_column(Integer)
+    window_start: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
 class VMAccessRecord(Base):
     """Who may see a VM (appliance/access/visibility.py): its owner and the group it is shared with.
     No row, or no owner: shared with everyone. No foreign key: the row outlives the VM, like its

@@ -20,7 +20,9 @@ class Role(str, Enum):
 
 _RANK = {Role.VIEWER: 0, Role.OPERATOR: 1, Role.ADMIN: 2}
 
-PUBLIC = {("GET", "/api/v1/health"), ("POST", "/api/v1/auth/login")}
+PUBLIC = {("GET", "/api/v1/health"), ("POST", "/api/v1/auth/login"),
+          # The OpenAPI document and its browser view: what the API is, not what it holds.
+          ("GET", "/api/v1/openapi.json"), ("GET", "/api/v1/docs"), ("GET", "/api/v1/docs/oauth2-redirect")}
 # One's own account (session, password, TOTP, own tokens): any signed-in user.
 SELF_SERVICE = ("/api/v1/auth", "/api/v1/tokens")
 # Reading these needs an admin too.
@@ -29,12 +31,15 @@ ADMIN_ONLY = ("/api/v1/users", "/api/v1/audit", "/api/v1/notifications")
 ADMIN_WRITES = ("/api/v1/store", "/api/v1/stores", "/api/v1/policies", "/api/v1/backup-policies",
                 "/api/v1/snapshot-policies", "/api/v1/deletion-rules", "/api/v1/recycle-bin", "/api/v1/pools",
                 "/api/v1/networks")
-# Changing these is the admin's too: a restore to any path on the appliance's host, and adding or
-# removing hosts (a host's definition names key files on the appliance). Running VMs on a host is not.
+# Changing these is the admin's too: a restore to any path on the appliance's host, importing a
+# host file into the image library, and adding or removing hosts (a host's definition names key
+# files on the appliance): see appliance/access/host_paths.py. Running VMs on a host is not.
 # Who owns a VM and which group shares it (appliance/access/visibility.py) is the admin's to say.
+
 ADMIN_WRITE_PATTERNS = (re.compile(r"^/api/v1/backups/[^/]+/disks/[^/]+/restore/?$"),
                         re.compile(r"^/api/v1/hosts(/[^/]+)?/?$"),
-                        re.compile(r"^/api/v1/vms/[^/]+/access/?$"))
+                        re.compile(r"^/api/v1/vms/[^/]+/access/?$"),
+                        re.compile(r"^/api/v1/images/[^/]+/import/?$"))
 READ_METHODS = {"GET", "HEAD", "OPTIONS"}
 
 

@@ -3,27 +3,27 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from sqlalchemy import delete, func, select
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy import delete, func, or_, select, update
+from sqlalchemy.orm import Session, object_session, sessionmaker
+from sqlalchemy.orm.attributes import set_committed_value
 
 from appliance.access import totp
 from appliance.catalog.base import utcnow
 from appliance.errors import CairnError, ConflictError, NotFoundError
+from appliance.names import ACCOUNT
 
 from .passwords import hash_password, verify_password
-from .records import AccessKeyRecord, SessionRecord, UserRecord
+from .records import AccessKeyRecord, SessionRecord, UserRecord, VMAccessRecord
 from .roles import Role
 from .secrets import SecretBox
 
 log = logging.getLogger("cairn.users")
-NAME_RE = re.compile(r"^[a-z_][a-z0-9_.-]{0,63}$")
 MIN_PASSWORD = 8
 INITIAL_ADMIN = "admin"
 # Checked against when the user does not exist, so a wrong name costs as long as a wrong password.
@@ -44,8 +44,7 @@ class UserService:
         self.clock = clock
 
     def create(self, name: str, password: str, role: Role) -> UserRecord:
-        if not NAME_RE.match(name):
-            raise CairnError(f"user name {name!r} is not valid: lower-case letters, digits, _ . - (up to 64)")
+        ACCOUNT.check("user", name, CairnError)
         _check_password(password)
         with self.catalog.begin() as s:
             if s.scalar(select(UserRecord).where(UserRecord.name == name)):
@@ -66,8 +65,9 @@ class UserService:
     def update(self, name: str, *, role: Role | None = None, password: str | None = None,
                disabled: bool | None = None, reset_totp: bool = False,
                groups: list[str] | None = None) -> UserRecord:
-        """Change what is given; a new password, disabling or a role change ends the user's sessions.
-        `groups` replaces the user's groups (what they see: appliance/access/visibility.py)."""
+        """Change what is given. A new password or disabling ends the user's sessions and revokes
+        their access keys, at once and for good (a key outlives neither); a role change or a TOTP
+        reset ends their sessions. `groups` replaces the user's groups (appliance/access/visibility.py)."""
         if password is not None:
             _check_password(password)
         if groups is not None:
@@ -88,8 +88,12 @@ class UserService:
                 user.totp_secret, user.totp_enabled, user.totp_last_step = None, False, None
             if groups is not None:
                 user.groups = groups
-            if role is not None or password is not None or disabled:
+            if role is not None or password is not None or disabled or reset_totp:
                 s.execute(delete(SessionRecord).where(SessionRecord.user_id == user.id))
+            if password is not None or disabled:
+                s.execute(update(AccessKeyRecord).where(AccessKeyRecord.user_id == user.id,
+                                                        AccessKeyRecord.revoked_at.is_(None))
+                          .values(revoked_at=self.clock()))
         return user
 
     def delete(self, name: str) -> None:
@@ -100,6 +104,9 @@ class UserService:
             # Explicit, not only ON DELETE CASCADE: SQLite enforces foreign keys per connection.
             s.execute(delete(SessionRecord).where(SessionRecord.user_id == user.id))
             s.execute(delete(AccessKeyRecord).where(AccessKeyRecord.user_id == user.id))
+            # Their VMs (and backups) go to an owner no new user can be, not to the next "alice".
+            s.execute(update(VMAccessRecord).where(VMAccessRecord.owner == user.name)
+                      .values(owner=deleted_owner(user.name)))
             s.delete(user)
 
     def check_password(self, name: str, password: str) -> UserRecord | None:
@@ -144,13 +151,22 @@ class UserService:
         return user
 
     def accept_totp(self, user: UserRecord, code: str) -> bool:
-        """Whether `code` is good for the user now; remembers its step so it is not accepted again.
-        `user` must belong to an open transaction."""
+        """Whether `code` is good for the user now; its step is claimed in the catalog, so it is
+        not accepted again: one conditional UPDATE decides, not what this session read (eight
+        sign-ins racing with one code get one yes). `user` must belong to an open transaction."""
         assert user.totp_secret is not None
         step = totp.accepted_step(self.box.unseal_text(user.totp_secret), code, self.clock(), user.totp_last_step)
         if step is None:
             return False
-        user.totp_last_step = step
+        session = object_session(user)
+        assert session is not None
+        claimed = session.execute(
+            update(UserRecord).where(UserRecord.id == user.id,
+                                     or_(UserRecord.totp_last_step.is_(None), UserRecord.totp_last_step < step))
+            .values(totp_last_step=step).execution_options(synchronize_session=False))
+        if claimed.rowcount != 1:
+            return False
+        set_committed_value(user, "totp_last_step", step)
         return True
 
     # -- first start ----------------------------------------------------------------------------
@@ -170,6 +186,12 @@ class UserService:
         return password
 
 
+def deleted_owner(name: str) -> str:
+    """The owner a deleted user's VMs keep (appliance/visibility.py): it says who it was, and no
+    user can ever be named so (it holds a space)."""
+    return f"{name[:54]} (deleted)"
+
+
 def _user(s: Session, name: str) -> UserRecord:
     user = s.scalar(select(UserRecord).where(UserRecord.name == name))
     if user is None:
@@ -187,8 +209,7 @@ def _keep_an_admin(s: Session, leaving: UserRecord) -> None:
 def check_groups(groups: list[str]) -> list[str]:
     """Valid group names (like user names), sorted, each once."""
     for group in groups:
-        if not NAME_RE.match(group):
-            raise CairnError(f"group name {group!r} is not valid: lower-case letters, digits, _ . - (up to 64)")
+        ACCOUNT.check("group", group, CairnError)
     return sorted(set(groups))
 
 

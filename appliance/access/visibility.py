@@ -11,11 +11,17 @@ An invisible VM, backup or job answers 404, like a missing one.
 
 The app applies it to every request (`guard`, an app-wide dependency after authorization):
 requests naming a VM, a backup or a job in their path are checked before their route runs.
-The list routes narrow what they return with `hidden_vms` / `vm_visible`.
+What lists VMs or names them is narrowed where it is queried: SQL lists with `vm_visible`
+(jobs, events) or `recycled_visible`, the services' lists with a `Seen` (scheduling groups,
+address leases and network attachments, policy previews, store stats), which also keeps a
+caller from naming a VM they do not see in what they write (a scheduling group).
+A VM's owner is a user: deleting the user leaves their VMs to admins and the VM's group, under
+an owner name no user can take (users.deleted_owner), never to a new user given the same name.
 """
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -24,17 +30,35 @@ from sqlalchemy import ColumnElement, and_, literal, or_, select, true
 from sqlalchemy.orm import Session, sessionmaker
 
 from appliance.backups.records import BackupRecord
+from appliance.deletion.records import RecycledRecord
 from appliance.errors import CairnError, ConflictError, NotFoundError
 from appliance.jobs.records import JobRecord
+from appliance.names import ACCOUNT
 from appliance.vms.records import VMRecord
 from dedup import StoreError
 
 from .auth import Principal
 from .records import UserRecord, VMAccessRecord
 from .roles import Role
-from .users import NAME_RE
 
 VM_RESOURCE = "vm:"
+
+
+@dataclass(frozen=True)
+class Seen:
+    """What one caller may see of the VMs, for the queries that list VMs or name them.
+    `hidden` None: everything (an admin, or the appliance itself)."""
+    hidden: frozenset[str] | None = None
+
+    @property
+    def everything(self) -> bool:
+        return self.hidden is None
+
+    def vm(self, name: str) -> bool:
+        return self.hidden is None or name not in self.hidden
+
+
+ALL = Seen()
 
 
 def _hidden_condition(who: Principal) -> ColumnElement[bool]:
@@ -68,6 +92,17 @@ def vm_visible(column: Any, who: Principal, resource: bool = False) -> ColumnEle
     return or_(column.is_(None), column.not_in(hidden)) if resource else column.not_in(hidden)
 
 
+def recycled_visible(who: Principal) -> ColumnElement[bool]:
+    """A SQL condition on the recycle bin: a VM, or a backup, follows its VM; the rest is seen."""
+    if who.role == Role.ADMIN:
+        return true()
+    hidden = select(VMAccessRecord.vm_name).where(_hidden_condition(who))
+    vm_of_backup = RecycledRecord.payload["vm"].as_string()
+    return or_(and_(RecycledRecord.kind == "vm", RecycledRecord.name.not_in(hidden)),
+               and_(RecycledRecord.kind == "backup", or_(vm_of_backup.is_(None), vm_of_backup.not_in(hidden))),
+               RecycledRecord.kind.not_in(("vm", "backup")))
+
+
 class Visibility:
     """The checks, on one appliance's catalog."""
 
@@ -79,6 +114,9 @@ class Visibility:
     def hidden(self, who: Principal) -> set[str]:
         with self.catalog() as s:
             return hidden_vms(s, who)
+
+    def seen(self, who: Principal) -> Seen:
+        return ALL if who.role == Role.ADMIN else Seen(frozenset(self.hidden(who)))
 
     def sees_vm(self, who: Principal, name: str) -> bool:
         if who.role == Role.ADMIN:
@@ -123,8 +161,8 @@ class Visibility:
 
     def set(self, name: str, owner: str | None, group: str | None) -> VMAccessRecord:
         """The VM's owner and group; both None: shared with everyone."""
-        if group is not None and not NAME_RE.match(group):
-            raise CairnError(f"group name {group!r} is not valid: lower-case letters, digits, _ . - (up to 64)")
+        if group is not None:
+            ACCOUNT.check("group", group, CairnError)
         with self.catalog.begin() as s:
             if s.get(VMRecord, name) is None:
                 raise NotFoundError(f"no VM named {name}")

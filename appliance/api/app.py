@@ -1,8 +1,9 @@
 """The web API under /api/v1 (OpenAPI at /api/v1/openapi.json).
 
 create_app applies to every route, whichever router brings it: authentication and the role
-rule (api_auth.authorizer, roles.required_role), the audit log of changes (audit.AuditMiddleware),
-and one error body, {"error": {"code", "message", "details"}}.
+rule before a body is read, and the limits on bodies (request_gate.RequestGate, api_auth.authorize,
+roles.required_role), the audit log of changes (audit.AuditMiddleware), and one error body,
+{"error": {"code", "message", "details"}}.
 """
 from __future__ import annotations
 
@@ -26,9 +27,10 @@ from dedup import (
     PassphraseRequiredError,
     StoreBusyError,
     StoreError,
+    StoreFormatError,
 )
 
-from .auth import Caller, auth_router, authorizer
+from .auth import Caller, auth_router, bearer
 from .users import users_router
 
 VERSION = "0.1.0"
@@ -40,8 +42,8 @@ def store_error_status(e: StoreError) -> int:
         return 404
     if isinstance(e, ValueError):
         return 422
-    if isinstance(e, StoreBusyError | BackupExistsError | BackupLockedError):
-        return 409
+    if isinstance(e, StoreBusyError | BackupExistsError | StoreFormatError | BackupLockedError):
+        return 409   # StoreFormatError: a format-1 store wants `cairn store upgrade` first
     if isinstance(e, PassphraseRequiredError):
         return 423   # locked: the store needs its passphrase
     if isinstance(e, KeyFileError):
@@ -106,9 +108,11 @@ def create_app(appliance: Appliance) -> FastAPI:
     """The app; every route it has or is given later needs credentials, except roles.PUBLIC,
     and answers 404 for a VM, backup or job its caller may not see (visibility.guard)."""
     api = FastAPI(title="Cairn", version=VERSION, openapi_url="/api/v1/openapi.json", docs_url="/api/v1/docs",
-                  redoc_url=None, dependencies=[Depends(authorizer(appliance)), Depends(guard(appliance))])
+                  redoc_url=None, dependencies=[Depends(bearer), Depends(guard(appliance))])
     seen = visibility(appliance)
-    record_changes(api, appliance.audit)
+    from .gate import RequestGate  # it answers with this module's error_body
+    api.add_middleware(RequestGate, appliance=appliance)
+    record_changes(api, appliance.audit)   # added last: outermost, it also records what the gate refuses
 
     def failed(request: Request, status: int, code: str, message: str, details: Any = None) -> JSONResponse:
         request.state.error = f"{code}: {message}"  # for the audit line

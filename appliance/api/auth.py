@@ -1,8 +1,9 @@
 """Signing in and one's own account under /api/v1/auth, API tokens under /api/v1/tokens, and the
-dependency that authenticates and authorizes every request of the app (see roles.required_role)."""
+rule that authenticates and authorizes every request of the app (`authenticate`, `authorize`:
+roles.required_role),
+which the request gate applies before a request's body is read (appliance/request_gate.py)."""
 from __future__ import annotations
 
-from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Annotated
 
@@ -33,26 +34,37 @@ bearer = HTTPBearer(auto_error=False, description="A session token from /api/v1/
                                                   "(`ck_<id>.<secret>`) from /api/v1/tokens")
 
 
-def authorizer(appliance: Appliance) -> Callable[..., None]:
-    """The app-wide dependency: who calls (request.state.principal), and may they?"""
+def authenticate(appliance: Appliance, method: str, path: str, authorization: str | None) -> Principal | None:
+    """Who makes this request, from its Authorization header: None for a public request, else
+    the principal its bearer token stands for (UnauthorizedError if none)."""
+    if required_role(method, path) is None:
+        return None
+    scheme, _, token = (authorization or "").partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise UnauthorizedError("sign in first: send `Authorization: Bearer <session token or access key>`")
+    return appliance.auth.authenticate(token.strip())
 
-    def authorize(request: Request,
-                  credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> None:
-        needed = required_role(request.method, request.url.path)
-        if needed is None:
-            return
-        if credentials is None:
-            raise UnauthorizedError("sign in first: send `Authorization: Bearer <session token or access key>`")
-        principal = appliance.auth.authenticate(credentials.credentials)
-        request.state.principal = principal
-        if not principal.role.allows(needed):
-            raise ForbiddenError(f"{principal.name} is a {principal.role.value}: "
-                                 f"{request.method} {request.url.path} needs an {needed.value}")
 
-    return authorize
+def authorize(principal: Principal, method: str, path: str) -> None:
+    """ForbiddenError unless the principal's role may make this request (roles.required_role)."""
+    needed = required_role(method, path)
+    if needed is not None and not principal.role.allows(needed):
+        raise ForbiddenError(f"{principal.name} is a {principal.role.value}: {method} {path} needs an {needed.value}")
+
+
+def still_signed_in(appliance: Appliance, authorization: str | None) -> bool:
+    """Whether the credentials a live connection (an event stream, a console) was opened with
+    still stand for someone: it asks now and then, so revoking a session or a key ends it too."""
+    _, _, token = (authorization or "").partition(" ")
+    try:
+        appliance.auth.authenticate(token.strip())
+    except UnauthorizedError:
+        return False
+    return True
 
 
 def current_principal(request: Request) -> Principal:
+    """The caller the request gate authenticated (every route but the public ones has one)."""
     return request.state.principal
 
 

@@ -7,13 +7,16 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Response
+from sqlalchemy import select
 
+from appliance.access.visibility import recycled_visible
 from appliance.catalog.query import ListQuery, list_query
 from appliance.context import Appliance
 from appliance.deletion.deletables import deletion_service
 from appliance.deletion.protection import DeletionRule, Impact, RecycledOut, recycled_out
 from appliance.deletion.records import RecycledRecord
 
+from .auth import Caller
 from .jobs import ERRORS
 
 
@@ -42,9 +45,11 @@ def deletion_router(appliance: Appliance) -> APIRouter:
         return deletions.set_rule(kind, rule)
 
     @router.get("/recycle-bin", response_model=list[RecycledOut], responses=ERRORS)
-    def list_bin(query: Annotated[ListQuery, Depends(list_query)], response: Response) -> list[RecycledOut]:
+    def list_bin(caller: Caller, query: Annotated[ListQuery, Depends(list_query)],
+                 response: Response) -> list[RecycledOut]:
+        shown = select(RecycledRecord).where(recycled_visible(caller))
         with appliance.catalog() as s:
-            return [recycled_out(r) for r in query.run(s, RecycledRecord, response=response)]
+            return [recycled_out(r) for r in query.run(s, RecycledRecord, shown, response=response)]
 
     @router.post("/recycle-bin/{recycle_id}/restore", response_model=RecycledOut, responses=ERRORS)
     def restore(recycle_id: str) -> RecycledOut:

@@ -1,21 +1,22 @@
 """Host endpoints under /api/v1/hosts: the same operations as `cairn host`.
 
-A VM's backup answers when it is done (host VMs are backed up in the request, not as a job of
-the job engine)."""
+A VM's backup is a job (kind host.backup, on the resource `vm:<vm>@<host>`): it answers 202
+with the job, whose result names the backup, listed as `<vm>@<host>`."""
 from __future__ import annotations
 
 from typing import Any, Literal
 
 from fastapi import APIRouter, Response
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field
 
-from appliance.backups.host_vm import back_up_host_vm
-from appliance.backups.options import DEFAULT_FULL_EVERY
-from appliance.backups.selection import DiskSelection
 from appliance.context import Appliance
+from appliance.hosts.service import HOST_OPTIONS
+from appliance.jobs.params import HostBackupParams, HostBackupRequest
 from vmm.hosts import HostVM
 
-from .app import BackupOut
+from .auth import Caller
+from .jobs import ERRORS, JobOut, submit_job
+from .vms import MAX_STOP_TIMEOUT
 
 
 class HostIn(BaseModel):
@@ -65,28 +66,13 @@ class HostVMOut(BaseModel):
 
 class StopIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    timeout: float = Field(60.0, gt=0, description="seconds to wait after the ACPI power button")
+    timeout: float = Field(60.0, gt=0, le=MAX_STOP_TIMEOUT, description="seconds to wait after the ACPI power button")
     force: bool = Field(False, description="pull the plug at once")
 
 
 class SnapshotIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str = Field(description="the snapshot's name; each disk goes on in an overlay <image base>.<name>")
-
-
-class HostBackupIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    full: bool = False
-    full_every: int = Field(DEFAULT_FULL_EVERY, ge=0, le=100_000,
-                            description="read a disk in full after this many incrementals of it (0: always)")
-    include: list[str] = Field([], description="read only the disks one of these selects: a name pattern (vdb, "
-                                               "vd[b-d]) or kind:<tag> (qcow2, raw, file, block, network, readonly...)")
-    exclude: list[str] = Field([], description="then leave out the disks one of these selects (same syntax)")
-
-    @model_validator(mode="after")
-    def _selection_is_valid(self) -> HostBackupIn:
-        DiskSelection.of(self.include, self.exclude)
-        return self
 
 
 def _vm(vm: HostVM) -> HostVMOut:
@@ -102,7 +88,10 @@ def host_router(appliance: Appliance) -> APIRouter:
         return [HostOut(**h.to_dict()) for h in hosts.list()]
 
     @router.post("", response_model=HostOut, status_code=201)
-    def add_host(body: HostIn) -> HostOut:
+    def add_host(caller: Caller, body: HostIn) -> HostOut:
+        for option in ("key_file", "known_hosts"):
+            if (path := getattr(body, option)) is not None and option in HOST_OPTIONS[body.kind]:
+                appliance.host_paths.readable_file(caller, path, option.replace("_", " "))
         return HostOut(**hosts.add(body.name, body.uri, body.kind, body.key_file, body.known_hosts,
                                    body.agent_dir, body.scratch_dir, body.libvirt_dir).to_dict())
 
@@ -141,11 +130,9 @@ def host_router(appliance: Appliance) -> APIRouter:
         """A disk-only snapshot of a libvirt domain, all disks at one instant; returns its snapshots."""
         return hosts.snapshot(name, vm, body.name)
 
-    @router.post("/{name}/vms/{vm}/backups", response_model=BackupOut, status_code=201)
-    def back_up_vm(name: str, vm: str, body: HostBackupIn | None = None) -> BackupOut:
-        body = body or HostBackupIn()
-        result = back_up_host_vm(appliance, name, vm, full=body.full, full_every=body.full_every,
-                                 selection=DiskSelection.of(body.include, body.exclude))
-        return BackupOut.model_validate(appliance.backups.get(result.manifest.backup_id))
+    @router.post("/{name}/vms/{vm}/backups", response_model=JobOut, status_code=202, responses=ERRORS)
+    def back_up_vm(caller: Caller, name: str, vm: str, body: HostBackupRequest | None = None) -> JobOut:
+        params = HostBackupParams(host=name, vm=vm, **(body or HostBackupRequest()).model_dump())
+        return submit_job(appliance, caller, "host.backup", params)
 
     return router

@@ -1,39 +1,45 @@
 """Jobs and events under /api/v1: list, follow, cancel, and the calls that start jobs.
 
-Starting work (a backup, a store verify or GC) answers 202 with the job at once; its state
-moves from queued through running to succeeded, failed or cancelled, and the live stream
-`/api/v1/events/stream` carries its progress.
+Every long operation is a job (appliance/jobs/params.py lists the kinds): POST /jobs starts
+any of them, and the routes of each domain (a VM's backups and snapshots, restores, clones,
+the store's upkeep) start theirs through `submit_job`, the one place that checks what the
+caller may see. They answer 202 with the job at once; its state moves from queued through
+running to succeeded, failed or cancelled, its `result` says what it made, and the live
+stream `/api/v1/events/stream?job=ID` carries its progress and ends with it.
 """
 from __future__ import annotations
 
 import asyncio
 import queue
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Coroutine
 from datetime import datetime
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
 
-from fastapi import APIRouter, Depends, Response
+from fastapi import APIRouter, Depends, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.routing import APIRoute
 from fastapi.sse import EventSourceResponse, ServerSentEvent
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, create_model
 from sqlalchemy import select
 
+from appliance.access.auth import Principal
 from appliance.access.visibility import visibility, vm_visible
 from appliance.catalog.query import ListQuery, list_query
 from appliance.context import Appliance
-from appliance.jobs.kinds import BackupParams, BackupRequest, GcParams, VerifyParams
-from appliance.jobs.plan import FINISHED_STATES
-from appliance.jobs.records import EventRecord, JobRecord
-from appliance.jobs.sync import SyncParams
+from appliance.jobs.engine import JobParamsError
+from appliance.jobs.params import PARAMS, BackupParams, BackupRequest, GcParams, JobParams, VerifyParams
+from appliance.jobs.records import FINISHED_STATES, EventRecord, JobRecord, JobState, Severity, StepState
 
 from .app import ErrorOut
-from .auth import Caller
+from .auth import Caller, still_signed_in
 
 ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorOut} for code in (404, 409, 422)}
+SIGNED_IN_CHECK = 1.0   # seconds between checks that a live stream's session or key still stands
 
 
 class StepOut(BaseModel):
     name: str
-    state: str
+    state: StepState
     error: str | None = None
 
 
@@ -42,7 +48,7 @@ class JobOut(BaseModel):
     id: str
     kind: str
     resource: str
-    state: str
+    state: JobState
     params: dict[str, Any]
     steps: list[StepOut]
     progress: float
@@ -60,20 +66,71 @@ class EventOut(BaseModel):
     id: int
     created_at: datetime
     kind: str
-    severity: str
+    severity: Severity
     resource: str | None
     job_id: str | None
     message: str
     data: dict[str, Any]
 
 
-class JobRequest(BaseModel):
+class KindAndParams(BaseModel):
+    """What every body of POST /jobs has: a kind and its parameters."""
     model_config = ConfigDict(extra="forbid")
-    kind: str = Field(description="backup, snapshot, store.verify or store.gc")
-    params: dict[str, Any] = Field(default_factory=dict)
+    kind: str
+    params: JobParams
+
+
+def _request_of(kind: str, params: type[JobParams]) -> type[KindAndParams]:
+    """{"kind": kind, "params": <its parameters>}; params may be left out when all have defaults."""
+    optional = not any(field.is_required() for field in params.model_fields.values())
+    name = "".join(word.capitalize() for word in kind.replace(".", "_").split("_")) + "Job"
+    return create_model(name, __base__=KindAndParams, kind=(Literal[kind], ...),  # type: ignore[arg-type]
+                        params=(params, Field(default_factory=params) if optional else ...))
+
+
+if TYPE_CHECKING:
+    JobRequest = KindAndParams
+else:
+    # The body of POST /jobs: one of the kinds, told apart by `kind` (a discriminated union in the OpenAPI).
+    JobRequest = Annotated[Union[tuple(_request_of(kind, params) for kind, params in PARAMS.items())],  # noqa: UP007
+                           Field(discriminator="kind")]
+
+
+class JobRequestRoute(APIRoute):
+    """A job's parameters that do not validate are said field by field in the error's message,
+    as the job engine says them (the app's usual 422 keeps them in its details)."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def handle(request: Request) -> Response:
+            try:
+                return await handler(request)
+            except RequestValidationError as e:
+                problems = "; ".join(f"{'.'.join(map(str, x['loc'][1:])) or 'body'}: {x['msg']}" for x in e.errors())
+                raise JobParamsError(f"the job's parameters are not valid: {problems}") from e
+        return handle
 
 
 Query = Annotated[ListQuery, Depends(list_query)]
+
+
+def submit_job(appliance: Appliance, caller: Principal, kind: str, params: JobParams) -> JobOut:
+    """Every route that starts a job comes here: the VMs and the backup it names must be the
+    caller's to see, the caller's role must be the one the job's plan needs (JobPlan.needs),
+    whichever route, and the VMs it creates are theirs from now on (the name is held for them
+    while the job waits)."""
+    seen = visibility(appliance)
+    for vm in params.vms():
+        seen.check_vm(caller, vm)
+    if (backup := params.backup()) is not None:
+        seen.check_backup(caller, backup)
+    for name in params.new_vms():
+        seen.claim(caller, name)
+    job = appliance.jobs.submit(kind, params, role=caller.role)
+    for name in params.new_vms():
+        seen.own(caller, name)
+    return JobOut.model_validate(job)
 
 
 def job_router(appliance: Appliance) -> APIRouter:
@@ -81,20 +138,20 @@ def job_router(appliance: Appliance) -> APIRouter:
     jobs = appliance.jobs
     seen = visibility(appliance)
 
-    def submit(kind: str, params: BaseModel) -> JobOut:
-        return JobOut.model_validate(jobs.submit(kind, params.model_dump(exclude_none=True)))
-
     @router.get("/jobs", response_model=list[JobOut], responses=ERRORS)
     def list_jobs(caller: Caller, query: Query, response: Response) -> list[JobOut]:
         mine = select(JobRecord).where(vm_visible(JobRecord.resource, caller, resource=True))
         with appliance.catalog() as s:
             return [JobOut.model_validate(r) for r in query.run(s, JobRecord, mine, response=response)]
 
-    @router.post("/jobs", response_model=JobOut, status_code=202, responses=ERRORS)
+    starting = APIRouter(route_class=JobRequestRoute)
+
+    @starting.post("/jobs", response_model=JobOut, status_code=202, responses=ERRORS)
     def start_job(caller: Caller, body: JobRequest) -> JobOut:
-        if isinstance(vm := body.params.get("vm"), str):
-            seen.check_vm(caller, vm)
-        return JobOut.model_validate(jobs.submit(body.kind, body.params))
+        """Any kind of job, with its parameters (see the kinds in the request's schema)."""
+        return submit_job(appliance, caller, body.kind, body.params)
+
+    router.include_router(starting)
 
     @router.get("/jobs/{job_id}", response_model=JobOut, responses=ERRORS)
     def get_job(job_id: str) -> JobOut:
@@ -105,20 +162,16 @@ def job_router(appliance: Appliance) -> APIRouter:
         return JobOut.model_validate(jobs.cancel(job_id))
 
     @router.post("/vms/{name}/backups", response_model=JobOut, status_code=202, responses=ERRORS)
-    def start_backup(name: str, body: BackupRequest | None = None) -> JobOut:
-        return submit("backup", BackupParams(vm=name, **(body or BackupRequest()).model_dump()))
+    def start_backup(caller: Caller, name: str, body: BackupRequest | None = None) -> JobOut:
+        return submit_job(appliance, caller, "backup", BackupParams(vm=name, **(body or BackupRequest()).model_dump()))
 
     @router.post("/store/verify-jobs", response_model=JobOut, status_code=202, responses=ERRORS)
-    def start_verify(body: VerifyParams | None = None) -> JobOut:
-        return submit("store.verify", body or VerifyParams())
+    def start_verify(caller: Caller, body: VerifyParams | None = None) -> JobOut:
+        return submit_job(appliance, caller, "store.verify", body or VerifyParams())
 
     @router.post("/store/gc-jobs", response_model=JobOut, status_code=202, responses=ERRORS)
-    def start_gc(body: GcParams | None = None) -> JobOut:
-        return submit("store.gc", body or GcParams())
-
-    @router.post("/store/sync-jobs", response_model=JobOut, status_code=202, responses=ERRORS)
-    def start_sync(body: SyncParams) -> JobOut:
-        return submit("store.sync", body)
+    def start_gc(caller: Caller, body: GcParams | None = None) -> JobOut:
+        return submit_job(appliance, caller, "store.gc", body or GcParams())
 
     @router.get("/events", response_model=list[EventOut], responses=ERRORS)
     def list_events(caller: Caller, query: Query, response: Response) -> list[EventOut]:
@@ -134,13 +187,22 @@ def job_router(appliance: Appliance) -> APIRouter:
         return job
 
     @router.get("/events/stream", response_class=EventSourceResponse, responses=ERRORS)
-    async def stream_events(caller: Caller, job: str | None = Depends(known_job)) -> AsyncIterator[ServerSentEvent]:
+    async def stream_events(caller: Caller, request: Request,
+                            job: str | None = Depends(known_job)) -> AsyncIterator[ServerSentEvent]:
         """Events as they happen, job progress included. With `job`, only that job's, ending when it ends.
-        Events of VMs the caller may not see are left out (asked per event: VMs come and change hands)."""
+        Events of VMs the caller may not see are left out (asked per event: VMs come and change hands).
+        The stream ends once the caller's session or key does (asked every second)."""
         endings = {f"job.{state}" for state in FINISHED_STATES}
+        authorization = request.headers.get("authorization")
+        loop = asyncio.get_running_loop()
+        checked = loop.time()
         with jobs.events.listen() as feed:
             event: dict[str, Any] | None = None
             while True:
+                if loop.time() - checked >= SIGNED_IN_CHECK:
+                    if not await asyncio.to_thread(still_signed_in, appliance, authorization):
+                        return
+                    checked = loop.time()
                 if job is not None and (event is None or event["kind"] in endings) and \
                         (rec := jobs.get(job)).state in FINISHED_STATES:
                     yield ServerSentEvent(event="job.end", data=JobOut.model_validate(rec).model_dump(mode="json"))

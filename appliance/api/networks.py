@@ -7,15 +7,20 @@ parse), something missing 404, something in the way (in use, exists, exhausted) 
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Response
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, ConfigDict, Field
 
+from appliance.access.auth import Principal
+from appliance.access.host_paths import HostPaths
+from appliance.access.visibility import Seen, visibility
 from appliance.context import Appliance
 from appliance.pools.service import PoolService
 
+from .auth import Caller
 from .vms import VMErrorRoute
 
 PoolKind = Literal["compute", "storage", "address"]
@@ -68,7 +73,7 @@ class AttachIn(BaseModel):
     vm: str
 
 
-def pools_router(pools: PoolService) -> APIRouter:
+def pools_router(pools: PoolService, paths: HostPaths, seen: Callable[[Principal], Seen]) -> APIRouter:
     router = APIRouter(tags=["pools"], route_class=VMErrorRoute)
 
     def pool_dicts(kind: PoolKind | None) -> list[dict[str, Any]]:
@@ -86,23 +91,24 @@ def pools_router(pools: PoolService) -> APIRouter:
         return pool_dicts(kind)
 
     @router.post("/api/v1/pools", status_code=201)
-    async def create_pool(body: PoolIn) -> dict[str, Any]:
+    async def create_pool(caller: Caller, body: PoolIn) -> dict[str, Any]:
         if isinstance(body, ComputePoolIn):
             return pools.create_compute(body.name, body.hosts).to_dict()
         if isinstance(body, StoragePoolIn):
+            await run_in_threadpool(paths.folder, caller, body.path, "storage pool folder")
             # Probing a (possibly NFS) folder may block: not on the event loop.
             made = await run_in_threadpool(pools.create_storage, body.name, body.type, body.path)
             return made.to_dict()
         return pools.create_address(body.name, body.subnet, body.gateway, body.first, body.last).to_dict()
 
     @router.get("/api/v1/pools/{kind}/{name}")
-    async def get_pool(kind: PoolKind, name: str) -> dict[str, Any]:
+    async def get_pool(caller: Caller, kind: PoolKind, name: str) -> dict[str, Any]:
         if kind == "compute":
             return pools.compute_pool(name).to_dict()
         if kind == "storage":
             return (await run_in_threadpool(pools.storage_pool, name)).to_dict()
         return {**pools.address_pool(name).to_dict(),
-                "leases": [lease.to_dict() for lease in pools.leases(name)]}
+                "leases": [lease.to_dict() for lease in pools.leases(name, seen=seen(caller))]}
 
     @router.delete("/api/v1/pools/{kind}/{name}", status_code=204)
     def delete_pool(kind: PoolKind, name: str) -> Response:
@@ -111,8 +117,8 @@ def pools_router(pools: PoolService) -> APIRouter:
         return Response(status_code=204)
 
     @router.get("/api/v1/pools/address/{name}/leases")
-    def list_leases(name: str) -> list[dict[str, Any]]:
-        return [lease.to_dict() for lease in pools.leases(name)]
+    def list_leases(caller: Caller, name: str) -> list[dict[str, Any]]:
+        return [lease.to_dict() for lease in pools.leases(name, seen=seen(caller))]
 
     @router.post("/api/v1/pools/address/{name}/leases", status_code=201)
     def allocate(name: str, body: LeaseIn) -> dict[str, Any]:
@@ -129,6 +135,7 @@ def pools_router(pools: PoolService) -> APIRouter:
 def networks_router(appliance: Appliance) -> APIRouter:
     networks = appliance.vms.networks
     router = APIRouter(tags=["networks"], route_class=VMErrorRoute)
+    seen = visibility(appliance).seen
 
     @router.get("/api/v1/networks")
     def list_networks() -> list[dict[str, Any]]:
@@ -141,9 +148,9 @@ def networks_router(appliance: Appliance) -> APIRouter:
         return networks.status(made.name)
 
     @router.get("/api/v1/networks/{name}")
-    def get_network(name: str) -> dict[str, Any]:
+    def get_network(caller: Caller, name: str) -> dict[str, Any]:
         return {**networks.status(name),
-                "attachments": [a.to_dict() for a in networks.attachments(name)]}
+                "attachments": [a.to_dict() for a in networks.attachments(name, seen=seen(caller))]}
 
     @router.delete("/api/v1/networks/{name}", status_code=204)
     async def delete_network(name: str) -> Response:
@@ -151,8 +158,8 @@ def networks_router(appliance: Appliance) -> APIRouter:
         return Response(status_code=204)
 
     @router.get("/api/v1/networks/{name}/attachments")
-    def list_attachments(name: str) -> list[dict[str, Any]]:
-        return [a.to_dict() for a in networks.attachments(name)]
+    def list_attachments(caller: Caller, name: str) -> list[dict[str, Any]]:
+        return [a.to_dict() for a in networks.attachments(name, seen=seen(caller))]
 
     @router.post("/api/v1/networks/{name}/attachments", status_code=201)
     async def attach(name: str, body: AttachIn) -> dict[str, Any]:
@@ -168,6 +175,6 @@ def networks_router(appliance: Appliance) -> APIRouter:
 def network_router(appliance: Appliance) -> APIRouter:
     """Both routers, for one include line in api.py."""
     router = APIRouter()
-    router.include_router(pools_router(appliance.vms.pools))
+    router.include_router(pools_router(appliance.vms.pools, appliance.host_paths, visibility(appliance).seen))
     router.include_router(networks_router(appliance))
     return router

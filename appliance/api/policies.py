@@ -7,11 +7,13 @@ from typing import Annotated
 from fastapi import APIRouter, Body, Depends, Query, Response
 from pydantic import BaseModel, Field
 
+from appliance.access.visibility import visibility
 from appliance.catalog.query import ListQuery, list_query
 from appliance.context import Appliance
 from appliance.policies.records import PolicyRecord
 from appliance.policies.service import Policy, PolicyOut, PolicyService, policy_out
 
+from .auth import Caller
 from .jobs import ERRORS
 
 
@@ -29,6 +31,7 @@ Tag = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$", max_length=
 def policy_router(appliance: Appliance) -> APIRouter:
     router = APIRouter(prefix="/api/v1", tags=["policies"])
     policies = PolicyService(appliance.catalog)
+    seen = visibility(appliance)
 
     @router.get("/policies", response_model=list[PolicyOut], responses=ERRORS)
     def list_policies(query: Annotated[ListQuery, Depends(list_query)], response: Response) -> list[PolicyOut]:
@@ -49,8 +52,8 @@ def policy_router(appliance: Appliance) -> APIRouter:
         return policy_out(policies.replace(ref, policy))
 
     @router.get("/policies/{ref}/preview", response_model=PolicyPreview, responses=ERRORS)
-    def preview_policy(ref: str, count: Annotated[int, Query(ge=1, le=100)] = 5) -> PolicyPreview:
-        return PolicyPreview(**policies.preview(ref, count))
+    def preview_policy(caller: Caller, ref: str, count: Annotated[int, Query(ge=1, le=100)] = 5) -> PolicyPreview:
+        return PolicyPreview(**policies.preview(ref, count, seen.seen(caller)))
 
     @router.get("/vms/{name}/tags", response_model=list[str], responses=ERRORS)
     def get_tags(name: str) -> list[str]:

@@ -1,33 +1,40 @@
 """Restore endpoints: a disk into a target the appliance host can reach, a whole VM as a
 new VM or over the VM it came from, files out of a backed-up filesystem, instant restore
-and boot tests. They answer when the restore (or boot test) is done; an instant restore
-answers once its VM runs."""
+and boot tests. Restores are jobs: they answer 202 with the job, whose result says what was
+restored (an instant restore's job ends once its VM runs; GET /instant-restores/{vm} follows
+the copy). Files and boot tests answer when they are done."""
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import PurePosixPath
-from typing import Literal
+from typing import Any, Literal
+from urllib.parse import quote
 
+import anyio
 from fastapi import APIRouter
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.types import Receive, Scope, Send
 
-from appliance.access.visibility import visibility
 from appliance.context import Appliance
 from appliance.errors import CairnError, NotFoundError
-from appliance.restores.boot_test import DEFAULT_MARKER
-from restore import (
-    CorruptBackupError,
-    RestoreError,
-    VerifyError,
-    parse_destination,
-    restore_disk,
+from appliance.jobs.params import (
+    DiskRestoreParams,
+    DiskRestoreRequest,
+    InstantRestoreParams,
+    InstantRestoreRequest,
+    RestoreAsNewParams,
+    RestoreOverParams,
 )
+from appliance.restores.boot_test import DEFAULT_MARKER
+from restore import CorruptBackupError, RestoreError, VerifyError
+from restore.destinations import RBD_SCHEME
 from restore.files import BackupFilesystem, FileNotInBackupError
 
 from .auth import Caller
+from .jobs import ERRORS, JobOut, submit_job
 
 DOWNLOAD_BLOCK = 1 << 20
 
@@ -42,23 +49,6 @@ class BackupDamagedError(CairnError):
     status = 500
 
 
-class DiskRestoreRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    target: str  # image file path, block device, nbd:// URL
-    format: Literal["raw", "qcow2"] = "raw"
-    force: bool = False
-    verify: bool = False
-
-
-class DiskRestoreOut(BaseModel):
-    backup_id: str
-    disk: str
-    target: str
-    bytes_written: int
-    seconds: float
-    verified: bool
-
-
 class VMRestoreRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     mode: Literal["new", "over"]
@@ -67,27 +57,12 @@ class VMRestoreRequest(BaseModel):
     verify: bool = True
 
 
-class VMRestoreOut(BaseModel):
-    vm: str
-    backup_id: str
-    disks: dict[str, str]
-    bytes_written: int
-    seconds: float
-    verified: bool
-
-
 class FileEntryOut(BaseModel):
     name: str
     kind: Literal["file", "dir", "symlink", "other"]
     size: int
     mtime: float
     target: str | None
-
-
-class InstantRestoreRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    name: str
-    speed: int = Field(0, ge=0, description="bytes/s per disk; 0: unlimited")
 
 
 class SpeedRequest(BaseModel):
@@ -144,30 +119,24 @@ def restore_router(appliance: Appliance) -> APIRouter:
 def backup_restore_router(appliance: Appliance) -> APIRouter:
     """/api/v1/backups/{backup_id}/...: restore from one backup."""
     router = APIRouter(prefix="/api/v1/backups/{backup_id}", tags=["restore"])
-    seen = visibility(appliance)
 
-    @router.post("/disks/{disk}/restore", response_model=DiskRestoreOut)
-    def restore_one_disk(backup_id: str, disk: str, body: DiskRestoreRequest) -> DiskRestoreOut:
-        with reported():
-            destination = parse_destination(body.target, body.format, body.force)
-            result = restore_disk(appliance.store, backup_id, disk, destination, verify=body.verify)
-        return DiskRestoreOut(backup_id=backup_id, disk=disk, target=body.target, bytes_written=result.bytes_written,
-                              seconds=result.seconds, verified=result.verified)
+    @router.post("/disks/{disk}/restore", response_model=JobOut, status_code=202, responses=ERRORS)
+    def restore_one_disk(caller: Caller, backup_id: str, disk: str, body: DiskRestoreRequest) -> JobOut:
+        if "://" not in body.target and not body.target.startswith(RBD_SCHEME):   # a host path, not a URL
+            appliance.host_paths.disk_target(caller, body.target, "restore target")
+        return submit_job(appliance, caller, "restore.disk",
+                          DiskRestoreParams(backup_id=backup_id, disk=disk, **body.model_dump()))
 
-    @router.post("/restore", response_model=VMRestoreOut)
-    async def restore_vm(caller: Caller, backup_id: str, body: VMRestoreRequest) -> VMRestoreOut:
-        service = appliance.restores
-        with reported():
-            if body.mode == "new":
-                if not body.name:
-                    raise RestoreFailedError("mode new needs the new VM's name")
-                seen.claim(caller, body.name)
-                result = await asyncio.to_thread(service.as_new_vm, backup_id, body.name, verify=body.verify)
-                seen.own(caller, body.name)
-            else:
-                vm = appliance.store.get_backup(backup_id).vm
-                result = await service.over_vm(backup_id, vm, stop=body.stop, verify=body.verify)
-        return VMRestoreOut(**vars(result))
+    @router.post("/restore", response_model=JobOut, status_code=202, responses=ERRORS)
+    def restore_vm(caller: Caller, backup_id: str, body: VMRestoreRequest) -> JobOut:
+        if body.mode == "over":
+            vm = appliance.store.get_backup(backup_id).vm
+            return submit_job(appliance, caller, "restore.over_vm",
+                              RestoreOverParams(backup_id=backup_id, vm=vm, stop=body.stop, verify=body.verify))
+        if not body.name:
+            raise RestoreFailedError("mode new needs the new VM's name")
+        return submit_job(appliance, caller, "restore.new_vm",
+                          RestoreAsNewParams(backup_id=backup_id, name=body.name, verify=body.verify))
 
     @router.get("/disks/{disk}/files", response_model=list[FileEntryOut])
     def list_files(backup_id: str, disk: str, path: str = "/", partition: int | None = None) -> list[FileEntryOut]:
@@ -178,7 +147,9 @@ def backup_restore_router(appliance: Appliance) -> APIRouter:
     @router.get("/disks/{disk}/files/content")
     def download_file(backup_id: str, disk: str, path: str, partition: int | None = None) -> StreamingResponse:
         """One file's bytes. The filesystem is opened before the answer starts, so errors are
-        reported as such; it is closed when the download ends."""
+        reported as such; it is released (mount, loop device, nbdfuse, nbdkit) however the
+        download ends: sent, failed, or abandoned by the client."""
+        headers = {"Content-Disposition": attachment(PurePosixPath(path).name)}
         with reported():
             fs = BackupFilesystem(appliance.store, backup_id, disk, partition).mount()
             try:
@@ -188,24 +159,19 @@ def backup_restore_router(appliance: Appliance) -> APIRouter:
                 raise
 
         def content() -> Iterator[bytes]:
-            try:
-                while block := file.read(DOWNLOAD_BLOCK):
-                    yield block
-            finally:
-                file.close()
-                fs.close()
-        name = PurePosixPath(path).name
-        return StreamingResponse(content(), media_type="application/octet-stream",
-                                 headers={"Content-Disposition": f'attachment; filename="{name}"'})
+            while block := file.read(DOWNLOAD_BLOCK):
+                yield block
 
-    @router.post("/instant-restore", response_model=InstantRestoreOut, status_code=201)
-    async def start_instant_restore(caller: Caller, backup_id: str, body: InstantRestoreRequest) -> InstantRestoreOut:
+        def release() -> None:
+            file.close()
+            fs.close()
+        return ReleasingResponse(content(), release, media_type="application/octet-stream", headers=headers)
+
+    @router.post("/instant-restore", response_model=JobOut, status_code=202, responses=ERRORS)
+    def start_instant_restore(caller: Caller, backup_id: str, body: InstantRestoreRequest) -> JobOut:
         """Start VM `name` on the backup now; its disks are copied in while it runs."""
-        seen.claim(caller, body.name)
-        with reported():
-            state = await appliance.restores.instant.start(backup_id, body.name, speed=body.speed)
-        seen.own(caller, body.name)
-        return InstantRestoreOut(**state.to_dict())
+        return submit_job(appliance, caller, "restore.instant",
+                          InstantRestoreParams(backup_id=backup_id, **body.model_dump()))
 
     @router.post("/boot-test", response_model=BootTestOut)
     async def boot_test(backup_id: str, body: BootTestRequest | None = None) -> BootTestOut:
@@ -243,6 +209,36 @@ def instant_router(appliance: Appliance) -> APIRouter:
         return InstantRestoreOut(**state.to_dict())
 
     return router
+
+
+class ReleasingResponse(StreamingResponse):
+    """A streamed answer that calls `release` once it ends, however: sent in full, failed, or
+    cut short by the client going away (which stops the stream without finishing it)."""
+
+    def __init__(self, content: Iterator[bytes], release: Callable[[], None], **kwargs: Any) -> None:
+        try:
+            super().__init__(content, **kwargs)
+        except BaseException:
+            release()
+            raise
+        self.release = release
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            # Shielded: when the request was cancelled (the client gone), an unshielded await
+            # here would be cancelled too, and the release skipped.
+            with anyio.CancelScope(shield=True):
+                await run_in_threadpool(self.release)
+
+
+def attachment(name: str) -> str:
+    """Content-Disposition for a download named `name` (RFC 6266): the exact name as RFC 5987's
+    UTF-8 filename*, and for older clients a plain ASCII filename with the rest replaced by _.
+    A header is Latin-1 and one line: the name itself may be neither."""
+    fallback = "".join(c if c.isascii() and c.isprintable() and c not in '"\\' else "_" for c in name) or "download"
+    return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{quote(name, safe='')}"
 
 
 @contextmanager

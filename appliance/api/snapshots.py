@@ -1,35 +1,26 @@
 """Snapshot endpoints under /api/v1/vms/{name}/snapshots: the same operations as `cairn snapshot`.
 
-They answer when the operation is done (a commit or pull of a large layer takes a while)."""
+Taking, reverting and deleting a snapshot are jobs on the VM (a commit or pull of a large layer
+takes a while): they answer 202 with the job, whose result is the snapshot (or the merges)."""
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 from fastapi import APIRouter
-from pydantic import BaseModel, ConfigDict, Field
 
 from appliance.context import Appliance
-from appliance.snapshots.service import snapshot_dict, tree_dict
+from appliance.jobs.params import (
+    DeleteRequest,
+    RevertRequest,
+    SnapshotCreateParams,
+    SnapshotDeleteParams,
+    SnapshotRequest,
+    SnapshotRevertParams,
+)
+from appliance.snapshots.service import tree_dict
 
-
-class SnapshotRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    name: str | None = None
-    automatic: bool = False
-    memory: bool = Field(False, description="also save the running guest's memory, so a revert resumes it")
-
-
-class RevertRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    memory: bool | None = Field(None, description="resume from the snapshot's memory state (default: if it has "
-                                                  "one; the VM is restarted from it) or, false, the disks only")
-
-
-class DeleteRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    via: Literal["commit", "pull"] | None = None
-    rate_limit: int | None = Field(None, gt=0, description="bytes per second: the block job's speed on a running "
-                                   "VM, qemu-img commit -r on a stopped one (an offline pull has no limit)")
+from .auth import Caller
+from .jobs import ERRORS, JobOut, submit_job
 
 
 def snapshot_router(appliance: Appliance) -> APIRouter:
@@ -40,20 +31,20 @@ def snapshot_router(appliance: Appliance) -> APIRouter:
     def list_snapshots(name: str) -> dict[str, Any]:
         return tree_dict(service.tree(name))
 
-    @router.post("", status_code=201)
-    async def create_snapshot(name: str, body: SnapshotRequest | None = None) -> dict[str, Any]:
-        body = body or SnapshotRequest()
-        return snapshot_dict(await service.create(name, body.name, body.automatic, body.memory))
+    @router.post("", response_model=JobOut, status_code=202, responses=ERRORS)
+    def create_snapshot(caller: Caller, name: str, body: SnapshotRequest | None = None) -> JobOut:
+        params = SnapshotCreateParams(vm=name, **(body or SnapshotRequest()).model_dump())
+        return submit_job(appliance, caller, "snapshot.create", params)
 
-    @router.post("/{snapshot}/revert")
-    async def revert_snapshot(name: str, snapshot: str, body: RevertRequest | None = None) -> dict[str, Any]:
-        return snapshot_dict(await service.revert(name, snapshot, (body or RevertRequest()).memory))
+    @router.post("/{snapshot}/revert", response_model=JobOut, status_code=202, responses=ERRORS)
+    def revert_snapshot(caller: Caller, name: str, snapshot: str, body: RevertRequest | None = None) -> JobOut:
+        params = SnapshotRevertParams(vm=name, snapshot=snapshot, **(body or RevertRequest()).model_dump())
+        return submit_job(appliance, caller, "snapshot.revert", params)
 
-    @router.delete("/{snapshot}")
-    async def delete_snapshot(name: str, snapshot: str, body: DeleteRequest | None = None) -> list[dict[str, Any]]:
-        body = body or DeleteRequest()
-        merges = await service.delete(name, snapshot, body.via, body.rate_limit)
-        return [{"disk": m.disk, "via": m.kind, "moved_bytes": m.moved_bytes} for m in merges]
+    @router.delete("/{snapshot}", response_model=JobOut, status_code=202, responses=ERRORS)
+    def delete_snapshot(caller: Caller, name: str, snapshot: str, body: DeleteRequest | None = None) -> JobOut:
+        params = SnapshotDeleteParams(vm=name, snapshot=snapshot, **(body or DeleteRequest()).model_dump())
+        return submit_job(appliance, caller, "snapshot.delete", params)
 
     @router.post("/check")
     async def check_snapshots(name: str, repair: bool = False) -> dict[str, Any]:

@@ -1,77 +1,64 @@
-"""The store's maintenance API under /api/v1/store: stats, verify, gc, prune, retention locks.
+"""The store's maintenance API under /api/v1/store: stats, verify, gc, prune, sync, retention locks.
 
-Each call runs to completion and answers with its report; for large stores, run verify and GC
-as jobs (POST /api/v1/store/verify-jobs, /store/gc-jobs: progress, cancel, events). An
-encrypted store opens with the passphrase the appliance was started with
-($CAIRN_STORE_PASSPHRASE); without it, or with a wrong one, store calls
-answer 423 or 403 and say why.
+Stats answer at once. Verify, GC and prune are jobs (on the store, or for a prune on the VM
+whose backups it removes): they answer 202 with the job, whose result is the report, and a dry
+run is a job like any other. /store/verify-jobs and /store/gc-jobs are the same as /store/verify
+and /store/gc. An encrypted store opens with the passphrase the appliance was started with
+($CAIRN_STORE_PASSPHRASE); without it, or with a wrong one, store calls answer 423 or 403 and
+say why.
 """
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from dataclasses import replace
+from datetime import datetime
 from typing import Any
 
 from fastapi import APIRouter
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
-from appliance.backups.records import record_pruned, record_verification
-from appliance.backups.retention import RetentionCounts
+from appliance.access.visibility import visibility
 from appliance.context import Appliance
-from appliance.jobs.kinds import GcParams, VerifyParams
-from dedup import (
-    GcReport,
-    PruneReport,
-    RetentionPolicy,
-    StoreStats,
-    VerifyReport,
-    collect_garbage,
-    lock_backup,
-    prune,
-    store_stats,
-    verify_store,
-)
+from appliance.jobs.params import GcParams, PruneParams, SyncParams, VerifyParams
+from dedup import StoreStats, lock_backup, store_stats
 
 from .app import ErrorOut
-
-
-class PruneRequest(RetentionCounts):
-    vm: str
-    dry_run: bool = False
+from .auth import Caller
+from .jobs import JobOut, submit_job
 
 
 def store_router(appliance: Appliance) -> APIRouter:
     router = APIRouter(prefix="/api/v1/store", tags=["store"])
+    seen = visibility(appliance)
     errors: dict[int | str, dict[str, Any]] = {code: {"model": ErrorOut} for code in (403, 404, 409, 422, 423)}
 
     @router.get("/stats", response_model=StoreStats, responses=errors)
-    def stats() -> StoreStats:
-        return store_stats(appliance.store)
+    def stats(caller: Caller) -> StoreStats:
+        """Totals of the whole store; per backup, only those of the VMs the caller sees."""
+        shown = seen.seen(caller)
+        totals = store_stats(appliance.store)
+        return replace(totals, per_backup=tuple(u for u in totals.per_backup if shown.vm(u.vm)))
 
-    @router.post("/verify", response_model=VerifyReport, responses=errors)
-    def verify(body: VerifyParams | None = None) -> VerifyReport:
-        report = verify_store(appliance.store, sample_percent=(body or VerifyParams()).sample_percent)
-        with appliance.catalog.begin() as session:
-            record_verification(session, report.damaged_backups(),
-                                list(report.backups) if report.sample_percent == 100 else None)
-        return report
+    @router.post("/verify", response_model=JobOut, status_code=202, responses=errors)
+    def verify(caller: Caller, body: VerifyParams | None = None) -> JobOut:
+        return submit_job(appliance, caller, "store.verify", body or VerifyParams())
 
-    @router.post("/gc", response_model=GcReport, responses=errors)
-    def gc(body: GcParams | None = None) -> GcReport:
-        request = body or GcParams()
-        return collect_garbage(appliance.store, grace=timedelta(seconds=request.grace_seconds), dry_run=request.dry_run)
+    @router.post("/gc", response_model=JobOut, status_code=202, responses=errors)
+    def gc(caller: Caller, body: GcParams | None = None) -> JobOut:
+        return submit_job(appliance, caller, "store.gc", body or GcParams())
 
-    @router.post("/prune", response_model=PruneReport, responses=errors)
-    def prune_backups(body: PruneRequest) -> PruneReport:
-        rules = body.model_dump(exclude={"vm", "dry_run"})
-        answer = prune(appliance.store, body.vm, RetentionPolicy(**rules), dry_run=body.dry_run)
-        if not body.dry_run:
-            with appliance.catalog.begin() as session:
-                record_pruned(session, list(answer.removed))
-        return answer
+    @router.post("/prune", response_model=JobOut, status_code=202, responses=errors)
+    def prune_backups(caller: Caller, body: PruneParams) -> JobOut:
+        return submit_job(appliance, caller, "store.prune", body)
+
+    @router.post("/sync", response_model=JobOut, status_code=202, responses=errors)
+    def sync(caller: Caller, body: SyncParams) -> JobOut:
+        """Copy backups to (target) or from (source) another store, sending only what it lacks."""
+        return submit_job(appliance, caller, "store.sync", body)
 
     @router.post("/backups/{backup_id}/lock", response_model=LockOut, responses=errors)
-    def lock(backup_id: str, body: LockRequest) -> LockOut:
+    def lock(caller: Caller, backup_id: str, body: LockRequest) -> LockOut:
         """Lock a backup until a date: nobody can delete it before then, nor shorten the lock."""
+        seen.check_backup(caller, backup_id)
         return LockOut(backup_id=backup_id, locked_until=lock_backup(appliance.store, backup_id, body.until))
 
     return router

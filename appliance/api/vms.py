@@ -17,11 +17,13 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 from starlette.routing import WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
+from appliance.access.auth import Principal
 from appliance.access.visibility import visibility
 from appliance.context import Appliance
 from appliance.deletion.deletables import deletion_service
 from appliance.deletion.protection import Impact
 from appliance.errors import ConflictError
+from appliance.jobs.params import CloneParams, CloneRequest
 from appliance.units import parse_size
 from appliance.vms.service import VMOptions, VMView
 from vmm import VMBusyError, VMError, VMSpecError, VMStateError
@@ -31,11 +33,13 @@ from vmm.placement import PlacementError, SchedulingGroup
 from vmm.spec import NicSpec, random_mac
 
 from .app import error_body
-from .auth import Caller
-from .jobs import ERRORS
+from .auth import Caller, still_signed_in
+from .jobs import ERRORS, JobOut, submit_job
 
 CONSOLE_PATH = "/api/v1/console"
+MAX_STOP_TIMEOUT = 3600.0   # a stop waits at most an hour for its guest (a force-stop cuts it short anyway)
 PROXY_READ_SIZE = 64 * 1024
+CONSOLE_CHECK = 2.0   # seconds between checks that an open console's session or key still stands
 # "10G", "512M" or a number of bytes; a bad size is a 422 like any other invalid field.
 Size = Annotated[int, BeforeValidator(lambda v: parse_size(str(v)))]
 
@@ -82,8 +86,9 @@ class VMCreate(BaseModel):
     boot: list[Literal["disk", "cdrom", "network"]] = []
     console: bool = True
     ha: bool = False
-    kernel: str | None = None
-    initrd: str | None = None
+    kernel: str | None = Field(None, description="direct boot: a library image (raw, uploaded as it is) or, "
+                                                 "for admins only, an absolute path on the appliance host")
+    initrd: str | None = Field(None, description="its initramfs, named the same way")
     append: str | None = None
 
 
@@ -124,14 +129,8 @@ class DiskResize(BaseModel):
 
 class StopRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    timeout: float = Field(30.0, ge=0)
-    force: bool = False
-
-
-class CloneRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    names: list[str] = Field(min_length=1)
-    mode: Literal["full", "instant"] = "full"
+    timeout: float = Field(30.0, ge=0, le=MAX_STOP_TIMEOUT, description="seconds the guest gets to shut down")
+    force: bool = Field(False, description="end QEMU now; also cuts short a graceful stop that is waiting")
 
 
 class HARequest(BaseModel):
@@ -150,7 +149,7 @@ class ConsoleTicket(BaseModel):
 
 class ImageImport(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    path: str = Field(description="a file on the appliance host")
+    path: str = Field(description="admins: a regular file on the appliance host, outside its data dir")
     kind: Literal["iso", "disk"] | None = None
 
 
@@ -183,8 +182,18 @@ def detail(view: VMView) -> VMDetail:
 
 def vm_router(appliance: Appliance) -> APIRouter:
     vms = appliance.vms
-    tokens = ConsoleTokens()
+    # A console ticket grants one VM's console to the credentials that asked for it.
+    tokens: ConsoleTokens[tuple[str, str | None]] = ConsoleTokens()
     seen = visibility(appliance)
+    paths = appliance.host_paths
+
+    def boot_file(caller: Principal, value: str | None, what: str) -> str | None:
+        """A direct-boot file by library image name (anyone), or by host path (an admin's)."""
+        if value is None:
+            return None
+        if "/" in value:
+            return str(paths.readable_file(caller, value, what))
+        return str(vms.images.verified_raw_file(value))
 
     @asynccontextmanager
     async def supervise(_: FastAPI) -> AsyncIterator[None]:
@@ -197,12 +206,13 @@ def vm_router(appliance: Appliance) -> APIRouter:
     async def create_vm(caller: Caller, body: VMCreate) -> VMDetail:
         """The new VM is the caller's: only they (and admins) see it until an admin shares it."""
         seen.claim(caller, body.name)
+        kernel, initrd = boot_file(caller, body.kernel, "kernel"), boot_file(caller, body.initrd, "initrd")
         nics = [NicSpec(f"net{i}", n.mode, n.mac or random_mac(), n.tap, n.bridge)
                 for i, n in enumerate(body.nics)]
         options = VMOptions(image=body.image, iso=body.iso, profile=body.profile, nics=nics,
                             boot=list(body.boot), vnc=body.console, storage_pool=body.storage_pool)
         await run_in_threadpool(vms.create, body.name, body.disks,
-                                body.memory_mib, body.vcpus, body.kernel, body.initrd, body.append,
+                                body.memory_mib, body.vcpus, kernel, initrd, body.append,
                                 None, options)
         seen.own(caller, body.name)
         if body.ha:
@@ -246,14 +256,10 @@ def vm_router(appliance: Appliance) -> APIRouter:
         deletions = deletion_service(appliance)
         return deletions.preview("vm", name) if dry_run else deletions.delete("vm", name)
 
-    @router.post("/api/v1/vms/{name}/clones", response_model=list[VMDetail], status_code=201)
-    async def clone_vm(caller: Caller, name: str, body: CloneRequest) -> list[VMDetail]:
-        for clone in body.names:
-            seen.claim(caller, clone)
-        specs = await run_in_threadpool(vms.clone, name, body.names, body.mode)
-        for spec in specs:
-            seen.own(caller, spec.name)
-        return [detail(vms.show(s.name)) for s in specs]
+    @router.post("/api/v1/vms/{name}/clones", response_model=JobOut, status_code=202, responses=ERRORS)
+    def clone_vm(caller: Caller, name: str, body: CloneRequest) -> JobOut:
+        """A job on the source VM; its result names the clones (GET /api/v1/vms/{clone} shows each)."""
+        return submit_job(appliance, caller, "vm.clone", CloneParams(source=name, **body.model_dump()))
 
     @router.get("/api/v1/vms/{name}/streams")
     async def clone_streams(name: str) -> dict[str, float]:
@@ -266,21 +272,28 @@ def vm_router(appliance: Appliance) -> APIRouter:
         return detail(vms.show(name))
 
     @router.post("/api/v1/vms/{name}/console", response_model=ConsoleTicket)
-    def open_console(name: str) -> ConsoleTicket:
+    def open_console(name: str, request: Request) -> ConsoleTicket:
         view = vms.show(name)
         password = vnc_password(vms.driver.paths(name))
         if not view.spec.vnc:
             raise ConflictError(f"VM {name} has no console (create it with console on)")
         if view.status.state not in ("running", "paused") or password is None:
             raise ConflictError(f"VM {name} is {view.status.state}: start it to open its console")
-        token = tokens.issue(name)
+        token = tokens.issue((name, request.headers.get("authorization")))
         return ConsoleTicket(token=token, url=f"{CONSOLE_PATH}?token={token}", password=password,
                              ttl_seconds=tokens.ttl_seconds)
 
     async def console_socket(ws: WebSocket) -> None:
-        vm = tokens.redeem(ws.query_params.get("token", ""))
-        if vm is None:
+        grant = tokens.redeem(ws.query_params.get("token", ""))
+        if grant is None:
             await ws.close(code=1008, reason="unknown, used or expired console token")
+            return
+        vm, authorization = grant
+
+        def signed_in() -> Awaitable[bool]:
+            return run_in_threadpool(still_signed_in, appliance, authorization)
+        if not await signed_in():
+            await ws.close(code=1008, reason="the session or key that asked for this console has ended")
             return
         try:
             reader, writer = await asyncio.open_unix_connection(vms.driver.paths(vm).vnc_socket)
@@ -290,7 +303,7 @@ def vm_router(appliance: Appliance) -> APIRouter:
         # noVNC asks for the "binary" subprotocol; plain clients ask for none.
         wanted = ws.scope.get("subprotocols") or []
         await ws.accept(subprotocol="binary" if "binary" in wanted else None)
-        await _relay(ws, reader, writer)
+        await _relay(ws, reader, writer, signed_in)
 
     router.routes.append(WebSocketRoute(CONSOLE_PATH, console_socket, name="console"))
 
@@ -319,8 +332,9 @@ def vm_router(appliance: Appliance) -> APIRouter:
         return record.to_dict()
 
     @router.post("/api/v1/images/{image}/import", status_code=201, tags=["images"])
-    async def import_image(image: str, body: ImageImport) -> dict[str, Any]:
-        record = await run_in_threadpool(vms.images.import_file, image, body.path, body.kind)
+    async def import_image(caller: Caller, image: str, body: ImageImport) -> dict[str, Any]:
+        source = paths.readable_file(caller, body.path, "image to import")
+        record = await run_in_threadpool(vms.images.import_file, image, source, body.kind)
         return record.to_dict()
 
     @router.post("/api/v1/images/{image}/verify", tags=["images"])
@@ -339,25 +353,27 @@ def vm_router(appliance: Appliance) -> APIRouter:
     # -- scheduling groups --------------------------------------------------------------------
 
     @router.get("/api/v1/scheduling-groups", response_model=list[GroupOut], tags=["placement"])
-    def list_groups() -> list[GroupOut]:
+    def list_groups(caller: Caller) -> list[GroupOut]:
         return [GroupOut(name=g.name, policy=g.policy, enforcement=g.enforcement,
-                         vms=sorted(g.vms), hosts=sorted(g.hosts)) for g in vms.groups()]
+                         vms=sorted(g.vms), hosts=sorted(g.hosts)) for g in vms.groups(seen.seen(caller))]
 
     @router.put("/api/v1/scheduling-groups/{group}", response_model=GroupOut, tags=["placement"])
-    def put_group(group: str, body: GroupIn) -> GroupOut:
+    def put_group(caller: Caller, group: str, body: GroupIn) -> GroupOut:
         vms.save_group(SchedulingGroup(group, body.policy, body.enforcement, frozenset(body.vms),
-                                       frozenset(body.hosts)))
+                                       frozenset(body.hosts)), seen.seen(caller))
         return GroupOut(name=group, **body.model_dump())
 
     @router.delete("/api/v1/scheduling-groups/{group}", status_code=204, tags=["placement"])
-    def delete_group(group: str) -> None:
-        vms.delete_group(group)
+    def delete_group(caller: Caller, group: str) -> None:
+        vms.delete_group(group, seen.seen(caller))
 
     return router
 
 
-async def _relay(ws: WebSocket, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    """Copy bytes both ways until either side hangs up."""
+async def _relay(ws: WebSocket, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                 signed_in: Callable[[], Awaitable[bool]]) -> None:
+    """Copy bytes both ways until either side hangs up, or the credentials that opened the
+    console are revoked (asked every few seconds)."""
     async def to_vm() -> None:
         with suppress(WebSocketDisconnect):
             while True:
@@ -372,7 +388,11 @@ async def _relay(ws: WebSocket, reader: asyncio.StreamReader, writer: asyncio.St
         while data := await reader.read(PROXY_READ_SIZE):
             await ws.send_bytes(data)
 
-    tasks = [asyncio.create_task(to_vm()), asyncio.create_task(to_client())]
+    async def while_signed_in() -> None:
+        while await signed_in():
+            await asyncio.sleep(CONSOLE_CHECK)
+
+    tasks = [asyncio.create_task(to_vm()), asyncio.create_task(to_client()), asyncio.create_task(while_signed_in())]
     try:
         await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
     finally:

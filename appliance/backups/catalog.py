@@ -12,7 +12,7 @@ from appliance.catalog.base import utcnow
 from appliance.errors import NotFoundError
 from appliance.process import alive
 
-from .records import BackupRecord
+from .records import BackupRecord, BackupStatus
 
 
 class BackupCatalog:
@@ -42,12 +42,12 @@ def fail_interrupted(session: Session, vm: str | None) -> None:
     What they left behind is cleared by the next backup of the VM (exports, bitmaps) and by
     the store's GC (the unfinished backup directory).
     """
-    q = select(BackupRecord).where(BackupRecord.status == "running")
+    q = select(BackupRecord).where(BackupRecord.status == BackupStatus.RUNNING)
     if vm:
         q = q.where(BackupRecord.vm_name == vm)
     for rec in session.scalars(q):
-        if rec.runner_pid is None or not alive(rec.runner_pid):
-            rec.status, rec.finished_at = "failed", utcnow()
+        if not alive(rec.runner_pid, rec.runner_start):
+            rec.status, rec.finished_at = BackupStatus.FAILED, utcnow()
             rec.error = f"interrupted: the process running it (pid {rec.runner_pid}) exited"
-            rec.runner_pid = None
+            rec.runner_pid = rec.runner_start = None
 

@@ -17,7 +17,7 @@ from appliance.catalog.base import utcnow
 from dedup import BackupManifest
 from transports.points import Checkpoint, DiskPoint
 
-from .records import CheckpointRecord
+from .records import CheckpointRecord, CheckpointState
 
 
 @dataclass
@@ -33,17 +33,31 @@ class Bases:
         return [reason for reason in self.full.values() if reason]
 
 
+# A disk's row is current until the next good backup retires it; replaced once the disk was
+# restored over: its bitmap went with the old file, the row is left to tell the next backup why.
+LIVE_STATES = (CheckpointState.CURRENT, CheckpointState.REPLACED)
+
+
 def current(session: Session, vm: str) -> dict[str, CheckpointRecord]:
     rows = session.scalars(select(CheckpointRecord).where(CheckpointRecord.vm_name == vm,
-                                                          CheckpointRecord.state == "current"))
+                                                          CheckpointRecord.state.in_(LIVE_STATES)))
     return {r.disk: r for r in rows}
+
+
+def replaced(session: Session, vm: str) -> None:
+    """The VM's disks were restored over (new files, no bitmaps): their next backup reads them
+    in full, and says why."""
+    for row in session.scalars(select(CheckpointRecord).where(CheckpointRecord.vm_name == vm,
+                                                              CheckpointRecord.state == CheckpointState.CURRENT)):
+        row.state = CheckpointState.REPLACED
 
 
 def plan_bases(disks: Iterable[str], parent: BackupManifest | None, ledger: dict[str, CheckpointRecord],
                full_every: int) -> Bases:
     """An incremental reuses the parent's chunk ids, so its bitmap must be the one made at the
     parent's instant: any other would leave writes unseen or attribute them to the wrong point."""
-    bases = Bases({d: Checkpoint(ledger[d].bitmap, ledger[d].image_file) if d in ledger else None for d in disks})
+    usable = {d: row for d, row in ledger.items() if row.state == CheckpointState.CURRENT}
+    bases = Bases({d: Checkpoint(usable[d].bitmap, usable[d].image_file) if d in usable else None for d in disks})
     parent_disks = {d.name for d in parent.disks} if parent else set()
     for disk in bases.known:
         entry = ledger.get(disk)
@@ -53,6 +67,9 @@ def plan_bases(disks: Iterable[str], parent: BackupManifest | None, ledger: dict
             bases.full[disk] = f"{disk}: new disk since backup {parent.backup_id}; full read"
         elif entry is None:
             bases.full[disk] = f"{disk}: the ledger has no checkpoint for it; full read"
+        elif entry.state == CheckpointState.REPLACED:
+            bases.full[disk] = (f"{disk}: restored over since backup {entry.backup_id} (its checkpoint {entry.bitmap} "
+                                "went with the old file); full read")
         elif entry.backup_id != parent.backup_id:
             bases.full[disk] = (f"{disk}: its checkpoint {entry.bitmap} belongs to backup {entry.backup_id}, "
                                 f"not to the parent {parent.backup_id}; full read")
@@ -66,8 +83,8 @@ def record(session: Session, vm: str, backup_id: str, points: list[DiskPoint],
            ledger: dict[str, CheckpointRecord]) -> None:
     """After a good backup: its bitmaps are the bases now, the previous ones are gone."""
     for row in session.scalars(select(CheckpointRecord).where(CheckpointRecord.vm_name == vm,
-                                                              CheckpointRecord.state == "current")):
-        row.state, row.retired_at = "retired", utcnow()
+                                                              CheckpointRecord.state.in_(LIVE_STATES))):
+        row.state, row.retired_at = CheckpointState.RETIRED, utcnow()
     for point in points:
         if point.checkpoint is None:
             continue
@@ -75,4 +92,4 @@ def record(session: Session, vm: str, backup_id: str, points: list[DiskPoint],
         depth = base.incrementals + 1 if point.since and base else 0
         session.add(CheckpointRecord(vm_name=vm, disk=point.disk, bitmap=point.checkpoint, backup_id=backup_id,
                                      image_file=point.checkpoint_file or "", node=point.checkpoint_node,
-                                     incrementals=depth, state="current"))
+                                     incrementals=depth, state=CheckpointState.CURRENT))

@@ -8,7 +8,6 @@ checkpoints go in the ledger (checkpoints.py), from which the next backup's base
 """
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from typing import Any
 
@@ -17,6 +16,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from appliance.catalog.base import utcnow
 from appliance.errors import ConflictError
+from appliance.process import claim
 from appliance.settings import Settings
 from dedup import BackupManifest, Store, new_backup_id
 from dedup.names import check_name
@@ -85,7 +85,7 @@ class HostBackups:
             parent = None if full else last_good_backup(s, vm)
             rec = BackupRecord(id=backup_id, vm_name=vm, store=self.store.location, kind="full", status="running",
                                parent=parent.id if parent else None, checkpoint=checkpoint_name(backup_id),
-                               notes=[], runner_pid=os.getpid())
+                               notes=[], **claim())
             s.add(rec)
         return rec
 
@@ -95,7 +95,8 @@ class HostBackups:
             rec = s.get(BackupRecord, backup_id)
             if points is not None:
                 checkpoints.record(s, rec.vm_name, backup_id, points, checkpoints.current(s, rec.vm_name))
-            rec.status, rec.finished_at, rec.error, rec.runner_pid = status, utcnow(), error, None
+            rec.status, rec.finished_at, rec.error = status, utcnow(), error
+            rec.runner_pid = rec.runner_start = None
             if manifest:
                 rec.kind, rec.parent, rec.notes = manifest.kind, manifest.parent, list(manifest.notes)
                 rec.size = sum(d.size for d in manifest.disks)

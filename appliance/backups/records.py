@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from enum import StrEnum
 
 from sqlalchemy import (
     JSON,
@@ -15,7 +16,22 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
-from appliance.catalog.base import Base, utcnow
+from appliance.catalog.base import Base, StrEnumType, utcnow
+
+
+class BackupStatus(StrEnum):
+    RUNNING = "running"
+    OK = "ok"
+    FAILED = "failed"       # kept as a record of what went wrong (a job that fails leaves none)
+    PRUNED = "pruned"       # removed by retention; never a parent again
+    RECYCLED = "recycled"   # waiting in the recycle bin (appliance/deletion)
+
+
+class CheckpointState(StrEnum):
+    CURRENT = "current"     # the base the disk's next incremental may read from
+    # The disk was restored over: its bitmap went with the old file; the row tells the next backup why.
+    REPLACED = "replaced"
+    RETIRED = "retired"
 
 
 class BackupRecord(Base):
@@ -25,7 +41,7 @@ class BackupRecord(Base):
     vm_name: Mapped[str] = mapped_column(String(63), index=True)
     store: Mapped[str] = mapped_column(Text)
     kind: Mapped[str] = mapped_column(String(16))
-    status: Mapped[str] = mapped_column(String(16), index=True)   # running | ok | failed | pruned
+    status: Mapped[BackupStatus] = mapped_column(StrEnumType(BackupStatus), index=True)
     parent: Mapped[str | None] = mapped_column(String(64), nullable=True)
     checkpoint: Mapped[str | None] = mapped_column(String(96), nullable=True)
     started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
@@ -36,7 +52,9 @@ class BackupRecord(Base):
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     notes: Mapped[list[str]] = mapped_column(JSON, default=list)
     # The process running it, while status is running: one that died leaves an interrupted backup.
+    # Its pid and when it started (appliance/process.py): a pid alone may be another process's by now.
     runner_pid: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    runner_start: Mapped[str | None] = mapped_column(String(64), nullable=True)
     # Set by `cairn store verify`: when the backup was last fully verified, and what
     # verify found wrong with it (empty: nothing).
     verified_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
@@ -57,13 +75,13 @@ class CheckpointRecord(Base):
     node: Mapped[str | None] = mapped_column(String(63), nullable=True)   # None: made by qemu-img, VM stopped
     # Incremental reads of this disk since its last full read, this checkpoint's backup included.
     incrementals: Mapped[int] = mapped_column(Integer, default=0)
-    state: Mapped[str] = mapped_column(String(16), index=True)   # current | retired
+    state: Mapped[CheckpointState] = mapped_column(StrEnumType(CheckpointState), index=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     retired_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
 
 
 def last_good_backup(session: Session, vm: str) -> BackupRecord | None:
-    return session.scalars(select(BackupRecord).where(BackupRecord.vm_name == vm, BackupRecord.status == "ok")
+    return session.scalars(select(BackupRecord).where(BackupRecord.vm_name == vm, BackupRecord.status == BackupStatus.OK)
                            .order_by(BackupRecord.started_at.desc())).first()
 
 
@@ -81,4 +99,4 @@ def record_verification(session: Session, damage: dict[str, list[str]], verified
 def record_pruned(session: Session, backup_ids: list[str]) -> None:
     """Pruned backups stop being "ok", so none is chosen as a parent again."""
     for rec in session.scalars(select(BackupRecord).where(BackupRecord.id.in_(backup_ids))):
-        rec.status = "pruned"
+        rec.status = BackupStatus.PRUNED

@@ -10,7 +10,6 @@ checkpoint intact.
 from __future__ import annotations
 
 import asyncio
-import os
 import shutil
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -23,6 +22,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from appliance.backups import checkpoints
 from appliance.catalog.base import utcnow
 from appliance.errors import ConflictError, NotFoundError
+from appliance.process import claim
 from appliance.settings import Settings
 from dedup import BackupManifest, Store, new_backup_id
 from transports.fleece import FleeceExport
@@ -40,7 +40,7 @@ from vmm.spec import CDROM_NODE
 from .catalog import BackupCatalog, fail_interrupted
 from .ingest import ingest_point
 from .options import BackupOptions, Progress
-from .records import BackupRecord, last_good_backup
+from .records import BackupRecord, BackupStatus, last_good_backup
 
 
 @dataclass
@@ -87,14 +87,14 @@ class BackupService:
         with self.catalog.begin() as s:
             fail_interrupted(s, spec.name)
             running = s.scalars(select(BackupRecord).where(BackupRecord.vm_name == spec.name,
-                                                           BackupRecord.status == "running")).first()
+                                                           BackupRecord.status == BackupStatus.RUNNING)).first()
             if running:
                 raise ConflictError(f"backup {running.id} of VM {spec.name} is still running "
                                     f"(pid {running.runner_pid})")
             parent = None if full else last_good_backup(s, spec.name)
             rec = BackupRecord(id=backup_id, vm_name=spec.name, store=self.store.location, kind="full",
-                               status="running", parent=parent.id if parent else None,
-                               checkpoint=checkpoint_name(backup_id), notes=[], runner_pid=os.getpid())
+                               status=BackupStatus.RUNNING, parent=parent.id if parent else None,
+                               checkpoint=checkpoint_name(backup_id), notes=[], **claim())
             s.add(rec)
         return rec
 
@@ -103,9 +103,9 @@ class BackupService:
         try:
             result = await self._run(spec, rec, progress, options)
         except BaseException as e:
-            self._finish(rec.id, status="failed", error=str(e) or type(e).__name__)
+            self._finish(rec.id, status=BackupStatus.FAILED, error=str(e) or type(e).__name__)
             raise
-        self._finish(rec.id, status="ok", manifest=result.manifest, points=result.points)
+        self._finish(rec.id, status=BackupStatus.OK, manifest=result.manifest, points=result.points)
         return result
 
     async def create(self, spec: VMSpec, full: bool = False, progress: Progress | None = None,
@@ -175,13 +175,14 @@ class BackupService:
                 ingest_point(session, point, progress)
             return session.commit()
 
-    def _finish(self, backup_id: str, status: str, manifest: BackupManifest | None = None,
+    def _finish(self, backup_id: str, status: BackupStatus, manifest: BackupManifest | None = None,
                 error: str | None = None, points: list[DiskPoint] | None = None) -> None:
         with self.catalog.begin() as s:
             rec = s.get(BackupRecord, backup_id)
             if points is not None:
                 checkpoints.record(s, rec.vm_name, backup_id, points, checkpoints.current(s, rec.vm_name))
-            rec.status, rec.finished_at, rec.error, rec.runner_pid = status, utcnow(), error, None
+            rec.status, rec.finished_at, rec.error = status, utcnow(), error
+            rec.runner_pid = rec.runner_start = None
             if manifest:
                 rec.kind = manifest.kind
                 rec.parent = manifest.parent

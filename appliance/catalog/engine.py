@@ -5,6 +5,7 @@ import): the CLI opens it on every command.
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +27,23 @@ def catalog_engine(url: str) -> Engine:
     except (ArgumentError, ImportError) as e:
         raise CatalogError(f"the catalog URL {url!r} is not usable: {e}") from e
     if engine.dialect.name == "sqlite":
+        _private_sqlite_files(parsed.database)
         event.listen(engine, "connect", _sqlite_pragmas)
     return engine
+
+
+def _private_sqlite_files(database: str | None) -> None:
+    """The catalog holds password hashes: its file is 0600 before SQLite opens it (SQLite gives
+    its -wal and -shm files the database file's mode), and an older, looser one is tightened."""
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return
+    for path in (database, f"{database}-wal", f"{database}-shm"):
+        if path == database or os.path.exists(path):
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            try:
+                os.fchmod(fd, 0o600)
+            finally:
+                os.close(fd)
 
 
 MIGRATIONS = Path(__file__).with_name("migrations")

@@ -1,8 +1,6 @@
-"""`cairn backup ...`: back up VMs and list backups."""
+"""`cairn backup ...`: back up VMs (as jobs, like the API and policies do) and list backups."""
 from __future__ import annotations
 
-import asyncio
-import json
 from typing import Any
 
 import typer
@@ -10,17 +8,7 @@ import typer
 from appliance.backups.options import DEFAULT_FULL_EVERY
 from appliance.units import human
 
-from .common import (
-    EXCLUDE_OPT,
-    INCLUDE_OPT,
-    JsonOpt,
-    byte_progress,
-    emit_json,
-    out,
-    print_backup,
-    reports_errors,
-    state,
-)
+from .common import EXCLUDE_OPT, INCLUDE_OPT, JsonOpt, emit_json, out, reports_errors, state
 
 backup_app = typer.Typer(help="Back up VMs and list backups.", no_args_is_help=True)
 
@@ -35,25 +23,33 @@ def backup_create(vm: str, full: bool = typer.Option(False, "--full", help="Read
                   include: list[str] = INCLUDE_OPT, exclude: list[str] = EXCLUDE_OPT,
                   as_json: bool = JsonOpt) -> None:
     """Back up a VM, running or stopped: incremental from its last backup unless --full. Every disk
-    that holds data is read unless --include/--exclude say otherwise."""
-    a = state.appliance
-    spec = a.vms.spec(vm)
-    with byte_progress() as bars:
-        tasks: dict[str, Any] = {}
+    that holds data is read unless --include/--exclude say otherwise.
 
-        def progress(disk: str, done: int, total: int) -> None:
-            if disk not in tasks:
-                tasks[disk] = bars.add_task(f"{vm}/{disk}", total=total)
-            bars.update(tasks[disk], completed=done, total=total)
-        from appliance.backups.options import BackupOptions
-        from appliance.backups.selection import DiskSelection
+    Runs as a job (`cairn job list` shows it), after any other job on the VM; Ctrl-C cancels it
+    and a backup that does not complete leaves nothing behind."""
+    from appliance.jobs.params import BackupParams
 
-        options = BackupOptions(full_every=full_every, transport=transport, disks=DiskSelection.of(include, exclude))
-        result = asyncio.run(a.backups.create(spec, full=full, progress=progress, options=options))
+    from .follow import run_job
+
+    params = BackupParams.model_validate({"vm": vm, "full": full, "full_every": full_every, "transport": transport,
+                                          "include": include or [], "exclude": exclude or []})
+    result = run_job("backup", params)
+    say_backup(result, vm, as_json)
+
+
+def say_backup(result: dict[str, Any], vm: str, as_json: bool) -> None:
+    """A backup job's result: as JSON, or a line, then each disk read (incrementally from which
+    checkpoint, or in full), then the notes saying why a disk was read in full or left out."""
     if as_json:
-        emit_json(json.loads(result.manifest.to_json()))
+        emit_json(result)
         return
-    print_backup(result, human)
+    out.print(f"backup {result['backup_id']} of {vm}: {result['kind']}, read {human(result['bytes_read'])}, "
+              f"stored {human(result['bytes_stored'])} new", highlight=False)
+    for disk in result["disks"]:
+        how = f"incremental since {disk['since']}" if disk["since"] else "full read"
+        out.print(f"  {disk['disk']}: {how}, read {human(disk['bytes_read'])}", highlight=False)
+    for note in result["notes"]:
+        out.print(f"  note: {note}", highlight=False)
 
 
 @backup_app.command("list")

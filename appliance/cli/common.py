@@ -20,7 +20,6 @@ from rich.progress import (
 )
 
 if TYPE_CHECKING:
-    from appliance.backups.service import BackupResult
     from appliance.context import Appliance
 
 # The roots of the errors that are the user's to fix: (module, class). Looked up only in modules
@@ -84,17 +83,3 @@ def byte_progress() -> Progress:
     return Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
                     TimeRemainingColumn(), console=err, transient=False, disable=not err.is_terminal)
 
-
-def print_backup(result: BackupResult, human: Callable[[int], str]) -> None:
-    """A backup's summary: each disk read (incrementally from which checkpoint, or in full), then
-    the notes saying why a disk was read in full or left out."""
-    m = result.manifest
-    read = sum(d.stats.bytes_read for d in m.disks)
-    stored = sum(d.stats.bytes_stored for d in m.disks)
-    out.print(f"backup {m.backup_id} of {m.vm}: {m.kind}, read {human(read)}, stored {human(stored)} new",
-              highlight=False)
-    for point in result.points:
-        how = f"incremental since {point.since}" if point.since else "full read"
-        out.print(f"  {point.disk}: {how}, read {human(m.disk(point.disk).stats.bytes_read)}", highlight=False)
-    for note in m.notes:
-        out.print(f"  note: {note}", highlight=False)

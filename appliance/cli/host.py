@@ -1,19 +1,13 @@
 """`cairn host ...`: register libvirt and ssh hosts; list, start, stop and back up their VMs."""
 from __future__ import annotations
 
-import json
-from dataclasses import asdict
-
 import typer
 from rich.table import Table
 
-from appliance.backups.host_vm import back_up_host_vm
 from appliance.backups.options import DEFAULT_FULL_EVERY
-from appliance.backups.selection import DiskSelection
-from appliance.restores.libvirt import LibvirtRestoreService
 from appliance.units import human
 
-from .common import EXCLUDE_OPT, INCLUDE_OPT, JsonOpt, emit_json, out, print_backup, reports_errors, state
+from .common import EXCLUDE_OPT, INCLUDE_OPT, JsonOpt, emit_json, out, reports_errors, state
 
 host_app = typer.Typer(help="Hosts besides this one: libvirt hosts (their domains) and ssh hosts (VMs run by "
                             "Cairn's agent).", no_args_is_help=True)
@@ -120,13 +114,16 @@ def host_backup(name: str, vm: str, full: bool = typer.Option(False, "--full", h
                 as_json: bool = JsonOpt) -> None:
     """Back up a running VM of a host: incremental from its last backup unless --full. Its backups
     are listed as <vm>@<host>. Every disk that holds data is read unless --include/--exclude say
-    otherwise; the notes say how each disk was read, and why."""
-    result = back_up_host_vm(state.appliance, name, vm, full=full, selection=DiskSelection.of(include, exclude),
-                             full_every=full_every)
-    if as_json:
-        emit_json(json.loads(result.manifest.to_json()))
-        return
-    print_backup(result, human)
+    otherwise; the output says how each disk was read, and why."""
+    from appliance.jobs.params import HostBackupParams
+
+    from .backup import say_backup
+    from .follow import run_job
+
+    params = HostBackupParams(host=name, vm=vm, full=full, full_every=full_every, include=include or [],
+                              exclude=exclude or [])
+    result = run_job("host.backup", params)
+    say_backup(result, f"{vm}@{name}", as_json)
 
 
 @host_app.command("restore")
@@ -142,6 +139,10 @@ def host_restore(host: str, backup_id: str,
                  as_json: bool = JsonOpt) -> None:
     """Restore a libvirt domain's backup into libvirt on this machine: as a new domain (new name,
     UUID, MACs and disk files) or over the domain it was taken of, all or nothing."""
+    from dataclasses import asdict
+
+    from appliance.restores.libvirt import LibvirtRestoreService
+
     restores = LibvirtRestoreService(state.appliance.store, state.appliance.hosts)
     if over == (new_name is not None):
         raise ValueError("give --name (a new domain) or --over (replace the backed-up domain's disks)")

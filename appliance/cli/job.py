@@ -1,4 +1,5 @@
-"""`cairn job ...`: the jobs the appliance ran or runs, and cancelling one."""
+"""`cairn job ...`: the jobs the appliance ran or runs (whoever submitted them: the API, a CLI
+command, a policy), and cancelling one."""
 from __future__ import annotations
 
 from typing import Any
@@ -7,8 +8,7 @@ import typer
 from rich.table import Table
 
 from appliance.catalog.query import ListQuery
-from appliance.jobs.plan import FINISHED_STATES
-from appliance.jobs.records import JobRecord
+from appliance.jobs.records import FINISHED_STATES, JobRecord
 
 from .common import JsonOpt, emit_json, out, reports_errors, state
 

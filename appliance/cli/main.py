@@ -5,6 +5,7 @@ and a quick listing must not pay for FastAPI, QEMU's QMP library or the store's 
 """
 from __future__ import annotations
 
+import os
 import sys
 from importlib import import_module
 from pathlib import Path
@@ -12,6 +13,8 @@ from pathlib import Path
 import typer
 from typer import _click as click  # typer carries its own click; its groups speak only that one's types
 from typer.core import TyperGroup
+
+from appliance.settings import UMASK
 
 from .common import err, reports_errors, state
 
@@ -75,6 +78,7 @@ DataDirOpt = typer.Option(None, "--data-dir", envvar="CAIRN_DATA_DIR",
 def main(data_dir: Path | None = DataDirOpt) -> None:
     from procs import sweep
 
+    os.umask(UMASK)   # before anything is written, by us or by what we start
     state.data_dir = str(data_dir) if data_dir else None
     # Whatever a killed Cairn process left (qemu-nbd holding a disk, mounts, partial files) goes
     # before this one starts its own.
@@ -84,6 +88,10 @@ def main(data_dir: Path | None = DataDirOpt) -> None:
 CertOpt = typer.Option(None, "--cert", exists=True, dir_okay=False,
                        help="PEM certificate (chain) to serve instead of the generated one.")
 KeyOpt = typer.Option(None, "--key", exists=True, dir_okay=False, help="Its PEM private key.")
+TrustedProxyOpt = typer.Option(None, "--trusted-proxy", envvar="CAIRN_TRUSTED_PROXIES",
+                               help="Address or network of a reverse proxy in front (repeat for more): only its "
+                                    "X-Forwarded-For/-Proto are believed. None by default: a client's address "
+                                    "is its own.")
 
 
 @app.command()
@@ -92,7 +100,8 @@ def serve(host: str = typer.Option("127.0.0.1", help="Address to listen on."),
           port: int = typer.Option(8080, help="Port to listen on."),
           cert: Path | None = CertOpt, key: Path | None = KeyOpt,
           insecure_http: bool = typer.Option(False, "--insecure-http",
-                                             help="Plain HTTP, for development: tokens cross the network in clear.")
+                                             help="Plain HTTP, for development: tokens cross the network in clear."),
+          trusted_proxy: list[str] | None = TrustedProxyOpt
           ) -> None:
     """Run the appliance's web API over HTTPS (a self-signed certificate kept in <data dir>/tls/ by default).
 
@@ -101,6 +110,7 @@ def serve(host: str = typer.Option("127.0.0.1", help="Address to listen on."),
     import uvicorn
 
     from appliance.api.app import create_app
+    from appliance.server.logs import log_config
     from appliance.server.tls import TlsFiles, self_signed
 
     if (cert is None) != (key is None):
@@ -110,14 +120,18 @@ def serve(host: str = typer.Option("127.0.0.1", help="Address to listen on."),
     a = state.appliance
     tls = None if insecure_http else TlsFiles(cert, key) if cert and key else self_signed(a.settings.tls_dir, host)
     password_file = a.settings.initial_admin_password_file
-    if password := a.users.ensure_initial_admin(password_file):
-        # Said once, here; the file keeps it for the installer's console until someone removes it.
-        err.print(f"created user admin with password {password} (also in {password_file}); "
-                  "change it: POST /api/v1/auth/password", highlight=False, soft_wrap=True)
+    if a.users.ensure_initial_admin(password_file):
+        # Where the password is, never the password: this output is a log (journald). The file
+        # (0600) keeps it for the installer's console until someone removes it.
+        err.print(f"created user admin; its password is in {password_file} (readable by root only); "
+                  "sign in and change it: POST /api/v1/auth/password", highlight=False, soft_wrap=True)
     scheme = "http" if tls is None else "https"
     err.print(f"Cairn API at {scheme}://{host}:{port}/api/v1 (docs: /api/v1/docs)"
               + (f", certificate {tls.cert}" if tls else ""), soft_wrap=True)
-    uvicorn.run(create_app(a), host=host, port=port, log_level="info",
+    # The client address counts sign-in attempts and goes in the audit log: it comes from a
+    # forwarded header only when a proxy the admin named sent it (uvicorn would trust loopback).
+    uvicorn.run(create_app(a), host=host, port=port, log_level="info", log_config=log_config(),
+                proxy_headers=bool(trusted_proxy), forwarded_allow_ips=trusted_proxy or None,
                 ssl_certfile=str(tls.cert) if tls else None, ssl_keyfile=str(tls.key) if tls else None)
 
 

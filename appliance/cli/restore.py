@@ -1,8 +1,9 @@
 """`cairn restore ...`: restore disks and whole VMs; list what a store holds.
 
-`list`, `disk`, `files` and `vm --to-dir` need only the store (--store, else the data
-dir's): no catalog, no running appliance, which is what disaster recovery has.
-`vm --as`, `vm --over`, `instant` and `boot-test` work on the appliance's VMs.
+With --store, `list`, `disk`, `files` and `vm --to-dir` need only that store: no catalog, no
+running appliance, which is what disaster recovery has; they run here and now. Without it
+`disk` restores from the appliance's store as a job, like `vm --as`, `vm --over` and `instant
+start` (jobs on the VM, like the API's), and `boot-test` works on the appliance's VMs.
 """
 from __future__ import annotations
 
@@ -89,18 +90,29 @@ def restore_disk_cmd(backup: str,
                                                                 help="known_hosts for ssh:// targets.")] = None,
                      as_json: bool = JsonOpt) -> None:
     """Restore one disk of a backup into a file, a device, an NBD export or a remote file."""
-    source = open_store(store)
-    destination = parse_destination(to, fmt, force, ssh_key=ssh_key, known_hosts=known_hosts)
-    with byte_progress() as bars:
-        copying = bars.add_task(f"restore {backup}", total=None)
-        checking = bars.add_task("verify", total=None, visible=False)
-        result = restore_disk(source, backup, disk, destination, progress=_updates(bars, copying), verify=verify,
-                              verify_progress=_updates(bars, checking))
-    if as_json:
-        emit_json({"backup": backup, "target": to, "format": fmt, **vars(result)})
+    if store is None:
+        from appliance.jobs.params import DiskRestoreParams
+
+        from .follow import run_job
+
+        answer = run_job("restore.disk", DiskRestoreParams(
+            backup_id=backup, disk=disk, target=to, format=fmt, force=force, verify=verify,  # type: ignore[arg-type]
+            ssh_key=str(ssh_key) if ssh_key else None, known_hosts=str(known_hosts) if known_hosts else None))
     else:
-        out.print(f"restored {backup} to {to}: {human(result.bytes_written)} written in {result.seconds:.1f} s"
-                  + (", verified" if result.verified else ""))
+        source = open_store(store)
+        destination = parse_destination(to, fmt, force, ssh_key=ssh_key, known_hosts=known_hosts)
+        with byte_progress() as bars:
+            copying = bars.add_task(f"restore {backup}", total=None)
+            checking = bars.add_task("verify", total=None, visible=False)
+            result = restore_disk(source, backup, disk, destination, progress=_updates(bars, copying), verify=verify,
+                                  verify_progress=_updates(bars, checking))
+        answer = {"backup_id": backup, "disk": disk, "target": to, "bytes_written": result.bytes_written,
+                  "seconds": result.seconds, "verified": result.verified}
+    if as_json:
+        emit_json(answer)
+    else:
+        out.print(f"restored {backup} to {to}: {human(answer['bytes_written'])} written in {answer['seconds']:.1f} s"
+                  + (", verified" if answer["verified"] else ""), highlight=False)
 
 
 @restore_app.command("vm")
@@ -126,33 +138,37 @@ def restore_vm_cmd(backup: str,
         raise ValueError("name exactly one of --to-dir DIR, --to-rbd POOL, --as NAME, --over")
     if to_dir is None and to_rbd is None and store is not None:
         raise ValueError("--store goes with --to-dir or --to-rbd; --as and --over restore from the appliance's store")
-    with byte_progress() as bars:
-        tasks: dict[str, Any] = {}
+    if to_dir is not None or to_rbd is not None:
+        with byte_progress() as bars:
+            tasks: dict[str, Any] = {}
 
-        def progress(disk: str, done: int, total: int) -> None:
-            if disk not in tasks:
-                tasks[disk] = bars.add_task(f"{backup}/{disk}", total=total)
-            bars.update(tasks[disk], completed=done, total=total)
-        if to_dir is not None:
-            result: Any = restore_vm_to_directory(open_store(store), backup, to_dir, fmt, force=force,
-                                                  verify=verify, progress=progress)
-        elif to_rbd is not None:
-            result = restore_vm_to_rbd(open_store(store), backup, to_rbd, force=force, verify=verify,
-                                       progress=progress)
-        else:
-            restores = state.appliance.restores
-            if as_name is not None:
-                result = restores.as_new_vm(backup, as_name, verify=verify, progress=progress)
+            def progress(disk: str, done: int, total: int) -> None:
+                if disk not in tasks:
+                    tasks[disk] = bars.add_task(f"{backup}/{disk}", total=total)
+                bars.update(tasks[disk], completed=done, total=total)
+            if to_dir is not None:
+                result = vars(restore_vm_to_directory(open_store(store), backup, to_dir, fmt, force=force,
+                                                      verify=verify, progress=progress))
             else:
-                vm = restores.store.get_backup(backup).vm
-                result = asyncio.run(restores.over_vm(backup, vm, stop=stop, verify=verify, progress=progress))
+                result = vars(restore_vm_to_rbd(open_store(store), backup, to_rbd or "", force=force, verify=verify,
+                                                progress=progress))
+    else:
+        from appliance.jobs.params import RestoreAsNewParams, RestoreOverParams
+
+        from .follow import run_job
+
+        if as_name is not None:
+            result = run_job("restore.new_vm", RestoreAsNewParams(backup_id=backup, name=as_name, verify=verify))
+        else:
+            vm = state.appliance.store.get_backup(backup).vm
+            result = run_job("restore.over_vm", RestoreOverParams(backup_id=backup, vm=vm, stop=stop, verify=verify))
     if as_json:
-        emit_json(vars(result))
+        emit_json(result)
         return
-    out.print(f"restored {backup} of VM {result.vm}: {human(result.bytes_written)} written in {result.seconds:.1f} s"
-              + (", verified" if result.verified else ""))
-    for disk, path in result.disks.items():
-        out.print(f"  {disk}  {path}")
+    out.print(f"restored {backup} of VM {result['vm']}: {human(result['bytes_written'])} written in "
+              f"{result['seconds']:.1f} s" + (", verified" if result["verified"] else ""), highlight=False)
+    for disk, path in result["disks"].items():
+        out.print(f"  {disk}  {path}", highlight=False)
 
 
 def _updates(bars: Any, task: Any):
@@ -200,10 +216,17 @@ WaitOpt = Annotated[bool, typer.Option("--wait", help="Show the copy's progress 
 @reports_errors
 def instant_start(backup: str, name: Annotated[str, typer.Argument(help="The new VM's name.")],
                   speed: SpeedOpt = None, wait: WaitOpt = False, as_json: bool = JsonOpt) -> None:
-    """Define VM NAME from the backup, start it on the backup, copy its disks in the background."""
-    instant = state.appliance.restores.instant
-    result = asyncio.run(instant.start(backup, name, speed=_speed(speed) if speed else 0))
-    _instant_report(name, result, wait, as_json)
+    """Define VM NAME from the backup, start it on the backup, copy its disks in the background.
+
+    A job on the new VM, done once it runs; --wait then follows the copy."""
+    from appliance.jobs.params import InstantRestoreParams
+    from appliance.restores.instant import InstantRestore
+
+    from .follow import run_job
+
+    started = run_job("restore.instant", InstantRestoreParams(backup_id=backup, name=name,
+                                                              speed=_speed(speed) if speed else 0))
+    _instant_report(name, InstantRestore.from_dict(started), wait, as_json)
 
 
 @instant_app.command("status")

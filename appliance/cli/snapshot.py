@@ -1,4 +1,6 @@
-"""`cairn snapshot ...`: create, list (as a tree), revert, delete and check a VM's snapshots."""
+"""`cairn snapshot ...`: create, list (as a tree), revert, delete and check a VM's snapshots.
+
+Create, revert and delete run as jobs on the VM, like the API's: never beside its backup."""
 from __future__ import annotations
 
 import asyncio
@@ -7,7 +9,7 @@ from typing import Any
 import typer
 from rich.tree import Tree
 
-from appliance.snapshots.service import snapshot_dict, tree_dict
+from appliance.snapshots.service import tree_dict
 from appliance.units import human, parse_size
 from chain import Snapshot
 
@@ -26,8 +28,12 @@ def snapshot_create(vm: str, name: str | None = typer.Option(None, help="A name 
                                                                          "a revert resumes it where it was."),
                     as_json: bool = JsonOpt) -> None:
     """Snapshot every disk of a VM at one instant (running or stopped)."""
-    snap = asyncio.run(state.appliance.snapshots.create(vm, name, automatic=auto, memory=memory))
-    emit_json(snapshot_dict(snap)) if as_json else out.print(f"snapshot {snap.name} ({snap.id}) of {vm} taken")
+    from appliance.jobs.params import SnapshotCreateParams
+
+    from .follow import run_job
+
+    snap = run_job("snapshot.create", SnapshotCreateParams(vm=vm, name=name, automatic=auto, memory=memory))
+    emit_json(snap) if as_json else out.print(f"snapshot {snap['name']} ({snap['id']}) of {vm} taken", highlight=False)
 
 
 @snapshot_app.command("tree")
@@ -70,12 +76,20 @@ def snapshot_revert(vm: str, snapshot: str,
                                                        help="Resume the guest from the snapshot's memory state "
                                                             "(default when it has one; the VM is stopped and "
                                                             "started from it), or revert the disks only (VM "
-                                                            "stopped).")) -> None:
+                                                            "stopped)."),
+                    as_json: bool = JsonOpt) -> None:
     """Go back to a snapshot. What was written since the last snapshot is dropped; the other
     snapshots stay, so this starts a new branch."""
-    snap = asyncio.run(state.appliance.snapshots.revert(vm, snapshot, memory))
-    resumed = " and resumed from its memory state" if snap.memory and memory is not False else ""
-    out.print(f"{vm} reverted to {snap.name} ({snap.id}){resumed}")
+    from appliance.jobs.params import SnapshotRevertParams
+
+    from .follow import run_job
+
+    snap = run_job("snapshot.revert", SnapshotRevertParams(vm=vm, snapshot=snapshot, memory=memory))
+    if as_json:
+        emit_json(snap)
+        return
+    resumed = " and resumed from its memory state" if snap["resumed"] else ""
+    out.print(f"{vm} reverted to {snap['name']} ({snap['id']}){resumed}", highlight=False)
 
 
 @snapshot_app.command("delete")
@@ -91,16 +105,21 @@ def snapshot_delete(vm: str, snapshot: str,
                              "rebase, has no rate limit)."),
                     as_json: bool = JsonOpt) -> None:
     """Delete a snapshot: its layers are merged so every other point keeps its content."""
+    from appliance.jobs.params import SnapshotDeleteParams
+
+    from .follow import run_job
+
     if via not in (None, "commit", "pull"):
         raise ValueError(f"--via must be commit or pull, not {via}")
     speed = parse_size(rate_limit) if rate_limit else None
-    merges = asyncio.run(state.appliance.snapshots.delete(vm, snapshot, via, speed))  # type: ignore[arg-type]
+    params = SnapshotDeleteParams(vm=vm, snapshot=snapshot, via=via, rate_limit=speed)  # type: ignore[arg-type]
+    result = run_job("snapshot.delete", params)
     if as_json:
-        emit_json([{"disk": m.disk, "via": m.kind, "moved_bytes": m.moved_bytes} for m in merges])
+        emit_json(result)
         return
-    for m in merges:
-        out.print(f"{m.disk}: {m.kind}, {human(m.moved_bytes)} to move")
-    out.print(f"deleted snapshot {snapshot} of {vm}")
+    for m in result["merges"]:
+        out.print(f"{m['disk']}: {m['via']}, {human(m['moved_bytes'])} moved", highlight=False)
+    out.print(f"deleted snapshot {snapshot} of {vm}", highlight=False)
 
 
 @snapshot_app.command("check")

@@ -3,8 +3,11 @@
 Every command works from the store alone: a directory or an
 sftp://user@host[:port]/path URL (--store, else $CAIRN_STORE, else the data
 dir's). An encrypted store's passphrase comes from $CAIRN_STORE_PASSPHRASE,
-else a prompt. verify also records what it found in the data dir's catalog
-when there is one; prune marks the backups it removed there.
+else a prompt. On the appliance's store (no --store) of a data dir with a
+catalog, verify, gc and prune run as jobs, like the API's and after any job on
+the same store (or VM, for prune); otherwise they run here, and verify still
+records what it found in the data dir's catalog when there is one, prune the
+backups it removed.
 """
 from __future__ import annotations
 
@@ -15,12 +18,15 @@ from collections.abc import Callable
 from dataclasses import asdict
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import typer
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
     Progress,
+    TaskID,
     TextColumn,
     TimeElapsedColumn,
 )
@@ -29,7 +35,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from appliance.backups.records import record_pruned, record_verification
 from appliance.catalog.engine import open_catalog
-from appliance.jobs.sync import SyncParams, run_sync
+from appliance.jobs.kinds.sync import run_sync
+from appliance.jobs.params import SyncParams
 from appliance.settings import Settings
 from appliance.units import human, parse_size
 from dedup import (
@@ -103,6 +110,18 @@ def existing_catalog() -> sessionmaker[Session] | None:
     return open_catalog(settings.catalog_url)
 
 
+def as_result(report: Any) -> dict[str, Any]:
+    """A report made here in the shape a job's result has it (JSON), so one rendering serves both."""
+    from pydantic import TypeAdapter
+
+    return TypeAdapter(type(report)).dump_python(report, mode="json")
+
+
+def as_job(store: str | None) -> bool:
+    """Whether the command runs as a job: on the appliance's store, in a data dir with a catalog."""
+    return store is None and existing_catalog() is not None
+
+
 def count_progress() -> Progress:
     return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                     console=err, transient=False, disable=not err.is_terminal)
@@ -168,35 +187,43 @@ def stats(store: str | None = StoreOpt, as_json: bool = JsonOpt) -> None:
 def verify(store: str | None = StoreOpt,
            sample: float = typer.Option(100.0, "--sample", help="Percent of the blocks to check, chosen at random."),
            as_json: bool = JsonOpt) -> None:
-    """Re-read and re-hash blocks; name every backup a bad block hurts; rebuild a damaged block index.
-    Exit status 3 if damage is found."""
-    source = open_store(store)
-    with byte_progress() as bars:
-        task = bars.add_task("verify", total=None)
-        report = verify_store(source, sample_percent=sample,
-                              progress=lambda done, total: bars.update(task, completed=done, total=total))
-    catalog = existing_catalog()
-    if catalog is not None:
-        with catalog.begin() as session:
-            record_verification(session, report.damaged_backups(),
-                                list(report.backups) if report.sample_percent == 100 else None)
-    if as_json:
-        emit_json({**asdict(report), "ok": report.ok, "damaged_backups": report.damaged_backups()})
+    if as_job(store):
+        from appliance.jobs.params import VerifyParams
+
+        from .follow import run_job
+
+        report = run_job("store.verify", VerifyParams(sample_percent=sample))
     else:
-        for problem in report.index_problems:
-            out.print(f"[yellow]index[/yellow] {problem}", highlight=False)
-        if report.index_rebuilt:
+        source = open_store(store)
+        with byte_progress() as bars:
+            task = bars.add_task("verify", total=None)
+            found = verify_store(source, sample_percent=sample,
+                                 progress=lambda done, total: bars.update(task, completed=done, total=total))
+        catalog = existing_catalog()
+        if catalog is not None:
+            with catalog.begin() as session:
+                record_verification(session, found.damaged_backups(),
+                                    list(found.backups) if found.sample_percent == 100 else None)
+        report = {**as_result(found), "ok": found.ok, "damaged_backups": found.damaged_backups()}
+    if as_json:
+        emit_json(report)
+    else:
+        for problem in report["index_problems"]:
+            out.print(f"[yellow]index[/yellow] {escape(problem)}", highlight=False)
+        if report["index_rebuilt"]:
             out.print("the block index was rebuilt from the packs")
-        out.print(f"checked {report.chunks_checked} of {report.chunks_referenced} blocks "
-                  f"({human(report.bytes_checked)}) of {len(report.backups)} backups in {report.seconds:.1f} s")
-        for bad in report.bad_chunks:
-            users = ", ".join(f"{u.vm}/{u.backup_id} {u.disk}@{u.offset}+{u.length}" for u in bad.used_by)
-            out.print(f"[red]{bad.problem}[/red] block {bad.chunk_id}: used by {users}; {bad.detail}",
-                      highlight=False)
-        for u in report.unreadable:
-            out.print(f"[red]unreadable[/red] {u.vm}/{u.backup_id}: {u.error}", highlight=False)
-        out.print("store is sound" if report.ok else f"{len(report.damaged_backups())} backup(s) damaged")
-    if not report.ok:
+        out.print(f"checked {report['chunks_checked']} of {report['chunks_referenced']} blocks "
+                  f"({human(report['bytes_checked'])}) of {len(report['backups'])} backups in "
+                  f"{report['seconds']:.1f} s", highlight=False)
+        for bad in report["bad_chunks"]:
+            users = ", ".join(f"{u['vm']}/{u['backup_id']} {u['disk']}@{u['offset']}+{u['length']}"
+                              for u in bad["used_by"])
+            out.print(f"[red]{escape(bad['problem'])}[/red] block {bad['chunk_id']}: used by {escape(users)}; "
+                      f"{escape(bad['detail'])}", highlight=False)
+        for u in report["unreadable"]:
+            out.print(f"[red]unreadable[/red] {u['vm']}/{u['backup_id']}: {escape(u['error'])}", highlight=False)
+        out.print("store is sound" if report["ok"] else f"{len(report['damaged_backups'])} backup(s) damaged")
+    if not report["ok"]:
         raise typer.Exit(DAMAGE_FOUND)
 
 
@@ -210,28 +237,37 @@ def gc(store: str | None = StoreOpt,
        as_json: bool = JsonOpt) -> None:
     """Reclaim the blocks no backup references (removing or repacking packs), safely beside running backups."""
     grace_period = parse_duration(grace)
-    source = open_store(store)
-    with count_progress() as bars:
-        tasks: dict[str, int] = {}
+    if as_job(store):
+        from appliance.jobs.params import GcParams
 
-        def progress(phase: str, done: int, total: int) -> None:
-            if phase not in tasks:
-                tasks[phase] = bars.add_task(phase, total=total)
-            bars.update(tasks[phase], completed=done, total=total)
-        report = collect_garbage(source, grace=grace_period, dry_run=dry_run, progress=progress,
-                                 repack_threshold=repack / 100)
+        from .follow import run_job
+
+        report = run_job("store.gc", GcParams(grace_seconds=grace_period.total_seconds(), dry_run=dry_run,
+                                              repack_percent=repack))
+    else:
+        source = open_store(store)
+        with count_progress() as bars:
+            tasks: dict[str, TaskID] = {}
+
+            def progress(phase: str, done: int, total: int) -> None:
+                if phase not in tasks:
+                    tasks[phase] = bars.add_task(phase, total=total)
+                bars.update(tasks[phase], completed=done, total=total)
+            report = as_result(collect_garbage(source, grace=grace_period, dry_run=dry_run, progress=progress,
+                                               repack_threshold=repack / 100))
     if as_json:
-        emit_json(asdict(report))
+        emit_json(report)
         return
     verb = "would free" if dry_run else "freed"
-    out.print(f"{verb} {human(report.bytes_removed)}: {report.chunks_removed} blocks dropped, "
-              f"{report.packs_removed} packs removed ({report.packs_repacked} of them repacked, "
-              f"{human(report.bytes_repacked)} copied), {report.temp_files_removed} temp files, "
-              f"{len(report.abandoned_backups_removed)} abandoned backups; kept {report.chunks_kept} blocks "
-              f"({human(report.bytes_kept)}; {report.chunks_within_grace} unreferenced, "
-              f"{human(report.dead_bytes_kept)}, in packs too new or too full to repack) in {report.seconds:.1f} s")
-    for problem in report.problems:
-        out.print(f"[yellow]{problem}[/yellow]", highlight=False)
+    out.print(f"{verb} {human(report['bytes_removed'])}: {report['chunks_removed']} blocks dropped, "
+              f"{report['packs_removed']} packs removed ({report['packs_repacked']} of them repacked, "
+              f"{human(report['bytes_repacked'])} copied), {report['temp_files_removed']} temp files, "
+              f"{len(report['abandoned_backups_removed'])} abandoned backups; kept {report['chunks_kept']} blocks "
+              f"({human(report['bytes_kept'])}; {report['chunks_within_grace']} unreferenced, "
+              f"{human(report['dead_bytes_kept'])}, in packs too new or too full to repack) in "
+              f"{report['seconds']:.1f} s", highlight=False)
+    for problem in report["problems"]:
+        out.print(f"[yellow]{escape(problem)}[/yellow]", highlight=False)
 
 
 @store_app.command("repair")
@@ -285,20 +321,30 @@ def prune_cmd(vm: str = typer.Option(..., "--vm", help="Whose backups to prune."
               dry_run: bool = typer.Option(False, "--dry-run", help="List what would go and why; remove nothing."),
               as_json: bool = JsonOpt) -> None:
     """Remove the backups of a VM that no keep rule (UTC periods) keeps; protected ones always stay."""
-    policy = RetentionPolicy(keep_last, keep_hourly, keep_daily, keep_weekly, keep_monthly, keep_yearly)
-    report = prune(open_store(store), vm, policy, dry_run=dry_run)
-    catalog = existing_catalog()
-    if catalog is not None and not dry_run:
-        with catalog.begin() as session:
-            record_pruned(session, list(report.removed))
+    rules = {"keep_last": keep_last, "keep_hourly": keep_hourly, "keep_daily": keep_daily,
+             "keep_weekly": keep_weekly, "keep_monthly": keep_monthly, "keep_yearly": keep_yearly}
+    if as_job(store):
+        from appliance.jobs.params import PruneParams
+
+        from .follow import run_job
+
+        report = run_job("store.prune", PruneParams(vm=vm, dry_run=dry_run, **rules))
+    else:
+        policy = RetentionPolicy(**rules)   # no keep rule at all is refused before the store is opened
+        pruned = prune(open_store(store), vm, policy, dry_run=dry_run)
+        catalog = existing_catalog()
+        if catalog is not None and not dry_run:
+            with catalog.begin() as session:
+                record_pruned(session, list(pruned.removed))
+        report = {**as_result(pruned), "removed": list(pruned.removed)}
     if as_json:
-        emit_json({**asdict(report), "removed": list(report.removed)})
+        emit_json(report)
         return
     table = Table("backup", "created", "decision", "why")
-    for d in report.decisions:
-        decision = "keep" if d.keep else ("would remove" if dry_run else "removed")
-        table.add_row(d.backup_id, f"{d.created:%Y-%m-%d %H:%M:%S}", decision,
-                      ", ".join(d.reasons) or "no rule keeps it")
+    for d in report["decisions"]:
+        decision = "keep" if d["keep"] else ("would remove" if dry_run else "removed")
+        table.add_row(d["backup_id"], f"{datetime.fromisoformat(d['created']):%Y-%m-%d %H:%M:%S}", decision,
+                      ", ".join(d["reasons"]) or "no rule keeps it")
     out.print(table)
 
 
@@ -329,25 +375,31 @@ def sync_cmd(to: str | None = typer.Option(None, "--to", help="Copy into this st
              as_json: bool = JsonOpt) -> None:
     """Copy backups to another store, or from one, sending only the blocks it lacks. Run it again
     after a cut: it sends only what is still missing."""
-    params = SyncParams(target=to, source=source, vms=vms, bandwidth=parse_size(bandwidth) if bandwidth else None)
-    access = Settings.resolve(state.data_dir).store_access(store)
-    own = open_store(store) if source is None else None
-    with byte_progress() as bars:
-        task = bars.add_task("sync", total=None)
+    params = SyncParams(target=to, source=source, backups_of=vms, bandwidth=parse_size(bandwidth) if bandwidth else None)
+    if as_job(store):
+        from .follow import run_job
 
-        def progress(sent: int, total: int, backup_id: str) -> None:
-            bars.update(task, description=backup_id, completed=sent, total=total)
-
-        report = run_sync(access, own, params, progress)
-    if as_json:
-        emit_json({**asdict(report), "ok": report.ok})
+        report = run_job("store.sync", params)
     else:
-        out.print(f"{len(report.copied)} backup(s) copied to {report.target}, {len(report.present)} there already; "
-                  f"sent {report.blocks_sent} blocks ({human(report.bytes_sent)}), {report.blocks_present} were "
-                  f"there, in {report.seconds:.1f} s", highlight=False)
-        for skipped in report.skipped:
-            out.print(f"[red]not copied[/red] {skipped}", highlight=False)
-    if not report.ok:
+        access = Settings.resolve(state.data_dir).store_access(store)
+        own = open_store(store) if source is None else None
+        with byte_progress() as bars:
+            task = bars.add_task("sync", total=None)
+
+            def progress(sent: int, total: int, backup_id: str) -> None:
+                bars.update(task, description=backup_id, completed=sent, total=total)
+
+            done = run_sync(access, own, params, progress)
+        report = {**as_result(done), "ok": done.ok}
+    if as_json:
+        emit_json(report)
+    else:
+        out.print(f"{len(report['copied'])} backup(s) copied to {report['target']}, {len(report['present'])} there "
+                  f"already; sent {report['blocks_sent']} blocks ({human(report['bytes_sent'])}), "
+                  f"{report['blocks_present']} were there, in {report['seconds']:.1f} s", highlight=False)
+        for skipped in report["skipped"]:
+            out.print(f"[red]not copied[/red] {escape(skipped)}", highlight=False)
+    if not report["ok"]:
         raise typer.Exit(1)
 
 

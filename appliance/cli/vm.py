@@ -170,12 +170,15 @@ def vm_clone(source: str, names: list[str] = CLONE_NAMES_ARG,
              instant: bool = typer.Option(False, "--instant",
                                           help="Linked now, made independent by a background stream once started."),
              as_json: bool = JsonOpt) -> None:
-    """Clone a stopped VM. Several full clones share one image cache of the source."""
-    specs = state.appliance.vms.clone(source, names, "instant" if instant else "full")
-    if as_json:
-        emit_json([state.appliance.vms.show(s.name).to_dict() for s in specs])
-    else:
-        out.print(f"cloned {source} to {', '.join(s.name for s in specs)}")
+    """Clone a stopped VM. Several full clones share one image cache of the source.
+
+    A job on the source VM, like the API's; --json prints its result."""
+    from appliance.jobs.params import CloneParams
+
+    from .follow import run_job
+
+    result = run_job("vm.clone", CloneParams(source=source, names=names, mode="instant" if instant else "full"))
+    emit_json(result) if as_json else out.print(f"cloned {source} to {', '.join(result['vms'])}", highlight=False)
 
 
 @vm_app.command("ha")

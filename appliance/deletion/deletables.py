@@ -11,11 +11,10 @@ from sqlalchemy import delete, select
 from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.exc import IntegrityError
 
-from appliance.backups.records import BackupRecord
+from appliance.backups.records import BackupRecord, BackupStatus
 from appliance.catalog.base import utcnow
 from appliance.errors import ConflictError, NotFoundError
-from appliance.jobs.plan import ACTIVE_STATES
-from appliance.jobs.records import JobRecord
+from appliance.jobs.records import ACTIVE_STATES, JobRecord
 from appliance.policies.service import Clock, PolicyService, policy_of
 from appliance.pools.records import AddressLeaseRecord
 from appliance.snapshots.records import SnapshotIntentRecord, SnapshotTreeRecord
@@ -38,7 +37,7 @@ WEEK = 7 * 24 * 3600
 DEFAULT_RULES = {"backup": DeletionRule(mode="delayed", delay_seconds=WEEK),
                  "policy": DeletionRule(mode="immediate"),
                  "vm": DeletionRule(mode="delayed", delay_seconds=WEEK)}
-RECYCLED = "recycled"   # a backup's catalog status while it waits in the recycle bin
+RECYCLED = BackupStatus.RECYCLED   # a backup's catalog status while it waits in the recycle bin
 RECYCLE_DIR = "recycle"            # <data dir>/recycle/vms/<token>/<vm>: a recycled VM's folder
 POOL_RECYCLE_DIR = ".cairn-recycle"  # the same next to a storage pool's folder on another filesystem
 
@@ -58,7 +57,7 @@ class BackupDeletable:
 
     def impact(self, name: str) -> tuple[str, list[str], int | None]:
         rec = self.app.backups.get(name)
-        if rec.status == "running":
+        if rec.status == BackupStatus.RUNNING:
             raise ConflictError(f"backup {name} is running: cancel its job instead")
         if rec.status == RECYCLED:
             raise ConflictError(f"backup {name} is already in the recycle bin")
@@ -73,7 +72,7 @@ class BackupDeletable:
         with self.app.catalog() as s:
             children = list(s.scalars(select(BackupRecord.id).where(BackupRecord.parent == rec.id)))
             newest = s.scalars(select(BackupRecord.id).where(BackupRecord.vm_name == rec.vm_name,
-                                                             BackupRecord.status == "ok")
+                                                             BackupRecord.status == BackupStatus.OK)
                                .order_by(BackupRecord.started_at.desc())).first()
         if children:
             takes.append(f"nothing of the {len(children)} later backup(s) made from it: each restores alone")

@@ -17,6 +17,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from appliance.errors import CairnError, ConflictError, NotFoundError
+from appliance.names import VM_LIKE
 from vmm.hosts import (
     HostDriver,
     HostError,
@@ -28,7 +29,6 @@ from vmm.hosts import HostUnreachableError as _Unreachable
 from vmm.libvirt_host import LibvirtHost
 from vmm.placement import LOCAL_HOST
 from vmm.remote import RemoteHost, SshTarget
-from vmm.spec import VM_NAME_RE
 
 from .records import HostRecord
 
@@ -114,9 +114,9 @@ class HostService:
             scratch_dir: str | None = None, libvirt_dir: str | None = None) -> HostView:
         """Register a host once it has answered (an ssh host gets the agent installed first): a
         typo is caught now, not at the first backup."""
-        if not isinstance(name, str) or not VM_NAME_RE.match(name) or name == LOCAL_HOST:
-            raise HostSpecError(f"invalid host name {name!r}: use 1-63 characters a-z 0-9 _ -, starting with a "
-                                f"letter, and not {LOCAL_HOST!r} (the appliance itself)")
+        VM_LIKE.check("host", name, HostSpecError)
+        if name == LOCAL_HOST:
+            raise HostSpecError(f"invalid host name {name!r}: {LOCAL_HOST!r} is the appliance itself")
         if kind not in HOST_KINDS:
             raise HostSpecError(f"host kind {kind!r} is not one of {', '.join(HOST_KINDS)}")
         if not uri or not isinstance(uri, str):
@@ -186,9 +186,7 @@ class HostService:
 
     def snapshot(self, name: str, vm: str, snapshot: str) -> list[str]:
         """A disk-only snapshot of a libvirt domain (libvirt_host.LibvirtHost.snapshot); returns its snapshots."""
-        if not isinstance(snapshot, str) or not VM_NAME_RE.match(snapshot):
-            raise HostSpecError(f"invalid snapshot name {snapshot!r}: use 1-63 characters a-z 0-9 _ -, "
-                                "starting with a letter")
+        VM_LIKE.check("snapshot", snapshot, HostSpecError)
         host = self.libvirt(name)
         with host_errors():
             return host.snapshot(vm, snapshot)

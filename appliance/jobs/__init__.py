@@ -1,3 +1,4 @@
-"""Jobs: an ordered list of steps with their undo, run per resource, recovered after a crash;
-and the events they (and everything else) emit.
+"""Jobs: every long operation, as an ordered list of steps with their undo, of a kind with typed
+parameters; run one at a time per resource across processes (claimed in the catalog), taken
+over after a crash; and the events they (and everything else) emit.
 """

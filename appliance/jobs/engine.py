@@ -1,65 +1,106 @@
 """Runs jobs: queues them per resource, runs their steps, undoes them on failure, recovers after a crash.
 
+Whoever submits a job (the API in `cairn serve`, a CLI command, the scheduler) runs it, in its
+own process, on a worker thread of the job's resource. Before it starts it claims the resource
+in the catalog (claims.py), so jobs on one resource run one at a time and in submission order
+across processes; a waiting worker asks again every POLL_INTERVAL seconds, or at once when a
+job of this process ends.
+
 Every state change is written to the catalog before the work it announces, so a job whose
-process died is found on the next start (its `runner_pid` is gone) and is rolled back or
-resumed there, as its plan says: never left half-done.
+process died is found (its runner, pid and start time, is gone: appliance/process.py) by the next
+process that needs its resource,
+or by the next start of `cairn serve` (recover()), and is rolled back or resumed there, as its
+plan says: never left half-done.
 """
 from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import threading
 import time
 import uuid
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
-from pydantic import ValidationError
-from sqlalchemy import select, update
+from pydantic import BaseModel, ValidationError
+from sqlalchemy import CursorResult, Result, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from appliance.access.roles import Role
 from appliance.catalog.base import utcnow
-from appliance.errors import CairnError, ConflictError, NotFoundError
-from appliance.process import alive
+from appliance.errors import CairnError, ConflictError, ForbiddenError, NotFoundError
+from appliance.process import RELEASED, alive, claim, ours
 
+from . import claims
 from .events import EventLog
-from .plan import ACTIVE_STATES, FINISHED_STATES, JobCancelled, JobPlan, PlanFactory, StepContext, Throttle
+from .plan import JobCancelled, JobKind, JobPlan, StepContext, Throttle
 from .queue import Capacity, ResourceQueues
-from .records import JobRecord
+from .records import ACTIVE_STATES, FINISHED_STATES, HOLDING_STATES, JobRecord, JobState, Severity, StepState
 
 log = logging.getLogger("cairn.jobs")
 PROGRESS_INTERVAL = 0.5   # seconds between progress writes to the catalog
+POLL_INTERVAL = 0.5       # seconds between asks for a resource another process holds
+
+# The jobs this process runs or will run (by every engine in it): a job with this process's pid
+# that is not here belongs to an earlier process that had the same pid.
+_RUN_HERE: set[str] = set()
 
 
 class JobParamsError(CairnError):
     status = 422
 
 
+class JobFailedError(CairnError):
+    """A job ended without succeeding (it failed, or was cancelled): its error says why, and
+    what was undone."""
+    status = 409
+
+    def __init__(self, job: JobRecord):
+        super().__init__(f"{job.kind} job {job.id} {job.state}: {job.error}")
+        self.job_id = job.id
+        self.state = job.state
+        self.error = job.error
+
+
+class ClaimLostError(CairnError):
+    """The job was taken over (its claim's token moved on): this runner must stop writing."""
+    status = 409
+
+
 class JobEngine:
-    def __init__(self, catalog: sessionmaker[Session], events: EventLog, kinds: Mapping[str, PlanFactory]):
+    def __init__(self, catalog: sessionmaker[Session], events: EventLog, kinds: Mapping[str, JobKind[Any]]):
         self.catalog = catalog
         self.events = events
         self.kinds = dict(kinds)
         self.capacity = Capacity()
         self._queues = ResourceQueues(self._run)
         self._cancels: dict[str, threading.Event] = {}
-        self._mine: set[str] = set()   # jobs this engine submitted or took over
         self._lock = threading.Lock()
+        self._ended = threading.Condition()   # notified when a job of this engine ends
 
     # -- asking ---------------------------------------------------------------------------------
 
-    def submit(self, kind: str, params: dict[str, Any], policy_id: str | None = None,
-               limits: dict[str, int] | None = None) -> JobRecord:
-        """Queue a job; its plan is built now, so bad parameters are refused before anything runs."""
-        plan = self._plan(kind, params)
-        rec = JobRecord(id=uuid.uuid4().hex[:16], kind=kind, resource=plan.resource, state="queued", params=params,
-                        limits={**plan.limits, **(limits or {})}, memo={}, policy_id=policy_id,
-                        steps=[{"name": s.name, "state": "pending", "error": None} for s in plan.steps],
-                        runner_pid=os.getpid(), created_at=utcnow())
+    def submit(self, kind: str, params: BaseModel | Mapping[str, Any], policy_id: str | None = None,
+               limits: dict[str, int] | None = None, role: Role | None = None) -> JobRecord:
+        """Queue a job of `kind` with its parameters (the kind's model, or what validates into it),
+        to run in this process. Parameters that do not validate, a `role` (the submitter's; None:
+        the appliance itself, e.g. its scheduler, or the local CLI) below what the plan needs, and
+        what the kind's `admit` refuses are refused now, before anything is queued."""
+        job_kind = self._kind(kind)
+        model = self._params(kind, job_kind, params)
+        plan = job_kind.plan(model)
+        if role is not None and not role.allows(plan.needs):
+            raise ForbiddenError(f"a {kind} job with these parameters needs an {plan.needs.value}, not a {role.value}")
+        if job_kind.admit is not None:
+            job_kind.admit(model)
+        rec = JobRecord(id=uuid.uuid4().hex[:16], kind=kind, resource=plan.resource, state=JobState.QUEUED,
+                        params=model.model_dump(mode="json"), limits={**plan.limits, **(limits or {})}, memo={},
+                        policy_id=policy_id, created_at=utcnow(), **claim(),
+                        steps=[{"name": s.name, "state": StepState.PENDING, "error": None} for s in plan.steps])
         with self.catalog.begin() as s:
             s.add(rec)
-        self._mine.add(rec.id)
+            claims.register(s, rec.resource)
+        _RUN_HERE.add(rec.id)
         self._queues.submit(rec.resource, rec.id)
         return rec
 
@@ -79,10 +120,11 @@ class JobEngine:
                 raise NotFoundError(f"no job {job_id}")
             if rec.state in FINISHED_STATES:
                 raise ConflictError(f"job {job_id} has already {rec.state}")
-            if rec.state == "undoing":
+            if rec.state == JobState.UNDOING:
                 raise ConflictError(f"job {job_id} is already undoing its steps")
             rec.cancel_requested = True
-        if not self._finish(job_id, "cancelled", error="cancelled before it started", if_state="queued"):
+        if not self._finish(job_id, JobState.CANCELLED, error="cancelled before it started",
+                            if_state=JobState.QUEUED):
             with self._lock:
                 if job_id in self._cancels:
                     self._cancels[job_id].set()
@@ -103,118 +145,186 @@ class JobEngine:
     def recover(self) -> list[str]:
         """Take over the jobs whose process died: queued ones run, interrupted ones are rolled back
         or resumed (on their resource's queue, so in order with new work). Returns their ids."""
-        orphans = []
-        with self.catalog.begin() as s:
-            for rec in s.scalars(select(JobRecord).where(JobRecord.state.in_(ACTIVE_STATES))
-                                 .order_by(JobRecord.created_at)):
-                ours = rec.runner_pid == os.getpid()
-                # Our own pid on a job this engine does not know: a previous process had it (a
-                # restarted container's first process gets the same pid).
-                if (ours and rec.id in self._mine) or (not ours and rec.runner_pid and alive(rec.runner_pid)):
-                    continue
-                rec.runner_pid = os.getpid()
-                orphans.append((rec.resource, rec.id))
-                self._mine.add(rec.id)
-        for resource, job_id in orphans:
-            self._queues.submit(resource, job_id)
-        return [job_id for _, job_id in orphans]
+        with self.catalog() as s:
+            candidates = list(s.scalars(select(JobRecord).where(JobRecord.state.in_(ACTIVE_STATES))
+                                        .order_by(JobRecord.created_at, JobRecord.id)))
+        orphans = [rec for rec in candidates if self._runner_gone(rec) and self._adopt(rec)]
+        # Interrupted ones first: they hold their resource, and queued ones wait for it.
+        for rec in sorted(orphans, key=lambda r: r.state not in HOLDING_STATES):
+            self._queues.submit(rec.resource, rec.id)
+        return [rec.id for rec in orphans]
 
     # -- running --------------------------------------------------------------------------------
 
-    def _plan(self, kind: str, params: dict[str, Any]) -> JobPlan:
+    def _kind(self, kind: str) -> JobKind[Any]:
         if kind not in self.kinds:
             raise NotFoundError(f"no job kind {kind!r}; known: {', '.join(sorted(self.kinds))}")
+        return self.kinds[kind]
+
+    @staticmethod
+    def _params(kind: str, job_kind: JobKind[Any], params: BaseModel | Mapping[str, Any]) -> BaseModel:
+        if isinstance(params, job_kind.params):
+            return params
+        if isinstance(params, BaseModel):
+            raise TypeError(f"a {kind} job takes {job_kind.params.__name__}, not {type(params).__name__}")
         try:
-            return self.kinds[kind](params)
+            return job_kind.params.model_validate(params)
         except ValidationError as e:
             problems = "; ".join(f"{'.'.join(map(str, x['loc'])) or 'params'}: {x['msg']}" for x in e.errors())
             raise JobParamsError(f"{kind} job: {problems}") from e
 
+    def _rebuild(self, rec: JobRecord) -> tuple[BaseModel, JobPlan]:
+        """The job's parameters and plan, rebuilt from what is stored (validated again)."""
+        job_kind = self._kind(rec.kind)
+        params = self._params(rec.kind, job_kind, rec.params)
+        return params, job_kind.plan(params)
+
+    def _runner_gone(self, rec: JobRecord) -> bool:
+        """Whether the process that runs (or was to run) the job has died. A job of this very
+        process (pid and start time) that none of its engines runs was left by one that stopped
+        (tests), and counts as orphaned too."""
+        if ours(rec.runner_pid, rec.runner_start):
+            return rec.id not in _RUN_HERE
+        return not alive(rec.runner_pid, rec.runner_start)
+
+    def _adopt(self, rec: JobRecord) -> bool:
+        """Make an orphaned job this process's, unless another process took it over first."""
+        with self.catalog.begin() as s:
+            same_runner = (JobRecord.runner_pid.is_(None) if rec.runner_pid is None
+                           else (JobRecord.runner_pid == rec.runner_pid) & (JobRecord.runner_start == rec.runner_start))
+            changed = s.execute(update(JobRecord).where(JobRecord.id == rec.id, same_runner).values(**claim()))
+        if _rows(changed) != 1:
+            return False
+        _RUN_HERE.add(rec.id)
+        return True
+
     def _run(self, job_id: str) -> None:
-        """One job on its resource's worker thread, from wherever it stands."""
+        """One job on its resource's worker thread, from wherever it stands, once it holds the resource."""
         cancel = threading.Event()
         with self._lock:
             self._cancels[job_id] = cancel
         try:
+            fence = self._claim(job_id)
+            if fence is None:
+                return
             rec = self.get(job_id)
             if rec.cancel_requested:
                 cancel.set()
-            if rec.state == "queued":
-                self._start(rec, cancel)
-            elif rec.state in ("running", "undoing"):
-                self._after_interruption(rec, cancel)
+            if rec.state == JobState.QUEUED:
+                self._start(rec, fence, cancel)
+            else:
+                self._after_interruption(rec, fence, cancel)
+        except ClaimLostError:
+            log.warning("job %s was taken over by another process: this one leaves it alone", job_id)
         except Exception:
             log.exception("job %s broke its runner", job_id)
-            self._finish(job_id, "failed", error="internal error running the job (see the appliance log)")
+            self._finish(job_id, JobState.FAILED, error="internal error running the job (see the appliance log)")
         finally:
             with self._lock:
                 self._cancels.pop(job_id, None)
+            with self._ended:
+                self._ended.notify_all()
 
-    def _start(self, rec: JobRecord, cancel: threading.Event) -> None:
+    def _claim(self, job_id: str) -> int | None:
+        """Wait for the job's turn on its resource and claim it; returns the fencing token, or None
+        if the job ended meanwhile. A job in the way whose process died is taken over and run
+        (rolled back, resumed or started) here first."""
+        while True:
+            outcome = claims.try_claim(self.catalog, job_id, claim(), self._runner_gone)
+            if isinstance(outcome, claims.Claimed):
+                return outcome.fence
+            if outcome is claims.NotNow.GONE:
+                return None
+            if isinstance(outcome, claims.Orphan):
+                orphan = self.get(outcome.job_id)
+                if self._runner_gone(orphan) and self._adopt(orphan):
+                    log.info("job %s takes over job %s, whose process is gone", job_id, orphan.id)
+                    self._run(orphan.id)
+                continue
+            with self._ended:
+                self._ended.wait(POLL_INTERVAL)
+
+    def _start(self, rec: JobRecord, fence: int, cancel: threading.Event) -> None:
         if cancel.is_set():
-            self._finish(rec.id, "cancelled", error="cancelled before it started", if_state="queued")
+            self._finish(rec.id, JobState.CANCELLED, error="cancelled before it started", if_state=JobState.QUEUED)
             return
-        plan = self._plan(rec.kind, rec.params)
+        params, plan = self._rebuild(rec)
         with self.capacity.hold(rec.limits, cancel) as granted:
             if not granted:
-                self._finish(rec.id, "cancelled", error="cancelled while waiting for capacity", if_state="queued")
+                self._finish(rec.id, JobState.CANCELLED, error="cancelled while waiting for capacity",
+                             if_state=JobState.QUEUED)
                 return
-            if not self._claim(rec.id):
+            if not self._begin(rec.id, fence):
                 return   # cancelled meanwhile, by another process
             self.events.emit("job.started", f"{rec.kind} job started on {rec.resource}", resource=rec.resource,
                              job_id=rec.id)
-            asyncio.run(_Execution(self, rec, plan, cancel).run())
+            asyncio.run(_Execution(self, rec, params, plan, fence, cancel).run())
 
-    def _after_interruption(self, rec: JobRecord, cancel: threading.Event) -> None:
-        plan = self._plan(rec.kind, rec.params)
-        if plan.after_interruption == "resume" and rec.state == "running" and not rec.cancel_requested:
+    def _after_interruption(self, rec: JobRecord, fence: int, cancel: threading.Event) -> None:
+        params, plan = self._rebuild(rec)
+        execution = _Execution(self, rec, params, plan, fence, cancel)
+        if plan.after_interruption == "resume" and rec.state == JobState.RUNNING and not rec.cancel_requested:
             self.events.emit("job.resumed", f"{rec.kind} job resumed after the appliance restarted",
                              resource=rec.resource, job_id=rec.id)
-            asyncio.run(_Execution(self, rec, plan, cancel).run())
+            asyncio.run(execution.run())
         else:
             reason = "interrupted: the appliance stopped while it ran"
-            if rec.state == "undoing":   # it died undoing a failure: that failure is the story
+            if rec.state == JobState.UNDOING:   # it died undoing a failure: that failure is the story
                 reason = f"{rec.error}; the appliance stopped while it undid the steps"
-            asyncio.run(_Execution(self, rec, plan, cancel).roll_back(reason, "failed"))
+            asyncio.run(execution.roll_back(reason, JobState.FAILED))
 
     # -- catalog --------------------------------------------------------------------------------
 
-    def _update(self, job_id: str, **values: Any) -> JobRecord:
+    def _update(self, job_id: str, fence: int, **values: Any) -> JobRecord:
         with self.catalog.begin() as s:
-            rec = s.get(JobRecord, job_id)
+            rec = self._fenced(s, job_id, fence)
             for key, value in values.items():
                 setattr(rec, key, value)
             return rec
 
-    def _set_step(self, job_id: str, index: int, state: str, error: str | None = None) -> None:
+    def _set_step(self, job_id: str, fence: int, index: int, state: StepState, error: str | None = None) -> None:
         with self.catalog.begin() as s:
-            rec = s.get(JobRecord, job_id)
+            rec = self._fenced(s, job_id, fence)
             steps = [dict(step) for step in rec.steps]
             steps[index].update(state=state, error=error)
             rec.steps = steps
 
-    def _claim(self, job_id: str) -> bool:
+    @staticmethod
+    def _fenced(session: Session, job_id: str, fence: int) -> JobRecord:
+        """The job, if this runner still holds it (its token is the job's)."""
+        rec = session.get(JobRecord, job_id, with_for_update=True)
+        if rec is None or rec.fence != fence:
+            raise ClaimLostError(f"job {job_id} was taken over by another runner (token {fence} is stale)")
+        return rec
+
+    def _begin(self, job_id: str, fence: int) -> bool:
         """queued -> running, unless it is no longer queued (one statement: a cancel cannot slip between)."""
         with self.catalog.begin() as s:
-            changed = s.execute(update(JobRecord).where(JobRecord.id == job_id, JobRecord.state == "queued")
-                                .values(state="running", started_at=utcnow(), runner_pid=os.getpid()))
-        return changed.rowcount == 1
+            changed = s.execute(update(JobRecord).where(JobRecord.id == job_id, JobRecord.state == JobState.QUEUED,
+                                                        JobRecord.fence == fence)
+                                .values(state=JobState.RUNNING, started_at=utcnow()))
+        return _rows(changed) == 1
 
-    def _finish(self, job_id: str, state: str, result: dict[str, Any] | None = None, error: str | None = None,
-                if_state: str | None = None) -> bool:
-        """Record the end (only if the job is still in `if_state`, when given) and announce it."""
+    def _finish(self, job_id: str, state: JobState, result: dict[str, Any] | None = None,
+                error: str | None = None, if_state: JobState | None = None, fence: int | None = None) -> bool:
+        """Record the end (only if the job is still in `if_state`, and still runs under `fence`,
+        when given), free its resource in the same transaction, and announce it."""
         values: dict[str, Any] = {"state": state, "result": result, "error": error, "finished_at": utcnow(),
-                                  "runner_pid": None}
-        if state == "succeeded":
+                                  **RELEASED}
+        if state == JobState.SUCCEEDED:
             values["progress"] = 1.0
         stmt = update(JobRecord).where(JobRecord.id == job_id)
         if if_state is not None:
             stmt = stmt.where(JobRecord.state == if_state)
+        if fence is not None:
+            stmt = stmt.where(JobRecord.fence == fence)
         with self.catalog.begin() as s:
-            if s.execute(stmt.values(**values)).rowcount != 1:
+            if _rows(s.execute(stmt.values(**values))) != 1:
                 return False
-        rec = self.get(job_id)
-        severity = "info" if state == "succeeded" else "warning" if state == "cancelled" else "error"
+            rec = s.get_one(JobRecord, job_id)
+            claims.release(s, rec.resource, job_id)
+        severity = (Severity.INFO if state == JobState.SUCCEEDED else Severity.WARNING
+                    if state == JobState.CANCELLED else Severity.ERROR)
         message = f"{rec.kind} job {state} on {rec.resource}" + (f": {error}" if error else "")
         self.events.emit(f"job.{state}", message, severity=severity, resource=rec.resource, job_id=job_id,
                          data={"result": result} if result else None)
@@ -222,45 +332,48 @@ class JobEngine:
 
 
 class _Execution:
-    """One pass over a job's steps (fresh or resumed), with the rollback that follows a failure."""
+    """One pass over a job's steps (fresh or resumed), with the rollback that follows a failure,
+    under the fencing token its runner claimed the resource with."""
 
-    def __init__(self, engine: JobEngine, rec: JobRecord, plan: JobPlan, cancel: threading.Event):
+    def __init__(self, engine: JobEngine, rec: JobRecord, params: BaseModel, plan: JobPlan, fence: int,
+                 cancel: threading.Event):
         self.engine = engine
         self.rec = rec
         self.plan = plan
+        self.fence = fence
         self.cancel = cancel
-        self.states = [step["state"] for step in rec.steps]
+        self.states = [StepState(step["state"]) for step in rec.steps]
         self.throttle = Throttle(PROGRESS_INTERVAL)
         self.current = 0
-        self.ctx = StepContext(rec.id, rec.params, dict(rec.memo), self._save_memo, self._report, cancel)
+        self.ctx = StepContext(rec.id, params, dict(rec.memo), self._save_memo, self._report, cancel)
 
     async def run(self) -> None:
         for index, step in enumerate(self.plan.steps):
-            if self.states[index] == "done":
+            if self.states[index] == StepState.DONE:
                 continue
             self.current = index
             if self.engine.get(self.rec.id).cancel_requested:   # asked from another process (the CLI)
                 self.cancel.set()
             try:
                 self.ctx.check_cancelled()
-                self._step_state(index, "running")
+                self._step_state(index, StepState.RUNNING)
                 await step.run(self.ctx)
             except BaseException as e:
                 cancelled = isinstance(e, JobCancelled)
-                self._step_state(index, "cancelled" if cancelled else "failed", _describe(e))
-                await self.roll_back(_describe(e), "cancelled" if cancelled else "failed")
+                self._step_state(index, StepState.CANCELLED if cancelled else StepState.FAILED, _describe(e))
+                await self.roll_back(_describe(e), JobState.CANCELLED if cancelled else JobState.FAILED)
                 return
-            self._step_state(index, "done")
+            self._step_state(index, StepState.DONE)
             self._report(1.0)
-        self.engine._finish(self.rec.id, "succeeded", result=self.ctx.result or None)
+        self.engine._finish(self.rec.id, JobState.SUCCEEDED, result=self.ctx.result or None, fence=self.fence)
 
-    async def roll_back(self, reason: str, final_state: str) -> None:
+    async def roll_back(self, reason: str, final_state: JobState) -> None:
         """Undo, newest first, every step that started (an interrupted one may be half-done)."""
-        self.engine._update(self.rec.id, state="undoing", error=reason)
+        self.engine._update(self.rec.id, self.fence, state=JobState.UNDOING, error=reason)
         problems = []
         for index in reversed(range(len(self.plan.steps))):
             step = self.plan.steps[index]
-            if self.states[index] in ("pending", "undone"):
+            if self.states[index] in (StepState.PENDING, StepState.UNDONE):
                 continue
             if step.undo is None:
                 continue
@@ -269,32 +382,42 @@ class _Execution:
             except Exception as e:
                 log.exception("undo of step %s of job %s failed", step.name, self.rec.id)
                 problems.append(f"undo of {step.name} failed: {_describe(e)}")
-                self._step_state(index, "undo_failed", _describe(e))
+                self._step_state(index, StepState.UNDO_FAILED, _describe(e))
                 continue
-            self._step_state(index, "undone")
+            self._step_state(index, StepState.UNDONE)
         error = reason + ("; " + "; ".join(problems) if problems else "; undone")
-        self.engine._finish(self.rec.id, final_state, error=error)
+        self.engine._finish(self.rec.id, final_state, error=error, fence=self.fence)
 
-    def _step_state(self, index: int, state: str, error: str | None = None) -> None:
+    def _step_state(self, index: int, state: StepState, error: str | None = None) -> None:
         self.states[index] = state
-        self.engine._set_step(self.rec.id, index, state, error)
+        self.engine._set_step(self.rec.id, self.fence, index, state, error)
         self.engine.events.publish({"kind": "job.step", "job_id": self.rec.id, "resource": self.rec.resource,
                                     "data": {"step": self.plan.steps[index].name, "state": state}})
 
     def _save_memo(self, memo: dict[str, Any]) -> None:
-        self.engine._update(self.rec.id, memo=memo)
+        self.engine._update(self.rec.id, self.fence, memo=memo)
 
-    def _report(self, fraction: float) -> None:
-        """Overall progress from the steps' weights; written now and then, published each time."""
+    def _report(self, fraction: float, detail: dict[str, Any] | None = None) -> None:
+        """Overall progress from the steps' weights; written now and then, published each time
+        (with the step's `detail`, for a follower's progress bars)."""
         weights = [s.weight for s in self.plan.steps]
-        done = sum(w for w, state in zip(weights, self.states, strict=True) if state == "done")
-        overall = (done + weights[self.current] * fraction * (self.states[self.current] != "done")) / sum(weights)
+        done = sum(w for w, state in zip(weights, self.states, strict=True) if state == StepState.DONE)
+        current = weights[self.current] * fraction * (self.states[self.current] != StepState.DONE)
+        overall = (done + current) / sum(weights)
         if fraction >= 1.0 or self.throttle():
-            rec = self.engine._update(self.rec.id, progress=overall)
+            rec = self.engine._update(self.rec.id, self.fence, progress=overall)
             if rec.cancel_requested:
                 self.cancel.set()
+        data: dict[str, Any] = {"progress": overall, "step": self.plan.steps[self.current].name}
+        if detail:
+            data["detail"] = detail
         self.engine.events.publish({"kind": "job.progress", "job_id": self.rec.id, "resource": self.rec.resource,
-                                    "data": {"progress": overall, "step": self.plan.steps[self.current].name}})
+                                    "data": data})
+
+
+def _rows(result: Result[Any]) -> int:
+    """How many rows an UPDATE changed."""
+    return cast(CursorResult[Any], result).rowcount
 
 
 def _describe(e: BaseException) -> str:

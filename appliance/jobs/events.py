@@ -9,15 +9,13 @@ import queue
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, Literal
+from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
 from appliance.catalog.base import utcnow
 
-from .records import EventRecord
-
-Severity = Literal["info", "warning", "error"]
+from .records import EventRecord, Severity
 
 
 def event_dict(rec: EventRecord) -> dict[str, Any]:
@@ -31,10 +29,10 @@ class EventLog:
         self._listeners: set[queue.SimpleQueue[dict[str, Any]]] = set()
         self._lock = threading.Lock()
 
-    def emit(self, kind: str, message: str, severity: Severity = "info", resource: str | None = None,
+    def emit(self, kind: str, message: str, severity: str = Severity.INFO, resource: str | None = None,
              job_id: str | None = None, data: dict[str, Any] | None = None) -> dict[str, Any]:
         with self.catalog.begin() as s:
-            rec = EventRecord(kind=kind, severity=severity, resource=resource, job_id=job_id, message=message,
+            rec = EventRecord(kind=kind, severity=Severity(severity), resource=resource, job_id=job_id, message=message,
                               data=data or {}, created_at=utcnow())
             s.add(rec)
             s.flush()

@@ -1,8 +1,10 @@
 """What a job is: an ordered list of steps, each with its undo, on one resource.
 
-A job kind turns its parameters into a `JobPlan`. Plans are rebuilt from the stored
-parameters after a restart, so everything a step learns that its undo will need (a
-backup id, a snapshot id) goes into the job's memo, which is persisted at once.
+A job kind is a pydantic model of its parameters and a factory turning them into a `JobPlan`.
+The parameters are stored as the model's JSON; the plan is rebuilt from them (validated again)
+whenever the job runs, also in another process or after a restart, so everything a step learns
+that its undo will need (a backup id, a snapshot id) goes into the job's memo, which is
+persisted at once.
 """
 from __future__ import annotations
 
@@ -10,11 +12,11 @@ import threading
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Generic, Literal, TypeVar
 
-# queued -> running -> succeeded | failed | cancelled; "undoing" while a failure is rolled back.
-FINISHED_STATES = ("succeeded", "failed", "cancelled")
-ACTIVE_STATES = ("queued", "running", "undoing")
+from pydantic import BaseModel
+
+from appliance.access.roles import Role
 
 
 class JobCancelled(Exception):
@@ -27,9 +29,9 @@ class JobCancelled(Exception):
 class StepContext:
     """What a running step sees: the job's parameters and memo, progress and cancellation."""
 
-    def __init__(self, job_id: str, params: dict[str, Any], memo: dict[str, Any],
-                 save_memo: Callable[[dict[str, Any]], None], report: Callable[[float], None],
-                 cancel: threading.Event):
+    def __init__(self, job_id: str, params: BaseModel, memo: dict[str, Any],
+                 save_memo: Callable[[dict[str, Any]], None],
+                 report: Callable[[float, dict[str, Any] | None], None], cancel: threading.Event):
         self.job_id = job_id
         self.params = params
         self.memo = memo
@@ -43,11 +45,12 @@ class StepContext:
         self.memo.update(values)
         self._save_memo(dict(self.memo))
 
-    def progress(self, fraction: float) -> None:
-        """Report how far the current step is (0..1); also the point where a long step stops
-        if the job was cancelled."""
+    def progress(self, fraction: float, detail: dict[str, Any] | None = None) -> None:
+        """Report how far the current step is (0..1), and what a follower may show besides
+        (a disk's bytes: {"disk", "done", "total"}); also the point where a long step stops if
+        the job was cancelled."""
         self.check_cancelled()
-        self._report(min(max(fraction, 0.0), 1.0))
+        self._report(min(max(fraction, 0.0), 1.0), detail)
 
     def check_cancelled(self) -> None:
         if self._cancel.is_set():
@@ -76,9 +79,23 @@ class JobPlan:
     # (only for jobs whose steps can simply run again, like verify and GC).
     after_interruption: Literal["rollback", "resume"] = "rollback"
     limits: dict[str, int] = field(default_factory=dict)
+    # The least role that may ask for this work: the plan says it, so every route that submits
+    # the job (its own, or POST /api/v1/jobs) needs the same (JobEngine.submit checks it).
+    needs: Role = Role.OPERATOR
 
 
-PlanFactory = Callable[[dict[str, Any]], JobPlan]
+P = TypeVar("P", bound=BaseModel)
+
+
+@dataclass(frozen=True)
+class JobKind(Generic[P]):
+    """A kind of job: its parameters and how they become a plan. `plan` must not depend on the
+    state of the world, since it is rebuilt to run or undo the job, maybe long after; what must
+    hold when the job is asked for (the VM exists, a name is free) is checked by `admit`, once,
+    before anything is queued."""
+    params: type[P]
+    plan: Callable[[P], JobPlan]
+    admit: Callable[[P], None] | None = None
 
 
 class Throttle:

@@ -1,7 +1,8 @@
-"""Per-resource queues: jobs on one resource run one after another, on that resource's worker.
+"""Per-resource queues: a process's jobs on one resource run one after another, on that resource's worker.
 
-A worker thread exists only while its resource has work; nothing is locked across the
-process. `Capacity` caps how many jobs run at once per key (host, store), as policies ask.
+A worker thread exists only while its resource has work here. Across processes, a job also
+waits for its resource's claim in the catalog (claims.py) before it starts. `Capacity` caps
+how many of this process's jobs run at once per key (host, store), as policies ask.
 """
 from __future__ import annotations
 

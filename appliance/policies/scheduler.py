@@ -17,9 +17,9 @@ from appliance.catalog.base import utcnow
 from appliance.deletion.deletables import deletion_service
 from appliance.deletion.protection import DeletionService
 from appliance.jobs.engine import JobEngine
-from appliance.jobs.kinds import HOST, BackupParams, SnapshotParams, store_resource
+from appliance.jobs.params import BackupParams, SnapshotParams, SyncParams
 from appliance.jobs.records import JobRecord
-from appliance.jobs.sync import SyncParams
+from appliance.jobs.resources import HOST, store_resource
 
 from .records import PolicyRecord
 from .service import BackupPolicy, Clock, PolicyService, SnapshotPolicy, SyncPolicy, latest_due, policy_of
@@ -113,14 +113,14 @@ class Scheduler:
 
     def _submit(self, policy_id: str, policy: BackupPolicy | SnapshotPolicy, vm: str) -> JobRecord:
         if isinstance(policy, SnapshotPolicy):
-            params = SnapshotParams(vm=vm, prefix=policy.name, keep=policy.keep)
-            return self.jobs.submit("snapshot", params.model_dump(), policy_id=policy_id)
-        params = BackupParams(vm=vm, full_every=policy.full_every, retention=policy.retention,
-                              include=policy.include, exclude=policy.exclude)
+            return self.jobs.submit("snapshot", SnapshotParams(vm=vm, prefix=policy.name, keep=policy.keep),
+                                    policy_id=policy_id)
         limits = {key: limit for key, limit in ((HOST, policy.max_per_host), (self.store_key, policy.max_per_store))
                   if limit is not None}
-        return self.jobs.submit("backup", params.model_dump(exclude_none=True), policy_id=policy_id, limits=limits)
+        params = BackupParams(vm=vm, full_every=policy.full_every, retention=policy.retention,
+                              include=policy.include, exclude=policy.exclude)
+        return self.jobs.submit("backup", params, policy_id=policy_id, limits=limits)
 
     def _submit_sync(self, policy_id: str, policy: SyncPolicy, vms: list[str]) -> JobRecord:
-        params = SyncParams(target=policy.target, source=policy.source, vms=vms, bandwidth=policy.bandwidth)
-        return self.jobs.submit("store.sync", params.model_dump(exclude_none=True), policy_id=policy_id)
+        params = SyncParams(target=policy.target, source=policy.source, backups_of=vms, bandwidth=policy.bandwidth)
+        return self.jobs.submit("store.sync", params, policy_id=policy_id)

@@ -25,13 +25,14 @@ from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
+from appliance.access.visibility import ALL, Seen
 from appliance.backups.options import DEFAULT_FULL_EVERY
 from appliance.backups.records import last_good_backup
 from appliance.backups.retention import RetentionRules
 from appliance.backups.selection import DiskSelection
 from appliance.catalog.base import utcnow
 from appliance.errors import ConflictError, NotFoundError
-from appliance.jobs.sync import SyncParams
+from appliance.jobs.params import SyncParams
 from appliance.vms.records import VMRecord, VMTagRecord
 
 from .records import PolicyRecord
@@ -104,7 +105,7 @@ class SyncPolicy(PolicyBase):
 
     @model_validator(mode="after")
     def _names_another_store(self) -> SyncPolicy:
-        SyncParams(target=self.target, source=self.source, vms=[], bandwidth=self.bandwidth)
+        SyncParams(target=self.target, source=self.source, backups_of=[], bandwidth=self.bandwidth)
         return self
 
 
@@ -199,12 +200,13 @@ class PolicyService:
             tags = _tags_by_vm(s.execute(select(VMTagRecord.vm_name, VMTagRecord.tag)))
         return [vm for vm in names if policy.selects(vm, tags.get(vm, set()))]
 
-    def preview(self, ref: str, count: int) -> dict[str, Any]:
-        """The next runs and, for each VM it selects today, what the next run would do."""
+    def preview(self, ref: str, count: int, seen: Seen = ALL) -> dict[str, Any]:
+        """The next runs and, for each VM it selects today (of those `seen` shows), what the next
+        run would do."""
         rec = self.get(ref)
         policy = policy_of(rec)
         now = self.clock()
-        vms = self.selected_vms(policy)
+        vms = [vm for vm in self.selected_vms(policy) if seen.vm(vm)]
         plan: dict[str, Any]
         if isinstance(policy, BackupPolicy):
             with self.catalog() as s:

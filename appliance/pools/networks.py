@@ -23,6 +23,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
+from appliance.access.visibility import ALL, Seen
 from appliance.errors import ConflictError, NotFoundError
 from appliance.settings import Settings
 from appliance.vms.records import VMRecord
@@ -164,7 +165,8 @@ class NetworkService:
 
     # -- attachments --------------------------------------------------------------------------
 
-    def attachments(self, network: str | None = None, vm: str | None = None) -> list[Attachment]:
+    def attachments(self, network: str | None = None, vm: str | None = None, seen: Seen = ALL) -> list[Attachment]:
+        """The VMs' NICs on the network (or every network), those of VMs `seen` hides left out."""
         with self.catalog() as s:
             pools = {r.address_pool: r.name for r in s.scalars(select(NetworkRecord))
                      if network in (None, r.name)}
@@ -172,7 +174,7 @@ class NetworkService:
             raise NotFoundError(f"no network named {network}")
         return [Attachment(pools[lease.pool], lease.owner, lease.nic, lease.mac or "",
                            str(lease.address), tap_name(lease.owner, lease.nic))
-                for lease in self.pools.leases(owner=vm)
+                for lease in self.pools.leases(owner=vm, seen=seen)
                 if lease.pool in pools and lease.nic is not None]
 
     def attach(self, name: str, vm: str) -> Attachment:

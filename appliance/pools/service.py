@@ -22,11 +22,13 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
+from appliance.access.visibility import ALL, Seen
 from appliance.errors import CairnError, ConflictError, NotFoundError
 from appliance.hosts.records import HostRecord
+from appliance.names import VM_LIKE
 from appliance.vms.records import VMRecord
 from vmm.placement import LOCAL_HOST, Host
-from vmm.spec import VM_NAME_RE, VMSpec
+from vmm.spec import VMSpec
 
 from .records import AddressLeaseRecord, AddressPoolRecord, ComputePoolRecord, NetworkRecord, StoragePoolRecord
 
@@ -42,10 +44,7 @@ class PoolError(CairnError):
 
 
 def check_name(what: str, name: str) -> str:
-    if not isinstance(name, str) or not VM_NAME_RE.match(name):
-        raise PoolError(f"invalid {what} name {name!r}: use 1-63 characters a-z 0-9 _ -, "
-                        "starting with a letter")
-    return name
+    return VM_LIKE.check(what, name, PoolError)
 
 
 @dataclass(frozen=True)
@@ -325,7 +324,8 @@ class PoolService:
             s.delete(row)
             return _lease(row)
 
-    def leases(self, pool: str | None = None, owner: str | None = None) -> list[Lease]:
+    def leases(self, pool: str | None = None, owner: str | None = None, seen: Seen = ALL) -> list[Lease]:
+        """Addresses handed out; those held by a VM `seen` hides are left out."""
         with self.catalog() as s:
             query = select(AddressLeaseRecord)
             if pool is not None:
@@ -334,7 +334,7 @@ class PoolService:
             if owner is not None:
                 query = query.where(AddressLeaseRecord.owner == owner)
             rows = sorted(s.scalars(query), key=lambda r: (r.pool, int(IPv4Address(r.address))))
-            return [_lease(r) for r in rows]
+            return [_lease(r) for r in rows if seen.vm(r.owner)]
 
     @staticmethod
     def _leases(s: Session, pool: str) -> list[AddressLeaseRecord]:

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from appliance.errors import ConflictError, NotFoundError
+from appliance.names import InvalidNameError, check_vm_name
 from appliance.settings import Settings
 from appliance.vms.service import VMService
 from dedup import Store
@@ -58,6 +59,10 @@ class InstantRestore:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    @classmethod
+    def from_dict(cls, doc: dict[str, Any]) -> InstantRestore:
+        return cls(**{**doc, "disks": [InstantDisk(**d) for d in doc["disks"]]})
+
 
 def job_id(disk: str) -> str:
     return f"instant-{disk}"
@@ -71,6 +76,7 @@ class InstantRestoreService:
 
     async def start(self, backup_id: str, name: str, speed: int = 0) -> InstantRestore:
         """Define VM `name` from the backup on overlays of the served backup, start it, start the copy."""
+        check_vm_name(name)   # it names a folder: checked before anything is made or removed there
         manifest = self.store.get_backup(backup_id)
         folder = self._folder(name)
         if folder.exists():
@@ -183,7 +189,7 @@ class InstantRestoreService:
             doc = json.loads((self._folder(name) / STATE_FILE).read_text())
         except FileNotFoundError:
             raise NotFoundError(f"no instant restore into VM {name}") from None
-        return InstantRestore(**{**doc, "disks": [InstantDisk(**d) for d in doc["disks"]]})
+        return InstantRestore.from_dict(doc)
 
     async def discard(self, name: str) -> None:
         """Undo a failed start: stop the VM and the exports, remove the VM and the state."""
@@ -220,7 +226,11 @@ class InstantRestoreService:
                 _running_export(disk).hand_over(pid)
 
     def _folder(self, name: str) -> Path:
-        return self.settings.data_dir / "instant" / name
+        """The restore's folder; a name no VM can have has none (and never names another folder)."""
+        try:
+            return self.settings.data_dir / "instant" / check_vm_name(name)
+        except InvalidNameError:
+            raise NotFoundError(f"no instant restore into VM {name!r}") from None
 
     def _save(self, state: InstantRestore) -> None:
         path = self._folder(state.vm) / STATE_FILE

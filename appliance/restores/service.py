@@ -4,9 +4,17 @@ Over an existing VM the restore is all or nothing: every disk is restored
 (and verified) into a new file next to the old ones while the old disks stay
 untouched; only then, under the VM's lock and with the VM stopped, does one
 catalog transaction point the VM at the new files. Until that commit the VM
-still opens its old disks, whatever fails or dies in between. The old files
-and the snapshot tree that described them go afterwards: the restored disks
-have no snapshots, and no checkpoint bitmaps, so the next backup reads in full.
+still opens its old disks, whatever fails or dies in between.
+
+The restored disks become the root of a new snapshot tree: the same
+transaction replaces the old tree and records, as an intent, every other
+file of the VM's folders (old disks, snapshot layers, memory states) to be
+removed, which is done right after; a crash in between is finished by the
+VM's next snapshot operation or `cairn snapshot check`. The checkpoint ledger
+marks the VM's checkpoints replaced in that transaction too: the restored
+disks have no bitmaps, so the next backup reads them in full and says why.
+Nothing of this starts while another VM (an instant clone) reads one of the
+files it would remove.
 """
 from __future__ import annotations
 
@@ -17,14 +25,20 @@ from pathlib import Path
 
 from sqlalchemy.orm import Session, sessionmaker
 
+from appliance.backups import checkpoints
+from appliance.catalog.base import utcnow
 from appliance.errors import ConflictError
+from appliance.names import check_vm_name
 from appliance.settings import Settings
 from appliance.snapshots.records import SnapshotTreeRecord
+from appliance.snapshots.service import CatalogJournal
 from appliance.vms.service import VMService
-from chain import VMTree
+from chain import Intent, VMTree
+from chain.ops import finish_recorded
 from dedup import Store
 from restore import FileDestination
 from restore.whole_vm import DiskProgress, restore_disks
+from vmm import VMSpec
 from vmm.rundir import exclusive
 
 from .boot_test import BootTestService
@@ -50,12 +64,14 @@ class RestoreService:
         self.catalog = catalog
         self.vms = vms
         self.store = store
+        self.journal = CatalogJournal(catalog, vms)
         self.instant = InstantRestoreService(settings, vms, store)
         self.boot_tests = BootTestService(settings.scratch_dir, catalog, vms.driver, store)
 
     def as_new_vm(self, backup_id: str, name: str, verify: bool = True,
                   progress: DiskProgress | None = None) -> VMRestore:
         """A new VM `name` with the backed-up VM's definition and disks."""
+        check_vm_name(name)
         manifest = self.store.get_backup(backup_id)
         backed_up, spec = define_like(self.vms, name, manifest)
         # create() names disks vda, vdb, ... in order; the backup's disks go in the same order.
@@ -82,35 +98,40 @@ class RestoreService:
         if backup_disks != sorted(d.name for d in spec.disks):
             raise ConflictError(f"backup {backup_id} has disks {', '.join(backup_disks)}, VM {vm} has "
                                 f"{', '.join(d.name for d in spec.disks)}: restore it as a new VM instead")
+        self.vms.require_unread(self._replaced_files(spec), f"restoring over VM {vm}", besides=vm)
         await self._ensure_stopped(vm, stop)
-        folder = self.settings.images_dir / vm
-        folder.mkdir(parents=True, exist_ok=True)
-        self._remove_unswapped(vm, folder)
+        self._remove_unswapped(spec)
         suffix = secrets.token_hex(4)
-        new_files = {d.name: folder / f"{d.name}-restored-{suffix}.{RESTORED_FORMAT}" for d in manifest.disks}
+        # Beside each disk's active layer: in the VM's own folder, wherever that lives.
+        new_files = {d.name: Path(d.path).parent / f"{d.name}-restored-{suffix}.{RESTORED_FORMAT}"
+                     for d in spec.disks}
         results = await asyncio.to_thread(
             restore_disks, self.store, manifest,
             {name: FileDestination(path, RESTORED_FORMAT, force=False) for name, path in new_files.items()},
             verify, progress)
         try:
-            old_files = self._swap(vm, {name: str(path) for name, path in new_files.items()})
+            self._swap(vm, backup_id, {name: str(path) for name, path in new_files.items()})
         except BaseException:
             for path in new_files.values():
                 path.unlink(missing_ok=True)
             raise
-        for old in old_files - {str(p) for p in new_files.values()}:
-            Path(old).unlink(missing_ok=True)
         return VMRestore(vm, backup_id, {n: str(p) for n, p in new_files.items()},
                          sum(r.bytes_written for r in results), sum(r.seconds for r in results), verify)
 
-    def _remove_unswapped(self, vm: str, folder: Path) -> None:
+    def _replaced_files(self, spec: VMSpec) -> list[Path]:
+        """What a restore over the VM replaces: every file in its own folders (disks, snapshot
+        layers, memory states); a library image its disks are based on is elsewhere and stays."""
+        return self.vms.own_files(spec)
+
+    def _remove_unswapped(self, spec: VMSpec) -> None:
         """What an earlier restore over this VM left when it died before its swap: partial files
         and complete restored disks the VM never used."""
         with self.catalog() as s:
-            in_use = {Path(f).resolve() for f in self._files_in_use(s, vm)}
-        for leftover in [*folder.glob(".*.cairn-partial"), *folder.glob(f"*-restored-*.{RESTORED_FORMAT}")]:
-            if leftover.resolve() not in in_use:
-                leftover.unlink()
+            in_use = {Path(f).resolve() for f in self._files_in_use(s, spec.name)}
+        for folder in self.vms.folders(spec):
+            for leftover in [*folder.glob(".*.cairn-partial"), *folder.glob(f"*-restored-*.{RESTORED_FORMAT}")]:
+                if leftover.resolve() not in in_use:
+                    leftover.unlink()
 
     def _files_in_use(self, session: Session, vm: str) -> set[str]:
         """The VM's disks and every layer of its snapshot tree."""
@@ -126,19 +147,22 @@ class RestoreService:
                 raise ConflictError(f"VM {vm} is {state}; stop it first (or ask the restore to stop it)")
             await self.vms.stop(vm)
 
-    def _swap(self, vm: str, new_files: dict[str, str]) -> set[str]:
-        """Point the VM at the new files in one transaction; return the files it no longer uses
-        (old disks and snapshot layers inside the VM's own folder; a base image elsewhere stays)."""
+    def _swap(self, vm: str, backup_id: str, new_files: dict[str, str]) -> None:
+        """Under the VM's lock, in one transaction: the VM's disks are the new files, its snapshot
+        tree a new root on them, its checkpoints marked replaced, and the intent to remove every
+        other file of its folders (chain/intent.py, "restore"). Then those files are removed; a
+        crash before that is finished by the VM's next snapshot operation or check."""
         rundir = self.vms.driver.paths(vm)
         rundir.path.mkdir(parents=True, exist_ok=True)
         with exclusive(rundir, vm):
             state = self.vms.show(vm).status.state
             if state in ("running", "paused"):
                 raise ConflictError(f"VM {vm} was started during the restore; its disks were left as they were")
-            with self.catalog.begin() as s:
-                old = self._files_in_use(s, vm)
-                if tree := s.get(SnapshotTreeRecord, vm):
-                    s.delete(tree)
-                self.vms.point_disks(s, vm, new_files)
-        folder = (self.settings.images_dir / vm).resolve()
-        return {f for f in old if Path(f).resolve().parent == folder}
+            new = {str(Path(f).resolve()) for f in new_files.values()}
+            replaced = [str(f) for f in self._replaced_files(self.vms.spec(vm)) if str(f.resolve()) not in new]
+            # Again, under the lock: another VM may have been based on these files meanwhile.
+            self.vms.require_unread(replaced, f"restoring over VM {vm}", besides=vm)
+            tree = VMTree.new(vm, new_files, utcnow())
+            intent = Intent("restore", backup_id, phase="recorded", obsolete=sorted(replaced))
+            self.journal.record(tree, intent, also=lambda s: checkpoints.replaced(s, vm))
+            finish_recorded(tree, self.journal, intent)

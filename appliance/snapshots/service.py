@@ -1,6 +1,8 @@
 """Snapshots of a VM's disks: the tree lives in the catalog, chain/ changes the image files.
 
-Every change runs under the VM's lock (no start or stop meanwhile). First an operation an
+Every change runs under the VM's lock (no start or stop meanwhile), and as a job on the VM's
+resource (jobs/kinds/snapshot.py), so never beside the VM's backup, which reads the layers a
+change would merge or move. First an operation an
 earlier crash interrupted is finished or rolled back (its intent record says which, see
 chain/intent.py); then the tree is reconciled with what QEMU has open (running VM) or what the
 image files say (stopped VM), and a disagreement stops the change. chain/ records the tree, the
@@ -13,18 +15,16 @@ import asyncio
 import os
 import shlex
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from appliance.backups.records import BackupRecord
 from appliance.catalog.base import utcnow
 from appliance.errors import ConflictError, NotFoundError
-from appliance.process import alive
+from appliance.names import LABEL
 from appliance.vms.service import VMService
 from chain import (
     DEFAULT_CHAIN_LIMIT,
@@ -81,8 +81,11 @@ class CatalogJournal:
         self.catalog = catalog
         self.vms = vms
 
-    def record(self, tree: VMTree, intent: Intent | None) -> None:
+    def record(self, tree: VMTree, intent: Intent | None, also: Callable[[Session], None] | None = None) -> None:
+        """`also`: more changes to commit in the same transaction."""
         with self.catalog.begin() as s:
+            if also is not None:
+                also(s)
             rec = s.get(SnapshotTreeRecord, tree.vm)
             if rec is None:
                 s.add(SnapshotTreeRecord(vm_name=tree.vm, tree=tree.to_dict()))
@@ -124,6 +127,38 @@ class SnapshotService:
         measure(tree.nodes.values())
         return tree
 
+    def check_create(self, vm: str, name: str | None, automatic: bool = False, memory: bool = False) -> None:
+        """Refuse now what create() would refuse before it changes anything: a name the VM's tree
+        has, a manual snapshot on a full chain, the memory of a VM that does not run."""
+        with _as_user_errors():
+            self._load(self.vms.spec(vm)).check_new_snapshot(name or new_id(), automatic, self.chain_limit)
+        if memory and self.vms.driver.status(vm).state not in ("running", "paused"):
+            raise _no_memory_to_save(vm)
+
+    def check_revert(self, vm: str, ref: str, memory: bool | None = None) -> tuple[Snapshot, bool]:
+        """Refuse now what revert() would refuse before it changes anything; returns the snapshot
+        and whether the guest resumes from its memory state."""
+        with _as_user_errors():
+            tree = self._load(self.vms.spec(vm))
+            snap = tree.snapshot(ref)
+            tree.check_revert(snap)
+        # Before anything, even the stop of a running VM: a clone must not read the layers it drops.
+        self._require_active_unread(vm, tree, f"reverting VM {vm} to snapshot {snap.name}")
+        resume = snap.memory is not None if memory is None else memory
+        if resume and (snap.memory is None or not os.path.exists(snap.memory)):
+            raise ConflictError(f"snapshot {snap.name} of VM {vm} has no memory state; revert its disks only")
+        if not resume and self.vms.driver.status(vm).state in ("running", "paused"):
+            raise ConflictError(f"VM {vm} is running: stop it before reverting to a snapshot without its "
+                                "memory state (the running guest's memory would not match the reverted disks)")
+        return snap, resume
+
+    def check_delete(self, vm: str, ref: str, via: Via | None = None) -> None:
+        """Refuse now what delete() would refuse before it changes anything: an unknown snapshot,
+        a merge `via` that the tree's shape does not allow."""
+        with _as_user_errors():
+            tree = self._load(self.vms.spec(vm))
+            tree.plan_delete(tree.snapshot(ref), via)
+
     def interrupted(self, vm: str) -> Intent | None:
         """An operation a crash interrupted, finished or rolled back by the next change or check."""
         return self.journal.pending(vm)
@@ -131,13 +166,17 @@ class SnapshotService:
     async def create(self, vm: str, name: str | None = None, automatic: bool = False,
                      memory: bool = False) -> Snapshot:
         """`memory`: also save the running guest's memory, so a revert resumes it right there."""
+        if name is not None:
+            LABEL.check("snapshot", name)
         async with self._changing(vm) as (tree, live):
             snapshot_id = new_id()
             rotate = tree.check_new_snapshot(name or snapshot_id, automatic, self.chain_limit)
             if memory and live is None:
-                raise ConflictError(f"VM {vm} is not running: it has no memory state to save")
+                raise _no_memory_to_save(vm)
             if rotate is not None:
-                await delete_snapshot(tree, live, self.journal, rotate, None, None)
+                await delete_snapshot(tree, live, self.journal, rotate, None, None,
+                                      self._merges_unread(vm, f"rotating out snapshot {rotate.name} of VM {vm}"))
+            # Nothing else to ask: a snapshot only adds layers, the frozen ones keep their data.
             return await take_snapshot(tree, live, self.journal, snapshot_id, name or snapshot_id, automatic,
                                        utcnow(), memory)
 
@@ -146,23 +185,14 @@ class SnapshotService:
         stopped if it runs and started again from that state: the guest runs on from the
         instant of the snapshot. Without, only a stopped VM is reverted: a running guest's
         memory would not match the reverted disks."""
-        with _as_user_errors():
-            tree = self._load(self.vms.spec(vm))
-            snap = tree.snapshot(ref)
-            tree.check_revert(snap)
-        resume = snap.memory is not None if memory is None else memory
-        if resume and (snap.memory is None or not os.path.exists(snap.memory)):
-            raise ConflictError(f"snapshot {snap.name} of VM {vm} has no memory state; revert its disks only")
+        snap, resume = self.check_revert(vm, ref, memory)
         if self.vms.driver.status(vm).state in ("running", "paused"):
-            if not resume:
-                raise ConflictError(f"VM {vm} is running: stop it before reverting to a snapshot without its "
-                                    "memory state (the running guest's memory would not match the reverted disks)")
-            self._require_no_backup(vm)
             await self.vms.stop(vm, force=True)         # what it runs now is what the revert replaces
         async with self._changing(vm) as (tree, live):
             if live is not None:
                 raise ConflictError(f"VM {vm} was started during the revert; nothing was changed")
             snap = tree.snapshot(ref)
+            self._require_active_unread(vm, tree, f"reverting VM {vm} to snapshot {snap.name}")
             await revert(tree, self.journal, snap, utcnow())
         if resume:
             await self._resume_from(vm, snap)
@@ -170,7 +200,9 @@ class SnapshotService:
 
     async def delete(self, vm: str, ref: str, via: Via | None = None, rate_limit: int | None = None) -> list[Merge]:
         async with self._changing(vm) as (tree, live):
-            return await delete_snapshot(tree, live, self.journal, tree.snapshot(ref), via, rate_limit)
+            snap = tree.snapshot(ref)
+            return await delete_snapshot(tree, live, self.journal, snap, via, rate_limit,
+                                         self._merges_unread(vm, f"deleting snapshot {snap.name} of VM {vm}"))
 
     async def check(self, vm: str, fix: bool = False) -> CheckResult:
         """What disagrees between the tree and the disks, once an interrupted operation is
@@ -197,6 +229,16 @@ class SnapshotService:
 
     # -- internals ----------------------------------------------------------------------------
 
+    def _merges_unread(self, vm: str, doing: str) -> Callable[[list[Merge]], None]:
+        """A delete's approval: no other VM (an instant clone) reads a file its merges rewrite or remove."""
+        def approve(merges: list[Merge]) -> None:
+            self.vms.require_unread([f for m in merges for f in m.touched_files], doing, besides=vm)
+        return approve
+
+    def _require_active_unread(self, vm: str, tree: VMTree, doing: str) -> None:
+        """A revert removes the active layers (what was written since the last snapshot)."""
+        self.vms.require_unread([tree.active(d).file for d in tree.disks()], doing, besides=vm)
+
     async def _resume_from(self, vm: str, snap: Snapshot) -> None:
         """Start the VM from the snapshot's memory state. Straight through the driver: the
         VM's disks were just made, VMService.start's checks are for a VM at rest."""
@@ -220,7 +262,6 @@ class SnapshotService:
         with self._locked(vm), _as_user_errors():
             async with self._live(vm) as live:
                 await self._recover(spec, live)
-                self._require_no_backup(vm)
                 spec = self.vms.spec(vm)
                 tree = self._load(spec)
                 if live is not None:
@@ -234,16 +275,6 @@ class SnapshotService:
                         raise
                     raise ConflictError(f"VM {vm}: the {intent.describe()} was interrupted: {err}; the next "
                                         f"snapshot command or `cairn snapshot check {vm}` finishes it") from err
-
-    def _require_no_backup(self, vm: str) -> None:
-        """A backup reads the layers a change would merge or move (through QEMU or qemu-nbd)."""
-        with self.catalog() as s:
-            running = [r for r in s.scalars(select(BackupRecord).where(BackupRecord.vm_name == vm,
-                                                                       BackupRecord.status == "running"))
-                       if r.runner_pid is not None and alive(r.runner_pid)]
-        if running:
-            raise ConflictError(f"backup {running[0].id} of VM {vm} is running; change its snapshots once it is "
-                                "done (nothing was changed)")
 
     async def _recover(self, spec: VMSpec, live: LiveChains | None) -> list[str]:
         intent = self.journal.pending(spec.name)
@@ -285,6 +316,10 @@ async def _real_chains(spec: VMSpec, live: LiveChains | None) -> RealChains:
     if live is not None:
         return live_chains(await live.graph())
     return offline_chains({d.name: d.path for d in spec.disks})
+
+
+def _no_memory_to_save(vm: str) -> ConflictError:
+    return ConflictError(f"VM {vm} is not running: it has no memory state to save")
 
 
 @contextmanager

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -18,22 +18,27 @@ from sqlalchemy import inspect as sa_inspect
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from appliance.access.visibility import ALL, Seen
 from appliance.catalog.base import utcnow
 from appliance.deletion.records import RecycledRecord
 from appliance.errors import ConflictError, NotFoundError
 from appliance.jobs.events import EventLog
+from appliance.names import LABEL
 from appliance.pools.networks import NetworkService
 from appliance.pools.service import PoolService
 from appliance.settings import Settings
 from appliance.snapshots.records import SnapshotIntentRecord, SnapshotTreeRecord
+from chain import VMTree
 from vmm import DiskSpec, QemuDriver, VMSpec, VMStatus, create_disk, image_info
 from vmm.clone import CloneMode, clone_disks, clone_spec
 from vmm.ha import HAHooks, HASupervisor, RestartLimit
 from vmm.images import backing_chain, resize_image
 from vmm.images_library import ImageLibrary, ImageRecord
 from vmm.placement import LOCAL_HOST, Placement, SchedulingGroup, local_host, place
-from vmm.spec import NicSpec
+from vmm.rundir import exclusive
+from vmm.spec import NicSpec, validate_vm_name
 
+from .readers import Reader, ReadingVM, find_readers, refusal
 from .records import SchedulingGroupRecord, VMOptionsRecord, VMRecord, VMTagRecord
 
 DISK_NAMES = [f"vd{c}" for c in "abcdefghijklmnopqrstuvwxyz"]
@@ -94,6 +99,8 @@ class VMService:
             raise ConflictError("give a base image file or a library image, not both")
         backing = (str(self.images.verified_path(options.image, "disk")) if options.image
                    else base_image and str(Path(base_image).resolve()))
+        # A library image's format is its record's: an image from outside is never probed.
+        backing_format = self.images.get(options.image).format if options.image else None
         cdrom = str(self.images.verified_path(options.iso, "iso")) if options.iso else None
         if not disk_sizes and not backing:
             raise ConflictError("a VM needs at least one disk (a disk size or an image)")
@@ -118,8 +125,8 @@ class VMService:
                 size = disk_sizes[i] if i < len(disk_sizes) else None
                 if i == 0 and backing:
                     # An overlay smaller than its image would hide the image's end.
-                    size = size and max(size, int(image_info(backing)["virtual-size"]))
-                    create_disk(disk.path, size, backing=backing)
+                    size = size and max(size, int(image_info(backing, backing_format)["virtual-size"]))
+                    create_disk(disk.path, size, backing=backing, backing_format=backing_format)
                 else:
                     create_disk(disk.path, size)
             with self.catalog.begin() as s:
@@ -186,6 +193,7 @@ class VMService:
         if size_bytes < current:
             raise ConflictError(f"disk {disk} of VM {name} is {current} bytes; shrinking it to "
                                 f"{size_bytes} would cut off data")
+        self.require_unread([target.path], f"growing disk {disk} of VM {name}", besides=name)
         if self.driver.status(name).state in ACTIVE:
             await self.driver.grow_disk(name, disk, size_bytes)
         else:
@@ -196,7 +204,9 @@ class VMService:
 
     async def start(self, name: str) -> VMView:
         spec = self.spec(name)
-        self._check_not_a_clone_base(name)
+        # A running guest writes its active layers; the layers under them stay as they are.
+        self.require_unread([d.path for d in spec.disks], f"starting VM {name}", besides=name,
+                            hint=f"or take a snapshot of {name} first: its writes then go to new layers")
         self._verify_images(spec)
         self._place(spec)
         with self.networks.starting(spec):
@@ -236,12 +246,16 @@ class VMService:
         self.remove_folders(folders)
 
     def check_deletable(self, name: str) -> VMView:
-        """The VM, if it may be deleted now: stopped, and no instant clone reads its disks."""
+        """The VM, if it may be deleted now: stopped, and no other VM reads a file of its folders."""
         view = self.show(name)
         if view.status.state in ACTIVE:
             raise ConflictError(f"VM {name} is {view.status.state}; stop it first")
-        self._check_not_a_clone_base(name)
+        self.require_unread(self.own_files(view.spec), f"deleting VM {name}", besides=name)
         return view
+
+    def own_files(self, spec: VMSpec) -> list[Path]:
+        """Every file in the VM's own folders (disks, snapshot layers, memory states)."""
+        return [f for folder in self.folders(spec) for f in folder.rglob("*") if f.is_file()]
 
     def folders(self, spec: VMSpec) -> list[Path]:
         """The folders holding the VM's own files: disks, snapshot layers, memory states."""
@@ -278,6 +292,16 @@ class VMService:
             raise ConflictError(f"clone mode {mode!r} is not one of full, instant")
         if not names:
             raise ConflictError("name at least one clone")
+        for name in names:
+            validate_vm_name(name)   # before a folder is made of it
+        self.spec(source)
+        rundir = self.driver.paths(source)
+        rundir.path.mkdir(parents=True, exist_ok=True)
+        # The source's lock: no start, snapshot change or restore swaps its files meanwhile.
+        with exclusive(rundir, source):
+            return self._clone(source, names, mode)
+
+    def _clone(self, source: str, names: list[str], mode: str) -> list[VMSpec]:
         src = self.spec(source)
         self._require_stopped(source, "clone it")
         with self.catalog() as s:
@@ -342,14 +366,30 @@ class VMService:
                 s.get(VMOptionsRecord, name).linked_to = None
         return linked
 
-    def _check_not_a_clone_base(self, name: str) -> None:
+    # -- who reads a file (readers.py) -------------------------------------------------------
+
+    def readers(self, files: Iterable[str | Path], besides: str | None = None) -> Sequence[Reader]:
+        """The VMs, besides VM `besides`, whose disks, snapshot layers or CD-ROM read any of
+        `files`; those in the recycle bin too (they must open when put back)."""
+        return find_readers(files, self._reading_vms(besides))
+
+    def require_unread(self, files: Iterable[str | Path], doing: str, besides: str | None = None,
+                       hint: str | None = None) -> None:
+        """Refuse `doing` (it changes or removes `files`) while another VM reads one of them."""
+        if readers := self.readers(files, besides):
+            raise ConflictError(refusal(doing, readers, hint))
+
+    def _reading_vms(self, besides: str | None) -> Iterator[ReadingVM]:
         with self.catalog() as s:
-            clones = list(s.scalars(select(VMOptionsRecord.vm_name)
-                                    .where(VMOptionsRecord.linked_to == name)))
-        if still := [c for c in clones if self._linked_disks(c)]:
-            raise ConflictError(f"VM {name} is the base of instant clones {', '.join(still)} "
-                                "until their streams finish (start them; `cairn vm show` tells "
-                                "the progress): it must not change until then")
+            specs = [VMSpec.from_dict(r.spec) for r in s.scalars(select(VMRecord)) if r.name != besides]
+            trees = {r.vm_name: VMTree.from_dict(r.tree) for r in s.scalars(select(SnapshotTreeRecord))}
+            links = {o.vm_name: o.linked_to for o in s.scalars(select(VMOptionsRecord))}
+        for spec in specs:
+            tree = trees.get(spec.name)
+            yield ReadingVM(spec.name, _tops(spec, [(n.disk, n.file) for n in tree.nodes.values()] if tree else []),
+                            clone_of=links.get(spec.name))
+        for spec, label, payload in self._recycled_specs():
+            yield ReadingVM(label, _tops(spec, _recycled_layers(payload)), recycled=True)
 
     # -- images, placement --------------------------------------------------------------------
 
@@ -363,33 +403,27 @@ class VMService:
         return self.images.import_disk(image, chosen.path, source=f"vm:{name}/{chosen.name}")
 
     def image_users(self, image: str) -> list[str]:
-        """VMs whose disks or cdrom read from a library image, those in the recycle bin included
-        (they must still open when put back)."""
-        path = str(self.images.path(image))
-        users = []
-        for spec, label in [*((view.spec, view.spec.name) for view in self.list()), *self._recycled_specs()]:
-            chains = [backing_chain(d.path) for d in spec.disks if Path(d.path).exists()]
-            if spec.cdrom == path or any(path in chain for chain in chains):
-                users.append(label)
-        return users
+        """VMs whose disks, snapshot layers or CD-ROM read from a library image, those in the
+        recycle bin included (they must still open when put back)."""
+        return sorted({r.vm for r in self.readers([self.images.path(image)])})
 
-    def _recycled_specs(self) -> Iterator[tuple[VMSpec, str]]:
-        """Each VM in the recycle bin, its disk paths pointing where the bin keeps them."""
+    def _recycled_specs(self) -> Iterator[tuple[VMSpec, str, dict[str, Any]]]:
+        """Each VM in the recycle bin, its disk paths pointing where the bin keeps them, with
+        its recycle-bin payload."""
         with self.catalog() as s:
             entries = [(r.payload, r.name) for r in s.scalars(select(RecycledRecord).where(RecycledRecord.kind == "vm"))]
         for payload, name in entries:
             spec = VMSpec.from_dict(payload["rows"]["vms"][0]["spec"])
             for disk in spec.disks:
-                for original, recycled in payload["folders"]:
-                    if disk.path.startswith(original + os.sep):
-                        disk.path = recycled + disk.path[len(original):]
-            yield spec, f"{name} (in the recycle bin)"
+                disk.path = _in_recycle_bin(payload, disk.path)
+            yield spec, f"{name} (in the recycle bin)", payload
 
     def delete_image(self, image: str) -> None:
         """Remove a library image no VM reads from."""
         self.images.get(image)
         if users := self.image_users(image):
-            raise ConflictError(f"image {image} is in use by VMs {', '.join(users)}")
+            raise ConflictError(f"image {image} is in use by VMs {', '.join(users)}: delete them first "
+                                "(a VM in the recycle bin: purge it); nothing was changed")
         self.images.delete(image)
 
     def _verify_images(self, spec: VMSpec) -> None:
@@ -400,24 +434,41 @@ class VMService:
             if (image := self.images.name_of(path)) is not None:
                 self.images.verify(image)
 
-    def groups(self) -> list[SchedulingGroup]:
+    def groups(self, seen: Seen = ALL) -> list[SchedulingGroup]:
+        """The scheduling groups, each naming only the VMs `seen` shows (placement sees them all)."""
         with self.catalog() as s:
-            return [SchedulingGroup(r.name, r.policy, r.enforcement, frozenset(r.vms),  # type: ignore[arg-type]
-                                    frozenset(r.hosts))
+            return [SchedulingGroup(r.name, r.policy, r.enforcement,  # type: ignore[arg-type]
+                                    frozenset(vm for vm in r.vms if seen.vm(vm)), frozenset(r.hosts))
                     for r in s.scalars(select(SchedulingGroupRecord).order_by(SchedulingGroupRecord.name))]
 
-    def save_group(self, group: SchedulingGroup) -> None:
+    def save_group(self, group: SchedulingGroup, seen: Seen = ALL) -> None:
+        """Create or replace a group. A caller who does not see every VM may name only VMs that
+        exist and that they see, and may not replace a group naming one they do not see: a
+        mandatory rule keeps its VMs from starting."""
+        LABEL.check("scheduling group", group.name)
         group.validate()
         with self.catalog.begin() as s:
+            if not seen.everything:
+                for vm in sorted(group.vms):
+                    if s.get(VMRecord, vm) is None or not seen.vm(vm):
+                        raise NotFoundError(f"no VM named {vm}")
+                self._check_group_seen(s.get(SchedulingGroupRecord, group.name), seen)
             s.merge(SchedulingGroupRecord(name=group.name, policy=group.policy,
                                           enforcement=group.enforcement, vms=sorted(group.vms),
                                           hosts=sorted(group.hosts)))
 
-    def delete_group(self, name: str) -> None:
+    def delete_group(self, name: str, seen: Seen = ALL) -> None:
         with self.catalog.begin() as s:
             if (rec := s.get(SchedulingGroupRecord, name)) is None:
                 raise NotFoundError(f"no scheduling group named {name}")
+            self._check_group_seen(rec, seen)
             s.delete(rec)
+
+    @staticmethod
+    def _check_group_seen(rec: SchedulingGroupRecord | None, seen: Seen) -> None:
+        if rec is not None and not all(seen.vm(vm) for vm in rec.vms):
+            raise ConflictError(f"scheduling group {rec.name} also names VMs you do not see: "
+                                "only an admin may change or delete it")
 
     def _place(self, spec: VMSpec) -> Placement:
         """Where the VM may run; today the only host is this one, so this refuses a VM that
@@ -483,6 +534,26 @@ class VMService:
             yield supervisor
         finally:
             supervisor.stop()
+
+
+def _tops(spec: VMSpec, layers: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """Where a VM's reads start: its active layers, its snapshot layers, its CD-ROM."""
+    return [*((d.name, d.path) for d in spec.disks), *layers, *([("cdrom", spec.cdrom)] if spec.cdrom else [])]
+
+
+def _in_recycle_bin(payload: dict[str, Any], path: str) -> str:
+    """Where a recycled VM's file is kept now (its folders were moved whole)."""
+    for original, recycled in payload["folders"]:
+        if path.startswith(original + os.sep):
+            return recycled + path[len(original):]
+    return path
+
+
+def _recycled_layers(payload: dict[str, Any]) -> list[tuple[str, str]]:
+    """The snapshot layers of a recycled VM, where the bin keeps them."""
+    rows = payload["rows"].get(SnapshotTreeRecord.__tablename__, [])
+    return [(n.disk, _in_recycle_bin(payload, n.file)) for row in rows
+            for n in VMTree.from_dict(row["tree"]).nodes.values()]
 
 
 __all__ = ["VMOptions", "VMService", "VMView"]

@@ -7,7 +7,7 @@ const ADMIN_ONLY = ["/users", "/audit", "/notifications"];
 const ADMIN_WRITES = ["/store", "/stores", "/policies", "/backup-policies", "/snapshot-policies", "/deletion-rules",
   "/recycle-bin", "/pools", "/networks"];
 const ADMIN_WRITE_PATTERNS = [/^\/backups\/[^/]+\/disks\/[^/]+\/restore\/?$/, /^\/hosts(\/[^/]+)?\/?$/,
-  /^\/vms\/[^/]+\/access\/?$/];
+  /^\/vms\/[^/]+\/access\/?$/, /^\/images\/[^/]+\/import\/?$/];
 const READ_METHODS = ["GET", "HEAD", "OPTIONS"];
 
 const under = (path, prefixes) => prefixes.some((p) => path === p || path.startsWith(`${p}/`));

@@ -1,6 +1,6 @@
 // Widgets shared by the pages: notices, confirmation of destructive actions, buttons offered only to
 // those who may use them, and a job's live progress.
-import { call, follow } from "./api.js";
+import { ApiError, call, follow } from "./api.js";
 import { bytes, h } from "./dom.js";
 import { may } from "./roles.js";
 
@@ -79,15 +79,44 @@ export function actionForm(method, path, fields, submitLabel, onsubmit) {
 
 export const field = (label, input) => h("label", {}, label, input);
 
+// The jobs runJob() follows: the action that started one shows its outcome, so their events do not
+// also redraw the page (which would throw away what the user is typing).
+const followed = new Set();
+
+// Every long operation is a job: the API answers 202 with it. This starts one, shows it in the notice
+// (what it does, its state and progress bar) and follows it on its own event stream to its end;
+// it resolves with the job's result, or throws its error as the API would, for attempt() to show.
+export async function runJob(method, path, body, doing) {
+  const job = await call(method, path, body);
+  followed.add(job.id);
+  const bar = jobBar(job);
+  const notice = document.getElementById("notice");
+  notice.replaceChildren(`${doing} `, bar);
+  notice.className = "";
+  notice.hidden = false;
+  let ended = job;
+  await follow(`/events/stream?job=${encodeURIComponent(job.id)}`, (kind, event) => {
+    if (kind === "job.progress") bar.querySelector("progress").value = event.data.progress;
+    else if (kind === "job.step") bar.querySelector("span").textContent = `running: ${event.data.step}`;
+    else if (kind === "job.end") ended = event;
+  });
+  if (ended.state !== "succeeded") {
+    throw new ApiError(409, `Job${ended.state[0].toUpperCase()}${ended.state.slice(1)}`, ended.error ?? ended.state);
+  }
+  notify("");
+  return ended.result;
+}
+
 // A job's state and progress bar; live() moves the bar.
 export function jobBar(job) {
-  return h("span", { class: "job", "data-job": job.id, title: job.error ?? "" },
+  return h("span", { class: "job", "data-job": job.id, "data-kind": job.kind, title: job.error ?? "" },
     h("span", { class: `state-${job.state}` }, job.state), " ",
     h("progress", { max: "1", value: String(job.progress) }));
 }
 
 // One event stream per page: progress ticks move the bars of jobBar()s; any other event (a job
-// queued, started or ended, a backup done) redraws the page, once typing in it has stopped.
+// queued, started or ended, a backup done) redraws the page, once typing in it has stopped, except
+// those of the jobs runJob() follows.
 export function live(main, signal, redraw) {
   let pending;
   const later = () => {
@@ -103,7 +132,7 @@ export function live(main, signal, redraw) {
       for (const bar of main.querySelectorAll(`[data-job="${CSS.escape(event.job_id)}"] progress`)) {
         bar.value = event.data.progress;
       }
-    } else if (kind !== "job.step") {
+    } else if (kind !== "job.step" && !followed.has(event.job_id)) {
       later();
     }
   }, signal).catch((e) => {

@@ -2,7 +2,7 @@
 // its files; delete.
 import { call } from "../api.js";
 import { age, bytes, h, table, when } from "../dom.js";
-import { actionButton, actionForm, confirmAction, confirmedDeletion, field, notify } from "../ui.js";
+import { actionButton, actionForm, confirmAction, confirmedDeletion, field, notify, runJob } from "../ui.js";
 import { filesAddress } from "./files.js";
 
 function restoreAsNew(backup, after) {
@@ -13,8 +13,8 @@ function restoreAsNew(backup, after) {
     if (!await confirmAction(`Restore ${backup.id} as a new VM?`, takes, "Restore", field("New VM's name", name))) {
       return undefined;
     }
-    notify(`Restoring ${backup.id} as VM ${name.value}…`);
-    return call("POST", path, { mode: "new", name: name.value, verify: true });
+    return runJob("POST", path, { mode: "new", name: name.value, verify: true },
+                  `Restoring ${backup.id} as VM ${name.value}…`);
   }, async (result) => {
     notify(`Restored ${result.backup_id} as VM ${result.vm} (${bytes(result.bytes_written)} written, verified).`);
     await after();
@@ -29,7 +29,8 @@ function restoreOver(backup, after) {
                    "What the disks hold now is lost, unless it is in a backup or snapshot."];
     return await confirmAction(`Overwrite VM ${backup.vm_name}?`, takes, "Overwrite",
                                field("Shut the VM down first if it runs", stop))
-      ? call("POST", path, { mode: "over", stop: stop.checked, verify: true }) : undefined;
+      ? runJob("POST", path, { mode: "over", stop: stop.checked, verify: true },
+               `Restoring ${backup.id} over VM ${backup.vm_name}…`) : undefined;
   }, async (result) => {
     notify(`Restored ${result.backup_id} over VM ${result.vm}.`);
     await after();
@@ -47,7 +48,8 @@ function restoreDiskTo(backup, disk) {
     const extra = h("div", {}, field("Target (file, block device or NBD URL)", target), field("File format", format),
                     field("Replace an existing target", force));
     return await confirmAction(`Restore disk ${disk} of ${backup.id}?`, takes, "Restore", extra)
-      ? call("POST", path, { target: target.value, format: format.value, force: force.checked, verify: true })
+      ? runJob("POST", path, { target: target.value, format: format.value, force: force.checked, verify: true },
+               `Restoring ${disk} of ${backup.id} to ${target.value}…`)
       : undefined;
   }, (result) => notify(`Restored ${result.disk} of ${result.backup_id} to ${result.target} `
                         + `(${bytes(result.bytes_written)} written, verified).`), { class: "danger" });
@@ -59,7 +61,7 @@ function instantRestore(backup, after) {
   return actionButton("Instant restore", "POST", path, async () => {
     const takes = [`A new VM runs from backup ${backup.id} at once; its disks are copied in while it runs.`];
     return await confirmAction(`Start backup ${backup.id} as a VM now?`, takes, "Start", field("New VM's name", name))
-      ? call("POST", path, { name: name.value }) : undefined;
+      ? runJob("POST", path, { name: name.value }, `Starting VM ${name.value} on backup ${backup.id}…`) : undefined;
   }, async (state) => {
     notify(`VM ${state.vm} runs from backup ${state.backup_id}; its disks are being copied in (${state.status}).`);
     await after();

@@ -3,7 +3,7 @@
 import { call, get } from "../api.js";
 import { fill, h, table, when } from "../dom.js";
 import { may } from "../roles.js";
-import { actionButton, actionForm, confirmAction, field } from "../ui.js";
+import { actionButton, actionForm, confirmAction, field, runJob } from "../ui.js";
 
 const KEEP = ["last", "hourly", "daily", "weekly", "monthly", "yearly"];
 const words = (text) => text.split(/[\s,]+/).filter(Boolean);
@@ -26,7 +26,8 @@ async function preview(out, shown) {
       h("td", {}, does))), "selects no VM now")];
   if (p.kind === "backup" && p.retention && may("POST", "/store/prune")) {
     for (const vm of Object.keys(next.vms)) {
-      const report = await call("POST", "/store/prune", { vm, dry_run: true, ...p.retention });
+      const report = await runJob("POST", "/store/prune", { vm, dry_run: true, ...p.retention },
+                                  `Working out what retention keeps of ${vm}…`);
       parts.push(h("p", { "data-retention": vm }, `Retention on ${vm}: keeps `,
         String(report.decisions.filter((d) => d.keep).length), " of ", String(report.decisions.length), " backups"));
     }

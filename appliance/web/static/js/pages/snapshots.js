@@ -1,7 +1,6 @@
 // A VM's snapshot tree, drawn as a tree, with create, revert and delete (by commit or pull) on any node.
-import { call } from "../api.js";
 import { bytes, h, when } from "../dom.js";
-import { actionButton, actionForm, confirmAction, field } from "../ui.js";
+import { actionButton, actionForm, confirmAction, field, runJob } from "../ui.js";
 
 function childrenOf(tree) {
   const children = new Map();
@@ -19,7 +18,7 @@ function revert(path, vm, snap, running, after) {
   else if (running) takes.push("This snapshot has no memory state: stop the VM first.");
   return actionButton("Revert", "POST", `${path}/${snap.id}/revert`, async () =>
     await confirmAction(`Revert ${vm} to ${snap.name}?`, takes, "Revert")
-      ? call("POST", `${path}/${snap.id}/revert`, {}) : undefined, after);
+      ? runJob("POST", `${path}/${snap.id}/revert`, {}, `Reverting ${vm} to ${snap.name}…`) : undefined, after);
 }
 
 function remove(path, vm, snap, after) {
@@ -32,7 +31,8 @@ function remove(path, vm, snap, after) {
     if (!await confirmAction(`Delete snapshot ${snap.name} of ${vm}?`, takes, "Delete", field("Merge by", via))) {
       return undefined;
     }
-    return call("DELETE", `${path}/${snap.id}`, via.value ? { via: via.value } : {});
+    return runJob("DELETE", `${path}/${snap.id}`, via.value ? { via: via.value } : {},
+                  `Deleting snapshot ${snap.name} of ${vm}…`);
   }, after, { class: "danger" });
 }
 
@@ -57,7 +57,8 @@ export function snapshotSection(vm, tree, redraw) {
     field("Name", h("input", { name: "name", placeholder: "automatic if empty" })),
     field("With memory", h("input", { name: "memory", type: "checkbox", value: "yes", disabled: !running })),
   ], "Take snapshot", async (values, form) => {
-    await call("POST", path, { name: values.name || null, memory: values.memory === "yes" });
+    await runJob("POST", path, { name: values.name || null, memory: values.memory === "yes" },
+                 `Taking a snapshot of ${vm.name}…`);
     form.reset();
     await redraw();
   });

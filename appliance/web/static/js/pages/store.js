@@ -2,7 +2,7 @@
 import { call, get } from "../api.js";
 import { bytes, fill, h, table, when } from "../dom.js";
 import { may } from "../roles.js";
-import { actionButton, actionForm, confirmAction, field, live } from "../ui.js";
+import { actionButton, actionForm, confirmAction, field, live, runJob } from "../ui.js";
 
 const KEEP = ["last", "hourly", "daily", "weekly", "monthly", "yearly"];
 
@@ -27,7 +27,7 @@ function pruneSection(vms, show) {
   return actionForm("POST", "/store/prune", [vm, ...rules], "Preview prune", async (values) => {
     const body = { vm: values.vm, dry_run: true };
     for (const k of KEEP) body[`keep_${k}`] = Number(values[`keep_${k}`] || 0);
-    const report = await call("POST", "/store/prune", body);
+    const report = await runJob("POST", "/store/prune", body, `Working out what pruning ${values.vm} would remove…`);
     const removed = report.decisions.filter((d) => !d.keep);
     show(h("div", { "data-prune-preview": "" },
       table(["Backup", "Created", "Decision", "Why"], report.decisions.map((d) => h("tr", {},
@@ -36,7 +36,7 @@ function pruneSection(vms, show) {
       removed.length ? actionButton(`Prune ${removed.length} backups of ${values.vm}`, "POST", "/store/prune",
         async () => await confirmAction(`Prune ${removed.length} backups of ${values.vm}?`,
           removed.map((d) => `backup ${d.backup_id} (${when(d.created)})`), "Prune")
-          ? call("POST", "/store/prune", { ...body, dry_run: false }) : undefined,
+          ? runJob("POST", "/store/prune", { ...body, dry_run: false }, `Pruning ${values.vm}…`) : undefined,
         (done) => show(h("p", {}, `Removed ${done.decisions.filter((d) => !d.keep).length} backups.`)),
         { class: "danger" }) : h("p", {}, "Nothing would be removed.")));
   });
@@ -56,7 +56,8 @@ export async function storePage(main, _params, signal) {
         actionButton("Verify", "POST", "/store/verify-jobs",
           () => call("POST", "/store/verify-jobs", { sample_percent: Number(percent.value) }),
           () => show(h("p", {}, h("a", { href: "#/jobs" }, "Verify job started: follow it under Jobs.")))),
-        actionButton("GC preview", "POST", "/store/gc", () => call("POST", "/store/gc", { dry_run: true }),
+        actionButton("GC preview", "POST", "/store/gc",
+          () => runJob("POST", "/store/gc", { dry_run: true }, "Working out what GC would remove…"),
           (r) => show(gcReport(r))),
         actionButton("Run GC", "POST", "/store/gc-jobs", () => call("POST", "/store/gc-jobs", {}),
           () => show(h("p", {}, h("a", { href: "#/jobs" }, "GC job started: follow it under Jobs."))))),

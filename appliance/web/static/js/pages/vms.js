@@ -21,8 +21,9 @@ function createForm(images, created) {
     field("Disk image", imageChoice("image", images, "disk")),
     field("ISO", imageChoice("iso", images, "iso")),
     h("details", {}, h("summary", {}, "Boot a kernel directly"),
-      field("Kernel", h("input", { name: "kernel", size: "40" })),
-      field("Initrd", h("input", { name: "initrd", size: "40" })),
+      // A library image by name; only an admin may give a path on the appliance host instead.
+      field("Kernel", h("input", { name: "kernel", size: "40", placeholder: "library image (admins: a host path)" })),
+      field("Initrd", h("input", { name: "initrd", size: "40", placeholder: "library image (admins: a host path)" })),
       field("Kernel arguments", h("input", { name: "append", size: "40" }))),
   ];
   return actionForm("POST", "/vms", fields, "Create VM", async (values, form) => {

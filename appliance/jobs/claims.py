@@ -1,0 +1,112 @@
+"""Resource claims: one job at a time per resource, whichever process runs it.
+
+Every process that runs jobs (`cairn serve`, a CLI command following its job, a script) runs
+the jobs it submitted, on a worker per resource. Before a job starts, its worker claims the
+resource in the catalog, in one transaction that reads and writes the claim together:
+
+  - on SQLite the transaction begins with `BEGIN IMMEDIATE`, which takes the database's write
+    lock first, so two processes can never both read "free" and both claim;
+  - on PostgreSQL the claim's row is read `FOR UPDATE`: a second claimer waits for the first
+    to commit, then reads what it wrote.
+
+A job may claim when the claim is free (or already its own: a job taken over after its process
+died) and, if it has not started yet, when it is the oldest queued job of its resource, so
+jobs start in submission order across processes. Otherwise its worker waits and asks again
+(`NotNow.WAIT`); a job that holds or heads the resource but whose process is gone is reported
+(`orphan`) for the asker to take over (JobEngine), so the work of a process that died is
+finished or undone by the next one that needs the resource.
+
+Each claim and takeover increases the claim's `token`, the fencing token the job runs under
+(JobRecord.fence): a runner whose token is no longer the job's has lost the job and stops
+writing (JobEngine's writes check it). Several `cairn serve` nodes on one PostgreSQL would
+claim the same way; picking work is then one more query over the free claims, with
+`FOR UPDATE SKIP LOCKED` so nodes do not queue behind each other's locks.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session, sessionmaker
+
+from appliance.catalog.base import utcnow
+
+from .records import FINISHED_STATES, JobRecord, JobState, ResourceClaimRecord
+
+
+@dataclass(frozen=True)
+class Claimed:
+    """The job holds its resource, under fencing token `fence`."""
+    fence: int
+
+
+@dataclass(frozen=True)
+class Orphan:
+    """Job `job_id`, in the way (holding or heading the resource), has lost its process."""
+    job_id: str
+
+
+class NotNow(Enum):
+    WAIT = "another job holds or heads the resource: ask again once it may have moved on"
+    GONE = "the job has finished (cancelled while it waited): there is nothing to run"
+
+
+Outcome = Claimed | Orphan | NotNow
+
+
+@contextmanager
+def exclusive(catalog: sessionmaker[Session]) -> Iterator[Session]:
+    """A transaction whose reads are not overtaken by another claimer's writes (see the module)."""
+    with catalog() as session:
+        if session.get_bind().dialect.name == "sqlite":
+            session.connection().exec_driver_sql("BEGIN IMMEDIATE")
+        yield session
+        session.commit()
+
+
+def register(session: Session, resource: str) -> None:
+    """The resource's claim row, made free if it does not exist yet (with the job's submission):
+    claimers lock that row, and a row that does not exist cannot be locked."""
+    insert: Any = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
+    session.execute(insert(ResourceClaimRecord).values(resource=resource, job_id=None, token=0)
+                    .on_conflict_do_nothing(index_elements=["resource"]))
+
+
+def try_claim(catalog: sessionmaker[Session], job_id: str, runner: Mapping[str, Any],
+              gone: Callable[[JobRecord], bool]) -> Outcome:
+    """Claim the resource of job `job_id` for it, run by the process `runner` names (its runner
+    columns: appliance.process.claim()), if it is its turn.
+    `gone(job)`: whether the process that runs job `job` has died."""
+    with exclusive(catalog) as s:
+        job = s.get(JobRecord, job_id, with_for_update=True)
+        if job is None or job.state in FINISHED_STATES:
+            return NotNow.GONE
+        register(s, job.resource)
+        claim = s.scalars(select(ResourceClaimRecord).where(ResourceClaimRecord.resource == job.resource)
+                          .with_for_update()).one()
+        if claim.job_id not in (None, job.id):
+            holder = s.get(JobRecord, claim.job_id)
+            if holder is not None and holder.state not in FINISHED_STATES:
+                return Orphan(holder.id) if gone(holder) else NotNow.WAIT
+        if job.state == JobState.QUEUED:
+            head = s.scalars(select(JobRecord).where(JobRecord.resource == job.resource,
+                                                     JobRecord.state == JobState.QUEUED)
+                             .order_by(JobRecord.created_at, JobRecord.id).limit(1)).one()
+            if head.id != job.id:
+                return Orphan(head.id) if gone(head) else NotNow.WAIT
+        claim.job_id, claim.token, claim.claimed_at = job.id, claim.token + 1, utcnow()
+        job.fence = claim.token
+        job.runner_pid, job.runner_start = runner["runner_pid"], runner["runner_start"]
+        return Claimed(claim.token)
+
+
+def release(session: Session, resource: str, job_id: str) -> None:
+    """Free the resource if job `job_id` holds it (in the transaction that records the job's end)."""
+    session.execute(update(ResourceClaimRecord)
+                    .where(ResourceClaimRecord.resource == resource, ResourceClaimRecord.job_id == job_id)
+                    .values(job_id=None, claimed_at=None))

@@ -1,0 +1,82 @@
+"""The store's upkeep as jobs: verify and GC on the store's resource, prune on the VM's.
+
+Verify and GC change nothing a second run would not redo (GC re-marks), so one interrupted by
+a restart resumes; a prune removes backups for good and has no undo.
+"""
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+
+from appliance.access.roles import Role
+from appliance.backups.records import record_pruned, record_verification
+from dedup import GcReport, PruneReport, RetentionPolicy, VerifyReport, collect_garbage, prune, verify_store
+from dedup.names import check_name
+
+from ..params import GcParams, PruneParams, VerifyParams
+from ..plan import JobKind, JobPlan, Step, StepContext
+from ..resources import store_resource, vm_resource
+from .common import dumped
+
+if TYPE_CHECKING:
+    from appliance.context import Appliance
+
+
+def store_kinds(app: Appliance) -> dict[str, JobKind[Any]]:
+    def may_prune(params: PruneParams) -> None:
+        """A VM name the store takes, and at least one keep rule (none would remove every backup)."""
+        check_name("vm name", params.vm)
+        RetentionPolicy(**params.rules())
+
+    return {
+        "store.verify": JobKind(VerifyParams, lambda params: verify_plan(app, params)),
+        "store.gc": JobKind(GcParams, lambda params: gc_plan(app, params)),
+        "store.prune": JobKind(PruneParams, lambda params: prune_plan(app, params), may_prune),
+    }
+
+
+def verify_plan(app: Appliance, params: VerifyParams) -> JobPlan:
+    """Checking chunks changes nothing in the store: after a restart it simply runs again."""
+
+    async def verify(ctx: StepContext) -> None:
+        report = await asyncio.to_thread(verify_store, app.store, params.sample_percent,
+                                         progress=lambda done, total: ctx.progress(done / total if total else 1.0))
+        damage = report.damaged_backups()
+        with app.catalog.begin() as session:
+            record_verification(session, damage, list(report.backups) if report.sample_percent == 100 else None)
+        ctx.result.update(dumped(VerifyReport, report), ok=report.ok, damaged_backups=damage)
+        if damage:
+            app.jobs.events.emit("verify.damage", f"verify found damage in {len(damage)} backup(s)",
+                                 severity="error", resource=store_resource(app), job_id=ctx.job_id,
+                                 data={"damaged_backups": damage})
+
+    return JobPlan(store_resource(app), [Step("verify", verify)], after_interruption="resume", needs=Role.ADMIN)
+
+
+def gc_plan(app: Appliance, params: GcParams) -> JobPlan:
+    """GC is safe to run again from the start (it re-marks), so an interrupted one resumes."""
+
+    async def gc(ctx: StepContext) -> None:
+        report = await asyncio.to_thread(
+            collect_garbage, app.store, grace=timedelta(seconds=params.grace_seconds), dry_run=params.dry_run,
+            repack_threshold=params.repack_percent / 100,
+            progress=lambda phase, done, total: ctx.progress((0.0 if phase == "mark" else 0.5)
+                                                             + 0.5 * (done / total if total else 1.0)))
+        ctx.result.update(dumped(GcReport, report))
+
+    return JobPlan(store_resource(app), [Step("gc", gc)], after_interruption="resume", needs=Role.ADMIN)
+
+
+def prune_plan(app: Appliance, params: PruneParams) -> JobPlan:
+    """On the VM's resource: never beside its backup, whose retention step prunes the same way."""
+
+    async def prune_backups(ctx: StepContext) -> None:
+        report = await asyncio.to_thread(prune, app.store, params.vm, RetentionPolicy(**params.rules()),
+                                         dry_run=params.dry_run)
+        if not params.dry_run:
+            with app.catalog.begin() as session:
+                record_pruned(session, list(report.removed))
+        ctx.result.update(dumped(PruneReport, report), removed=list(report.removed))
+
+    return JobPlan(vm_resource(params.vm), [Step("prune", prune_backups)], needs=Role.ADMIN)

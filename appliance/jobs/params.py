@@ -1,0 +1,262 @@
+"""What each kind of job takes: one pydantic model per kind, the parameters a job is stored with.
+
+The API's request bodies are these models, or the part of one that is not in the route's path
+(`BackupRequest` is the body of POST /vms/{name}/backups, `BackupParams` adds the VM); the CLI
+and the scheduler fill the same models, and POST /api/v1/jobs takes any of them by kind
+(`PARAMS`). Light on purpose: pydantic and the names' rules, no service.
+"""
+from __future__ import annotations
+
+from typing import Annotated, Literal, Self
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+
+from appliance.backups.options import DEFAULT_FULL_EVERY, BackupOptions
+from appliance.backups.retention import RetentionCounts, RetentionRules
+from appliance.backups.selection import DiskSelection
+from dedup import DEFAULT_GRACE, DEFAULT_REPACK_THRESHOLD
+from vmm.spec import validate_vm_name
+
+# The name of a VM a job creates: checked as a definition would check it.
+NewVMName = Annotated[str, AfterValidator(validate_vm_name)]
+
+
+class JobParams(BaseModel):
+    """What every kind's parameters say about the VMs and backups they name, for the API to
+    check the caller's view of them before it submits the job."""
+    model_config = ConfigDict(extra="forbid")
+
+    def vms(self) -> list[str]:
+        """The existing VMs the job works on."""
+        return []
+
+    def new_vms(self) -> list[str]:
+        """The VMs the job creates (they become the caller's)."""
+        return []
+
+    def backup(self) -> str | None:
+        """The backup the job reads."""
+        return None
+
+
+class OnVM(JobParams):
+    vm: str
+
+    def vms(self) -> list[str]:
+        return [self.vm]
+
+
+# -- backups ----------------------------------------------------------------------------------------
+
+class DiskChoice(BaseModel):
+    """Which disks a backup reads (every disk that holds data, unless these say otherwise)."""
+    include: list[str] = Field(default=[], description="read only the disks one of these selects: a name pattern "
+                               "(vdb, vd[b-d]) or kind:<tag> (qcow2, raw, file, block, network, readonly...)")
+    exclude: list[str] = Field(default=[], description="then leave out the disks one of these selects (same syntax)")
+
+    @model_validator(mode="after")
+    def _selection_is_valid(self) -> Self:
+        self.disk_selection()
+        return self
+
+    def disk_selection(self) -> DiskSelection:
+        return DiskSelection.of(self.include, self.exclude)
+
+
+class BackupRequest(DiskChoice):
+    """How to back up a VM (the body of POST /vms/{name}/backups)."""
+    model_config = ConfigDict(extra="forbid")
+    full: bool = Field(default=False, description="read every disk in full")
+    full_every: int = Field(default=DEFAULT_FULL_EVERY, ge=0, le=100_000,
+                            description="read a disk in full after this many incrementals of it (0: always)")
+    transport: Literal["pull", "push"] = Field(default="pull",
+                                               description="pull: Cairn reads an NBD export of the point in time; "
+                                               "push: QEMU writes it into a target Cairn serves")
+
+    def options(self) -> BackupOptions:
+        return BackupOptions(full_every=self.full_every, transport=self.transport, disks=self.disk_selection())
+
+
+class BackupParams(BackupRequest, OnVM):
+    retention: RetentionRules | None = None   # prune the VM's backups afterwards
+
+
+class HostBackupRequest(DiskChoice):
+    """How to back up a VM of a registered host (the body of POST /hosts/{name}/vms/{vm}/backups);
+    an ssh host's VMs are backed up whole: a disk choice is refused there."""
+    model_config = ConfigDict(extra="forbid")
+    full: bool = Field(default=False, description="read every disk in full")
+    full_every: int = Field(default=DEFAULT_FULL_EVERY, ge=0, le=100_000,
+                            description="read a disk in full after this many incrementals of it (0: always)")
+
+
+class HostBackupParams(HostBackupRequest, JobParams):
+    host: str
+    vm: str = Field(description="the VM (or libvirt domain) on the host; its backups go by <vm>@<host>")
+
+
+# -- snapshots --------------------------------------------------------------------------------------
+
+class SnapshotParams(OnVM):
+    """A policy's automatic snapshot, and the rotation of the policy's older ones."""
+    prefix: str = Field(default="auto", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=63)
+    keep: int = Field(default=0, ge=0, description="automatic snapshots named prefix-* to keep (0: all)")
+
+
+class SnapshotRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str | None = None
+    automatic: bool = False
+    memory: bool = Field(default=False,
+                         description="also save the running guest's memory, so a revert resumes it")
+
+
+class SnapshotCreateParams(SnapshotRequest, OnVM):
+    pass
+
+
+class RevertRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    memory: bool | None = Field(default=None,
+                                description="resume from the snapshot's memory state (default: if it has one; the VM "
+                                "is restarted from it) or, false, the disks only")
+
+
+class SnapshotRevertParams(RevertRequest, OnVM):
+    snapshot: str = Field(description="the snapshot's name or id")
+
+
+class DeleteRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    via: Literal["commit", "pull"] | None = None
+    rate_limit: int | None = Field(default=None, gt=0,
+                                   description="bytes per second: the block job's speed on a running VM, qemu-img "
+                                   "commit -r on a stopped one (an offline pull has no limit)")
+
+
+class SnapshotDeleteParams(DeleteRequest, OnVM):
+    snapshot: str = Field(description="the snapshot's name or id")
+
+
+# -- restores ---------------------------------------------------------------------------------------
+
+class FromBackup(JobParams):
+    backup_id: str
+
+    def backup(self) -> str | None:
+        return self.backup_id
+
+
+class DiskRestoreRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    target: str = Field(description="an nbd:// or ssh:// URL, or an absolute path on the appliance host outside "
+                                    "its data dir: a new or existing image file, or a block device")
+    format: Literal["raw", "qcow2"] = "raw"
+    force: bool = False
+    verify: bool = False
+
+
+class DiskRestoreParams(DiskRestoreRequest, FromBackup):
+    disk: str | None = Field(default=None, description="which disk (none: the backup's only one)")
+    ssh_key: str | None = Field(default=None, description="private key for an ssh:// target")
+    known_hosts: str | None = Field(default=None, description="known_hosts file for an ssh:// target")
+
+
+class RestoreAsNewParams(FromBackup):
+    name: NewVMName = Field(description="the new VM's name")
+    verify: bool = True
+
+    def new_vms(self) -> list[str]:
+        return [self.name]
+
+
+class RestoreOverParams(FromBackup, OnVM):
+    """Over the VM the backup came from (`vm`), all or nothing."""
+    stop: bool = Field(default=False, description="shut the VM down first")
+    verify: bool = True
+
+
+class InstantRestoreRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: NewVMName = Field(description="the new VM's name")
+    speed: int = Field(default=0, ge=0, description="bytes/s per disk; 0: unlimited")
+
+
+class InstantRestoreParams(InstantRestoreRequest, FromBackup):
+    def new_vms(self) -> list[str]:
+        return [self.name]
+
+
+# -- clones -----------------------------------------------------------------------------------------
+
+class CloneRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    names: list[NewVMName] = Field(min_length=1)
+    mode: Literal["full", "instant"] = "full"
+
+
+class CloneParams(CloneRequest, JobParams):
+    source: str
+
+    def vms(self) -> list[str]:
+        return [self.source]
+
+    def new_vms(self) -> list[str]:
+        return list(self.names)
+
+
+# -- the store --------------------------------------------------------------------------------------
+
+class VerifyParams(JobParams):
+    sample_percent: float = Field(default=100.0, gt=0, le=100)
+
+
+class GcParams(JobParams):
+    grace_seconds: float = Field(default=DEFAULT_GRACE.total_seconds(), ge=0, le=10 * 365 * 86400)
+    dry_run: bool = False
+    repack_percent: float = Field(default=DEFAULT_REPACK_THRESHOLD * 100, gt=0, le=100,
+                                  description="repack a pack once this share of it is unreferenced")
+
+
+class PruneParams(RetentionCounts, OnVM):
+    """Prune the VM's backups by the keep rules (at least one; `dry_run`: only say what would go)."""
+    dry_run: bool = False
+
+    def rules(self) -> dict[str, int]:
+        return self.model_dump(include=set(RetentionCounts.model_fields))
+
+
+class SyncParams(JobParams):
+    """What to copy where: to another store (push, target) or from one (pull, source)."""
+    target: str | None = Field(default=None, description="the store to copy into (push); default: this appliance's")
+    source: str | None = Field(default=None, description="the store to copy from (pull); default: this appliance's")
+    backups_of: list[str] = Field(default=[], description="copy the backups of these VMs only (default: all)")
+    bandwidth: int | None = Field(default=None, ge=1, description="bytes per second at most (default: no limit)")
+
+    @model_validator(mode="after")
+    def _names_another_store(self) -> Self:
+        if self.target is None and self.source is None:
+            raise ValueError("a sync needs a target (push) or a source (pull) other than this appliance's store")
+        if self.target is not None and self.target == self.source:
+            raise ValueError("source and target are the same store")
+        return self
+
+
+# Every kind the appliance runs, and what it takes.
+PARAMS: dict[str, type[JobParams]] = {
+    "backup": BackupParams,
+    "host.backup": HostBackupParams,
+    "snapshot": SnapshotParams,
+    "snapshot.create": SnapshotCreateParams,
+    "snapshot.revert": SnapshotRevertParams,
+    "snapshot.delete": SnapshotDeleteParams,
+    "restore.disk": DiskRestoreParams,
+    "restore.new_vm": RestoreAsNewParams,
+    "restore.over_vm": RestoreOverParams,
+    "restore.instant": InstantRestoreParams,
+    "vm.clone": CloneParams,
+    "store.verify": VerifyParams,
+    "store.gc": GcParams,
+    "store.prune": PruneParams,
+    "store.sync": SyncParams,
+}
