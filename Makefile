@@ -13,10 +13,13 @@ TEST_PACKAGES := openssh-server debootstrap squashfs-tools xorriso grub-pc-bin g
   libvirt-clients netcat-openbsd iputils-ping chromium chromium-driver
 # The peers bench/peers.py runs Cairn against.
 BENCH_PACKAGES := virtnbdbackup borgbackup restic
+# A one-node Ceph, started by the tests of the RADOS and S3 stores and RBD restores (they skip without
+# it; .ci/run installs it) and by bench/scale_out.py. Installing starts no daemon.
+CEPH_PACKAGES := ceph-mon ceph-osd ceph-mgr radosgw ceph-common python3-rados python3-rbd qemu-block-extra
 DATA_DIR ?= $(CURDIR)/data
 PYTEST_ARGS ?=
 
-.PHONY: serve test test-fast lint deps test-deps venv test-venv bench iso clean
+.PHONY: serve test test-fast lint deps test-deps ceph-deps venv test-venv bench iso clean
 
 serve: venv
 	CAIRN_DATA_DIR=$${CAIRN_DATA_DIR:-$(DATA_DIR)} $(VENV)/bin/cairn serve --host 127.0.0.1 --port 8080
@@ -35,12 +38,13 @@ lint: test-venv
 test-fast: test-venv
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
-bench: test-venv
+bench: test-venv ceph-deps
 	@$(call apt_install,$(BENCH_PACKAGES))
 	$(PY) bench/backup_throughput.py
 	$(PY) bench/store.py
 	$(PY) bench/peers.py
 	$(PY) bench/snapshot.py
+	$(PY) bench/scale_out.py
 
 # The installer ISO: build/iso/cairn-<version>.iso with its .sha256 and .manifest (root, ~2-4 min).
 iso: test-venv
@@ -48,6 +52,9 @@ iso: test-venv
 
 deps:
 	@$(call apt_install,$(RUN_PACKAGES))
+
+ceph-deps: deps
+	@$(call apt_install,$(CEPH_PACKAGES))
 
 test-deps: deps
 	@$(call apt_install,$(TEST_PACKAGES))

@@ -22,6 +22,7 @@ from appliance.context import Appliance
 from appliance.errors import CairnError
 from dedup import (
     BackupExistsError,
+    BackupLockedError,
     KeyFileError,
     PassphraseRequiredError,
     StoreBusyError,
@@ -41,7 +42,7 @@ def store_error_status(e: StoreError) -> int:
         return 404
     if isinstance(e, ValueError):
         return 422
-    if isinstance(e, StoreBusyError | BackupExistsError | StoreFormatError):
+    if isinstance(e, StoreBusyError | BackupExistsError | StoreFormatError | BackupLockedError):
         return 409   # StoreFormatError: a format-1 store wants `cairn store upgrade` first
     if isinstance(e, PassphraseRequiredError):
         return 423   # locked: the store needs its passphrase

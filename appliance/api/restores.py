@@ -30,6 +30,7 @@ from appliance.jobs.params import (
 )
 from appliance.restores.boot_test import DEFAULT_MARKER
 from restore import CorruptBackupError, RestoreError, VerifyError
+from restore.destinations import RBD_SCHEME
 from restore.files import BackupFilesystem, FileNotInBackupError
 
 from .auth import Caller
@@ -121,7 +122,7 @@ def backup_restore_router(appliance: Appliance) -> APIRouter:
 
     @router.post("/disks/{disk}/restore", response_model=JobOut, status_code=202, responses=ERRORS)
     def restore_one_disk(caller: Caller, backup_id: str, disk: str, body: DiskRestoreRequest) -> JobOut:
-        if "://" not in body.target:
+        if "://" not in body.target and not body.target.startswith(RBD_SCHEME):   # a host path, not a URL
             appliance.host_paths.disk_target(caller, body.target, "restore target")
         return submit_job(appliance, caller, "restore.disk",
                           DiskRestoreParams(backup_id=backup_id, disk=disk, **body.model_dump()))

@@ -226,6 +226,22 @@ class PruneParams(RetentionCounts, OnVM):
         return self.model_dump(include=set(RetentionCounts.model_fields))
 
 
+class SyncParams(JobParams):
+    """What to copy where: to another store (push, target) or from one (pull, source)."""
+    target: str | None = Field(default=None, description="the store to copy into (push); default: this appliance's")
+    source: str | None = Field(default=None, description="the store to copy from (pull); default: this appliance's")
+    backups_of: list[str] = Field(default=[], description="copy the backups of these VMs only (default: all)")
+    bandwidth: int | None = Field(default=None, ge=1, description="bytes per second at most (default: no limit)")
+
+    @model_validator(mode="after")
+    def _names_another_store(self) -> Self:
+        if self.target is None and self.source is None:
+            raise ValueError("a sync needs a target (push) or a source (pull) other than this appliance's store")
+        if self.target is not None and self.target == self.source:
+            raise ValueError("source and target are the same store")
+        return self
+
+
 # Every kind the appliance runs, and what it takes.
 PARAMS: dict[str, type[JobParams]] = {
     "backup": BackupParams,
@@ -242,4 +258,5 @@ PARAMS: dict[str, type[JobParams]] = {
     "store.verify": VerifyParams,
     "store.gc": GcParams,
     "store.prune": PruneParams,
+    "store.sync": SyncParams,
 }
