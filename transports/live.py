@@ -91,6 +91,13 @@ class LiveExport(ABC):
         """Wait until the points can be read (at once, unless a subclass copies first)."""
         return
 
+    async def release(self) -> None:
+        """Last step of close(): release what this side holds for the export (files, helper
+        processes, their record), however the teardown in QEMU went. Also run when QEMU cannot
+        be reached to close the export at all (it was killed meanwhile); runs more than once
+        without harm."""
+        return
+
     # -- the shared part -----------------------------------------------------------------------
 
     async def open(self, qmp: QMP) -> list[DiskPoint]:
@@ -121,17 +128,20 @@ class LiveExport(ABC):
     async def close(self, qmp: QMP, success: bool) -> None:
         """Tear the export down; keep the checkpoint bitmaps right for the next backup."""
         self.qmp = qmp
-        await self._unpublish()
-        if self._started:
-            for d in self.disks:
-                job = self._job(d)
-                if await self._quietly("block-job-cancel", {"device": job, "force": True}):
-                    await self.qmp.wait_job(job, timeout=60)
-                # A job that stays after it ends (auto-dismiss off) holds its target node.
-                await self._quietly("job-dismiss", {"id": job})
-            await self._settle_bitmaps(success)
-        for node in self._nodes_added:
-            await self._quietly("blockdev-del", {"node-name": node})
+        try:
+            await self._unpublish()
+            if self._started:
+                for d in self.disks:
+                    job = self._job(d)
+                    if await self._quietly("block-job-cancel", {"device": job, "force": True}):
+                        await self.qmp.wait_job(job, timeout=60)
+                    # A job that stays after it ends (auto-dismiss off) holds its target node.
+                    await self._quietly("job-dismiss", {"id": job})
+                await self._settle_bitmaps(success)
+            for node in self._nodes_added:
+                await self._quietly("blockdev-del", {"node-name": node})
+        finally:
+            await self.release()
 
     async def _reclaim(self) -> dict[str, dict[str, Any]]:
         """Remove an interrupted backup's exports, jobs and nodes; repair its bitmaps.
@@ -258,18 +268,29 @@ class LiveExport(ABC):
 async def exported(export: LiveExport, sessions: Sessions) -> AsyncIterator[list[DiskPoint]]:
     """The export's points while the body reads them; closed afterwards, keeping the new
     checkpoint only if the body succeeded. Each step has its own short QMP session."""
-    async with sessions() as qmp:
-        try:
-            points = await export.open(qmp)
-        except BaseException:
-            await export.close(qmp, success=False)
-            raise
+    try:
+        async with sessions() as qmp:
+            try:
+                points = await export.open(qmp)
+            except BaseException:
+                await export.close(qmp, success=False)
+                raise
+    except BaseException:
+        await export.release()
+        raise
     try:
         await export.ready(sessions)
         yield points
     except BaseException:
-        async with sessions() as qmp:
-            await export.close(qmp, success=False)
+        await _close(export, sessions, success=False)
         raise
-    async with sessions() as qmp:
-        await export.close(qmp, success=True)
+    await _close(export, sessions, success=True)
+
+
+async def _close(export: LiveExport, sessions: Sessions, success: bool) -> None:
+    try:
+        async with sessions() as qmp:
+            await export.close(qmp, success)
+    except BaseException:
+        await export.release()    # QEMU may be gone: close() never ran
+        raise
