@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import asyncio
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Callable, Collection
-from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
+from collections.abc import AsyncIterator, Callable, Collection, Iterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager, nullcontext
+from contextvars import ContextVar
 from typing import Any
 
 from vmm.spec import disk_of_qdev
@@ -36,6 +37,10 @@ from .qmp_protocol import QMP
 Quiesce = Callable[[QMP], AbstractAsyncContextManager[object]]
 # Opens a short QMP session to the VM: `async with sessions() as qmp: ...`.
 Sessions = Callable[[], AbstractAsyncContextManager[QMP]]
+
+# Test hook (joined_to_the_freeze): more actions for the freezing transaction, given each disk's node.
+FreezeCompanion = Callable[[dict[str, str]], list[dict[str, Any]]]
+_freeze_companion: ContextVar[FreezeCompanion | None] = ContextVar("cairn_freeze_companion", default=None)
 
 EXPORT_PREFIX = "cairn-export-"
 # Nodes and jobs of exports are named "<prefix><disk>"; an interrupted backup's are removed.
@@ -227,6 +232,8 @@ class LiveExport(ABC):
                                 "data": {"node": node, "name": self.checkpoint, "persistent": d not in self._volatile,
                                          "granularity": bitmap_granularity(self._sizes[d])}})
             actions += self._copy_actions(d)
+        if (companion := _freeze_companion.get()) is not None:
+            actions += companion(dict(self._nodes))
         return actions
 
     async def _settle_bitmaps(self, success: bool) -> None:
@@ -294,3 +301,17 @@ async def _close(export: LiveExport, sessions: Sessions, success: bool) -> None:
     except BaseException:
         await export.release()    # QEMU may be gone: close() never ran
         raise
+
+
+@contextmanager
+def joined_to_the_freeze(companion: FreezeCompanion) -> Iterator[None]:
+    """Test hook, used by no part of Cairn: every freezing transaction run in this context (the
+    asyncio tasks and threads it starts inherit it) also runs the actions `companion(nodes)`
+    returns, given each disk's node. A test starts a copy of its own there, of the very instant
+    the backup reads (tests/test_live_writes.py: a full `blockdev-backup` of each disk into a
+    reference file, to compare the backup with byte for byte while the guest writes on)."""
+    token = _freeze_companion.set(companion)
+    try:
+        yield
+    finally:
+        _freeze_companion.reset(token)
