@@ -63,7 +63,13 @@ class Child:
 
 
 def forked(data_dir: Path, work: Callable[[Appliance, Pause], Any]) -> Child:
-    """Run `work(appliance, pause)` in a child process on its own Appliance of `data_dir`.
+    """Run `work(appliance, pause)` in a Cairn process of its own, on its own Appliance of
+    `data_dir` (see forked_process)."""
+    return forked_process(lambda pause: work(Appliance.open(str(data_dir)), pause))
+
+
+def forked_process(work: Callable[[Pause], Any]) -> Child:
+    """Run `work(pause)` in a child process.
 
     The child exits 0 when `work` returns, REFUSED when Cairn refused it, 1 on any other error
     (its traceback on stderr), or as the work makes it (os._exit(DIED) at a crash point)."""
@@ -79,7 +85,7 @@ def forked(data_dir: Path, work: Callable[[Appliance, Pause], Any]) -> Child:
                 out.write(f"paused {what}\n")
                 threading.Event().wait()
             try:
-                work(Appliance.open(str(data_dir)), pause)
+                work(pause)
                 code = 0
             except ConflictError as err:
                 out.write("refused " + str(err).replace("\n", " ") + "\n")
@@ -103,6 +109,7 @@ class DyingBackend:
     def __init__(self, backend: Any, at: int):
         self._backend = backend
         self._left = at
+        self._counting = threading.Lock()      # a backup's workers write at once
         self.location = backend.location
         self.clock_error_ns = backend.clock_error_ns
 
@@ -110,8 +117,9 @@ class DyingBackend:
         return getattr(self._backend, name)
 
     def _dies_now(self) -> bool:
-        self._left -= 1
-        return self._left == 0
+        with self._counting:
+            self._left -= 1
+            return self._left == 0
 
     def rename(self, source: str, target: str) -> None:
         if self._dies_now():
