@@ -5,7 +5,8 @@ A crash is made two ways, both without any cleanup running (no `finally`, no ate
 Python at all), as under kill -9:
 - SIGKILL from the test at a pause point: the Cairn process calls `pause("what")` from a hook
   of its own (a progress report, a QMP job paused by the test), says so on a pipe and waits;
-  the test reads that and kills it, so the kill lands mid-operation every time.
+  the test reads that and kills it, so the kill lands mid-operation every time (or lets it
+  go on, once it has made something else fail there).
 - os._exit() right after a chosen step (the k-th catalog transaction, the k-th change to the
   store): the process ends on the spot, its helpers die with it (their parent-death signal).
 """
@@ -34,11 +35,22 @@ Pause = Callable[[str], None]
 
 @dataclass
 class Child:
-    """A forked Cairn process: `wait()` for its end, or `kill_when_paused()` it."""
+    """A forked Cairn process: `wait()` for its end, or `kill_when_paused()` it, or
+    `wait_paused()` and `resume()` it."""
     pid: int
     said: IO[str]
+    go: IO[str]
     code: int | None = None
     output: str = ""
+
+    def wait_paused(self) -> None:
+        line = self.said.readline()
+        self.output += line
+        assert line.startswith("paused"), f"the process ended before its pause point: {self.output}"
+
+    def resume(self) -> None:
+        self.go.write("go\n")
+        self.go.flush()
 
     def kill_when_paused(self) -> bool:
         """SIGKILL the process once it says it paused; False if it ended first (see `code`)."""
@@ -59,6 +71,7 @@ class Child:
 
     def _reap(self) -> None:
         self.said.close()
+        self.go.close()
         self.code = os.waitstatus_to_exitcode(os.waitpid(self.pid, 0)[1])
 
 
@@ -74,16 +87,21 @@ def forked_process(work: Callable[[Pause], Any]) -> Child:
     The child exits 0 when `work` returns, REFUSED when Cairn refused it, 1 on any other error
     (its traceback on stderr), or as the work makes it (os._exit(DIED) at a crash point)."""
     read_end, write_end = os.pipe()
+    go_read, go_write = os.pipe()
     pid = os.fork()
     if pid == 0:   # the child: never returns into the test
         code = 1
         try:
             os.close(read_end)
+            os.close(go_write)
             out = os.fdopen(write_end, "w", buffering=1)
+            go = os.fdopen(go_read)
 
             def pause(what: str) -> None:
+                """Say so, and wait until the test resumes (or kills) this process."""
                 out.write(f"paused {what}\n")
-                threading.Event().wait()
+                if not go.readline():
+                    threading.Event().wait()
             try:
                 work(pause)
                 code = 0
@@ -94,7 +112,8 @@ def forked_process(work: Callable[[Pause], Any]) -> Child:
             traceback.print_exc()
         os._exit(code)
     os.close(write_end)
-    return Child(pid, os.fdopen(read_end))
+    os.close(go_read)
+    return Child(pid, os.fdopen(read_end), os.fdopen(go_write, "w"))
 
 
 def die() -> None:
