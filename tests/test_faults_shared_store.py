@@ -48,7 +48,7 @@ def test_two_appliances_back_up_prune_and_collect_garbage_on_one_store_at_once(t
                 for app, vm in ((a, "web"), (b, "db"))}
         made: dict[str, str] = {}
 
-        def back_up(app: Appliance, vm: str) -> None:
+        def back_up(app: Appliance, vm: str, made: dict[str, str] = made) -> None:
             made[vm] = run(app.backups.create(app.vms.spec(vm))).manifest.backup_id
         backing_up = threading.Thread(target=back_up, args=(a, "web"))
         backing_up.start()

@@ -4,18 +4,21 @@ os._exit (nothing else runs, as under kill -9) at its n-th change to the store, 
 through writing the file when that change is a write. For every n: every backup restores,
 the next GC finishes the job without a problem and leaves no temporary or trashed file, and
 the store verifies. (test_store_maintenance.py raises an exception at the same points, so
-`finally` blocks run; here none does.)"""
+`finally` blocks run; here none does.) And a damaged key file."""
 from __future__ import annotations
 
+import json
 import shutil
 from datetime import timedelta
 from pathlib import Path
 
+import pytest
 from fault_helpers import DIED, DyingBackend, forked_process
-from store_helpers import CHUNK, backup_changes, backup_image, disk_image, new_store, pack_files, read_back
+from store_helpers import CHUNK, backup_changes, backup_image, disk_image, flip_byte, new_store, pack_files, read_back
+from test_store_crypto import KEY_FILE, PASSPHRASE
 from test_store_maintenance import age, forget
 
-from dedup import Store, collect_garbage, verify_store
+from dedup import KeyFileError, Store, WrongPassphraseError, collect_garbage, verify_store
 
 
 def leftovers(path: Path) -> list[Path]:
@@ -100,3 +103,29 @@ def test_a_backup_killed_at_any_change_to_the_store_leaves_only_what_gc_removes(
         if code == 0:
             break
     assert step > 5, "the backup made fewer changes than its packs, pages and manifest take"
+
+
+def test_a_damaged_key_file_is_refused_and_a_copy_of_it_opens_the_store(tmp_path: Path):
+    """An encrypted store's key file damaged (a byte flipped anywhere, its sealed key altered,
+    emptied): opening is refused, naming the key file, before a block is read or written; with
+    a good copy of the key file every backup restores."""
+    store = new_store(tmp_path / "store", passphrase=PASSPHRASE)
+    manifest = backup_image(store, "web", {"vda": disk_image("rt", seed=1)})
+    key = tmp_path / "store" / KEY_FILE
+    good = tmp_path / "key-copy.json"
+    shutil.copy(key, good)
+    before = sorted((p, p.stat().st_mtime_ns) for p in (tmp_path / "store").rglob("*") if p.is_file())
+    sealed = json.loads(key.read_text())["sealed_key"]
+    damages = [lambda: flip_byte(key, offset=40), lambda: flip_byte(key, offset=-10), lambda: key.write_text(""),
+               lambda: key.write_text(key.read_text().replace(sealed, sealed[:20] + ("A" if sealed[20] != "A" else "B")
+                                                              + sealed[21:]))]
+    for damage in damages:
+        shutil.copy(good, key)
+        damage()
+        with pytest.raises((KeyFileError, WrongPassphraseError), match=str(key)):
+            Store.open(tmp_path / "store", passphrase=PASSPHRASE)
+    assert sorted((p, p.stat().st_mtime_ns) for p in (tmp_path / "store").rglob("*")
+                  if p.is_file() and p != key) == [b for b in before if b[0] != key]
+    reopened = Store.open(tmp_path / "store", passphrase=PASSPHRASE, key_file=good)
+    assert read_back(reopened, manifest, "vda") == disk_image("rt", seed=1)
+    assert verify_store(reopened).ok

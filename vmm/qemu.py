@@ -201,7 +201,7 @@ class QemuDriver:
                      if n["drv"] in ("qcow2", "raw")}
             for disk, layer in layers.items():
                 if layer not in nodes:
-                    raise VMStateError(f"VM {name} has no layer {layer} open for disk {disk}")
+                    raise VMStateError(name, f"VM {name} has no layer {layer} open for disk {disk}")
                 if stream_job_id(disk) not in running:
                     await qmp.execute("block-stream", {"job-id": stream_job_id(disk), "device": nodes[layer]})
 
