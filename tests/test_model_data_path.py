@@ -186,7 +186,8 @@ class Runner:
                 choices.append((self.revert, 5))
         choices.append((self.start_or_stop, 6 if running < MAX_RUNNING else 2))
         if m.backups:
-            choices += [(self.restore_over, 3.5), (self.prune, 2.5), (self.gc, 2.5)]
+            # Prunes catch up with backups as they pile up, so the store's checks stay cheap.
+            choices += [(self.restore_over, 3.5), (self.prune, 1 + len(m.backups) / 6), (self.gc, 2.5)]
             if len(m.vms) < MAX_VMS:
                 choices.append((self.restore_new, 1.5))
         if len(m.vms) < MAX_VMS and self.stopped_vms():
