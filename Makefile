@@ -7,10 +7,10 @@ PY := $(VENV)/bin/python
 RUN_PACKAGES := qemu-system-x86 qemu-utils libnbd-bin python3-libnbd python3-venv nbdkit nbdkit-plugin-python \
   openssh-client sshfs fuse3 xfsprogs python3-libvirt dnsmasq-base iproute2
 # ... and what the tests add (`make test`): servers to test against (sshd, libvirtd, a browser), the
-# ISO's build tools, and the tools the suite's guest and network tests use.
+# ISO's build tools, the tools the suite's guest and network tests use, and faketime (clock jumps).
 TEST_PACKAGES := openssh-server debootstrap squashfs-tools xorriso grub-pc-bin grub-efi-amd64-bin grub-common mtools \
   dosfstools ovmf git binutils libvirt-daemon-system libvirt-daemon-system-sysv libvirt-daemon-driver-qemu \
-  libvirt-clients netcat-openbsd iputils-ping chromium chromium-driver
+  libvirt-clients netcat-openbsd iputils-ping chromium chromium-driver faketime
 # The peers bench/peers.py runs Cairn against.
 BENCH_PACKAGES := virtnbdbackup borgbackup restic
 # A one-node Ceph, started by the tests of the RADOS and S3 stores and RBD restores (they skip without

@@ -189,17 +189,21 @@ class QemuDriver:
             node = await disk_root_node(qmp, name, disk)
             await qmp.execute("block_resize", {"node-name": node, "size": size_bytes})
 
-    async def stream_disks(self, name: str, disks: list[str]) -> None:
-        """Start copying each disk's backing data into its active layer (block-stream). QEMU
-        finishes each job alone and then drops the backing file; if QEMU stops first, the disk
-        simply keeps its backing file and the stream can be started again."""
+    async def stream_disks(self, name: str, layers: dict[str, str]) -> None:
+        """Start copying the backing data of each disk's layer `layers[disk]` (a file of its
+        chain, the active one or one under it) into that layer (block-stream). QEMU finishes
+        each job alone and then drops that layer's backing files; the layers above it stay as
+        they are. If QEMU stops first, the layer keeps its backing file and the stream can be
+        started again."""
         async with self.session(name) as qmp:
             running = {job["id"] for job in await qmp.execute("query-jobs")}
-            for disk in disks:
+            nodes = {n["file"]: n["node-name"] for n in await qmp.execute("query-named-block-nodes", {"flat": True})
+                     if n["drv"] in ("qcow2", "raw")}
+            for disk, layer in layers.items():
+                if layer not in nodes:
+                    raise VMStateError(name, f"VM {name} has no layer {layer} open for disk {disk}")
                 if stream_job_id(disk) not in running:
-                    node = await disk_root_node(qmp, name, disk)
-                    await qmp.execute("block-stream", {"job-id": stream_job_id(disk),
-                                                       "device": node})
+                    await qmp.execute("block-stream", {"job-id": stream_job_id(disk), "device": nodes[layer]})
 
     async def streaming_disks(self, name: str) -> dict[str, float]:
         """Disks with a stream in progress and how far each is (0..1)."""

@@ -214,7 +214,7 @@ class VMService:
         with self.catalog() as s:
             opts = s.get(VMOptionsRecord, name)
         if opts and opts.linked_to:
-            await self.driver.stream_disks(name, [d.name for d in spec.disks])
+            await self.driver.stream_disks(name, self._own_bottoms(name, opts.linked_to))
         return VMView(spec, status, ha=bool(opts and opts.ha_enabled),
                       linked_to=opts.linked_to if opts else None)
 
@@ -349,6 +349,20 @@ class VMService:
         streaming = (await self.driver.streaming_disks(name)
                      if linked and self.driver.status(name).state in ACTIVE else {})
         return {disk: streaming.get(disk, 0.0) for disk in linked}
+
+    def _own_bottoms(self, name: str, source: str) -> dict[str, str]:
+        """Per disk of an instant clone that reads its source's files: the lowest layer of the
+        clone's own, which the stream fills with the source's data. Every layer above it, a
+        snapshot's taken before the first start too, then stands without the source, and the
+        chain stays as the snapshot tree knows it."""
+        base = self.settings.images_dir / source
+        bottoms = {}
+        for disk in self.spec(name).disks:
+            chain = backing_chain(disk.path)
+            at = next((i for i, f in enumerate(chain) if i and Path(f).parent == base), None)
+            if at is not None:
+                bottoms[disk.name] = chain[at - 1]
+        return bottoms
 
     def _linked_disks(self, name: str) -> list[str]:
         """The disks of an instant clone that still read from its source's files; when none
