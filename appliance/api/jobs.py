@@ -19,7 +19,7 @@ from sqlalchemy import select
 
 from appliance.access.auth import Principal
 from appliance.access.visibility import visibility, vm_visible
-from appliance.catalog.query import ListQuery, list_query
+from appliance.catalog.query import ListQuery
 from appliance.context import Appliance
 from appliance.jobs.kinds import BackupParams, BackupRequest, GcParams, VerifyParams
 from appliance.jobs.plan import FINISHED_STATES
@@ -27,6 +27,7 @@ from appliance.jobs.records import EventRecord, JobRecord
 
 from .app import ErrorOut
 from .auth import Caller, still_signed_in
+from .listing import list_query
 
 ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorOut} for code in (404, 409, 422)}
 SIGNED_IN_CHECK = 1.0   # seconds between checks that a live stream's session or key still stands
