@@ -3,14 +3,20 @@
 QEMU runs with -daemonize and a pidfile, so it outlives the process that started it (a CLI
 call); any later process finds it again through run_root/<name>/. The driver never holds the
 QMP socket: each operation opens a short session (see qmp.py).
+
+Which VMs are not stopped is asked often (every listing) and by VMs that mostly are: a start
+leaves a marker in run_root/.live/ that its stop removes, so the answer (active()) costs a look
+at the few marked VMs, not at every run directory and process.
 """
 
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import os
 import shutil
 import signal
+import tempfile
 from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +39,7 @@ from .errors import (
 )
 from .qmp import QMPSession
 from .rundir import (
+    LIVE_DIR,
     RunDir,
     VMState,
     exclusive,
@@ -74,9 +81,10 @@ class QemuDriver:
 
     # -- lifecycle ---------------------------------------------------------------------------
 
-    async def start(self, spec: VMSpec, incoming: str | None = None) -> VMStatus:
+    async def start(self, spec: VMSpec, incoming: str | None = None, paused: bool = False) -> VMStatus:
         """`incoming`: a migration URI (e.g. "exec:cat <file>") the guest's state is loaded
-        from instead of booting; the guest then runs on from where that state was saved."""
+        from instead of booting; the guest then runs on from where that state was saved.
+        `paused`: QEMU sets the machine up but runs no guest code (-S) until resume()."""
         spec.validate()
         rundir = self.paths(spec.name)
         self._check_files(spec, rundir)
@@ -88,7 +96,8 @@ class QemuDriver:
                 raise VMAlreadyRunningError(spec.name, current.pid)
             # Nothing of ours runs here, so these are leftovers of a crash or a failed start.
             self._remove_leftovers(rundir)
-            cmd = build_command(self.qemu_binary, spec, accel, rundir, incoming)
+            cmd = build_command(self.qemu_binary, spec, accel, rundir, incoming) + (["-S"] if paused else [])
+            self._mark_live(rundir)
             try:
                 await self._launch(spec.name, cmd, rundir)
                 if spec.vnc:
@@ -98,7 +107,7 @@ class QemuDriver:
                 self._remove_leftovers(rundir)
                 self._record_stopped(rundir)
                 raise
-            write_state(rundir, VMState(intended="running", paused=False, accel=accel.name,
+            write_state(rundir, VMState(intended="running", paused=paused, accel=accel.name,
                                         spec=spec.to_dict(), command=cmd))
         return self.status(spec.name)
 
@@ -163,6 +172,7 @@ class QemuDriver:
                 raise VMStateError(name, f"VM {name!r} is {current.state}; stop it before "
                                          "forgetting it")
             shutil.rmtree(rundir.path)
+            rundir.live_marker.unlink(missing_ok=True)
 
     async def pause(self, name: str) -> None:
         async with self.session(name) as qmp:
@@ -228,6 +238,52 @@ class QemuDriver:
         if pid is not None and state is not None and state.intended == "running":
             return VMStatus(name, "crashed", None, accel)
         return VMStatus(name, "stopped", None, accel)
+
+    def active(self) -> dict[str, VMStatus]:
+        """The VMs that are running, paused or crashed, by name; any other is stopped.
+
+        Looks only at the VMs marked live (started, not stopped since). A marker that outlived
+        its QEMU (it exited on its own: the guest powered off) reads as stopped and is dropped
+        here, unless the VM's lock is taken: a start holds it from before its marker is made."""
+        live = self._live_dir()
+        if live is None:
+            return {}
+        found = {}
+        for name in os.listdir(live):
+            status = self.status(name)
+            if status.state != "stopped":
+                found[name] = status
+                continue
+            rundir = self.paths(name)
+            if not rundir.path.is_dir():
+                rundir.live_marker.unlink(missing_ok=True)
+                continue
+            with suppress(VMBusyError), exclusive(rundir, name):
+                if self.status(name).state == "stopped":
+                    rundir.live_marker.unlink(missing_ok=True)
+        return found
+
+    def _live_dir(self) -> Path | None:
+        """run_root/.live/, made on first use from the run directories that hold a pidfile
+        (VMs a driver without the index started); None while there is no run_root yet."""
+        live = self.run_root / LIVE_DIR
+        if live.is_dir():
+            return live
+        if not self.run_root.is_dir():
+            return None
+        with open(self.run_root / f"{LIVE_DIR}.lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if not live.is_dir():
+                building = Path(tempfile.mkdtemp(prefix=f"{LIVE_DIR}-", dir=self.run_root))
+                for entry in os.scandir(self.run_root):
+                    if entry.is_dir() and os.path.exists(RunDir(Path(entry.path)).pidfile):
+                        (building / entry.name).touch()
+                building.rename(live)
+        return live
+
+    def _mark_live(self, rundir: RunDir) -> None:
+        self._live_dir()
+        rundir.live_marker.touch()
 
     def list_vms(self) -> list[VMStatus]:
         """Every VM this driver ever started under run_root, by name."""
@@ -373,6 +429,7 @@ class QemuDriver:
         if state is not None:
             state.intended, state.paused = "stopped", False
             write_state(rundir, state)
+        rundir.live_marker.unlink(missing_ok=True)
 
     def _record_paused(self, name: str, paused: bool) -> None:
         rundir = self.paths(name)
