@@ -245,11 +245,8 @@ class QemuDriver:
         Looks only at the VMs marked live (started, not stopped since). A marker that outlived
         its QEMU (it exited on its own: the guest powered off) reads as stopped and is dropped
         here, unless the VM's lock is taken: a start holds it from before its marker is made."""
-        live = self._live_dir()
-        if live is None:
-            return {}
         found = {}
-        for name in os.listdir(live):
+        for name in self.marked_live():
             status = self.status(name)
             if status.state != "stopped":
                 found[name] = status
@@ -262,6 +259,11 @@ class QemuDriver:
                 if self.status(name).state == "stopped":
                     rundir.live_marker.unlink(missing_ok=True)
         return found
+
+    def marked_live(self) -> set[str]:
+        """The VMs marked live: any VM not among them is stopped (one directory listing)."""
+        live = self._live_dir()
+        return set(os.listdir(live)) if live is not None else set()
 
     def _live_dir(self) -> Path | None:
         """run_root/.live/, made on first use from the run directories that hold a pidfile
