@@ -28,7 +28,7 @@ class BackupRecord(Base):
     status: Mapped[str] = mapped_column(String(16), index=True)   # running | ok | failed | pruned
     parent: Mapped[str | None] = mapped_column(String(64), nullable=True)
     checkpoint: Mapped[str | None] = mapped_column(String(96), nullable=True)
-    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     bytes_read: Mapped[int] = mapped_column(BigInteger, default=0)
     bytes_stored: Mapped[int] = mapped_column(BigInteger, default=0)
