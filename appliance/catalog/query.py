@@ -110,11 +110,14 @@ class ListQuery:
             ) -> list[Any]:
         """The page of `model` rows (narrowed by `stmt`, default all); sets the total header.
         `fields`: what may be filtered and sorted by, by name (default: the table's columns)."""
-        stmt = self.statement(model, stmt, fields)
-        total = session.scalar(count_of(stmt))
+        return self.fetch(session, self.statement(model, stmt, fields), response)
+
+    @staticmethod
+    def fetch(session: Session, page: Select[Any], response: HasHeaders | None = None) -> list[Any]:
+        """The rows of a page's statement (from statement()); sets the total header."""
         if response is not None:
-            response.headers[TOTAL_HEADER] = str(total)
-        return list(session.scalars(stmt))
+            response.headers[TOTAL_HEADER] = str(session.scalar(count_of(page)))
+        return list(session.scalars(page))
 
     def statement(self, model: type[DeclarativeBase], stmt: Select[Any] | None = None,
                   fields: Mapping[str, ColumnElement[Any]] | None = None) -> Select[Any]:
