@@ -37,6 +37,8 @@ test-fast: test-venv
 
 bench: test-venv
 	@$(call apt_install,$(BENCH_PACKAGES))
+	$(PY) bench/startup.py
+	$(PY) bench/api.py
 	$(PY) bench/backup_throughput.py
 	$(PY) bench/store.py
 	$(PY) bench/peers.py
