@@ -144,6 +144,12 @@ def create_app(appliance: Appliance) -> FastAPI:
         # Starlette logs the traceback after this answer; the caller gets the usual body, not a text page.
         return failed(request, 500, "InternalError", "an unexpected error: the appliance's log has the details")
 
+    # First: a request is matched against the routes in order, and the first request to reach an
+    # included router builds its routes (FastAPI), so the health check does not wait for all of them.
+    @api.get("/api/v1/health", response_model=Health)
+    def health() -> Health:
+        return Health(status="ok", version=VERSION, store=appliance.store.location)
+
     api.include_router(auth_router(appliance))
     api.include_router(users_router(appliance))
     api.include_router(access_router(appliance))
@@ -180,10 +186,6 @@ def create_app(appliance: Appliance) -> FastAPI:
     # The web console: static files at /ui that call this API like any script.
     from appliance.web import mount_console
     mount_console(api)
-
-    @api.get("/api/v1/health", response_model=Health)
-    def health() -> Health:
-        return Health(status="ok", version=VERSION, store=appliance.store.location)
 
     @api.get("/api/v1/vms", response_model=list[VMOut], responses={422: {"model": ErrorOut}})
     def list_vms(caller: Caller, query: Query, response: Response) -> list[VMOut]:

@@ -1,7 +1,6 @@
 """`cairn backup ...`: back up VMs and list backups."""
 from __future__ import annotations
 
-import asyncio
 import json
 from typing import Any
 
@@ -37,6 +36,8 @@ def backup_create(vm: str, full: bool = typer.Option(False, "--full", help="Read
                   as_json: bool = JsonOpt) -> None:
     """Back up a VM, running or stopped: incremental from its last backup unless --full. Every disk
     that holds data is read unless --include/--exclude say otherwise."""
+    import asyncio
+
     a = state.appliance
     spec = a.vms.spec(vm)
     with byte_progress() as bars:
