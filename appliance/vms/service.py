@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import ColumnElement, Integer, Select, String, case, literal, select, type_coerce
-from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.orm import Session, sessionmaker
 
 from appliance.access.visibility import ALL, Seen
@@ -147,7 +146,7 @@ class VMService:
     @staticmethod
     def point_disks(session: Session, name: str, paths: dict[str, str]) -> None:
         """From its next start the VM opens these files (snapshots move a disk's active layer)."""
-        rec = session.get(VMRecord, name)
+        rec = session.get_one(VMRecord, name)
         spec = VMSpec.from_dict(rec.spec)
         for disk in spec.disks:
             disk.path = paths.get(disk.name, disk.path)
@@ -195,7 +194,7 @@ class VMService:
         self.spec(name)
         self._require_stopped(name, "change its CPUs or memory")
         with self.catalog.begin() as s:
-            rec = s.get(VMRecord, name)
+            rec = s.get_one(VMRecord, name)
             spec = VMSpec.from_dict(rec.spec)
             spec.vcpus = spec.vcpus if vcpus is None else vcpus
             spec.memory_mib = spec.memory_mib if memory_mib is None else memory_mib
@@ -292,10 +291,10 @@ class VMService:
         rows: dict[str, list[dict[str, Any]]] = {}
         with self.catalog.begin() as s:
             for record in VM_RECORDS:
-                column = record.name if record is VMRecord else record.vm_name
+                column = record.__table__.c["name" if record is VMRecord else "vm_name"]
                 for row in s.scalars(select(record).where(column == name)):
                     rows.setdefault(record.__tablename__, []).append(
-                        {a.key: getattr(row, a.key) for a in sa_inspect(record).column_attrs})
+                        {a.key: getattr(row, a.key) for a in record.__mapper__.column_attrs})
                     s.delete(row)
         self.driver.forget(name)
         return rows
@@ -386,7 +385,7 @@ class VMService:
                   if any(Path(f).parent == base for f in backing_chain(d.path)[1:])]
         if not linked:
             with self.catalog.begin() as s:
-                s.get(VMOptionsRecord, name).linked_to = None
+                s.get_one(VMOptionsRecord, name).linked_to = None
         return linked
 
     # -- who reads a file (readers.py) -------------------------------------------------------
