@@ -100,6 +100,8 @@ class Appliance:
     @cached_property
     def host_paths(self) -> HostPaths:
         """The check of every host path a request names (admins only, outside the data dir)."""
+        from appliance.access.host_paths import HostPaths
+
         return HostPaths(self.settings.data_dir)
 
     @cached_property
