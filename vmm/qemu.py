@@ -17,6 +17,7 @@ import os
 import shutil
 import signal
 import tempfile
+import weakref
 from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,6 +59,8 @@ STREAM_JOB_PREFIX = "stream-"
 # sun_path is 108 bytes including the terminating NUL.
 MAX_SOCKET_PATH = 107
 LOG_TAIL_LINES = 20
+# QEMUs setting up at once, per CPU (a setup is mostly CPU: devices, firmware, the monitor).
+LAUNCHES_PER_CPU = 2
 
 
 @dataclass(frozen=True)
@@ -75,6 +78,8 @@ class QemuDriver:
         self.qemu_binary = qemu_binary
         self.launch_timeout = launch_timeout
         self.qmp_timeout = qmp_timeout
+        self._launch_slots: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = \
+            weakref.WeakKeyDictionary()
 
     def paths(self, name: str) -> RunDir:
         return RunDir(self.run_root / validate_vm_name(name))
@@ -99,9 +104,10 @@ class QemuDriver:
             cmd = build_command(self.qemu_binary, spec, accel, rundir, incoming) + (["-S"] if paused else [])
             self._mark_live(rundir)
             try:
-                await self._launch(spec.name, cmd, rundir)
-                if spec.vnc:
-                    await self._arm_vnc(spec.name, rundir)
+                async with self._launch_slot():
+                    await self._launch(spec.name, cmd, rundir)
+                    if spec.vnc:
+                        await self._arm_vnc(spec.name, rundir)
             except VMStartError:
                 # A failed start leaves nothing running, so it must not read as a crash.
                 self._remove_leftovers(rundir)
@@ -312,6 +318,15 @@ class QemuDriver:
                           else connect_timeout)
 
     # -- internals -----------------------------------------------------------------------------
+
+    def _launch_slot(self) -> asyncio.Semaphore:
+        """One of LAUNCHES_PER_CPU slots per CPU for a QEMU setting up (this event loop's). More
+        launches at once only share the CPUs, each slower, until the last ones miss their
+        monitor's timeout; queued, each sets up at full speed and the batch ends no later."""
+        loop = asyncio.get_running_loop()
+        if (slots := self._launch_slots.get(loop)) is None:
+            slots = self._launch_slots[loop] = asyncio.Semaphore(LAUNCHES_PER_CPU * (os.cpu_count() or 1))
+        return slots
 
     async def _arm_vnc(self, name: str, rundir: RunDir) -> None:
         try:

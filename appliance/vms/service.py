@@ -6,6 +6,7 @@ created on them and again before the VM starts.
 """
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -225,12 +226,9 @@ class VMService:
 
     async def start(self, name: str, paused: bool = False) -> VMView:
         """`paused`: QEMU sets the machine up, its guest runs no code until resume() (QEMU -S)."""
-        spec = self.spec(name)
-        # A running guest writes its active layers; the layers under them stay as they are.
-        self.require_unread([d.path for d in spec.disks], f"starting VM {name}", besides=name,
-                            hint=f"or take a snapshot of {name} first: its writes then go to new layers")
-        self._verify_images(spec)
-        self._place(spec)
+        # The checks read the catalog and other VMs' image headers: off the event loop, which
+        # meanwhile serves other requests, the monitors of QEMUs starting beside this one among them.
+        spec = await asyncio.to_thread(self._startable, name)
         with self.networks.starting(spec):
             status = await self.driver.start(spec, paused=paused)
         with self.catalog() as s:
@@ -239,6 +237,17 @@ class VMService:
             await self.driver.stream_disks(name, [d.name for d in spec.disks])
         return VMView(spec, status, ha=bool(opts and opts.ha_enabled),
                       linked_to=opts.linked_to if opts else None)
+
+    def _startable(self, name: str) -> VMSpec:
+        """The VM's definition, once it may start: no other VM reads the files it would write,
+        its library images are intact, it fits on this host."""
+        spec = self.spec(name)
+        # A running guest writes its active layers; the layers under them stay as they are.
+        self.require_unread([d.path for d in spec.disks], f"starting VM {name}", besides=name,
+                            hint=f"or take a snapshot of {name} first: its writes then go to new layers")
+        self._verify_images(spec)
+        self._place(spec)
+        return spec
 
     async def stop(self, name: str, timeout: float = 30.0, force: bool = False) -> VMView:
         self.spec(name)
