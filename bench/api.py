@@ -148,8 +148,8 @@ def catalog_database(backend: str, postgres: str | None) -> Iterator[str | None]
 
 
 @contextmanager
-def served(data_dir: Path, catalog_url: str | None) -> Iterator[str]:
-    """`cairn serve` on the data dir, answering: its base URL."""
+def served(data_dir: Path, catalog_url: str | None) -> Iterator[tuple[str, subprocess.Popen]]:
+    """`cairn serve` on the data dir, answering: its base URL and its process."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
@@ -168,7 +168,7 @@ def served(data_dir: Path, catalog_url: str | None) -> Iterator[str]:
             if server.poll() is not None or time.monotonic() > deadline:
                 raise SystemExit(f"cairn serve did not answer: {(data_dir / 'serve.log').read_text()[-2000:]}")
             time.sleep(0.1)
-        yield base
+        yield base, server
     finally:
         server.send_signal(signal.SIGINT)
         try:
@@ -206,7 +206,7 @@ def bench_backend(backend: str, postgres: str | None, args: argparse.Namespace) 
                       OPERATOR: appliance.auth.login(OPERATOR, PASSWORD).token}
             who = {caller: appliance.auth.authenticate(token) for caller, token in tokens.items()}
             ceiling = Ceiling(appliance.settings.catalog_url, appliance.catalog.kw["bind"].dialect)
-            with served(data_dir, catalog_url) as base, httpx.Client(base_url=base, verify=False) as client:
+            with served(data_dir, catalog_url) as (base, _), httpx.Client(base_url=base, verify=False) as client:
                 floor: list[float] = []
                 for _ in range(args.repeat):
                     timed(floor, partial(client.get, "/health"))
