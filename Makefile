@@ -39,6 +39,7 @@ bench: test-venv
 	@$(call apt_install,$(BENCH_PACKAGES))
 	$(PY) bench/startup.py
 	$(PY) bench/api.py
+	$(PY) bench/vm_create.py
 	$(PY) bench/backup_throughput.py
 	$(PY) bench/store.py
 	$(PY) bench/peers.py
