@@ -8,6 +8,7 @@ from sqlalchemy import (
     JSON,
     BigInteger,
     DateTime,
+    Index,
     Integer,
     String,
     Text,
@@ -20,9 +21,11 @@ from appliance.catalog.base import Base, utcnow
 
 class BackupRecord(Base):
     __tablename__ = "backups"
+    # A VM's backups in time order: its listing, its newest (and whether one is newer: `latest`).
+    __table_args__ = (Index("ix_backups_vm_name_started_at", "vm_name", "started_at"),)
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
     # No foreign key: backups outlive the VM they came from.
-    vm_name: Mapped[str] = mapped_column(String(63), index=True)
+    vm_name: Mapped[str] = mapped_column(String(63))
     store: Mapped[str] = mapped_column(Text)
     kind: Mapped[str] = mapped_column(String(16))
     status: Mapped[str] = mapped_column(String(16), index=True)   # running | ok | failed | pruned

@@ -574,12 +574,15 @@ class VMService:
 
 def _listed_fields(active: dict[str, VMStatus]) -> dict[str, ColumnElement[Any]]:
     """What a VM listing filters and sorts by, as SQL: its definition's numbers, read from the
-    spec's JSON, and its live state and pid, known outside the catalog, as a CASE over the VMs
-    not stopped (few, whatever the number of VMs)."""
+    spec's JSON, and its live state and pid, known outside the catalog: a CASE of one branch per
+    value (`name IN (...)`, the VMs not stopped: few, whatever the number of VMs)."""
     def live(value: Callable[[VMStatus], Any], otherwise: Any, sql_type: Any) -> ColumnElement[Any]:
-        if not active:
+        names: dict[Any, list[str]] = {}
+        for name, status in active.items():
+            names.setdefault(value(status), []).append(name)
+        if not names:
             return literal(otherwise, sql_type)
-        return type_coerce(case({name: value(status) for name, status in active.items()}, value=VMRecord.name,
+        return type_coerce(case(*((VMRecord.name.in_(these), literal(v, sql_type)) for v, these in names.items()),
                                 else_=literal(otherwise, sql_type)), sql_type)
     return {"name": VMRecord.name, "state": live(lambda st: st.state, "stopped", String()),
             "pid": live(lambda st: st.pid, None, Integer()),
