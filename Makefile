@@ -40,6 +40,9 @@ test-fast: test-venv
 
 bench: test-venv ceph-deps
 	@$(call apt_install,$(BENCH_PACKAGES))
+	$(PY) bench/startup.py
+	$(PY) bench/api.py
+	$(PY) bench/vm_create.py
 	$(PY) bench/backup_throughput.py
 	$(PY) bench/store.py
 	$(PY) bench/peers.py

@@ -18,7 +18,7 @@ from appliance.catalog.base import utcnow
 from appliance.errors import CairnError, ConflictError, NotFoundError
 from appliance.names import ACCOUNT
 
-from .passwords import hash_password, verify_password
+from .passwords import hash_password, unusable_hash, verify_password
 from .records import AccessKeyRecord, SessionRecord, UserRecord, VMAccessRecord
 from .roles import Role
 from .secrets import SecretBox
@@ -27,7 +27,7 @@ log = logging.getLogger("cairn.users")
 MIN_PASSWORD = 8
 INITIAL_ADMIN = "admin"
 # Checked against when the user does not exist, so a wrong name costs as long as a wrong password.
-_DUMMY_HASH = hash_password(secrets.token_urlsafe(16))
+_DUMMY_HASH = unusable_hash()
 
 
 @dataclass(frozen=True)

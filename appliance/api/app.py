@@ -10,16 +10,20 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import Depends, FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict
 from starlette.exceptions import HTTPException
 
 from appliance.access.audit import record_changes
-from appliance.access.visibility import access_router, guard, visibility
+from appliance.access.visibility import access_router, guard, vm_visible
+from appliance.backups.catalog import BackupCatalog
+from appliance.backups.records import BackupRecord
 from appliance.context import Appliance
 from appliance.errors import CairnError
+from appliance.vms.records import VMRecord
+from appliance.vms.service import VMView
 from dedup import (
     BackupExistsError,
     BackupLockedError,
@@ -31,6 +35,7 @@ from dedup import (
 )
 
 from .auth import Caller, auth_router, bearer
+from .listing import Query
 from .users import users_router
 
 VERSION = "0.1.0"
@@ -109,7 +114,7 @@ def create_app(appliance: Appliance) -> FastAPI:
     and answers 404 for a VM, backup or job its caller may not see (visibility.guard)."""
     api = FastAPI(title="Cairn", version=VERSION, openapi_url="/api/v1/openapi.json", docs_url="/api/v1/docs",
                   redoc_url=None, dependencies=[Depends(bearer), Depends(guard(appliance))])
-    seen = visibility(appliance)
+    backup_records = BackupCatalog(appliance.catalog)
     from .gate import RequestGate  # it answers with this module's error_body
     api.add_middleware(RequestGate, appliance=appliance)
     record_changes(api, appliance.audit)   # added last: outermost, it also records what the gate refuses
@@ -141,14 +146,21 @@ def create_app(appliance: Appliance) -> FastAPI:
         # Starlette logs the traceback after this answer; the caller gets the usual body, not a text page.
         return failed(request, 500, "InternalError", "an unexpected error: the appliance's log has the details")
 
+    # First: a request is matched against the routes in order, and the first request to reach an
+    # included router builds its routes (FastAPI), so the health check does not wait for all of them.
+    @api.get("/api/v1/health", response_model=Health)
+    def health() -> Health:
+        return Health(status="ok", version=VERSION, store=appliance.store.location)
+
     api.include_router(auth_router(appliance))
     api.include_router(users_router(appliance))
     api.include_router(access_router(appliance))
 
-    def vm_out(view: Any) -> VMOut:
-        d = view.to_dict()
-        return VMOut(name=d["name"], state=d["state"], pid=d["pid"], vcpus=d["vcpus"], memory_mib=d["memory_mib"],
-                     disks=[DiskOut(**{k: disk[k] for k in ("name", "path", "format")}) for disk in d["disks"]])
+    def vm_out(view: VMView) -> VMOut:
+        spec = view.spec
+        return VMOut(name=spec.name, state=view.status.state, pid=view.status.pid, vcpus=spec.vcpus,
+                     memory_mib=spec.memory_mib, disks=[DiskOut(name=d.name, path=d.path, format=d.format)
+                                                        for d in spec.disks])
 
     # Imported here: api_store builds on this module's error_body.
     from .store import store_router
@@ -177,23 +189,23 @@ def create_app(appliance: Appliance) -> FastAPI:
     from appliance.web import mount_console
     mount_console(api)
 
-    @api.get("/api/v1/health", response_model=Health)
-    def health() -> Health:
-        return Health(status="ok", version=VERSION, store=appliance.store.location)
-
-    @api.get("/api/v1/vms", response_model=list[VMOut])
-    def list_vms(caller: Caller) -> list[VMOut]:
-        hidden = seen.hidden(caller)
-        return [vm_out(v) for v in appliance.vms.list() if v.spec.name not in hidden]
+    @api.get("/api/v1/vms", response_model=list[VMOut], responses={422: {"model": ErrorOut}})
+    def list_vms(caller: Caller, query: Query, response: Response) -> list[VMOut]:
+        """A page of the VMs the caller sees, by name unless `sort` says otherwise (the list query:
+        docs/api.md); fields: name, state, pid, vcpus, memory_mib."""
+        return [vm_out(v) for v in appliance.vms.page(query, vm_visible(VMRecord.name, caller), response)]
 
     @api.get("/api/v1/vms/{name}", response_model=VMOut, responses={404: {"model": ErrorOut}})
     def get_vm(name: str) -> VMOut:
         return vm_out(appliance.vms.show(name))
 
-    @api.get("/api/v1/backups", response_model=list[BackupOut])
-    def list_backups(caller: Caller, vm: str | None = None) -> list[BackupOut]:
-        hidden = seen.hidden(caller)
-        return [BackupOut.model_validate(r) for r in appliance.backups.list(vm) if r.vm_name not in hidden]
+    @api.get("/api/v1/backups", response_model=list[BackupOut], responses={422: {"model": ErrorOut}})
+    def list_backups(caller: Caller, query: Query, response: Response, vm: str | None = None,
+                     latest: bool = False) -> list[BackupOut]:
+        """A page of the backups the caller sees (of VM `vm`; with `latest`, each VM's newest
+        only), oldest first unless `sort` says otherwise (the list query: docs/api.md)."""
+        records = backup_records.page(query, vm_visible(BackupRecord.vm_name, caller), vm, response, latest)
+        return [BackupOut.model_validate(r) for r in records]
 
     @api.get("/api/v1/backups/{backup_id}", response_model=BackupOut, responses={404: {"model": ErrorOut}})
     def get_backup(backup_id: str) -> BackupOut:

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Depends, Response
 from sqlalchemy import select
 
 from appliance.access.visibility import recycled_visible
-from appliance.catalog.query import ListQuery, list_query
+from appliance.catalog.query import ListQuery
 from appliance.context import Appliance
 from appliance.deletion.deletables import deletion_service
 from appliance.deletion.protection import DeletionRule, Impact, RecycledOut, recycled_out
@@ -18,6 +18,7 @@ from appliance.deletion.records import RecycledRecord
 
 from .auth import Caller
 from .jobs import ERRORS
+from .listing import list_query
 
 
 def deletion_router(appliance: Appliance) -> APIRouter:

@@ -24,7 +24,7 @@ from sqlalchemy import select
 
 from appliance.access.auth import Principal
 from appliance.access.visibility import visibility, vm_visible
-from appliance.catalog.query import ListQuery, list_query
+from appliance.catalog.query import ListQuery
 from appliance.context import Appliance
 from appliance.jobs.engine import JobParamsError
 from appliance.jobs.params import PARAMS, BackupParams, BackupRequest, GcParams, JobParams, VerifyParams
@@ -32,6 +32,7 @@ from appliance.jobs.records import FINISHED_STATES, EventRecord, JobRecord, JobS
 
 from .app import ErrorOut
 from .auth import Caller, still_signed_in
+from .listing import list_query
 
 ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorOut} for code in (404, 409, 422)}
 SIGNED_IN_CHECK = 1.0   # seconds between checks that a live stream's session or key still stands

@@ -8,13 +8,14 @@ from fastapi import APIRouter, Body, Depends, Query, Response
 from pydantic import BaseModel, Field
 
 from appliance.access.visibility import visibility
-from appliance.catalog.query import ListQuery, list_query
+from appliance.catalog.query import ListQuery
 from appliance.context import Appliance
 from appliance.policies.records import PolicyRecord
 from appliance.policies.service import Policy, PolicyOut, PolicyService, policy_out
 
 from .auth import Caller
 from .jobs import ERRORS
+from .listing import list_query
 
 
 class PolicyPreview(BaseModel):

@@ -90,6 +90,13 @@ class VMCreate(BaseModel):
                                                  "for admins only, an absolute path on the appliance host")
     initrd: str | None = Field(None, description="its initramfs, named the same way")
     append: str | None = None
+    start: Literal["running", "paused"] | None = Field(
+        None, description="start it once created; paused: its guest runs no code until resumed")
+
+
+class StartRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    paused: bool = Field(False, description="QEMU sets the machine up, the guest runs no code until resumed")
 
 
 class NicOut(BaseModel):
@@ -217,11 +224,13 @@ def vm_router(appliance: Appliance) -> APIRouter:
         seen.own(caller, body.name)
         if body.ha:
             vms.set_ha(body.name, True)
+        if body.start:   # a start that fails leaves the VM defined, stopped, and answers why
+            return detail(await vms.start(body.name, paused=body.start == "paused"))
         return detail(vms.show(body.name))
 
     @router.post("/api/v1/vms/{name}/start", response_model=VMDetail)
-    async def start_vm(name: str) -> VMDetail:
-        return detail(await vms.start(name))
+    async def start_vm(name: str, body: StartRequest | None = None) -> VMDetail:
+        return detail(await vms.start(name, paused=bool(body and body.paused)))
 
     @router.post("/api/v1/vms/{name}/stop", response_model=VMDetail)
     async def stop_vm(name: str, body: StopRequest | None = None) -> VMDetail:

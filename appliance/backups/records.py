@@ -9,6 +9,7 @@ from sqlalchemy import (
     JSON,
     BigInteger,
     DateTime,
+    Index,
     Integer,
     String,
     Text,
@@ -36,15 +37,17 @@ class CheckpointState(StrEnum):
 
 class BackupRecord(Base):
     __tablename__ = "backups"
+    # A VM's backups in time order: its listing, its newest (and whether one is newer: `latest`).
+    __table_args__ = (Index("ix_backups_vm_name_started_at", "vm_name", "started_at"),)
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
     # No foreign key: backups outlive the VM they came from.
-    vm_name: Mapped[str] = mapped_column(String(63), index=True)
+    vm_name: Mapped[str] = mapped_column(String(63))
     store: Mapped[str] = mapped_column(Text)
     kind: Mapped[str] = mapped_column(String(16))
     status: Mapped[BackupStatus] = mapped_column(StrEnumType(BackupStatus), index=True)
     parent: Mapped[str | None] = mapped_column(String(64), nullable=True)
     checkpoint: Mapped[str | None] = mapped_column(String(96), nullable=True)
-    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     bytes_read: Mapped[int] = mapped_column(BigInteger, default=0)
     bytes_stored: Mapped[int] = mapped_column(BigInteger, default=0)

@@ -10,16 +10,10 @@ from typing import TYPE_CHECKING, Any
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    TextColumn,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
-)
 
 if TYPE_CHECKING:
+    from rich.progress import Progress
+
     from appliance.context import Appliance
 
 # The roots of the errors that are the user's to fix: (module, class). Looked up only in modules
@@ -80,6 +74,8 @@ def emit_json(data: Any) -> None:
 
 
 def byte_progress() -> Progress:
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
+
     return Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
                     TimeRemainingColumn(), console=err, transient=False, disable=not err.is_terminal)
 
