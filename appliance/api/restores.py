@@ -181,6 +181,7 @@ def backup_restore_router(appliance: Appliance) -> APIRouter:
 
     @router.get("/boot-tests", response_model=list[BootTestOut])
     def boot_tests(backup_id: str) -> list[BootTestOut]:
+        appliance.store.get_backup(backup_id)   # a backup that is not there is not found, not one never tested
         return [BootTestOut.model_validate(r) for r in appliance.restores.boot_tests.history(backup_id)]
 
     return router

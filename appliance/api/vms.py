@@ -245,6 +245,7 @@ def vm_router(appliance: Appliance) -> APIRouter:
     @router.get("/api/v1/vms/{name}/streams")
     async def clone_streams(name: str) -> dict[str, float]:
         """An instant clone's background streams: disk -> fraction copied (empty: independent)."""
+        vms.spec(name)   # a VM that is not there is not found, not one without streams
         return await vms.clone_progress(name)
 
     @router.put("/api/v1/vms/{name}/ha", response_model=VMDetail)
