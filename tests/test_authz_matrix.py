@@ -9,7 +9,8 @@ a server error, always one the OpenAPI declares. A request the caller may make i
 where it can be (a body or a typed query parameter that does not validate), so that its 422
 proves it passed the gate and the visibility guard without changing anything; only requests with
 nothing to break run for real, the deleting ones last. Every list a viewer or operator may read
-must not name the other group's VM, its backup or its job.
+must not name the other group's VM, its backup or its job. The request gate's limits (bodies,
+revoked keys) hold on every operation too.
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ import pytest
 from contract_helpers import MISSING, OWNERSHIPS, ROLES, World, build_world
 
 from appliance.access.roles import Role, required_role
+from appliance.api.gate import MAX_BODY, is_upload
 from appliance.context import Appliance
 
 RANK = {None: -1, Role.VIEWER: 0, Role.OPERATOR: 1, Role.ADMIN: 2}
@@ -117,3 +119,29 @@ def test_every_route_answers_each_role_and_owner_as_the_rules_say(world: World, 
                 problems.append(f"{what} names the other group's VM, backup or job: {answer.text[:300]}")
     assert checked >= len(OWNERSHIPS) * 100
     assert not problems, f"{len(problems)} of {checked} requests:\n" + "\n".join(problems)
+
+
+def test_every_route_refuses_a_body_over_the_limit_and_a_revoked_key(world: World):
+    """The request gate's limits hold on every operation, generated like the matrix: a body over
+    MAX_BODY is refused (413, or 401 first for a caller who is not signed in) and, once its key
+    is revoked, the operator is refused everywhere but on the public routes."""
+    too_large = b"0" * (MAX_BODY + 1)
+    operator = world.client("operator")
+    key_id = next(key["id"] for key in operator.get("/api/v1/tokens").json() if key["revoked_at"] is None)
+    problems = []
+    for method, template, _ in operations(world):
+        path, _ = concrete(world, template, "own")
+        public = required_role(method.upper(), path) is None
+        for role, allowed in (("anonymous", {413} if public else {401}), ("operator", {403, 413})):
+            if is_upload(method.upper(), path):
+                continue   # an image upload is streamed to disk up to max_upload: test_security_bodies
+            status = world.client(role).request(method.upper(), path, content=too_large).status_code
+            if status not in allowed:
+                problems.append(f"{role}: {method.upper()} {path} with {len(too_large)} bytes -> {status}")
+    assert operator.delete(f"/api/v1/tokens/{key_id}").status_code == 200
+    for method, template, _ in operations(world):
+        path, _ = concrete(world, template, "own")
+        if required_role(method.upper(), path) is not None and template != "/api/v1/events/stream" and \
+                (status := operator.request(method.upper(), path).status_code) != 401:
+            problems.append(f"revoked key: {method.upper()} {path} -> {status}")
+    assert not problems, "\n".join(problems)
