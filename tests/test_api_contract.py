@@ -79,9 +79,10 @@ def contract_schema(world: World, role: str) -> Any:
             return body
         if body is None:
             return {"timeout": MAX_WAIT}
-        if isinstance(body, dict) and not (isinstance(body.get("timeout"), int | float) and body["timeout"] <= MAX_WAIT):
+        timeout = body.get("timeout", MAX_WAIT + 1) if isinstance(body, dict) else None
+        if isinstance(timeout, int | float) and not isinstance(timeout, bool) and timeout > MAX_WAIT:
             return {**body, "timeout": MAX_WAIT}
-        return body
+        return body   # a timeout the case breaks on purpose (not a number) stays broken
 
     @schema.hook
     def map_query(ctx: Any, query: Any) -> Any:
