@@ -14,6 +14,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validat
 from appliance.backups.options import DEFAULT_FULL_EVERY, BackupOptions
 from appliance.backups.retention import RetentionCounts, RetentionRules
 from appliance.backups.selection import DiskSelection
+from appliance.names import Label
 from dedup import DEFAULT_GRACE, DEFAULT_REPACK_THRESHOLD
 from vmm.spec import validate_vm_name
 
@@ -105,7 +106,7 @@ class SnapshotParams(OnVM):
 
 class SnapshotRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    name: str | None = None
+    name: Label | None = None
     automatic: bool = False
     memory: bool = Field(default=False,
                          description="also save the running guest's memory, so a revert resumes it")
