@@ -1,7 +1,6 @@
 """`cairn backup ...`: back up VMs (as jobs, like the API and policies do) and list backups."""
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import typer
