@@ -8,8 +8,6 @@ from pydantic import BaseModel, Field
 
 from appliance.context import Appliance
 
-from .jobs import ERRORS
-
 
 class NodeOut(BaseModel):
     name: str
@@ -30,7 +28,7 @@ def node_router(appliance: Appliance) -> APIRouter:
     router = APIRouter(prefix="/api/v1", tags=["nodes"])
     nodes = appliance.jobs.nodes
 
-    @router.get("/nodes", response_model=NodesOut, responses=ERRORS)
+    @router.get("/nodes", response_model=NodesOut)
     def list_nodes() -> NodesOut:
         leader = nodes.leader()
         return NodesOut(leader=leader.node, term=leader.term, lease_expires_at=leader.expires_at,

@@ -30,12 +30,22 @@ from appliance.deletion.protection import DeletionService
 from appliance.jobs.claims import exclusive
 from appliance.jobs.engine import JobEngine
 from appliance.jobs.nodes import NotLeaderError, Term
-from appliance.jobs.params import BackupParams, SnapshotParams
+from appliance.jobs.params import BackupParams, SnapshotParams, SyncParams
 from appliance.jobs.records import ACTIVE_STATES, JobRecord
 from appliance.jobs.resources import HOST, store_resource
 
 from .records import PolicyRecord
-from .service import BackupPolicy, Clock, PolicyService, SnapshotPolicy, latest_due, next_runs, policy_of
+from .service import (
+    AnyPolicy,
+    BackupPolicy,
+    Clock,
+    PolicyService,
+    SnapshotPolicy,
+    SyncPolicy,
+    latest_due,
+    next_runs,
+    policy_of,
+)
 
 if TYPE_CHECKING:
     from appliance.context import Appliance
@@ -145,13 +155,18 @@ class Scheduler:
         self.jobs.events.deliver(event)
         return jobs
 
-    def _submit_run(self, s: Session, rec: PolicyRecord, policy: BackupPolicy | SnapshotPolicy, vms: list[str],
+    def _submit_run(self, s: Session, rec: PolicyRecord, policy: AnyPolicy, vms: list[str],
                     due: datetime, missed_runs: int) -> tuple[list[JobRecord], dict[str, Any]]:
-        """The run's jobs, one per VM the policy selects and is not still working on, and its event."""
-        busy_vms = {params.get("vm") for params in s.scalars(select(JobRecord.params).where(
-            JobRecord.policy_id == rec.id, JobRecord.state.in_(ACTIVE_STATES)))}
+        """The run's jobs, one per VM the policy selects and is not still working on (a sync: one job for
+        them all, one run at a time), and its event."""
+        active = list(s.scalars(select(JobRecord.params).where(
+            JobRecord.policy_id == rec.id, JobRecord.state.in_(ACTIVE_STATES))))
+        busy_vms = {params.get("vm") for params in active}
         run_vms = [vm for vm in vms if vm not in busy_vms]
-        jobs = [self._submit_in(s, rec.id, policy, vm) for vm in run_vms]
+        if isinstance(policy, SyncPolicy):
+            jobs = [] if active or not run_vms else [self._submit_sync(s, rec.id, policy, run_vms)]
+        else:
+            jobs = [self._submit_in(s, rec.id, policy, vm) for vm in run_vms]
         note = f" (catching up {missed_runs} missed run(s))" if missed_runs else ""
         event = self.jobs.events.record(s, "policy.run", f"policy {rec.name} due {due:%Y-%m-%d %H:%M} UTC: "
                                         f"{len(jobs)} job(s){note}", resource=f"policy:{rec.name}",
@@ -168,3 +183,7 @@ class Scheduler:
         params = BackupParams(vm=vm, full_every=policy.full_every, retention=policy.retention,
                               include=policy.include, exclude=policy.exclude)
         return self.jobs.submit_in(s, "backup", params, policy_id=policy_id, limits=limits)
+
+    def _submit_sync(self, s: Session, policy_id: str, policy: SyncPolicy, vms: list[str]) -> JobRecord:
+        params = SyncParams(target=policy.target, source=policy.source, backups_of=vms, bandwidth=policy.bandwidth)
+        return self.jobs.submit_in(s, "store.sync", params, policy_id=policy_id)
