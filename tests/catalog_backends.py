@@ -1,5 +1,9 @@
 """The catalog backends a test can run on: SQLite always, PostgreSQL when $CAIRN_TEST_POSTGRES_URL names
-a role that may create databases (.ci/run sets it up). Each PostgreSQL test gets a database of its own."""
+a role that may create databases (.ci/run sets it up). Each PostgreSQL test gets a database of its own.
+
+A test picks its backend with the `catalog_url` fixture, or runs on both under the mark
+`both_catalogs`: its appliance's catalog (`catalog_backend`) is then each in turn, for every
+process it starts too ($CAIRN_CATALOG_URL). Which modules carry the mark, and why those: docs/scale-out.md."""
 from __future__ import annotations
 
 import os
@@ -45,6 +49,30 @@ def catalog_url(request: pytest.FixtureRequest) -> Iterator[str | None]:
         return
     with postgres_database() as url:
         yield url
+
+
+BOTH_CATALOGS = "both_catalogs"
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """A test marked `both_catalogs` whose appliance has a catalog runs on SQLite, then on PostgreSQL."""
+    if "catalog_backend" in metafunc.fixturenames and metafunc.definition.get_closest_marker(BOTH_CATALOGS):
+        metafunc.parametrize("catalog_backend", ["sqlite", "postgresql"], indirect=True)
+
+
+@pytest.fixture
+def catalog_backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[str | None]:
+    """The catalog of the test's appliance: the data dir's SQLite file (None), or under the mark
+    `both_catalogs` a new PostgreSQL database too, named by $CAIRN_CATALOG_URL for the test's
+    appliance and every Cairn process it starts."""
+    if getattr(request, "param", "sqlite") == "sqlite":
+        monkeypatch.delenv("CAIRN_CATALOG_URL", raising=False)
+        yield None
+        return
+    with postgres_database() as url:
+        monkeypatch.setenv("CAIRN_CATALOG_URL", url)
+        yield url
+        monkeypatch.delenv("CAIRN_CATALOG_URL")
 
 
 @pytest.fixture

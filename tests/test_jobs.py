@@ -24,6 +24,8 @@ from appliance.jobs.plan import JobKind, JobPlan, Step, StepContext
 from appliance.jobs.records import EventRecord, JobRecord
 from appliance.process import start_of
 
+pytestmark = pytest.mark.both_catalogs   # the job engine on SQLite and on PostgreSQL
+
 TIMEOUT = 30
 
 
@@ -68,8 +70,8 @@ class Journal:
 
 
 @pytest.fixture
-def engine(tmp_path: Path) -> tuple[JobEngine, Journal]:
-    catalog = open_catalog(f"sqlite:///{tmp_path / 'catalog.db'}")
+def engine(catalog_backend: str | None, tmp_path: Path) -> tuple[JobEngine, Journal]:
+    catalog = open_catalog(catalog_backend or f"sqlite:///{tmp_path / 'catalog.db'}")
     journal = Journal()
     kinds = {
         "three": JobKind(Recorded, lambda p: JobPlan(p.resource, [journal.step("a"), journal.step("b"),

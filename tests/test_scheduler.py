@@ -27,6 +27,8 @@ from appliance.policies.scheduler import Scheduler
 from appliance.policies.service import BackupPolicy, PolicyService, SnapshotPolicy
 from restore import restore_disk
 
+pytestmark = pytest.mark.both_catalogs   # the scheduler on SQLite and on PostgreSQL
+
 JOB_TIMEOUT = 240
 
 
