@@ -15,6 +15,8 @@ import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
+from appliance.catalog.engine import open_catalog
+
 POSTGRES_ENV = "CAIRN_TEST_POSTGRES_URL"
 
 
@@ -24,21 +26,32 @@ def _admin_url() -> str:
 
 
 @contextmanager
-def postgres_database() -> Iterator[str]:
-    """The URL of a new, empty PostgreSQL database, dropped afterwards (its sessions ended first);
-    the test is skipped where there is no PostgreSQL to ask."""
+def postgres_database(template: str | None = None) -> Iterator[str]:
+    """The URL of a new PostgreSQL database, empty or a copy of `template`, dropped afterwards
+    (its sessions ended first); the test is skipped where there is no PostgreSQL to ask."""
     if not os.environ.get(POSTGRES_ENV):
         pytest.skip(f"${POSTGRES_ENV} is not set (.ci/run starts a PostgreSQL server and sets it)")
     name = f"cairn_test_{secrets.token_hex(6)}"
     admin = create_engine(_admin_url(), isolation_level="AUTOCOMMIT")
     try:
         with admin.connect() as conn:
-            conn.execute(text(f'CREATE DATABASE "{name}"'))
+            conn.execute(text(f'CREATE DATABASE "{name}"' + (f' TEMPLATE "{template}"' if template else "")))
         yield make_url(_admin_url()).set(database=name).render_as_string(hide_password=False)
         with admin.connect() as conn:
             conn.execute(text(f'DROP DATABASE "{name}" WITH (FORCE)'))
     finally:
         admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def migrated_postgres_template() -> Iterator[str]:
+    """The name of a database migrated to the newest schema, which each appliance's catalog
+    under `both_catalogs` copies: a copy takes a fraction of a run of every migration."""
+    with postgres_database() as url:
+        open_catalog(url).kw["bind"].dispose()   # no session may stay on a template
+        name = make_url(url).database
+        assert name is not None
+        yield name
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -69,7 +82,7 @@ def catalog_backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPa
         monkeypatch.delenv("CAIRN_CATALOG_URL", raising=False)
         yield None
         return
-    with postgres_database() as url:
+    with postgres_database(request.getfixturevalue("migrated_postgres_template")) as url:
         monkeypatch.setenv("CAIRN_CATALOG_URL", url)
         yield url
         monkeypatch.delenv("CAIRN_CATALOG_URL")

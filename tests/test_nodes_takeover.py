@@ -5,8 +5,8 @@ due: the other node takes over within 10 s, rolls back the backups once, and run
 run once (it fell due while nobody led). The first node comes back as a follower; then the new
 leader is killed while that run's backups run, and the first one takes over: it rolls them back
 once and submits no second run for the same time, and the policy's next run succeeds. And PostgreSQL restarted under a
-running backup: the backup ends once (it waits the restart out), nothing is lost, and the
-next one succeeds.
+running backup (a server of the test's own): the backup ends once (it waits the restart out),
+nothing is lost, and the next one succeeds.
 
 Both nodes run on this host under different node names, with one data dir (the store, VM
 disks): what two hosts sharing a store would be, judged as two hosts are (by heartbeat and lease).
@@ -15,13 +15,12 @@ from __future__ import annotations
 
 import collections
 import os
-import shutil
 import signal
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -29,8 +28,8 @@ import httpx
 import pytest
 from catalog_backends import postgres_url  # noqa: F401  (fixture)
 from job_helpers import FINISHED
+from postgres_server import PostgresServer, postgres_server  # noqa: F401  (fixture)
 from sqlalchemy import select
-from sqlalchemy.engine import make_url
 from web_helpers import START_TIMEOUT, _answers, _free_port, add_user, api_client_of
 
 from appliance.access.roles import Role
@@ -88,19 +87,34 @@ class Node:
             yield client
 
 
-@pytest.fixture
-def cluster(postgres_url: str, appliance_data_dir: Path) -> Iterator[tuple[Appliance, dict[str, Node]]]:  # noqa: F811
-    """The test's own view of the catalog (to make VMs and look at what happened) and nodes a
-    and b, not started."""
-    Store.init(appliance_data_dir / "store")
-    appliance = Appliance.open(str(appliance_data_dir), postgres_url)
-    add_user(appliance_data_dir, "ops", Role.ADMIN, catalog_url=postgres_url)
-    nodes = {name: Node(name, appliance_data_dir, postgres_url) for name in ("a", "b")}
+@contextmanager
+def nodes_on(url: str, data_dir: Path) -> Iterator[tuple[Appliance, dict[str, Node]]]:
+    """The test's own view of the catalog at `url` (to make VMs and look at what happened) and
+    nodes a and b on it, not started; stopped afterwards."""
+    Store.init(data_dir / "store")
+    appliance = Appliance.open(str(data_dir), url)
+    add_user(data_dir, "ops", Role.ADMIN, catalog_url=url)
+    nodes = {name: Node(name, data_dir, url) for name in ("a", "b")}
     try:
         yield appliance, nodes
     finally:
         for node in nodes.values():
             node.stop()
+
+
+@pytest.fixture
+def cluster(postgres_url: str, appliance_data_dir: Path) -> Iterator[tuple[Appliance, dict[str, Node]]]:  # noqa: F811
+    """Nodes on a database of the suite's PostgreSQL."""
+    with nodes_on(postgres_url, appliance_data_dir) as nodes:
+        yield nodes
+
+
+@pytest.fixture
+def cluster_on_its_own_postgres(postgres_server: PostgresServer,  # noqa: F811
+                                appliance_data_dir: Path) -> Iterator[tuple[Appliance, dict[str, Node]]]:
+    """Nodes on a PostgreSQL server of the test's own, to restart (the suite's serves other tests)."""
+    with nodes_on(postgres_server.url, appliance_data_dir) as nodes:
+        yield nodes
 
 
 def stopped_vm(appliance: Appliance, name: str, size: int = SMALL_DISK) -> None:
@@ -223,33 +237,18 @@ def test_the_leader_killed_while_a_policy_is_due_and_jobs_run(cluster):
     assert backups == [("p1", "ok"), ("p2", "ok")], "the rolled back backups left no record"
 
 
-def _cluster_of(url: str) -> tuple[str, str]:
-    """The local PostgreSQL cluster (version, name) serving `url`'s port."""
-    port = make_url(url).port or 5432
-    for line in subprocess.run(["pg_lsclusters", "--no-header"], capture_output=True, text=True,
-                               check=True).stdout.splitlines():
-        version, name, cluster_port, *_ = line.split()
-        if int(cluster_port) == port:
-            return version, name
-    pytest.skip(f"no local PostgreSQL cluster on port {port} to restart")
-
-
-def test_a_postgresql_restart_under_a_running_backup(cluster):
-    appliance, nodes = cluster
-    if shutil.which("pg_ctlcluster") is None or os.geteuid() != 0:
-        pytest.skip("restarting PostgreSQL needs pg_ctlcluster, as root")
-    version, name = _cluster_of(appliance.settings.catalog_url)
+def test_a_postgresql_restart_under_a_running_backup(cluster_on_its_own_postgres, postgres_server):  # noqa: F811
+    appliance, nodes = cluster_on_its_own_postgres
     a = nodes["a"]
-    stopped_vm(appliance, "r1")
+    stopped_vm(appliance, "r1", LARGE_DISK)
     a.start()
     with a.client() as api:
         job_id = api.post("/api/v1/vms/r1/backups", json={"full": True}).json()["id"]
-    until(lambda: running_with_progress(appliance, [job_id]), 60, "the backup under way")
-    with ExitStack() as restarted:
-        restarted.callback(subprocess.run, ["pg_ctlcluster", version, name, "start"], capture_output=True)
-        began = time.monotonic()
-        subprocess.run(["pg_ctlcluster", version, name, "restart"], check=True)
-        print(f"\nPostgreSQL restarted in {time.monotonic() - began:.1f} s")
+    until(lambda: running_with_progress(appliance, [job_id]), 60, "the backup under way", interval=0.02)
+    began = time.monotonic()
+    postgres_server.stop()     # -m immediate: every session cut at once, nothing flushed for them
+    postgres_server.start()
+    print(f"\nPostgreSQL restarted in {time.monotonic() - began:.1f} s")
     until(lambda: jobs_of(appliance, id=job_id)[0].state in FINISHED, JOB_TIMEOUT, "the backup's end")
     job = jobs_of(appliance, id=job_id)[0]
     assert job.state == "succeeded" or "the catalog could not be reached" in job.error, job.error
@@ -257,7 +256,7 @@ def test_a_postgresql_restart_under_a_running_backup(cluster):
         ends = s.scalars(select(EventRecord).where(EventRecord.job_id == job_id,
                                                    EventRecord.kind.like("job.%"))).all()
     assert [e.kind for e in ends if e.kind != "job.started"] == [f"job.{job.state}"], "one end, recorded once"
-    assert leader_seen_by(a) == "a", "the leader leads on"
+    until(lambda: leader_seen_by(a) == "a", TAKEOVER, "the leader leads on")
     with a.client() as api:
         after = api.post("/api/v1/vms/r1/backups", json={}).json()["id"]
     until(lambda: jobs_of(appliance, id=after)[0].state in FINISHED, JOB_TIMEOUT, "the next backup")
