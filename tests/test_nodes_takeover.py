@@ -251,6 +251,7 @@ def test_a_postgresql_restart_under_a_running_backup(cluster_on_its_own_postgres
     print(f"\nPostgreSQL restarted in {time.monotonic() - began:.1f} s")
     until(lambda: jobs_of(appliance, id=job_id)[0].state in FINISHED, JOB_TIMEOUT, "the backup's end")
     job = jobs_of(appliance, id=job_id)[0]
+    print(f"the backup under the restart: {job.state} {job.error or ''}")
     assert job.state == "succeeded" or "the catalog could not be reached" in job.error, job.error
     with appliance.catalog() as s:
         ends = s.scalars(select(EventRecord).where(EventRecord.job_id == job_id,
