@@ -15,7 +15,7 @@ from appliance.backups.options import DEFAULT_FULL_EVERY, BackupOptions
 from appliance.backups.retention import RetentionCounts, RetentionRules
 from appliance.backups.selection import DiskSelection
 from appliance.names import Label
-from dedup import DEFAULT_GRACE, DEFAULT_REPACK_THRESHOLD
+from dedup import DEFAULT_BLOCK_SIZE, DEFAULT_GRACE, DEFAULT_PACK_SIZE, DEFAULT_REPACK_THRESHOLD
 from vmm.spec import validate_vm_name
 
 # The name of a VM a job creates: checked as a definition would check it.
@@ -219,6 +219,13 @@ class GcParams(JobParams):
                                   description="repack a pack once this share of it is unreferenced")
 
 
+class UpgradeParams(JobParams):
+    """Move the store to format 2 in place (the sizes apply to a format-1 store only)."""
+    # The store's config checks the sizes (a power of two, in range): StoreConfigError, 422.
+    block_size: int = Field(default=DEFAULT_BLOCK_SIZE, gt=0, description="bytes per block of the format-2 store")
+    pack_size: int = Field(default=DEFAULT_PACK_SIZE, gt=0, description="bytes per pack of the format-2 store")
+
+
 class PruneParams(RetentionCounts, OnVM):
     """Prune the VM's backups by the keep rules (at least one; `dry_run`: only say what would go)."""
     dry_run: bool = False
@@ -260,4 +267,5 @@ PARAMS: dict[str, type[JobParams]] = {
     "store.gc": GcParams,
     "store.prune": PruneParams,
     "store.sync": SyncParams,
+    "store.upgrade": UpgradeParams,
 }
