@@ -56,5 +56,13 @@ def required_role(method: str, path: str) -> Role | None:
     return Role.OPERATOR
 
 
+def the_rule() -> dict[str, list[str]]:
+    """required_role's rule as data, for the console to offer only what the API allows without
+    a copy of the rule of its own (GET /api/v1/auth/rules). Patterns are JavaScript-compatible."""
+    return {"roles": [r.value for r in sorted(_RANK, key=_RANK.__getitem__)],
+            "self_service": list(SELF_SERVICE), "admin_only": list(ADMIN_ONLY), "admin_writes": list(ADMIN_WRITES),
+            "admin_write_patterns": [p.pattern for p in ADMIN_WRITE_PATTERNS], "read_methods": sorted(READ_METHODS)}
+
+
 def _under(path: str, prefixes: tuple[str, ...]) -> bool:
     return any(path == p or path.startswith(p + "/") for p in prefixes)
