@@ -15,7 +15,7 @@ from appliance.backups.options import DEFAULT_FULL_EVERY, BackupOptions
 from appliance.backups.retention import RetentionCounts, RetentionRules
 from appliance.backups.selection import DiskSelection
 from appliance.names import Label
-from dedup import DEFAULT_BLOCK_SIZE, DEFAULT_GRACE, DEFAULT_PACK_SIZE, DEFAULT_REPACK_THRESHOLD
+from dedup import DEFAULT_BLOCK_SIZE, DEFAULT_GRACE, DEFAULT_PACK_SIZE, DEFAULT_REPACK_THRESHOLD, is_remote
 from vmm.spec import validate_vm_name
 
 # The name of a VM a job creates: checked as a definition would check it.
@@ -234,10 +234,25 @@ class PruneParams(RetentionCounts, OnVM):
         return self.model_dump(include=set(RetentionCounts.model_fields))
 
 
+def _store_location(location: str | None) -> str | None:
+    """A store another than the appliance's: a URL, or a directory named from the root (a relative
+    one would land wherever the server happens to run), with no control characters."""
+    if location is None:
+        return None
+    if any(ord(c) < 32 or ord(c) == 127 for c in location):
+        raise ValueError("a store location holds no control characters")
+    if not is_remote(location) and not location.startswith("/"):
+        raise ValueError(f"store location {location!r}: an absolute directory or a URL (sftp://, rados://, s3://)")
+    return location
+
+
+StoreLocation = Annotated[str | None, AfterValidator(_store_location)]
+
+
 class SyncParams(JobParams):
     """What to copy where: to another store (push, target) or from one (pull, source)."""
-    target: str | None = Field(default=None, description="the store to copy into (push); default: this appliance's")
-    source: str | None = Field(default=None, description="the store to copy from (pull); default: this appliance's")
+    target: StoreLocation = Field(default=None, description="the store to copy into (push); default: this appliance's")
+    source: StoreLocation = Field(default=None, description="the store to copy from (pull); default: this appliance's")
     backups_of: list[str] = Field(default=[], description="copy the backups of these VMs only (default: all)")
     bandwidth: int | None = Field(default=None, ge=1, description="bytes per second at most (default: no limit)")
 
