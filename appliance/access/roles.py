@@ -33,11 +33,13 @@ ADMIN_WRITES = ("/api/v1/store", "/api/v1/stores", "/api/v1/policies", "/api/v1/
                 "/api/v1/networks")
 # Changing these is the admin's too: a restore to any path on the appliance's host, importing a
 # host file into the image library, and adding or removing hosts (a host's definition names key
-# files on the appliance): see appliance/access/host_paths.py. Running VMs on a host is not.
+# files on the appliance): see appliance/access/host_paths.py. Restoring a domain into a host
+# writes its disks anywhere there. Running VMs on a host is not.
 # Who owns a VM and which group shares it (appliance/access/visibility.py) is the admin's to say.
 
 ADMIN_WRITE_PATTERNS = (re.compile(r"^/api/v1/backups/[^/]+/disks/[^/]+/restore/?$"),
                         re.compile(r"^/api/v1/hosts(/[^/]+)?/?$"),
+                        re.compile(r"^/api/v1/hosts/[^/]+/restores/?$"),
                         re.compile(r"^/api/v1/vms/[^/]+/access/?$"),
                         re.compile(r"^/api/v1/images/[^/]+/import/?$"))
 READ_METHODS = {"GET", "HEAD", "OPTIONS"}

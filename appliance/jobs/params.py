@@ -163,6 +163,35 @@ class DiskRestoreParams(DiskRestoreRequest, FromBackup):
     known_hosts: str | None = Field(default=None, description="known_hosts file for an ssh:// target")
 
 
+class LibvirtRestoreRequest(BaseModel):
+    """How to restore a libvirt domain's backup into a libvirt host (the body of POST
+    /hosts/{name}/restores): as a new domain (`name`, and `directory` or `pool` for its disks) or
+    over the domain it was taken of (`over`), all or nothing."""
+    model_config = ConfigDict(extra="forbid")
+    backup_id: str
+    name: str | None = Field(default=None, description="restore as a new domain of this name")
+    directory: str | None = Field(default=None, description="the new domain's disks go into this directory...")
+    pool: str | None = Field(default=None, description="...or into this storage pool (dir, fs or netfs)")
+    start: bool = Field(default=False, description="start the new domain once defined")
+    over: bool = Field(default=False, description="replace the disks of the domain backed up instead")
+    stop: bool = Field(default=False, description="with over: shut the domain down first")
+    verify: bool = Field(default=True, description="read each restored disk back")
+
+    @model_validator(mode="after")
+    def _new_or_over(self) -> Self:
+        if self.over == (self.name is not None):
+            raise ValueError("give name (a new domain) or over (replace the backed-up domain's disks)")
+        if self.name is not None and (self.directory is None) == (self.pool is None):
+            raise ValueError("a new domain's disks go into a directory or a storage pool: give one of them")
+        if self.directory is not None and not self.directory.startswith("/"):
+            raise ValueError(f"directory {self.directory!r} is not an absolute path on the host")
+        return self
+
+
+class LibvirtRestoreParams(LibvirtRestoreRequest, FromBackup):
+    host: str
+
+
 class RestoreAsNewParams(FromBackup):
     name: NewVMName = Field(description="the new VM's name")
     verify: bool = True
@@ -277,6 +306,7 @@ PARAMS: dict[str, type[JobParams]] = {
     "restore.new_vm": RestoreAsNewParams,
     "restore.over_vm": RestoreOverParams,
     "restore.instant": InstantRestoreParams,
+    "restore.libvirt": LibvirtRestoreParams,
     "vm.clone": CloneParams,
     "store.verify": VerifyParams,
     "store.gc": GcParams,
