@@ -24,12 +24,13 @@ from collections.abc import Callable, Mapping
 from typing import Any, TypeVar, cast
 
 from pydantic import BaseModel, ValidationError
-from sqlalchemy import CursorResult, Result, select, update
+from sqlalchemy import ColumnElement, CursorResult, Result, select, update
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from appliance.access.roles import Role
 from appliance.catalog.base import utcnow
+from appliance.catalog.query import HasHeaders, ListQuery
 from appliance.errors import CairnError, ConflictError, ForbiddenError, NotFoundError
 from appliance.process import alive, ours
 
@@ -38,7 +39,16 @@ from .events import EventLog
 from .nodes import Nodes
 from .plan import JobCancelled, JobKind, JobPlan, StepContext, Throttle
 from .queue import Capacity, ResourceQueues
-from .records import ACTIVE_STATES, FINISHED_STATES, HOLDING_STATES, JobRecord, JobState, Severity, StepState
+from .records import (
+    ACTIVE_STATES,
+    FINISHED_STATES,
+    HOLDING_STATES,
+    EventRecord,
+    JobRecord,
+    JobState,
+    Severity,
+    StepState,
+)
 
 log = logging.getLogger("cairn.jobs")
 T = TypeVar("T")
@@ -141,6 +151,17 @@ class JobEngine:
     def _reread(self, job_id: str) -> JobRecord:
         """`get` for a runner: waits out an outage of the catalog (CATALOG_OUTAGE)."""
         return self._through_outage(lambda: self.get(job_id))
+
+    def page(self, query: ListQuery, where: ColumnElement[bool], response: HasHeaders | None = None) -> list[JobRecord]:
+        """The jobs `query` asks for among those `where` selects (the caller's visible ones)."""
+        with self.catalog() as s:
+            return query.run(s, JobRecord, select(JobRecord).where(where), response=response)
+
+    def page_events(self, query: ListQuery, where: ColumnElement[bool],
+                    response: HasHeaders | None = None) -> list[EventRecord]:
+        """The events `query` asks for among those `where` selects (the caller's visible ones)."""
+        with self.catalog() as s:
+            return query.run(s, EventRecord, select(EventRecord).where(where), response=response)
 
     def cancel(self, job_id: str) -> JobRecord:
         """A queued job is cancelled at once; a running one stops at its next step or progress report
