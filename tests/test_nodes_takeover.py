@@ -5,8 +5,9 @@ due: the other node takes over within 10 s, rolls back the backups once, and run
 run once (it fell due while nobody led). The first node comes back as a follower; then the new
 leader is killed while that run's backups run, and the first one takes over: it rolls them back
 once and submits no second run for the same time, and the policy's next run succeeds. And PostgreSQL restarted under a
-running backup (a server of the test's own): the backup ends once (it waits the restart out),
-nothing is lost, and the next one succeeds.
+running backup (a server of the test's own): the backup ends once (the engine's writes wait
+the restart out; a write of the backup's own that meets it fails the job, which is rolled back
+saying so), nothing is lost, and the next one succeeds.
 
 Both nodes run on this host under different node names, with one data dir (the store, VM
 disks): what two hosts sharing a store would be, judged as two hosts are (by heartbeat and lease).
