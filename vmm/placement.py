@@ -1,6 +1,6 @@
 """Choosing the host a VM runs on: resources first, then the scheduling policies of its groups.
 
-Pure logic (no I/O besides measure() and local_host()), following nSSV 4.1.4.1.1. A VM scheduling group is
+Pure logic (no I/O besides measure()), following nSSV 4.1.4.1.1. A VM scheduling group is
 bound to one of four policies, each enforced "mandatory" or "preferred":
 
   vm-anti-affinity       members run on different hosts            (VM exclusive from each other)
@@ -166,7 +166,3 @@ def measure() -> HostResources:
                 break
     return HostResources(available_kib // 1024, os.cpu_count() or 1, os.getloadavg()[0])
 
-
-def local_host() -> Host:
-    """This machine as a placement target, as if its guests had taken all their memory."""
-    return measure().as_host(LOCAL_HOST)

@@ -3,12 +3,16 @@
 Disk files live in <data dir>/vms/<vm>/; images come from the image library
 (<data dir>/images, vmm.images_library) and are checked against their SHA-256 whenever a VM is
 created on them and again before the VM starts.
+
+A VM runs on this machine, or on a host of its compute pool that placement picks at each start
+(placement.py); its state is what that host says. Starting, stopping, HA and migration work on
+every host; the rest (console, pause, snapshots, backups...) on VMs that run here.
 """
 from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -21,7 +25,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from appliance.access.visibility import ALL, Seen
 from appliance.catalog.base import utcnow
 from appliance.deletion.records import RecycledRecord
-from appliance.errors import ConflictError, NotFoundError
+from appliance.errors import CairnError, ConflictError, NotFoundError
 from appliance.jobs.events import EventLog
 from appliance.names import LABEL
 from appliance.pools.networks import NetworkService
@@ -31,18 +35,21 @@ from appliance.snapshots.records import SnapshotIntentRecord, SnapshotTreeRecord
 from chain import VMTree
 from vmm import DiskSpec, QemuDriver, VMSpec, VMStatus, create_disk, image_info
 from vmm.clone import CloneMode, clone_disks, clone_spec
-from vmm.ha import HAHooks, HASupervisor, RestartLimit
+from vmm.ha import DOWN_AFTER, HASupervisor
 from vmm.images import backing_chain, resize_image
 from vmm.images_library import ImageLibrary, ImageRecord
-from vmm.placement import LOCAL_HOST, Placement, SchedulingGroup, local_host, place
+from vmm.placement import LOCAL_HOST, SchedulingGroup
 from vmm.rundir import exclusive
 from vmm.spec import NicSpec, validate_vm_name
 
+from .placement import VMPlacement
 from .readers import Reader, ReadingVM, find_readers, refusal
 from .records import SchedulingGroupRecord, VMOptionsRecord, VMRecord, VMTagRecord
 
 DISK_NAMES = [f"vd{c}" for c in "abcdefghijklmnopqrstuvwxyz"]
 ACTIVE = ("running", "paused")
+# States in which no QEMU of the VM runs anywhere ("unknown": its host does not answer).
+DOWN = ("stopped", "crashed")
 # A VM's rows in the catalog besides its backups: deleting the VM removes them all.
 VM_RECORDS = (VMRecord, SnapshotTreeRecord, SnapshotIntentRecord, VMOptionsRecord, VMTagRecord)
 
@@ -53,10 +60,13 @@ class VMView:
     status: VMStatus
     ha: bool = False
     linked_to: str | None = None
+    host: str = LOCAL_HOST               # where it runs, or last ran
+    compute_pool: str | None = None      # the hosts placement may choose from (None: here only)
 
     def to_dict(self) -> dict:
         return {**self.spec.to_dict(), "state": self.status.state, "pid": self.status.pid,
-                "ha": self.ha, "linked_to": self.linked_to}
+                "ha": self.ha, "linked_to": self.linked_to, "host": self.host,
+                "compute_pool": self.compute_pool}
 
 
 @dataclass
@@ -69,6 +79,7 @@ class VMOptions:
     boot: list[str] = field(default_factory=list)
     vnc: bool = False
     storage_pool: str | None = None   # disks go in this storage pool's folder, not the data dir
+    compute_pool: str | None = None   # runs on a host of this compute pool, not only here
 
 
 class VMService:
@@ -80,6 +91,7 @@ class VMService:
         self.events = EventLog(catalog)
         self.pools = PoolService(catalog)
         self.networks = NetworkService(settings, catalog, self.pools, driver)
+        self.placement = VMPlacement(catalog, self.pools, self.networks, self.groups)
 
     # -- definitions --------------------------------------------------------------------------
 
@@ -118,7 +130,7 @@ class VMService:
                       profile=options.profile, nics=options.nics, cdrom=cdrom, boot=boot,
                       vnc=options.vnc)
         spec.validate()
-        self._place(spec)
+        self._fits(spec, options.compute_pool)
         self._new_folder(name, root)
         try:
             for i, disk in enumerate(disks):
@@ -131,6 +143,8 @@ class VMService:
                     create_disk(disk.path, size)
             with self.catalog.begin() as s:
                 s.add(VMRecord(name=name, spec=spec.to_dict()))
+                if options.compute_pool:
+                    s.add(VMOptionsRecord(vm_name=name, compute_pool=options.compute_pool))
         except Exception:
             shutil.rmtree(folder, ignore_errors=True)
             raise
@@ -152,21 +166,45 @@ class VMService:
             disk.path = paths.get(disk.name, disk.path)
         rec.spec = spec.to_dict()
 
-    def show(self, name: str) -> VMView:
+    def show(self, name: str, status: VMStatus | None = None) -> VMView:
+        """The VM as it stands (`status`: its state, if the caller has just learnt it)."""
         spec = self.spec(name)
+        host = self.placement.host_of(name)
         with self.catalog() as s:
             opts = s.get(VMOptionsRecord, name)
-        return self._view(spec, opts)
+        return self._view(spec, opts, host, status or self._status_on(host, name))
 
     def list(self) -> list[VMView]:
+        """Every VM with its state: each host that runs VMs is asked once."""
         with self.catalog() as s:
-            specs = [VMSpec.from_dict(r.spec) for r in s.scalars(select(VMRecord).order_by(VMRecord.name))]
+            rows = [(VMSpec.from_dict(r.spec), r.host) for r in s.scalars(select(VMRecord).order_by(VMRecord.name))]
             opts = {o.vm_name: o for o in s.scalars(select(VMOptionsRecord))}
-        return [self._view(spec, opts.get(spec.name)) for spec in specs]
+        remote = {host: self._statuses_on(host) for host in {h for _, h in rows if h != LOCAL_HOST}}
+        return [self._view(spec, opts.get(spec.name), host,
+                           self.driver.status(spec.name) if host == LOCAL_HOST
+                           else _status_in(remote[host], spec.name))
+                for spec, host in rows]
 
-    def _view(self, spec: VMSpec, opts: VMOptionsRecord | None) -> VMView:
-        return VMView(spec, self.driver.status(spec.name), ha=bool(opts and opts.ha_enabled),
-                      linked_to=opts.linked_to if opts else None)
+    def status(self, name: str) -> VMStatus:
+        """The VM's state where it runs or last ran: "unknown" if that host does not answer."""
+        return self._status_on(self.placement.host_of(name), name)
+
+    def _status_on(self, host: str, name: str) -> VMStatus:
+        if host == LOCAL_HOST:
+            return self.driver.status(name)
+        return _status_in(self._statuses_on(host), name)
+
+    def _statuses_on(self, host: str) -> dict[str, VMStatus] | None:
+        """What `host` runs, or None if it does not answer (or is no longer registered)."""
+        try:
+            return self.placement.pool.statuses(host)
+        except CairnError:
+            return None
+
+    @staticmethod
+    def _view(spec: VMSpec, opts: VMOptionsRecord | None, host: str, status: VMStatus) -> VMView:
+        return VMView(spec, status, ha=bool(opts and opts.ha_enabled), linked_to=opts.linked_to if opts else None,
+                      host=host, compute_pool=opts.compute_pool if opts else None)
 
     def resize(self, name: str, vcpus: int | None = None, memory_mib: int | None = None) -> VMSpec:
         """New CPU count and memory size, for a stopped VM (they apply at its next start)."""
@@ -178,7 +216,7 @@ class VMService:
             spec.vcpus = spec.vcpus if vcpus is None else vcpus
             spec.memory_mib = spec.memory_mib if memory_mib is None else memory_mib
             spec.validate()
-            self._place(spec)
+            self._fits(spec)
             rec.spec = spec.to_dict()
         return spec
 
@@ -194,7 +232,7 @@ class VMService:
             raise ConflictError(f"disk {disk} of VM {name} is {current} bytes; shrinking it to "
                                 f"{size_bytes} would cut off data")
         self.require_unread([target.path], f"growing disk {disk} of VM {name}", besides=name)
-        if self.driver.status(name).state in ACTIVE:
+        if self._here(name, "grow its disks live").state in ACTIVE:
             await self.driver.grow_disk(name, disk, size_bytes)
         else:
             resize_image(target.path, size_bytes)
@@ -202,41 +240,78 @@ class VMService:
 
     # -- running ------------------------------------------------------------------------------
 
-    async def start(self, name: str) -> VMView:
+    async def start(self, name: str, fenced_off: Collection[str] = ()) -> VMView:
+        """Start the VM on the host placement picks now, unless it runs somewhere already.
+        `fenced_off`: hosts that do not answer, and HA has proven the VM gone from (it starts
+        on none of them, and they are not asked whether it runs there)."""
         spec = self.spec(name)
         # A running guest writes its active layers; the layers under them stay as they are.
         self.require_unread([d.path for d in spec.disks], f"starting VM {name}", besides=name,
                             hint=f"or take a snapshot of {name} first: its writes then go to new layers")
         self._verify_images(spec)
-        self._place(spec)
+        if (host := self.placement.host_of(name)) not in fenced_off:
+            current = self._status_on(host, name)
+            if current.state == "unknown":
+                raise _silent(name, host)
+            if current.state in ACTIVE:
+                raise ConflictError(f"VM {name} is already {current.state}{_on(host)}")
+        chosen = await self.placement.choose(spec, avoid=fenced_off)
+        # Recorded first: whatever happens next, the catalog never points away from its QEMU.
+        self.placement.record(name, should_run=True, host=chosen.name)
+        try:
+            status = (await self._start_here(spec) if chosen.name == LOCAL_HOST
+                      else await self.placement.run(chosen, spec))
+        except BaseException:
+            self.placement.record(name, should_run=False)
+            raise
+        return self.show(name, status)
+
+    async def _start_here(self, spec: VMSpec) -> VMStatus:
         with self.networks.starting(spec):
             status = await self.driver.start(spec)
         with self.catalog() as s:
-            opts = s.get(VMOptionsRecord, name)
+            opts = s.get(VMOptionsRecord, spec.name)
         if opts and opts.linked_to:
-            await self.driver.stream_disks(name, [d.name for d in spec.disks])
-        return VMView(spec, status, ha=bool(opts and opts.ha_enabled),
-                      linked_to=opts.linked_to if opts else None)
+            await self.driver.stream_disks(spec.name, [d.name for d in spec.disks])
+        return status
 
     async def stop(self, name: str, timeout: float = 30.0, force: bool = False) -> VMView:
         self.spec(name)
-        await self.driver.stop(name, timeout=timeout, force=force)
-        return self.show(name)
+        # No longer meant to run: HA leaves it down even if its host dies meanwhile.
+        self.placement.record(name, should_run=False)
+        host = self.placement.host_of(name)
+        if host == LOCAL_HOST:
+            await self.driver.stop(name, timeout=timeout, force=force)
+            return self.show(name)
+        return self.show(name, await self.placement.stop(host, name, timeout, force))
 
     async def reboot(self, name: str) -> VMView:
-        self.spec(name)
+        self._here(name, "reset it")
         await self.driver.reboot(name)
         return self.show(name)
 
     async def pause(self, name: str) -> VMView:
-        self.spec(name)
+        self._here(name, "pause it")
         await self.driver.pause(name)
         return self.show(name)
 
     async def resume(self, name: str) -> VMView:
-        self.spec(name)
+        self._here(name, "resume it")
         await self.driver.resume(name)
         return self.show(name)
+
+    def _here(self, name: str, doing: str) -> VMStatus:
+        """The VM's state, if it is on this machine; ConflictError if it runs on another host."""
+        self.spec(name)
+        host = self.placement.host_of(name)
+        if host != LOCAL_HOST:
+            status = self._status_on(host, name)
+            if status.state == "unknown":
+                raise _silent(name, host)
+            if status.state not in DOWN:
+                raise ConflictError(f"VM {name} is {status.state} on host {host}: Cairn can {doing} only on "
+                                    f"this machine (migrate it here first: cairn vm migrate {name} {LOCAL_HOST})")
+        return self.driver.status(name)
 
     def delete(self, name: str) -> None:
         """Removes the VM and its disks at once; its backups stay in the store. (The API and
@@ -248,8 +323,7 @@ class VMService:
     def check_deletable(self, name: str) -> VMView:
         """The VM, if it may be deleted now: stopped, and no other VM reads a file of its folders."""
         view = self.show(name)
-        if view.status.state in ACTIVE:
-            raise ConflictError(f"VM {name} is {view.status.state}; stop it first")
+        self._require_down(name, view.host, "first", view.status)
         self.require_unread(self.own_files(view.spec), f"deleting VM {name}", besides=name)
         return view
 
@@ -275,6 +349,8 @@ class VMService:
                         {a.key: getattr(row, a.key) for a in sa_inspect(record).column_attrs})
                     s.delete(row)
         self.driver.forget(name)
+        if (host := rows[VMRecord.__tablename__][0]["host"]) != LOCAL_HOST:
+            self.placement.forget(host, name)
         return rows
 
     @staticmethod
@@ -309,7 +385,7 @@ class VMService:
         if taken or len(set(names)) != len(names):
             raise ConflictError(f"clone names must be new and distinct: {', '.join(taken) or names}")
         for name in names:
-            self._place(replace(src, name=name))
+            self._fits(replace(src, name=name))
         disk_mode: CloneMode = "linked" if mode == "instant" else "full" if len(names) == 1 else "cached"
         caches = self._clone_caches(src) if disk_mode == "cached" else None
         made: list[VMSpec] = []
@@ -470,12 +546,10 @@ class VMService:
             raise ConflictError(f"scheduling group {rec.name} also names VMs you do not see: "
                                 "only an admin may change or delete it")
 
-    def _place(self, spec: VMSpec) -> Placement:
-        """Where the VM may run; today the only host is this one, so this refuses a VM that
-        does not fit in its memory or that a mandatory policy keeps off it."""
-        running = {v.status.name: LOCAL_HOST for v in self.list()
-                   if v.status.state in ACTIVE and v.status.name != spec.name}
-        return place(spec.name, spec.memory_mib, [local_host()], running, self.groups())
+    def _fits(self, spec: VMSpec, pool: str | None = None) -> None:
+        """Refuse a VM that fits on none of its hosts (of compute pool `pool`, default its
+        own): not enough memory, or mandatory policies keep it off all of them."""
+        self.placement.fits(spec, pool)
 
     def _new_folder(self, name: str, root: Path | None = None) -> Path:
         """The VM's own disk folder (in `root`, default the data dir's), made now: a concurrent
@@ -489,9 +563,15 @@ class VMService:
         return folder
 
     def _require_stopped(self, name: str, doing: str) -> None:
-        state = self.driver.status(name).state
-        if state in ACTIVE:
-            raise ConflictError(f"VM {name} is {state}; stop it to {doing}")
+        self._require_down(name, self.placement.host_of(name), f"to {doing}")
+
+    def _require_down(self, name: str, host: str, purpose: str, status: VMStatus | None = None) -> None:
+        """ConflictError unless no QEMU of the VM runs: it is stopped or crashed on `host`."""
+        state = (status or self._status_on(host, name)).state
+        if state == "unknown":
+            raise _silent(name, host)
+        if state not in DOWN:
+            raise ConflictError(f"VM {name} is {state}{_on(host)}; stop it {purpose}")
 
     # -- high availability ----------------------------------------------------------------------
 
@@ -505,35 +585,35 @@ class VMService:
             opts.ha_max_restarts, opts.ha_window_seconds = max_restarts, window_seconds
             s.merge(opts)
 
-    def ha_supervisor(self, interval: float = 1.0) -> HASupervisor:
-        return HASupervisor(self.driver, HAHooks(self._ha_watched, self.start, self._ha_restarted,
-                                                 self._ha_gave_up), interval)
+    def ha_supervisor(self, interval: float = 1.0, down_after: float = DOWN_AFTER) -> HASupervisor:
+        from .ha import VMHighAvailability
 
-    def _ha_watched(self) -> dict[str, RestartLimit]:
-        with self.catalog() as s:
-            rows = s.scalars(select(VMOptionsRecord).where(VMOptionsRecord.ha_enabled.is_(True)))
-            return {r.vm_name: RestartLimit(r.ha_max_restarts, r.ha_window_seconds) for r in rows}
-
-    def _ha_restarted(self, name: str, count: int) -> None:
-        self.events.emit("vm.ha.restarted", f"VM {name} crashed and was restarted "
-                         f"(restart {count} in its window)", severity="warning",
-                         resource=f"vm:{name}", data={"restarts": count})
-
-    def _ha_gave_up(self, name: str, why: str) -> None:
-        with self.catalog.begin() as s:
-            if opts := s.get(VMOptionsRecord, name):
-                opts.ha_enabled, opts.ha_gave_up_at = False, utcnow()
-        self.events.emit("vm.ha.gave_up", f"VM {name}: HA gave up: {why}", severity="error",
-                         resource=f"vm:{name}")
+        return HASupervisor(VMHighAvailability(self).hooks(), interval, down_after)
 
     @contextmanager
-    def supervised(self, interval: float = 1.0) -> Iterator[HASupervisor]:
-        supervisor = self.ha_supervisor(interval)
+    def supervised(self, interval: float = 1.0, down_after: float = DOWN_AFTER) -> Iterator[HASupervisor]:
+        supervisor = self.ha_supervisor(interval, down_after)
         supervisor.start()
         try:
             yield supervisor
         finally:
             supervisor.stop()
+
+
+def _on(host: str) -> str:
+    return "" if host == LOCAL_HOST else f" on host {host}"
+
+
+def _silent(name: str, host: str) -> ConflictError:
+    return ConflictError(f"host {host} does not answer, so VM {name} may still run there: it stays as it is "
+                         "until the host answers again (HA restarts an HA VM elsewhere once it is fenced)")
+
+
+def _status_in(statuses: dict[str, VMStatus] | None, name: str) -> VMStatus:
+    """A VM's state among what its host runs (None: the host did not answer)."""
+    if statuses is None:
+        return VMStatus(name, "unknown", None, None)
+    return statuses.get(name) or VMStatus(name, "stopped", None, None)
 
 
 def _tops(spec: VMSpec, layers: list[tuple[str, str]]) -> list[tuple[str, str]]:
