@@ -23,7 +23,7 @@ from appliance.context import Appliance
 from appliance.deletion.deletables import deletion_service
 from appliance.deletion.protection import Impact
 from appliance.errors import ConflictError
-from appliance.jobs.params import CloneParams, CloneRequest
+from appliance.jobs.params import CloneParams, CloneRequest, MigrateParams, MigrateRequest
 from appliance.units import parse_size
 from appliance.vms.service import VMOptions, VMView
 from vmm import VMBusyError, VMError, VMSpecError, VMStateError
@@ -277,6 +277,12 @@ def vm_router(appliance: Appliance) -> APIRouter:
         """From its next start the VM runs on a host of this pool (or on this machine only)."""
         vms.placement.set_compute_pool(name, body.pool)
         return detail(vms.show(name))
+
+    @router.post("/api/v1/vms/{name}/migrations", response_model=JobOut, status_code=202, responses=ERRORS)
+    def migrate_vm(caller: Caller, name: str, body: MigrateRequest) -> JobOut:
+        """Move the running VM to another host of its compute pool, live: a job on the VM whose
+        result says what it cost (total and paused milliseconds, bytes sent)."""
+        return submit_job(appliance, caller, "vm.migrate", MigrateParams(vm=name, **body.model_dump()))
 
     @router.get("/api/v1/vms/{name}/streams")
     async def clone_streams(name: str) -> dict[str, float]:

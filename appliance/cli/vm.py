@@ -207,6 +207,25 @@ def vm_compute_pool(name: str, pool: str | None = typer.Argument(None, help="A c
     _say(state.appliance.vms.show(name), as_json)
 
 
+@vm_app.command("migrate")
+@reports_errors
+def vm_migrate(name: str, host: str = typer.Argument(..., help="Another host of its compute pool (local: here)."),
+               timeout: float = typer.Option(240.0, help="Cancel it after this many seconds (the VM runs on)."),
+               as_json: bool = JsonOpt) -> None:
+    """Move a running VM to another host while it runs (live migration; its disks stay on the
+    storage both hosts see). A job on the VM, like the API's."""
+    from appliance.jobs.params import MigrateParams
+
+    from .follow import run_job
+
+    result = run_job("vm.migrate", MigrateParams(vm=name, host=host, timeout=timeout))
+    if as_json:
+        emit_json(result)
+    else:
+        out.print(f"migrated {name} from {result['from']} to {result['to']} in {result['total_ms'] / 1000:.1f} s "
+                  f"(paused {result['downtime_ms']} ms, {human(result['transferred_bytes'])} sent)", highlight=False)
+
+
 @vm_app.command("console")
 @reports_errors
 def vm_console(name: str) -> None:

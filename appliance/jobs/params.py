@@ -15,6 +15,7 @@ from appliance.backups.options import DEFAULT_FULL_EVERY, BackupOptions
 from appliance.backups.retention import RetentionCounts, RetentionRules
 from appliance.backups.selection import DiskSelection
 from dedup import DEFAULT_GRACE, DEFAULT_REPACK_THRESHOLD
+from vmm.migration import DEFAULT_TIMEOUT as MIGRATION_TIMEOUT
 from vmm.spec import validate_vm_name
 
 # The name of a VM a job creates: checked as a definition would check it.
@@ -205,6 +206,18 @@ class CloneParams(CloneRequest, JobParams):
         return list(self.names)
 
 
+class MigrateRequest(BaseModel):
+    """Where to move a running VM (the body of POST /vms/{name}/migrations)."""
+    model_config = ConfigDict(extra="forbid")
+    host: str = Field(description="another host of the VM's compute pool (\"local\": this machine)")
+    timeout: float = Field(default=MIGRATION_TIMEOUT, gt=0, le=3600,
+                           description="seconds the migration may take before it is cancelled (the VM runs on)")
+
+
+class MigrateParams(MigrateRequest, OnVM):
+    pass
+
+
 # -- the store --------------------------------------------------------------------------------------
 
 class VerifyParams(JobParams):
@@ -239,6 +252,7 @@ PARAMS: dict[str, type[JobParams]] = {
     "restore.over_vm": RestoreOverParams,
     "restore.instant": InstantRestoreParams,
     "vm.clone": CloneParams,
+    "vm.migrate": MigrateParams,
     "store.verify": VerifyParams,
     "store.gc": GcParams,
     "store.prune": PruneParams,

@@ -1,5 +1,5 @@
 """The appliance's job kinds, one module per domain: backups (of its own VMs and of other hosts'),
-snapshots, restores, clones and the store's upkeep. `params.PARAMS` names what each takes.
+snapshots, restores, clones, migrations and the store's upkeep. `params.PARAMS` names what each takes.
 """
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 from ..plan import JobKind
 from .backup import backup_kinds
 from .clone import clone_kinds
+from .migrate import migrate_kinds
 from .restore import restore_kinds
 from .snapshot import snapshot_kinds
 from .store import store_kinds
@@ -18,4 +19,4 @@ if TYPE_CHECKING:
 
 def standard_kinds(app: Appliance) -> dict[str, JobKind[Any]]:
     return {**backup_kinds(app), **snapshot_kinds(app), **restore_kinds(app), **clone_kinds(app),
-            **store_kinds(app)}
+            **migrate_kinds(app), **store_kinds(app)}
