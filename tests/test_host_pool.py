@@ -163,6 +163,7 @@ def test_ha_restarts_a_vm_on_another_host_only_once_its_host_is_fenced(appliance
             wait_for(lambda: lab.qemus("b", "web"), "the VM to run on b")
             [restarted] = wait_for(lambda: events(appliance, "vm.ha.restarted"), "the restart event")
             assert restarted.data == {"restarts": 1, "from": "a", "to": "b", "proof": "LOCKS_FREE"}
+            assert restarted.message.endswith("host a does not answer and no process holds a write lock on its disks")
             # The guest on b finds what it wrote on a, then writes its next entry.
             found = wait_serial(lab, "b", "web", r"JOURNAL-ENTRY k=0 sha256=(\w+)")[1]
             second = wait_serial(lab, "b", "web", r"JOURNAL-WROTE k=1 sha256=(\w+)")[1]

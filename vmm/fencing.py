@@ -36,8 +36,8 @@ _LOCK_REFUSAL = "Failed to get"
 
 
 class FenceProof(Enum):
-    QEMU_GONE = "the host answered and the VM's QEMU there is gone"
-    LOCKS_FREE = "the host does not answer and no process holds a write lock on the VM's disks"
+    QEMU_GONE = "qemu-gone"
+    LOCKS_FREE = "locks-free"
 
 
 @dataclass(frozen=True)
@@ -49,7 +49,9 @@ class Fenced:
     proof: FenceProof
 
     def describe(self) -> str:
-        return f"VM {self.vm!r} is fenced off host {self.host}: {self.proof.value}"
+        if self.proof is FenceProof.QEMU_GONE:
+            return f"its QEMU on {self.host} is gone (the host answered)"
+        return f"host {self.host} does not answer and no process holds a write lock on its disks"
 
 
 class FenceError(VMError):
