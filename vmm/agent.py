@@ -42,7 +42,7 @@ def _start(driver: QemuDriver, args: dict[str, Any]) -> dict[str, Any]:
         if state is None:
             raise VMSpecError(f"no VM {args['name']!r} was ever started here: give its definition")
         spec = VMSpec.from_dict(state.spec)
-    asyncio.run(driver.start(spec))
+    asyncio.run(driver.start(spec, paused=bool(args.get("paused", False))))
     return _status(driver, spec.name)
 
 

@@ -55,7 +55,7 @@ class QemuHost(Protocol):
     name: str
 
     async def probe(self, spec: VMSpec) -> HostProbe: ...
-    async def run(self, spec: VMSpec) -> VMStatus: ...
+    async def run(self, spec: VMSpec, paused: bool = False) -> VMStatus: ...
     async def status(self, name: str) -> VMStatus: ...
     async def statuses(self) -> dict[str, VMStatus]: ...
     async def stop(self, name: str, timeout: float = 30.0, force: bool = False) -> VMStatus: ...
@@ -74,7 +74,7 @@ class LocalQemuHost:
         self.name = name
 
     async def probe(self, spec: VMSpec) -> HostProbe:
-        running = [s for s in self.driver.list_vms() if s.state in ACTIVE and s.name != spec.name]
+        running = [s for s in self.driver.active().values() if s.state in ACTIVE and s.name != spec.name]
         try:
             self.driver.check_startable(spec)
             refusal = None
@@ -95,14 +95,14 @@ class LocalQemuHost:
             return 0   # it ended meanwhile
         return max(int(state.spec["memory_mib"]) - rss_kib // 1024, 0)
 
-    async def run(self, spec: VMSpec) -> VMStatus:
-        return await self.driver.start(spec)
+    async def run(self, spec: VMSpec, paused: bool = False) -> VMStatus:
+        return await self.driver.start(spec, paused=paused)
 
     async def status(self, name: str) -> VMStatus:
         return self.driver.status(name)
 
     async def statuses(self) -> dict[str, VMStatus]:
-        return {s.name: s for s in self.driver.list_vms()}
+        return self.driver.active()
 
     async def stop(self, name: str, timeout: float = 30.0, force: bool = False) -> VMStatus:
         await self.driver.stop(name, timeout=timeout, force=force)

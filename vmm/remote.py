@@ -246,8 +246,8 @@ class RemoteQemuHost:
     async def probe(self, spec: VMSpec) -> HostProbe:
         return HostProbe.from_dict(await self._call("probe", {"spec": spec.to_dict()}))
 
-    async def run(self, spec: VMSpec) -> VMStatus:
-        return status_from_dict(await self._call("start", {"spec": spec.to_dict()}))
+    async def run(self, spec: VMSpec, paused: bool = False) -> VMStatus:
+        return status_from_dict(await self._call("start", {"spec": spec.to_dict(), "paused": paused}))
 
     async def status(self, name: str) -> VMStatus:
         return status_from_dict(await self._call("status", {"name": name}))

@@ -9,6 +9,7 @@ from appliance.backups.options import DEFAULT_FULL_EVERY
 from appliance.units import human
 
 from .common import EXCLUDE_OPT, INCLUDE_OPT, JsonOpt, emit_json, out, reports_errors, state
+from .listing import FILTER_OPT, OFFSET_OPT, limit_option, say_page, sort_option
 
 backup_app = typer.Typer(help="Back up VMs and list backups.", no_args_is_help=True)
 
@@ -54,11 +55,18 @@ def say_backup(result: dict[str, Any], vm: str, as_json: bool) -> None:
 
 @backup_app.command("list")
 @reports_errors
-def backup_list(vm: str | None = typer.Option(None, help="Only this VM's backups."), as_json: bool = JsonOpt) -> None:
-    """List backups recorded in the catalog."""
+def backup_list(vm: str | None = typer.Option(None, help="Only this VM's backups."), filters: list[str] = FILTER_OPT,
+                sort: str = sort_option("-started_at"), limit: int = limit_option(50), offset: int = OFFSET_OPT,
+                as_json: bool = JsonOpt) -> None:
+    """Backups recorded in the catalog, newest first; fields: id, vm_name, kind, status, started_at,
+    finished_at, size, bytes_read, bytes_stored, error..."""
     from appliance.backups.catalog import BackupCatalog
+    from appliance.catalog.query import ListQuery, Total
 
-    records = BackupCatalog(state.appliance.catalog).list(vm)
+    total = Total()
+    records = BackupCatalog(state.appliance.catalog).page(ListQuery.parse(limit, offset, sort, filters), vm=vm,
+                                                          response=total)
+    say_page(len(records), offset, total.count, "backups")
     if as_json:
         emit_json([backup_dict(r) for r in records])
         return

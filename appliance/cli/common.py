@@ -3,36 +3,20 @@ from __future__ import annotations
 
 import functools
 import json
-import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    TextColumn,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
-)
+
+from appliance.error_statuses import is_reported
 
 if TYPE_CHECKING:
+    from rich.progress import Progress
+
     from appliance.context import Appliance
 
-# The roots of the errors that are the user's to fix: (module, class). Looked up only in modules
-# already imported, since an error can only come from one of those (and importing the others
-# would cost every command their start-up time).
-USER_ERRORS = (("appliance.errors", "CairnError"), ("dedup.errors", "StoreError"), ("restore.errors", "RestoreError"),
-               ("vmm.errors", "VMError"), ("transports.errors", "ExportError"), ("transports.nbd_source", "SourceError"),
-               ("chain.errors", "ChainError"))
-
-
-def is_user_error(e: BaseException) -> bool:
-    return any(isinstance(e, getattr(sys.modules[module], name))
-               for module, name in USER_ERRORS if module in sys.modules)
 
 out = Console()
 err = Console(stderr=True)
@@ -57,13 +41,14 @@ state = State()
 
 
 def reports_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """A user error ends the command with its message and exit code 1, no traceback."""
+    """A user error (any kind of appliance/error_statuses.py's table) ends the command with its
+    message and exit code 1, no traceback."""
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
         except Exception as e:
-            if is_user_error(e):
+            if is_reported(e):   # a kind of the error table, which the API answers in words too
                 code = 1
             elif isinstance(e, ValueError):
                 code = 2
@@ -80,6 +65,8 @@ def emit_json(data: Any) -> None:
 
 
 def byte_progress() -> Progress:
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
+
     return Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
                     TimeRemainingColumn(), console=err, transient=False, disable=not err.is_terminal)
 

@@ -11,9 +11,9 @@ from appliance.catalog.query import ListQuery
 from appliance.jobs.records import FINISHED_STATES, JobRecord
 
 from .common import JsonOpt, emit_json, out, reports_errors, state
+from .listing import FILTER_OPT
 
 job_app = typer.Typer(help="List, show and cancel jobs.", no_args_is_help=True)
-FILTER_OPT = typer.Option([], "--filter", help="field:op:value, e.g. state:eq:failed (repeat for more).")
 
 
 def job_dict(rec: JobRecord) -> dict[str, Any]:

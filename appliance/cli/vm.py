@@ -8,6 +8,7 @@ import typer
 from rich.table import Table
 
 from appliance.access.visibility import visibility
+from appliance.catalog.query import ListQuery, Total
 from appliance.deletion.deletables import deletion_service
 from appliance.deletion.protection import Impact
 from appliance.units import human, parse_size
@@ -17,6 +18,7 @@ from vmm.placement import SchedulingGroup
 from vmm.spec import NicSpec
 
 from .common import JsonOpt, emit_json, out, reports_errors, state
+from .listing import FILTER_OPT, OFFSET_OPT, limit_option, say_page, sort_option
 
 vm_app = typer.Typer(help="Define, run, clone and place VMs.", no_args_is_help=True)
 group_app = typer.Typer(help="VM scheduling groups: affinity and anti-affinity policies.",
@@ -132,11 +134,19 @@ def _run_command(action: str, summary: str) -> None:
         _say(asyncio.run(getattr(state.appliance.vms, action)(name)), as_json)
 
 
-for _action, _summary in (("start", "Start a VM (QEMU runs on after this command returns)."),
-                          ("reboot", "Reset a running VM (like its reset button)."),
+for _action, _summary in (("reboot", "Reset a running VM (like its reset button)."),
                           ("pause", "Freeze a running VM's CPUs."),
                           ("resume", "Let a paused VM run on.")):
     _run_command(_action, _summary)
+
+
+@vm_app.command("start")
+@reports_errors
+def vm_start(name: str, paused: bool = typer.Option(False, "--paused",
+                                                    help="Set the machine up, run no guest code until `vm resume`."),
+             as_json: bool = JsonOpt) -> None:
+    """Start a VM (QEMU runs on after this command returns)."""
+    _say(asyncio.run(state.appliance.vms.start(name, paused=paused)), as_json)
 
 
 @vm_app.command("stop")
@@ -241,9 +251,12 @@ def vm_console(name: str) -> None:
 
 @vm_app.command("list")
 @reports_errors
-def vm_list(as_json: bool = JsonOpt) -> None:
-    """List VMs and their state."""
-    views = state.appliance.vms.list()
+def vm_list(filters: list[str] = FILTER_OPT, sort: str = sort_option("name"), limit: int = limit_option(100),
+            offset: int = OFFSET_OPT, as_json: bool = JsonOpt) -> None:
+    """VMs and their state; fields: name, state, pid, vcpus, memory_mib."""
+    total = Total()
+    views = state.appliance.vms.page(ListQuery.parse(limit, offset, sort, filters), response=total)
+    say_page(len(views), offset, total.count, "VMs")
     if as_json:
         emit_json([v.to_dict() for v in views])
         return

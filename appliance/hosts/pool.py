@@ -63,10 +63,10 @@ class HostPool:
         return probes, silent
 
     def statuses(self, name: str) -> dict[str, VMStatus]:
-        """Every VM the host runs or ran, now, from a synchronous caller (listings); a host
-        that does not answer raises the appliance's HostUnreachableError."""
+        """The VMs the host runs or ran, now (any other is stopped), from a synchronous caller
+        (listings); a host that does not answer raises the appliance's HostUnreachableError."""
         if name == LOCAL_HOST:
-            return {s.name: s for s in self.driver.list_vms()}
+            return self.driver.active()
         remote = self.hosts.remote(name, self.connect_timeout)
         with host_errors():
             return {v["name"]: status_from_dict(v) for v in remote.call("list")["vms"]}

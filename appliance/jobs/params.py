@@ -14,7 +14,8 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validat
 from appliance.backups.options import DEFAULT_FULL_EVERY, BackupOptions
 from appliance.backups.retention import RetentionCounts, RetentionRules
 from appliance.backups.selection import DiskSelection
-from dedup import DEFAULT_GRACE, DEFAULT_REPACK_THRESHOLD
+from appliance.names import Label
+from dedup import DEFAULT_BLOCK_SIZE, DEFAULT_GRACE, DEFAULT_PACK_SIZE, DEFAULT_REPACK_THRESHOLD
 from vmm.migration import DEFAULT_TIMEOUT as MIGRATION_TIMEOUT
 from vmm.spec import validate_vm_name
 
@@ -106,7 +107,7 @@ class SnapshotParams(OnVM):
 
 class SnapshotRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    name: str | None = None
+    name: Label | None = None
     automatic: bool = False
     memory: bool = Field(default=False,
                          description="also save the running guest's memory, so a revert resumes it")
@@ -231,12 +232,35 @@ class GcParams(JobParams):
                                   description="repack a pack once this share of it is unreferenced")
 
 
+class UpgradeParams(JobParams):
+    """Move the store to format 2 in place (the sizes apply to a format-1 store only)."""
+    # The store's config checks the sizes (a power of two, in range): StoreConfigError, 422.
+    block_size: int = Field(default=DEFAULT_BLOCK_SIZE, gt=0, description="bytes per block of the format-2 store")
+    pack_size: int = Field(default=DEFAULT_PACK_SIZE, gt=0, description="bytes per pack of the format-2 store")
+
+
 class PruneParams(RetentionCounts, OnVM):
     """Prune the VM's backups by the keep rules (at least one; `dry_run`: only say what would go)."""
     dry_run: bool = False
 
     def rules(self) -> dict[str, int]:
         return self.model_dump(include=set(RetentionCounts.model_fields))
+
+
+class SyncParams(JobParams):
+    """What to copy where: to another store (push, target) or from one (pull, source)."""
+    target: str | None = Field(default=None, description="the store to copy into (push); default: this appliance's")
+    source: str | None = Field(default=None, description="the store to copy from (pull); default: this appliance's")
+    backups_of: list[str] = Field(default=[], description="copy the backups of these VMs only (default: all)")
+    bandwidth: int | None = Field(default=None, ge=1, description="bytes per second at most (default: no limit)")
+
+    @model_validator(mode="after")
+    def _names_another_store(self) -> Self:
+        if self.target is None and self.source is None:
+            raise ValueError("a sync needs a target (push) or a source (pull) other than this appliance's store")
+        if self.target is not None and self.target == self.source:
+            raise ValueError("source and target are the same store")
+        return self
 
 
 # Every kind the appliance runs, and what it takes.
@@ -256,4 +280,6 @@ PARAMS: dict[str, type[JobParams]] = {
     "store.verify": VerifyParams,
     "store.gc": GcParams,
     "store.prune": PruneParams,
+    "store.sync": SyncParams,
+    "store.upgrade": UpgradeParams,
 }

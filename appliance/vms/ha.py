@@ -74,7 +74,7 @@ class VMHighAvailability:
     async def _statuses(self, host: str) -> dict[str, VMStatus] | None:
         """What `host` runs, or None if it does not answer."""
         if host == LOCAL_HOST:
-            return {s.name: s for s in self.vms.driver.list_vms()}
+            return self.vms.driver.active()
         try:
             return await self.vms.placement.pool.host(host).statuses()
         except HostError:
@@ -99,7 +99,7 @@ class VMHighAvailability:
                          + (f" ({'; '.join(tried)})" if tried else ""))
 
     async def restart(self, name: str, fenced_off: Collection[str]) -> None:
-        await self.vms.start(name, fenced_off)
+        await self.vms.start(name, fenced_off=fenced_off)
 
     def restarted(self, name: str, count: int, fenced: Fenced) -> None:
         host = self.vms.placement.host_of(name)

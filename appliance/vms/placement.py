@@ -145,11 +145,11 @@ class VMPlacement:
 
     # -- running on another host ------------------------------------------------------------------
 
-    async def run(self, host: QemuHost, spec: VMSpec) -> VMStatus:
+    async def run(self, host: QemuHost, spec: VMSpec, paused: bool = False) -> VMStatus:
         from appliance.hosts.service import host_errors
 
         with host_errors():
-            return await host.run(spec)
+            return await host.run(spec, paused)
 
     async def stop(self, host: str, name: str, timeout: float, force: bool) -> VMStatus:
         from appliance.hosts.service import host_errors

@@ -10,20 +10,21 @@ every host; the rest (console, pause, snapshots, backups...) on VMs that run her
 """
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
-from collections.abc import Collection, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import inspect as sa_inspect
-from sqlalchemy import select
+from sqlalchemy import ColumnElement, Integer, Select, String, case, literal, select, type_coerce
 from sqlalchemy.orm import Session, sessionmaker
 
 from appliance.access.visibility import ALL, Seen
 from appliance.catalog.base import utcnow
+from appliance.catalog.query import MAX_INTEGER, HasHeaders, ListQuery
 from appliance.deletion.records import RecycledRecord
 from appliance.errors import CairnError, ConflictError, NotFoundError
 from appliance.jobs.events import EventLog
@@ -160,7 +161,7 @@ class VMService:
     @staticmethod
     def point_disks(session: Session, name: str, paths: dict[str, str]) -> None:
         """From its next start the VM opens these files (snapshots move a disk's active layer)."""
-        rec = session.get(VMRecord, name)
+        rec = session.get_one(VMRecord, name)
         spec = VMSpec.from_dict(rec.spec)
         for disk in spec.disks:
             disk.path = paths.get(disk.name, disk.path)
@@ -174,16 +175,48 @@ class VMService:
             opts = s.get(VMOptionsRecord, name)
         return self._view(spec, opts, host, status or self._status_on(host, name))
 
-    def list(self) -> list[VMView]:
-        """Every VM with its state: each host that runs VMs is asked once."""
+    def page(self, query: ListQuery, where: ColumnElement[bool] | None = None,
+             response: HasHeaders | None = None) -> list[VMView]:
+        """The VMs `query` asks for, among those `where` selects (the caller's visible ones), by
+        name unless it sorts otherwise: filtered, sorted and paged in the catalog, by any of
+        _listed_fields(). Live states come from each VM's host: this machine's driver's index of
+        the VMs not stopped, each other host asked once."""
+        # Every VM's live state if the query filters or sorts by it, else only the page's (a
+        # status() for each of them marked live: none for most).
+        live_fields = query.names("state") or query.names("pid")
         with self.catalog() as s:
-            rows = [(VMSpec.from_dict(r.spec), r.host) for r in s.scalars(select(VMRecord).order_by(VMRecord.name))]
-            opts = {o.vm_name: o for o in s.scalars(select(VMOptionsRecord))}
-        remote = {host: self._statuses_on(host) for host in {h for _, h in rows if h != LOCAL_HOST}}
-        return [self._view(spec, opts.get(spec.name), host,
-                           self.driver.status(spec.name) if host == LOCAL_HOST
-                           else _status_in(remote[host], spec.name))
-                for spec, host in rows]
+            active = self._active(s) if live_fields else {}
+            records = query.fetch(s, self.statement(query, active, where), response)
+            opts = {o.vm_name: o for o in s.scalars(
+                select(VMOptionsRecord).where(VMOptionsRecord.vm_name.in_([r.name for r in records])))}
+        if not live_fields:
+            active = self._active_among({r.name: r.host for r in records})
+        return [self._view(VMSpec.from_dict(r.spec), opts.get(r.name), r.host,
+                           active.get(r.name) or VMStatus(r.name, "stopped", None, None)) for r in records]
+
+    @staticmethod
+    def statement(query: ListQuery, active: dict[str, VMStatus], where: ColumnElement[bool] | None = None
+                  ) -> Select[Any]:
+        """The SELECT of page(), the live states being `active` (_active())."""
+        stmt = select(VMRecord) if where is None else select(VMRecord).where(where)
+        return query.statement(VMRecord, stmt, _listed_fields(active))
+
+    def _active(self, session: Session) -> dict[str, VMStatus]:
+        """Every VM not stopped, by name: this machine's from its driver's index, the others'
+        as their hosts say."""
+        elsewhere = dict(session.execute(select(VMRecord.name, VMRecord.host).where(VMRecord.host != LOCAL_HOST))
+                         .tuples())
+        return {**self.driver.active(), **self._active_among(elsewhere, local=False)}
+
+    def _active_among(self, hosts: dict[str, str], local: bool = True) -> dict[str, VMStatus]:
+        """The VMs of `hosts` (VM -> its host) not stopped, by name: each host asked once, and
+        those of a host that does not answer "unknown". `local=False`: skip this machine's."""
+        marked = self.driver.marked_live() if local else set()
+        found = {name: self.driver.status(name) for name, host in hosts.items() if host == LOCAL_HOST and name in marked}
+        for host in {h for h in hosts.values() if h != LOCAL_HOST}:
+            statuses = self._statuses_on(host)
+            found |= {name: _status_in(statuses, name) for name, on in hosts.items() if on == host}
+        return found
 
     def status(self, name: str) -> VMStatus:
         """The VM's state where it runs or last ran: "unknown" if that host does not answer."""
@@ -195,7 +228,8 @@ class VMService:
         return _status_in(self._statuses_on(host), name)
 
     def _statuses_on(self, host: str) -> dict[str, VMStatus] | None:
-        """What `host` runs, or None if it does not answer (or is no longer registered)."""
+        """What `host` runs (any VM not in it is stopped), or None if it does not answer (or is
+        no longer registered)."""
         try:
             return self.placement.pool.statuses(host)
         except CairnError:
@@ -211,7 +245,7 @@ class VMService:
         self.spec(name)
         self._require_stopped(name, "change its CPUs or memory")
         with self.catalog.begin() as s:
-            rec = s.get(VMRecord, name)
+            rec = s.get_one(VMRecord, name)
             spec = VMSpec.from_dict(rec.spec)
             spec.vcpus = spec.vcpus if vcpus is None else vcpus
             spec.memory_mib = spec.memory_mib if memory_mib is None else memory_mib
@@ -240,10 +274,46 @@ class VMService:
 
     # -- running ------------------------------------------------------------------------------
 
-    async def start(self, name: str, fenced_off: Collection[str] = ()) -> VMView:
+    async def start(self, name: str, paused: bool = False, fenced_off: Collection[str] = ()) -> VMView:
         """Start the VM on the host placement picks now, unless it runs somewhere already.
+        `paused`: QEMU sets the machine up, its guest runs no code until resume() (QEMU -S).
         `fenced_off`: hosts that do not answer, and HA has proven the VM gone from (it starts
         on none of them, and they are not asked whether it runs there)."""
+        # The checks read the catalog, other VMs' image headers and the VM's host: off the event
+        # loop, which meanwhile serves other requests, the monitors of QEMUs starting beside
+        # this one among them.
+        spec = await asyncio.to_thread(self._startable, name, fenced_off)
+        chosen = await self.placement.choose(spec, avoid=fenced_off, among=self._paused_here(name) if paused else None)
+        # Recorded first: whatever happens next, the catalog never points away from its QEMU.
+        self.placement.record(name, should_run=True, host=chosen.name)
+        try:
+            status = (await self._start_here(spec, paused) if chosen.name == LOCAL_HOST
+                      else await self.placement.run(chosen, spec, paused))
+        except BaseException:
+            self.placement.record(name, should_run=False)
+            raise
+        return self.show(name, status)
+
+    def _paused_here(self, name: str) -> list[str]:
+        """The hosts a paused start may use: this machine, where Cairn resumes VMs."""
+        hosts, _ = self.placement.candidates(name)
+        if LOCAL_HOST not in hosts:
+            raise ConflictError(f"VM {name} starts paused only on this machine ({LOCAL_HOST}: Cairn resumes VMs "
+                                f"there), which is not in its compute pool ({', '.join(hosts)})")
+        return [LOCAL_HOST]
+
+    async def _start_here(self, spec: VMSpec, paused: bool) -> VMStatus:
+        with self.networks.starting(spec):
+            status = await self.driver.start(spec, paused=paused)
+        with self.catalog() as s:
+            opts = s.get(VMOptionsRecord, spec.name)
+        if opts and opts.linked_to:
+            await self.driver.stream_disks(spec.name, self._own_bottoms(spec.name, opts.linked_to))
+        return status
+
+    def _startable(self, name: str, fenced_off: Collection[str]) -> VMSpec:
+        """The VM's definition, once it may start: no other VM reads the files it would write,
+        its library images are intact, and it runs nowhere (on a host of `fenced_off` it cannot)."""
         spec = self.spec(name)
         # A running guest writes its active layers; the layers under them stay as they are.
         self.require_unread([d.path for d in spec.disks], f"starting VM {name}", besides=name,
@@ -255,25 +325,7 @@ class VMService:
                 raise _silent(name, host)
             if current.state in ACTIVE:
                 raise ConflictError(f"VM {name} is already {current.state}{_on(host)}")
-        chosen = await self.placement.choose(spec, avoid=fenced_off)
-        # Recorded first: whatever happens next, the catalog never points away from its QEMU.
-        self.placement.record(name, should_run=True, host=chosen.name)
-        try:
-            status = (await self._start_here(spec) if chosen.name == LOCAL_HOST
-                      else await self.placement.run(chosen, spec))
-        except BaseException:
-            self.placement.record(name, should_run=False)
-            raise
-        return self.show(name, status)
-
-    async def _start_here(self, spec: VMSpec) -> VMStatus:
-        with self.networks.starting(spec):
-            status = await self.driver.start(spec)
-        with self.catalog() as s:
-            opts = s.get(VMOptionsRecord, spec.name)
-        if opts and opts.linked_to:
-            await self.driver.stream_disks(spec.name, [d.name for d in spec.disks])
-        return status
+        return spec
 
     async def stop(self, name: str, timeout: float = 30.0, force: bool = False) -> VMView:
         self.spec(name)
@@ -343,10 +395,10 @@ class VMService:
         rows: dict[str, list[dict[str, Any]]] = {}
         with self.catalog.begin() as s:
             for record in VM_RECORDS:
-                column = record.name if record is VMRecord else record.vm_name
+                column = record.__table__.c["name" if record is VMRecord else "vm_name"]
                 for row in s.scalars(select(record).where(column == name)):
                     rows.setdefault(record.__tablename__, []).append(
-                        {a.key: getattr(row, a.key) for a in sa_inspect(record).column_attrs})
+                        {a.key: getattr(row, a.key) for a in record.__mapper__.column_attrs})
                     s.delete(row)
         self.driver.forget(name)
         if (host := rows[VMRecord.__tablename__][0]["host"]) != LOCAL_HOST:
@@ -426,6 +478,20 @@ class VMService:
                      if linked and self.driver.status(name).state in ACTIVE else {})
         return {disk: streaming.get(disk, 0.0) for disk in linked}
 
+    def _own_bottoms(self, name: str, source: str) -> dict[str, str]:
+        """Per disk of an instant clone that reads its source's files: the lowest layer of the
+        clone's own, which the stream fills with the source's data. Every layer above it, a
+        snapshot's taken before the first start too, then stands without the source, and the
+        chain stays as the snapshot tree knows it."""
+        base = self.settings.images_dir / source
+        bottoms = {}
+        for disk in self.spec(name).disks:
+            chain = backing_chain(disk.path)
+            at = next((i for i, f in enumerate(chain) if i and Path(f).parent == base), None)
+            if at is not None:
+                bottoms[disk.name] = chain[at - 1]
+        return bottoms
+
     def _linked_disks(self, name: str) -> list[str]:
         """The disks of an instant clone that still read from its source's files; when none
         does any more, the link is dropped (QEMU removed the backing files by itself)."""
@@ -439,7 +505,7 @@ class VMService:
                   if any(Path(f).parent == base for f in backing_chain(d.path)[1:])]
         if not linked:
             with self.catalog.begin() as s:
-                s.get(VMOptionsRecord, name).linked_to = None
+                s.get_one(VMOptionsRecord, name).linked_to = None
         return linked
 
     # -- who reads a file (readers.py) -------------------------------------------------------
@@ -598,6 +664,29 @@ class VMService:
             yield supervisor
         finally:
             supervisor.stop()
+
+    # Last in the class: the name would shadow the built-in `list` in the annotations after it.
+    def list(self) -> list[VMView]:
+        """Every VM, by name (a listing to show: page())."""
+        return self.page(ListQuery(limit=MAX_INTEGER))
+
+
+def _listed_fields(active: dict[str, VMStatus]) -> dict[str, ColumnElement[Any]]:
+    """What a VM listing filters and sorts by, as SQL: its definition's numbers, read from the
+    spec's JSON, and its live state and pid, known outside the catalog: a CASE of one branch per
+    value (`name IN (...)`, the VMs not stopped: few, whatever the number of VMs)."""
+    def live(value: Callable[[VMStatus], Any], otherwise: Any, sql_type: Any) -> ColumnElement[Any]:
+        names: dict[Any, list[str]] = {}
+        for name, status in active.items():
+            names.setdefault(value(status), []).append(name)
+        if not names:
+            return literal(otherwise, sql_type)
+        return type_coerce(case(*((VMRecord.name.in_(these), literal(v, sql_type)) for v, these in names.items()),
+                                else_=literal(otherwise, sql_type)), sql_type)
+    return {"name": VMRecord.name, "state": live(lambda st: st.state, "stopped", String()),
+            "pid": live(lambda st: st.pid, None, Integer()),
+            "vcpus": VMRecord.spec["vcpus"].as_integer(), "memory_mib": VMRecord.spec["memory_mib"].as_integer(),
+            "disks": VMRecord.spec["disks"]}
 
 
 def _on(host: str) -> str:

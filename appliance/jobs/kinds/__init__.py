@@ -1,5 +1,6 @@
 """The appliance's job kinds, one module per domain: backups (of its own VMs and of other hosts'),
-snapshots, restores, clones, migrations and the store's upkeep. `params.PARAMS` names what each takes.
+snapshots, restores, clones, migrations, the store's upkeep and off-site copies. `params.PARAMS`
+names what each takes.
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from .migrate import migrate_kinds
 from .restore import restore_kinds
 from .snapshot import snapshot_kinds
 from .store import store_kinds
+from .sync import sync_kinds
 
 if TYPE_CHECKING:
     from appliance.context import Appliance
@@ -19,4 +21,4 @@ if TYPE_CHECKING:
 
 def standard_kinds(app: Appliance) -> dict[str, JobKind[Any]]:
     return {**backup_kinds(app), **snapshot_kinds(app), **restore_kinds(app), **clone_kinds(app),
-            **migrate_kinds(app), **store_kinds(app)}
+            **migrate_kinds(app), **store_kinds(app), **sync_kinds(app)}

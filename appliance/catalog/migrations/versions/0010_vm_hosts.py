@@ -3,8 +3,8 @@
 Every VM so far ran on this machine ("local"); none is marked as meant to run, so HA restarts
 none elsewhere until Cairn starts it once more (its local crash restarts are as before).
 
-Revision ID: 0009
-Revises: 0008
+Revision ID: 0010
+Revises: 0009
 Create Date: 2026-12-06
 """
 from __future__ import annotations
@@ -12,8 +12,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = '0009'
-down_revision = '0008'
+revision = '0010'
+down_revision = '0009'
 branch_labels = None
 depends_on = None
 
