@@ -204,8 +204,8 @@ class VMService:
     def _active(self, session: Session) -> dict[str, VMStatus]:
         """Every VM not stopped, by name: this machine's from its driver's index, the others'
         as their hosts say."""
-        elsewhere = dict(session.execute(select(VMRecord.name, VMRecord.host).where(VMRecord.host != LOCAL_HOST))
-                         .tuples())
+        elsewhere = {name: host for name, host in session.execute(
+            select(VMRecord.name, VMRecord.host).where(VMRecord.host != LOCAL_HOST))}
         return {**self.driver.active(), **self._active_among(elsewhere, local=False)}
 
     def _active_among(self, hosts: dict[str, str], local: bool = True) -> dict[str, VMStatus]:
