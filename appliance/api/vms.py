@@ -127,8 +127,8 @@ class StopRequest(BaseModel):
 class HARequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     enabled: bool
-    max_restarts: int = Field(3, ge=1)
-    window_seconds: int = Field(600, ge=1)
+    max_restarts: int = Field(3, ge=1, strict=True)
+    window_seconds: int = Field(600, ge=1, strict=True)
 
 
 class ComputePoolRequest(BaseModel):
