@@ -128,7 +128,7 @@ class SftpBackend:
             f = sftp.open(temp, "wb")
             try:
                 f.set_pipelined(True)
-                yield f  # type: ignore[misc]
+                yield f
                 f.flush()
                 # The server handles one channel's requests in order: this follows the writes.
                 sftp._request(CMD_EXTENDED, "fsync@openssh.com", f.handle)
