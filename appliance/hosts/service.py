@@ -139,10 +139,6 @@ class HostService:
             s.add(HostRecord(name=name, kind=kind, uri=uri, options=options))
         return view
 
-    def list(self) -> list[HostView]:
-        with self.catalog() as s:
-            return [_view(r) for r in s.scalars(select(HostRecord).order_by(HostRecord.name))]
-
     def get(self, name: str) -> HostView:
         with self.catalog() as s:
             rec = s.get(HostRecord, name)
@@ -199,3 +195,8 @@ class HostService:
     def stop(self, name: str, vm: str, timeout: float = 60.0, force: bool = False) -> HostVM:
         with host_errors():
             return _driver(self.get(name)).stop(vm, timeout, force)
+
+    # Last in the class: the name would shadow the built-in `list` in the annotations after it.
+    def list(self) -> list[HostView]:
+        with self.catalog() as s:
+            return [_view(r) for r in s.scalars(select(HostRecord).order_by(HostRecord.name))]
