@@ -120,8 +120,8 @@ class DiskResize(BaseModel):
 
 class StopRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    timeout: float = Field(30.0, ge=0, le=MAX_STOP_TIMEOUT, description="seconds the guest gets to shut down")
-    force: bool = Field(False, description="end QEMU now; also cuts short a graceful stop that is waiting")
+    timeout: float = Field(default=30.0, ge=0, le=MAX_STOP_TIMEOUT, description="seconds the guest gets to shut down")
+    force: bool = Field(default=False, description="end QEMU now; also cuts short a graceful stop that is waiting")
 
 
 class HARequest(BaseModel):
