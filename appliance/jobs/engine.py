@@ -21,15 +21,15 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping
-from typing import Any, TypeVar, cast
+from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
-from sqlalchemy import ColumnElement, CursorResult, Result, select, update
+from sqlalchemy import ColumnElement, select, update
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from appliance.access.roles import Role
-from appliance.catalog.base import utcnow
+from appliance.catalog.base import rows_changed, utcnow
 from appliance.catalog.query import HasHeaders, ListQuery
 from appliance.errors import CairnError, ConflictError, ForbiddenError, NotFoundError
 from appliance.process import alive, ours
@@ -259,7 +259,7 @@ class JobEngine:
                                else getattr(JobRecord, column) == getattr(rec, column) for column in RELEASED]
                 changed = s.execute(update(JobRecord).where(JobRecord.id == rec.id, *same_runner)
                                     .values(**self.nodes.me.columns()))
-            if _rows(changed) != 1:
+            if rows_changed(changed) != 1:
                 if new:
                     _RUN_HERE.discard(rec.id)
                 return False
@@ -397,7 +397,7 @@ class JobEngine:
                 changed = s.execute(update(JobRecord).where(JobRecord.id == rec.id, JobRecord.state == JobState.QUEUED,
                                                             JobRecord.fence == fence)
                                     .values(state=JobState.RUNNING, started_at=utcnow()))
-                if _rows(changed) != 1:
+                if rows_changed(changed) != 1:
                     return None
                 return self.events.record(s, "job.started", f"{rec.kind} job started on {rec.resource}",
                                           resource=rec.resource, job_id=rec.id)
@@ -427,7 +427,7 @@ class JobEngine:
 
         def finish() -> dict[str, Any] | None:
             with self.catalog.begin() as s:
-                if _rows(s.execute(stmt.values(**values))) != 1:
+                if rows_changed(s.execute(stmt.values(**values))) != 1:
                     return None
                 rec = s.get_one(JobRecord, job_id)
                 claims.release(s, rec.resource, job_id)
@@ -523,11 +523,6 @@ class _Execution:
             data["detail"] = detail
         self.engine.events.publish({"kind": "job.progress", "job_id": self.rec.id, "resource": self.rec.resource,
                                     "data": data})
-
-
-def _rows(result: Result[Any]) -> int:
-    """How many rows an UPDATE changed."""
-    return cast(CursorResult[Any], result).rowcount
 
 
 def _describe(e: BaseException) -> str:
