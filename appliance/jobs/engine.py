@@ -288,11 +288,13 @@ class JobEngine:
             # The catalog stayed away for longer than a runner waits: the job is left as it stands,
             # no longer this process's, for this node's next recovery to roll back or resume.
             log.error("job %s: %s; it is left to this node's next recovery", job_id, _describe(e))
-            _RUN_HERE.discard(job_id)
         except Exception:
             log.exception("job %s broke its runner", job_id)
             self._finish(job_id, JobState.FAILED, error="internal error running the job (see the appliance log)")
         finally:
+            # Ended, taken over, or left to the next recovery: no longer run here (and the set
+            # stays as small as the work in hand, however long the process lives).
+            _RUN_HERE.discard(job_id)
             with self._lock:
                 self._cancels.pop(job_id, None)
             with self._ended:
