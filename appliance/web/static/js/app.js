@@ -3,11 +3,17 @@ import { call, hooks, session } from "./api.js";
 import { may } from "./roles.js";
 import { notify } from "./ui.js";
 import { accountPage } from "./pages/account.js";
+import { auditPage } from "./pages/audit.js";
 import { consolePage } from "./pages/console.js";
 import { dashboardPage } from "./pages/dashboard.js";
 import { filesPage } from "./pages/files.js";
+import { hostsPage } from "./pages/hosts.js";
+import { imagesPage } from "./pages/images.js";
 import { jobsPage } from "./pages/jobs.js";
+import { networksPage } from "./pages/networks.js";
+import { notificationsPage } from "./pages/notifications.js";
 import { policiesPage } from "./pages/policies.js";
+import { recyclePage } from "./pages/recycle.js";
 import { storePage } from "./pages/store.js";
 import { usersPage } from "./pages/users.js";
 import { vmPage } from "./pages/vm.js";
@@ -23,6 +29,12 @@ const ROUTES = [
   [/^#\/files\/(?<backup>[^/?]+)\/(?<disk>[^/?]+)(?:\?(?<query>.*))?$/, filesPage, "vms"],
   [/^#\/store$/, storePage, "store"],
   [/^#\/policies$/, policiesPage, "policies"],
+  [/^#\/images$/, imagesPage, "images"],
+  [/^#\/networks$/, networksPage, "networks"],
+  [/^#\/hosts$/, hostsPage, "hosts"],
+  [/^#\/recycle-bin$/, recyclePage, "recycle-bin"],
+  [/^#\/audit$/, auditPage, "audit"],
+  [/^#\/notifications$/, notificationsPage, "notifications"],
   [/^#\/users$/, usersPage, "users"],
   [/^#\/account$/, accountPage, "account"],
 ];
@@ -69,7 +81,8 @@ function signedOut(message) {
 function signedIn() {
   const current = session.get();
   $("whoami").textContent = `${current.user.name} (${current.user.role})`;
-  $("users-link").hidden = !may("GET", "/users");
+  // Pages only an admin may read are not offered to others.
+  for (const link of document.querySelectorAll("header a[data-needs]")) link.hidden = !may("GET", link.dataset.needs);
   clearTimeout(expiry);
   // setTimeout holds at most ~24 days; a session is far shorter.
   expiry = setTimeout(() => signedOut("Your session has expired: sign in again."),

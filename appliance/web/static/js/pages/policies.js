@@ -3,7 +3,7 @@
 import { call, get } from "../api.js";
 import { fill, h, table, when } from "../dom.js";
 import { may } from "../roles.js";
-import { actionButton, actionForm, confirmAction, field, runJob } from "../ui.js";
+import { actionButton, actionForm, confirmAction, field, notify, runJob } from "../ui.js";
 
 const KEEP = ["last", "hourly", "daily", "weekly", "monthly", "yearly"];
 const words = (text) => text.split(/[\s,]+/).filter(Boolean);
@@ -35,26 +35,62 @@ async function preview(out, shown) {
   fill(shown, parts);
 }
 
-function createForm(redraw) {
+// One form for a new policy and for changing one: edit() fills it with a policy's values, and saving
+// then replaces that policy (PUT) instead of adding one.
+function policyForm(redraw) {
+  let editing = null;
   const kind = h("select", { name: "kind" }, h("option", { value: "backup" }, "backup"),
     h("option", { value: "snapshot" }, "snapshot"));
-  return actionForm("POST", "/policies", [
+  const heading = h("h2", {}, "New policy");
+  const form = actionForm("POST", "/policies", [
     field("Kind", kind), field("Name", h("input", { name: "name", required: true })),
     field("Schedule (cron, UTC)", h("input", { name: "schedule", required: true, value: "0 2 * * *" })),
     field("VM patterns", h("input", { name: "vms", placeholder: "web*, db1" })),
     field("Tags", h("input", { name: "tags" })),
     field("Snapshots kept (snapshot)", h("input", { name: "keep", type: "number", min: "1", value: "7" })),
     ...KEEP.map((k) => field(`keep ${k} (backup)`, h("input", { name: `keep_${k}`, type: "number", min: "0", value: "0" }))),
-  ], "Create policy", async (values, form) => {
-    const body = { kind: values.kind, name: values.name, schedule: values.schedule, vms: words(values.vms),
-                   tags: words(values.tags) };
+  ], "Create policy", async (values) => {
+    values.kind ??= editing.policy.kind;   // a disabled field is not in the form's values
+    const body = { ...(editing?.policy ?? {}), kind: values.kind, name: values.name, schedule: values.schedule,
+                   vms: words(values.vms), tags: words(values.tags) };
     if (values.kind === "snapshot") body.keep = Number(values.keep);
     const retention = Object.fromEntries(KEEP.map((k) => [`keep_${k}`, Number(values[`keep_${k}`] || 0)]));
-    if (values.kind === "backup" && Object.values(retention).some(Boolean)) body.retention = retention;
-    await call("POST", "/policies", body);
-    form.reset();
+    if (values.kind === "backup") body.retention = Object.values(retention).some(Boolean) ? retention : null;
+    const saved = editing ? await call("PUT", `/policies/${editing.id}`, body) : await call("POST", "/policies", body);
+    notify(`Policy ${saved.policy.name} ${editing ? "saved" : "created"}.`);
+    reset();
     await redraw();
   });
+  if (!form) return { section: null, edit: null };
+  const submit = form.querySelector("button[type=submit]");
+  const cancel = h("button", { type: "button", hidden: true, onclick: () => reset() }, "Cancel");
+  submit.after(cancel);
+  const reset = () => {
+    editing = null;
+    form.reset();
+    form.elements.kind.disabled = false;
+    heading.textContent = "New policy";
+    submit.textContent = "Create policy";
+    cancel.hidden = true;
+  };
+  const edit = (out) => {
+    const p = out.policy;
+    editing = out;
+    form.reset();
+    form.elements.kind.value = p.kind;
+    form.elements.kind.disabled = true;   // the kind is what the policy is: another kind is another policy
+    form.elements.name.value = p.name;
+    form.elements.schedule.value = p.schedule;
+    form.elements.vms.value = p.vms.join(", ");
+    form.elements.tags.value = p.tags.join(", ");
+    if (p.kind === "snapshot") form.elements.keep.value = String(p.keep);
+    for (const k of KEEP) form.elements[`keep_${k}`].value = String(p.retention?.[`keep_${k}`] ?? 0);
+    heading.textContent = `Change policy ${p.name}`;
+    submit.textContent = "Save policy";
+    cancel.hidden = false;
+    form.elements.schedule.focus();
+  };
+  return { section: [heading, form], edit };
 }
 
 function remove(out, redraw) {
@@ -79,12 +115,13 @@ export async function policiesPage(main) {
           h("td", {}, p.enabled ? "enabled" : "disabled"),
           h("td", { class: "actions" },
             actionButton("Preview", "GET", `${path}/preview`, () => preview(out, shown)),
+            form.edit && h("button", { type: "button", onclick: () => form.edit(out) }, "Edit"),
             actionButton(p.enabled ? "Disable" : "Enable", "PUT", path,
               () => call("PUT", path, { ...p, enabled: !p.enabled }), draw),
             remove(out, draw)));
       }), "no policies"),
-      shown, form && [h("h2", {}, "New policy"), form]);
+      shown, form.section);
   };
-  const form = createForm(() => draw());
+  const form = policyForm(() => draw());
   await draw();
 }
