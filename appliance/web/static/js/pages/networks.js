@@ -12,9 +12,10 @@ function networkForm(pools, draw) {
     field("Address pool", h("select", { name: "address_pool", required: true },
       pools.filter((p) => p.kind === "address").map((p) => h("option", { value: p.name }, `${p.name} (${p.subnet})`)))),
     field("Bridge (default cbr-name)", h("input", { name: "bridge" })),
+    field("Network namespace (default the host's)", h("input", { name: "netns" })),
   ], "Add network", async (values, form) => {
     await call("POST", "/networks", { name: values.name, address_pool: values.address_pool,
-                                      bridge: values.bridge || null });
+                                      bridge: values.bridge || null, netns: values.netns || null });
     form.reset();
     await draw();
   });
