@@ -164,7 +164,17 @@ def test_every_page_against_a_real_appliance(appliance_data_dir: Path, guest_ker
         assert len(hook.received) == 1
         message = hook.received[0]
         assert signature_ok(SECRET, message["headers"]["X-Cairn-Signature"], message["body"])
-        element(browser, 'tr[data-rule="backup_failed"]')
+        # A rule's threshold, and quiet hours, saved and shown again.
+        threshold = element(browser, 'tr[data-rule="store.fill"] input[name=threshold_percent]')
+        threshold.clear()
+        threshold.send_keys("80")
+        click(browser, 'tr[data-rule="store.fill"]', "Save")
+        element(browser, "#notice", "Rule store.fill saved.")
+        until(browser, lambda b: read(b, 'tr[data-rule="store.fill"] input[name=threshold_percent]', "value") == "80",
+              "the page drawn again with the saved threshold")
+        fill_form(form_with(browser, "Save quiet hours"), {"timezone": "UTC"})
+        click(browser, "main", "Save quiet hours")
+        element(browser, "[data-quiet-hours]", "Messages wait from 22:00 to 07:00 (UTC)")
         screenshot(browser, "pages-07-notifications")
 
         go(browser, "Hosts")
@@ -183,7 +193,7 @@ def test_every_page_against_a_real_appliance(appliance_data_dir: Path, guest_ker
         # The API's reference, from the appliance itself (vendored Swagger UI, no CDN).
         browser.get(f"{base}/api/v1/docs")
         element(browser, ".swagger-ui .info .title", "Cairn")
-        element(browser, ".swagger-ui .opblock-tag", "images")
+        element(browser, ".swagger-ui .opblock-tag", "auth")
         screenshot(browser, "pages-09-api-docs")
 
         # A phone, in dark mode: the page fits the screen's width, and the colours are the dark ones.

@@ -57,11 +57,13 @@ function ruleRow(rule, targets, draw) {
         () => call("PATCH", path, { enabled: !rule.enabled }), draw), save));
 }
 
+const clock = (time) => time.slice(0, 5);   // "22:00:00" -> "22:00"
+
 function quietHoursForm(hours, draw) {
   const path = `${BASE}/quiet-hours`;
   const form = actionForm("PUT", path, [
-    field("From", h("input", { name: "start", type: "time", required: true, value: hours?.start ?? "22:00" })),
-    field("To", h("input", { name: "end", type: "time", required: true, value: hours?.end ?? "07:00" })),
+    field("From", h("input", { name: "start", type: "time", required: true, value: hours ? clock(hours.start) : "22:00" })),
+    field("To", h("input", { name: "end", type: "time", required: true, value: hours ? clock(hours.end) : "07:00" })),
     field("Time zone", h("input", { name: "timezone", value: hours?.timezone
       ?? Intl.DateTimeFormat().resolvedOptions().timeZone })),
     field("Hold errors too", h("input", { name: "hold_errors", type: "checkbox", value: "yes",
@@ -72,7 +74,7 @@ function quietHoursForm(hours, draw) {
     notify("Quiet hours saved.");
     await draw();
   });
-  return [h("p", { "data-quiet-hours": "" }, hours ? `Messages wait from ${hours.start} to ${hours.end} (${hours.timezone})`
+  return [h("p", { "data-quiet-hours": "" }, hours ? `Messages wait from ${clock(hours.start)} to ${clock(hours.end)} (${hours.timezone})`
     + `${hours.hold_errors ? ", errors too" : "; errors go at once"}.` : "No quiet hours: messages go at once."),
   form, hours && actionButton("No quiet hours", "DELETE", path, () => call("DELETE", path), draw)];
 }
