@@ -54,11 +54,12 @@ def go(browser, page: str) -> None:
     element(browser, "header nav a", page).click()
 
 
-def test_every_page_against_a_real_appliance(appliance_data_dir: Path, guest_kernel, netns: str, tmp_path: Path):
+def test_every_page_against_a_real_appliance(appliance_data_dir: Path, guest_kernel, netns: str,  # noqa: F811
+                                             tmp_path: Path):
     Store.init(appliance_data_dir / "store")
     add_user(appliance_data_dir, "ops", Role.ADMIN)
     image = tmp_path / "base.qcow2"
-    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(image), "64M"], check=True)
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(image), "128M"], check=True)
     with console_server(appliance_data_dir) as base, chromium() as browser, webhook() as hook:
         sign_in(browser, base, "ops")
 
@@ -106,6 +107,9 @@ def test_every_page_against_a_real_appliance(appliance_data_dir: Path, guest_ker
         result = element(browser, f'section[data-boot-test="{backup_id}"]', timeout=BACKUP_WAIT)
         assert result.get_attribute("data-passed") == "true", result.text
         assert "CAIRN: READY" in element(browser, "section[data-boot-test] pre.screen-text").text
+        # Its screen, captured at the end of the test, drawn from the PNG the appliance kept.
+        shot = element(browser, "section[data-boot-test] img.screen-shot")
+        assert browser.execute_script("return arguments[0].complete && arguments[0].naturalWidth", shot) >= 640
         screenshot(browser, "pages-03-vm-boot-tested")
 
         # Hardware: stopped, it gets a second vCPU.

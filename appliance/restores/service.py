@@ -66,7 +66,8 @@ class RestoreService:
         self.store = store
         self.journal = CatalogJournal(catalog, vms)
         self.instant = InstantRestoreService(settings, vms, store)
-        self.boot_tests = BootTestService(settings.scratch_dir, catalog, vms.driver, store)
+        self.boot_tests = BootTestService(settings.scratch_dir, settings.data_dir / "boot-tests", catalog, vms.driver,
+                                          store)
 
     def as_new_vm(self, backup_id: str, name: str, verify: bool = True,
                   progress: DiskProgress | None = None) -> VMRestore:

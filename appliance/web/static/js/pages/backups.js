@@ -1,6 +1,6 @@
 // A VM's backups: back up now; restore one as a new VM, instantly, over the VM or a disk to a target; browse
 // its files; delete.
-import { call } from "../api.js";
+import { call, download } from "../api.js";
 import { age, bytes, h, table, when } from "../dom.js";
 import { actionButton, actionForm, confirmAction, confirmedDeletion, field, notify, runJob } from "../ui.js";
 import { filesAddress } from "./files.js";
@@ -68,8 +68,20 @@ function instantRestore(backup, after) {
   });
 }
 
-// The last boot test of each backup run from this page, kept across the page's redraws.
+// The last boot test of each backup run from this page, and its screen (a data: URL: the page's
+// policy lets images come from the appliance or data: only), kept across the page's redraws.
 const bootTests = new Map();
+
+async function screenOf(result) {
+  if (!result.has_screen) return null;
+  const png = await download(`/backups/${result.backup_id}/boot-tests/${result.id}/screen`);
+  return new Promise((resolve, reject) => {
+    const reader = new FileReader();
+    reader.onload = () => resolve(reader.result);
+    reader.onerror = () => reject(reader.error);
+    reader.readAsDataURL(png);
+  });
+}
 
 function bootTest(backup, after) {
   const path = `/backups/${backup.id}/boot-test`;
@@ -77,7 +89,7 @@ function bootTest(backup, after) {
     notify(`Booting backup ${backup.id} in an isolated VM…`);
     return call("POST", path, {});
   }, async (result) => {
-    bootTests.set(backup.id, result);
+    bootTests.set(backup.id, { ...result, screen: await screenOf(result) });
     notify(result.passed ? `Backup ${backup.id} boots: ${result.reason}.` : `Backup ${backup.id} did not boot: ${result.reason}.`,
            !result.passed);
     await after();
@@ -91,6 +103,7 @@ function bootTestResult(result) {
       h("span", { class: result.passed ? "status-ok" : "status-failed" }, result.passed ? "passed" : "failed"),
       ` in ${result.seconds.toFixed(1)} s`),
     h("p", {}, result.reason),
+    result.screen && h("img", { class: "screen-shot", src: result.screen, alt: `the screen of backup ${result.backup_id} booted` }),
     h("pre", { class: "screen-text", tabindex: "0", "aria-label": "the booted backup's console" },
       result.console || "(the console showed nothing)"));
 }
