@@ -112,6 +112,31 @@ def test_every_page_against_a_real_appliance(appliance_data_dir: Path, guest_ker
         assert browser.execute_script("return arguments[0].complete && arguments[0].naturalWidth", shot) >= 640
         screenshot(browser, "pages-03-vm-boot-tested")
 
+        # Today's square of the backup calendar is green; a second backup, and the store's charts.
+        element(browser, "ol.calendar li[data-result=ok]")
+        click(browser, "main", "Back up now")
+        until(browser, lambda b: len(b.find_elements(By.CSS_SELECTOR, "tr[data-backup] .status-ok")) == 2,
+              "a second good backup", timeout=BACKUP_WAIT)
+        go(browser, "Store")
+        assert len(element(browser, "[data-charts] svg.chart").find_elements(By.CSS_SELECTOR, "circle.point")) == 2
+        screenshot(browser, "pages-04-store-charts")
+
+        # The task log of a backup job: its steps done, its result.
+        go(browser, "Jobs")
+        element(browser, "tr[data-job-row] a", "backup").click()
+        element(browser, "ol[data-steps] li.step-done")
+        assert "backup_id" in element(browser, "table[data-result]").text
+        screenshot(browser, "pages-05-job-log")
+
+        # One search over VMs, backups and jobs, from the header.
+        search = element(browser, "#search")
+        search.send_keys("web1", Keys.ENTER)
+        element(browser, 'tr[data-found-vm="web1"]')
+        element(browser, f'tr[data-found-backup="{backup_id}"]')
+        element(browser, "tr[data-found-job]", "backup")
+        screenshot(browser, "pages-06-search")
+        element(browser, 'tr[data-found-vm="web1"] a').click()
+
         # Hardware: stopped, it gets a second vCPU.
         click(browser, "main p.actions", "Force off")
         confirm(browser)
@@ -132,7 +157,7 @@ def test_every_page_against_a_real_appliance(appliance_data_dir: Path, guest_ker
         click(browser, "main", "Save policy")
         element(browser, 'tr[data-policy="nightly"]', "30 3 * * 1-5")
         element(browser, 'tr[data-policy="nightly"]', "daily 7")
-        screenshot(browser, "pages-04-policies")
+        screenshot(browser, "pages-07-policies")
 
         # Deleted into the recycle bin, and back.
         go(browser, "VMs")
@@ -141,7 +166,7 @@ def test_every_page_against_a_real_appliance(appliance_data_dir: Path, guest_ker
         until(browser, lambda b: not b.find_elements(By.CSS_SELECTOR, 'tr[data-vm="web1"]'), "web1 to leave the list")
         go(browser, "Recycle bin")
         element(browser, 'tr[data-recycled="web1"]', "vm")
-        screenshot(browser, "pages-05-recycle-bin")
+        screenshot(browser, "pages-08-recycle-bin")
         click(browser, 'tr[data-recycled="web1"]', "Restore")
         element(browser, "#notice", "Restored vm web1")
         element(browser, "main td", "the recycle bin is empty")
@@ -155,7 +180,7 @@ def test_every_page_against_a_real_appliance(appliance_data_dir: Path, guest_ker
         assert "ops" in restore_entry.text and "POST /api/v1/recycle-bin/" in restore_entry.text, restore_entry.text
         until(browser, lambda b: all("recycle-bin" in r.text for r in b.find_elements(By.CSS_SELECTOR, "tr[data-audit]")),
               "the search to leave only recycle-bin calls")
-        screenshot(browser, "pages-06-audit")
+        screenshot(browser, "pages-09-audit")
 
         # A webhook, and its test message, signed with the secret.
         go(browser, "Notifications")
@@ -179,11 +204,11 @@ def test_every_page_against_a_real_appliance(appliance_data_dir: Path, guest_ker
         fill_form(form_with(browser, "Save quiet hours"), {"timezone": "UTC"})
         click(browser, "main", "Save quiet hours")
         element(browser, "[data-quiet-hours]", "Messages wait from 22:00 to 07:00 (UTC)")
-        screenshot(browser, "pages-07-notifications")
+        screenshot(browser, "pages-10-notifications")
 
         go(browser, "Hosts")
         element(browser, "main td", "no other hosts")
-        screenshot(browser, "pages-08-hosts")
+        screenshot(browser, "pages-11-hosts")
 
         # The keyboard alone reaches a page: Tab to its link, Enter.
         browser.find_element(By.TAG_NAME, "body").click()
@@ -198,7 +223,7 @@ def test_every_page_against_a_real_appliance(appliance_data_dir: Path, guest_ker
         browser.get(f"{base}/api/v1/docs")
         element(browser, ".swagger-ui .info .title", "Cairn")
         element(browser, ".swagger-ui .opblock-tag", "auth")
-        screenshot(browser, "pages-09-api-docs")
+        screenshot(browser, "pages-12-api-docs")
 
         # A phone, in dark mode: the page fits the screen's width, and the colours are the dark ones.
         browser.set_window_size(390, 844)
@@ -209,4 +234,4 @@ def test_every_page_against_a_real_appliance(appliance_data_dir: Path, guest_ker
         assert browser.execute_script("return document.documentElement.scrollWidth <= window.innerWidth")
         background = browser.execute_script("return getComputedStyle(document.body).backgroundColor")
         assert background == "rgb(20, 24, 31)", background
-        screenshot(browser, "pages-10-phone-dark")
+        screenshot(browser, "pages-13-phone-dark")

@@ -9,11 +9,13 @@ import { dashboardPage } from "./pages/dashboard.js";
 import { filesPage } from "./pages/files.js";
 import { hostsPage } from "./pages/hosts.js";
 import { imagesPage } from "./pages/images.js";
+import { jobPage } from "./pages/job.js";
 import { jobsPage } from "./pages/jobs.js";
 import { networksPage } from "./pages/networks.js";
 import { notificationsPage } from "./pages/notifications.js";
 import { policiesPage } from "./pages/policies.js";
 import { recyclePage } from "./pages/recycle.js";
+import { searchPage } from "./pages/search.js";
 import { storePage } from "./pages/store.js";
 import { usersPage } from "./pages/users.js";
 import { vmPage } from "./pages/vm.js";
@@ -26,6 +28,7 @@ const ROUTES = [
   [/^#\/vm\/(?<name>[^/]+)$/, vmPage, "vms"],
   [/^#\/console\/(?<name>[^/]+)$/, consolePage, "vms"],
   [/^#\/jobs$/, jobsPage, "jobs"],
+  [/^#\/job\/(?<id>[^/]+)$/, jobPage, "jobs"],
   [/^#\/files\/(?<backup>[^/?]+)\/(?<disk>[^/?]+)(?:\?(?<query>.*))?$/, filesPage, "vms"],
   [/^#\/store$/, storePage, "store"],
   [/^#\/policies$/, policiesPage, "policies"],
@@ -37,6 +40,7 @@ const ROUTES = [
   [/^#\/notifications$/, notificationsPage, "notifications"],
   [/^#\/users$/, usersPage, "users"],
   [/^#\/account$/, accountPage, "account"],
+  [/^#\/search(?:\?(?<query>.*))?$/, searchPage, "search"],
 ];
 
 const $ = (id) => document.getElementById(id);
@@ -122,6 +126,10 @@ async function signOut() {
 hooks.sessionLost = (message) => signedOut(message);
 $("login").addEventListener("submit", signIn);
 $("sign-out").addEventListener("click", signOut);
+$("search-form").addEventListener("submit", (event) => {
+  event.preventDefault();
+  location.hash = `#/search?${new URLSearchParams({ q: $("search").value.trim() })}`;
+});
 window.addEventListener("hashchange", show);
 if (session.get()) signedIn();
 show();

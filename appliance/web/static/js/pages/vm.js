@@ -2,6 +2,7 @@
 import { call, get, getPage, listPath } from "../api.js";
 import { age, fill, h, table } from "../dom.js";
 import { actionForm, attempt, field, jobBar, live, notify, pager } from "../ui.js";
+import { backupCalendar, calendarStart } from "../calendar.js";
 import { backupSection } from "./backups.js";
 import { snapshotSection } from "./snapshots.js";
 import { vmActions } from "./vm_actions.js";
@@ -35,8 +36,10 @@ export async function vmPage(main, { name }, signal) {
   const jobsOfVM = "/jobs?sort=-created_at&limit=10&filter=" + encodeURIComponent(`resource:eq:vm:${name}`);
   let offset = 0;   // into the VM's backups, newest first
   const draw = async () => {
-    const [vm, tree, backups, jobs] = await Promise.all([get(path), get(`${path}/snapshots`),
-      getPage(listPath("/backups", { vm: name, sort: "-started_at", limit: BACKUPS_PER_PAGE, offset })), get(jobsOfVM)]);
+    const [vm, tree, backups, jobs, recent] = await Promise.all([get(path), get(`${path}/snapshots`),
+      getPage(listPath("/backups", { vm: name, sort: "-started_at", limit: BACKUPS_PER_PAGE, offset })), get(jobsOfVM),
+      get(listPath("/backups", { vm: name, limit: 1000,
+                                 filters: [`started_at:ge:${calendarStart().toISOString()}`] }))]);
     const pages = pager(offset, BACKUPS_PER_PAGE, backups.total, (to) => { offset = to; attempt(draw); });
     fill(main, 
       h("h1", {}, `VM ${vm.name} `, h("span", { class: `state-${vm.state}`, "data-vm-state": vm.state }, vm.state)),
@@ -44,9 +47,10 @@ export async function vmPage(main, { name }, signal) {
         vm.disks.map((d) => `${d.name} (${d.format})`).join(", "), " ",
         vmActions(vm, draw, () => { location.hash = "#/vms"; })),
       hardwareSection(vm, draw),
+      h("h2", {}, "Backups by day"), backupCalendar(recent),
       h("h2", {}, "Recent jobs"),
       table(["Job", "State", "Started", "Result"], jobs.map((j) => h("tr", {},
-        h("td", {}, j.kind), h("td", {}, jobBar(j)), h("td", {}, age(j.started_at ?? j.created_at)),
+        h("td", {}, h("a", { href: `#/job/${encodeURIComponent(j.id)}` }, j.kind)), h("td", {}, jobBar(j)), h("td", {}, age(j.started_at ?? j.created_at)),
         h("td", {}, j.error ?? (j.result?.backup_id ? `backup ${j.result.backup_id}` : "")))), "none"),
       snapshotSection(vm, tree, draw),
       backupSection(vm, backups, draw), pages);
