@@ -147,9 +147,13 @@ def test_every_page_against_a_real_appliance(appliance_data_dir: Path, guest_ker
         element(browser, "#notice", "2 vCPUs")
         element(browser, "main p.actions", "2 vCPUs")
 
-        # A policy, then changed in the same form.
+        # A policy: a bad schedule is refused, saying why; then created, then changed in the same form.
         go(browser, "Policies")
-        fill_form(form_with(browser, "Create policy"), {"name": "nightly", "vms": "web*"})
+        fill_form(form_with(browser, "Create policy"), {"name": "nightly", "vms": "web*", "schedule": "at two"})
+        click(browser, "main", "Create policy")
+        element(browser, "#notice.error", "schedule: 'at two' is not a cron expression")
+        assert not browser.find_elements(By.CSS_SELECTOR, 'tr[data-policy="nightly"]')
+        fill_form(form_with(browser, "Create policy"), {"schedule": "0 2 * * *"})
         click(browser, "main", "Create policy")
         element(browser, 'tr[data-policy="nightly"]', "0 2 * * *")
         click(browser, 'tr[data-policy="nightly"]', "Edit")

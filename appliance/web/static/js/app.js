@@ -1,7 +1,7 @@
 // The console's shell: signing in and out, the session's end, and which page shows for the address.
 import { call, hooks, session } from "./api.js";
 import { may } from "./roles.js";
-import { notify } from "./ui.js";
+import { describeError, notify } from "./ui.js";
 import { accountPage } from "./pages/account.js";
 import { auditPage } from "./pages/audit.js";
 import { consolePage } from "./pages/console.js";
@@ -70,7 +70,7 @@ async function show() {
   try {
     await route[1](page, params, leaving.signal);
   } catch (e) {
-    if (e.name !== "AbortError") notify(e.code ? `${e.code}: ${e.message}` : String(e), true);
+    if (e.name !== "AbortError") notify(describeError(e), true);
   }
 }
 
