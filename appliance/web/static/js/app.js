@@ -1,6 +1,6 @@
 // The console's shell: signing in and out, the session's end, and which page shows for the address.
 import { call, hooks, session } from "./api.js";
-import { may } from "./roles.js";
+import { loadRule, may } from "./roles.js";
 import { describeError, notify } from "./ui.js";
 import { accountPage } from "./pages/account.js";
 import { auditPage } from "./pages/audit.js";
@@ -56,6 +56,14 @@ async function show() {
   const main = $("main");
   main.replaceChildren();
   if (!current) return;
+  try {
+    await loadRule();
+  } catch (e) {
+    notify(describeError(e), true);
+    return;
+  }
+  // Pages only an admin may read are not offered to others.
+  for (const link of document.querySelectorAll("header a[data-needs]")) link.hidden = !may("GET", link.dataset.needs);
   const route = ROUTES.find(([pattern]) => pattern.test(location.hash)) ?? ROUTES[0];
   // Names in the address are decoded; a query string stays as it is, for URLSearchParams.
   const params = Object.fromEntries(Object.entries(location.hash.match(route[0])?.groups ?? {})
@@ -85,8 +93,6 @@ function signedOut(message) {
 function signedIn() {
   const current = session.get();
   $("whoami").textContent = `${current.user.name} (${current.user.role})`;
-  // Pages only an admin may read are not offered to others.
-  for (const link of document.querySelectorAll("header a[data-needs]")) link.hidden = !may("GET", link.dataset.needs);
   clearTimeout(expiry);
   // setTimeout holds at most ~24 days; a session is far shorter.
   expiry = setTimeout(() => signedOut("Your session has expired: sign in again."),
