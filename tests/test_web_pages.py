@@ -161,6 +161,8 @@ def test_every_page_against_a_real_appliance(appliance_data_dir: Path, guest_ker
         click(browser, "main", "Save policy")
         element(browser, 'tr[data-policy="nightly"]', "30 3 * * 1-5")
         element(browser, 'tr[data-policy="nightly"]', "daily 7")
+        assert read(browser, 'tr[data-policy="nightly"] td:nth-child(6)') == "never"      # last run
+        assert read(browser, 'tr[data-policy="nightly"] td:nth-child(7)') not in ("", "–")  # next run
         screenshot(browser, "pages-07-policies")
 
         # Deleted into the recycle bin, and back.

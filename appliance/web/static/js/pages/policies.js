@@ -1,7 +1,7 @@
 // Backup and snapshot policies: the list, a preview of the next runs and of what retention would
 // keep, create, enable or disable, delete.
-import { call, get } from "../api.js";
-import { fill, h, table, when } from "../dom.js";
+import { call, get, listPath } from "../api.js";
+import { age, fill, h, table, when } from "../dom.js";
 import { may } from "../roles.js";
 import { actionButton, actionForm, confirmAction, field, notify, runJob } from "../ui.js";
 
@@ -47,8 +47,9 @@ function policyForm(redraw) {
     field("Schedule (cron, UTC)", h("input", { name: "schedule", required: true, value: "0 2 * * *" })),
     field("VM patterns", h("input", { name: "vms", placeholder: "web*, db1" })),
     field("Tags", h("input", { name: "tags" })),
-    field("Snapshots kept (snapshot)", h("input", { name: "keep", type: "number", min: "1", value: "7" })),
-    ...KEEP.map((k) => field(`keep ${k} (backup)`, h("input", { name: `keep_${k}`, type: "number", min: "0", value: "0" }))),
+    h("label", { "data-for": "snapshot" }, "Snapshots kept", h("input", { name: "keep", type: "number", min: "1", value: "7" })),
+    ...KEEP.map((k) => h("label", { "data-for": "backup" }, `keep ${k}`,
+      h("input", { name: `keep_${k}`, type: "number", min: "0", value: "0" }))),
   ], "Create policy", async (values) => {
     values.kind ??= editing.policy.kind;   // a disabled field is not in the form's values
     const body = { ...(editing?.policy ?? {}), kind: values.kind, name: values.name, schedule: values.schedule,
@@ -62,12 +63,19 @@ function policyForm(redraw) {
     await redraw();
   });
   if (!form) return { section: null, edit: null };
+  // Only the fields of the policy's kind show: a snapshot policy has no retention, a backup policy no count.
+  const showKind = () => {
+    for (const label of form.querySelectorAll("[data-for]")) label.hidden = label.dataset.for !== kind.value;
+  };
+  kind.addEventListener("change", showKind);
+  showKind();
   const submit = form.querySelector("button[type=submit]");
   const cancel = h("button", { type: "button", hidden: true, onclick: () => reset() }, "Cancel");
   submit.after(cancel);
   const reset = () => {
     editing = null;
     form.reset();
+    showKind();
     form.elements.kind.disabled = false;
     heading.textContent = "New policy";
     submit.textContent = "Create policy";
@@ -78,6 +86,7 @@ function policyForm(redraw) {
     editing = out;
     form.reset();
     form.elements.kind.value = p.kind;
+    showKind();
     form.elements.kind.disabled = true;   // the kind is what the policy is: another kind is another policy
     form.elements.name.value = p.name;
     form.elements.schedule.value = p.schedule;
@@ -102,17 +111,34 @@ function remove(out, redraw) {
   }, redraw, { class: "danger" });
 }
 
+// The newest job each policy started (one query for all of them), and each one's next run.
+async function runsOf(policies) {
+  if (!policies.length) return { last: new Map(), next: new Map() };
+  const ids = policies.map((out) => out.id);
+  const [jobs, previews] = await Promise.all([
+    get(listPath("/jobs", { sort: "-created_at", limit: 1000, filters: [`policy_id:in:${ids.join("|")}`] })),
+    Promise.all(policies.map((out) => (out.policy.enabled ? get(`/policies/${out.id}/preview?count=1`) : null)))]);
+  const last = new Map();
+  for (const job of jobs) if (!last.has(job.policy_id)) last.set(job.policy_id, job);
+  return { last, next: new Map(ids.map((id, i) => [id, previews[i]?.next_runs[0] ?? null])) };
+}
+
 export async function policiesPage(main) {
   const shown = h("div", { id: "policy-preview" });
   const draw = async () => {
     const policies = await get("/policies?sort=name");
+    const { last, next } = await runsOf(policies);
     fill(main, h("h1", {}, "Policies"),
-      table(["Policy", "Kind", "Schedule", "What", "State", ""], policies.map((out) => {
+      table(["Policy", "Kind", "Schedule", "What", "State", "Last run", "Next run", ""], policies.map((out) => {
         const p = out.policy;
         const path = `/policies/${out.id}`;
+        const job = last.get(out.id);
         return h("tr", { "data-policy": p.name },
           h("td", {}, p.name), h("td", {}, p.kind), h("td", {}, p.schedule), h("td", {}, describe(p)),
           h("td", {}, p.enabled ? "enabled" : "disabled"),
+          h("td", {}, job ? h("a", { href: `#/job/${encodeURIComponent(job.id)}`, class: `state-${job.state}`,
+                                     title: job.error ?? "" }, `${job.state} ${age(job.created_at)}`) : "never"),
+          h("td", {}, when(next.get(out.id))),
           h("td", { class: "actions" },
             actionButton("Preview", "GET", `${path}/preview`, () => preview(out, shown)),
             form.edit && h("button", { type: "button", onclick: () => form.edit(out) }, "Edit"),
