@@ -50,6 +50,17 @@ def form_with(browser, button_label: str):
     return element(browser, "form.inline button[type=submit]", button_label).find_element(By.XPATH, "./ancestor::form")
 
 
+def forget_api_calls(browser) -> None:
+    browser.execute_script("performance.clearResourceTimings();")
+
+
+def api_calls(browser) -> list[str]:
+    """The paths of the API calls the page made since forget_api_calls() (the browser's resource timing)."""
+    return browser.execute_script(
+        "return performance.getEntriesByType('resource').map((e) => new URL(e.name))"
+        ".filter((u) => u.pathname.startsWith('/api/v1/')).map((u) => u.pathname);")
+
+
 def go(browser, page: str) -> None:
     element(browser, "header nav a", page).click()
 
@@ -178,6 +189,14 @@ def test_every_page_against_a_real_appliance(appliance_data_dir: Path, guest_ker
         element(browser, "main td", "the recycle bin is empty")
         go(browser, "VMs")
         element(browser, 'tr[data-vm="web1"]', "stopped")
+        # One round trip per action: the start's answer carries the VM's new state, and its row is drawn from it.
+        forget_api_calls(browser)
+        click(browser, 'tr[data-vm="web1"]', "Start")
+        element(browser, 'tr[data-vm="web1"] .state-running')
+        assert api_calls(browser) == ["/api/v1/vms/web1/start"]
+        click(browser, 'tr[data-vm="web1"]', "Force off")
+        confirm(browser)
+        element(browser, 'tr[data-vm="web1"] .state-stopped')
 
         # The audit log says who did it, searched by what was done.
         go(browser, "Audit")

@@ -66,13 +66,20 @@ export async function vmsPage(main) {
   const rows = h("tbody");
   const where = h("div");
   let offset = 0;
+  // A VM's row. An action's answer carries the VM's new state (start, stop: the VM; delete: what it
+  // took), so the row is drawn again from it, with no second call; only a deletion reloads the page.
+  const row = (v) => {
+    const tr = h("tr", { "data-vm": v.name },
+      h("td", {}, h("a", { href: `#/vm/${encodeURIComponent(v.name)}` }, v.name)),
+      h("td", { class: `state-${v.state}` }, v.state), h("td", {}, String(v.vcpus)), h("td", {}, `${v.memory_mib} MiB`),
+      h("td", {}, v.disks.map((d) => d.name).join(", ")),
+      h("td", { class: "actions" }, vmActions(v, (changed) => (changed?.state ? tr.replaceWith(row(changed)) : load()),
+                                              () => load())));
+    return tr;
+  };
   const load = async () => {
     const { items, total } = await getPage(vmQuery(filter.value.trim(), state.value, offset));
-    rows.replaceChildren(...items.map((v) =>
-      h("tr", { "data-vm": v.name },
-        h("td", {}, h("a", { href: `#/vm/${encodeURIComponent(v.name)}` }, v.name)),
-        h("td", { class: `state-${v.state}` }, v.state), h("td", {}, String(v.vcpus)), h("td", {}, `${v.memory_mib} MiB`),
-        h("td", {}, v.disks.map((d) => d.name).join(", ")), h("td", { class: "actions" }, vmActions(v, load)))));
+    rows.replaceChildren(...items.map(row));
     if (!items.length) rows.replaceChildren(h("tr", {}, h("td", { colspan: "6", class: "muted" }, "no VMs")));
     fill(where, pager(offset, ROWS_PER_PAGE, total, (to) => { offset = to; attempt(load); }));
   };
