@@ -72,6 +72,7 @@ async function show() {
     link.classList.toggle("active", link.dataset.page === route[2]);
   }
   main.dataset.page = route[2];
+  if (route[2] !== "search") $("search").value = "";   // the box says what the page shows, or nothing
   // Each page draws into a new element of its own: a late answer of a page left behind lands nowhere.
   const page = document.createElement("div");
   main.append(page);
