@@ -151,6 +151,11 @@ def test_bad_definitions_get_clear_errors_and_change_nothing(api_client, guest_k
     assert [v["name"] for v in api_client.get("/api/v1/vms").json()] == []
     r = api_client.put("/api/v1/vms/none/ha", json={"enabled": True})
     assert r.status_code == 404
+    appliance.vms.create("hacfg", [16 << 20])
+    for body in [{"enabled": True, "max_restarts": True}, {"enabled": True, "window_seconds": "60"},
+                 {"enabled": True, "max_restarts": 0}]:
+        r = api_client.put("/api/v1/vms/hacfg/ha", json=body)
+        assert r.status_code == 422, (body, r.text)   # a count is a number, not a yes
 
 
 @needs_xorriso
