@@ -174,6 +174,12 @@ def test_every_page_against_a_real_appliance(appliance_data_dir: Path, guest_ker
         element(browser, 'tr[data-policy="nightly"]', "daily 7")
         assert read(browser, 'tr[data-policy="nightly"] td:nth-child(6)') == "never"      # last run
         assert read(browser, 'tr[data-policy="nightly"] td:nth-child(7)') not in ("", "–")  # next run
+        # The store's upkeep on a schedule: a verify policy selects no VMs, it samples the store.
+        fill_form(form_with(browser, "Create policy"), {"kind": "verify", "name": "sunday-check",
+                                                        "schedule": "0 3 * * 0", "sample_percent": "10"})
+        assert not form_with(browser, "Create policy").find_element(By.NAME, "vms").is_displayed()
+        click(browser, "main", "Create policy")
+        element(browser, 'tr[data-policy="sunday-check"]', "verify 10% of the chunks")
         screenshot(browser, "pages-07-policies")
 
         # Deleted into the recycle bin, and back.

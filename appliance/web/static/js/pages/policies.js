@@ -8,8 +8,13 @@ import { actionButton, actionForm, confirmAction, field, notify, runJob } from "
 const KEEP = ["last", "hourly", "daily", "weekly", "monthly", "yearly"];
 const words = (text) => text.split(/[\s,]+/).filter(Boolean);
 
+const SELECTING = ["backup", "snapshot", "sync"];   // the kinds that act on VMs; verify and gc act on the store
+
 function describe(p) {
+  if (p.kind === "verify") return `the store: verify ${p.sample_percent}% of the chunks`;
+  if (p.kind === "gc") return "the store: collect unreferenced chunks";
   const who = [...p.vms.map((v) => `VMs ${v}`), ...p.tags.map((t) => `tag ${t}`)].join(", ");
+  if (p.kind === "sync") return `${who}; copy to ${p.target ?? "this appliance"} from ${p.source ?? "this appliance"}`;
   const what = p.kind === "snapshot" ? `keep ${p.keep} snapshots`
     : p.retention ? `keep ${KEEP.filter((k) => p.retention[`keep_${k}`]).map((k) => `${k} ${p.retention[`keep_${k}`]}`).join(", ")}`
       : "keep all";
@@ -39,21 +44,24 @@ async function preview(out, shown) {
 // then replaces that policy (PUT) instead of adding one.
 function policyForm(redraw) {
   let editing = null;
-  const kind = h("select", { name: "kind" }, h("option", { value: "backup" }, "backup"),
-    h("option", { value: "snapshot" }, "snapshot"));
+  const kind = h("select", { name: "kind" }, ["backup", "snapshot", "verify", "gc"].map((k) =>
+    h("option", { value: k }, k === "gc" ? "GC" : k)));
   const heading = h("h2", {}, "New policy");
   const form = actionForm("POST", "/policies", [
     field("Kind", kind), field("Name", h("input", { name: "name", required: true })),
     field("Schedule (cron, UTC)", h("input", { name: "schedule", required: true, value: "0 2 * * *" })),
-    field("VM patterns", h("input", { name: "vms", placeholder: "web*, db1" })),
-    field("Tags", h("input", { name: "tags" })),
+    h("label", { "data-for": "backup snapshot" }, "VM patterns", h("input", { name: "vms", placeholder: "web*, db1" })),
+    h("label", { "data-for": "backup snapshot" }, "Tags", h("input", { name: "tags" })),
+    h("label", { "data-for": "verify" }, "Verify % of chunks",
+      h("input", { name: "sample_percent", type: "number", min: "0.1", max: "100", step: "any", value: "100" })),
     h("label", { "data-for": "snapshot" }, "Snapshots kept", h("input", { name: "keep", type: "number", min: "1", value: "7" })),
     ...KEEP.map((k) => h("label", { "data-for": "backup" }, `keep ${k}`,
       h("input", { name: `keep_${k}`, type: "number", min: "0", value: "0" }))),
   ], "Create policy", async (values) => {
     values.kind ??= editing.policy.kind;   // a disabled field is not in the form's values
-    const body = { ...(editing?.policy ?? {}), kind: values.kind, name: values.name, schedule: values.schedule,
-                   vms: words(values.vms), tags: words(values.tags) };
+    const body = { ...(editing?.policy ?? {}), kind: values.kind, name: values.name, schedule: values.schedule };
+    if (SELECTING.includes(values.kind)) Object.assign(body, { vms: words(values.vms), tags: words(values.tags) });
+    if (values.kind === "verify") body.sample_percent = Number(values.sample_percent);
     if (values.kind === "snapshot") body.keep = Number(values.keep);
     const retention = Object.fromEntries(KEEP.map((k) => [`keep_${k}`, Number(values[`keep_${k}`] || 0)]));
     if (values.kind === "backup") body.retention = Object.values(retention).some(Boolean) ? retention : null;
@@ -65,7 +73,9 @@ function policyForm(redraw) {
   if (!form) return { section: null, edit: null };
   // Only the fields of the policy's kind show: a snapshot policy has no retention, a backup policy no count.
   const showKind = () => {
-    for (const label of form.querySelectorAll("[data-for]")) label.hidden = label.dataset.for !== kind.value;
+    for (const label of form.querySelectorAll("[data-for]")) {
+      label.hidden = !label.dataset.for.split(" ").includes(kind.value);
+    }
   };
   kind.addEventListener("change", showKind);
   showKind();
@@ -90,8 +100,9 @@ function policyForm(redraw) {
     form.elements.kind.disabled = true;   // the kind is what the policy is: another kind is another policy
     form.elements.name.value = p.name;
     form.elements.schedule.value = p.schedule;
-    form.elements.vms.value = p.vms.join(", ");
-    form.elements.tags.value = p.tags.join(", ");
+    form.elements.vms.value = (p.vms ?? []).join(", ");
+    form.elements.tags.value = (p.tags ?? []).join(", ");
+    if (p.kind === "verify") form.elements.sample_percent.value = String(p.sample_percent);
     if (p.kind === "snapshot") form.elements.keep.value = String(p.keep);
     for (const k of KEEP) form.elements[`keep_${k}`].value = String(p.retention?.[`keep_${k}`] ?? 0);
     heading.textContent = `Change policy ${p.name}`;
