@@ -11,6 +11,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from libvirt_helpers import libvirt_guest
+from libvirtd_server import libvirtd  # noqa: F401  (fixture)
 from network_helpers import netns  # noqa: F401  (fixture)
 from notification_receivers import SECRET, signature_ok, webhook
 from selenium.webdriver.common.by import By
@@ -266,3 +268,26 @@ def test_every_page_against_a_real_appliance(appliance_data_dir: Path, guest_ker
         background = browser.execute_script("return getComputedStyle(document.body).backgroundColor")
         assert background == "rgb(20, 24, 31)", background
         screenshot(browser, "pages-13-phone-dark")
+
+
+def test_a_libvirt_hosts_vms_started_and_backed_up_in_the_browser(appliance_data_dir: Path, libvirtd,  # noqa: F811
+                                                                     guest_kernel):
+    Store.init(appliance_data_dir / "store")
+    add_user(appliance_data_dir, "ops", Role.ADMIN)
+    with (console_server(appliance_data_dir) as base, chromium() as browser,
+          libvirt_guest(libvirtd, "webguest", guest_kernel, start=False) as guest):
+        sign_in(browser, base, "ops")
+        go(browser, "Hosts")
+        fill_form(form_with(browser, "Add host"), {"name": "kvm1", "kind": "libvirt", "uri": libvirtd.uri,
+                                                  "libvirt_dir": str(libvirtd.lib_dir)})
+        click(browser, "main", "Add host")
+        click(browser, 'tr[data-host="kvm1"]', "VMs")
+        element(browser, 'tr[data-host-vm="webguest"]', "stopped")
+        click(browser, 'tr[data-host-vm="webguest"]', "Start")
+        element(browser, 'tr[data-host-vm="webguest"] .state-running')
+        guest.wait_serial("CAIRN: READY")
+        click(browser, 'tr[data-host-vm="webguest"]', "Back up")
+        element(browser, "#notice", "Backed up webguest of kvm1: backup ", timeout=BACKUP_WAIT)
+        screenshot(browser, "pages-14-libvirt-host")
+        click(browser, 'tr[data-host-vm="webguest"]', "Stop")
+        element(browser, 'tr[data-host-vm="webguest"] .state-stopped', timeout=BACKUP_WAIT)

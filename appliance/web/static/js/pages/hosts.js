@@ -15,9 +15,10 @@ function hostForm(draw) {
     field("URI", h("input", { name: "uri", required: true, size: "28", placeholder: "qemu+ssh://root@node2/system" })),
     field("Key file (ssh)", h("input", { name: "key_file", placeholder: "/etc/cairn/keys/node2" })),
     field("known_hosts", h("input", { name: "known_hosts" })),
+    field("Its /var/lib/libvirt as seen here", h("input", { name: "libvirt_dir", placeholder: "/var/lib/libvirt" })),
   ], "Add host", async (values, form) => {
     const body = { name: values.name, kind: values.kind, uri: values.uri };
-    for (const key of ["key_file", "known_hosts"]) if (values[key]) body[key] = values[key];
+    for (const key of ["key_file", "known_hosts", "libvirt_dir"]) if (values[key]) body[key] = values[key];
     await call("POST", "/hosts", body);
     form.reset();
     await draw();
