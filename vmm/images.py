@@ -149,6 +149,14 @@ def convert_image(src: str | os.PathLike[str], dst: str | os.PathLike[str],
     os.chmod(dst, DISK_MODE)
 
 
+def copy_into(src: str, src_format: str | None, target: str) -> None:
+    """Copy an image, its backing chain flattened, into an existing raw disk that reads as zeros (a
+    new RBD image): zeros are skipped, so the target stays thin."""
+    _qemu_img(["qemu-img", "convert", "-n", "--target-is-zero", "-W", "-m", "16",
+               *(["-f", src_format] if src_format else []), "-O", "raw", src, target],
+              f"qemu-img could not copy {src} into {target}")
+
+
 def resize_image(path: str | os.PathLike[str], size_bytes: int) -> None:
     """Grow an image that no running VM uses; shrinking is refused (it would cut data)."""
     path = os.fspath(path)

@@ -1,0 +1,183 @@
+"""Cairn VMs with their disks on RBD (a storage pool of kind rbd) on the test's own one-node Ceph
+(ceph_cluster.py): created thin, written by the guest, backed up full and then incrementally while
+the VM runs (its QEMU keeps the dirty bitmap in memory: a raw RBD image stores none), read in full
+with the reason after a restart and while stopped, restored into a file and into a new RBD image
+and compared byte for byte with `qemu-img compare` against copies taken while paused. Bad input
+(an unreachable cluster, a pool that does not exist) is refused, saying so, with nothing lost."""
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+from backup_helpers import reference_copy, run, same_content, wait_serial
+from guest.harness import MiB
+
+from appliance.backups.service import BackupResult
+from appliance.context import Appliance
+from appliance.errors import ConflictError
+from appliance.pools.service import PoolError
+from appliance.vms.records import VMRecord
+from appliance.vms.service import VMOptions
+from restore import parse_destination, restore_disk
+from restore.whole_vm import restore_vm_to_rbd
+from vmm.errors import VMSpecError, VMStartError
+from vmm.network_disks import network_disk
+
+VM = "onrbd"
+WRITER = "console=ttyS0 quiet cairn.mode=writer cairn.writes=1000 cairn.interval=1 cairn.writedisks=vda,vdb"
+
+
+def rbd_pool(appliance: Appliance, ceph_cluster, name: str = "ceph") -> str:
+    appliance.vms.pools.create_storage(name, "rbd", f"rbd:{ceph_cluster.rbd_pool}:conf={ceph_cluster.conf}")
+    return name
+
+
+def writes(appliance: Appliance) -> int:
+    return (appliance.settings.run_dir / VM / "serial.log").read_text(errors="replace").count("CAIRN: WRITE n=")
+
+
+def start(appliance: Appliance) -> None:
+    (appliance.settings.run_dir / VM / "serial.log").unlink(missing_ok=True)
+    run(appliance.vms.start(VM))
+    wait_serial(appliance, VM, "CAIRN: WRITE n=1", timeout=180)
+
+
+def paused_backup(appliance: Appliance, refdir: Path, full: bool = False) -> BackupResult:
+    """A backup of the running VM, its disks copied through QEMU while paused (what the backup must hold)."""
+    wait_serial(appliance, VM, f"CAIRN: WRITE n={writes(appliance) + 1}")   # new writes to find
+
+    async def body() -> BackupResult:
+        async with appliance.driver.session(VM) as s:
+            await s.execute("stop")
+            for d in ("vda", "vdb"):
+                await reference_copy(s, d, refdir / f"{d}.raw", refdir / "ref.sock")
+        try:
+            return await appliance.backups.create(appliance.vms.spec(VM), full=full)
+        finally:
+            async with appliance.driver.session(VM) as s:
+                await s.execute("cont")
+
+    return run(body())
+
+
+def compare(reference: Path, image: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["qemu-img", "compare", "-f", "raw", "-F", "raw", str(reference), image],
+                          capture_output=True, text=True, check=False)
+
+
+def assert_restores(appliance: Appliance, ceph_cluster, result: BackupResult, refdir: Path) -> None:
+    """Each disk restored into a file and into a new RBD image equals its copy taken while paused."""
+    for d in ("vda", "vdb"):
+        out = refdir / f"{d}-restored.raw"
+        restore_disk(appliance.store, result.manifest.backup_id, d, out, fmt="raw")
+        assert same_content(refdir / f"{d}.raw", out), f"{result.manifest.backup_id}: {d} differs (file)"
+        out.unlink()
+        target = f"rbd:{ceph_cluster.rbd_pool}/{ceph_cluster.unique(d)}?conf={ceph_cluster.conf}"
+        restore_disk(appliance.store, result.manifest.backup_id, d, parse_destination(target), verify=True)
+        image = target.partition("?")[0] + f":conf={ceph_cluster.conf}"
+        done = compare(refdir / f"{d}.raw", image)
+        assert done.returncode == 0, f"{result.manifest.backup_id}: {d} differs (RBD): {done.stdout}{done.stderr}"
+
+
+def used_bytes(ceph_cluster, path: str) -> int:
+    disk = network_disk(path)
+    (usage,) = json.loads(ceph_cluster.cli("rbd", "du", "--format", "json", f"{disk.pool}/{disk.image}"))["images"]
+    return usage["used_size"]
+
+
+@pytest.mark.slow
+def test_a_vm_on_rbd_is_backed_up_full_then_incrementally_while_it_runs_and_restores_byte_exact(
+        appliance, ceph_cluster, guest_kernel, tmp_path):
+    pool = rbd_pool(appliance, ceph_cluster)
+    spec = appliance.vms.create(VM, [64 * MiB, 32 * MiB], kernel=str(guest_kernel.kernel),
+                                initrd=str(guest_kernel.initrd), append=WRITER,
+                                options=VMOptions(storage_pool=pool))
+    assert [(d.name, d.format) for d in spec.disks] == [("vda", "raw"), ("vdb", "raw")]
+    assert all(d.path.startswith(f"rbd:{ceph_cluster.rbd_pool}/{VM}-") for d in spec.disks), spec.disks
+    assert all(used_bytes(ceph_cluster, d.path) == 0 for d in spec.disks), "thin: nothing allocated yet"
+    assert appliance.vms.pools.storage_users(appliance.vms.pools.storage_pool(pool)) == [VM]
+    start(appliance)
+
+    full = paused_backup(appliance, tmp_path)
+    assert full.manifest.kind == "full" and full.notes == [], full.notes
+    assert_restores(appliance, ceph_cluster, full, tmp_path)
+
+    # The running QEMU keeps a bitmap of each RBD disk in memory: the next backup reads what changed.
+    inc = paused_backup(appliance, tmp_path)
+    assert inc.manifest.kind == "incremental" and inc.notes == [], inc.notes
+    assert all(p.since for p in inc.points), inc.points
+    read = {d.name: d.stats.bytes_read for d in inc.manifest.disks}
+    assert all(n <= 8 * MiB for n in read.values()), read
+    assert_restores(appliance, ceph_cluster, inc, tmp_path)
+
+    # A restart loses those bitmaps: a full read of each disk, with the reason.
+    run(appliance.vms.stop(VM, force=True))
+    start(appliance)
+    after = paused_backup(appliance, tmp_path)
+    assert not any(p.since for p in after.points), after.points
+    for d in ("vda", "vdb"):
+        assert any(n.startswith(f"{d}: raw image: its checkpoint bitmap {inc.manifest.checkpoint} lived only in "
+                                "the QEMU that ran the VM then") for n in after.notes), after.notes
+    assert_restores(appliance, ceph_cluster, after, tmp_path)
+
+    # Stopped: qemu-nbd reads the images through the rbd driver, in full, and the backup says why.
+    run(appliance.vms.stop(VM, force=True))
+    for disk in appliance.vms.spec(VM).disks:
+        subprocess.run(["qemu-img", "convert", "-f", "raw", "-O", "raw", disk.path, str(tmp_path / f"{disk.name}.raw")],
+                       check=True)
+    stopped = run(appliance.backups.create(appliance.vms.spec(VM)))
+    assert "vda is raw: no dirty bitmap is stored in it (only a running VM's QEMU keeps one), full read" \
+        in stopped.notes, stopped.notes
+    assert_restores(appliance, ceph_cluster, stopped, tmp_path)
+
+    # The whole VM restores into new RBD images, which its definition names.
+    whole = restore_vm_to_rbd(appliance.store, stopped.manifest.backup_id,
+                              f"rbd:{ceph_cluster.rbd_pool}?conf={ceph_cluster.conf}",
+                              prefix=ceph_cluster.unique("copy"), verify=True)
+    for disk in whole.definition["disks"]:
+        assert compare(tmp_path / f"{disk['name']}.raw", disk["path"]).returncode == 0, disk
+
+    # Deleting the VM removes its images from the pool; the pool is free again.
+    appliance.vms.delete(VM)
+    images = ceph_cluster.cli("rbd", "ls", ceph_cluster.rbd_pool).split()
+    assert not [i for i in images if i.startswith(f"{VM}-")], images
+    appliance.vms.pools.delete_storage(pool)
+
+
+def test_an_unreachable_cluster_or_a_wrong_pool_is_refused_and_loses_nothing(appliance, ceph_cluster, tmp_path):
+    dead = tmp_path / "dead.conf"
+    dead.write_text("[global]\nmon host = v2:127.0.0.1:9\nauth cluster required = none\n")
+    with pytest.raises(PoolError, match=r"storage pool gone: cannot use Ceph pool rbd .*dead.conf"):
+        appliance.vms.pools.create_storage("gone", "rbd", f"rbd:rbd:conf={dead}")
+    with pytest.raises(PoolError, match="storage pool wrong: cannot use Ceph pool no-such-pool"):
+        appliance.vms.pools.create_storage("wrong", "rbd", f"rbd:no-such-pool:conf={ceph_cluster.conf}")
+    with pytest.raises(PoolError, match="keyring"):
+        appliance.vms.pools.create_storage("keyed", "rbd", f"rbd:rbd:conf={ceph_cluster.conf}:keyring=/k")
+    assert appliance.vms.pools.storage_pools() == []
+
+    pool = rbd_pool(appliance, ceph_cluster)
+    appliance.vms.create(VM, [16 * MiB], options=VMOptions(storage_pool=pool))
+    with pytest.raises(ConflictError, match=f"VM {VM} already exists"):
+        appliance.vms.create(VM, [16 * MiB], options=VMOptions(storage_pool=pool))
+    with pytest.raises(ConflictError, match=f"holds disks of VMs {VM}"):
+        appliance.vms.pools.delete_storage(pool)
+
+    # A VM whose disk names a pool that does not exist, or a cluster that does not answer, does not
+    # start: the error says which disk and why, quickly, and the VM and its image are still there.
+    spec = appliance.vms.spec(VM)
+    image = spec.disks[0].path
+    for broken, why in ((image.replace(f"rbd:{ceph_cluster.rbd_pool}/", "rbd:no-such-pool/"), "error opening pool"),
+                        (image.replace(str(ceph_cluster.conf), str(dead)), "")):
+        spec.disks[0].path = broken
+        with appliance.catalog.begin() as s:
+            s.get_one(VMRecord, VM).spec = spec.to_dict()
+        with pytest.raises(VMStartError, match=f"disk vda: cannot open RBD image .*{why}"):
+            run(appliance.vms.start(VM))
+        assert appliance.driver.status(VM).state == "stopped"
+    assert subprocess.run(["rbd", "-c", str(ceph_cluster.conf), "info", f"{ceph_cluster.rbd_pool}/{VM}-vda"],
+                          capture_output=True, check=False).returncode == 0, "the image is untouched"
+
+    with pytest.raises(VMSpecError, match="is not rbd:POOL"):
+        network_disk("rbd:just-a-pool")
