@@ -181,3 +181,43 @@ def test_an_unreachable_cluster_or_a_wrong_pool_is_refused_and_loses_nothing(app
 
     with pytest.raises(VMSpecError, match="is not rbd:POOL"):
         network_disk("rbd:just-a-pool")
+
+
+def rbd_images(ceph_cluster) -> list[str]:
+    return ceph_cluster.cli("rbd", "ls", ceph_cluster.rbd_pool).split()
+
+
+def test_a_vm_on_rbd_refuses_snapshots_and_goes_to_the_recycle_bin_with_its_images(api_client, appliance,
+                                                                                   ceph_cluster):
+    location = f"rbd:{ceph_cluster.rbd_pool}:conf={ceph_cluster.conf}"
+    made = api_client.post("/api/v1/pools", json={"kind": "storage", "name": "ceph", "type": "rbd", "path": location})
+    assert made.status_code == 201, made.text
+    assert made.json() == {"kind": "storage", "name": "ceph", "type": "rbd", "path": location}
+    created = api_client.post("/api/v1/vms", json={"name": VM, "disks": ["16M"], "storage_pool": "ceph",
+                                                   "console": False})
+    assert created.status_code == 201, created.text
+    vda = appliance.vms.spec(VM).disks[0].path
+    subprocess.run(["qemu-io", "-f", "raw", "-c", "write -P 0x5a 1M 1M", vda], check=True, capture_output=True)
+
+    with pytest.raises(ConflictError, match=r"cannot have snapshots: vda \(RBD image rbd/onrbd-vda .*rbd snap create"):
+        appliance.snapshots.check_create(VM, "s1")
+    with pytest.raises(ConflictError, match="cannot have snapshots"):
+        run(appliance.snapshots.create(VM, "s1"))
+
+    preview = api_client.delete(f"/api/v1/vms/{VM}", params={"dry_run": True}).json()
+    assert f"disk vda (RBD image {ceph_cluster.rbd_pool}/{VM}-vda (conf {ceph_cluster.conf}))" in preview["takes"]
+    deleted = api_client.delete(f"/api/v1/vms/{VM}").json()
+    assert deleted["recycle_id"], deleted
+    assert f"{VM}-vda" not in rbd_images(ceph_cluster)
+    assert [i for i in rbd_images(ceph_cluster) if i.startswith(".cairn-recycle-") and i.endswith(f"-{VM}-vda")]
+
+    assert api_client.post(f"/api/v1/recycle-bin/{deleted['recycle_id']}/restore").status_code == 200
+    assert appliance.vms.spec(VM).disks[0].path == vda
+    done = subprocess.run(["qemu-io", "-f", "raw", "-c", "read -P 0x5a 1M 1M", vda], capture_output=True, text=True,
+                          check=True)
+    assert "Pattern verification failed" not in done.stdout, "the data came back with the VM"
+
+    again = api_client.delete(f"/api/v1/vms/{VM}").json()
+    assert api_client.delete(f"/api/v1/recycle-bin/{again['recycle_id']}").status_code == 200
+    assert not [i for i in rbd_images(ceph_cluster) if i.endswith(f"{VM}-vda")], rbd_images(ceph_cluster)
+    assert api_client.delete("/api/v1/pools/storage/ceph").status_code == 204

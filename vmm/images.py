@@ -19,6 +19,7 @@ from typing import Any
 
 from . import qcow2
 from .errors import ImageError
+from .network_disks import is_network
 
 IMAGE_FORMATS = ("qcow2", "raw")
 # A disk holds a guest's data: readable by the appliance's user alone, whatever the umask.
@@ -132,6 +133,8 @@ def backing_chain(path: str | os.PathLike[str]) -> list[str]:
     """The files an image reads from: itself first, then each backing file down the chain.
     Read from the qcow2 headers (qcow2.py) when the chain is plain, else by qemu-img."""
     path = os.fspath(path)
+    if is_network(path):
+        return [path]   # raw by definition (network_disks.py): never probed, no backing file
     if (files := qcow2.chain(path, _foreign_format)) is not None:
         return files
     out = _qemu_img(["qemu-img", "info", "--backing-chain", "--output=json", "-U", path],

@@ -98,6 +98,14 @@ class RbdDisk:
             return False
         raise ImageError(f"cannot reach {self.describe()}", stderr=_ceph_error(done.stderr))
 
+    def renamed(self, image: str) -> RbdDisk:
+        """Rename the image within its pool (the recycle bin moves a deleted VM's images aside so)."""
+        target = RbdDisk(self.pool, self.namespace, image, self.conf, self.user)
+        done = self.rbd("rename", f"{self.pool}/{self.image}", f"{self.pool}/{image}")
+        if done.returncode != 0:
+            raise ImageError(f"cannot rename {self.describe()} to {image}", stderr=_ceph_error(done.stderr))
+        return target
+
     def remove(self) -> None:
         done = self.rbd("rm", "--no-progress", f"{self.pool}/{self.image}")
         if done.returncode != 0 and "No such file or directory" not in done.stderr:

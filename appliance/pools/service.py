@@ -198,7 +198,15 @@ def check_storage(name: str, kind: str, path: str | Path) -> StoragePool:
             pass
     except OSError as e:
         raise PoolError(f"storage pool {name}: cannot write in {folder}: {e.strerror}") from None
-    return StoragePool(name, kind, str(folder))  # type: ignore[arg-type]
+    return StoragePool(name, kind, str(folder))
+
+
+def rbd_conf(name: str, location: str) -> str | None:
+    """The Ceph configuration file an rbd pool's location names, if any (PoolError if malformed)."""
+    try:
+        return RbdPool.parse(location).conf
+    except VMSpecError as e:
+        raise PoolError(f"storage pool {name}: {e}") from None
 
 
 def _check_rbd(name: str, location: str) -> StoragePool:
@@ -292,7 +300,7 @@ class PoolService:
         """Forget a pool no VM has disks in; its folder and files stay."""
         with self.catalog.begin() as s:
             r = self._get(s, StoragePoolRecord, "storage", name)
-            users = self.storage_users(StoragePool(r.name, r.kind, r.path))  # type: ignore[arg-type]
+            users = self.storage_users(StoragePool(r.name, r.kind, r.path))
             if users:
                 raise ConflictError(f"storage pool {name} holds disks of VMs {', '.join(users)}")
             s.delete(r)
