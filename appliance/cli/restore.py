@@ -215,7 +215,10 @@ WaitOpt = Annotated[bool, typer.Option("--wait", help="Show the copy's progress 
 @instant_app.command("start")
 @reports_errors
 def instant_start(backup: str, name: Annotated[str, typer.Argument(help="The new VM's name.")],
-                  speed: SpeedOpt = None, wait: WaitOpt = False, as_json: bool = JsonOpt) -> None:
+                  speed: SpeedOpt = None, wait: WaitOpt = False, as_json: bool = JsonOpt,
+                  storage_pool: Annotated[str | None, typer.Option(
+                      "--storage-pool", help="Copy the disks into this storage pool (rbd: into RBD images).")] = None,
+                  ) -> None:
     """Define VM NAME from the backup, start it on the backup, copy its disks in the background.
 
     A job on the new VM, done once it runs; --wait then follows the copy."""
@@ -225,7 +228,8 @@ def instant_start(backup: str, name: Annotated[str, typer.Argument(help="The new
     from .follow import run_job
 
     started = run_job("restore.instant", InstantRestoreParams(backup_id=backup, name=name,
-                                                              speed=_speed(speed) if speed else 0))
+                                                              speed=_speed(speed) if speed else 0,
+                                                              storage_pool=storage_pool))
     _instant_report(name, InstantRestore.from_dict(started), wait, as_json)
 
 

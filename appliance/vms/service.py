@@ -177,12 +177,16 @@ class VMService:
             return VMSpec.from_dict(rec.spec)
 
     @staticmethod
-    def point_disks(session: Session, name: str, paths: dict[str, str]) -> None:
-        """From its next start the VM opens these files (snapshots move a disk's active layer)."""
+    def point_disks(session: Session, name: str, paths: dict[str, str], formats: dict[str, str] | None = None) -> None:
+        """From its next start the VM opens these files (snapshots move a disk's active layer), in
+        these formats where given (an instant restore onto RBD moves a disk from a qcow2 overlay
+        to a raw image)."""
         rec = session.get_one(VMRecord, name)
         spec = VMSpec.from_dict(rec.spec)
         for disk in spec.disks:
             disk.path = paths.get(disk.name, disk.path)
+            disk.format = (formats or {}).get(disk.name, disk.format)
+        spec.validate()
         rec.spec = spec.to_dict()
 
     def show(self, name: str) -> VMView:

@@ -117,7 +117,7 @@ def instant_plan(app: Appliance, params: InstantRestoreParams) -> JobPlan:
 
     async def start(ctx: StepContext) -> None:
         with making_vms(ctx, [params.name]):
-            state = await app.restores.instant.start(params.backup_id, params.name, params.speed)
+            state = await app.restores.instant.start(params.backup_id, params.name, params.speed, params.storage_pool)
         ctx.result.update(state.to_dict())
 
     async def discard(ctx: StepContext) -> None:
