@@ -4,7 +4,10 @@ image (a VM on RBD like one created in the rbd storage pool), the overlay and th
 image equals the backup plus the guest's writes, by `qemu-img compare`."""
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
+import time
 from pathlib import Path
 
 from backup_helpers import MiB, boot_guest_vm, run, wait_serial, write_pattern
@@ -69,3 +72,42 @@ def test_an_instant_restore_copies_into_rbd_and_the_vm_ends_on_the_image(applian
     run(appliance.vms.start("fromrbd"))
     wait_serial(appliance, "fromrbd", "CAIRN: READY", timeout=180)
     run(appliance.vms.stop("fromrbd", force=True))
+
+
+def test_an_instant_restore_onto_rbd_whose_qemu_died_resumes_and_loses_no_write(appliance, guest_kernel,
+                                                                                 ceph_cluster, tmp_path):
+    boot_guest_vm(appliance, guest_kernel, "src", [DISK])
+    for pattern, offset, length in BACKED_UP:
+        run(write_pattern(appliance, "src", "vda", pattern, offset, length))
+    backup_id = run(appliance.backups.create(appliance.vms.spec("src"))).manifest.backup_id
+    run(appliance.vms.stop("src", force=True))
+    appliance.vms.pools.create_storage("ceph", "rbd", f"rbd:{ceph_cluster.rbd_pool}:conf={ceph_cluster.conf}")
+    name = "phoenixrbd"
+    state = run(appliance.restores.instant.start(backup_id, name, speed=SLOW, storage_pool="ceph"))
+    wait_serial(appliance, name, "CAIRN: READY", timeout=180)
+    for pattern, offset, length in AFTER_BOOT:
+        run(write_pattern(appliance, name, "vda", pattern, offset, length))
+
+
+    async def flush() -> None:   # what the guest was told is written, as a guest's flush makes it
+        async with appliance.driver.session(name) as qmp:
+            await qmp.qemu_io("vda", "flush")
+    run(flush())
+    # QEMU (and the mirror in it) and the export die mid-copy.
+    os.kill(appliance.driver.status(name).pid, signal.SIGKILL)
+    (disk,) = state.disks
+    os.kill(BackupExport(Path(disk.socket), Path(disk.socket).with_suffix(".pid")).pid(), signal.SIGKILL)
+    deadline = time.monotonic() + 60
+    while appliance.driver.status(name).state in ("running", "paused") and time.monotonic() < deadline:
+        time.sleep(0.2)   # until the dead QEMU is reaped
+    failed = run(appliance.restores.instant.poll(name))
+    assert failed.status == "failed" and "resume" in failed.error, failed
+    run(appliance.restores.instant.resume(name, speed=0))
+    done = run(appliance.restores.instant.wait(name, timeout=600))
+    assert done.status == "done", done
+    assert appliance.vms.spec(name).disks[0].path == disk.target and not Path(disk.overlay).exists()
+    run(appliance.vms.stop(name, force=True))
+    compared = subprocess.run(["qemu-img", "compare", "-f", "raw", "-F", "raw",
+                               str(expected_disk(appliance, backup_id, tmp_path)), disk.target],
+                              capture_output=True, text=True, check=False)
+    assert compared.returncode == 0, compared.stdout + compared.stderr

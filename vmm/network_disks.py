@@ -106,6 +106,23 @@ class RbdDisk:
             raise ImageError(f"cannot rename {self.describe()} to {image}", stderr=_ceph_error(done.stderr))
         return target
 
+    def break_locks(self) -> list[str]:
+        """Break the image's locks and blocklist their holders: only for a writer known dead (its
+        QEMU is gone). A killed QEMU keeps the exclusive lock until its watch times out (30 s), and
+        a new QEMU's first write, and every drain of its block layer, waits for it meanwhile."""
+        path = f"{self.pool}/{self.image}"
+        done = self.rbd("lock", "ls", "--format=json", path)
+        if done.returncode != 0:
+            raise ImageError(f"cannot list the locks of {self.describe()}", stderr=_ceph_error(done.stderr))
+        broken = []
+        for lock in json.loads(done.stdout or "[]"):
+            gone = self.rbd("lock", "rm", path, lock["id"], lock["locker"])
+            if gone.returncode != 0:
+                raise ImageError(f"cannot break the lock of {lock['locker']} on {self.describe()}",
+                                 stderr=_ceph_error(gone.stderr))
+            broken.append(lock["locker"])
+        return broken
+
     def remove(self) -> None:
         done = self.rbd("rm", "--no-progress", f"{self.pool}/{self.image}")
         if done.returncode != 0 and "No such file or directory" not in done.stderr:

@@ -136,6 +136,10 @@ class InstantRestoreService:
             if _backing(disk) is not None:
                 self._export(state, disk)
         if self.vms.show(name).status.state not in ("running", "paused"):
+            # Its RBD images were written by this VM's QEMU alone, which is gone: its locks are stale.
+            for disk in state.disks:
+                if disk.target and isinstance(image := network_disk(disk.target), RbdDisk):
+                    await asyncio.to_thread(image.break_locks)
             await self.vms.start(name)
         self._serve_vm(state)
         state.status, state.error = "hydrating", None
@@ -298,12 +302,13 @@ class InstantRestoreService:
 
 async def _still_copying(qmp: QMPSession, disk: InstantDisk) -> bool:
     """Whether the disk in the running VM still reads from the backup: its image has its backing
-    file; onto RBD, it does not run on its image yet."""
+    file; onto RBD, it still runs on the overlay (under the mirror's filter, which shows its
+    file), not on the image (switched to, or opened by a QEMU started again since)."""
     for entry in await qmp.execute("query-block"):
         if disk_of_qdev(entry.get("qdev", "")) == disk.name:
             inserted = entry.get("inserted", {})
             if disk.target:
-                return inserted.get("node-name") != target_node(disk.name)
+                return inserted.get("image", {}).get("filename") == disk.overlay
             return "backing_file" in inserted
     raise NotFoundError(f"the VM has no disk {disk.name}")
 
