@@ -139,6 +139,18 @@ def test_a_vm_on_rbd_is_backed_up_full_then_incrementally_while_it_runs_and_rest
     for disk in whole.definition["disks"]:
         assert compare(tmp_path / f"{disk['name']}.raw", disk["path"]).returncode == 0, disk
 
+    # ... and as a new Cairn VM in the rbd pool, which starts; restoring over a VM on RBD is refused, saying why.
+    copy = appliance.restores.as_new_vm(stopped.manifest.backup_id, "rbdcopy", storage_pool=pool)
+    for name, path in copy.disks.items():
+        assert path == f"rbd:{ceph_cluster.rbd_pool}/rbdcopy-{name}:conf={ceph_cluster.conf}"
+        assert compare(tmp_path / f"{name}.raw", path).returncode == 0, name
+    with pytest.raises(ConflictError, match=f"VM {VM} has network disks \\(vda, vdb\\): restore the backup as a new VM"):
+        run(appliance.restores.over_vm(stopped.manifest.backup_id, VM))
+    run(appliance.vms.start("rbdcopy"))
+    wait_serial(appliance, "rbdcopy", "CAIRN: WRITE n=1", timeout=180)
+    run(appliance.vms.stop("rbdcopy", force=True))
+    appliance.vms.delete("rbdcopy")
+
     # Deleting the VM removes its images from the pool; the pool is free again.
     appliance.vms.delete(VM)
     images = ceph_cluster.cli("rbd", "ls", ceph_cluster.rbd_pool).split()
@@ -158,26 +170,32 @@ def test_an_unreachable_cluster_or_a_wrong_pool_is_refused_and_loses_nothing(app
     assert appliance.vms.pools.storage_pools() == []
 
     pool = rbd_pool(appliance, ceph_cluster)
-    appliance.vms.create(VM, [16 * MiB], options=VMOptions(storage_pool=pool))
-    with pytest.raises(ConflictError, match=f"VM {VM} already exists"):
-        appliance.vms.create(VM, [16 * MiB], options=VMOptions(storage_pool=pool))
-    with pytest.raises(ConflictError, match=f"holds disks of VMs {VM}"):
+    vm = ceph_cluster.unique("bad")   # the cluster is the session's: its own image names
+    appliance.vms.create(vm, [16 * MiB], options=VMOptions(storage_pool=pool))
+    with pytest.raises(ConflictError, match=f"VM {vm} already exists"):
+        appliance.vms.create(vm, [16 * MiB], options=VMOptions(storage_pool=pool))
+    with pytest.raises(ConflictError, match=f"holds disks of VMs {vm}"):
         appliance.vms.pools.delete_storage(pool)
 
     # A VM whose disk names a pool that does not exist, or a cluster that does not answer, does not
     # start: the error says which disk and why, quickly, and the VM and its image are still there.
-    spec = appliance.vms.spec(VM)
+    spec = appliance.vms.spec(vm)
     image = spec.disks[0].path
     for broken, why in ((image.replace(f"rbd:{ceph_cluster.rbd_pool}/", "rbd:no-such-pool/"), "error opening pool"),
                         (image.replace(str(ceph_cluster.conf), str(dead)), "")):
         spec.disks[0].path = broken
         with appliance.catalog.begin() as s:
-            s.get_one(VMRecord, VM).spec = spec.to_dict()
+            s.get_one(VMRecord, vm).spec = spec.to_dict()
         with pytest.raises(VMStartError, match=f"disk vda: cannot open RBD image .*{why}"):
-            run(appliance.vms.start(VM))
-        assert appliance.driver.status(VM).state == "stopped"
-    assert subprocess.run(["rbd", "-c", str(ceph_cluster.conf), "info", f"{ceph_cluster.rbd_pool}/{VM}-vda"],
+            run(appliance.vms.start(vm))
+        assert appliance.driver.status(vm).state == "stopped"
+    assert subprocess.run(["rbd", "-c", str(ceph_cluster.conf), "info", f"{ceph_cluster.rbd_pool}/{vm}-vda"],
                           capture_output=True, check=False).returncode == 0, "the image is untouched"
+    spec.disks[0].path = image
+    with appliance.catalog.begin() as s:
+        s.get_one(VMRecord, vm).spec = spec.to_dict()
+    appliance.vms.delete(vm)
+    assert f"{vm}-vda" not in rbd_images(ceph_cluster)
 
     with pytest.raises(VMSpecError, match="is not rbd:POOL"):
         network_disk("rbd:just-a-pool")
@@ -193,31 +211,32 @@ def test_a_vm_on_rbd_refuses_snapshots_and_goes_to_the_recycle_bin_with_its_imag
     made = api_client.post("/api/v1/pools", json={"kind": "storage", "name": "ceph", "type": "rbd", "path": location})
     assert made.status_code == 201, made.text
     assert made.json() == {"kind": "storage", "name": "ceph", "type": "rbd", "path": location}
-    created = api_client.post("/api/v1/vms", json={"name": VM, "disks": ["16M"], "storage_pool": "ceph",
+    vm = ceph_cluster.unique("bin")
+    created = api_client.post("/api/v1/vms", json={"name": vm, "disks": ["16M"], "storage_pool": "ceph",
                                                    "console": False})
     assert created.status_code == 201, created.text
-    vda = appliance.vms.spec(VM).disks[0].path
+    vda = appliance.vms.spec(vm).disks[0].path
     subprocess.run(["qemu-io", "-f", "raw", "-c", "write -P 0x5a 1M 1M", vda], check=True, capture_output=True)
 
-    with pytest.raises(ConflictError, match=r"cannot have snapshots: vda \(RBD image rbd/onrbd-vda .*rbd snap create"):
-        appliance.snapshots.check_create(VM, "s1")
+    with pytest.raises(ConflictError, match=rf"cannot have snapshots: vda \(RBD image {ceph_cluster.rbd_pool}/{vm}-vda .*rbd snap create"):
+        appliance.snapshots.check_create(vm, "s1")
     with pytest.raises(ConflictError, match="cannot have snapshots"):
-        run(appliance.snapshots.create(VM, "s1"))
+        run(appliance.snapshots.create(vm, "s1"))
 
-    preview = api_client.delete(f"/api/v1/vms/{VM}", params={"dry_run": True}).json()
-    assert f"disk vda (RBD image {ceph_cluster.rbd_pool}/{VM}-vda (conf {ceph_cluster.conf}))" in preview["takes"]
-    deleted = api_client.delete(f"/api/v1/vms/{VM}").json()
+    preview = api_client.delete(f"/api/v1/vms/{vm}", params={"dry_run": True}).json()
+    assert f"disk vda (RBD image {ceph_cluster.rbd_pool}/{vm}-vda (conf {ceph_cluster.conf}))" in preview["takes"]
+    deleted = api_client.delete(f"/api/v1/vms/{vm}").json()
     assert deleted["recycle_id"], deleted
-    assert f"{VM}-vda" not in rbd_images(ceph_cluster)
-    assert [i for i in rbd_images(ceph_cluster) if i.startswith(".cairn-recycle-") and i.endswith(f"-{VM}-vda")]
+    assert f"{vm}-vda" not in rbd_images(ceph_cluster)
+    assert [i for i in rbd_images(ceph_cluster) if i.startswith(".cairn-recycle-") and i.endswith(f"-{vm}-vda")]
 
     assert api_client.post(f"/api/v1/recycle-bin/{deleted['recycle_id']}/restore").status_code == 200
-    assert appliance.vms.spec(VM).disks[0].path == vda
+    assert appliance.vms.spec(vm).disks[0].path == vda
     done = subprocess.run(["qemu-io", "-f", "raw", "-c", "read -P 0x5a 1M 1M", vda], capture_output=True, text=True,
                           check=True)
     assert "Pattern verification failed" not in done.stdout, "the data came back with the VM"
 
-    again = api_client.delete(f"/api/v1/vms/{VM}").json()
+    again = api_client.delete(f"/api/v1/vms/{vm}").json()
     assert api_client.delete(f"/api/v1/recycle-bin/{again['recycle_id']}").status_code == 200
-    assert not [i for i in rbd_images(ceph_cluster) if i.endswith(f"{VM}-vda")], rbd_images(ceph_cluster)
+    assert not [i for i in rbd_images(ceph_cluster) if i.endswith(f"{vm}-vda")], rbd_images(ceph_cluster)
     assert api_client.delete("/api/v1/pools/storage/ceph").status_code == 204

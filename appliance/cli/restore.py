@@ -124,6 +124,9 @@ def restore_vm_cmd(backup: str,
                                                   "<VM>-<disk> in rbd:POOL[/NAMESPACE]?conf=PATH&id=USER (store "
                                                   "only; --json shows the definition pointing at them).")] = None,
                    as_name: Annotated[str | None, typer.Option("--as", help="Restore as a new VM of this name.")] = None,
+                   storage_pool: Annotated[str | None, typer.Option(
+                       "--storage-pool", help="With --as: the new VM's disks go into this storage pool "
+                                              "(rbd: RBD images).")] = None,
                    over: Annotated[bool, typer.Option("--over", help="Replace the disks of the VM it came from, "
                                              "all or nothing.")] = False,
                    stop: Annotated[bool, typer.Option("--stop", help="With --over: shut the VM down first.")] = False,
@@ -158,7 +161,8 @@ def restore_vm_cmd(backup: str,
         from .follow import run_job
 
         if as_name is not None:
-            result = run_job("restore.new_vm", RestoreAsNewParams(backup_id=backup, name=as_name, verify=verify))
+            result = run_job("restore.new_vm", RestoreAsNewParams(backup_id=backup, name=as_name, verify=verify,
+                                                                  storage_pool=storage_pool))
         else:
             vm = state.appliance.store.get_backup(backup).vm
             result = run_job("restore.over_vm", RestoreOverParams(backup_id=backup, vm=vm, stop=stop, verify=verify))

@@ -195,6 +195,8 @@ class LibvirtRestoreParams(LibvirtRestoreRequest, FromBackup):
 class RestoreAsNewParams(FromBackup):
     name: NewVMName = Field(description="the new VM's name")
     verify: bool = True
+    storage_pool: str | None = Field(default=None, description="restore the disks into this storage pool (an rbd "
+                                                               "pool: into RBD images) instead of the data dir")
 
     def new_vms(self) -> list[str]:
         return [self.name]
