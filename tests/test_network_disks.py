@@ -5,6 +5,7 @@ while stopped, each backup restored and compared byte for byte with `qemu-img co
 a copy taken while paused. A server that is gone is refused, saying so, before anything starts."""
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 from collections.abc import Iterator
@@ -135,3 +136,34 @@ def test_an_nbd_server_that_is_gone_is_refused_with_the_reason(appliance, guest_
     with pytest.raises(NotFoundError, match=f"disk {re.escape(url)} cannot be opened"):
         VMImports(appliance.vms, appliance.hosts).from_command_line(
             ["qemu-system-x86_64", "-drive", f"file={url},format=raw,if=virtio"], name="another")
+
+
+def test_a_network_disk_is_opened_raw_by_blockdev_and_malformed_ones_are_refused(tmp_path):
+    from vmm import DiskSpec
+    from vmm.accel import detect_accel
+    from vmm.cmdline import build_command
+    from vmm.errors import VMSpecError
+    from vmm.rundir import RunDir
+    from vmm.spec import VMSpec
+
+    disks = [DiskSpec("vda", "rbd:rbd/ns/web-vda:conf=/etc/ceph/a\\:b.conf:id=cairn", "raw"),
+             DiskSpec("vdb", "nbd://10.0.0.5:10810/data", "raw"),
+             DiskSpec("vdc", "nbd+unix:///data?socket=/run/nbd.sock", "raw")]
+    spec = VMSpec("net", disks=disks)
+    spec.validate()
+    blockdevs = [json.loads(a) for a in build_command("qemu", spec, detect_accel(), RunDir(tmp_path))
+                 if a.startswith("{")]
+    assert blockdevs[0] == {"driver": "rbd", "node-name": "vda-file", "pool": "rbd", "image": "web-vda",
+                            "namespace": "ns", "conf": "/etc/ceph/a:b.conf", "user": "cairn",
+                            "cache": {"direct": False}}
+    assert blockdevs[1] == {"driver": "raw", "file": "vda-file", "node-name": "vda"}
+    assert blockdevs[2]["server"] == {"type": "inet", "host": "10.0.0.5", "port": "10810"}
+    assert blockdevs[4]["server"] == {"type": "unix", "path": "/run/nbd.sock"}
+    for path, fmt, why in (("rbd:rbd/web-vda", "qcow2", "is opened raw"),
+                           ("rbd:rbd/web-vda:keyring=/k", "raw", "takes no keyring"),
+                           ("rbd:rbd/web-vda:mon_host=x", "raw", "unknown options mon_host"),
+                           ("rbd:rbd/web-vda@snap", "raw", "is not rbd:POOL"),
+                           ("nbd://:10809/x", "raw", "is not nbd://HOST"),
+                           ("nbd+unix:///x", "raw", "is not nbd://HOST")):
+        with pytest.raises(VMSpecError, match=why):
+            DiskSpec("vda", path, fmt).validate()
