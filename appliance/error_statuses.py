@@ -29,6 +29,8 @@ TABLE: tuple[tuple[str, str, int], ...] = (
     ("vmm.hosts", "HostVMNotFoundError", 404),
     ("vmm.hosts", "HostVMStateError", 409),
     ("vmm.hosts", "HostUnreachableError", 502),    # the other host did not answer
+    ("vmm.fencing", "FenceError", 409),            # no proof yet that a silent host's VM stopped there
+    ("vmm.migration", "MigrationError", 409),      # not migrated: it runs on where it ran
     ("vmm.errors", "VMError", 400),                # anything else QEMU, qemu-img or `ip` refused
     # Snapshot trees (chain)
     ("chain.errors", "UnknownSnapshotError", 404),
