@@ -9,11 +9,11 @@ A running VM opens them with -blockdev (blockdev() below). Its rbd driver has no
 option: the keyring is the one the conf names, or librados' default
 (/etc/ceph/$cluster.$name.keyring). Nothing is written to such a disk but the guest's data:
 it is raw, thin where the server is (RBD allocates only what is written), and holds no
-snapshot layer nor persistent bitmap (see docs/operations.md, storage pools).
+snapshot layer nor persistent bitmap (docs/scale-out.md, VMs on RBD).
 
 A cluster or server that does not answer would hold QEMU or qemu-img until librados' mount
-timeout (5 minutes by default): every use is preceded by probe(), which gives up after
-PROBE_TIMEOUT with an error naming the disk.
+timeout (5 minutes by default): a start, an import and the backup of a stopped VM first reach
+each such disk with probe(), which gives up after PROBE_TIMEOUT with an error naming the disk.
 """
 from __future__ import annotations
 
@@ -45,8 +45,6 @@ class RbdDisk:
     image: str
     conf: str | None = None
     user: str | None = None
-
-    kind = "rbd"
 
     @property
     def filename(self) -> str:
@@ -136,8 +134,6 @@ class NbdDisk:
     port: int
     socket: str | None
     export: str
-
-    kind = "nbd"
 
     @property
     def filename(self) -> str:
