@@ -96,10 +96,12 @@ def test_an_instant_restore_onto_rbd_whose_qemu_died_resumes_and_loses_no_write(
     # QEMU (and the mirror in it) and the export die mid-copy.
     os.kill(appliance.driver.status(name).pid, signal.SIGKILL)
     (disk,) = state.disks
-    os.kill(BackupExport(Path(disk.socket), Path(disk.socket).with_suffix(".pid")).pid(), signal.SIGKILL)
+    export = BackupExport(Path(disk.socket), Path(disk.socket).with_suffix(".pid"))
+    os.kill(export.pid(), signal.SIGKILL)
     deadline = time.monotonic() + 60
-    while appliance.driver.status(name).state in ("running", "paused") and time.monotonic() < deadline:
-        time.sleep(0.2)   # until the dead QEMU is reaped
+    while (appliance.driver.status(name).state in ("running", "paused") or export.pid()) \
+            and time.monotonic() < deadline:
+        time.sleep(0.2)   # until both are gone (a signal is delivered, and a process reaped, a little later)
     failed = run(appliance.restores.instant.poll(name))
     assert failed.status == "failed" and "resume" in failed.error, failed
     run(appliance.restores.instant.resume(name, speed=0))
