@@ -50,6 +50,7 @@ TABLE: tuple[tuple[str, str, int], ...] = (
     ("dedup.errors", "StoreConfigError", 422),
     ("dedup.errors", "InvalidNameError", 422),
     ("dedup.errors", "RetentionRuleError", 422),
+    ("dedup.errors", "LockDateError", 422),       # a retention lock's date: no time zone, or not ahead
     ("dedup.errors", "StoreLocationError", 422),
     ("dedup.errors", "StoreBusyError", 409),
     ("dedup.errors", "BackupExistsError", 409),

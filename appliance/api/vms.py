@@ -120,15 +120,15 @@ class DiskResize(BaseModel):
 
 class StopRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    timeout: float = Field(30.0, ge=0, le=MAX_STOP_TIMEOUT, description="seconds the guest gets to shut down")
-    force: bool = Field(False, description="end QEMU now; also cuts short a graceful stop that is waiting")
+    timeout: float = Field(default=30.0, ge=0, le=MAX_STOP_TIMEOUT, description="seconds the guest gets to shut down")
+    force: bool = Field(default=False, description="end QEMU now; also cuts short a graceful stop that is waiting")
 
 
 class HARequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     enabled: bool
-    max_restarts: int = Field(3, ge=1)
-    window_seconds: int = Field(600, ge=1)
+    max_restarts: int = Field(3, ge=1, strict=True)
+    window_seconds: int = Field(600, ge=1, strict=True)
 
 
 class ComputePoolRequest(BaseModel):
