@@ -46,6 +46,8 @@ class RestoreAsNewRequest(BaseModel):
     mode: Literal["new"]
     name: str = Field(description="the new VM's name")
     verify: bool = True
+    storage_pool: str | None = Field(None, description="restore the disks into this storage pool (an rbd pool: "
+                                                       "into RBD images) instead of the data dir")
 
 
 class RestoreOverRequest(BaseModel):
@@ -138,7 +140,8 @@ def backup_restore_router(appliance: Appliance) -> APIRouter:
             return submit_job(appliance, caller, "restore.over_vm",
                               RestoreOverParams(backup_id=backup_id, vm=vm, stop=body.stop, verify=body.verify))
         return submit_job(appliance, caller, "restore.new_vm",
-                          RestoreAsNewParams(backup_id=backup_id, name=body.name, verify=body.verify))
+                          RestoreAsNewParams(backup_id=backup_id, name=body.name, verify=body.verify,
+                                             storage_pool=body.storage_pool))
 
     @router.get("/disks/{disk}/files", response_model=list[FileEntryOut])
     def list_files(backup_id: str, disk: str, path: str = "/", partition: int | None = None) -> list[FileEntryOut]:
