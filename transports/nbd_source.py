@@ -182,7 +182,7 @@ class NbdSource:
         if self._fd is not None:
             self._read_file(self._fd, pieces, deliver)
             return
-        reads: list[_Read] = []
+        reads: dict[int, _Read] = {}   # by cookie
         order: deque[_PendingPiece] = deque()
         try:
             for piece in pieces:
@@ -190,18 +190,19 @@ class NbdSource:
                 for extent in piece.data:
                     for offset in range(extent.offset, extent.end, REQUEST):
                         while len(reads) >= self.in_flight:
-                            reads = self._retire(reads)
+                            self._retire(reads)
                             self._deliver_finished(order, deliver)
-                        reads.append(self._issue(Extent(offset, min(REQUEST, extent.end - offset)), pending))
+                        read = self._issue(Extent(offset, min(REQUEST, extent.end - offset)), pending)
+                        reads[read.cookie] = read
                 order.append(pending)   # only now: until all its reads are issued it is not complete
                 self._deliver_finished(order, deliver)
             while reads:
-                reads = self._retire(reads)
+                self._retire(reads)
                 self._deliver_finished(order, deliver)
             self._deliver_finished(order, deliver)
         finally:
             if reads:   # a failure: wait until libnbd is done with the buffers before they are reused
-                self._drain(reads)
+                self._drain(list(reads.values()))
 
     def _read_file(self, fd: int, pieces: Iterable[Piece], deliver: Deliver) -> None:
         for piece in pieces:
@@ -243,23 +244,22 @@ class NbdSource:
         return _Read(cookie, buffer, pending, extent.offset - start, extent.offset - pending.piece.offset,
                      extent.length)
 
-    def _retire(self, reads: list[_Read]) -> list[_Read]:
-        """Wait for the socket, copy every completed read into its piece; return those still in flight."""
+    def _retire(self, reads: dict[int, _Read]) -> None:
+        """Wait for the socket, copy every completed read into its piece and forget it.
+
+        libnbd names the completed commands itself: asking each read in flight after every
+        poll cost a Python call per read per poll (175,000 for a 1.3 GiB disk)."""
         self._h.poll(-1)
-        waiting = []
-        for r in reads:
+        while reads and (cookie := self._h.aio_peek_command_completed()) > 0:
+            r = reads.pop(cookie)
             try:
-                done = self._h.aio_command_completed(r.cookie)
+                self._h.aio_command_completed(cookie)
             except nbd.Error as e:
                 raise SourceError(f"read from {self.uri} failed at offset {r.pending.piece.offset + r.at}: {e}") from e
-            if not done:
-                waiting.append(r)
-                continue
             assert r.pending.buffer is not None
             r.pending.buffer[r.at:r.at + r.length] = memoryview(r.buffer.to_buffer())[r.skip:r.skip + r.length]
             r.pending.outstanding -= 1
             _BUFFERS.give(r.buffer)
-        return waiting
 
     def _drain(self, reads: list[_Read]) -> None:
         for r in reads:
