@@ -39,16 +39,15 @@ def ingest_disk(source: NbdSource, sink: BlockSink, incremental: bool,
                 progress: Callable[[int, int], None] | None = None) -> IngestStats:
     """`progress(done, total)` counts bytes read. Full: every byte. Incremental: what the bitmap marks
     dirty and what the sink must have again; every other byte keeps the parent's extent."""
-    wanted = [Extent(0, source.size)]
-    if incremental:
-        wanted = merge([*source.dirty_extents(), *(Extent(o, n) for o, n in sink.must_read())])
+    wanted = (merge([*source.dirty_extents(), *(Extent(o, n) for o, n in sink.must_read())]) if incremental
+              else [Extent(0, source.size)])
     data = merge(source.data_extents())
     total = sum(e.length for e in intersect(data, wanted))
     stats = IngestStats(bytes_wanted=sum(e.length for e in wanted))
     if progress:
         progress(0, total)
 
-    def deliver(piece: Piece, buffer: bytes | bytearray | None) -> None:
+    def deliver(piece: Piece, buffer: bytearray | None) -> None:
         if buffer is None:
             sink.zero(piece.offset, piece.length)
             stats.bytes_zero += piece.length
