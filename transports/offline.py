@@ -134,6 +134,8 @@ class OfflineExport:
         point = DiskPoint(disk, state.size, f"nbd+unix:///{disk}?socket={self._socket(disk)}", None,
                           checkpoint_file=path)
         wanted = self.since.get(disk)
+        if state.format == "raw":
+            point.raw_file = path
         if state.format != "qcow2":
             point.fallback_reason = (f"{disk} is {state.format}: no dirty bitmap is stored in it (only a running VM's "
                                      "QEMU keeps one), full read")
