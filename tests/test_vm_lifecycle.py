@@ -133,7 +133,7 @@ def test_a_tampered_image_is_refused_before_use(api_client, appliance, guest_ker
     assert api_client.get("/api/v1/vms/a").json()["state"] == "stopped"
 
 
-def test_bad_definitions_get_clear_errors_and_change_nothing(api_client, guest_kernel):
+def test_bad_definitions_get_clear_errors_and_change_nothing(api_client, appliance, guest_kernel):
     cases = [
         ({"name": "Bad Name", "disks": ["16M"]}, 422, "invalid VM name"),
         ({"name": "x", "disks": ["16M"], "boot": ["cdrom"]}, 422, "boot from cdrom"),

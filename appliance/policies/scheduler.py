@@ -30,7 +30,7 @@ from appliance.deletion.protection import DeletionService
 from appliance.jobs.claims import exclusive
 from appliance.jobs.engine import JobEngine
 from appliance.jobs.nodes import NotLeaderError, Term
-from appliance.jobs.params import BackupParams, SnapshotParams, SyncParams
+from appliance.jobs.params import BackupParams, GcParams, SnapshotParams, SyncParams, VerifyParams
 from appliance.jobs.records import ACTIVE_STATES, JobRecord
 from appliance.jobs.resources import HOST, store_resource
 
@@ -41,7 +41,9 @@ from .service import (
     Clock,
     PolicyService,
     SnapshotPolicy,
+    StorePolicy,
     SyncPolicy,
+    VerifyPolicy,
     latest_due,
     next_runs,
     policy_of,
@@ -158,12 +160,14 @@ class Scheduler:
     def _submit_run(self, s: Session, rec: PolicyRecord, policy: AnyPolicy, vms: list[str],
                     due: datetime, missed_runs: int) -> tuple[list[JobRecord], dict[str, Any]]:
         """The run's jobs, one per VM the policy selects and is not still working on (a sync: one job for
-        them all, one run at a time), and its event."""
+        them all; the store's upkeep: one job; each one run at a time), and its event."""
         active = list(s.scalars(select(JobRecord.params).where(
             JobRecord.policy_id == rec.id, JobRecord.state.in_(ACTIVE_STATES))))
         busy_vms = {params.get("vm") for params in active}
         run_vms = [vm for vm in vms if vm not in busy_vms]
-        if isinstance(policy, SyncPolicy):
+        if isinstance(policy, StorePolicy):   # the store's upkeep: one job a run, none while the last one runs
+            jobs = [] if active else [self._submit_upkeep(s, rec.id, policy)]
+        elif isinstance(policy, SyncPolicy):
             jobs = [] if active or not run_vms else [self._submit_sync(s, rec.id, policy, run_vms)]
         else:
             jobs = [self._submit_in(s, rec.id, policy, vm) for vm in run_vms]
@@ -183,6 +187,12 @@ class Scheduler:
         params = BackupParams(vm=vm, full_every=policy.full_every, retention=policy.retention,
                               include=policy.include, exclude=policy.exclude)
         return self.jobs.submit_in(s, "backup", params, policy_id=policy_id, limits=limits)
+
+    def _submit_upkeep(self, s: Session, policy_id: str, policy: StorePolicy) -> JobRecord:
+        if isinstance(policy, VerifyPolicy):
+            return self.jobs.submit_in(s, "store.verify", VerifyParams(sample_percent=policy.sample_percent),
+                                       policy_id=policy_id)
+        return self.jobs.submit_in(s, "store.gc", GcParams(), policy_id=policy_id)
 
     def _submit_sync(self, s: Session, policy_id: str, policy: SyncPolicy, vms: list[str]) -> JobRecord:
         params = SyncParams(target=policy.target, source=policy.source, backups_of=vms, bandwidth=policy.bandwidth)
