@@ -38,8 +38,6 @@ def test_a_restore_over_killed_in_a_disk_keeps_the_old_disks(appliance: Applianc
     assert not list((appliance.settings.images_dir / "two").glob(".*.cairn-partial"))
 
 
-@pytest.mark.xfail(strict=True, reason="the first disk, restored in full before the kill, is no partial file: it "
-                                       "stays until the next restore over the VM (appliance/restores/service.py)")
 def test_a_restore_over_killed_after_its_first_disk_leaves_no_file_once_cairn_starts_again(appliance: Appliance,
                                                                                             appliance_data_dir):
     spec = appliance.vms.create("two", [2 * MiB, 2 * MiB])
