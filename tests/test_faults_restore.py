@@ -47,8 +47,6 @@ def test_a_restore_over_killed_after_its_first_disk_leaves_no_file_once_cairn_st
     assert sorted(p.name for p in (appliance.settings.images_dir / "two").iterdir()) == ["vda.qcow2", "vdb.qcow2"]
 
 
-@pytest.mark.xfail(strict=True, reason="a clone's folder exists before its VM record: killed in between, the folder "
-                                       "stays and the name is taken for ever (appliance/vms/service.py)")
 def test_a_clone_killed_half_way_leaves_no_folder_and_the_name_free(appliance: Appliance, appliance_data_dir):
     appliance.vms.create("src", [2 * MiB, 2 * MiB])
 

@@ -30,6 +30,7 @@ from appliance.pools.service import PoolService
 from appliance.settings import Settings
 from appliance.snapshots.records import SnapshotIntentRecord, SnapshotTreeRecord
 from chain import VMTree
+from procs import Holding
 from vmm import DiskSpec, QemuDriver, VMSpec, VMStatus, create_disk, image_info
 from vmm.clone import CloneMode, clone_disks, clone_spec
 from vmm.ha import HAHooks, HASupervisor, RestartLimit
@@ -46,6 +47,15 @@ DISK_NAMES = [f"vd{c}" for c in "abcdefghijklmnopqrstuvwxyz"]
 ACTIVE = ("running", "paused")
 # A VM's rows in the catalog besides its backups: deleting the VM removes them all.
 VM_RECORDS = (VMRecord, SnapshotTreeRecord, SnapshotIntentRecord, VMOptionsRecord, VMTagRecord)
+
+
+class NewFolder(Holding):
+    """A new VM's folder, recorded for the sweep until the VM's record is committed."""
+
+    def __init__(self, folder: Path, purpose: str) -> None:
+        super().__init__(purpose)
+        self.folder = folder
+        self.remove(folder)
 
 
 @dataclass
@@ -120,8 +130,7 @@ class VMService:
                       vnc=options.vnc)
         spec.validate()
         self._place(spec)
-        self._new_folder(name, root)
-        try:
+        with self._new_folder(name, root) as until_recorded:
             for i, disk in enumerate(disks):
                 size = disk_sizes[i] if i < len(disk_sizes) else None
                 if i == 0 and backing:
@@ -132,9 +141,7 @@ class VMService:
                     create_disk(disk.path, size)
             with self.catalog.begin() as s:
                 s.add(VMRecord(name=name, spec=spec.to_dict()))
-        except Exception:
-            shutil.rmtree(folder, ignore_errors=True)
-            raise
+                until_recorded.close()
         return spec
 
     def spec(self, name: str) -> VMSpec:
@@ -346,17 +353,14 @@ class VMService:
         made: list[VMSpec] = []
         try:
             for name in names:
-                folder = self._new_folder(name)
-                try:
-                    spec = clone_spec(src, name, clone_disks(src, folder, disk_mode, caches))
+                with self._new_folder(name) as until_recorded:
+                    spec = clone_spec(src, name, clone_disks(src, until_recorded.folder, disk_mode, caches))
                     with self.catalog.begin() as s:
                         self.networks.adopt_clone(s, source, spec)
                         s.add(VMRecord(name=name, spec=spec.to_dict()))
                         if mode == "instant":
                             s.add(VMOptionsRecord(vm_name=name, linked_to=source))
-                except BaseException:
-                    shutil.rmtree(folder, ignore_errors=True)
-                    raise
+                        until_recorded.close()
                 made.append(spec)
                 self.networks.refresh(spec.name)
         except BaseException:
@@ -522,16 +526,27 @@ class VMService:
                    if status.state in ACTIVE and name != spec.name}
         return place(spec.name, spec.memory_mib, [local_host()], running, self.groups())
 
-    def _new_folder(self, name: str, root: Path | None = None) -> Path:
+    @contextmanager
+    def _new_folder(self, name: str, root: Path | None = None) -> Iterator[NewFolder]:
         """The VM's own disk folder (in `root`, default the data dir's), made now: a concurrent
-        create of the same name fails here instead of later removing this one's files."""
+        create of the same name fails here instead of later removing this one's files. It goes
+        again if the body fails, and if the process dies first the next start's sweep removes it
+        (procs/): the body closes that record in the transaction that adds the VM, before its
+        commit. A crash between the two leaves the folder; the sweep never removes a VM's disks."""
         folder = (root or self.settings.images_dir) / name
         try:
             folder.mkdir(parents=True)
         except FileExistsError:
             raise ConflictError(f"VM {name} already exists (or is being created): {folder} "
                                 "exists") from None
-        return folder
+        until_recorded = NewFolder(folder, f"the folder of new VM {name}")
+        try:
+            yield until_recorded
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
+        finally:
+            until_recorded.close()
 
     def _require_stopped(self, name: str, doing: str) -> None:
         state = self.driver.status(name).state
