@@ -188,8 +188,6 @@ def test_qemu_killed_after_a_push_copied_leaves_nothing_on_this_side(appliance: 
     run(appliance.vms.stop(vm, timeout=5, force=True))
 
 
-@pytest.mark.xfail(strict=True, reason="the push backup is committed to the store before its export is closed in "
-                                       "QEMU, and recorded failed when that close fails (appliance/backups/service.py)")
 def test_a_push_backup_whose_qemu_died_after_the_copy_is_in_the_store_only_if_recorded_ok(appliance: Appliance,
                                                                                          private_temp: Path):
     vm = running_vm(appliance, "pushrecord")

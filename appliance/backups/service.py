@@ -5,14 +5,16 @@ its images. Either way the next incremental starts from the checkpoint bitmap ma
 at the same instant, as the catalog's checkpoint ledger records it; if that bitmap
 cannot be trusted the disk is read in full and the backup says why. A failed backup
 leaves no manifest in the store, a catalog row marked failed, and the previous
-checkpoint intact.
+checkpoint intact. The manifest is written last, once the export is closed: a backup whose
+export cannot be closed (QEMU died after a push copied the instant) fails with nothing in the
+store, as its record says.
 """
 from __future__ import annotations
 
 import asyncio
 import shutil
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import ExitStack, asynccontextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -25,6 +27,7 @@ from appliance.errors import ConflictError, NotFoundError
 from appliance.process import claim
 from appliance.settings import Settings
 from dedup import BackupManifest, Store, new_backup_id
+from dedup.writer import BackupSession
 from transports.fleece import FleeceExport
 from transports.guest_agent import GuestFreeze
 from transports.live import LiveExport, exported
@@ -71,9 +74,6 @@ class BackupService:
         self.driver = driver
         self.store = store
         self.records = BackupCatalog(catalog)
-
-    def list(self, vm: str | None = None) -> list[BackupRecord]:
-        return self.records.list(vm)
 
     def get(self, backup_id: str) -> BackupRecord:
         return self.records.get(backup_id)
@@ -122,9 +122,13 @@ class BackupService:
         bases = checkpoints.plan_bases(choice.names, parent, ledger, options.full_every)
         scratch = self.settings.scratch_dir / rec.id
         try:
-            async with self._export(chosen, rec.checkpoint, bases, scratch, options) as (points, repairs):
-                manifest = await asyncio.to_thread(self._ingest, spec, rec, parent, points,
-                                                   choice.notes + bases.notes + repairs, progress)
+            with ExitStack() as unpublished:
+                async with self._export(chosen, checkpoint_name(rec.id), bases, scratch, options) as (points, repairs):
+                    session, sealed = await asyncio.to_thread(self._ingest, unpublished, spec, rec, parent, points,
+                                                              choice.notes + bases.notes + repairs, progress)
+                # Only once QEMU let go of the instant: an export that could not be closed (QEMU
+                # died) fails the backup, which then leaves no manifest in the store.
+                manifest = await asyncio.to_thread(session.publish, sealed)
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
         return BackupResult(manifest, list(manifest.notes), points)
@@ -158,27 +162,31 @@ class BackupService:
         if options.transport == "push":
             target: PushTarget = NbdPushTarget(scratch)
         else:
+            assert options.sshfs is not None   # BackupOptions: the sshfs transport comes with its endpoint
             target = await asyncio.to_thread(SshfsPushTarget, options.sshfs, scratch.name)
         return PushExport(target, *args, quiesce=freeze.around)
 
-    def _ingest(self, spec: VMSpec, rec: BackupRecord, parent: BackupManifest | None,
-                points: list[DiskPoint], repairs: list[str], progress: Progress | None) -> BackupManifest:
+    def _ingest(self, unpublished: ExitStack, spec: VMSpec, rec: BackupRecord, parent: BackupManifest | None,
+                points: list[DiskPoint], repairs: list[str], progress: Progress | None
+                ) -> tuple[BackupSession, BackupManifest]:
+        """Every block and map of the backup, durable in the store, and its manifest, not yet
+        written: the session stays open in `unpublished`, which aborts it unless it is published."""
         incremental = any(p.since for p in points)
-        with self.store.begin_backup(vm=spec.name, backup_id=rec.id, kind="incremental" if incremental else "full",
-                                     parent=parent if incremental else None, checkpoint=rec.checkpoint,
-                                     vm_definition=spec.to_dict()) as session:
-            for note in repairs:
-                session.note(note)
-            for point in points:
-                if point.fallback_reason:
-                    session.note(point.fallback_reason)
-                ingest_point(session, point, progress)
-            return session.commit()
+        session = unpublished.enter_context(self.store.begin_backup(
+            vm=spec.name, backup_id=rec.id, kind="incremental" if incremental else "full",
+            parent=parent if incremental else None, checkpoint=rec.checkpoint, vm_definition=spec.to_dict()))
+        for note in repairs:
+            session.note(note)
+        for point in points:
+            if point.fallback_reason:
+                session.note(point.fallback_reason)
+            ingest_point(session, point, progress)
+        return session, session.seal()
 
     def _finish(self, backup_id: str, status: BackupStatus, manifest: BackupManifest | None = None,
                 error: str | None = None, points: list[DiskPoint] | None = None) -> None:
         with self.catalog.begin() as s:
-            rec = s.get(BackupRecord, backup_id)
+            rec = s.get_one(BackupRecord, backup_id)
             if points is not None:
                 checkpoints.record(s, rec.vm_name, backup_id, points, checkpoints.current(s, rec.vm_name))
             rec.status, rec.finished_at, rec.error = status, utcnow(), error
@@ -190,3 +198,7 @@ class BackupService:
                 rec.size = sum(d.size for d in manifest.disks)
                 rec.bytes_read = sum(d.stats.bytes_read for d in manifest.disks)
                 rec.bytes_stored = sum(d.stats.bytes_stored for d in manifest.disks)
+
+    # Last in the class: the name would shadow the built-in `list` in the annotations above.
+    def list(self, vm: str | None = None) -> list[BackupRecord]:
+        return self.records.list(vm)
