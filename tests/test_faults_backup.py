@@ -236,9 +236,6 @@ def test_a_cut_nbd_connection_fails_the_backup_and_the_next_one_repairs(applianc
     run(appliance.vms.stop(vm, timeout=5, force=True))
 
 
-@pytest.mark.xfail(strict=True, reason="QEMU keeps a killed backup's export until the next backup of the VM removes "
-                                       "it; snapshot changes are refused meanwhile (\"a backup or restore is running; "
-                                       "try again later\"), and no restart of Cairn clears it")
 def test_snapshots_of_a_vm_whose_live_backup_was_killed_work_once_cairn_starts_again(
         appliance: Appliance, appliance_data_dir: Path, private_temp: Path):
     vm = running_vm(appliance, "snapafter")

@@ -22,6 +22,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
+from appliance.backups.interrupted import clear_interrupted_backups
 from appliance.catalog.base import utcnow
 from appliance.errors import ConflictError, NotFoundError
 from appliance.names import LABEL
@@ -242,6 +243,9 @@ class SnapshotService:
     async def _resume_from(self, vm: str, snap: Snapshot) -> None:
         """Start the VM from the snapshot's memory state. Straight through the driver: the
         VM's disks were just made, VMService.start's checks are for a VM at rest."""
+        if snap.memory is None:
+            raise ConflictError(f"snapshot {snap.name} has no memory state to resume from; start VM {vm} to boot "
+                                "its reverted disks")
         spec = self.vms.spec(vm)
         with _as_user_errors():
             await self.vms.driver.start(spec, incoming=f"exec:cat {shlex.quote(snap.memory)}")
@@ -265,6 +269,7 @@ class SnapshotService:
                 spec = self.vms.spec(vm)
                 tree = self._load(spec)
                 if live is not None:
+                    await clear_interrupted_backups(self.catalog, vm, [d.name for d in spec.disks], live.qmp)
                     await live.require_idle()
                 if found := problems(tree, await _real_chains(spec, live)):
                     raise ChainMismatchError(vm, found)
