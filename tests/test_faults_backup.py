@@ -237,7 +237,9 @@ def test_a_cut_nbd_connection_fails_the_backup_and_the_next_one_repairs(applianc
 
 
 def test_snapshots_of_a_vm_whose_live_backup_was_killed_work_once_cairn_starts_again(
-        appliance: Appliance, appliance_data_dir: Path, private_temp: Path):
+        appliance: Appliance, appliance_data_dir: Path, private_temp: Path, tmp_path: Path):
+    """The snapshot clears what the dead backup left in QEMU and folds its frozen checkpoint
+    back in: the next backup, on the snapshot's new layer, stays incremental and byte-exact."""
     vm = running_vm(appliance, "snapafter")
 
     def back_up(app: Appliance, pause: Pause) -> None:
@@ -246,5 +248,7 @@ def test_snapshots_of_a_vm_whose_live_backup_was_killed_work_once_cairn_starts_a
     cairn(appliance_data_dir, "vm", "list")
     try:
         run(appliance.snapshots.create(vm, "s1"))
+        assert run(appliance.snapshots.check(vm)).problems == []
+        next_backup_is_whole(appliance, vm, tmp_path, "incremental")
     finally:
         run(appliance.vms.stop(vm, timeout=5, force=True))
