@@ -137,25 +137,22 @@ def host_restore(host: str, backup_id: str,
                  stop: bool = typer.Option(False, "--stop", help="With --over: shut the domain down first."),
                  verify: bool = typer.Option(True, "--verify/--no-verify", help="Read each disk back."),
                  as_json: bool = JsonOpt) -> None:
-    """Restore a libvirt domain's backup into libvirt on this machine: as a new domain (new name,
-    UUID, MACs and disk files) or over the domain it was taken of, all or nothing."""
-    from dataclasses import asdict
+    """Restore a libvirt domain's backup into a libvirt host: as a new domain (new name, UUID, MACs
+    and disk files) or over the domain it was taken of, all or nothing. Runs as a job on the domain."""
+    from appliance.jobs.params import LibvirtRestoreParams
 
-    from appliance.restores.libvirt import LibvirtRestoreService
+    from .follow import run_job
 
-    restores = LibvirtRestoreService(state.appliance.store, state.appliance.hosts)
-    if over == (new_name is not None):
-        raise ValueError("give --name (a new domain) or --over (replace the backed-up domain's disks)")
-    if over:
-        done = restores.over_domain(host, backup_id, stop=stop, verify=verify)
-    else:
-        done = restores.as_new_domain(host, backup_id, new_name, directory, pool, start=start, verify=verify)
+    params = LibvirtRestoreParams.model_validate({"host": host, "backup_id": backup_id, "name": new_name,
+                                                  "directory": directory, "pool": pool, "start": start, "over": over,
+                                                  "stop": stop, "verify": verify})
+    done = run_job("restore.libvirt", params)
     if as_json:
-        emit_json(asdict(done))
+        emit_json(done)
         return
-    out.print(f"domain {done.domain} on {done.host} restored from {done.backup_id}: wrote {human(done.bytes_written)}"
-              + (", verified" if done.verified else ""))
-    for disk, path in done.disks.items():
-        out.print(f"  {disk}: {path}")
-    for note in done.notes:
-        out.print(f"  note: {note}")
+    out.print(f"domain {done['domain']} on {done['host']} restored from {done['backup_id']}: "
+              f"wrote {human(done['bytes_written'])}" + (", verified" if done["verified"] else ""), highlight=False)
+    for disk, path in done["disks"].items():
+        out.print(f"  {disk}: {path}", highlight=False)
+    for note in done["notes"]:
+        out.print(f"  note: {note}", highlight=False)
