@@ -27,7 +27,6 @@ from appliance.errors import ConflictError, NotFoundError
 from appliance.process import claim
 from appliance.settings import Settings
 from dedup import BackupManifest, Store, new_backup_id
-from dedup.writer import BackupSession
 from transports.fleece import FleeceExport
 from transports.guest_agent import GuestFreeze
 from transports.live import LiveExport, exported
@@ -41,7 +40,7 @@ from vmm.hosts import HostDisk
 from vmm.spec import CDROM_NODE
 
 from .catalog import BackupCatalog, fail_interrupted
-from .ingest import ingest_point
+from .ingest import seal_points
 from .options import BackupOptions, Progress
 from .records import BackupRecord, BackupStatus, last_good_backup
 
@@ -124,8 +123,10 @@ class BackupService:
         try:
             with ExitStack() as unpublished:
                 async with self._export(chosen, checkpoint_name(rec.id), bases, scratch, options) as (points, repairs):
-                    session, sealed = await asyncio.to_thread(self._ingest, unpublished, spec, rec, parent, points,
-                                                              choice.notes + bases.notes + repairs, progress)
+                    session, sealed = await asyncio.to_thread(
+                        seal_points, unpublished, self.store, vm=spec.name, backup_id=rec.id, parent=parent,
+                        checkpoint=rec.checkpoint, definition=spec.to_dict(),
+                        notes=choice.notes + bases.notes + repairs, points=points, progress=progress)
                 # Only once QEMU let go of the instant: an export that could not be closed (QEMU
                 # died) fails the backup, which then leaves no manifest in the store.
                 manifest = await asyncio.to_thread(session.publish, sealed)
@@ -165,23 +166,6 @@ class BackupService:
             assert options.sshfs is not None   # BackupOptions: the sshfs transport comes with its endpoint
             target = await asyncio.to_thread(SshfsPushTarget, options.sshfs, scratch.name)
         return PushExport(target, *args, quiesce=freeze.around)
-
-    def _ingest(self, unpublished: ExitStack, spec: VMSpec, rec: BackupRecord, parent: BackupManifest | None,
-                points: list[DiskPoint], repairs: list[str], progress: Progress | None
-                ) -> tuple[BackupSession, BackupManifest]:
-        """Every block and map of the backup, durable in the store, and its manifest, not yet
-        written: the session stays open in `unpublished`, which aborts it unless it is published."""
-        incremental = any(p.since for p in points)
-        session = unpublished.enter_context(self.store.begin_backup(
-            vm=spec.name, backup_id=rec.id, kind="incremental" if incremental else "full",
-            parent=parent if incremental else None, checkpoint=rec.checkpoint, vm_definition=spec.to_dict()))
-        for note in repairs:
-            session.note(note)
-        for point in points:
-            if point.fallback_reason:
-                session.note(point.fallback_reason)
-            ingest_point(session, point, progress)
-        return session, session.seal()
 
     def _finish(self, backup_id: str, status: BackupStatus, manifest: BackupManifest | None = None,
                 error: str | None = None, points: list[DiskPoint] | None = None) -> None:
