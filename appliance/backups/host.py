@@ -79,7 +79,8 @@ class HostBackups:
             if running:
                 raise ConflictError(f"backup {running.id} of {vm} is still running (pid {running.runner_pid})")
             parent = None if full else last_good_backup(s, vm)
-            rec = BackupRecord(id=backup_id, vm_name=vm, store=self.store.location, kind="full", status=BackupStatus.RUNNING,
+            rec = BackupRecord(id=backup_id, vm_name=vm, store=self.store.location, kind="full",
+                               status=BackupStatus.RUNNING,
                                parent=parent.id if parent else None, checkpoint=checkpoint_name(backup_id),
                                notes=[], **claim())
             s.add(rec)

@@ -40,7 +40,7 @@ from .host import HostBackups, backup_vm_name
 from .options import DEFAULT_FULL_EVERY, Progress
 from .records import BackupRecord
 from .selection import Choice, DiskSelection
-from .service import BackupResult, checkpoint_name
+from .service import BackupResult
 
 DEFINITION_KEY = "libvirt"
 
@@ -102,7 +102,7 @@ class LibvirtBackupService:
             bases = checkpoints.plan_bases(choice.names, parent, ledger, full_every)
             directory, forward = export_place(self.hosts.get(host))
             with ExitStack() as unpublished, host_errors(), self.hosts.libvirt(host).domain(domain) as dom:
-                export = LibvirtPullExport(dom, choice.names, checkpoint_name(rec.id), bases.known, set(bases.full),
+                export = LibvirtPullExport(dom, choice.names, rec.new_checkpoint, bases.known, set(bases.full),
                                            directory, forward)
                 try:
                     points = export.open()

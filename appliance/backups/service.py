@@ -122,7 +122,7 @@ class BackupService:
         scratch = self.settings.scratch_dir / rec.id
         try:
             with ExitStack() as unpublished:
-                async with self._export(chosen, checkpoint_name(rec.id), bases, scratch, options) as (points, repairs):
+                async with self._export(chosen, rec.new_checkpoint, bases, scratch, options) as (points, repairs):
                     session, sealed = await asyncio.to_thread(
                         seal_points, unpublished, self.store, vm=spec.name, backup_id=rec.id, parent=parent,
                         checkpoint=rec.checkpoint, definition=spec.to_dict(),
@@ -160,11 +160,10 @@ class BackupService:
         args = ([d.name for d in spec.disks], checkpoint, bases.known, set(bases.full))
         if options.transport == "pull":
             return FleeceExport(scratch, *args, quiesce=freeze.around)
-        if options.transport == "push":
-            target: PushTarget = NbdPushTarget(scratch)
+        if options.sshfs is not None:   # the sshfs transport: BackupOptions holds its endpoint exactly then
+            target: PushTarget = await asyncio.to_thread(SshfsPushTarget, options.sshfs, scratch.name)
         else:
-            assert options.sshfs is not None   # BackupOptions: the sshfs transport comes with its endpoint
-            target = await asyncio.to_thread(SshfsPushTarget, options.sshfs, scratch.name)
+            target = NbdPushTarget(scratch)
         return PushExport(target, *args, quiesce=freeze.around)
 
     def _finish(self, backup_id: str, status: BackupStatus, manifest: BackupManifest | None = None,
@@ -183,6 +182,6 @@ class BackupService:
                 rec.bytes_read = sum(d.stats.bytes_read for d in manifest.disks)
                 rec.bytes_stored = sum(d.stats.bytes_stored for d in manifest.disks)
 
-    # Last in the class: the name would shadow the built-in `list` in the annotations above.
+    # Last in the class: the name would shadow the built-in `list` in the annotations after it.
     def list(self, vm: str | None = None) -> list[BackupRecord]:
         return self.records.list(vm)

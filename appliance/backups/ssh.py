@@ -28,7 +28,7 @@ from vmm.remote import RemoteHost
 from .host import HostBackups, backup_vm_name
 from .options import Progress
 from .records import BackupRecord
-from .service import BackupResult, checkpoint_name
+from .service import BackupResult
 
 
 class RemoteBackupService:
@@ -61,7 +61,7 @@ class RemoteBackupService:
                     parent: BackupManifest | None, bases: dict[str, Checkpoint | None],
                     progress: Progress | None) -> BackupResult:
         export = RemoteFleeceExport(remote, remote.target.ssh_args(), posixpath.join(remote.base, "scratch", rec.id),
-                                    [d.name for d in spec.disks], checkpoint_name(rec.id), bases)
+                                    [d.name for d in spec.disks], rec.new_checkpoint, bases)
         with ExitStack() as unpublished:
             async with exported(export, lambda: QMPSession(qmp_socket)) as points:
                 session, sealed = await asyncio.to_thread(self.backups.seal, unpublished, rec, parent, points,

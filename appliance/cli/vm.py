@@ -97,6 +97,8 @@ def vm_create(name: str,
                                                     help="Library disk image for the first disk (a thin overlay)."),
               iso: str | None = typer.Option(None, help="Library ISO for the cdrom (booted first)."),
               storage_pool: str | None = typer.Option(None, help="Storage pool for the disks (`cairn pool`)."),
+              compute_pool: str | None = typer.Option(None, help="Run it on a host of this compute pool, whose "
+                                                                 "hosts see its storage (default: here only)."),
               profile: str = typer.Option("modern", help="OS profile: modern (virtio) or legacy (IDE, e1000)."),
               nic: list[str] = NIC_OPT,
               boot: list[str] = BOOT_OPT,
@@ -112,7 +114,7 @@ def vm_create(name: str,
     vms = state.appliance.vms
     options = VMOptions(image=from_image, iso=iso, profile=profile,
                         nics=[parse_nic(i, n) for i, n in enumerate(nic)], boot=boot, vnc=console,
-                        storage_pool=storage_pool)
+                        storage_pool=storage_pool, compute_pool=compute_pool)
     spec = vms.create(name, [parse_size(d) for d in disk], memory_mib=memory, vcpus=vcpus,
                       kernel=_opt(kernel), initrd=_opt(initrd), append=append, base_image=_opt(image),
                       options=options)
@@ -202,6 +204,38 @@ def vm_ha(name: str, enabled: bool = typer.Option(..., "--on/--off", help="Resta
     _say(state.appliance.vms.show(name), as_json)
 
 
+@vm_app.command("compute-pool")
+@reports_errors
+def vm_compute_pool(name: str, pool: str | None = typer.Argument(None, help="A compute pool (`cairn pool`)."),
+                    none: bool = typer.Option(False, "--none", help="Run it on this machine only."),
+                    as_json: bool = JsonOpt) -> None:
+    """Place the VM among the hosts of a compute pool from its next start (its disks must be on
+    storage they all see at the same path), or on this machine only."""
+    if (pool is None) == (not none):
+        raise ValueError("give a compute pool, or --none")
+    state.appliance.vms.placement.set_compute_pool(name, pool)
+    _say(state.appliance.vms.show(name), as_json)
+
+
+@vm_app.command("migrate")
+@reports_errors
+def vm_migrate(name: str, host: str = typer.Argument(..., help="Another host of its compute pool (local: here)."),
+               timeout: float = typer.Option(240.0, help="Cancel it after this many seconds (the VM runs on)."),
+               as_json: bool = JsonOpt) -> None:
+    """Move a running VM to another host while it runs (live migration; its disks stay on the
+    storage both hosts see). A job on the VM, like the API's."""
+    from appliance.jobs.params import MigrateParams
+
+    from .follow import run_job
+
+    result = run_job("vm.migrate", MigrateParams(vm=name, host=host, timeout=timeout))
+    if as_json:
+        emit_json(result)
+    else:
+        out.print(f"migrated {name} from {result['from']} to {result['to']} in {result['total_ms'] / 1000:.1f} s "
+                  f"(paused {result['downtime_ms']} ms, {human(result['transferred_bytes'])} sent)", highlight=False)
+
+
 @vm_app.command("console")
 @reports_errors
 def vm_console(name: str) -> None:
@@ -226,9 +260,9 @@ def vm_list(filters: list[str] = FILTER_OPT, sort: str = sort_option("name"), li
     if as_json:
         emit_json([v.to_dict() for v in views])
         return
-    table = Table("name", "state", "vcpus", "memory", "disks", "ha")
+    table = Table("name", "state", "host", "vcpus", "memory", "disks", "ha")
     for v in views:
-        table.add_row(v.spec.name, v.status.state, str(v.spec.vcpus), f"{v.spec.memory_mib} MiB",
+        table.add_row(v.spec.name, v.status.state, v.host, str(v.spec.vcpus), f"{v.spec.memory_mib} MiB",
                       ", ".join(d.name for d in v.spec.disks), "on" if v.ha else "")
     out.print(table)
 
@@ -244,6 +278,8 @@ def vm_show(name: str, as_json: bool = JsonOpt) -> None:
     spec = view.spec
     out.print(f"[bold]{name}[/bold]  {view.status.state}  {spec.vcpus} vCPU  {spec.memory_mib} MiB  "
               f"profile {spec.profile}" + ("  HA" if view.ha else ""))
+    out.print(f"  host {view.host}" + (f"  compute pool {view.compute_pool}" if view.compute_pool else ""),
+              highlight=False)
     for d in spec.disks:
         out.print(f"  {d.name}  {d.format}  {d.path}")
     for n in spec.nics:
