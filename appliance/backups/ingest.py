@@ -23,7 +23,7 @@ def ingest_point(session: BackupSession, point: DiskPoint,
     bytes done, bytes to read)`."""
     writer = session.disk(point.disk, point.size)
     report = (lambda done, total: progress(point.disk, done, total)) if progress else None
-    with NbdSource(point.uri, point.since) as source:
+    with NbdSource.of(point) as source:
         stats = ingest_disk(source, writer, incremental=point.since is not None, progress=report)
     writer.record_read(stats.bytes_read)
 

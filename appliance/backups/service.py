@@ -37,6 +37,7 @@ from transports.sshfs import SshfsPushTarget
 from vmm import QemuDriver, VMSpec
 from vmm.cmdline import GUEST_AGENT_CHARDEV, protocol_driver
 from vmm.hosts import HostDisk
+from vmm.network_disks import is_network
 from vmm.spec import CDROM_NODE
 
 from .catalog import BackupCatalog, fail_interrupted
@@ -55,11 +56,16 @@ class BackupResult:
 def spec_disks(spec: VMSpec) -> list[HostDisk]:
     """A Cairn VM's disks as a disk selection sees them (a missing path is reported by the
     backup), and its cdrom, which is left out."""
-    disks = [HostDisk(d.name, d.path, d.format, kind="block" if protocol_driver(d.path) == "host_device" else "file")
-             for d in spec.disks]
+    disks = [HostDisk(d.name, d.path, d.format, kind=_kind(d.path)) for d in spec.disks]
     if spec.cdrom is not None:
         disks.append(HostDisk(CDROM_NODE, spec.cdrom, "raw", device="cdrom", readonly=True))
     return disks
+
+
+def _kind(path: str) -> str:
+    if is_network(path):
+        return "network"
+    return "block" if protocol_driver(path) == "host_device" else "file"
 
 
 def checkpoint_name(backup_id: str) -> str:
@@ -80,6 +86,8 @@ class BackupService:
     def begin(self, spec: VMSpec, full: bool = False) -> BackupRecord:
         """Claim a backup id and record it as running (so the API can answer at once)."""
         for disk in spec.disks:
+            if is_network(disk.path):
+                continue   # reached when it is read: the export says what is wrong
             if not Path(disk.path).exists():
                 raise NotFoundError(f"disk {disk.name} of VM {spec.name} is missing: {disk.path} does not exist")
         backup_id = new_backup_id(utcnow())

@@ -9,7 +9,15 @@ from rich.table import Table
 from appliance.backups.options import DEFAULT_FULL_EVERY
 from appliance.backups.retention import RetentionRules
 from appliance.deletion.deletables import deletion_service
-from appliance.policies.service import AnyPolicy, BackupPolicy, PolicyService, SnapshotPolicy, SyncPolicy, policy_out
+from appliance.policies.service import (
+    AnyPolicy,
+    BackupPolicy,
+    PolicyBase,
+    PolicyService,
+    SnapshotPolicy,
+    SyncPolicy,
+    policy_out,
+)
 from appliance.units import parse_size
 
 from .common import EXCLUDE_OPT, INCLUDE_OPT, JsonOpt, emit_json, out, reports_errors, state
@@ -79,8 +87,10 @@ def policy_list(as_json: bool = JsonOpt) -> None:
         return
     table = Table("name", "kind", "enabled", "schedule", "vms", "tags", "scheduled until")
     for p in policies:
+        # A store upkeep policy (verify, gc) selects no VMs.
+        vms, tags = (p.policy.vms, p.policy.tags) if isinstance(p.policy, PolicyBase) else ([], [])
         table.add_row(p.policy.name, p.policy.kind, "yes" if p.policy.enabled else "no", p.policy.schedule,
-                      ", ".join(p.policy.vms), ", ".join(p.policy.tags),
+                      ", ".join(vms), ", ".join(tags),
                       f"{p.scheduled_until:%Y-%m-%d %H:%M}" if p.scheduled_until else "")
     out.print(table)
 

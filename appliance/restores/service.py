@@ -41,9 +41,11 @@ from chain import Intent, VMTree
 from chain.ops import finish_recorded
 from dedup import Store
 from procs import Holding
-from restore import FileDestination
+from restore import FileDestination, RbdImage
+from restore.destinations import NewDiskDestination, RbdDestination
 from restore.whole_vm import DiskProgress, restore_disks
-from vmm import VMSpec
+from vmm import DiskSpec, VMSpec
+from vmm.network_disks import RbdDisk, network_disk
 from vmm.rundir import exclusive
 
 from .boot_test import BootTestService
@@ -63,6 +65,14 @@ class VMRestore:
     verified: bool
 
 
+def _destination(disk: DiskSpec) -> NewDiskDestination:
+    """Where a new VM's disk is restored: its file, or its RBD image (rebuilt under a partial name
+    and swapped for the blank one create() made)."""
+    if isinstance(image := network_disk(disk.path), RbdDisk):
+        return RbdDestination(RbdImage(image.pool, image.namespace, image.image, image.conf, image.user), force=True)
+    return FileDestination(Path(disk.path), disk.format, force=True)
+
+
 class RestoreService:
     def __init__(self, settings: Settings, catalog: sessionmaker[Session], vms: VMService, store: Store):
         self.settings = settings
@@ -71,21 +81,20 @@ class RestoreService:
         self.store = store
         self.journal = CatalogJournal(catalog, vms)
         self.instant = InstantRestoreService(settings, vms, store)
-        self.boot_tests = BootTestService(settings.scratch_dir, catalog, vms.driver, store)
+        self.boot_tests = BootTestService(settings.scratch_dir, settings.data_dir / "boot-tests", catalog, vms.driver,
+                                          store)
 
     def as_new_vm(self, backup_id: str, name: str, verify: bool = True,
-                  progress: DiskProgress | None = None) -> VMRestore:
-        """A new VM `name` with the backed-up VM's definition and disks."""
+                  progress: DiskProgress | None = None, storage_pool: str | None = None) -> VMRestore:
+        """A new VM `name` with the backed-up VM's definition and disks (in `storage_pool` if given)."""
         check_vm_name(name)
         manifest = self.store.get_backup(backup_id)
-        backed_up, spec = define_like(self.vms, name, manifest)
+        backed_up, spec = define_like(self.vms, name, manifest, storage_pool)
         # create() names disks vda, vdb, ... in order; the backup's disks go in the same order.
         sources = {old.name: new for old, new in zip(backed_up.disks, spec.disks, strict=True)}
         try:
             results = restore_disks(self.store, manifest,
-                                    {old: FileDestination(Path(new.path), new.format, force=True)
-                                     for old, new in sources.items()},
-                                    verify, progress)
+                                    {old: _destination(new) for old, new in sources.items()}, verify, progress)
         except BaseException:
             self.vms.delete(name)
             raise
@@ -99,6 +108,10 @@ class RestoreService:
         A running VM is refused unless stop=True, which shuts it down first."""
         manifest = self.store.get_backup(backup_id)
         spec = self.vms.spec(vm)
+        if remote := [d.name for d in spec.disks if network_disk(d.path) is not None]:
+            # The swap of new files for old ones beside them, all or nothing, needs a folder.
+            raise ConflictError(f"VM {vm} has network disks ({', '.join(remote)}): restore the backup as a new VM "
+                                "(into its storage pool) or restore each disk into an image of your choice")
         backup_disks = sorted(d.name for d in manifest.disks)
         if backup_disks != sorted(d.name for d in spec.disks):
             raise ConflictError(f"backup {backup_id} has disks {', '.join(backup_disks)}, VM {vm} has "

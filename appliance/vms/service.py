@@ -38,8 +38,9 @@ from procs import Holding
 from vmm import DiskSpec, QemuDriver, VMSpec, VMStatus, create_disk, image_info
 from vmm.clone import CloneMode, clone_disks, clone_spec
 from vmm.ha import DOWN_AFTER, HASupervisor
-from vmm.images import backing_chain, resize_image
+from vmm.images import backing_chain, copy_into, resize_image
 from vmm.images_library import ImageLibrary, ImageRecord
+from vmm.network_disks import RbdDisk, network_disk
 from vmm.placement import LOCAL_HOST, SchedulingGroup
 from vmm.rundir import exclusive
 from vmm.spec import NicSpec, validate_vm_name
@@ -129,11 +130,15 @@ class VMService:
             raise ConflictError("a VM needs at least one disk (a disk size or an image)")
         if len(disk_sizes) > len(DISK_NAMES):
             raise ConflictError(f"a VM has at most {len(DISK_NAMES)} disks")
-        root = (self.pools.storage_pool(options.storage_pool).path if options.storage_pool
-                else self.settings.images_dir)
-        folder = root / name
-        disks = [DiskSpec(DISK_NAMES[i], str(folder / f"{DISK_NAMES[i]}.qcow2"))
-                 for i in range(max(len(disk_sizes), 1 if backing else 0))]
+        pool = self.pools.storage_pool(options.storage_pool) if options.storage_pool else None
+        count = max(len(disk_sizes), 1 if backing else 0)
+        if pool is not None and pool.kind == "rbd":
+            # Raw images, thin in Ceph; the VM's QEMU opens them with its rbd driver.
+            disks = [DiskSpec(DISK_NAMES[i], pool.rbd.image(f"{name}-{DISK_NAMES[i]}").filename, "raw")
+                     for i in range(count)]
+        else:
+            folder = (pool.path if pool else self.settings.images_dir) / name
+            disks = [DiskSpec(DISK_NAMES[i], str(folder / f"{DISK_NAMES[i]}.qcow2")) for i in range(count)]
         boot = options.boot or (["cdrom", "disk"] if cdrom else [])
         spec = VMSpec(name=name, memory_mib=memory_mib, vcpus=vcpus, disks=disks,
                       kernel=kernel and str(Path(kernel).resolve()),
@@ -142,7 +147,10 @@ class VMService:
                       vnc=options.vnc)
         spec.validate()
         self._fits(spec, options.compute_pool)
-        with self._new_folder(name, root) as until_recorded:
+        if pool is not None and pool.kind == "rbd":
+            self._create_rbd_disks(spec, disk_sizes, backing, backing_format, options)
+            return spec
+        with self._new_folder(name, folder.parent) as until_recorded:
             for i, disk in enumerate(disks):
                 size = disk_sizes[i] if i < len(disk_sizes) else None
                 if i == 0 and backing:
@@ -151,12 +159,41 @@ class VMService:
                     create_disk(disk.path, size, backing=backing, backing_format=backing_format)
                 else:
                     create_disk(disk.path, size)
-            with self.catalog.begin() as s:
-                s.add(VMRecord(name=name, spec=spec.to_dict()))
-                if options.compute_pool:
-                    s.add(VMOptionsRecord(vm_name=name, compute_pool=options.compute_pool))
-                until_recorded.close()
+            self._add(spec, options, until_recorded)
         return spec
+
+    def _add(self, spec: VMSpec, options: VMOptions, until_recorded: Holding | None = None) -> None:
+        """The new VM's rows, once its disks exist; the sweep's record of its new folder
+        (`until_recorded`, _new_folder) closed in the same transaction, before its commit."""
+        with self.catalog.begin() as s:
+            s.add(VMRecord(name=spec.name, spec=spec.to_dict()))
+            if options.compute_pool:
+                s.add(VMOptionsRecord(vm_name=spec.name, compute_pool=options.compute_pool))
+            if until_recorded is not None:
+                until_recorded.close()
+
+    def _create_rbd_disks(self, spec: VMSpec, disk_sizes: list[int], backing: str | None,
+                          backing_format: str | None, options: VMOptions) -> None:
+        """Each disk a new RBD image; the first gets a copy of the base image (an RBD image has no
+        backing file: only its data is written, so it stays thin). All or none: a failure removes
+        the images made."""
+        made: list[RbdDisk] = []
+        try:
+            for i, disk in enumerate(spec.disks):
+                image = network_disk(disk.path)
+                assert isinstance(image, RbdDisk)
+                size = disk_sizes[i] if i < len(disk_sizes) else 0
+                if i == 0 and backing:
+                    size = max(size, int(image_info(backing, backing_format)["virtual-size"]))
+                image.create(size)
+                made.append(image)
+                if i == 0 and backing:
+                    copy_into(backing, backing_format, image.filename)
+            self._add(spec, options)
+        except Exception:
+            for image in made:
+                image.remove()
+            raise
 
     def spec(self, name: str) -> VMSpec:
         with self.catalog() as s:
@@ -166,12 +203,16 @@ class VMService:
             return VMSpec.from_dict(rec.spec)
 
     @staticmethod
-    def point_disks(session: Session, name: str, paths: dict[str, str]) -> None:
-        """From its next start the VM opens these files (snapshots move a disk's active layer)."""
+    def point_disks(session: Session, name: str, paths: dict[str, str], formats: dict[str, str] | None = None) -> None:
+        """From its next start the VM opens these files (snapshots move a disk's active layer), in
+        these formats where given (an instant restore onto RBD moves a disk from a qcow2 overlay
+        to a raw image)."""
         rec = session.get_one(VMRecord, name)
         spec = VMSpec.from_dict(rec.spec)
         for disk in spec.disks:
             disk.path = paths.get(disk.name, disk.path)
+            disk.format = (formats or {}).get(disk.name, disk.format)
+        spec.validate()
         rec.spec = spec.to_dict()
 
     def show(self, name: str, status: VMStatus | None = None) -> VMView:
@@ -375,9 +416,12 @@ class VMService:
     def delete(self, name: str) -> None:
         """Removes the VM and its disks at once; its backups stay in the store. (The API and
         the CLI delete under the deletion rules instead: appliance/deletion/deletables.py, VMDeletable.)"""
-        folders = self.folders(self.check_deletable(name).spec)
+        spec = self.check_deletable(name).spec
+        folders, images = self.folders(spec), self.pools.vm_images(spec)
         self.take_out(name)
         self.remove_folders(folders)
+        for image in images:
+            image.remove()
 
     def check_deletable(self, name: str) -> VMView:
         """The VM, if it may be deleted now: stopped, and no other VM reads a file of its folders."""
