@@ -6,6 +6,10 @@ untouched; only then, under the VM's lock and with the VM stopped, does one
 catalog transaction point the VM at the new files. Until that commit the VM
 still opens its old disks, whatever fails or dies in between.
 
+A restore killed before that commit leaves nothing for long: the partial file of the disk it
+was writing, and the disks it had finished, are removed by the next start's sweep (procs/):
+each finished disk is recorded there until the swap takes it.
+
 The restored disks become the root of a new snapshot tree: the same
 transaction replaces the old tree and records, as an intent, every other
 file of the VM's folders (old disks, snapshot layers, memory states) to be
@@ -36,6 +40,7 @@ from appliance.vms.service import VMService
 from chain import Intent, VMTree
 from chain.ops import finish_recorded
 from dedup import Store
+from procs import Holding
 from restore import FileDestination, RbdImage
 from restore.destinations import NewDiskDestination, RbdDestination
 from restore.whole_vm import DiskProgress, restore_disks
@@ -118,16 +123,22 @@ class RestoreService:
         # Beside each disk's active layer: in the VM's own folder, wherever that lives.
         new_files = {d.name: Path(d.path).parent / f"{d.name}-restored-{suffix}.{RESTORED_FORMAT}"
                      for d in spec.disks}
-        results = await asyncio.to_thread(
-            restore_disks, self.store, manifest,
-            {name: FileDestination(path, RESTORED_FORMAT, force=False) for name, path in new_files.items()},
-            verify, progress)
+        unswapped = Holding(f"restore of backup {backup_id} over VM {vm}")
         try:
-            self._swap(vm, backup_id, {name: str(path) for name, path in new_files.items()})
+            results = await asyncio.to_thread(
+                restore_disks, self.store, manifest,
+                {name: UnswappedDisk(path, unswapped) for name, path in new_files.items()}, verify, progress)
+            self._swap(vm, backup_id, {name: str(path) for name, path in new_files.items()}, unswapped)
         except BaseException:
+            # Those the VM does not open: a swap that failed after its commit (removing the old
+            # files) leaves the new ones in use.
+            in_use = {d.path for d in self.vms.spec(vm).disks}
             for path in new_files.values():
-                path.unlink(missing_ok=True)
+                if str(path) not in in_use:
+                    path.unlink(missing_ok=True)
             raise
+        finally:
+            unswapped.close()
         return VMRestore(vm, backup_id, {n: str(p) for n, p in new_files.items()},
                          sum(r.bytes_written for r in results), sum(r.seconds for r in results), verify)
 
@@ -160,11 +171,15 @@ class RestoreService:
                 raise ConflictError(f"VM {vm} is {state}; stop it first (or ask the restore to stop it)")
             await self.vms.stop(vm)
 
-    def _swap(self, vm: str, backup_id: str, new_files: dict[str, str]) -> None:
+    def _swap(self, vm: str, backup_id: str, new_files: dict[str, str], unswapped: Holding) -> None:
         """Under the VM's lock, in one transaction: the VM's disks are the new files, its snapshot
         tree a new root on them, its checkpoints marked replaced, and the intent to remove every
         other file of its folders (chain/intent.py, "restore"). Then those files are removed; a
-        crash before that is finished by the VM's next snapshot operation or check."""
+        crash before that is finished by the VM's next snapshot operation or check.
+
+        The sweep's record of the new files (`unswapped`) goes inside that transaction, before
+        its commit: a crash between the two leaves the files to the next restore over the VM
+        (_remove_unswapped), never has the sweep remove disks the VM opens."""
         rundir = self.vms.driver.paths(vm)
         rundir.path.mkdir(parents=True, exist_ok=True)
         with exclusive(rundir, vm):
@@ -177,5 +192,23 @@ class RestoreService:
             self.vms.require_unread(replaced, f"restoring over VM {vm}", besides=vm)
             tree = VMTree.new(vm, new_files, utcnow())
             intent = Intent("restore", backup_id, phase="recorded", obsolete=sorted(replaced))
-            self.journal.record(tree, intent, also=lambda s: checkpoints.replaced(s, vm))
+
+            def swapped(session: Session) -> None:
+                checkpoints.replaced(session, vm)
+                unswapped.close()
+            self.journal.record(tree, intent, also=swapped)
             finish_recorded(tree, self.journal, intent)
+
+
+class UnswappedDisk(FileDestination):
+    """A disk restored beside the VM's own, recorded for the sweep once complete (`unswapped`,
+    closed when the VM takes it): the partial file is the destination's own record's, the
+    complete one this record's, so a restore killed at any point leaves neither."""
+
+    def __init__(self, path: Path, unswapped: Holding) -> None:
+        super().__init__(path, RESTORED_FORMAT, force=False)
+        self.unswapped = unswapped
+
+    def commit(self) -> None:
+        super().commit()
+        self.unswapped.remove(self.path.absolute())

@@ -22,6 +22,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
+from appliance.backups.interrupted import clear_interrupted_backups
 from appliance.catalog.base import utcnow
 from appliance.errors import ConflictError, NotFoundError
 from appliance.names import LABEL
@@ -271,6 +272,7 @@ class SnapshotService:
                 spec = self.vms.spec(vm)
                 tree = self._load(spec)
                 if live is not None:
+                    await clear_interrupted_backups(self.catalog, vm, [d.name for d in spec.disks], live.qmp)
                     await live.require_idle()
                 if found := problems(tree, await _real_chains(spec, live)):
                     raise ChainMismatchError(vm, found)

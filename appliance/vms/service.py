@@ -34,6 +34,7 @@ from appliance.pools.service import PoolService
 from appliance.settings import Settings
 from appliance.snapshots.records import SnapshotIntentRecord, SnapshotTreeRecord
 from chain import VMTree
+from procs import Holding
 from vmm import DiskSpec, QemuDriver, VMSpec, VMStatus, create_disk, image_info
 from vmm.clone import CloneMode, clone_disks, clone_spec
 from vmm.ha import DOWN_AFTER, HASupervisor
@@ -54,6 +55,15 @@ ACTIVE = ("running", "paused")
 DOWN = ("stopped", "crashed")
 # A VM's rows in the catalog besides its backups: deleting the VM removes them all.
 VM_RECORDS = (VMRecord, SnapshotTreeRecord, SnapshotIntentRecord, VMOptionsRecord, VMTagRecord)
+
+
+class NewFolder(Holding):
+    """A new VM's folder, recorded for the sweep until the VM's record is committed."""
+
+    def __init__(self, folder: Path, purpose: str) -> None:
+        super().__init__(purpose)
+        self.folder = folder
+        self.remove(folder)
 
 
 @dataclass
@@ -140,8 +150,7 @@ class VMService:
         if pool is not None and pool.kind == "rbd":
             self._create_rbd_disks(spec, disk_sizes, backing, backing_format, options)
             return spec
-        self._new_folder(name, folder.parent)
-        try:
+        with self._new_folder(name, folder.parent) as until_recorded:
             for i, disk in enumerate(disks):
                 size = disk_sizes[i] if i < len(disk_sizes) else None
                 if i == 0 and backing:
@@ -150,18 +159,18 @@ class VMService:
                     create_disk(disk.path, size, backing=backing, backing_format=backing_format)
                 else:
                     create_disk(disk.path, size)
-            self._add(spec, options)
-        except Exception:
-            shutil.rmtree(folder, ignore_errors=True)
-            raise
+            self._add(spec, options, until_recorded)
         return spec
 
-    def _add(self, spec: VMSpec, options: VMOptions) -> None:
-        """The new VM's rows, once its disks exist."""
+    def _add(self, spec: VMSpec, options: VMOptions, until_recorded: Holding | None = None) -> None:
+        """The new VM's rows, once its disks exist; the sweep's record of its new folder
+        (`until_recorded`, _new_folder) closed in the same transaction, before its commit."""
         with self.catalog.begin() as s:
             s.add(VMRecord(name=spec.name, spec=spec.to_dict()))
             if options.compute_pool:
                 s.add(VMOptionsRecord(vm_name=spec.name, compute_pool=options.compute_pool))
+            if until_recorded is not None:
+                until_recorded.close()
 
     def _create_rbd_disks(self, spec: VMSpec, disk_sizes: list[int], backing: str | None,
                           backing_format: str | None, options: VMOptions) -> None:
@@ -485,17 +494,14 @@ class VMService:
         made: list[VMSpec] = []
         try:
             for name in names:
-                folder = self._new_folder(name)
-                try:
-                    spec = clone_spec(src, name, clone_disks(src, folder, disk_mode, caches))
+                with self._new_folder(name) as until_recorded:
+                    spec = clone_spec(src, name, clone_disks(src, until_recorded.folder, disk_mode, caches))
                     with self.catalog.begin() as s:
                         self.networks.adopt_clone(s, source, spec)
                         s.add(VMRecord(name=name, spec=spec.to_dict()))
                         if mode == "instant":
                             s.add(VMOptionsRecord(vm_name=name, linked_to=source))
-                except BaseException:
-                    shutil.rmtree(folder, ignore_errors=True)
-                    raise
+                        until_recorded.close()
                 made.append(spec)
                 self.networks.refresh(spec.name)
         except BaseException:
@@ -659,16 +665,27 @@ class VMService:
         own): not enough memory, or mandatory policies keep it off all of them."""
         self.placement.fits(spec, pool)
 
-    def _new_folder(self, name: str, root: Path | None = None) -> Path:
+    @contextmanager
+    def _new_folder(self, name: str, root: Path | None = None) -> Iterator[NewFolder]:
         """The VM's own disk folder (in `root`, default the data dir's), made now: a concurrent
-        create of the same name fails here instead of later removing this one's files."""
+        create of the same name fails here instead of later removing this one's files. It goes
+        again if the body fails, and if the process dies first the next start's sweep removes it
+        (procs/): the body closes that record in the transaction that adds the VM, before its
+        commit. A crash between the two leaves the folder; the sweep never removes a VM's disks."""
         folder = (root or self.settings.images_dir) / name
         try:
             folder.mkdir(parents=True)
         except FileExistsError:
             raise ConflictError(f"VM {name} already exists (or is being created): {folder} "
                                 "exists") from None
-        return folder
+        until_recorded = NewFolder(folder, f"the folder of new VM {name}")
+        try:
+            yield until_recorded
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
+        finally:
+            until_recorded.close()
 
     def _require_stopped(self, name: str, doing: str) -> None:
         self._require_down(name, self.placement.host_of(name), f"to {doing}")
