@@ -198,7 +198,7 @@ def test_the_leader_killed_while_a_policy_is_due_and_jobs_run(cluster):
     assert rolled_back - died < TAKEOVER
     for job in jobs_of(appliance):
         if job.id in manual:
-            assert job.state == "failed" and "interrupted" in job.error, job.error
+            assert job.state == "failed" and "interrupted" in (job.error or ""), (job.state, job.error, job.steps)
             assert all(step["state"] in ("undone", "pending") for step in job.steps), job.steps
 
     # a comes back as a follower; the run due meanwhile is b's, once.
