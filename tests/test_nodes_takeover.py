@@ -42,7 +42,7 @@ pytestmark = pytest.mark.slow
 MiB = 1 << 20
 # Random disks: a backup of the small ones is under way within seconds, one of the large ones
 # runs for longer than a node takes to start on this machine.
-SMALL_DISK, LARGE_DISK = 256 * MiB, 768 * MiB
+SMALL_DISK, LARGE_DISK = 256 * MiB, 1024 * MiB
 LEAD_TIME = 15.0        # seconds before the policy is due that the leader's own backups start
 TAKEOVER = 10.0         # seconds from a leader's death to the other node leading and its jobs taken over
 JOB_TIMEOUT = 300
@@ -134,11 +134,13 @@ def leader_seen_by(node: Node) -> str | None:
         return api.get("/api/v1/nodes").json()["leader"]
 
 
-def until(condition: Callable[[], object], timeout: float, what: str, interval: float = 0.1) -> float:
-    """Waits for `condition`; returns when (time.monotonic()) it held."""
+def until(condition: Callable[[], object], timeout: float, what: str | Callable[[], str],
+          interval: float = 0.1) -> float:
+    """Waits for `condition`; returns when (time.monotonic()) it held. `what` says what it waited
+    for, or (a callable) what stands when it gives up."""
     deadline = time.monotonic() + timeout
     while not condition():
-        assert time.monotonic() < deadline, f"{what}: not after {timeout} s"
+        assert time.monotonic() < deadline, f"{what() if callable(what) else what}: not after {timeout} s"
         time.sleep(interval)
     return time.monotonic()
 
@@ -154,6 +156,10 @@ def jobs_of(appliance: Appliance, **where: object) -> list[JobRecord]:
 def running_with_progress(appliance: Appliance, ids: list[str]) -> bool:
     jobs = [j for j in jobs_of(appliance) if j.id in ids]
     return len(jobs) == len(ids) and all(j.state == "running" and j.progress > 0 for j in jobs)
+
+
+def states_of(appliance: Appliance, ids: list[str]) -> list[tuple[str, str, float, str | None]]:
+    return [(j.id, j.state, j.progress, j.error) for j in jobs_of(appliance) if j.id in ids]
 
 
 def next_minute(margin: float) -> datetime:
@@ -208,7 +214,8 @@ def test_the_leader_killed_while_a_policy_is_due_and_jobs_run(cluster):
 
     # b is killed while that run's backups run: a takes over, rolls them back, runs the due time no second time.
     first_run = [j.id for j in jobs_of(appliance, policy_id=policy)]
-    until(lambda: running_with_progress(appliance, first_run), 60, "the run's backups under way on b", interval=0.02)
+    until(lambda: running_with_progress(appliance, first_run), 60,
+          lambda: f"the run's backups under way on b ({states_of(appliance, first_run)})", interval=0.02)
     died = b.kill()
     led = until(lambda: leader_seen_by(a) == "a", TAKEOVER, "a leads again")
     rolled_back = until(lambda: all(j.state in FINISHED for j in jobs_of(appliance) if j.id in first_run),
