@@ -7,13 +7,12 @@ roles.required_role), the audit log of changes (audit.AuditMiddleware), and one 
 """
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException
 
 from appliance.access.audit import record_changes
@@ -30,6 +29,7 @@ from dedup import (
 )
 
 from .auth import Caller, auth_router, bearer
+from .models import BackupOut, VMDetail, VMOut
 from .users import users_router
 
 VERSION = "0.1.0"
@@ -54,37 +54,6 @@ class Health(BaseModel):
     status: str
     version: str
     store: str
-
-
-class DiskOut(BaseModel):
-    name: str
-    path: str
-    format: str
-
-
-class VMOut(BaseModel):
-    name: str
-    state: str
-    pid: int | None
-    vcpus: int
-    memory_mib: int
-    disks: list[DiskOut]
-
-
-class BackupOut(BaseModel):
-    model_config = ConfigDict(from_attributes=True)
-    id: str
-    vm_name: str
-    kind: str
-    status: str
-    parent: str | None
-    started_at: datetime
-    finished_at: datetime | None
-    size: int
-    bytes_read: int
-    bytes_stored: int
-    error: str | None
-    notes: list[str]
 
 
 class ErrorOut(BaseModel):
@@ -144,11 +113,6 @@ def create_app(appliance: Appliance) -> FastAPI:
     api.include_router(users_router(appliance))
     api.include_router(access_router(appliance))
 
-    def vm_out(view: Any) -> VMOut:
-        d = view.to_dict()
-        return VMOut(name=d["name"], state=d["state"], pid=d["pid"], vcpus=d["vcpus"], memory_mib=d["memory_mib"],
-                     disks=[DiskOut(**{k: disk[k] for k in ("name", "path", "format")}) for disk in d["disks"]])
-
     # Imported here: api_store builds on this module's error_body.
     from .store import store_router
     api.include_router(store_router(appliance))
@@ -183,11 +147,12 @@ def create_app(appliance: Appliance) -> FastAPI:
     @api.get("/api/v1/vms", response_model=list[VMOut])
     def list_vms(caller: Caller) -> list[VMOut]:
         hidden = seen.hidden(caller)
-        return [vm_out(v) for v in appliance.vms.list() if v.spec.name not in hidden]
+        return [VMOut.of(v) for v in appliance.vms.list() if v.spec.name not in hidden]
 
-    @api.get("/api/v1/vms/{name}", response_model=VMOut, responses={404: {"model": ErrorOut}})
-    def get_vm(name: str) -> VMOut:
-        return vm_out(appliance.vms.show(name))
+    @api.get("/api/v1/vms/{name}", response_model=VMDetail, responses={404: {"model": ErrorOut}})
+    def get_vm(name: str) -> VMDetail:
+        """The list's fields and the rest of the VM's definition (profile, NICs, boot, HA...)."""
+        return VMDetail.of(appliance.vms.show(name))
 
     @api.get("/api/v1/backups", response_model=list[BackupOut])
     def list_backups(caller: Caller, vm: str | None = None) -> list[BackupOut]:

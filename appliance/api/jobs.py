@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import queue
 from collections.abc import AsyncIterator, Callable, Coroutine
-from datetime import datetime
 from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
 
 from fastapi import APIRouter, Depends, Request, Response
@@ -28,49 +27,14 @@ from appliance.catalog.query import ListQuery, list_query
 from appliance.context import Appliance
 from appliance.jobs.engine import JobParamsError
 from appliance.jobs.params import PARAMS, BackupParams, BackupRequest, GcParams, JobParams, VerifyParams
-from appliance.jobs.records import FINISHED_STATES, EventRecord, JobRecord, JobState, Severity, StepState
+from appliance.jobs.records import FINISHED_STATES, EventRecord, JobRecord
 
 from .app import ErrorOut
 from .auth import Caller, still_signed_in
+from .models import EventOut, JobOut
 
 ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorOut} for code in (404, 409, 422)}
 SIGNED_IN_CHECK = 1.0   # seconds between checks that a live stream's session or key still stands
-
-
-class StepOut(BaseModel):
-    name: str
-    state: StepState
-    error: str | None = None
-
-
-class JobOut(BaseModel):
-    model_config = ConfigDict(from_attributes=True)
-    id: str
-    kind: str
-    resource: str
-    state: JobState
-    params: dict[str, Any]
-    steps: list[StepOut]
-    progress: float
-    result: dict[str, Any] | None
-    error: str | None
-    cancel_requested: bool
-    policy_id: str | None
-    created_at: datetime
-    started_at: datetime | None
-    finished_at: datetime | None
-
-
-class EventOut(BaseModel):
-    model_config = ConfigDict(from_attributes=True)
-    id: int
-    created_at: datetime
-    kind: str
-    severity: Severity
-    resource: str | None
-    job_id: str | None
-    message: str
-    data: dict[str, Any]
 
 
 class KindAndParams(BaseModel):

@@ -25,7 +25,7 @@ from appliance.deletion.protection import Impact
 from appliance.errors import ConflictError
 from appliance.jobs.params import CloneParams, CloneRequest
 from appliance.units import parse_size
-from appliance.vms.service import VMOptions, VMView
+from appliance.vms.service import VMOptions
 from vmm import VMBusyError, VMError, VMSpecError, VMStateError
 from vmm.console import ConsoleTokens, vnc_password
 from vmm.images_library import ImageChecksumError, ImageRecord
@@ -35,6 +35,7 @@ from vmm.spec import NicSpec, random_mac
 from .app import error_body
 from .auth import Caller, still_signed_in
 from .jobs import ERRORS, JobOut, submit_job
+from .models import StoppedVM, VMDetail
 
 CONSOLE_PATH = "/api/v1/console"
 MAX_STOP_TIMEOUT = 3600.0   # a stop waits at most an hour for its guest (a force-stop cuts it short anyway)
@@ -92,30 +93,6 @@ class VMCreate(BaseModel):
     append: str | None = None
 
 
-class NicOut(BaseModel):
-    name: str
-    mode: str
-    mac: str
-    tap: str | None
-    bridge: str | None
-
-
-class VMDetail(BaseModel):
-    name: str
-    state: str
-    pid: int | None
-    vcpus: int
-    memory_mib: int
-    profile: str
-    disks: list[dict[str, str]]
-    nics: list[NicOut]
-    cdrom: str | None
-    boot: list[str]
-    console: bool
-    ha: bool
-    linked_to: str | None
-
-
 class Resize(BaseModel):
     model_config = ConfigDict(extra="forbid")
     vcpus: int | None = Field(None, ge=1, le=255)
@@ -171,15 +148,6 @@ class GroupOut(GroupIn):
     name: str
 
 
-def detail(view: VMView) -> VMDetail:
-    spec = view.spec
-    return VMDetail(name=spec.name, state=view.status.state, pid=view.status.pid, vcpus=spec.vcpus,
-                    memory_mib=spec.memory_mib, profile=spec.profile,
-                    disks=[{"name": d.name, "path": d.path, "format": d.format} for d in spec.disks],
-                    nics=[NicOut(**vars(n)) for n in spec.nics], cdrom=spec.cdrom, boot=spec.boot,
-                    console=spec.vnc, ha=view.ha, linked_to=view.linked_to)
-
-
 def vm_router(appliance: Appliance) -> APIRouter:
     vms = appliance.vms
     # A console ticket grants one VM's console to the credentials that asked for it.
@@ -217,33 +185,34 @@ def vm_router(appliance: Appliance) -> APIRouter:
         seen.own(caller, body.name)
         if body.ha:
             vms.set_ha(body.name, True)
-        return detail(vms.show(body.name))
+        return VMDetail.of(vms.show(body.name))
 
     @router.post("/api/v1/vms/{name}/start", response_model=VMDetail)
     async def start_vm(name: str) -> VMDetail:
-        return detail(await vms.start(name))
+        return VMDetail.of(await vms.start(name))
 
-    @router.post("/api/v1/vms/{name}/stop", response_model=VMDetail)
-    async def stop_vm(name: str, body: StopRequest | None = None) -> VMDetail:
+    @router.post("/api/v1/vms/{name}/stop", response_model=StoppedVM)
+    async def stop_vm(name: str, body: StopRequest | None = None) -> StoppedVM:
         body = body or StopRequest()
-        return detail(await vms.stop(name, timeout=body.timeout, force=body.force))
+        view, how = await vms.stop(name, timeout=body.timeout, force=body.force)
+        return StoppedVM(**VMDetail.of(view).model_dump(), how=how)
 
     @router.post("/api/v1/vms/{name}/reboot", response_model=VMDetail)
     async def reboot_vm(name: str) -> VMDetail:
-        return detail(await vms.reboot(name))
+        return VMDetail.of(await vms.reboot(name))
 
     @router.post("/api/v1/vms/{name}/pause", response_model=VMDetail)
     async def pause_vm(name: str) -> VMDetail:
-        return detail(await vms.pause(name))
+        return VMDetail.of(await vms.pause(name))
 
     @router.post("/api/v1/vms/{name}/resume", response_model=VMDetail)
     async def resume_vm(name: str) -> VMDetail:
-        return detail(await vms.resume(name))
+        return VMDetail.of(await vms.resume(name))
 
     @router.patch("/api/v1/vms/{name}", response_model=VMDetail)
     def resize_vm(name: str, body: Resize) -> VMDetail:
         vms.resize(name, vcpus=body.vcpus, memory_mib=body.memory_mib)
-        return detail(vms.show(name))
+        return VMDetail.of(vms.show(name))
 
     @router.post("/api/v1/vms/{name}/disks/{disk}/resize")
     async def resize_disk(name: str, disk: str, body: DiskResize) -> dict[str, Any]:
@@ -269,7 +238,7 @@ def vm_router(appliance: Appliance) -> APIRouter:
     @router.put("/api/v1/vms/{name}/ha", response_model=VMDetail)
     def set_ha(name: str, body: HARequest) -> VMDetail:
         vms.set_ha(name, body.enabled, body.max_restarts, body.window_seconds)
-        return detail(vms.show(name))
+        return VMDetail.of(vms.show(name))
 
     @router.post("/api/v1/vms/{name}/console", response_model=ConsoleTicket)
     def open_console(name: str, request: Request) -> ConsoleTicket:

@@ -29,7 +29,7 @@ from appliance.pools.service import PoolService
 from appliance.settings import Settings
 from appliance.snapshots.records import SnapshotIntentRecord, SnapshotTreeRecord
 from chain import VMTree
-from vmm import DiskSpec, QemuDriver, VMSpec, VMStatus, create_disk, image_info
+from vmm import DiskSpec, QemuDriver, StopMethod, VMSpec, VMStatus, create_disk, image_info
 from vmm.clone import CloneMode, clone_disks, clone_spec
 from vmm.ha import HAHooks, HASupervisor, RestartLimit
 from vmm.images import backing_chain, resize_image
@@ -218,10 +218,12 @@ class VMService:
         return VMView(spec, status, ha=bool(opts and opts.ha_enabled),
                       linked_to=opts.linked_to if opts else None)
 
-    async def stop(self, name: str, timeout: float = 30.0, force: bool = False) -> VMView:
+    async def stop(self, name: str, timeout: float = 30.0, force: bool = False) -> tuple[VMView, StopMethod]:
+        """The VM stopped, and how (QemuDriver.stop): whoever asked is told whether the guest shut
+        down or was forced off."""
         self.spec(name)
-        await self.driver.stop(name, timeout=timeout, force=force)
-        return self.show(name)
+        how = await self.driver.stop(name, timeout=timeout, force=force)
+        return self.show(name), how
 
     async def reboot(self, name: str) -> VMView:
         self.spec(name)
