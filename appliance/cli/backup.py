@@ -8,7 +8,7 @@ import typer
 from appliance.backups.options import DEFAULT_FULL_EVERY
 from appliance.units import human
 
-from .common import EXCLUDE_OPT, INCLUDE_OPT, JsonOpt, emit_json, out, reports_errors, state
+from .common import EXCLUDE_OPT, INCLUDE_OPT, JsonOpt, emit_json, out, print_table, reports_errors, state, table
 
 backup_app = typer.Typer(help="Back up VMs and list backups.", no_args_is_help=True)
 
@@ -55,22 +55,16 @@ def say_backup(result: dict[str, Any], vm: str, as_json: bool) -> None:
 @backup_app.command("list")
 @reports_errors
 def backup_list(vm: str | None = typer.Option(None, help="Only this VM's backups."), as_json: bool = JsonOpt) -> None:
-    """List backups recorded in the catalog."""
-    from appliance.backups.catalog import BackupCatalog
-
-    records = BackupCatalog(state.appliance.catalog).list(vm)
+    """List backups recorded in the catalog, oldest first. A backup's ID (what a restore takes)
+    is its start time in UTC and a suffix; its notes and errors follow the table."""
+    backups = state.client.backups(vm)
     if as_json:
-        emit_json([backup_dict(r) for r in records])
+        emit_json(backups)
         return
-    from rich.table import Table
-
-    table = Table("id", "vm", "kind", "status", "started", "read", "stored", "note")
-    for r in records:
-        table.add_row(r.id, r.vm_name, r.kind, r.status, r.started_at.strftime("%Y-%m-%d %H:%M:%S"),
-                      human(r.bytes_read), human(r.bytes_stored), r.error or "; ".join(r.notes))
-    out.print(table)
-
-
-def backup_dict(r: Any) -> dict[str, Any]:
-    return {c: getattr(r, c) for c in ("id", "vm_name", "store", "kind", "status", "parent", "checkpoint", "started_at",
-                                       "finished_at", "size", "bytes_read", "bytes_stored", "error", "notes")}
+    listing = table("id", "vm", "kind", "status", "read", "stored", numbers=("read", "stored"))
+    for b in backups:
+        listing.add_row(b.id, b.vm_name, b.kind, b.status, human(b.bytes_read), human(b.bytes_stored))
+    print_table(listing)
+    for b in backups:
+        for note in ([f"error: {b.error}"] if b.error else b.notes):
+            out.print(f"{b.id}: {note}", highlight=False, soft_wrap=False)

@@ -2,12 +2,11 @@
 from __future__ import annotations
 
 import typer
-from rich.table import Table
 
 from appliance.backups.options import DEFAULT_FULL_EVERY
 from appliance.units import human
 
-from .common import EXCLUDE_OPT, INCLUDE_OPT, JsonOpt, emit_json, out, reports_errors, state
+from .common import EXCLUDE_OPT, INCLUDE_OPT, JsonOpt, emit_json, out, print_table, reports_errors, state, table
 
 host_app = typer.Typer(help="Hosts besides this one: libvirt hosts (their domains) and ssh hosts (VMs run by "
                             "Cairn's agent).", no_args_is_help=True)
@@ -43,10 +42,10 @@ def host_list(as_json: bool = JsonOpt) -> None:
     if as_json:
         emit_json([h.to_dict() for h in hosts])
         return
-    table = Table("name", "kind", "uri", "options")
+    listing = table("name", "kind", "uri", "options", wide=("options",))
     for h in hosts:
-        table.add_row(h.name, h.kind, h.uri, " ".join(f"{k}={v}" for k, v in h.options.items()))
-    out.print(table)
+        listing.add_row(h.name, h.kind, h.uri, " ".join(f"{k}={v}" for k, v in h.options.items()))
+    print_table(listing)
 
 
 @host_app.command("remove")
@@ -65,11 +64,11 @@ def host_vms(name: str, as_json: bool = JsonOpt) -> None:
     if as_json:
         emit_json([v.to_dict() for v in vms])
         return
-    table = Table("name", "state", "vcpus", "memory", "disks")
+    listing = table("name", "state", "vcpus", "memory", "disks", wide=("disks",), numbers=("vcpus", "memory"))
     for d in vms:
-        table.add_row(d.name, d.state, str(d.vcpus), f"{d.memory_mib} MiB",
-                      ", ".join(f"{k.target} ({k.format})" for k in d.disks))
-    out.print(table)
+        listing.add_row(d.name, d.state, str(d.vcpus), f"{d.memory_mib} MiB",
+                        ", ".join(f"{k.target} ({k.format})" for k in d.disks))
+    print_table(listing)
 
 
 @host_app.command("start")
