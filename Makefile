@@ -7,16 +7,19 @@ PY := $(VENV)/bin/python
 RUN_PACKAGES := qemu-system-x86 qemu-utils libnbd-bin python3-libnbd python3-venv nbdkit nbdkit-plugin-python \
   openssh-client sshfs fuse3 xfsprogs python3-libvirt dnsmasq-base iproute2
 # ... and what the tests add (`make test`): servers to test against (sshd, libvirtd, a browser), the
-# ISO's build tools, and the tools the suite's guest and network tests use.
+# ISO's build tools, the tools the suite's guest and network tests use, and faketime (clock jumps).
 TEST_PACKAGES := openssh-server debootstrap squashfs-tools xorriso grub-pc-bin grub-efi-amd64-bin grub-common mtools \
   dosfstools ovmf git binutils libvirt-daemon-system libvirt-daemon-system-sysv libvirt-daemon-driver-qemu \
-  libvirt-clients netcat-openbsd iputils-ping chromium chromium-driver
+  libvirt-clients netcat-openbsd iputils-ping chromium chromium-driver faketime
 # The peers bench/peers.py runs Cairn against.
 BENCH_PACKAGES := virtnbdbackup borgbackup restic
+# A one-node Ceph, started by the tests of the RADOS and S3 stores and RBD restores (they skip without
+# it; .ci/run installs it) and by bench/scale_out.py. Installing starts no daemon.
+CEPH_PACKAGES := ceph-mon ceph-osd ceph-mgr radosgw ceph-common python3-rados python3-rbd qemu-block-extra
 DATA_DIR ?= $(CURDIR)/data
 PYTEST_ARGS ?=
 
-.PHONY: serve test test-fast lint deps test-deps venv test-venv bench iso clean
+.PHONY: serve test test-fast lint deps test-deps ceph-deps venv test-venv bench iso clean
 
 serve: venv
 	CAIRN_DATA_DIR=$${CAIRN_DATA_DIR:-$(DATA_DIR)} $(VENV)/bin/cairn serve --host 127.0.0.1 --port 8080
@@ -35,19 +38,26 @@ lint: test-venv
 test-fast: test-venv
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
-bench: test-venv
+bench: test-venv ceph-deps
 	@$(call apt_install,$(BENCH_PACKAGES))
+	$(PY) bench/startup.py
+	$(PY) bench/api.py
+	$(PY) bench/vm_create.py
 	$(PY) bench/backup_throughput.py
 	$(PY) bench/store.py
 	$(PY) bench/peers.py
 	$(PY) bench/snapshot.py
+	$(PY) bench/scale_out.py
 
-# The installer ISO: build/iso/cairn-<version>.iso with its .sha256 and .manifest (root, ~3-10 min).
+# The installer ISO: build/iso/cairn-<version>.iso with its .sha256 and .manifest (root, ~2-4 min).
 iso: test-venv
 	iso/build.sh $(CURDIR)/build/iso
 
 deps:
 	@$(call apt_install,$(RUN_PACKAGES))
+
+ceph-deps: deps
+	@$(call apt_install,$(CEPH_PACKAGES))
 
 test-deps: deps
 	@$(call apt_install,$(TEST_PACKAGES))

@@ -1,7 +1,12 @@
-"""Errors the appliance reports to people: each says what is wrong and changes nothing."""
+"""Errors the appliance reports to people: each says what is wrong and changes nothing.
+
+CairnError is the root of the appliance's own errors; each kind carries the HTTP status the API
+answers it with (the packages below the appliance get theirs in appliance/error_statuses.py).
+"""
 
 
 class CairnError(Exception):
+    """Refused as asked: the message says why."""
     status = 400
 
 

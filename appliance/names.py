@@ -15,6 +15,9 @@ from __future__ import annotations
 import re
 import unicodedata
 from dataclasses import dataclass
+from typing import Annotated
+
+from pydantic import Field
 
 from vmm.spec import VM_NAME_RE
 
@@ -44,6 +47,9 @@ ACCOUNT = NameRule(re.compile(r"[a-z_][a-z0-9_.-]{0,63}"), "lower-case letters, 
 # Snapshots and scheduling groups: shown and named in requests, kept in the catalog.
 LABEL = NameRule(re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,62}"),
                  "use 1-63 characters A-Z a-z 0-9 _ . : -, starting with a letter or digit")
+# The rule as a request field: checked while the request is read (before a job is queued), and
+# said in the OpenAPI as the field's pattern.
+Label = Annotated[str, Field(pattern=f"^{LABEL.pattern.pattern}$", description=f"a name: {LABEL.says}")]
 
 
 def check_vm_name(name: object) -> str:

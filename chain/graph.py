@@ -43,6 +43,8 @@ class BlockGraph:
     def root(self, disk: str) -> BlockNode:
         if disk not in self.roots:
             raise ChainError(f"the running VM has no disk {disk}")
+        if self.roots[disk] not in self.nodes:
+            raise ChainError(f"disk {disk}'s root node {self.roots[disk]} is no image node Cairn knows")
         return self.nodes[self.roots[disk]]
 
     def by_file(self, file: str) -> BlockNode | None:
@@ -87,4 +89,11 @@ async def read_graph(qmp: QMPSession) -> BlockGraph:
             backing = e["image"].get("full-backing-filename")
             nodes[e["node-name"]] = BlockNode(e["node-name"], e["drv"], e["file"], e["image"]["virtual-size"], backing,
                                               protocol.get(e["file"]), tuple(e.get("dirty-bitmaps", [])))
+    # A filter may sit on a disk's format node: the copy-before-write of a backup's export, left
+    # there by a backup that was killed until the next one removes it. It bears the file name of
+    # the node it filters, which is the disk's root as far as its chain goes.
+    filters = {e["node-name"]: e["file"] for e in entries if e["drv"] not in (*FORMAT_DRIVERS, "file")}
+    for disk, name in roots.items():
+        if name in filters:
+            roots[disk] = next((n.name for n in nodes.values() if n.file == filters[name]), name)
     return BlockGraph(roots, nodes)

@@ -143,6 +143,11 @@ async def finish_delete(tree: VMTree, live: LiveChains | None, journal: Journal,
             intent.obsolete.append(merge.obsolete_file)
             journal.record(tree, intent)
         await _merge(tree, live, merge, intent.rate_limit, record)
+    if live is not None:
+        # A merge recorded by a process that died before it closed the merged layer in QEMU:
+        # left open, that node holds its backing layer, and every later live snapshot fails.
+        for file in intent.obsolete:
+            await live.forget_file(file)
     finish_recorded(tree, journal, intent)
 
 

@@ -7,6 +7,8 @@ means a block of a format-2 store as well as a chunk of format 1: the unit a
 map or index names by its id.
 """
 
+from datetime import datetime
+
 
 class StoreError(Exception):
     """Base class of every error raised by dedup."""
@@ -123,3 +125,21 @@ class WrongKeyError(KeyFileError):
 
 class PassphraseRequiredError(KeyFileError):
     """The store is encrypted and no passphrase was given."""
+
+
+class StoreFullError(StoreError):
+    """The store's space ran out (a pool quota, a full cluster or bucket): nothing was lost, the
+    write that needed space failed."""
+
+
+class StoreMismatchError(StoreError):
+    """A sync's target cannot take the source's blocks as they are: another block size or key."""
+
+
+class BackupLockedError(StoreError):
+    """The backup is under a retention lock: it cannot be deleted, nor the lock shortened, before `until`."""
+
+    def __init__(self, message: str, backup_id: str, until: datetime) -> None:
+        super().__init__(message)
+        self.backup_id = backup_id
+        self.until = until

@@ -50,6 +50,7 @@ from datetime import UTC, datetime, timedelta
 from .backend import Entry, Lock, join
 from .blockindex import INDEX_DIR, BlockIndex, PackInfo, list_packs, write_index_file
 from .errors import ChunkCorruptError, GcUnsafeError, StoreBusyError
+from .immutability import pinned_packs
 from .leases import LeaseScan, lock_dead_lease, scan_leases
 from .locks import LOCKS_DIR
 from .manifest import MANIFEST_FILE
@@ -99,6 +100,7 @@ class GcReport:
     dead_bytes_kept: int = 0  # unreferenced bytes left in kept packs
     repack_threshold: float = DEFAULT_REPACK_THRESHOLD
     problems: tuple[str, ...] = ()  # packs left alone because they could not be read
+    packs_locked: int = 0  # kept as they are: they hold blocks of backups under a retention lock
 
 
 def collect_garbage(
@@ -155,6 +157,7 @@ class _Collection:
     threshold: float
     cutoff_ns: int = 0
     temp_files: int = 0
+    pinned: set[str] = field(default_factory=set)  # packs of locked backups (immutability.py)
     problems: list[str] = field(default_factory=list)
 
     def run(self) -> GcReport:
@@ -169,6 +172,7 @@ class _Collection:
         )
         refs = self._mark()
         live = refs.pages | refs.blocks
+        self.pinned = pinned_packs(self.store)
         index_files = [e.name for e in backend.list(INDEX_DIR) if not e.is_dir and not e.name.startswith(".")]
         self.store.blocks.reload()
         self._settle_leftover_trash(live)
@@ -200,6 +204,7 @@ class _Collection:
             dead_bytes_kept=plan.dead_kept_bytes,
             repack_threshold=self.threshold,
             problems=tuple(self.problems),
+            packs_locked=len(self.pinned),
         )
 
     def _mark(self) -> References:
@@ -231,8 +236,8 @@ class _Collection:
             live_bytes = sum(RECORD_SIZE + r.stored_length for r in live_records)
             dead = len(pack.records) - len(live_records)
             dead_bytes = sum(RECORD_SIZE + r.stored_length for r in pack.records) - live_bytes
-            if pack.mtime_ns >= self.cutoff_ns or not dead or (live_records and dead_bytes < self.threshold *
-                                                               (live_bytes + dead_bytes)):
+            if pack.mtime_ns >= self.cutoff_ns or not dead or pack.name in self.pinned or (
+                    live_records and dead_bytes < self.threshold * (live_bytes + dead_bytes)):
                 plan.kept_blocks += len(pack.records)
                 plan.kept_bytes += pack.size
                 plan.dead_kept_blocks += dead

@@ -12,7 +12,8 @@ The rules, applied to one VM's backups sorted newest first by `created`:
   rather than "remove everything".
 - A protected backup (a `protected` file in its directory, so the mark
   lives in the store itself) is always kept and invisible to the rules: it
-  neither uses up a count nor makes a period taken.
+  neither uses up a count nor makes a period taken. So is a backup under a
+  retention lock until its date (immutability.py); delete_backup refuses it.
 
 Removing a backup deletes its manifest first, which makes the backup cease
 to exist in one atomic step, then its directory; a crash in between leaves a
@@ -29,7 +30,8 @@ from datetime import UTC, datetime
 
 from .backend import write_file
 from .errors import RetentionRuleError
-from .manifest import MANIFEST_FILE, BackupManifest
+from .immutability import check_deletable, locked_backups
+from .manifest import MANIFEST_FILE, BackupManifest, format_time
 from .store import BackupDir, Store
 
 PROTECTED_FILE = "protected"
@@ -113,7 +115,10 @@ def plan_retention(
 def prune(store: Store, vm: str, policy: RetentionPolicy, dry_run: bool = False) -> PruneReport:
     backups = store.list_backups(vm)
     protected = {m.backup_id for m in backups if is_protected(store, m)}
-    decisions = plan_retention(backups, policy, protected)
+    locked = locked_backups(store, backups)
+    decisions = plan_retention(backups, policy, protected | locked.keys())
+    decisions = tuple(replace(d, reasons=(f"locked until {format_time(locked[d.backup_id])}",))
+                      if d.backup_id in locked.keys() - protected else d for d in decisions)
     if not dry_run:
         by_id = {m.backup_id: m for m in backups}
         decisions = tuple(
@@ -127,11 +132,13 @@ def delete_backup(store: Store, manifest: BackupManifest) -> bool:
     """Make the backup cease to exist (manifest first), then remove its files.
 
     Returns False, removing nothing, if the backup is protected: checked here
-    again so that a protect() racing with a prune always wins.
+    again so that a protect() racing with a prune always wins. BackupLockedError
+    if it is under a retention lock.
     """
     directory = BackupDir(manifest.vm, manifest.backup_id)
     if is_protected(store, manifest):
         return False
+    check_deletable(store, manifest)
     store.backend.remove(directory.file(MANIFEST_FILE))
     store.backend.remove_tree(directory.name)
     return True

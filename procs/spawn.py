@@ -18,6 +18,7 @@ child that carries the signal and run on: helpers run in the foreground.
 """
 from __future__ import annotations
 
+import os
 import queue
 import subprocess
 import threading
@@ -53,8 +54,16 @@ class _Forker:
             except BaseException as e:   # handed to the caller, whose error it is
                 done.set_exception(e)
 
+    def forget_thread(self) -> None:
+        """In a child forked from this process: the forking thread stayed behind (a fork copies
+        only the thread that forks), so the child's first helper starts one of its own."""
+        self._requests = queue.SimpleQueue()
+        self._started = threading.Lock()
+        self._thread = None
+
 
 _forker = _Forker()
+os.register_at_fork(after_in_child=_forker.forget_thread)
 
 
 def start_helper(argv: list[str], *, outlives_owner: bool = False, **popen: Any) -> subprocess.Popen[Any]:

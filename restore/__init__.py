@@ -1,5 +1,5 @@
-"""Restore a backup point from the store into a file, a block device, an NBD export
-or a file on another host.
+"""Restore a backup point from the store into a file, a block device, an NBD export,
+a file on another host or an RBD image.
 
 Works from the store alone; imports nothing from Cairn but dedup.
 """
@@ -10,6 +10,8 @@ from .destinations import (
     Destination,
     FileDestination,
     NbdDestination,
+    RbdDestination,
+    RbdImage,
     parse_destination,
 )
 from .errors import (
@@ -25,6 +27,7 @@ from .errors import (
 from .nbd_target import NbdTarget, QemuNbdServer
 from .restorer import RestoreResult, restore_disk, select_disk
 from .targets import RawFileTarget, RestoreTarget
+from .whole_vm import restore_vm_to_rbd
 
 __all__ = [
     "FILE_FORMATS",
@@ -37,6 +40,8 @@ __all__ = [
     "NbdTarget",
     "QemuNbdServer",
     "RawFileTarget",
+    "RbdDestination",
+    "RbdImage",
     "RestoreError",
     "RestoreResult",
     "RestoreTarget",
@@ -47,5 +52,6 @@ __all__ = [
     "VerifyError",
     "parse_destination",
     "restore_disk",
+    "restore_vm_to_rbd",
     "select_disk",
 ]

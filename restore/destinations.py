@@ -1,5 +1,5 @@
 """What a restore writes to, as the user names it: a file, a block device, an NBD export,
-a file on a remote host.
+a file on a remote host, an RBD image in a Ceph pool.
 
 A Destination checks the request before anything is read from the store,
 opens a RestoreTarget for the disk, and afterwards commits or discards the
@@ -8,6 +8,12 @@ complete, so their name never holds a half-restored disk; a partial file whose
 restoring process was killed is removed by the next start's sweep (procs).
 Block devices and NBD exports are written in place: they are overwritten only
 with force.
+
+RBD images (rbd:POOL[/NAMESPACE]/IMAGE[?conf=PATH&id=USER&keyring=PATH]) are
+built the same way: a new thin image `.IMAGE.cairn-partial` written through
+QEMU's rbd driver (qemu-nbd), renamed with `rbd rename` when complete. Zeros
+are never written, so the image allocates only the data. A partial image left
+by a killed restore is removed by the next restore to the same name.
 """
 
 from __future__ import annotations
@@ -15,8 +21,11 @@ from __future__ import annotations
 import errno
 import os
 import stat
+import subprocess
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Protocol
+from urllib.parse import parse_qs, unquote
 
 from dedup.fsutil import fsync_dir
 from procs import Holding
@@ -26,6 +35,7 @@ from .errors import (
     TargetDirectoryError,
     TargetExistsError,
     TargetSizeError,
+    TargetWriteError,
 )
 from .nbd_target import NbdTarget
 from .targets import QemuNbdTarget, RawFileTarget, RestoreTarget, create_qcow2
@@ -33,6 +43,7 @@ from .targets import QemuNbdTarget, RawFileTarget, RestoreTarget, create_qcow2
 FILE_FORMATS = ("raw", "qcow2")
 NBD_SCHEMES = ("nbd://", "nbds://", "nbd+unix://", "nbds+unix://")
 SSH_SCHEMES = ("ssh://", "sftp://")
+RBD_SCHEME = "rbd:"
 
 
 class Destination(Protocol):
@@ -46,6 +57,13 @@ class Destination(Protocol):
 
     def discard(self) -> None:
         """After a failure: remove whatever a partial restore created."""
+
+
+class NewDiskDestination(Destination, Protocol):
+    """A destination that creates the disk (a file, an RBD image), so a whole-VM restore can take it back."""
+
+    def remove(self) -> None:
+        """After commit: the restored disk goes again (a later disk of the same VM failed)."""
 
 
 def partial_name(target: Path) -> Path:
@@ -92,6 +110,9 @@ class FileDestination:
     def discard(self) -> None:
         self._partial.unlink(missing_ok=True)
         self._release()
+
+    def remove(self) -> None:
+        self.path.unlink(missing_ok=True)
 
     def _release(self) -> None:
         if self._holding is not None:
@@ -165,11 +186,117 @@ class NbdDestination:
         """An export cannot be un-written; the error that ended the restore says so."""
 
 
+@dataclass(frozen=True)
+class RbdImage:
+    """An RBD image: pool, optional namespace, name, and how to reach the cluster (None: librados' defaults)."""
+
+    pool: str
+    namespace: str
+    image: str
+    conf: str | None = None
+    user: str | None = None
+    keyring: str | None = None
+
+    @classmethod
+    def parse(cls, spec: str) -> RbdImage:
+        """rbd:POOL[/NAMESPACE]/IMAGE[?conf=PATH&id=USER&keyring=PATH]."""
+        body, _, query = spec.removeprefix(RBD_SCHEME).partition("?")
+        parts = [unquote(p) for p in body.split("/")]
+        try:
+            options = {k: v[0] for k, v in parse_qs(query, strict_parsing=bool(query)).items()}
+        except ValueError:
+            options = {"?": query}
+        if len(parts) not in (2, 3) or not all(parts) or set(options) - {"conf", "id", "keyring"}:
+            raise RestoreError(f"{spec!r} is not rbd:POOL[/NAMESPACE]/IMAGE[?conf=PATH&id=USER&keyring=PATH]")
+        return cls(parts[0], parts[1] if len(parts) == 3 else "", parts[-1], options.get("conf"),
+                   options.get("id"), options.get("keyring"))
+
+    def named(self, image: str) -> RbdImage:
+        return replace(self, image=image)
+
+    def __str__(self) -> str:
+        return f"{RBD_SCHEME}{self.pool}/{self.namespace + '/' if self.namespace else ''}{self.image}"
+
+    @property
+    def qemu_filename(self) -> str:
+        """QEMU's rbd: syntax (a `:` or `\\` in a value is escaped); keyring= reaches librados as is."""
+        options = {"conf": self.conf, "id": self.user, "keyring": self.keyring}
+        spec = f"{self.pool}/{self.namespace + '/' if self.namespace else ''}{self.image}"
+        return RBD_SCHEME + _qemu_escape(spec) + "".join(f":{k}={_qemu_escape(v)}" for k, v in options.items() if v)
+
+    def rbd(self, *args: str, missing_ok: bool = False) -> bool:
+        """Run the rbd tool against this image's cluster; False if the image does not exist and missing_ok."""
+        reach = [*(["-c", self.conf] if self.conf else []), *(["--id", self.user] if self.user else []),
+                 *(["--keyring", self.keyring] if self.keyring else []),
+                 *(["--namespace", self.namespace] if self.namespace else [])]
+        try:
+            done = subprocess.run(["rbd", *reach, *args], capture_output=True, text=True,
+                                  timeout=600, check=False, stdin=subprocess.DEVNULL)
+        except FileNotFoundError:
+            raise RestoreError("restoring into RBD needs the rbd tool: apt-get install ceph-common") from None
+        if done.returncode == 0:
+            return True
+        if missing_ok and "No such file or directory" in done.stderr:
+            return False
+        raise TargetWriteError(f"rbd {' '.join(args)}: {done.stderr.strip() or f'exit status {done.returncode}'}")
+
+
+class RbdDestination:
+    """A new thin RBD image, built under a partial name and renamed when complete."""
+
+    def __init__(self, image: RbdImage, force: bool) -> None:
+        self.image = image
+        self.force = force
+        self.description = f"RBD image {image}"
+        self._partial = image.named(f".{image.image}.cairn-partial")
+        self._replaces = False
+
+    def open(self, size: int) -> RestoreTarget:
+        self._replaces = self._exists(self.image)
+        if self._replaces and not self.force:
+            raise TargetExistsError(f"{self.image} already exists; restore with force to replace it")
+        self._partial.rbd("rm", f"{self.image.pool}/{self._partial.image}", missing_ok=True)  # an interrupted restore's
+        create = ["qemu-img", "create", "-q", "-f", "raw", self._partial.qemu_filename, str(size)]
+        done = subprocess.run(create, capture_output=True, text=True, check=False, stdin=subprocess.DEVNULL)
+        if done.returncode != 0:
+            raise TargetWriteError(f"qemu-img could not create {self._partial}: {done.stderr.strip()}")
+        try:
+            return QemuNbdTarget(self._partial.qemu_filename, "raw", fresh=True)
+        except BaseException:
+            self.discard()
+            raise
+
+    def commit(self) -> None:
+        if self._replaces:
+            self.image.rbd("rm", self._path(self.image), missing_ok=True)
+        self.image.rbd("rename", self._path(self._partial), self._path(self.image))
+
+    def discard(self) -> None:
+        self._partial.rbd("rm", self._path(self._partial), missing_ok=True)
+
+    def remove(self) -> None:
+        self.image.rbd("rm", self._path(self.image), missing_ok=True)
+
+    def _exists(self, image: RbdImage) -> bool:
+        return image.rbd("info", self._path(image), missing_ok=True)
+
+    @staticmethod
+    def _path(image: RbdImage) -> str:
+        return f"{image.pool}/{image.image}"
+
+
+def _qemu_escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace(":", "\\:")
+
+
 def parse_destination(spec: str | os.PathLike[str], fmt: str = "raw", force: bool = False,
                       ssh_key: Path | None = None, known_hosts: Path | None = None) -> Destination:
     """The destination a user names: nbd://... or nbd+unix://..., ssh:// or sftp://user@host:port/path,
-    a block device, or an image file path."""
+    rbd:POOL/IMAGE?conf=PATH, a block device, or an image file path."""
     text = os.fspath(spec)
+    if text.startswith(RBD_SCHEME):
+        _raw_only(fmt, "an RBD image")
+        return RbdDestination(RbdImage.parse(text), force)
     if text.startswith(NBD_SCHEMES):
         _raw_only(fmt, "an NBD export")
         return NbdDestination(text, force)

@@ -117,9 +117,11 @@ class NbdTarget:
 class QemuNbdServer:
     """qemu-nbd serving one image, writable, to a single client."""
 
-    def __init__(self, image: Path, fmt: str, timeout: float = 10.0) -> None:
+    def __init__(self, image: Path | str, fmt: str, timeout: float = 10.0) -> None:
+        """image: a file or device, or (a str) a QEMU filename of a network image, e.g. rbd:pool/img:conf=PATH."""
         # Absolute, so that qemu never reads a relative "name:with:colons" as a protocol prefix.
-        image = image.absolute()
+        if isinstance(image, Path):
+            image = image.absolute()
         self.image = image
         self._dir = Path(tempfile.mkdtemp(prefix="cairn-nbd-"))
         self._holding = Holding(f"qemu-nbd writing {image}")

@@ -75,7 +75,7 @@ class QemuNbdTarget:
     BLKZEROOUT/discard/zero clusters.
     """
 
-    def __init__(self, path: Path, fmt: str, fresh: bool) -> None:
+    def __init__(self, path: Path | str, fmt: str, fresh: bool) -> None:
         self._server = QemuNbdServer(path, fmt)
         try:
             self._nbd = NbdTarget.connect_unix(self._server.socket, fresh=fresh)

@@ -1,17 +1,19 @@
-"""Restore every disk of a backup plus the VM's definition into a directory, from the
-store alone (disaster recovery: no catalog, no appliance).
+"""Restore every disk of a backup plus the VM's definition into a directory, or into RBD
+images, from the store alone (disaster recovery: no catalog, no appliance).
 
 The directory receives <disk>.<format> for each disk and vm.json, the VM's
 definition as it was backed up with its disk paths pointing at the restored
 files. All or nothing: if one disk fails, the disks already restored are
-removed again, and vm.json is written last.
+removed again, and vm.json is written last. Into a Ceph pool, each disk becomes
+the thin RBD image <prefix>-<disk> (prefix: the VM's name unless given), and the
+definition, pointing at them, is returned instead of written.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,7 +21,7 @@ from typing import Any
 from dedup import BackupManifest, Store
 from dedup.fsutil import fsync_dir
 
-from .destinations import FileDestination
+from .destinations import RBD_SCHEME, FileDestination, NewDiskDestination, RbdDestination, RbdImage
 from .errors import TargetDirectoryError, TargetExistsError
 from .restorer import RestoreResult, restore_disk
 
@@ -63,20 +65,34 @@ def restore_vm_to_directory(store: Store, backup_id: str, directory: str | os.Pa
                            sum(r.bytes_written for r in results), sum(r.seconds for r in results), verify)
 
 
-def restore_disks(store: Store, manifest: BackupManifest, destinations: dict[str, FileDestination], verify: bool,
-                  progress: DiskProgress | None) -> list[RestoreResult]:
-    """Restore each named disk to its new file; on a failure remove the files already restored."""
-    done: list[Path] = []
+def restore_vm_to_rbd(store: Store, backup_id: str, pool: str, prefix: str | None = None, force: bool = False,
+                      verify: bool = False, progress: DiskProgress | None = None) -> VMRestoreResult:
+    """Every disk into the image rbd:POOL[/NAMESPACE]/<prefix>-<disk> (pool: rbd:POOL[/NAMESPACE][?conf=...])."""
+    manifest = store.get_backup(backup_id)
+    body, _, query = pool.removeprefix(RBD_SCHEME).partition("?")
+    images = {disk.name: RbdImage.parse(f"{RBD_SCHEME}{body}/{prefix or manifest.vm}-{disk.name}"
+                                        + (f"?{query}" if query else "")) for disk in manifest.disks}
+    results = restore_disks(store, manifest, {name: RbdDestination(image, force) for name, image in images.items()},
+                            verify, progress)
+    definition = definition_with_disks(manifest, {name: (image.qemu_filename, "raw") for name, image in images.items()})
+    return VMRestoreResult(backup_id, manifest.vm, {n: str(i) for n, i in images.items()}, definition,
+                           sum(r.bytes_written for r in results), sum(r.seconds for r in results), verify)
+
+
+def restore_disks(store: Store, manifest: BackupManifest, destinations: Mapping[str, NewDiskDestination],
+                  verify: bool, progress: DiskProgress | None) -> list[RestoreResult]:
+    """Restore each named disk to its destination; on a failure remove the disks already restored."""
+    done: list[NewDiskDestination] = []
     results = []
     try:
         for name, destination in destinations.items():
             report = (lambda d, t, name=name: progress(name, d, t)) if progress else None
             results.append(restore_disk(store, manifest.backup_id, name, destination, progress=report,
                                         verify=verify))
-            done.append(destination.path)
+            done.append(destination)
     except BaseException:
-        for path in done:
-            path.unlink(missing_ok=True)
+        for destination in done:
+            destination.remove()
         raise
     return results
 

@@ -15,6 +15,7 @@ from contextlib import suppress
 from pathlib import Path
 
 import pytest
+from ceph_cluster import ceph_cluster, ceph_s3  # noqa: F401  (Ceph for the RADOS, S3 and RBD tests)
 from fastapi.testclient import TestClient
 from guest.build import GuestImage, build_guest
 from guest.harness import BOOT_TIMEOUT, GuestVM, MiB

@@ -150,7 +150,7 @@ def test_users_resource(api_client: TestClient, anonymous: TestClient, appliance
 
 def test_password_change(api_client: TestClient, anonymous: TestClient):
     body = {"current": "not it", "new": "a new password"}
-    assert api_client.post("/api/v1/auth/password", json=body).status_code == 400
+    assert api_client.post("/api/v1/auth/password", json=body).status_code == 403
     assert api_client.post("/api/v1/auth/password", json={**body, "current": TEST_PASSWORD}).status_code == 204
     assert login(anonymous, "test-admin").status_code == 401
     assert login(anonymous, "test-admin", "a new password").status_code == 200
@@ -167,7 +167,7 @@ def test_totp_enrolment_and_login(api_client: TestClient, anonymous: TestClient,
     totp = pyotp.TOTP(secret)
     r = api_client.post("/api/v1/auth/totp/confirm",
                         json={"code": next(c for c in ("000000", "111111") if c != totp.now())})
-    assert r.status_code == 400 and "wrong TOTP code" in r.json()["error"]["message"]
+    assert r.status_code == 403 and "wrong TOTP code" in r.json()["error"]["message"]
     assert login(anonymous, "test-admin").status_code == 200                 # not in force before confirming
     assert api_client.post("/api/v1/auth/totp/confirm", json={"code": totp.now()}).json()["totp_enabled"]
 

@@ -7,7 +7,7 @@ from pydantic import ValidationError
 
 from appliance.backups.selection import DiskSelection
 from appliance.errors import ConflictError
-from appliance.jobs.kinds import BackupRequest
+from appliance.jobs.params import BackupRequest
 from appliance.policies.service import BackupPolicy
 from vmm.hosts import HostDisk
 from vmm.libvirt_xml import domain_disks

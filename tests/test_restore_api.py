@@ -47,7 +47,7 @@ def test_restore_vm_as_new_and_over(api_client, appliance):
     assert same_image(disk, reply["disks"]["vda"])
     assert api_client.get("/api/v1/vms/web2").status_code == 200
     nameless = api_client.post(f"/api/v1/backups/{backup_id}/restore", json={"mode": "new"})
-    assert nameless.status_code == 409 and "name" in nameless.json()["error"]["message"]
+    assert nameless.status_code == 422 and ["body", "new", "name"] in [d["loc"] for d in nameless.json()["error"]["details"]]
     subprocess.run(["qemu-io", "-f", "qcow2", "-c", "write -P 0x77 0 1M", disk], check=True, capture_output=True)
     over = job_result(api_client, api_client.post(f"/api/v1/backups/{backup_id}/restore", json={"mode": "over"}))
     restored = over["disks"]["vda"]

@@ -5,6 +5,7 @@ removed, inside the data dir or outside it."""
 from __future__ import annotations
 
 import json
+import re
 import tempfile
 from pathlib import Path
 from urllib.parse import quote
@@ -110,3 +111,101 @@ def test_an_access_key_label_holds_no_control_character(api_client: TestClient):
     for label in ("cron\njob", "bell\a", "nul\u0000"):
         refused(api_client.post("/api/v1/tokens", json={"name": label}), f"token {label!r}")
     assert api_client.post("/api/v1/tokens", json={"name": "Sicherung für München, nightly"}).status_code == 201
+
+
+# -- generated from the OpenAPI: every name a request carries, so none is missed ------------------
+
+# The fields that name something (a body's keys, a path's parameters), by their name in the OpenAPI.
+NAME_FIELDS = {"name", "names", "image", "iso", "group", "groups", "vm", "vms", "prefix", "tap", "bridge", "netns",
+               "owner", "snapshot", "tags", "disk", "storage_pool", "address_pool", "host", "hosts", "kernel",
+               "initrd", "kind", "ref", "token_id", "backup_id", "job_id", "recycle_id", "address", "target"}
+# Labels in any language, not names: check_text keeps control characters out of them (tested above),
+# and a comma or a non-Latin letter is what a label may hold.
+FREE_TEXT = {("POST", "/api/v1/tokens", "name")}
+# What no name of any kind may be: each would climb out of a folder, add a QEMU option, forge a
+# log line, run in a shell, or outgrow every limit.
+REFUSED_EVERYWHERE = ["../x", "x,file=/etc/shadow", "x\n", "$(id)", "x" * 300]
+
+
+def name_fields(schema: dict, components: dict, seen: frozenset[str] = frozenset()) -> set[str]:
+    """The keys of NAME_FIELDS anywhere in a body's schema (its variants and items too)."""
+    if "$ref" in schema:
+        name = schema["$ref"].rsplit("/", 1)[1]
+        return set() if name in seen else name_fields(components[name], components, seen | {name})
+    found = {key for key in schema.get("properties", {}) if key in NAME_FIELDS}
+    for part in (*schema.get("anyOf", []), *schema.get("oneOf", []), *schema.get("properties", {}).values(),
+                 *([schema["items"]] if "items" in schema else [])):
+        found |= name_fields(part, components, seen)
+    return found
+
+
+def filled(schema: dict, components: dict, hostile: str, fields: set[str], key: str = "") -> list:
+    """Bodies that keep the schema as far as a simple filler can, every name field set to
+    `hostile`: one per variant of a union, so each kind (of a job, a pool...) is tried."""
+    if "$ref" in schema:
+        return filled(components[schema["$ref"].rsplit("/", 1)[1]], components, hostile, fields, key)
+    if variants := schema.get("oneOf") or [s for s in schema.get("anyOf", []) if s.get("type") != "null"]:
+        return [body for variant in variants for body in filled(variant, components, hostile, fields, key)]
+    kind = schema.get("type")
+    if key in fields and kind in ("string", None):
+        return [hostile]
+    if kind == "object":
+        body: dict = {}
+        for prop, sub in schema.get("properties", {}).items():
+            if prop in schema.get("required", []) or prop in fields:
+                choices = filled(sub, components, hostile, fields, prop)
+                if "const" in sub or "enum" in sub:
+                    choices = [sub.get("const", (sub.get("enum") or [None])[0])]
+                body[prop] = choices[0]
+        return [body]
+    if kind == "array":
+        return [[item] for item in filled(schema["items"], components, hostile, fields, key)[:1]]
+    return [{"string": "x", "integer": 1, "number": 1, "boolean": False}.get(kind, "x")
+            if "const" not in schema and "enum" not in schema else schema.get("const", (schema.get("enum") or [None])[0])]
+
+
+def requests_naming(spec: dict, hostile: str) -> list[tuple[str, str, dict]]:
+    """(method, path, request arguments) for every operation: each of its path parameters set
+    to `hostile` in turn, and its body with every name field set to `hostile`."""
+    made = []
+    for template, methods in spec["paths"].items():
+        for method, operation in methods.items():
+            params = [p["name"] for p in operation.get("parameters", []) if p["in"] == "path"]
+            for param in params:
+                path = template
+                for other in params:
+                    path = path.replace("{" + other + "}", quote(hostile if other == param else "src", safe=""))
+                made.append((method.upper(), path, {}))
+            body = operation.get("requestBody", {}).get("content", {}).get("application/json", {}).get("schema")
+            if body is None:
+                continue
+            fields = name_fields(body, spec["components"]["schemas"]) - {
+                key for m, p, key in FREE_TEXT if (m, p) == (method.upper(), template)}
+            if fields:
+                path = re.sub(r"\{\w+\}", "src", template)
+                made += [(method.upper(), path, {"json": b})
+                         for b in filled(body, spec["components"]["schemas"], hostile, fields)
+                         if hostile in json.dumps(b, ensure_ascii=False)]   # variants without a name: nothing to try
+    return made
+
+
+def test_every_name_in_the_openapi_refuses_hostile_values(appliance: Appliance, api_client: TestClient,
+                                                          victim: Path):
+    """As an admin, who may name the most: every path parameter and every body field named like a
+    name, of every operation, set to each hostile value: refused, and nothing made, moved or removed."""
+    appliance.vms.create("src", [8 * MiB])
+    before = everything(appliance, api_client)
+    spec, sent = api_client.get("/api/v1/openapi.json").json(), 0
+    problems = []
+    for hostile in [*REFUSED_EVERYWHERE, f"../../{victim.name}"]:
+        for method, path, request in requests_naming(spec, hostile):
+            if path.startswith("/api/v1/events/stream"):
+                continue   # a stream: its `job` is a query parameter, looked up as a job id
+            answer = api_client.request(method, path, **request)
+            sent += 1
+            if not 400 <= answer.status_code < 500:
+                problems.append(f"{method} {path} {request}: {answer.status_code} {answer.text[:200]}")
+    assert sent > 500
+    assert not problems, "\n".join(problems)
+    assert everything(appliance, api_client) == before
+    assert (victim / "state.json").exists()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,7 @@ from job_helpers import job_result
 
 from appliance.access.roles import Role
 from appliance.api.app import create_app
+from appliance.backups.records import BackupRecord
 from appliance.context import Appliance
 from dedup import Store
 
@@ -154,6 +156,29 @@ def test_backups_jobs_and_events_follow_their_vm(two_vms: None, alice: TestClien
     assert backups(alice) == {a_backup, s_backup} and b_backup in backups(bob)
     not_found(alice.get(f"/api/v1/backups/{b_backup}"))
     assert alice.post("/api/v1/vms", json={"name": "b1", "disks": ["8M"]}).status_code == 409
+
+
+def test_pages_hold_only_what_the_caller_sees(appliance: Appliance, two_vms: None, alice: TestClient,
+                                             api_client: TestClient):
+    """Visibility narrows the query itself: a page is full of visible items, the total counts only those."""
+    with appliance.catalog.begin() as s:
+        s.add_all(BackupRecord(id=f"{vm}-{n}", vm_name=vm, store="s", kind="full", status="ok", notes=[], damage=[],
+                               started_at=datetime(2026, 1, 1, n, tzinfo=UTC))
+                  for n in range(3) for vm in ("a1", "b1", "shared"))
+
+    def page(client: TestClient, path: str, **params: object) -> tuple[list[str], str]:
+        r = client.get(path, params=params)
+        assert r.status_code == 200, r.text
+        return [item.get("name", item.get("id")) for item in r.json()], r.headers["X-Total-Count"]
+
+    assert page(alice, "/api/v1/vms", limit=1) == (["a1"], "2")
+    assert page(alice, "/api/v1/vms", limit=1, offset=1) == (["shared"], "2")
+    assert page(alice, "/api/v1/vms", filter="name:eq:b1") == ([], "0")
+    assert page(api_client, "/api/v1/vms", limit=1, offset=1) == (["b1"], "3")
+    assert page(alice, "/api/v1/backups", limit=2, offset=2) == (["a1-1", "shared-1"], "6")
+    assert page(alice, "/api/v1/backups", filter="vm_name:eq:b1") == ([], "0")
+    assert page(alice, "/api/v1/backups", latest=True, sort="vm_name") == (["a1-2", "shared-2"], "2")
+    assert page(api_client, "/api/v1/backups", latest=True, sort="vm_name")[1] == "3"
 
 
 def test_groups_viewers_and_the_admin_reassigning(appliance: Appliance, two_vms: None, alice: TestClient,

@@ -63,4 +63,4 @@ def test_browse_a_backed_up_filesystem_and_download_a_file(appliance_data_dir: P
         partition.send_keys("3")
         partition.send_keys("\n")
         # The API's own words (today nbdfuse's, which could name the missing partition better).
-        assert element(browser, "#notice.error").text.startswith("RestoreFailedError")
+        assert element(browser, "#notice.error").text.startswith("FileRestoreError")

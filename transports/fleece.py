@@ -15,10 +15,11 @@ from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
+from procs import Holding
+
 from .errors import ExportError
 from .live import LiveExport, Quiesce
 from .points import Checkpoint, DiskPoint
-from .qmp_protocol import QMP
 
 FLEECE_NODE = "cairn-fleece-{disk}"
 FLEECE_JOB = "cairn-fleece-{disk}"
@@ -36,12 +37,19 @@ class FleeceExport(LiveExport):
         self._socket_dir = Path(tempfile.mkdtemp(prefix="cairn-nbd-"))
         self.socket = self._socket_dir / "nbd.sock"
         self._server = False
+        # Killed, the backup leaves these to the sweep at the next start: the socket directory and
+        # the scratch overlays (QEMU holds one open until the next backup removes its node, and
+        # reads on from the removed file meanwhile).
+        self._holding = Holding(f"fleecing export of {', '.join(disks)} into {scratch}")
+        self._holding.remove(self._socket_dir)
 
     def _job(self, disk: str) -> str:
         return FLEECE_JOB.format(disk=disk)
 
     async def _prepare(self, point: DiskPoint) -> None:
-        self.scratch.mkdir(parents=True, exist_ok=True)
+        if not self.scratch.exists():
+            self.scratch.mkdir(parents=True)
+            self._holding.remove(self.scratch)
         image = self.scratch / f"{point.disk}.fleece.qcow2"
         await asyncio.to_thread(subprocess.run, ["qemu-img", "create", "-q", "-f", "qcow2", str(image), str(point.size)],
                                 check=True, capture_output=True)
@@ -72,8 +80,8 @@ class FleeceExport(LiveExport):
             await self._wait_exports_gone()
             await self._quietly("nbd-server-stop")
 
-    async def close(self, qmp: QMP, success: bool) -> None:
-        await super().close(qmp, success)
+    async def release(self) -> None:
         for d in self.disks:
             (self.scratch / f"{d}.fleece.qcow2").unlink(missing_ok=True)
         shutil.rmtree(self._socket_dir, ignore_errors=True)
+        self._holding.close()

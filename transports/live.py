@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import asyncio
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Callable, Collection
-from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
+from collections.abc import AsyncIterator, Callable, Collection, Iterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager, nullcontext
+from contextvars import ContextVar
 from typing import Any
 
 from vmm.spec import disk_of_qdev
@@ -36,6 +37,10 @@ from .qmp_protocol import QMP
 Quiesce = Callable[[QMP], AbstractAsyncContextManager[object]]
 # Opens a short QMP session to the VM: `async with sessions() as qmp: ...`.
 Sessions = Callable[[], AbstractAsyncContextManager[QMP]]
+
+# Test hook (joined_to_the_freeze): more actions for the freezing transaction, given each disk's node.
+FreezeCompanion = Callable[[dict[str, str]], list[dict[str, Any]]]
+_freeze_companion: ContextVar[FreezeCompanion | None] = ContextVar("cairn_freeze_companion", default=None)
 
 EXPORT_PREFIX = "cairn-export-"
 # Nodes and jobs of exports are named "<prefix><disk>"; an interrupted backup's are removed.
@@ -91,6 +96,13 @@ class LiveExport(ABC):
         """Wait until the points can be read (at once, unless a subclass copies first)."""
         return
 
+    async def release(self) -> None:
+        """Last step of close(): release what this side holds for the export (files, helper
+        processes, their record), however the teardown in QEMU went. Also run when QEMU cannot
+        be reached to close the export at all (it was killed meanwhile); runs more than once
+        without harm."""
+        return
+
     # -- the shared part -----------------------------------------------------------------------
 
     async def open(self, qmp: QMP) -> list[DiskPoint]:
@@ -121,17 +133,20 @@ class LiveExport(ABC):
     async def close(self, qmp: QMP, success: bool) -> None:
         """Tear the export down; keep the checkpoint bitmaps right for the next backup."""
         self.qmp = qmp
-        await self._unpublish()
-        if self._started:
-            for d in self.disks:
-                job = self._job(d)
-                if await self._quietly("block-job-cancel", {"device": job, "force": True}):
-                    await self.qmp.wait_job(job, timeout=60)
-                # A job that stays after it ends (auto-dismiss off) holds its target node.
-                await self._quietly("job-dismiss", {"id": job})
-            await self._settle_bitmaps(success)
-        for node in self._nodes_added:
-            await self._quietly("blockdev-del", {"node-name": node})
+        try:
+            await self._unpublish()
+            if self._started:
+                for d in self.disks:
+                    job = self._job(d)
+                    if await self._quietly("block-job-cancel", {"device": job, "force": True}):
+                        await self.qmp.wait_job(job, timeout=60)
+                    # A job that stays after it ends (auto-dismiss off) holds its target node.
+                    await self._quietly("job-dismiss", {"id": job})
+                await self._settle_bitmaps(success)
+            for node in self._nodes_added:
+                await self._quietly("blockdev-del", {"node-name": node})
+        finally:
+            await self.release()
 
     async def _reclaim(self) -> dict[str, dict[str, Any]]:
         """Remove an interrupted backup's exports, jobs and nodes; repair its bitmaps.
@@ -217,6 +232,8 @@ class LiveExport(ABC):
                                 "data": {"node": node, "name": self.checkpoint, "persistent": d not in self._volatile,
                                          "granularity": bitmap_granularity(self._sizes[d])}})
             actions += self._copy_actions(d)
+        if (companion := _freeze_companion.get()) is not None:
+            actions += companion(dict(self._nodes))
         return actions
 
     async def _settle_bitmaps(self, success: bool) -> None:
@@ -258,18 +275,43 @@ class LiveExport(ABC):
 async def exported(export: LiveExport, sessions: Sessions) -> AsyncIterator[list[DiskPoint]]:
     """The export's points while the body reads them; closed afterwards, keeping the new
     checkpoint only if the body succeeded. Each step has its own short QMP session."""
-    async with sessions() as qmp:
-        try:
-            points = await export.open(qmp)
-        except BaseException:
-            await export.close(qmp, success=False)
-            raise
+    try:
+        async with sessions() as qmp:
+            try:
+                points = await export.open(qmp)
+            except BaseException:
+                await export.close(qmp, success=False)
+                raise
+    except BaseException:
+        await export.release()
+        raise
     try:
         await export.ready(sessions)
         yield points
     except BaseException:
-        async with sessions() as qmp:
-            await export.close(qmp, success=False)
+        await _close(export, sessions, success=False)
         raise
-    async with sessions() as qmp:
-        await export.close(qmp, success=True)
+    await _close(export, sessions, success=True)
+
+
+async def _close(export: LiveExport, sessions: Sessions, success: bool) -> None:
+    try:
+        async with sessions() as qmp:
+            await export.close(qmp, success)
+    except BaseException:
+        await export.release()    # QEMU may be gone: close() never ran
+        raise
+
+
+@contextmanager
+def joined_to_the_freeze(companion: FreezeCompanion) -> Iterator[None]:
+    """Test hook, used by no part of Cairn: every freezing transaction run in this context (the
+    asyncio tasks and threads it starts inherit it) also runs the actions `companion(nodes)`
+    returns, given each disk's node. A test starts a copy of its own there, of the very instant
+    the backup reads (tests/test_live_writes.py: a full `blockdev-backup` of each disk into a
+    reference file, to compare the backup with byte for byte while the guest writes on)."""
+    token = _freeze_companion.set(companion)
+    try:
+        yield
+    finally:
+        _freeze_companion.reset(token)

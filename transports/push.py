@@ -70,7 +70,9 @@ class NbdPushTarget:
         self._writers: dict[str, QemuNbd] = {}
 
     def create(self, disk: str, size: int) -> dict[str, Any]:
-        self.directory.mkdir(parents=True, exist_ok=True)
+        if not self.directory.exists():
+            self.directory.mkdir(parents=True)
+            self._holding.remove(self.directory)
         image = self.directory / f"{disk}.push.qcow2"
         new_target_image(image, size)
         self._holding.remove(image)
@@ -178,12 +180,15 @@ class PushExport(LiveExport):
         await asyncio.to_thread(stop_all)
 
     async def close(self, qmp: QMP, success: bool) -> None:
+        await super().close(qmp, success)
+        for d in self.disks:
+            if self.since[d]:
+                await self._quietly("block-dirty-bitmap-remove",
+                                    {"node": self._nodes[d], "name": COPY_BITMAP.format(disk=d)})
+
+    async def release(self) -> None:
         try:
-            await super().close(qmp, success)
-            for d in self.disks:
-                if self.since[d]:
-                    await self._quietly("block-dirty-bitmap-remove",
-                                        {"node": self._nodes[d], "name": COPY_BITMAP.format(disk=d)})
+            await self._unpublish()
         finally:
             shutil.rmtree(self._socket_dir, ignore_errors=True)
             self._holding.close()

@@ -19,7 +19,6 @@ from typing import Protocol
 from .fleece import FLEECE_NODE, FleeceExport
 from .live import Quiesce
 from .points import Checkpoint, DiskPoint
-from .qmp_protocol import QMP
 from .tunnel import SocketForward
 
 
@@ -68,9 +67,10 @@ class RemoteFleeceExport(FleeceExport):
             self._forward = None
         await super()._unpublish()
 
-    async def close(self, qmp: QMP, success: bool) -> None:
+    async def release(self) -> None:
         try:
-            await super().close(qmp, success)
+            await super().release()
         finally:
             shutil.rmtree(self._local, ignore_errors=True)
-            await asyncio.to_thread(self.files.remove, [*self._made, str(self.socket), self.remote_scratch])
+            made, self._made = self._made, []
+            await asyncio.to_thread(self.files.remove, [*made, str(self.socket), self.remote_scratch])

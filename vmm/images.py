@@ -17,6 +17,7 @@ import struct
 import subprocess
 from typing import Any
 
+from . import qcow2
 from .errors import ImageError
 
 IMAGE_FORMATS = ("qcow2", "raw")
@@ -81,13 +82,7 @@ def sniff_format(path: str | os.PathLike[str], name: str) -> str:
         head = file.read(PROBE_SIZE)
     if head.startswith(QCOW2_MAGIC):
         return "qcow2"
-    foreign = next((fmt for magic, fmt in FOREIGN_MAGIC if head.startswith(magic)), None)
-    offset, signature = VDI_SIGNATURE
-    if foreign is None and len(head) >= offset + 4 and struct.unpack_from("<I", head, offset)[0] == signature:
-        foreign = "vdi"
-    if foreign is None and _vmdk_descriptor(head):
-        foreign = "vmdk"
-    if foreign is not None:
+    if (foreign := _foreign_format(head)) is not None:
         raise ImageError(f"image {name!r} is a {foreign} image, which may name files outside itself: convert "
                          "it to a standalone qcow2 first (qemu-img convert -O qcow2) and upload that")
     return "raw"
@@ -111,6 +106,17 @@ def inspect_image(path: str | os.PathLike[str], fmt: str, name: str) -> dict[str
     return info
 
 
+def _foreign_format(head: bytes) -> str | None:
+    """The format other than qcow2 and raw that qemu's probe would see in these first bytes."""
+    foreign = next((fmt for magic, fmt in FOREIGN_MAGIC if head.startswith(magic)), None)
+    offset, signature = VDI_SIGNATURE
+    if foreign is None and len(head) >= offset + 4 and struct.unpack_from("<I", head, offset)[0] == signature:
+        foreign = "vdi"
+    if foreign is None and _vmdk_descriptor(head):
+        foreign = "vmdk"
+    return foreign
+
+
 def _vmdk_descriptor(head: bytes) -> bool:
     """Whether qemu would take this text for a vmdk descriptor: after comment and blank lines,
     a `version=` line (vmdk_probe, read a little more widely)."""
@@ -123,8 +129,11 @@ def _vmdk_descriptor(head: bytes) -> bool:
 
 
 def backing_chain(path: str | os.PathLike[str]) -> list[str]:
-    """The files an image reads from: itself first, then each backing file down the chain."""
+    """The files an image reads from: itself first, then each backing file down the chain.
+    Read from the qcow2 headers (qcow2.py) when the chain is plain, else by qemu-img."""
     path = os.fspath(path)
+    if (files := qcow2.chain(path, _foreign_format)) is not None:
+        return files
     out = _qemu_img(["qemu-img", "info", "--backing-chain", "--output=json", "-U", path],
                     f"qemu-img cannot read {path}")
     return [str(layer["filename"]) for layer in json.loads(out)]

@@ -3,14 +3,21 @@
 QEMU runs with -daemonize and a pidfile, so it outlives the process that started it (a CLI
 call); any later process finds it again through run_root/<name>/. The driver never holds the
 QMP socket: each operation opens a short session (see qmp.py).
+
+Which VMs are not stopped is asked often (every listing) and by VMs that mostly are: a start
+leaves a marker in run_root/.live/ that its stop removes, so the answer (active()) costs a look
+at the few marked VMs, not at every run directory and process.
 """
 
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import os
 import shutil
 import signal
+import tempfile
+import weakref
 from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +40,7 @@ from .errors import (
 )
 from .qmp import QMPSession
 from .rundir import (
+    LIVE_DIR,
     RunDir,
     VMState,
     exclusive,
@@ -51,6 +59,8 @@ STREAM_JOB_PREFIX = "stream-"
 # sun_path is 108 bytes including the terminating NUL.
 MAX_SOCKET_PATH = 107
 LOG_TAIL_LINES = 20
+# QEMUs setting up at once, per CPU (a setup is mostly CPU: devices, firmware, the monitor).
+LAUNCHES_PER_CPU = 2
 
 
 @dataclass(frozen=True)
@@ -68,15 +78,18 @@ class QemuDriver:
         self.qemu_binary = qemu_binary
         self.launch_timeout = launch_timeout
         self.qmp_timeout = qmp_timeout
+        self._launch_slots: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = \
+            weakref.WeakKeyDictionary()
 
     def paths(self, name: str) -> RunDir:
         return RunDir(self.run_root / validate_vm_name(name))
 
     # -- lifecycle ---------------------------------------------------------------------------
 
-    async def start(self, spec: VMSpec, incoming: str | None = None) -> VMStatus:
+    async def start(self, spec: VMSpec, incoming: str | None = None, paused: bool = False) -> VMStatus:
         """`incoming`: a migration URI (e.g. "exec:cat <file>") the guest's state is loaded
-        from instead of booting; the guest then runs on from where that state was saved."""
+        from instead of booting; the guest then runs on from where that state was saved.
+        `paused`: QEMU sets the machine up but runs no guest code (-S) until resume()."""
         spec.validate()
         rundir = self.paths(spec.name)
         self._check_files(spec, rundir)
@@ -88,17 +101,19 @@ class QemuDriver:
                 raise VMAlreadyRunningError(spec.name, current.pid)
             # Nothing of ours runs here, so these are leftovers of a crash or a failed start.
             self._remove_leftovers(rundir)
-            cmd = build_command(self.qemu_binary, spec, accel, rundir, incoming)
+            cmd = build_command(self.qemu_binary, spec, accel, rundir, incoming) + (["-S"] if paused else [])
+            self._mark_live(rundir)
             try:
-                await self._launch(spec.name, cmd, rundir)
-                if spec.vnc:
-                    await self._arm_vnc(spec.name, rundir)
+                async with self._launch_slot():
+                    await self._launch(spec.name, cmd, rundir)
+                    if spec.vnc:
+                        await self._arm_vnc(spec.name, rundir)
             except VMStartError:
                 # A failed start leaves nothing running, so it must not read as a crash.
                 self._remove_leftovers(rundir)
                 self._record_stopped(rundir)
                 raise
-            write_state(rundir, VMState(intended="running", paused=False, accel=accel.name,
+            write_state(rundir, VMState(intended="running", paused=paused, accel=accel.name,
                                         spec=spec.to_dict(), command=cmd))
         return self.status(spec.name)
 
@@ -163,6 +178,7 @@ class QemuDriver:
                 raise VMStateError(name, f"VM {name!r} is {current.state}; stop it before "
                                          "forgetting it")
             shutil.rmtree(rundir.path)
+            rundir.live_marker.unlink(missing_ok=True)
 
     async def pause(self, name: str) -> None:
         async with self.session(name) as qmp:
@@ -189,17 +205,21 @@ class QemuDriver:
             node = await disk_root_node(qmp, name, disk)
             await qmp.execute("block_resize", {"node-name": node, "size": size_bytes})
 
-    async def stream_disks(self, name: str, disks: list[str]) -> None:
-        """Start copying each disk's backing data into its active layer (block-stream). QEMU
-        finishes each job alone and then drops the backing file; if QEMU stops first, the disk
-        simply keeps its backing file and the stream can be started again."""
+    async def stream_disks(self, name: str, layers: dict[str, str]) -> None:
+        """Start copying the backing data of each disk's layer `layers[disk]` (a file of its
+        chain, the active one or one under it) into that layer (block-stream). QEMU finishes
+        each job alone and then drops that layer's backing files; the layers above it stay as
+        they are. If QEMU stops first, the layer keeps its backing file and the stream can be
+        started again."""
         async with self.session(name) as qmp:
             running = {job["id"] for job in await qmp.execute("query-jobs")}
-            for disk in disks:
+            nodes = {n["file"]: n["node-name"] for n in await qmp.execute("query-named-block-nodes", {"flat": True})
+                     if n["drv"] in ("qcow2", "raw")}
+            for disk, layer in layers.items():
+                if layer not in nodes:
+                    raise VMStateError(name, f"VM {name} has no layer {layer} open for disk {disk}")
                 if stream_job_id(disk) not in running:
-                    node = await disk_root_node(qmp, name, disk)
-                    await qmp.execute("block-stream", {"job-id": stream_job_id(disk),
-                                                       "device": node})
+                    await qmp.execute("block-stream", {"job-id": stream_job_id(disk), "device": nodes[layer]})
 
     async def streaming_disks(self, name: str) -> dict[str, float]:
         """Disks with a stream in progress and how far each is (0..1)."""
@@ -229,6 +249,54 @@ class QemuDriver:
             return VMStatus(name, "crashed", None, accel)
         return VMStatus(name, "stopped", None, accel)
 
+    def active(self) -> dict[str, VMStatus]:
+        """The VMs that are running, paused or crashed, by name; any other is stopped.
+
+        Looks only at the VMs marked live (started, not stopped since). A marker that outlived
+        its QEMU (it exited on its own: the guest powered off) reads as stopped and is dropped
+        here, unless the VM's lock is taken: a start holds it from before its marker is made."""
+        found = {}
+        for name in self.marked_live():
+            status = self.status(name)
+            if status.state != "stopped":
+                found[name] = status
+                continue
+            rundir = self.paths(name)
+            if not rundir.path.is_dir():
+                rundir.live_marker.unlink(missing_ok=True)
+                continue
+            with suppress(VMBusyError), exclusive(rundir, name):
+                if self.status(name).state == "stopped":
+                    rundir.live_marker.unlink(missing_ok=True)
+        return found
+
+    def marked_live(self) -> set[str]:
+        """The VMs marked live: any VM not among them is stopped (one directory listing)."""
+        live = self._live_dir()
+        return set(os.listdir(live)) if live is not None else set()
+
+    def _live_dir(self) -> Path | None:
+        """run_root/.live/, made on first use from the run directories that hold a pidfile
+        (VMs a driver without the index started); None while there is no run_root yet."""
+        live = self.run_root / LIVE_DIR
+        if live.is_dir():
+            return live
+        if not self.run_root.is_dir():
+            return None
+        with open(self.run_root / f"{LIVE_DIR}.lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if not live.is_dir():
+                building = Path(tempfile.mkdtemp(prefix=f"{LIVE_DIR}-", dir=self.run_root))
+                for entry in os.scandir(self.run_root):
+                    if entry.is_dir() and os.path.exists(RunDir(Path(entry.path)).pidfile):
+                        (building / entry.name).touch()
+                building.rename(live)
+        return live
+
+    def _mark_live(self, rundir: RunDir) -> None:
+        self._live_dir()
+        rundir.live_marker.touch()
+
     def list_vms(self) -> list[VMStatus]:
         """Every VM this driver ever started under run_root, by name."""
         if not self.run_root.is_dir():
@@ -254,6 +322,15 @@ class QemuDriver:
                           else connect_timeout)
 
     # -- internals -----------------------------------------------------------------------------
+
+    def _launch_slot(self) -> asyncio.Semaphore:
+        """One of LAUNCHES_PER_CPU slots per CPU for a QEMU setting up (this event loop's). More
+        launches at once only share the CPUs, each slower, until the last ones miss their
+        monitor's timeout; queued, each sets up at full speed and the batch ends no later."""
+        loop = asyncio.get_running_loop()
+        if (slots := self._launch_slots.get(loop)) is None:
+            slots = self._launch_slots[loop] = asyncio.Semaphore(LAUNCHES_PER_CPU * (os.cpu_count() or 1))
+        return slots
 
     async def _arm_vnc(self, name: str, rundir: RunDir) -> None:
         try:
@@ -373,6 +450,7 @@ class QemuDriver:
         if state is not None:
             state.intended, state.paused = "stopped", False
             write_state(rundir, state)
+        rundir.live_marker.unlink(missing_ok=True)
 
     def _record_paused(self, name: str, paused: bool) -> None:
         rundir = self.paths(name)

@@ -18,6 +18,8 @@ from typing import Any, Literal
 from .errors import VMBusyError
 
 Intended = Literal["running", "stopped"]
+# run_root/.live/<name>: the VMs started and not stopped since (VM names start with a letter).
+LIVE_DIR = ".live"
 
 
 @dataclass(frozen=True)
@@ -68,6 +70,12 @@ class RunDir:
         """There while a graceful stop waits for the guest (holding the lock): a forced stop
         does not wait behind it, it ends QEMU itself."""
         return self.path / "stopping"
+
+    @property
+    def live_marker(self) -> Path:
+        """Present from a start until the stop that follows: the index of the VMs that may be
+        running (QemuDriver.active), beside the run directories, in run_root/.live/."""
+        return self.path.parent / LIVE_DIR / self.path.name
 
 
 @dataclass

@@ -15,6 +15,7 @@ import os
 import re
 import secrets
 from dataclasses import MISSING, asdict, dataclass, field, fields
+from functools import cache
 from typing import Any
 
 from .errors import VMSpecError
@@ -224,13 +225,18 @@ def _items(data: dict[str, Any], key: str, kind: type) -> list[Any]:
 
 
 def _check_keys(what: str, data: dict[str, Any], kind: type) -> None:
-    known = {f.name for f in fields(kind)}
-    required = {f.name for f in fields(kind)
-                if f.default is MISSING and f.default_factory is MISSING}
+    known, required = _keys(kind)
     if unknown := set(data) - known:
         raise VMSpecError(f"{what}: unknown keys {sorted(unknown)}")
     if missing := required - set(data):
         raise VMSpecError(f"{what}: missing keys {sorted(missing)}")
+
+
+@cache   # a listing loads a spec per VM
+def _keys(kind: type) -> tuple[frozenset[str], frozenset[str]]:
+    """The keys a dataclass takes, and those it needs."""
+    return (frozenset(f.name for f in fields(kind)),
+            frozenset(f.name for f in fields(kind) if f.default is MISSING and f.default_factory is MISSING))
 
 
 def _check_path(what: str, path: object) -> None:

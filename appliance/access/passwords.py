@@ -23,6 +23,12 @@ def hash_password(password: str) -> str:
     return "$".join([_SCHEME, str(_N), str(_R), str(_P), _b64(salt), _b64(digest)])
 
 
+def unusable_hash() -> str:
+    """A hash that no password matches (its digest is random) and that costs as long to check as a
+    real one (the same parameters), made without computing a hash."""
+    return "$".join([_SCHEME, str(_N), str(_R), str(_P), _b64(secrets.token_bytes(16)), _b64(secrets.token_bytes(32))])
+
+
 def verify_password(password: str, stored: str) -> bool:
     try:
         scheme, n, r, p, salt, digest = stored.split("$")

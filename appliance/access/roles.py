@@ -6,10 +6,10 @@ admin areas below need an admin. A router whose writes are the admin's adds its 
 from __future__ import annotations
 
 import re
-from enum import Enum
+from enum import StrEnum
 
 
-class Role(str, Enum):
+class Role(StrEnum):
     VIEWER = "viewer"       # reads everything it is shown
     OPERATOR = "operator"   # runs VMs, backups, snapshots, restores
     ADMIN = "admin"         # also users, stores, policies, the audit log

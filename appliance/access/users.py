@@ -15,10 +15,10 @@ from sqlalchemy.orm.attributes import set_committed_value
 
 from appliance.access import totp
 from appliance.catalog.base import utcnow
-from appliance.errors import CairnError, ConflictError, NotFoundError
+from appliance.errors import CairnError, ConflictError, ForbiddenError, NotFoundError
 from appliance.names import ACCOUNT
 
-from .passwords import hash_password, verify_password
+from .passwords import hash_password, unusable_hash, verify_password
 from .records import AccessKeyRecord, SessionRecord, UserRecord, VMAccessRecord
 from .roles import Role
 from .secrets import SecretBox
@@ -27,7 +27,7 @@ log = logging.getLogger("cairn.users")
 MIN_PASSWORD = 8
 INITIAL_ADMIN = "admin"
 # Checked against when the user does not exist, so a wrong name costs as long as a wrong password.
-_DUMMY_HASH = hash_password(secrets.token_urlsafe(16))
+_DUMMY_HASH = unusable_hash()
 
 
 @dataclass(frozen=True)
@@ -122,7 +122,7 @@ class UserService:
 
     def change_password(self, name: str, current: str, new: str) -> None:
         if self.check_password(name, current) is None:
-            raise CairnError("the current password is wrong")
+            raise ForbiddenError("the current password is wrong: give the one you sign in with")
         self.update(name, password=new)
 
     # -- TOTP -----------------------------------------------------------------------------------
@@ -146,7 +146,7 @@ class UserService:
             if user.totp_enabled:
                 raise ConflictError(f"{name} has TOTP already")
             if not self.accept_totp(user, code):
-                raise CairnError("wrong TOTP code: check the authenticator's clock and try the next code")
+                raise ForbiddenError("wrong TOTP code: check the authenticator's clock and try the next code")
             user.totp_enabled = True
         return user
 

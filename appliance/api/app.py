@@ -3,51 +3,43 @@
 create_app applies to every route, whichever router brings it: authentication and the role
 rule before a body is read, and the limits on bodies (request_gate.RequestGate, api_auth.authorize,
 roles.required_role), the audit log of changes (audit.AuditMiddleware), and one error body,
-{"error": {"code", "message", "details"}}.
+{"error": {"code", "message", "details"}} (ErrorOut).
+
+Every error is translated once, here, by the one table of appliance/error_statuses.py, and every
+status a route can answer is declared in the OpenAPI (`declare_statuses`): those of the request
+gate and the visibility guard from the route's role and parameters, and those of the errors the
+route names with `raises`.
 """
 from __future__ import annotations
 
+import logging
 from typing import Any
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import Depends, FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException
 
 from appliance.access.audit import record_changes
-from appliance.access.visibility import access_router, guard, visibility
+from appliance.access.visibility import access_router, guard, vm_visible
+from appliance.backups.catalog import BackupCatalog
+from appliance.backups.records import BackupRecord
+from appliance.catalog.query import QueryError
 from appliance.context import Appliance
-from appliance.errors import CairnError
-from dedup import (
-    BackupExistsError,
-    KeyFileError,
-    PassphraseRequiredError,
-    StoreBusyError,
-    StoreError,
-    StoreFormatError,
-)
+from appliance.error_statuses import roots, status_of
+from appliance.errors import NotFoundError
+from appliance.vms.records import VMRecord
+from dedup import BackupNotFoundError
 
+from .answers import declare_statuses, error_body, raises
 from .auth import Caller, auth_router, bearer
+from .listing import Query
 from .models import BackupOut, VMDetail, VMOut
 from .users import users_router
 
 VERSION = "0.1.0"
-
-
-def store_error_status(e: StoreError) -> int:
-    """The caller's mistakes and conflicts are no server fault; a damaged or unreachable store is."""
-    if isinstance(e, LookupError):
-        return 404
-    if isinstance(e, ValueError):
-        return 422
-    if isinstance(e, StoreBusyError | BackupExistsError | StoreFormatError):
-        return 409   # StoreFormatError: a format-1 store wants `cairn store upgrade` first
-    if isinstance(e, PassphraseRequiredError):
-        return 423   # locked: the store needs its passphrase
-    if isinstance(e, KeyFileError):
-        return 403   # a wrong passphrase, or the key of another store
-    return 500
+log = logging.getLogger(__name__)
 
 
 class Health(BaseModel):
@@ -56,16 +48,6 @@ class Health(BaseModel):
     store: str
 
 
-class ErrorOut(BaseModel):
-    error: dict[str, Any]
-
-
-def error_body(status: int, code: str, message: str, details: Any = None,
-               headers: dict[str, str] | None = None) -> JSONResponse:
-    body: dict[str, Any] = {"code": code, "message": message}
-    if details is not None:
-        body["details"] = details
-    return JSONResponse(status_code=status, content={"error": body}, headers=headers)
 
 
 # HTTP errors raised by the framework itself (no such route, method not allowed), named like ours.
@@ -77,7 +59,7 @@ def create_app(appliance: Appliance) -> FastAPI:
     and answers 404 for a VM, backup or job its caller may not see (visibility.guard)."""
     api = FastAPI(title="Cairn", version=VERSION, openapi_url="/api/v1/openapi.json", docs_url="/api/v1/docs",
                   redoc_url=None, dependencies=[Depends(bearer), Depends(guard(appliance))])
-    seen = visibility(appliance)
+    backup_records = BackupCatalog(appliance.catalog)
     from .gate import RequestGate  # it answers with this module's error_body
     api.add_middleware(RequestGate, appliance=appliance)
     record_changes(api, appliance.audit)   # added last: outermost, it also records what the gate refuses
@@ -87,13 +69,13 @@ def create_app(appliance: Appliance) -> FastAPI:
         headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
         return error_body(status, code, message, details, headers)
 
-    @api.exception_handler(CairnError)
-    async def cairn_error(request: Request, e: CairnError) -> JSONResponse:
-        return failed(request, e.status, type(e).__name__, str(e))
-
-    @api.exception_handler(StoreError)
-    async def store_error(request: Request, e: StoreError) -> JSONResponse:
-        return failed(request, store_error_status(e), type(e).__name__, str(e))
+    async def translated(request: Request, e: Exception) -> JSONResponse:
+        status = status_of(e) or 500
+        if status == 500:   # the appliance's own fault (not another host's): its log keeps the trace
+            log.error("%s %s: %s", request.method, request.url.path, e, exc_info=e)
+        return failed(request, status, type(e).__name__, str(e))
+    for root in roots():
+        api.add_exception_handler(root, translated)
 
     @api.exception_handler(RequestValidationError)
     async def bad_request(request: Request, e: RequestValidationError) -> JSONResponse:
@@ -108,6 +90,12 @@ def create_app(appliance: Appliance) -> FastAPI:
     async def unexpected(request: Request, e: Exception) -> JSONResponse:
         # Starlette logs the traceback after this answer; the caller gets the usual body, not a text page.
         return failed(request, 500, "InternalError", "an unexpected error: the appliance's log has the details")
+
+    # First: a request is matched against the routes in order, and the first request to reach an
+    # included router builds its routes (FastAPI), so the health check does not wait for all of them.
+    @api.get("/api/v1/health", response_model=Health)
+    def health() -> Health:
+        return Health(status="ok", version=VERSION, store=appliance.store.location)
 
     api.include_router(auth_router(appliance))
     api.include_router(users_router(appliance))
@@ -140,28 +128,29 @@ def create_app(appliance: Appliance) -> FastAPI:
     from appliance.web import mount_console
     mount_console(api)
 
-    @api.get("/api/v1/health", response_model=Health)
-    def health() -> Health:
-        return Health(status="ok", version=VERSION, store=appliance.store.location)
+    @api.get("/api/v1/vms", response_model=list[VMOut], responses=raises(QueryError))
+    def list_vms(caller: Caller, query: Query, response: Response) -> list[VMOut]:
+        """A page of the VMs the caller sees, by name unless `sort` says otherwise (the list query:
+        docs/api.md); fields: name, state, pid, vcpus, memory_mib."""
+        return [VMOut.of(v) for v in appliance.vms.page(query, vm_visible(VMRecord.name, caller), response)]
 
-    @api.get("/api/v1/vms", response_model=list[VMOut])
-    def list_vms(caller: Caller) -> list[VMOut]:
-        hidden = seen.hidden(caller)
-        return [VMOut.of(v) for v in appliance.vms.list() if v.spec.name not in hidden]
-
-    @api.get("/api/v1/vms/{name}", response_model=VMDetail, responses={404: {"model": ErrorOut}})
+    @api.get("/api/v1/vms/{name}", response_model=VMDetail, responses=raises(NotFoundError))
     def get_vm(name: str) -> VMDetail:
         """The list's fields and the rest of the VM's definition (profile, NICs, boot, HA...)."""
         return VMDetail.of(appliance.vms.show(name))
 
-    @api.get("/api/v1/backups", response_model=list[BackupOut])
-    def list_backups(caller: Caller, vm: str | None = None) -> list[BackupOut]:
-        hidden = seen.hidden(caller)
-        return [BackupOut.model_validate(r) for r in appliance.backups.list(vm) if r.vm_name not in hidden]
+    @api.get("/api/v1/backups", response_model=list[BackupOut], responses=raises(QueryError))
+    def list_backups(caller: Caller, query: Query, response: Response, vm: str | None = None,
+                     latest: bool = False) -> list[BackupOut]:
+        """A page of the backups the caller sees (of VM `vm`; with `latest`, each VM's newest
+        only), oldest first unless `sort` says otherwise (the list query: docs/api.md)."""
+        records = backup_records.page(query, vm_visible(BackupRecord.vm_name, caller), vm, response, latest)
+        return [BackupOut.model_validate(r) for r in records]
 
-    @api.get("/api/v1/backups/{backup_id}", response_model=BackupOut, responses={404: {"model": ErrorOut}})
+    @api.get("/api/v1/backups/{backup_id}", response_model=BackupOut, responses=raises(BackupNotFoundError))
     def get_backup(backup_id: str) -> BackupOut:
         return BackupOut.model_validate(appliance.backups.get(backup_id))
 
+    declare_statuses(api)
     return api
 

@@ -10,29 +10,32 @@ from fastapi import APIRouter, Depends, Response
 from sqlalchemy import select
 
 from appliance.access.visibility import recycled_visible
-from appliance.catalog.query import ListQuery, list_query
+from appliance.catalog.query import ListQuery
 from appliance.context import Appliance
 from appliance.deletion.deletables import deletion_service
 from appliance.deletion.protection import DeletionRule, Impact, RecycledOut, recycled_out
 from appliance.deletion.records import RecycledRecord
+from appliance.errors import ConflictError, NotFoundError
 
+from .answers import raises
 from .auth import Caller
-from .jobs import ERRORS
+from .listing import list_query
 
 
 def deletion_router(appliance: Appliance) -> APIRouter:
-    router = APIRouter(prefix="/api/v1", tags=["deletion"])
+    # Deleting, restoring and purging meet what is not there, and what protection or state forbids.
+    router = APIRouter(prefix="/api/v1", tags=["deletion"], responses=raises(NotFoundError, ConflictError))
     deletions = deletion_service(appliance)
 
     def delete_or_preview(kind: str, name: str, dry_run: bool) -> Impact:
         return deletions.preview(kind, name) if dry_run else deletions.delete(kind, name)
 
-    @router.delete("/backups/{backup_id}", response_model=Impact, responses=ERRORS)
+    @router.delete("/backups/{backup_id}", response_model=Impact)
     def delete_backup(backup_id: str, dry_run: bool = False) -> Impact:
         """Delayed by default: the backup waits in the recycle bin (restorable) for a week."""
         return delete_or_preview("backup", backup_id, dry_run)
 
-    @router.delete("/policies/{ref}", response_model=Impact, responses=ERRORS)
+    @router.delete("/policies/{ref}", response_model=Impact)
     def delete_policy(ref: str, dry_run: bool = False) -> Impact:
         return delete_or_preview("policy", ref, dry_run)
 
@@ -40,22 +43,22 @@ def deletion_router(appliance: Appliance) -> APIRouter:
     def get_rules() -> dict[str, DeletionRule]:
         return deletions.rules()
 
-    @router.put("/deletion-rules/{kind}", response_model=DeletionRule, responses=ERRORS)
+    @router.put("/deletion-rules/{kind}", response_model=DeletionRule)
     def set_rule(kind: str, rule: DeletionRule) -> DeletionRule:
         return deletions.set_rule(kind, rule)
 
-    @router.get("/recycle-bin", response_model=list[RecycledOut], responses=ERRORS)
+    @router.get("/recycle-bin", response_model=list[RecycledOut])
     def list_bin(caller: Caller, query: Annotated[ListQuery, Depends(list_query)],
                  response: Response) -> list[RecycledOut]:
         shown = select(RecycledRecord).where(recycled_visible(caller))
         with appliance.catalog() as s:
             return [recycled_out(r) for r in query.run(s, RecycledRecord, shown, response=response)]
 
-    @router.post("/recycle-bin/{recycle_id}/restore", response_model=RecycledOut, responses=ERRORS)
+    @router.post("/recycle-bin/{recycle_id}/restore", response_model=RecycledOut)
     def restore(recycle_id: str) -> RecycledOut:
         return deletions.restore(recycle_id)
 
-    @router.delete("/recycle-bin/{recycle_id}", response_model=RecycledOut, responses=ERRORS)
+    @router.delete("/recycle-bin/{recycle_id}", response_model=RecycledOut)
     def purge(recycle_id: str) -> RecycledOut:
         """Delete for good now, without waiting for its purge time."""
         return deletions.purge(recycle_id)

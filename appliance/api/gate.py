@@ -25,6 +25,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from appliance.errors import CairnError, UnauthorizedError
 from appliance.units import human
 
+from .answers import error_body
 from .auth import authenticate, authorize
 
 API_PREFIX = "/api/v1/"
@@ -33,6 +34,10 @@ GUARDED = (API_PREFIX, "/metrics")
 MAX_BODY = 1 << 20   # JSON requests are small; anything larger is a mistake or an attack
 # Requests whose body is a file, streamed to disk by their route.
 UPLOADS = (("PUT", re.compile(r"^/api/v1/images/[^/]+/?$")),)
+
+
+def is_upload(method: str, path: str) -> bool:
+    return any(method == upload_method and pattern.match(path) for upload_method, pattern in UPLOADS)
 
 
 class BodyTooLargeError(CairnError):
@@ -49,7 +54,7 @@ class RequestGate:
             await self.app(scope, receive, send)
             return
         state = scope.setdefault("state", {})
-        upload = any(scope["method"] == method and pattern.match(scope["path"]) for method, pattern in UPLOADS)
+        upload = is_upload(scope["method"], scope["path"])
         limit = self.appliance.settings.max_upload if upload else MAX_BODY
         try:
             headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
@@ -117,6 +122,5 @@ def counted(receive: Receive, limit: int) -> Receive:
 
 
 def error_response(e: CairnError) -> Any:
-    from .app import error_body  # the API's one error body (api.py imports this module)
     headers = {"WWW-Authenticate": "Bearer"} if isinstance(e, UnauthorizedError) else None
     return error_body(e.status, type(e).__name__, str(e), headers=headers)

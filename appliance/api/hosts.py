@@ -10,12 +10,14 @@ from fastapi import APIRouter, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from appliance.context import Appliance
-from appliance.hosts.service import HOST_OPTIONS
+from appliance.errors import ConflictError, NotFoundError
+from appliance.hosts.service import HOST_OPTIONS, HostCommandError, HostSpecError, HostUnreachableError
 from appliance.jobs.params import HostBackupParams, HostBackupRequest
-from vmm.hosts import HostVM
+from vmm.hosts import HostError, HostVM
 
+from .answers import raises
 from .auth import Caller
-from .jobs import ERRORS, JobOut, submit_job
+from .jobs import SUBMIT_ERRORS, JobOut, submit_job
 from .vms import MAX_STOP_TIMEOUT
 
 
@@ -80,7 +82,10 @@ def _vm(vm: HostVM) -> HostVMOut:
 
 
 def host_router(appliance: Appliance) -> APIRouter:
-    router = APIRouter(prefix="/api/v1/hosts", tags=["hosts"])
+    # A bad definition, a host that is not there or does not answer, and what it refuses.
+    router = APIRouter(prefix="/api/v1/hosts", tags=["hosts"],
+                       responses=raises(HostSpecError, HostUnreachableError, HostCommandError, NotFoundError,
+                                        ConflictError, HostError))
     hosts = appliance.hosts
 
     @router.get("", response_model=list[HostOut])
@@ -130,7 +135,7 @@ def host_router(appliance: Appliance) -> APIRouter:
         """A disk-only snapshot of a libvirt domain, all disks at one instant; returns its snapshots."""
         return hosts.snapshot(name, vm, body.name)
 
-    @router.post("/{name}/vms/{vm}/backups", response_model=JobOut, status_code=202, responses=ERRORS)
+    @router.post("/{name}/vms/{vm}/backups", response_model=JobOut, status_code=202, responses=SUBMIT_ERRORS)
     def back_up_vm(caller: Caller, name: str, vm: str, body: HostBackupRequest | None = None) -> JobOut:
         params = HostBackupParams(host=name, vm=vm, **(body or HostBackupRequest()).model_dump())
         return submit_job(appliance, caller, "host.backup", params)

@@ -23,17 +23,24 @@ from sqlalchemy import select
 
 from appliance.access.auth import Principal
 from appliance.access.visibility import visibility, vm_visible
-from appliance.catalog.query import ListQuery, list_query
+from appliance.catalog.query import QueryError
 from appliance.context import Appliance
+from appliance.errors import ConflictError, ForbiddenError, NotFoundError
 from appliance.jobs.engine import JobParamsError
 from appliance.jobs.params import PARAMS, BackupParams, BackupRequest, GcParams, JobParams, VerifyParams
 from appliance.jobs.records import FINISHED_STATES, EventRecord, JobRecord
+from chain import ChainError
+from dedup import StoreError
+from vmm import VMError
 
-from .app import ErrorOut
+from .answers import raises
 from .auth import Caller, still_signed_in
+from .listing import Query
 from .models import EventOut, JobOut
 
-ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorOut} for code in (404, 409, 422)}
+# What a route that starts a job may meet before the job is queued: the caller's sight and role,
+# its parameters, and what its plan checks first (the VM, its snapshot tree, the backup, the store).
+SUBMIT_ERRORS = raises(NotFoundError, ConflictError, ForbiddenError, JobParamsError, VMError, ChainError, StoreError)
 SIGNED_IN_CHECK = 1.0   # seconds between checks that a live stream's session or key still stands
 
 
@@ -76,7 +83,6 @@ class JobRequestRoute(APIRoute):
         return handle
 
 
-Query = Annotated[ListQuery, Depends(list_query)]
 
 
 def submit_job(appliance: Appliance, caller: Principal, kind: str, params: JobParams) -> JobOut:
@@ -102,7 +108,7 @@ def job_router(appliance: Appliance) -> APIRouter:
     jobs = appliance.jobs
     seen = visibility(appliance)
 
-    @router.get("/jobs", response_model=list[JobOut], responses=ERRORS)
+    @router.get("/jobs", response_model=list[JobOut], responses=raises(QueryError))
     def list_jobs(caller: Caller, query: Query, response: Response) -> list[JobOut]:
         mine = select(JobRecord).where(vm_visible(JobRecord.resource, caller, resource=True))
         with appliance.catalog() as s:
@@ -110,34 +116,34 @@ def job_router(appliance: Appliance) -> APIRouter:
 
     starting = APIRouter(route_class=JobRequestRoute)
 
-    @starting.post("/jobs", response_model=JobOut, status_code=202, responses=ERRORS)
+    @starting.post("/jobs", response_model=JobOut, status_code=202, responses=SUBMIT_ERRORS)
     def start_job(caller: Caller, body: JobRequest) -> JobOut:
         """Any kind of job, with its parameters (see the kinds in the request's schema)."""
         return submit_job(appliance, caller, body.kind, body.params)
 
     router.include_router(starting)
 
-    @router.get("/jobs/{job_id}", response_model=JobOut, responses=ERRORS)
+    @router.get("/jobs/{job_id}", response_model=JobOut, responses=raises(NotFoundError))
     def get_job(job_id: str) -> JobOut:
         return JobOut.model_validate(jobs.get(job_id))
 
-    @router.post("/jobs/{job_id}/cancel", response_model=JobOut, responses=ERRORS)
+    @router.post("/jobs/{job_id}/cancel", response_model=JobOut, responses=raises(NotFoundError, ConflictError))
     def cancel_job(job_id: str) -> JobOut:
         return JobOut.model_validate(jobs.cancel(job_id))
 
-    @router.post("/vms/{name}/backups", response_model=JobOut, status_code=202, responses=ERRORS)
+    @router.post("/vms/{name}/backups", response_model=JobOut, status_code=202, responses=SUBMIT_ERRORS)
     def start_backup(caller: Caller, name: str, body: BackupRequest | None = None) -> JobOut:
         return submit_job(appliance, caller, "backup", BackupParams(vm=name, **(body or BackupRequest()).model_dump()))
 
-    @router.post("/store/verify-jobs", response_model=JobOut, status_code=202, responses=ERRORS)
+    @router.post("/store/verify-jobs", response_model=JobOut, status_code=202, responses=SUBMIT_ERRORS)
     def start_verify(caller: Caller, body: VerifyParams | None = None) -> JobOut:
         return submit_job(appliance, caller, "store.verify", body or VerifyParams())
 
-    @router.post("/store/gc-jobs", response_model=JobOut, status_code=202, responses=ERRORS)
+    @router.post("/store/gc-jobs", response_model=JobOut, status_code=202, responses=SUBMIT_ERRORS)
     def start_gc(caller: Caller, body: GcParams | None = None) -> JobOut:
         return submit_job(appliance, caller, "store.gc", body or GcParams())
 
-    @router.get("/events", response_model=list[EventOut], responses=ERRORS)
+    @router.get("/events", response_model=list[EventOut], responses=raises(QueryError))
     def list_events(caller: Caller, query: Query, response: Response) -> list[EventOut]:
         mine = select(EventRecord).where(vm_visible(EventRecord.resource, caller, resource=True))
         with appliance.catalog() as s:
@@ -150,7 +156,7 @@ def job_router(appliance: Appliance) -> APIRouter:
             seen.check_job(caller, job)
         return job
 
-    @router.get("/events/stream", response_class=EventSourceResponse, responses=ERRORS)
+    @router.get("/events/stream", response_class=EventSourceResponse, responses=raises(NotFoundError))
     async def stream_events(caller: Caller, request: Request,
                             job: str | None = Depends(known_job)) -> AsyncIterator[ServerSentEvent]:
         """Events as they happen, job progress included. With `job`, only that job's, ending when it ends.

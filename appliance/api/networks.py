@@ -18,10 +18,12 @@ from appliance.access.auth import Principal
 from appliance.access.host_paths import HostPaths
 from appliance.access.visibility import Seen, visibility
 from appliance.context import Appliance
-from appliance.pools.service import PoolService
+from appliance.errors import ConflictError, NotFoundError
+from appliance.pools.service import PoolError, PoolService
+from vmm import VMError
 
+from .answers import raises
 from .auth import Caller
-from .vms import VMErrorRoute
 
 PoolKind = Literal["compute", "storage", "address"]
 
@@ -74,7 +76,8 @@ class AttachIn(BaseModel):
 
 
 def pools_router(pools: PoolService, paths: HostPaths, seen: Callable[[Principal], Seen]) -> APIRouter:
-    router = APIRouter(tags=["pools"], route_class=VMErrorRoute)
+    # A bad definition, what is not there or in the way, and `ip` or dnsmasq refusing.
+    router = APIRouter(tags=["pools"], responses=raises(PoolError, NotFoundError, ConflictError, VMError))
 
     def pool_dicts(kind: PoolKind | None) -> list[dict[str, Any]]:
         listed: list[Any] = []
@@ -134,7 +137,7 @@ def pools_router(pools: PoolService, paths: HostPaths, seen: Callable[[Principal
 
 def networks_router(appliance: Appliance) -> APIRouter:
     networks = appliance.vms.networks
-    router = APIRouter(tags=["networks"], route_class=VMErrorRoute)
+    router = APIRouter(tags=["networks"], responses=raises(PoolError, NotFoundError, ConflictError, VMError))
     seen = visibility(appliance).seen
 
     @router.get("/api/v1/networks")

@@ -12,14 +12,14 @@ from pydantic import BaseModel
 
 from appliance.access.visibility import visibility
 from appliance.context import Appliance
-from appliance.errors import ConflictError
+from appliance.errors import ConflictError, NotFoundError
+from appliance.notifications.delivery import DeliveryError
 from appliance.notifications.quiet import QuietHours
+from appliance.notifications.rules import RuleParamsError
 from appliance.notifications.service import RuleUpdate, TargetSpec, target_dict
 
-from .app import ErrorOut
+from .answers import raises
 from .auth import Caller
-
-ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorOut} for code in (404, 409, 422)}
 
 
 class TestOut(BaseModel):
@@ -28,7 +28,8 @@ class TestOut(BaseModel):
 
 
 def notification_router(appliance: Appliance) -> APIRouter:
-    router = APIRouter(prefix="/api/v1/notifications", tags=["notifications"], responses=ERRORS)
+    router = APIRouter(prefix="/api/v1/notifications", tags=["notifications"],
+                       responses=raises(NotFoundError, ConflictError, RuleParamsError))
     notes = appliance.notifications
 
     @router.get("/targets")
@@ -54,7 +55,7 @@ def notification_router(appliance: Appliance) -> APIRouter:
     def remove_target(name: str) -> dict[str, Any]:
         return target_dict(notes.remove_target(name))
 
-    @router.post("/targets/{name}/test", response_model=TestOut, responses={502: {"model": ErrorOut}})
+    @router.post("/targets/{name}/test", response_model=TestOut, responses=raises(DeliveryError))
     def send_test(name: str) -> TestOut:
         """Send a test message now (quiet hours do not apply); 502 says why the receiver did not take it."""
         return TestOut(delivered=True, payload=notes.send_test(name))

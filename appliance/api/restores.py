@@ -6,9 +6,8 @@ the copy). Files and boot tests answer when they are done."""
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import PurePosixPath
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import quote
 
 import anyio
@@ -19,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.types import Receive, Scope, Send
 
 from appliance.context import Appliance
-from appliance.errors import CairnError, NotFoundError
+from appliance.errors import ConflictError, NotFoundError
 from appliance.jobs.params import (
     DiskRestoreParams,
     DiskRestoreRequest,
@@ -29,32 +28,35 @@ from appliance.jobs.params import (
     RestoreOverParams,
 )
 from appliance.restores.boot_test import DEFAULT_MARKER
-from restore import CorruptBackupError, RestoreError, VerifyError
-from restore.files import BackupFilesystem, FileNotInBackupError
+from dedup import StoreError
+from restore import RestoreError
+from restore.destinations import RBD_SCHEME
+from restore.files import BackupFilesystem
+from vmm import VMError
 
+from .answers import raises
 from .auth import Caller
-from .jobs import ERRORS, JobOut, submit_job
+from .jobs import SUBMIT_ERRORS, JobOut, submit_job
 from .models import BootTestOut, InstantRestoreOut
 
 DOWNLOAD_BLOCK = 1 << 20
 
 
-class RestoreFailedError(CairnError):
-    """The restore was refused (target exists, too small, ...) and nothing was changed."""
-    status = 409
-
-
-class BackupDamagedError(CairnError):
-    """The backup's data could not be restored or read back as it was stored."""
-    status = 500
-
-
-class VMRestoreRequest(BaseModel):
+class RestoreAsNewRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    mode: Literal["new", "over"]
-    name: str | None = None  # mode "new": the new VM's name
-    stop: bool = False  # mode "over": shut the VM down first
+    mode: Literal["new"]
+    name: str = Field(description="the new VM's name")
     verify: bool = True
+
+
+class RestoreOverRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    mode: Literal["over"]
+    stop: bool = Field(False, description="shut the VM down first")
+    verify: bool = True
+
+
+VMRestoreRequest = Annotated[RestoreAsNewRequest | RestoreOverRequest, Field(discriminator="mode")]
 
 
 class FileEntryOut(BaseModel):
@@ -90,30 +92,30 @@ def restore_router(appliance: Appliance) -> APIRouter:
 
 def backup_restore_router(appliance: Appliance) -> APIRouter:
     """/api/v1/backups/{backup_id}/...: restore from one backup."""
-    router = APIRouter(prefix="/api/v1/backups/{backup_id}", tags=["restore"])
+    # Every route reads the backup from the store, and what it restores to meets QEMU.
+    router = APIRouter(prefix="/api/v1/backups/{backup_id}", tags=["restore"],
+                       responses=raises(NotFoundError, RestoreError, StoreError, VMError))
 
-    @router.post("/disks/{disk}/restore", response_model=JobOut, status_code=202, responses=ERRORS)
+    @router.post("/disks/{disk}/restore", response_model=JobOut, status_code=202, responses=SUBMIT_ERRORS)
     def restore_one_disk(caller: Caller, backup_id: str, disk: str, body: DiskRestoreRequest) -> JobOut:
-        if "://" not in body.target:
+        if "://" not in body.target and not body.target.startswith(RBD_SCHEME):   # a host path, not a URL
             appliance.host_paths.disk_target(caller, body.target, "restore target")
         return submit_job(appliance, caller, "restore.disk",
                           DiskRestoreParams(backup_id=backup_id, disk=disk, **body.model_dump()))
 
-    @router.post("/restore", response_model=JobOut, status_code=202, responses=ERRORS)
+    @router.post("/restore", response_model=JobOut, status_code=202, responses=SUBMIT_ERRORS)
     def restore_vm(caller: Caller, backup_id: str, body: VMRestoreRequest) -> JobOut:
-        if body.mode == "over":
+        if isinstance(body, RestoreOverRequest):
             vm = appliance.store.get_backup(backup_id).vm
             return submit_job(appliance, caller, "restore.over_vm",
                               RestoreOverParams(backup_id=backup_id, vm=vm, stop=body.stop, verify=body.verify))
-        if not body.name:
-            raise RestoreFailedError("mode new needs the new VM's name")
         return submit_job(appliance, caller, "restore.new_vm",
                           RestoreAsNewParams(backup_id=backup_id, name=body.name, verify=body.verify))
 
     @router.get("/disks/{disk}/files", response_model=list[FileEntryOut])
     def list_files(backup_id: str, disk: str, path: str = "/", partition: int | None = None) -> list[FileEntryOut]:
         """A directory of the disk's filesystem (partition: 1, 2, ... of an MBR/GPT disk)."""
-        with reported(), BackupFilesystem(appliance.store, backup_id, disk, partition) as fs:
+        with BackupFilesystem(appliance.store, backup_id, disk, partition) as fs:
             return [FileEntryOut(**vars(e)) for e in fs.list(path)]
 
     @router.get("/disks/{disk}/files/content")
@@ -122,13 +124,12 @@ def backup_restore_router(appliance: Appliance) -> APIRouter:
         reported as such; it is released (mount, loop device, nbdfuse, nbdkit) however the
         download ends: sent, failed, or abandoned by the client."""
         headers = {"Content-Disposition": attachment(PurePosixPath(path).name)}
-        with reported():
-            fs = BackupFilesystem(appliance.store, backup_id, disk, partition).mount()
-            try:
-                file = fs.open(path)
-            except BaseException:
-                fs.close()
-                raise
+        fs = BackupFilesystem(appliance.store, backup_id, disk, partition).mount()
+        try:
+            file = fs.open(path)
+        except BaseException:
+            fs.close()
+            raise
 
         def content() -> Iterator[bytes]:
             while block := file.read(DOWNLOAD_BLOCK):
@@ -139,7 +140,7 @@ def backup_restore_router(appliance: Appliance) -> APIRouter:
             fs.close()
         return ReleasingResponse(content(), release, media_type="application/octet-stream", headers=headers)
 
-    @router.post("/instant-restore", response_model=JobOut, status_code=202, responses=ERRORS)
+    @router.post("/instant-restore", response_model=JobOut, status_code=202, responses=SUBMIT_ERRORS)
     def start_instant_restore(caller: Caller, backup_id: str, body: InstantRestoreRequest) -> JobOut:
         """Start VM `name` on the backup now; its disks are copied in while it runs."""
         return submit_job(appliance, caller, "restore.instant",
@@ -149,12 +150,12 @@ def backup_restore_router(appliance: Appliance) -> APIRouter:
     async def boot_test(backup_id: str, body: BootTestRequest | None = None) -> BootTestOut:
         """Boot the backup in an isolated, throw-away VM; answers with the recorded result."""
         body = body or BootTestRequest()
-        with reported():
-            result = await appliance.restores.boot_tests.run(backup_id, timeout=body.timeout, marker=body.marker)
+        result = await appliance.restores.boot_tests.run(backup_id, timeout=body.timeout, marker=body.marker)
         return BootTestOut.of(result)
 
     @router.get("/boot-tests", response_model=list[BootTestOut])
     def boot_tests(backup_id: str) -> list[BootTestOut]:
+        appliance.store.get_backup(backup_id)   # a backup that is not there is not found, not one never tested
         return [BootTestOut.model_validate(r) for r in appliance.restores.boot_tests.history(backup_id)]
 
     return router
@@ -163,7 +164,8 @@ def backup_restore_router(appliance: Appliance) -> APIRouter:
 def instant_router(appliance: Appliance) -> APIRouter:
     """/api/v1/instant-restores/{vm}: follow, throttle and resume instant restores. Looking at one
     whose copy is complete finishes it (stops serving the backup)."""
-    router = APIRouter(prefix="/api/v1/instant-restores/{vm}", tags=["restore"])
+    router = APIRouter(prefix="/api/v1/instant-restores/{vm}", tags=["restore"],
+                       responses=raises(NotFoundError, ConflictError, RestoreError, StoreError, VMError))
     instant = appliance.restores.instant
 
     @router.get("", response_model=InstantRestoreOut)
@@ -176,8 +178,7 @@ def instant_router(appliance: Appliance) -> APIRouter:
 
     @router.post("/resume", response_model=InstantRestoreOut)
     async def instant_resume(vm: str, body: ResumeRequest | None = None) -> InstantRestoreOut:
-        with reported():
-            state = await instant.resume(vm, speed=body.speed if body else None)
+        state = await instant.resume(vm, speed=body.speed if body else None)
         return InstantRestoreOut(**state.to_dict())
 
     return router
@@ -211,16 +212,3 @@ def attachment(name: str) -> str:
     A header is Latin-1 and one line: the name itself may be neither."""
     fallback = "".join(c if c.isascii() and c.isprintable() and c not in '"\\' else "_" for c in name) or "download"
     return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{quote(name, safe='')}"
-
-
-@contextmanager
-def reported() -> Iterator[None]:
-    """Restore's errors as the API's: refusals are 409, damaged data 500."""
-    try:
-        yield
-    except FileNotInBackupError as e:
-        raise NotFoundError(str(e)) from e
-    except (CorruptBackupError, VerifyError) as e:
-        raise BackupDamagedError(str(e)) from e
-    except RestoreError as e:
-        raise RestoreFailedError(str(e)) from e

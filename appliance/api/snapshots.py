@@ -19,7 +19,7 @@ from appliance.jobs.params import (
 )
 
 from .auth import Caller
-from .jobs import ERRORS, JobOut, submit_job
+from .jobs import SUBMIT_ERRORS, JobOut, submit_job
 from .models import snapshot_tree
 
 
@@ -31,17 +31,17 @@ def snapshot_router(appliance: Appliance) -> APIRouter:
     def list_snapshots(name: str) -> dict[str, Any]:
         return snapshot_tree(service, name)
 
-    @router.post("", response_model=JobOut, status_code=202, responses=ERRORS)
+    @router.post("", response_model=JobOut, status_code=202, responses=SUBMIT_ERRORS)
     def create_snapshot(caller: Caller, name: str, body: SnapshotRequest | None = None) -> JobOut:
         params = SnapshotCreateParams(vm=name, **(body or SnapshotRequest()).model_dump())
         return submit_job(appliance, caller, "snapshot.create", params)
 
-    @router.post("/{snapshot}/revert", response_model=JobOut, status_code=202, responses=ERRORS)
+    @router.post("/{snapshot}/revert", response_model=JobOut, status_code=202, responses=SUBMIT_ERRORS)
     def revert_snapshot(caller: Caller, name: str, snapshot: str, body: RevertRequest | None = None) -> JobOut:
         params = SnapshotRevertParams(vm=name, snapshot=snapshot, **(body or RevertRequest()).model_dump())
         return submit_job(appliance, caller, "snapshot.revert", params)
 
-    @router.delete("/{snapshot}", response_model=JobOut, status_code=202, responses=ERRORS)
+    @router.delete("/{snapshot}", response_model=JobOut, status_code=202, responses=SUBMIT_ERRORS)
     def delete_snapshot(caller: Caller, name: str, snapshot: str, body: DeleteRequest | None = None) -> JobOut:
         params = SnapshotDeleteParams(vm=name, snapshot=snapshot, **(body or DeleteRequest()).model_dump())
         return submit_job(appliance, caller, "snapshot.delete", params)

@@ -1,4 +1,4 @@
-"""The store's maintenance API under /api/v1/store: stats, verify, gc, prune.
+"""The store's maintenance API under /api/v1/store: stats, verify, gc, prune, sync, retention locks.
 
 Stats answer at once. Verify, GC and prune are jobs (on the store, or for a prune on the VM
 whose backups it removes): they answer 202 with the job, whose result is the report, and a dry
@@ -10,42 +10,64 @@ say why.
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Any
+from datetime import datetime
 
 from fastapi import APIRouter
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from appliance.access.visibility import visibility
 from appliance.context import Appliance
-from appliance.jobs.params import GcParams, PruneParams, VerifyParams
-from dedup import StoreStats, store_stats
+from appliance.errors import NotFoundError
+from appliance.jobs.params import GcParams, PruneParams, SyncParams, VerifyParams
+from dedup import StoreError, StoreStats, lock_backup, store_stats
 
-from .app import ErrorOut
+from .answers import raises
 from .auth import Caller
-from .jobs import JobOut, submit_job
+from .jobs import SUBMIT_ERRORS, JobOut, submit_job
 
 
 def store_router(appliance: Appliance) -> APIRouter:
     router = APIRouter(prefix="/api/v1/store", tags=["store"])
     seen = visibility(appliance)
-    errors: dict[int | str, dict[str, Any]] = {code: {"model": ErrorOut} for code in (403, 404, 409, 422, 423)}
 
-    @router.get("/stats", response_model=StoreStats, responses=errors)
+    @router.get("/stats", response_model=StoreStats, responses=raises(StoreError))
     def stats(caller: Caller) -> StoreStats:
         """Totals of the whole store; per backup, only those of the VMs the caller sees."""
         shown = seen.seen(caller)
         totals = store_stats(appliance.store)
         return replace(totals, per_backup=tuple(u for u in totals.per_backup if shown.vm(u.vm)))
 
-    @router.post("/verify", response_model=JobOut, status_code=202, responses=errors)
+    @router.post("/verify", response_model=JobOut, status_code=202, responses=SUBMIT_ERRORS)
     def verify(caller: Caller, body: VerifyParams | None = None) -> JobOut:
         return submit_job(appliance, caller, "store.verify", body or VerifyParams())
 
-    @router.post("/gc", response_model=JobOut, status_code=202, responses=errors)
+    @router.post("/gc", response_model=JobOut, status_code=202, responses=SUBMIT_ERRORS)
     def gc(caller: Caller, body: GcParams | None = None) -> JobOut:
         return submit_job(appliance, caller, "store.gc", body or GcParams())
 
-    @router.post("/prune", response_model=JobOut, status_code=202, responses=errors)
+    @router.post("/prune", response_model=JobOut, status_code=202, responses=SUBMIT_ERRORS)
     def prune_backups(caller: Caller, body: PruneParams) -> JobOut:
         return submit_job(appliance, caller, "store.prune", body)
 
+    @router.post("/sync", response_model=JobOut, status_code=202, responses=SUBMIT_ERRORS)
+    def sync(caller: Caller, body: SyncParams) -> JobOut:
+        """Copy backups to (target) or from (source) another store, sending only what it lacks."""
+        return submit_job(appliance, caller, "store.sync", body)
+
+    @router.post("/backups/{backup_id}/lock", response_model=LockOut, responses=raises(NotFoundError, StoreError))
+    def lock(caller: Caller, backup_id: str, body: LockRequest) -> LockOut:
+        """Lock a backup until a date: nobody can delete it before then, nor shorten the lock."""
+        seen.check_backup(caller, backup_id)
+        return LockOut(backup_id=backup_id, locked_until=lock_backup(appliance.store, backup_id, body.until))
+
     return router
+
+
+class LockRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    until: AwareDatetime = Field(description="the date before which the backup cannot be deleted (UTC offset required)")
+
+
+class LockOut(BaseModel):
+    backup_id: str
+    locked_until: datetime

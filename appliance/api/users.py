@@ -9,7 +9,10 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from appliance.access.roles import Role
 from appliance.context import Appliance
+from appliance.errors import CairnError, ConflictError, NotFoundError
+from appliance.names import InvalidNameError
 
+from .answers import raises
 from .auth import Text, UserOut
 
 
@@ -45,7 +48,8 @@ class AuditOut(BaseModel):
 
 
 def users_router(appliance: Appliance) -> APIRouter:
-    router = APIRouter(prefix="/api/v1")
+    # A name taken, the last admin kept, a password too short or a user who is not there.
+    router = APIRouter(prefix="/api/v1", responses=raises(NotFoundError, ConflictError, InvalidNameError, CairnError))
     users = appliance.users
 
     @router.get("/users", response_model=list[UserOut], tags=["users"])

@@ -10,9 +10,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager, suppress
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, FastAPI, Request, Response
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.routing import APIRoute
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 from starlette.routing import WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
@@ -22,19 +21,19 @@ from appliance.access.visibility import visibility
 from appliance.context import Appliance
 from appliance.deletion.deletables import deletion_service
 from appliance.deletion.protection import Impact
-from appliance.errors import ConflictError
+from appliance.errors import ConflictError, NotFoundError
 from appliance.jobs.params import CloneParams, CloneRequest
 from appliance.units import parse_size
 from appliance.vms.service import VMOptions
-from vmm import VMBusyError, VMError, VMSpecError, VMStateError
+from vmm import VMError
 from vmm.console import ConsoleTokens, vnc_password
-from vmm.images_library import ImageChecksumError, ImageRecord
-from vmm.placement import PlacementError, SchedulingGroup
+from vmm.images_library import ImageRecord
+from vmm.placement import SchedulingGroup
 from vmm.spec import NicSpec, random_mac
 
-from .app import error_body
+from .answers import raises
 from .auth import Caller, still_signed_in
-from .jobs import ERRORS, JobOut, submit_job
+from .jobs import SUBMIT_ERRORS, JobOut, submit_job
 from .models import StoppedVM, VMDetail
 
 CONSOLE_PATH = "/api/v1/console"
@@ -43,25 +42,6 @@ PROXY_READ_SIZE = 64 * 1024
 CONSOLE_CHECK = 2.0   # seconds between checks that an open console's session or key still stands
 # "10G", "512M" or a number of bytes; a bad size is a 422 like any other invalid field.
 Size = Annotated[int, BeforeValidator(lambda v: parse_size(str(v)))]
-
-
-class VMErrorRoute(APIRoute):
-    """Answers vmm's errors as JSON errors like the rest of the API: a bad definition is 422,
-    a VM in the wrong state or a refused image 409, anything else QEMU refused 400."""
-
-    def get_route_handler(self) -> Callable[[Request], Awaitable[Response]]:
-        handler = super().get_route_handler()
-
-        async def handle(request: Request) -> Response:
-            try:
-                return await handler(request)
-            except VMError as e:
-                status = (422 if isinstance(e, VMSpecError) else
-                          409 if isinstance(e, VMStateError | VMBusyError | ImageChecksumError | PlacementError)
-                          else 400)
-                request.state.error = f"{type(e).__name__}: {e}"
-                return error_body(status, type(e).__name__, str(e))
-        return handle
 
 
 class NicIn(BaseModel):
@@ -91,6 +71,13 @@ class VMCreate(BaseModel):
                                                  "for admins only, an absolute path on the appliance host")
     initrd: str | None = Field(None, description="its initramfs, named the same way")
     append: str | None = None
+    start: Literal["running", "paused"] | None = Field(
+        None, description="start it once created; paused: its guest runs no code until resumed")
+
+
+class StartRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    paused: bool = Field(False, description="QEMU sets the machine up, the guest runs no code until resumed")
 
 
 class Resize(BaseModel):
@@ -168,7 +155,8 @@ def vm_router(appliance: Appliance) -> APIRouter:
         with vms.supervised():
             yield
 
-    router = APIRouter(tags=["vms"], route_class=VMErrorRoute, lifespan=supervise)
+    # Every route may meet QEMU's refusals, a VM that is not there and one in the way.
+    router = APIRouter(tags=["vms"], lifespan=supervise, responses=raises(VMError, NotFoundError, ConflictError))
 
     @router.post("/api/v1/vms", response_model=VMDetail, status_code=201)
     async def create_vm(caller: Caller, body: VMCreate) -> VMDetail:
@@ -185,11 +173,13 @@ def vm_router(appliance: Appliance) -> APIRouter:
         seen.own(caller, body.name)
         if body.ha:
             vms.set_ha(body.name, True)
+        if body.start:   # a start that fails leaves the VM defined, stopped, and answers why
+            return VMDetail.of(await vms.start(body.name, paused=body.start == "paused"))
         return VMDetail.of(vms.show(body.name))
 
     @router.post("/api/v1/vms/{name}/start", response_model=VMDetail)
-    async def start_vm(name: str) -> VMDetail:
-        return VMDetail.of(await vms.start(name))
+    async def start_vm(name: str, body: StartRequest | None = None) -> VMDetail:
+        return VMDetail.of(await vms.start(name, paused=bool(body and body.paused)))
 
     @router.post("/api/v1/vms/{name}/stop", response_model=StoppedVM)
     async def stop_vm(name: str, body: StopRequest | None = None) -> StoppedVM:
@@ -218,14 +208,14 @@ def vm_router(appliance: Appliance) -> APIRouter:
     async def resize_disk(name: str, disk: str, body: DiskResize) -> dict[str, Any]:
         return {"disk": disk, "size": await vms.grow_disk(name, disk, body.size)}
 
-    @router.delete("/api/v1/vms/{name}", response_model=Impact, responses=ERRORS)
+    @router.delete("/api/v1/vms/{name}", response_model=Impact)
     def delete_vm(name: str, dry_run: bool = False) -> Impact:
         """Under the deletion rules (kind "vm"; delayed by default: the stopped VM waits a week in
         the recycle bin, restorable). `?dry_run=true` only says what it would take."""
         deletions = deletion_service(appliance)
         return deletions.preview("vm", name) if dry_run else deletions.delete("vm", name)
 
-    @router.post("/api/v1/vms/{name}/clones", response_model=JobOut, status_code=202, responses=ERRORS)
+    @router.post("/api/v1/vms/{name}/clones", response_model=JobOut, status_code=202, responses=SUBMIT_ERRORS)
     def clone_vm(caller: Caller, name: str, body: CloneRequest) -> JobOut:
         """A job on the source VM; its result names the clones (GET /api/v1/vms/{clone} shows each)."""
         return submit_job(appliance, caller, "vm.clone", CloneParams(source=name, **body.model_dump()))
@@ -233,6 +223,7 @@ def vm_router(appliance: Appliance) -> APIRouter:
     @router.get("/api/v1/vms/{name}/streams")
     async def clone_streams(name: str) -> dict[str, float]:
         """An instant clone's background streams: disk -> fraction copied (empty: independent)."""
+        vms.spec(name)   # a VM that is not there is not found, not one without streams
         return await vms.clone_progress(name)
 
     @router.put("/api/v1/vms/{name}/ha", response_model=VMDetail)

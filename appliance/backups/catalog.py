@@ -5,10 +5,13 @@ listings use it without loading the machinery that makes backups.
 """
 from __future__ import annotations
 
-from sqlalchemy import select
-from sqlalchemy.orm import Session, sessionmaker
+from typing import Any
+
+from sqlalchemy import ColumnElement, Select, exists, select
+from sqlalchemy.orm import Session, aliased, sessionmaker
 
 from appliance.catalog.base import utcnow
+from appliance.catalog.query import MAX_INTEGER, HasHeaders, ListQuery
 from appliance.errors import NotFoundError
 from appliance.process import alive
 
@@ -19,14 +22,31 @@ class BackupCatalog:
     def __init__(self, catalog: sessionmaker[Session]):
         self.catalog = catalog
 
-    def list(self, vm: str | None = None) -> list[BackupRecord]:
+    def page(self, query: ListQuery, where: ColumnElement[bool] | None = None, vm: str | None = None,
+             response: HasHeaders | None = None, latest: bool = False) -> list[BackupRecord]:
+        """The backups `query` asks for, among those `where` selects (the caller's visible
+        ones), of VM `vm` if given and, with `latest`, only each VM's newest: oldest first
+        unless it sorts otherwise, filtered, sorted and paged in the catalog. Backups whose
+        process died are marked failed first."""
         with self.catalog.begin() as s:
             fail_interrupted(s, vm)
         with self.catalog() as s:
-            q = select(BackupRecord).order_by(BackupRecord.started_at)
-            if vm:
-                q = q.where(BackupRecord.vm_name == vm)
-            return list(s.scalars(q))
+            return query.fetch(s, self.statement(query, where, vm, latest), response)
+
+    @staticmethod
+    def statement(query: ListQuery, where: ColumnElement[bool] | None = None, vm: str | None = None,
+                  latest: bool = False) -> Select[Any]:
+        """The SELECT of page()."""
+        stmt = select(BackupRecord)
+        if where is not None:
+            stmt = stmt.where(where)
+        if vm:
+            stmt = stmt.where(BackupRecord.vm_name == vm)
+        if latest:   # no newer backup of the same VM
+            newer = aliased(BackupRecord)
+            stmt = stmt.where(~exists().where(newer.vm_name == BackupRecord.vm_name,
+                                              newer.started_at > BackupRecord.started_at))
+        return query.sorted_by_default("started_at").statement(BackupRecord, stmt)
 
     def get(self, backup_id: str) -> BackupRecord:
         with self.catalog() as s:
@@ -34,6 +54,11 @@ class BackupCatalog:
             if rec is None:
                 raise NotFoundError(f"no backup {backup_id}")
             return rec
+
+    # Last in the class: the name would shadow the built-in `list` in the annotations after it.
+    def list(self, vm: str | None = None) -> list[BackupRecord]:
+        """Every backup (of VM `vm`), oldest first (a listing to show: page())."""
+        return self.page(ListQuery(limit=MAX_INTEGER), vm=vm)
 
 
 def fail_interrupted(session: Session, vm: str | None) -> None:

@@ -8,7 +8,7 @@ from enum import StrEnum
 from sqlalchemy import (
     JSON,
     BigInteger,
-    DateTime,
+    Index,
     Integer,
     String,
     Text,
@@ -16,7 +16,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
-from appliance.catalog.base import Base, StrEnumType, utcnow
+from appliance.catalog.base import Base, StrEnumType, UTCDateTime, utcnow
 
 
 class BackupStatus(StrEnum):
@@ -36,16 +36,18 @@ class CheckpointState(StrEnum):
 
 class BackupRecord(Base):
     __tablename__ = "backups"
+    # A VM's backups in time order: its listing, its newest (and whether one is newer: `latest`).
+    __table_args__ = (Index("ix_backups_vm_name_started_at", "vm_name", "started_at"),)
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
     # No foreign key: backups outlive the VM they came from.
-    vm_name: Mapped[str] = mapped_column(String(63), index=True)
+    vm_name: Mapped[str] = mapped_column(String(63))
     store: Mapped[str] = mapped_column(Text)
     kind: Mapped[str] = mapped_column(String(16))
     status: Mapped[BackupStatus] = mapped_column(StrEnumType(BackupStatus), index=True)
     parent: Mapped[str | None] = mapped_column(String(64), nullable=True)
     checkpoint: Mapped[str | None] = mapped_column(String(96), nullable=True)
-    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
-    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     bytes_read: Mapped[int] = mapped_column(BigInteger, default=0)
     bytes_stored: Mapped[int] = mapped_column(BigInteger, default=0)
     size: Mapped[int] = mapped_column(BigInteger, default=0)
@@ -57,7 +59,7 @@ class BackupRecord(Base):
     runner_start: Mapped[str | None] = mapped_column(String(64), nullable=True)
     # Set by `cairn store verify`: when the backup was last fully verified, and what
     # verify found wrong with it (empty: nothing).
-    verified_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    verified_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     damage: Mapped[list[str]] = mapped_column(JSON, default=list)
 
 
@@ -76,8 +78,8 @@ class CheckpointRecord(Base):
     # Incremental reads of this disk since its last full read, this checkpoint's backup included.
     incrementals: Mapped[int] = mapped_column(Integer, default=0)
     state: Mapped[CheckpointState] = mapped_column(StrEnumType(CheckpointState), index=True)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
-    retired_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    retired_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
 
 
 def last_good_backup(session: Session, vm: str) -> BackupRecord | None:

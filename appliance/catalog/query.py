@@ -8,29 +8,57 @@
 number of matches, before limit and offset, is in the `X-Total-Count` header.
 
 Works on SQLAlchemy models (the query runs in the database) and on lists of dicts (resources
-assembled in Python, like VMs with their live state), with the same syntax and errors.
+assembled in Python), with the same syntax and errors. A resource whose fields are not all plain
+columns names them as SQL expressions (`fields`): a value inside a JSON column, or a VM's live
+state, known outside the database, as a CASE over the few VMs that are not stopped. So filtering,
+sorting and paging stay one query, and a page costs the same whichever page it is.
+
+No FastAPI here: the CLI pages its listings with it too (the API's dependency that parses a
+request into a ListQuery is appliance/api/listing.py).
 """
 from __future__ import annotations
 
 import operator
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Any, Protocol
 
-from fastapi import Query, Response
-from sqlalchemy import JSON, Select, String, TypeDecorator, cast, func, select
+from sqlalchemy import JSON, ColumnElement, Select, String, TypeDecorator, cast, func, select
 from sqlalchemy.orm import DeclarativeBase, Session
+from sqlalchemy.types import TypeEngine
 
 from appliance.errors import CairnError
 
+DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
 MAX_INTEGER = 2**63 - 1   # what SQLite and PostgreSQL store
 TOTAL_HEADER = "X-Total-Count"
 _COMPARE: dict[str, Callable[[Any, Any], bool]] = {"eq": operator.eq, "ne": operator.ne, "lt": operator.lt,
                                                    "le": operator.le, "gt": operator.gt, "ge": operator.ge}
 OPERATORS = (*_COMPARE, "in", "contains")
-_FILTER_HELP = "field:op:value, repeatable; op: " + ", ".join(OPERATORS)
+FILTER_HELP = "field:op:value, repeatable; op: " + ", ".join(OPERATORS)
+
+
+class Headers(Protocol):
+    def __setitem__(self, key: str, value: str) -> None: ...
+
+
+class HasHeaders(Protocol):
+    """Where the total goes: a FastAPI/Starlette Response, or anything with settable headers."""
+    @property
+    def headers(self) -> Headers: ...
+
+
+class Total:
+    """Where the total goes for a caller that is no HTTP route (the CLI): `.count` after the query."""
+
+    def __init__(self) -> None:
+        self.headers: dict[str, str] = {}
+
+    @property
+    def count(self) -> int:
+        return int(self.headers[TOTAL_HEADER])
 
 
 class QueryError(CairnError):
@@ -56,41 +84,61 @@ class Filter:
 
 @dataclass(frozen=True)
 class ListQuery:
-    limit: int = 100
+    limit: int = DEFAULT_LIMIT
     offset: int = 0
     sort: tuple[tuple[str, bool], ...] = ()   # (field, descending)
     filters: tuple[Filter, ...] = ()
 
     @classmethod
-    def parse(cls, limit: int = 100, offset: int = 0, sort: str | None = None,
+    def parse(cls, limit: int = DEFAULT_LIMIT, offset: int = 0, sort: str | None = None,
               filters: Sequence[str] = ()) -> ListQuery:
         keys = tuple((key.lstrip("-"), key.startswith("-")) for key in (sort or "").split(",") if key.strip("- "))
         return cls(limit, offset, keys, tuple(Filter.parse(f) for f in filters))
 
+    def sorted_by_default(self, sort: str) -> ListQuery:
+        """This query, sorted by `sort` (same syntax) if it names no order of its own."""
+        return self if self.sort else replace(self, sort=ListQuery.parse(sort=sort).sort)
+
+    def names(self, field: str) -> bool:
+        """Whether the query filters or sorts by `field` (a costly field is then worth computing)."""
+        return any(f.field == field for f in self.filters) or any(key == field for key, _ in self.sort)
+
     # -- in the database -------------------------------------------------------------------------
 
     def run(self, session: Session, model: type[DeclarativeBase], stmt: Select[Any] | None = None,
-            response: Response | None = None) -> list[Any]:
-        """The page of `model` rows (narrowed by `stmt`, default all); sets the total header."""
+            response: HasHeaders | None = None, fields: Mapping[str, ColumnElement[Any]] | None = None
+            ) -> list[Any]:
+        """The page of `model` rows (narrowed by `stmt`, default all); sets the total header.
+        `fields`: what may be filtered and sorted by, by name (default: the table's columns)."""
+        return self.fetch(session, self.statement(model, stmt, fields), response)
+
+    @staticmethod
+    def fetch(session: Session, page: Select[Any], response: HasHeaders | None = None) -> list[Any]:
+        """The rows of a page's statement (from statement()); sets the total header."""
+        if response is not None:
+            response.headers[TOTAL_HEADER] = str(session.scalar(count_of(page)))
+        return list(session.scalars(page))
+
+    def statement(self, model: type[DeclarativeBase], stmt: Select[Any] | None = None,
+                  fields: Mapping[str, ColumnElement[Any]] | None = None) -> Select[Any]:
+        """The page's SELECT (count_of() of it counts every match): what run() executes, and what
+        the benchmarks run bare as the ceiling."""
         stmt = stmt if stmt is not None else select(model)
-        columns = {c.key: c for c in model.__table__.columns}   # type: ignore[attr-defined]
+        resource: str = model.__tablename__
+        columns = fields if fields is not None else {c.key: c for c in model.__table__.columns}
         for f in self.filters:
-            column = _known(columns, f.field, "filter", model.__tablename__)   # type: ignore[attr-defined]
-            stmt = stmt.where(_sql_condition(column, f))
-        total = session.scalar(select(func.count()).select_from(stmt.subquery()))
+            stmt = stmt.where(_sql_condition(_known(columns, f.field, "filter", resource), f))
         for field, descending in self.sort:
-            column = _known(columns, field, "sort by", model.__tablename__)   # type: ignore[attr-defined]
+            column = _known(columns, field, "sort by", resource)
             if isinstance(column.type, JSON):
                 raise QueryError(f"cannot sort by {field!r}: it holds structured data")
             stmt = stmt.order_by(column.desc() if descending else column.asc())
-        stmt = stmt.order_by(*model.__table__.primary_key.columns)   # type: ignore[attr-defined]  # stable pages
-        if response is not None:
-            response.headers[TOTAL_HEADER] = str(total)
-        return list(session.scalars(stmt.offset(self.offset).limit(self.limit)))
+        stmt = stmt.order_by(*model.__table__.primary_key)   # stable pages
+        return stmt.offset(self.offset).limit(self.limit)
 
     # -- in Python -------------------------------------------------------------------------------
 
-    def apply(self, items: list[dict[str, Any]], resource: str, response: Response | None = None
+    def apply(self, items: list[dict[str, Any]], resource: str, response: HasHeaders | None = None
               ) -> list[dict[str, Any]]:
         fields = set().union(*(item.keys() for item in items)) if items else set()
         for f in self.filters:
@@ -101,8 +149,7 @@ class ListQuery:
             if items:
                 _known(fields, field, "sort by", resource)
             try:
-                items = sorted(items, key=lambda item, k=field: (item.get(k) is not None, item.get(k)),
-                               reverse=descending)
+                items = sorted(items, key=_missing_first(field), reverse=descending)
             except TypeError as e:
                 raise QueryError(f"cannot sort by {field!r}: its values do not compare ({e})") from e
         if response is not None:
@@ -110,26 +157,26 @@ class ListQuery:
         return items[self.offset:self.offset + self.limit]
 
 
-def list_query(
-    limit: Annotated[int, Query(ge=1, le=MAX_LIMIT, description="page size")] = 100,
-    offset: Annotated[int, Query(ge=0, le=MAX_INTEGER, description="matches to skip")] = 0,
-    sort: Annotated[str | None, Query(description="fields, comma-separated; -field sorts descending")] = None,
-    filters: Annotated[list[str] | None, Query(alias="filter", description=_FILTER_HELP)] = None,
-) -> ListQuery:
-    """The FastAPI dependency: `query: Annotated[ListQuery, Depends(list_query)]`."""
-    return ListQuery.parse(limit, offset, sort, filters or ())
+def count_of(page: Select[Any]) -> Select[Any]:
+    """How many rows a page's query matches, before its order, offset and limit."""
+    matches = page.order_by(None).limit(None).offset(None)
+    return select(func.count()).select_from(matches.subquery())
+
+
+def _missing_first(field: str) -> Callable[[dict[str, Any]], tuple[bool, Any]]:
+    return lambda item: (item.get(field) is not None, item.get(field))
 
 
 def _known(fields: Any, field: str, action: str, resource: str) -> Any:
     if field not in fields:
         raise QueryError(f"cannot {action} {field!r}: {resource} have the fields {', '.join(sorted(fields))}")
-    return fields[field] if isinstance(fields, dict) else field
+    return fields[field] if isinstance(fields, Mapping) else field
 
 
 def _sql_condition(column: Any, f: Filter) -> Any:
     if isinstance(column.type, JSON):
         raise QueryError(f"cannot filter {f.field!r}: it holds structured data")
-    sql_type = column.type.impl if isinstance(column.type, TypeDecorator) else column.type
+    sql_type: TypeEngine[Any] = column.type.impl_instance if isinstance(column.type, TypeDecorator) else column.type
     python_type = sql_type.python_type
     if f.op == "contains":
         return cast(column, String).icontains(f.value)

@@ -8,7 +8,9 @@ import typer
 from appliance.backups.options import DEFAULT_FULL_EVERY
 from appliance.units import human
 
+from .client import Listing
 from .common import EXCLUDE_OPT, INCLUDE_OPT, JsonOpt, emit_json, out, print_table, reports_errors, state, table
+from .listing import FILTER_OPT, OFFSET_OPT, limit_option, say_page, sort_option
 
 backup_app = typer.Typer(help="Back up VMs and list backups.", no_args_is_help=True)
 
@@ -54,10 +56,15 @@ def say_backup(result: dict[str, Any], vm: str, as_json: bool) -> None:
 
 @backup_app.command("list")
 @reports_errors
-def backup_list(vm: str | None = typer.Option(None, help="Only this VM's backups."), as_json: bool = JsonOpt) -> None:
-    """List backups recorded in the catalog, oldest first. A backup's ID (what a restore takes)
-    is its start time in UTC and a suffix; its notes and errors follow the table."""
-    backups = state.client.backups(vm)
+def backup_list(vm: str | None = typer.Option(None, help="Only this VM's backups."), filters: list[str] = FILTER_OPT,
+                sort: str = sort_option("-started_at"), limit: int = limit_option(50), offset: int = OFFSET_OPT,
+                as_json: bool = JsonOpt) -> None:
+    """Backups recorded in the catalog, newest first; fields: id, vm_name, kind, status, started_at,
+    finished_at, size, bytes_read, bytes_stored, error... A backup's ID (what a restore takes) is
+    its start time in UTC and a suffix; notes and errors follow the table."""
+    page = state.client.backups(vm, Listing(filters, sort, limit, offset))
+    say_page(len(page.items), offset, page.total, "backups")
+    backups = page.items
     if as_json:
         emit_json(backups)
         return

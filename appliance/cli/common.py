@@ -3,13 +3,14 @@ from __future__ import annotations
 
 import functools
 import json
-import sys
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.console import Console
 from rich.markup import escape
+
+from appliance.error_statuses import is_reported
 
 if TYPE_CHECKING:
     from rich.table import Table
@@ -18,17 +19,11 @@ if TYPE_CHECKING:
 
     from .client import Client
 
-# The roots of the errors that are the user's to fix: (module, class). Looked up only in modules
-# already imported, since an error can only come from one of those (and importing the others
-# would cost every command their start-up time).
-USER_ERRORS = (("appliance.errors", "CairnError"), ("dedup.errors", "StoreError"), ("restore.errors", "RestoreError"),
-               ("vmm.errors", "VMError"), ("transports.errors", "ExportError"), ("transports.nbd_source", "SourceError"),
-               ("chain.errors", "ChainError"))
-
 # A command's exit status, by the error's code: an error from the API names its code (its class
 # on the appliance) in its body; an error raised here is looked up by its class, then its bases.
+# Any other error of appliance/error_statuses.py's table (refused or failed: the message says
+# why) ends the command with status 1.
 EXIT_CODES: dict[str, int] = {
-    **{name: 1 for _, name in USER_ERRORS},           # refused or failed: the message says why
     "ValueError": 2, "ValidationError": 2,            # the command line (or a request) is not valid
     "UnauthorizedError": 4, "NotSignedInError": 4,    # no token, or one that expired or was revoked
     "ForbiddenError": 5,                              # signed in, but the user's role does not allow it
@@ -56,8 +51,9 @@ def exit_code(e: BaseException) -> int:
 
 
 def is_user_error(e: BaseException) -> bool:
-    return isinstance(e, CliError) or any(isinstance(e, getattr(sys.modules[module], name))
-                                          for module, name in USER_ERRORS if module in sys.modules)
+    """An error to report in its own words: the command line's, or one of the error table's
+    kinds (which the API answers in words too), or an invalid value."""
+    return isinstance(e, CliError | ValueError) or is_reported(e)
 
 
 out = Console(emoji=False)   # ":ab:" in a fingerprint is text, not an emoji
@@ -144,7 +140,7 @@ def reports_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return fn(*args, **kwargs)
         except Exception as e:
-            if not (is_user_error(e) or isinstance(e, ValueError)):
+            if not is_user_error(e):
                 raise
             # The message is text, not markup: QEMU's errors hold "[...]" that rich would parse.
             err.print(f"[red]error:[/red] {escape(str(e))}", highlight=False)

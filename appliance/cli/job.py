@@ -6,20 +6,23 @@ import typer
 
 from appliance.jobs.states import FINISHED_STATES, JobState
 
+from .client import Listing
 from .common import JsonOpt, emit_json, out, print_table, reports_errors, state, table
+from .listing import FILTER_OPT, OFFSET_OPT, limit_option, say_page, sort_option
 
 job_app = typer.Typer(help="List, show and cancel jobs.", no_args_is_help=True)
-FILTER_OPT = typer.Option([], "--filter", help="field:op:value, e.g. state:eq:failed (repeat for more).")
 WORKING = (JobState.RUNNING, JobState.UNDOING)
 
 
 @job_app.command("list")
 @reports_errors
-def job_list(filters: list[str] = FILTER_OPT,
-             sort: str = typer.Option("-created_at", help="fields, comma-separated; -field sorts descending"),
-             limit: int = typer.Option(50, min=1, max=1000), as_json: bool = JsonOpt) -> None:
-    """Jobs, newest first; the errors of those that failed follow the table."""
-    jobs = state.client.jobs(filters, sort, limit)
+def job_list(filters: list[str] = FILTER_OPT, sort: str = sort_option("-created_at"), limit: int = limit_option(50),
+             offset: int = OFFSET_OPT, as_json: bool = JsonOpt) -> None:
+    """Jobs, newest first (whoever submitted them: a command here, the API, a policy); fields: id,
+    kind, resource, state, created_at... The errors of those that failed follow the table."""
+    page = state.client.jobs(Listing(filters, sort, limit, offset))
+    say_page(len(page.items), offset, page.total, "jobs")
+    jobs = page.items
     if as_json:
         emit_json(jobs)
         return

@@ -27,11 +27,12 @@ from appliance.api.models import (
 )
 from appliance.jobs.states import FINISHED_STATES
 
-from .client import JobProgress, NewVM, PowerAction
+from .client import JobProgress, Listing, NewVM, Page, PowerAction
 
 if TYPE_CHECKING:
     from pydantic import BaseModel
 
+    from appliance.catalog.query import ListQuery
     from appliance.context import Appliance
     from appliance.deletion.protection import Impact
     from appliance.policies.service import Policy, PolicyOut, PolicyService
@@ -39,6 +40,12 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 CHECK_INTERVAL = 0.5   # seconds between looks at a followed job's state (another process may end it)
+
+
+def _query(listing: Listing) -> ListQuery:
+    from appliance.catalog.query import ListQuery
+
+    return ListQuery.parse(listing.limit, listing.offset, listing.sort, listing.filters)
 
 
 def _run(coroutine: Coroutine[Any, Any, T]) -> T:
@@ -83,12 +90,14 @@ class LocalClient:
     def wait_job(self, job_id: str, timeout: float) -> JobOut:
         return JobOut.model_validate(self.appliance.jobs.wait(job_id, timeout))
 
-    def jobs(self, filters: list[str], sort: str, limit: int) -> list[JobOut]:
-        from appliance.catalog.query import ListQuery
+    def jobs(self, listing: Listing) -> Page[JobOut]:
+        from appliance.catalog.query import Total
         from appliance.jobs.records import JobRecord
 
+        total = Total()
         with self.appliance.catalog() as s:
-            return [JobOut.model_validate(r) for r in ListQuery.parse(limit, 0, sort, filters).run(s, JobRecord)]
+            records = _query(listing).run(s, JobRecord, response=total)
+            return Page([JobOut.model_validate(r) for r in records], total.count)
 
     def job(self, job_id: str) -> JobOut:
         return JobOut.model_validate(self.appliance.jobs.get(job_id))
@@ -103,8 +112,12 @@ class LocalClient:
 
     # -- VMs -------------------------------------------------------------------------------------
 
-    def vms(self) -> list[VMOut]:
-        return [VMOut.of(v) for v in self.appliance.vms.list()]
+    def vms(self, listing: Listing) -> Page[VMOut]:
+        from appliance.catalog.query import Total
+
+        total = Total()
+        views = self.appliance.vms.page(_query(listing), response=total)
+        return Page([VMOut.of(v) for v in views], total.count)
 
     def vm(self, name: str) -> VMDetail:
         return VMDetail.of(self.appliance.vms.show(name))
@@ -122,6 +135,9 @@ class LocalClient:
         if new.ha:
             vms.set_ha(new.name, True)
         return self.vm(new.name)
+
+    def start_vm(self, name: str, paused: bool) -> VMDetail:
+        return VMDetail.of(_run(self.appliance.vms.start(name, paused=paused)))
 
     def power(self, name: str, action: PowerAction) -> VMDetail:
         return VMDetail.of(_run(getattr(self.appliance.vms, action)(name)))
@@ -172,10 +188,13 @@ class LocalClient:
 
     # -- backups, snapshots, restores, the store -------------------------------------------------
 
-    def backups(self, vm: str | None) -> list[BackupOut]:
+    def backups(self, vm: str | None, listing: Listing) -> Page[BackupOut]:
         from appliance.backups.catalog import BackupCatalog
+        from appliance.catalog.query import Total
 
-        return [BackupOut.model_validate(r) for r in BackupCatalog(self.appliance.catalog).list(vm)]
+        total = Total()
+        records = BackupCatalog(self.appliance.catalog).page(_query(listing), vm=vm, response=total)
+        return Page([BackupOut.model_validate(r) for r in records], total.count)
 
     def backup(self, backup_id: str) -> BackupOut:
         from appliance.backups.catalog import BackupCatalog

@@ -1,4 +1,4 @@
-"""`cairn policy ...`: backup and snapshot policies, which `cairn serve` runs on their schedule."""
+"""`cairn policy ...`: backup, snapshot and sync policies, which `cairn serve` runs on their schedule."""
 from __future__ import annotations
 
 from typing import Any
@@ -7,7 +7,8 @@ import typer
 
 from appliance.backups.options import DEFAULT_FULL_EVERY
 from appliance.backups.retention import RetentionRules
-from appliance.policies.service import BackupPolicy, SnapshotPolicy
+from appliance.policies.service import AnyPolicy, BackupPolicy, SnapshotPolicy, SyncPolicy
+from appliance.units import parse_size
 
 from .common import EXCLUDE_OPT, INCLUDE_OPT, JsonOpt, emit_json, out, print_table, reports_errors, state, table
 
@@ -33,16 +34,27 @@ def policy_create(name: str,
                   max_per_store: int | None = typer.Option(None, help="Backups running at once into the store."),
                   include: list[str] = INCLUDE_OPT, exclude: list[str] = EXCLUDE_OPT,
                   skip_missed: bool = typer.Option(False, "--skip-missed", help="After downtime, skip missed runs."),
+                  sync_to: str | None = typer.Option(None, "--sync-to", help="A sync policy: copy the VMs' backups "
+                                                     "into this store (directory or URL)."),
+                  sync_from: str | None = typer.Option(None, "--sync-from", help="A sync policy: copy them from this "
+                                                       "store into this appliance's."),
+                  bandwidth: str | None = typer.Option(None, help="Sync policy: bytes per second at most, e.g. 10M."),
                   as_json: bool = JsonOpt) -> None:
     """Create a policy. Backup retention: the --keep-* rules (none: keep every backup)."""
     common: dict[str, Any] = {"name": name, "schedule": schedule, "vms": vm, "tags": tag,
                               "run_missed": not skip_missed}
     rules = {"keep_last": keep_last, "keep_hourly": keep_hourly, "keep_daily": keep_daily,
              "keep_weekly": keep_weekly, "keep_monthly": keep_monthly, "keep_yearly": keep_yearly}
-    policy = SnapshotPolicy(**common, keep=keep) if snapshot else BackupPolicy(
-        **common, full_every=full_every, max_per_host=max_per_host, max_per_store=max_per_store,
-        include=include, exclude=exclude,
-        retention=RetentionRules(**rules) if any(rules.values()) else None)
+    policy: AnyPolicy
+    if sync_to or sync_from:
+        policy = SyncPolicy(**common, target=sync_to, source=sync_from,
+                            bandwidth=parse_size(bandwidth) if bandwidth else None)
+    elif snapshot:
+        policy = SnapshotPolicy(**common, keep=keep)
+    else:
+        policy = BackupPolicy(**common, full_every=full_every, max_per_host=max_per_host,
+                              max_per_store=max_per_store, include=include, exclude=exclude,
+                              retention=RetentionRules(**rules) if any(rules.values()) else None)
     made = state.client.create_policy(policy)
     emit_json(made) if as_json else out.print(f"created policy {name} ({made.id})", highlight=False)
 

@@ -38,7 +38,7 @@ from appliance.api.models import (
 )
 from appliance.jobs.states import FINISHED_STATES, JobState
 
-from .client import JobProgress, NewVM, PowerAction
+from .client import JobProgress, Listing, NewVM, Page, PowerAction
 from .common import CliError
 from .login import canonical_url, fingerprint_of, normal_fingerprint
 
@@ -50,6 +50,7 @@ if TYPE_CHECKING:
     from dedup.stats import StoreStats
 
 API = "/api/v1"
+TOTAL_HEADER = "X-Total-Count"   # appliance/catalog/query.py's, without importing SQLAlchemy
 CONNECT_TIMEOUT = 15.0     # seconds to reach the appliance
 ANSWER_TIMEOUT = 3600.0    # seconds to wait for an answer: a boot test or a graceful stop takes a while
 CHECK_INTERVAL = 0.5       # seconds between looks at a followed job while it waits for its turn
@@ -203,6 +204,16 @@ class RemoteClient:
             conn.close()
         return json.loads(data) if data else None
 
+    def listed(self, path: str, listing: Listing, **query: Any) -> tuple[list[Any], int]:
+        """A page of a listing, and how many match in all (the X-Total-Count header)."""
+        response, conn = self.request("GET", path, query={**query, "filter": listing.filters, "sort": listing.sort,
+                                                          "limit": listing.limit, "offset": listing.offset})
+        try:
+            items = json.loads(response.read())
+        finally:
+            conn.close()
+        return items, int(response.headers.get(TOTAL_HEADER, len(items)))
+
     def request(self, method: str, path: str, body: Any = None,
                 query: dict[str, Any] | None = None) -> tuple[http.client.HTTPResponse, http.client.HTTPConnection]:
         """Send a request and return its answer (status 2xx) still to be read, with its connection."""
@@ -282,8 +293,9 @@ class RemoteClient:
             time.sleep(CHECK_INTERVAL)
         return job
 
-    def jobs(self, filters: list[str], sort: str, limit: int) -> list[JobOut]:
-        return [JobOut.model_validate(j) for j in self.call("GET", "/jobs", filter=filters, sort=sort, limit=limit)]
+    def jobs(self, listing: Listing) -> Page[JobOut]:
+        items, total = self.listed("/jobs", listing)
+        return Page([JobOut.model_validate(j) for j in items], total)
 
     def job(self, job_id: str) -> JobOut:
         return JobOut.model_validate(self.call("GET", f"/jobs/{quote(job_id)}"))
@@ -294,8 +306,9 @@ class RemoteClient:
 
     # -- VMs -------------------------------------------------------------------------------------
 
-    def vms(self) -> list[VMOut]:
-        return [VMOut.model_validate(v) for v in self.call("GET", "/vms")]
+    def vms(self, listing: Listing) -> Page[VMOut]:
+        items, total = self.listed("/vms", listing)
+        return Page([VMOut.model_validate(v) for v in items], total)
 
     def vm(self, name: str) -> VMDetail:
         return VMDetail.model_validate(self.call("GET", f"/vms/{quote(name)}"))
@@ -306,6 +319,9 @@ class RemoteClient:
                            "(--from-image; `cairn image import` or PUT /api/v1/images/NAME puts one there)")
         body = {k: v for k, v in vars(new).items() if k != "base_image"}
         return VMDetail.model_validate(self.call("POST", "/vms", body))
+
+    def start_vm(self, name: str, paused: bool) -> VMDetail:
+        return VMDetail.model_validate(self.call("POST", f"/vms/{quote(name)}/start", {"paused": paused}))
 
     def power(self, name: str, action: PowerAction) -> VMDetail:
         return VMDetail.model_validate(self.call("POST", f"/vms/{quote(name)}/{action}"))
@@ -376,8 +392,9 @@ class RemoteClient:
 
     # -- backups, snapshots, restores, the store -------------------------------------------------
 
-    def backups(self, vm: str | None) -> list[BackupOut]:
-        return [BackupOut.model_validate(b) for b in self.call("GET", "/backups", vm=vm)]
+    def backups(self, vm: str | None, listing: Listing) -> Page[BackupOut]:
+        items, total = self.listed("/backups", listing, vm=vm)
+        return Page([BackupOut.model_validate(b) for b in items], total)
 
     def backup(self, backup_id: str) -> BackupOut:
         return BackupOut.model_validate(self.call("GET", f"/backups/{quote(backup_id)}"))

@@ -77,7 +77,8 @@ def _list_backups(vm: str | None, manifests: list[Any], as_json: bool) -> None:
 def restore_disk_cmd(backup: str,
                      to: Annotated[str, typer.Option("--to", help="A new image file, a block device (--force), "
                                             "nbd://host:port/export or nbd+unix:///export?socket=PATH (--force), "
-                                            "or ssh://user@host:port/path.")],
+                                            "ssh://user@host:port/path, or a new RBD image "
+                                            "rbd:POOL/IMAGE?conf=PATH&id=USER.")],
                      fmt: Annotated[str, typer.Option("--format", help="raw or qcow2 (image files only).")] = "raw",
                      disk: Annotated[str | None, typer.Option("--disk", help="Which disk, if the backup has several.")] = None,
                      store: StoreOpt = None,
@@ -123,22 +124,26 @@ def restore_disk_cmd(backup: str,
 def restore_vm_cmd(backup: str,
                    to_dir: Annotated[Path | None, typer.Option("--to-dir", help="Write every disk and vm.json into "
                                                          "this directory (store only).")] = None,
+                   to_rbd: Annotated[str | None, typer.Option("--to-rbd", help="Write every disk into an RBD image "
+                                                  "<VM>-<disk> in rbd:POOL[/NAMESPACE]?conf=PATH&id=USER (store "
+                                                  "only; --json shows the definition pointing at them).")] = None,
                    as_name: Annotated[str | None, typer.Option("--as", help="Restore as a new VM of this name.")] = None,
                    over: Annotated[bool, typer.Option("--over", help="Replace the disks of the VM it came from, "
                                              "all or nothing.")] = False,
                    stop: Annotated[bool, typer.Option("--stop", help="With --over: shut the VM down first.")] = False,
                    fmt: Annotated[str, typer.Option("--format", help="With --to-dir: raw or qcow2.")] = "qcow2",
                    store: StoreOpt = None,
-                   force: Annotated[bool, typer.Option("--force", help="With --to-dir: replace existing files.")] = False,
+                   force: Annotated[bool, typer.Option("--force", help="With --to-dir or --to-rbd: replace existing "
+                                                 "files or images.")] = False,
                    verify: VerifyOpt = False,
                    as_json: bool = JsonOpt) -> None:
     """Restore all disks of a backup plus the VM's definition."""
-    if sum([to_dir is not None, as_name is not None, over]) != 1:
-        raise ValueError("name exactly one of --to-dir DIR, --as NAME, --over")
-    if to_dir is None and store is not None:
-        raise ValueError("--store goes with --to-dir; --as and --over restore from the appliance's store")
-    if to_dir is not None:
-        from restore.whole_vm import restore_vm_to_directory
+    if sum([to_dir is not None, to_rbd is not None, as_name is not None, over]) != 1:
+        raise ValueError("name exactly one of --to-dir DIR, --to-rbd POOL, --as NAME, --over")
+    if to_dir is None and to_rbd is None and store is not None:
+        raise ValueError("--store goes with --to-dir or --to-rbd; --as and --over restore from the appliance's store")
+    if to_dir is not None or to_rbd is not None:
+        from restore.whole_vm import restore_vm_to_directory, restore_vm_to_rbd
 
         from .progress import byte_progress
 
@@ -149,8 +154,12 @@ def restore_vm_cmd(backup: str,
                 if disk not in tasks:
                     tasks[disk] = bars.add_task(f"{backup}/{disk}", total=total)
                 bars.update(tasks[disk], completed=done, total=total)
-            result = vars(restore_vm_to_directory(open_store(store), backup, to_dir, fmt, force=force, verify=verify,
-                                                  progress=progress))
+            if to_dir is not None:
+                result = vars(restore_vm_to_directory(open_store(store), backup, to_dir, fmt, force=force,
+                                                      verify=verify, progress=progress))
+            else:
+                result = vars(restore_vm_to_rbd(open_store(store), backup, to_rbd or "", force=force, verify=verify,
+                                                progress=progress))
     else:
         from appliance.jobs.params import RestoreAsNewParams, RestoreOverParams
 

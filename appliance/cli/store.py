@@ -17,7 +17,7 @@ import re
 import sys
 from collections.abc import Callable
 from dataclasses import asdict
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from appliance.backups.records import record_pruned, record_verification
 from appliance.catalog.engine import open_catalog
+from appliance.jobs.kinds.sync import run_sync
+from appliance.jobs.params import SyncParams
 from appliance.settings import Settings, StoreAccess
 from appliance.units import human, parse_size
 from dedup import (
@@ -40,6 +42,7 @@ from dedup import (
     RetentionPolicy,
     Store,
     collect_garbage,
+    lock_backup,
     open_backend,
     protect,
     prune,
@@ -374,3 +377,63 @@ def _protection(change: Callable[[Store, str], object], word: str) -> Callable[.
 store_app.command("protect", help="Never prune this backup.")(_protection(protect, "is protected"))
 store_app.command("unprotect", help="Let prune rules apply to this backup again.")(
     _protection(unprotect, "is no longer protected"))
+
+
+SYNC_VMS_OPT = typer.Option([], "--vm", help="Only this VM's backups (repeat for more).")
+
+
+@store_app.command("sync")
+@reports_errors
+def sync_cmd(to: str | None = typer.Option(None, "--to", help="Copy into this store (push): a directory or URL; "
+                                           "a new location becomes a replica of this store."),
+             source: str | None = typer.Option(None, "--from", help="Copy from this store (pull) into this one."),
+             vms: list[str] = SYNC_VMS_OPT,
+             bandwidth: str | None = typer.Option(None, "--bandwidth", help="Bytes per second at most, e.g. 10M."),
+             store: str | None = StoreOpt,
+             as_json: bool = JsonOpt) -> None:
+    """Copy backups to another store, or from one, sending only the blocks it lacks. Run it again
+    after a cut: it sends only what is still missing."""
+    params = SyncParams(target=to, source=source, backups_of=vms, bandwidth=parse_size(bandwidth) if bandwidth else None)
+    if on_appliance(store):
+        from .follow import run_job
+
+        report = run_job("store.sync", params)
+    else:
+        access = store_access(store)
+        own = open_store(store) if source is None else None
+        with byte_progress() as bars:
+            task = bars.add_task("sync", total=None)
+
+            def progress(sent: int, total: int, backup_id: str) -> None:
+                bars.update(task, description=backup_id, completed=sent, total=total)
+
+            done = run_sync(access, own, params, progress)
+        report = {**as_result(done), "ok": done.ok}
+    if as_json:
+        emit_json(report)
+    else:
+        out.print(f"{len(report['copied'])} backup(s) copied to {report['target']}, {len(report['present'])} there "
+                  f"already; sent {report['blocks_sent']} blocks ({human(report['bytes_sent'])}), "
+                  f"{report['blocks_present']} were there, in {report['seconds']:.1f} s", highlight=False)
+        for skipped in report["skipped"]:
+            out.print(f"[red]not copied[/red] {escape(skipped)}", highlight=False)
+    if not report["ok"]:
+        raise typer.Exit(1)
+
+
+@store_app.command("lock")
+@reports_errors
+def lock_cmd(backup: str,
+             until: str | None = typer.Option(None, "--until", help="Date (and time, UTC if no offset): "
+                                              "2027-01-31 or 2027-01-31T12:00:00+01:00."),
+             for_: str | None = typer.Option(None, "--for", help="Or a duration from now: 30d, 12w, 8h."),
+             store: str | None = StoreOpt) -> None:
+    """Lock a backup: nobody can delete it (prune, GC and delete go around it) before the date,
+    nor shorten the lock. An S3 Object Lock bucket holds it against anyone; elsewhere Cairn does."""
+    if (until is None) == (for_ is None):
+        raise ValueError("give either --until DATE or --for DURATION")
+    when = datetime.now(UTC) + parse_duration(for_) if for_ else datetime.fromisoformat(until or "")
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    locked = lock_backup(open_store(store), backup, when)
+    out.print(f"backup {backup} is locked until {locked:%Y-%m-%d %H:%M:%S} UTC", highlight=False)

@@ -9,8 +9,9 @@ from rich.markup import escape
 
 from appliance.units import human, parse_size
 
-from .client import NewVM, PowerAction
+from .client import Listing, NewVM, PowerAction
 from .common import JsonOpt, emit_json, err, out, print_table, reports_errors, state, table
+from .listing import FILTER_OPT, OFFSET_OPT, limit_option, say_page, sort_option
 
 if TYPE_CHECKING:
     from appliance.api.models import VMDetail
@@ -130,12 +131,20 @@ def _power_command(action: PowerAction, summary: str) -> None:
 
 
 _POWER: tuple[tuple[PowerAction, str], ...] = (
-    ("start", "Start a VM (QEMU runs on after this command returns)."),
     ("reboot", "Reset a running VM (like its reset button)."),
     ("pause", "Freeze a running VM's CPUs."),
     ("resume", "Let a paused VM run on."))
 for _action, _summary in _POWER:
     _power_command(_action, _summary)
+
+
+@vm_app.command("start")
+@reports_errors
+def vm_start(name: str, paused: bool = typer.Option(False, "--paused",
+                                                    help="Set the machine up, run no guest code until `vm resume`."),
+             as_json: bool = JsonOpt) -> None:
+    """Start a VM (QEMU runs on after this command returns)."""
+    _say(state.client.start_vm(name, paused), as_json)
 
 
 @vm_app.command("stop")
@@ -225,9 +234,12 @@ def vm_console(name: str) -> None:
 
 @vm_app.command("list")
 @reports_errors
-def vm_list(as_json: bool = JsonOpt) -> None:
-    """List VMs and their state."""
-    views = state.client.vms()
+def vm_list(filters: list[str] = FILTER_OPT, sort: str = sort_option("name"), limit: int = limit_option(100),
+            offset: int = OFFSET_OPT, as_json: bool = JsonOpt) -> None:
+    """VMs and their state; fields: name, state, pid, vcpus, memory_mib."""
+    page = state.client.vms(Listing(filters, sort, limit, offset))
+    say_page(len(page.items), offset, page.total, "VMs")
+    views = page.items
     if as_json:
         emit_json(views)
         return

@@ -22,7 +22,7 @@ from appliance.units import human
 from appliance.vms.records import VMOptionsRecord, VMRecord, VMTagRecord
 from appliance.vms.service import VM_RECORDS, VMService
 from chain import VMTree
-from dedup import BackupNotFoundError, is_protected, store_stats
+from dedup import BackupNotFoundError, check_deletable, is_protected, store_stats
 from dedup.prune import delete_backup
 from vmm import VMSpec
 from vmm.errors import ImageError
@@ -68,6 +68,7 @@ class BackupDeletable:
             return rec.id, [*takes, "(its data is not in the store: only the catalog entry goes)"], 0
         if is_protected(self.app.store, manifest):
             raise ConflictError(f"backup {name} is protected in the store: unprotect it first")
+        check_deletable(self.app.store, manifest)   # a retention lock refuses it until its date
         with self.app.catalog() as s:
             children = list(s.scalars(select(BackupRecord.id).where(BackupRecord.parent == rec.id)))
             newest = s.scalars(select(BackupRecord.id).where(BackupRecord.vm_name == rec.vm_name,

@@ -7,13 +7,12 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
-    DateTime,
     String,
     Text,
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
-from appliance.catalog.base import Base, utcnow
+from appliance.catalog.base import Base, UTCDateTime, utcnow
 
 
 class HostRecord(Base):
@@ -24,4 +23,4 @@ class HostRecord(Base):
     uri: Mapped[str] = mapped_column(Text)                 # libvirt: the connection URI; ssh: ssh://user@host:port
     # ssh: key_file, known_hosts (paths on the appliance), agent_dir (on the host)
     options: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

@@ -14,6 +14,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validat
 from appliance.backups.options import DEFAULT_FULL_EVERY, BackupOptions
 from appliance.backups.retention import RetentionCounts, RetentionRules
 from appliance.backups.selection import DiskSelection
+from appliance.names import Label
 from dedup import DEFAULT_GRACE, DEFAULT_REPACK_THRESHOLD
 from vmm.spec import validate_vm_name
 
@@ -105,7 +106,7 @@ class SnapshotParams(OnVM):
 
 class SnapshotRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    name: str | None = None
+    name: Label | None = None
     automatic: bool = False
     memory: bool = Field(default=False,
                          description="also save the running guest's memory, so a revert resumes it")
@@ -226,6 +227,22 @@ class PruneParams(RetentionCounts, OnVM):
         return self.model_dump(include=set(RetentionCounts.model_fields))
 
 
+class SyncParams(JobParams):
+    """What to copy where: to another store (push, target) or from one (pull, source)."""
+    target: str | None = Field(default=None, description="the store to copy into (push); default: this appliance's")
+    source: str | None = Field(default=None, description="the store to copy from (pull); default: this appliance's")
+    backups_of: list[str] = Field(default=[], description="copy the backups of these VMs only (default: all)")
+    bandwidth: int | None = Field(default=None, ge=1, description="bytes per second at most (default: no limit)")
+
+    @model_validator(mode="after")
+    def _names_another_store(self) -> Self:
+        if self.target is None and self.source is None:
+            raise ValueError("a sync needs a target (push) or a source (pull) other than this appliance's store")
+        if self.target is not None and self.target == self.source:
+            raise ValueError("source and target are the same store")
+        return self
+
+
 # Every kind the appliance runs, and what it takes.
 PARAMS: dict[str, type[JobParams]] = {
     "backup": BackupParams,
@@ -242,4 +259,5 @@ PARAMS: dict[str, type[JobParams]] = {
     "store.verify": VerifyParams,
     "store.gc": GcParams,
     "store.prune": PruneParams,
+    "store.sync": SyncParams,
 }

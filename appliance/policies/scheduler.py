@@ -17,12 +17,12 @@ from appliance.catalog.base import utcnow
 from appliance.deletion.deletables import deletion_service
 from appliance.deletion.protection import DeletionService
 from appliance.jobs.engine import JobEngine
-from appliance.jobs.params import BackupParams, SnapshotParams
+from appliance.jobs.params import BackupParams, SnapshotParams, SyncParams
 from appliance.jobs.records import JobRecord
 from appliance.jobs.resources import HOST, store_resource
 
 from .records import PolicyRecord
-from .service import BackupPolicy, Clock, PolicyService, SnapshotPolicy, latest_due, policy_of
+from .service import BackupPolicy, Clock, PolicyService, SnapshotPolicy, SyncPolicy, latest_due, policy_of
 
 if TYPE_CHECKING:
     from appliance.context import Appliance
@@ -97,9 +97,13 @@ class Scheduler:
             self.jobs.events.emit("policy.skipped", f"policy {rec.name}: skipped the run due {due:%Y-%m-%d %H:%M} "
                                   "UTC (missed, and run_missed is off)", resource=f"policy:{rec.name}")
             return []
-        busy = {job.params.get("vm") for job in self.jobs.active() if job.policy_id == rec.id}
+        active = [job for job in self.jobs.active() if job.policy_id == rec.id]
+        busy = {job.params.get("vm") for job in active}
         vms = [vm for vm in self.policies.selected_vms(policy) if vm not in busy]
-        jobs = [self._submit(rec.id, policy, vm) for vm in vms]
+        if isinstance(policy, SyncPolicy):   # one job copies every selected VM's backups, one run at a time
+            jobs = [] if active or not vms else [self._submit_sync(rec.id, policy, vms)]
+        else:
+            jobs = [self._submit(rec.id, policy, vm) for vm in vms]
         note = f" (catching up {count} missed run(s))" if missed else ""
         self.jobs.events.emit("policy.run", f"policy {rec.name} due {due:%Y-%m-%d %H:%M} UTC: "
                               f"{len(jobs)} job(s){note}", resource=f"policy:{rec.name}",
@@ -116,3 +120,7 @@ class Scheduler:
         params = BackupParams(vm=vm, full_every=policy.full_every, retention=policy.retention,
                               include=policy.include, exclude=policy.exclude)
         return self.jobs.submit("backup", params, policy_id=policy_id, limits=limits)
+
+    def _submit_sync(self, policy_id: str, policy: SyncPolicy, vms: list[str]) -> JobRecord:
+        params = SyncParams(target=policy.target, source=policy.source, backups_of=vms, bandwidth=policy.bandwidth)
+        return self.jobs.submit("store.sync", params, policy_id=policy_id)

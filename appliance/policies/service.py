@@ -1,4 +1,4 @@
-"""Backup and snapshot policies: when (a cron expression, UTC), which VMs (name patterns, tags), how.
+"""Backup, snapshot and sync policies: when (a cron expression, UTC), which VMs (name patterns, tags), how.
 
 A policy is stored as its validated request; the scheduler turns it into jobs. VM tags,
 which policies select by, live here too.
@@ -32,6 +32,7 @@ from appliance.backups.retention import RetentionRules
 from appliance.backups.selection import DiskSelection
 from appliance.catalog.base import utcnow
 from appliance.errors import ConflictError, NotFoundError
+from appliance.jobs.params import SyncParams
 from appliance.vms.records import VMRecord, VMTagRecord
 
 from .records import PolicyRecord
@@ -95,8 +96,22 @@ class SnapshotPolicy(PolicyBase):
     keep: int = Field(7, ge=1, description="automatic snapshots of this policy kept per VM; older ones are merged")
 
 
-Policy = Annotated[BackupPolicy | SnapshotPolicy, Field(discriminator="kind")]
-_POLICY: TypeAdapter[BackupPolicy | SnapshotPolicy] = TypeAdapter(Policy)
+class SyncPolicy(PolicyBase):
+    """Off-site copies: the selected VMs' backups copied to another store (push) or from one (pull)."""
+    kind: Literal["sync"] = "sync"
+    target: str | None = Field(None, description="the store to copy into (push); default: this appliance's")
+    source: str | None = Field(None, description="the store to copy from (pull); default: this appliance's")
+    bandwidth: int | None = Field(None, ge=1, description="bytes per second at most (default: no limit)")
+
+    @model_validator(mode="after")
+    def _names_another_store(self) -> SyncPolicy:
+        SyncParams(target=self.target, source=self.source, backups_of=[], bandwidth=self.bandwidth)
+        return self
+
+
+AnyPolicy = BackupPolicy | SnapshotPolicy | SyncPolicy
+Policy = Annotated[AnyPolicy, Field(discriminator="kind")]
+_POLICY: TypeAdapter[AnyPolicy] = TypeAdapter(Policy)
 
 
 class PolicyOut(BaseModel):
@@ -106,7 +121,7 @@ class PolicyOut(BaseModel):
     policy: Policy
 
 
-def policy_of(rec: PolicyRecord) -> BackupPolicy | SnapshotPolicy:
+def policy_of(rec: PolicyRecord) -> AnyPolicy:
     return _POLICY.validate_python({**rec.spec, "name": rec.name, "kind": rec.kind, "enabled": rec.enabled})
 
 
@@ -137,13 +152,13 @@ class PolicyService:
         self.catalog = catalog
         self.clock = clock
 
-    def create(self, policy: BackupPolicy | SnapshotPolicy) -> PolicyRecord:
+    def create(self, policy: AnyPolicy) -> PolicyRecord:
         rec = PolicyRecord(id=uuid.uuid4().hex[:16], created_at=self.clock(), **_columns(policy))
         with self._saving(policy.name) as s:
             s.add(rec)
         return rec
 
-    def replace(self, ref: str, policy: BackupPolicy | SnapshotPolicy) -> PolicyRecord:
+    def replace(self, ref: str, policy: AnyPolicy) -> PolicyRecord:
         with self._saving(policy.name) as s:
             rec = self._find(s, ref)
             for key, value in _columns(policy).items():
@@ -179,7 +194,7 @@ class PolicyService:
             if rec := s.get(PolicyRecord, policy_id):
                 rec.scheduled_until = until
 
-    def selected_vms(self, policy: BackupPolicy | SnapshotPolicy) -> list[str]:
+    def selected_vms(self, policy: AnyPolicy) -> list[str]:
         with self.catalog() as s:
             names = list(s.scalars(select(VMRecord.name).order_by(VMRecord.name)))
             tags = _tags_by_vm(s.execute(select(VMTagRecord.vm_name, VMTagRecord.tag)))
@@ -197,7 +212,7 @@ class PolicyService:
             with self.catalog() as s:
                 plan = {vm: "incremental" if last_good_backup(s, vm) else "full" for vm in vms}
         else:
-            plan = {vm: "snapshot" for vm in vms}
+            plan = {vm: policy.kind for vm in vms}
         return {"policy": rec.name, "enabled": rec.enabled, "now": now,
                 "next_runs": next_runs(policy.schedule, now, count) if rec.enabled else [], "vms": plan}
 
@@ -234,7 +249,7 @@ class PolicyService:
         return rec
 
 
-def _columns(policy: BackupPolicy | SnapshotPolicy) -> dict[str, Any]:
+def _columns(policy: AnyPolicy) -> dict[str, Any]:
     return {"name": policy.name, "kind": policy.kind, "enabled": policy.enabled,
             "spec": policy.model_dump(mode="json", exclude={"name", "kind", "enabled"})}
 

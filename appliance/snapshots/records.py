@@ -7,12 +7,11 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
-    DateTime,
     String,
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
-from appliance.catalog.base import Base, utcnow
+from appliance.catalog.base import Base, UTCDateTime, utcnow
 
 
 class SnapshotTreeRecord(Base):
@@ -20,7 +19,7 @@ class SnapshotTreeRecord(Base):
     __tablename__ = "snapshot_trees"
     vm_name: Mapped[str] = mapped_column(String(63), primary_key=True)
     tree: Mapped[dict[str, Any]] = mapped_column(JSON)
-    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
 
 
 class SnapshotIntentRecord(Base):
@@ -29,4 +28,4 @@ class SnapshotIntentRecord(Base):
     __tablename__ = "snapshot_intents"
     vm_name: Mapped[str] = mapped_column(String(63), primary_key=True)
     intent: Mapped[dict[str, Any]] = mapped_column(JSON)
-    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)

@@ -14,10 +14,11 @@ A VM's disk is a chain of qcow2 files, and the files low in a chain may belong t
 An operation that would rewrite, resize, move or remove a file another VM reads is refused with
 the remedy (VMService.require_unread): rewriting a base under a clone makes the clone read data
 it never had, removing it makes the clone unopenable. The answer comes from the real chains
-(`qemu-img info --backing-chain`, which also works while a VM runs), read every time: the clone
-link alone would miss a VM made on any other image file, and it outlives the end of a stream
-until someone looks. Reading the chains costs one qemu-img run per distinct chain start, so an
-answer takes longer the more VMs and snapshot layers the appliance has: a price paid only by
+(vmm.images.backing_chain: the qcow2 headers, or `qemu-img info --backing-chain` for a chain
+that is not plain; both also work while a VM runs), read every time: the clone link alone would
+miss a VM made on any other image file, and it outlives the end of a stream until someone looks.
+Reading the chains costs a few header reads per distinct chain start, so an answer takes longer
+the more VMs and snapshot layers the appliance has (every start asks it): a price paid only by
 operations that change files, never by a backup or a listing.
 """
 from __future__ import annotations

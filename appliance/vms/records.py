@@ -8,20 +8,19 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     Boolean,
-    DateTime,
     Integer,
     String,
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
-from appliance.catalog.base import Base, utcnow
+from appliance.catalog.base import Base, UTCDateTime, utcnow
 
 
 class VMRecord(Base):
     __tablename__ = "vms"
     name: Mapped[str] = mapped_column(String(63), primary_key=True)
     spec: Mapped[dict[str, Any]] = mapped_column(JSON)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
 class VMOptionsRecord(Base):
@@ -32,7 +31,7 @@ class VMOptionsRecord(Base):
     # Flapping limit: at most ha_max_restarts restarts within ha_window_seconds, then give up.
     ha_max_restarts: Mapped[int] = mapped_column(Integer, default=3)
     ha_window_seconds: Mapped[int] = mapped_column(Integer, default=600)
-    ha_gave_up_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    ha_gave_up_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     # An instant clone reads from this VM's disks until its background stream completes.
     linked_to: Mapped[str | None] = mapped_column(String(63), nullable=True, index=True)
 

@@ -6,20 +6,21 @@ created on them and again before the VM starts.
 """
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import inspect as sa_inspect
-from sqlalchemy import select
+from sqlalchemy import ColumnElement, Integer, Select, String, case, literal, select, type_coerce
 from sqlalchemy.orm import Session, sessionmaker
 
 from appliance.access.visibility import ALL, Seen
 from appliance.catalog.base import utcnow
+from appliance.catalog.query import MAX_INTEGER, HasHeaders, ListQuery
 from appliance.deletion.records import RecycledRecord
 from appliance.errors import ConflictError, NotFoundError
 from appliance.jobs.events import EventLog
@@ -146,7 +147,7 @@ class VMService:
     @staticmethod
     def point_disks(session: Session, name: str, paths: dict[str, str]) -> None:
         """From its next start the VM opens these files (snapshots move a disk's active layer)."""
-        rec = session.get(VMRecord, name)
+        rec = session.get_one(VMRecord, name)
         spec = VMSpec.from_dict(rec.spec)
         for disk in spec.disks:
             disk.path = paths.get(disk.name, disk.path)
@@ -158,22 +159,43 @@ class VMService:
             opts = s.get(VMOptionsRecord, name)
         return self._view(spec, opts)
 
-    def list(self) -> list[VMView]:
+    def page(self, query: ListQuery, where: ColumnElement[bool] | None = None,
+             response: HasHeaders | None = None) -> list[VMView]:
+        """The VMs `query` asks for, among those `where` selects (the caller's visible ones), by
+        name unless it sorts otherwise: filtered, sorted and paged in the catalog, by any of
+        _listed_fields(). Live states come from the driver's index of the VMs not stopped."""
+        # Every VM's live state if the query filters or sorts by it, else only the page's (a
+        # status() for each of them marked live: none for most).
+        live_fields = query.names("state") or query.names("pid")
+        active = self.driver.active() if live_fields else {}
         with self.catalog() as s:
-            specs = [VMSpec.from_dict(r.spec) for r in s.scalars(select(VMRecord).order_by(VMRecord.name))]
-            opts = {o.vm_name: o for o in s.scalars(select(VMOptionsRecord))}
-        return [self._view(spec, opts.get(spec.name)) for spec in specs]
+            records = query.fetch(s, self.statement(query, active, where), response)
+            opts = {o.vm_name: o for o in s.scalars(
+                select(VMOptionsRecord).where(VMOptionsRecord.vm_name.in_([r.name for r in records])))}
+        if not live_fields:
+            marked = self.driver.marked_live()
+            active = {r.name: self.driver.status(r.name) for r in records if r.name in marked}
+        return [self._view(VMSpec.from_dict(r.spec), opts.get(r.name), active) for r in records]
 
-    def _view(self, spec: VMSpec, opts: VMOptionsRecord | None) -> VMView:
-        return VMView(spec, self.driver.status(spec.name), ha=bool(opts and opts.ha_enabled),
-                      linked_to=opts.linked_to if opts else None)
+    @staticmethod
+    def statement(query: ListQuery, active: dict[str, VMStatus], where: ColumnElement[bool] | None = None
+                  ) -> Select[Any]:
+        """The SELECT of page(), the live states being `active` (the driver's active())."""
+        stmt = select(VMRecord) if where is None else select(VMRecord).where(where)
+        return query.statement(VMRecord, stmt, _listed_fields(active))
+
+    def _view(self, spec: VMSpec, opts: VMOptionsRecord | None,
+              active: dict[str, VMStatus] | None = None) -> VMView:
+        status = (self.driver.status(spec.name) if active is None
+                  else active.get(spec.name) or VMStatus(spec.name, "stopped", None, None))
+        return VMView(spec, status, ha=bool(opts and opts.ha_enabled), linked_to=opts.linked_to if opts else None)
 
     def resize(self, name: str, vcpus: int | None = None, memory_mib: int | None = None) -> VMSpec:
         """New CPU count and memory size, for a stopped VM (they apply at its next start)."""
         self.spec(name)
         self._require_stopped(name, "change its CPUs or memory")
         with self.catalog.begin() as s:
-            rec = s.get(VMRecord, name)
+            rec = s.get_one(VMRecord, name)
             spec = VMSpec.from_dict(rec.spec)
             spec.vcpus = spec.vcpus if vcpus is None else vcpus
             spec.memory_mib = spec.memory_mib if memory_mib is None else memory_mib
@@ -202,21 +224,30 @@ class VMService:
 
     # -- running ------------------------------------------------------------------------------
 
-    async def start(self, name: str) -> VMView:
+    async def start(self, name: str, paused: bool = False) -> VMView:
+        """`paused`: QEMU sets the machine up, its guest runs no code until resume() (QEMU -S)."""
+        # The checks read the catalog and other VMs' image headers: off the event loop, which
+        # meanwhile serves other requests, the monitors of QEMUs starting beside this one among them.
+        spec = await asyncio.to_thread(self._startable, name)
+        with self.networks.starting(spec):
+            status = await self.driver.start(spec, paused=paused)
+        with self.catalog() as s:
+            opts = s.get(VMOptionsRecord, name)
+        if opts and opts.linked_to:
+            await self.driver.stream_disks(name, self._own_bottoms(name, opts.linked_to))
+        return VMView(spec, status, ha=bool(opts and opts.ha_enabled),
+                      linked_to=opts.linked_to if opts else None)
+
+    def _startable(self, name: str) -> VMSpec:
+        """The VM's definition, once it may start: no other VM reads the files it would write,
+        its library images are intact, it fits on this host."""
         spec = self.spec(name)
         # A running guest writes its active layers; the layers under them stay as they are.
         self.require_unread([d.path for d in spec.disks], f"starting VM {name}", besides=name,
                             hint=f"or take a snapshot of {name} first: its writes then go to new layers")
         self._verify_images(spec)
         self._place(spec)
-        with self.networks.starting(spec):
-            status = await self.driver.start(spec)
-        with self.catalog() as s:
-            opts = s.get(VMOptionsRecord, name)
-        if opts and opts.linked_to:
-            await self.driver.stream_disks(name, [d.name for d in spec.disks])
-        return VMView(spec, status, ha=bool(opts and opts.ha_enabled),
-                      linked_to=opts.linked_to if opts else None)
+        return spec
 
     async def stop(self, name: str, timeout: float = 30.0, force: bool = False) -> tuple[VMView, StopMethod]:
         """The VM stopped, and how (QemuDriver.stop): whoever asked is told whether the guest shut
@@ -271,10 +302,10 @@ class VMService:
         rows: dict[str, list[dict[str, Any]]] = {}
         with self.catalog.begin() as s:
             for record in VM_RECORDS:
-                column = record.name if record is VMRecord else record.vm_name
+                column = record.__table__.c["name" if record is VMRecord else "vm_name"]
                 for row in s.scalars(select(record).where(column == name)):
                     rows.setdefault(record.__tablename__, []).append(
-                        {a.key: getattr(row, a.key) for a in sa_inspect(record).column_attrs})
+                        {a.key: getattr(row, a.key) for a in record.__mapper__.column_attrs})
                     s.delete(row)
         self.driver.forget(name)
         return rows
@@ -352,6 +383,20 @@ class VMService:
                      if linked and self.driver.status(name).state in ACTIVE else {})
         return {disk: streaming.get(disk, 0.0) for disk in linked}
 
+    def _own_bottoms(self, name: str, source: str) -> dict[str, str]:
+        """Per disk of an instant clone that reads its source's files: the lowest layer of the
+        clone's own, which the stream fills with the source's data. Every layer above it, a
+        snapshot's taken before the first start too, then stands without the source, and the
+        chain stays as the snapshot tree knows it."""
+        base = self.settings.images_dir / source
+        bottoms = {}
+        for disk in self.spec(name).disks:
+            chain = backing_chain(disk.path)
+            at = next((i for i, f in enumerate(chain) if i and Path(f).parent == base), None)
+            if at is not None:
+                bottoms[disk.name] = chain[at - 1]
+        return bottoms
+
     def _linked_disks(self, name: str) -> list[str]:
         """The disks of an instant clone that still read from its source's files; when none
         does any more, the link is dropped (QEMU removed the backing files by itself)."""
@@ -365,7 +410,7 @@ class VMService:
                   if any(Path(f).parent == base for f in backing_chain(d.path)[1:])]
         if not linked:
             with self.catalog.begin() as s:
-                s.get(VMOptionsRecord, name).linked_to = None
+                s.get_one(VMOptionsRecord, name).linked_to = None
         return linked
 
     # -- who reads a file (readers.py) -------------------------------------------------------
@@ -475,8 +520,8 @@ class VMService:
     def _place(self, spec: VMSpec) -> Placement:
         """Where the VM may run; today the only host is this one, so this refuses a VM that
         does not fit in its memory or that a mandatory policy keeps off it."""
-        running = {v.status.name: LOCAL_HOST for v in self.list()
-                   if v.status.state in ACTIVE and v.status.name != spec.name}
+        running = {name: LOCAL_HOST for name, status in self.driver.active().items()
+                   if status.state in ACTIVE and name != spec.name}
         return place(spec.name, spec.memory_mib, [local_host()], running, self.groups())
 
     def _new_folder(self, name: str, root: Path | None = None) -> Path:
@@ -536,6 +581,29 @@ class VMService:
             yield supervisor
         finally:
             supervisor.stop()
+
+    # Last in the class: the name would shadow the built-in `list` in the annotations after it.
+    def list(self) -> list[VMView]:
+        """Every VM, by name (a listing to show: page())."""
+        return self.page(ListQuery(limit=MAX_INTEGER))
+
+
+def _listed_fields(active: dict[str, VMStatus]) -> dict[str, ColumnElement[Any]]:
+    """What a VM listing filters and sorts by, as SQL: its definition's numbers, read from the
+    spec's JSON, and its live state and pid, known outside the catalog: a CASE of one branch per
+    value (`name IN (...)`, the VMs not stopped: few, whatever the number of VMs)."""
+    def live(value: Callable[[VMStatus], Any], otherwise: Any, sql_type: Any) -> ColumnElement[Any]:
+        names: dict[Any, list[str]] = {}
+        for name, status in active.items():
+            names.setdefault(value(status), []).append(name)
+        if not names:
+            return literal(otherwise, sql_type)
+        return type_coerce(case(*((VMRecord.name.in_(these), literal(v, sql_type)) for v, these in names.items()),
+                                else_=literal(otherwise, sql_type)), sql_type)
+    return {"name": VMRecord.name, "state": live(lambda st: st.state, "stopped", String()),
+            "pid": live(lambda st: st.pid, None, Integer()),
+            "vcpus": VMRecord.spec["vcpus"].as_integer(), "memory_mib": VMRecord.spec["memory_mib"].as_integer(),
+            "disks": VMRecord.spec["disks"]}
 
 
 def _tops(spec: VMSpec, layers: list[tuple[str, str]]) -> list[tuple[str, str]]:

@@ -1,5 +1,5 @@
 """The appliance's job kinds, one module per domain: backups (of its own VMs and of other hosts'),
-snapshots, restores, clones and the store's upkeep. `params.PARAMS` names what each takes.
+snapshots, restores, clones, the store's upkeep and off-site copies. `params.PARAMS` names what each takes.
 """
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from .clone import clone_kinds
 from .restore import restore_kinds
 from .snapshot import snapshot_kinds
 from .store import store_kinds
+from .sync import sync_kinds
 
 if TYPE_CHECKING:
     from appliance.context import Appliance
@@ -18,4 +19,4 @@ if TYPE_CHECKING:
 
 def standard_kinds(app: Appliance) -> dict[str, JobKind[Any]]:
     return {**backup_kinds(app), **snapshot_kinds(app), **restore_kinds(app), **clone_kinds(app),
-            **store_kinds(app)}
+            **store_kinds(app), **sync_kinds(app)}

@@ -41,15 +41,38 @@ async function failure(response) {
   return failed;
 }
 
-export async function call(method, path, body) {
+async function request(method, path, body) {
   const init = { method, headers: headers(body === undefined ? {} : { "Content-Type": "application/json" }) };
   if (body !== undefined) init.body = JSON.stringify(body);
   const response = await fetch(`/api/v1${path}`, init);
   if (!response.ok) throw await failure(response);
+  return response;
+}
+
+export async function call(method, path, body) {
+  const response = await request(method, path, body);
   return response.status === 204 ? null : response.json();
 }
 
 export const get = (path) => call("GET", path);
+
+// A list's path with its query (docs/api.md, "Lists"): listPath("/vms", { limit: 100, filters: ["state:eq:running"] }).
+export function listPath(path, { filters = [], ...params } = {}) {
+  const query = new URLSearchParams();
+  for (const [key, value] of Object.entries(params)) if (value !== undefined && value !== null) query.set(key, value);
+  for (const filter of filters) query.append("filter", filter);
+  const text = query.toString();
+  return text ? `${path}?${text}` : path;
+}
+
+// One page of a list: its items, and how many items match in all (the X-Total-Count header).
+export async function getPage(path) {
+  const response = await request("GET", path);
+  return { items: await response.json(), total: Number(response.headers.get("X-Total-Count")) };
+}
+
+// How many items match a list's filters: one item asked for, the total read.
+export const count = async (path, filters) => (await getPage(listPath(path, { limit: 1, filters }))).total;
 
 // A download through the API (it needs the bearer header, so no plain link): the answer as a Blob.
 export async function download(path) {

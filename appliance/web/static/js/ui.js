@@ -139,3 +139,17 @@ export function live(main, signal, redraw) {
     if (e.name !== "AbortError") notify(`Live updates stopped (${e.message}): reload the page to resume them.`, true);
   });
 }
+
+// The rows a list page shows at most: the API's largest page, so a thousand VMs still fit on one.
+export const ROWS_PER_PAGE = 1000;
+
+// Where a paged list is, "1–100 of 2345", with buttons to the previous and next pages: go(offset)
+// shows another. Nothing while one page holds every item.
+export function pager(offset, limit, total, go) {
+  if (offset === 0 && total <= limit) return null;
+  const last = Math.min(offset + limit, total);
+  return h("p", { class: "pager", "data-pager": "" },
+    h("button", { type: "button", disabled: offset === 0, onclick: () => go(Math.max(0, offset - limit)) }, "‹ Previous"),
+    ` ${total ? offset + 1 : 0}–${last} of ${total} `,
+    h("button", { type: "button", disabled: last >= total, onclick: () => go(offset + limit) }, "Next ›"));
+}

@@ -74,8 +74,8 @@ function remove(backup, after) {
                       { class: "danger" });
 }
 
+// `backups`: a page of the VM's backups, newest first, and their total.
 export function backupSection(vm, backups, redraw) {
-  const newest = [...backups].sort((a, b) => (a.started_at < b.started_at ? 1 : -1));
   const start = actionForm("POST", `/vms/${encodeURIComponent(vm.name)}/backups`,
     [field("Full (read everything)", h("input", { type: "checkbox", name: "full", value: "yes" }))], "Back up now",
     async (values) => {
@@ -83,8 +83,8 @@ export function backupSection(vm, backups, redraw) {
       await redraw();
     });
   return [
-    h("h2", {}, `Backups (${backups.length})`), start,
-    table(["Backup", "Kind", "Status", "Started", "Size", "Stored", "Notes", ""], newest.map((b) =>
+    h("h2", {}, `Backups (${backups.total})`), start,
+    table(["Backup", "Kind", "Status", "Started", "Size", "Stored", "Notes", ""], backups.items.map((b) =>
       h("tr", { "data-backup": b.id },
         h("td", {}, b.id), h("td", {}, b.kind), h("td", { class: `status-${b.status}`, title: b.error ?? "" }, b.status),
         h("td", { title: when(b.started_at) }, age(b.started_at)), h("td", {}, bytes(b.size)),

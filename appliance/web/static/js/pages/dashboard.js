@@ -1,16 +1,22 @@
 // The estate at a glance: VMs, the last backup of each, the store, jobs at work, failures and alarms.
-import { get } from "../api.js";
+import { count, get, getPage, listPath } from "../api.js";
 import { age, bytes, fill, h, table, when } from "../dom.js";
-import { jobBar, live } from "../ui.js";
+import { ROWS_PER_PAGE, jobBar, live } from "../ui.js";
 
 const ACTIVE_JOBS = "/jobs?sort=-created_at&filter=" + encodeURIComponent("state:in:queued|running");
 const FAILED_JOBS = "/jobs?sort=-created_at&limit=10&filter=state:eq:failed";
 const ALARMS = "/events?sort=-id&limit=10&filter=" + encodeURIComponent("severity:in:warning|error");
 
-function lastBackups(backups) {
+// The newest backup of each VM shown (names first..last: the API's `latest` backups in that range of names).
+async function lastBackups(vms) {
   const last = new Map();
-  for (const b of backups) {
-    if (!last.has(b.vm_name) || b.started_at > last.get(b.vm_name).started_at) last.set(b.vm_name, b);
+  if (!vms.length) return last;
+  const range = [`vm_name:ge:${vms[0].name}`, `vm_name:le:${vms[vms.length - 1].name}`];
+  for (let offset = 0, total = 1; offset < total; offset += ROWS_PER_PAGE) {
+    const page = await getPage(listPath("/backups", { latest: true, sort: "vm_name", limit: ROWS_PER_PAGE, offset,
+                                                      filters: range }));
+    for (const b of page.items) last.set(b.vm_name, b);
+    total = page.total;
   }
   return last;
 }
@@ -25,19 +31,18 @@ function storeCard(stats) {
 
 export async function dashboardPage(main, _params, signal) {
   const draw = async () => {
-    const [vms, backups, stats, active, failed, alarms] = await Promise.all([
-      get("/vms"), get("/backups"), get("/store/stats").catch((e) => ({ error: e.message })),
-      get(ACTIVE_JOBS), get(FAILED_JOBS), get(ALARMS)]);
-    const running = vms.filter((v) => v.state === "running").length;
-    const last = lastBackups(backups);
+    const [vms, running, good, bad, stats, active, failed, alarms] = await Promise.all([
+      getPage(listPath("/vms", { limit: ROWS_PER_PAGE })), count("/vms", ["state:eq:running"]),
+      count("/backups", ["status:eq:ok"]), count("/backups", ["status:eq:failed"]),
+      get("/store/stats").catch((e) => ({ error: e.message })), get(ACTIVE_JOBS), get(FAILED_JOBS), get(ALARMS)]);
+    const last = await lastBackups(vms.items);
     fill(main, 
       h("h1", {}, "Dashboard"),
       h("div", { class: "cards" },
         h("div", { "data-card": "vms" }, h("div", { class: "muted" }, "VMs"),
-          h("div", { class: "big" }, `${running} running`), `${vms.length - running} not running`),
+          h("div", { class: "big" }, `${running} running`), `${vms.total - running} not running`),
         h("div", { "data-card": "backups" }, h("div", { class: "muted" }, "Backups"),
-          h("div", { class: "big" }, String(backups.filter((b) => b.status === "ok").length)),
-          `${backups.filter((b) => b.status === "failed").length} failed`),
+          h("div", { class: "big" }, String(good)), `${bad} failed`),
         storeCard(stats),
         h("div", { "data-card": "failed-jobs" }, h("div", { class: "muted" }, "Failed jobs"),
           h("div", { class: "big" }, String(failed.length)), "most recent ten")),
@@ -46,7 +51,9 @@ export async function dashboardPage(main, _params, signal) {
         h("td", {}, j.kind), h("td", {}, j.resource), h("td", {}, jobBar(j)), h("td", {}, age(j.created_at)))),
         "nothing running"),
       h("h2", {}, "Last backup of each VM"),
-      table(["VM", "State", "Last backup", "Result"], vms.map((v) => {
+      vms.total > vms.items.length && h("p", { class: "muted" },
+        `The first ${vms.items.length} of ${vms.total} VMs; `, h("a", { href: "#/vms" }, "all on the VMs page"), "."),
+      table(["VM", "State", "Last backup", "Result"], vms.items.map((v) => {
         const b = last.get(v.name);
         return h("tr", { "data-vm": v.name },
           h("td", {}, h("a", { href: `#/vm/${encodeURIComponent(v.name)}` }, v.name)),

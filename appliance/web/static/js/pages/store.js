@@ -1,8 +1,8 @@
 // The store: what it holds, and its upkeep: verify, garbage collection, pruning (previewed first).
-import { call, get } from "../api.js";
+import { call, get, listPath } from "../api.js";
 import { bytes, fill, h, table, when } from "../dom.js";
 import { may } from "../roles.js";
-import { actionButton, actionForm, confirmAction, field, live, runJob } from "../ui.js";
+import { ROWS_PER_PAGE, actionButton, actionForm, confirmAction, field, live, runJob } from "../ui.js";
 
 const KEEP = ["last", "hourly", "daily", "weekly", "monthly", "yearly"];
 
@@ -46,8 +46,10 @@ export async function storePage(main, _params, signal) {
   const result = h("div", { id: "store-result" });
   const show = (el) => result.replaceChildren(el);
   const draw = async () => {
-    const [stats, backups] = await Promise.all([get("/store/stats"), get("/backups")]);
-    const vms = [...new Set(backups.map((b) => b.vm_name))].sort();
+    // The VMs with backups: one (their latest) backup each.
+    const [stats, latest] = await Promise.all([get("/store/stats"),
+      get(listPath("/backups", { latest: true, sort: "vm_name", limit: ROWS_PER_PAGE }))]);
+    const vms = latest.map((b) => b.vm_name);
     const percent = h("input", { type: "number", min: "0.1", max: "100", value: "100", name: "sample_percent" });
     fill(main, h("h1", {}, "Store"), statsTable(stats),
       h("h2", {}, "Upkeep"),

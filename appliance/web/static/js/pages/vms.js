@@ -1,7 +1,7 @@
-// The VM list: filter, create, and each VM's lifecycle.
-import { call, get } from "../api.js";
+// The VM list, filtered and paged by the API: create, and each VM's lifecycle.
+import { call, get, getPage, listPath } from "../api.js";
 import { fill, h } from "../dom.js";
-import { actionForm, field } from "../ui.js";
+import { ROWS_PER_PAGE, actionForm, attempt, field, pager } from "../ui.js";
 import { vmActions } from "./vm_actions.js";
 
 // "1G, 512M" -> ["1G", "512M"]
@@ -36,28 +36,42 @@ function createForm(images, created) {
   });
 }
 
+const STATES = ["running", "paused", "stopped", "crashed"];
+
+// The page's query: a name filter and a state, asked of the API (which filters and pages them).
+function vmQuery(name, state, offset) {
+  const filters = [];
+  if (name) filters.push(`name:contains:${name}`);
+  if (state) filters.push(`state:eq:${state}`);
+  return listPath("/vms", { limit: ROWS_PER_PAGE, offset, filters });
+}
+
 export async function vmsPage(main) {
-  const filter = h("input", { type: "search", placeholder: "filter by name or state", "aria-label": "filter" });
+  const filter = h("input", { type: "search", placeholder: "filter by name", "aria-label": "filter" });
+  const state = h("select", { "aria-label": "state" }, h("option", { value: "" }, "any state"),
+    STATES.map((s) => h("option", { value: s }, s)));
   const rows = h("tbody");
-  let vms = [];
-  const drawRows = () => {
-    const wanted = filter.value.trim().toLowerCase();
-    rows.replaceChildren(...vms.filter((v) => `${v.name} ${v.state}`.toLowerCase().includes(wanted)).map((v) =>
+  const where = h("div");
+  let offset = 0;
+  const load = async () => {
+    const { items, total } = await getPage(vmQuery(filter.value.trim(), state.value, offset));
+    rows.replaceChildren(...items.map((v) =>
       h("tr", { "data-vm": v.name },
         h("td", {}, h("a", { href: `#/vm/${encodeURIComponent(v.name)}` }, v.name)),
         h("td", { class: `state-${v.state}` }, v.state), h("td", {}, String(v.vcpus)), h("td", {}, `${v.memory_mib} MiB`),
         h("td", {}, v.disks.map((d) => d.name).join(", ")), h("td", { class: "actions" }, vmActions(v, load)))));
+    if (!items.length) rows.replaceChildren(h("tr", {}, h("td", { colspan: "6", class: "muted" }, "no VMs")));
+    fill(where, pager(offset, ROWS_PER_PAGE, total, (to) => { offset = to; attempt(load); }));
   };
-  const load = async () => {
-    vms = await get("/vms");
-    drawRows();
-  };
-  filter.addEventListener("input", drawRows);
+  let typing;
+  const refilter = () => { offset = 0; attempt(load); };
+  filter.addEventListener("input", () => { clearTimeout(typing); typing = setTimeout(refilter, 250); });
+  state.addEventListener("change", refilter);
   const images = await get("/images");
   const form = createForm(images, (name) => { location.hash = `#/vm/${encodeURIComponent(name)}`; });
-  fill(main, h("h1", {}, "VMs"), filter,
+  fill(main, h("h1", {}, "VMs"), h("p", { class: "actions" }, filter, " ", state),
     h("table", {}, h("thead", {}, h("tr", {}, ["Name", "State", "vCPUs", "Memory", "Disks", ""].map((t) => h("th", {}, t)))),
       rows),
-    form && h("h2", {}, "New VM"), form);
+    where, form && h("h2", {}, "New VM"), form);
   await load();
 }

@@ -1,0 +1,126 @@
+#!/usr/bin/env python3
+"""How fast Cairn starts: the CLI beside a bare Python start, and `cairn serve` until it answers.
+
+  python -c pass            the floor: this venv's interpreter starting and stopping
+  cairn --help, cairn backup list --json, cairn vm list --json, cairn job list --json
+                            on a data dir whose catalog is at its newest revision (no migration)
+  cairn serve               from spawning it to the first 200 of GET /api/v1/health: on a fresh
+                            data dir (catalog, TLS certificate and first admin made) and restarted
+
+Each figure is the median and the slowest of --runs runs, one command at a time; a CLI command's
+cost is its median less the bare start's. Goals (issue 16): a CLI command within 0.3 s of the bare
+start, `cairn serve` answering within 2 s. On a shared machine the load average (printed before
+and after) says how far to trust them. --imports adds each command's heaviest imports
+(python -X importtime: what to make lazy next).
+Run: .venv/bin/python bench/startup.py [--runs 10] [--serve-runs 5] [--imports]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PYTHON = sys.executable
+CAIRN = str(Path(PYTHON).with_name("cairn"))
+CLI_GOAL, SERVE_GOAL = 0.3, 2.0
+COMMANDS = [["--help"], ["backup", "list", "--json"], ["vm", "list", "--json"], ["job", "list", "--json"]]
+
+
+def load() -> str:
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+
+
+def timed_run(argv: list[str], env: dict[str, str]) -> float:
+    began = time.perf_counter()
+    subprocess.run(argv, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return time.perf_counter() - began
+
+
+def serve_until_healthy(env: dict[str, str]) -> float:
+    """Seconds from spawning `cairn serve` to its first healthy answer (then it is stopped)."""
+    import httpx
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    began = time.perf_counter()
+    server = subprocess.Popen([CAIRN, "serve", "--port", str(port)], env=env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    try:
+        while True:
+            try:
+                if httpx.get(f"https://127.0.0.1:{port}/api/v1/health", verify=False, timeout=5).status_code == 200:
+                    return time.perf_counter() - began
+            except httpx.TransportError:
+                pass
+            if server.poll() is not None:
+                raise SystemExit(f"cairn serve exited with {server.returncode}")
+            time.sleep(0.01)
+    finally:
+        server.send_signal(signal.SIGINT)
+        try:
+            server.wait(20)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+
+
+def heaviest_imports(argv: list[str], env: dict[str, str], count: int = 10) -> list[tuple[int, str]]:
+    """The top-level imports a command makes, heaviest first (microseconds, cumulative)."""
+    trace = subprocess.run([PYTHON, "-X", "importtime", "-m", "appliance.cli", *argv], env=env, check=True,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True).stderr
+    top = [(int(m[1]), m[2]) for m in re.finditer(r"import time:\s+\d+ \|\s+(\d+) \| {1,3}(\S+)", trace)]
+    return sorted(top, reverse=True)[:count]
+
+
+def say(name: str, samples: list[float], floor: float | None = None, goal: float | None = None) -> None:
+    p50 = statistics.median(samples)
+    line = f"{name:<28} p50 {p50:6.3f} s   max {max(samples):6.3f} s"
+    if floor is not None:
+        line += f"   over the bare start {p50 - floor:6.3f} s"
+    if goal is not None:
+        spent = p50 - floor if floor is not None else p50
+        line += f"   (goal {goal:g} s: {'met' if spent <= goal else 'MISSED'})"
+    print(line)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", type=int, default=10)
+    parser.add_argument("--serve-runs", type=int, default=5)
+    parser.add_argument("--imports", action="store_true", help="also list each CLI command's heaviest imports")
+    args = parser.parse_args()
+    print(f"load average {load()} on {os.cpu_count()} CPUs")
+    with tempfile.TemporaryDirectory(prefix="cairn-bench-startup-") as tmp:
+        env = {**os.environ, "CAIRN_DATA_DIR": str(Path(tmp) / "data")}
+        env.pop("CAIRN_CATALOG_URL", None)
+        subprocess.run([CAIRN, "vm", "list"], env=env, check=True, capture_output=True)   # data dir made, catalog at head
+        floor_samples = [timed_run([PYTHON, "-c", "pass"], env) for _ in range(args.runs)]
+        floor = statistics.median(floor_samples)
+        say("python -c pass", floor_samples)
+        for argv in COMMANDS:
+            say(f"cairn {' '.join(argv)}", [timed_run([CAIRN, *argv], env) for _ in range(args.runs)], floor, CLI_GOAL)
+        fresh = []
+        for run in range(args.serve_runs):
+            fresh.append(serve_until_healthy({**env, "CAIRN_DATA_DIR": str(Path(tmp) / f"fresh{run}")}))
+        say("cairn serve (fresh data dir)", fresh, goal=SERVE_GOAL)
+        say("cairn serve (restart)", [serve_until_healthy(env) for _ in range(args.serve_runs)], goal=SERVE_GOAL)
+        if args.imports:
+            for argv in COMMANDS:
+                print(f"\nheaviest imports of cairn {' '.join(argv)} (ms, cumulative):")
+                for micros, module in heaviest_imports(argv, env):
+                    print(f"  {micros / 1000:7.1f}  {module}")
+    print(f"load average {load()}")
+
+
+if __name__ == "__main__":
+    main()
