@@ -43,6 +43,7 @@ MEANINGS = {
     500: "the appliance's own fault (a damaged backup or store): the message says what",
     502: "another host, or a notification's receiver, did not answer as it should",
     503: "the catalog or the store cannot be reached",
+    507: "the store is full (a pool quota, a full cluster or bucket): nothing was lost",
 }
 
 

@@ -1,16 +1,16 @@
 """Backups indexed by start time, alone (the listing's default order, newest-first pages) and
 after their VM (a VM's backups in order, each VM's newest), which replaces the index on the VM alone
 
-Revision ID: 0008
-Revises: 0007
+Revision ID: 0009
+Revises: 0008
 Create Date: 2026-12-06
 """
 from __future__ import annotations
 
 from alembic import op
 
-revision = '0008'
-down_revision = '0007'
+revision = '0009'
+down_revision = '0008'
 branch_labels = None
 depends_on = None
 
