@@ -54,14 +54,14 @@ def test_tables_keep_ids_whole_at_80_columns_and_every_cli_backup_is_a_job(cairn
 
     listed = cairn("backup", "list").stdout
     readable_at_80(listed, ids)
-    assert BACKUP_ID.findall(listed) == ids
+    assert BACKUP_ID.findall(listed) == ids[::-1], "newest first"
     readable_at_80(cairn("store", "stats").stdout, ids)
     pruned = cairn("store", "prune", "--vm", "web1", "--keep-last", "1", "--dry-run").stdout
     readable_at_80(pruned, ids[:2])
     assert "would remove" in pruned
 
     # The README's `cairn job list` after its CLI backups: each one, with its job id whole.
-    jobs = json.loads(cairn("job", "list", "--json").stdout)
+    jobs = json.loads(cairn("job", "list", "--filter", "kind:eq:backup", "--json").stdout)
     assert [(j["kind"], j["state"], j["result"]["backup_id"]) for j in jobs] == [
         ("backup", "succeeded", i) for i in reversed(ids)]
     readable_at_80(cairn("job", "list").stdout, [j["id"] for j in jobs])

@@ -155,6 +155,9 @@ def emit_json(data: Any) -> None:
     out.out(json.dumps(to_jsonable_python(data), indent=2), highlight=False)
 
 
+FOLDED_WIDTH = 12   # a `wide` column's narrowest, folded: what a table's width must leave it
+
+
 def table(*columns: str, wide: Sequence[str] = (), numbers: Sequence[str] = ()) -> Table:
     """A listing for `print_table`: its cells are never wrapped or cut (an ID is typed back, a
     size read whole), except the `wide` columns' free text, which wraps to the width left."""
@@ -170,14 +173,20 @@ def table(*columns: str, wide: Sequence[str] = (), numbers: Sequence[str] = ()) 
 
 def print_table(made: Table) -> None:
     """Within the terminal's width (80 columns when not a terminal) when the table fits there
-    with its cells whole; wider otherwise, never cutting a cell (the terminal wraps the line)."""
+    with its whole cells and its free text folded; wider otherwise, never cutting a cell (the
+    terminal wraps the line)."""
     from rich.measure import Measurement
 
     unbounded = out.options.update(max_width=1 << 16)
+    needed = len(made.columns) - 1   # a space between columns
     for column in made.columns:
+        widest = max(Measurement.get(out, unbounded, cell).maximum for cell in [column.header, *column.cells])
         if column.no_wrap:   # as wide as its widest cell: rich would otherwise shrink it to its longest word
-            column.min_width = max(Measurement.get(out, unbounded, cell).maximum for cell in [column.header, *column.cells])
-    needed = Measurement.get(out, unbounded, made).minimum
+            column.min_width = widest
+            needed += widest
+        else:   # free text folds, down to a width still worth reading
+            column.min_width = min(widest, FOLDED_WIDTH)
+            needed += column.min_width
     width = out.width
     out.width = max(width, needed)   # print's own width= can only narrow
     try:

@@ -29,7 +29,7 @@ def job_list(filters: list[str] = FILTER_OPT, sort: str = sort_option("-created_
     listing = table("id", "kind", "state", "created", "resource", wide=("resource",))
     for j in jobs:
         listing.add_row(j.id, j.kind, f"{j.state} {j.progress:.0%}" if j.state in WORKING else j.state,
-                        f"{j.created_at:%Y-%m-%d %H:%M}", j.resource)
+                        f"{j.created_at:%m-%d %H:%M}", j.resource)
     print_table(listing)
     for j in jobs:
         if j.error:
