@@ -86,11 +86,12 @@ class State:
 
     @property
     def appliance(self) -> Appliance:
-        """This machine's appliance, for the commands that do not work through an appliance's API
-        (yet): working on one, they refuse and say what does."""
+        """This machine's appliance, for the commands that work on its data dir only (hosts,
+        pools, networks, notifications, VM access and groups): named an appliance, they refuse
+        and say where they work."""
         if self.url is not None:
-            raise CliError(f"`{command_path()}` does not work through an appliance's API ({self.url}) yet: run it "
-                           "on the appliance's host (--data-dir, or after `cairn logout`), or use the console")
+            raise CliError(f"`{command_path()}` works on an appliance's data dir, not through its API ({self.url}): "
+                           "run it on the appliance's host (--data-dir, or after `cairn logout`), or use the console")
         return self.local
 
     def this_host(self) -> Appliance:

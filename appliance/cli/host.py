@@ -143,12 +143,12 @@ def host_restore(host: str, backup_id: str,
     from appliance.restores.libvirt import LibvirtRestoreService
 
     restores = LibvirtRestoreService(state.appliance.store, state.appliance.hosts)
-    if over == (new_name is not None):
-        raise ValueError("give --name (a new domain) or --over (replace the backed-up domain's disks)")
-    if over:
+    if over and new_name is None:
         done = restores.over_domain(host, backup_id, stop=stop, verify=verify)
-    else:
+    elif not over and new_name is not None:
         done = restores.as_new_domain(host, backup_id, new_name, directory, pool, start=start, verify=verify)
+    else:
+        raise ValueError("give --name (a new domain) or --over (replace the backed-up domain's disks)")
     if as_json:
         emit_json(asdict(done))
         return

@@ -78,10 +78,12 @@ def vm_import(host: str | None = typer.Option(None, help="A libvirt host on this
     imports = VMImports(here.vms, here.hosts)
     if command_file is not None:
         command = command_file.read_text()
-    if (host is not None and domain is not None) == (command is not None):
+    if command is not None and host is None and domain is None:
+        imported = imports.from_command_line(command, name)
+    elif command is None and host is not None and domain is not None:
+        imported = imports.from_libvirt(host, domain, name, undefine)
+    else:
         raise ValueError("give --host and --domain (a libvirt domain), or --command / --command-file")
-    imported = (imports.from_libvirt(host, domain, name, undefine) if command is None
-                else imports.from_command_line(command, name))
     if as_json:
         emit_json({"vm": imported.spec.to_dict(), "notes": imported.notes})
         return
