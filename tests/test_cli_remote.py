@@ -152,8 +152,8 @@ def test_the_same_commands_answer_the_same_here_and_through_the_api(served: Serv
                     ("job", "show", jobs[-1]["id"]), ("job", "events", jobs[0]["id"]),
                     ("snapshot", "list", "vm-here")):
         assert here.json(*command) == there.json(*command), command
-    stats = [cli.json("store", "stats") for cli in (here, there)]
-    assert [{**s, "seconds": 0} for s in stats][0] == [{**s, "seconds": 0} for s in stats][1]
+    stats_here, stats_there = ({**cli.json("store", "stats"), "seconds": 0} for cli in (here, there))
+    assert stats_here == stats_there
 
     # The same tables too.
     assert here("backup", "list").stdout == there("backup", "list").stdout
@@ -210,6 +210,8 @@ def test_a_command_through_the_api_is_refused_with_the_reason_and_its_exit_statu
                          headers={"Authorization": f"Bearer {session}"}).json()["token"]
     time.sleep(1.5)
     pinned = {"CAIRN_URL": served.url, "CAIRN_FINGERPRINT": served.fingerprint}
+    made_up = there("vm", "list", code=4, CAIRN_TOKEN="ck_0000.nothing", **pinned)
+    assert "CAIRN_TOKEN was refused: set it to a valid access key, or unset it and `cairn login" in made_up.stderr
     expired = there("vm", "list", code=4, CAIRN_TOKEN=short, **pinned)
     assert "has expired" in expired.stderr and "CAIRN_TOKEN was refused" in expired.stderr
     token = json.loads(kept.read_text())["appliances"][served.url]["token"]

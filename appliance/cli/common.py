@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import functools
 import json
+import sys
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -132,6 +133,14 @@ def command_path() -> str:
 
     context = get_current_context(silent=True)
     return context.command_path if context else "cairn"
+
+
+def password_from_stdin() -> str:
+    """--password-stdin's password: stdin's first line."""
+    line = sys.stdin.readline().rstrip("\r\n")
+    if not line:
+        raise CliError("--password-stdin: stdin gave no password (one line, then a newline or its end)")
+    return line
 
 
 def reports_errors(fn: Callable[..., Any]) -> Callable[..., Any]:

@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 
 import typer
 
-from .common import CliError, err, out, reports_errors, state
+from .common import CliError, err, out, password_from_stdin, reports_errors, state
 
 login_app = typer.Typer()
 logout_app = typer.Typer()
@@ -224,10 +224,7 @@ def _trusted_fingerprint(url: str, given: str | None) -> str | None:
 
 def _password(from_stdin: bool) -> str:
     if from_stdin:
-        password = sys.stdin.readline().rstrip("\r\n")
-        if not password:
-            raise CliError("--password-stdin: stdin gave no password (one line, then a newline or its end)")
-        return password
+        return password_from_stdin()
     if not sys.stdin.isatty():
         raise CliError("no terminal to ask for the password: give it on stdin with --password-stdin")
     return str(typer.prompt("password", hide_input=True, err=True))

@@ -11,7 +11,7 @@ import typer
 
 from appliance.access.roles import Role
 
-from .common import CliError, JsonOpt, emit_json, err, out, print_table, reports_errors, state, table
+from .common import JsonOpt, emit_json, err, out, password_from_stdin, print_table, reports_errors, state, table
 
 user_app = typer.Typer(help="Users of the web API, on the appliance's host (e.g. to recover a lost admin).",
                        no_args_is_help=True)
@@ -53,10 +53,7 @@ def password_of(given: str | None, from_stdin: bool) -> tuple[str, bool]:
     if given is not None:
         return given, False
     if from_stdin:
-        line = sys.stdin.readline().rstrip("\r\n")
-        if not line:
-            raise CliError("--password-stdin: stdin gave no password (one line, then a newline or its end)")
-        return line, False
+        return password_from_stdin(), False
     if sys.stdin.isatty():
         return str(typer.prompt("password", hide_input=True, confirmation_prompt=True, err=True)), False
     return secrets.token_urlsafe(18), True
