@@ -22,10 +22,10 @@ if TYPE_CHECKING:
 
 # A command's exit status, by the error's code: an error from the API names its code (its class
 # on the appliance) in its body; an error raised here is looked up by its class, then its bases.
-# Any other error of appliance/error_statuses.py's table (refused or failed: the message says
-# why) ends the command with status 1.
+# Any other error, of appliance/error_statuses.py's table or the API's (refused or failed: the
+# message says why), ends the command with status 1.
 EXIT_CODES: dict[str, int] = {
-    "ValueError": 2, "ValidationError": 2,            # the command line (or a request) is not valid
+    "ValueError": 2,                                  # the command line is not valid
     "UnauthorizedError": 4, "NotSignedInError": 4,    # no token, or one that expired or was revoked
     "ForbiddenError": 5,                              # signed in, but the user's role does not allow it
     "UnreachableError": 6,                            # the appliance did not answer
@@ -47,7 +47,10 @@ def error_codes(e: BaseException) -> list[str]:
 
 
 def exit_code(e: BaseException) -> int:
-    """EXIT_CODES' status for the error (1 for one it does not name)."""
+    """EXIT_CODES' status for the error; 1 for one it does not name and for the error table's
+    kinds (some of which are ValueErrors too: refused, not a command line to correct)."""
+    if not isinstance(e, CliError) and is_reported(e):
+        return 1
     return next((EXIT_CODES[name] for name in error_codes(e) if name in EXIT_CODES), 1)
 
 
