@@ -11,14 +11,18 @@ store/locks/gc                one GC at a time (held for the whole run)
 store/writers/<backup-id>     lease of a backup being written (leases.py)
 
 Remote backends cannot flock; sftp.py keeps the same contract with leases
-that a heartbeat keeps fresh.
+that a heartbeat keeps fresh, and rados.py and s3.py with locks held apart
+from the file they guard (guarded_try_lock, guarded_create_lock).
 """
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import Protocol, TypeVar
 
 from .errors import StoreBusyError
 
@@ -59,6 +63,45 @@ class FileLock:
         if unlink:
             self.path.unlink(missing_ok=True)
         os.close(self.fd)
+
+
+class HeldLock(Protocol):
+    def release(self) -> None: ...
+
+
+L = TypeVar("L", bound=HeldLock)
+
+
+def guarded_try_lock(exists: Callable[[], bool], acquire: Callable[[], L | None],
+                     write_exclusive: Callable[[bytes], None], create: bool) -> L | None:
+    """Backend.try_lock where the lock lives apart from the file it guards: the lock, with the
+    file existing (made empty under the lock when `create`), or None while another holds it."""
+    if not create and not exists():
+        return None
+    lock = acquire()
+    if lock is None:
+        return None
+    if not exists():
+        if not create:
+            lock.release()
+            return None
+        write_exclusive(b"")
+    return lock
+
+
+def guarded_create_lock(acquire: Callable[[], L | None], write_exclusive: Callable[[bytes], None],
+                        content: bytes, where: str) -> L:
+    """Backend.create_lock where the lock lives apart from the file it guards: the file made
+    with `content` under the lock, which is released again if that fails."""
+    lock = acquire()
+    if lock is None:
+        raise FileExistsError(errno.EEXIST, f"{where} is locked by another holder")
+    try:
+        write_exclusive(content)
+    except BaseException:
+        lock.release()
+        raise
+    return lock
 
 
 def create_locked(path: Path, content: bytes) -> FileLock:

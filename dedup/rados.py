@@ -63,6 +63,7 @@ from typing import Any, BinaryIO
 
 from .backend import Entry
 from .errors import StoreError, StoreFullError, StoreUnreachableError
+from .locks import guarded_create_lock, guarded_try_lock
 
 LOCK_SECONDS = 30
 CLOCK_ERROR_NS = 2_000_000_000
@@ -253,28 +254,12 @@ class RadosBackend:
     # --- locks ---------------------------------------------------------------
 
     def try_lock(self, name: str, create: bool = True) -> RadosLock | None:
-        if not create and self.stat(name) is None:
-            return None
-        lock = self._lock(name)
-        if lock is None:
-            return None
-        if self.stat(name) is None:
-            if not create:
-                lock.release()
-                return None
-            self._write_exclusive(name, b"")
-        return lock
+        return guarded_try_lock(lambda: self.stat(name) is not None, lambda: self._lock(name),
+                                lambda content: self._write_exclusive(name, content), create)
 
     def create_lock(self, name: str, content: bytes) -> RadosLock:
-        lock = self._lock(name)
-        if lock is None:
-            raise FileExistsError(errno.EEXIST, f"{self.location}/{name} is locked by another holder")
-        try:
-            self._write_exclusive(name, content)
-        except BaseException:
-            lock.release()
-            raise
-        return lock
+        return guarded_create_lock(lambda: self._lock(name), lambda content: self._write_exclusive(name, content), content,
+                                   f"{self.location}/{name}")
 
     def close(self) -> None:
         """Disconnect, once the calls in progress (other threads') are done; later calls fail with

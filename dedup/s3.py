@@ -58,6 +58,7 @@ from typing import Any, BinaryIO
 
 from .backend import Entry
 from .errors import StoreError, StoreFullError, StoreUnreachableError
+from .locks import guarded_create_lock, guarded_try_lock
 
 LOCK_SECONDS = 60
 CLOCK_ERROR_NS = 1_000_000_000
@@ -258,28 +259,12 @@ class S3Backend:
     # --- locks ---------------------------------------------------------------
 
     def try_lock(self, name: str, create: bool = True) -> S3Lock | None:
-        if not create and self.stat(name) is None:
-            return None
-        lock = S3Lock.acquire(self, name)
-        if lock is None:
-            return None
-        if self.stat(name) is None:
-            if not create:
-                lock.release()
-                return None
-            self._put_exclusive(name, b"")
-        return lock
+        return guarded_try_lock(lambda: self.stat(name) is not None, lambda: S3Lock.acquire(self, name),
+                                lambda content: self._put_exclusive(name, content), create)
 
     def create_lock(self, name: str, content: bytes) -> S3Lock:
-        lock = S3Lock.acquire(self, name)
-        if lock is None:
-            raise FileExistsError(errno.EEXIST, f"{self.location}/{name} is locked by another holder")
-        try:
-            self._put_exclusive(name, content)
-        except BaseException:
-            lock.release()
-            raise
-        return lock
+        return guarded_create_lock(lambda: S3Lock.acquire(self, name), lambda content: self._put_exclusive(name, content), content,
+                                   f"{self.location}/{name}")
 
     def close(self) -> None:
         """Disconnect. Locks still held are left to go stale, as if this process had died."""

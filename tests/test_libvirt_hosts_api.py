@@ -77,6 +77,17 @@ def test_host_api_and_cli_drive_and_back_up_a_domain(api_client, appliance, libv
         assert "apicopy" in [d["name"] for d in api_client.get("/api/v1/hosts/kvm1/vms").json()]
         guest.dom.connect().lookupByName("apicopy").undefine()
 
+        # The API restores it as well, as a job on the new domain (the admin's).
+        folder = libvirtd.root / "apicopy2"
+        folder.mkdir(mode=0o755)
+        answer = api_client.post("/api/v1/hosts/kvm1/restores",
+                                 json={"backup_id": full["id"], "name": "apicopy2", "directory": str(folder)})
+        assert answer.status_code == 202 and answer.json()["resource"] == "vm:apicopy2@kvm1", answer.text
+        made = job_result(api_client, answer)
+        assert made["disks"] == {"vda": f"{folder}/apicopy2-vda.qcow2"} and made["verified"]
+        assert same_content(tmp_path / "ref.raw", folder / "apicopy2-vda.qcow2", "qcow2")
+        guest.dom.connect().lookupByName("apicopy2").undefine()
+
         answer = api_client.post("/api/v1/hosts/kvm1/vms/apiguest/stop", json={"timeout": 120})
         assert answer.status_code == 200 and answer.json()["state"] == "stopped", answer.text
 
@@ -108,6 +119,16 @@ def test_host_api_refuses_bad_input(api_client, appliance, libvirtd, tmp_path): 
     assert api_client.post("/api/v1/hosts/other/vms/nope/start").status_code == 404
     assert api_client.post("/api/v1/hosts/kvm1/vms/nope/stop", json={"timeout": -1}).status_code == 422
     assert api_client.get("/api/v1/backups").json() == []
+    restores = [({"backup_id": "b", "name": "x", "over": True}, 422, "name (a new domain) or over"),
+                ({"backup_id": "b", "name": "x"}, 422, "a directory or a storage pool"),
+                ({"backup_id": "b", "name": "x", "directory": "rel/dir"}, 422, "not an absolute path"),
+                ({"backup_id": "nope", "over": True}, 404, "nope")]
+    for body, status, message in restores:
+        answer = api_client.post("/api/v1/hosts/kvm1/restores", json=body)
+        assert answer.status_code == status and message in answer.text, answer.text
+    answer = api_client.post("/api/v1/hosts/other/restores", json={"backup_id": "nope", "over": True})
+    assert answer.status_code == 404, answer.text
+    assert api_client.get("/api/v1/jobs").json() == []
 
     failed = cairn(appliance.settings.data_dir, "host", "add", "kvm2", f"qemu:///system?socket={tmp_path}/x.sock")
     assert failed.returncode == 1 and "cannot connect" in failed.stderr

@@ -147,3 +147,29 @@ def test_an_upgrade_killed_half_way_runs_again_and_loses_nothing(tmp_path):
     for backup_id, data in images.items():
         assert read_back(store, store.get_backup(backup_id), "vda") == data
     assert verify_store(store).ok
+
+
+def test_the_appliances_store_upgrades_as_a_job_through_the_api(appliance_data_dir: Path):
+    """The upgrade is a job like verify and GC: an admin's, on the store's resource, its report
+    the job's result; the backups restore from format 2 afterwards."""
+    from conftest import signed_in_client
+
+    from appliance.access.roles import Role
+    from appliance.context import Appliance
+
+    images = old_store(appliance_data_dir / "store")
+    appliance = Appliance.open(str(appliance_data_dir))
+    operator = signed_in_client(appliance, Role.OPERATOR)
+    assert operator.post("/api/v1/store/upgrade", json={}).status_code == 403
+    admin = signed_in_client(appliance, Role.ADMIN)
+    refused = admin.post("/api/v1/store/upgrade", json={"block_size": 3000})
+    assert refused.status_code == 422 and "block size" in refused.json()["error"]["message"]
+    r = admin.post("/api/v1/store/upgrade", json={"block_size": 1 << 20})
+    assert r.status_code == 202 and r.json()["kind"] == "store.upgrade" and r.json()["resource"].startswith("store:")
+    done = appliance.jobs.wait(r.json()["id"], 240)
+    assert done.state == "succeeded", done.error
+    assert sorted(done.result["converted"]) == ["b1", "b2", "b3"] and done.result["already"] == 0
+    store = Store.open(appliance_data_dir / "store")
+    assert store.config.layout == 2 and not (appliance_data_dir / "store" / "chunks").exists()
+    for backup_id, data in images.items():
+        assert read_back(store, store.get_backup(backup_id), "vda") == data

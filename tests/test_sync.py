@@ -106,3 +106,16 @@ def test_push_to_an_sftp_server_and_pull_back(sshd_server, tmp_path):
     assert pulled.copied == (manifest.backup_id,)
     with Store.open(second.location, passphrase="pw") as copy:
         assert read_back(copy, copy.get_backup(manifest.backup_id), "vda") == data
+
+
+def test_a_sync_names_a_store_from_the_root_or_by_url(api_client):
+    """A relative directory would land wherever the server runs, and control characters name no
+    store anyone meant: both refused before a job is queued, nothing created."""
+    import os
+
+    before = set(os.listdir("."))
+    for target in ["relative/store", "\x0c\x17store", "/srv/\nstore"]:
+        r = api_client.post("/api/v1/store/sync", json={"target": target})
+        assert r.status_code == 422, (target, r.text)
+    assert set(os.listdir(".")) == before
+    assert api_client.get("/api/v1/jobs").json() == []

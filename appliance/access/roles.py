@@ -33,11 +33,13 @@ ADMIN_WRITES = ("/api/v1/store", "/api/v1/stores", "/api/v1/policies", "/api/v1/
                 "/api/v1/networks")
 # Changing these is the admin's too: a restore to any path on the appliance's host, importing a
 # host file into the image library, and adding or removing hosts (a host's definition names key
-# files on the appliance): see appliance/access/host_paths.py. Running VMs on a host is not.
+# files on the appliance): see appliance/access/host_paths.py. Restoring a domain into a host
+# writes its disks anywhere there. Running VMs on a host is not.
 # Who owns a VM and which group shares it (appliance/access/visibility.py) is the admin's to say.
 
 ADMIN_WRITE_PATTERNS = (re.compile(r"^/api/v1/backups/[^/]+/disks/[^/]+/restore/?$"),
                         re.compile(r"^/api/v1/hosts(/[^/]+)?/?$"),
+                        re.compile(r"^/api/v1/hosts/[^/]+/restores/?$"),
                         re.compile(r"^/api/v1/vms/[^/]+/access/?$"),
                         re.compile(r"^/api/v1/images/[^/]+/import/?$"))
 READ_METHODS = {"GET", "HEAD", "OPTIONS"}
@@ -54,6 +56,14 @@ def required_role(method: str, path: str) -> Role | None:
     if _under(path, ADMIN_WRITES) or any(p.match(path) for p in ADMIN_WRITE_PATTERNS):
         return Role.ADMIN
     return Role.OPERATOR
+
+
+def the_rule() -> dict[str, list[str]]:
+    """required_role's rule as data, for the console to offer only what the API allows without
+    a copy of the rule of its own (GET /api/v1/auth/rules). Patterns are JavaScript-compatible."""
+    return {"roles": [r.value for r in sorted(_RANK, key=_RANK.__getitem__)],
+            "self_service": list(SELF_SERVICE), "admin_only": list(ADMIN_ONLY), "admin_writes": list(ADMIN_WRITES),
+            "admin_write_patterns": [p.pattern for p in ADMIN_WRITE_PATTERNS], "read_methods": sorted(READ_METHODS)}
 
 
 def _under(path: str, prefixes: tuple[str, ...]) -> bool:

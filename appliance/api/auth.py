@@ -13,7 +13,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from appliance.access.auth import Principal
 from appliance.access.records import AccessKeyRecord
-from appliance.access.roles import required_role
+from appliance.access.roles import required_role, the_rule
 from appliance.access.throttle import TooManyAttemptsError
 from appliance.context import Appliance
 from appliance.errors import CairnError, ConflictError, ForbiddenError, NotFoundError, UnauthorizedError
@@ -154,6 +154,12 @@ def auth_router(appliance: Appliance) -> APIRouter:
     @router.get("/auth/me", response_model=UserOut)
     def me(caller: Caller) -> UserOut:
         return UserOut.model_validate(appliance.users.get(caller.name))
+
+    @router.get("/auth/rules", response_model=dict[str, list[str]])
+    def role_rule() -> dict[str, list[str]]:
+        """Which role each request needs (appliance/access/roles.py), as data: the console reads it
+        to offer only what the caller may do. Any signed-in user may read it."""
+        return the_rule()
 
     @router.post("/auth/password", status_code=204, responses=raises(ForbiddenError, CairnError))
     def change_password(caller: Caller, body: PasswordChange) -> Response:

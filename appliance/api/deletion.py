@@ -7,14 +7,12 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Response
-from sqlalchemy import select
 
 from appliance.access.visibility import recycled_visible
 from appliance.catalog.query import ListQuery
 from appliance.context import Appliance
 from appliance.deletion.deletables import deletion_service
 from appliance.deletion.protection import DeletionRule, Impact, RecycledOut, recycled_out
-from appliance.deletion.records import RecycledRecord
 from appliance.errors import ConflictError, NotFoundError
 
 from .answers import raises
@@ -50,9 +48,7 @@ def deletion_router(appliance: Appliance) -> APIRouter:
     @router.get("/recycle-bin", response_model=list[RecycledOut])
     def list_bin(caller: Caller, query: Annotated[ListQuery, Depends(list_query)],
                  response: Response) -> list[RecycledOut]:
-        shown = select(RecycledRecord).where(recycled_visible(caller))
-        with appliance.catalog() as s:
-            return [recycled_out(r) for r in query.run(s, RecycledRecord, shown, response=response)]
+        return [recycled_out(r) for r in deletions.page(query, recycled_visible(caller), response)]
 
     @router.post("/recycle-bin/{recycle_id}/restore", response_model=RecycledOut)
     def restore(recycle_id: str) -> RecycledOut:

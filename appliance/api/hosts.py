@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from appliance.context import Appliance
 from appliance.errors import ConflictError, NotFoundError
 from appliance.hosts.service import HOST_OPTIONS, HostCommandError, HostSpecError, HostUnreachableError
-from appliance.jobs.params import HostBackupParams, HostBackupRequest
+from appliance.jobs.params import HostBackupParams, HostBackupRequest, LibvirtRestoreParams, LibvirtRestoreRequest
 from vmm.hosts import HostError, HostVM
 
 from .answers import raises
@@ -139,5 +139,11 @@ def host_router(appliance: Appliance) -> APIRouter:
     def back_up_vm(caller: Caller, name: str, vm: str, body: HostBackupRequest | None = None) -> JobOut:
         params = HostBackupParams(host=name, vm=vm, **(body or HostBackupRequest()).model_dump())
         return submit_job(appliance, caller, "host.backup", params)
+
+    @router.post("/{name}/restores", response_model=JobOut, status_code=202, responses=SUBMIT_ERRORS)
+    def restore_domain(caller: Caller, name: str, body: LibvirtRestoreRequest) -> JobOut:
+        """Restore a libvirt domain's backup into this libvirt host, as a new domain or over the one
+        backed up (the admin's: its disks go to any directory of the host)."""
+        return submit_job(appliance, caller, "restore.libvirt", LibvirtRestoreParams(host=name, **body.model_dump()))
 
     return router

@@ -19,7 +19,6 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 from pydantic import BaseModel, ConfigDict, Field, create_model
-from sqlalchemy import select
 
 from appliance.access.auth import Principal
 from appliance.access.visibility import visibility, vm_visible
@@ -110,9 +109,8 @@ def job_router(appliance: Appliance) -> APIRouter:
 
     @router.get("/jobs", response_model=list[JobOut], responses=raises(QueryError))
     def list_jobs(caller: Caller, query: Query, response: Response) -> list[JobOut]:
-        mine = select(JobRecord).where(vm_visible(JobRecord.resource, caller, resource=True))
-        with appliance.catalog() as s:
-            return [JobOut.model_validate(r) for r in query.run(s, JobRecord, mine, response=response)]
+        return [JobOut.model_validate(r)
+                for r in jobs.page(query, vm_visible(JobRecord.resource, caller, resource=True), response)]
 
     starting = APIRouter(route_class=JobRequestRoute)
 
@@ -145,9 +143,8 @@ def job_router(appliance: Appliance) -> APIRouter:
 
     @router.get("/events", response_model=list[EventOut], responses=raises(QueryError))
     def list_events(caller: Caller, query: Query, response: Response) -> list[EventOut]:
-        mine = select(EventRecord).where(vm_visible(EventRecord.resource, caller, resource=True))
-        with appliance.catalog() as s:
-            return [EventOut.model_validate(r) for r in query.run(s, EventRecord, mine, response=response)]
+        return [EventOut.model_validate(r)
+                for r in jobs.page_events(query, vm_visible(EventRecord.resource, caller, resource=True), response)]
 
     def known_job(caller: Caller, job: str | None = None) -> str | None:
         """A dependency, so an unknown (or invisible) job is a 404 before the stream starts."""

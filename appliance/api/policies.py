@@ -10,7 +10,6 @@ from appliance.access.visibility import visibility
 from appliance.catalog.query import ListQuery
 from appliance.context import Appliance
 from appliance.errors import ConflictError, NotFoundError
-from appliance.policies.records import PolicyRecord
 from appliance.policies.service import Policy, PolicyOut, PolicyService, policy_out
 
 from .answers import raises
@@ -28,8 +27,7 @@ def policy_router(appliance: Appliance) -> APIRouter:
 
     @router.get("/policies", response_model=list[PolicyOut])
     def list_policies(query: Annotated[ListQuery, Depends(list_query)], response: Response) -> list[PolicyOut]:
-        with appliance.catalog() as s:
-            return [policy_out(r) for r in query.run(s, PolicyRecord, response=response)]
+        return [policy_out(r) for r in policies.page(query, response)]
 
     @router.post("/policies", response_model=PolicyOut, status_code=201)
     def create_policy(policy: Annotated[Policy, Body()]) -> PolicyOut:

@@ -1,6 +1,6 @@
-"""The store's maintenance API under /api/v1/store: stats, verify, gc, prune, sync, retention locks.
+"""The store's maintenance API under /api/v1/store: stats, verify, gc, prune, sync, upgrade, retention locks.
 
-Stats answer at once. Verify, GC and prune are jobs (on the store, or for a prune on the VM
+Stats answer at once. Verify, GC, prune, sync and upgrade are jobs (on the store, or for a prune on the VM
 whose backups it removes): they answer 202 with the job, whose result is the report, and a dry
 run is a job like any other. /store/verify-jobs and /store/gc-jobs are the same as /store/verify
 and /store/gc. An encrypted store opens with the passphrase the appliance was started with
@@ -18,7 +18,7 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 from appliance.access.visibility import visibility
 from appliance.context import Appliance
 from appliance.errors import NotFoundError
-from appliance.jobs.params import GcParams, PruneParams, SyncParams, VerifyParams
+from appliance.jobs.params import GcParams, PruneParams, SyncParams, UpgradeParams, VerifyParams
 from dedup import StoreError, StoreStats, lock_backup, store_stats
 
 from .answers import raises
@@ -48,6 +48,11 @@ def store_router(appliance: Appliance) -> APIRouter:
     @router.post("/prune", response_model=JobOut, status_code=202, responses=SUBMIT_ERRORS)
     def prune_backups(caller: Caller, body: PruneParams) -> JobOut:
         return submit_job(appliance, caller, "store.prune", body)
+
+    @router.post("/upgrade", response_model=JobOut, status_code=202, responses=SUBMIT_ERRORS)
+    def upgrade(caller: Caller, body: UpgradeParams | None = None) -> JobOut:
+        """Move a format-1 store to format 2 in place, keeping every backup; resumes after an interruption."""
+        return submit_job(appliance, caller, "store.upgrade", body or UpgradeParams())
 
     @router.post("/sync", response_model=JobOut, status_code=202, responses=SUBMIT_ERRORS)
     def sync(caller: Caller, body: SyncParams) -> JobOut:

@@ -2,11 +2,12 @@
 from __future__ import annotations
 
 import typer
+from rich.table import Table
 
 from appliance.backups.options import DEFAULT_FULL_EVERY
 from appliance.units import human
 
-from .common import EXCLUDE_OPT, INCLUDE_OPT, JsonOpt, emit_json, out, print_table, reports_errors, state, table
+from .common import EXCLUDE_OPT, INCLUDE_OPT, JsonOpt, emit_json, out, reports_errors, state
 
 host_app = typer.Typer(help="Hosts besides this one: libvirt hosts (their domains) and ssh hosts (VMs run by "
                             "Cairn's agent).", no_args_is_help=True)
@@ -42,10 +43,10 @@ def host_list(as_json: bool = JsonOpt) -> None:
     if as_json:
         emit_json([h.to_dict() for h in hosts])
         return
-    listing = table("name", "kind", "uri", "options", wide=("options",))
+    table = Table("name", "kind", "uri", "options")
     for h in hosts:
-        listing.add_row(h.name, h.kind, h.uri, " ".join(f"{k}={v}" for k, v in h.options.items()))
-    print_table(listing)
+        table.add_row(h.name, h.kind, h.uri, " ".join(f"{k}={v}" for k, v in h.options.items()))
+    out.print(table)
 
 
 @host_app.command("remove")
@@ -64,11 +65,11 @@ def host_vms(name: str, as_json: bool = JsonOpt) -> None:
     if as_json:
         emit_json([v.to_dict() for v in vms])
         return
-    listing = table("name", "state", "vcpus", "memory", "disks", wide=("disks",), numbers=("vcpus", "memory"))
+    table = Table("name", "state", "vcpus", "memory", "disks")
     for d in vms:
-        listing.add_row(d.name, d.state, str(d.vcpus), f"{d.memory_mib} MiB",
-                        ", ".join(f"{k.target} ({k.format})" for k in d.disks))
-    print_table(listing)
+        table.add_row(d.name, d.state, str(d.vcpus), f"{d.memory_mib} MiB",
+                      ", ".join(f"{k.target} ({k.format})" for k in d.disks))
+    out.print(table)
 
 
 @host_app.command("start")
@@ -136,25 +137,22 @@ def host_restore(host: str, backup_id: str,
                  stop: bool = typer.Option(False, "--stop", help="With --over: shut the domain down first."),
                  verify: bool = typer.Option(True, "--verify/--no-verify", help="Read each disk back."),
                  as_json: bool = JsonOpt) -> None:
-    """Restore a libvirt domain's backup into libvirt on this machine: as a new domain (new name,
-    UUID, MACs and disk files) or over the domain it was taken of, all or nothing."""
-    from dataclasses import asdict
+    """Restore a libvirt domain's backup into a libvirt host: as a new domain (new name, UUID, MACs
+    and disk files) or over the domain it was taken of, all or nothing. Runs as a job on the domain."""
+    from appliance.jobs.params import LibvirtRestoreParams
 
-    from appliance.restores.libvirt import LibvirtRestoreService
+    from .follow import run_job
 
-    restores = LibvirtRestoreService(state.appliance.store, state.appliance.hosts)
-    if over and new_name is None:
-        done = restores.over_domain(host, backup_id, stop=stop, verify=verify)
-    elif not over and new_name is not None:
-        done = restores.as_new_domain(host, backup_id, new_name, directory, pool, start=start, verify=verify)
-    else:
-        raise ValueError("give --name (a new domain) or --over (replace the backed-up domain's disks)")
+    params = LibvirtRestoreParams.model_validate({"host": host, "backup_id": backup_id, "name": new_name,
+                                                  "directory": directory, "pool": pool, "start": start, "over": over,
+                                                  "stop": stop, "verify": verify})
+    done = run_job("restore.libvirt", params)
     if as_json:
-        emit_json(asdict(done))
+        emit_json(done)
         return
-    out.print(f"domain {done.domain} on {done.host} restored from {done.backup_id}: wrote {human(done.bytes_written)}"
-              + (", verified" if done.verified else ""))
-    for disk, path in done.disks.items():
-        out.print(f"  {disk}: {path}")
-    for note in done.notes:
-        out.print(f"  note: {note}")
+    out.print(f"domain {done['domain']} on {done['host']} restored from {done['backup_id']}: "
+              f"wrote {human(done['bytes_written'])}" + (", verified" if done["verified"] else ""), highlight=False)
+    for disk, path in done["disks"].items():
+        out.print(f"  {disk}: {path}", highlight=False)
+    for note in done["notes"]:
+        out.print(f"  note: {note}", highlight=False)

@@ -91,24 +91,23 @@ class LocalClient:
         return JobOut.model_validate(self.appliance.jobs.wait(job_id, timeout))
 
     def jobs(self, listing: Listing) -> Page[JobOut]:
+        from sqlalchemy import true
+
         from appliance.catalog.query import Total
-        from appliance.jobs.records import JobRecord
 
         total = Total()
-        with self.appliance.catalog() as s:
-            records = _query(listing).run(s, JobRecord, response=total)
-            return Page([JobOut.model_validate(r) for r in records], total.count)
+        records = self.appliance.jobs.page(_query(listing), true(), total)   # root: every job
+        return Page([JobOut.model_validate(r) for r in records], total.count)
 
     def job(self, job_id: str) -> JobOut:
         return JobOut.model_validate(self.appliance.jobs.get(job_id))
 
     def events(self, job_id: str | None, limit: int) -> list[EventOut]:
-        from appliance.catalog.query import ListQuery
-        from appliance.jobs.records import EventRecord
+        from sqlalchemy import true
 
         filters = [f"job_id:eq:{job_id}"] if job_id else []
-        with self.appliance.catalog() as s:
-            return [EventOut.model_validate(e) for e in ListQuery.parse(limit, 0, "-id", filters).run(s, EventRecord)]
+        query = _query(Listing(filters, "-id", limit))
+        return [EventOut.model_validate(e) for e in self.appliance.jobs.page_events(query, true())]
 
     # -- VMs -------------------------------------------------------------------------------------
 
@@ -233,13 +232,10 @@ class LocalClient:
         return PolicyService(self.appliance.catalog)
 
     def policies(self) -> list[PolicyOut]:
-        from sqlalchemy import select
-
-        from appliance.policies.records import PolicyRecord
+        from appliance.catalog.query import MAX_LIMIT
         from appliance.policies.service import policy_out
 
-        with self.appliance.catalog() as s:
-            return [policy_out(r) for r in s.scalars(select(PolicyRecord).order_by(PolicyRecord.name))]
+        return [policy_out(r) for r in self._policies().page(_query(Listing([], "name", MAX_LIMIT)))]
 
     def create_policy(self, policy: Policy) -> PolicyOut:
         from appliance.policies.service import policy_out

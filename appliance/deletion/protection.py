@@ -11,10 +11,11 @@ from datetime import datetime, timedelta
 from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, Field, model_validator
-from sqlalchemy import select
+from sqlalchemy import ColumnElement, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from appliance.catalog.base import utcnow
+from appliance.catalog.query import HasHeaders, ListQuery
 from appliance.errors import ConflictError, NotFoundError
 from appliance.policies.service import Clock
 
@@ -77,6 +78,12 @@ class DeletionService:
         self.kinds = {k.kind: k for k in kinds}
         self.defaults = defaults
         self.clock = clock
+
+    def page(self, query: ListQuery, where: ColumnElement[bool],
+             response: HasHeaders | None = None) -> list[RecycledRecord]:
+        """What the recycle bin holds that `query` asks for, among what `where` selects (the caller's)."""
+        with self.catalog() as s:
+            return query.run(s, RecycledRecord, select(RecycledRecord).where(where), response=response)
 
     def rules(self) -> dict[str, DeletionRule]:
         with self.catalog() as s:

@@ -23,11 +23,12 @@ from collections.abc import Mapping
 from typing import Any, cast
 
 from pydantic import BaseModel, ValidationError
-from sqlalchemy import CursorResult, Result, select, update
+from sqlalchemy import ColumnElement, CursorResult, Result, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from appliance.access.roles import Role
 from appliance.catalog.base import utcnow
+from appliance.catalog.query import HasHeaders, ListQuery
 from appliance.errors import CairnError, ConflictError, ForbiddenError, NotFoundError
 from appliance.process import RELEASED, alive, claim, ours
 
@@ -35,7 +36,16 @@ from . import claims
 from .events import EventLog
 from .plan import JobCancelled, JobKind, JobPlan, StepContext, Throttle
 from .queue import Capacity, ResourceQueues
-from .records import ACTIVE_STATES, FINISHED_STATES, HOLDING_STATES, JobRecord, JobState, Severity, StepState
+from .records import (
+    ACTIVE_STATES,
+    FINISHED_STATES,
+    HOLDING_STATES,
+    EventRecord,
+    JobRecord,
+    JobState,
+    Severity,
+    StepState,
+)
 
 log = logging.getLogger("cairn.jobs")
 PROGRESS_INTERVAL = 0.5   # seconds between progress writes to the catalog
@@ -110,6 +120,17 @@ class JobEngine:
             if rec is None:
                 raise NotFoundError(f"no job {job_id}")
             return rec
+
+    def page(self, query: ListQuery, where: ColumnElement[bool], response: HasHeaders | None = None) -> list[JobRecord]:
+        """The jobs `query` asks for among those `where` selects (the caller's visible ones)."""
+        with self.catalog() as s:
+            return query.run(s, JobRecord, select(JobRecord).where(where), response=response)
+
+    def page_events(self, query: ListQuery, where: ColumnElement[bool],
+                    response: HasHeaders | None = None) -> list[EventRecord]:
+        """The events `query` asks for among those `where` selects (the caller's visible ones)."""
+        with self.catalog() as s:
+            return query.run(s, EventRecord, select(EventRecord).where(where), response=response)
 
     def cancel(self, job_id: str) -> JobRecord:
         """A queued job is cancelled at once; a running one stops at its next step or progress report

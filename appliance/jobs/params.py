@@ -15,7 +15,7 @@ from appliance.backups.options import DEFAULT_FULL_EVERY, BackupOptions
 from appliance.backups.retention import RetentionCounts, RetentionRules
 from appliance.backups.selection import DiskSelection
 from appliance.names import Label
-from dedup import DEFAULT_GRACE, DEFAULT_REPACK_THRESHOLD
+from dedup import DEFAULT_BLOCK_SIZE, DEFAULT_GRACE, DEFAULT_PACK_SIZE, DEFAULT_REPACK_THRESHOLD, is_remote
 from vmm.spec import validate_vm_name
 
 # The name of a VM a job creates: checked as a definition would check it.
@@ -163,6 +163,35 @@ class DiskRestoreParams(DiskRestoreRequest, FromBackup):
     known_hosts: str | None = Field(default=None, description="known_hosts file for an ssh:// target")
 
 
+class LibvirtRestoreRequest(BaseModel):
+    """How to restore a libvirt domain's backup into a libvirt host (the body of POST
+    /hosts/{name}/restores): as a new domain (`name`, and `directory` or `pool` for its disks) or
+    over the domain it was taken of (`over`), all or nothing."""
+    model_config = ConfigDict(extra="forbid")
+    backup_id: str
+    name: str | None = Field(default=None, description="restore as a new domain of this name")
+    directory: str | None = Field(default=None, description="the new domain's disks go into this directory...")
+    pool: str | None = Field(default=None, description="...or into this storage pool (dir, fs or netfs)")
+    start: bool = Field(default=False, description="start the new domain once defined")
+    over: bool = Field(default=False, description="replace the disks of the domain backed up instead")
+    stop: bool = Field(default=False, description="with over: shut the domain down first")
+    verify: bool = Field(default=True, description="read each restored disk back")
+
+    @model_validator(mode="after")
+    def _new_or_over(self) -> Self:
+        if self.over == (self.name is not None):
+            raise ValueError("give name (a new domain) or over (replace the backed-up domain's disks)")
+        if self.name is not None and (self.directory is None) == (self.pool is None):
+            raise ValueError("a new domain's disks go into a directory or a storage pool: give one of them")
+        if self.directory is not None and not self.directory.startswith("/"):
+            raise ValueError(f"directory {self.directory!r} is not an absolute path on the host")
+        return self
+
+
+class LibvirtRestoreParams(LibvirtRestoreRequest, FromBackup):
+    host: str
+
+
 class RestoreAsNewParams(FromBackup):
     name: NewVMName = Field(description="the new VM's name")
     verify: bool = True
@@ -219,6 +248,13 @@ class GcParams(JobParams):
                                   description="repack a pack once this share of it is unreferenced")
 
 
+class UpgradeParams(JobParams):
+    """Move the store to format 2 in place (the sizes apply to a format-1 store only)."""
+    # The store's config checks the sizes (a power of two, in range): StoreConfigError, 422.
+    block_size: int = Field(default=DEFAULT_BLOCK_SIZE, gt=0, description="bytes per block of the format-2 store")
+    pack_size: int = Field(default=DEFAULT_PACK_SIZE, gt=0, description="bytes per pack of the format-2 store")
+
+
 class PruneParams(RetentionCounts, OnVM):
     """Prune the VM's backups by the keep rules (at least one; `dry_run`: only say what would go)."""
     dry_run: bool = False
@@ -227,10 +263,25 @@ class PruneParams(RetentionCounts, OnVM):
         return self.model_dump(include=set(RetentionCounts.model_fields))
 
 
+def _store_location(location: str | None) -> str | None:
+    """A store another than the appliance's: a URL, or a directory named from the root (a relative
+    one would land wherever the server happens to run), with no control characters."""
+    if location is None:
+        return None
+    if any(ord(c) < 32 or ord(c) == 127 for c in location):
+        raise ValueError("a store location holds no control characters")
+    if not is_remote(location) and not location.startswith("/"):
+        raise ValueError(f"store location {location!r}: an absolute directory or a URL (sftp://, rados://, s3://)")
+    return location
+
+
+StoreLocation = Annotated[str | None, AfterValidator(_store_location)]
+
+
 class SyncParams(JobParams):
     """What to copy where: to another store (push, target) or from one (pull, source)."""
-    target: str | None = Field(default=None, description="the store to copy into (push); default: this appliance's")
-    source: str | None = Field(default=None, description="the store to copy from (pull); default: this appliance's")
+    target: StoreLocation = Field(default=None, description="the store to copy into (push); default: this appliance's")
+    source: StoreLocation = Field(default=None, description="the store to copy from (pull); default: this appliance's")
     backups_of: list[str] = Field(default=[], description="copy the backups of these VMs only (default: all)")
     bandwidth: int | None = Field(default=None, ge=1, description="bytes per second at most (default: no limit)")
 
@@ -255,9 +306,11 @@ PARAMS: dict[str, type[JobParams]] = {
     "restore.new_vm": RestoreAsNewParams,
     "restore.over_vm": RestoreOverParams,
     "restore.instant": InstantRestoreParams,
+    "restore.libvirt": LibvirtRestoreParams,
     "vm.clone": CloneParams,
     "store.verify": VerifyParams,
     "store.gc": GcParams,
     "store.prune": PruneParams,
     "store.sync": SyncParams,
+    "store.upgrade": UpgradeParams,
 }

@@ -31,6 +31,7 @@ from appliance.backups.records import last_good_backup
 from appliance.backups.retention import RetentionRules
 from appliance.backups.selection import DiskSelection
 from appliance.catalog.base import utcnow
+from appliance.catalog.query import HasHeaders, ListQuery
 from appliance.errors import ConflictError, NotFoundError
 from appliance.jobs.params import SyncParams
 from appliance.vms.records import VMRecord, VMTagRecord
@@ -168,6 +169,10 @@ class PolicyService:
     def get(self, ref: str) -> PolicyRecord:
         with self.catalog() as s:
             return self._find(s, ref)
+
+    def page(self, query: ListQuery, response: HasHeaders | None = None) -> list[PolicyRecord]:
+        with self.catalog() as s:
+            return query.run(s, PolicyRecord, response=response)
 
     def delete(self, ref: str) -> PolicyRecord:
         with self.catalog.begin() as s:

@@ -102,11 +102,15 @@ def retention_step(app: Appliance, vm: str, rules: RetentionRules) -> Step:
 # -- a VM of a registered host ------------------------------------------------------------------------
 
 def host_vm_runs(app: Appliance, params: HostBackupParams) -> None:
-    """Other hosts' VMs are backed up while they run (libvirt's backup API, the agent's QEMU)."""
+    """Other hosts' VMs are backed up while they run (libvirt's backup API, the agent's QEMU), and
+    a libvirt domain's disk selection must leave a disk to read."""
     info = app.hosts.vm(params.host, params.vm)
     if info.state not in ACTIVE_STATES:
         raise ConflictError(f"VM {params.vm} on host {params.host} is {info.state}: VMs of other hosts are "
                             "backed up while they run; start it first")
+    # A selection that leaves no disk is a mistake the request can be told of now, not a job.
+    if app.hosts.get(params.host).kind == "libvirt":
+        params.disk_selection().choose(f"domain {params.vm}", info.disks)
 
 
 def host_backup_plan(app: Appliance, params: HostBackupParams) -> JobPlan:

@@ -1,7 +1,8 @@
-"""The store's upkeep as jobs: verify and GC on the store's resource, prune on the VM's.
+"""The store's upkeep as jobs: verify, GC and upgrade on the store's resource, prune on the VM's.
 
-Verify and GC change nothing a second run would not redo (GC re-marks), so one interrupted by
-a restart resumes; a prune removes backups for good and has no undo.
+Verify and GC change nothing a second run would not redo (GC re-marks), and an upgrade converts
+the backups still in format 1, so one interrupted by a restart resumes; a prune removes backups
+for good and has no undo.
 """
 from __future__ import annotations
 
@@ -11,10 +12,20 @@ from typing import TYPE_CHECKING, Any
 
 from appliance.access.roles import Role
 from appliance.backups.records import record_pruned, record_verification
-from dedup import GcReport, PruneReport, RetentionPolicy, VerifyReport, collect_garbage, prune, verify_store
+from dedup import (
+    GcReport,
+    PruneReport,
+    RetentionPolicy,
+    UpgradeReport,
+    VerifyReport,
+    collect_garbage,
+    prune,
+    upgrade_store,
+    verify_store,
+)
 from dedup.names import check_name
 
-from ..params import GcParams, PruneParams, VerifyParams
+from ..params import GcParams, PruneParams, UpgradeParams, VerifyParams
 from ..plan import JobKind, JobPlan, Step, StepContext
 from ..resources import store_resource, vm_resource
 from .common import dumped
@@ -29,10 +40,16 @@ def store_kinds(app: Appliance) -> dict[str, JobKind[Any]]:
         check_name("vm name", params.vm)
         RetentionPolicy(**params.rules())
 
+    def may_upgrade(params: UpgradeParams) -> None:
+        """Sizes the format-2 store takes (StoreConfigError says which), when they apply: to a format-1 store."""
+        if app.store.config.layout == 1:
+            app.store.config.upgraded(params.block_size, params.pack_size)
+
     return {
         "store.verify": JobKind(VerifyParams, lambda params: verify_plan(app, params)),
         "store.gc": JobKind(GcParams, lambda params: gc_plan(app, params)),
         "store.prune": JobKind(PruneParams, lambda params: prune_plan(app, params), may_prune),
+        "store.upgrade": JobKind(UpgradeParams, lambda params: upgrade_plan(app, params), may_upgrade),
     }
 
 
@@ -66,6 +83,18 @@ def gc_plan(app: Appliance, params: GcParams) -> JobPlan:
         ctx.result.update(dumped(GcReport, report))
 
     return JobPlan(store_resource(app), [Step("gc", gc)], after_interruption="resume", needs=Role.ADMIN)
+
+
+def upgrade_plan(app: Appliance, params: UpgradeParams) -> JobPlan:
+    """Each backup is converted whole or not at all and chunks/ goes last, so an interrupted
+    upgrade resumes with the backups still in format 1."""
+
+    async def upgrade(ctx: StepContext) -> None:
+        report = await asyncio.to_thread(upgrade_store, app.store, params.block_size, params.pack_size,
+                                         progress=lambda done, total: ctx.progress(done / total if total else 1.0))
+        ctx.result.update(dumped(UpgradeReport, report))
+
+    return JobPlan(store_resource(app), [Step("upgrade", upgrade)], after_interruption="resume", needs=Role.ADMIN)
 
 
 def prune_plan(app: Appliance, params: PruneParams) -> JobPlan:

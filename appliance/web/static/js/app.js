@@ -1,6 +1,6 @@
 // The console's shell: signing in and out, the session's end, and which page shows for the address.
 import { call, hooks, session } from "./api.js";
-import { may } from "./roles.js";
+import { loadRule, may } from "./roles.js";
 import { notify } from "./ui.js";
 import { accountPage } from "./pages/account.js";
 import { consolePage } from "./pages/console.js";
@@ -40,6 +40,13 @@ async function show() {
   const main = $("main");
   main.replaceChildren();
   if (!current) return;
+  try {
+    await loadRule();
+  } catch (e) {
+    notify(e.code ? `${e.code}: ${e.message}` : String(e), true);
+    return;
+  }
+  $("users-link").hidden = !may("GET", "/users");
   const route = ROUTES.find(([pattern]) => pattern.test(location.hash)) ?? ROUTES[0];
   // Names in the address are decoded; a query string stays as it is, for URLSearchParams.
   const params = Object.fromEntries(Object.entries(location.hash.match(route[0])?.groups ?? {})
@@ -69,7 +76,6 @@ function signedOut(message) {
 function signedIn() {
   const current = session.get();
   $("whoami").textContent = `${current.user.name} (${current.user.role})`;
-  $("users-link").hidden = !may("GET", "/users");
   clearTimeout(expiry);
   // setTimeout holds at most ~24 days; a session is far shorter.
   expiry = setTimeout(() => signedOut("Your session has expired: sign in again."),
