@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 # Any other error, of appliance/error_statuses.py's table or the API's (refused or failed: the
 # message says why), ends the command with status 1.
 EXIT_CODES: dict[str, int] = {
-    "ValueError": 2,                                  # the command line is not valid
+    "ValueError": 2, "ValidationError": 2,            # the command line (or a request made of it) is not valid
     "UnauthorizedError": 4, "NotSignedInError": 4,    # no token, or one that expired or was revoked
     "ForbiddenError": 5,                              # signed in, but the user's role does not allow it
     "UnreachableError": 6,                            # the appliance did not answer
@@ -47,11 +47,15 @@ def error_codes(e: BaseException) -> list[str]:
 
 
 def exit_code(e: BaseException) -> int:
-    """EXIT_CODES' status for the error; 1 for one it does not name and for the error table's
-    kinds (some of which are ValueErrors too: refused, not a command line to correct)."""
+    """EXIT_CODES' status for the error when it names the error itself; else 1 for the error
+    table's kinds (some are ValueErrors too, yet refusals: prune without a keep rule); else
+    EXIT_CODES' status for its nearest base it names; else 1."""
+    codes = error_codes(e)
+    if codes[0] in EXIT_CODES:
+        return EXIT_CODES[codes[0]]
     if not isinstance(e, CliError) and is_reported(e):
         return 1
-    return next((EXIT_CODES[name] for name in error_codes(e) if name in EXIT_CODES), 1)
+    return next((EXIT_CODES[name] for name in codes if name in EXIT_CODES), 1)
 
 
 def is_user_error(e: BaseException) -> bool:
