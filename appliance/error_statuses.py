@@ -29,6 +29,8 @@ TABLE: tuple[tuple[str, str, int], ...] = (
     ("vmm.hosts", "HostVMNotFoundError", 404),
     ("vmm.hosts", "HostVMStateError", 409),
     ("vmm.hosts", "HostUnreachableError", 502),    # the other host did not answer
+    ("vmm.fencing", "FenceError", 409),            # no proof yet that a silent host's VM stopped there
+    ("vmm.migration", "MigrationError", 409),      # not migrated: it runs on where it ran
     ("vmm.errors", "VMError", 400),                # anything else QEMU, qemu-img or `ip` refused
     # Snapshot trees (chain)
     ("chain.errors", "UnknownSnapshotError", 404),
@@ -48,6 +50,7 @@ TABLE: tuple[tuple[str, str, int], ...] = (
     ("dedup.errors", "StoreConfigError", 422),
     ("dedup.errors", "InvalidNameError", 422),
     ("dedup.errors", "RetentionRuleError", 422),
+    ("dedup.errors", "LockDateError", 422),       # a retention lock's date: no time zone, or not ahead
     ("dedup.errors", "StoreLocationError", 422),
     ("dedup.errors", "StoreBusyError", 409),
     ("dedup.errors", "BackupExistsError", 409),

@@ -181,7 +181,9 @@ def run(work: Path) -> None:
     finally:
         asyncio.run(appliance.vms.stop("bench", timeout=5, force=True))
 
-    rate = lambda seconds: data_bytes / seconds / MB
+    def rate(seconds: float) -> float:
+        return data_bytes / seconds / MB
+
     ceilings = {"nbdcopy export → null:": rate(t_copy), "zstd, all cores": rate(t_zstd),
                 "write stored bytes + fsync": rate(t_write)}
     lowest = min(ceilings.values())

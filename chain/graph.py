@@ -60,7 +60,7 @@ class BlockGraph:
 
     def chain(self, disk: str) -> list[BlockNode]:
         """The disk's root and the layers under it, top first."""
-        by_file = {}
+        by_file: dict[str, list[BlockNode]] = {}
         for node in self.nodes.values():
             by_file.setdefault(node.file, []).append(node)
         chain = [self.root(disk)]

@@ -71,7 +71,7 @@ async def take_snapshot(tree: VMTree, live: LiveChains | None, journal: Journal,
                 journal.record(tree, None)
                 raise
             if memory_file is not None:
-                await _save_memory(live, journal, tree, snap, intent)
+                await _save_memory(live, journal, tree, snap, memory_file, intent)
         finally:
             if paused:
                 await live.resume()
@@ -79,9 +79,10 @@ async def take_snapshot(tree: VMTree, live: LiveChains | None, journal: Journal,
     return snap
 
 
-async def _save_memory(live: LiveChains, journal: Journal, tree: VMTree, snap: Snapshot, intent: Intent) -> None:
+async def _save_memory(live: LiveChains, journal: Journal, tree: VMTree, snap: Snapshot, memory_file: str,
+                       intent: Intent) -> None:
     try:
-        await live.save_memory(snap.memory)
+        await live.save_memory(memory_file)
     except (ChainError, QMPCommandError) as err:
         snap.memory = None
         finish_recorded(tree, journal, intent)
@@ -187,7 +188,7 @@ async def _merge(tree: VMTree, live: LiveChains | None, merge: Merge, rate_limit
             if backing != node.file:
                 raise ChainError(f"{merge.disk}: {child.file} is backed by {backing}, expected {node.file} "
                                  f"(or {below} once pulled)")
-            if child.file in in_chains:
+            if live is not None and child.file in in_chains:
                 await live.pull(node.file, child.file, rate_limit)
             else:
                 await asyncio.to_thread(offline.pull, child.file, below, below_layer.backing_format)

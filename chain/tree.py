@@ -234,6 +234,8 @@ class VMTree:
         snapshots named "adopted-<id>"; the top becomes the active node. Nodes whose files
         are no longer in the chain or on disk are left to drop_nodes(). Returns notes.
         """
+        if not files:
+            raise TreeError(f"{disk}: no image file to adopt as its chain")
         by_file = {n.file: n for n in self.nodes.values() if n.disk == disk}
         known = [i for i, f in enumerate(files) if f in by_file]
         # Below the lowest file the model knows lies a base image Cairn does not manage.
@@ -243,12 +245,12 @@ class VMTree:
         for file in reversed(files):
             node = by_file.get(file)
             if node is None:
-                node = Node(new_id(), disk, file, None, now)
+                node = by_file[file] = Node(new_id(), disk, file, None, now)
                 self.nodes[node.id] = node
                 notes.append(f"{disk}: adopted {file}")
             node.parent = parent.id if parent else None
             parent = node
-        top = parent
+        top = by_file[files[0]]
         if top.snapshot is not None:
             self._detach(self.snapshots[top.snapshot], disk)
             top.snapshot = None

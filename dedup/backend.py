@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import BinaryIO, Protocol
+from typing import Protocol
 
 
 @dataclass(frozen=True)
@@ -36,6 +36,13 @@ class Entry:
     size: int
     mtime_ns: int
     is_dir: bool
+
+
+class NewFile(Protocol):
+    """What an atomic writer hands out: bytes are appended, nothing is read back or sought."""
+
+    def write(self, data: bytes, /) -> int:
+        """Append data; returns its length."""
 
 
 class Lock(Protocol):
@@ -56,7 +63,7 @@ class Backend(Protocol):
     def read_range(self, name: str, offset: int, length: int) -> bytes:
         """length bytes from offset (fewer only at the end of the file); FileNotFoundError if it does not exist."""
 
-    def atomic_writer(self, name: str) -> AbstractContextManager[BinaryIO]:
+    def atomic_writer(self, name: str) -> AbstractContextManager[NewFile]:
         """A file that replaces `name` (durably where the backend can) only if the block succeeds."""
 
     def make_dir(self, name: str) -> None:

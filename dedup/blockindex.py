@@ -113,8 +113,8 @@ class BlockIndex:
         for name in self._files.keys() - listed:
             del self._files[name]
         described: dict[str, tuple[int, tuple[PackRecord, ...]]] = {}
-        for packs in self._files.values():
-            described.update(packs)
+        for file_packs in self._files.values():
+            described.update(file_packs)
         packs: dict[str, PackInfo] = {}
         unindexed, unreadable = [], {}
         for name, entry in present.items():
@@ -155,6 +155,11 @@ class BlockIndex:
     def get(self, block_id: bytes) -> tuple[str, PackRecord] | None:
         """(pack, record) of a block, None if no pack holds it."""
         return self._by_id.get(block_id)
+
+    def pack_of(self, block_id: bytes) -> str | None:
+        """The pack the index finds a block in, None if no pack holds it."""
+        found = self._by_id.get(block_id)
+        return found[0] if found is not None else None
 
     def __contains__(self, block_id: bytes) -> bool:
         return block_id in self._by_id

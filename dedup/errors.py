@@ -136,6 +136,10 @@ class StoreMismatchError(StoreError):
     """A sync's target cannot take the source's blocks as they are: another block size or key."""
 
 
+class LockDateError(StoreError, ValueError):
+    """A retention lock's date is not one a lock takes: without a time zone, or not in the future."""
+
+
 class BackupLockedError(StoreError):
     """The backup is under a retention lock: it cannot be deleted, nor the lock shortened, before `until`."""
 

@@ -208,7 +208,8 @@ class _Collection:
         )
 
     def _mark(self) -> References:
-        progress = (lambda done, total: self.progress("mark", done, total)) if self.progress else None
+        report = self.progress
+        progress = (lambda done, total: report("mark", done, total)) if report else None
         refs = collect_references(self.store, progress)
         if refs.unreadable:
             listed = "; ".join(f"{u.vm}/{u.backup_id}: {u.error}" for u in refs.unreadable)
@@ -229,7 +230,7 @@ class _Collection:
             self.problems.append(f"pack {name} left alone: {why}")
         # Each live block keeps one copy: the one the index finds. Others (a block two writers
         # stored at once, an interrupted repack's) are dead weight.
-        keeper = {block_id: index.get(block_id)[0] for block_id in live if index.get(block_id) is not None}
+        keeper = {block_id: holder for block_id in live if (holder := index.pack_of(block_id)) is not None}
         packs = sorted((p for p in index.packs.values() if not p.trashed), key=lambda p: p.name)
         for done, pack in enumerate(packs, 1):
             live_records = [r for r in pack.records if keeper.get(r.block_id) == pack.name]
@@ -264,7 +265,7 @@ class _Collection:
                 try:
                     data = backend.read(pack_file(pack.name))
                     copies = [(r, data[r.offset:r.offset + r.stored_length]) for r in pack.records
-                              if r.block_id in live and index.get(r.block_id)[0] == pack.name]
+                              if r.block_id in live and index.pack_of(r.block_id) == pack.name]
                     for record, stored in copies:
                         self.store.blocks.codec.decode(stored, record.codec, record.block_id, record.plain_length)
                 except (OSError, ChunkCorruptError) as e:

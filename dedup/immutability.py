@@ -35,7 +35,7 @@ from datetime import UTC, datetime
 
 from .backend import Backend
 from .config import CONFIG_FILE
-from .errors import BackupLockedError, ManifestCorruptError
+from .errors import BackupLockedError, LockDateError, ManifestCorruptError
 from .manifest import MANIFEST_FILE, BackupManifest, format_time
 from .packs import pack_file
 from .references import References, mark_disk
@@ -49,9 +49,9 @@ def lock_backup(store: Store, backup_id: str, until: datetime, now: datetime | N
     """Lock the backup until `until` (or keep a later date it has); the date it is locked until."""
     now = now or datetime.now(UTC)
     if until.tzinfo is None:
-        raise ValueError(f"lock date {until.isoformat()} has no time zone")
+        raise LockDateError(f"lock date {until.isoformat()} has no time zone")
     if until <= now:
-        raise ValueError(f"lock date {format_time(until)} is not in the future")
+        raise LockDateError(f"lock date {format_time(until)} is not in the future")
     manifest = store.get_backup(backup_id)
     held = locked_until(store, manifest)
     if held is not None and held > until:

@@ -42,9 +42,9 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import BinaryIO, Literal
+from typing import Literal
 
-from .backend import Backend, join
+from .backend import Backend, NewFile, join
 from .codec import CODECS
 
 PACKS_DIR = "packs"
@@ -171,7 +171,7 @@ class _OpenPack:
     def __init__(self, backend: Backend, name: str) -> None:
         self.name = name
         backend.make_dir(pack_file(name).rsplit("/", 1)[0])
-        self.writer: AbstractContextManager[BinaryIO] = backend.atomic_writer(pack_file(name))
+        self.writer: AbstractContextManager[NewFile] = backend.atomic_writer(pack_file(name))
         self.file = self.writer.__enter__()
         self.file.write(HEADER.pack(MAGIC, VERSION, 0))
         self.size = FIRST_RECORD

@@ -59,9 +59,9 @@ from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, BinaryIO
+from typing import Any
 
-from .backend import Entry
+from .backend import Entry, NewFile
 from .errors import StoreError, StoreFullError, StoreUnreachableError
 from .locks import guarded_create_lock, guarded_try_lock
 
@@ -163,9 +163,9 @@ class RadosBackend:
         return self._read_file(name, offset, length)
 
     @contextmanager
-    def atomic_writer(self, name: str) -> Iterator[BinaryIO]:
+    def atomic_writer(self, name: str) -> Iterator[NewFile]:
         with self._new_file(name, exclusive=False) as f:
-            yield f  # type: ignore[misc]
+            yield f
 
     def make_dir(self, name: str) -> None:
         with self._errors(f"create directory {name}"):
@@ -468,7 +468,7 @@ class _Changed(Exception):
 
 
 class _ObjectWriter:
-    """The BinaryIO a file's bytes are written to: buffered into PART-sized asynchronous writes,
+    """The NewFile a file's bytes are written to: buffered into PART-sized asynchronous writes,
     at most IN_FLIGHT outstanding, so a pack writer's appends are memory copies, not round trips."""
 
     def __init__(self, backend: RadosBackend, obj: str) -> None:

@@ -54,9 +54,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
-from typing import Any, BinaryIO
+from typing import Any
 
-from .backend import Entry
+from .backend import Entry, NewFile
 from .errors import StoreError, StoreFullError, StoreUnreachableError
 from .locks import guarded_create_lock, guarded_try_lock
 
@@ -172,10 +172,10 @@ class S3Backend:
                 raise
 
     @contextmanager
-    def atomic_writer(self, name: str) -> Iterator[BinaryIO]:
+    def atomic_writer(self, name: str) -> Iterator[NewFile]:
         writer = _ObjectWriter(self, self._key(name))
         try:
-            yield writer  # type: ignore[misc]
+            yield writer
             writer.finish()
         except BaseException:
             writer.abandon()

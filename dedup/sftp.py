@@ -36,12 +36,11 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
 
 import paramiko
 from paramiko.sftp import CMD_EXTENDED
 
-from .backend import Entry
+from .backend import Entry, NewFile
 from .errors import StoreError, StoreUnreachableError
 
 LEASE_TTL = 120.0
@@ -120,7 +119,7 @@ class SftpBackend:
             return b"".join(f.readv([(offset, length)])) if length else b""
 
     @contextmanager
-    def atomic_writer(self, name: str) -> Iterator[BinaryIO]:
+    def atomic_writer(self, name: str) -> Iterator[NewFile]:
         final = self._path(name)
         directory, _, base = final.rpartition("/")
         temp = f"{directory}/.{base}.{secrets.token_hex(4)}.tmp"
@@ -128,7 +127,7 @@ class SftpBackend:
             f = sftp.open(temp, "wb")
             try:
                 f.set_pipelined(True)
-                yield f  # type: ignore[misc]
+                yield f
                 f.flush()
                 # The server handles one channel's requests in order: this follows the writes.
                 sftp._request(CMD_EXTENDED, "fsync@openssh.com", f.handle)

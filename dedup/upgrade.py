@@ -28,7 +28,7 @@ from .errors import StoreError
 from .gc import hold_gc_lock
 from .leases import WriterLease
 from .legacy import CHUNKS_DIR
-from .manifest import BackupManifest
+from .manifest import BackupManifest, ChunkIndexRef
 from .maps import MapEntry
 from .packs import PACKS_DIR
 from .store import DEFAULT_BLOCK_SIZE, DEFAULT_PACK_SIZE, BackupDir, DiskMap, Store
@@ -92,15 +92,18 @@ class _Converter:
                                 created=old.created, kind=old.kind, parent=None, checkpoint=old.checkpoint,
                                 vm_definition=old.vm_definition, workers=self.workers, rewrite=True)
         with session:
+            writers = []
             for disk in old.disks:
-                self._copy(session.disk(disk.name, disk.size), self.store.disk_map(old, disk))
+                writers.append(writer := session.disk(disk.name, disk.size))
+                self._copy(writer, self.store.disk_map(old, disk))
             sealed = session.seal()
             manifest = replace(sealed, parent=old.parent, notes=old.notes)
-            self.bytes_stored += sum(d.stats.bytes_stored + d.stats.metadata_stored for d in sealed.disks)
+            self.bytes_stored += sum(writer.bytes_stored for writer in writers)
             self._remember(manifest, old)
             session.publish(manifest)
         for disk in old.disks:
-            self.store.backend.remove(directory.file(disk.layout.index))
+            if isinstance(disk.layout, ChunkIndexRef):
+                self.store.backend.remove(directory.file(disk.layout.index))
 
     def _copy(self, writer: DiskWriter, disk_map: DiskMap) -> None:
         entries = list(disk_map.entries())

@@ -36,6 +36,7 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass
 from datetime import datetime
+from functools import partial
 from typing import TYPE_CHECKING, Any, Self
 
 from .blockindex import PackInfo, write_index_file
@@ -330,6 +331,11 @@ class DiskWriter:
     def bytes_read(self) -> int:
         return self._stats.bytes_read
 
+    @property
+    def bytes_stored(self) -> int:
+        """What this disk added to the store: blocks and map pages, record headers included."""
+        return self._stats.bytes_stored + self._stats.metadata_stored
+
     def record_read(self, nbytes: int) -> None:
         """Account bytes read from the source (put() cannot know: a caller may read only the
         allocated parts of a block)."""
@@ -353,7 +359,7 @@ class DiskWriter:
             if position == slot and piece_end == slot_end:
                 block = _Block()
                 self._changes.append(_Change(position, piece_end - position, block))
-                self._session._pipeline.submit(lambda piece=piece, block=block: self._store(piece, block))
+                self._session._pipeline.submit(partial(self._store, piece, block))
             else:
                 self._gather_piece(position, piece)
             position = piece_end

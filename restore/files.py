@@ -199,7 +199,8 @@ def _wait_for(path: Path, process: subprocess.Popen[bytes], timeout: float = 30.
     deadline = time.monotonic() + timeout
     while not path.exists():
         if process.poll() is not None:
-            raise FileRestoreError(f"nbdfuse exited: {process.stderr.read().decode(errors='replace').strip()}")
+            _, errors = process.communicate()
+            raise FileRestoreError(f"nbdfuse exited: {errors.decode(errors='replace').strip()}")
         if time.monotonic() > deadline:
             raise FileRestoreError(f"{path} did not appear within {timeout:.0f}s")
         time.sleep(0.05)

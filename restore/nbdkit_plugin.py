@@ -30,7 +30,6 @@ API_VERSION = 2
 CACHED_BLOCKS = 16
 
 _params: dict[str, str] = {}
-_disk = None
 
 
 class _Disk:
@@ -52,6 +51,15 @@ class _Disk:
             while len(self._cache) > CACHED_BLOCKS:
                 self._cache.popitem(last=False)
         return data
+
+
+_disk: _Disk | None = None  # config_complete() opens it: nbdkit calls nothing that reads before
+
+
+def _opened() -> _Disk:
+    if _disk is None:
+        raise RuntimeError("the backup is not open: config_complete() did not run")
+    return _disk
 
 
 def config(key: str, value: str) -> None:
@@ -80,7 +88,7 @@ def open(readonly: bool) -> int:  # the name nbdkit calls; shadows the builtin h
 
 
 def get_size(_handle: int) -> int:
-    return _disk.size
+    return _opened().size
 
 
 def can_write(_handle: int) -> bool:
@@ -100,13 +108,14 @@ def is_rotational(_handle: int) -> bool:
 
 
 def pread(_handle: int, buf: bytearray, offset: int, _flags: int) -> None:
+    disk = _opened()
     end = offset + len(buf)
     position = offset
     try:
-        for e in _disk.map.entries(offset, end):
+        for e in disk.map.entries(offset, end):
             if e.offset > position:
                 buf[position - offset:e.offset - offset] = bytes(e.offset - position)
-            block = _disk.block(e.block_id)
+            block = disk.block(e.block_id)
             buf[e.offset - offset:e.end - offset] = block[e.block_offset:e.block_offset + e.length]
             position = e.end
     except Exception as e:
@@ -118,10 +127,11 @@ def pread(_handle: int, buf: bytearray, offset: int, _flags: int) -> None:
 
 
 def extents(_handle: int, count: int, offset: int, _flags: int) -> list[tuple[int, int, int]]:
-    end = min(offset + count, _disk.size)
+    disk = _opened()
+    end = min(offset + count, disk.size)
     result = []
     position = offset
-    for e in _disk.map.entries(offset, end):
+    for e in disk.map.entries(offset, end):
         if e.offset > position:
             result.append((position, e.offset - position, nbdkit.EXTENT_HOLE | nbdkit.EXTENT_ZERO))
         if result and result[-1][2] == 0 and result[-1][0] + result[-1][1] == e.offset:

@@ -19,6 +19,7 @@ from ceph_cluster import ceph_cluster, ceph_s3  # noqa: F401  (Ceph for the RADO
 from fastapi.testclient import TestClient
 from guest.build import GuestImage, build_guest
 from guest.harness import BOOT_TIMEOUT, GuestVM, MiB
+from host_lab import lab  # noqa: F401  (hosts in network namespaces, for the host-pool tests)
 from sshd_server import sshd_server  # noqa: F401  (a fixture shared by remote-access tests)
 
 from appliance.access.roles import Role

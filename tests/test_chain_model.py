@@ -130,6 +130,15 @@ def test_adopting_a_real_chain_and_dropping_lost_layers():
     assert all(n.snapshot is not None or n.file in ("/d/X.qcow2", "/d/vdb.2.qcow2") for n in tree.nodes.values())
 
 
+def test_adopting_an_empty_chain_is_refused_and_changes_nothing():
+    b = Builder()
+    b.snap("a")
+    before = b.tree.to_dict()
+    with pytest.raises(TreeError, match="vda: no image file"):
+        b.tree.adopt_chain("vda", [], tick(9))
+    assert b.tree.to_dict() == before
+
+
 def test_a_merge_kind_chosen_earlier_is_kept_or_refused_when_the_shape_changed():
     b = Builder()
     b.snap("a")

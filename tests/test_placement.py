@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from vmm.placement import Host, PlacementError, SchedulingGroup, local_host, place
+from vmm.placement import Host, HostResources, PlacementError, SchedulingGroup, measure, place
 
 ROOM, FULL = 8192, 100   # free MiB of a host with room for the 1 GiB VM, and of a full one
 NEED = 1024
@@ -152,6 +152,9 @@ def test_invalid_groups_are_refused_clearly():
             SchedulingGroup("g", policy, enforcement, frozenset({"a"}), host_group).validate()  # type: ignore[arg-type]
 
 
-def test_local_host_reports_this_machine():
-    me = local_host()
+def test_this_machine_is_measured_and_its_guests_memory_counted_as_taken():
+    me = measure().as_host("local")
     assert me.name == "local" and me.free_memory_mib > 0 and me.cpus >= 1 and me.load >= 0
+    # 3 GiB available, guests still to take 1 GiB of what they were given: 2 GiB free; never below 0.
+    assert HostResources(3072, 4, 0.5).as_host("h", owed_mib=1024).free_memory_mib == 2048
+    assert HostResources(512, 4, 0.5).as_host("h", owed_mib=1024).free_memory_mib == 0

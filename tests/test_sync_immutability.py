@@ -79,6 +79,10 @@ def test_an_admin_cannot_delete_a_locked_backup_through_the_api(api_client, appl
     refused = api_client.delete(f"/api/v1/backups/{backup_id}")
     assert refused.status_code == 409 and "locked until" in refused.json()["error"]["message"]
     assert appliance.store.get_backup(backup_id)
+    # A date in the past, or without a zone, locks nothing: the request's fault, not the appliance's.
+    for when in [(datetime.now(UTC) - timedelta(days=1)).isoformat(), "2030-01-01T00:00:00"]:
+        answer = api_client.post(f"/api/v1/store/backups/{backup_id}/lock", json={"until": when})
+        assert answer.status_code == 422, answer.text
 
 
 def s3_client(cluster):

@@ -17,7 +17,8 @@ from libvirtd_server import libvirtd  # noqa: F401  (fixture)
 from appliance.errors import ConflictError
 from appliance.vms.imports import VMImports
 from vmm import create_disk
-from vmm.imports import ImportRefusedError, from_command_line
+from vmm.errors import DomainXMLError
+from vmm.imports import ImportRefusedError, from_command_line, from_domain
 
 HOST = "kvm1"
 CAIRN = str(Path(sys.executable).with_name("cairn"))
@@ -110,3 +111,22 @@ def test_a_qemu_command_line_runs_as_a_cairn_vm(appliance, guest_kernel, tmp_pat
     with pytest.raises(ImportRefusedError, match="-bios"):
         from_command_line(command + " -bios /usr/share/OVMF/OVMF_CODE.fd")
     assert [v.spec.name for v in appliance.vms.list()] == ["hand"]
+
+
+def test_a_definition_missing_what_libvirt_always_writes_or_a_bad_size_is_refused_clearly():
+    disk = "<disk type='file' device='disk'><driver type='qcow2'/><target dev='vda' bus='virtio'/>{}</disk>"
+    domain = ("<domain type='kvm'><name>odd</name><memory unit='{}'>{}</memory>{}"
+              "<devices>{}</devices></domain>")
+    bios = "<os><type machine='q35'>hvm</type></os>"
+    with pytest.raises(DomainXMLError, match="no os in its <domain>"):
+        from_domain(domain.format("KiB", "524288", "", ""))
+    with pytest.raises(DomainXMLError, match="no target in its <disk>"):
+        from_domain(domain.format("KiB", "524288", bios, "<disk type='file'><source file='/i/a.qcow2'/></disk>"))
+    with pytest.raises(ImportRefusedError, match="disk vda has no source"):
+        from_domain(domain.format("KiB", "524288", bios, disk.format("")))
+    with pytest.raises(ImportRefusedError, match="memory size 'lots' is not a whole number"):
+        from_domain(domain.format("KiB", "lots", bios, disk.format("<source file='/i/a.qcow2'/>")))
+    assert from_domain(domain.format("KiB", "524288", bios, disk.format("<source file='/i/a.qcow2'/>"))
+                       ).spec.memory_mib == 512
+    with pytest.raises(ImportRefusedError, match="-m lots: give the memory as a whole number"):
+        from_command_line("qemu-system-x86_64 -name odd -m lots -drive file=/i/a.qcow2,format=qcow2")

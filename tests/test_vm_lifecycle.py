@@ -133,7 +133,7 @@ def test_a_tampered_image_is_refused_before_use(api_client, appliance, guest_ker
     assert api_client.get("/api/v1/vms/a").json()["state"] == "stopped"
 
 
-def test_bad_definitions_get_clear_errors_and_change_nothing(api_client, guest_kernel):
+def test_bad_definitions_get_clear_errors_and_change_nothing(api_client, appliance, guest_kernel):
     cases = [
         ({"name": "Bad Name", "disks": ["16M"]}, 422, "invalid VM name"),
         ({"name": "x", "disks": ["16M"], "boot": ["cdrom"]}, 422, "boot from cdrom"),
@@ -151,6 +151,11 @@ def test_bad_definitions_get_clear_errors_and_change_nothing(api_client, guest_k
     assert [v["name"] for v in api_client.get("/api/v1/vms").json()] == []
     r = api_client.put("/api/v1/vms/none/ha", json={"enabled": True})
     assert r.status_code == 404
+    appliance.vms.create("hacfg", [16 << 20])
+    for body in [{"enabled": True, "max_restarts": True}, {"enabled": True, "window_seconds": "60"},
+                 {"enabled": True, "max_restarts": 0}]:
+        r = api_client.put("/api/v1/vms/hacfg/ha", json=body)
+        assert r.status_code == 422, (body, r.text)   # a count is a number, not a yes
 
 
 @needs_xorriso

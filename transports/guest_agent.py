@@ -67,11 +67,17 @@ class GuestAgent:
             raise GuestAgentError(f"{cmd}: {reply['error'].get('desc', reply['error'])}")
         return reply.get("return")
 
+    def _streams(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        if self._reader is None or self._writer is None:
+            raise GuestAgentError(f"not connected to the guest agent at {self.socket}: open() it first")
+        return self._reader, self._writer
+
     async def _sync(self) -> None:
         token = random.randrange(1, 2**31)
         await self._send("guest-sync-delimited", {"id": token})
+        reader, _ = self._streams()
         try:
-            await asyncio.wait_for(self._reader.readuntil(DELIMITER), self.timeout)
+            await asyncio.wait_for(reader.readuntil(DELIMITER), self.timeout)
         except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError) as e:
             raise GuestAgentError(f"the guest agent did not answer guest-sync: {e or 'timeout'}") from e
         while (await self._reply()).get("return") != token:
@@ -81,15 +87,17 @@ class GuestAgent:
         message: dict[str, Any] = {"execute": cmd}
         if args is not None:
             message["arguments"] = args
-        self._writer.write(json.dumps(message).encode() + b"\n")
+        _, writer = self._streams()
+        writer.write(json.dumps(message).encode() + b"\n")
         try:
-            await asyncio.wait_for(self._writer.drain(), self.timeout)
+            await asyncio.wait_for(writer.drain(), self.timeout)
         except (OSError, TimeoutError) as e:
             raise GuestAgentError(f"{cmd}: cannot write to the guest agent: {e or 'timeout'}") from e
 
     async def _reply(self) -> dict[str, Any]:
+        reader, _ = self._streams()
         try:
-            line = await asyncio.wait_for(self._reader.readline(), self.timeout)
+            line = await asyncio.wait_for(reader.readline(), self.timeout)
         except TimeoutError as e:
             raise GuestAgentError(f"no reply from the guest agent within {self.timeout:g}s") from e
         if not line:

@@ -39,10 +39,8 @@ def ingest_disk(source: NbdSource, sink: BlockSink, incremental: bool,
                 progress: Callable[[int, int], None] | None = None) -> IngestStats:
     """`progress(done, total)` counts bytes read. Full: every byte. Incremental: what the bitmap marks
     dirty and what the sink must have again; every other byte keeps the parent's extent."""
-    if incremental:
-        wanted = merge([*source.dirty_extents(), *(Extent(o, n) for o, n in sink.must_read())])
-    else:
-        wanted = [Extent(0, source.size)]
+    wanted = (merge([*source.dirty_extents(), *(Extent(o, n) for o, n in sink.must_read())]) if incremental
+              else [Extent(0, source.size)])
     data = merge(source.data_extents())
     total = sum(e.length for e in intersect(data, wanted))
     stats = IngestStats(bytes_wanted=sum(e.length for e in wanted))

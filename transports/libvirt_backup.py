@@ -315,5 +315,5 @@ class LibvirtPullExport:
     def _exports(self) -> dict[str, tuple[str, str | None]]:
         """disk -> (NBD export name, the dirty bitmap it publishes) as libvirt chose them."""
         desc = ET.fromstring(self.dom.backupGetXMLDesc(0))
-        return {d.get("name"): (d.get("exportname") or d.get("name"), d.get("exportbitmap"))
+        return {d.attrib["name"]: (d.get("exportname") or d.attrib["name"], d.get("exportbitmap"))
                 for d in desc.iterfind("./disks/disk[@backup='yes']")}

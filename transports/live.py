@@ -54,7 +54,7 @@ class LiveExport(ABC):
 
     def __init__(self, disks: list[str], checkpoint: str, since: dict[str, Checkpoint | None],
                  full: Collection[str] = (), quiesce: Quiesce | None = None):
-        self.qmp: QMP | None = None
+        self._qmp: QMP | None = None  # the session open() or close() was given
         self.disks = disks
         self.checkpoint = checkpoint
         self.expected = dict(since)
@@ -105,10 +105,17 @@ class LiveExport(ABC):
 
     # -- the shared part -----------------------------------------------------------------------
 
+    @property
+    def qmp(self) -> QMP:
+        """The QMP session of the open() or close() under way."""
+        if self._qmp is None:
+            raise ExportError("the export has no QMP session: open() or close() it first")
+        return self._qmp
+
     async def open(self, qmp: QMP) -> list[DiskPoint]:
         """Freeze the disks at one instant. The caller guarantees no other backup of this VM runs:
         whatever an earlier, interrupted one left behind is cleared first."""
-        self.qmp = qmp
+        self._qmp = qmp
         roots = await self._root_nodes()
         missing = [d for d in self.disks if d not in roots]
         if missing:
@@ -132,7 +139,7 @@ class LiveExport(ABC):
 
     async def close(self, qmp: QMP, success: bool) -> None:
         """Tear the export down; keep the checkpoint bitmaps right for the next backup."""
-        self.qmp = qmp
+        self._qmp = qmp
         try:
             await self._unpublish()
             if self._started:
@@ -196,18 +203,18 @@ class LiveExport(ABC):
 
     def _check_since(self, roots: dict[str, dict[str, Any]], points: dict[str, DiskPoint]) -> None:
         for d in self.disks:
-            wanted, driver = self.since.get(d), roots[d]["driver"]
+            wanted, known, driver = self.since.get(d), self.expected.get(d), roots[d]["driver"]
             if driver != "qcow2":
                 # Only qcow2 stores bitmaps; on any other image (raw files, block devices) QEMU
                 # keeps this one in memory, for as long as it runs.
                 self._volatile.add(d)
             self._tracked.add(d)
             points[d].checkpoint = self.checkpoint
-            if not wanted:
+            if not wanted or known is None:
                 self.since[d] = None
                 continue
             bitmaps = {b["name"]: b for b in roots[d]["bitmaps"] if "name" in b}
-            problem = None if d in self.full else checkpoint_problem(bitmaps, roots[d]["chain"], self.expected[d],
+            problem = None if d in self.full else checkpoint_problem(bitmaps, roots[d]["chain"], known,
                                                                      persistent=d not in self._volatile)
             if problem or d in self.full:
                 self.since[d] = None

@@ -105,11 +105,13 @@ class OfflineExport:
         repair = plan_bitmap_repair(state.bitmaps, base)
         if not repair.needed:
             return state
-        for name in repair.merge:
-            qemu_img("bitmap", "--merge", name, path, base)
+        # Without a base the plan merges into nothing and enables nothing.
+        if base is not None:
+            for name in repair.merge:
+                qemu_img("bitmap", "--merge", name, path, base)
         for name in repair.remove:
             qemu_img("bitmap", "--remove", path, name)
-        if repair.enable_base:
+        if base is not None and repair.enable_base:
             qemu_img("bitmap", "--enable", path, base)
         self.notes.append(repair.describe(disk, base))
         return image_state(path)
@@ -124,8 +126,9 @@ class OfflineExport:
             self.since[disk] = None
             return point
         problem = None
-        if wanted and disk not in self.full:
-            problem = checkpoint_problem(state.bitmaps, state.chain, self.expected[disk])
+        known = self.expected.get(disk)  # whose bitmap `wanted` is
+        if wanted and known is not None and disk not in self.full:
+            problem = checkpoint_problem(state.bitmaps, state.chain, known)
         if wanted and (problem or disk in self.full):
             if problem:
                 point.fallback_reason = f"{disk}: {problem}; full read"

@@ -45,7 +45,8 @@ class QemuNbd:
         deadline = time.monotonic() + START_TIMEOUT
         while not ready.exists():
             if self._server.poll() is not None:
-                raise ExportError(f"qemu-nbd could not export {image}: {self._server.stderr.read().decode().strip()}")
+                _, errors = self._server.communicate()
+                raise ExportError(f"qemu-nbd could not export {image}: {errors.decode().strip()}")
             if time.monotonic() > deadline:
                 self.stop()
                 raise ExportError(f"qemu-nbd did not start for {image}")
@@ -70,7 +71,8 @@ class QemuNbd:
                 except subprocess.TimeoutExpired:
                     pass
         finally:
-            self._server.stderr.close()
+            if self._server.stderr is not None:  # the pipe start() asked for
+                self._server.stderr.close()
 
 
 def qemu_img(*args: str) -> str:

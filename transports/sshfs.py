@@ -51,7 +51,9 @@ class SshfsMount:
         self.path = Path(tempfile.mkdtemp(prefix="cairn-sshfs-"))
         holding.remove(self.path)
         remote = f"{endpoint.user}@{endpoint.host}:{endpoint.directory}"
-        self._errors = tempfile.TemporaryFile()
+        # sshfs writes its complaints here for as long as the mount lives (a pipe nobody reads
+        # would fill and stall it); _stop() reads and closes it: no `with` can span that.
+        self._errors = tempfile.TemporaryFile()  # noqa: SIM115
         self._sshfs = holding.spawn(["sshfs", "-f", *endpoint.ssh_options(), remote, str(self.path)],
                                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=self._errors)
         holding.unmount(self.path)

@@ -16,10 +16,13 @@ KVM_PVM_MODULE = "/sys/module/kvm_pvm"
 KVM_GET_API_VERSION = 0xAE00
 KVM_API_VERSION = 12
 
+AccelName = Literal["kvm", "tcg"]
+ACCEL_NAMES: tuple[AccelName, ...] = ("kvm", "tcg")
+
 
 @dataclass(frozen=True)
 class Accel:
-    name: Literal["kvm", "tcg"]
+    name: AccelName
     reason: str
 
     def qemu_args(self) -> list[str]:
@@ -32,9 +35,9 @@ def detect_accel() -> Accel:
     """KVM if /dev/kvm answers the KVM API and is not kvm_pvm; CAIRN_ACCEL=tcg|kvm overrides."""
     forced = os.environ.get("CAIRN_ACCEL", "").strip()
     if forced:
-        if forced not in ("kvm", "tcg"):
+        if forced not in ACCEL_NAMES:
             raise AccelError(f"CAIRN_ACCEL={forced!r}: expected 'kvm' or 'tcg'")
-        return Accel(forced, f"forced by CAIRN_ACCEL={forced}")  # type: ignore[arg-type]
+        return Accel(forced, f"forced by CAIRN_ACCEL={forced}")
     if os.path.exists(KVM_PVM_MODULE):
         return Accel("tcg", f"{KVM_DEVICE} is provided by kvm_pvm (nested paravirtual KVM, "
                             f"{KVM_PVM_MODULE} exists), which cannot boot a stock guest kernel")

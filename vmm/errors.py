@@ -13,6 +13,10 @@ class VMSpecError(VMError, ValueError):
     """A VMSpec/DiskSpec (or a VM name) is invalid."""
 
 
+class DomainXMLError(VMSpecError):
+    """A libvirt domain definition lacks an element or attribute libvirt always writes."""
+
+
 class AccelError(VMError):
     """CAIRN_ACCEL names an accelerator vmm does not know."""
 

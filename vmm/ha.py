@@ -1,10 +1,21 @@
-"""High availability: restart a VM whose QEMU died, unless it keeps dying.
+"""High availability: restart a VM whose QEMU died, on its host or on another one, unless it
+keeps dying, and never while it may still run.
 
-The supervisor polls QemuDriver.status() (cheap: a pidfile and /proc), which tells a crash
-(QEMU gone while meant to run: SIGKILL, segfault, OOM killer) from a stop or a guest poweroff,
-so a VM someone shuts down on purpose stays down. A VM that crashes more than `max_restarts`
-times within `window_seconds` is flapping: restarting it again would only repeat the crash, so
-the supervisor gives up on it and reports that once.
+Each round the supervisor asks where every HA VM stands (HAHooks.survey, one question per
+host), and acts on the answer (Health):
+
+  RUNNING    its QEMU runs (or is paused) on its host: nothing to do.
+  STOPPED    stopped on purpose, or by its guest (QemuDriver tells a crash from a stop, so a
+             VM someone shuts down stays down).
+  CRASHED    its host answered and the QEMU is gone while meant to run (SIGKILL, segfault, OOM
+             killer): that answer is the proof it no longer runs, and it is restarted.
+  HOST_DOWN  its host does not answer, so whether its QEMU runs is unknown. Once the host has
+             been silent for `down_after` seconds (a network hiccup must not move VMs), the
+             VM is fenced (HAHooks.fence, vmm/fencing.py) and only then restarted on another
+             host. Without a proof it waits, reported once, and is tried again every round.
+
+A VM restarted more than `max_restarts` times within `window_seconds` is flapping: restarting
+it again would only repeat the crash, so the supervisor gives up on it and reports that once.
 """
 
 from __future__ import annotations
@@ -14,13 +25,30 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass
+from enum import Enum
 
-from .errors import VMBusyError
-from .qemu import QemuDriver
+from .errors import VMBusyError, VMError
+from .fencing import Fenced, FenceProof
 
 log = logging.getLogger("cairn.ha")
+
+# Seconds a host must stay silent before its VMs are fenced and restarted elsewhere.
+DOWN_AFTER = 10.0
+
+
+class Health(Enum):
+    RUNNING = "running"
+    STOPPED = "stopped"
+    CRASHED = "crashed"
+    HOST_DOWN = "host-down"
+
+
+@dataclass(frozen=True)
+class VMHealth:
+    state: Health
+    host: str     # where the VM runs, or last ran
 
 
 @dataclass(frozen=True)
@@ -56,20 +84,27 @@ class FlapGuard:
 class HAHooks:
     """What the supervisor needs from whoever owns the VMs."""
 
-    watched: Callable[[], Mapping[str, RestartLimit]]     # VMs with HA on, and their limits
-    restart: Callable[[str], Awaitable[object]]            # start the VM again
-    restarted: Callable[[str, int], None]                  # VM, how many restarts in the window
-    gave_up: Callable[[str, str], None]                    # VM, why
+    watched: Callable[[], Mapping[str, RestartLimit]]       # VMs with HA on, and their limits
+    survey: Callable[[Collection[str]], Awaitable[Mapping[str, VMHealth]]]   # where they stand
+    fence: Callable[[str, str], Awaitable[Fenced]]          # VM, its silent host: the proof, or a VMError
+    restart: Callable[[str, Collection[str]], Awaitable[object]]   # start it, on none of these hosts
+    restarted: Callable[[str, int, Fenced], None]           # VM, restarts in the window, the proof
+    waiting: Callable[[str, str], None]                     # VM, why it cannot be restarted yet
+    gave_up: Callable[[str, str], None]                     # VM, why
 
 
 class HASupervisor:
     """A daemon thread running check() every `interval` seconds until stop()."""
 
-    def __init__(self, driver: QemuDriver, hooks: HAHooks, interval: float = 1.0):
-        self.driver = driver
+    def __init__(self, hooks: HAHooks, interval: float = 1.0, down_after: float = DOWN_AFTER,
+                 clock: Callable[[], float] = time.monotonic):
         self.hooks = hooks
         self.interval = interval
-        self.guard = FlapGuard()
+        self.down_after = down_after
+        self.guard = FlapGuard(clock)
+        self._clock = clock
+        self._silent_since: dict[str, float] = {}   # host -> when it was first found silent
+        self._waiting: set[str] = set()             # VMs whose wait was reported
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -86,25 +121,53 @@ class HASupervisor:
             self._thread = None
 
     async def check(self) -> None:
-        """One round: restart every crashed HA VM that has restarts left."""
-        for name, limit in self.hooks.watched().items():
-            if self.driver.status(name).state != "crashed":
+        """One round: restart every HA VM that is proven down and has restarts left."""
+        watched = self.hooks.watched()
+        health = await self.hooks.survey(list(watched)) if watched else {}
+        silent = {h.host for h in health.values() if h.state is Health.HOST_DOWN}
+        now = self._clock()
+        self._silent_since = {host: self._silent_since.get(host, now) for host in silent}
+        for name, limit in watched.items():
+            vm = health.get(name)
+            if vm is None or vm.state in (Health.RUNNING, Health.STOPPED):
+                self._waiting.discard(name)
                 continue
-            count = self.guard.admit(name, limit)
-            if count is None:
-                self.guard.forget(name)
-                self.hooks.gave_up(name, f"crashed more than {limit.max_restarts} times within "
-                                         f"{limit.window_seconds:g} s; not restarting it again")
+            if vm.state is Health.HOST_DOWN and now - self._silent_since[vm.host] < self.down_after:
                 continue
-            try:
-                await self.hooks.restart(name)
-            except VMBusyError:
-                continue  # someone is starting or stopping it right now: look again next round
-            except Exception as err:
-                self.guard.forget(name)
-                self.hooks.gave_up(name, f"restart failed: {err}")
-                continue
-            self.hooks.restarted(name, count)
+            fenced = await self._fence(name, vm)
+            if fenced is not None:
+                await self._restart(name, limit, fenced)
+
+    async def _fence(self, name: str, vm: VMHealth) -> Fenced | None:
+        if vm.state is Health.CRASHED:
+            return Fenced(name, vm.host, FenceProof.QEMU_GONE)
+        try:
+            return await self.hooks.fence(name, vm.host)
+        except VMError as err:
+            if name not in self._waiting:
+                self._waiting.add(name)
+                self.hooks.waiting(name, str(err))
+            return None
+
+    async def _restart(self, name: str, limit: RestartLimit, fenced: Fenced) -> None:
+        count = self.guard.admit(name, limit)
+        if count is None:
+            self.guard.forget(name)
+            self.hooks.gave_up(name, f"crashed more than {limit.max_restarts} times within "
+                                     f"{limit.window_seconds:g} s; not restarting it again")
+            return
+        # A VM whose host went silent restarts elsewhere: that host is fenced, not back.
+        avoid = (fenced.host,) if fenced.proof is FenceProof.LOCKS_FREE else ()
+        try:
+            await self.hooks.restart(name, avoid)
+        except VMBusyError:
+            return  # someone is starting or stopping it right now: look again next round
+        except Exception as err:
+            self.guard.forget(name)
+            self.hooks.gave_up(name, f"restart failed: {err}")
+            return
+        self._waiting.discard(name)
+        self.hooks.restarted(name, count, fenced)
 
     def _run(self) -> None:
         async def loop() -> None:

@@ -20,7 +20,7 @@ import shlex
 from dataclasses import dataclass, field
 
 from .errors import VMSpecError
-from .libvirt_xml import disk_of, parse
+from .libvirt_xml import child, disk_of, parse
 from .spec import MAC_RE, DiskSpec, NicSpec, VMSpec, random_mac, validate_vm_name
 
 DISK_NAMES = [f"vd{c}" for c in "abcdefghijklmnopqrstuvwxyz"]
@@ -44,6 +44,8 @@ def _mib(amount: str, unit: str) -> int:
     factor = _MEMORY_UNITS.get(unit.lower())
     if factor is None:
         raise ImportRefusedError(f"memory unit {unit!r} is unknown")
+    if not amount.strip().isdecimal():
+        raise ImportRefusedError(f"memory size {amount!r} is not a whole number")
     return int(amount) * factor // (1 << 20)
 
 
@@ -56,8 +58,8 @@ def _mac(mac: str | None, nic: str, notes: list[str]) -> str:
 
 
 def _profile(buses: list[str], notes: list[str]) -> str:
-    profiles = {_BUS_PROFILES.get(b) for b in buses}
-    if None in profiles or len(profiles) > 1:
+    profiles = {_BUS_PROFILES[b] for b in buses if b in _BUS_PROFILES}
+    if not set(buses) <= _BUS_PROFILES.keys() or len(profiles) > 1:
         raise ImportRefusedError(f"disk buses {', '.join(sorted(set(buses)))}: a Cairn VM has all its disks on "
                                  "virtio (profile modern) or all on IDE/SATA (profile legacy)")
     return profiles.pop() if profiles else "modern"
@@ -69,15 +71,15 @@ def from_domain(xml: str, name: str | None = None) -> Imported:
     """A VMSpec like the libvirt domain (its inactive XML), named `name` or as the domain is."""
     root = parse(xml)
     notes: list[str] = []
-    os_ = root.find("os")
+    os_ = child(root, "os")
     if os_.get("firmware") == "efi" or os_.find("loader") is not None:
         raise ImportRefusedError("the domain boots with UEFI firmware; Cairn's VMs boot with the machine's BIOS")
-    memory = root.find("memory")
+    memory = child(root, "memory")
     disks: list[DiskSpec] = []
     buses: list[str] = []
     cdrom: str | None = None
     for element in root.iterfind("./devices/disk"):
-        disk, bus = disk_of(element), element.find("target").get("bus", "virtio")
+        disk, bus = disk_of(element), child(element, "target").get("bus", "virtio")
         if disk.device in ("cdrom", "floppy"):
             if disk.device == "cdrom" and cdrom is None and disk.path:
                 cdrom = disk.path
@@ -87,6 +89,8 @@ def from_domain(xml: str, name: str | None = None) -> Imported:
         if disk.kind not in ("file", "block") or disk.format not in ("qcow2", "raw"):
             raise ImportRefusedError(f"disk {disk.target} is a {disk.kind} disk in {disk.format}: Cairn's VMs open "
                                      "qcow2 and raw image files and block devices")
+        if disk.path is None:
+            raise ImportRefusedError(f"disk {disk.target} has no source: give it its image file or device")
         if disk.readonly:
             raise ImportRefusedError(f"disk {disk.target} is read-only: Cairn's VMs write every disk they have; "
                                      "detach it from the domain first")
@@ -97,7 +101,8 @@ def from_domain(xml: str, name: str | None = None) -> Imported:
     nics = []
     for index, element in enumerate(root.iterfind("./devices/interface")):
         nic = f"net{index}"
-        mac = _mac(element.find("mac").get("address") if element.find("mac") is not None else None, nic, notes)
+        mac_element = element.find("mac")
+        mac = _mac(mac_element.get("address") if mac_element is not None else None, nic, notes)
         source = element.find("source")
         if element.get("type") == "bridge" and source is not None and source.get("bridge"):
             nics.append(NicSpec(nic, "bridge", mac, bridge=source.get("bridge")))
@@ -106,14 +111,14 @@ def from_domain(xml: str, name: str | None = None) -> Imported:
                 else f"a {element.get('type')} interface")
         notes.append(f"{nic} was on {what}: it gets user-mode networking (a host bridge keeps it on its network)")
         nics.append(NicSpec(nic, "user", mac))
-    boot = list(dict.fromkeys(_BOOT[b.get("dev")] for b in os_.iterfind("boot") if b.get("dev") in _BOOT))
+    boot = list(dict.fromkeys(_BOOT[dev] for b in os_.iterfind("boot") if (dev := b.get("dev", "")) in _BOOT))
     spec = VMSpec(
-        name=validate_vm_name(name or root.findtext("name")),
-        memory_mib=_mib(memory.text, memory.get("unit", "KiB")),
+        name=validate_vm_name(name or root.findtext("name") or ""),
+        memory_mib=_mib(memory.text or "", memory.get("unit", "KiB")),
         vcpus=int(root.findtext("vcpu", "1")),
         disks=disks,
         kernel=os_.findtext("kernel"), initrd=os_.findtext("initrd"), append=os_.findtext("cmdline"),
-        machine=os_.find("type").get("machine", "q35"),
+        machine=child(os_, "type").get("machine", "q35"),
         profile=_profile(buses, notes),
         nics=nics, cdrom=cdrom,
         boot=[b for b in boot if b != "cdrom" or cdrom] if os_.findtext("kernel") is None else [],
@@ -198,7 +203,10 @@ def from_command_line(command: str | list[str], name: str | None = None) -> Impo
     disks, buses, cdrom = _command_line_disks(values, notes)
     nics = _command_line_nics(values, notes)
     size = _last(values, "-m", default="128M", key="size")
-    amount, unit = re.fullmatch(r"(\d+)([A-Za-z]*)", size).groups()
+    sized = re.fullmatch(r"(\d+)([A-Za-z]*)", size)
+    if sized is None:
+        raise ImportRefusedError(f"-m {size}: give the memory as a whole number and a unit (512M, 2G)")
+    amount, unit = sized.groups()
     boot = list(dict.fromkeys({"c": "disk", "d": "cdrom", "n": "network"}[c]
                               for c in _last(values, "-boot", key="order") if c in "cdn"))
     spec = VMSpec(

@@ -153,7 +153,10 @@ class LibvirtHost:
             if root.get("type") not in ("dir", "fs", "netfs"):
                 raise HostError(f"storage pool {pool} is a {root.get('type')} pool: disks are restored as files, "
                                 "into a dir, fs or netfs pool")
-            return root.findtext("./target/path")
+            path = root.findtext("./target/path")
+            if not path:
+                raise HostError(f"storage pool {pool} names no target path to restore disks into")
+            return path
 
     def refresh_pool(self, pool: str) -> None:
         with self.connect() as conn:

@@ -15,11 +15,28 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 from collections.abc import Collection
 
+from .errors import DomainXMLError
 from .hosts import HostDisk
 
 
 def parse(xml: str) -> ET.Element:
     return ET.fromstring(xml)
+
+
+def child(parent: ET.Element, path: str) -> ET.Element:
+    """`parent`'s element at `path`, one libvirt always writes (a domain's <os>, a disk's <target>)."""
+    found = parent.find(path)
+    if found is None:
+        raise DomainXMLError(f"the domain definition has no {path} in its <{parent.tag}>")
+    return found
+
+
+def attribute(element: ET.Element, name: str) -> str:
+    """An attribute libvirt always writes (a disk target's dev)."""
+    value = element.get(name)
+    if value is None:
+        raise DomainXMLError(f"the domain definition has a <{element.tag}> without {name}")
+    return value
 
 
 def to_string(root: ET.Element) -> str:
@@ -54,8 +71,8 @@ def source_of(kind: str, source: ET.Element | None) -> str | None:
 def _backing(element: ET.Element) -> tuple[str, ...]:
     chain = []
     store = element.find("backingStore")
-    while store is not None and store.get("type"):
-        path = source_of(store.get("type"), store.find("source"))
+    while store is not None and (kind := store.get("type")):
+        path = source_of(kind, store.find("source"))
         if path:
             chain.append(path)
         store = store.find("backingStore")
@@ -68,7 +85,7 @@ def disk_of(element: ET.Element) -> HostDisk:
     driver = element.find("driver")
     data_store = source.find("dataStore") if source is not None else None
     return HostDisk(
-        target=element.find("target").get("dev"),
+        target=attribute(child(element, "target"), "dev"),
         path=source_of(kind, source),
         format=driver.get("type", "raw") if driver is not None else "raw",
         kind=kind,
@@ -95,9 +112,9 @@ def with_disks(xml: str, disks: dict[str, tuple[str, str]], drop: Collection[str
     file instead, as a plain file disk without backing chain or data file, and the disks of
     `drop` removed."""
     root = parse(xml)
-    devices = root.find("devices")
+    devices = child(root, "devices")
     for element in list(devices.iterfind("disk")):
-        target = element.find("target").get("dev")
+        target = attribute(child(element, "target"), "dev")
         if target in drop:
             devices.remove(element)
             continue
@@ -105,8 +122,8 @@ def with_disks(xml: str, disks: dict[str, tuple[str, str]], drop: Collection[str
             continue
         path, fmt = disks[target]
         element.set("type", "file")
-        for child in element.findall("source") + element.findall("backingStore"):
-            element.remove(child)
+        for old in element.findall("source") + element.findall("backingStore"):
+            element.remove(old)
         driver = element.find("driver")
         if driver is None:
             driver = ET.SubElement(element, "driver", name="qemu")
@@ -120,7 +137,7 @@ def as_new_domain(root: ET.Element, name: str, macs: list[str], log_dir: str) ->
     """A definition of another domain like `root`: its own name, no UUID (libvirt makes one),
     the given MACs in the order of its interfaces, its file-backed consoles writing into
     `log_dir`, sockets chosen by libvirt, and a fresh copy of the firmware's variables."""
-    root.find("name").text = name
+    child(root, "name").text = name
     for tag in ("uuid", "title"):
         for element in root.findall(tag):
             root.remove(element)
@@ -136,13 +153,14 @@ def as_new_domain(root: ET.Element, name: str, macs: list[str], log_dir: str) ->
         source = device.find("source")
         if source is None:
             continue
-        if device.get("type") == "file" and source.get("path"):
-            new = logs.setdefault(source.get("path"), f"{log_dir}/{name}-{device.tag}{index}.log")
+        if device.get("type") == "file" and (path := source.get("path")):
+            new = logs.setdefault(path, f"{log_dir}/{name}-{device.tag}{index}.log")
             source.set("path", new)
         elif device.get("type") == "unix" and source.get("mode") == "bind":
             source.attrib.pop("path", None)   # libvirt picks one in the new domain's directory
-    for nvram in root.findall("./os/nvram"):
-        root.find("os").remove(nvram)   # libvirt copies its template to <name>_VARS.fd
+    for os_ in root.findall("os"):
+        for nvram in os_.findall("nvram"):
+            os_.remove(nvram)   # libvirt copies its template to <name>_VARS.fd
     return root
 
 

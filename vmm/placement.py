@@ -1,6 +1,6 @@
 """Choosing the host a VM runs on: resources first, then the scheduling policies of its groups.
 
-Pure logic (no I/O besides local_host()), following nSSV 4.1.4.1.1. A VM scheduling group is
+Pure logic (no I/O besides measure()), following nSSV 4.1.4.1.1. A VM scheduling group is
 bound to one of four policies, each enforced "mandatory" or "preferred":
 
   vm-anti-affinity       members run on different hosts            (VM exclusive from each other)
@@ -12,6 +12,10 @@ A mandatory policy narrows the hosts a VM may use; if none of them has the resou
 does not start. A preferred policy ranks the hosts it favours first, and lets the VM fall back
 to any other host with the resources. Among equally favoured hosts the least loaded one with
 the most free memory wins.
+
+A host's free memory is the kernel's MemAvailable less what its running guests were given and
+have not taken yet (HostResources.as_host): a guest touches its memory as it goes, so
+MemAvailable alone would count as free the memory a freshly booted guest takes later.
 """
 
 from __future__ import annotations
@@ -87,6 +91,19 @@ class SchedulingGroup:
 
 
 @dataclass(frozen=True)
+class HostResources:
+    """What a host has, measured there (measure()): available memory in MiB, CPUs, 1-minute load."""
+
+    available_mib: int
+    cpus: int
+    load: float
+
+    def as_host(self, name: str, owed_mib: int = 0) -> Host:
+        """The host as placement sees it, its running guests still to take `owed_mib`."""
+        return Host(name, max(self.available_mib - owed_mib, 0), self.cpus, self.load)
+
+
+@dataclass(frozen=True)
 class Placement:
     host: str
     # Preferred policies the choice could not honour (e.g. the favoured host was full).
@@ -94,9 +111,11 @@ class Placement:
 
 
 def place(vm: str, memory_mib: int, hosts: Iterable[Host], placements: Mapping[str, str],
-          groups: Iterable[SchedulingGroup]) -> Placement:
+          groups: Iterable[SchedulingGroup], unusable: Mapping[str, str] | None = None) -> Placement:
     """The host for `vm` (which needs memory_mib), given where other VMs run (placements:
-    VM name -> host name) and all scheduling groups; PlacementError if there is none."""
+    VM name -> host name) and all scheduling groups; PlacementError if there is none.
+    `unusable` names the hosts ruled out before placement, and why (they did not answer, they
+    do not see the VM's disks): the error lists them too."""
     hosts = list(hosts)
     names = [h.name for h in hosts]
     mine = [g for g in groups if vm in g.vms]
@@ -106,7 +125,10 @@ def place(vm: str, memory_mib: int, hosts: Iterable[Host], placements: Mapping[s
             allowed &= group.favoured(vm, names, placements)
     fitting = [h for h in hosts if h.name in allowed and h.free_memory_mib >= memory_mib]
     if not fitting:
-        raise PlacementError(_explain(vm, memory_mib, hosts, allowed, mine))
+        reason = _explain(vm, memory_mib, hosts, allowed, mine)
+        if unusable:
+            reason += "; " + "; ".join(f"{host} {why}" for host, why in sorted(unusable.items()))
+        raise PlacementError(reason)
     preferred = [g for g in mine if g.enforcement == "preferred"]
     favoured_by = {g.name: g.favoured(vm, names, placements) for g in preferred}
 
@@ -134,12 +156,13 @@ def _explain(vm: str, memory_mib: int, hosts: list[Host], allowed: set[str],
             f"host{rules} has it: {short}")
 
 
-def local_host() -> Host:
-    """This machine as a placement target: available memory, CPUs and load right now."""
+def measure() -> HostResources:
+    """This machine's memory, CPUs and load right now (the agent runs it on its host)."""
     available_kib = 0
     with open("/proc/meminfo") as meminfo:
         for line in meminfo:
             if line.startswith("MemAvailable:"):
                 available_kib = int(line.split()[1])
                 break
-    return Host(LOCAL_HOST, available_kib // 1024, os.cpu_count() or 1, os.getloadavg()[0])
+    return HostResources(available_kib // 1024, os.cpu_count() or 1, os.getloadavg()[0])
+

@@ -51,7 +51,8 @@ from .rundir import (
 )
 from .spec import VMSpec, validate_vm_name
 
-VMRunState = Literal["running", "paused", "stopped", "crashed"]
+# "unknown": the VM's host does not answer (a QemuDriver, which is on the host, never says it).
+VMRunState = Literal["running", "paused", "stopped", "crashed", "unknown"]
 StopMethod = Literal["already-stopped", "powerdown", "quit", "kill"]
 
 STREAM_JOB_PREFIX = "stream-"
@@ -339,6 +340,11 @@ class QemuDriver:
         except QMPError as err:
             self._signal_if_ours(rundir, signal.SIGKILL)
             raise VMStartError(name, f"cannot set the VNC password: {err}") from err
+
+    def check_startable(self, spec: VMSpec) -> None:
+        """What start() checks on this host before QEMU runs: the VM's files and network
+        interfaces exist here (a VMStartError, or a VMSpecError, says which does not)."""
+        self._check_files(spec, self.paths(spec.name))
 
     def _check_files(self, spec: VMSpec, rundir: RunDir) -> None:
         for disk in spec.disks:

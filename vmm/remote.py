@@ -7,13 +7,14 @@ beside the old copy. Every call then runs `python3 -m vmm.agent` there (vmm/agen
 """
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import posixpath
 import shlex
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,9 +28,14 @@ from .hosts import (
     HostVMNotFoundError,
     HostVMStateError,
 )
-from .spec import VMSpec
+from .migration import DEFAULT_TIMEOUT as MIGRATION_TIMEOUT
+from .migration import MigrationStats
+from .qemu import VMStatus
+from .qemu_host import HostProbe, status_from_dict
+from .spec import DiskSpec, VMSpec
 
 MIN_PYTHON = (3, 11)
+CONNECT_TIMEOUT = 15.0
 # The exit status of an agent call on a host that lacks this agent version.
 _NOT_INSTALLED = 97
 CALL_TIMEOUT = 300.0
@@ -74,11 +80,14 @@ def _version(files: dict[str, bytes]) -> str:
 
 
 class RemoteHost:
-    """`base` is the agent's directory on the host: its installs and the QEMUs' run directories."""
+    """`base` is the agent's directory on the host: its installs and the QEMUs' run directories.
+    `connect_timeout`: how long the host gets to accept the connection and log us in."""
 
-    def __init__(self, target: SshTarget, base: str = "/var/lib/cairn-agent"):
+    def __init__(self, target: SshTarget, base: str = "/var/lib/cairn-agent",
+                 connect_timeout: float = CONNECT_TIMEOUT):
         self.target = target
         self.base = base
+        self.connect_timeout = connect_timeout
         self._files = _agent_files()
         self.version = _version(self._files)
 
@@ -101,7 +110,8 @@ class RemoteHost:
         try:
             client.connect(self.target.host, port=self.target.port, username=self.target.user,
                            key_filename=self.target.key_file, allow_agent=self.target.key_file is None,
-                           look_for_keys=self.target.key_file is None, timeout=15)
+                           look_for_keys=self.target.key_file is None, timeout=self.connect_timeout,
+                           banner_timeout=self.connect_timeout, auth_timeout=self.connect_timeout)
         except (paramiko.SSHException, OSError) as e:
             client.close()
             raise HostUnreachableError(f"cannot reach {self.target.user}@{self.target.host}:{self.target.port} "
@@ -137,13 +147,14 @@ class RemoteHost:
                 sftp.close()
         return self.version
 
-    def call(self, command: str, args: dict[str, Any] | None = None) -> dict[str, Any]:
+    def call(self, command: str, args: dict[str, Any] | None = None,
+             timeout: float = CALL_TIMEOUT) -> dict[str, Any]:
         """Run one agent command; its error comes back as a HostError with the agent's message.
         A host without this appliance's agent version (new host, upgraded appliance) gets it first."""
-        status, output, errors = self._exec_agent(command, args)
+        status, output, errors = self._exec_agent(command, args, timeout)
         if status == _NOT_INSTALLED:
             self.install()
-            status, output, errors = self._exec_agent(command, args)
+            status, output, errors = self._exec_agent(command, args, timeout)
         try:
             answer = json.loads(output)
         except json.JSONDecodeError:
@@ -154,15 +165,18 @@ class RemoteHost:
             raise error(f"{self.target.host}: {answer['error']['message']}")
         return answer["result"]
 
-    def _exec_agent(self, command: str, args: dict[str, Any] | None) -> tuple[int, str, str]:
+    def _exec_agent(self, command: str, args: dict[str, Any] | None, timeout: float) -> tuple[int, str, str]:
         line = (f"test -d {shlex.quote(self.agent_dir)} || exit {_NOT_INSTALLED}; "
                 f"PYTHONPATH={shlex.quote(self.agent_dir)} exec python3 -m vmm.agent "
                 f"{shlex.quote(self.run_root)} {shlex.quote(command)}")
         with self.connect() as client:
-            stdin, stdout, stderr = client.exec_command(line, timeout=CALL_TIMEOUT)
+            stdin, stdout, stderr = client.exec_command(line, timeout=timeout)
             stdin.write(json.dumps(args or {}))
             stdin.channel.shutdown_write()
-            output, errors = stdout.read().decode(), stderr.read().decode()
+            try:
+                output, errors = stdout.read().decode(), stderr.read().decode()
+            except TimeoutError as e:   # the connection went quiet: the host (or the link) is gone
+                raise HostUnreachableError(f"{self.target.host} stopped answering during {command}: {e}") from e
             return stdout.channel.recv_exit_status(), output, errors
 
     def _run(self, client: paramiko.SSHClient, line: str) -> str:
@@ -216,3 +230,58 @@ def _vm(status: dict[str, Any]) -> HostVM:
     spec = VMSpec.from_dict(status["spec"])
     return HostVM(spec.name, None, status["state"], spec.vcpus, spec.memory_mib,
                   [HostDisk(d.name, d.path, d.format) for d in spec.disks])
+
+
+class RemoteQemuHost:
+    """An SSH host as a QemuHost (vmm/qemu_host.py): each call is one agent command, run in a
+    thread so the caller's event loop goes on meanwhile."""
+
+    def __init__(self, remote: RemoteHost, name: str):
+        self.remote = remote
+        self.name = name
+
+    async def _call(self, command: str, args: dict[str, Any], timeout: float = CALL_TIMEOUT) -> dict[str, Any]:
+        return await asyncio.to_thread(self.remote.call, command, args, timeout)
+
+    async def probe(self, spec: VMSpec) -> HostProbe:
+        return HostProbe.from_dict(await self._call("probe", {"spec": spec.to_dict()}))
+
+    async def run(self, spec: VMSpec, paused: bool = False) -> VMStatus:
+        return status_from_dict(await self._call("start", {"spec": spec.to_dict(), "paused": paused}))
+
+    async def status(self, name: str) -> VMStatus:
+        return status_from_dict(await self._call("status", {"name": name}))
+
+    async def statuses(self) -> dict[str, VMStatus]:
+        return {v["name"]: status_from_dict(v) for v in (await self._call("list", {}))["vms"]}
+
+    async def stop(self, name: str, timeout: float = 30.0, force: bool = False) -> VMStatus:
+        return status_from_dict(await self._call("stop", {"name": name, "timeout": timeout, "force": force},
+                                                 timeout + CALL_TIMEOUT))
+
+    async def run_state(self, name: str) -> str:
+        return str((await self._call("run-state", {"name": name}))["state"])
+
+    async def forget(self, name: str) -> None:
+        await self._call("forget", {"name": name})
+
+    async def held_disks(self, disks: list[DiskSpec]) -> list[str]:
+        return list((await self._call("held-disks", {"disks": [asdict(d) for d in disks]}))["held"])
+
+    async def receive_migration(self, spec: VMSpec, address: str) -> int:
+        return int((await self._call("receive-migration", {"spec": spec.to_dict(), "address": address}))["port"])
+
+    async def send_migration(self, name: str, uri: str, timeout: float = MIGRATION_TIMEOUT) -> MigrationStats:
+        answer = await self._call("send-migration", {"name": name, "uri": uri, "timeout": timeout},
+                                  timeout + CALL_TIMEOUT)
+        return MigrationStats.from_dict(answer)
+
+    async def address_facing(self) -> str:
+        """This machine's address as the host sees it: the local end of a connection to it
+        (where the host reaches this machine, e.g. to migrate a VM here)."""
+        def local_end() -> str:
+            with self.remote.connect() as client:
+                transport = client.get_transport()
+                assert transport is not None
+                return str(transport.sock.getsockname()[0])
+        return await asyncio.to_thread(local_end)

@@ -16,7 +16,7 @@ from sqlalchemy import delete, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from appliance.catalog.base import utcnow
+from appliance.catalog.base import rows_changed, utcnow
 from appliance.errors import CairnError
 
 from .records import LoginAttemptRecord
@@ -71,4 +71,4 @@ class LoginThrottle:
                   .values(attempts=0, window_start=now))
         taken = s.execute(update(LoginAttemptRecord).where(*this, LoginAttemptRecord.attempts < MAX_FAILURES)
                           .values(attempts=LoginAttemptRecord.attempts + 1))
-        return taken.rowcount == 1
+        return rows_changed(taken) == 1

@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session, object_session, sessionmaker
 from sqlalchemy.orm.attributes import set_committed_value
 
 from appliance.access import totp
-from appliance.catalog.base import utcnow
+from appliance.catalog.base import rows_changed, utcnow
 from appliance.errors import CairnError, ConflictError, ForbiddenError, NotFoundError
 from appliance.names import ACCOUNT
 
@@ -53,10 +53,6 @@ class UserService:
                               disabled=False, totp_enabled=False)
             s.add(user)
         return user
-
-    def list(self) -> list[UserRecord]:
-        with self.catalog() as s:
-            return list(s.scalars(select(UserRecord).order_by(UserRecord.name)))
 
     def get(self, name: str) -> UserRecord:
         with self.catalog() as s:
@@ -164,7 +160,7 @@ class UserService:
             update(UserRecord).where(UserRecord.id == user.id,
                                      or_(UserRecord.totp_last_step.is_(None), UserRecord.totp_last_step < step))
             .values(totp_last_step=step).execution_options(synchronize_session=False))
-        if claimed.rowcount != 1:
+        if rows_changed(claimed) != 1:
             return False
         set_committed_value(user, "totp_last_step", step)
         return True
@@ -184,6 +180,11 @@ class UserService:
         os.chmod(password_file, 0o600)  # an older file may have had looser bits
         self.create(INITIAL_ADMIN, password, Role.ADMIN)
         return password
+
+    # Last in the class: the name would shadow the built-in `list` in the annotations after it.
+    def list(self) -> list[UserRecord]:
+        with self.catalog() as s:
+            return list(s.scalars(select(UserRecord).order_by(UserRecord.name)))
 
 
 def deleted_owner(name: str) -> str:

@@ -68,8 +68,8 @@ class HostVMOut(BaseModel):
 
 class StopIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    timeout: float = Field(60.0, gt=0, le=MAX_STOP_TIMEOUT, description="seconds to wait after the ACPI power button")
-    force: bool = Field(False, description="pull the plug at once")
+    timeout: float = Field(default=60.0, gt=0, le=MAX_STOP_TIMEOUT, description="seconds to wait after the ACPI power button")
+    force: bool = Field(default=False, description="pull the plug at once")
 
 
 class SnapshotIn(BaseModel):

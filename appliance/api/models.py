@@ -33,12 +33,13 @@ class VMOut(BaseModel):
     vcpus: int
     memory_mib: int
     disks: list[DiskOut]
+    host: str = Field(description="where it runs, or last ran (\"local\": this machine)")
 
     @classmethod
     def of(cls, view: VMView) -> VMOut:
         spec = view.spec
         return cls(name=spec.name, state=view.status.state, pid=view.status.pid, vcpus=spec.vcpus,
-                   memory_mib=spec.memory_mib,
+                   memory_mib=spec.memory_mib, host=view.host,
                    disks=[DiskOut(name=d.name, path=d.path, format=d.format) for d in spec.disks])
 
 
@@ -65,6 +66,8 @@ class VMDetail(BaseModel):
     console: bool
     ha: bool
     linked_to: str | None
+    host: str = Field(description="where it runs, or last ran (\"local\": this machine)")
+    compute_pool: str | None = Field(description="the hosts placement chooses from (none: this machine only)")
 
     @classmethod
     def of(cls, view: VMView) -> VMDetail:
@@ -73,15 +76,16 @@ class VMDetail(BaseModel):
                    memory_mib=spec.memory_mib, profile=spec.profile,
                    disks=[{"name": d.name, "path": d.path, "format": d.format} for d in spec.disks],
                    nics=[NicOut(**vars(n)) for n in spec.nics], cdrom=spec.cdrom, boot=spec.boot,
-                   console=spec.vnc, ha=view.ha, linked_to=view.linked_to)
+                   console=spec.vnc, ha=view.ha, linked_to=view.linked_to, host=view.host,
+                   compute_pool=view.compute_pool)
 
 
 class StoppedVM(VMDetail):
     """A VM after a stop, and how it went."""
-    how: Literal["powerdown", "quit", "kill", "already-stopped"] = Field(
+    how: Literal["powerdown", "quit", "kill", "already-stopped", "unknown"] = Field(
         description="powerdown: the guest shut down; quit: QEMU was ended without the guest shutting "
                     "down (forced, or it did not within the timeout, or it was paused); kill: QEMU did "
-                    "not even quit and was killed")
+                    "not even quit and was killed; unknown: it ran on another host, whose agent does not say")
 
 
 class BackupOut(BaseModel):

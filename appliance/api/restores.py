@@ -79,8 +79,8 @@ class ResumeRequest(BaseModel):
 
 class BootTestRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    timeout: float = Field(120.0, gt=0, le=3600)
-    marker: str = Field(DEFAULT_MARKER, min_length=1)
+    timeout: float = Field(default=120.0, gt=0, le=3600)
+    marker: str = Field(default=DEFAULT_MARKER, min_length=1)
 
 
 def restore_router(appliance: Appliance) -> APIRouter:

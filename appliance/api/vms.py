@@ -22,7 +22,7 @@ from appliance.context import Appliance
 from appliance.deletion.deletables import deletion_service
 from appliance.deletion.protection import Impact
 from appliance.errors import ConflictError, NotFoundError
-from appliance.jobs.params import CloneParams, CloneRequest
+from appliance.jobs.params import CloneParams, CloneRequest, MigrateParams, MigrateRequest
 from appliance.units import parse_size
 from appliance.vms.service import VMOptions
 from vmm import VMError
@@ -62,6 +62,8 @@ class VMCreate(BaseModel):
     image: str | None = Field(None, description="library disk image for the first disk (thin)")
     iso: str | None = Field(None, description="library ISO in the cdrom (booted first)")
     storage_pool: str | None = Field(None, description="storage pool for the disks (/api/v1/pools)")
+    compute_pool: str | None = Field(None, description="run it on a host of this compute pool, whose hosts see "
+                                                       "its storage (default: this machine only)")
     profile: Literal["modern", "legacy"] = "modern"
     nics: list[NicIn] = []
     boot: list[Literal["disk", "cdrom", "network"]] = []
@@ -93,15 +95,20 @@ class DiskResize(BaseModel):
 
 class StopRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    timeout: float = Field(30.0, ge=0, le=MAX_STOP_TIMEOUT, description="seconds the guest gets to shut down")
-    force: bool = Field(False, description="end QEMU now; also cuts short a graceful stop that is waiting")
+    timeout: float = Field(default=30.0, ge=0, le=MAX_STOP_TIMEOUT, description="seconds the guest gets to shut down")
+    force: bool = Field(default=False, description="end QEMU now; also cuts short a graceful stop that is waiting")
 
 
 class HARequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     enabled: bool
-    max_restarts: int = Field(3, ge=1)
-    window_seconds: int = Field(600, ge=1)
+    max_restarts: int = Field(3, ge=1, strict=True)
+    window_seconds: int = Field(600, ge=1, strict=True)
+
+
+class ComputePoolRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    pool: str | None = Field(description="a compute pool, or null: this machine only")
 
 
 class ConsoleTicket(BaseModel):
@@ -166,7 +173,8 @@ def vm_router(appliance: Appliance) -> APIRouter:
         nics = [NicSpec(f"net{i}", n.mode, n.mac or random_mac(), n.tap, n.bridge)
                 for i, n in enumerate(body.nics)]
         options = VMOptions(image=body.image, iso=body.iso, profile=body.profile, nics=nics,
-                            boot=list(body.boot), vnc=body.console, storage_pool=body.storage_pool)
+                            boot=list(body.boot), vnc=body.console, storage_pool=body.storage_pool,
+                            compute_pool=body.compute_pool)
         await run_in_threadpool(vms.create, body.name, body.disks,
                                 body.memory_mib, body.vcpus, kernel, initrd, body.append,
                                 None, options)
@@ -219,6 +227,18 @@ def vm_router(appliance: Appliance) -> APIRouter:
     def clone_vm(caller: Caller, name: str, body: CloneRequest) -> JobOut:
         """A job on the source VM; its result names the clones (GET /api/v1/vms/{clone} shows each)."""
         return submit_job(appliance, caller, "vm.clone", CloneParams(source=name, **body.model_dump()))
+
+    @router.put("/api/v1/vms/{name}/compute-pool", response_model=VMDetail)
+    def set_compute_pool(name: str, body: ComputePoolRequest) -> VMDetail:
+        """From its next start the VM runs on a host of this pool (or on this machine only)."""
+        vms.placement.set_compute_pool(name, body.pool)
+        return VMDetail.of(vms.show(name))
+
+    @router.post("/api/v1/vms/{name}/migrations", response_model=JobOut, status_code=202, responses=SUBMIT_ERRORS)
+    def migrate_vm(caller: Caller, name: str, body: MigrateRequest) -> JobOut:
+        """Move the running VM to another host of its compute pool, live: a job on the VM whose
+        result says what it cost (total and paused milliseconds, bytes sent)."""
+        return submit_job(appliance, caller, "vm.migrate", MigrateParams(vm=name, **body.model_dump()))
 
     @router.get("/api/v1/vms/{name}/streams")
     async def clone_streams(name: str) -> dict[str, float]:

@@ -26,7 +26,7 @@ from . import checkpoints
 from .catalog import fail_interrupted
 from .ingest import ingest_point
 from .options import Progress
-from .records import BackupRecord, last_good_backup
+from .records import BackupRecord, BackupStatus, last_good_backup
 from .service import BackupResult, checkpoint_name
 
 
@@ -51,12 +51,12 @@ class HostBackups:
             if rec.parent:
                 parent = self.store.get_backup(rec.parent)
                 with self.catalog() as s:
-                    since = s.get(BackupRecord, rec.parent).checkpoint
+                    since = s.get_one(BackupRecord, rec.parent).checkpoint
             result = body(rec, parent, since)
         except BaseException as e:
-            self._finish(rec.id, "failed", error=str(e) or type(e).__name__)
+            self._finish(rec.id, BackupStatus.FAILED, error=str(e) or type(e).__name__)
             raise
-        self._finish(rec.id, "ok", manifest=result.manifest, points=result.points)
+        self._finish(rec.id, BackupStatus.OK, manifest=result.manifest, points=result.points)
         return result
 
     def ingest(self, rec: BackupRecord, parent: BackupManifest | None, points: list[DiskPoint], notes: list[str],
@@ -79,20 +79,21 @@ class HostBackups:
         with self.catalog.begin() as s:
             fail_interrupted(s, vm)
             running = s.scalars(select(BackupRecord).where(BackupRecord.vm_name == vm,
-                                                           BackupRecord.status == "running")).first()
+                                                           BackupRecord.status == BackupStatus.RUNNING)).first()
             if running:
                 raise ConflictError(f"backup {running.id} of {vm} is still running (pid {running.runner_pid})")
             parent = None if full else last_good_backup(s, vm)
-            rec = BackupRecord(id=backup_id, vm_name=vm, store=self.store.location, kind="full", status="running",
+            rec = BackupRecord(id=backup_id, vm_name=vm, store=self.store.location, kind="full",
+                               status=BackupStatus.RUNNING,
                                parent=parent.id if parent else None, checkpoint=checkpoint_name(backup_id),
                                notes=[], **claim())
             s.add(rec)
         return rec
 
-    def _finish(self, backup_id: str, status: str, manifest: BackupManifest | None = None,
+    def _finish(self, backup_id: str, status: BackupStatus, manifest: BackupManifest | None = None,
                 error: str | None = None, points: list[DiskPoint] | None = None) -> None:
         with self.catalog.begin() as s:
-            rec = s.get(BackupRecord, backup_id)
+            rec = s.get_one(BackupRecord, backup_id)
             if points is not None:
                 checkpoints.record(s, rec.vm_name, backup_id, points, checkpoints.current(s, rec.vm_name))
             rec.status, rec.finished_at, rec.error = status, utcnow(), error

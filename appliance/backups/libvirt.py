@@ -101,7 +101,7 @@ class LibvirtBackupService:
             bases = checkpoints.plan_bases(choice.names, parent, ledger, full_every)
             directory, forward = export_place(self.hosts.get(host))
             with host_errors(), self.hosts.libvirt(host).domain(domain) as dom:
-                export = LibvirtPullExport(dom, choice.names, rec.checkpoint, bases.known, set(bases.full),
+                export = LibvirtPullExport(dom, choice.names, rec.new_checkpoint, bases.known, set(bases.full),
                                            directory, forward)
                 try:
                     points = export.open()

@@ -17,6 +17,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from appliance.catalog.base import Base, StrEnumType, UTCDateTime, utcnow
+from appliance.errors import ConflictError
 
 
 class BackupStatus(StrEnum):
@@ -61,6 +62,14 @@ class BackupRecord(Base):
     # verify found wrong with it (empty: nothing).
     verified_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     damage: Mapped[list[str]] = mapped_column(JSON, default=list)
+
+    @property
+    def new_checkpoint(self) -> str:
+        """The checkpoint the backup makes as it runs, named when it began (the column is empty
+        only in rows older than checkpoints, which never run again)."""
+        if self.checkpoint is None:
+            raise ConflictError(f"backup {self.id} names no checkpoint to make")
+        return self.checkpoint
 
 
 class CheckpointRecord(Base):

@@ -72,9 +72,6 @@ class BackupService:
         self.store = store
         self.records = BackupCatalog(catalog)
 
-    def list(self, vm: str | None = None) -> list[BackupRecord]:
-        return self.records.list(vm)
-
     def get(self, backup_id: str) -> BackupRecord:
         return self.records.get(backup_id)
 
@@ -122,7 +119,7 @@ class BackupService:
         bases = checkpoints.plan_bases(choice.names, parent, ledger, options.full_every)
         scratch = self.settings.scratch_dir / rec.id
         try:
-            async with self._export(chosen, rec.checkpoint, bases, scratch, options) as (points, repairs):
+            async with self._export(chosen, rec.new_checkpoint, bases, scratch, options) as (points, repairs):
                 manifest = await asyncio.to_thread(self._ingest, spec, rec, parent, points,
                                                    choice.notes + bases.notes + repairs, progress)
         finally:
@@ -155,10 +152,10 @@ class BackupService:
         args = ([d.name for d in spec.disks], checkpoint, bases.known, set(bases.full))
         if options.transport == "pull":
             return FleeceExport(scratch, *args, quiesce=freeze.around)
-        if options.transport == "push":
-            target: PushTarget = NbdPushTarget(scratch)
+        if options.sshfs is not None:   # the sshfs transport: BackupOptions holds its endpoint exactly then
+            target: PushTarget = await asyncio.to_thread(SshfsPushTarget, options.sshfs, scratch.name)
         else:
-            target = await asyncio.to_thread(SshfsPushTarget, options.sshfs, scratch.name)
+            target = NbdPushTarget(scratch)
         return PushExport(target, *args, quiesce=freeze.around)
 
     def _ingest(self, spec: VMSpec, rec: BackupRecord, parent: BackupManifest | None,
@@ -178,7 +175,7 @@ class BackupService:
     def _finish(self, backup_id: str, status: BackupStatus, manifest: BackupManifest | None = None,
                 error: str | None = None, points: list[DiskPoint] | None = None) -> None:
         with self.catalog.begin() as s:
-            rec = s.get(BackupRecord, backup_id)
+            rec = s.get_one(BackupRecord, backup_id)
             if points is not None:
                 checkpoints.record(s, rec.vm_name, backup_id, points, checkpoints.current(s, rec.vm_name))
             rec.status, rec.finished_at, rec.error = status, utcnow(), error
@@ -190,3 +187,7 @@ class BackupService:
                 rec.size = sum(d.size for d in manifest.disks)
                 rec.bytes_read = sum(d.stats.bytes_read for d in manifest.disks)
                 rec.bytes_stored = sum(d.stats.bytes_stored for d in manifest.disks)
+
+    # Last in the class: the name would shadow the built-in `list` in the annotations after it.
+    def list(self, vm: str | None = None) -> list[BackupRecord]:
+        return self.records.list(vm)

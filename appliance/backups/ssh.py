@@ -60,7 +60,7 @@ class RemoteBackupService:
                     parent: BackupManifest | None, bases: dict[str, Checkpoint | None],
                     progress: Progress | None) -> BackupResult:
         export = RemoteFleeceExport(remote, remote.target.ssh_args(), posixpath.join(remote.base, "scratch", rec.id),
-                                    [d.name for d in spec.disks], rec.checkpoint, bases)
+                                    [d.name for d in spec.disks], rec.new_checkpoint, bases)
         async with exported(export, lambda: QMPSession(qmp_socket)) as points:
             return await asyncio.to_thread(self.backups.ingest, rec, parent, points, export.notes, progress,
                                            spec.to_dict())

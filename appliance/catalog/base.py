@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import (
+    CursorResult,
     DateTime,
+    Result,
     String,
     TypeDecorator,
 )
@@ -16,6 +18,12 @@ from sqlalchemy.orm import DeclarativeBase
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+def rows_changed(result: Result[Any]) -> int:
+    """How many rows an UPDATE or DELETE changed: Session.execute() is typed to return any Result,
+    and a DML statement's is a CursorResult, which counts them."""
+    return cast(CursorResult[Any], result).rowcount
 
 
 class Base(DeclarativeBase):

@@ -128,7 +128,7 @@ class LocalClient:
         vms = self.appliance.vms
         nics = [NicSpec(f"net{i}", **nic) for i, nic in enumerate(new.nics)]
         options = VMOptions(image=new.image, iso=new.iso, profile=new.profile, nics=nics, boot=new.boot,
-                            vnc=new.console, storage_pool=new.storage_pool)
+                            vnc=new.console, storage_pool=new.storage_pool, compute_pool=new.compute_pool)
         vms.create(new.name, new.disks, memory_mib=new.memory_mib, vcpus=new.vcpus, kernel=new.kernel,
                    initrd=new.initrd, append=new.append, base_image=new.base_image, options=options)
         if new.ha:
@@ -154,6 +154,10 @@ class LocalClient:
 
     def set_ha(self, name: str, enabled: bool, max_restarts: int, window_seconds: int) -> VMDetail:
         self.appliance.vms.set_ha(name, enabled, max_restarts, window_seconds)
+        return self.vm(name)
+
+    def set_compute_pool(self, name: str, pool: str | None) -> VMDetail:
+        self.appliance.vms.placement.set_compute_pool(name, pool)
         return self.vm(name)
 
     def clone_progress(self, name: str) -> dict[str, float]:

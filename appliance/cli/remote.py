@@ -341,6 +341,9 @@ class RemoteClient:
         return VMDetail.model_validate(self.call("PUT", f"/vms/{quote(name)}/ha", {
             "enabled": enabled, "max_restarts": max_restarts, "window_seconds": window_seconds}))
 
+    def set_compute_pool(self, name: str, pool: str | None) -> VMDetail:
+        return VMDetail.model_validate(self.call("PUT", f"/vms/{quote(name)}/compute-pool", {"pool": pool}))
+
     def clone_progress(self, name: str) -> dict[str, float]:
         return dict(self.call("GET", f"/vms/{quote(name)}/streams"))
 

@@ -101,6 +101,8 @@ def vm_create(name: str,
                                                     help="Library disk image for the first disk (a thin overlay)."),
               iso: str | None = typer.Option(None, help="Library ISO for the cdrom (booted first)."),
               storage_pool: str | None = typer.Option(None, help="Storage pool for the disks (`cairn pool`)."),
+              compute_pool: str | None = typer.Option(None, help="Run it on a host of this compute pool, whose "
+                                                                 "hosts see its storage (default: here only)."),
               profile: str = typer.Option("modern", help="OS profile: modern (virtio) or legacy (IDE, e1000)."),
               nic: list[str] = NIC_OPT,
               boot: list[str] = BOOT_OPT,
@@ -115,7 +117,7 @@ def vm_create(name: str,
     """Define a new VM: blank qcow2 disks, a thin overlay on an image, or an ISO in the cdrom."""
     view = state.client.create_vm(NewVM(
         name, [parse_size(d) for d in disk], memory_mib=memory, vcpus=vcpus, image=from_image, iso=iso,
-        storage_pool=storage_pool, profile=profile, nics=[parse_nic(n) for n in nic], boot=boot, console=console,
+        storage_pool=storage_pool, compute_pool=compute_pool, profile=profile, nics=[parse_nic(n) for n in nic], boot=boot, console=console,
         ha=ha, kernel=_opt(kernel), initrd=_opt(initrd), append=append, base_image=_opt(image)))
     if as_json:
         emit_json(view)
@@ -171,6 +173,9 @@ def vm_stop(name: str,
         out.print(f"{name}: stopped (the guest shut down)", highlight=False)
     elif stopped.how == "already-stopped":
         out.print(f"{name}: {stopped.state} (it was not running)", highlight=False)
+    elif stopped.how == "unknown":
+        out.print(f"{name}: {stopped.state} (on host {stopped.host}, which does not say whether the guest shut "
+                  "down or was forced off)", highlight=False)
     else:
         why = ("as asked (--force)" if force else "a paused guest cannot answer the power button"
                if before == "paused" else f"the guest did not shut down within {timeout:g} s")
@@ -221,6 +226,37 @@ def vm_ha(name: str, enabled: bool = typer.Option(..., "--on/--off", help="Resta
     _say(state.client.set_ha(name, enabled, max_restarts, window), as_json)
 
 
+@vm_app.command("compute-pool")
+@reports_errors
+def vm_compute_pool(name: str, pool: str | None = typer.Argument(None, help="A compute pool (`cairn pool`)."),
+                    none: bool = typer.Option(False, "--none", help="Run it on this machine only."),
+                    as_json: bool = JsonOpt) -> None:
+    """Place the VM among the hosts of a compute pool from its next start (its disks must be on
+    storage they all see at the same path), or on this machine only."""
+    if (pool is None) == (not none):
+        raise ValueError("give a compute pool, or --none")
+    _say(state.client.set_compute_pool(name, pool), as_json)
+
+
+@vm_app.command("migrate")
+@reports_errors
+def vm_migrate(name: str, host: str = typer.Argument(..., help="Another host of its compute pool (local: here)."),
+               timeout: float = typer.Option(240.0, help="Cancel it after this many seconds (the VM runs on)."),
+               as_json: bool = JsonOpt) -> None:
+    """Move a running VM to another host while it runs (live migration; its disks stay on the
+    storage both hosts see). A job on the VM, like the API's."""
+    from appliance.jobs.params import MigrateParams
+
+    from .follow import run_job
+
+    result = run_job("vm.migrate", MigrateParams(vm=name, host=host, timeout=timeout))
+    if as_json:
+        emit_json(result)
+    else:
+        out.print(f"migrated {name} from {result['from']} to {result['to']} in {result['total_ms'] / 1000:.1f} s "
+                  f"(paused {result['downtime_ms']} ms, {human(result['transferred_bytes'])} sent)", highlight=False)
+
+
 @vm_app.command("console")
 @reports_errors
 def vm_console(name: str) -> None:
@@ -245,9 +281,9 @@ def vm_list(filters: list[str] = FILTER_OPT, sort: str = sort_option("name"), li
     if as_json:
         emit_json(views)
         return
-    listing = table("name", "state", "vcpus", "memory", "disks", wide=("disks",), numbers=("vcpus", "memory"))
+    listing = table("name", "state", "host", "vcpus", "memory", "disks", wide=("disks",), numbers=("vcpus", "memory"))
     for v in views:
-        listing.add_row(v.name, v.state, str(v.vcpus), f"{v.memory_mib} MiB", ", ".join(d.name for d in v.disks))
+        listing.add_row(v.name, v.state, v.host, str(v.vcpus), f"{v.memory_mib} MiB", ", ".join(d.name for d in v.disks))
     print_table(listing)
 
 
@@ -261,6 +297,8 @@ def vm_show(name: str, as_json: bool = JsonOpt) -> None:
         return
     out.print(f"[bold]{escape(name)}[/bold]  {view.state}  {view.vcpus} vCPU  {view.memory_mib} MiB  "
               f"profile {view.profile}" + ("  HA" if view.ha else ""))
+    out.print(f"  host {view.host}" + (f"  compute pool {view.compute_pool}" if view.compute_pool else ""),
+              highlight=False)
     for d in view.disks:
         out.print(f"  {d['name']}  {d['format']}  {d['path']}", highlight=False)
     for n in view.nics:

@@ -84,14 +84,14 @@ class BackupDeletable:
 
     def set_aside(self, name: str) -> dict[str, Any]:
         with self.app.catalog.begin() as s:
-            rec = s.get(BackupRecord, name)
+            rec = s.get_one(BackupRecord, name)
             payload = {"id": rec.id, "vm": rec.vm_name, "status": rec.status}
             rec.status = RECYCLED
         return payload
 
     def put_back(self, payload: dict[str, Any]) -> None:
         with self.app.catalog.begin() as s:
-            s.get(BackupRecord, payload["id"]).status = payload["status"]
+            s.get_one(BackupRecord, payload["id"]).status = payload["status"]
 
     def purge(self, payload: dict[str, Any]) -> None:
         try:

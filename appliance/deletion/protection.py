@@ -26,7 +26,7 @@ Mode = Literal["immediate", "delayed", "never"]
 
 class DeletionRule(BaseModel):
     mode: Mode
-    delay_seconds: int = Field(0, ge=0, le=10 * 365 * 24 * 3600,
+    delay_seconds: int = Field(default=0, ge=0, le=10 * 365 * 24 * 3600,
                                description="how long a deleted resource stays restorable (delayed), at most 10 years")
 
     @model_validator(mode="after")
@@ -87,7 +87,8 @@ class DeletionService:
 
     def rules(self) -> dict[str, DeletionRule]:
         with self.catalog() as s:
-            stored = {r.kind: DeletionRule(mode=r.mode, delay_seconds=r.delay_seconds)   # type: ignore[arg-type]
+            # Validated as it is read: the mode is a string in the table.
+            stored = {r.kind: DeletionRule.model_validate({"mode": r.mode, "delay_seconds": r.delay_seconds})
                       for r in s.scalars(select(DeletionRuleRecord))}
         return {kind: stored.get(kind, self.defaults[kind]) for kind in self.kinds}
 

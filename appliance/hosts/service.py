@@ -13,11 +13,12 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
 from urllib.parse import urlsplit
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from appliance.errors import CairnError, ConflictError, NotFoundError
 from appliance.names import VM_LIKE
+from appliance.vms.records import VMRecord
 from vmm.hosts import (
     HostDriver,
     HostError,
@@ -28,7 +29,7 @@ from vmm.hosts import (
 from vmm.hosts import HostUnreachableError as _Unreachable
 from vmm.libvirt_host import LibvirtHost
 from vmm.placement import LOCAL_HOST
-from vmm.remote import RemoteHost, SshTarget
+from vmm.remote import CONNECT_TIMEOUT, RemoteHost, SshTarget
 
 from .records import HostRecord
 
@@ -95,10 +96,11 @@ def _ssh_target(uri: str, options: dict[str, Any]) -> SshTarget:
                      options.get("known_hosts"))
 
 
-def _driver(view: HostView) -> HostDriver:
+def _driver(view: HostView, connect_timeout: float = CONNECT_TIMEOUT) -> HostDriver:
     if view.kind == "libvirt":
         return LibvirtHost(view.uri)
-    return RemoteHost(_ssh_target(view.uri, view.options), view.options.get("agent_dir", DEFAULT_AGENT_DIR))
+    return RemoteHost(_ssh_target(view.uri, view.options), view.options.get("agent_dir", DEFAULT_AGENT_DIR),
+                      connect_timeout)
 
 
 def _view(rec: HostRecord) -> HostView:
@@ -139,10 +141,6 @@ class HostService:
             s.add(HostRecord(name=name, kind=kind, uri=uri, options=options))
         return view
 
-    def list(self) -> list[HostView]:
-        with self.catalog() as s:
-            return [_view(r) for r in s.scalars(select(HostRecord).order_by(HostRecord.name))]
-
     def get(self, name: str) -> HostView:
         with self.catalog() as s:
             rec = s.get(HostRecord, name)
@@ -151,18 +149,24 @@ class HostService:
             return _view(rec)
 
     def remove(self, name: str) -> None:
-        """Forget the host; its VMs and their backups stay where they are."""
+        """Forget the host; its VMs and their backups stay where they are. Cairn's own VMs must
+        not be meant to run there; those that last ran there start wherever placement puts them."""
         with self.catalog.begin() as s:
             rec = s.get(HostRecord, name)
             if rec is None:
                 raise NotFoundError(f"no host {name}")
+            ours = select(VMRecord).where(VMRecord.host == name)
+            if running := sorted(vm.name for vm in s.scalars(ours.where(VMRecord.should_run.is_(True)))):
+                raise ConflictError(f"host {name} runs Cairn's VMs {', '.join(running)}: migrate or stop them "
+                                    "first")
+            s.execute(update(VMRecord).where(VMRecord.host == name).values(host=LOCAL_HOST))
             s.delete(rec)
 
     def libvirt(self, name: str) -> LibvirtHost:
         return LibvirtHost(self._of_kind(name, "libvirt").uri)
 
-    def remote(self, name: str) -> RemoteHost:
-        driver = _driver(self._of_kind(name, "ssh"))
+    def remote(self, name: str, connect_timeout: float = CONNECT_TIMEOUT) -> RemoteHost:
+        driver = _driver(self._of_kind(name, "ssh"), connect_timeout)
         assert isinstance(driver, RemoteHost)
         return driver
 
@@ -199,3 +203,8 @@ class HostService:
     def stop(self, name: str, vm: str, timeout: float = 60.0, force: bool = False) -> HostVM:
         with host_errors():
             return _driver(self.get(name)).stop(vm, timeout, force)
+
+    # Last in the class: the name would shadow the built-in `list` in the annotations after it.
+    def list(self) -> list[HostView]:
+        with self.catalog() as s:
+            return [_view(r) for r in s.scalars(select(HostRecord).order_by(HostRecord.name))]

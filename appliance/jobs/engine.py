@@ -20,14 +20,14 @@ import threading
 import time
 import uuid
 from collections.abc import Mapping
-from typing import Any, cast
+from typing import Any
 
 from pydantic import BaseModel, ValidationError
-from sqlalchemy import ColumnElement, CursorResult, Result, select, update
+from sqlalchemy import ColumnElement, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from appliance.access.roles import Role
-from appliance.catalog.base import utcnow
+from appliance.catalog.base import rows_changed, utcnow
 from appliance.catalog.query import HasHeaders, ListQuery
 from appliance.errors import CairnError, ConflictError, ForbiddenError, NotFoundError
 from appliance.process import RELEASED, alive, claim, ours
@@ -214,7 +214,7 @@ class JobEngine:
             same_runner = (JobRecord.runner_pid.is_(None) if rec.runner_pid is None
                            else (JobRecord.runner_pid == rec.runner_pid) & (JobRecord.runner_start == rec.runner_start))
             changed = s.execute(update(JobRecord).where(JobRecord.id == rec.id, same_runner).values(**claim()))
-        if _rows(changed) != 1:
+        if rows_changed(changed) != 1:
             return False
         _RUN_HERE.add(rec.id)
         return True
@@ -324,7 +324,7 @@ class JobEngine:
             changed = s.execute(update(JobRecord).where(JobRecord.id == job_id, JobRecord.state == JobState.QUEUED,
                                                         JobRecord.fence == fence)
                                 .values(state=JobState.RUNNING, started_at=utcnow()))
-        return _rows(changed) == 1
+        return rows_changed(changed) == 1
 
     def _finish(self, job_id: str, state: JobState, result: dict[str, Any] | None = None,
                 error: str | None = None, if_state: JobState | None = None, fence: int | None = None) -> bool:
@@ -340,7 +340,7 @@ class JobEngine:
         if fence is not None:
             stmt = stmt.where(JobRecord.fence == fence)
         with self.catalog.begin() as s:
-            if _rows(s.execute(stmt.values(**values))) != 1:
+            if rows_changed(s.execute(stmt.values(**values))) != 1:
                 return False
             rec = s.get_one(JobRecord, job_id)
             claims.release(s, rec.resource, job_id)
@@ -434,11 +434,6 @@ class _Execution:
             data["detail"] = detail
         self.engine.events.publish({"kind": "job.progress", "job_id": self.rec.id, "resource": self.rec.resource,
                                     "data": data})
-
-
-def _rows(result: Result[Any]) -> int:
-    """How many rows an UPDATE changed."""
-    return cast(CursorResult[Any], result).rowcount
 
 
 def _describe(e: BaseException) -> str:

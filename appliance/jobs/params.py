@@ -16,6 +16,7 @@ from appliance.backups.retention import RetentionCounts, RetentionRules
 from appliance.backups.selection import DiskSelection
 from appliance.names import Label
 from dedup import DEFAULT_BLOCK_SIZE, DEFAULT_GRACE, DEFAULT_PACK_SIZE, DEFAULT_REPACK_THRESHOLD, is_remote
+from vmm.migration import DEFAULT_TIMEOUT as MIGRATION_TIMEOUT
 from vmm.spec import validate_vm_name
 
 # The name of a VM a job creates: checked as a definition would check it.
@@ -235,6 +236,18 @@ class CloneParams(CloneRequest, JobParams):
         return list(self.names)
 
 
+class MigrateRequest(BaseModel):
+    """Where to move a running VM (the body of POST /vms/{name}/migrations)."""
+    model_config = ConfigDict(extra="forbid")
+    host: str = Field(description="another host of the VM's compute pool (\"local\": this machine)")
+    timeout: float = Field(default=MIGRATION_TIMEOUT, gt=0, le=3600,
+                           description="seconds the migration may take before it is cancelled (the VM runs on)")
+
+
+class MigrateParams(MigrateRequest, OnVM):
+    pass
+
+
 # -- the store --------------------------------------------------------------------------------------
 
 class VerifyParams(JobParams):
@@ -308,6 +321,7 @@ PARAMS: dict[str, type[JobParams]] = {
     "restore.instant": InstantRestoreParams,
     "restore.libvirt": LibvirtRestoreParams,
     "vm.clone": CloneParams,
+    "vm.migrate": MigrateParams,
     "store.verify": VerifyParams,
     "store.gc": GcParams,
     "store.prune": PruneParams,

@@ -13,10 +13,12 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, cast
+from typing import Any
 
-from sqlalchemy import CursorResult, or_, select, update
+from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
+
+from appliance.catalog.base import rows_changed
 
 from .alarms import Transition, alarm_dict
 from .delivery import DeliveryError
@@ -101,11 +103,11 @@ class Outbox:
     def _claim(self, message_id: str, now: datetime) -> bool:
         """Hold the message while it is sent (one conditional UPDATE: another process cannot also take it)."""
         with self.catalog.begin() as s:
-            taken = cast("CursorResult[Any]", s.execute(update(DeliveryRecord).where(
+            taken = s.execute(update(DeliveryRecord).where(
                 DeliveryRecord.id == message_id, DeliveryRecord.state == "pending",
                 or_(DeliveryRecord.lease_until.is_(None), DeliveryRecord.lease_until < now))
-                .values(lease_until=now + LEASE)))
-        return taken.rowcount == 1
+                .values(lease_until=now + LEASE))
+        return rows_changed(taken) == 1
 
     def _failed(self, message: DeliveryRecord, error: str, now: datetime) -> None:
         attempts = message.attempts + 1

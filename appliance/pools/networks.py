@@ -136,11 +136,6 @@ class NetworkService:
                 raise ConflictError(f"address pool {network.pool.name} is already the pool of "
                                     f"network {other.name}")
 
-    def list(self) -> list[Network]:
-        with self.catalog() as s:
-            names = list(s.scalars(select(NetworkRecord.name).order_by(NetworkRecord.name)))
-        return [self.get(n) for n in names]
-
     def get(self, name: str) -> Network:
         with self.catalog() as s:
             if (row := s.get(NetworkRecord, name)) is None:
@@ -219,6 +214,8 @@ class NetworkService:
             raise NotFoundError(f"VM {vm} is not attached to network {name}")
         with self.catalog.begin() as s:
             row = s.get(VMRecord, vm)
+            if row is None:
+                raise NotFoundError(f"no VM named {vm}")
             spec = VMSpec.from_dict(row.spec)
             spec.nics = [n for n in spec.nics if n.name not in {a.nic for a in mine}]
             spec.boot = [b for b in spec.boot if b != "network" or spec.nics]
@@ -327,3 +324,9 @@ class NetworkService:
         state = self.driver.status(vm).state
         if state in ACTIVE:
             raise ConflictError(f"VM {vm} is {state}; stop it to {doing}")
+
+    # Last in the class: the name would shadow the built-in `list` in the annotations after it.
+    def list(self) -> list[Network]:
+        with self.catalog() as s:
+            names = list(s.scalars(select(NetworkRecord.name).order_by(NetworkRecord.name)))
+        return [self.get(n) for n in names]

@@ -172,7 +172,7 @@ def check_storage(name: str, kind: str, path: str | Path) -> StoragePool:
             pass
     except OSError as e:
         raise PoolError(f"storage pool {name}: cannot write in {folder}: {e.strerror}") from None
-    return StoragePool(name, kind, folder)  # type: ignore[arg-type]
+    return StoragePool(name, kind, folder)
 
 
 class PoolService:
@@ -247,7 +247,7 @@ class PoolService:
         """Forget a pool no VM has disks in; its folder and files stay."""
         with self.catalog.begin() as s:
             r = self._get(s, StoragePoolRecord, "storage", name)
-            users = self.storage_users(StoragePool(r.name, r.kind, Path(r.path)))  # type: ignore[arg-type]
+            users = self.storage_users(StoragePool(r.name, r.kind, Path(r.path)))
             if users:
                 raise ConflictError(f"storage pool {name} holds disks of VMs {', '.join(users)}")
             s.delete(r)

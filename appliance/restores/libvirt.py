@@ -82,13 +82,17 @@ class LibvirtRestoreService:
         if not isinstance(name, str) or not VM_NAME_RE.match(name):
             raise HostSpecError(f"invalid domain name {name!r}: use 1-63 characters a-z 0-9 _ -, "
                                 "starting with a letter")
-        if (directory is None) == (pool is None):
+        if bool(directory) == bool(pool):
             raise HostSpecError("restore the disks into a directory or a storage pool: give one of them")
         with host_errors():
             if libvirt.exists(name):
                 raise ConflictError(f"host {host} already has a domain {name}: choose another name, "
                                     "or restore over it")
-            folder = Path(directory or libvirt.pool_directory(pool))
+            if directory:
+                folder = Path(directory)
+            else:
+                assert pool, "a directory or a pool was checked to be given"
+                folder = Path(libvirt.pool_directory(pool))
         if not folder.is_dir():
             raise NotFoundError(f"{folder} is not a directory")
         backed_up = {d.name for d in manifest.disks}

@@ -243,6 +243,9 @@ class SnapshotService:
     async def _resume_from(self, vm: str, snap: Snapshot) -> None:
         """Start the VM from the snapshot's memory state. Straight through the driver: the
         VM's disks were just made, VMService.start's checks are for a VM at rest."""
+        if snap.memory is None:
+            raise ConflictError(f"snapshot {snap.name} of VM {vm} lost its memory state during the revert; "
+                                "its disks are reverted, start it to boot afresh")
         spec = self.vms.spec(vm)
         with _as_user_errors():
             await self.vms.driver.start(spec, incoming=f"exec:cat {shlex.quote(snap.memory)}")

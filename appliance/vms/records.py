@@ -10,10 +10,12 @@ from sqlalchemy import (
     Boolean,
     Integer,
     String,
+    false,
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
 from appliance.catalog.base import Base, UTCDateTime, utcnow
+from vmm.placement import LOCAL_HOST
 
 
 class VMRecord(Base):
@@ -21,10 +23,16 @@ class VMRecord(Base):
     name: Mapped[str] = mapped_column(String(63), primary_key=True)
     spec: Mapped[dict[str, Any]] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # Where the VM runs, or last ran: "local" (this machine) or a registered ssh host. Written
+    # before its QEMU starts there, so it never points away from a running QEMU.
+    host: Mapped[str] = mapped_column(String(63), default=LOCAL_HOST, server_default=LOCAL_HOST)
+    # Cairn started it and nothing has stopped it since (Cairn, or its guest, seen by HA): if
+    # its host goes silent, HA restarts it elsewhere; one that was meant to be down stays down.
+    should_run: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
 
 class VMOptionsRecord(Base):
-    """How the appliance manages a VM beyond its definition: HA and instant-clone links."""
+    """How the appliance manages a VM beyond its definition: HA, instant-clone links, placement."""
     __tablename__ = "vm_options"
     vm_name: Mapped[str] = mapped_column(String(63), primary_key=True)
     ha_enabled: Mapped[bool] = mapped_column(Boolean, default=False)
@@ -34,6 +42,9 @@ class VMOptionsRecord(Base):
     ha_gave_up_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     # An instant clone reads from this VM's disks until its background stream completes.
     linked_to: Mapped[str | None] = mapped_column(String(63), nullable=True, index=True)
+    # Placement chooses among this compute pool's hosts (hosts that see the VM's disks at the
+    # same paths: shared storage); without one the VM runs on this machine.
+    compute_pool: Mapped[str | None] = mapped_column(String(63), nullable=True)
 
 
 class SchedulingGroupRecord(Base):

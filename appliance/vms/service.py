@@ -3,17 +3,21 @@
 Disk files live in <data dir>/vms/<vm>/; images come from the image library
 (<data dir>/images, vmm.images_library) and are checked against their SHA-256 whenever a VM is
 created on them and again before the VM starts.
+
+A VM runs on this machine, or on a host of its compute pool that placement picks at each start
+(placement.py); its state is what that host says. Starting, stopping, HA and migration work on
+every host; the rest (console, pause, snapshots, backups...) on VMs that run here.
 """
 from __future__ import annotations
 
 import asyncio
 import os
 import shutil
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from sqlalchemy import ColumnElement, Integer, Select, String, case, literal, select, type_coerce
 from sqlalchemy.orm import Session, sessionmaker
@@ -22,7 +26,7 @@ from appliance.access.visibility import ALL, Seen
 from appliance.catalog.base import utcnow
 from appliance.catalog.query import MAX_INTEGER, HasHeaders, ListQuery
 from appliance.deletion.records import RecycledRecord
-from appliance.errors import ConflictError, NotFoundError
+from appliance.errors import CairnError, ConflictError, NotFoundError
 from appliance.jobs.events import EventLog
 from appliance.names import LABEL
 from appliance.pools.networks import NetworkService
@@ -32,18 +36,21 @@ from appliance.snapshots.records import SnapshotIntentRecord, SnapshotTreeRecord
 from chain import VMTree
 from vmm import DiskSpec, QemuDriver, StopMethod, VMSpec, VMStatus, create_disk, image_info
 from vmm.clone import CloneMode, clone_disks, clone_spec
-from vmm.ha import HAHooks, HASupervisor, RestartLimit
+from vmm.ha import DOWN_AFTER, HASupervisor
 from vmm.images import backing_chain, resize_image
 from vmm.images_library import ImageLibrary, ImageRecord
-from vmm.placement import LOCAL_HOST, Placement, SchedulingGroup, local_host, place
+from vmm.placement import LOCAL_HOST, SchedulingGroup
 from vmm.rundir import exclusive
 from vmm.spec import NicSpec, validate_vm_name
 
+from .placement import VMPlacement
 from .readers import Reader, ReadingVM, find_readers, refusal
 from .records import SchedulingGroupRecord, VMOptionsRecord, VMRecord, VMTagRecord
 
 DISK_NAMES = [f"vd{c}" for c in "abcdefghijklmnopqrstuvwxyz"]
 ACTIVE = ("running", "paused")
+# States in which no QEMU of the VM runs anywhere ("unknown": its host does not answer).
+DOWN = ("stopped", "crashed")
 # A VM's rows in the catalog besides its backups: deleting the VM removes them all.
 VM_RECORDS = (VMRecord, SnapshotTreeRecord, SnapshotIntentRecord, VMOptionsRecord, VMTagRecord)
 
@@ -54,10 +61,13 @@ class VMView:
     status: VMStatus
     ha: bool = False
     linked_to: str | None = None
+    host: str = LOCAL_HOST               # where it runs, or last ran
+    compute_pool: str | None = None      # the hosts placement may choose from (None: here only)
 
     def to_dict(self) -> dict:
         return {**self.spec.to_dict(), "state": self.status.state, "pid": self.status.pid,
-                "ha": self.ha, "linked_to": self.linked_to}
+                "ha": self.ha, "linked_to": self.linked_to, "host": self.host,
+                "compute_pool": self.compute_pool}
 
 
 @dataclass
@@ -70,6 +80,7 @@ class VMOptions:
     boot: list[str] = field(default_factory=list)
     vnc: bool = False
     storage_pool: str | None = None   # disks go in this storage pool's folder, not the data dir
+    compute_pool: str | None = None   # runs on a host of this compute pool, not only here
 
 
 class VMService:
@@ -81,6 +92,7 @@ class VMService:
         self.events = EventLog(catalog)
         self.pools = PoolService(catalog)
         self.networks = NetworkService(settings, catalog, self.pools, driver)
+        self.placement = VMPlacement(catalog, self.pools, self.networks, self.groups)
 
     # -- definitions --------------------------------------------------------------------------
 
@@ -119,7 +131,7 @@ class VMService:
                       profile=options.profile, nics=options.nics, cdrom=cdrom, boot=boot,
                       vnc=options.vnc)
         spec.validate()
-        self._place(spec)
+        self._fits(spec, options.compute_pool)
         self._new_folder(name, root)
         try:
             for i, disk in enumerate(disks):
@@ -132,6 +144,8 @@ class VMService:
                     create_disk(disk.path, size)
             with self.catalog.begin() as s:
                 s.add(VMRecord(name=name, spec=spec.to_dict()))
+                if options.compute_pool:
+                    s.add(VMOptionsRecord(vm_name=name, compute_pool=options.compute_pool))
         except Exception:
             shutil.rmtree(folder, ignore_errors=True)
             raise
@@ -153,42 +167,78 @@ class VMService:
             disk.path = paths.get(disk.name, disk.path)
         rec.spec = spec.to_dict()
 
-    def show(self, name: str) -> VMView:
+    def show(self, name: str, status: VMStatus | None = None) -> VMView:
+        """The VM as it stands (`status`: its state, if the caller has just learnt it)."""
         spec = self.spec(name)
+        host = self.placement.host_of(name)
         with self.catalog() as s:
             opts = s.get(VMOptionsRecord, name)
-        return self._view(spec, opts)
+        return self._view(spec, opts, host, status or self._status_on(host, name))
 
     def page(self, query: ListQuery, where: ColumnElement[bool] | None = None,
              response: HasHeaders | None = None) -> list[VMView]:
         """The VMs `query` asks for, among those `where` selects (the caller's visible ones), by
         name unless it sorts otherwise: filtered, sorted and paged in the catalog, by any of
-        _listed_fields(). Live states come from the driver's index of the VMs not stopped."""
+        _listed_fields(). Live states come from each VM's host: this machine's driver's index of
+        the VMs not stopped, each other host asked once."""
         # Every VM's live state if the query filters or sorts by it, else only the page's (a
         # status() for each of them marked live: none for most).
         live_fields = query.names("state") or query.names("pid")
-        active = self.driver.active() if live_fields else {}
         with self.catalog() as s:
+            active = self._active(s) if live_fields else {}
             records = query.fetch(s, self.statement(query, active, where), response)
             opts = {o.vm_name: o for o in s.scalars(
                 select(VMOptionsRecord).where(VMOptionsRecord.vm_name.in_([r.name for r in records])))}
         if not live_fields:
-            marked = self.driver.marked_live()
-            active = {r.name: self.driver.status(r.name) for r in records if r.name in marked}
-        return [self._view(VMSpec.from_dict(r.spec), opts.get(r.name), active) for r in records]
+            active = self._active_among({r.name: r.host for r in records})
+        return [self._view(VMSpec.from_dict(r.spec), opts.get(r.name), r.host,
+                           active.get(r.name) or VMStatus(r.name, "stopped", None, None)) for r in records]
 
     @staticmethod
     def statement(query: ListQuery, active: dict[str, VMStatus], where: ColumnElement[bool] | None = None
                   ) -> Select[Any]:
-        """The SELECT of page(), the live states being `active` (the driver's active())."""
+        """The SELECT of page(), the live states being `active` (_active())."""
         stmt = select(VMRecord) if where is None else select(VMRecord).where(where)
         return query.statement(VMRecord, stmt, _listed_fields(active))
 
-    def _view(self, spec: VMSpec, opts: VMOptionsRecord | None,
-              active: dict[str, VMStatus] | None = None) -> VMView:
-        status = (self.driver.status(spec.name) if active is None
-                  else active.get(spec.name) or VMStatus(spec.name, "stopped", None, None))
-        return VMView(spec, status, ha=bool(opts and opts.ha_enabled), linked_to=opts.linked_to if opts else None)
+    def _active(self, session: Session) -> dict[str, VMStatus]:
+        """Every VM not stopped, by name: this machine's from its driver's index, the others'
+        as their hosts say."""
+        elsewhere = {name: host for name, host in session.execute(
+            select(VMRecord.name, VMRecord.host).where(VMRecord.host != LOCAL_HOST))}
+        return {**self.driver.active(), **self._active_among(elsewhere, local=False)}
+
+    def _active_among(self, hosts: dict[str, str], local: bool = True) -> dict[str, VMStatus]:
+        """The VMs of `hosts` (VM -> its host) not stopped, by name: each host asked once, and
+        those of a host that does not answer "unknown". `local=False`: skip this machine's."""
+        marked = self.driver.marked_live() if local else set()
+        found = {name: self.driver.status(name) for name, host in hosts.items() if host == LOCAL_HOST and name in marked}
+        for host in {h for h in hosts.values() if h != LOCAL_HOST}:
+            statuses = self._statuses_on(host)
+            found |= {name: _status_in(statuses, name) for name, on in hosts.items() if on == host}
+        return found
+
+    def status(self, name: str) -> VMStatus:
+        """The VM's state where it runs or last ran: "unknown" if that host does not answer."""
+        return self._status_on(self.placement.host_of(name), name)
+
+    def _status_on(self, host: str, name: str) -> VMStatus:
+        if host == LOCAL_HOST:
+            return self.driver.status(name)
+        return _status_in(self._statuses_on(host), name)
+
+    def _statuses_on(self, host: str) -> dict[str, VMStatus] | None:
+        """What `host` runs (any VM not in it is stopped), or None if it does not answer (or is
+        no longer registered)."""
+        try:
+            return self.placement.pool.statuses(host)
+        except CairnError:
+            return None
+
+    @staticmethod
+    def _view(spec: VMSpec, opts: VMOptionsRecord | None, host: str, status: VMStatus) -> VMView:
+        return VMView(spec, status, ha=bool(opts and opts.ha_enabled), linked_to=opts.linked_to if opts else None,
+                      host=host, compute_pool=opts.compute_pool if opts else None)
 
     def resize(self, name: str, vcpus: int | None = None, memory_mib: int | None = None) -> VMSpec:
         """New CPU count and memory size, for a stopped VM (they apply at its next start)."""
@@ -200,7 +250,7 @@ class VMService:
             spec.vcpus = spec.vcpus if vcpus is None else vcpus
             spec.memory_mib = spec.memory_mib if memory_mib is None else memory_mib
             spec.validate()
-            self._place(spec)
+            self._fits(spec)
             rec.spec = spec.to_dict()
         return spec
 
@@ -216,7 +266,7 @@ class VMService:
             raise ConflictError(f"disk {disk} of VM {name} is {current} bytes; shrinking it to "
                                 f"{size_bytes} would cut off data")
         self.require_unread([target.path], f"growing disk {disk} of VM {name}", besides=name)
-        if self.driver.status(name).state in ACTIVE:
+        if self._here(name, "grow its disks live").state in ACTIVE:
             await self.driver.grow_disk(name, disk, size_bytes)
         else:
             resize_image(target.path, size_bytes)
@@ -224,52 +274,99 @@ class VMService:
 
     # -- running ------------------------------------------------------------------------------
 
-    async def start(self, name: str, paused: bool = False) -> VMView:
-        """`paused`: QEMU sets the machine up, its guest runs no code until resume() (QEMU -S)."""
-        # The checks read the catalog and other VMs' image headers: off the event loop, which
-        # meanwhile serves other requests, the monitors of QEMUs starting beside this one among them.
-        spec = await asyncio.to_thread(self._startable, name)
+    async def start(self, name: str, paused: bool = False, fenced_off: Collection[str] = ()) -> VMView:
+        """Start the VM on the host placement picks now, unless it runs somewhere already.
+        `paused`: QEMU sets the machine up, its guest runs no code until resume() (QEMU -S).
+        `fenced_off`: hosts that do not answer, and HA has proven the VM gone from (it starts
+        on none of them, and they are not asked whether it runs there)."""
+        # The checks read the catalog, other VMs' image headers and the VM's host: off the event
+        # loop, which meanwhile serves other requests, the monitors of QEMUs starting beside
+        # this one among them.
+        spec = await asyncio.to_thread(self._startable, name, fenced_off)
+        chosen = await self.placement.choose(spec, avoid=fenced_off, among=self._paused_here(name) if paused else None)
+        # Recorded first: whatever happens next, the catalog never points away from its QEMU.
+        self.placement.record(name, should_run=True, host=chosen.name)
+        try:
+            status = (await self._start_here(spec, paused) if chosen.name == LOCAL_HOST
+                      else await self.placement.run(chosen, spec, paused))
+        except BaseException:
+            self.placement.record(name, should_run=False)
+            raise
+        return self.show(name, status)
+
+    def _paused_here(self, name: str) -> list[str]:
+        """The hosts a paused start may use: this machine, where Cairn resumes VMs."""
+        hosts, _ = self.placement.candidates(name)
+        if LOCAL_HOST not in hosts:
+            raise ConflictError(f"VM {name} starts paused only on this machine ({LOCAL_HOST}: Cairn resumes VMs "
+                                f"there), which is not in its compute pool ({', '.join(hosts)})")
+        return [LOCAL_HOST]
+
+    async def _start_here(self, spec: VMSpec, paused: bool) -> VMStatus:
         with self.networks.starting(spec):
             status = await self.driver.start(spec, paused=paused)
         with self.catalog() as s:
-            opts = s.get(VMOptionsRecord, name)
+            opts = s.get(VMOptionsRecord, spec.name)
         if opts and opts.linked_to:
-            await self.driver.stream_disks(name, self._own_bottoms(name, opts.linked_to))
-        return VMView(spec, status, ha=bool(opts and opts.ha_enabled),
-                      linked_to=opts.linked_to if opts else None)
+            await self.driver.stream_disks(spec.name, self._own_bottoms(spec.name, opts.linked_to))
+        return status
 
-    def _startable(self, name: str) -> VMSpec:
+    def _startable(self, name: str, fenced_off: Collection[str]) -> VMSpec:
         """The VM's definition, once it may start: no other VM reads the files it would write,
-        its library images are intact, it fits on this host."""
+        its library images are intact, and it runs nowhere (on a host of `fenced_off` it cannot)."""
         spec = self.spec(name)
         # A running guest writes its active layers; the layers under them stay as they are.
         self.require_unread([d.path for d in spec.disks], f"starting VM {name}", besides=name,
                             hint=f"or take a snapshot of {name} first: its writes then go to new layers")
         self._verify_images(spec)
-        self._place(spec)
+        if (host := self.placement.host_of(name)) not in fenced_off:
+            current = self._status_on(host, name)
+            if current.state == "unknown":
+                raise _silent(name, host)
+            if current.state in ACTIVE:
+                raise ConflictError(f"VM {name} is already {current.state}{_on(host)}")
         return spec
 
-    async def stop(self, name: str, timeout: float = 30.0, force: bool = False) -> tuple[VMView, StopMethod]:
+    async def stop(self, name: str, timeout: float = 30.0, force: bool = False
+                   ) -> tuple[VMView, StopMethod | Literal["unknown"]]:
         """The VM stopped, and how (QemuDriver.stop): whoever asked is told whether the guest shut
-        down or was forced off."""
+        down or was forced off; "unknown" for a VM on another host, whose agent does not say."""
         self.spec(name)
-        how = await self.driver.stop(name, timeout=timeout, force=force)
-        return self.show(name), how
+        # No longer meant to run: HA leaves it down even if its host dies meanwhile.
+        self.placement.record(name, should_run=False)
+        host = self.placement.host_of(name)
+        if host == LOCAL_HOST:
+            how = await self.driver.stop(name, timeout=timeout, force=force)
+            return self.show(name), how
+        return self.show(name, await self.placement.stop(host, name, timeout, force)), "unknown"
 
     async def reboot(self, name: str) -> VMView:
-        self.spec(name)
+        self._here(name, "reset it")
         await self.driver.reboot(name)
         return self.show(name)
 
     async def pause(self, name: str) -> VMView:
-        self.spec(name)
+        self._here(name, "pause it")
         await self.driver.pause(name)
         return self.show(name)
 
     async def resume(self, name: str) -> VMView:
-        self.spec(name)
+        self._here(name, "resume it")
         await self.driver.resume(name)
         return self.show(name)
+
+    def _here(self, name: str, doing: str) -> VMStatus:
+        """The VM's state, if it is on this machine; ConflictError if it runs on another host."""
+        self.spec(name)
+        host = self.placement.host_of(name)
+        if host != LOCAL_HOST:
+            status = self._status_on(host, name)
+            if status.state == "unknown":
+                raise _silent(name, host)
+            if status.state not in DOWN:
+                raise ConflictError(f"VM {name} is {status.state} on host {host}: Cairn can {doing} only on "
+                                    f"this machine (migrate it here first: cairn vm migrate {name} {LOCAL_HOST})")
+        return self.driver.status(name)
 
     def delete(self, name: str) -> None:
         """Removes the VM and its disks at once; its backups stay in the store. (The API and
@@ -281,8 +378,7 @@ class VMService:
     def check_deletable(self, name: str) -> VMView:
         """The VM, if it may be deleted now: stopped, and no other VM reads a file of its folders."""
         view = self.show(name)
-        if view.status.state in ACTIVE:
-            raise ConflictError(f"VM {name} is {view.status.state}; stop it first")
+        self._require_down(name, view.host, "first", view.status)
         self.require_unread(self.own_files(view.spec), f"deleting VM {name}", besides=name)
         return view
 
@@ -308,6 +404,8 @@ class VMService:
                         {a.key: getattr(row, a.key) for a in record.__mapper__.column_attrs})
                     s.delete(row)
         self.driver.forget(name)
+        if (host := rows[VMRecord.__tablename__][0]["host"]) != LOCAL_HOST:
+            self.placement.forget(host, name)
         return rows
 
     @staticmethod
@@ -342,7 +440,7 @@ class VMService:
         if taken or len(set(names)) != len(names):
             raise ConflictError(f"clone names must be new and distinct: {', '.join(taken) or names}")
         for name in names:
-            self._place(replace(src, name=name))
+            self._fits(replace(src, name=name))
         disk_mode: CloneMode = "linked" if mode == "instant" else "full" if len(names) == 1 else "cached"
         caches = self._clone_caches(src) if disk_mode == "cached" else None
         made: list[VMSpec] = []
@@ -517,12 +615,10 @@ class VMService:
             raise ConflictError(f"scheduling group {rec.name} also names VMs you do not see: "
                                 "only an admin may change or delete it")
 
-    def _place(self, spec: VMSpec) -> Placement:
-        """Where the VM may run; today the only host is this one, so this refuses a VM that
-        does not fit in its memory or that a mandatory policy keeps off it."""
-        running = {name: LOCAL_HOST for name, status in self.driver.active().items()
-                   if status.state in ACTIVE and name != spec.name}
-        return place(spec.name, spec.memory_mib, [local_host()], running, self.groups())
+    def _fits(self, spec: VMSpec, pool: str | None = None) -> None:
+        """Refuse a VM that fits on none of its hosts (of compute pool `pool`, default its
+        own): not enough memory, or mandatory policies keep it off all of them."""
+        self.placement.fits(spec, pool)
 
     def _new_folder(self, name: str, root: Path | None = None) -> Path:
         """The VM's own disk folder (in `root`, default the data dir's), made now: a concurrent
@@ -536,9 +632,15 @@ class VMService:
         return folder
 
     def _require_stopped(self, name: str, doing: str) -> None:
-        state = self.driver.status(name).state
-        if state in ACTIVE:
-            raise ConflictError(f"VM {name} is {state}; stop it to {doing}")
+        self._require_down(name, self.placement.host_of(name), f"to {doing}")
+
+    def _require_down(self, name: str, host: str, purpose: str, status: VMStatus | None = None) -> None:
+        """ConflictError unless no QEMU of the VM runs: it is stopped or crashed on `host`."""
+        state = (status or self._status_on(host, name)).state
+        if state == "unknown":
+            raise _silent(name, host)
+        if state not in DOWN:
+            raise ConflictError(f"VM {name} is {state}{_on(host)}; stop it {purpose}")
 
     # -- high availability ----------------------------------------------------------------------
 
@@ -552,30 +654,14 @@ class VMService:
             opts.ha_max_restarts, opts.ha_window_seconds = max_restarts, window_seconds
             s.merge(opts)
 
-    def ha_supervisor(self, interval: float = 1.0) -> HASupervisor:
-        return HASupervisor(self.driver, HAHooks(self._ha_watched, self.start, self._ha_restarted,
-                                                 self._ha_gave_up), interval)
+    def ha_supervisor(self, interval: float = 1.0, down_after: float = DOWN_AFTER) -> HASupervisor:
+        from .ha import VMHighAvailability
 
-    def _ha_watched(self) -> dict[str, RestartLimit]:
-        with self.catalog() as s:
-            rows = s.scalars(select(VMOptionsRecord).where(VMOptionsRecord.ha_enabled.is_(True)))
-            return {r.vm_name: RestartLimit(r.ha_max_restarts, r.ha_window_seconds) for r in rows}
-
-    def _ha_restarted(self, name: str, count: int) -> None:
-        self.events.emit("vm.ha.restarted", f"VM {name} crashed and was restarted "
-                         f"(restart {count} in its window)", severity="warning",
-                         resource=f"vm:{name}", data={"restarts": count})
-
-    def _ha_gave_up(self, name: str, why: str) -> None:
-        with self.catalog.begin() as s:
-            if opts := s.get(VMOptionsRecord, name):
-                opts.ha_enabled, opts.ha_gave_up_at = False, utcnow()
-        self.events.emit("vm.ha.gave_up", f"VM {name}: HA gave up: {why}", severity="error",
-                         resource=f"vm:{name}")
+        return HASupervisor(VMHighAvailability(self).hooks(), interval, down_after)
 
     @contextmanager
-    def supervised(self, interval: float = 1.0) -> Iterator[HASupervisor]:
-        supervisor = self.ha_supervisor(interval)
+    def supervised(self, interval: float = 1.0, down_after: float = DOWN_AFTER) -> Iterator[HASupervisor]:
+        supervisor = self.ha_supervisor(interval, down_after)
         supervisor.start()
         try:
             yield supervisor
@@ -604,6 +690,22 @@ def _listed_fields(active: dict[str, VMStatus]) -> dict[str, ColumnElement[Any]]
             "pid": live(lambda st: st.pid, None, Integer()),
             "vcpus": VMRecord.spec["vcpus"].as_integer(), "memory_mib": VMRecord.spec["memory_mib"].as_integer(),
             "disks": VMRecord.spec["disks"]}
+
+
+def _on(host: str) -> str:
+    return "" if host == LOCAL_HOST else f" on host {host}"
+
+
+def _silent(name: str, host: str) -> ConflictError:
+    return ConflictError(f"host {host} does not answer, so VM {name} may still run there: it stays as it is "
+                         "until the host answers again (HA restarts an HA VM elsewhere once it is fenced)")
+
+
+def _status_in(statuses: dict[str, VMStatus] | None, name: str) -> VMStatus:
+    """A VM's state among what its host runs (None: the host did not answer)."""
+    if statuses is None:
+        return VMStatus(name, "unknown", None, None)
+    return statuses.get(name) or VMStatus(name, "stopped", None, None)
 
 
 def _tops(spec: VMSpec, layers: list[tuple[str, str]]) -> list[tuple[str, str]]:
