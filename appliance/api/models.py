@@ -33,13 +33,12 @@ class VMOut(BaseModel):
     vcpus: int
     memory_mib: int
     disks: list[DiskOut]
-    host: str = Field(description="where it runs, or last ran (\"local\": this machine)")
 
     @classmethod
     def of(cls, view: VMView) -> VMOut:
         spec = view.spec
         return cls(name=spec.name, state=view.status.state, pid=view.status.pid, vcpus=spec.vcpus,
-                   memory_mib=spec.memory_mib, host=view.host,
+                   memory_mib=spec.memory_mib,
                    disks=[DiskOut(name=d.name, path=d.path, format=d.format) for d in spec.disks])
 
 

@@ -281,9 +281,9 @@ def vm_list(filters: list[str] = FILTER_OPT, sort: str = sort_option("name"), li
     if as_json:
         emit_json(views)
         return
-    listing = table("name", "state", "host", "vcpus", "memory", "disks", wide=("disks",), numbers=("vcpus", "memory"))
+    listing = table("name", "state", "vcpus", "memory", "disks", wide=("disks",), numbers=("vcpus", "memory"))
     for v in views:
-        listing.add_row(v.name, v.state, v.host, str(v.vcpus), f"{v.memory_mib} MiB", ", ".join(d.name for d in v.disks))
+        listing.add_row(v.name, v.state, str(v.vcpus), f"{v.memory_mib} MiB", ", ".join(d.name for d in v.disks))
     print_table(listing)
 
 
