@@ -159,10 +159,12 @@ class Domain:
 class LiveTool:
     """How one tool backs up a running domain and restores its vdb."""
 
-    def __init__(self, name: str, work: Path, daemon_uri: str, place: Path) -> None:
+    def __init__(self, name: str, work: Path, daemon, place: Path) -> None:
+        """daemon: the private libvirtd (libvirtd_server.Libvirtd)."""
         self.name = name
         self.work = work
-        self.uri = daemon_uri
+        self.daemon = daemon
+        self.uri = daemon.uri
         self.place = place
         self.latest = None
 
@@ -209,7 +211,8 @@ class CairnLive(LiveTool):
         (self.work / "cairn-live").symlink_to(data_dir)
         Store.init(data_dir / "store", zstd_level=ZSTD_LEVEL).close()
         self.appliance = Appliance.open(str(data_dir))
-        self.appliance.hosts.add("bench", self.uri)
+        # The daemon's /var/lib/libvirt, where QEMU makes the export's socket, as seen from here.
+        self.appliance.hosts.add("bench", self.uri, libvirt_dir=str(self.daemon.lib_dir))
         self.service = LibvirtBackupService(HostBackups(self.appliance.settings, self.appliance.catalog,
                                                         self.appliance.store), self.appliance.hosts)
 
@@ -230,13 +233,14 @@ class CairnLive(LiveTool):
 def live(work: Path, disk: BenchDisk, change: list[tuple[int, bytes]], results: Results) -> None:
     import libvirt
     from guest.build import build_guest
+    from libvirt_helpers import guest_image
     from libvirtd_server import running_libvirtd
 
-    guest = build_guest()
     reference = work / "changed.qcow2"
     shutil.copyfile(disk.qcow2, reference)
     apply_change(change, reference, "qcow2", work)
     with running_libvirtd() as daemon:
+        guest = guest_image(daemon, build_guest())  # where QEMU, as libvirt-qemu, can read it
         conn = libvirt.open(daemon.uri)
         for kind in (VirtNbdBackup, CairnLive):
             name = "cairn" if kind is CairnLive else "virtnbdbackup"
@@ -245,7 +249,7 @@ def live(work: Path, disk: BenchDisk, change: list[tuple[int, bytes]], results: 
             boot, data = place / "vda.qcow2", place / "vdb.qcow2"
             run("qemu-img", "create", "-q", "-f", "qcow2", boot, str(128 * MiB))
             shutil.copyfile(disk.qcow2, data)
-            tool = kind(name, work, daemon.uri, place)
+            tool = kind(name, work, daemon, place)
             domain = Domain(conn, domain_xml(f"bench-{name}", guest.kernel, guest.initrd, boot, data,
                                              place / "serial.log"), place / "serial.log")
             try:

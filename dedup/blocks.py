@@ -134,7 +134,7 @@ class BlockStore:
                 if len(stored) != r.stored_length:
                     raise ChunkCorruptError(f"block {r.block_id.hex()}: pack {run.pack} ends inside it",
                                             r.block_id.hex())
-                results.append((r.block_id, self._decode(bytes(stored), r, run.pack)))
+                results.append((r.block_id, self._decode(stored, r, run.pack)))
             except StoreError as e:
                 results.append((r.block_id, e))
         return results
@@ -152,7 +152,7 @@ class BlockStore:
             # Moved aside by a GC that has not decided yet, or that crashed before deciding.
             return self.backend.read_range(trash_name(pack), offset, length)
 
-    def _decode(self, stored: bytes, record: PackRecord, pack: str) -> bytes:
+    def _decode(self, stored: bytes | memoryview, record: PackRecord, pack: str) -> bytes:
         try:
             return self.codec.decode(stored, record.codec, record.block_id, record.plain_length)
         except ChunkCorruptError as e:

@@ -63,9 +63,11 @@ class BlockCodec:
             stored = self._key.seal(stored, block_id)
         return codec, stored
 
-    def decode(self, stored: bytes, codec: int, block_id: bytes, plain_length: int | None = None) -> bytes:
+    def decode(self, stored: bytes | memoryview, codec: int, block_id: bytes, plain_length: int | None = None) -> bytes:
         """The plaintext of a stored block, checked against its id; ChunkCorruptError if it is not that block.
 
+        stored may be a view into a larger read (a pack's records): a compressed block is
+        decompressed from it without copying it out first.
         plain_length, when the caller knows it (a pack record says it), is checked before any
         allocation: a damaged header must not make us allocate whatever size it claims.
         """
@@ -73,7 +75,7 @@ class BlockCodec:
         payload = stored
         if self._key is not None:
             try:
-                payload = self._key.open(stored, block_id)
+                payload = self._key.open(bytes(stored), block_id)
             except AeadFailed as e:
                 raise ChunkCorruptError(f"block {hex_id}: {e} (damaged, or not sealed with this store's key)",
                                         hex_id) from None
@@ -81,7 +83,7 @@ class BlockCodec:
         if codec == ZSTD:
             data = self._decompress(payload, hex_id, limit)
         elif codec == RAW:
-            data = payload
+            data = bytes(payload)
         else:
             raise ChunkCorruptError(f"block {hex_id}: unknown codec {codec}", hex_id)
         if plain_length is not None and len(data) != plain_length:
@@ -96,7 +98,7 @@ class BlockCodec:
             compressor = self._local.compressor = zstandard.ZstdCompressor(level=self._level)
         return compressor
 
-    def _decompress(self, frame: bytes, hex_id: str, limit: int) -> bytes:
+    def _decompress(self, frame: bytes | memoryview, hex_id: str, limit: int) -> bytes:
         try:
             size = zstandard.frame_content_size(frame)
             if not 0 <= size <= limit:

@@ -1,6 +1,9 @@
 """Retention: which backups of a VM to keep, and removing the others.
 
-The rules, applied to one VM's backups sorted newest first by `created`:
+The rules, applied to one VM's backups sorted newest first: by `created`, or by the order an
+appliance's catalog knows them in (`among`, for an appliance: the backups it made, in the order
+it began them, whatever its clock said; another appliance's backups of a VM of the same name in
+a shared store are none of its business):
 
 - keep-last N keeps the N newest backups.
 - keep-hourly/daily/weekly/monthly/yearly N each keep the newest backup of
@@ -24,7 +27,7 @@ of its disk, so no backup needs another backup's index to restore.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields, replace
 from datetime import UTC, datetime
 
@@ -83,10 +86,13 @@ class PruneReport:
 
 
 def plan_retention(
-    backups: list[BackupManifest], policy: RetentionPolicy, protected: set[str]
+    backups: list[BackupManifest], policy: RetentionPolicy, protected: set[str],
+    order: Mapping[str, int] | None = None,
 ) -> tuple[PruneDecision, ...]:
-    """Decide for each backup, newest first, whether to keep it and why."""
-    newest_first = sorted(backups, key=lambda m: (m.created, m.backup_id), reverse=True)
+    """Decide for each backup, newest first, whether to keep it and why. `order`: backup id ->
+    rank, higher is newer (default: by `created`)."""
+    newest_first = sorted(backups, key=lambda m: (order[m.backup_id] if order is not None else 0, m.created,
+                                                  m.backup_id), reverse=True)
     reasons: dict[str, list[str]] = {m.backup_id: [] for m in newest_first}
     ruled = [m for m in newest_first if m.backup_id not in protected]
     for rank, m in enumerate(ruled[: policy.keep_last], 1):
@@ -112,11 +118,14 @@ def plan_retention(
     )
 
 
-def prune(store: Store, vm: str, policy: RetentionPolicy, dry_run: bool = False) -> PruneReport:
-    backups = store.list_backups(vm)
+def prune(store: Store, vm: str, policy: RetentionPolicy, dry_run: bool = False,
+          among: Mapping[str, int] | None = None) -> PruneReport:
+    """`among`: rule on these backups only (id -> rank, higher is newer); the VM's others stay
+    as they are. Default: every backup of the VM, by `created`."""
+    backups = [m for m in store.list_backups(vm) if among is None or m.backup_id in among]
     protected = {m.backup_id for m in backups if is_protected(store, m)}
     locked = locked_backups(store, backups)
-    decisions = plan_retention(backups, policy, protected | locked.keys())
+    decisions = plan_retention(backups, policy, protected | locked.keys(), among)
     decisions = tuple(replace(d, reasons=(f"locked until {format_time(locked[d.backup_id])}",))
                       if d.backup_id in locked.keys() - protected else d for d in decisions)
     if not dry_run:

@@ -38,6 +38,8 @@ class NbdTarget:
     call releases the GIL, so reading and decompressing on other threads overlap it.
     """
 
+    concurrent_writes = 1  # libnbd runs one synchronous call per handle at a time
+
     def __init__(self, handle: nbd.NBD, description: str, fresh: bool) -> None:
         """fresh: the export reads as zeros already, so zero ranges need no request."""
         self._handle = handle
@@ -115,10 +117,15 @@ class NbdTarget:
 
 
 class QemuNbdServer:
-    """qemu-nbd serving one image, writable, to a single client."""
+    """qemu-nbd serving one image, writable, to one client with up to `clients` connections."""
 
-    def __init__(self, image: Path | str, fmt: str, timeout: float = 10.0) -> None:
-        """image: a file or device, or (a str) a QEMU filename of a network image, e.g. rbd:pool/img:conf=PATH."""
+    def __init__(self, image: Path | str, fmt: str, timeout: float = 10.0, clients: int = 1,
+                 cache: str = "writeback") -> None:
+        """image: a file or device, or (a str) a QEMU filename of a network image, e.g. rbd:pool/img:conf=PATH.
+        cache: qemu-nbd's --cache mode.
+
+        qemu-nbd exits when its last connection closes, so a client opens all of its
+        connections before it closes any."""
         # Absolute, so that qemu never reads a relative "name:with:colons" as a protocol prefix.
         if isinstance(image, Path):
             image = image.absolute()
@@ -131,8 +138,9 @@ class QemuNbdServer:
         command = [
             "qemu-nbd",
             f"--format={fmt}",
-            "--cache=writeback",
+            f"--cache={cache}",
             "--discard=unmap",
+            f"--shared={clients}",
             f"--socket={self.socket}",
             str(image),
         ]

@@ -13,6 +13,9 @@ every block was verified and written (and, with verify, read back and compared) 
 is durable; on any failure the partial file is deleted, so the target path never holds a
 half-restored disk.
 
+The blocks are written on a pool of writer threads, as many as the target takes at once
+(RestoreTarget.concurrent_writes), while the next ones are decoded.
+
 Restores are thin: holes are never written, and inside data all-zero 64 KiB runs (the qcow2
 cluster size) are skipped too, so the image allocates only what held data. A destination
 that already holds data gets those ranges as write-zeroes instead.
@@ -20,16 +23,19 @@ that already holds data gets those ranges as write-zeroes instead.
 
 from __future__ import annotations
 
+import functools
 import os
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from dedup import BackupManifest, DiskEntry, DiskMap, MapEntry, Store, StoreError
+from dedup.pipeline import JobPipeline
 
 from .destinations import Destination, parse_destination
 from .errors import CorruptBackupError, DiskSelectionError
-from .targets import RestoreTarget
+from .targets import WRITERS, RestoreTarget
 from .verify import ReadBack, verify_target
 
 ZERO_BLOCK_SIZE = 64 << 10
@@ -119,44 +125,55 @@ class _MapCopy:
         self.blocks = 0
         self.hole_bytes = 0
         self._done = 0
+        self._lock = threading.Lock()  # the writers' counters and progress
 
     def run(self) -> None:
-        position = 0
-        for window in _windows(self._map.entries()):
-            users: dict[bytes, list[MapEntry]] = {}
-            for entry in window:
-                if entry.offset > position:
-                    self._hole(position, entry.offset - position)
-                users.setdefault(entry.block_id, []).append(entry)
-                position = entry.end
-            for block_id, outcome in self._map.blocks.fetch(users, READERS):
-                if isinstance(outcome, StoreError):
-                    raise self._corrupt(users[block_id][0], str(outcome)) from outcome
-                self.blocks += 1
-                for entry in users[block_id]:
-                    self._write(entry, outcome)
-        if position < self._map.size:
-            self._hole(position, self._map.size - position)
+        writes = JobPipeline(min(self._image.concurrent_writes, WRITERS))
+        try:
+            position = 0
+            for window in _windows(self._map.entries()):
+                users: dict[bytes, list[MapEntry]] = {}
+                for entry in window:
+                    if entry.offset > position:
+                        self._hole(position, entry.offset - position)
+                    users.setdefault(entry.block_id, []).append(entry)
+                    position = entry.end
+                for block_id, outcome in self._map.blocks.fetch(users, READERS):
+                    if isinstance(outcome, StoreError):
+                        raise self._corrupt(users[block_id][0], str(outcome)) from outcome
+                    self.blocks += 1
+                    for entry in users[block_id]:
+                        writes.submit(functools.partial(self._write, entry, outcome))
+            if position < self._map.size:
+                self._hole(position, self._map.size - position)
+            writes.drain()
+        finally:
+            writes.close()
 
     def _hole(self, offset: int, length: int) -> None:
         self._image.zero_at(offset, length)
-        self.hole_bytes += length
-        self._advance(length)
+        with self._lock:
+            self.hole_bytes += length
+            self._advance(length)
 
     def _write(self, entry: MapEntry, block: bytes) -> None:
+        """On a writer thread."""
         if entry.block_offset + entry.length > len(block):
             raise self._corrupt(entry, f"block {entry.block_id.hex()} has {len(block)} bytes, the map uses "
                                        f"{entry.block_offset + entry.length}")
         view = memoryview(block)[entry.block_offset:entry.block_offset + entry.length]
         if self.read_back is not None:
             self.read_back.expect(entry.offset, view)
+        written = 0
         for start, end, has_data in block_runs(view):
             if has_data:
                 self._image.write_at(entry.offset + start, view[start:end])
-                self.bytes_written += end - start
+                written += end - start
             else:
                 self._image.zero_at(entry.offset + start, end - start)
-        self._advance(entry.length)
+        with self._lock:
+            self.bytes_written += written
+            self._advance(entry.length)
 
     def _advance(self, length: int) -> None:
         self._done += length

@@ -51,6 +51,8 @@ class SshLocation:
 class SftpTarget:
     """Writes one remote file through an open SFTP session."""
 
+    concurrent_writes = 1  # seek, then write
+
     def __init__(self, file: paramiko.SFTPFile, where: str) -> None:
         self._file = file
         self._where = where

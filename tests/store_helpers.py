@@ -121,7 +121,7 @@ def ingest_images(store: Store, vm: str, images: dict[str, Path], **session_args
         with store.begin_backup(vm, **session_args) as session:
             for point in points:
                 writer = session.disk(point.disk, point.size)
-                with NbdSource(point.uri, point.since) as source:
+                with NbdSource.of(point) as source:
                     stats = ingest_disk(source, writer, incremental=False)
                 writer.record_read(stats.bytes_read)
             manifest = session.commit()

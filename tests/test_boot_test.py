@@ -22,6 +22,9 @@ def test_boot_test_of_the_test_guest_passes(appliance, guest_kernel):
     result = run(appliance.restores.boot_tests.run(backup_id, timeout=180))
     assert result.passed, result.reason + result.console
     assert "CAIRN: READY" in result.console
+    # Its screen at the end, a PNG kept by the test's id (what the console shows beside the console text).
+    assert result.has_screen
+    assert appliance.restores.boot_tests.screen_path(result.id).read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
     assert Path(disk).stat().st_mtime_ns == before
     assert [(r.passed, r.reason) for r in appliance.restores.boot_tests.history(backup_id)] == [
         (True, result.reason)]

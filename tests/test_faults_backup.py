@@ -188,8 +188,6 @@ def test_qemu_killed_after_a_push_copied_leaves_nothing_on_this_side(appliance: 
     run(appliance.vms.stop(vm, timeout=5, force=True))
 
 
-@pytest.mark.xfail(strict=True, reason="the push backup is committed to the store before its export is closed in "
-                                       "QEMU, and recorded failed when that close fails (appliance/backups/service.py)")
 def test_a_push_backup_whose_qemu_died_after_the_copy_is_in_the_store_only_if_recorded_ok(appliance: Appliance,
                                                                                          private_temp: Path):
     vm = running_vm(appliance, "pushrecord")
@@ -238,11 +236,10 @@ def test_a_cut_nbd_connection_fails_the_backup_and_the_next_one_repairs(applianc
     run(appliance.vms.stop(vm, timeout=5, force=True))
 
 
-@pytest.mark.xfail(strict=True, reason="QEMU keeps a killed backup's export until the next backup of the VM removes "
-                                       "it; snapshot changes are refused meanwhile (\"a backup or restore is running; "
-                                       "try again later\"), and no restart of Cairn clears it")
 def test_snapshots_of_a_vm_whose_live_backup_was_killed_work_once_cairn_starts_again(
-        appliance: Appliance, appliance_data_dir: Path, private_temp: Path):
+        appliance: Appliance, appliance_data_dir: Path, private_temp: Path, tmp_path: Path):
+    """The snapshot clears what the dead backup left in QEMU and folds its frozen checkpoint
+    back in: the next backup, on the snapshot's new layer, stays incremental and byte-exact."""
     vm = running_vm(appliance, "snapafter")
 
     def back_up(app: Appliance, pause: Pause) -> None:
@@ -251,5 +248,7 @@ def test_snapshots_of_a_vm_whose_live_backup_was_killed_work_once_cairn_starts_a
     cairn(appliance_data_dir, "vm", "list")
     try:
         run(appliance.snapshots.create(vm, "s1"))
+        assert run(appliance.snapshots.check(vm)).problems == []
+        next_backup_is_whole(appliance, vm, tmp_path, "incremental")
     finally:
         run(appliance.vms.stop(vm, timeout=5, force=True))

@@ -7,13 +7,16 @@ from __future__ import annotations
 
 import os
 import signal
+import sqlite3
 import subprocess
+import sys
 from pathlib import Path
 
 from backup_helpers import MiB, image_to_raw, run, same_content
 from fault_helpers import Pause, forked_process
 from postgres_server import PostgresServer, postgres_server  # noqa: F401  (fixture)
 
+from appliance.catalog.engine import catalog_engine, open_catalog
 from appliance.context import Appliance
 from restore import restore_disk
 
@@ -73,3 +76,22 @@ def ok_backups_restore(appliance: Appliance, vm: str, tmp_path: Path) -> list[st
     for backup_id in ok:
         restore_disk(appliance.store, backup_id, "vda", tmp_path / f"{backup_id}.raw")
     return ok
+
+
+def test_opening_the_catalog_again_keeps_the_locks_sqlite_holds_in_the_process(tmp_path: Path):
+    """SQLite's locks are POSIX record locks, which a process loses on any close() of the file.
+    Opening the catalog again in a process (every Appliance, every CLI helper opens its own)
+    must not open and close the database's files, or another process writes beside this one's
+    transaction, and the catalog ends up "database disk image is malformed"."""
+    database = tmp_path / "catalog.db"
+    open_catalog(f"sqlite:///{database}")
+    writing = sqlite3.connect(database, isolation_level=None)
+    try:
+        writing.execute("BEGIN IMMEDIATE")                 # this process writes
+        catalog_engine(f"sqlite:///{database}").dispose()   # and opens the catalog again
+        other = subprocess.run([sys.executable, "-c", "import sqlite3, sys; "
+                                "sqlite3.connect(sys.argv[1], timeout=0).execute('BEGIN IMMEDIATE')", str(database)],
+                               capture_output=True, text=True, check=False)
+        assert other.returncode != 0 and "database is locked" in other.stderr, other.stderr
+    finally:
+        writing.close()

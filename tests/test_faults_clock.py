@@ -9,7 +9,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 from backup_helpers import MiB, image_to_raw, same_content
 from store_helpers import CHUNK, backup_image, disk_image, new_store, read_back
 from test_store_maintenance import forget
@@ -91,8 +90,6 @@ def test_a_gc_whose_clock_jumped_ahead_leaves_what_a_running_backup_relies_on(tm
     assert verify_store(Store.open(store.location)).ok
 
 
-@pytest.mark.xfail(strict=True, reason="retention orders backups by the time they say they were made: after the "
-                                       "clock stepped back, keep-last removes the backup taken last")
 def test_retention_keeps_the_backup_taken_last_after_the_clock_stepped_back(appliance: Appliance,
                                                                            appliance_data_dir: Path):
     disk = appliance.vms.create("tock", [4 * MiB]).disks[0].path

@@ -38,8 +38,6 @@ def test_a_restore_over_killed_in_a_disk_keeps_the_old_disks(appliance: Applianc
     assert not list((appliance.settings.images_dir / "two").glob(".*.cairn-partial"))
 
 
-@pytest.mark.xfail(strict=True, reason="the first disk, restored in full before the kill, is no partial file: it "
-                                       "stays until the next restore over the VM (appliance/restores/service.py)")
 def test_a_restore_over_killed_after_its_first_disk_leaves_no_file_once_cairn_starts_again(appliance: Appliance,
                                                                                             appliance_data_dir):
     spec = appliance.vms.create("two", [2 * MiB, 2 * MiB])
@@ -49,8 +47,6 @@ def test_a_restore_over_killed_after_its_first_disk_leaves_no_file_once_cairn_st
     assert sorted(p.name for p in (appliance.settings.images_dir / "two").iterdir()) == ["vda.qcow2", "vdb.qcow2"]
 
 
-@pytest.mark.xfail(strict=True, reason="a clone's folder exists before its VM record: killed in between, the folder "
-                                       "stays and the name is taken for ever (appliance/vms/service.py)")
 def test_a_clone_killed_half_way_leaves_no_folder_and_the_name_free(appliance: Appliance, appliance_data_dir):
     appliance.vms.create("src", [2 * MiB, 2 * MiB])
 

@@ -66,8 +66,6 @@ def test_two_appliances_back_up_prune_and_collect_garbage_on_one_store_at_once(t
     assert verify_store(Store.open(a.store.location)).ok
 
 
-@pytest.mark.xfail(strict=True, reason="a store does not know which appliance a backup belongs to: retention on one "
-                                       "appliance counts and removes another's backups of a VM of the same name")
 def test_retention_on_one_appliance_keeps_another_appliances_backups_of_a_vm_of_the_same_name(two_appliances):
     a, b = two_appliances
     for app in (a, b):

@@ -113,13 +113,6 @@ class VMModel:
     # them) until it is restored over; `linked` until it is first started (and streamed).
     instant_of: str | None = None
     linked: bool = False
-    # A backup of the running VM was killed: its export stays in QEMU, and snapshot changes are
-    # refused, until the next backup of the VM removes it (or QEMU stops). A known gap too.
-    export_left: bool = False
-    # A restore over the VM was killed after writing a disk in full: that disk's file stays, unused,
-    # until the next restore over the VM removes it. The one leak the model tolerates: a known gap
-    # (docs/reliability.md), shown by a test of its own in test_faults_restore.py.
-    unswapped_left: bool = False
 
 
 @dataclass
@@ -208,8 +201,7 @@ class Runner:
     def refusal(self, vm: str, err: ConflictError, also: bool = False) -> str:
         """A refusal is right only where the model allows one: an instant clone may read the
         VM's files (or `also`, a reason of the step's own); nothing changed then."""
-        left = self.model.vms[vm].export_left and "being exported" in str(err)
-        assert also or left or self.model.may_be_read(vm), f"{vm}: refused without a reason the model knows: {err}"
+        assert also or self.model.may_be_read(vm), f"{vm}: refused without a reason the model knows: {err}"
         return f"refused: {err}"
 
     # -- steps --------------------------------------------------------------------------------
@@ -276,7 +268,7 @@ class Runner:
         if len(running) >= MAX_RUNNING or not self.stopped_vms() or (running and self.rng.random() < 0.5):
             vm = self.touch(self.rng.choice(sorted(running)))
             run(self.app.vms.stop(vm, timeout=5, force=True))
-            self.model.vms[vm].running = self.model.vms[vm].export_left = False
+            self.model.vms[vm].running = False
             return f"stop {vm}"
         vm = self.touch(self.rng.choice(self.stopped_vms()))
         try:
@@ -313,7 +305,6 @@ class Runner:
 
     def took_backup(self, vm: str, backup_id: str, checkpoint: str | None) -> None:
         content = self.model.vms[vm].current
-        self.model.vms[vm].export_left = False
         self.check_restores(backup_id, content)
         self.model.backups[backup_id] = BackupModel(vm, copied(content))
         bitmaps = self.checkpoint_bitmaps(vm)
@@ -324,7 +315,7 @@ class Runner:
         backup_id = self.rng.choice(list(self.model.backups))
         if self.model.vms[vm].running:     # no guest OS to shut down on request: stopped at once
             run(self.app.vms.stop(vm, timeout=5, force=True))
-            self.model.vms[vm].running = self.model.vms[vm].export_left = False
+            self.model.vms[vm].running = False
         try:
             run(self.app.restores.over_vm(backup_id, vm))
         except ConflictError as err:
@@ -356,7 +347,7 @@ class Runner:
         vm = self.touch(self.rng.choice(sorted(set(self.model.vms) - {ORIGIN})))
         if self.model.vms[vm].running:
             run(self.app.vms.stop(vm, timeout=5, force=True))
-            self.model.vms[vm].running = self.model.vms[vm].export_left = False
+            self.model.vms[vm].running = False
         try:
             self.app.vms.delete(vm)
         except ConflictError as err:
@@ -464,7 +455,6 @@ class Runner:
         if killed:
             new = {m.backup_id for m in self.app.store.list_backups(vm)} - before
             assert not new, f"a killed backup left backups {new}"
-            self.model.vms[vm].export_left |= self.model.vms[vm].running
             return f"{what}: killed at {child.output.split()[-1]}"
         assert child.code == 0, child.output
         [backup_id] = {m.backup_id for m in self.app.store.list_backups(vm)} - before
@@ -486,7 +476,6 @@ class Runner:
         killed = child.kill_when_paused()
         self.recover()
         if killed:
-            self.model.vms[vm].unswapped_left |= disk != "vda"
             return f"{what}: killed at {child.output.split()[-1]}"
         if child.code == REFUSED:
             return f"{what}: " + self.refusal(vm, ConflictError(child.output))
@@ -545,8 +534,6 @@ class Runner:
             if model.running and vm in read:
                 run(self.flush(vm))
             files, layers = {str(p) for p in (self.app.settings.images_dir / vm).iterdir()}, {n.file for n in tree.nodes.values()}
-            if model.unswapped_left:
-                files -= {f for f in files - layers if "-restored-" in Path(f).name}
             assert files == layers, f"{vm}: files left behind or missing"
         if qemu_io_reads(reads) != 0:
             wrong = [f"{file}: expected {slots}" for file, slots in reads if qemu_io_reads([(file, slots)]) != 0]

@@ -78,6 +78,23 @@ def test_qcow2_restore_is_byte_exact(store, out, tmp_path, private_tmp):
     assert os.listdir(out) == ["vdb.qcow2"]
 
 
+@pytest.mark.skipif(not os.path.isdir("/dev/shm"), reason="no tmpfs at /dev/shm")
+def test_qcow2_restore_to_tmpfs(store, tmp_path, private_tmp):
+    """qemu-nbd writes with O_DIRECT where the file system has it (tmpfs only since Linux 6.6),
+    with the page cache elsewhere: either way the image is byte-exact."""
+    data = disk_image("rtzr", seed=13)
+    manifest = backup_image(store, "web1", {"vda": data})
+    source = tmp_path / "source.raw"
+    source.write_bytes(data)
+    with tempfile.TemporaryDirectory(dir="/dev/shm") as shm:
+        target = Path(shm) / "vda.qcow2"
+        restore_disk(store, manifest.backup_id, "vda", target, fmt="qcow2")
+        compare = qemu_img("compare", "-f", "raw", str(source), "-F", "qcow2", str(target))
+        assert compare.returncode == 0, compare.stdout + compare.stderr
+        assert os.listdir(shm) == ["vda.qcow2"]
+    assert list(private_tmp.iterdir()) == []
+
+
 @pytest.mark.parametrize("fmt", ["raw", "qcow2"])
 def test_zero_disk_restores_thin(store, out, fmt):
     with store.begin_backup("web1") as session:

@@ -24,7 +24,7 @@ from appliance.backups.retention import RetentionRules
 from appliance.context import Appliance
 from appliance.jobs.records import EventRecord, JobRecord
 from appliance.policies.scheduler import Scheduler
-from appliance.policies.service import BackupPolicy, PolicyService, SnapshotPolicy
+from appliance.policies.service import BackupPolicy, GcPolicy, PolicyService, SnapshotPolicy, VerifyPolicy
 from restore import restore_disk
 
 JOB_TIMEOUT = 240
@@ -155,3 +155,24 @@ def test_a_policy_due_now_backs_up_a_running_guest_byte_exact(appliance: Applian
         assert job.result["kind"] == ("full", "incremental")[day]
         restore_disk(appliance.store, job.result["backup_id"], "vda", tmp_path / f"out{day}.raw")
         assert same_content(tmp_path / "ref.raw", tmp_path / f"out{day}.raw")
+
+
+def test_verify_and_gc_run_on_their_schedules_as_store_jobs(appliance: Appliance, clock: FakeClock):
+    """Store upkeep as policies: no VM selection, one job a run on the store, with the policy's sample."""
+    appliance.vms.create("kept", [8 * MiB])
+    sched, policies = scheduler(appliance, clock)
+    policies.create(BackupPolicy(name="nightly", schedule="0 1 * * *", vms=["kept"]))
+    policies.create(VerifyPolicy(name="check", schedule="0 3 * * 0", sample_percent=25))
+    policies.create(GcPolicy(name="collect", schedule="0 4 * * *"))
+    clock.now = datetime(2026, 11, 23, 1, 30, tzinfo=UTC)
+    tick_and_wait(appliance, sched)                                # the backup the upkeep then looks at
+    clock.now = datetime(2026, 11, 23, 4, 30, tzinfo=UTC)        # a Monday: GC, not the Sunday verify
+    (gc,) = tick_and_wait(appliance, sched)
+    assert gc.kind == "store.gc" and gc.policy_id is not None and gc.result["chunks_removed"] == 0
+    clock.now = datetime(2026, 11, 29, 3, 30, tzinfo=UTC)        # Sunday
+    jobs = {j.kind: j for j in tick_and_wait(appliance, sched)}
+    assert set(jobs) == {"store.verify", "store.gc", "backup"}, "GC and the backup caught up once, verify ran"
+    assert jobs["store.verify"].params["sample_percent"] == 25 and jobs["store.verify"].result["ok"] is True
+    assert policies.preview("check", 1)["vms"] == {}, "an upkeep policy selects no VM"
+    with pytest.raises(ValueError, match="less than or equal to 100"):
+        VerifyPolicy(name="bad", schedule="0 3 * * *", sample_percent=120)

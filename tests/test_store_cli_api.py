@@ -120,7 +120,7 @@ def test_store_api(appliance_data_dir: Path, appliance: Appliance, api_client: T
     held = FileLock.try_acquire(appliance.store.path / "locks" / GC_LOCK)
     try:
         gc = job_done(client, client.post("/api/v1/store/gc", json={"grace_seconds": 0}))
-        assert gc["state"] == "failed" and "another GC is running" in gc["error"]
+        assert gc["state"] == "failed" and "another GC, repair or upgrade is running" in gc["error"]
     finally:
         held.release()
     assert job_result(client, client.post("/api/v1/store/gc", json={"grace_seconds": 0, "dry_run": True}))["dry_run"]

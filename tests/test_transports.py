@@ -95,6 +95,53 @@ def test_read_pieces_gives_exact_content_in_order_with_bounded_memory(export):
         assert rss_mib() - before < 64   # a leak would be the 373 MiB read again
 
 
+@pytest.fixture
+def raw_export(export, tmp_path: Path):
+    """The export's raw copy, itself served read-only by qemu-nbd; yields (uri, raw image)."""
+    _, raw = export
+    sock = tmp_path / "raw.sock"
+    server = subprocess.Popen(["qemu-nbd", "-r", "-f", "raw", "-x", "d", "-k", str(sock), "-t", str(raw)])
+    while not sock.exists():
+        time.sleep(0.02)
+    yield f"nbd+unix:///d?socket={sock}", raw
+    server.terminate()
+    server.wait()
+
+
+def test_a_raw_image_is_read_directly_with_the_same_pieces_as_through_its_export(raw_export):
+    uri, raw = raw_export
+    block = 4 * MiB
+    got: dict[str, list[tuple[Piece, bytes | None]]] = {}
+    reads = {}
+    for how, raw_file in (("export", None), ("file", str(raw))):
+        with NbdSource(uri, raw_file=raw_file) as source:
+            # Odd offsets too: pieces that start inside a block, cover part of it or have gaps.
+            wanted = [Extent(0, 9 * MiB + 512), Extent(200 * MiB - 4096, 3 * MiB), Extent(639 * MiB, MiB)]
+            plan = list(pieces(block, source.data_extents(), wanted))
+            got[how] = []
+            source.read_pieces(plan, lambda p, d: got[how].append((p, None if d is None else bytes(d))))  # noqa: B023
+            reads[how] = source.bytes_read
+    assert got["file"] == got["export"] and reads["file"] == reads["export"]
+    data = raw.read_bytes()
+    for piece, content in got["file"]:
+        assert content == (None if not piece.data else data[piece.offset:piece.offset + piece.length])
+
+
+def test_a_raw_image_that_is_missing_or_shorter_than_its_export_is_a_clear_error(raw_export, tmp_path: Path):
+    uri, raw = raw_export
+    from transports.nbd_source import SourceError
+
+    with pytest.raises(SourceError, match="cannot open raw image"):
+        NbdSource(uri, raw_file=str(tmp_path / "gone.raw"))
+    short = tmp_path / "short.raw"
+    short.write_bytes(raw.read_bytes()[:100 * MiB])
+    with NbdSource(uri, raw_file=str(short)) as source:
+        plan = list(pieces(4 * MiB, source.data_extents(), [Extent(0, source.size)]))
+        # The first data past its end is the run at 200 MiB.
+        with pytest.raises(SourceError, match=f"short.raw ends at offset {200 * MiB}"):
+            source.read_pieces(plan, lambda p, d: None)
+
+
 def test_missing_bitmap_is_a_clear_error(export):
     uri, _ = export
     with pytest.raises(Exception, match="does not publish dirty bitmap 'nope'"):

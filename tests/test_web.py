@@ -100,3 +100,32 @@ def test_the_console_reads_the_role_rule_from_the_api(api_client):
         if role is not None:
             assert needed(method, path) == role.value, (method, path)
     assert rule["roles"] == ["viewer", "operator", "admin"]
+
+
+def test_the_api_docs_are_served_by_the_appliance_itself(appliance):
+    """Swagger UI is vendored: /api/v1/docs works on an appliance without internet."""
+    client = TestClient(create_app(appliance))
+    docs = client.get("/api/v1/docs", follow_redirects=False)
+    assert docs.status_code in (302, 307) and docs.headers["location"] == "/ui/api-docs.html"
+    page = client.get("/ui/api-docs.html")
+    assert page.status_code == 200 and "content-security-policy" in page.headers
+    assert not re.search(r'(src|href)="(https?:)?//', page.text), "the docs page loads something from elsewhere"
+    for asset in re.findall(r'(?:src|href)="(vendor/[^"]+|js/[^"]+)"', page.text):
+        assert client.get(f"/ui/{asset}").status_code == 200, asset
+    assert client.get("/api/v1/openapi.json").json()["info"]["title"] == "Cairn"
+
+
+def test_the_audit_log_is_searched_in_paths_and_errors(api_client):
+    api_client.post("/api/v1/vms/ghost/backups", json={})
+    api_client.post("/api/v1/pools", json={"kind": "compute", "name": "far", "hosts": ["mars"]})
+    found = api_client.get("/api/v1/audit", params={"text": "GHOST"}).json()
+    assert [(a["method"], a["path"], a["status"]) for a in found] == [("POST", "/api/v1/vms/ghost/backups", 404)]
+    assert [a["path"] for a in api_client.get("/api/v1/audit", params={"text": "mars"}).json()] == ["/api/v1/pools"]
+    # A LIKE wildcard in the text is looked for as it is, not as a wildcard.
+    assert api_client.get("/api/v1/audit", params={"text": "%"}).json() == []
+    assert api_client.get("/api/v1/audit", params={"text": "x" * 201}).status_code == 422
+
+
+def test_a_boot_test_screen_that_is_not_there_is_a_clear_404(api_client):
+    answer = api_client.get("/api/v1/backups/nope/boot-tests/1/screen")
+    assert answer.status_code == 404 and "no screen" in answer.json()["error"]["message"]

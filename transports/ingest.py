@@ -47,7 +47,7 @@ def ingest_disk(source: NbdSource, sink: BlockSink, incremental: bool,
     if progress:
         progress(0, total)
 
-    def deliver(piece: Piece, buffer: bytearray | None) -> None:
+    def deliver(piece: Piece, buffer: bytes | bytearray | None) -> None:
         if buffer is None:
             sink.zero(piece.offset, piece.length)
             stats.bytes_zero += piece.length

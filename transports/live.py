@@ -158,48 +158,18 @@ class LiveExport(ABC):
     async def _reclaim(self) -> dict[str, dict[str, Any]]:
         """Remove an interrupted backup's exports, jobs and nodes; repair its bitmaps.
         Returns the disks' root nodes as they are afterwards."""
-        stale = [e["id"] for e in await self.qmp.execute("query-block-exports") if e["id"].startswith(EXPORT_PREFIX)]
-        for export_id in stale:
-            await self._quietly("block-export-del", {"id": export_id, "mode": "hard"})
-        if stale:
-            await self._wait_exports_gone()
-            await self._quietly("nbd-server-stop")
-            self.notes.append(f"removed exports of an interrupted backup: {', '.join(stale)}")
-        for job in await self.qmp.execute("query-jobs"):
-            if job["id"].startswith(NODE_PREFIXES):
-                if job["status"] not in ("concluded", "null") and await self._quietly(
-                        "block-job-cancel", {"device": job["id"], "force": True}):
-                    await self.qmp.wait_job(job["id"], timeout=60)
-                await self._quietly("job-dismiss", {"id": job["id"]})
-        for node in await self.qmp.execute("query-named-block-nodes", {"flat": True}):
-            if node["node-name"].startswith(NODE_PREFIXES):
-                await self._quietly("blockdev-del", {"node-name": node["node-name"]})
-        roots = await self._root_nodes()   # a leftover copy-before-write filter hid the disk node
-        for d in self.disks:
-            node, base = roots[d]["node"], self.since.get(d)
-            repair = plan_bitmap_repair({b["name"]: b for b in roots[d]["bitmaps"] if "name" in b}, base)
-            if not repair.needed:
-                continue
-            if repair.merge:
-                await self.qmp.execute("block-dirty-bitmap-merge", {"node": node, "target": base, "bitmaps": repair.merge})
-            for name in repair.remove:
-                await self.qmp.execute("block-dirty-bitmap-remove", {"node": node, "name": name})
-            if repair.enable_base:
-                await self.qmp.execute("block-dirty-bitmap-enable", {"node": node, "name": base})
-            self.notes.append(repair.describe(d, base))
+        self.notes += await reclaim_interrupted(self._session, {d: self.since.get(d) for d in self.disks})
         return await self._root_nodes()
 
     async def _root_nodes(self) -> dict[str, dict[str, Any]]:
-        """disk name → its current root node, found through the device (`<disk>-dev`)."""
-        roots: dict[str, dict[str, Any]] = {}
-        for entry in await self.qmp.execute("query-block"):
-            disk = disk_of_qdev(entry.get("qdev", ""))
-            inserted = entry.get("inserted")
-            if disk and inserted and not inserted["ro"]:
-                roots[disk] = {"node": inserted["node-name"], "size": inserted["image"]["virtual-size"],
-                               "driver": inserted["drv"], "bitmaps": inserted.get("dirty-bitmaps", []),
-                               "file": inserted["file"], "chain": backing_files(inserted["image"])}
-        return roots
+        return await root_nodes(self._session)
+
+    @property
+    def _session(self) -> QMP:
+        """The QMP session of the step running now: open() and close() are given one."""
+        if self.qmp is None:
+            raise ExportError("the export has no QMP session: open() or close() it first")
+        return self.qmp
 
     def _check_since(self, roots: dict[str, dict[str, Any]], points: dict[str, DiskPoint]) -> None:
         for d in self.disks:
@@ -248,34 +218,94 @@ class LiveExport(ABC):
             node, old = self._nodes[d], self.since[d]
             if success:
                 for name in filter(None, (old, self._distrusted.get(d))):
-                    await self.qmp.execute("block-dirty-bitmap-remove", {"node": node, "name": name})
+                    await self._session.execute("block-dirty-bitmap-remove", {"node": node, "name": name})
                 continue
             if old:
-                await self.qmp.execute("block-dirty-bitmap-merge",
+                await self._session.execute("block-dirty-bitmap-merge",
                                        {"node": node, "target": old, "bitmaps": [self.checkpoint]})
-                await self.qmp.execute("block-dirty-bitmap-enable", {"node": node, "name": old})
+                await self._session.execute("block-dirty-bitmap-enable", {"node": node, "name": old})
             if d in self._tracked:
                 await self._quietly("block-dirty-bitmap-remove", {"node": node, "name": self.checkpoint})
 
     async def _add_node(self, options: dict[str, Any]) -> None:
-        await self.qmp.execute("blockdev-add", options)
+        await self._session.execute("blockdev-add", options)
         self._nodes_added.append(options["node-name"])
 
     async def _wait_exports_gone(self, timeout: float = 30.0) -> None:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while await self.qmp.execute("query-block-exports"):
-            if loop.time() > deadline:
-                raise ExportError("NBD exports did not go away (a client is still connected)")
-            await asyncio.sleep(0.05)
+        await wait_exports_gone(self._session, timeout)
 
     async def _quietly(self, cmd: str, args: dict[str, Any] | None = None) -> bool:
-        """Teardown step that may find its object already gone."""
-        try:
-            await self.qmp.execute(cmd, args)
-            return True
-        except Exception:
-            return False
+        return await quietly(self._session, cmd, args)
+
+
+async def reclaim_interrupted(qmp: QMP, bases: dict[str, str | None]) -> list[str]:
+    """Remove what backups whose process died left in QEMU: their exports (and the NBD server),
+    copy jobs and nodes; fold their checkpoint bitmaps back into each disk's base (`bases`:
+    disk -> the ledger's bitmap, None: no usable base). Only while no backup of the VM runs:
+    a backup does it before it freezes, a snapshot operation before it changes the chains.
+    Returns what was done, for a record."""
+    notes = []
+    stale = [e["id"] for e in await qmp.execute("query-block-exports") if e["id"].startswith(EXPORT_PREFIX)]
+    for export_id in stale:
+        await quietly(qmp, "block-export-del", {"id": export_id, "mode": "hard"})
+    if stale:
+        await wait_exports_gone(qmp)
+        await quietly(qmp, "nbd-server-stop")
+        notes.append(f"removed exports of an interrupted backup: {', '.join(stale)}")
+    for job in await qmp.execute("query-jobs"):
+        if job["id"].startswith(NODE_PREFIXES):
+            if job["status"] not in ("concluded", "null") and await quietly(
+                    qmp, "block-job-cancel", {"device": job["id"], "force": True}):
+                await qmp.wait_job(job["id"], timeout=60)
+            await quietly(qmp, "job-dismiss", {"id": job["id"]})
+    for node in await qmp.execute("query-named-block-nodes", {"flat": True}):
+        if node["node-name"].startswith(NODE_PREFIXES):
+            await quietly(qmp, "blockdev-del", {"node-name": node["node-name"]})
+    roots = await root_nodes(qmp)   # a leftover copy-before-write filter hid the disk node
+    for d, base in bases.items():
+        node = roots[d]["node"]
+        repair = plan_bitmap_repair({b["name"]: b for b in roots[d]["bitmaps"] if "name" in b}, base)
+        if not repair.needed:
+            continue
+        if repair.merge:
+            await qmp.execute("block-dirty-bitmap-merge", {"node": node, "target": base, "bitmaps": repair.merge})
+        for name in repair.remove:
+            await qmp.execute("block-dirty-bitmap-remove", {"node": node, "name": name})
+        if repair.enable_base:
+            await qmp.execute("block-dirty-bitmap-enable", {"node": node, "name": base})
+        notes.append(repair.describe(d, base))
+    return notes
+
+
+async def root_nodes(qmp: QMP) -> dict[str, dict[str, Any]]:
+    """disk name → its current root node, found through the device (`<disk>-dev`)."""
+    roots: dict[str, dict[str, Any]] = {}
+    for entry in await qmp.execute("query-block"):
+        disk = disk_of_qdev(entry.get("qdev", ""))
+        inserted = entry.get("inserted")
+        if disk and inserted and not inserted["ro"]:
+            roots[disk] = {"node": inserted["node-name"], "size": inserted["image"]["virtual-size"],
+                           "driver": inserted["drv"], "bitmaps": inserted.get("dirty-bitmaps", []),
+                           "file": inserted["file"], "chain": backing_files(inserted["image"])}
+    return roots
+
+
+async def wait_exports_gone(qmp: QMP, timeout: float = 30.0) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while await qmp.execute("query-block-exports"):
+        if loop.time() > deadline:
+            raise ExportError("NBD exports did not go away (a client is still connected)")
+        await asyncio.sleep(0.05)
+
+
+async def quietly(qmp: QMP, cmd: str, args: dict[str, Any] | None = None) -> bool:
+    """Teardown step that may find its object already gone."""
+    try:
+        await qmp.execute(cmd, args)
+        return True
+    except Exception:
+        return False
 
 
 @asynccontextmanager

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from procs import Holding
+from vmm.errors import ImageError
+from vmm.network_disks import is_network, probe
 
 from .errors import ExportError
 from .points import (
@@ -46,6 +48,15 @@ def image_state(path: str) -> ImageState:
                       backing_files(chain))
 
 
+def network_state(disk: str, path: str) -> ImageState:
+    """A network disk (RBD, NBD) is raw, never probed (its guest may have written any header), and
+    holds no bitmap; it is reached with a timeout (vmm.network_disks.probe)."""
+    try:
+        return ImageState("raw", probe(path), {}, [path])
+    except ImageError as err:
+        raise ExportError(f"disk {disk}: {err}") from None
+
+
 class OfflineExport:
     """`since` names, per disk, the checkpoint the ledger knows (None: read in full); it is checked
     against the image before it is trusted. Disks in `full` are read in full whatever it says."""
@@ -69,6 +80,9 @@ class OfflineExport:
         points = []
         states = {}
         for disk, path in self.images.items():
+            if is_network(path):
+                states[disk] = network_state(disk, path)
+                continue
             if not os.path.exists(path):
                 raise ExportError(f"disk {disk}: image {path} does not exist")
             states[disk] = self._reclaim(disk, path, image_state(path))
@@ -120,6 +134,8 @@ class OfflineExport:
         point = DiskPoint(disk, state.size, f"nbd+unix:///{disk}?socket={self._socket(disk)}", None,
                           checkpoint_file=path)
         wanted = self.since.get(disk)
+        if state.format == "raw":
+            point.raw_file = path
         if state.format != "qcow2":
             point.fallback_reason = (f"{disk} is {state.format}: no dirty bitmap is stored in it (only a running VM's "
                                      "QEMU keeps one), full read")

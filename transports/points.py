@@ -20,6 +20,9 @@ class DiskPoint:
     # Where the new checkpoint lives: the disk's active layer file and, in a running VM, its node.
     checkpoint_file: str | None = None
     checkpoint_node: str | None = None
+    # A raw image the point's data may be read from directly, which nothing writes to while the
+    # export runs (a stopped VM's: the export holds QEMU's lock on it). None: read the export.
+    raw_file: str | None = None
 
 
 @dataclass(frozen=True)

@@ -7,9 +7,10 @@ import os
 import stat
 
 from .accel import Accel
+from .network_disks import network_disk
 from .profiles import get_profile, ide_addresses
 from .rundir import RunDir
-from .spec import CDROM_NODE, NicSpec, VMSpec
+from .spec import CDROM_NODE, DiskSpec, NicSpec, VMSpec
 
 QMP_CHARDEV = "qmp"
 SERIAL_CHARDEV = "serial0"
@@ -55,9 +56,7 @@ def build_command(binary: str, spec: VMSpec, accel: Accel, rundir: RunDir, incom
     ide_slots = iter(ide_addresses(spec.machine))
     for position, disk in enumerate(spec.disks):
         # JSON syntax: no escaping issues whatever the image path contains.
-        cmd += ["-blockdev", json.dumps({
-            "driver": protocol_driver(disk.path), "filename": disk.path, "node-name": disk.protocol_node(),
-            "cache": {"direct": False}})]
+        cmd += ["-blockdev", json.dumps(protocol_node(disk))]
         cmd += ["-blockdev", json.dumps({
             "driver": disk.format, "file": disk.protocol_node(), "node-name": disk.format_node()})]
         # share-rw=on lets other users of the node (HMP qemu-io, block jobs' writers) write
@@ -89,6 +88,14 @@ def build_command(binary: str, spec: VMSpec, accel: Accel, rundir: RunDir, incom
     if incoming is not None:
         cmd += ["-incoming", incoming]
     return cmd
+
+
+def protocol_node(disk: DiskSpec) -> dict[str, object]:
+    """The -blockdev options of the disk's protocol node: a file, a block device or a network disk."""
+    if (remote := network_disk(disk.path)) is not None:
+        return {**remote.blockdev(disk.protocol_node()), "cache": {"direct": False}}
+    return {"driver": protocol_driver(disk.path), "filename": disk.path, "node-name": disk.protocol_node(),
+            "cache": {"direct": False}}
 
 
 def protocol_driver(path: str) -> str:

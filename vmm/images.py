@@ -19,6 +19,7 @@ from typing import Any
 
 from . import qcow2
 from .errors import ImageError
+from .network_disks import is_network
 
 IMAGE_FORMATS = ("qcow2", "raw")
 # A disk holds a guest's data: readable by the appliance's user alone, whatever the umask.
@@ -132,6 +133,8 @@ def backing_chain(path: str | os.PathLike[str]) -> list[str]:
     """The files an image reads from: itself first, then each backing file down the chain.
     Read from the qcow2 headers (qcow2.py) when the chain is plain, else by qemu-img."""
     path = os.fspath(path)
+    if is_network(path):
+        return [path]   # raw by definition (network_disks.py): never probed, no backing file
     if (files := qcow2.chain(path, _foreign_format)) is not None:
         return files
     out = _qemu_img(["qemu-img", "info", "--backing-chain", "--output=json", "-U", path],
@@ -147,6 +150,14 @@ def convert_image(src: str | os.PathLike[str], dst: str | os.PathLike[str],
         raise ImageError(f"cannot create {dst}: the file already exists")
     _qemu_img(["qemu-img", "convert", "-O", fmt, src, dst], f"qemu-img could not copy {src}")
     os.chmod(dst, DISK_MODE)
+
+
+def copy_into(src: str, src_format: str | None, target: str) -> None:
+    """Copy an image, its backing chain flattened, into an existing raw disk that reads as zeros (a
+    new RBD image): zeros are skipped, so the target stays thin."""
+    _qemu_img(["qemu-img", "convert", "-n", "--target-is-zero", "-W", "-m", "16",
+               *(["-f", src_format] if src_format else []), "-O", "raw", src, target],
+              f"qemu-img could not copy {src} into {target}")
 
 
 def resize_image(path: str | os.PathLike[str], size_bytes: int) -> None:

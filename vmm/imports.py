@@ -6,7 +6,8 @@ What a VMSpec can say is carried over: memory, vCPUs, machine type, direct kerne
 order, a VNC display. The OS profile follows the disks' bus (virtio: modern; IDE/SATA: legacy),
 so the guest finds its disks where it left them. Anything else is listed in the notes, and
 what would make the VM boot differently is refused with the reason:
-- disks Cairn cannot open (network disks, pool volumes, formats other than qcow2 and raw) and
+- disks Cairn cannot open (libvirt's network disks and pool volumes, formats other than qcow2 and
+  raw; a command line's rbd: and nbd:// disks are taken, raw: vmm/network_disks.py) and
   read-only disks (Cairn's VMs write every disk they have);
 - UEFI firmware (Cairn's VMs boot with the machine's BIOS).
 NICs on a libvirt network or macvtap become user-mode NICs (with a note): a bridge of the host

@@ -28,6 +28,7 @@ from .cmdline import build_command
 from .console import arm_vnc
 from .errors import (
     DiskNotFoundError,
+    ImageError,
     QMPDisconnectedError,
     QMPError,
     VMAlreadyRunningError,
@@ -38,6 +39,7 @@ from .errors import (
     VMStateError,
     VMStopError,
 )
+from .network_disks import is_network, probe
 from .qmp import QMPSession
 from .rundir import (
     LIVE_DIR,
@@ -93,7 +95,7 @@ class QemuDriver:
         `paused`: QEMU sets the machine up but runs no guest code (-S) until resume()."""
         spec.validate()
         rundir = self.paths(spec.name)
-        self._check_files(spec, rundir)
+        await asyncio.to_thread(self._check_files, spec, rundir)   # network disks are probed
         accel = detect_accel()
         rundir.path.mkdir(parents=True, exist_ok=True)
         with exclusive(rundir, spec.name):
@@ -348,7 +350,12 @@ class QemuDriver:
 
     def _check_files(self, spec: VMSpec, rundir: RunDir) -> None:
         for disk in spec.disks:
-            if not os.path.exists(disk.path):
+            if is_network(disk.path):
+                try:
+                    probe(disk.path)   # an unreachable cluster would hold QEMU's start for minutes
+                except ImageError as err:
+                    raise VMStartError(spec.name, f"disk {disk.name}: {err}") from None
+            elif not os.path.exists(disk.path):
                 raise DiskNotFoundError(spec.name, disk.name, disk.path)
         for what, path in (("kernel", spec.kernel), ("initrd", spec.initrd),
                            ("cdrom image", spec.cdrom)):

@@ -19,6 +19,7 @@ from functools import cache
 from typing import Any
 
 from .errors import VMSpecError
+from .network_disks import is_network, network_disk
 from .profiles import DEFAULT_PROFILE, get_profile, ide_addresses
 
 
@@ -70,7 +71,12 @@ class DiskSpec:
         if not isinstance(self.name, str) or not DISK_NAME_RE.match(self.name):
             raise VMSpecError(f"invalid disk name {self.name!r}: use 1-26 characters a-z 0-9 _ -, "
                               "starting with a letter")
-        _check_path(f"disk {self.name!r}", self.path)
+        if isinstance(self.path, str) and is_network(self.path):
+            network_disk(self.path)
+            if self.format != "raw":
+                raise VMSpecError(f"disk {self.name!r}: a network disk ({self.path}) is opened raw, not {self.format}")
+        else:
+            _check_path(f"disk {self.name!r}", self.path)
         if self.format not in DISK_FORMATS:
             raise VMSpecError(f"disk {self.name!r}: format {self.format!r} is not one of "
                               f"{', '.join(DISK_FORMATS)}")

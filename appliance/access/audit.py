@@ -8,7 +8,7 @@ import logging
 from datetime import datetime
 
 from fastapi import FastAPI, Request
-from sqlalchemy import select
+from sqlalchemy import or_, select
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -31,9 +31,12 @@ class AuditLog:
             s.add(entry)
 
     def list(self, *, actor: str | None = None, result: str | None = None, since: datetime | None = None,
-             limit: int = 100, offset: int = 0) -> list[AuditRecord]:
-        """Newest first."""
+             text: str | None = None, limit: int = 100, offset: int = 0) -> list[AuditRecord]:
+        """Newest first; `text` is looked for (case aside) in the call's path and its error."""
         query = select(AuditRecord)
+        if text:
+            query = query.where(or_(AuditRecord.path.icontains(text, autoescape=True),
+                                    AuditRecord.error.icontains(text, autoescape=True)))
         if actor is not None:
             query = query.where(AuditRecord.actor == actor)
         if result is not None:

@@ -57,7 +57,7 @@ _HTTP_CODES = {404: "NotFoundError", 405: "MethodNotAllowedError"}
 def create_app(appliance: Appliance) -> FastAPI:
     """The app; every route it has or is given later needs credentials, except roles.PUBLIC,
     and answers 404 for a VM, backup or job its caller may not see (visibility.guard)."""
-    api = FastAPI(title="Cairn", version=VERSION, openapi_url="/api/v1/openapi.json", docs_url="/api/v1/docs",
+    api = FastAPI(title="Cairn", version=VERSION, openapi_url="/api/v1/openapi.json", docs_url=None,
                   redoc_url=None, dependencies=[Depends(bearer), Depends(guard(appliance))])
     backup_records = BackupCatalog(appliance.catalog)
     from .gate import RequestGate  # it answers with this module's error_body

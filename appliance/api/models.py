@@ -159,17 +159,20 @@ class InstantRestoreOut(BaseModel):
 
 class BootTestOut(BaseModel):
     model_config = ConfigDict(from_attributes=True)
+    id: int
     backup_id: str
     vm_name: str
     passed: bool
     reason: str
     seconds: float
     console: str
+    has_screen: bool = Field(description="its screen was captured: GET .../boot-tests/{id}/screen")
 
     @classmethod
     def of(cls, result: BootTestResult) -> BootTestOut:
-        return cls(backup_id=result.backup_id, vm_name=result.vm, passed=result.passed, reason=result.reason,
-                   seconds=result.seconds, console=result.console)
+        return cls(id=result.id, backup_id=result.backup_id, vm_name=result.vm, passed=result.passed,
+                   reason=result.reason, seconds=result.seconds, console=result.console,
+                   has_screen=result.has_screen)
 
 
 class PolicyPreview(BaseModel):

@@ -19,7 +19,7 @@ from appliance.access.host_paths import HostPaths
 from appliance.access.visibility import Seen, visibility
 from appliance.context import Appliance
 from appliance.errors import ConflictError, NotFoundError
-from appliance.pools.service import PoolError, PoolService
+from appliance.pools.service import PoolError, PoolService, rbd_conf
 from vmm import VMError
 
 from .answers import raises
@@ -39,8 +39,10 @@ class StoragePoolIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     kind: Literal["storage"]
     name: str
-    type: Literal["dir", "nfs"] = Field("dir", description="a local directory, or the mount point of an NFS export")
-    path: str = Field(description="an absolute path of an existing, writable directory")
+    type: Literal["dir", "nfs", "rbd"] = Field("dir", description="a local directory, the mount point of an NFS "
+                                                                  "export, or a Ceph pool (disks as RBD images)")
+    path: str = Field(description="dir, nfs: an absolute path of an existing, writable directory; rbd: "
+                                  "rbd:POOL[/NAMESPACE][:conf=PATH][:id=USER]")
 
 
 class AddressPoolIn(BaseModel):
@@ -98,7 +100,12 @@ def pools_router(pools: PoolService, paths: HostPaths, seen: Callable[[Principal
         if isinstance(body, ComputePoolIn):
             return pools.create_compute(body.name, body.hosts).to_dict()
         if isinstance(body, StoragePoolIn):
-            await run_in_threadpool(paths.folder, caller, body.path, "storage pool folder")
+            if body.type == "rbd":
+                # The conf names the cluster and, often, the keyring: a file the caller must be allowed to name.
+                if (conf := await run_in_threadpool(rbd_conf, body.name, body.path)) is not None:
+                    await run_in_threadpool(paths.readable_file, caller, conf, "Ceph configuration")
+            else:
+                await run_in_threadpool(paths.folder, caller, body.path, "storage pool folder")
             # Probing a (possibly NFS) folder may block: not on the event loop.
             made = await run_in_threadpool(pools.create_storage, body.name, body.type, body.path)
             return made.to_dict()

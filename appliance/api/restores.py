@@ -13,7 +13,7 @@ from urllib.parse import quote
 import anyio
 from fastapi import APIRouter
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import StreamingResponse
+from fastapi.responses import FileResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.types import Receive, Scope, Send
 
@@ -47,6 +47,8 @@ class RestoreAsNewRequest(BaseModel):
     mode: Literal["new"]
     name: str = Field(description="the new VM's name")
     verify: bool = True
+    storage_pool: str | None = Field(None, description="restore the disks into this storage pool (an rbd pool: "
+                                                       "into RBD images) instead of the data dir")
 
 
 class RestoreOverRequest(BaseModel):
@@ -110,7 +112,8 @@ def backup_restore_router(appliance: Appliance) -> APIRouter:
             return submit_job(appliance, caller, "restore.over_vm",
                               RestoreOverParams(backup_id=backup_id, vm=vm, stop=body.stop, verify=body.verify))
         return submit_job(appliance, caller, "restore.new_vm",
-                          RestoreAsNewParams(backup_id=backup_id, name=body.name, verify=body.verify))
+                          RestoreAsNewParams(backup_id=backup_id, name=body.name, verify=body.verify,
+                                             storage_pool=body.storage_pool))
 
     @router.get("/disks/{disk}/files", response_model=list[FileEntryOut])
     def list_files(backup_id: str, disk: str, path: str = "/", partition: int | None = None) -> list[FileEntryOut]:
@@ -156,7 +159,19 @@ def backup_restore_router(appliance: Appliance) -> APIRouter:
     @router.get("/boot-tests", response_model=list[BootTestOut])
     def boot_tests(backup_id: str) -> list[BootTestOut]:
         appliance.store.get_backup(backup_id)   # a backup that is not there is not found, not one never tested
-        return [BootTestOut.model_validate(r) for r in appliance.restores.boot_tests.history(backup_id)]
+        tests = appliance.restores.boot_tests
+        return [BootTestOut(id=r.id, backup_id=r.backup_id, vm_name=r.vm_name, passed=r.passed, reason=r.reason,
+                            seconds=r.seconds, console=r.console, has_screen=tests.screen_path(r.id).is_file())
+                for r in tests.history(backup_id)]
+
+    @router.get("/boot-tests/{test_id}/screen", response_class=FileResponse,
+                responses={200: {"content": {"image/png": {}}, "description": "the screen as a PNG"}})
+    def boot_test_screen(backup_id: str, test_id: int) -> FileResponse:
+        """What the booted backup's screen showed at the end of the boot test."""
+        tests = appliance.restores.boot_tests
+        if not any(r.id == test_id for r in tests.history(backup_id)) or not tests.screen_path(test_id).is_file():
+            raise NotFoundError(f"boot test {test_id} of backup {backup_id} has no screen")
+        return FileResponse(tests.screen_path(test_id), media_type="image/png")
 
     return router
 

@@ -9,6 +9,7 @@ checkpoints go in the ledger (checkpoints.py), from which the next backup's base
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import ExitStack
 from typing import Any
 
 from sqlalchemy import select
@@ -20,11 +21,12 @@ from appliance.process import claim
 from appliance.settings import Settings
 from dedup import BackupManifest, Store, new_backup_id
 from dedup.names import check_name
+from dedup.writer import BackupSession
 from transports.points import DiskPoint
 
 from . import checkpoints
 from .catalog import fail_interrupted
-from .ingest import ingest_point
+from .ingest import seal_points
 from .options import Progress
 from .records import BackupRecord, BackupStatus, last_good_backup
 from .service import BackupResult, checkpoint_name
@@ -59,20 +61,14 @@ class HostBackups:
         self._finish(rec.id, BackupStatus.OK, manifest=result.manifest, points=result.points)
         return result
 
-    def ingest(self, rec: BackupRecord, parent: BackupManifest | None, points: list[DiskPoint], notes: list[str],
-               progress: Progress | None, definition: dict[str, Any]) -> BackupResult:
-        """Read the points into the store: incremental (from `parent`) if any point has a base."""
-        incremental = any(p.since for p in points)
-        reasons = list(dict.fromkeys(p.fallback_reason for p in points if p.fallback_reason))
-        with self.store.begin_backup(vm=rec.vm_name, backup_id=rec.id, kind="incremental" if incremental else "full",
-                                     parent=parent if incremental else None, checkpoint=rec.checkpoint,
-                                     vm_definition=definition) as session:
-            for note in notes + reasons:
-                session.note(note)
-            for point in points:
-                ingest_point(session, point, progress)
-            manifest = session.commit()
-        return BackupResult(manifest, list(manifest.notes), points)
+    def seal(self, unpublished: ExitStack, rec: BackupRecord, parent: BackupManifest | None, points: list[DiskPoint],
+             notes: list[str], progress: Progress | None, definition: dict[str, Any]) -> tuple[BackupSession,
+                                                                                             BackupManifest]:
+        """Read the points into the store, sealed (ingest.seal_points): the caller publishes the
+        manifest once its export is closed."""
+        return seal_points(unpublished, self.store, vm=rec.vm_name, backup_id=rec.id, parent=parent,
+                           checkpoint=rec.checkpoint, definition=definition, notes=notes, points=points,
+                           progress=progress)
 
     def _begin(self, vm: str, full: bool) -> BackupRecord:
         backup_id = new_backup_id(utcnow())

@@ -17,6 +17,7 @@ which is what a restore into libvirt defines again (appliance/restores/libvirt.p
 """
 from __future__ import annotations
 
+from contextlib import ExitStack
 from dataclasses import asdict
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -100,15 +101,16 @@ class LibvirtBackupService:
                 ledger = checkpoints.current(s, vm)
             bases = checkpoints.plan_bases(choice.names, parent, ledger, full_every)
             directory, forward = export_place(self.hosts.get(host))
-            with host_errors(), self.hosts.libvirt(host).domain(domain) as dom:
+            with ExitStack() as unpublished, host_errors(), self.hosts.libvirt(host).domain(domain) as dom:
                 export = LibvirtPullExport(dom, choice.names, rec.new_checkpoint, bases.known, set(bases.full),
                                            directory, forward)
                 try:
                     points = export.open()
                     # A disk libvirt cannot checkpoint has its own reason; "no checkpoint" adds nothing.
                     ledger_notes = [why for disk, why in bases.full.items() if why and export.plans[disk].bitmap]
-                    result = self.backups.ingest(rec, parent, points, choice.notes + ledger_notes + export.notes,
-                                                 progress, definition(dom, choice, points))
+                    session, sealed = self.backups.seal(unpublished, rec, parent, points,
+                                                        choice.notes + ledger_notes + export.notes, progress,
+                                                        definition(dom, choice, points))
                 except ExportError as e:
                     export.close(success=False)
                     raise HostCommandError(str(e)) from e
@@ -116,6 +118,7 @@ class LibvirtBackupService:
                     export.close(success=False)
                     raise
                 export.close(success=True)
-                return result
+                manifest = session.publish(sealed)
+                return BackupResult(manifest, list(manifest.notes), points)
 
         return self.backups.run(vm, full, body)

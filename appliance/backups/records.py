@@ -12,8 +12,10 @@ from sqlalchemy import (
     Integer,
     String,
     Text,
+    func,
     select,
 )
+from sqlalchemy.engine.default import DefaultExecutionContext
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from appliance.catalog.base import Base, StrEnumType, UTCDateTime, utcnow
@@ -35,6 +37,11 @@ class CheckpointState(StrEnum):
     RETIRED = "retired"
 
 
+def next_sequence(context: DefaultExecutionContext) -> int:
+    """One more than any backup's so far, as a backup is recorded."""
+    return int(context.connection.scalar(select(func.coalesce(func.max(BackupRecord.sequence), 0)))) + 1
+
+
 class BackupRecord(Base):
     __tablename__ = "backups"
     # A VM's backups in time order: its listing, its newest (and whether one is newer: `latest`).
@@ -48,6 +55,9 @@ class BackupRecord(Base):
     parent: Mapped[str | None] = mapped_column(String(64), nullable=True)
     checkpoint: Mapped[str | None] = mapped_column(String(96), nullable=True)
     started_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+    # The order the backups were begun in, whatever the clock said then (it may have been set
+    # back meanwhile): what "newest" means to retention.
+    sequence: Mapped[int] = mapped_column(BigInteger, default=next_sequence)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     bytes_read: Mapped[int] = mapped_column(BigInteger, default=0)
     bytes_stored: Mapped[int] = mapped_column(BigInteger, default=0)

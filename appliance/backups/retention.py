@@ -1,12 +1,14 @@
-"""Retention rules as the API and policies take them, applied with dedup's prune."""
+"""Retention rules as the API and policies take them, applied with dedup's prune to the
+backups the appliance's catalog knows."""
 from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from dedup import PruneReport, RetentionPolicy, Store, prune
 
-from .records import record_pruned
+from .records import BackupRecord, BackupStatus, record_pruned
 
 
 class RetentionCounts(BaseModel):
@@ -30,9 +32,20 @@ class RetentionRules(RetentionCounts):
         return self
 
 
-def apply_retention(store: Store, catalog: sessionmaker[Session], vm: str, rules: RetentionRules) -> PruneReport:
-    """Prune the VM's backups by the rules; pruned backups stop being "ok" in the catalog too."""
-    report = prune(store, vm, RetentionPolicy(**rules.model_dump()))
-    with catalog.begin() as session:
-        record_pruned(session, list(report.removed))
+def apply_retention(store: Store, catalog: sessionmaker[Session], vm: str, rules: RetentionCounts,
+                    dry_run: bool = False) -> PruneReport:
+    """Prune the VM's backups by the rules; pruned backups stop being "ok" in the catalog too.
+
+    Only the backups this appliance made count and go: those its catalog calls ok, newest by the
+    order it began them in (a clock set back meanwhile does not make the last one look old). A
+    store shared with another appliance keeps that one's backups of a VM of the same name."""
+    with catalog() as session:
+        ours = {backup_id: sequence for backup_id, sequence in session.execute(
+            select(BackupRecord.id, BackupRecord.sequence).where(BackupRecord.vm_name == vm,
+                                                                 BackupRecord.status == BackupStatus.OK))}
+    policy = RetentionPolicy(**rules.model_dump(include=set(RetentionCounts.model_fields)))
+    report = prune(store, vm, policy, dry_run=dry_run, among=ours)
+    if not dry_run:
+        with catalog.begin() as session:
+            record_pruned(session, list(report.removed))
     return report

@@ -5,14 +5,16 @@ its images. Either way the next incremental starts from the checkpoint bitmap ma
 at the same instant, as the catalog's checkpoint ledger records it; if that bitmap
 cannot be trusted the disk is read in full and the backup says why. A failed backup
 leaves no manifest in the store, a catalog row marked failed, and the previous
-checkpoint intact.
+checkpoint intact. The manifest is written last, once the export is closed: a backup whose
+export cannot be closed (QEMU died after a push copied the instant) fails with nothing in the
+store, as its record says.
 """
 from __future__ import annotations
 
 import asyncio
 import shutil
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import ExitStack, asynccontextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -35,10 +37,11 @@ from transports.sshfs import SshfsPushTarget
 from vmm import QemuDriver, VMSpec
 from vmm.cmdline import GUEST_AGENT_CHARDEV, protocol_driver
 from vmm.hosts import HostDisk
+from vmm.network_disks import is_network
 from vmm.spec import CDROM_NODE
 
 from .catalog import BackupCatalog, fail_interrupted
-from .ingest import ingest_point
+from .ingest import seal_points
 from .options import BackupOptions, Progress
 from .records import BackupRecord, BackupStatus, last_good_backup
 
@@ -53,11 +56,16 @@ class BackupResult:
 def spec_disks(spec: VMSpec) -> list[HostDisk]:
     """A Cairn VM's disks as a disk selection sees them (a missing path is reported by the
     backup), and its cdrom, which is left out."""
-    disks = [HostDisk(d.name, d.path, d.format, kind="block" if protocol_driver(d.path) == "host_device" else "file")
-             for d in spec.disks]
+    disks = [HostDisk(d.name, d.path, d.format, kind=_kind(d.path)) for d in spec.disks]
     if spec.cdrom is not None:
         disks.append(HostDisk(CDROM_NODE, spec.cdrom, "raw", device="cdrom", readonly=True))
     return disks
+
+
+def _kind(path: str) -> str:
+    if is_network(path):
+        return "network"
+    return "block" if protocol_driver(path) == "host_device" else "file"
 
 
 def checkpoint_name(backup_id: str) -> str:
@@ -78,6 +86,8 @@ class BackupService:
     def begin(self, spec: VMSpec, full: bool = False) -> BackupRecord:
         """Claim a backup id and record it as running (so the API can answer at once)."""
         for disk in spec.disks:
+            if is_network(disk.path):
+                continue   # reached when it is read: the export says what is wrong
             if not Path(disk.path).exists():
                 raise NotFoundError(f"disk {disk.name} of VM {spec.name} is missing: {disk.path} does not exist")
         backup_id = new_backup_id(utcnow())
@@ -119,9 +129,15 @@ class BackupService:
         bases = checkpoints.plan_bases(choice.names, parent, ledger, options.full_every)
         scratch = self.settings.scratch_dir / rec.id
         try:
-            async with self._export(chosen, rec.new_checkpoint, bases, scratch, options) as (points, repairs):
-                manifest = await asyncio.to_thread(self._ingest, spec, rec, parent, points,
-                                                   choice.notes + bases.notes + repairs, progress)
+            with ExitStack() as unpublished:
+                async with self._export(chosen, rec.new_checkpoint, bases, scratch, options) as (points, repairs):
+                    session, sealed = await asyncio.to_thread(
+                        seal_points, unpublished, self.store, vm=spec.name, backup_id=rec.id, parent=parent,
+                        checkpoint=rec.checkpoint, definition=spec.to_dict(),
+                        notes=choice.notes + bases.notes + repairs, points=points, progress=progress)
+                # Only once QEMU let go of the instant: an export that could not be closed (QEMU
+                # died) fails the backup, which then leaves no manifest in the store.
+                manifest = await asyncio.to_thread(session.publish, sealed)
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
         return BackupResult(manifest, list(manifest.notes), points)
@@ -157,20 +173,6 @@ class BackupService:
         else:
             target = NbdPushTarget(scratch)
         return PushExport(target, *args, quiesce=freeze.around)
-
-    def _ingest(self, spec: VMSpec, rec: BackupRecord, parent: BackupManifest | None,
-                points: list[DiskPoint], repairs: list[str], progress: Progress | None) -> BackupManifest:
-        incremental = any(p.since for p in points)
-        with self.store.begin_backup(vm=spec.name, backup_id=rec.id, kind="incremental" if incremental else "full",
-                                     parent=parent if incremental else None, checkpoint=rec.checkpoint,
-                                     vm_definition=spec.to_dict()) as session:
-            for note in repairs:
-                session.note(note)
-            for point in points:
-                if point.fallback_reason:
-                    session.note(point.fallback_reason)
-                ingest_point(session, point, progress)
-            return session.commit()
 
     def _finish(self, backup_id: str, status: BackupStatus, manifest: BackupManifest | None = None,
                 error: str | None = None, points: list[DiskPoint] | None = None) -> None:

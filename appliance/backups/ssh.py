@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import posixpath
+from contextlib import ExitStack
 from pathlib import Path
 
 from appliance.errors import ConflictError
@@ -61,6 +62,9 @@ class RemoteBackupService:
                     progress: Progress | None) -> BackupResult:
         export = RemoteFleeceExport(remote, remote.target.ssh_args(), posixpath.join(remote.base, "scratch", rec.id),
                                     [d.name for d in spec.disks], rec.new_checkpoint, bases)
-        async with exported(export, lambda: QMPSession(qmp_socket)) as points:
-            return await asyncio.to_thread(self.backups.ingest, rec, parent, points, export.notes, progress,
-                                           spec.to_dict())
+        with ExitStack() as unpublished:
+            async with exported(export, lambda: QMPSession(qmp_socket)) as points:
+                session, sealed = await asyncio.to_thread(self.backups.seal, unpublished, rec, parent, points,
+                                                          export.notes, progress, spec.to_dict())
+            manifest = await asyncio.to_thread(session.publish, sealed)
+        return BackupResult(manifest, list(manifest.notes), points)

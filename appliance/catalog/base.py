@@ -35,6 +35,12 @@ class UTCDateTime(TypeDecorator[datetime]):
     impl = DateTime(timezone=True)
     cache_ok = True
 
+    @property
+    def python_type(self) -> type[datetime]:
+        # A TypeDecorator says `object` otherwise: the recycle bin reads this to turn a row's
+        # stored timestamps back into datetimes when it restores the row.
+        return datetime
+
     def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
         if value is not None and value.tzinfo is None:
             return value.replace(tzinfo=UTC)

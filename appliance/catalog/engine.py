@@ -34,16 +34,23 @@ def catalog_engine(url: str) -> Engine:
 
 def _private_sqlite_files(database: str | None) -> None:
     """The catalog holds password hashes: its file is 0600 before SQLite opens it (SQLite gives
-    its -wal and -shm files the database file's mode), and an older, looser one is tightened."""
+    its -wal and -shm files the database file's mode), and an older, looser one is tightened.
+
+    By path, never by opening a file that exists: SQLite's locks are POSIX record locks, which
+    a process loses on any close() of the file, so a second open of the catalog in a process
+    would drop the locks of its first and let another process write beside it (a corrupt
+    catalog). Only a database file that does not exist yet is created here."""
     if not database or database == ":memory:" or database.startswith("file:"):
         return
+    try:
+        os.close(os.open(database, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
+    except FileExistsError:
+        pass
     for path in (database, f"{database}-wal", f"{database}-shm"):
-        if path == database or os.path.exists(path):
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
-            try:
-                os.fchmod(fd, 0o600)
-            finally:
-                os.close(fd)
+        try:
+            os.chmod(path, 0o600)
+        except FileNotFoundError:
+            continue
 
 
 MIGRATIONS = Path(__file__).with_name("migrations")

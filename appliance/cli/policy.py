@@ -7,7 +7,7 @@ import typer
 
 from appliance.backups.options import DEFAULT_FULL_EVERY
 from appliance.backups.retention import RetentionRules
-from appliance.policies.service import AnyPolicy, BackupPolicy, SnapshotPolicy, SyncPolicy
+from appliance.policies.service import AnyPolicy, BackupPolicy, PolicyBase, SnapshotPolicy, SyncPolicy
 from appliance.units import parse_size
 
 from .common import EXCLUDE_OPT, INCLUDE_OPT, JsonOpt, emit_json, out, print_table, reports_errors, state, table
@@ -69,9 +69,11 @@ def policy_list(as_json: bool = JsonOpt) -> None:
         return
     listing = table("name", "kind", "enabled", "schedule", "scheduled until", "vms", "tags", wide=("vms", "tags"))
     for p in policies:
+        # A store upkeep policy (verify, gc) selects no VMs.
+        vms, tags = (p.policy.vms, p.policy.tags) if isinstance(p.policy, PolicyBase) else ([], [])
         listing.add_row(p.policy.name, p.policy.kind, "yes" if p.policy.enabled else "no", p.policy.schedule,
                         f"{p.scheduled_until:%Y-%m-%d %H:%M}" if p.scheduled_until else "",
-                        ", ".join(p.policy.vms), ", ".join(p.policy.tags))
+                        ", ".join(vms), ", ".join(tags))
     print_table(listing)
 
 

@@ -128,6 +128,9 @@ def restore_vm_cmd(backup: str,
                                                   "<VM>-<disk> in rbd:POOL[/NAMESPACE]?conf=PATH&id=USER (store "
                                                   "only; --json shows the definition pointing at them).")] = None,
                    as_name: Annotated[str | None, typer.Option("--as", help="Restore as a new VM of this name.")] = None,
+                   storage_pool: Annotated[str | None, typer.Option(
+                       "--storage-pool", help="With --as: the new VM's disks go into this storage pool "
+                                              "(rbd: RBD images).")] = None,
                    over: Annotated[bool, typer.Option("--over", help="Replace the disks of the VM it came from, "
                                              "all or nothing.")] = False,
                    stop: Annotated[bool, typer.Option("--stop", help="With --over: shut the VM down first.")] = False,
@@ -166,7 +169,8 @@ def restore_vm_cmd(backup: str,
         from .follow import run_job
 
         if as_name is not None:
-            result = run_job("restore.new_vm", RestoreAsNewParams(backup_id=backup, name=as_name, verify=verify))
+            result = run_job("restore.new_vm", RestoreAsNewParams(backup_id=backup, name=as_name, verify=verify,
+                                                                  storage_pool=storage_pool))
         else:
             vm = state.client.backup(backup).vm_name
             result = run_job("restore.over_vm", RestoreOverParams(backup_id=backup, vm=vm, stop=stop, verify=verify))
@@ -225,7 +229,10 @@ WaitOpt = Annotated[bool, typer.Option("--wait", help="Show the copy's progress 
 @instant_app.command("start")
 @reports_errors
 def instant_start(backup: str, name: Annotated[str, typer.Argument(help="The new VM's name.")],
-                  speed: SpeedOpt = None, wait: WaitOpt = False, as_json: bool = JsonOpt) -> None:
+                  speed: SpeedOpt = None, wait: WaitOpt = False, as_json: bool = JsonOpt,
+                  storage_pool: Annotated[str | None, typer.Option(
+                      "--storage-pool", help="Copy the disks into this storage pool (rbd: into RBD images).")] = None,
+                  ) -> None:
     """Define VM NAME from the backup, start it on the backup, copy its disks in the background.
 
     A job on the new VM, done once it runs; --wait then follows the copy."""
@@ -235,7 +242,8 @@ def instant_start(backup: str, name: Annotated[str, typer.Argument(help="The new
     from .follow import run_job
 
     started = run_job("restore.instant", InstantRestoreParams(backup_id=backup, name=name,
-                                                              speed=_speed(speed) if speed else 0))
+                                                              speed=_speed(speed) if speed else 0,
+                                                              storage_pool=storage_pool))
     _instant_report(name, InstantRestoreOut.model_validate(started), wait, as_json)
 
 

@@ -27,6 +27,7 @@ from dedup.prune import delete_backup
 from vmm import VMSpec
 from vmm.errors import ImageError
 from vmm.images import backing_chain
+from vmm.network_disks import RbdDisk, network_disk
 
 from .protection import DeletionRule, DeletionService
 
@@ -138,7 +139,8 @@ class PolicyDeletable:
 class VMDeletable:
     """A recycled VM is out of the catalog (not listed, its name free, its addresses released)
     and its folders are moved aside whole, to the same paths they come back to; the payload
-    keeps its catalog rows. Its backups are not touched."""
+    keeps its catalog rows. Its backups are not touched. The RBD images a storage pool of kind rbd
+    made for it are renamed aside in their pool (.cairn-recycle-<token>-<image>), and back."""
     kind = "vm"
 
     def __init__(self, app: Appliance):
@@ -149,7 +151,8 @@ class VMDeletable:
         spec = self._deletable(name)
         folders = vms.folders(spec)
         takes = [f"VM {name}: its definition ({spec.vcpus} vCPU(s), {spec.memory_mib} MiB memory)"]
-        takes += [self._disk(vms, disk.name, disk.path, folders) for disk in spec.disks]
+        images = vms.pools.vm_images(spec)
+        takes += [self._disk(vms, disk.name, disk.path, folders, images) for disk in spec.disks]
         with self.app.catalog() as s:
             tree = s.get(SnapshotTreeRecord, name)
             intent = s.get(SnapshotIntentRecord, name)
@@ -179,25 +182,35 @@ class VMDeletable:
                      if backups else "no backups: it has none")
         return name, takes, sum(_allocated(folder) for folder in folders)
 
+    @staticmethod
+    def _recycled_image(token: str, image: RbdDisk) -> str:
+        return f".cairn-recycle-{token}-{image.image}"
+
     def set_aside(self, name: str) -> dict[str, Any]:
         vms = self.app.vms
         spec = self._deletable(name)   # again: it may have started since the preview
         leases = [lease.to_dict() for lease in vms.pools.leases(owner=name) if lease.nic is not None]
         token = uuid.uuid4().hex[:16]
         moved: list[tuple[str, str]] = []
+        images: list[tuple[RbdDisk, RbdDisk]] = []
         try:
             for folder in vms.folders(spec):
                 target = self._recycle_root(folder) / token / folder.name
                 target.parent.mkdir(parents=True, exist_ok=True)
                 os.rename(folder, target)
                 moved.append((str(folder), str(target)))
+            for image in vms.pools.vm_images(spec):
+                images.append((image, image.renamed(self._recycled_image(token, image))))
             rows = vms.take_out(name)
         except BaseException:
             for original, recycled in reversed(moved):
                 os.rename(recycled, original)
                 _remove_empty(Path(recycled).parent)
+            for original_image, recycled_image in reversed(images):
+                recycled_image.renamed(original_image.image)
             raise
         return {"name": name, "folders": [list(m) for m in moved], "leases": leases,
+                "images": [[original.filename, recycled.filename] for original, recycled in images],
                 "rows": {table: [_jsonable(row) for row in found] for table, found in rows.items()}}
 
     def put_back(self, payload: dict[str, Any]) -> None:
@@ -218,11 +231,21 @@ class VMDeletable:
             except NotFoundError:
                 raise ConflictError(f"VM {name} cannot come back: address pool {pool} of its network is "
                                     "gone (create the pool and the network again first)") from None
+        images = [(_rbd(original), _rbd(recycled)) for original, recycled in payload.get("images", [])]
+        for original_image, recycled_image in images:
+            if not recycled_image.exists():
+                raise ConflictError(f"VM {name} cannot come back: its {recycled_image.describe()} is gone")
+            if original_image.exists():
+                raise ConflictError(f"VM {name} cannot come back: {original_image.describe()} exists now")
         returned: list[tuple[str, str]] = []
+        images_returned: list[tuple[RbdDisk, RbdDisk]] = []
         try:
             for original, recycled in payload["folders"]:
                 _move_back(Path(recycled), Path(original))
                 returned.append((original, recycled))
+            for original_image, recycled_image in images:
+                recycled_image.renamed(original_image.image)
+                images_returned.append((original_image, recycled_image))
             spec = VMSpec.from_dict(payload["rows"]["vms"][0]["spec"])
             for disk in spec.disks:
                 try:
@@ -239,6 +262,8 @@ class VMDeletable:
                     self._lease_again(s, lease)
         except BaseException as e:
             self._undo_put_back(returned)
+            for original_image, recycled_image in reversed(images_returned):
+                original_image.renamed(recycled_image.image)
             if isinstance(e, IntegrityError):
                 raise ConflictError(f"VM {name} cannot come back: the catalog changed meanwhile (a VM of "
                                     "that name created?); try again") from None
@@ -250,6 +275,8 @@ class VMDeletable:
     def purge(self, payload: dict[str, Any]) -> None:
         recycled = [Path(r) for _, r in payload["folders"]]
         self.app.vms.remove_folders(recycled)
+        for _, image in payload.get("images", []):
+            _rbd(image).remove()
         for folder in recycled:
             _remove_empty(folder.parent)
 
@@ -264,7 +291,10 @@ class VMDeletable:
         return spec
 
     @staticmethod
-    def _disk(vms: VMService, disk: str, path: str, folders: list[Path]) -> str:
+    def _disk(vms: VMService, disk: str, path: str, folders: list[Path], images: list[RbdDisk]) -> str:
+        if (remote := network_disk(path)) is not None:
+            return (f"disk {disk} ({remote.describe()}" + (")" if remote in images else
+                                                         ", which stays: no storage pool of Cairn's made it)"))
         if not Path(path).exists():
             return f"disk {disk} (its file {path} is missing)"
         chain = backing_chain(path)
@@ -295,6 +325,12 @@ class VMDeletable:
     def _undo_put_back(returned: list[tuple[str, str]]) -> None:
         for original, recycled in reversed(returned):
             _move_back(Path(original), Path(recycled))
+
+
+def _rbd(path: str) -> RbdDisk:
+    image = network_disk(path)
+    assert isinstance(image, RbdDisk), path
+    return image
 
 
 def _allocated(path: Path) -> int:

@@ -196,6 +196,8 @@ class LibvirtRestoreParams(LibvirtRestoreRequest, FromBackup):
 class RestoreAsNewParams(FromBackup):
     name: NewVMName = Field(description="the new VM's name")
     verify: bool = True
+    storage_pool: str | None = Field(default=None, description="restore the disks into this storage pool (an rbd "
+                                                               "pool: into RBD images) instead of the data dir")
 
     def new_vms(self) -> list[str]:
         return [self.name]
@@ -211,6 +213,8 @@ class InstantRestoreRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: NewVMName = Field(description="the new VM's name")
     speed: int = Field(default=0, ge=0, description="bytes/s per disk; 0: unlimited")
+    storage_pool: str | None = Field(default=None, description="copy the disks into this storage pool (an rbd "
+                                                               "pool: into RBD images) instead of the data dir")
 
 
 class InstantRestoreParams(InstantRestoreRequest, FromBackup):

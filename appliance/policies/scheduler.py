@@ -17,12 +17,22 @@ from appliance.catalog.base import utcnow
 from appliance.deletion.deletables import deletion_service
 from appliance.deletion.protection import DeletionService
 from appliance.jobs.engine import JobEngine
-from appliance.jobs.params import BackupParams, SnapshotParams, SyncParams
+from appliance.jobs.params import BackupParams, GcParams, SnapshotParams, SyncParams, VerifyParams
 from appliance.jobs.records import JobRecord
 from appliance.jobs.resources import HOST, store_resource
 
 from .records import PolicyRecord
-from .service import BackupPolicy, Clock, PolicyService, SnapshotPolicy, SyncPolicy, latest_due, policy_of
+from .service import (
+    BackupPolicy,
+    Clock,
+    PolicyService,
+    SnapshotPolicy,
+    StorePolicy,
+    SyncPolicy,
+    VerifyPolicy,
+    latest_due,
+    policy_of,
+)
 
 if TYPE_CHECKING:
     from appliance.context import Appliance
@@ -100,7 +110,9 @@ class Scheduler:
         active = [job for job in self.jobs.active() if job.policy_id == rec.id]
         busy = {job.params.get("vm") for job in active}
         vms = [vm for vm in self.policies.selected_vms(policy) if vm not in busy]
-        if isinstance(policy, SyncPolicy):   # one job copies every selected VM's backups, one run at a time
+        if isinstance(policy, StorePolicy):   # the store's upkeep: one job a run, none while the last one runs
+            jobs = [] if active else [self._submit_upkeep(rec.id, policy)]
+        elif isinstance(policy, SyncPolicy):   # one job copies every selected VM's backups, one run at a time
             jobs = [] if active or not vms else [self._submit_sync(rec.id, policy, vms)]
         else:
             jobs = [self._submit(rec.id, policy, vm) for vm in vms]
@@ -120,6 +132,12 @@ class Scheduler:
         params = BackupParams(vm=vm, full_every=policy.full_every, retention=policy.retention,
                               include=policy.include, exclude=policy.exclude)
         return self.jobs.submit("backup", params, policy_id=policy_id, limits=limits)
+
+    def _submit_upkeep(self, policy_id: str, policy: StorePolicy) -> JobRecord:
+        if isinstance(policy, VerifyPolicy):
+            return self.jobs.submit("store.verify", VerifyParams(sample_percent=policy.sample_percent),
+                                    policy_id=policy_id)
+        return self.jobs.submit("store.gc", GcParams(), policy_id=policy_id)
 
     def _submit_sync(self, policy_id: str, policy: SyncPolicy, vms: list[str]) -> JobRecord:
         params = SyncParams(target=policy.target, source=policy.source, backups_of=vms, bandwidth=policy.bandwidth)

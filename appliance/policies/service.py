@@ -43,13 +43,12 @@ Clock = Callable[[], datetime]
 _EPSILON = timedelta(microseconds=1)   # a run due exactly `now` is due
 
 
-class PolicyBase(BaseModel):
+class ScheduledBase(BaseModel):
+    """What every policy has: a name and a schedule."""
     model_config = ConfigDict(extra="forbid")
     name: str = Field(pattern=NAME, max_length=63)
     enabled: bool = True
     schedule: str = Field(description="cron expression in UTC, e.g. '0 2 * * *' (02:00 every day)")
-    vms: list[str] = Field(default_factory=list, description="VM name patterns ('web*', 'db?'); any may match")
-    tags: list[str] = Field(default_factory=list, description="VM tags; a VM with any of them matches")
     run_missed: bool = Field(True, description="after downtime, run a missed schedule once (else skip it)")
 
     @field_validator("schedule")
@@ -62,6 +61,12 @@ class PolicyBase(BaseModel):
         except CroniterBadDateError as e:
             raise ValueError(f"{value!r} never fires (no such date)") from e
         return value
+
+
+class PolicyBase(ScheduledBase):
+    """A policy that acts on VMs, which it selects by name pattern and tag."""
+    vms: list[str] = Field(default_factory=list, description="VM name patterns ('web*', 'db?'); any may match")
+    tags: list[str] = Field(default_factory=list, description="VM tags; a VM with any of them matches")
 
     @model_validator(mode="after")
     def _selects_something(self) -> PolicyBase:
@@ -110,7 +115,25 @@ class SyncPolicy(PolicyBase):
         return self
 
 
-AnyPolicy = BackupPolicy | SnapshotPolicy | SyncPolicy
+class StorePolicy(ScheduledBase):
+    """The store's upkeep on a schedule: one job a run, on the store, not on VMs."""
+
+    def selects(self, vm: str, vm_tags: set[str]) -> bool:
+        return False
+
+
+class VerifyPolicy(StorePolicy):
+    """Verify the store (all chunks, or a sample) on a schedule: damage found raises the verify alarm."""
+    kind: Literal["verify"] = "verify"
+    sample_percent: float = Field(default=100.0, gt=0, le=100, description="share of the chunks read each run")
+
+
+class GcPolicy(StorePolicy):
+    """Collect the store's unreferenced chunks on a schedule (with the GC job's grace and repack defaults)."""
+    kind: Literal["gc"] = "gc"
+
+
+AnyPolicy = BackupPolicy | SnapshotPolicy | SyncPolicy | VerifyPolicy | GcPolicy
 Policy = Annotated[AnyPolicy, Field(discriminator="kind")]
 _POLICY: TypeAdapter[AnyPolicy] = TypeAdapter(Policy)
 

@@ -24,11 +24,11 @@ class ComputePoolRecord(Base):
 
 
 class StoragePoolRecord(Base):
-    """A folder VM disks can be created in: a local directory or a mounted NFS export."""
+    """Where VM disks can be created: a local directory, a mounted NFS export or a Ceph pool."""
     __tablename__ = "storage_pools"
     name: Mapped[str] = mapped_column(String(63), primary_key=True)
-    kind: Mapped[str] = mapped_column(String(16))           # dir | nfs
-    path: Mapped[str] = mapped_column(Text)
+    kind: Mapped[str] = mapped_column(String(16))           # dir | nfs | rbd
+    path: Mapped[str] = mapped_column(Text)                 # the folder; rbd:POOL[/NAMESPACE][:conf=..][:id=..]
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 

@@ -2,9 +2,11 @@
 
 - A compute pool names the hosts placement may choose from (vmm.placement.place takes any
   list of hosts; ComputePool.filter narrows it).
-- A storage pool is a folder VM disks are created in: a local directory or a mounted NFS
-  export. It is checked when it is defined and again whenever a VM's disks go into it, so an
-  export that was unmounted since is refused instead of filling the mount point's directory.
+- A storage pool is where VM disks are created: a folder (a local directory or a mounted NFS
+  export) or a Ceph pool (kind rbd: each disk a thin raw RBD image <vm>-<disk>, which the VM's
+  QEMU opens with its rbd driver). It is checked when it is defined and again whenever a VM's
+  disks go into it, so an export that was unmounted since, or a cluster that does not answer,
+  is refused before anything is created.
 - An address pool hands out IPv4 addresses, each at most once: a lease is a catalog row keyed
   by (pool, address), so two allocations racing for an address cannot both commit.
 """
@@ -27,13 +29,15 @@ from appliance.errors import CairnError, ConflictError, NotFoundError
 from appliance.hosts.records import HostRecord
 from appliance.names import VM_LIKE
 from appliance.vms.records import VMRecord
+from vmm.errors import ImageError, VMSpecError
+from vmm.network_disks import RbdDisk, RbdPool, is_network, network_disk
 from vmm.placement import LOCAL_HOST, Host
 from vmm.spec import VMSpec
 
 from .records import AddressLeaseRecord, AddressPoolRecord, ComputePoolRecord, NetworkRecord, StoragePoolRecord
 
-StorageKind = Literal["dir", "nfs"]
-STORAGE_KINDS: tuple[StorageKind, ...] = ("dir", "nfs")
+StorageKind = Literal["dir", "nfs", "rbd"]
+STORAGE_KINDS: tuple[StorageKind, ...] = ("dir", "nfs", "rbd")
 NFS_FSTYPES = ("nfs", "nfs4")
 # Allocation retries when another writer took the address between our read and our insert.
 ALLOCATE_ATTEMPTS = 20
@@ -61,15 +65,35 @@ class ComputePool:
 
 @dataclass(frozen=True)
 class StoragePool:
+    """`location`: the folder of a dir or nfs pool; rbd:POOL[/NAMESPACE][:conf=PATH][:id=USER] of an rbd pool."""
     name: str
     kind: StorageKind
-    path: Path
+    location: str
 
-    def vm_folder(self, vm: str) -> Path:
-        return self.path / vm
+    @property
+    def path(self) -> Path:
+        """The folder disks are created in (dir and nfs pools)."""
+        if self.kind == "rbd":
+            raise PoolError(f"storage pool {self.name} is a Ceph pool, not a folder")
+        return Path(self.location)
+
+    @property
+    def rbd(self) -> RbdPool:
+        """The Ceph pool disks are created in (rbd pools)."""
+        if self.kind != "rbd":
+            raise PoolError(f"storage pool {self.name} is a folder, not a Ceph pool")
+        return RbdPool.parse(self.location)
+
+    def vm_folder(self, vm: str) -> Path | None:
+        return None if self.kind == "rbd" else self.path / vm
+
+    def holds(self, disk_path: str) -> bool:
+        if self.kind == "rbd":
+            return (remote := network_disk(disk_path)) is not None and self.rbd.holds(remote)
+        return not is_network(disk_path) and Path(disk_path).is_relative_to(self.path)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"kind": "storage", "name": self.name, "type": self.kind, "path": str(self.path)}
+        return {"kind": "storage", "name": self.name, "type": self.kind, "path": self.location}
 
 
 @dataclass(frozen=True)
@@ -149,11 +173,13 @@ def mount_of(path: Path) -> tuple[str, str] | None:
 
 
 def check_storage(name: str, kind: str, path: str | Path) -> StoragePool:
-    """A storage pool whose folder is usable now: absolute, a directory, writable, and for NFS
-    a mounted NFS export."""
+    """A storage pool usable now: a folder that is absolute, a directory, writable, and for NFS
+    a mounted NFS export; a Ceph pool that answers."""
     check_name("storage pool", name)
     if kind not in STORAGE_KINDS:
         raise PoolError(f"storage pool {name}: type {kind!r} is not one of {', '.join(STORAGE_KINDS)}")
+    if kind == "rbd":
+        return _check_rbd(name, str(path))
     folder = Path(path)
     if not folder.is_absolute():
         raise PoolError(f"storage pool {name}: path {str(path)!r} must be absolute")
@@ -172,7 +198,28 @@ def check_storage(name: str, kind: str, path: str | Path) -> StoragePool:
             pass
     except OSError as e:
         raise PoolError(f"storage pool {name}: cannot write in {folder}: {e.strerror}") from None
-    return StoragePool(name, kind, folder)
+    return StoragePool(name, kind, str(folder))
+
+
+def rbd_conf(name: str, location: str) -> str | None:
+    """The Ceph configuration file an rbd pool's location names, if any (PoolError if malformed)."""
+    try:
+        return RbdPool.parse(location).conf
+    except VMSpecError as e:
+        raise PoolError(f"storage pool {name}: {e}") from None
+
+
+def _check_rbd(name: str, location: str) -> StoragePool:
+    try:
+        pool = RbdPool.parse(location)
+        if pool.conf and not Path(pool.conf).is_absolute():
+            raise PoolError(f"storage pool {name}: conf {pool.conf!r} must be an absolute path")
+        if pool.conf and not Path(pool.conf).is_file():
+            raise PoolError(f"storage pool {name}: Ceph configuration {pool.conf} does not exist")
+        pool.check()
+    except (VMSpecError, ImageError) as e:
+        raise PoolError(f"storage pool {name}: {e}") from None
+    return StoragePool(name, "rbd", pool.location)
 
 
 class PoolService:
@@ -217,12 +264,12 @@ class PoolService:
         pool = check_storage(name, kind, path)
         with self.catalog.begin() as s:
             self._require_new(s, StoragePoolRecord, "storage", name)
-            s.add(StoragePoolRecord(name=name, kind=pool.kind, path=str(pool.path)))
+            s.add(StoragePoolRecord(name=name, kind=pool.kind, path=pool.location))
         return pool
 
     def storage_pools(self) -> list[StoragePool]:
         with self.catalog() as s:
-            return [StoragePool(r.name, r.kind, Path(r.path))  # type: ignore[arg-type]
+            return [StoragePool(r.name, r.kind, r.path)  # type: ignore[arg-type]
                     for r in s.scalars(select(StoragePoolRecord).order_by(StoragePoolRecord.name))]
 
     def storage_pool(self, name: str) -> StoragePool:
@@ -235,19 +282,25 @@ class PoolService:
         """VMs with a disk in the pool."""
         with self.catalog() as s:
             specs = [VMSpec.from_dict(r.spec) for r in s.scalars(select(VMRecord))]
-        return sorted(spec.name for spec in specs
-                      if any(Path(d.path).is_relative_to(pool.path) for d in spec.disks))
+        return sorted(spec.name for spec in specs if any(pool.holds(d.path) for d in spec.disks))
 
     def vm_folders(self, spec: VMSpec) -> list[Path]:
         """The storage pool folders holding the VM's disks (deleted with the VM)."""
-        parents = {Path(d.path).parent for d in spec.disks}
+        parents = {Path(d.path).parent for d in spec.disks if not is_network(d.path)}
         return [f for pool in self.storage_pools() if (f := pool.vm_folder(spec.name)) in parents]
+
+    def vm_images(self, spec: VMSpec) -> list[RbdDisk]:
+        """The RBD images of the VM's disks that a storage pool of Cairn's created (deleted with the VM)."""
+        pools = [pool.rbd for pool in self.storage_pools() if pool.kind == "rbd"]
+        images = [remote for d in spec.disks if isinstance(remote := network_disk(d.path), RbdDisk)]
+        return [image for image in images if any(pool.holds(image) for pool in pools)
+                and image.image.startswith(f"{spec.name}-")]
 
     def delete_storage(self, name: str) -> None:
         """Forget a pool no VM has disks in; its folder and files stay."""
         with self.catalog.begin() as s:
             r = self._get(s, StoragePoolRecord, "storage", name)
-            users = self.storage_users(StoragePool(r.name, r.kind, Path(r.path)))
+            users = self.storage_users(StoragePool(r.name, r.kind, r.path))
             if users:
                 raise ConflictError(f"storage pool {name} holds disks of VMs {', '.join(users)}")
             s.delete(r)

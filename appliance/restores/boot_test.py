@@ -5,8 +5,11 @@ runs on throw-away qcow2 overlays on them, with the backed-up hardware but no
 network card and no ISO, under a name of its own, so it touches neither the
 original VM nor the store. It passes when the readiness marker appears on its
 serial console within the timeout; otherwise it fails with the reason and the
-end of the console. Overlays, exports and the VM's run directory are removed
-afterwards; the result is recorded in the catalog (boot_tests).
+end of the console. Its screen (a display with no network access: VNC on a unix
+socket in its run directory) is captured as a PNG at the end, kept beside the
+catalog's record (screens_dir/<id>.png) for an admin to look at. Overlays,
+exports and the VM's run directory are removed afterwards; the result is
+recorded in the catalog (boot_tests).
 """
 from __future__ import annotations
 
@@ -26,6 +29,7 @@ from dedup import Store
 from restore.export import BackupExport
 from restore.targets import create_qcow2
 from vmm import DiskSpec, QemuDriver, VMSpec
+from vmm.errors import QMPError
 
 from .records import BootTestRecord
 from .restored_vm import backed_up_spec
@@ -37,17 +41,21 @@ BOOT_SIGNATURE = b"\x55\xaa"
 
 @dataclass(frozen=True)
 class BootTestResult:
+    id: int
     backup_id: str
     vm: str
     passed: bool
     reason: str
     seconds: float
     console: str
+    has_screen: bool
 
 
 class BootTestService:
-    def __init__(self, scratch_dir: Path, catalog: sessionmaker[Session], driver: QemuDriver, store: Store):
+    def __init__(self, scratch_dir: Path, screens_dir: Path, catalog: sessionmaker[Session], driver: QemuDriver,
+                 store: Store):
         self.scratch_dir = scratch_dir
+        self.screens_dir = screens_dir
         self.catalog = catalog
         self.driver = driver
         self.store = store
@@ -68,26 +76,47 @@ class BootTestService:
                 overlay = folder / f"{disk.name}.qcow2"
                 create_qcow2(overlay, manifest.disk(disk.name).size, backing_uri=export.uri)
                 disks.append(DiskSpec(disk.name, str(overlay)))
-            isolated = replace(backed_up, name=name, disks=disks, nics=[], cdrom=None, boot=[], vnc=False)
+            isolated = replace(backed_up, name=name, disks=disks, nics=[], cdrom=None, boot=[], vnc=True)
             # Firmware boots the first disk (no kernel given): one whose first sector cannot boot
             # fails now, not after the whole timeout.
             unbootable = _boot_sector_problem(disks[0].name, exports[0]) if exports and isolated.kernel is None else ""
             if unbootable:
-                passed, reason = False, f"not booted: {unbootable}"
+                passed, reason = False, f"not booted{unbootable}"
             else:
                 passed, reason = await self._boot(isolated, marker, timeout)
             console = self._console(name)
+            screen = await self._capture_screen(name, folder / "screen.png")
         finally:
             await self.driver.stop(name, force=True)
             self.driver.forget(name)
             for export in exports:
                 export.stop()
             shutil.rmtree(folder, ignore_errors=True)
-        result = BootTestResult(backup_id, manifest.vm, passed, reason, time.monotonic() - started, console)
+        seconds = time.monotonic() - started
         with self.catalog.begin() as s:
-            s.add(BootTestRecord(backup_id=backup_id, vm_name=manifest.vm, seconds=result.seconds,
-                                 passed=passed, reason=reason, console=console, started_at=utcnow()))
-        return result
+            record = BootTestRecord(backup_id=backup_id, vm_name=manifest.vm, seconds=seconds,
+                                    passed=passed, reason=reason, console=console, started_at=utcnow())
+            s.add(record)
+            s.flush()
+            test_id = record.id
+        if screen is not None:
+            self.screens_dir.mkdir(parents=True, exist_ok=True)
+            self.screen_path(test_id).write_bytes(screen)
+        return BootTestResult(test_id, backup_id, manifest.vm, passed, reason, seconds, console, screen is not None)
+
+    def screen_path(self, test_id: int) -> Path:
+        return self.screens_dir / f"{test_id}.png"
+
+    async def _capture_screen(self, name: str, path: Path) -> bytes | None:
+        """The VM's screen as a PNG, or None if it is no longer running (it stopped by itself)."""
+        if self.driver.status(name).state not in ("running", "paused"):
+            return None
+        try:
+            async with self.driver.session(name) as qmp:
+                await qmp.execute("screendump", {"filename": str(path), "format": "png"})
+        except QMPError:
+            return None   # it stopped meanwhile: the console text is what there is
+        return path.read_bytes()
 
     def history(self, backup_id: str) -> list[BootTestRecord]:
         with self.catalog() as s:
@@ -114,17 +143,17 @@ class BootTestService:
 
 
 def _boot_sector_problem(disk: str, export: BackupExport) -> str:
-    """Why the firmware would find nothing to boot on the disk, if its first sector says so ("": it
-    has a boot signature)."""
+    """Why the firmware would find nothing to boot on the disk, if its first sector says so, as
+    "; why" ("": it has a boot signature)."""
     handle = nbd.NBD()
     try:
         handle.connect_uri(export.uri)
         sector = handle.pread(512, 0)
     except nbd.Error as e:
-        return f"the first sector of disk {disk} cannot be read from the backup: {e}"
+        return f"; the first sector of disk {disk} cannot be read from the backup: {e}"
     finally:
         handle.shutdown()
     if sector[510:512] != BOOT_SIGNATURE:
-        return (f"disk {disk} has no boot signature (55 AA) in its first sector: "
+        return (f"; disk {disk} has no boot signature (55 AA) in its first sector: "
                 "its boot sector is damaged or missing")
     return ""

@@ -7,6 +7,13 @@ block-stream job per disk, run by QEMU itself, then copies everything the
 overlay lacks from the backing export into the overlay and drops the backing
 file: the overlay becomes a complete, independent disk and the exports stop.
 
+Onto RBD (a storage pool of kind rbd): the VM runs from the same overlay, kept in the restore's
+folder, and a blockdev-mirror per disk copies the disk (backup and guest writes alike) into a new
+RBD image; its copy mode is write-blocking, so once the copy is complete every write the guest
+was told is done is in the image too. Then the VM's definition is pointed at the image, the
+mirror completes (the running VM switches to it) and the overlay and the export go: the VM is
+a VM on RBD like one created there.
+
 The job lives in QEMU, so it goes on if the appliance dies. What is needed to
 finish it is recorded in <data dir>/instant/<vm>/state.json (backup, exports,
 overlays); resume() restarts whatever is gone (nbdkit, the VM, the stream job)
@@ -29,7 +36,9 @@ from appliance.vms.service import VMService
 from dedup import Store
 from restore.export import BackupExport
 from restore.targets import create_qcow2
-from vmm import QMPSession, disk_of_qdev, image_info
+from vmm import DiskSpec, QMPSession, disk_of_qdev, image_info
+from vmm.cmdline import protocol_node
+from vmm.network_disks import RbdDisk, is_network, network_disk
 
 from .restored_vm import define_like
 
@@ -43,6 +52,7 @@ class InstantDisk:
     source: str  # the backup's disk it is restored from
     overlay: str
     socket: str
+    target: str | None = None   # the RBD image the disk is copied into; None: the overlay becomes the disk
 
 
 @dataclass
@@ -74,8 +84,10 @@ class InstantRestoreService:
         self.vms = vms
         self.store = store
 
-    async def start(self, backup_id: str, name: str, speed: int = 0) -> InstantRestore:
-        """Define VM `name` from the backup on overlays of the served backup, start it, start the copy."""
+    async def start(self, backup_id: str, name: str, speed: int = 0,
+                    storage_pool: str | None = None) -> InstantRestore:
+        """Define VM `name` from the backup on overlays of the served backup, start it, start the
+        copy (into the disks of `storage_pool`, if given)."""
         check_vm_name(name)   # it names a folder: checked before anything is made or removed there
         manifest = self.store.get_backup(backup_id)
         folder = self._folder(name)
@@ -83,19 +95,27 @@ class InstantRestoreService:
             if self.load(name).status != "done":
                 raise ConflictError(f"an instant restore into VM {name} is not finished ({folder})")
             shutil.rmtree(folder)  # the record of a finished one, whose VM may be gone since
-        backed_up, spec = define_like(self.vms, name, manifest)
+        backed_up, spec = define_like(self.vms, name, manifest, storage_pool)
         sizes = [manifest.disk(d.name).size for d in backed_up.disks]
         state = InstantRestore(name, backup_id, self.store.location, [
             InstantDisk(new.name, old.name, new.path, str(folder / f"{new.name}.sock"))
+            if not is_network(new.path) else
+            InstantDisk(new.name, old.name, str(folder / f"{new.name}.qcow2"), str(folder / f"{new.name}.sock"),
+                        target=new.path)
             for old, new in zip(backed_up.disks, spec.disks, strict=True)], speed)
         try:
             folder.mkdir(parents=True)
             for disk, size in zip(state.disks, sizes, strict=True):
                 export = self._export(state, disk)
-                # The blank disk create() made is replaced by the overlay on the backup.
-                os.unlink(disk.overlay)
+                if disk.target is None:
+                    # The blank disk create() made is replaced by the overlay on the backup.
+                    os.unlink(disk.overlay)
                 create_qcow2(Path(disk.overlay), size, backing_uri=export.uri)
             self._save(state)
+            # Until its copy completes, the VM runs from the overlays.
+            with self.vms.catalog.begin() as s:
+                self.vms.point_disks(s, name, {d.name: d.overlay for d in state.disks if d.target},
+                                     formats={d.name: "qcow2" for d in state.disks if d.target})
             await self.vms.start(name)
             self._serve_vm(state)
             await self._stream(state)
@@ -116,6 +136,10 @@ class InstantRestoreService:
             if _backing(disk) is not None:
                 self._export(state, disk)
         if self.vms.show(name).status.state not in ("running", "paused"):
+            # Its RBD images were written by this VM's QEMU alone, which is gone: its locks are stale.
+            for disk in state.disks:
+                if disk.target and isinstance(image := network_disk(disk.target), RbdDisk):
+                    await asyncio.to_thread(image.break_locks)
             await self.vms.start(name)
         self._serve_vm(state)
         state.status, state.error = "hydrating", None
@@ -152,6 +176,8 @@ class InstantRestoreService:
         elif not backed:
             for disk in state.disks:
                 _running_export(disk).stop()
+                if disk.target:   # the VM runs on the RBD image: the overlay holds nothing it lacks
+                    Path(disk.overlay).unlink(missing_ok=True)
             state.status, state.progress = "done", {}
         self._save(state)
         return state
@@ -165,11 +191,13 @@ class InstantRestoreService:
                 job = jobs.get(job_id(disk.name))
                 if job is not None:
                     state.progress[disk.name] = [job["current-progress"], job["total-progress"]]
+                    if job["status"] == "ready" and disk.target:
+                        await self._switch(qmp, state.vm, disk)
                     if job["status"] == "concluded":
                         await qmp.execute("job-dismiss", {"id": job["id"]})
                         if job.get("error"):
                             errors.append(f"copying disk {disk.name} failed: {job['error']}")
-                if await _has_backing(qmp, disk.name):
+                if await _still_copying(qmp, disk):
                     backed.append(disk.name)
                     if job is None:
                         errors.append(f"the copy job of disk {disk.name} is gone before it finished")
@@ -193,9 +221,14 @@ class InstantRestoreService:
 
     async def discard(self, name: str) -> None:
         """Undo a failed start: stop the VM and the exports, remove the VM and the state."""
+        folder = self._folder(name)
+        targets = [d.target for d in self.load(name).disks if d.target] if (folder / STATE_FILE).exists() else []
         await self.vms.stop(name, force=True)
         self.vms.delete(name)
-        folder = self._folder(name)
+        for target in targets:   # the VM named its overlays: its RBD images are the state's
+            image = network_disk(target)
+            assert isinstance(image, RbdDisk)
+            image.remove()
         for sock in folder.glob("*.sock"):
             BackupExport(sock, sock.with_suffix(".pid")).stop()
         shutil.rmtree(folder, ignore_errors=True)
@@ -204,11 +237,39 @@ class InstantRestoreService:
         async with self.vms.driver.session(state.vm) as qmp:
             running = {j["id"] for j in await qmp.execute("query-jobs")}
             for disk in state.disks:
-                if job_id(disk.name) in running or not await _has_backing(qmp, disk.name):
+                if job_id(disk.name) in running or not await _still_copying(qmp, disk):
+                    continue
+                if disk.target:
+                    await self._mirror(qmp, state, disk)
                     continue
                 # auto-dismiss off: a failed job stays listed with its error until poll() reads it.
                 await qmp.execute("block-stream", {"job-id": job_id(disk.name), "device": disk.name,
                                                    "speed": state.speed, "auto-dismiss": False})
+
+    async def _mirror(self, qmp: QMPSession, state: InstantRestore, disk: InstantDisk) -> None:
+        """Copy the disk as the guest sees it into its RBD image, which the guest's writes reach
+        synchronously once the copy caught up (write-blocking)."""
+        assert disk.target is not None
+        target = DiskSpec(disk.name, disk.target, "raw")
+        nodes = {n["node-name"] for n in await qmp.execute("query-named-block-nodes", {"flat": True})}
+        node = target_node(disk.name)
+        protocol, mirror = f"{node}f", f"{disk.name}-mir"
+        if protocol not in nodes:   # a QEMU started again by resume() has none
+            await qmp.execute("blockdev-add", {**protocol_node(target), "node-name": protocol})
+            await qmp.execute("blockdev-add", {"driver": "raw", "file": protocol, "node-name": node})
+        await qmp.execute("blockdev-mirror", {"job-id": job_id(disk.name), "device": disk.name, "target": node,
+                                              "sync": "full", "speed": state.speed, "copy-mode": "write-blocking",
+                                              # named, the filter is the disk's root node: what writes into
+                                              # the node (a backup's copy, qemu-io) passes through it too
+                                              "filter-node-name": mirror, "auto-dismiss": False})
+
+    async def _switch(self, qmp: QMPSession, vm: str, disk: InstantDisk) -> None:
+        """The copy caught up: the definition names the RBD image first (a QEMU that dies now is
+        started again on it, which holds every acknowledged write), then the VM moves onto it."""
+        assert disk.target is not None
+        with self.vms.catalog.begin() as s:
+            self.vms.point_disks(s, vm, {disk.name: disk.target}, formats={disk.name: "raw"})
+        await qmp.execute("block-job-complete", {"device": job_id(disk.name)})
 
     def _export(self, state: InstantRestore, disk: InstantDisk) -> BackupExport:
         """The disk's export, started unless it runs; it outlives this process, for the VM."""
@@ -239,12 +300,22 @@ class InstantRestoreService:
         os.replace(tmp, path)
 
 
-async def _has_backing(qmp: QMPSession, disk: str) -> bool:
-    """Whether the disk's image in the running VM still has its backing file."""
+async def _still_copying(qmp: QMPSession, disk: InstantDisk) -> bool:
+    """Whether the disk in the running VM still reads from the backup: its image has its backing
+    file; onto RBD, it still runs on the overlay (under the mirror's filter, which shows its
+    file), not on the image (switched to, or opened by a QEMU started again since)."""
     for entry in await qmp.execute("query-block"):
-        if disk_of_qdev(entry.get("qdev", "")) == disk:
-            return "backing_file" in entry.get("inserted", {})
-    raise NotFoundError(f"the VM has no disk {disk}")
+        if disk_of_qdev(entry.get("qdev", "")) == disk.name:
+            inserted = entry.get("inserted", {})
+            if disk.target:
+                return inserted.get("image", {}).get("filename") == disk.overlay
+            return "backing_file" in inserted
+    raise NotFoundError(f"the VM has no disk {disk.name}")
+
+
+def target_node(disk: str) -> str:
+    """The node of the RBD image a disk is copied into (node names are at most 31 characters, disk names 26)."""
+    return f"{disk}-rbd"
 
 
 def _running_export(disk: InstantDisk) -> BackupExport:
@@ -253,5 +324,8 @@ def _running_export(disk: InstantDisk) -> BackupExport:
 
 
 def _backing(disk: InstantDisk) -> str | None:
-    """The overlay file's backing file, read from its header (the VM may not run)."""
+    """The overlay file's backing file, read from its header (the VM may not run); none once the
+    disk moved onto its RBD image."""
+    if disk.target and not Path(disk.overlay).exists():
+        return None
     return image_info(disk.overlay).get("backing-filename")

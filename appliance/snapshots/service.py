@@ -22,6 +22,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
+from appliance.backups.interrupted import clear_interrupted_backups
 from appliance.catalog.base import utcnow
 from appliance.errors import ConflictError, NotFoundError
 from appliance.names import LABEL
@@ -50,6 +51,7 @@ from chain.inspect import measure
 from chain.reconcile import RealChains
 from chain.tree import new_id
 from vmm import VMError, VMSpec
+from vmm.network_disks import network_disk
 from vmm.rundir import exclusive
 
 from .records import SnapshotIntentRecord, SnapshotTreeRecord
@@ -129,7 +131,8 @@ class SnapshotService:
 
     def check_create(self, vm: str, name: str | None, automatic: bool = False, memory: bool = False) -> None:
         """Refuse now what create() would refuse before it changes anything: a name the VM's tree
-        has, a manual snapshot on a full chain, the memory of a VM that does not run."""
+        has, a manual snapshot on a full chain, the memory of a VM that does not run, a network disk."""
+        _require_layerable(self.vms.spec(vm))
         with _as_user_errors():
             self._load(self.vms.spec(vm)).check_new_snapshot(name or new_id(), automatic, self.chain_limit)
         if memory and self.vms.driver.status(vm).state not in ("running", "paused"):
@@ -169,6 +172,7 @@ class SnapshotService:
         """`memory`: also save the running guest's memory, so a revert resumes it right there."""
         if name is not None:
             LABEL.check("snapshot", name)
+        _require_layerable(self.vms.spec(vm))
         async with self._changing(vm) as (tree, live):
             snapshot_id = new_id()
             rotate = tree.check_new_snapshot(name or snapshot_id, automatic, self.chain_limit)
@@ -269,6 +273,7 @@ class SnapshotService:
                 spec = self.vms.spec(vm)
                 tree = self._load(spec)
                 if live is not None:
+                    await clear_interrupted_backups(self.catalog, vm, [d.name for d in spec.disks], live.qmp)
                     await live.require_idle()
                 if found := problems(tree, await _real_chains(spec, live)):
                     raise ChainMismatchError(vm, found)
@@ -320,6 +325,17 @@ async def _real_chains(spec: VMSpec, live: LiveChains | None) -> RealChains:
     if live is not None:
         return live_chains(await live.graph())
     return offline_chains({d.name: d.path for d in spec.disks})
+
+
+def _require_layerable(spec: VMSpec) -> None:
+    """A snapshot puts a qcow2 layer file on top of each disk, in the VM's folder. A network disk
+    (an RBD image, an NBD export) has no folder beside it: its layers would live on this host's
+    disk, so the VM would depend on this host and on the image at once. Refused, saying what works."""
+    if remote := {d.name: found for d in spec.disks if (found := network_disk(d.path)) is not None}:
+        names = ", ".join(f"{name} ({disk.describe()})" for name, disk in remote.items())
+        raise ConflictError(f"VM {spec.name} cannot have snapshots: {names} is a network disk, and Cairn's snapshot "
+                            "layers are qcow2 files beside a disk; back the VM up instead (incremental while it "
+                            "runs), or use the storage's own snapshots (rbd snap create)")
 
 
 def _no_memory_to_save(vm: str) -> ConflictError:

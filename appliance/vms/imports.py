@@ -4,7 +4,8 @@ folders Cairn made are removed).
 
 The VM must be stopped: two QEMUs writing one image destroy it. Each disk is opened the way
 QEMU does before it starts (`qemu-img info` without sharing), so an image a running QEMU holds
-is refused, and its format must be the one the definition says. A libvirt domain stays defined
+is refused, and its format must be the one the definition says. A network disk (an RBD image,
+an NBD export) is only reached: it is raw, and its server decides who may write it. A libvirt domain stays defined
 in libvirt unless `undefine` is asked for; the notes say so.
 """
 from __future__ import annotations
@@ -15,7 +16,9 @@ from urllib.parse import urlsplit
 
 from appliance.errors import ConflictError, NotFoundError
 from appliance.hosts.service import HostCommandError, HostService, host_errors
+from vmm.errors import ImageError
 from vmm.imports import Imported, from_command_line, from_domain
+from vmm.network_disks import is_network, probe
 
 from .records import VMRecord
 from .service import VMService
@@ -23,6 +26,13 @@ from .service import VMService
 
 def _check_disks(imported: Imported) -> None:
     for disk in imported.spec.disks:
+        if is_network(disk.path):
+            # Raw by definition (vmm.network_disks): reached, never probed; its server arbitrates writers.
+            try:
+                probe(disk.path)
+            except ImageError as err:
+                raise NotFoundError(f"disk {disk.path} cannot be opened: {err}") from None
+            continue
         done = subprocess.run(["qemu-img", "info", "--output=json", disk.path], capture_output=True, text=True,
                               check=False)
         if done.returncode != 0:

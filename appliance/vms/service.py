@@ -34,11 +34,13 @@ from appliance.pools.service import PoolService
 from appliance.settings import Settings
 from appliance.snapshots.records import SnapshotIntentRecord, SnapshotTreeRecord
 from chain import VMTree
+from procs import Holding
 from vmm import DiskSpec, QemuDriver, StopMethod, VMSpec, VMStatus, create_disk, image_info
 from vmm.clone import CloneMode, clone_disks, clone_spec
 from vmm.ha import DOWN_AFTER, HASupervisor
-from vmm.images import backing_chain, resize_image
+from vmm.images import backing_chain, copy_into, resize_image
 from vmm.images_library import ImageLibrary, ImageRecord
+from vmm.network_disks import RbdDisk, network_disk
 from vmm.placement import LOCAL_HOST, SchedulingGroup
 from vmm.rundir import exclusive
 from vmm.spec import NicSpec, validate_vm_name
@@ -53,6 +55,15 @@ ACTIVE = ("running", "paused")
 DOWN = ("stopped", "crashed")
 # A VM's rows in the catalog besides its backups: deleting the VM removes them all.
 VM_RECORDS = (VMRecord, SnapshotTreeRecord, SnapshotIntentRecord, VMOptionsRecord, VMTagRecord)
+
+
+class NewFolder(Holding):
+    """A new VM's folder, recorded for the sweep until the VM's record is committed."""
+
+    def __init__(self, folder: Path, purpose: str) -> None:
+        super().__init__(purpose)
+        self.folder = folder
+        self.remove(folder)
 
 
 @dataclass
@@ -119,11 +130,15 @@ class VMService:
             raise ConflictError("a VM needs at least one disk (a disk size or an image)")
         if len(disk_sizes) > len(DISK_NAMES):
             raise ConflictError(f"a VM has at most {len(DISK_NAMES)} disks")
-        root = (self.pools.storage_pool(options.storage_pool).path if options.storage_pool
-                else self.settings.images_dir)
-        folder = root / name
-        disks = [DiskSpec(DISK_NAMES[i], str(folder / f"{DISK_NAMES[i]}.qcow2"))
-                 for i in range(max(len(disk_sizes), 1 if backing else 0))]
+        pool = self.pools.storage_pool(options.storage_pool) if options.storage_pool else None
+        count = max(len(disk_sizes), 1 if backing else 0)
+        if pool is not None and pool.kind == "rbd":
+            # Raw images, thin in Ceph; the VM's QEMU opens them with its rbd driver.
+            disks = [DiskSpec(DISK_NAMES[i], pool.rbd.image(f"{name}-{DISK_NAMES[i]}").filename, "raw")
+                     for i in range(count)]
+        else:
+            folder = (pool.path if pool else self.settings.images_dir) / name
+            disks = [DiskSpec(DISK_NAMES[i], str(folder / f"{DISK_NAMES[i]}.qcow2")) for i in range(count)]
         boot = options.boot or (["cdrom", "disk"] if cdrom else [])
         spec = VMSpec(name=name, memory_mib=memory_mib, vcpus=vcpus, disks=disks,
                       kernel=kernel and str(Path(kernel).resolve()),
@@ -132,8 +147,10 @@ class VMService:
                       vnc=options.vnc)
         spec.validate()
         self._fits(spec, options.compute_pool)
-        self._new_folder(name, root)
-        try:
+        if pool is not None and pool.kind == "rbd":
+            self._create_rbd_disks(spec, disk_sizes, backing, backing_format, options)
+            return spec
+        with self._new_folder(name, folder.parent) as until_recorded:
             for i, disk in enumerate(disks):
                 size = disk_sizes[i] if i < len(disk_sizes) else None
                 if i == 0 and backing:
@@ -142,14 +159,41 @@ class VMService:
                     create_disk(disk.path, size, backing=backing, backing_format=backing_format)
                 else:
                     create_disk(disk.path, size)
-            with self.catalog.begin() as s:
-                s.add(VMRecord(name=name, spec=spec.to_dict()))
-                if options.compute_pool:
-                    s.add(VMOptionsRecord(vm_name=name, compute_pool=options.compute_pool))
-        except Exception:
-            shutil.rmtree(folder, ignore_errors=True)
-            raise
+            self._add(spec, options, until_recorded)
         return spec
+
+    def _add(self, spec: VMSpec, options: VMOptions, until_recorded: Holding | None = None) -> None:
+        """The new VM's rows, once its disks exist; the sweep's record of its new folder
+        (`until_recorded`, _new_folder) closed in the same transaction, before its commit."""
+        with self.catalog.begin() as s:
+            s.add(VMRecord(name=spec.name, spec=spec.to_dict()))
+            if options.compute_pool:
+                s.add(VMOptionsRecord(vm_name=spec.name, compute_pool=options.compute_pool))
+            if until_recorded is not None:
+                until_recorded.close()
+
+    def _create_rbd_disks(self, spec: VMSpec, disk_sizes: list[int], backing: str | None,
+                          backing_format: str | None, options: VMOptions) -> None:
+        """Each disk a new RBD image; the first gets a copy of the base image (an RBD image has no
+        backing file: only its data is written, so it stays thin). All or none: a failure removes
+        the images made."""
+        made: list[RbdDisk] = []
+        try:
+            for i, disk in enumerate(spec.disks):
+                image = network_disk(disk.path)
+                assert isinstance(image, RbdDisk)
+                size = disk_sizes[i] if i < len(disk_sizes) else 0
+                if i == 0 and backing:
+                    size = max(size, int(image_info(backing, backing_format)["virtual-size"]))
+                image.create(size)
+                made.append(image)
+                if i == 0 and backing:
+                    copy_into(backing, backing_format, image.filename)
+            self._add(spec, options)
+        except Exception:
+            for image in made:
+                image.remove()
+            raise
 
     def spec(self, name: str) -> VMSpec:
         with self.catalog() as s:
@@ -159,12 +203,16 @@ class VMService:
             return VMSpec.from_dict(rec.spec)
 
     @staticmethod
-    def point_disks(session: Session, name: str, paths: dict[str, str]) -> None:
-        """From its next start the VM opens these files (snapshots move a disk's active layer)."""
+    def point_disks(session: Session, name: str, paths: dict[str, str], formats: dict[str, str] | None = None) -> None:
+        """From its next start the VM opens these files (snapshots move a disk's active layer), in
+        these formats where given (an instant restore onto RBD moves a disk from a qcow2 overlay
+        to a raw image)."""
         rec = session.get_one(VMRecord, name)
         spec = VMSpec.from_dict(rec.spec)
         for disk in spec.disks:
             disk.path = paths.get(disk.name, disk.path)
+            disk.format = (formats or {}).get(disk.name, disk.format)
+        spec.validate()
         rec.spec = spec.to_dict()
 
     def show(self, name: str, status: VMStatus | None = None) -> VMView:
@@ -371,9 +419,12 @@ class VMService:
     def delete(self, name: str) -> None:
         """Removes the VM and its disks at once; its backups stay in the store. (The API and
         the CLI delete under the deletion rules instead: appliance/deletion/deletables.py, VMDeletable.)"""
-        folders = self.folders(self.check_deletable(name).spec)
+        spec = self.check_deletable(name).spec
+        folders, images = self.folders(spec), self.pools.vm_images(spec)
         self.take_out(name)
         self.remove_folders(folders)
+        for image in images:
+            image.remove()
 
     def check_deletable(self, name: str) -> VMView:
         """The VM, if it may be deleted now: stopped, and no other VM reads a file of its folders."""
@@ -446,17 +497,14 @@ class VMService:
         made: list[VMSpec] = []
         try:
             for name in names:
-                folder = self._new_folder(name)
-                try:
-                    spec = clone_spec(src, name, clone_disks(src, folder, disk_mode, caches))
+                with self._new_folder(name) as until_recorded:
+                    spec = clone_spec(src, name, clone_disks(src, until_recorded.folder, disk_mode, caches))
                     with self.catalog.begin() as s:
                         self.networks.adopt_clone(s, source, spec)
                         s.add(VMRecord(name=name, spec=spec.to_dict()))
                         if mode == "instant":
                             s.add(VMOptionsRecord(vm_name=name, linked_to=source))
-                except BaseException:
-                    shutil.rmtree(folder, ignore_errors=True)
-                    raise
+                        until_recorded.close()
                 made.append(spec)
                 self.networks.refresh(spec.name)
         except BaseException:
@@ -620,16 +668,27 @@ class VMService:
         own): not enough memory, or mandatory policies keep it off all of them."""
         self.placement.fits(spec, pool)
 
-    def _new_folder(self, name: str, root: Path | None = None) -> Path:
+    @contextmanager
+    def _new_folder(self, name: str, root: Path | None = None) -> Iterator[NewFolder]:
         """The VM's own disk folder (in `root`, default the data dir's), made now: a concurrent
-        create of the same name fails here instead of later removing this one's files."""
+        create of the same name fails here instead of later removing this one's files. It goes
+        again if the body fails, and if the process dies first the next start's sweep removes it
+        (procs/): the body closes that record in the transaction that adds the VM, before its
+        commit. A crash between the two leaves the folder; the sweep never removes a VM's disks."""
         folder = (root or self.settings.images_dir) / name
         try:
             folder.mkdir(parents=True)
         except FileExistsError:
             raise ConflictError(f"VM {name} already exists (or is being created): {folder} "
                                 "exists") from None
-        return folder
+        until_recorded = NewFolder(folder, f"the folder of new VM {name}")
+        try:
+            yield until_recorded
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
+        finally:
+            until_recorded.close()
 
     def _require_stopped(self, name: str, doing: str) -> None:
         self._require_down(name, self.placement.host_of(name), f"to {doing}")

@@ -19,6 +19,8 @@ from starlette.types import Scope
 
 CONSOLE_PATH = "/ui"
 STATIC_DIR = Path(__file__).parent / "static"
+# Swagger UI, vendored under static/vendor/swagger-ui (like noVNC): no CDN, so it shows offline too.
+API_DOCS = CONSOLE_PATH + "/api-docs.html"
 SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
                                "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'",
@@ -40,8 +42,14 @@ async def _to_console(_: Request) -> RedirectResponse:
     return RedirectResponse(CONSOLE_PATH + "/")
 
 
+async def _to_api_docs(_: Request) -> RedirectResponse:
+    return RedirectResponse(API_DOCS)
+
+
 def mount_console(app: FastAPI) -> None:
-    """Serve the console at /ui (and send / there). These are plain Starlette routes, outside the
-    API's authorization: the files hold no data, and every call they make is authorized as usual."""
+    """Serve the console at /ui (and send / there, and /api/v1/docs to the API's reference among its
+    files). These are plain Starlette routes, outside the API's authorization: the files hold no
+    data, and every call they make is authorized as usual."""
     app.router.routes.append(Route("/", _to_console, include_in_schema=False))
+    app.router.routes.append(Route("/api/v1/docs", _to_api_docs, include_in_schema=False))
     app.mount(CONSOLE_PATH, ConsoleFiles(directory=STATIC_DIR, html=True), name="console")

@@ -96,7 +96,7 @@ def new_vm_plan(app: Appliance, params: RestoreAsNewParams) -> JobPlan:
     async def restore(ctx: StepContext) -> None:
         with making_vms(ctx, [params.name]):
             result = await asyncio.to_thread(app.restores.as_new_vm, params.backup_id, params.name, params.verify,
-                                             disk_progress(ctx))
+                                             disk_progress(ctx), params.storage_pool)
         ctx.result.update(vars(result))
 
     return JobPlan(vm_resource(params.name), [Step("restore", restore, delete_made_vms(app))])
@@ -117,7 +117,7 @@ def instant_plan(app: Appliance, params: InstantRestoreParams) -> JobPlan:
 
     async def start(ctx: StepContext) -> None:
         with making_vms(ctx, [params.name]):
-            state = await app.restores.instant.start(params.backup_id, params.name, params.speed)
+            state = await app.restores.instant.start(params.backup_id, params.name, params.speed, params.storage_pool)
         ctx.result.update(state.to_dict())
 
     async def discard(ctx: StepContext) -> None:

@@ -11,7 +11,8 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from appliance.access.roles import Role
-from appliance.backups.records import record_pruned, record_verification
+from appliance.backups.records import record_verification
+from appliance.backups.retention import apply_retention
 from dedup import (
     GcReport,
     PruneReport,
@@ -19,7 +20,6 @@ from dedup import (
     UpgradeReport,
     VerifyReport,
     collect_garbage,
-    prune,
     upgrade_store,
     verify_store,
 )
@@ -101,11 +101,8 @@ def prune_plan(app: Appliance, params: PruneParams) -> JobPlan:
     """On the VM's resource: never beside its backup, whose retention step prunes the same way."""
 
     async def prune_backups(ctx: StepContext) -> None:
-        report = await asyncio.to_thread(prune, app.store, params.vm, RetentionPolicy(**params.rules()),
-                                         dry_run=params.dry_run)
-        if not params.dry_run:
-            with app.catalog.begin() as session:
-                record_pruned(session, list(report.removed))
+        report = await asyncio.to_thread(apply_retention, app.store, app.catalog, params.vm, params,
+                                         params.dry_run)
         ctx.result.update(dumped(PruneReport, report), removed=list(report.removed))
 
     return JobPlan(vm_resource(params.vm), [Step("prune", prune_backups)], needs=Role.ADMIN)

@@ -106,3 +106,23 @@ export async function follow(path, onEvent, signal) {
     }
   }
 }
+
+// A file sent as the request body (PUT), through XMLHttpRequest because fetch cannot report how much
+// of a body has gone: onProgress(sentBytes, totalBytes) as it goes; resolves with the JSON answer.
+export function upload(path, file, onProgress) {
+  return new Promise((resolve, reject) => {
+    const xhr = new XMLHttpRequest();
+    xhr.open("PUT", `/api/v1${path}`);
+    for (const [key, value] of Object.entries(headers({ "Content-Type": "application/octet-stream" }))) {
+      xhr.setRequestHeader(key, value);
+    }
+    xhr.upload.addEventListener("progress", (e) => onProgress(e.loaded, e.total));
+    xhr.addEventListener("load", () => {
+      const answer = new Response(xhr.responseText, { status: xhr.status, statusText: xhr.statusText });
+      if (xhr.status >= 200 && xhr.status < 300) resolve(answer.json());
+      else failure(answer).then(reject);
+    });
+    xhr.addEventListener("error", () => reject(new ApiError(0, "NetworkError", "the upload was cut off")));
+    xhr.send(file);
+  });
+}

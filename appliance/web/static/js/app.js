@@ -1,13 +1,21 @@
 // The console's shell: signing in and out, the session's end, and which page shows for the address.
 import { call, hooks, session } from "./api.js";
 import { loadRule, may } from "./roles.js";
-import { notify } from "./ui.js";
+import { describeError, notify } from "./ui.js";
 import { accountPage } from "./pages/account.js";
+import { auditPage } from "./pages/audit.js";
 import { consolePage } from "./pages/console.js";
 import { dashboardPage } from "./pages/dashboard.js";
 import { filesPage } from "./pages/files.js";
+import { hostsPage } from "./pages/hosts.js";
+import { imagesPage } from "./pages/images.js";
+import { jobPage } from "./pages/job.js";
 import { jobsPage } from "./pages/jobs.js";
+import { networksPage } from "./pages/networks.js";
+import { notificationsPage } from "./pages/notifications.js";
 import { policiesPage } from "./pages/policies.js";
+import { recyclePage } from "./pages/recycle.js";
+import { searchPage } from "./pages/search.js";
 import { storePage } from "./pages/store.js";
 import { usersPage } from "./pages/users.js";
 import { vmPage } from "./pages/vm.js";
@@ -20,11 +28,19 @@ const ROUTES = [
   [/^#\/vm\/(?<name>[^/]+)$/, vmPage, "vms"],
   [/^#\/console\/(?<name>[^/]+)$/, consolePage, "vms"],
   [/^#\/jobs$/, jobsPage, "jobs"],
+  [/^#\/job\/(?<id>[^/]+)$/, jobPage, "jobs"],
   [/^#\/files\/(?<backup>[^/?]+)\/(?<disk>[^/?]+)(?:\?(?<query>.*))?$/, filesPage, "vms"],
   [/^#\/store$/, storePage, "store"],
   [/^#\/policies$/, policiesPage, "policies"],
+  [/^#\/images$/, imagesPage, "images"],
+  [/^#\/networks$/, networksPage, "networks"],
+  [/^#\/hosts$/, hostsPage, "hosts"],
+  [/^#\/recycle-bin$/, recyclePage, "recycle-bin"],
+  [/^#\/audit$/, auditPage, "audit"],
+  [/^#\/notifications$/, notificationsPage, "notifications"],
   [/^#\/users$/, usersPage, "users"],
   [/^#\/account$/, accountPage, "account"],
+  [/^#\/search(?:\?(?<query>.*))?$/, searchPage, "search"],
 ];
 
 const $ = (id) => document.getElementById(id);
@@ -43,10 +59,11 @@ async function show() {
   try {
     await loadRule();
   } catch (e) {
-    notify(e.code ? `${e.code}: ${e.message}` : String(e), true);
+    notify(describeError(e), true);
     return;
   }
-  $("users-link").hidden = !may("GET", "/users");
+  // Pages only an admin may read are not offered to others.
+  for (const link of document.querySelectorAll("header a[data-needs]")) link.hidden = !may("GET", link.dataset.needs);
   const route = ROUTES.find(([pattern]) => pattern.test(location.hash)) ?? ROUTES[0];
   // Names in the address are decoded; a query string stays as it is, for URLSearchParams.
   const params = Object.fromEntries(Object.entries(location.hash.match(route[0])?.groups ?? {})
@@ -55,13 +72,14 @@ async function show() {
     link.classList.toggle("active", link.dataset.page === route[2]);
   }
   main.dataset.page = route[2];
+  if (route[2] !== "search") $("search").value = "";   // the box says what the page shows, or nothing
   // Each page draws into a new element of its own: a late answer of a page left behind lands nowhere.
   const page = document.createElement("div");
   main.append(page);
   try {
     await route[1](page, params, leaving.signal);
   } catch (e) {
-    if (e.name !== "AbortError") notify(e.code ? `${e.code}: ${e.message}` : String(e), true);
+    if (e.name !== "AbortError") notify(describeError(e), true);
   }
 }
 
@@ -115,6 +133,10 @@ async function signOut() {
 hooks.sessionLost = (message) => signedOut(message);
 $("login").addEventListener("submit", signIn);
 $("sign-out").addEventListener("click", signOut);
+$("search-form").addEventListener("submit", (event) => {
+  event.preventDefault();
+  location.hash = `#/search?${new URLSearchParams({ q: $("search").value.trim() })}`;
+});
 window.addEventListener("hashchange", show);
 if (session.get()) signedIn();
 show();

@@ -11,12 +11,24 @@ export function notify(message, isError = false) {
   notice.hidden = !message;
 }
 
+// What went wrong, in the API's words: for a request that did not validate, each field and what is
+// wrong with it ("disks 0: not a size: '12Q'"), not only that the request is not valid.
+export function describeError(e) {
+  if (!e.code) return String(e);
+  const fields = Array.isArray(e.details) ? e.details.filter((d) => d && d.msg) : [];
+  if (!fields.length) return `${e.code}: ${e.message}`;
+  return fields.map((d) => {
+    const where = (d.loc ?? []).filter((part, i) => !(i === 0 && ["body", "query", "path"].includes(part))).join(" ");
+    return `${where ? `${where}: ` : ""}${String(d.msg).replace(/^Value error, /, "")}`;
+  }).join("; ");
+}
+
 // Runs an action, saying what went wrong in the API's own words if it fails; returns its result or undefined.
 export async function attempt(action) {
   try {
     return await action();
   } catch (e) {
-    notify(e.code ? `${e.code}: ${e.message}` : String(e), true);
+    notify(describeError(e), true);
     return undefined;
   }
 }

@@ -1,6 +1,6 @@
 // A VM's backups: back up now; restore one as a new VM, instantly, over the VM or a disk to a target; browse
 // its files; delete.
-import { call } from "../api.js";
+import { call, download } from "../api.js";
 import { age, bytes, h, table, when } from "../dom.js";
 import { actionButton, actionForm, confirmAction, confirmedDeletion, field, notify, runJob } from "../ui.js";
 import { filesAddress } from "./files.js";
@@ -68,6 +68,62 @@ function instantRestore(backup, after) {
   });
 }
 
+// The last boot test of each backup run from this page, and its screen (a data: URL: the page's
+// policy lets images come from the appliance or data: only), kept across the page's redraws.
+const bootTests = new Map();
+
+async function screenOf(result) {
+  if (!result.has_screen) return null;
+  const png = await download(`/backups/${result.backup_id}/boot-tests/${result.id}/screen`);
+  return new Promise((resolve, reject) => {
+    const reader = new FileReader();
+    reader.onload = () => resolve(reader.result);
+    reader.onerror = () => reject(reader.error);
+    reader.readAsDataURL(png);
+  });
+}
+
+function bootTest(backup, after) {
+  const path = `/backups/${backup.id}/boot-test`;
+  return actionButton("Boot test", "POST", path, () => {
+    notify(`Booting backup ${backup.id} in an isolated VM…`);
+    return call("POST", path, {});
+  }, async (result) => {
+    bootTests.set(backup.id, { ...result, screen: await screenOf(result) });
+    notify(result.passed ? `Backup ${backup.id} boots: ${result.reason}.` : `Backup ${backup.id} did not boot: ${result.reason}.`,
+           !result.passed);
+    await after();
+  });
+}
+
+// What the booted backup showed on its console, as the boot test saw it.
+function bootTestResult(result) {
+  return h("section", { class: "card", "data-boot-test": result.backup_id, "data-passed": String(result.passed) },
+    h("h3", {}, `Boot test of ${result.backup_id}: `,
+      h("span", { class: result.passed ? "status-ok" : "status-failed" }, result.passed ? "passed" : "failed"),
+      ` in ${result.seconds.toFixed(1)} s`),
+    h("p", {}, result.reason),
+    result.screen && h("img", { class: "screen-shot", src: result.screen, alt: `the screen of backup ${result.backup_id} booted` }),
+    h("pre", { class: "screen-text", tabindex: "0", "aria-label": "the booted backup's console" },
+      result.console || "(the console showed nothing)"));
+}
+
+function protect(backup, after) {
+  const path = `/store/backups/${backup.id}/lock`;
+  const inMonth = new Date(Date.now() + 30 * 86400_000);
+  const until = h("input", { type: "date", name: "until", required: true,
+                             value: inMonth.toISOString().slice(0, 10) });
+  return actionButton("Protect", "POST", path, async () => {
+    const takes = [`Backup ${backup.id} cannot be deleted, pruned or collected until the end of that day (UTC).`,
+                   "A lock cannot be shortened, only extended."];
+    return await confirmAction(`Protect backup ${backup.id}?`, takes, "Protect", field("Until", until))
+      ? call("POST", path, { until: `${until.value}T23:59:59Z` }) : undefined;
+  }, async (lock) => {
+    notify(`Backup ${lock.backup_id} is protected until ${when(lock.locked_until)}.`);
+    await after();
+  });
+}
+
 function remove(backup, after) {
   const path = `/backups/${backup.id}`;
   return actionButton("Delete", "DELETE", path, () => confirmedDeletion(`Delete backup ${backup.id}?`, path), after,
@@ -90,8 +146,10 @@ export function backupSection(vm, backups, redraw) {
         h("td", { title: when(b.started_at) }, age(b.started_at)), h("td", {}, bytes(b.size)),
         h("td", {}, bytes(b.bytes_stored)), h("td", {}, b.error ?? b.notes.join("; ")),
         h("td", { class: "actions" }, b.status === "ok" && [restoreAsNew(b, redraw), instantRestore(b, redraw), restoreOver(b, redraw),
+          bootTest(b, redraw), protect(b, redraw),
           vm.disks.map((d) => [h("a", { href: filesAddress(b.id, d.name), class: "files" }, `files of ${d.name}`),
                                restoreDiskTo(b, d.name)])],
           remove(b, redraw)))), "no backups yet"),
+    backups.items.filter((b) => bootTests.has(b.id)).map((b) => bootTestResult(bootTests.get(b.id))),
   ];
 }

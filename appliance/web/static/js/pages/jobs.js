@@ -12,7 +12,7 @@ export async function jobsPage(main, _params, signal) {
     fill(main, 
       h("h1", {}, "Jobs"),
       table(["Created", "Job", "On", "State", "Steps", "Result", ""], jobs.map((j) => h("tr", { "data-job-row": j.id },
-        h("td", {}, when(j.created_at)), h("td", {}, j.kind), h("td", {}, j.resource), h("td", {}, jobBar(j)),
+        h("td", {}, when(j.created_at)), h("td", {}, h("a", { href: `#/job/${encodeURIComponent(j.id)}` }, j.kind)), h("td", {}, j.resource), h("td", {}, jobBar(j)),
         h("td", {}, j.steps.map((s) => `${s.name}: ${s.state}`).join(", ")),
         h("td", {}, j.error ?? (j.result ? Object.entries(j.result).filter(([, v]) => typeof v !== "object")
           .map(([k, v]) => `${k}: ${v}`).join(", ") : "")),

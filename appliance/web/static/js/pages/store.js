@@ -1,6 +1,7 @@
 // The store: what it holds, and its upkeep: verify, garbage collection, pruning (previewed first).
 import { call, get, listPath } from "../api.js";
-import { bytes, fill, h, table, when } from "../dom.js";
+import { lineChart } from "../chart.js";
+import { bytes, fill, h, parseTime, table, when } from "../dom.js";
 import { may } from "../roles.js";
 import { ROWS_PER_PAGE, actionButton, actionForm, confirmAction, field, live, runJob } from "../ui.js";
 
@@ -42,16 +43,43 @@ function pruneSection(vms, show) {
   });
 }
 
+// The store's growth as its backups made it: after each of the latest backups (oldest first), the
+// bytes they added in all and the data reduction (what they cover / what they added: dedup and
+// compression together). Deletions and
+// GC are not in this history; Prometheus keeps the store's own size over time (docs/monitoring.md).
+function growthCharts(newestFirst) {
+  const backups = [...newestFirst].reverse();
+  let logical = 0;
+  let stored = 0;
+  const growth = [];
+  const ratio = [];
+  for (const b of backups.filter((x) => x.status === "ok")) {
+    logical += b.size;
+    stored += b.bytes_stored;
+    const t = parseTime(b.finished_at ?? b.started_at);
+    growth.push({ t, v: stored });
+    if (stored) ratio.push({ t, v: logical / stored });
+  }
+  if (growth.length < 2) return h("p", { class: "muted" }, "The charts show once there are two backups.");
+  return h("div", { class: "charts", "data-charts": "" },
+    h("figure", {}, lineChart(growth, bytes, "bytes stored by backups over time"),
+      h("figcaption", {}, `Stored by the last ${backups.length} backups, in all`)),
+    h("figure", {}, lineChart(ratio, (v) => `×${v < 100 ? v.toFixed(1) : v.toExponential(1)}`, "data reduction over time"),
+      h("figcaption", {}, "Data reduction: backed up / stored (dedup and compression)")));
+}
+
 export async function storePage(main, _params, signal) {
   const result = h("div", { id: "store-result" });
   const show = (el) => result.replaceChildren(el);
   const draw = async () => {
     // The VMs with backups: one (their latest) backup each.
-    const [stats, latest] = await Promise.all([get("/store/stats"),
-      get(listPath("/backups", { latest: true, sort: "vm_name", limit: ROWS_PER_PAGE }))]);
+    const [stats, latest, history] = await Promise.all([get("/store/stats"),
+      get(listPath("/backups", { latest: true, sort: "vm_name", limit: ROWS_PER_PAGE })),
+      get(listPath("/backups", { sort: "-started_at", limit: ROWS_PER_PAGE }))]);
     const vms = latest.map((b) => b.vm_name);
     const percent = h("input", { type: "number", min: "0.1", max: "100", value: "100", name: "sample_percent" });
     fill(main, h("h1", {}, "Store"), statsTable(stats),
+      h("h2", {}, "Over time"), growthCharts(history),
       h("h2", {}, "Upkeep"),
       h("p", { class: "actions" },
         may("POST", "/store/verify-jobs") && field("Verify % of chunks", percent),
