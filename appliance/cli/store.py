@@ -42,6 +42,7 @@ from dedup import (
     RetentionPolicy,
     Store,
     collect_garbage,
+    is_remote,
     lock_backup,
     open_backend,
     protect,
@@ -382,6 +383,14 @@ store_app.command("unprotect", help="Let prune rules apply to this backup again.
 SYNC_VMS_OPT = typer.Option([], "--vm", help="Only this VM's backups (repeat for more).")
 
 
+def from_here(location: str | None) -> str | None:
+    """A directory named from this shell's working directory, as the root names it: the job may
+    run in another process (the appliance's), elsewhere."""
+    if location is None or is_remote(location):
+        return location
+    return os.path.abspath(location)
+
+
 @store_app.command("sync")
 @reports_errors
 def sync_cmd(to: str | None = typer.Option(None, "--to", help="Copy into this store (push): a directory or URL; "
@@ -393,7 +402,8 @@ def sync_cmd(to: str | None = typer.Option(None, "--to", help="Copy into this st
              as_json: bool = JsonOpt) -> None:
     """Copy backups to another store, or from one, sending only the blocks it lacks. Run it again
     after a cut: it sends only what is still missing."""
-    params = SyncParams(target=to, source=source, backups_of=vms, bandwidth=parse_size(bandwidth) if bandwidth else None)
+    params = SyncParams(target=from_here(to), source=from_here(source), backups_of=vms,
+                        bandwidth=parse_size(bandwidth) if bandwidth else None)
     if on_appliance(store):
         from .follow import run_job
 
