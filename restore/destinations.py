@@ -128,7 +128,7 @@ class FileDestination:
         if target.exists() and not target.is_file():
             raise TargetExistsError(f"cannot restore to {target}: it exists and is not a regular file")
         if (target.exists() or target.is_symlink()) and not self.force:
-            raise TargetExistsError(f"{target} already exists; restore with force to replace it")
+            raise TargetExistsError(f"{target} already exists; restore with --force (the API's force) to replace it")
 
 
 class BlockDeviceDestination:
@@ -143,7 +143,7 @@ class BlockDeviceDestination:
     def open(self, size: int) -> RestoreTarget:
         if not self.force:
             raise TargetExistsError(f"{self.path} is a block device and its data would be overwritten; "
-                                    "restore with force to do so")
+                                    "restore with --force (the API's force) to do so")
         device_size = _device_size(self.path)
         if device_size < size:
             raise TargetSizeError(f"block device {self.path} has {device_size} bytes, the disk needs {size}")
@@ -167,7 +167,7 @@ class NbdDestination:
     def open(self, size: int) -> RestoreTarget:
         if not self.force:
             raise TargetExistsError(f"the data of NBD export {self.uri} would be overwritten; "
-                                    "restore with force to do so")
+                                    "restore with --force (the API's force) to do so")
         target = NbdTarget.connect_uri(self.uri)
         try:
             if target.read_only():

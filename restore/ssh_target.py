@@ -110,7 +110,7 @@ class SftpDestination:
             raise TargetDirectoryError(f"cannot restore to {where}: directory {self.location.path.parent} "
                                        "does not exist")
         if _exists(sftp, path) and not self.force:
-            raise TargetExistsError(f"{where} already exists; restore with force to replace it")
+            raise TargetExistsError(f"{where} already exists; restore with --force (the API's force) to replace it")
         try:
             file = sftp.open(str(self._partial), "w+")
             file.truncate(size)

@@ -54,7 +54,8 @@ def restore_vm_to_directory(store: Store, backup_id: str, directory: str | os.Pa
     definition_file = directory / DEFINITION_FILE
     existing = [p for p in [*targets.values(), definition_file] if p.exists()]
     if existing and not force:
-        raise TargetExistsError(f"{', '.join(map(str, existing))} already exist; restore with force to replace them")
+        raise TargetExistsError(f"{', '.join(map(str, existing))} already exist; "
+                                "restore with --force (the API's force) to replace them")
     results = restore_disks(store, manifest, {name: FileDestination(path, fmt, force) for name, path in targets.items()},
                             verify, progress)
     definition = definition_with_disks(manifest, {name: (str(path), fmt) for name, path in targets.items()})

@@ -119,3 +119,21 @@ def test_a_sync_names_a_store_from_the_root_or_by_url(api_client):
         assert r.status_code == 422, (target, r.text)
     assert set(os.listdir(".")) == before
     assert api_client.get("/api/v1/jobs").json() == []
+
+
+def test_the_cli_names_a_relative_target_from_its_working_directory(tmp_path):
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    source = Store.init(tmp_path / "src", block_size=BLOCK, pack_size=PACK)
+    full = backup_image(source, "web1", {"vda": disk_image("rr", seed=3)})
+    source.close()
+    cairn = str(Path(sys.executable).with_name("cairn"))
+    done = subprocess.run([cairn, "store", "sync", "--store", str(tmp_path / "src"), "--to", "copy", "--json"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                          env={"CAIRN_DATA_DIR": str(tmp_path / "data"), "PATH": "/usr/bin:/bin"})
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["copied"] == [full.backup_id]
+    assert [m.backup_id for m in Store.open(tmp_path / "copy").list_backups()] == [full.backup_id]

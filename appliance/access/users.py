@@ -129,7 +129,7 @@ class UserService:
         with self.catalog.begin() as s:
             user = _user(s, name)
             if user.totp_enabled:
-                raise ConflictError(f"{name} has TOTP already; an admin can reset it")
+                raise ConflictError(f"{name} has TOTP already; an admin can reset it (cairn user set NAME --reset-totp)")
             user.totp_secret = self.box.seal(secret)
             user.totp_last_step = None
         return TotpEnrolment(secret, totp.provisioning_uri(secret, name))

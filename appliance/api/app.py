@@ -13,13 +13,12 @@ route names with `raises`.
 from __future__ import annotations
 
 import logging
-from datetime import datetime
 from typing import Any
 
 from fastapi import Depends, FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException
 
 from appliance.access.audit import record_changes
@@ -31,12 +30,12 @@ from appliance.context import Appliance
 from appliance.error_statuses import roots, status_of
 from appliance.errors import NotFoundError
 from appliance.vms.records import VMRecord
-from appliance.vms.service import VMView
 from dedup import BackupNotFoundError
 
 from .answers import declare_statuses, error_body, raises
 from .auth import Caller, auth_router, bearer
 from .listing import Query
+from .models import BackupOut, VMDetail, VMOut
 from .users import users_router
 
 VERSION = "0.1.0"
@@ -49,35 +48,6 @@ class Health(BaseModel):
     store: str
 
 
-class DiskOut(BaseModel):
-    name: str
-    path: str
-    format: str
-
-
-class VMOut(BaseModel):
-    name: str
-    state: str
-    pid: int | None
-    vcpus: int
-    memory_mib: int
-    disks: list[DiskOut]
-
-
-class BackupOut(BaseModel):
-    model_config = ConfigDict(from_attributes=True)
-    id: str
-    vm_name: str
-    kind: str
-    status: str
-    parent: str | None
-    started_at: datetime
-    finished_at: datetime | None
-    size: int
-    bytes_read: int
-    bytes_stored: int
-    error: str | None
-    notes: list[str]
 
 
 # HTTP errors raised by the framework itself (no such route, method not allowed), named like ours.
@@ -131,12 +101,6 @@ def create_app(appliance: Appliance) -> FastAPI:
     api.include_router(users_router(appliance))
     api.include_router(access_router(appliance))
 
-    def vm_out(view: VMView) -> VMOut:
-        spec = view.spec
-        return VMOut(name=spec.name, state=view.status.state, pid=view.status.pid, vcpus=spec.vcpus,
-                     memory_mib=spec.memory_mib, disks=[DiskOut(name=d.name, path=d.path, format=d.format)
-                                                        for d in spec.disks])
-
     # Imported here: api_store builds on this module's error_body.
     from .store import store_router
     api.include_router(store_router(appliance))
@@ -168,11 +132,12 @@ def create_app(appliance: Appliance) -> FastAPI:
     def list_vms(caller: Caller, query: Query, response: Response) -> list[VMOut]:
         """A page of the VMs the caller sees, by name unless `sort` says otherwise (the list query:
         docs/api.md); fields: name, state, pid, vcpus, memory_mib."""
-        return [vm_out(v) for v in appliance.vms.page(query, vm_visible(VMRecord.name, caller), response)]
+        return [VMOut.of(v) for v in appliance.vms.page(query, vm_visible(VMRecord.name, caller), response)]
 
-    @api.get("/api/v1/vms/{name}", response_model=VMOut, responses=raises(NotFoundError))
-    def get_vm(name: str) -> VMOut:
-        return vm_out(appliance.vms.show(name))
+    @api.get("/api/v1/vms/{name}", response_model=VMDetail, responses=raises(NotFoundError))
+    def get_vm(name: str) -> VMDetail:
+        """The list's fields and the rest of the VM's definition (profile, NICs, boot, HA...)."""
+        return VMDetail.of(appliance.vms.show(name))
 
     @api.get("/api/v1/backups", response_model=list[BackupOut], responses=raises(QueryError))
     def list_backups(caller: Caller, query: Query, response: Response, vm: str | None = None,

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import queue
 from collections.abc import AsyncIterator, Callable, Coroutine
-from datetime import datetime
 from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
 
 from fastapi import APIRouter, Depends, Request, Response
@@ -28,7 +27,7 @@ from appliance.context import Appliance
 from appliance.errors import ConflictError, ForbiddenError, NotFoundError
 from appliance.jobs.engine import JobParamsError
 from appliance.jobs.params import PARAMS, BackupParams, BackupRequest, GcParams, JobParams, VerifyParams
-from appliance.jobs.records import FINISHED_STATES, EventRecord, JobRecord, JobState, Severity, StepState
+from appliance.jobs.records import FINISHED_STATES, EventRecord, JobRecord
 from chain import ChainError
 from dedup import StoreError
 from vmm import VMError
@@ -36,47 +35,12 @@ from vmm import VMError
 from .answers import raises
 from .auth import Caller, still_signed_in
 from .listing import Query
+from .models import EventOut, JobOut
 
 # What a route that starts a job may meet before the job is queued: the caller's sight and role,
 # its parameters, and what its plan checks first (the VM, its snapshot tree, the backup, the store).
 SUBMIT_ERRORS = raises(NotFoundError, ConflictError, ForbiddenError, JobParamsError, VMError, ChainError, StoreError)
 SIGNED_IN_CHECK = 1.0   # seconds between checks that a live stream's session or key still stands
-
-
-class StepOut(BaseModel):
-    name: str
-    state: StepState
-    error: str | None = None
-
-
-class JobOut(BaseModel):
-    model_config = ConfigDict(from_attributes=True)
-    id: str
-    kind: str
-    resource: str
-    state: JobState
-    params: dict[str, Any]
-    steps: list[StepOut]
-    progress: float
-    result: dict[str, Any] | None
-    error: str | None
-    cancel_requested: bool
-    policy_id: str | None
-    created_at: datetime
-    started_at: datetime | None
-    finished_at: datetime | None
-
-
-class EventOut(BaseModel):
-    model_config = ConfigDict(from_attributes=True)
-    id: int
-    created_at: datetime
-    kind: str
-    severity: Severity
-    resource: str | None
-    job_id: str | None
-    message: str
-    data: dict[str, Any]
 
 
 class KindAndParams(BaseModel):

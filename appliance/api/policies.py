@@ -1,11 +1,10 @@
 """Backup and snapshot policies under /api/v1/policies, and the VM tags they select by."""
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Body, Depends, Query, Response
-from pydantic import BaseModel, Field
+from pydantic import Field
 
 from appliance.access.visibility import visibility
 from appliance.catalog.query import ListQuery
@@ -16,15 +15,7 @@ from appliance.policies.service import Policy, PolicyOut, PolicyService, policy_
 from .answers import raises
 from .auth import Caller
 from .listing import list_query
-
-
-class PolicyPreview(BaseModel):
-    policy: str
-    enabled: bool
-    now: datetime
-    next_runs: list[datetime] = Field(description="the next times the schedule fires (UTC)")
-    vms: dict[str, str] = Field(description="each VM selected today and what its next run would do")
-
+from .models import PolicyPreview
 
 Tag = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$", max_length=63)]
 

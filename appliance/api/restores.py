@@ -37,6 +37,7 @@ from vmm import VMError
 from .answers import raises
 from .auth import Caller
 from .jobs import SUBMIT_ERRORS, JobOut, submit_job
+from .models import BootTestOut, InstantRestoreOut
 
 DOWNLOAD_BLOCK = 1 << 20
 
@@ -78,39 +79,10 @@ class ResumeRequest(BaseModel):
     speed: int | None = Field(None, ge=0)
 
 
-class InstantDiskOut(BaseModel):
-    name: str
-    source: str
-    overlay: str
-    socket: str
-
-
-class InstantRestoreOut(BaseModel):
-    vm: str
-    backup_id: str
-    store: str
-    disks: list[InstantDiskOut]
-    speed: int
-    status: Literal["hydrating", "done", "failed"]
-    error: str | None
-    progress: dict[str, list[int]]
-
-
 class BootTestRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     timeout: float = Field(default=120.0, gt=0, le=3600)
     marker: str = Field(default=DEFAULT_MARKER, min_length=1)
-
-
-class BootTestOut(BaseModel):
-    id: int
-    backup_id: str
-    vm_name: str
-    passed: bool
-    reason: str
-    seconds: float
-    console: str
-    has_screen: bool = Field(description="its screen was captured: GET .../boot-tests/{id}/screen")
 
 
 def restore_router(appliance: Appliance) -> APIRouter:
@@ -182,7 +154,7 @@ def backup_restore_router(appliance: Appliance) -> APIRouter:
         """Boot the backup in an isolated, throw-away VM; answers with the recorded result."""
         body = body or BootTestRequest()
         result = await appliance.restores.boot_tests.run(backup_id, timeout=body.timeout, marker=body.marker)
-        return BootTestOut(vm_name=result.vm, **{k: v for k, v in vars(result).items() if k != "vm"})
+        return BootTestOut.of(result)
 
     @router.get("/boot-tests", response_model=list[BootTestOut])
     def boot_tests(backup_id: str) -> list[BootTestOut]:

@@ -17,10 +17,10 @@ from appliance.jobs.params import (
     SnapshotRequest,
     SnapshotRevertParams,
 )
-from appliance.snapshots.service import tree_dict
 
 from .auth import Caller
 from .jobs import SUBMIT_ERRORS, JobOut, submit_job
+from .models import snapshot_tree
 
 
 def snapshot_router(appliance: Appliance) -> APIRouter:
@@ -29,7 +29,7 @@ def snapshot_router(appliance: Appliance) -> APIRouter:
 
     @router.get("")
     def list_snapshots(name: str) -> dict[str, Any]:
-        return tree_dict(service.tree(name))
+        return snapshot_tree(service, name)
 
     @router.post("", response_model=JobOut, status_code=202, responses=SUBMIT_ERRORS)
     def create_snapshot(caller: Caller, name: str, body: SnapshotRequest | None = None) -> JobOut:

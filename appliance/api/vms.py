@@ -24,7 +24,7 @@ from appliance.deletion.protection import Impact
 from appliance.errors import ConflictError, NotFoundError
 from appliance.jobs.params import CloneParams, CloneRequest, MigrateParams, MigrateRequest
 from appliance.units import parse_size
-from appliance.vms.service import VMOptions, VMView
+from appliance.vms.service import VMOptions
 from vmm import VMError
 from vmm.console import ConsoleTokens, vnc_password
 from vmm.images_library import ImageRecord
@@ -34,6 +34,7 @@ from vmm.spec import NicSpec, random_mac
 from .answers import raises
 from .auth import Caller, still_signed_in
 from .jobs import SUBMIT_ERRORS, JobOut, submit_job
+from .models import StoppedVM, VMDetail
 
 CONSOLE_PATH = "/api/v1/console"
 MAX_STOP_TIMEOUT = 3600.0   # a stop waits at most an hour for its guest (a force-stop cuts it short anyway)
@@ -79,32 +80,6 @@ class VMCreate(BaseModel):
 class StartRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     paused: bool = Field(False, description="QEMU sets the machine up, the guest runs no code until resumed")
-
-
-class NicOut(BaseModel):
-    name: str
-    mode: str
-    mac: str
-    tap: str | None
-    bridge: str | None
-
-
-class VMDetail(BaseModel):
-    name: str
-    state: str
-    pid: int | None
-    vcpus: int
-    memory_mib: int
-    profile: str
-    disks: list[dict[str, str]]
-    nics: list[NicOut]
-    cdrom: str | None
-    boot: list[str]
-    console: bool
-    ha: bool
-    linked_to: str | None
-    host: str = Field(description="where it runs, or last ran (\"local\": this machine)")
-    compute_pool: str | None = Field(description="the hosts placement chooses from (none: this machine only)")
 
 
 class Resize(BaseModel):
@@ -167,16 +142,6 @@ class GroupOut(GroupIn):
     name: str
 
 
-def detail(view: VMView) -> VMDetail:
-    spec = view.spec
-    return VMDetail(name=spec.name, state=view.status.state, pid=view.status.pid, vcpus=spec.vcpus,
-                    memory_mib=spec.memory_mib, profile=spec.profile,
-                    disks=[{"name": d.name, "path": d.path, "format": d.format} for d in spec.disks],
-                    nics=[NicOut(**vars(n)) for n in spec.nics], cdrom=spec.cdrom, boot=spec.boot,
-                    console=spec.vnc, ha=view.ha, linked_to=view.linked_to, host=view.host,
-                    compute_pool=view.compute_pool)
-
-
 def vm_router(appliance: Appliance) -> APIRouter:
     vms = appliance.vms
     # A console ticket grants one VM's console to the credentials that asked for it.
@@ -212,34 +177,35 @@ def vm_router(appliance: Appliance) -> APIRouter:
         if body.ha:
             vms.set_ha(body.name, True)
         if body.start:   # a start that fails leaves the VM defined, stopped, and answers why
-            return detail(await vms.start(body.name, paused=body.start == "paused"))
-        return detail(vms.show(body.name))
+            return VMDetail.of(await vms.start(body.name, paused=body.start == "paused"))
+        return VMDetail.of(vms.show(body.name))
 
     @router.post("/api/v1/vms/{name}/start", response_model=VMDetail)
     async def start_vm(name: str, body: StartRequest | None = None) -> VMDetail:
-        return detail(await vms.start(name, paused=bool(body and body.paused)))
+        return VMDetail.of(await vms.start(name, paused=bool(body and body.paused)))
 
-    @router.post("/api/v1/vms/{name}/stop", response_model=VMDetail)
-    async def stop_vm(name: str, body: StopRequest | None = None) -> VMDetail:
+    @router.post("/api/v1/vms/{name}/stop", response_model=StoppedVM)
+    async def stop_vm(name: str, body: StopRequest | None = None) -> StoppedVM:
         body = body or StopRequest()
-        return detail(await vms.stop(name, timeout=body.timeout, force=body.force))
+        view, how = await vms.stop(name, timeout=body.timeout, force=body.force)
+        return StoppedVM(**VMDetail.of(view).model_dump(), how=how)
 
     @router.post("/api/v1/vms/{name}/reboot", response_model=VMDetail)
     async def reboot_vm(name: str) -> VMDetail:
-        return detail(await vms.reboot(name))
+        return VMDetail.of(await vms.reboot(name))
 
     @router.post("/api/v1/vms/{name}/pause", response_model=VMDetail)
     async def pause_vm(name: str) -> VMDetail:
-        return detail(await vms.pause(name))
+        return VMDetail.of(await vms.pause(name))
 
     @router.post("/api/v1/vms/{name}/resume", response_model=VMDetail)
     async def resume_vm(name: str) -> VMDetail:
-        return detail(await vms.resume(name))
+        return VMDetail.of(await vms.resume(name))
 
     @router.patch("/api/v1/vms/{name}", response_model=VMDetail)
     def resize_vm(name: str, body: Resize) -> VMDetail:
         vms.resize(name, vcpus=body.vcpus, memory_mib=body.memory_mib)
-        return detail(vms.show(name))
+        return VMDetail.of(vms.show(name))
 
     @router.post("/api/v1/vms/{name}/disks/{disk}/resize")
     async def resize_disk(name: str, disk: str, body: DiskResize) -> dict[str, Any]:
@@ -261,7 +227,7 @@ def vm_router(appliance: Appliance) -> APIRouter:
     def set_compute_pool(name: str, body: ComputePoolRequest) -> VMDetail:
         """From its next start the VM runs on a host of this pool (or on this machine only)."""
         vms.placement.set_compute_pool(name, body.pool)
-        return detail(vms.show(name))
+        return VMDetail.of(vms.show(name))
 
     @router.post("/api/v1/vms/{name}/migrations", response_model=JobOut, status_code=202, responses=SUBMIT_ERRORS)
     def migrate_vm(caller: Caller, name: str, body: MigrateRequest) -> JobOut:
@@ -278,7 +244,7 @@ def vm_router(appliance: Appliance) -> APIRouter:
     @router.put("/api/v1/vms/{name}/ha", response_model=VMDetail)
     def set_ha(name: str, body: HARequest) -> VMDetail:
         vms.set_ha(name, body.enabled, body.max_restarts, body.window_seconds)
-        return detail(vms.show(name))
+        return VMDetail.of(vms.show(name))
 
     @router.post("/api/v1/vms/{name}/console", response_model=ConsoleTicket)
     def open_console(name: str, request: Request) -> ConsoleTicket:

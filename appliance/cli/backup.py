@@ -8,7 +8,8 @@ import typer
 from appliance.backups.options import DEFAULT_FULL_EVERY
 from appliance.units import human
 
-from .common import EXCLUDE_OPT, INCLUDE_OPT, JsonOpt, emit_json, out, reports_errors, state
+from .client import Listing
+from .common import EXCLUDE_OPT, INCLUDE_OPT, JsonOpt, emit_json, out, print_table, reports_errors, state, table
 from .listing import FILTER_OPT, OFFSET_OPT, limit_option, say_page, sort_option
 
 backup_app = typer.Typer(help="Back up VMs and list backups.", no_args_is_help=True)
@@ -59,26 +60,18 @@ def backup_list(vm: str | None = typer.Option(None, help="Only this VM's backups
                 sort: str = sort_option("-started_at"), limit: int = limit_option(50), offset: int = OFFSET_OPT,
                 as_json: bool = JsonOpt) -> None:
     """Backups recorded in the catalog, newest first; fields: id, vm_name, kind, status, started_at,
-    finished_at, size, bytes_read, bytes_stored, error..."""
-    from appliance.backups.catalog import BackupCatalog
-    from appliance.catalog.query import ListQuery, Total
-
-    total = Total()
-    records = BackupCatalog(state.appliance.catalog).page(ListQuery.parse(limit, offset, sort, filters), vm=vm,
-                                                          response=total)
-    say_page(len(records), offset, total.count, "backups")
+    finished_at, size, bytes_read, bytes_stored, error... A backup's ID (what a restore takes) is
+    its start time in UTC and a suffix; notes and errors follow the table."""
+    page = state.client.backups(vm, Listing(filters, sort, limit, offset))
+    say_page(len(page.items), offset, page.total, "backups")
+    backups = page.items
     if as_json:
-        emit_json([backup_dict(r) for r in records])
+        emit_json(backups)
         return
-    from rich.table import Table
-
-    table = Table("id", "vm", "kind", "status", "started", "read", "stored", "note")
-    for r in records:
-        table.add_row(r.id, r.vm_name, r.kind, r.status, r.started_at.strftime("%Y-%m-%d %H:%M:%S"),
-                      human(r.bytes_read), human(r.bytes_stored), r.error or "; ".join(r.notes))
-    out.print(table)
-
-
-def backup_dict(r: Any) -> dict[str, Any]:
-    return {c: getattr(r, c) for c in ("id", "vm_name", "store", "kind", "status", "parent", "checkpoint", "started_at",
-                                       "finished_at", "size", "bytes_read", "bytes_stored", "error", "notes")}
+    listing = table("id", "vm", "kind", "status", "read", "stored", numbers=("read", "stored"))
+    for b in backups:
+        listing.add_row(b.id, b.vm_name, b.kind, b.status, human(b.bytes_read), human(b.bytes_stored))
+    print_table(listing)
+    for b in backups:
+        for note in ([f"error: {b.error}"] if b.error else b.notes):
+            out.print(f"{b.id}: {note}", highlight=False, soft_wrap=False)

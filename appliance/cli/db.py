@@ -9,7 +9,14 @@ from appliance.settings import Settings
 
 from .common import JsonOpt, emit_json, err, out, reports_errors, state
 
-db_app = typer.Typer(help="The catalog's schema: migrations.", no_args_is_help=True)
+db_app = typer.Typer(help="The catalog's schema: migrations (on the appliance's host).", no_args_is_help=True)
+
+
+@db_app.callback()
+@reports_errors
+def on_this_host() -> None:
+    """The catalog is this machine's data dir's: not reached through an appliance's API."""
+    state.host_only()
 
 
 @db_app.command("check")

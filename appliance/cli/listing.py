@@ -30,3 +30,4 @@ def say_page(shown: int, offset: int, total: int, what: str) -> None:
         first = f"{offset + 1}-{offset + shown}" if shown else "none"
         err.print(f"{what} {first} of {total} shown: --offset and --limit for the others, --filter to narrow",
                   highlight=False)
+

@@ -1,7 +1,9 @@
 """The `cairn` command line. Long work shows progress bars; every listing has --json.
 
-The command groups are imported only when one of them runs (`LazyGroup`): `cairn --help`
-and a quick listing must not pay for FastAPI, QEMU's QMP library or the store's codecs.
+A command works on this machine's appliance (its data dir, in this process), or on one named by
+--url, $CAIRN_URL or the last `cairn login`, through its API: the same command, the same output
+(client.py). The command groups are imported only when one of them runs (`LazyGroup`): `cairn
+--help` and a quick listing must not pay for FastAPI, QEMU's QMP library or the store's codecs.
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ from typer.core import TyperGroup
 from appliance.settings import UMASK
 
 from .common import err, reports_errors, state
+from .login import Logins, canonical_url
 
 # name: (module, its Typer app, the one-line help `cairn --help` shows without importing it)
 GROUPS: dict[str, tuple[str, str, str]] = {
@@ -28,8 +31,9 @@ GROUPS: dict[str, tuple[str, str, str]] = {
                  "Snapshot trees of VM disks: live or offline, revert, delete by commit or pull."),
     "restore": ("appliance.cli.restore", "restore_app",
                 "Restore disks and VMs from backups (works from the store alone)."),
-    "db": ("appliance.cli.db", "db_app", "The catalog's schema: migrations."),
-    "user": ("appliance.cli.user", "user_app", "Users of the web API."),
+    "db": ("appliance.cli.db", "db_app", "The catalog's schema: migrations (on the appliance's host)."),
+    "user": ("appliance.cli.user", "user_app",
+             "Users of the web API, on the appliance's host (e.g. to recover a lost admin)."),
     "job": ("appliance.cli.job", "job_app", "List, show and cancel jobs."),
     "policy": ("appliance.cli.policy", "policy_app", "Backup and snapshot policies (run by `cairn serve`)."),
     "network": ("appliance.cli.network", "network_app", "VM networks: a Linux bridge, an address pool and dnsmasq."),
@@ -38,6 +42,8 @@ GROUPS: dict[str, tuple[str, str, str]] = {
     "notify": ("appliance.cli.notify", "notify_app", "Alarms and notifications: targets, rules, quiet hours."),
     "host": ("appliance.cli.host", "host_app",
              "Hosts besides this one: libvirt hosts (their domains) and ssh hosts (VMs run by Cairn's agent)."),
+    "login": ("appliance.cli.login", "login_app", "Sign in to an appliance: the same commands then work there."),
+    "logout": ("appliance.cli.login", "logout_app", "Sign out of it: its access key is revoked."),
 }
 
 
@@ -67,19 +73,31 @@ class LazyGroup(TyperGroup):
             LazyGroup._describing = False
 
 
-app = typer.Typer(cls=LazyGroup, help="Cairn: backup, snapshots and VM management for QEMU/KVM.",
-                  no_args_is_help=True)
+app = typer.Typer(cls=LazyGroup, no_args_is_help=True, help=(
+    "Cairn: backup, snapshots and VM management for QEMU/KVM.\n\n"
+    "Commands work on this machine's appliance (--data-dir), or on one elsewhere through its API: "
+    "`cairn login https://HOST:PORT` once, then the same commands work there (or --url or $CAIRN_URL with "
+    "$CAIRN_TOKEN, for one command or a script). Commands of the appliance's host itself (serve, db, user) "
+    "say so."))
 
 DataDirOpt = typer.Option(None, "--data-dir", envvar="CAIRN_DATA_DIR",
-                          help="Holds the catalog, the default store and VM disks.")
+                          help="This machine's data dir: the catalog, the default store and VM disks. Given, "
+                               "commands work here even after a `cairn login`.")
+UrlOpt = typer.Option(None, "--url", envvar="CAIRN_URL",
+                      help="Work on the appliance at this address through its API (https://HOST:PORT), with the "
+                           "access key of `cairn login` or $CAIRN_TOKEN. Default: the last `cairn login`'s.")
 
 
 @app.callback()
-def main(data_dir: Path | None = DataDirOpt) -> None:
+@reports_errors
+def main(data_dir: Path | None = DataDirOpt, url: str | None = UrlOpt) -> None:
     from procs import sweep
 
     os.umask(UMASK)   # before anything is written, by us or by what we start
     state.data_dir = str(data_dir) if data_dir else None
+    # An explicit appliance URL, else an explicit data dir (this machine), else the last login's.
+    state.url = canonical_url(url) if url else None if data_dir else Logins.load().current
+    state.url_asked = url is not None
     # Whatever a killed Cairn process left (qemu-nbd holding a disk, mounts, partial files) goes
     # before this one starts its own.
     sweep()
@@ -117,7 +135,7 @@ def serve(host: str = typer.Option("127.0.0.1", help="Address to listen on."),
         raise typer.BadParameter("--cert and --key go together")
     if insecure_http and cert:
         raise typer.BadParameter("--insecure-http serves no certificate: drop --cert/--key")
-    a = state.appliance
+    a = state.this_host()
     tls = None if insecure_http else TlsFiles(cert, key) if cert and key else self_signed(a.settings.tls_dir, host)
     password_file = a.settings.initial_admin_password_file
     if a.users.ensure_initial_admin(password_file):
@@ -125,15 +143,37 @@ def serve(host: str = typer.Option("127.0.0.1", help="Address to listen on."),
         # (0600) keeps it for the installer's console until someone removes it.
         err.print(f"created user admin; its password is in {password_file} (readable by root only); "
                   "sign in and change it: POST /api/v1/auth/password", highlight=False, soft_wrap=True)
-    scheme = "http" if tls is None else "https"
-    api = server_app(a, f"{scheme}://{host}:{port}")   # refuses a node that may not serve
-    err.print(f"Cairn API at {scheme}://{host}:{port}/api/v1 (docs: /api/v1/docs)"
-              + (f", certificate {tls.cert}" if tls else ""), soft_wrap=True)
+    address = f"{'http' if tls is None else 'https'}://{_shown_host(host)}:{port}/"
+    api = server_app(a, address.rstrip("/"))   # refuses a node that may not serve
+    err.print(f"Cairn console at {address} (the API under {address}api/v1, its docs at {address}api/v1/docs)",
+              highlight=False, soft_wrap=True)
+    if tls is not None:
+        err.print(f"certificate {tls.cert}, SHA-256 fingerprint {_fingerprint(tls.cert)}: `cairn login "
+                  f"{address.rstrip('/')}` elsewhere shows the same before it trusts it", highlight=False,
+                  soft_wrap=True)
     # The client address counts sign-in attempts and goes in the audit log: it comes from a
     # forwarded header only when a proxy the admin named sent it (uvicorn would trust loopback).
     uvicorn.run(api, host=host, port=port, log_level="info", log_config=log_config(),
                 proxy_headers=bool(trusted_proxy), forwarded_allow_ips=trusted_proxy or None,
                 ssl_certfile=str(tls.cert) if tls else None, ssl_keyfile=str(tls.key) if tls else None)
+
+
+def _shown_host(host: str) -> str:
+    """The listening address as a browser would reach it: a wildcard means this machine's name."""
+    import socket
+
+    if host in ("0.0.0.0", "::", ""):
+        return socket.getfqdn()
+    return f"[{host}]" if ":" in host else host
+
+
+def _fingerprint(cert: Path) -> str:
+    """The SHA-256 fingerprint of the (first) certificate of a PEM file, as `cairn login` shows it."""
+    import ssl
+
+    from .login import fingerprint_of
+
+    return fingerprint_of(ssl.PEM_cert_to_DER_cert(cert.read_text()))
 
 
 if __name__ == "__main__":

@@ -5,9 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 import typer
-from rich.table import Table
 
-from .common import JsonOpt, emit_json, out, reports_errors, state
+from .common import JsonOpt, emit_json, out, print_table, reports_errors, state, table
 
 network_app = typer.Typer(help="VM networks: a Linux bridge, an address pool and dnsmasq.",
                           no_args_is_help=True)
@@ -19,13 +18,12 @@ HOST_OPT = typer.Option(..., "--host", help="A host of the pool (`local` is this
 KINDS = ("compute", "storage", "address")
 
 
-def _table(title: str, columns: list[str], rows: list[dict[str, Any]]) -> None:
-    table = Table(title=title)
-    for column in columns:
-        table.add_column(column)
+def _table(title: str, columns: list[str], rows: list[dict[str, Any]], wide: tuple[str, ...] = ()) -> None:
+    listing = table(*columns, wide=wide)
+    listing.title = title
     for row in rows:
-        table.add_row(*("" if row.get(c) is None else str(row[c]) for c in columns))
-    out.print(table)
+        listing.add_row(*("" if row.get(c) is None else str(row[c]) for c in columns))
+    print_table(listing)
 
 
 def _check_kind(kind: str) -> str:
@@ -58,7 +56,7 @@ def pool_list(kind: str | None = typer.Option(None, "--kind", help="compute, sto
                               "storage": lambda r: f"{r['type']} {r['path']}",
                               "address": lambda r: f"{r['subnet']} {r['first']}-{r['last']} "
                                                    f"gateway {r['gateway']}"}[row["kind"]](row)
-        _table("pools", ["kind", "name", "details"], rows)
+        _table("pools", ["kind", "name", "details"], rows, wide=("details",))
 
 
 @pool_create_app.command("compute")

@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import typer
-from rich.table import Table
 
 from appliance.notifications.quiet import QuietHours
 from appliance.notifications.service import (
@@ -22,7 +21,7 @@ from appliance.notifications.service import (
     target_dict,
 )
 
-from .common import JsonOpt, emit_json, out, reports_errors, state
+from .common import JsonOpt, emit_json, out, print_table, reports_errors, state, table
 
 notify_app = typer.Typer(help="Alarms and notifications: targets, rules, quiet hours.", no_args_is_help=True)
 target_app = typer.Typer(help="Webhooks and mail recipients that alarm messages go to.", no_args_is_help=True)
@@ -86,11 +85,11 @@ def list_targets(as_json: bool = JsonOpt) -> None:
     if as_json:
         emit_json(targets)
         return
-    table = Table("name", "kind", "enabled", "where", "secret")
+    listing = table("name", "kind", "enabled", "secret", "where", wide=("where",))
     for t in targets:
         where = t.get("url") or f"{', '.join(t['recipients'])} via {t['host']}:{t['port']}"
-        table.add_row(t["name"], t["kind"], "yes" if t["enabled"] else "no", where, "yes" if t["has_secret"] else "-")
-    out.print(table)
+        listing.add_row(t["name"], t["kind"], "yes" if t["enabled"] else "no", "yes" if t["has_secret"] else "-", where)
+    print_table(listing)
 
 
 @target_app.command("remove")
@@ -115,12 +114,13 @@ def list_rules(as_json: bool = JsonOpt) -> None:
     if as_json:
         emit_json(rules)
         return
-    table = Table("rule", "severity", "enabled", "parameters", "targets", "what it watches")
+    listing = table("rule", "severity", "enabled", "parameters", "targets", "what it watches",
+                    wide=("parameters", "targets", "what it watches"))
     for r in rules:
         params = ", ".join(f"{k}={v}" for k, v in r["params"].items()) or "-"
-        table.add_row(r["kind"], r["severity"], "yes" if r["enabled"] else "no", params,
-                      ", ".join(r["targets"]) or "all", r["description"])
-    out.print(table)
+        listing.add_row(r["kind"], r["severity"], "yes" if r["enabled"] else "no", params,
+                        ", ".join(r["targets"]) or "all", r["description"])
+    print_table(listing)
 
 
 @rule_app.command("set")
@@ -181,11 +181,11 @@ def alarms(firing: bool = typer.Option(False, "--firing", help="Only those firin
     if as_json:
         emit_json(found)
         return
-    table = Table("id", "rule", "severity", "state", "since", "summary")
+    listing = table("id", "rule", "severity", "state", "since", "summary", wide=("summary",))
     for a in found:
-        table.add_row(str(a["id"]), a["rule"], a["severity"], "firing" if a["firing"] else "resolved",
-                      a["started_at"][:19], a["summary"])
-    out.print(table)
+        listing.add_row(str(a["id"]), a["rule"], a["severity"], "firing" if a["firing"] else "resolved",
+                        a["started_at"][:16].replace("T", " "), a["summary"])
+    print_table(listing)
 
 
 @notify_app.command("outbox")
@@ -197,8 +197,9 @@ def outbox(state_filter: str | None = typer.Option(None, "--state", help="pendin
     if as_json:
         emit_json(messages)
         return
-    table = Table("target", "event", "state", "attempts", "next attempt", "summary / last error")
+    listing = table("target", "event", "state", "attempts", "next attempt", "summary / last error",
+                    wide=("summary / last error",), numbers=("attempts",))
     for m in messages:
-        table.add_row(m["target"], m["event"], m["state"], str(m["attempts"]), m["next_attempt_at"][:19],
-                      m["last_error"] or m["summary"] or "")
-    out.print(table)
+        listing.add_row(m["target"], m["event"], m["state"], str(m["attempts"]), m["next_attempt_at"][:16].replace("T", " "),
+                        m["last_error"] or m["summary"] or "")
+    print_table(listing)

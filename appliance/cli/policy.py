@@ -4,32 +4,18 @@ from __future__ import annotations
 from typing import Any
 
 import typer
-from rich.table import Table
 
 from appliance.backups.options import DEFAULT_FULL_EVERY
 from appliance.backups.retention import RetentionRules
-from appliance.deletion.deletables import deletion_service
-from appliance.policies.service import (
-    AnyPolicy,
-    BackupPolicy,
-    PolicyBase,
-    PolicyService,
-    SnapshotPolicy,
-    SyncPolicy,
-    policy_out,
-)
+from appliance.policies.service import AnyPolicy, BackupPolicy, PolicyBase, SnapshotPolicy, SyncPolicy
 from appliance.units import parse_size
 
-from .common import EXCLUDE_OPT, INCLUDE_OPT, JsonOpt, emit_json, out, reports_errors, state
+from .common import EXCLUDE_OPT, INCLUDE_OPT, JsonOpt, emit_json, out, print_table, reports_errors, state, table
 
 policy_app = typer.Typer(help="Backup and snapshot policies (run by `cairn serve`).", no_args_is_help=True)
 VM_OPT = typer.Option([], "--vm", help="VM name pattern, e.g. 'web*' (repeat for more).")
 TAG_OPT = typer.Option([], "--tag", help="VM tag; VMs with any of them are selected (repeat for more).")
 KEEP_OPTS = ("last", "hourly", "daily", "weekly", "monthly", "yearly")
-
-
-def _service() -> PolicyService:
-    return PolicyService(state.appliance.catalog)
 
 
 @policy_app.command("create")
@@ -69,44 +55,40 @@ def policy_create(name: str,
         policy = BackupPolicy(**common, full_every=full_every, max_per_host=max_per_host,
                               max_per_store=max_per_store, include=include, exclude=exclude,
                               retention=RetentionRules(**rules) if any(rules.values()) else None)
-    rec = _service().create(policy)
-    emit_json(policy_out(rec).model_dump(mode="json")) if as_json else out.print(f"created policy {name} ({rec.id})")
+    made = state.client.create_policy(policy)
+    emit_json(made) if as_json else out.print(f"created policy {name} ({made.id})", highlight=False)
 
 
 @policy_app.command("list")
 @reports_errors
 def policy_list(as_json: bool = JsonOpt) -> None:
     """Every policy with its schedule and selection."""
-    from sqlalchemy import select
-
-    from appliance.policies.records import PolicyRecord
-    with state.appliance.catalog() as s:
-        policies = [policy_out(r) for r in s.scalars(select(PolicyRecord).order_by(PolicyRecord.name))]
+    policies = state.client.policies()
     if as_json:
-        emit_json([p.model_dump(mode="json") for p in policies])
+        emit_json(policies)
         return
-    table = Table("name", "kind", "enabled", "schedule", "vms", "tags", "scheduled until")
+    listing = table("name", "kind", "enabled", "schedule", "scheduled until", "vms", "tags", wide=("vms", "tags"))
     for p in policies:
         # A store upkeep policy (verify, gc) selects no VMs.
         vms, tags = (p.policy.vms, p.policy.tags) if isinstance(p.policy, PolicyBase) else ([], [])
-        table.add_row(p.policy.name, p.policy.kind, "yes" if p.policy.enabled else "no", p.policy.schedule,
-                      ", ".join(vms), ", ".join(tags),
-                      f"{p.scheduled_until:%Y-%m-%d %H:%M}" if p.scheduled_until else "")
-    out.print(table)
+        listing.add_row(p.policy.name, p.policy.kind, "yes" if p.policy.enabled else "no", p.policy.schedule,
+                        f"{p.scheduled_until:%Y-%m-%d %H:%M}" if p.scheduled_until else "",
+                        ", ".join(vms), ", ".join(tags))
+    print_table(listing)
 
 
 @policy_app.command("preview")
 @reports_errors
 def policy_preview(name: str, count: int = typer.Option(5, min=1, max=100), as_json: bool = JsonOpt) -> None:
     """The next runs and what each selected VM would get."""
-    preview = _service().preview(name, count)
+    preview = state.client.preview_policy(name, count)
     if as_json:
         emit_json(preview)
         return
-    for when in preview["next_runs"]:
+    for when in preview.next_runs:
         out.print(f"{when:%Y-%m-%d %H:%M} UTC")
-    for vm, what in preview["vms"].items():
-        out.print(f"  {vm}: {what}")
+    for vm, what in preview.vms.items():
+        out.print(f"  {vm}: {what}", highlight=False)
 
 
 @policy_app.command("delete")
@@ -114,11 +96,10 @@ def policy_preview(name: str, count: int = typer.Option(5, min=1, max=100), as_j
 def policy_delete(name: str, dry_run: bool = typer.Option(False, "--dry-run", help="Only say what it would take."),
                   as_json: bool = JsonOpt) -> None:
     """Delete a policy (under the deletion rules: it may go to the recycle bin)."""
-    deletions = deletion_service(state.appliance)
-    impact = deletions.preview("policy", name) if dry_run else deletions.delete("policy", name)
+    impact = state.client.delete_policy(name, dry_run)
     if as_json:
-        emit_json(impact.model_dump(mode="json"))
+        emit_json(impact)
         return
-    out.print(("would delete" if dry_run else "deleted") + f" policy {impact.name} ({impact.mode}):")
+    out.print(("would delete" if dry_run else "deleted") + f" policy {impact.name} ({impact.mode}):", highlight=False)
     for line in impact.takes:
-        out.print(f"  {line}")
+        out.print(f"  {line}", highlight=False)

@@ -1,29 +1,29 @@
 """`cairn restore ...`: restore disks and whole VMs; list what a store holds.
 
 With --store, `list`, `disk`, `files` and `vm --to-dir` need only that store: no catalog, no
-running appliance, which is what disaster recovery has; they run here and now. Without it
-`disk` restores from the appliance's store as a job, like `vm --as`, `vm --over` and `instant
-start` (jobs on the VM, like the API's), and `boot-test` works on the appliance's VMs.
+running appliance, which is what disaster recovery has; they run here and now (also when an
+appliance is named by --url: the store is read from this machine). Without it `disk` restores
+from the appliance's store as a job, like `vm --as`, `vm --over` and `instant start` (jobs on
+the VM, like the API's), and `boot-test` works on the appliance's VMs; these work through --url
+too.
 """
 from __future__ import annotations
 
-import asyncio
+import time
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.table import Table
 
 from appliance.restores.boot_test import DEFAULT_MARKER
 from appliance.units import human, parse_size
-from restore import restore_disk
-from restore.destinations import parse_destination
-from restore.files import BackupFilesystem
-from restore.whole_vm import restore_vm_to_directory, restore_vm_to_rbd
 
-from .common import JsonOpt, byte_progress, emit_json, err, out, reports_errors, state
-from .store import DAMAGE_FOUND, open_store
+from .common import DAMAGE_FOUND, JsonOpt, emit_json, err, out, print_table, reports_errors, state, table
+from .store import open_store
+
+if TYPE_CHECKING:
+    from appliance.api.models import InstantRestoreOut
 
 restore_app = typer.Typer(help="Restore disks and VMs from backups (works from the store alone).",
                           no_args_is_help=True)
@@ -57,20 +57,19 @@ def _list_backups(vm: str | None, manifests: list[Any], as_json: bool) -> None:
         if as_json:
             emit_json(rows)
             return
-        table = Table("vm", "backups", "latest", "created")
+        listing = table("vm", "backups", "latest", numbers=("backups",))
         for r in rows:
-            table.add_row(r["vm"], str(r["backups"]), r["latest"], r["latest_created"][:19])
-        out.print(table)
+            listing.add_row(r["vm"], str(r["backups"]), r["latest"])
+        print_table(listing)
         return
     if as_json:
         emit_json([{"backup_id": m.backup_id, "vm": m.vm, "created": m.created.isoformat(), "kind": m.kind,
                     "disks": {d.name: d.size for d in m.disks}, "notes": list(m.notes)} for m in manifests])
         return
-    table = Table("backup", "created", "kind", "disks")
+    listing = table("backup", "kind", "disks", wide=("disks",))
     for m in manifests:
-        table.add_row(m.backup_id, m.created.strftime("%Y-%m-%d %H:%M:%S"), m.kind,
-                      ", ".join(f"{d.name} {human(d.size)}" for d in m.disks))
-    out.print(table)
+        listing.add_row(m.backup_id, m.kind, ", ".join(f"{d.name} {human(d.size)}" for d in m.disks))
+    print_table(listing)
 
 
 @restore_app.command("disk")
@@ -99,6 +98,11 @@ def restore_disk_cmd(backup: str,
             backup_id=backup, disk=disk, target=to, format=fmt, force=force, verify=verify,  # type: ignore[arg-type]
             ssh_key=str(ssh_key) if ssh_key else None, known_hosts=str(known_hosts) if known_hosts else None))
     else:
+        from restore import restore_disk
+        from restore.destinations import parse_destination
+
+        from .progress import byte_progress
+
         source = open_store(store)
         destination = parse_destination(to, fmt, force, ssh_key=ssh_key, known_hosts=known_hosts)
         with byte_progress() as bars:
@@ -142,6 +146,10 @@ def restore_vm_cmd(backup: str,
     if to_dir is None and to_rbd is None and store is not None:
         raise ValueError("--store goes with --to-dir or --to-rbd; --as and --over restore from the appliance's store")
     if to_dir is not None or to_rbd is not None:
+        from restore.whole_vm import restore_vm_to_directory, restore_vm_to_rbd
+
+        from .progress import byte_progress
+
         with byte_progress() as bars:
             tasks: dict[str, Any] = {}
 
@@ -164,7 +172,7 @@ def restore_vm_cmd(backup: str,
             result = run_job("restore.new_vm", RestoreAsNewParams(backup_id=backup, name=as_name, verify=verify,
                                                                   storage_pool=storage_pool))
         else:
-            vm = state.appliance.store.get_backup(backup).vm
+            vm = state.client.backup(backup).vm_name
             result = run_job("restore.over_vm", RestoreOverParams(backup_id=backup, vm=vm, stop=stop, verify=verify))
     if as_json:
         emit_json(result)
@@ -192,6 +200,8 @@ def restore_files_cmd(backup: str,
                                                                    "directory tree) to this new path.")] = None,
                       store: StoreOpt = None, as_json: bool = JsonOpt) -> None:
     """List or extract files of a backed-up filesystem (ext4, xfs, ...) without booting the VM."""
+    from restore.files import BackupFilesystem
+
     with BackupFilesystem(open_store(store), backup, disk, partition) as fs:
         if extract is not None:
             fs.extract(path, extract)
@@ -201,11 +211,11 @@ def restore_files_cmd(backup: str,
     if as_json:
         emit_json([vars(e) for e in entries])
         return
-    table = Table("name", "kind", "size", "modified")
+    listing = table("name", "kind", "size", "modified", wide=("name",), numbers=("size",))
     for e in entries:
         name = f"{e.name} -> {e.target}" if e.target else e.name
-        table.add_row(name, e.kind, human(e.size), datetime.fromtimestamp(e.mtime, UTC).strftime("%Y-%m-%d %H:%M"))
-    out.print(table)
+        listing.add_row(name, e.kind, human(e.size), datetime.fromtimestamp(e.mtime, UTC).strftime("%Y-%m-%d %H:%M"))
+    print_table(listing)
 
 
 instant_app = typer.Typer(help="Instant restore: run a VM from a backup at once while its disks are copied in.",
@@ -226,31 +236,29 @@ def instant_start(backup: str, name: Annotated[str, typer.Argument(help="The new
     """Define VM NAME from the backup, start it on the backup, copy its disks in the background.
 
     A job on the new VM, done once it runs; --wait then follows the copy."""
+    from appliance.api.models import InstantRestoreOut
     from appliance.jobs.params import InstantRestoreParams
-    from appliance.restores.instant import InstantRestore
 
     from .follow import run_job
 
     started = run_job("restore.instant", InstantRestoreParams(backup_id=backup, name=name,
                                                               speed=_speed(speed) if speed else 0,
                                                               storage_pool=storage_pool))
-    _instant_report(name, InstantRestore.from_dict(started), wait, as_json)
+    _instant_report(name, InstantRestoreOut.model_validate(started), wait, as_json)
 
 
 @instant_app.command("status")
 @reports_errors
 def instant_status(name: str, wait: WaitOpt = False, as_json: bool = JsonOpt) -> None:
     """How far the copy is; finishes an instant restore whose copy is complete."""
-    _instant_report(name, asyncio.run(state.appliance.restores.instant.poll(name)), wait, as_json)
+    _instant_report(name, state.client.instant_restore(name), wait, as_json)
 
 
 @instant_app.command("resume")
 @reports_errors
 def instant_resume(name: str, speed: SpeedOpt = None, wait: WaitOpt = False, as_json: bool = JsonOpt) -> None:
     """Go on after an interruption: restart the backup's exports, the VM and the copy as needed."""
-    instant = state.appliance.restores.instant
-    result = asyncio.run(instant.resume(name, speed=_speed(speed) if speed else None))
-    _instant_report(name, result, wait, as_json)
+    _instant_report(name, state.client.instant_resume(name, _speed(speed) if speed else None), wait, as_json)
 
 
 @instant_app.command("speed")
@@ -258,38 +266,35 @@ def instant_resume(name: str, speed: SpeedOpt = None, wait: WaitOpt = False, as_
 def instant_speed(name: str, speed: Annotated[str, typer.Argument(help="Bytes/s per disk, e.g. 50M; 0: unlimited.")],
                   as_json: bool = JsonOpt) -> None:
     """Change how fast the copy goes."""
-    _instant_report(name, asyncio.run(state.appliance.restores.instant.set_speed(name, _speed(speed))), False,
-                    as_json)
+    _instant_report(name, state.client.instant_speed(name, _speed(speed)), False, as_json)
 
 
 def _speed(text: str) -> int:
     return 0 if text.strip() == "0" else parse_size(text)
 
 
-def _instant_report(name: str, result: Any, wait: bool, as_json: bool) -> None:
+def _instant_report(name: str, result: InstantRestoreOut, wait: bool, as_json: bool) -> None:
     if wait:
-        instant = state.appliance.restores.instant
+        from .progress import byte_progress
+
         with byte_progress() as bars:
             tasks: dict[str, Any] = {}
-
-            async def watch() -> Any:
-                while True:
-                    current = await instant.poll(name)
-                    for disk, (done, total) in current.progress.items():
-                        if disk not in tasks:
-                            tasks[disk] = bars.add_task(f"{name}/{disk}", total=total)
-                        bars.update(tasks[disk], completed=done, total=total)
-                    if current.status != "hydrating":
-                        return current
-                    await asyncio.sleep(1)
-            result = asyncio.run(watch())
+            while True:
+                for disk, (done, total) in result.progress.items():
+                    if disk not in tasks:
+                        tasks[disk] = bars.add_task(f"{name}/{disk}", total=total)
+                    bars.update(tasks[disk], completed=done, total=total)
+                if result.status != "hydrating":
+                    break
+                time.sleep(1)
+                result = state.client.instant_restore(name)
     if as_json:
-        emit_json(result.to_dict())
+        emit_json(result)
         return
     out.print(f"VM {name}: instant restore of {result.backup_id} is {result.status}"
-              + (f": {result.error}" if result.error else ""))
+              + (f": {result.error}" if result.error else ""), highlight=False)
     for disk, (done, total) in result.progress.items():
-        out.print(f"  {disk}  {human(done)} of {human(total)} copied")
+        out.print(f"  {disk}  {human(done)} of {human(total)} copied", highlight=False)
 
 
 @restore_app.command("boot-test")
@@ -299,12 +304,15 @@ def boot_test_cmd(backup: str,
                   marker: Annotated[str, typer.Option("--marker", help="Text the guest prints on its serial "
                                                       "console once it is up.")] = DEFAULT_MARKER,
                   as_json: bool = JsonOpt) -> None:
-    """Boot the backup in an isolated, throw-away VM and check it comes up; the result is recorded."""
-    result = asyncio.run(state.appliance.restores.boot_tests.run(backup, timeout=timeout, marker=marker))
+    """Boot the backup in an isolated, throw-away VM and check it comes up; the result is recorded.
+
+    A disk the firmware boots from (no kernel of its own) must have a boot signature in its
+    first sector: one without fails at once, not after --timeout."""
+    result = state.client.boot_test(backup, timeout, marker)
     if as_json:
-        emit_json(vars(result))
+        emit_json(result)
     else:
         out.print(f"boot test of {backup}: {'passed' if result.passed else 'FAILED'} in {result.seconds:.1f} s: "
-                  f"{result.reason}")
+                  f"{result.reason}", highlight=False)
     if not result.passed:
         raise typer.Exit(1)

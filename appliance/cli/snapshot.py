@@ -3,15 +3,14 @@
 Create, revert and delete run as jobs on the VM, like the API's: never beside its backup."""
 from __future__ import annotations
 
-import asyncio
+from datetime import datetime
 from typing import Any
 
 import typer
+from rich.markup import escape
 from rich.tree import Tree
 
-from appliance.snapshots.service import tree_dict
 from appliance.units import human, parse_size
-from chain import Snapshot
 
 from .common import JsonOpt, emit_json, out, reports_errors, state
 
@@ -41,32 +40,32 @@ def snapshot_create(vm: str, name: str | None = typer.Option(None, help="A name 
 @reports_errors
 def snapshot_list(vm: str, as_json: bool = JsonOpt) -> None:
     """Show a VM's snapshots as a tree, with the current position and layer sizes."""
-    tree = state.appliance.snapshots.tree(vm)
+    tree = state.client.snapshot_tree(vm)
     if as_json:
-        emit_json(tree_dict(tree))
+        emit_json(tree)
         return
-    root = Tree(f"[bold]{vm}[/bold]  {len(tree.snapshots)} snapshots, {human(tree.total_size())} in layers")
+    snapshots = tree["snapshots"]
+    root = Tree(f"[bold]{escape(vm)}[/bold]  {len(snapshots)} snapshots, {human(tree['total_size'])} in layers")
     branches: dict[str | None, Any] = {None: root}
-    by_parent: dict[str | None, list[Snapshot]] = {}
-    for snap in sorted(tree.snapshots.values(), key=lambda s: s.created):
-        parent = tree.snapshot_parent(snap)
-        by_parent.setdefault(parent.id if parent else None, []).append(snap)
-    current = tree.current_parent()
+    by_parent: dict[str | None, list[dict[str, Any]]] = {}
+    for snap in snapshots:   # oldest first
+        by_parent.setdefault(snap["parent"], []).append(snap)
 
     def grow(parent_id: str | None) -> None:
         for snap in by_parent.get(parent_id, []):
-            kind = ("auto" if snap.automatic else "manual") + (" +memory" if snap.memory else "")
-            branches[snap.id] = branches[parent_id].add(
-                f"{snap.name}  [dim]{snap.id}  {snap.created:%Y-%m-%d %H:%M:%S}  {kind}  "
-                f"{human(tree.node_size(snap))}[/dim]")
-            grow(snap.id)
+            kind = ("auto" if snap["automatic"] else "manual") + (" +memory" if snap["memory"] else "")
+            branches[snap["id"]] = branches[parent_id].add(
+                f"{escape(snap['name'])}  [dim]{snap['id']}  {datetime.fromisoformat(snap['created']):%Y-%m-%d %H:%M:%S}"
+                f"  {kind}  {human(snap['size'])}[/dim]")
+            grow(snap["id"])
     grow(None)
-    active = sum(tree.active(d).size for d in tree.disks())
-    branches[current.id if current else None].add(f"[green]● now[/green]  [dim]{human(active)} written since[/dim]")
+    current = tree["current"]
+    active = sum(layer["size"] for layer in current["disks"].values())
+    branches[current["parent"]].add(f"[green]● now[/green]  [dim]{human(active)} written since[/dim]")
     out.print(root)
-    if (intent := state.appliance.snapshots.interrupted(vm)) is not None:
-        out.print(f"[yellow]interrupted:[/yellow] the {intent.describe()}; the next snapshot command or "
-                  f"`cairn snapshot check {vm}` finishes or rolls it back", highlight=False)
+    if tree["interrupted"]:
+        out.print(f"[yellow]interrupted:[/yellow] the {escape(tree['interrupted'])}; the next snapshot command or "
+                  f"`cairn snapshot check {escape(vm)}` finishes or rolls it back", highlight=False)
 
 
 @snapshot_app.command("revert")
@@ -128,17 +127,17 @@ def snapshot_check(vm: str, repair: bool = typer.Option(False, "--repair", help=
                                                                                 "files hold as the truth."),
                    as_json: bool = JsonOpt) -> None:
     """Compare the snapshot tree with what QEMU has open (running) or the image files (stopped)."""
-    result = asyncio.run(state.appliance.snapshots.check(vm, fix=repair))
+    result = state.client.check_snapshots(vm, repair)
     if as_json:
-        emit_json(vars(result))
+        emit_json(result)
     else:
-        for note in result.recovered:
+        for note in result["recovered"]:
             out.print(f"recovered: {note}", highlight=False)
-        for problem in result.problems:
-            out.print(f"[red]mismatch:[/red] {problem}", highlight=False)
-        for note in result.repaired:
+        for problem in result["problems"]:
+            out.print(f"[red]mismatch:[/red] {escape(problem)}", highlight=False)
+        for note in result["repaired"]:
             out.print(f"repaired: {note}", highlight=False)
-        if not result.problems:
-            out.print(f"{vm}: the snapshot tree matches the disks")
-    if result.problems and not repair:
+        if not result["problems"]:
+            out.print(f"{vm}: the snapshot tree matches the disks", highlight=False)
+    if result["problems"] and not repair:
         raise typer.Exit(1)

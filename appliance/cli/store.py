@@ -4,10 +4,11 @@ Every command works from the store alone: a directory or an
 sftp://user@host[:port]/path URL (--store, else $CAIRN_STORE, else the data
 dir's). An encrypted store's passphrase comes from $CAIRN_STORE_PASSPHRASE,
 else a prompt. On the appliance's store (no --store) of a data dir with a
-catalog, verify, gc and prune run as jobs, like the API's and after any job on
-the same store (or VM, for prune); otherwise they run here, and verify still
-records what it found in the data dir's catalog when there is one, prune the
-backups it removed.
+catalog, or of an appliance named by --url, stats answer from the appliance and
+verify, gc and prune run as jobs, like the API's and after any job on the same
+store (or VM, for prune); otherwise they run here, and verify still records
+what it found in the data dir's catalog when there is one, prune the backups it
+removed. Through --url, the other commands need --store: they work here.
 """
 from __future__ import annotations
 
@@ -22,22 +23,14 @@ from typing import Any
 
 import typer
 from rich.markup import escape
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TaskID,
-    TextColumn,
-    TimeElapsedColumn,
-)
-from rich.table import Table
+from rich.progress import TaskID
 from sqlalchemy.orm import Session, sessionmaker
 
 from appliance.backups.records import record_pruned, record_verification
 from appliance.catalog.engine import open_catalog
 from appliance.jobs.kinds.sync import run_sync
 from appliance.jobs.params import SyncParams
-from appliance.settings import Settings
+from appliance.settings import Settings, StoreAccess
 from appliance.units import human, parse_size
 from dedup import (
     DEFAULT_BLOCK_SIZE,
@@ -49,6 +42,7 @@ from dedup import (
     RetentionPolicy,
     Store,
     collect_garbage,
+    is_remote,
     lock_backup,
     open_backend,
     protect,
@@ -60,15 +54,25 @@ from dedup import (
     verify_store,
 )
 
-from .common import JsonOpt, byte_progress, emit_json, err, out, reports_errors, state
+from .common import (
+    DAMAGE_FOUND,
+    CliError,
+    JsonOpt,
+    command_path,
+    emit_json,
+    out,
+    print_table,
+    reports_errors,
+    state,
+    table,
+)
+from .progress import byte_progress, count_progress
 
 store_app = typer.Typer(help="Create, check, clean up, repair and upgrade the store.", no_args_is_help=True)
 StoreOpt = typer.Option(None, "--store", help="Store directory or sftp://user@host[:port]/path "
                                               "(default: $CAIRN_STORE, else the data dir's).")
 KeyFileOpt = typer.Option(None, "--key-file", help="With --encrypt: write the sealed key here instead of into "
                                                   f"the store's {KEY_FILE}.")
-# Exit status of a verify that found damage (1 is a usage or store error).
-DAMAGE_FOUND = 3
 
 _DURATION = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*")
 _DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -82,9 +86,22 @@ def parse_duration(text: str) -> timedelta:
     return timedelta(seconds=float(m.group(1)) * _DURATION_UNITS[m.group(2)])
 
 
+def store_access(location: str | None) -> StoreAccess:
+    """How to open the store this machine works on: --store, else $CAIRN_STORE, else the data
+    dir's. Through --url only a store named by --store is: the appliance's own is reached
+    through its API (stats, verify, gc, prune)."""
+    if state.url is not None:
+        if location is None:
+            raise CliError(f"`{command_path()}` reads a store from this machine: name it with --store (a directory "
+                           f"or sftp:// URL); the store of {state.url} is reached through its API by `cairn store "
+                           "stats`, `verify`, `gc`, `prune` and by `cairn backup list`")
+        state.here(f"--store {location}")
+    return Settings.resolve(state.data_dir).store_access(location)
+
+
 def open_store(location: str | None) -> Store:
     """The store, unlocked with $CAIRN_STORE_PASSPHRASE or, at a terminal, a passphrase typed in."""
-    access = Settings.resolve(state.data_dir).store_access(location)
+    access = store_access(location)
     try:
         return access.open()
     except PassphraseRequiredError as e:
@@ -103,7 +120,10 @@ def new_passphrase() -> str:
 
 
 def existing_catalog() -> sessionmaker[Session] | None:
-    """The data dir's catalog if it has one; store commands never create it."""
+    """The data dir's catalog if it has one; store commands never create it (nor, working with an
+    appliance named by --url, touch this machine's)."""
+    if state.url is not None:
+        return None
     settings = Settings.resolve(state.data_dir)
     if settings.catalog_url.startswith("sqlite:///") and not (settings.data_dir / "catalog.db").exists():
         return None
@@ -117,14 +137,10 @@ def as_result(report: Any) -> dict[str, Any]:
     return TypeAdapter(type(report)).dump_python(report, mode="json")
 
 
-def as_job(store: str | None) -> bool:
-    """Whether the command runs as a job: on the appliance's store, in a data dir with a catalog."""
-    return store is None and existing_catalog() is not None
-
-
-def count_progress() -> Progress:
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    console=err, transient=False, disable=not err.is_terminal)
+def on_appliance(store: str | None) -> bool:
+    """Whether the command works on an appliance's store, through `state.client` (and its long
+    work runs as a job): no --store, and an appliance named by --url or a data dir with a catalog."""
+    return store is None and (state.url is not None or existing_catalog() is not None)
 
 
 @store_app.command("init")
@@ -143,7 +159,7 @@ def init(store: str | None = typer.Option(None, "--store", "--path",
     """Create a store in an empty or missing directory, local or remote."""
     if key_file is not None and not encrypt:
         raise ValueError("--key-file goes with --encrypt")
-    access = Settings.resolve(state.data_dir).store_access(store)
+    access = store_access(store)
     passphrase = new_passphrase() if encrypt else None
     created = Store.init(open_backend(access.location, access.ssh), block_size=parse_size(block_size),
                          pack_size=parse_size(pack_size), zstd_level=zstd_level, passphrase=passphrase,
@@ -165,21 +181,25 @@ def init(store: str | None = typer.Option(None, "--store", "--path",
 @reports_errors
 def stats(store: str | None = StoreOpt, as_json: bool = JsonOpt) -> None:
     """Sizes, dedup and compression ratios, and what each backup alone holds."""
-    s = store_stats(open_store(store))
+    s = state.client.store_stats() if on_appliance(store) else store_stats(open_store(store))
     if as_json:
-        emit_json(asdict(s))
+        emit_json(s)
         return
-    out.print(f"{s.backups} backups, {human(s.logical_bytes)} logical ({human(s.zero_bytes)} zeros), "
-              f"{s.chunks} blocks: {human(s.unique_bytes)} unique, {human(s.stored_bytes)} stored, "
-              f"{human(s.metadata_bytes)} of maps, in {s.packs} packs ({human(s.pack_bytes)})")
-    out.print(f"dedup {s.dedup_ratio:.2f}x, compression {s.compression_ratio:.2f}x; "
-              f"unreferenced {s.unreferenced_chunks} blocks ({human(s.unreferenced_bytes)}), "
-              f"missing {s.missing_chunks}, unreadable backups {s.unreadable_backups}")
-    table = Table("backup", "vm", "created", "logical", "unique blocks", "unique stored")
+    for name, value in (
+            ("backups", f"{s.backups} ({s.unreadable_backups} unreadable)"),
+            ("logical", f"{human(s.logical_bytes)} ({human(s.zero_bytes)} of zeros)"),
+            ("blocks", f"{s.chunks}: {human(s.unique_bytes)} unique, {human(s.stored_bytes)} stored"),
+            ("maps", human(s.metadata_bytes)),
+            ("packs", f"{s.packs} ({human(s.pack_bytes)})"),
+            ("saved", f"dedup {s.dedup_ratio:.2f}x, compression {s.compression_ratio:.2f}x"),
+            ("unused", f"{s.unreferenced_chunks} blocks ({human(s.unreferenced_bytes)}), freed by `cairn store gc`"),
+            ("missing", f"{s.missing_chunks} blocks")):
+        out.print(f"{name:<8} {value}", highlight=False)
+    out.print("what each backup alone holds (blocks no other backup has):")
+    listing = table("backup", "vm", "logical", "blocks", "stored", numbers=("logical", "blocks", "stored"))
     for u in s.per_backup:
-        table.add_row(u.backup_id, u.vm, f"{u.created:%Y-%m-%d %H:%M:%S}", human(u.logical_bytes),
-                      str(u.unique_chunks), human(u.unique_stored_bytes))
-    out.print(table)
+        listing.add_row(u.backup_id, u.vm, human(u.logical_bytes), str(u.unique_chunks), human(u.unique_stored_bytes))
+    print_table(listing)
 
 
 @store_app.command("verify")
@@ -187,7 +207,7 @@ def stats(store: str | None = StoreOpt, as_json: bool = JsonOpt) -> None:
 def verify(store: str | None = StoreOpt,
            sample: float = typer.Option(100.0, "--sample", help="Percent of the blocks to check, chosen at random."),
            as_json: bool = JsonOpt) -> None:
-    if as_job(store):
+    if on_appliance(store):
         from appliance.jobs.params import VerifyParams
 
         from .follow import run_job
@@ -237,7 +257,7 @@ def gc(store: str | None = StoreOpt,
        as_json: bool = JsonOpt) -> None:
     """Reclaim the blocks no backup references (removing or repacking packs), safely beside running backups."""
     grace_period = parse_duration(grace)
-    if as_job(store):
+    if on_appliance(store):
         from appliance.jobs.params import GcParams
 
         from .follow import run_job
@@ -323,7 +343,7 @@ def prune_cmd(vm: str = typer.Option(..., "--vm", help="Whose backups to prune."
     """Remove the backups of a VM that no keep rule (UTC periods) keeps; protected ones always stay."""
     rules = {"keep_last": keep_last, "keep_hourly": keep_hourly, "keep_daily": keep_daily,
              "keep_weekly": keep_weekly, "keep_monthly": keep_monthly, "keep_yearly": keep_yearly}
-    if as_job(store):
+    if on_appliance(store):
         from appliance.jobs.params import PruneParams
 
         from .follow import run_job
@@ -340,12 +360,11 @@ def prune_cmd(vm: str = typer.Option(..., "--vm", help="Whose backups to prune."
     if as_json:
         emit_json(report)
         return
-    table = Table("backup", "created", "decision", "why")
+    listing = table("backup", "decision", "why", wide=("why",))
     for d in report["decisions"]:
         decision = "keep" if d["keep"] else ("would remove" if dry_run else "removed")
-        table.add_row(d["backup_id"], f"{datetime.fromisoformat(d['created']):%Y-%m-%d %H:%M:%S}", decision,
-                      ", ".join(d["reasons"]) or "no rule keeps it")
-    out.print(table)
+        listing.add_row(d["backup_id"], decision, ", ".join(d["reasons"]) or "no rule keeps it")
+    print_table(listing)
 
 
 def _protection(change: Callable[[Store, str], object], word: str) -> Callable[..., None]:
@@ -364,6 +383,14 @@ store_app.command("unprotect", help="Let prune rules apply to this backup again.
 SYNC_VMS_OPT = typer.Option([], "--vm", help="Only this VM's backups (repeat for more).")
 
 
+def from_here(location: str | None) -> str | None:
+    """A directory named from this shell's working directory, as the root names it: the job may
+    run in another process (the appliance's), elsewhere."""
+    if location is None or is_remote(location):
+        return location
+    return os.path.abspath(location)
+
+
 @store_app.command("sync")
 @reports_errors
 def sync_cmd(to: str | None = typer.Option(None, "--to", help="Copy into this store (push): a directory or URL; "
@@ -375,13 +402,14 @@ def sync_cmd(to: str | None = typer.Option(None, "--to", help="Copy into this st
              as_json: bool = JsonOpt) -> None:
     """Copy backups to another store, or from one, sending only the blocks it lacks. Run it again
     after a cut: it sends only what is still missing."""
-    params = SyncParams(target=to, source=source, backups_of=vms, bandwidth=parse_size(bandwidth) if bandwidth else None)
-    if as_job(store):
+    params = SyncParams(target=from_here(to), source=from_here(source), backups_of=vms,
+                        bandwidth=parse_size(bandwidth) if bandwidth else None)
+    if on_appliance(store):
         from .follow import run_job
 
         report = run_job("store.sync", params)
     else:
-        access = Settings.resolve(state.data_dir).store_access(store)
+        access = store_access(store)
         own = open_store(store) if source is None else None
         with byte_progress() as bars:
             task = bars.add_task("sync", total=None)

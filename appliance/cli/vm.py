@@ -1,24 +1,21 @@
 """`cairn vm ...` and `cairn image ...`: define, run, clone and place VMs; the image library."""
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import typer
-from rich.table import Table
+from rich.markup import escape
 
-from appliance.access.visibility import visibility
-from appliance.catalog.query import ListQuery, Total
-from appliance.deletion.deletables import deletion_service
-from appliance.deletion.protection import Impact
 from appliance.units import human, parse_size
-from appliance.vms.imports import VMImports
-from appliance.vms.service import VMOptions, VMView
-from vmm.placement import SchedulingGroup
-from vmm.spec import NicSpec
 
-from .common import JsonOpt, emit_json, out, reports_errors, state
+from .client import Listing, NewVM, PowerAction
+from .common import JsonOpt, emit_json, err, out, print_table, reports_errors, state, table
 from .listing import FILTER_OPT, OFFSET_OPT, limit_option, say_page, sort_option
+
+if TYPE_CHECKING:
+    from appliance.api.models import VMDetail
+    from appliance.deletion.protection import Impact
 
 vm_app = typer.Typer(help="Define, run, clone and place VMs.", no_args_is_help=True)
 group_app = typer.Typer(help="VM scheduling groups: affinity and anti-affinity policies.",
@@ -37,28 +34,30 @@ CLONE_NAMES_ARG = typer.Argument(..., help="Names of the new VMs.")
 GROUP_VM_OPT = typer.Option([], "--vm", help="A member VM (repeat).")
 GROUP_HOST_OPT = typer.Option([], "--host", help="A host of the host group (VM-host policies).")
 COMMAND_FILE_OPT = typer.Option(None, "--command-file", help="Or: a file holding that command line.")
+IMAGE_PATH_ARG = typer.Argument(..., exists=True, dir_okay=False, help="The file, on this machine (uploaded through "
+                                "--url).")
 
 
-def parse_nic(index: int, text: str) -> NicSpec:
-    """user | tap:IFNAME | bridge:BRIDGE"""
+def parse_nic(text: str) -> dict[str, str]:
+    """user | tap:IFNAME | bridge:BRIDGE, as the API's NIC: {"mode": ..., "tap"|"bridge": ...}."""
     mode, _, target = text.partition(":")
     if mode == "user" and not target:
-        return NicSpec(f"net{index}")
+        return {"mode": "user"}
     if mode in ("tap", "bridge") and target:
-        return NicSpec(f"net{index}", mode, **{mode: target})
+        return {"mode": mode, mode: target}
     raise ValueError(f"--nic {text!r}: use user, tap:IFNAME or bridge:BRIDGE")
 
 
 def _opt(p: Path | None) -> str | None:
-    return str(p) if p else None
+    return str(p.resolve()) if p else None
 
 
-def _say(view: VMView, as_json: bool) -> None:
+def _say(view: VMDetail, as_json: bool) -> None:
     if as_json:
-        emit_json(view.to_dict())
+        emit_json(view)
     else:
-        pid = f" (pid {view.status.pid})" if view.status.pid else ""
-        out.print(f"{view.spec.name}: {view.status.state}{pid}")
+        pid = f" (pid {view.pid})" if view.pid else ""
+        out.print(f"{view.name}: {view.state}{pid}", highlight=False)
 
 
 @vm_app.command("import")
@@ -73,13 +72,18 @@ def vm_import(host: str | None = typer.Option(None, help="A libvirt host on this
               as_json: bool = JsonOpt) -> None:
     """Take over a libvirt domain or a QEMU command line as a Cairn VM; its disks stay where they
     are. The VM must be stopped."""
-    imports = VMImports(state.appliance.vms, state.appliance.hosts)
+    from appliance.vms.imports import VMImports
+
+    here = state.this_host()
+    imports = VMImports(here.vms, here.hosts)
     if command_file is not None:
         command = command_file.read_text()
-    if (host is not None and domain is not None) == (command is not None):
+    if command is not None and host is None and domain is None:
+        imported = imports.from_command_line(command, name)
+    elif command is None and host is not None and domain is not None:
+        imported = imports.from_libvirt(host, domain, name, undefine)
+    else:
         raise ValueError("give --host and --domain (a libvirt domain), or --command / --command-file")
-    imported = (imports.from_libvirt(host, domain, name, undefine) if command is None
-                else imports.from_command_line(command, name))
     if as_json:
         emit_json({"vm": imported.spec.to_dict(), "notes": imported.notes})
         return
@@ -111,33 +115,31 @@ def vm_create(name: str,
               append: str | None = typer.Option(None, help="Kernel command line for direct boot."),
               as_json: bool = JsonOpt) -> None:
     """Define a new VM: blank qcow2 disks, a thin overlay on an image, or an ISO in the cdrom."""
-    vms = state.appliance.vms
-    options = VMOptions(image=from_image, iso=iso, profile=profile,
-                        nics=[parse_nic(i, n) for i, n in enumerate(nic)], boot=boot, vnc=console,
-                        storage_pool=storage_pool, compute_pool=compute_pool)
-    spec = vms.create(name, [parse_size(d) for d in disk], memory_mib=memory, vcpus=vcpus,
-                      kernel=_opt(kernel), initrd=_opt(initrd), append=append, base_image=_opt(image),
-                      options=options)
-    if ha:
-        vms.set_ha(name, True)
+    view = state.client.create_vm(NewVM(
+        name, [parse_size(d) for d in disk], memory_mib=memory, vcpus=vcpus, image=from_image, iso=iso,
+        storage_pool=storage_pool, compute_pool=compute_pool, profile=profile, nics=[parse_nic(n) for n in nic], boot=boot, console=console,
+        ha=ha, kernel=_opt(kernel), initrd=_opt(initrd), append=append, base_image=_opt(image)))
     if as_json:
-        emit_json(vms.show(name).to_dict())
+        emit_json(view)
     else:
-        out.print(f"created VM {name} with disks " + ", ".join(f"{d.name} ({d.path})" for d in spec.disks))
+        out.print(f"created VM {name} with disks " + ", ".join(f"{d['name']} ({d['path']})" for d in view.disks),
+                  highlight=False)
 
 
-def _run_command(action: str, summary: str) -> None:
-    """`cairn vm <action> NAME`: one VMService coroutine of the same name, then the VM's state."""
+def _power_command(action: PowerAction, summary: str) -> None:
+    """`cairn vm <action> NAME`: the VM's power button of that name, then its state."""
     @vm_app.command(action, help=summary)
     @reports_errors
     def command(name: str, as_json: bool = JsonOpt) -> None:
-        _say(asyncio.run(getattr(state.appliance.vms, action)(name)), as_json)
+        _say(state.client.power(name, action), as_json)
 
 
-for _action, _summary in (("reboot", "Reset a running VM (like its reset button)."),
-                          ("pause", "Freeze a running VM's CPUs."),
-                          ("resume", "Let a paused VM run on.")):
-    _run_command(_action, _summary)
+_POWER: tuple[tuple[PowerAction, str], ...] = (
+    ("reboot", "Reset a running VM (like its reset button)."),
+    ("pause", "Freeze a running VM's CPUs."),
+    ("resume", "Let a paused VM run on."))
+for _action, _summary in _POWER:
+    _power_command(_action, _summary)
 
 
 @vm_app.command("start")
@@ -146,16 +148,38 @@ def vm_start(name: str, paused: bool = typer.Option(False, "--paused",
                                                     help="Set the machine up, run no guest code until `vm resume`."),
              as_json: bool = JsonOpt) -> None:
     """Start a VM (QEMU runs on after this command returns)."""
-    _say(asyncio.run(state.appliance.vms.start(name, paused=paused)), as_json)
+    _say(state.client.start_vm(name, paused), as_json)
 
 
 @vm_app.command("stop")
 @reports_errors
-def vm_stop(name: str, timeout: float = typer.Option(30.0, help="Seconds to wait for a clean shutdown."),
-            force: bool = typer.Option(False, "--force", help="Do not ask the guest: quit QEMU at once."),
+def vm_stop(name: str,
+            timeout: float = typer.Option(30.0, help="Seconds the guest gets to shut down before it is forced off."),
+            force: bool = typer.Option(False, "--force", help="Do not ask the guest: force it off at once (QEMU "
+                                                               "ends, as if its power was cut)."),
             as_json: bool = JsonOpt) -> None:
-    """Shut a VM down: ACPI power button first, then forced after --timeout."""
-    _say(asyncio.run(state.appliance.vms.stop(name, timeout=timeout, force=force)), as_json)
+    """Shut a VM down: the ACPI power button asks the guest to; if it has not within --timeout
+    seconds (or it is paused and cannot), it is forced off, and the command says so. --force does
+    that at once."""
+    client = state.client
+    before = client.vm(name).state
+    if before == "running" and not force:
+        err.print(f"asking the guest of {name} to shut down (ACPI power button); if it has not within "
+                  f"{timeout:g} s it is forced off (--force: at once, --timeout: longer)", highlight=False)
+    stopped = client.stop_vm(name, timeout, force)
+    if as_json:
+        emit_json(stopped)
+    elif stopped.how == "powerdown":
+        out.print(f"{name}: stopped (the guest shut down)", highlight=False)
+    elif stopped.how == "already-stopped":
+        out.print(f"{name}: {stopped.state} (it was not running)", highlight=False)
+    elif stopped.how == "unknown":
+        out.print(f"{name}: {stopped.state} (on host {stopped.host}, which does not say whether the guest shut "
+                  "down or was forced off)", highlight=False)
+    else:
+        why = ("as asked (--force)" if force else "a paused guest cannot answer the power button"
+               if before == "paused" else f"the guest did not shut down within {timeout:g} s")
+        out.print(f"{name}: forced off, {why}: QEMU was ended as if its power was cut", highlight=False)
 
 
 @vm_app.command("resize")
@@ -164,16 +188,15 @@ def vm_resize(name: str, vcpus: int | None = typer.Option(None, help="Virtual CP
               memory: int | None = typer.Option(None, help="Memory in MiB."),
               as_json: bool = JsonOpt) -> None:
     """Change a stopped VM's CPUs and memory."""
-    state.appliance.vms.resize(name, vcpus=vcpus, memory_mib=memory)
-    _say(state.appliance.vms.show(name), as_json)
+    _say(state.client.resize_vm(name, vcpus, memory), as_json)
 
 
 @vm_app.command("grow-disk")
 @reports_errors
-def vm_grow_disk(name: str, disk: str, size: str) -> None:
+def vm_grow_disk(name: str, disk: str, size: str, as_json: bool = JsonOpt) -> None:
     """Grow a disk (live if the VM runs); the guest sees the new size, its partitions do not."""
-    new = asyncio.run(state.appliance.vms.grow_disk(name, disk, parse_size(size)))
-    out.print(f"{name}/{disk}: {human(new)}")
+    new = state.client.grow_disk(name, disk, parse_size(size))
+    emit_json({"disk": disk, "size": new}) if as_json else out.print(f"{name}/{disk}: {human(new)}", highlight=False)
 
 
 @vm_app.command("clone")
@@ -200,8 +223,7 @@ def vm_ha(name: str, enabled: bool = typer.Option(..., "--on/--off", help="Resta
           window: int = typer.Option(600, help="... within this many seconds."),
           as_json: bool = JsonOpt) -> None:
     """Turn high availability on or off (`cairn serve` runs the supervisor)."""
-    state.appliance.vms.set_ha(name, enabled, max_restarts, window)
-    _say(state.appliance.vms.show(name), as_json)
+    _say(state.client.set_ha(name, enabled, max_restarts, window), as_json)
 
 
 @vm_app.command("compute-pool")
@@ -213,8 +235,7 @@ def vm_compute_pool(name: str, pool: str | None = typer.Argument(None, help="A c
     storage they all see at the same path), or on this machine only."""
     if (pool is None) == (not none):
         raise ValueError("give a compute pool, or --none")
-    state.appliance.vms.placement.set_compute_pool(name, pool)
-    _say(state.appliance.vms.show(name), as_json)
+    _say(state.client.set_compute_pool(name, pool), as_json)
 
 
 @vm_app.command("migrate")
@@ -242,7 +263,7 @@ def vm_console(name: str) -> None:
     """Where a VNC client on this host connects, and the password (changes at every start)."""
     from vmm.console import vnc_password
 
-    paths = state.appliance.driver.paths(name)
+    paths = state.this_host().driver.paths(name)
     password = vnc_password(paths)
     if password is None:
         raise ValueError(f"VM {name} has no console right now (not running, or created with --no-console)")
@@ -254,42 +275,40 @@ def vm_console(name: str) -> None:
 def vm_list(filters: list[str] = FILTER_OPT, sort: str = sort_option("name"), limit: int = limit_option(100),
             offset: int = OFFSET_OPT, as_json: bool = JsonOpt) -> None:
     """VMs and their state; fields: name, state, pid, vcpus, memory_mib."""
-    total = Total()
-    views = state.appliance.vms.page(ListQuery.parse(limit, offset, sort, filters), response=total)
-    say_page(len(views), offset, total.count, "VMs")
+    page = state.client.vms(Listing(filters, sort, limit, offset))
+    say_page(len(page.items), offset, page.total, "VMs")
+    views = page.items
     if as_json:
-        emit_json([v.to_dict() for v in views])
+        emit_json(views)
         return
-    table = Table("name", "state", "host", "vcpus", "memory", "disks", "ha")
+    listing = table("name", "state", "vcpus", "memory", "disks", wide=("disks",), numbers=("vcpus", "memory"))
     for v in views:
-        table.add_row(v.spec.name, v.status.state, v.host, str(v.spec.vcpus), f"{v.spec.memory_mib} MiB",
-                      ", ".join(d.name for d in v.spec.disks), "on" if v.ha else "")
-    out.print(table)
+        listing.add_row(v.name, v.state, str(v.vcpus), f"{v.memory_mib} MiB", ", ".join(d.name for d in v.disks))
+    print_table(listing)
 
 
 @vm_app.command("show")
 @reports_errors
 def vm_show(name: str, as_json: bool = JsonOpt) -> None:
     """Show a VM's definition, state, disks and network cards."""
-    view = state.appliance.vms.show(name)
+    view = state.client.vm(name)
     if as_json:
-        emit_json(view.to_dict())
+        emit_json(view)
         return
-    spec = view.spec
-    out.print(f"[bold]{name}[/bold]  {view.status.state}  {spec.vcpus} vCPU  {spec.memory_mib} MiB  "
-              f"profile {spec.profile}" + ("  HA" if view.ha else ""))
+    out.print(f"[bold]{escape(name)}[/bold]  {view.state}  {view.vcpus} vCPU  {view.memory_mib} MiB  "
+              f"profile {view.profile}" + ("  HA" if view.ha else ""))
     out.print(f"  host {view.host}" + (f"  compute pool {view.compute_pool}" if view.compute_pool else ""),
               highlight=False)
-    for d in spec.disks:
-        out.print(f"  {d.name}  {d.format}  {d.path}")
-    for n in spec.nics:
-        out.print(f"  {n.name}  {n.mode} {n.tap or n.bridge or ''}  {n.mac}")
-    if spec.cdrom:
-        out.print(f"  cdrom  {spec.cdrom}")
+    for d in view.disks:
+        out.print(f"  {d['name']}  {d['format']}  {d['path']}", highlight=False)
+    for n in view.nics:
+        out.print(f"  {n.name}  {n.mode} {n.tap or n.bridge or ''}  {n.mac}", highlight=False)
+    if view.cdrom:
+        out.print(f"  cdrom  {view.cdrom}", highlight=False)
     if view.linked_to:
-        progress = asyncio.run(state.appliance.vms.clone_progress(name))
+        progress = state.client.clone_progress(name)
         out.print(f"  instant clone of {view.linked_to}: "
-                  + (", ".join(f"{d} {p:.0%}" for d, p in progress.items()) or "independent"))
+                  + (", ".join(f"{d} {p:.0%}" for d, p in progress.items()) or "independent"), highlight=False)
 
 
 @vm_app.command("access")
@@ -301,6 +320,8 @@ def vm_access(name: str,
               as_json: bool = JsonOpt) -> None:
     """Show, or with --owner/--group change, who sees the VM (besides admins): its owner and the
     members of its group; a VM without an owner is shared with every user."""
+    from appliance.access.visibility import visibility
+
     seen = visibility(state.appliance)
     state.appliance.vms.spec(name)   # no such VM: an error
     access = seen.get(name)
@@ -321,17 +342,14 @@ def vm_delete(name: str, yes: bool = typer.Option(False, "--yes", help="Do not a
               as_json: bool = JsonOpt) -> None:
     """Delete a stopped VM and its disks under the deletion rules (by default it waits in the
     recycle bin, restorable, for a week); its backups stay in the store."""
-    deletions = deletion_service(state.appliance)
-    if dry_run or not yes:
-        impact = deletions.preview("vm", name)
-        if not dry_run:
-            _say_impact(impact, "would delete")
-            if not typer.confirm(f"Delete VM {name}?"):
-                raise typer.Exit(1)
-    if not dry_run:
-        impact = deletions.delete("vm", name)
+    client = state.client
+    if not (dry_run or yes):
+        _say_impact(client.delete_vm(name, dry_run=True), "would delete")
+        if not typer.confirm(f"Delete VM {name}?"):
+            raise typer.Exit(1)
+    impact = client.delete_vm(name, dry_run)
     if as_json:
-        emit_json(impact.model_dump(mode="json"))
+        emit_json(impact)
     else:
         _say_impact(impact, "would delete" if dry_run else "deleted")
 
@@ -340,9 +358,9 @@ def _say_impact(impact: Impact, verb: str) -> None:
     where = (f", in the recycle bin as {impact.recycle_id} until {impact.purge_at:%Y-%m-%d %H:%M} UTC"
              if impact.recycle_id and impact.purge_at else "")
     frees = f", frees {human(impact.frees_bytes)}" if impact.frees_bytes is not None else ""
-    out.print(f"{verb} VM {impact.name} ({impact.mode}{frees}{where}):")
+    out.print(f"{verb} VM {impact.name} ({impact.mode}{frees}{where}):", highlight=False)
     for line in impact.takes:
-        out.print(f"  {line}")
+        out.print(f"  {line}", highlight=False)
 
 
 # -- scheduling groups ----------------------------------------------------------------------------
@@ -356,6 +374,8 @@ def group_set(name: str,
               host: list[str] = GROUP_HOST_OPT,
               ) -> None:
     """Create or replace a scheduling group."""
+    from vmm.placement import SchedulingGroup
+
     state.appliance.vms.save_group(SchedulingGroup(name, policy, enforcement, frozenset(vm),  # type: ignore[arg-type]
                                                    frozenset(host)))
     out.print(f"scheduling group {name}: {policy} ({enforcement})")
@@ -370,10 +390,10 @@ def group_list(as_json: bool = JsonOpt) -> None:
         emit_json([{"name": g.name, "policy": g.policy, "enforcement": g.enforcement,
                     "vms": sorted(g.vms), "hosts": sorted(g.hosts)} for g in groups])
         return
-    table = Table("name", "policy", "enforcement", "vms", "hosts")
+    listing = table("name", "policy", "enforcement", "vms", "hosts", wide=("vms", "hosts"))
     for g in groups:
-        table.add_row(g.name, g.policy, g.enforcement, ", ".join(sorted(g.vms)), ", ".join(sorted(g.hosts)))
-    out.print(table)
+        listing.add_row(g.name, g.policy, g.enforcement, ", ".join(sorted(g.vms)), ", ".join(sorted(g.hosts)))
+    print_table(listing)
 
 
 @group_app.command("delete")
@@ -388,45 +408,60 @@ def group_delete(name: str) -> None:
 
 @image_app.command("import")
 @reports_errors
-def image_import(name: str, path: Path, kind: str | None = typer.Option(None, help="iso or disk (detected).")) -> None:
+def image_import(name: str, path: Path = IMAGE_PATH_ARG,
+                 kind: str | None = typer.Option(None, help="iso or disk (detected)."),
+                 as_json: bool = JsonOpt) -> None:
     """Copy a file into the library, recording its SHA-256."""
-    record = state.appliance.vms.images.import_file(name, path, kind)  # type: ignore[arg-type]
-    out.print(f"image {name}: {record.kind} {record.format} {human(record.size)} sha256 {record.sha256}")
+    from .progress import byte_progress
+
+    with byte_progress() as bars:
+        task = bars.add_task(f"image {name}", total=path.stat().st_size)
+        record = state.client.import_image(name, path, kind, lambda done: bars.update(task, completed=done))
+    _say_image(record, as_json)
 
 
 @image_app.command("from-vm")
 @reports_errors
-def image_from_vm(vm: str, name: str, disk: str | None = typer.Option(None, help="Which disk (default: the first).")) -> None:
+def image_from_vm(vm: str, name: str, disk: str | None = typer.Option(None, help="Which disk (default: the first)."),
+                  as_json: bool = JsonOpt) -> None:
     """Make a library image of a stopped VM's disk (flattened: it stands alone)."""
-    record = state.appliance.vms.image_from_vm(vm, name, disk)
-    out.print(f"image {name}: {human(record.size)} sha256 {record.sha256}")
+    _say_image(state.client.image_from_vm(vm, name, disk), as_json)
+
+
+def _say_image(record: dict[str, Any], as_json: bool, verb: str = "") -> None:
+    if as_json:
+        emit_json(record)
+    else:
+        out.print(f"image {record['name']}: {verb}{record['kind']} {record['format']} {human(record['size'])} "
+                  f"sha256 {record['sha256']}", highlight=False)
 
 
 @image_app.command("list")
 @reports_errors
 def image_list(as_json: bool = JsonOpt) -> None:
     """List the library's images."""
-    records = state.appliance.vms.images.list()
+    records = state.client.images()
     if as_json:
-        emit_json([r.to_dict() for r in records])
+        emit_json(records)
         return
-    table = Table("name", "kind", "format", "size", "virtual size", "sha256", "source")
+    listing = table("name", "kind", "format", "size", "virtual size", "sha256", "source", wide=("source",),
+                    numbers=("size", "virtual size"))
     for r in records:
-        table.add_row(r.name, r.kind, r.format, human(r.size), human(r.virtual_size), r.sha256[:16], r.source)
-    out.print(table)
+        listing.add_row(r["name"], r["kind"], r["format"], human(r["size"]), human(r["virtual_size"]),
+                        r["sha256"][:16], r["source"])
+    print_table(listing)
 
 
 @image_app.command("verify")
 @reports_errors
-def image_verify(name: str) -> None:
+def image_verify(name: str, as_json: bool = JsonOpt) -> None:
     """Re-hash an image and compare with its recorded SHA-256."""
-    record = state.appliance.vms.images.verify(name)
-    out.print(f"image {name}: ok (sha256 {record.sha256})")
+    _say_image(state.client.verify_image(name), as_json, verb="ok, ")
 
 
 @image_app.command("delete")
 @reports_errors
 def image_delete(name: str) -> None:
     """Delete an image no VM uses."""
-    state.appliance.vms.delete_image(name)
-    out.print(f"deleted image {name}")
+    state.client.delete_image(name)
+    out.print(f"deleted image {name}", highlight=False)

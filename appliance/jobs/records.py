@@ -4,7 +4,6 @@ the management nodes that run them, and the lease of the one that leads.
 from __future__ import annotations
 
 from datetime import datetime
-from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import (
@@ -20,37 +19,11 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from appliance.catalog.base import Base, StrEnumType, UTCDateTime, utcnow
 
+# The states live apart from the tables, for readers without SQLAlchemy (the API's models, the CLI).
+from .states import ACTIVE_STATES, FINISHED_STATES, HOLDING_STATES, JobState, Severity, StepState
 
-class JobState(StrEnum):
-    """queued -> running -> succeeded | failed | cancelled; undoing while a failure is rolled back."""
-    QUEUED = "queued"
-    RUNNING = "running"
-    UNDOING = "undoing"
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
-
-
-FINISHED_STATES = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED})
-ACTIVE_STATES = frozenset({JobState.QUEUED, JobState.RUNNING, JobState.UNDOING})
-# The states of a job that holds its resource's claim: it works on the resource now.
-HOLDING_STATES = frozenset({JobState.RUNNING, JobState.UNDOING})
-
-
-class StepState(StrEnum):
-    PENDING = "pending"
-    RUNNING = "running"
-    DONE = "done"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
-    UNDONE = "undone"
-    UNDO_FAILED = "undo_failed"
-
-
-class Severity(StrEnum):
-    INFO = "info"
-    WARNING = "warning"
-    ERROR = "error"
+__all__ = ["ACTIVE_STATES", "FINISHED_STATES", "HOLDING_STATES", "EventRecord", "JobRecord", "JobState",
+           "ResourceClaimRecord", "Severity", "StepState"]
 
 
 class JobRecord(Base):

@@ -182,7 +182,7 @@ class LibvirtRestoreService:
         if state == "stopped":
             return
         if not stop:
-            raise ConflictError(f"domain {name} is {state}; stop it first (or ask the restore to stop it)")
+            raise ConflictError(f"domain {name} is {state}; stop it first, or restore with --stop (the API's stop)")
         libvirt.stop(name)
 
     @staticmethod

@@ -168,7 +168,7 @@ class RestoreService:
         state = self.vms.show(vm).status.state
         if state in ("running", "paused"):
             if not stop:
-                raise ConflictError(f"VM {vm} is {state}; stop it first (or ask the restore to stop it)")
+                raise ConflictError(f"VM {vm} is {state}; stop it first, or restore with --stop (the API's stop)")
             await self.vms.stop(vm)
 
     def _swap(self, vm: str, backup_id: str, new_files: dict[str, str], unswapped: Holding) -> None:

@@ -149,7 +149,8 @@ class SnapshotService:
         self._require_active_unread(vm, tree, f"reverting VM {vm} to snapshot {snap.name}")
         resume = snap.memory is not None if memory is None else memory
         if resume and (snap.memory is None or not os.path.exists(snap.memory)):
-            raise ConflictError(f"snapshot {snap.name} of VM {vm} has no memory state; revert its disks only")
+            raise ConflictError(f"snapshot {snap.name} of VM {vm} has no memory state; revert its disks only "
+                                "(--disk-only; the API's memory: false)")
         if not resume and self.vms.driver.status(vm).state in ("running", "paused"):
             raise ConflictError(f"VM {vm} is running: stop it before reverting to a snapshot without its "
                                 "memory state (the running guest's memory would not match the reverted disks)")

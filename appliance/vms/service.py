@@ -17,7 +17,7 @@ from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from sqlalchemy import ColumnElement, Integer, Select, String, case, literal, select, type_coerce
 from sqlalchemy.orm import Session, sessionmaker
@@ -35,7 +35,7 @@ from appliance.settings import Settings
 from appliance.snapshots.records import SnapshotIntentRecord, SnapshotTreeRecord
 from chain import VMTree
 from procs import Holding
-from vmm import DiskSpec, QemuDriver, VMSpec, VMStatus, create_disk, image_info
+from vmm import DiskSpec, QemuDriver, StopMethod, VMSpec, VMStatus, create_disk, image_info
 from vmm.clone import CloneMode, clone_disks, clone_spec
 from vmm.ha import DOWN_AFTER, HASupervisor
 from vmm.images import backing_chain, copy_into, resize_image
@@ -375,15 +375,18 @@ class VMService:
                 raise ConflictError(f"VM {name} is already {current.state}{_on(host)}")
         return spec
 
-    async def stop(self, name: str, timeout: float = 30.0, force: bool = False) -> VMView:
+    async def stop(self, name: str, timeout: float = 30.0, force: bool = False
+                   ) -> tuple[VMView, StopMethod | Literal["unknown"]]:
+        """The VM stopped, and how (QemuDriver.stop): whoever asked is told whether the guest shut
+        down or was forced off; "unknown" for a VM on another host, whose agent does not say."""
         self.spec(name)
         # No longer meant to run: HA leaves it down even if its host dies meanwhile.
         self.placement.record(name, should_run=False)
         host = self.placement.host_of(name)
         if host == LOCAL_HOST:
-            await self.driver.stop(name, timeout=timeout, force=force)
-            return self.show(name)
-        return self.show(name, await self.placement.stop(host, name, timeout, force))
+            how = await self.driver.stop(name, timeout=timeout, force=force)
+            return self.show(name), how
+        return self.show(name, await self.placement.stop(host, name, timeout, force)), "unknown"
 
     async def reboot(self, name: str) -> VMView:
         self._here(name, "reset it")

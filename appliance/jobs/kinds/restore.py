@@ -42,7 +42,7 @@ def restore_kinds(app: Appliance) -> dict[str, JobKind[Any]]:
             raise ConflictError(str(e)) from e
         local = not params.target.startswith(NBD_SCHEMES + SSH_SCHEMES)
         if local and Path(params.target).is_file() and not params.force:
-            raise ConflictError(f"{params.target} already exists; restore with force (--force) to replace it")
+            raise ConflictError(f"{params.target} already exists; restore with --force (the API's force) to replace it")
 
     def new_vm(params: RestoreAsNewParams | InstantRestoreParams) -> None:
         app.store.get_backup(params.backup_id)
