@@ -134,7 +134,7 @@ class OfflineExport:
         point = DiskPoint(disk, state.size, f"nbd+unix:///{disk}?socket={self._socket(disk)}", None,
                           checkpoint_file=path)
         wanted = self.since.get(disk)
-        if state.format == "raw":
+        if state.format == "raw" and not is_network(path):   # an NBD or RBD disk is read through the export
             point.raw_file = path
         if state.format != "qcow2":
             point.fallback_reason = (f"{disk} is {state.format}: no dirty bitmap is stored in it (only a running VM's "
