@@ -4,7 +4,7 @@ from __future__ import annotations
 import subprocess
 
 from backup_helpers import CHUNK, MiB, run
-from job_helpers import job_done, job_result
+from job_helpers import job_result
 from restore_helpers import backup_file, same_image
 
 
@@ -33,11 +33,13 @@ def test_restore_disk_into_a_file(api_client, appliance, tmp_path):
     missing = api_client.post(f"/api/v1/backups/{backup_id}/disks/vdz/restore", json={"target": str(tmp_path / "y")})
     assert missing.status_code == 404 and missing.json()["error"]["code"] == "DiskNotFoundError", missing.text
     assert "vdz" in missing.json()["error"]["message"] and not list(tmp_path.glob("*y*"))
-    # A refusal only the restore itself finds (the target's directory is a file): the job fails, nothing is made.
+    # A target whose directory is a file: refused as the request comes (the host-path check), no job, nothing made.
     (tmp_path / "file").write_text("not a directory")
-    failed = job_done(api_client, api_client.post(f"/api/v1/backups/{backup_id}/disks/vda/restore",
-                                                  json={"target": str(tmp_path / "file" / "vda.raw")}))
-    assert failed["state"] == "failed" and "does not exist" in failed["error"]
+    jobs = len(api_client.get("/api/v1/jobs").json())
+    refused = api_client.post(f"/api/v1/backups/{backup_id}/disks/vda/restore",
+                              json={"target": str(tmp_path / "file" / "vda.raw")})
+    assert refused.status_code == 400 and "does not exist" in refused.json()["error"]["message"], refused.text
+    assert len(api_client.get("/api/v1/jobs").json()) == jobs and (tmp_path / "file").read_text() == "not a directory"
 
 
 def test_restore_vm_as_new_and_over(api_client, appliance):
