@@ -80,9 +80,11 @@ class LocalClient:
                 if ended or time.monotonic() - checked >= CHECK_INTERVAL:
                     checked = time.monotonic()
                     current = JobOut.model_validate(jobs.get(job.id))
-                    yield current
                     if current.state in FINISHED_STATES:
+                        jobs.settle(job.id)   # the command may exit once its worker let go of the job
+                        yield current
                         return
+                    yield current
 
     def cancel_job(self, job_id: str) -> JobOut:
         return JobOut.model_validate(self.appliance.jobs.cancel(job_id))

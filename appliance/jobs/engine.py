@@ -53,6 +53,7 @@ from .records import (
 log = logging.getLogger("cairn.jobs")
 T = TypeVar("T")
 PROGRESS_INTERVAL = 0.5   # seconds between progress writes to the catalog
+SETTLE_TIMEOUT = 30.0     # seconds a finished job's worker may take to close its event loop
 POLL_INTERVAL = 0.5       # seconds between asks for a resource another process holds
 CATALOG_OUTAGE = 30.0     # seconds a runner waits for a catalog that stopped answering
 OUTAGE_RETRY = 1.0        # seconds between its tries meanwhile
@@ -188,7 +189,12 @@ class JobEngine:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"job {job_id} still {rec.state} after {timeout:.0f} s")
             time.sleep(0.1)
+        self.settle(job_id)
         return rec
+
+    def settle(self, job_id: str, timeout: float = SETTLE_TIMEOUT) -> None:
+        """Once a job is finished: wait for this process's worker to let go of it (queue.settle)."""
+        self._queues.settle(job_id, timeout)
 
     def active(self) -> list[JobRecord]:
         with self.catalog() as s:

@@ -17,6 +17,7 @@ class ResourceQueues:
         self._run = run
         self._pending: dict[str, collections.deque[str]] = {}
         self._lock = threading.Lock()
+        self._let_go = threading.Condition(self._lock)
 
     def submit(self, resource: str, job_id: str) -> None:
         with self._lock:
@@ -39,6 +40,15 @@ class ResourceQueues:
             finally:
                 with self._lock:
                     self._pending[resource].popleft()
+                    self._let_go.notify_all()
+
+    def settle(self, job_id: str, timeout: float) -> bool:
+        """Wait until this process's worker has let go of the job: it is finished in the catalog a
+        moment before its worker closes its event loop (which starts a thread to join the loop's
+        executor), and a process that exits in that moment crashes in the interpreter's
+        finalization. False if the worker still holds it after `timeout`."""
+        with self._let_go:
+            return self._let_go.wait_for(lambda: not any(job_id in q for q in self._pending.values()), timeout)
 
 
 class Capacity:
