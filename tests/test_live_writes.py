@@ -19,7 +19,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from backup_helpers import boot_guest_vm, run, same_content, wait_serial
+from backup_helpers import new_guest_vm, run, same_content, wait_serial, write_pattern
 
 from appliance.backups.options import BackupOptions
 from appliance.context import Appliance
@@ -86,12 +86,22 @@ def differs(image: str, reference: Path) -> bool:
 def test_backups_taken_while_the_guest_writes_equal_qemus_own_copy_of_their_instant(
         appliance: Appliance, guest_kernel, tmp_path: Path, transport: str):
     vm = f"writing{transport}"
-    boot_guest_vm(appliance, guest_kernel, vm, [2 * GiB, 2 * GiB], append=WRITER)
+    new_guest_vm(appliance, guest_kernel, vm, [2 * GiB, 2 * GiB], WRITER)
+    # Data for the full backup to read (beyond where the guest writes for a long while), so that
+    # it lasts through several of the guest's writes however quick the data path is.
+    for disk in appliance.vms.spec(vm).disks:
+        subprocess.run(["qemu-io", "-f", "qcow2", "-c", f"write -P 0x5a {GiB} {768 << 20}", disk.path],
+                       check=True, capture_output=True)
+    run(appliance.vms.start(vm))
+    wait_serial(appliance, vm, "CAIRN: READY")
     wait_serial(appliance, vm, "CAIRN: WRITE n=3 ")
     try:
         for kind in ("full", "incremental"):
             folder = tmp_path / kind
             folder.mkdir()
+            if kind == "incremental":   # as much again for it to read: new data where the full read some
+                for disk in DISKS:
+                    run(write_pattern(appliance, vm, disk, 0x5b, GiB, 768 << 20))
             references = run(add_references(appliance, vm, folder))
             before = writes_so_far(appliance, vm)
             with joined_to_the_freeze(reference_copies):
