@@ -132,6 +132,33 @@ def ingest_images(store: Store, vm: str, images: dict[str, Path], **session_args
     return manifest
 
 
+def gc_locks_exclude_and_expire(store: Store, other: Store, data: bytes, expire: Callable[[str], None]) -> str:
+    """A backend's locks, through two Store objects on one location: a second GC is refused
+    while `other` holds the GC lock; a writer of `other` that vanishes (closed mid-backup) keeps
+    its unfinished backup until `expire(backup_id)` lets its lease lapse, and the next GC then
+    removes it. Returns that backup's id."""
+    import pytest
+
+    from dedup import StoreBusyError
+
+    held = other.backend.try_lock("locks/gc")
+    assert held is not None
+    with pytest.raises(StoreBusyError, match="another GC"):
+        collect_garbage(store)
+    held.release()
+    collect_garbage(store)
+
+    session = other.begin_backup("web1")
+    session.disk("vda", len(data)).put(0, data)
+    session._pipeline.drain()
+    other.close()   # the lease's heartbeat stops, as if the process had died
+    assert collect_garbage(store, grace=timedelta(0)).abandoned_backups_removed == ()
+    expire(session.backup_id)
+    report = collect_garbage(store, grace=timedelta(0))
+    assert report.abandoned_backups_removed == (f"web1/{session.backup_id}",)
+    return session.backup_id
+
+
 def backups_beside_gc(stores: dict[str, Store], images: dict[str, bytes], gc_store: Store,
                       *others: Callable[[], object]) -> dict[str, BackupManifest]:
     """Back up each VM's image (through its own Store object) while a GC without grace runs, and

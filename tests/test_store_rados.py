@@ -20,6 +20,7 @@ from store_helpers import (
     backups_beside_gc,
     block_ids,
     disk_image,
+    gc_locks_exclude_and_expire,
     ingest_images,
     read_back,
 )
@@ -27,7 +28,6 @@ from store_helpers import (
 from dedup import (
     RetentionPolicy,
     Store,
-    StoreBusyError,
     StoreFullError,
     StoreLocationError,
     StoreUnreachableError,
@@ -129,25 +129,9 @@ def test_two_backups_gc_and_verify_at_once_on_rados(rados_url, tmp_path):
 def test_rados_locks_exclude_a_second_gc_and_expire_with_their_holder(rados_url, monkeypatch):
     monkeypatch.setattr(rados_backend, "LOCK_SECONDS", 2)
     store = Store.init(rados_url, block_size=BLOCK, pack_size=PACK)
-    other = Store.open(rados_url)
-    held = other.backend.try_lock("locks/gc")
-    assert held is not None
-    with pytest.raises(StoreBusyError, match="another GC"):
-        collect_garbage(store)
-    held.release()
-    collect_garbage(store)
-
-    # A writer that vanished: its heartbeat stops, and once the OSD has expired its lock the next
-    # GC removes the unfinished backup.
-    session = other.begin_backup("web1")
-    session.disk("vda", MiB).put(0, os.urandom(MiB))
-    session._pipeline.drain()
-    other.close()
-    assert collect_garbage(store, grace=timedelta(0)).abandoned_backups_removed == ()
-    time.sleep(3.5)
-    report = collect_garbage(store, grace=timedelta(0))
-    assert report.abandoned_backups_removed == (f"web1/{session.backup_id}",)
-    assert store.backend.list("writers") == [] and store.backend.stat(f"backups/web1/{session.backup_id}") is None
+    # A writer that vanished: the OSD expires its lock once its heartbeat stops.
+    backup_id = gc_locks_exclude_and_expire(store, Store.open(rados_url), os.urandom(MiB), lambda _: time.sleep(3.5))
+    assert store.backend.list("writers") == [] and store.backend.stat(f"backups/web1/{backup_id}") is None
     store.close()
 
 

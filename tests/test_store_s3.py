@@ -20,6 +20,7 @@ from store_helpers import (
     backup_image,
     backups_beside_gc,
     disk_image,
+    gc_locks_exclude_and_expire,
     ingest_images,
     read_back,
 )
@@ -29,7 +30,6 @@ from dedup import (
     NotAStoreError,
     RetentionPolicy,
     Store,
-    StoreBusyError,
     StoreFullError,
     StoreLocationError,
     StoreUnreachableError,
@@ -112,22 +112,8 @@ def test_s3_store_prunes_collects_and_runs_two_backups_beside_gc(s3_url, tmp_pat
 def test_s3_locks_exclude_a_second_gc_and_go_stale_with_their_holder(s3_url, monkeypatch):
     monkeypatch.setattr(s3_backend, "LOCK_SECONDS", 2)
     store = Store.init(s3_url, block_size=BLOCK, pack_size=PACK)
-    other = Store.open(s3_url)
-    held = other.backend.try_lock("locks/gc")
-    assert held is not None
-    with pytest.raises(StoreBusyError, match="another GC"):
-        collect_garbage(store)
-    held.release()
-    collect_garbage(store)
-
-    session = other.begin_backup("web1")
-    session.disk("vda", MiB).put(0, os.urandom(MiB))
-    session._pipeline.drain()
-    other.close()   # the heartbeat stops, as if the process had died
-    assert collect_garbage(store, grace=timedelta(0)).abandoned_backups_removed == ()
-    time.sleep(3.5)
-    report = collect_garbage(store, grace=timedelta(0))
-    assert report.abandoned_backups_removed == (f"web1/{session.backup_id}",)
+    # A writer that vanished: its lock object goes stale once its heartbeat stops.
+    gc_locks_exclude_and_expire(store, Store.open(s3_url), os.urandom(MiB), lambda _: time.sleep(3.5))
     assert store.backend.list("writers") == []
     store.close()
 

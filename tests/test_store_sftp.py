@@ -25,6 +25,7 @@ from store_helpers import (
     block_pack,
     disk_image,
     flip_byte,
+    gc_locks_exclude_and_expire,
     ingest_images,
     read_back,
 )
@@ -33,7 +34,6 @@ from dedup import (
     RetentionPolicy,
     SshOptions,
     Store,
-    StoreBusyError,
     StoreLocationError,
     StoreUnreachableError,
     collect_garbage,
@@ -139,26 +139,16 @@ def test_sftp_store_prune_then_gc_frees_only_what_no_backup_needs(remote, tmp_pa
 def test_sftp_locks_exclude_a_second_gc_and_die_with_their_holder(remote):
     server, url, path = remote
     store = init_remote(server, url)
-    other = open_remote(server, url)
-    held = other.backend.try_lock("locks/gc")
-    assert held is not None
-    with pytest.raises(StoreBusyError, match="another GC"):
-        collect_garbage(store)
-    held.release()
-    collect_garbage(store)
 
-    # A writer that died without a word: its lease stops being refreshed, and once the lease is
-    # older than the TTL the next GC removes its unfinished backup.
-    session = other.begin_backup("web1")
-    session.disk("vda", CHUNK).put(0, random.Random(1).randbytes(CHUNK))
-    session._pipeline.drain()
-    other.close()  # the connection drops; the lease's heartbeat with it
-    assert collect_garbage(store, grace=timedelta(0)).abandoned_backups_removed == ()
-    lease = path / "writers" / session.backup_id
-    os.utime(lease, (time.time() - 600, lease.stat().st_mtime))
-    report = collect_garbage(store, grace=timedelta(0))
-    assert report.abandoned_backups_removed == (f"web1/{session.backup_id}",)
-    assert not lease.exists() and not (path / "backups" / "web1" / session.backup_id).exists()
+    # A writer that died without a word: its lease stops being refreshed, and is older than the
+    # TTL once its time is set back.
+    def age_lease(backup_id: str) -> None:
+        lease = path / "writers" / backup_id
+        os.utime(lease, (time.time() - 600, lease.stat().st_mtime))
+
+    backup_id = gc_locks_exclude_and_expire(store, open_remote(server, url), random.Random(1).randbytes(CHUNK),
+                                            age_lease)
+    assert not (path / "writers" / backup_id).exists() and not (path / "backups" / "web1" / backup_id).exists()
     store.close()
 
 
