@@ -9,32 +9,15 @@ another start is another process.
 from __future__ import annotations
 
 import os
-from functools import cache
-from pathlib import Path
 from typing import Any
 
-BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
-
-
-@cache
-def _boot_id() -> str:
-    return BOOT_ID.read_text().strip()
-
-
-def _stat_fields(pid: int) -> list[str] | None:
-    """/proc/PID/stat after the command name (which is in parentheses and may hold spaces)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except (FileNotFoundError, ProcessLookupError):
-        return None
-    return stat[stat.rindex(")") + 2:].split()
+from procs.identity import boot_id, stat_fields
 
 
 def start_of(pid: int) -> str | None:
     """When process `pid` started, as "<boot id>/<start time>"; None if there is no such process."""
-    fields = _stat_fields(pid)
-    # Field 22 of the whole line is the 20th after the command name (field 3, the state, is the 1st).
-    return f"{_boot_id()}/{fields[19]}" if fields else None
+    fields = stat_fields(pid)
+    return f"{boot_id()}/{fields[19]}" if fields else None
 
 
 def claim() -> dict[str, Any]:
@@ -46,7 +29,7 @@ def claim() -> dict[str, Any]:
 def on_this_boot(start: str | None) -> bool:
     """Whether a recorded start is of a process of this host's running boot: only such a pid
     can be looked up here (another host's, or an earlier boot's, names nothing here)."""
-    return start is not None and start.split("/", 1)[0] == _boot_id()
+    return start is not None and start.split("/", 1)[0] == boot_id()
 
 
 def ours(pid: int | None, start: str | None) -> bool:
@@ -59,5 +42,5 @@ def alive(pid: int | None, start: str | None) -> bool:
     record one, which an upgrade has restarted: its runner is gone."""
     if pid is None or start is None:
         return False
-    fields = _stat_fields(pid)
-    return fields is not None and fields[0] not in "ZX" and start == f"{_boot_id()}/{fields[19]}"
+    fields = stat_fields(pid)
+    return fields is not None and fields[0] not in "ZX" and start == f"{boot_id()}/{fields[19]}"

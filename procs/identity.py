@@ -10,14 +10,26 @@ from __future__ import annotations
 
 import os
 from dataclasses import asdict, dataclass
+from functools import cache
 from pathlib import Path
 from typing import Any
 
 BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
 
 
-def _boot() -> str:
+@cache
+def boot_id() -> str:
     return BOOT_ID.read_text().strip()
+
+
+def stat_fields(pid: int) -> list[str] | None:
+    """/proc/PID/stat after the command name (in parentheses, and it may hold spaces or
+    parentheses itself): the state is the first, the start time the 20th. None if no such process."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    return stat[stat.rindex(")") + 2:].split()
 
 
 @dataclass(frozen=True)
@@ -30,15 +42,10 @@ class ProcessId:
     def of(cls, pid: int) -> ProcessId | None:
         """The process running as `pid` now, None if none does (a zombie has ended: its
         descriptors, and the locks they held, are closed)."""
-        try:
-            stat = Path(f"/proc/{pid}/stat").read_text()
-        except (FileNotFoundError, ProcessLookupError):
+        fields = stat_fields(pid)
+        if fields is None or fields[0] in "ZX":
             return None
-        # The command name is in parentheses and may hold spaces or parentheses itself.
-        fields = stat[stat.rindex(")") + 2:].split()
-        if fields[0] in "ZX":   # field 3, the state
-            return None
-        return cls(pid, int(fields[19]), _boot())
+        return cls(pid, int(fields[19]), boot_id())
 
     @classmethod
     def me(cls) -> ProcessId:
