@@ -127,3 +127,31 @@ def test_messages_name_the_option_sizes_are_binary_and_results_take_json(cairn, 
     cairn("snapshot", "create", "src", "--name", "s1")
     reverted = json.loads(cairn("snapshot", "revert", "src", "s1", "--json").stdout)
     assert (reverted["name"], reverted["resumed"]) == ("s1", False)
+
+
+def test_every_commands_help_renders(appliance_data_dir: Path, monkeypatch):
+    """Every command's --help, as rich renders it (a bracket in a help text can read as markup)."""
+    import typer
+    from typer.testing import CliRunner
+
+    from appliance.cli.main import app
+
+    monkeypatch.setenv("CAIRN_DATA_DIR", str(appliance_data_dir))
+    root = typer.main.get_command(app)
+
+    def paths(command, prefix: list[str]) -> list[list[str]]:   # typer's own click: a group lists commands
+        found = [prefix]
+        if hasattr(command, "list_commands"):
+            ctx = command.context_class(command)
+            for name in command.list_commands(ctx):
+                sub = command.get_command(ctx, name)
+                assert sub is not None, name
+                found += paths(sub, [*prefix, name])
+        return found
+
+    commands = paths(root, [])
+    assert len(commands) > 80
+    runner = CliRunner()
+    for path in commands:
+        result = runner.invoke(app, [*path, "--help"], env={"COLUMNS": "80"})
+        assert result.exit_code == 0, (path, result.output, result.exception)

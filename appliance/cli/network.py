@@ -72,7 +72,7 @@ def pool_create_compute(name: str, host: list[str] = HOST_OPT) -> None:
 def pool_create_storage(name: str, path: str,
                         nfs: bool = typer.Option(False, "--nfs", help="PATH is the mount point of an NFS export.")) -> None:
     """A storage pool: an existing, writable folder VM disks can be created in, or a Ceph pool
-    (PATH rbd:POOL[/NAMESPACE][:conf=PATH][:id=USER]) where each disk is a thin RBD image."""
+    (PATH rbd:POOL\\[/NAMESPACE]\\[:conf=PATH]\\[:id=USER]) where each disk is a thin RBD image."""
     kind = "rbd" if path.startswith("rbd:") else "nfs" if nfs else "dir"
     pool = state.appliance.vms.pools.create_storage(name, kind, path)
     out.print(f"storage pool {pool.name}: {pool.kind} {pool.location}")

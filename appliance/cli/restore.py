@@ -125,7 +125,7 @@ def restore_vm_cmd(backup: str,
                    to_dir: Annotated[Path | None, typer.Option("--to-dir", help="Write every disk and vm.json into "
                                                          "this directory (store only).")] = None,
                    to_rbd: Annotated[str | None, typer.Option("--to-rbd", help="Write every disk into an RBD image "
-                                                  "<VM>-<disk> in rbd:POOL[/NAMESPACE]?conf=PATH&id=USER (store "
+                                                  "<VM>-<disk> in rbd:POOL\\[/NAMESPACE]?conf=PATH&id=USER (store "
                                                   "only; --json shows the definition pointing at them).")] = None,
                    as_name: Annotated[str | None, typer.Option("--as", help="Restore as a new VM of this name.")] = None,
                    storage_pool: Annotated[str | None, typer.Option(
