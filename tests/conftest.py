@@ -49,6 +49,17 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
         report.longrepr = f"skipped, but CI runs every test ($CAIRN_TEST_REQUIRE_ALL=1): {reason}"
 
 
+@pytest.fixture(autouse=True)
+def test_process_umask() -> Iterator[None]:
+    """`cairn` sets its process's umask to 077 first thing (appliance/cli/main.py), and the CLI tests
+    run it in this process: each test gets back the umask it started with, so that a later fixture
+    (a libvirt domain's folder, which QEMU's own user must reach) is not made under the CLI's."""
+    umask = os.umask(0o022)
+    os.umask(umask)
+    yield
+    os.umask(umask)
+
+
 @pytest.fixture(scope="session")
 def guest_kernel() -> GuestImage:
     """Kernel + initramfs of the test guest, built once and cached across runs."""

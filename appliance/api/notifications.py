@@ -20,6 +20,7 @@ from appliance.notifications.service import RuleUpdate, TargetSpec, target_dict
 
 from .answers import raises
 from .auth import Caller
+from .listing import PageSize
 
 
 class TestOut(BaseModel):
@@ -86,12 +87,12 @@ def notification_router(appliance: Appliance) -> APIRouter:
         notes.set_quiet_hours(None)
 
     @router.get("/alarms")
-    def list_alarms(firing: bool = False, limit: int = 200) -> list[dict[str, Any]]:
+    def list_alarms(firing: bool = False, limit: PageSize = 200) -> list[dict[str, Any]]:
         return notes.alarms(firing_only=firing, limit=limit)
 
     @router.get("/outbox")
     def list_outbox(state: Literal["pending", "delivered", "abandoned"] | None = None,
-                    limit: int = 200) -> list[dict[str, Any]]:
+                    limit: PageSize = 200) -> list[dict[str, Any]]:
         return notes.outbox(state, limit)
 
     return router
@@ -102,7 +103,7 @@ def alarm_router(appliance: Appliance) -> APIRouter:
     seen = visibility(appliance)
 
     @router.get("")
-    def alarms(caller: Caller, firing: bool = False, limit: int = 200) -> list[dict[str, Any]]:
+    def alarms(caller: Caller, firing: bool = False, limit: PageSize = 200) -> list[dict[str, Any]]:
         return [a for a in appliance.notifications.alarms(firing_only=firing, limit=limit)
                 if seen.sees_resource(caller, a["resource"])]
 

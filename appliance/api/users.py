@@ -14,6 +14,7 @@ from appliance.names import InvalidNameError
 
 from .answers import raises
 from .auth import Text, UserOut
+from .listing import PageSize, Skip
 
 
 class UserCreate(BaseModel):
@@ -79,8 +80,7 @@ def users_router(appliance: Appliance) -> APIRouter:
     def audit(actor: str | None = None, result: Literal["ok", "denied", "rejected", "failed"] | None = None,
               since: datetime | None = None,
               text: str | None = Query(None, max_length=200, description="in the path or the error, case aside"),
-              limit: int = Query(100, ge=1, le=1000),
-              offset: int = Query(0, ge=0)) -> list[AuditOut]:
+              limit: PageSize = 100, offset: Skip = 0) -> list[AuditOut]:
         """Newest first."""
         rows = appliance.audit.list(actor=actor, result=result, since=since, text=text, limit=limit, offset=offset)
         return [AuditOut.model_validate(r) for r in rows]
