@@ -15,27 +15,20 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from fastapi import Depends, FastAPI, Request, Response
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException
 
 from appliance.access.audit import record_changes
-from appliance.access.visibility import access_router, guard, vm_visible
-from appliance.backups.catalog import BackupCatalog
-from appliance.backups.records import BackupRecord
-from appliance.catalog.query import QueryError
+from appliance.access.visibility import access_router, guard
 from appliance.context import Appliance
 from appliance.error_statuses import roots, status_of
-from appliance.errors import NotFoundError
-from appliance.vms.records import VMRecord
-from dedup import BackupNotFoundError
 
-from .answers import declare_statuses, error_body, raises
-from .auth import Caller, auth_router, bearer
-from .listing import Query
-from .models import BackupOut, VMDetail, VMOut
+from .answers import declare_statuses, error_body
+from .auth import auth_router, bearer
+from .dependencies import serve
 from .users import users_router
 
 VERSION = "0.1.0"
@@ -59,7 +52,6 @@ def create_app(appliance: Appliance) -> FastAPI:
     and answers 404 for a VM, backup or job its caller may not see (visibility.guard)."""
     api = FastAPI(title="Cairn", version=VERSION, openapi_url="/api/v1/openapi.json", docs_url=None,
                   redoc_url=None, dependencies=[Depends(bearer), Depends(guard(appliance))])
-    backup_records = BackupCatalog(appliance.catalog)
     from .gate import RequestGate  # it answers with this module's error_body
     api.add_middleware(RequestGate, appliance=appliance)
     record_changes(api, appliance.audit)   # added last: outermost, it also records what the gate refuses
@@ -97,6 +89,7 @@ def create_app(appliance: Appliance) -> FastAPI:
     def health() -> Health:
         return Health(status="ok", version=VERSION, store=appliance.store.location)
 
+    serve(api, appliance)
     api.include_router(auth_router(appliance))
     api.include_router(users_router(appliance))
     api.include_router(access_router(appliance))
@@ -104,8 +97,9 @@ def create_app(appliance: Appliance) -> FastAPI:
     # Imported here: api_store builds on this module's error_body.
     from .store import store_router
     api.include_router(store_router(appliance))
-    from .snapshots import snapshot_router
-    api.include_router(snapshot_router(appliance))
+    from . import backups, snapshots
+    api.include_router(backups.router)
+    api.include_router(snapshots.router)
     # Jobs, events, policies, deletion; backups, store verify and GC are started as jobs.
     from .operations import operations_router
     api.include_router(operations_router(appliance))
@@ -127,29 +121,8 @@ def create_app(appliance: Appliance) -> FastAPI:
     # The web console: static files at /ui that call this API like any script.
     from appliance.web import mount_console
     mount_console(api)
-
-    @api.get("/api/v1/vms", response_model=list[VMOut], responses=raises(QueryError))
-    def list_vms(caller: Caller, query: Query, response: Response) -> list[VMOut]:
-        """A page of the VMs the caller sees, by name unless `sort` says otherwise (the list query:
-        docs/api.md); fields: name, state, pid, vcpus, memory_mib."""
-        return [VMOut.of(v) for v in appliance.vms.page(query, vm_visible(VMRecord.name, caller), response)]
-
-    @api.get("/api/v1/vms/{name}", response_model=VMDetail, responses=raises(NotFoundError))
-    def get_vm(name: str) -> VMDetail:
-        """The list's fields and the rest of the VM's definition (profile, NICs, boot, HA...)."""
-        return VMDetail.of(appliance.vms.show(name))
-
-    @api.get("/api/v1/backups", response_model=list[BackupOut], responses=raises(QueryError))
-    def list_backups(caller: Caller, query: Query, response: Response, vm: str | None = None,
-                     latest: bool = False) -> list[BackupOut]:
-        """A page of the backups the caller sees (of VM `vm`; with `latest`, each VM's newest
-        only), oldest first unless `sort` says otherwise (the list query: docs/api.md)."""
-        records = backup_records.page(query, vm_visible(BackupRecord.vm_name, caller), vm, response, latest)
-        return [BackupOut.model_validate(r) for r in records]
-
-    @api.get("/api/v1/backups/{backup_id}", response_model=BackupOut, responses=raises(BackupNotFoundError))
-    def get_backup(backup_id: str) -> BackupOut:
-        return BackupOut.model_validate(appliance.backups.get(backup_id))
+    from . import vms
+    api.include_router(vms.router)
 
     declare_statuses(api)
     return api

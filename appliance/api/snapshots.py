@@ -8,7 +8,6 @@ from typing import Any
 
 from fastapi import APIRouter
 
-from appliance.context import Appliance
 from appliance.jobs.params import (
     DeleteRequest,
     RevertRequest,
@@ -19,35 +18,38 @@ from appliance.jobs.params import (
 )
 
 from .auth import Caller
+from .dependencies import ApplianceDep
 from .jobs import SUBMIT_ERRORS, JobOut, submit_job
 from .models import snapshot_tree
 
+router = APIRouter(prefix="/api/v1/vms/{name}/snapshots", tags=["snapshots"])
 
-def snapshot_router(appliance: Appliance) -> APIRouter:
-    router = APIRouter(prefix="/api/v1/vms/{name}/snapshots", tags=["snapshots"])
-    service = appliance.snapshots
 
-    @router.get("")
-    def list_snapshots(name: str) -> dict[str, Any]:
-        return snapshot_tree(service, name)
+@router.get("")
+def list_snapshots(appliance: ApplianceDep, name: str) -> dict[str, Any]:
+    return snapshot_tree(appliance.snapshots, name)
 
-    @router.post("", response_model=JobOut, status_code=202, responses=SUBMIT_ERRORS)
-    def create_snapshot(caller: Caller, name: str, body: SnapshotRequest | None = None) -> JobOut:
-        params = SnapshotCreateParams(vm=name, **(body or SnapshotRequest()).model_dump())
-        return submit_job(appliance, caller, "snapshot.create", params)
 
-    @router.post("/{snapshot}/revert", response_model=JobOut, status_code=202, responses=SUBMIT_ERRORS)
-    def revert_snapshot(caller: Caller, name: str, snapshot: str, body: RevertRequest | None = None) -> JobOut:
-        params = SnapshotRevertParams(vm=name, snapshot=snapshot, **(body or RevertRequest()).model_dump())
-        return submit_job(appliance, caller, "snapshot.revert", params)
+@router.post("", response_model=JobOut, status_code=202, responses=SUBMIT_ERRORS)
+def create_snapshot(appliance: ApplianceDep, caller: Caller, name: str, body: SnapshotRequest | None = None) -> JobOut:
+    params = SnapshotCreateParams(vm=name, **(body or SnapshotRequest()).model_dump())
+    return submit_job(appliance, caller, "snapshot.create", params)
 
-    @router.delete("/{snapshot}", response_model=JobOut, status_code=202, responses=SUBMIT_ERRORS)
-    def delete_snapshot(caller: Caller, name: str, snapshot: str, body: DeleteRequest | None = None) -> JobOut:
-        params = SnapshotDeleteParams(vm=name, snapshot=snapshot, **(body or DeleteRequest()).model_dump())
-        return submit_job(appliance, caller, "snapshot.delete", params)
 
-    @router.post("/check")
-    async def check_snapshots(name: str, repair: bool = False) -> dict[str, Any]:
-        return vars(await service.check(name, fix=repair))
+@router.post("/{snapshot}/revert", response_model=JobOut, status_code=202, responses=SUBMIT_ERRORS)
+def revert_snapshot(appliance: ApplianceDep, caller: Caller, name: str, snapshot: str,
+                    body: RevertRequest | None = None) -> JobOut:
+    params = SnapshotRevertParams(vm=name, snapshot=snapshot, **(body or RevertRequest()).model_dump())
+    return submit_job(appliance, caller, "snapshot.revert", params)
 
-    return router
+
+@router.delete("/{snapshot}", response_model=JobOut, status_code=202, responses=SUBMIT_ERRORS)
+def delete_snapshot(appliance: ApplianceDep, caller: Caller, name: str, snapshot: str,
+                    body: DeleteRequest | None = None) -> JobOut:
+    params = SnapshotDeleteParams(vm=name, snapshot=snapshot, **(body or DeleteRequest()).model_dump())
+    return submit_job(appliance, caller, "snapshot.delete", params)
+
+
+@router.post("/check")
+async def check_snapshots(appliance: ApplianceDep, name: str, repair: bool = False) -> dict[str, Any]:
+    return vars(await appliance.snapshots.check(name, fix=repair))

@@ -10,20 +10,22 @@ from collections.abc import Awaitable, Callable
 from contextlib import suppress
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 from starlette.routing import WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from appliance.access.auth import Principal
-from appliance.access.visibility import visibility
+from appliance.access.visibility import visibility, vm_visible
+from appliance.catalog.query import QueryError
 from appliance.context import Appliance
 from appliance.deletion.deletables import deletion_service
 from appliance.deletion.protection import Impact
 from appliance.errors import ConflictError, NotFoundError
 from appliance.jobs.params import CloneParams, CloneRequest, MigrateParams, MigrateRequest
 from appliance.units import parse_size
+from appliance.vms.records import VMRecord
 from appliance.vms.service import VMOptions
 from vmm import VMError
 from vmm.console import ConsoleTokens, vnc_password
@@ -33,8 +35,10 @@ from vmm.spec import NicSpec, random_mac
 
 from .answers import raises
 from .auth import Caller, still_signed_in
+from .dependencies import ApplianceDep
 from .jobs import SUBMIT_ERRORS, JobOut, submit_job
-from .models import StoppedVM, VMDetail
+from .listing import Query
+from .models import StoppedVM, VMDetail, VMOut
 
 CONSOLE_PATH = "/api/v1/console"
 MAX_STOP_TIMEOUT = 3600.0   # a stop waits at most an hour for its guest (a force-stop cuts it short anyway)
@@ -142,6 +146,23 @@ class GroupOut(GroupIn):
     name: str
 
 
+# Every route may meet QEMU's refusals, a VM that is not there and one in the way.
+router = APIRouter(tags=["vms"], responses=raises(VMError, NotFoundError, ConflictError))
+
+
+@router.get("/api/v1/vms", response_model=list[VMOut], responses=raises(QueryError))
+def list_vms(appliance: ApplianceDep, caller: Caller, query: Query, response: Response) -> list[VMOut]:
+    """A page of the VMs the caller sees, by name unless `sort` says otherwise (the list query:
+    docs/api.md); fields: name, state, pid, vcpus, memory_mib."""
+    return [VMOut.of(v) for v in appliance.vms.page(query, vm_visible(VMRecord.name, caller), response)]
+
+
+@router.get("/api/v1/vms/{name}", response_model=VMDetail, responses=raises(NotFoundError))
+def get_vm(appliance: ApplianceDep, name: str) -> VMDetail:
+    """The list's fields and the rest of the VM's definition (profile, NICs, boot, HA...)."""
+    return VMDetail.of(appliance.vms.show(name))
+
+
 def vm_router(appliance: Appliance) -> APIRouter:
     vms = appliance.vms
     # A console ticket grants one VM's console to the credentials that asked for it.
@@ -157,7 +178,6 @@ def vm_router(appliance: Appliance) -> APIRouter:
             return str(paths.readable_file(caller, value, what))
         return str(vms.images.verified_raw_file(value))
 
-    # Every route may meet QEMU's refusals, a VM that is not there and one in the way.
     router = APIRouter(tags=["vms"], responses=raises(VMError, NotFoundError, ConflictError))
 
     @router.post("/api/v1/vms", response_model=VMDetail, status_code=201)
