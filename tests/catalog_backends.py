@@ -46,7 +46,7 @@ def postgres_database(template: str | None = None) -> Iterator[str]:
 @pytest.fixture(scope="session")
 def migrated_postgres_template() -> Iterator[str]:
     """The name of a database migrated to the newest schema, which each appliance's catalog
-    under `both_catalogs` copies: a copy takes a fraction of a run of every migration."""
+    on PostgreSQL copies: a copy takes a fraction of a run of every migration."""
     with postgres_database() as url:
         open_catalog(url).kw["bind"].dispose()   # no session may stay on a template
         name = make_url(url).database
@@ -64,20 +64,27 @@ def catalog_url(request: pytest.FixtureRequest) -> Iterator[str | None]:
         yield url
 
 
-BOTH_CATALOGS = "both_catalogs"
+SQLITE_ONLY = "sqlite_only"
+CHOOSES_ITS_CATALOG = {"catalog_url", "postgres_url", "postgres_server"}   # postgres_server: tests/postgres_server.py
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    """A test marked `both_catalogs` whose appliance has a catalog runs on SQLite, then on PostgreSQL."""
-    if "catalog_backend" in metafunc.fixturenames and metafunc.definition.get_closest_marker(BOTH_CATALOGS):
+    """Every test whose appliance has a catalog (`catalog_backend` among its fixtures) runs on SQLite,
+    then on PostgreSQL; not one that picks its catalog itself, nor one marked `sqlite_only(reason=...)`."""
+    if "catalog_backend" not in metafunc.fixturenames or CHOOSES_ITS_CATALOG & set(metafunc.fixturenames):
+        return
+    sqlite_only = metafunc.definition.get_closest_marker(SQLITE_ONLY)
+    if sqlite_only is None:
         metafunc.parametrize("catalog_backend", ["sqlite", "postgresql"], indirect=True)
+    elif not sqlite_only.kwargs.get("reason"):
+        raise pytest.UsageError(f"{metafunc.definition.nodeid}: @pytest.mark.sqlite_only needs reason=: "
+                                "which test proves its catalog work on PostgreSQL")
 
 
 @pytest.fixture
 def catalog_backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[str | None]:
-    """The catalog of the test's appliance: the data dir's SQLite file (None), or under the mark
-    `both_catalogs` a new PostgreSQL database too, named by $CAIRN_CATALOG_URL for the test's
-    appliance and every Cairn process it starts."""
+    """The catalog of the test's appliance: the data dir's SQLite file (None), then a new PostgreSQL
+    database, named by $CAIRN_CATALOG_URL for the test's appliance and every Cairn process it starts."""
     if getattr(request, "param", "sqlite") == "sqlite":
         monkeypatch.delenv("CAIRN_CATALOG_URL", raising=False)
         yield None

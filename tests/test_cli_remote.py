@@ -55,10 +55,11 @@ def served(appliance_data_dir: Path) -> Iterator[Served]:
 
 
 class Cli:
-    """`cairn` with an environment of its own: no CAIRN_* but what it is given, 80 columns."""
+    """`cairn` with an environment of its own: no CAIRN_* but the catalog's and what it is given, 80 columns."""
 
     def __init__(self, **env: str):
-        self.env = {**{k: v for k, v in os.environ.items() if not k.startswith("CAIRN_")}, "COLUMNS": "80", **env}
+        self.env = {**{k: v for k, v in os.environ.items() if not k.startswith("CAIRN_") or k == "CAIRN_CATALOG_URL"},
+                    "COLUMNS": "80", **env}
 
     def __call__(self, *args: str, code: int = 0, stdin: str | None = None, **env: str) -> subprocess.CompletedProcess:
         proc = subprocess.run([CAIRN, *args], env={**self.env, **env}, input=stdin, capture_output=True, text=True,

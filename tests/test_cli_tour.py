@@ -23,7 +23,7 @@ BACKUP_ID = re.compile(r"\b\d{8}T\d{6}Z-[0-9a-f]{4}\b")
 @pytest.fixture
 def cairn(appliance_data_dir: Path):
     """`cairn` on the data dir as a script runs it: no terminal (stdin from /dev/null), 80 columns."""
-    env = {**{k: v for k, v in os.environ.items() if not k.startswith("CAIRN_")},
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("CAIRN_") or k == "CAIRN_CATALOG_URL"},
            "CAIRN_DATA_DIR": str(appliance_data_dir), "COLUMNS": "80"}
 
     def call(*args: str, code: int = 0, stdin: str | None = None) -> subprocess.CompletedProcess:
