@@ -1,9 +1,55 @@
-"""The catalog backends a test can run on: SQLite always, PostgreSQL when $CAIRN_TEST_POSTGRES_URL names
-a role that may create databases (.ci/run sets it up). Each PostgreSQL test gets a database of its own.
+"""The catalog backends a test runs on: SQLite always, PostgreSQL when $CAIRN_TEST_POSTGRES_URL names
+a role that may create databases (.ci/run sets it up). Each PostgreSQL test gets a database of its own,
+a file copy of one migrated at the start of the session.
 
-A test picks its backend with the `catalog_url` fixture, or runs on both under the mark
-`both_catalogs`: its appliance's catalog (`catalog_backend`) is then each in turn, for every
-process it starts too ($CAIRN_CATALOG_URL). Which modules carry the mark, and why those: docs/scale-out.md."""
+Every test whose appliance has a catalog (`catalog_backend` among its fixtures: `appliance`,
+`appliance_data_dir`, the API clients) runs twice, `[sqlite]` then `[postgresql]`: its appliance
+and every Cairn process it starts ($CAIRN_CATALOG_URL) use that catalog. Nothing to mark, so no new
+test misses PostgreSQL. Not doubled: a test that chooses its catalog itself (`catalog_url`: SQLite
+and PostgreSQL as it says; `postgres_url`, `postgres_server`: several nodes, PostgreSQL only), and a
+test marked `@pytest.mark.sqlite_only(reason=...)` (a reason is required), for cost: its catalog
+work is what a doubled test does.
+
+SQLite only              | why                               | its catalog paths on PostgreSQL
+-------------------------+-----------------------------------+------------------------------------------
+backup_consistency,      | guests writing through backups    | test_jobs_backup (backups as jobs),
+ backup_disk_kinds,      | (each 20-60 s)                    | test_backup_checkpoints (the ledger),
+ backup_e2e, live_writes,|                                   | test_faults_backup (kills mid-backup)
+ backup_guest_agent,     |                                   |
+ backup_legacy,          |                                   |
+ backup_scattered,       |                                   |
+ backup_transports       |                                   |
+snapshots,               | guests' snapshot trees            | test_snapshot_crash (every journal step),
+ snapshot_memory,        |                                   | test_faults_snapshots
+ snapshot_random         |                                   |
+restore_vm,              | guests restored, cloned, booted   | test_restore_over_tree, test_faults_restore,
+ instant_restore,        |                                   | test_restore_api, test_clone_bases,
+ vm_clones, boot_test    |                                   | test_cli_tour (a boot test's record)
+vm_lifecycle, vm_import, | guests started, imported,         | test_api, test_security_images,
+ vm_deletion, console,   | deleted; VNC                      | test_security_visibility (the recycle bin),
+ network_disks,          |                                   | test_network_api (address leases)
+ network_vm, network_cli |                                   |
+host_pool, remote_host,  | hosts over SSH, in namespaces,    | test_security_paths, test_authz_matrix
+ helper_processes,       | libvirtd                          | (hosts), test_pools (compute pools),
+ libvirt_* (5 files)     |                                   | test_ha (HA), test_jobs
+rbd_vm, sync_ceph,       | Ceph                              | test_pools (rbd pools), test_sync,
+ rbd_instant_restore     |                                   | test_scheduler (sync policies)
+notifications            | guests, mail and webhook servers  | test_notifications_api, _rules
+web_pages, web_console,  | a browser (30-60 s each)          | test_web, test_authz_matrix (every route),
+ web_files, web_roles    |                                   | test_lists, test_security_downloads
+api_contract             | every operation fuzzed (80 s)     | test_authz_matrix, test_security_names
+model_data_path          | the data path's model (115 s)     | test_jobs_backup, test_snapshot_crash
+cli_remote               | the CLI through the API (30 s)    | test_cli_tour, test_cli (the same commands)
+and single tests in      | a guest, a 1 GiB disk, or a slow  | named in each mark (the module's other
+ test_cli, test_cli_tour,| CLI run (30-110 s)                | tests, or the routes' own tests)
+ test_jobs_cli, test_ha, |                                   |
+ test_metrics,           |                                   |
+ test_security_revocation|                                   |
+test_security_runners's  | on PostgreSQL another boot's      | test_nodes (a runner judged by its node)
+ backup runner           | runner may be another node's      |
+test_security_modes,     | the SQLite catalog's own file     | (nothing catalog-specific)
+ _paths, test_nodes (one)|                                   |
+"""
 from __future__ import annotations
 
 import os
@@ -117,7 +163,6 @@ def catalog_backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPa
     with postgres_database(request.getfixturevalue("migrated_postgres_template")) as url:
         monkeypatch.setenv("CAIRN_CATALOG_URL", url)
         yield url
-        monkeypatch.delenv("CAIRN_CATALOG_URL")
 
 
 @pytest.fixture

@@ -25,6 +25,9 @@ from web_helpers import PASSWORD, add_user, console_server
 from appliance.access.roles import Role
 from dedup import Store
 
+pytestmark = pytest.mark.sqlite_only(
+    reason="the CLI through the API (30 s); the same commands here: test_cli_tour, test_cli")
+
 CAIRN = str(Path(sys.executable).with_name("cairn"))
 # What differs between two runs of one command on two VMs: ids, times, process ids, durations.
 # What is stored new depends on what the store holds already.

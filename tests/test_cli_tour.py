@@ -82,6 +82,7 @@ def test_user_add_without_a_terminal_makes_a_password_and_says_so(cairn, applian
     assert "--password-stdin: stdin gave no password" in empty.stderr
 
 
+@pytest.mark.sqlite_only(reason="a guest stopped (30 s); VM states: test_api")
 def test_vm_stop_says_it_forces_the_vm_off(cairn):
     """A guest that ignores the power button (no OS: SeaBIOS finds nothing to boot)."""
     cairn("vm", "create", "deaf", "--disk", "1M")
@@ -107,6 +108,7 @@ def test_boot_test_of_a_disk_without_boot_signature_fails_at_once(cairn, tmp_pat
     assert time.monotonic() - started < 60, "not after the 120 s timeout"
 
 
+@pytest.mark.sqlite_only(reason="CLI messages (40 s); the commands' records: the tour's other tests")
 def test_messages_name_the_option_sizes_are_binary_and_results_take_json(cairn, tmp_path: Path):
     cairn("vm", "create", "src", "--disk", "4M")
     backup = json.loads(cairn("backup", "create", "src", "--json").stdout)["backup_id"]
