@@ -1,12 +1,22 @@
 """Protecting a backup in the console (headless Chromium against `cairn serve`): Protect marks the row
 "protected" from the API's answer alone (one round trip, no list asked for again), Unprotect lifts it
-the same way, and a prune keeps the protected backup."""
+the same way, a prune keeps the protected backup and deleting it is refused until it is unprotected."""
 from __future__ import annotations
 
 from pathlib import Path
 
 from job_helpers import job_result
-from web_helpers import add_user, api_client_of, chromium, click, console_server, element, screenshot, sign_in
+from web_helpers import (
+    add_user,
+    api_client_of,
+    chromium,
+    click,
+    confirm,
+    console_server,
+    element,
+    screenshot,
+    sign_in,
+)
 
 from appliance.access.roles import Role
 from appliance.context import Appliance
@@ -56,3 +66,23 @@ def test_protect_in_the_console_marks_the_row_from_the_answer(appliance_data_dir
         report = job_result(admin, admin.post("/api/v1/store/prune", json={"vm": "web", "keep_last": 1}))
         assert not report["removed"] and {m.backup_id for m in store.list_backups("web")} == {old, new}
         element(browser, f'{row}[data-protected="true"] .badge')
+
+        # Deleting it is refused while it is protected, in the API's words; unprotected, it goes to the
+        # recycle bin, its row marked so from the answer; restored from there in one round trip too.
+        click(browser, row, "Delete")
+        element(browser, "#notice", "unprotect it first")
+        click(browser, row, "Unprotect")
+        element(browser, f'{row}[data-protected="false"]')
+        browser.execute_script("performance.clearResourceTimings();")
+        click(browser, row, "Delete")
+        assert any("recycle bin" in t for t in confirm(browser))
+        element(browser, f"{row} .status-recycled")
+        assert api_paths(browser) == [f"/api/v1/backups/{old}"] * 2, "the dry run, then the deletion"
+        element(browser, "#sign-out").click()   # the recycle bin is the admin's
+        sign_in(browser, base, "root")
+        browser.get(f"{base}/ui/#/recycle-bin")
+        element(browser, f'tr[data-recycled="{old}"]')
+        browser.execute_script("performance.clearResourceTimings();")
+        click(browser, f'tr[data-recycled="{old}"]', "Restore")
+        element(browser, "main td", "the recycle bin is empty")
+        assert api_paths(browser)[0].endswith("/restore") and len(api_paths(browser)) == 1
