@@ -52,6 +52,7 @@ def alice(appliance: Appliance) -> TestClient:
     return client
 
 
+@pytest.mark.both_catalogs   # the protected column and its filter on SQLite and on PostgreSQL
 def test_protect_answers_the_new_state_and_a_prune_keeps_the_backup(appliance: Appliance, alice: TestClient,
                                                                      api_client: TestClient):
     old, new = backed_up(alice, "a1"), backed_up(alice, "a1")
