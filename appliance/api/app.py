@@ -22,14 +22,14 @@ from pydantic import BaseModel
 from starlette.exceptions import HTTPException
 
 from appliance.access.audit import record_changes
-from appliance.access.visibility import access_router, guard
+from appliance.access.visibility import guard
 from appliance.context import Appliance
 from appliance.error_statuses import roots, status_of
 
+from . import access, auth, users
 from .answers import declare_statuses, error_body
-from .auth import auth_router, bearer
+from .auth import bearer
 from .dependencies import serve
-from .users import users_router
 
 VERSION = "0.1.0"
 log = logging.getLogger(__name__)
@@ -90,9 +90,9 @@ def create_app(appliance: Appliance) -> FastAPI:
         return Health(status="ok", version=VERSION, store=appliance.store.location)
 
     serve(api, appliance)
-    api.include_router(auth_router(appliance))
-    api.include_router(users_router(appliance))
-    api.include_router(access_router(appliance))
+    api.include_router(auth.router)
+    api.include_router(users.router)
+    api.include_router(access.router)
 
     # Imported here: api_store builds on this module's error_body.
     from .store import store_router
