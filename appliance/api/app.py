@@ -94,15 +94,13 @@ def create_app(appliance: Appliance) -> FastAPI:
     api.include_router(users.router)
     api.include_router(access.router)
 
-    # Imported here: api_store builds on this module's error_body.
-    from .store import store_router
-    api.include_router(store_router(appliance))
-    from . import backups, snapshots
+    from . import backups, snapshots, store
+    api.include_router(store.router)
     api.include_router(backups.router)
     api.include_router(snapshots.router)
     # Jobs, events, policies, deletion; backups, store verify and GC are started as jobs.
-    from .operations import operations_router
-    api.include_router(operations_router(appliance))
+    from . import operations
+    api.include_router(operations.router)
     from .vms import vm_router
     api.include_router(vm_router(appliance))
     from .restores import restore_router
