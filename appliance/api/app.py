@@ -103,10 +103,10 @@ def create_app(appliance: Appliance) -> FastAPI:
     api.include_router(operations.router)
     from .vms import vm_router
     api.include_router(vm_router(appliance))
-    from .restores import restore_router
-    api.include_router(restore_router(appliance))
-    from .hosts import host_router
-    api.include_router(host_router(appliance))
+    from . import restores
+    api.include_router(restores.router)
+    from . import hosts
+    api.include_router(hosts.router)
     from .networks import network_router
     api.include_router(network_router(appliance))
     # Prometheus metrics at /metrics; alarms and where their messages go.
