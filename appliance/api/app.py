@@ -107,8 +107,8 @@ def create_app(appliance: Appliance) -> FastAPI:
     api.include_router(restores.router)
     from . import hosts
     api.include_router(hosts.router)
-    from .networks import network_router
-    api.include_router(network_router(appliance))
+    from . import networks
+    api.include_router(networks.router)
     # Prometheus metrics at /metrics; alarms and where their messages go.
     from .metrics import metrics_router, time_requests
     api.include_router(metrics_router(appliance))
