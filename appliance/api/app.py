@@ -110,12 +110,10 @@ def create_app(appliance: Appliance) -> FastAPI:
     from . import networks
     api.include_router(networks.router)
     # Prometheus metrics at /metrics; alarms and where their messages go.
-    from .metrics import metrics_router, time_requests
-    api.include_router(metrics_router(appliance))
-    time_requests(api)
-    from .notifications import alarm_router, notification_router
-    api.include_router(notification_router(appliance))
-    api.include_router(alarm_router(appliance))
+    from . import metrics, notifications
+    api.include_router(metrics.router)
+    metrics.time_requests(api)
+    api.include_router(notifications.router)
     # The web console: static files at /ui that call this API like any script.
     from appliance.web import mount_console
     mount_console(api)
