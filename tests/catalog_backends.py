@@ -36,7 +36,8 @@ rbd_vm, sync_ceph,       | Ceph                              | test_pools (rbd p
  rbd_instant_restore     |                                   | test_scheduler (sync policies)
 notifications            | guests, mail and webhook servers  | test_notifications_api, _rules
 web_pages, web_console,  | a browser (30-60 s each)          | test_web, test_authz_matrix (every route),
- web_files, web_roles    |                                   | test_lists, test_security_downloads
+ web_files, web_roles,  |                                   | test_lists, test_security_downloads,
+ web_protection          |                                   | test_backup_protection
 api_contract             | every operation fuzzed (80 s)     | test_authz_matrix, test_security_names
 model_data_path          | the data path's model (115 s)     | test_jobs_backup, test_snapshot_crash
 cli_remote               | the CLI through the API (30 s)    | test_cli_tour, test_cli (the same commands)
