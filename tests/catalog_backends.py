@@ -40,9 +40,10 @@ web_pages, web_console,  | a browser (30-60 s each)          | test_web, test_au
  web_protection          |                                   | test_backup_protection
 api_contract             | every operation fuzzed (80 s)     | test_authz_matrix, test_security_names
 model_data_path          | the data path's model (115 s)     | test_jobs_backup, test_snapshot_crash
-cli_remote               | the CLI through the API (30 s)    | test_cli_tour, test_cli (the same commands)
-and single tests in      | a guest, a 1 GiB disk, or a slow  | named in each mark (the module's other
- test_cli, test_cli_tour,| CLI run (30-110 s)                | tests, or the routes' own tests)
+cli_remote, cli          | the CLI, here and through the API | test_cli_tour (the same commands),
+                         | (25-110 s each)                   | test_restore_api, test_faults_restore
+and single tests in      | a guest, a 1 GiB backup, or a     | named in each mark (the module's other
+ test_cli_tour,          | slow CLI run (30-80 s)            | tests, or the routes' own tests)
  test_jobs_cli, test_ha, |                                   |
  test_metrics,           |                                   |
  test_security_revocation|                                   |

@@ -14,6 +14,9 @@ from store_helpers import block_ids, block_pack, flip_byte
 
 from dedup import Store
 
+pytestmark = pytest.mark.sqlite_only(
+    reason="the CLI over the same services as the API (25-110 s each); restores: test_restore_api, test_faults_restore")
+
 CAIRN = str(Path(sys.executable).with_name("cairn"))
 MiB = 1 << 20
 
@@ -122,7 +125,6 @@ def test_corrupted_block_is_named_and_target_not_left_complete(cairn, data_dir: 
 
 
 @pytest.mark.parametrize("fmt", ["raw", "qcow2"])
-@pytest.mark.sqlite_only(reason="sparse files, 1 GiB (55 s); restores' records: test_restore_api")
 def test_restoring_a_1gib_zero_disk_allocates_almost_nothing(cairn, tmp_path: Path, fmt: str):
     backup, _ = backed_up_vm(cairn, f"empty{fmt}", "1G", [])
     target = tmp_path / f"zero.{fmt}"
@@ -133,7 +135,6 @@ def test_restoring_a_1gib_zero_disk_allocates_almost_nothing(cairn, tmp_path: Pa
     assert info["virtual-size"] == 1 << 30 and info["format"] == fmt
 
 
-@pytest.mark.sqlite_only(reason="the store alone (45 s); a catalog rebuilt: test_store_cli_api")
 def test_disaster_recovery_needs_only_the_store(cairn, data_dir: Path, tmp_path: Path):
     cairn("vm", "create", "dr", "--disk", "16M", "--disk", "8M", "--memory", "128")
     disks = {name: disk_of(cairn, "dr", name) for name in ("vda", "vdb")}
@@ -188,7 +189,6 @@ def test_restore_files_lists_and_extracts_from_the_store_alone(cairn, tmp_path: 
     assert missing.returncode == 1 and "does not exist" in missing.stderr
 
 
-@pytest.mark.sqlite_only(reason="guests booted (110 s); the records: test_restore_api, test_cli_tour's boot test")
 def test_instant_restore_and_boot_test_from_the_cli(cairn, tmp_path: Path):
     """A VM that boots through the BIOS from its disk, backed up; then run from the backup at once."""
     cairn("vm", "create", "bios", "--disk", "8M")
