@@ -49,8 +49,9 @@ and single tests in      | a guest, a 1 GiB backup, or a     | named in each mar
  test_security_revocation|                                   |
 test_security_runners's  | on PostgreSQL another boot's      | test_nodes (a runner judged by its node)
  backup runner           | runner may be another node's      |
-test_security_modes,     | the SQLite catalog's own file     | (nothing catalog-specific)
- _paths, test_nodes (one)|                                   |
+test_security_modes,     | the SQLite catalog's own file,    | (nothing catalog-specific)
+ _paths, test_nodes (one)| or what a start on it imports     |
+ test_startup            |                                   |
 """
 from __future__ import annotations
 
