@@ -103,8 +103,9 @@ def create_app(appliance: Appliance) -> FastAPI:
     # Jobs, events, policies, deletion; backups, store verify and GC are started as jobs.
     from .operations import operations_router
     api.include_router(operations_router(appliance))
-    from .vms import vm_router
-    api.include_router(vm_router(appliance))
+    from . import vms
+    vms.serve_consoles(api)
+    api.include_router(vms.router)
     from .restores import restore_router
     api.include_router(restore_router(appliance))
     from .hosts import host_router
@@ -121,8 +122,6 @@ def create_app(appliance: Appliance) -> FastAPI:
     # The web console: static files at /ui that call this API like any script.
     from appliance.web import mount_console
     mount_console(api)
-    from . import vms
-    api.include_router(vms.router)
 
     declare_statuses(api)
     return api
