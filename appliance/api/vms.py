@@ -101,7 +101,7 @@ class DiskResize(BaseModel):
 
 class DiskAdd(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    size: Size | None = Field(None, gt=0, description="e.g. 10G; on `image` at least the image's (default: its size)")
+    size: Size | None = Field(None, description="e.g. 10G; on `image` at least the image's (default: its size)")
     format: Literal["qcow2", "raw"] | None = Field(None, description="default qcow2 (raw in a Ceph pool)")
     image: str | None = Field(None, description="a library disk image the new disk starts as (a thin layer over it)")
     storage_pool: str | None = Field(None, description="default: the storage pool of the VM's first disk")

@@ -32,11 +32,11 @@ from appliance.pools.networks import MAX_NICS
 from appliance.snapshots.records import SnapshotIntentRecord, SnapshotTreeRecord
 from chain import VMTree
 from chain.tree import Node, new_id
-from vmm import DiskSpec, VMSpec, create_disk, image_info
+from vmm import DiskSpec, VMSpec, VMSpecError, create_disk, image_info
 from vmm.images import copy_into
 from vmm.network_disks import RbdDisk, network_disk
 from vmm.rundir import exclusive
-from vmm.spec import MAC_RE, NicSpec, random_mac
+from vmm.spec import DISK_FORMATS, MAC_RE, NicSpec, random_mac
 
 from .records import VMRecord
 
@@ -80,9 +80,9 @@ class VMHardware:
         """A new disk for the stopped VM, after its others (the guest's next vdX)."""
         with self._stopped(name, "add a disk") as spec:
             if new.size is not None and new.size <= 0:
-                raise ConflictError(f"a disk's size must be positive, not {new.size}")
+                raise VMSpecError(f"a disk's size must be positive, not {new.size}")
             if new.size is None and new.image is None:
-                raise ConflictError("give the new disk a size, or a library image to start from")
+                raise VMSpecError("give the new disk a size, or a library image to start from")
             pool = self._pool_for(spec, new.storage_pool)
             rbd = pool is not None and pool.kind == "rbd"
             if pool is not None and rbd and new.format == "qcow2":
@@ -154,7 +154,7 @@ class VMHardware:
         with self._stopped(name, "add a NIC") as spec:
             mac = (new.mac or random_mac()).lower()
             if not MAC_RE.match(mac):
-                raise ConflictError(f"{new.mac!r} is not a locally administered unicast MAC (e.g. 52:54:00:12:34:56)")
+                raise VMSpecError(f"{new.mac!r} is not a locally administered unicast MAC (e.g. 52:54:00:12:34:56)")
             self._require_unused_mac(mac)
             if new.network is not None:
                 if new.mode != "user" or new.tap is not None or new.bridge is not None:
@@ -246,9 +246,9 @@ class VMHardware:
                 if not image.exists():
                     return DiskSpec(disk_name, image.filename, "raw")
                 continue
-            path = ((pool.path if pool else self.vms.settings.images_dir) / spec.name / f"{disk_name}.{fmt}")
-            if not path.exists():
-                return DiskSpec(disk_name, str(path), fmt)
+            folder = (pool.path if pool else self.vms.settings.images_dir) / spec.name
+            if not any((folder / f"{disk_name}.{kept}").exists() for kept in DISK_FORMATS):
+                return DiskSpec(disk_name, str(folder / f"{disk_name}.{fmt}"), fmt)
         raise ConflictError(f"VM {spec.name} has no free disk name left (at most {len(DISK_NAMES)} disks)")
 
     @staticmethod
