@@ -26,7 +26,7 @@ from appliance.deletion.protection import Impact
 from appliance.errors import ConflictError, NotFoundError
 from appliance.jobs.params import CloneParams, CloneRequest, MigrateParams, MigrateRequest
 from appliance.units import parse_size
-from appliance.vms.hardware import NewDisk, NewNic
+from appliance.vms.devices import NewDisk, NewNic
 from appliance.vms.records import VMRecord
 from appliance.vms.service import VMOptions
 from vmm import VMError

@@ -17,9 +17,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -38,6 +37,7 @@ from vmm.network_disks import RbdDisk, network_disk
 from vmm.rundir import exclusive
 from vmm.spec import DISK_FORMATS, MAC_RE, NicSpec, random_mac
 
+from .devices import NewDisk, NewNic
 from .records import VMRecord
 
 if TYPE_CHECKING:
@@ -46,27 +46,6 @@ if TYPE_CHECKING:
     from .service import VMService
 
 DISK_NAMES = [f"vd{c}" for c in "abcdefghijklmnopqrstuvwxyz"]
-
-
-@dataclass(frozen=True)
-class NewDisk:
-    """A disk to add: blank, or a thin layer on a library disk image."""
-    size: int | None = None          # bytes; on `image`, at least the image's (default: the image's)
-    format: Literal["qcow2", "raw"] | None = None   # default qcow2 in a folder; an RBD image is raw
-    image: str | None = None         # a library disk image the new disk starts as (never written)
-    storage_pool: str | None = None  # default: the pool of the VM's first disk, else the data dir
-
-
-@dataclass(frozen=True)
-class NewNic:
-    """A NIC to add: on a Cairn network (a tap on its bridge, an address reserved for its MAC),
-    or in one of vmm's own modes (user, tap, bridge)."""
-    network: str | None = None
-    mode: Literal["user", "tap", "bridge"] = "user"
-    tap: str | None = None
-    bridge: str | None = None
-    model: str | None = None         # vmm.spec.NIC_MODELS; default the VM's OS profile's
-    mac: str | None = None           # default a random locally administered one
 
 
 class VMHardware:
