@@ -7,6 +7,7 @@ from pathlib import Path
 
 from backup_helpers import MiB, paused_backup_with_reference, run, same_content, wait_serial, write_pattern
 from fastapi.testclient import TestClient
+from network_helpers import netns  # noqa: F401  (fixture)
 
 from appliance.context import Appliance
 from appliance.vms.records import VMRecord
@@ -199,3 +200,26 @@ def test_bad_input_gets_a_clear_error_and_changes_nothing(api_client: TestClient
         r = operator_client.request(method, path, json=body)
         assert r.status_code == 404, (path, r.text)
     assert api_client.get("/api/v1/vms/plain").json() == before
+
+
+def test_a_nic_on_a_network_gets_an_address_for_its_mac_and_gives_it_back(
+        api_client: TestClient, appliance: Appliance, netns: str):  # noqa: F811
+    assert api_client.post("/api/v1/pools", json={"kind": "address", "name": "lan-pool",
+                                                  "subnet": "10.71.0.0/28"}).status_code == 201
+    assert api_client.post("/api/v1/networks", json={"name": "lan", "address_pool": "lan-pool",
+                                                     "netns": netns}).status_code == 201
+    appliance.vms.create("onlan", [8 * MiB])
+    r = api_client.post("/api/v1/vms/onlan/nics", json={"mode": "bridge", "bridge": "br0", "network": "lan"})
+    assert r.status_code == 409 and "give it no mode" in r.json()["error"]["message"]
+    r = api_client.post("/api/v1/vms/onlan/nics", json={"network": "lan", "mac": "52:54:00:0a:00:02",
+                                                        "model": "virtio-net-pci"})
+    assert r.status_code == 201, r.text
+    nic = r.json()["nics"][0]
+    assert (nic["mode"], nic["mac"], nic["model"]) == ("tap", "52:54:00:0a:00:02", "virtio-net-pci")
+    attached = api_client.get("/api/v1/networks/lan/attachments").json()
+    assert [(a["vm"], a["nic"], a["mac"], a["address"]) for a in attached] == [
+        ("onlan", "net0", "52:54:00:0a:00:02", "10.71.0.2")]
+    r = api_client.delete("/api/v1/vms/onlan/nics/52:54:00:0A:00:02")
+    assert r.status_code == 200 and r.json()["nics"] == []
+    assert api_client.get("/api/v1/networks/lan/attachments").json() == []
+    assert api_client.get("/api/v1/pools/address/lan-pool").json()["leases"] == []
