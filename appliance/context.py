@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from appliance.backups.service import BackupService
     from appliance.hosts.service import HostService
     from appliance.jobs.engine import JobEngine
+    from appliance.metrics.exposition import Metrics
     from appliance.notifications.service import NotificationService
     from appliance.restores.service import RestoreService
     from appliance.snapshots.service import SnapshotService
@@ -141,3 +142,10 @@ class Appliance:
         from appliance.notifications.service import NotificationService
 
         return NotificationService(self.catalog, self.secrets)
+
+    @cached_property
+    def metrics(self) -> Metrics:
+        """What GET /metrics renders; it keeps its last measure of the store between scrapes."""
+        from appliance.metrics.exposition import Metrics
+
+        return Metrics(self)
