@@ -203,7 +203,7 @@ def test_bad_input_gets_a_clear_error_and_changes_nothing(api_client: TestClient
 
 
 def test_a_nic_on_a_network_gets_an_address_for_its_mac_and_gives_it_back(
-        api_client: TestClient, appliance: Appliance, netns: str):  # noqa: F811
+        api_client: TestClient, operator_client: TestClient, appliance: Appliance, netns: str):  # noqa: F811
     assert api_client.post("/api/v1/pools", json={"kind": "address", "name": "lan-pool",
                                                   "subnet": "10.71.0.0/28"}).status_code == 201
     assert api_client.post("/api/v1/networks", json={"name": "lan", "address_pool": "lan-pool",
@@ -223,3 +223,10 @@ def test_a_nic_on_a_network_gets_an_address_for_its_mac_and_gives_it_back(
     assert r.status_code == 200 and r.json()["nics"] == []
     assert api_client.get("/api/v1/networks/lan/attachments").json() == []
     assert api_client.get("/api/v1/pools/address/lan-pool").json()["leases"] == []
+
+    # An operator puts their own VM on the network (defining networks stays the admin's).
+    assert operator_client.post("/api/v1/vms", json={"name": "mine", "disks": ["8M"]}).status_code == 201
+    assert operator_client.post("/api/v1/networks/lan/attachments", json={"vm": "mine"}).status_code == 403
+    r = operator_client.post("/api/v1/vms/mine/nics", json={"network": "lan"})
+    assert r.status_code == 201 and r.json()["nics"][0]["mode"] == "tap", r.text
+    assert [a["vm"] for a in api_client.get("/api/v1/networks/lan/attachments").json()] == ["mine"]
