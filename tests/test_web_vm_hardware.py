@@ -1,11 +1,12 @@
 """The VM page's hardware section in headless Chromium against `cairn serve`: a stopped VM gets a
 disk and a network card and loses them again, each change shown from the API's answer alone (one
-request per action), a refusal shown in the API's words."""
+request per action), a refusal shown in the API's words; a VM created with its NIC on a network."""
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
+from network_helpers import netns  # noqa: F401  (fixture)
 from selenium.webdriver.common.by import By
 from test_web_pages import api_calls, fill_form, forget_api_calls, form_with
 from web_helpers import (
@@ -27,12 +28,16 @@ from dedup import Store
 pytestmark = pytest.mark.slow
 
 
-def test_a_disk_and_a_nic_added_and_removed_in_the_browser(appliance_data_dir: Path):
+def test_a_disk_and_a_nic_added_and_removed_in_the_browser(appliance_data_dir: Path, netns: str):  # noqa: F811
     Store.init(appliance_data_dir / "store")
     add_user(appliance_data_dir, "ops", Role.ADMIN)
     with console_server(appliance_data_dir) as base, chromium() as browser:
         with api_client_of(base, appliance_data_dir, "ops") as api:
             assert api.post("/api/v1/vms", json={"name": "box", "disks": ["16M"]}).status_code == 201
+            assert api.post("/api/v1/pools", json={"kind": "address", "name": "lan-pool",
+                                                   "subnet": "10.72.0.0/28"}).status_code == 201
+            assert api.post("/api/v1/networks", json={"name": "lan", "address_pool": "lan-pool",
+                                                      "netns": netns}).status_code == 201
         sign_in(browser, base, "ops")
         browser.get(f"{base}/ui/#/vm/box")
         element(browser, "[data-vm-state=stopped]")
@@ -69,3 +74,12 @@ def test_a_disk_and_a_nic_added_and_removed_in_the_browser(appliance_data_dir: P
         assert not Path(vdb).exists()
         # The boot disk offers no removal.
         assert not browser.find_elements(By.CSS_SELECTOR, 'tr[data-disk="vda"] button.danger')
+
+        # A new VM with its NIC on the network: created, then given the NIC (the network reserves its address).
+        element(browser, "header nav a", "VMs").click()
+        create = form_with(browser, "Create VM")
+        fill_form(create, {"name": "onlan", "disks": "8M", "nic": "network:lan"})
+        create.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+        element(browser, "[data-vm-state=stopped]")
+        element(browser, "details[data-hardware] summary").click()
+        element(browser, "tr[data-nic]", "tap")
