@@ -10,7 +10,7 @@ and PostgreSQL as it says; `postgres_url`, `postgres_server`: several nodes, Pos
 test marked `@pytest.mark.sqlite_only(reason=...)` (a reason is required), for cost: its catalog
 work is what a doubled test does.
 
-SQLite only              | why                               | its catalog paths on PostgreSQL
+SQLite only (test_*.py)  | why                               | its catalog paths on PostgreSQL
 -------------------------+-----------------------------------+------------------------------------------
 backup_consistency,      | guests writing through backups    | test_jobs_backup (backups as jobs),
  backup_disk_kinds,      | (each 20-60 s)                    | test_backup_checkpoints (the ledger),
@@ -36,15 +36,18 @@ rbd_vm, sync_ceph,       | Ceph                              | test_pools (rbd p
  rbd_instant_restore     |                                   | test_scheduler (sync policies)
 notifications            | guests, mail and webhook servers  | test_notifications_api, _rules
 web_pages, web_console,  | a browser (30-60 s each)          | test_web, test_authz_matrix (every route),
- web_files, web_roles,  |                                   | test_lists, test_security_downloads,
- web_protection          |                                   | test_backup_protection
+ web_files, web_roles,   |                                   | test_lists, test_security_downloads,
+ web_protection,         |                                   | test_backup_protection, test_vm_hardware
+ web_vm_hardware         |                                   |
 api_contract             | every operation fuzzed (80 s)     | test_authz_matrix, test_security_names
 model_data_path          | the data path's model (115 s)     | test_jobs_backup, test_snapshot_crash
-cli_remote, cli          | the CLI, here and through the API | test_cli_tour (the same commands),
-                         | (25-110 s each)                   | test_restore_api, test_faults_restore
+cli_remote, cli,         | the CLI, here and through the API | test_cli_tour (the same commands),
+ vm_hardware_cli         | (25-110 s each)                   | test_restore_api, test_faults_restore,
+                         |                                   | test_vm_hardware
 and single tests in      | a guest, a 1 GiB backup, or a     | named in each mark (the module's other
  test_cli_tour,          | slow CLI run (30-80 s)            | tests, or the routes' own tests)
  test_jobs_cli, test_ha, |                                   |
+ test_vm_hardware,       |                                   |
  test_metrics,           |                                   |
  test_security_revocation|                                   |
 test_security_runners's  | on PostgreSQL another boot's      | test_nodes (a runner judged by its node)
