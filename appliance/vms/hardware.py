@@ -35,7 +35,7 @@ from vmm import DiskSpec, VMSpec, VMSpecError, create_disk, image_info
 from vmm.images import copy_into
 from vmm.network_disks import RbdDisk, network_disk
 from vmm.rundir import exclusive
-from vmm.spec import DISK_FORMATS, MAC_RE, NicSpec, random_mac
+from vmm.spec import DISK_FORMATS, MAC_RE, NIC_MODELS, NicSpec, random_mac
 
 from .devices import NewDisk, NewNic
 from .records import VMRecord
@@ -57,17 +57,20 @@ class VMHardware:
 
     def add_disk(self, name: str, new: NewDisk) -> DiskSpec:
         """A new disk for the stopped VM, after its others (the guest's next vdX)."""
+        # The request is checked before the VM's lock is taken: a refused one leaves nothing behind.
+        if new.size is not None and new.size <= 0:
+            raise VMSpecError(f"a disk's size must be positive, not {new.size}")
+        if new.size is None and new.image is None:
+            raise VMSpecError("give the new disk a size, or a library image to start from")
+        if new.image is not None:
+            self.vms.images.get(new.image)
+        pool = self._pool_for(self.vms.spec(name), new.storage_pool)
+        rbd = pool is not None and pool.kind == "rbd"
+        if pool is not None and rbd and new.format == "qcow2":
+            raise ConflictError(f"storage pool {pool.name} is a Ceph pool: its disks are raw images")
+        if new.image is not None and new.format == "raw" and not rbd:
+            raise ConflictError("a disk on a library image is a qcow2 layer over it, not raw")
         with self._stopped(name, "add a disk") as spec:
-            if new.size is not None and new.size <= 0:
-                raise VMSpecError(f"a disk's size must be positive, not {new.size}")
-            if new.size is None and new.image is None:
-                raise VMSpecError("give the new disk a size, or a library image to start from")
-            pool = self._pool_for(spec, new.storage_pool)
-            rbd = pool is not None and pool.kind == "rbd"
-            if pool is not None and rbd and new.format == "qcow2":
-                raise ConflictError(f"storage pool {pool.name} is a Ceph pool: its disks are raw images")
-            if new.image is not None and new.format == "raw" and not rbd:
-                raise ConflictError("a disk on a library image is a qcow2 layer over it, not raw")
             backing = str(self.vms.images.verified_path(new.image, "disk")) if new.image else None
             backing_format = self.vms.images.get(new.image).format if new.image else None
             size = new.size
@@ -95,10 +98,9 @@ class VMHardware:
     def remove_disk(self, name: str, disk: str, delete_file: bool = False) -> DiskSpec:
         """Take a disk out of the stopped VM; its file stays where it is unless `delete_file`
         (Cairn deletes only a file it made: in the VM's folders, or its RBD image)."""
+        self._disk(self.vms.spec(name), disk)   # first: asking for a disk it never had leaves no lock file
         with self._stopped(name, "remove a disk") as spec:
-            gone = next((d for d in spec.disks if d.name == disk), None)
-            if gone is None:
-                raise NotFoundError(f"VM {name} has no disk {disk}")
+            gone = self._disk(spec, disk)
             if gone is spec.disks[0]:
                 raise ConflictError(f"disk {disk} is the boot disk of VM {name} (its first); it cannot be removed")
             with self.catalog() as s:
@@ -130,34 +132,45 @@ class VMHardware:
 
     def add_nic(self, name: str, new: NewNic) -> NicSpec:
         """A new NIC for the stopped VM, after its others."""
+        # The request is checked before the VM's lock is taken: a refused one leaves nothing behind.
+        mac = (new.mac or random_mac()).lower()
+        if not MAC_RE.match(mac):
+            raise VMSpecError(f"{new.mac!r} is not a locally administered unicast MAC (e.g. 52:54:00:12:34:56)")
+        if new.network is not None:
+            if new.mode != "user" or new.tap is not None or new.bridge is not None:
+                raise ConflictError(f"a NIC on network {new.network} is a tap Cairn makes on its bridge: "
+                                    "give it no mode, tap or bridge")
+            if new.model is not None and new.model not in NIC_MODELS:
+                raise VMSpecError(f"NIC model {new.model!r} is not one of {', '.join(NIC_MODELS)}")
+            self.vms.networks.get(new.network)
+        else:
+            self._new_nic(self.vms.spec(name), new, mac).validate()
         with self._stopped(name, "add a NIC") as spec:
-            mac = (new.mac or random_mac()).lower()
-            if not MAC_RE.match(mac):
-                raise VMSpecError(f"{new.mac!r} is not a locally administered unicast MAC (e.g. 52:54:00:12:34:56)")
             self._require_unused_mac(mac)
             if new.network is not None:
-                if new.mode != "user" or new.tap is not None or new.bridge is not None:
-                    raise ConflictError(f"a NIC on network {new.network} is a tap Cairn makes on its bridge: "
-                                        "give it no mode, tap or bridge")
                 attached = self.vms.networks.attach(new.network, name, mac=mac, model=new.model)
                 return next(n for n in self.vms.spec(name).nics if n.name == attached.nic)
-            used = {n.name for n in spec.nics}
-            nic_name = next((f"net{i}" for i in range(MAX_NICS) if f"net{i}" not in used), None)
-            if nic_name is None:
-                raise ConflictError(f"VM {name} has {MAX_NICS} NICs already")
-            nic = NicSpec(nic_name, new.mode, mac, new.tap, new.bridge, new.model)
+            nic = self._new_nic(spec, new, mac)
             spec.nics.append(nic)
             spec.validate()
             with self.catalog.begin() as s:
                 self._record(s, spec)
             return nic
 
+    @staticmethod
+    def _new_nic(spec: VMSpec, new: NewNic, mac: str) -> NicSpec:
+        """The NIC `new` asks for, under the VM's first free NIC name."""
+        used = {n.name for n in spec.nics}
+        nic_name = next((f"net{i}" for i in range(MAX_NICS) if f"net{i}" not in used), None)
+        if nic_name is None:
+            raise ConflictError(f"VM {spec.name} has {MAX_NICS} NICs already")
+        return NicSpec(nic_name, new.mode, mac, new.tap, new.bridge, new.model)
+
     def remove_nic(self, name: str, mac: str) -> NicSpec:
         """Take the NIC with this MAC out of the stopped VM; on a network, its address is released."""
+        self._nic(self.vms.spec(name), mac)   # first: asking for a NIC it never had leaves no lock file
         with self._stopped(name, "remove a NIC") as spec:
-            gone = next((n for n in spec.nics if n.mac == mac.lower()), None)
-            if gone is None:
-                raise NotFoundError(f"VM {name} has no NIC with MAC {mac}")
+            gone = self._nic(spec, mac)
             if any(a.nic == gone.name for a in self.vms.networks.attachments(vm=name)):
                 self.vms.networks.detach_nic(name, gone.name)
                 return gone
@@ -167,6 +180,20 @@ class VMHardware:
             return gone
 
     # -- internals ----------------------------------------------------------------------------
+
+    @staticmethod
+    def _disk(spec: VMSpec, disk: str) -> DiskSpec:
+        found = next((d for d in spec.disks if d.name == disk), None)
+        if found is None:
+            raise NotFoundError(f"VM {spec.name} has no disk {disk}")
+        return found
+
+    @staticmethod
+    def _nic(spec: VMSpec, mac: str) -> NicSpec:
+        found = next((n for n in spec.nics if n.mac == mac.lower()), None)
+        if found is None:
+            raise NotFoundError(f"VM {spec.name} has no NIC with MAC {mac}")
+        return found
 
     @contextmanager
     def _stopped(self, name: str, doing: str) -> Iterator[VMSpec]:
