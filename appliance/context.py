@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from appliance.hosts.service import HostService
     from appliance.jobs.engine import JobEngine
     from appliance.jobs.plan import JobKind
+    from appliance.metrics.exposition import Metrics
     from appliance.notifications.service import NotificationService
     from appliance.restores.service import RestoreService
     from appliance.snapshots.service import SnapshotService
@@ -142,6 +143,13 @@ class Appliance:
         from appliance.notifications.service import NotificationService
 
         return NotificationService(self.catalog, self.secrets)
+
+    @cached_property
+    def metrics(self) -> Metrics:
+        """What GET /metrics renders; it keeps its last measure of the store between scrapes."""
+        from appliance.metrics.exposition import Metrics
+
+        return Metrics(self)
 
 
 class JobKinds(MutableMapping[str, "JobKind[Any]"]):

@@ -28,8 +28,8 @@ CAIRN = str(Path(sys.executable).with_name("cairn"))
 def cairn(appliance_data_dir: Path):
     env = {**os.environ, "CAIRN_DATA_DIR": str(appliance_data_dir), "COLUMNS": "400"}
 
-    def call(*args: str, status: int = 0) -> subprocess.CompletedProcess:
-        proc = subprocess.run([CAIRN, "store", *args], check=False, env=env, capture_output=True, text=True, timeout=60)
+    def call(*args: str, status: int = 0, group: str = "store") -> subprocess.CompletedProcess:
+        proc = subprocess.run([CAIRN, group, *args], check=False, env=env, capture_output=True, text=True, timeout=60)
         assert proc.returncode == status, proc.stderr
         assert "Traceback" not in proc.stderr
         return proc
@@ -74,7 +74,7 @@ def test_store_commands_end_to_end(cairn, appliance_data_dir: Path):
     assert f"disk vda bytes 0-{(256 << 10) - 1}" in catalog_records(appliance_data_dir)[ids[1]].damage[0]
     assert "used by web/" + ids[1] in cairn("verify", status=3).stdout
 
-    cairn("protect", ids[0])
+    cairn("protect", ids[0], group="backup")
     plan = json.loads(cairn("prune", "--vm", "web", "--keep-last", "1", "--dry-run", "--json").stdout)
     assert plan["removed"] == [ids[1]] and len(store.list_backups()) == 3
     assert "no rule keeps it" in cairn("prune", "--vm", "web", "--keep-last", "1").stdout
@@ -96,7 +96,7 @@ def test_store_command_errors(cairn, tmp_path: Path):
     assert "not a duration" in cairn("gc", "--grace", "soon", status=2).stderr
     cairn("init", "--store", str(tmp_path / "s"))
     assert "already a Cairn store" in cairn("init", "--path", str(tmp_path / "s"), status=1).stderr
-    assert "not found" in cairn("protect", "nope", "--store", str(tmp_path / "s"), status=1).stderr
+    assert "no backup nope" in cairn("protect", "nope", status=1, group="backup").stderr
 
 
 def test_store_api(appliance_data_dir: Path, appliance: Appliance, api_client: TestClient):

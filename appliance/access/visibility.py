@@ -24,7 +24,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import ColumnElement, and_, literal, or_, select, true
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.requests import Request  # FastAPI's, without loading FastAPI: `cairn vm list` imports this
@@ -40,8 +39,6 @@ from .records import UserRecord, VMAccessRecord
 from .roles import Role
 
 if TYPE_CHECKING:
-    from fastapi import APIRouter
-
     from .auth import Principal
 
 VM_RESOURCE = "vm:"
@@ -228,39 +225,3 @@ def guard(appliance: Any) -> Callable[[Request], None]:
                 getattr(checks, check)(who, value)
 
     return check_path
-
-
-# -- the admin's routes ---------------------------------------------------------------------------
-
-class AccessIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    owner: str | None = Field(None, max_length=64, description="a user name; none: shared with everyone")
-    group: str | None = Field(None, max_length=64, description="a group whose members see it too")
-
-
-class AccessOut(BaseModel):
-    vm: str
-    owner: str | None
-    group: str | None
-
-
-def access_router(appliance: Any) -> APIRouter:
-    """GET (who sees it) and PUT (admin: who owns it) /api/v1/vms/{name}/access."""
-    from fastapi import APIRouter
-
-    router = APIRouter(prefix="/api/v1/vms/{name}/access", tags=["vms"])
-    checks = visibility(appliance)
-
-    def out(rec: VMAccessRecord) -> AccessOut:
-        return AccessOut(vm=rec.vm_name, owner=rec.owner, group=rec.group)
-
-    @router.get("", response_model=AccessOut)
-    def get_access(name: str) -> AccessOut:
-        appliance.vms.spec(name)   # a 404 for a VM that does not exist
-        return out(checks.get(name))
-
-    @router.put("", response_model=AccessOut)
-    def set_access(name: str, body: AccessIn) -> AccessOut:
-        return out(checks.set(name, body.owner, body.group))
-
-    return router

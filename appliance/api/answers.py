@@ -16,6 +16,7 @@ from pydantic import BaseModel, Field
 
 from appliance.access.roles import Role, required_role
 from appliance.error_statuses import statuses
+from appliance.errors import CairnError
 
 
 class ErrorDetail(BaseModel):
@@ -45,6 +46,13 @@ MEANINGS = {
     503: "the catalog or the store cannot be reached",
     507: "the store is full (a pool quota, a full cluster or bucket): nothing was lost",
 }
+
+
+class BodyTooLargeError(CairnError):
+    """The request gate's (gate.py): a body over the limit. Defined here, beside `raises`, so
+    that a route declaring any CairnError (raises(CairnError)) declares it too, whichever of
+    the API's modules was imported first."""
+    status = 413
 
 
 def raises(*kinds: type[Exception]) -> dict[int | str, dict[str, Any]]:

@@ -22,14 +22,14 @@ from pydantic import BaseModel
 from starlette.exceptions import HTTPException
 
 from appliance.access.audit import record_changes
-from appliance.access.visibility import access_router, guard
+from appliance.access.visibility import guard
 from appliance.context import Appliance
 from appliance.error_statuses import roots, status_of
 
+from . import access, auth, users
 from .answers import declare_statuses, error_body
-from .auth import auth_router, bearer
+from .auth import bearer
 from .dependencies import serve
-from .users import users_router
 
 VERSION = "0.1.0"
 log = logging.getLogger(__name__)
@@ -90,34 +90,30 @@ def create_app(appliance: Appliance) -> FastAPI:
         return Health(status="ok", version=VERSION, store=appliance.store.location)
 
     serve(api, appliance)
-    api.include_router(auth_router(appliance))
-    api.include_router(users_router(appliance))
-    api.include_router(access_router(appliance))
+    api.include_router(auth.router)
+    api.include_router(users.router)
+    api.include_router(access.router)
 
-    # Imported here: api_store builds on this module's error_body.
-    from .store import store_router
-    api.include_router(store_router(appliance))
-    from . import backups, snapshots
+    from . import backups, snapshots, store
+    api.include_router(store.router)
     api.include_router(backups.router)
     api.include_router(snapshots.router)
     # Jobs, events, policies, deletion; backups, store verify and GC are started as jobs.
-    from .operations import operations_router
-    api.include_router(operations_router(appliance))
+    from . import operations
+    api.include_router(operations.router)
     from .vms import vm_router
     api.include_router(vm_router(appliance))
-    from .restores import restore_router
-    api.include_router(restore_router(appliance))
-    from .hosts import host_router
-    api.include_router(host_router(appliance))
-    from .networks import network_router
-    api.include_router(network_router(appliance))
+    from . import restores
+    api.include_router(restores.router)
+    from . import hosts
+    api.include_router(hosts.router)
+    from . import networks
+    api.include_router(networks.router)
     # Prometheus metrics at /metrics; alarms and where their messages go.
-    from .metrics import metrics_router, time_requests
-    api.include_router(metrics_router(appliance))
-    time_requests(api)
-    from .notifications import alarm_router, notification_router
-    api.include_router(notification_router(appliance))
-    api.include_router(alarm_router(appliance))
+    from . import metrics, notifications
+    api.include_router(metrics.router)
+    metrics.time_requests(api)
+    api.include_router(notifications.router)
     # The web console: static files at /ui that call this API like any script.
     from appliance.web import mount_console
     mount_console(api)

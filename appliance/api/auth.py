@@ -20,6 +20,7 @@ from appliance.errors import CairnError, ConflictError, ForbiddenError, NotFound
 from appliance.names import InvalidNameError
 
 from .answers import raises
+from .dependencies import ApplianceDep
 
 
 def _encodable(text: str) -> str:
@@ -134,62 +135,70 @@ class IssuedTokenOut(TokenOut):
     token: str = Field(description="`<id>.<secret>`: shown once, send it as `Authorization: Bearer <token>`")
 
 
-def auth_router(appliance: Appliance) -> APIRouter:
-    router = APIRouter(prefix="/api/v1", tags=["auth"])
+router = APIRouter(prefix="/api/v1", tags=["auth"])
 
-    @router.post("/auth/login", response_model=LoginOut, responses=raises(UnauthorizedError, TooManyAttemptsError))
-    def login(body: LoginRequest, request: Request) -> LoginOut:
-        request.state.claimed_user = body.username  # the audit line names who tried
-        client = request.client.host if request.client else ""
-        issued = appliance.auth.login(body.username, body.password, body.totp, client)
-        return LoginOut(token=issued.token, expires_at=issued.expires_at, user=UserOut.model_validate(issued.user))
 
-    @router.delete("/auth/session", status_code=204, responses=raises(CairnError))
-    def logout(caller: Caller, credentials: Annotated[HTTPAuthorizationCredentials, Depends(bearer)]) -> Response:
-        if caller.credential != "session":
-            raise CairnError("this is an access key, not a session: revoke it under /api/v1/tokens")
-        appliance.auth.logout(credentials.credentials)
-        return Response(status_code=204)
+@router.post("/auth/login", response_model=LoginOut, responses=raises(UnauthorizedError, TooManyAttemptsError))
+def login(appliance: ApplianceDep, body: LoginRequest, request: Request) -> LoginOut:
+    request.state.claimed_user = body.username  # the audit line names who tried
+    client = request.client.host if request.client else ""
+    issued = appliance.auth.login(body.username, body.password, body.totp, client)
+    return LoginOut(token=issued.token, expires_at=issued.expires_at, user=UserOut.model_validate(issued.user))
 
-    @router.get("/auth/me", response_model=UserOut)
-    def me(caller: Caller) -> UserOut:
-        return UserOut.model_validate(appliance.users.get(caller.name))
 
-    @router.get("/auth/rules", response_model=dict[str, list[str]])
-    def role_rule() -> dict[str, list[str]]:
-        """Which role each request needs (appliance/access/roles.py), as data: the console reads it
-        to offer only what the caller may do. Any signed-in user may read it."""
-        return the_rule()
+@router.delete("/auth/session", status_code=204, responses=raises(CairnError))
+def logout(appliance: ApplianceDep, caller: Caller,
+           credentials: Annotated[HTTPAuthorizationCredentials, Depends(bearer)]) -> Response:
+    if caller.credential != "session":
+        raise CairnError("this is an access key, not a session: revoke it under /api/v1/tokens")
+    appliance.auth.logout(credentials.credentials)
+    return Response(status_code=204)
 
-    @router.post("/auth/password", status_code=204, responses=raises(ForbiddenError, CairnError))
-    def change_password(caller: Caller, body: PasswordChange) -> Response:
-        appliance.users.change_password(caller.name, body.current, body.new)
-        return Response(status_code=204)
 
-    @router.post("/auth/totp", response_model=TotpEnrolmentOut, status_code=201, responses=raises(ConflictError))
-    def enrol_totp(caller: Caller) -> TotpEnrolmentOut:
-        enrolment = appliance.users.enrol_totp(caller.name)
-        return TotpEnrolmentOut(secret=enrolment.secret, uri=enrolment.uri)
+@router.get("/auth/me", response_model=UserOut)
+def me(appliance: ApplianceDep, caller: Caller) -> UserOut:
+    return UserOut.model_validate(appliance.users.get(caller.name))
 
-    @router.post("/auth/totp/confirm", response_model=UserOut, responses=raises(ForbiddenError, ConflictError))
-    def confirm_totp(caller: Caller, body: TotpCode) -> UserOut:
-        return UserOut.model_validate(appliance.users.confirm_totp(caller.name, body.code))
 
-    @router.get("/tokens", response_model=list[TokenOut])
-    def list_tokens(caller: Caller) -> list[TokenOut]:
-        return [_token_out(key, owner) for key, owner in appliance.auth.list_keys(caller)]
+@router.get("/auth/rules", response_model=dict[str, list[str]])
+def role_rule() -> dict[str, list[str]]:
+    """Which role each request needs (appliance/access/roles.py), as data: the console reads it
+    to offer only what the caller may do. Any signed-in user may read it."""
+    return the_rule()
 
-    @router.post("/tokens", response_model=IssuedTokenOut, status_code=201, responses=raises(InvalidNameError, CairnError))
-    def create_token(caller: Caller, body: TokenRequest) -> IssuedTokenOut:
-        days = body.expires_in_days
-        issued = appliance.auth.create_key(caller, body.name, timedelta(days=days) if days else None)
-        return IssuedTokenOut(token=issued.token, **_token_out(issued.record, caller.name).model_dump())
 
-    @router.delete("/tokens/{token_id}", response_model=TokenOut, responses=raises(NotFoundError))
-    def revoke_token(caller: Caller, token_id: str) -> TokenOut:
-        return _token_out(*appliance.auth.revoke_key(caller, token_id))
+@router.post("/auth/password", status_code=204, responses=raises(ForbiddenError, CairnError))
+def change_password(appliance: ApplianceDep, caller: Caller, body: PasswordChange) -> Response:
+    appliance.users.change_password(caller.name, body.current, body.new)
+    return Response(status_code=204)
 
-    return router
+
+@router.post("/auth/totp", response_model=TotpEnrolmentOut, status_code=201, responses=raises(ConflictError))
+def enrol_totp(appliance: ApplianceDep, caller: Caller) -> TotpEnrolmentOut:
+    enrolment = appliance.users.enrol_totp(caller.name)
+    return TotpEnrolmentOut(secret=enrolment.secret, uri=enrolment.uri)
+
+
+@router.post("/auth/totp/confirm", response_model=UserOut, responses=raises(ForbiddenError, ConflictError))
+def confirm_totp(appliance: ApplianceDep, caller: Caller, body: TotpCode) -> UserOut:
+    return UserOut.model_validate(appliance.users.confirm_totp(caller.name, body.code))
+
+
+@router.get("/tokens", response_model=list[TokenOut])
+def list_tokens(appliance: ApplianceDep, caller: Caller) -> list[TokenOut]:
+    return [_token_out(key, owner) for key, owner in appliance.auth.list_keys(caller)]
+
+
+@router.post("/tokens", response_model=IssuedTokenOut, status_code=201, responses=raises(InvalidNameError, CairnError))
+def create_token(appliance: ApplianceDep, caller: Caller, body: TokenRequest) -> IssuedTokenOut:
+    days = body.expires_in_days
+    issued = appliance.auth.create_key(caller, body.name, timedelta(days=days) if days else None)
+    return IssuedTokenOut(token=issued.token, **_token_out(issued.record, caller.name).model_dump())
+
+
+@router.delete("/tokens/{token_id}", response_model=TokenOut, responses=raises(NotFoundError))
+def revoke_token(appliance: ApplianceDep, caller: Caller, token_id: str) -> TokenOut:
+    return _token_out(*appliance.auth.revoke_key(caller, token_id))
 
 
 def _token_out(key: AccessKeyRecord, owner: str) -> TokenOut:

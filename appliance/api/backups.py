@@ -1,6 +1,9 @@
-"""Backups under /api/v1/backups: the list the caller sees, and one backup.
+"""Backups under /api/v1/backups: the list the caller sees, one backup, and its protection.
 
-Taking a backup is a job (api/jobs.py); restoring one is api/restores.py's.
+Taking a backup is a job (api/jobs.py); restoring one is api/restores.py's. Protecting one
+(never pruned, nor deleted while protected) answers the backup as it is then, for the caller to
+show without asking again: the operator's, like deleting one; the lock that nobody lifts before
+its date is the admin's (api/store.py).
 """
 from __future__ import annotations
 
@@ -8,9 +11,11 @@ from fastapi import APIRouter, Response
 
 from appliance.access.visibility import vm_visible
 from appliance.backups.catalog import BackupCatalog
+from appliance.backups.protection import BackupProtection
 from appliance.backups.records import BackupRecord
 from appliance.catalog.query import QueryError
-from dedup import BackupNotFoundError
+from appliance.errors import ConflictError, NotFoundError
+from dedup import BackupNotFoundError, StoreError
 
 from .answers import raises
 from .auth import Caller
@@ -34,3 +39,20 @@ def list_backups(appliance: ApplianceDep, caller: Caller, query: Query, response
 @router.get("/{backup_id}", response_model=BackupOut, responses=raises(BackupNotFoundError))
 def get_backup(appliance: ApplianceDep, backup_id: str) -> BackupOut:
     return BackupOut.model_validate(appliance.backups.get(backup_id))
+
+
+PROTECTION_ERRORS = raises(NotFoundError, ConflictError, StoreError)
+
+
+@router.put("/{backup_id}/protection", response_model=BackupOut, responses=PROTECTION_ERRORS)
+def protect_backup(appliance: ApplianceDep, backup_id: str) -> BackupOut:
+    """Protect the backup: no prune removes it and it cannot be deleted until it is unprotected
+    (the store's `protected` mark). Asking again changes nothing. A running, failed, pruned or
+    recycled backup is refused (409)."""
+    return BackupOut.model_validate(BackupProtection(appliance.catalog, appliance.store).protect(backup_id))
+
+
+@router.delete("/{backup_id}/protection", response_model=BackupOut, responses=PROTECTION_ERRORS)
+def unprotect_backup(appliance: ApplianceDep, backup_id: str) -> BackupOut:
+    """Unprotect the backup: retention rules and deletion apply to it again. Asking again changes nothing."""
+    return BackupOut.model_validate(BackupProtection(appliance.catalog, appliance.store).unprotect(backup_id))

@@ -25,7 +25,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from appliance.errors import CairnError, UnauthorizedError
 from appliance.units import human
 
-from .answers import error_body
+from .answers import BodyTooLargeError, error_body
 from .auth import authenticate, authorize
 
 API_PREFIX = "/api/v1/"
@@ -38,10 +38,6 @@ UPLOADS = (("PUT", re.compile(r"^/api/v1/images/[^/]+/?$")),)
 
 def is_upload(method: str, path: str) -> bool:
     return any(method == upload_method and pattern.match(path) for upload_method, pattern in UPLOADS)
-
-
-class BodyTooLargeError(CairnError):
-    status = 413
 
 
 class RequestGate:

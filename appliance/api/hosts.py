@@ -9,7 +9,6 @@ from typing import Any, Literal
 from fastapi import APIRouter, Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from appliance.context import Appliance
 from appliance.errors import ConflictError, NotFoundError
 from appliance.hosts.service import HOST_OPTIONS, HostCommandError, HostSpecError, HostUnreachableError
 from appliance.jobs.params import HostBackupParams, HostBackupRequest, LibvirtRestoreParams, LibvirtRestoreRequest
@@ -17,6 +16,7 @@ from vmm.hosts import HostError, HostVM
 
 from .answers import raises
 from .auth import Caller
+from .dependencies import ApplianceDep
 from .jobs import SUBMIT_ERRORS, JobOut, submit_job
 from .vms import MAX_STOP_TIMEOUT
 
@@ -81,69 +81,78 @@ def _vm(vm: HostVM) -> HostVMOut:
     return HostVMOut.model_validate(vm.to_dict())
 
 
-def host_router(appliance: Appliance) -> APIRouter:
-    # A bad definition, a host that is not there or does not answer, and what it refuses.
-    router = APIRouter(prefix="/api/v1/hosts", tags=["hosts"],
-                       responses=raises(HostSpecError, HostUnreachableError, HostCommandError, NotFoundError,
-                                        ConflictError, HostError))
-    hosts = appliance.hosts
+# A bad definition, a host that is not there or does not answer, and what it refuses.
+router = APIRouter(prefix="/api/v1/hosts", tags=["hosts"],
+                   responses=raises(HostSpecError, HostUnreachableError, HostCommandError, NotFoundError,
+                                    ConflictError, HostError))
 
-    @router.get("", response_model=list[HostOut])
-    def list_hosts() -> list[HostOut]:
-        return [HostOut(**h.to_dict()) for h in hosts.list()]
 
-    @router.post("", response_model=HostOut, status_code=201)
-    def add_host(caller: Caller, body: HostIn) -> HostOut:
-        for option in ("key_file", "known_hosts"):
-            if (path := getattr(body, option)) is not None and option in HOST_OPTIONS[body.kind]:
-                appliance.host_paths.readable_file(caller, path, option.replace("_", " "))
-        return HostOut(**hosts.add(body.name, body.uri, body.kind, body.key_file, body.known_hosts,
-                                   body.agent_dir, body.scratch_dir, body.libvirt_dir).to_dict())
+@router.get("", response_model=list[HostOut])
+def list_hosts(appliance: ApplianceDep) -> list[HostOut]:
+    return [HostOut(**h.to_dict()) for h in appliance.hosts.list()]
 
-    @router.get("/{name}", response_model=HostOut)
-    def get_host(name: str) -> HostOut:
-        return HostOut(**hosts.get(name).to_dict())
 
-    @router.delete("/{name}", status_code=204)
-    def remove_host(name: str) -> Response:
-        hosts.remove(name)
-        return Response(status_code=204)
+@router.post("", response_model=HostOut, status_code=201)
+def add_host(appliance: ApplianceDep, caller: Caller, body: HostIn) -> HostOut:
+    for option in ("key_file", "known_hosts"):
+        if (path := getattr(body, option)) is not None and option in HOST_OPTIONS[body.kind]:
+            appliance.host_paths.readable_file(caller, path, option.replace("_", " "))
+    return HostOut(**appliance.hosts.add(body.name, body.uri, body.kind, body.key_file, body.known_hosts,
+                                         body.agent_dir, body.scratch_dir, body.libvirt_dir).to_dict())
 
-    @router.get("/{name}/vms", response_model=list[HostVMOut])
-    def list_vms(name: str) -> list[HostVMOut]:
-        return [_vm(v) for v in hosts.vms(name)]
 
-    @router.get("/{name}/vms/{vm}", response_model=HostVMOut)
-    def get_vm(name: str, vm: str) -> HostVMOut:
-        return _vm(hosts.vm(name, vm))
+@router.get("/{name}", response_model=HostOut)
+def get_host(appliance: ApplianceDep, name: str) -> HostOut:
+    return HostOut(**appliance.hosts.get(name).to_dict())
 
-    @router.post("/{name}/vms/{vm}/start", response_model=HostVMOut)
-    def start_vm(name: str, vm: str) -> HostVMOut:
-        return _vm(hosts.start(name, vm))
 
-    @router.post("/{name}/vms/{vm}/stop", response_model=HostVMOut)
-    def stop_vm(name: str, vm: str, body: StopIn | None = None) -> HostVMOut:
-        body = body or StopIn()
-        return _vm(hosts.stop(name, vm, body.timeout, body.force))
+@router.delete("/{name}", status_code=204)
+def remove_host(appliance: ApplianceDep, name: str) -> Response:
+    appliance.hosts.remove(name)
+    return Response(status_code=204)
 
-    @router.get("/{name}/vms/{vm}/snapshots", response_model=list[str])
-    def list_snapshots(name: str, vm: str) -> list[str]:
-        return hosts.snapshots(name, vm)
 
-    @router.post("/{name}/vms/{vm}/snapshots", response_model=list[str], status_code=201)
-    def create_snapshot(name: str, vm: str, body: SnapshotIn) -> list[str]:
-        """A disk-only snapshot of a libvirt domain, all disks at one instant; returns its snapshots."""
-        return hosts.snapshot(name, vm, body.name)
+@router.get("/{name}/vms", response_model=list[HostVMOut])
+def list_vms(appliance: ApplianceDep, name: str) -> list[HostVMOut]:
+    return [_vm(v) for v in appliance.hosts.vms(name)]
 
-    @router.post("/{name}/vms/{vm}/backups", response_model=JobOut, status_code=202, responses=SUBMIT_ERRORS)
-    def back_up_vm(caller: Caller, name: str, vm: str, body: HostBackupRequest | None = None) -> JobOut:
-        params = HostBackupParams(host=name, vm=vm, **(body or HostBackupRequest()).model_dump())
-        return submit_job(appliance, caller, "host.backup", params)
 
-    @router.post("/{name}/restores", response_model=JobOut, status_code=202, responses=SUBMIT_ERRORS)
-    def restore_domain(caller: Caller, name: str, body: LibvirtRestoreRequest) -> JobOut:
-        """Restore a libvirt domain's backup into this libvirt host, as a new domain or over the one
-        backed up (the admin's: its disks go to any directory of the host)."""
-        return submit_job(appliance, caller, "restore.libvirt", LibvirtRestoreParams(host=name, **body.model_dump()))
+@router.get("/{name}/vms/{vm}", response_model=HostVMOut)
+def get_vm(appliance: ApplianceDep, name: str, vm: str) -> HostVMOut:
+    return _vm(appliance.hosts.vm(name, vm))
 
-    return router
+
+@router.post("/{name}/vms/{vm}/start", response_model=HostVMOut)
+def start_vm(appliance: ApplianceDep, name: str, vm: str) -> HostVMOut:
+    return _vm(appliance.hosts.start(name, vm))
+
+
+@router.post("/{name}/vms/{vm}/stop", response_model=HostVMOut)
+def stop_vm(appliance: ApplianceDep, name: str, vm: str, body: StopIn | None = None) -> HostVMOut:
+    body = body or StopIn()
+    return _vm(appliance.hosts.stop(name, vm, body.timeout, body.force))
+
+
+@router.get("/{name}/vms/{vm}/snapshots", response_model=list[str])
+def list_snapshots(appliance: ApplianceDep, name: str, vm: str) -> list[str]:
+    return appliance.hosts.snapshots(name, vm)
+
+
+@router.post("/{name}/vms/{vm}/snapshots", response_model=list[str], status_code=201)
+def create_snapshot(appliance: ApplianceDep, name: str, vm: str, body: SnapshotIn) -> list[str]:
+    """A disk-only snapshot of a libvirt domain, all disks at one instant; returns its snapshots."""
+    return appliance.hosts.snapshot(name, vm, body.name)
+
+
+@router.post("/{name}/vms/{vm}/backups", response_model=JobOut, status_code=202, responses=SUBMIT_ERRORS)
+def back_up_vm(appliance: ApplianceDep, caller: Caller, name: str, vm: str,
+               body: HostBackupRequest | None = None) -> JobOut:
+    params = HostBackupParams(host=name, vm=vm, **(body or HostBackupRequest()).model_dump())
+    return submit_job(appliance, caller, "host.backup", params)
+
+
+@router.post("/{name}/restores", response_model=JobOut, status_code=202, responses=SUBMIT_ERRORS)
+def restore_domain(appliance: ApplianceDep, caller: Caller, name: str, body: LibvirtRestoreRequest) -> JobOut:
+    """Restore a libvirt domain's backup into this libvirt host, as a new domain or over the one
+    backed up (the admin's: its disks go to any directory of the host)."""
+    return submit_job(appliance, caller, "restore.libvirt", LibvirtRestoreParams(host=name, **body.model_dump()))

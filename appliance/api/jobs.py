@@ -34,6 +34,7 @@ from vmm import VMError
 
 from .answers import raises
 from .auth import Caller, still_signed_in
+from .dependencies import ApplianceDep
 from .listing import Query
 from .models import EventOut, JobOut
 
@@ -102,85 +103,94 @@ def submit_job(appliance: Appliance, caller: Principal, kind: str, params: JobPa
     return JobOut.model_validate(job)
 
 
-def job_router(appliance: Appliance) -> APIRouter:
-    router = APIRouter(prefix="/api/v1", tags=["jobs"])
-    jobs = appliance.jobs
-    seen = visibility(appliance)
+router = APIRouter(prefix="/api/v1", tags=["jobs"])
 
-    @router.get("/jobs", response_model=list[JobOut], responses=raises(QueryError))
-    def list_jobs(caller: Caller, query: Query, response: Response) -> list[JobOut]:
-        return [JobOut.model_validate(r)
-                for r in jobs.page(query, vm_visible(JobRecord.resource, caller, resource=True), response)]
 
-    starting = APIRouter(route_class=JobRequestRoute)
+@router.get("/jobs", response_model=list[JobOut], responses=raises(QueryError))
+def list_jobs(appliance: ApplianceDep, caller: Caller, query: Query, response: Response) -> list[JobOut]:
+    return [JobOut.model_validate(r)
+            for r in appliance.jobs.page(query, vm_visible(JobRecord.resource, caller, resource=True), response)]
 
-    @starting.post("/jobs", response_model=JobOut, status_code=202, responses=SUBMIT_ERRORS)
-    def start_job(caller: Caller, body: JobRequest) -> JobOut:
-        """Any kind of job, with its parameters (see the kinds in the request's schema)."""
-        return submit_job(appliance, caller, body.kind, body.params)
 
-    router.include_router(starting)
+# POST /jobs says which of a job's parameters do not validate as the job engine does (JobRequestRoute).
+starting = APIRouter(route_class=JobRequestRoute)
 
-    @router.get("/jobs/{job_id}", response_model=JobOut, responses=raises(NotFoundError))
-    def get_job(job_id: str) -> JobOut:
-        return JobOut.model_validate(jobs.get(job_id))
 
-    @router.post("/jobs/{job_id}/cancel", response_model=JobOut, responses=raises(NotFoundError, ConflictError))
-    def cancel_job(job_id: str) -> JobOut:
-        return JobOut.model_validate(jobs.cancel(job_id))
+@starting.post("/jobs", response_model=JobOut, status_code=202, responses=SUBMIT_ERRORS)
+def start_job(appliance: ApplianceDep, caller: Caller, body: JobRequest) -> JobOut:
+    """Any kind of job, with its parameters (see the kinds in the request's schema)."""
+    return submit_job(appliance, caller, body.kind, body.params)
 
-    @router.post("/vms/{name}/backups", response_model=JobOut, status_code=202, responses=SUBMIT_ERRORS)
-    def start_backup(caller: Caller, name: str, body: BackupRequest | None = None) -> JobOut:
-        return submit_job(appliance, caller, "backup", BackupParams(vm=name, **(body or BackupRequest()).model_dump()))
 
-    @router.post("/store/verify-jobs", response_model=JobOut, status_code=202, responses=SUBMIT_ERRORS)
-    def start_verify(caller: Caller, body: VerifyParams | None = None) -> JobOut:
-        return submit_job(appliance, caller, "store.verify", body or VerifyParams())
+router.include_router(starting)
 
-    @router.post("/store/gc-jobs", response_model=JobOut, status_code=202, responses=SUBMIT_ERRORS)
-    def start_gc(caller: Caller, body: GcParams | None = None) -> JobOut:
-        return submit_job(appliance, caller, "store.gc", body or GcParams())
 
-    @router.get("/events", response_model=list[EventOut], responses=raises(QueryError))
-    def list_events(caller: Caller, query: Query, response: Response) -> list[EventOut]:
-        return [EventOut.model_validate(r)
-                for r in jobs.page_events(query, vm_visible(EventRecord.resource, caller, resource=True), response)]
+@router.get("/jobs/{job_id}", response_model=JobOut, responses=raises(NotFoundError))
+def get_job(appliance: ApplianceDep, job_id: str) -> JobOut:
+    return JobOut.model_validate(appliance.jobs.get(job_id))
 
-    def known_job(caller: Caller, job: str | None = None) -> str | None:
-        """A dependency, so an unknown (or invisible) job is a 404 before the stream starts."""
-        if job is not None:
-            jobs.get(job)
-            seen.check_job(caller, job)
-        return job
 
-    @router.get("/events/stream", response_class=EventSourceResponse, responses=raises(NotFoundError))
-    async def stream_events(caller: Caller, request: Request,
-                            job: str | None = Depends(known_job)) -> AsyncIterator[ServerSentEvent]:
-        """Events as they happen, job progress included. With `job`, only that job's, ending when it ends.
-        Events of VMs the caller may not see are left out (asked per event: VMs come and change hands).
-        The stream ends once the caller's session or key does (asked every second)."""
-        endings = {f"job.{state}" for state in FINISHED_STATES}
-        authorization = request.headers.get("authorization")
-        loop = asyncio.get_running_loop()
-        checked = loop.time()
-        with jobs.events.listen() as feed:
-            event: dict[str, Any] | None = None
-            while True:
-                if loop.time() - checked >= SIGNED_IN_CHECK:
-                    if not await asyncio.to_thread(still_signed_in, appliance, authorization):
-                        return
-                    checked = loop.time()
-                if job is not None and (event is None or event["kind"] in endings) and \
-                        (rec := jobs.get(job)).state in FINISHED_STATES:
-                    yield ServerSentEvent(event="job.end", data=JobOut.model_validate(rec).model_dump(mode="json"))
+@router.post("/jobs/{job_id}/cancel", response_model=JobOut, responses=raises(NotFoundError, ConflictError))
+def cancel_job(appliance: ApplianceDep, job_id: str) -> JobOut:
+    return JobOut.model_validate(appliance.jobs.cancel(job_id))
+
+
+@router.post("/vms/{name}/backups", response_model=JobOut, status_code=202, responses=SUBMIT_ERRORS)
+def start_backup(appliance: ApplianceDep, caller: Caller, name: str, body: BackupRequest | None = None) -> JobOut:
+    return submit_job(appliance, caller, "backup", BackupParams(vm=name, **(body or BackupRequest()).model_dump()))
+
+
+@router.post("/store/verify-jobs", response_model=JobOut, status_code=202, responses=SUBMIT_ERRORS)
+def start_verify(appliance: ApplianceDep, caller: Caller, body: VerifyParams | None = None) -> JobOut:
+    return submit_job(appliance, caller, "store.verify", body or VerifyParams())
+
+
+@router.post("/store/gc-jobs", response_model=JobOut, status_code=202, responses=SUBMIT_ERRORS)
+def start_gc(appliance: ApplianceDep, caller: Caller, body: GcParams | None = None) -> JobOut:
+    return submit_job(appliance, caller, "store.gc", body or GcParams())
+
+
+@router.get("/events", response_model=list[EventOut], responses=raises(QueryError))
+def list_events(appliance: ApplianceDep, caller: Caller, query: Query, response: Response) -> list[EventOut]:
+    visible = vm_visible(EventRecord.resource, caller, resource=True)
+    return [EventOut.model_validate(r) for r in appliance.jobs.page_events(query, visible, response)]
+
+
+def known_job(appliance: ApplianceDep, caller: Caller, job: str | None = None) -> str | None:
+    """A dependency, so an unknown (or invisible) job is a 404 before the stream starts."""
+    if job is not None:
+        appliance.jobs.get(job)
+        visibility(appliance).check_job(caller, job)
+    return job
+
+
+@router.get("/events/stream", response_class=EventSourceResponse, responses=raises(NotFoundError))
+async def stream_events(appliance: ApplianceDep, caller: Caller, request: Request,
+                        job: str | None = Depends(known_job)) -> AsyncIterator[ServerSentEvent]:
+    """Events as they happen, job progress included. With `job`, only that job's, ending when it ends.
+    Events of VMs the caller may not see are left out (asked per event: VMs come and change hands).
+    The stream ends once the caller's session or key does (asked every second)."""
+    jobs, seen = appliance.jobs, visibility(appliance)
+    endings = {f"job.{state}" for state in FINISHED_STATES}
+    authorization = request.headers.get("authorization")
+    loop = asyncio.get_running_loop()
+    checked = loop.time()
+    with jobs.events.listen() as feed:
+        event: dict[str, Any] | None = None
+        while True:
+            if loop.time() - checked >= SIGNED_IN_CHECK:
+                if not await asyncio.to_thread(still_signed_in, appliance, authorization):
                     return
-                try:
-                    event = await asyncio.to_thread(feed.get, True, 1.0)
-                except queue.Empty:
-                    event = None
-                    continue
-                if (job is None or event.get("job_id") == job) and seen.sees_resource(caller, event.get("resource")):
-                    yield ServerSentEvent(event=event["kind"], data=event,
-                                          id=str(event["id"]) if event.get("id") else None)
-
-    return router
+                checked = loop.time()
+            if job is not None and (event is None or event["kind"] in endings) and \
+                    (rec := jobs.get(job)).state in FINISHED_STATES:
+                yield ServerSentEvent(event="job.end", data=JobOut.model_validate(rec).model_dump(mode="json"))
+                return
+            try:
+                event = await asyncio.to_thread(feed.get, True, 1.0)
+            except queue.Empty:
+                event = None
+                continue
+            if (job is None or event.get("job_id") == job) and seen.sees_resource(caller, event.get("resource")):
+                yield ServerSentEvent(event=event["kind"], data=event,
+                                      id=str(event["id"]) if event.get("id") else None)

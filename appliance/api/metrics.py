@@ -18,24 +18,19 @@ from fastapi import APIRouter, FastAPI, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from appliance.access.visibility import visibility
-from appliance.context import Appliance
-from appliance.metrics.exposition import CONTENT_TYPE, Metrics
+from appliance.metrics.exposition import CONTENT_TYPE
 from appliance.metrics.live import API_LATENCY
 
 from .auth import Caller
+from .dependencies import ApplianceDep
+
+router = APIRouter(tags=["metrics"])
 
 
-def metrics_router(appliance: Appliance) -> APIRouter:
-    router = APIRouter(tags=["metrics"])
-    metrics = Metrics(appliance)
-    seen = visibility(appliance)
-
-    @router.get("/metrics", response_class=Response,
-                responses={200: {"content": {CONTENT_TYPE: {}}, "description": "Prometheus text format"}})
-    def scrape(caller: Caller) -> Response:
-        return Response(metrics.render(seen.hidden(caller)), media_type=CONTENT_TYPE)
-
-    return router
+@router.get("/metrics", response_class=Response,
+            responses={200: {"content": {CONTENT_TYPE: {}}, "description": "Prometheus text format"}})
+def scrape(appliance: ApplianceDep, caller: Caller) -> Response:
+    return Response(appliance.metrics.render(visibility(appliance).hidden(caller)), media_type=CONTENT_TYPE)
 
 
 def time_requests(api: FastAPI) -> None:

@@ -101,6 +101,8 @@ class BackupOut(BaseModel):
     bytes_stored: int
     error: str | None
     notes: list[str]
+    protected: bool = Field(description="never pruned, nor deleted until unprotected (the store's mark, "
+                                        "as the catalog last saw it)")
 
 
 class StepOut(BaseModel):

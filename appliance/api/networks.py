@@ -7,23 +7,20 @@ parse), something missing 404, something in the way (in use, exists, exhausted) 
 """
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Response
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, ConfigDict, Field
 
-from appliance.access.auth import Principal
-from appliance.access.host_paths import HostPaths
-from appliance.access.visibility import Seen, visibility
-from appliance.context import Appliance
+from appliance.access.visibility import visibility
 from appliance.errors import ConflictError, NotFoundError
-from appliance.pools.service import PoolError, PoolService, rbd_conf
+from appliance.pools.service import PoolError, rbd_conf
 from vmm import VMError
 
 from .answers import raises
 from .auth import Caller
+from .dependencies import ApplianceDep
 
 PoolKind = Literal["compute", "storage", "address"]
 
@@ -77,114 +74,118 @@ class AttachIn(BaseModel):
     vm: str
 
 
-def pools_router(pools: PoolService, paths: HostPaths, seen: Callable[[Principal], Seen]) -> APIRouter:
-    # A bad definition, what is not there or in the way, and `ip` or dnsmasq refusing.
-    router = APIRouter(tags=["pools"], responses=raises(PoolError, NotFoundError, ConflictError, VMError))
-
-    def pool_dicts(kind: PoolKind | None) -> list[dict[str, Any]]:
-        listed: list[Any] = []
-        if kind in (None, "compute"):
-            listed += pools.compute_pools()
-        if kind in (None, "storage"):
-            listed += pools.storage_pools()
-        if kind in (None, "address"):
-            listed += pools.address_pools()
-        return [p.to_dict() for p in listed]
-
-    @router.get("/api/v1/pools")
-    def list_pools(kind: Annotated[PoolKind | None, Query()] = None) -> list[dict[str, Any]]:
-        return pool_dicts(kind)
-
-    @router.post("/api/v1/pools", status_code=201)
-    async def create_pool(caller: Caller, body: PoolIn) -> dict[str, Any]:
-        if isinstance(body, ComputePoolIn):
-            return pools.create_compute(body.name, body.hosts).to_dict()
-        if isinstance(body, StoragePoolIn):
-            if body.type == "rbd":
-                # The conf names the cluster and, often, the keyring: a file the caller must be allowed to name.
-                if (conf := await run_in_threadpool(rbd_conf, body.name, body.path)) is not None:
-                    await run_in_threadpool(paths.readable_file, caller, conf, "Ceph configuration")
-            else:
-                await run_in_threadpool(paths.folder, caller, body.path, "storage pool folder")
-            # Probing a (possibly NFS) folder may block: not on the event loop.
-            made = await run_in_threadpool(pools.create_storage, body.name, body.type, body.path)
-            return made.to_dict()
-        return pools.create_address(body.name, body.subnet, body.gateway, body.first, body.last).to_dict()
-
-    @router.get("/api/v1/pools/{kind}/{name}")
-    async def get_pool(caller: Caller, kind: PoolKind, name: str) -> dict[str, Any]:
-        if kind == "compute":
-            return pools.compute_pool(name).to_dict()
-        if kind == "storage":
-            return (await run_in_threadpool(pools.storage_pool, name)).to_dict()
-        return {**pools.address_pool(name).to_dict(),
-                "leases": [lease.to_dict() for lease in pools.leases(name, seen=seen(caller))]}
-
-    @router.delete("/api/v1/pools/{kind}/{name}", status_code=204)
-    def delete_pool(kind: PoolKind, name: str) -> Response:
-        {"compute": pools.delete_compute, "storage": pools.delete_storage,
-         "address": pools.delete_address}[kind](name)
-        return Response(status_code=204)
-
-    @router.get("/api/v1/pools/address/{name}/leases")
-    def list_leases(caller: Caller, name: str) -> list[dict[str, Any]]:
-        return [lease.to_dict() for lease in pools.leases(name, seen=seen(caller))]
-
-    @router.post("/api/v1/pools/address/{name}/leases", status_code=201)
-    def allocate(name: str, body: LeaseIn) -> dict[str, Any]:
-        return pools.allocate(name, body.owner).to_dict()
-
-    @router.delete("/api/v1/pools/address/{name}/leases/{address}", status_code=204)
-    def release(name: str, address: str) -> Response:
-        pools.release(name, address)
-        return Response(status_code=204)
-
-    return router
+# A bad definition, what is not there or in the way, and `ip` or dnsmasq refusing.
+pool_routes = APIRouter(tags=["pools"], responses=raises(PoolError, NotFoundError, ConflictError, VMError))
 
 
-def networks_router(appliance: Appliance) -> APIRouter:
+@pool_routes.get("/api/v1/pools")
+def list_pools(appliance: ApplianceDep, kind: Annotated[PoolKind | None, Query()] = None) -> list[dict[str, Any]]:
+    pools = appliance.vms.pools
+    listed: list[Any] = []
+    if kind in (None, "compute"):
+        listed += pools.compute_pools()
+    if kind in (None, "storage"):
+        listed += pools.storage_pools()
+    if kind in (None, "address"):
+        listed += pools.address_pools()
+    return [p.to_dict() for p in listed]
+
+
+@pool_routes.post("/api/v1/pools", status_code=201)
+async def create_pool(appliance: ApplianceDep, caller: Caller, body: PoolIn) -> dict[str, Any]:
+    pools, paths = appliance.vms.pools, appliance.host_paths
+    if isinstance(body, ComputePoolIn):
+        return pools.create_compute(body.name, body.hosts).to_dict()
+    if isinstance(body, StoragePoolIn):
+        if body.type == "rbd":
+            # The conf names the cluster and, often, the keyring: a file the caller must be allowed to name.
+            if (conf := await run_in_threadpool(rbd_conf, body.name, body.path)) is not None:
+                await run_in_threadpool(paths.readable_file, caller, conf, "Ceph configuration")
+        else:
+            await run_in_threadpool(paths.folder, caller, body.path, "storage pool folder")
+        # Probing a (possibly NFS) folder may block: not on the event loop.
+        made = await run_in_threadpool(pools.create_storage, body.name, body.type, body.path)
+        return made.to_dict()
+    return pools.create_address(body.name, body.subnet, body.gateway, body.first, body.last).to_dict()
+
+
+@pool_routes.get("/api/v1/pools/{kind}/{name}")
+async def get_pool(appliance: ApplianceDep, caller: Caller, kind: PoolKind, name: str) -> dict[str, Any]:
+    pools = appliance.vms.pools
+    if kind == "compute":
+        return pools.compute_pool(name).to_dict()
+    if kind == "storage":
+        return (await run_in_threadpool(pools.storage_pool, name)).to_dict()
+    return {**pools.address_pool(name).to_dict(), "leases": list_leases(appliance, caller, name)}
+
+
+@pool_routes.delete("/api/v1/pools/{kind}/{name}", status_code=204)
+def delete_pool(appliance: ApplianceDep, kind: PoolKind, name: str) -> Response:
+    pools = appliance.vms.pools
+    {"compute": pools.delete_compute, "storage": pools.delete_storage, "address": pools.delete_address}[kind](name)
+    return Response(status_code=204)
+
+
+@pool_routes.get("/api/v1/pools/address/{name}/leases")
+def list_leases(appliance: ApplianceDep, caller: Caller, name: str) -> list[dict[str, Any]]:
+    return [lease.to_dict() for lease in appliance.vms.pools.leases(name, seen=visibility(appliance).seen(caller))]
+
+
+@pool_routes.post("/api/v1/pools/address/{name}/leases", status_code=201)
+def allocate(appliance: ApplianceDep, name: str, body: LeaseIn) -> dict[str, Any]:
+    return appliance.vms.pools.allocate(name, body.owner).to_dict()
+
+
+@pool_routes.delete("/api/v1/pools/address/{name}/leases/{address}", status_code=204)
+def release(appliance: ApplianceDep, name: str, address: str) -> Response:
+    appliance.vms.pools.release(name, address)
+    return Response(status_code=204)
+
+
+network_routes = APIRouter(tags=["networks"], responses=raises(PoolError, NotFoundError, ConflictError, VMError))
+
+
+@network_routes.get("/api/v1/networks")
+def list_networks(appliance: ApplianceDep) -> list[dict[str, Any]]:
     networks = appliance.vms.networks
-    router = APIRouter(tags=["networks"], responses=raises(PoolError, NotFoundError, ConflictError, VMError))
-    seen = visibility(appliance).seen
-
-    @router.get("/api/v1/networks")
-    def list_networks() -> list[dict[str, Any]]:
-        return [networks.status(n.name) for n in networks.list()]
-
-    @router.post("/api/v1/networks", status_code=201)
-    async def create_network(body: NetworkIn) -> dict[str, Any]:
-        made = await run_in_threadpool(networks.create, body.name, body.address_pool, body.bridge,
-                                       body.netns)
-        return networks.status(made.name)
-
-    @router.get("/api/v1/networks/{name}")
-    def get_network(caller: Caller, name: str) -> dict[str, Any]:
-        return {**networks.status(name),
-                "attachments": [a.to_dict() for a in networks.attachments(name, seen=seen(caller))]}
-
-    @router.delete("/api/v1/networks/{name}", status_code=204)
-    async def delete_network(name: str) -> Response:
-        await run_in_threadpool(networks.delete, name)
-        return Response(status_code=204)
-
-    @router.get("/api/v1/networks/{name}/attachments")
-    def list_attachments(caller: Caller, name: str) -> list[dict[str, Any]]:
-        return [a.to_dict() for a in networks.attachments(name, seen=seen(caller))]
-
-    @router.post("/api/v1/networks/{name}/attachments", status_code=201)
-    async def attach(name: str, body: AttachIn) -> dict[str, Any]:
-        return (await run_in_threadpool(networks.attach, name, body.vm)).to_dict()
-
-    @router.delete("/api/v1/networks/{name}/attachments/{vm}")
-    async def detach(name: str, vm: str) -> list[dict[str, Any]]:
-        return [a.to_dict() for a in await run_in_threadpool(networks.detach, name, vm)]
-
-    return router
+    return [networks.status(n.name) for n in networks.list()]
 
 
-def network_router(appliance: Appliance) -> APIRouter:
-    """Both routers, for one include line in api.py."""
-    router = APIRouter()
-    router.include_router(pools_router(appliance.vms.pools, appliance.host_paths, visibility(appliance).seen))
-    router.include_router(networks_router(appliance))
-    return router
+@network_routes.post("/api/v1/networks", status_code=201)
+async def create_network(appliance: ApplianceDep, body: NetworkIn) -> dict[str, Any]:
+    networks = appliance.vms.networks
+    made = await run_in_threadpool(networks.create, body.name, body.address_pool, body.bridge, body.netns)
+    return networks.status(made.name)
+
+
+@network_routes.get("/api/v1/networks/{name}")
+def get_network(appliance: ApplianceDep, caller: Caller, name: str) -> dict[str, Any]:
+    return {**appliance.vms.networks.status(name), "attachments": list_attachments(appliance, caller, name)}
+
+
+@network_routes.delete("/api/v1/networks/{name}", status_code=204)
+async def delete_network(appliance: ApplianceDep, name: str) -> Response:
+    await run_in_threadpool(appliance.vms.networks.delete, name)
+    return Response(status_code=204)
+
+
+@network_routes.get("/api/v1/networks/{name}/attachments")
+def list_attachments(appliance: ApplianceDep, caller: Caller, name: str) -> list[dict[str, Any]]:
+    seen = visibility(appliance).seen(caller)
+    return [a.to_dict() for a in appliance.vms.networks.attachments(name, seen=seen)]
+
+
+@network_routes.post("/api/v1/networks/{name}/attachments", status_code=201)
+async def attach(appliance: ApplianceDep, name: str, body: AttachIn) -> dict[str, Any]:
+    return (await run_in_threadpool(appliance.vms.networks.attach, name, body.vm)).to_dict()
+
+
+@network_routes.delete("/api/v1/networks/{name}/attachments/{vm}")
+async def detach(appliance: ApplianceDep, name: str, vm: str) -> list[dict[str, Any]]:
+    return [a.to_dict() for a in await run_in_threadpool(appliance.vms.networks.detach, name, vm)]
+
+
+# Both, for one include line in create_app.
+router = APIRouter()
+router.include_router(pool_routes)
+router.include_router(network_routes)

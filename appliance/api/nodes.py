@@ -6,7 +6,7 @@ from datetime import datetime
 from fastapi import APIRouter
 from pydantic import BaseModel, Field
 
-from appliance.context import Appliance
+from .dependencies import ApplianceDep
 
 
 class NodeOut(BaseModel):
@@ -24,15 +24,13 @@ class NodesOut(BaseModel):
     nodes: list[NodeOut]
 
 
-def node_router(appliance: Appliance) -> APIRouter:
-    router = APIRouter(prefix="/api/v1", tags=["nodes"])
+router = APIRouter(prefix="/api/v1", tags=["nodes"])
+
+
+@router.get("/nodes", response_model=NodesOut)
+def list_nodes(appliance: ApplianceDep) -> NodesOut:
     nodes = appliance.jobs.nodes
-
-    @router.get("/nodes", response_model=NodesOut)
-    def list_nodes() -> NodesOut:
-        leader = nodes.leader()
-        return NodesOut(leader=leader.node, term=leader.term, lease_expires_at=leader.expires_at,
-                        nodes=[NodeOut(name=n.name, address=n.address, alive=n.alive, heartbeat_at=n.heartbeat_at,
-                                       leader=n.name == leader.node) for n in nodes.status()])
-
-    return router
+    leader = nodes.leader()
+    return NodesOut(leader=leader.node, term=leader.term, lease_expires_at=leader.expires_at,
+                    nodes=[NodeOut(name=n.name, address=n.address, alive=n.alive, heartbeat_at=n.heartbeat_at,
+                                   leader=n.name == leader.node) for n in nodes.status()])

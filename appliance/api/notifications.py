@@ -11,7 +11,6 @@ from fastapi import APIRouter
 from pydantic import BaseModel
 
 from appliance.access.visibility import visibility
-from appliance.context import Appliance
 from appliance.errors import ConflictError, NotFoundError
 from appliance.notifications.delivery import DeliveryError
 from appliance.notifications.quiet import QuietHours
@@ -20,6 +19,7 @@ from appliance.notifications.service import RuleUpdate, TargetSpec, target_dict
 
 from .answers import raises
 from .auth import Caller
+from .dependencies import ApplianceDep
 from .listing import PageSize
 
 
@@ -28,83 +28,98 @@ class TestOut(BaseModel):
     payload: dict[str, Any]
 
 
-def notification_router(appliance: Appliance) -> APIRouter:
-    router = APIRouter(prefix="/api/v1/notifications", tags=["notifications"],
-                       responses=raises(NotFoundError, ConflictError, RuleParamsError))
-    notes = appliance.notifications
-
-    @router.get("/targets")
-    def list_targets() -> list[dict[str, Any]]:
-        return [target_dict(t) for t in notes.targets()]
-
-    @router.post("/targets", status_code=201)
-    def add_target(spec: TargetSpec) -> dict[str, Any]:
-        return target_dict(notes.put_target(spec, create=True))
-
-    @router.get("/targets/{name}")
-    def get_target(name: str) -> dict[str, Any]:
-        return target_dict(notes.target(name))
-
-    @router.put("/targets/{name}")
-    def replace_target(name: str, spec: TargetSpec) -> dict[str, Any]:
-        """Replace the target's settings; leave the secret out to keep the one it has."""
-        if spec.name != name:
-            raise ConflictError(f"the body names target {spec.name}, the path {name}: rename by removing and adding")
-        return target_dict(notes.put_target(spec))
-
-    @router.delete("/targets/{name}")
-    def remove_target(name: str) -> dict[str, Any]:
-        return target_dict(notes.remove_target(name))
-
-    @router.post("/targets/{name}/test", response_model=TestOut, responses=raises(DeliveryError))
-    def send_test(name: str) -> TestOut:
-        """Send a test message now (quiet hours do not apply); 502 says why the receiver did not take it."""
-        return TestOut(delivered=True, payload=notes.send_test(name))
-
-    @router.get("/rules")
-    def list_rules() -> list[dict[str, Any]]:
-        return notes.rules()
-
-    @router.get("/rules/{kind}")
-    def get_rule(kind: str) -> dict[str, Any]:
-        return notes.rule(kind)
-
-    @router.patch("/rules/{kind}")
-    def update_rule(kind: str, change: RuleUpdate) -> dict[str, Any]:
-        return notes.update_rule(kind, change)
-
-    @router.get("/quiet-hours", response_model=QuietHours | None)
-    def get_quiet_hours() -> QuietHours | None:
-        return notes.quiet_hours()
-
-    @router.put("/quiet-hours", response_model=QuietHours)
-    def set_quiet_hours(hours: QuietHours) -> QuietHours:
-        notes.set_quiet_hours(hours)
-        return hours
-
-    @router.delete("/quiet-hours", status_code=204)
-    def clear_quiet_hours() -> None:
-        notes.set_quiet_hours(None)
-
-    @router.get("/alarms")
-    def list_alarms(firing: bool = False, limit: PageSize = 200) -> list[dict[str, Any]]:
-        return notes.alarms(firing_only=firing, limit=limit)
-
-    @router.get("/outbox")
-    def list_outbox(state: Literal["pending", "delivered", "abandoned"] | None = None,
-                    limit: PageSize = 200) -> list[dict[str, Any]]:
-        return notes.outbox(state, limit)
-
-    return router
+notification_routes = APIRouter(prefix="/api/v1/notifications", tags=["notifications"],
+                                responses=raises(NotFoundError, ConflictError, RuleParamsError))
 
 
-def alarm_router(appliance: Appliance) -> APIRouter:
-    router = APIRouter(prefix="/api/v1/alarms", tags=["notifications"])
+@notification_routes.get("/targets")
+def list_targets(appliance: ApplianceDep) -> list[dict[str, Any]]:
+    return [target_dict(t) for t in appliance.notifications.targets()]
+
+
+@notification_routes.post("/targets", status_code=201)
+def add_target(appliance: ApplianceDep, spec: TargetSpec) -> dict[str, Any]:
+    return target_dict(appliance.notifications.put_target(spec, create=True))
+
+
+@notification_routes.get("/targets/{name}")
+def get_target(appliance: ApplianceDep, name: str) -> dict[str, Any]:
+    return target_dict(appliance.notifications.target(name))
+
+
+@notification_routes.put("/targets/{name}")
+def replace_target(appliance: ApplianceDep, name: str, spec: TargetSpec) -> dict[str, Any]:
+    """Replace the target's settings; leave the secret out to keep the one it has."""
+    if spec.name != name:
+        raise ConflictError(f"the body names target {spec.name}, the path {name}: rename by removing and adding")
+    return target_dict(appliance.notifications.put_target(spec))
+
+
+@notification_routes.delete("/targets/{name}")
+def remove_target(appliance: ApplianceDep, name: str) -> dict[str, Any]:
+    return target_dict(appliance.notifications.remove_target(name))
+
+
+@notification_routes.post("/targets/{name}/test", response_model=TestOut, responses=raises(DeliveryError))
+def send_test(appliance: ApplianceDep, name: str) -> TestOut:
+    """Send a test message now (quiet hours do not apply); 502 says why the receiver did not take it."""
+    return TestOut(delivered=True, payload=appliance.notifications.send_test(name))
+
+
+@notification_routes.get("/rules")
+def list_rules(appliance: ApplianceDep) -> list[dict[str, Any]]:
+    return appliance.notifications.rules()
+
+
+@notification_routes.get("/rules/{kind}")
+def get_rule(appliance: ApplianceDep, kind: str) -> dict[str, Any]:
+    return appliance.notifications.rule(kind)
+
+
+@notification_routes.patch("/rules/{kind}")
+def update_rule(appliance: ApplianceDep, kind: str, change: RuleUpdate) -> dict[str, Any]:
+    return appliance.notifications.update_rule(kind, change)
+
+
+@notification_routes.get("/quiet-hours", response_model=QuietHours | None)
+def get_quiet_hours(appliance: ApplianceDep) -> QuietHours | None:
+    return appliance.notifications.quiet_hours()
+
+
+@notification_routes.put("/quiet-hours", response_model=QuietHours)
+def set_quiet_hours(appliance: ApplianceDep, hours: QuietHours) -> QuietHours:
+    appliance.notifications.set_quiet_hours(hours)
+    return hours
+
+
+@notification_routes.delete("/quiet-hours", status_code=204)
+def clear_quiet_hours(appliance: ApplianceDep) -> None:
+    appliance.notifications.set_quiet_hours(None)
+
+
+@notification_routes.get("/alarms")
+def list_alarms(appliance: ApplianceDep, firing: bool = False, limit: PageSize = 200) -> list[dict[str, Any]]:
+    return appliance.notifications.alarms(firing_only=firing, limit=limit)
+
+
+@notification_routes.get("/outbox")
+def list_outbox(appliance: ApplianceDep, state: Literal["pending", "delivered", "abandoned"] | None = None,
+                limit: PageSize = 200) -> list[dict[str, Any]]:
+    return appliance.notifications.outbox(state, limit)
+
+
+alarm_routes = APIRouter(prefix="/api/v1/alarms", tags=["notifications"])
+
+
+@alarm_routes.get("")
+def alarms(appliance: ApplianceDep, caller: Caller, firing: bool = False,
+           limit: PageSize = 200) -> list[dict[str, Any]]:
     seen = visibility(appliance)
+    return [a for a in appliance.notifications.alarms(firing_only=firing, limit=limit)
+            if seen.sees_resource(caller, a["resource"])]
 
-    @router.get("")
-    def alarms(caller: Caller, firing: bool = False, limit: PageSize = 200) -> list[dict[str, Any]]:
-        return [a for a in appliance.notifications.alarms(firing_only=firing, limit=limit)
-                if seen.sees_resource(caller, a["resource"])]
 
-    return router
+# Both, for one include line in create_app.
+router = APIRouter()
+router.include_router(notification_routes)
+router.include_router(alarm_routes)

@@ -7,18 +7,10 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from appliance.context import Appliance
+from . import deletion, jobs, nodes, policies
 
-from .deletion import deletion_router
-from .jobs import job_router
-from .nodes import node_router
-from .policies import policy_router
-
-
-def operations_router(appliance: Appliance) -> APIRouter:
-    router = APIRouter()
-    router.include_router(job_router(appliance))
-    router.include_router(policy_router(appliance))
-    router.include_router(deletion_router(appliance))
-    router.include_router(node_router(appliance))
-    return router
+router = APIRouter()
+router.include_router(jobs.router)
+router.include_router(policies.router)
+router.include_router(deletion.router)
+router.include_router(nodes.router)

@@ -17,7 +17,6 @@ from fastapi.responses import FileResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.types import Receive, Scope, Send
 
-from appliance.context import Appliance
 from appliance.errors import ConflictError, NotFoundError
 from appliance.jobs.params import (
     DiskRestoreParams,
@@ -36,6 +35,7 @@ from vmm import VMError
 
 from .answers import raises
 from .auth import Caller
+from .dependencies import ApplianceDep
 from .jobs import SUBMIT_ERRORS, JobOut, submit_job
 from .models import BootTestOut, InstantRestoreOut
 
@@ -85,118 +85,125 @@ class BootTestRequest(BaseModel):
     marker: str = Field(default=DEFAULT_MARKER, min_length=1)
 
 
-def restore_router(appliance: Appliance) -> APIRouter:
-    router = APIRouter()
-    router.include_router(backup_restore_router(appliance))
-    router.include_router(instant_router(appliance))
-    return router
+# /api/v1/backups/{backup_id}/...: restore from one backup. Every route reads the backup from the
+# store, and what it restores to meets QEMU.
+backup_restores = APIRouter(prefix="/api/v1/backups/{backup_id}", tags=["restore"],
+                            responses=raises(NotFoundError, RestoreError, StoreError, VMError))
 
 
-def backup_restore_router(appliance: Appliance) -> APIRouter:
-    """/api/v1/backups/{backup_id}/...: restore from one backup."""
-    # Every route reads the backup from the store, and what it restores to meets QEMU.
-    router = APIRouter(prefix="/api/v1/backups/{backup_id}", tags=["restore"],
-                       responses=raises(NotFoundError, RestoreError, StoreError, VMError))
-
-    @router.post("/disks/{disk}/restore", response_model=JobOut, status_code=202, responses=SUBMIT_ERRORS)
-    def restore_one_disk(caller: Caller, backup_id: str, disk: str, body: DiskRestoreRequest) -> JobOut:
-        if "://" not in body.target and not body.target.startswith(RBD_SCHEME):   # a host path, not a URL
-            appliance.host_paths.disk_target(caller, body.target, "restore target")
-        return submit_job(appliance, caller, "restore.disk",
-                          DiskRestoreParams(backup_id=backup_id, disk=disk, **body.model_dump()))
-
-    @router.post("/restore", response_model=JobOut, status_code=202, responses=SUBMIT_ERRORS)
-    def restore_vm(caller: Caller, backup_id: str, body: VMRestoreRequest) -> JobOut:
-        if isinstance(body, RestoreOverRequest):
-            vm = appliance.store.get_backup(backup_id).vm
-            return submit_job(appliance, caller, "restore.over_vm",
-                              RestoreOverParams(backup_id=backup_id, vm=vm, stop=body.stop, verify=body.verify))
-        return submit_job(appliance, caller, "restore.new_vm",
-                          RestoreAsNewParams(backup_id=backup_id, name=body.name, verify=body.verify,
-                                             storage_pool=body.storage_pool))
-
-    @router.get("/disks/{disk}/files", response_model=list[FileEntryOut])
-    def list_files(backup_id: str, disk: str, path: str = "/", partition: int | None = None) -> list[FileEntryOut]:
-        """A directory of the disk's filesystem (partition: 1, 2, ... of an MBR/GPT disk)."""
-        with BackupFilesystem(appliance.store, backup_id, disk, partition) as fs:
-            return [FileEntryOut(**vars(e)) for e in fs.list(path)]
-
-    @router.get("/disks/{disk}/files/content")
-    def download_file(backup_id: str, disk: str, path: str, partition: int | None = None) -> StreamingResponse:
-        """One file's bytes. The filesystem is opened before the answer starts, so errors are
-        reported as such; it is released (mount, loop device, nbdfuse, nbdkit) however the
-        download ends: sent, failed, or abandoned by the client."""
-        headers = {"Content-Disposition": attachment(PurePosixPath(path).name)}
-        fs = BackupFilesystem(appliance.store, backup_id, disk, partition).mount()
-        try:
-            file = fs.open(path)
-        except BaseException:
-            fs.close()
-            raise
-
-        def content() -> Iterator[bytes]:
-            while block := file.read(DOWNLOAD_BLOCK):
-                yield block
-
-        def release() -> None:
-            file.close()
-            fs.close()
-        return ReleasingResponse(content(), release, media_type="application/octet-stream", headers=headers)
-
-    @router.post("/instant-restore", response_model=JobOut, status_code=202, responses=SUBMIT_ERRORS)
-    def start_instant_restore(caller: Caller, backup_id: str, body: InstantRestoreRequest) -> JobOut:
-        """Start VM `name` on the backup now; its disks are copied in while it runs."""
-        return submit_job(appliance, caller, "restore.instant",
-                          InstantRestoreParams(backup_id=backup_id, **body.model_dump()))
-
-    @router.post("/boot-test", response_model=BootTestOut)
-    async def boot_test(backup_id: str, body: BootTestRequest | None = None) -> BootTestOut:
-        """Boot the backup in an isolated, throw-away VM; answers with the recorded result."""
-        body = body or BootTestRequest()
-        result = await appliance.restores.boot_tests.run(backup_id, timeout=body.timeout, marker=body.marker)
-        return BootTestOut.of(result)
-
-    @router.get("/boot-tests", response_model=list[BootTestOut])
-    def boot_tests(backup_id: str) -> list[BootTestOut]:
-        appliance.store.get_backup(backup_id)   # a backup that is not there is not found, not one never tested
-        tests = appliance.restores.boot_tests
-        return [BootTestOut(id=r.id, backup_id=r.backup_id, vm_name=r.vm_name, passed=r.passed, reason=r.reason,
-                            seconds=r.seconds, console=r.console, has_screen=tests.screen_path(r.id).is_file())
-                for r in tests.history(backup_id)]
-
-    @router.get("/boot-tests/{test_id}/screen", response_class=FileResponse,
-                responses={200: {"content": {"image/png": {}}, "description": "the screen as a PNG"}})
-    def boot_test_screen(backup_id: str, test_id: int) -> FileResponse:
-        """What the booted backup's screen showed at the end of the boot test."""
-        tests = appliance.restores.boot_tests
-        if not any(r.id == test_id for r in tests.history(backup_id)) or not tests.screen_path(test_id).is_file():
-            raise NotFoundError(f"boot test {test_id} of backup {backup_id} has no screen")
-        return FileResponse(tests.screen_path(test_id), media_type="image/png")
-
-    return router
+@backup_restores.post("/disks/{disk}/restore", response_model=JobOut, status_code=202, responses=SUBMIT_ERRORS)
+def restore_one_disk(appliance: ApplianceDep, caller: Caller, backup_id: str, disk: str,
+                     body: DiskRestoreRequest) -> JobOut:
+    if "://" not in body.target and not body.target.startswith(RBD_SCHEME):   # a host path, not a URL
+        appliance.host_paths.disk_target(caller, body.target, "restore target")
+    return submit_job(appliance, caller, "restore.disk",
+                      DiskRestoreParams(backup_id=backup_id, disk=disk, **body.model_dump()))
 
 
-def instant_router(appliance: Appliance) -> APIRouter:
-    """/api/v1/instant-restores/{vm}: follow, throttle and resume instant restores. Looking at one
-    whose copy is complete finishes it (stops serving the backup)."""
-    router = APIRouter(prefix="/api/v1/instant-restores/{vm}", tags=["restore"],
-                       responses=raises(NotFoundError, ConflictError, RestoreError, StoreError, VMError))
-    instant = appliance.restores.instant
+@backup_restores.post("/restore", response_model=JobOut, status_code=202, responses=SUBMIT_ERRORS)
+def restore_vm(appliance: ApplianceDep, caller: Caller, backup_id: str, body: VMRestoreRequest) -> JobOut:
+    if isinstance(body, RestoreOverRequest):
+        vm = appliance.store.get_backup(backup_id).vm
+        return submit_job(appliance, caller, "restore.over_vm",
+                          RestoreOverParams(backup_id=backup_id, vm=vm, stop=body.stop, verify=body.verify))
+    return submit_job(appliance, caller, "restore.new_vm",
+                      RestoreAsNewParams(backup_id=backup_id, name=body.name, verify=body.verify,
+                                         storage_pool=body.storage_pool))
 
-    @router.get("", response_model=InstantRestoreOut)
-    async def instant_status(vm: str) -> InstantRestoreOut:
-        return InstantRestoreOut(**(await instant.poll(vm)).to_dict())
 
-    @router.post("/speed", response_model=InstantRestoreOut)
-    async def instant_speed(vm: str, body: SpeedRequest) -> InstantRestoreOut:
-        return InstantRestoreOut(**(await instant.set_speed(vm, body.speed)).to_dict())
+@backup_restores.get("/disks/{disk}/files", response_model=list[FileEntryOut])
+def list_files(appliance: ApplianceDep, backup_id: str, disk: str, path: str = "/",
+               partition: int | None = None) -> list[FileEntryOut]:
+    """A directory of the disk's filesystem (partition: 1, 2, ... of an MBR/GPT disk)."""
+    with BackupFilesystem(appliance.store, backup_id, disk, partition) as fs:
+        return [FileEntryOut(**vars(e)) for e in fs.list(path)]
 
-    @router.post("/resume", response_model=InstantRestoreOut)
-    async def instant_resume(vm: str, body: ResumeRequest | None = None) -> InstantRestoreOut:
-        state = await instant.resume(vm, speed=body.speed if body else None)
-        return InstantRestoreOut(**state.to_dict())
 
-    return router
+@backup_restores.get("/disks/{disk}/files/content")
+def download_file(appliance: ApplianceDep, backup_id: str, disk: str, path: str,
+                  partition: int | None = None) -> StreamingResponse:
+    """One file's bytes. The filesystem is opened before the answer starts, so errors are
+    reported as such; it is released (mount, loop device, nbdfuse, nbdkit) however the
+    download ends: sent, failed, or abandoned by the client."""
+    headers = {"Content-Disposition": attachment(PurePosixPath(path).name)}
+    fs = BackupFilesystem(appliance.store, backup_id, disk, partition).mount()
+    try:
+        file = fs.open(path)
+    except BaseException:
+        fs.close()
+        raise
+
+    def content() -> Iterator[bytes]:
+        while block := file.read(DOWNLOAD_BLOCK):
+            yield block
+
+    def release() -> None:
+        file.close()
+        fs.close()
+    return ReleasingResponse(content(), release, media_type="application/octet-stream", headers=headers)
+
+
+@backup_restores.post("/instant-restore", response_model=JobOut, status_code=202, responses=SUBMIT_ERRORS)
+def start_instant_restore(appliance: ApplianceDep, caller: Caller, backup_id: str,
+                          body: InstantRestoreRequest) -> JobOut:
+    """Start VM `name` on the backup now; its disks are copied in while it runs."""
+    return submit_job(appliance, caller, "restore.instant",
+                      InstantRestoreParams(backup_id=backup_id, **body.model_dump()))
+
+
+@backup_restores.post("/boot-test", response_model=BootTestOut)
+async def boot_test(appliance: ApplianceDep, backup_id: str, body: BootTestRequest | None = None) -> BootTestOut:
+    """Boot the backup in an isolated, throw-away VM; answers with the recorded result."""
+    body = body or BootTestRequest()
+    result = await appliance.restores.boot_tests.run(backup_id, timeout=body.timeout, marker=body.marker)
+    return BootTestOut.of(result)
+
+
+@backup_restores.get("/boot-tests", response_model=list[BootTestOut])
+def boot_tests(appliance: ApplianceDep, backup_id: str) -> list[BootTestOut]:
+    appliance.store.get_backup(backup_id)   # a backup that is not there is not found, not one never tested
+    tests = appliance.restores.boot_tests
+    return [BootTestOut(id=r.id, backup_id=r.backup_id, vm_name=r.vm_name, passed=r.passed, reason=r.reason,
+                        seconds=r.seconds, console=r.console, has_screen=tests.screen_path(r.id).is_file())
+            for r in tests.history(backup_id)]
+
+
+@backup_restores.get("/boot-tests/{test_id}/screen", response_class=FileResponse,
+                     responses={200: {"content": {"image/png": {}}, "description": "the screen as a PNG"}})
+def boot_test_screen(appliance: ApplianceDep, backup_id: str, test_id: int) -> FileResponse:
+    """What the booted backup's screen showed at the end of the boot test."""
+    tests = appliance.restores.boot_tests
+    if not any(r.id == test_id for r in tests.history(backup_id)) or not tests.screen_path(test_id).is_file():
+        raise NotFoundError(f"boot test {test_id} of backup {backup_id} has no screen")
+    return FileResponse(tests.screen_path(test_id), media_type="image/png")
+
+
+# /api/v1/instant-restores/{vm}: follow, throttle and resume instant restores. Looking at one
+# whose copy is complete finishes it (stops serving the backup).
+instant_restores = APIRouter(prefix="/api/v1/instant-restores/{vm}", tags=["restore"],
+                             responses=raises(NotFoundError, ConflictError, RestoreError, StoreError, VMError))
+
+
+@instant_restores.get("", response_model=InstantRestoreOut)
+async def instant_status(appliance: ApplianceDep, vm: str) -> InstantRestoreOut:
+    return InstantRestoreOut(**(await appliance.restores.instant.poll(vm)).to_dict())
+
+
+@instant_restores.post("/speed", response_model=InstantRestoreOut)
+async def instant_speed(appliance: ApplianceDep, vm: str, body: SpeedRequest) -> InstantRestoreOut:
+    return InstantRestoreOut(**(await appliance.restores.instant.set_speed(vm, body.speed)).to_dict())
+
+
+@instant_restores.post("/resume", response_model=InstantRestoreOut)
+async def instant_resume(appliance: ApplianceDep, vm: str, body: ResumeRequest | None = None) -> InstantRestoreOut:
+    state = await appliance.restores.instant.resume(vm, speed=body.speed if body else None)
+    return InstantRestoreOut(**state.to_dict())
+
+
+# Both, for one include line in create_app.
+router = APIRouter()
+router.include_router(backup_restores)
+router.include_router(instant_restores)
 
 
 class ReleasingResponse(StreamingResponse):

@@ -8,12 +8,12 @@ from fastapi import APIRouter, Query, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from appliance.access.roles import Role
-from appliance.context import Appliance
 from appliance.errors import CairnError, ConflictError, NotFoundError
 from appliance.names import InvalidNameError
 
 from .answers import raises
 from .auth import Text, UserOut
+from .dependencies import ApplianceDep
 from .listing import PageSize, Skip
 
 
@@ -48,41 +48,43 @@ class AuditOut(BaseModel):
     error: str | None
 
 
-def users_router(appliance: Appliance) -> APIRouter:
-    # A name taken, the last admin kept, a password too short or a user who is not there.
-    router = APIRouter(prefix="/api/v1", responses=raises(NotFoundError, ConflictError, InvalidNameError, CairnError))
-    users = appliance.users
+# A name taken, the last admin kept, a password too short or a user who is not there.
+router = APIRouter(prefix="/api/v1", responses=raises(NotFoundError, ConflictError, InvalidNameError, CairnError))
 
-    @router.get("/users", response_model=list[UserOut], tags=["users"])
-    def list_users() -> list[UserOut]:
-        return [UserOut.model_validate(u) for u in users.list()]
 
-    @router.post("/users", response_model=UserOut, status_code=201, tags=["users"])
-    def create_user(body: UserCreate) -> UserOut:
-        return UserOut.model_validate(users.create(body.name, body.password, body.role))
+@router.get("/users", response_model=list[UserOut], tags=["users"])
+def list_users(appliance: ApplianceDep) -> list[UserOut]:
+    return [UserOut.model_validate(u) for u in appliance.users.list()]
 
-    @router.get("/users/{name}", response_model=UserOut, tags=["users"])
-    def get_user(name: str) -> UserOut:
-        return UserOut.model_validate(users.get(name))
 
-    @router.patch("/users/{name}", response_model=UserOut, tags=["users"])
-    def update_user(name: str, body: UserUpdate) -> UserOut:
-        return UserOut.model_validate(users.update(name, role=body.role, password=body.password,
-                                                   disabled=body.disabled, reset_totp=body.reset_totp,
-                                                   groups=body.groups))
+@router.post("/users", response_model=UserOut, status_code=201, tags=["users"])
+def create_user(appliance: ApplianceDep, body: UserCreate) -> UserOut:
+    return UserOut.model_validate(appliance.users.create(body.name, body.password, body.role))
 
-    @router.delete("/users/{name}", status_code=204, tags=["users"])
-    def delete_user(name: str) -> Response:
-        users.delete(name)
-        return Response(status_code=204)
 
-    @router.get("/audit", response_model=list[AuditOut], tags=["audit"])
-    def audit(actor: str | None = None, result: Literal["ok", "denied", "rejected", "failed"] | None = None,
-              since: datetime | None = None,
-              text: str | None = Query(None, max_length=200, description="in the path or the error, case aside"),
-              limit: PageSize = 100, offset: Skip = 0) -> list[AuditOut]:
-        """Newest first."""
-        rows = appliance.audit.list(actor=actor, result=result, since=since, text=text, limit=limit, offset=offset)
-        return [AuditOut.model_validate(r) for r in rows]
+@router.get("/users/{name}", response_model=UserOut, tags=["users"])
+def get_user(appliance: ApplianceDep, name: str) -> UserOut:
+    return UserOut.model_validate(appliance.users.get(name))
 
-    return router
+
+@router.patch("/users/{name}", response_model=UserOut, tags=["users"])
+def update_user(appliance: ApplianceDep, name: str, body: UserUpdate) -> UserOut:
+    return UserOut.model_validate(appliance.users.update(name, role=body.role, password=body.password,
+                                                         disabled=body.disabled, reset_totp=body.reset_totp,
+                                                         groups=body.groups))
+
+
+@router.delete("/users/{name}", status_code=204, tags=["users"])
+def delete_user(appliance: ApplianceDep, name: str) -> Response:
+    appliance.users.delete(name)
+    return Response(status_code=204)
+
+
+@router.get("/audit", response_model=list[AuditOut], tags=["audit"])
+def audit(appliance: ApplianceDep, actor: str | None = None,
+          result: Literal["ok", "denied", "rejected", "failed"] | None = None, since: datetime | None = None,
+          text: str | None = Query(None, max_length=200, description="in the path or the error, case aside"),
+          limit: PageSize = 100, offset: Skip = 0) -> list[AuditOut]:
+    """Newest first."""
+    rows = appliance.audit.list(actor=actor, result=result, since=since, text=text, limit=limit, offset=offset)
+    return [AuditOut.model_validate(r) for r in rows]

@@ -8,10 +8,12 @@ from enum import StrEnum
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     Index,
     Integer,
     String,
     Text,
+    false,
     func,
     select,
 )
@@ -72,6 +74,9 @@ class BackupRecord(Base):
     # verify found wrong with it (empty: nothing).
     verified_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     damage: Mapped[list[str]] = mapped_column(JSON, default=list)
+    # Never pruned: the store's `protected` file says so, and is the truth (prune and delete read
+    # it); this is what the catalog last saw of it, for lists (protection.py keeps them in step).
+    protected: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
     @property
     def new_checkpoint(self) -> str:

@@ -8,6 +8,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from dedup import PruneReport, RetentionPolicy, Store, prune
 
+from .protection import record_protection
 from .records import BackupRecord, BackupStatus, record_pruned
 
 
@@ -34,7 +35,9 @@ class RetentionRules(RetentionCounts):
 
 def apply_retention(store: Store, catalog: sessionmaker[Session], vm: str, rules: RetentionCounts,
                     dry_run: bool = False) -> PruneReport:
-    """Prune the VM's backups by the rules; pruned backups stop being "ok" in the catalog too.
+    """Prune the VM's backups by the rules; pruned backups stop being "ok" in the catalog too,
+    and the catalog learns which of them the store marks protected (even in a dry run: that is
+    what the store says, not a change).
 
     Only the backups this appliance made count and go: those its catalog calls ok, newest by the
     order it began them in (a clock set back meanwhile does not make the last one look old). A
@@ -45,7 +48,8 @@ def apply_retention(store: Store, catalog: sessionmaker[Session], vm: str, rules
                                                                  BackupRecord.status == BackupStatus.OK))}
     policy = RetentionPolicy(**rules.model_dump(include=set(RetentionCounts.model_fields)))
     report = prune(store, vm, policy, dry_run=dry_run, among=ours)
-    if not dry_run:
-        with catalog.begin() as session:
+    with catalog.begin() as session:
+        record_protection(session, report)
+        if not dry_run:
             record_pruned(session, list(report.removed))
     return report

@@ -1,7 +1,8 @@
-"""`cairn backup ...`: back up VMs (as jobs, like the API and policies do) and list backups."""
+"""`cairn backup ...`: back up VMs (as jobs, like the API and policies do), list backups, and
+protect them from pruning."""
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 
@@ -12,7 +13,10 @@ from .client import Listing
 from .common import EXCLUDE_OPT, INCLUDE_OPT, JsonOpt, emit_json, out, print_table, reports_errors, state, table
 from .listing import FILTER_OPT, OFFSET_OPT, limit_option, say_page, sort_option
 
-backup_app = typer.Typer(help="Back up VMs and list backups.", no_args_is_help=True)
+if TYPE_CHECKING:
+    from appliance.api.models import BackupOut
+
+backup_app = typer.Typer(help="Back up VMs, list and protect backups.", no_args_is_help=True)
 
 
 @backup_app.command("create")
@@ -60,18 +64,45 @@ def backup_list(vm: str | None = typer.Option(None, help="Only this VM's backups
                 sort: str = sort_option("-started_at"), limit: int = limit_option(50), offset: int = OFFSET_OPT,
                 as_json: bool = JsonOpt) -> None:
     """Backups recorded in the catalog, newest first; fields: id, vm_name, kind, status, started_at,
-    finished_at, size, bytes_read, bytes_stored, error... A backup's ID (what a restore takes) is
-    its start time in UTC and a suffix; notes and errors follow the table."""
+    finished_at, size, bytes_read, bytes_stored, protected, error... A backup's ID (what a restore
+    takes) is its start time in UTC and a suffix; notes and errors follow the table."""
     page = state.client.backups(vm, Listing(filters, sort, limit, offset))
     say_page(len(page.items), offset, page.total, "backups")
     backups = page.items
     if as_json:
         emit_json(backups)
         return
-    listing = table("id", "vm", "kind", "status", "read", "stored", numbers=("read", "stored"))
+    listing = table("id", "vm", "kind", "status", "read", "stored", "protected", numbers=("read", "stored"))
     for b in backups:
-        listing.add_row(b.id, b.vm_name, b.kind, b.status, human(b.bytes_read), human(b.bytes_stored))
+        listing.add_row(b.id, b.vm_name, b.kind, b.status, human(b.bytes_read), human(b.bytes_stored),
+                        "yes" if b.protected else "")
     print_table(listing)
     for b in backups:
         for note in ([f"error: {b.error}"] if b.error else b.notes):
             out.print(f"{b.id}: {note}", highlight=False, soft_wrap=False)
+
+
+@backup_app.command("protect")
+@reports_errors
+def backup_protect(backup_id: str, as_json: bool = JsonOpt) -> None:
+    """Protect a backup: no prune (by hand or by a policy's retention) removes it, and it cannot
+    be deleted until it is unprotected. Only a backup that completed can be."""
+    say_protection(state.client.protect_backup(backup_id, True), as_json)
+
+
+@backup_app.command("unprotect")
+@reports_errors
+def backup_unprotect(backup_id: str, as_json: bool = JsonOpt) -> None:
+    """Unprotect a backup: retention rules and deletion apply to it again."""
+    say_protection(state.client.protect_backup(backup_id, False), as_json)
+
+
+def say_protection(backup: BackupOut, as_json: bool) -> None:
+    if as_json:
+        emit_json(backup)
+    elif backup.protected:
+        out.print(f"backup {backup.id} of {backup.vm_name} is protected: no prune removes it, and it cannot be "
+                  f"deleted until `cairn backup unprotect {backup.id}`", highlight=False)
+    else:
+        out.print(f"backup {backup.id} of {backup.vm_name} is no longer protected: retention rules and deletion "
+                  "apply to it", highlight=False)

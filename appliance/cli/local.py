@@ -206,6 +206,12 @@ class LocalClient:
 
         return BackupOut.model_validate(BackupCatalog(self.appliance.catalog).get(backup_id))
 
+    def protect_backup(self, backup_id: str, protected: bool) -> BackupOut:
+        from appliance.backups.protection import BackupProtection
+
+        protection = BackupProtection(self.appliance.catalog, self.appliance.store)
+        return BackupOut.model_validate(protection.protect(backup_id) if protected else protection.unprotect(backup_id))
+
     def snapshot_tree(self, vm: str) -> dict[str, Any]:
         return snapshot_tree(self.appliance.snapshots, vm)
 

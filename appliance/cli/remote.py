@@ -402,6 +402,10 @@ class RemoteClient:
     def backup(self, backup_id: str) -> BackupOut:
         return BackupOut.model_validate(self.call("GET", f"/backups/{quote(backup_id)}"))
 
+    def protect_backup(self, backup_id: str, protected: bool) -> BackupOut:
+        return BackupOut.model_validate(self.call("PUT" if protected else "DELETE",
+                                                  f"/backups/{quote(backup_id)}/protection"))
+
     def snapshot_tree(self, vm: str) -> dict[str, Any]:
         return dict(self.call("GET", f"/vms/{quote(vm)}/snapshots"))
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 import os
 import re
 import sys
-from collections.abc import Callable
 from dataclasses import asdict
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -26,6 +25,7 @@ from rich.markup import escape
 from rich.progress import TaskID
 from sqlalchemy.orm import Session, sessionmaker
 
+from appliance.backups.protection import record_protection
 from appliance.backups.records import record_pruned, record_verification
 from appliance.catalog.engine import open_catalog
 from appliance.jobs.kinds.sync import run_sync
@@ -45,11 +45,9 @@ from dedup import (
     is_remote,
     lock_backup,
     open_backend,
-    protect,
     prune,
     rebuild_index,
     store_stats,
-    unprotect,
     upgrade_store,
     verify_store,
 )
@@ -353,9 +351,11 @@ def prune_cmd(vm: str = typer.Option(..., "--vm", help="Whose backups to prune."
         policy = RetentionPolicy(**rules)   # no keep rule at all is refused before the store is opened
         pruned = prune(open_store(store), vm, policy, dry_run=dry_run)
         catalog = existing_catalog()
-        if catalog is not None and not dry_run:
+        if catalog is not None:
             with catalog.begin() as session:
-                record_pruned(session, list(pruned.removed))
+                record_protection(session, pruned)
+                if not dry_run:
+                    record_pruned(session, list(pruned.removed))
         report = {**as_result(pruned), "removed": list(pruned.removed)}
     if as_json:
         emit_json(report)
@@ -365,19 +365,6 @@ def prune_cmd(vm: str = typer.Option(..., "--vm", help="Whose backups to prune."
         decision = "keep" if d["keep"] else ("would remove" if dry_run else "removed")
         listing.add_row(d["backup_id"], decision, ", ".join(d["reasons"]) or "no rule keeps it")
     print_table(listing)
-
-
-def _protection(change: Callable[[Store, str], object], word: str) -> Callable[..., None]:
-    @reports_errors
-    def command(backup: str, store: str | None = StoreOpt) -> None:
-        change(open_store(store), backup)
-        out.print(f"backup {backup} {word}")
-    return command
-
-
-store_app.command("protect", help="Never prune this backup.")(_protection(protect, "is protected"))
-store_app.command("unprotect", help="Let prune rules apply to this backup again.")(
-    _protection(unprotect, "is no longer protected"))
 
 
 SYNC_VMS_OPT = typer.Option([], "--vm", help="Only this VM's backups (repeat for more).")

@@ -1,11 +1,12 @@
 // A VM's backups: back up now; restore one as a new VM, instantly, over the VM or a disk to a target; browse
-// its files; delete.
+// its files; protect it from pruning, lock it until a date; delete. An action that changes a backup redraws
+// its row from the API's answer, without asking for the list again.
 import { call, download } from "../api.js";
 import { age, bytes, h, table, when } from "../dom.js";
 import { actionButton, actionForm, confirmAction, confirmedDeletion, field, notify, runJob } from "../ui.js";
 import { filesAddress } from "./files.js";
 
-function restoreAsNew(backup, after) {
+function restoreAsNew(backup) {
   const path = `/backups/${backup.id}/restore`;
   const name = h("input", { name: "name", required: true, value: `${backup.vm_name}-restored` });
   return actionButton("Restore as new VM", "POST", path, async () => {
@@ -15,10 +16,7 @@ function restoreAsNew(backup, after) {
     }
     return runJob("POST", path, { mode: "new", name: name.value, verify: true },
                   `Restoring ${backup.id} as VM ${name.value}…`);
-  }, async (result) => {
-    notify(`Restored ${result.backup_id} as VM ${result.vm} (${bytes(result.bytes_written)} written, verified).`);
-    await after();
-  });
+  }, (result) => notify(`Restored ${result.backup_id} as VM ${result.vm} (${bytes(result.bytes_written)} written, verified).`));
 }
 
 function restoreOver(backup, after) {
@@ -55,17 +53,14 @@ function restoreDiskTo(backup, disk) {
                         + `(${bytes(result.bytes_written)} written, verified).`), { class: "danger" });
 }
 
-function instantRestore(backup, after) {
+function instantRestore(backup) {
   const path = `/backups/${backup.id}/instant-restore`;
   const name = h("input", { name: "name", required: true, value: `${backup.vm_name}-instant` });
   return actionButton("Instant restore", "POST", path, async () => {
     const takes = [`A new VM runs from backup ${backup.id} at once; its disks are copied in while it runs.`];
     return await confirmAction(`Start backup ${backup.id} as a VM now?`, takes, "Start", field("New VM's name", name))
       ? runJob("POST", path, { name: name.value }, `Starting VM ${name.value} on backup ${backup.id}…`) : undefined;
-  }, async (state) => {
-    notify(`VM ${state.vm} runs from backup ${state.backup_id}; its disks are being copied in (${state.status}).`);
-    await after();
-  });
+  }, (state) => notify(`VM ${state.vm} runs from backup ${state.backup_id}; its disks are being copied in (${state.status}).`));
 }
 
 // The last boot test of each backup run from this page, and its screen (a data: URL: the page's
@@ -83,16 +78,21 @@ async function screenOf(result) {
   });
 }
 
-function bootTest(backup, after) {
+// `results`: where the section shows boot tests' results.
+function bootTest(backup, results) {
   const path = `/backups/${backup.id}/boot-test`;
   return actionButton("Boot test", "POST", path, () => {
     notify(`Booting backup ${backup.id} in an isolated VM…`);
     return call("POST", path, {});
   }, async (result) => {
-    bootTests.set(backup.id, { ...result, screen: await screenOf(result) });
+    const shown = { ...result, screen: await screenOf(result) };
+    bootTests.set(backup.id, shown);
     notify(result.passed ? `Backup ${backup.id} boots: ${result.reason}.` : `Backup ${backup.id} did not boot: ${result.reason}.`,
            !result.passed);
-    await after();
+    const card = bootTestResult(shown);
+    const before = results.querySelector(`[data-boot-test="${CSS.escape(backup.id)}"]`);
+    if (before) before.replaceWith(card);
+    else results.append(card);
   });
 }
 
@@ -108,48 +108,77 @@ function bootTestResult(result) {
       result.console || "(the console showed nothing)"));
 }
 
-function protect(backup, after) {
+// Never pruned, and not deleted until unprotected: the answer is the backup as it is then.
+function protection(backup, redrawRow) {
+  const path = `/backups/${backup.id}/protection`;
+  const method = backup.protected ? "DELETE" : "PUT";
+  return actionButton(backup.protected ? "Unprotect" : "Protect", method, path, () => call(method, path), (answer) => {
+    notify(answer.protected ? `Backup ${answer.id} is protected: no prune removes it, and it cannot be deleted until unprotected.`
+      : `Backup ${answer.id} is no longer protected: retention rules and deletion apply to it again.`);
+    redrawRow(answer);
+  });
+}
+
+// A retention lock (the admin's): nobody deletes the backup before the date, nor shortens the lock.
+function lock(backup) {
   const path = `/store/backups/${backup.id}/lock`;
   const inMonth = new Date(Date.now() + 30 * 86400_000);
   const until = h("input", { type: "date", name: "until", required: true,
                              value: inMonth.toISOString().slice(0, 10) });
-  return actionButton("Protect", "POST", path, async () => {
+  return actionButton("Lock until…", "POST", path, async () => {
     const takes = [`Backup ${backup.id} cannot be deleted, pruned or collected until the end of that day (UTC).`,
                    "A lock cannot be shortened, only extended."];
-    return await confirmAction(`Protect backup ${backup.id}?`, takes, "Protect", field("Until", until))
+    return await confirmAction(`Lock backup ${backup.id}?`, takes, "Lock", field("Until", until))
       ? call("POST", path, { until: `${until.value}T23:59:59Z` }) : undefined;
-  }, async (lock) => {
-    notify(`Backup ${lock.backup_id} is protected until ${when(lock.locked_until)}.`);
-    await after();
-  });
+  }, (locked) => notify(`Backup ${locked.backup_id} is locked until ${when(locked.locked_until)}.`));
 }
 
-function remove(backup, after) {
+// Deleting answers what it took: a backup waiting in the recycle bin stays listed as "recycled", one
+// deleted at once leaves the list.
+function remove(backup, redrawRow, removeRow) {
   const path = `/backups/${backup.id}`;
-  return actionButton("Delete", "DELETE", path, () => confirmedDeletion(`Delete backup ${backup.id}?`, path), after,
-                      { class: "danger" });
+  return actionButton("Delete", "DELETE", path, () => confirmedDeletion(`Delete backup ${backup.id}?`, path), (impact) => {
+    notify(impact.mode === "delayed" ? `Backup ${backup.id} is in the recycle bin until ${when(impact.purge_at)}.`
+      : `Backup ${backup.id} is deleted.`);
+    if (impact.mode === "delayed") redrawRow({ ...backup, status: "recycled" });
+    else removeRow();
+  }, { class: "danger" });
 }
 
-// `backups`: a page of the VM's backups, newest first, and their total.
+function backupRow(vm, b, results, redraw) {
+  const row = h("tr", { "data-backup": b.id, "data-protected": String(b.protected) },
+    h("td", {}, b.id, b.protected && [" ", h("span", { class: "badge protected", title: "never pruned; not deleted until unprotected" },
+                                             "protected")]),
+    h("td", {}, b.kind), h("td", { class: `status-${b.status}`, title: b.error ?? "" }, b.status),
+    h("td", { title: when(b.started_at) }, age(b.started_at)), h("td", {}, bytes(b.size)),
+    h("td", {}, bytes(b.bytes_stored)), h("td", {}, b.error ?? b.notes.join("; ")),
+    h("td", { class: "actions" }, b.status === "ok" && [restoreAsNew(b), instantRestore(b), restoreOver(b, redraw),
+      bootTest(b, results), protection(b, redrawRow), lock(b),
+      vm.disks.map((d) => [h("a", { href: filesAddress(b.id, d.name), class: "files" }, `files of ${d.name}`),
+                           restoreDiskTo(b, d.name)])],
+      !["running", "recycled"].includes(b.status) && remove(b, redrawRow, () => row.remove())));
+  function redrawRow(answer) {
+    row.replaceWith(backupRow(vm, answer, results, redraw));
+  }
+  return row;
+}
+
+// `backups`: a page of the VM's backups, newest first, and their total. `redraw` draws the whole page
+// again: only restoring over the VM needs it (the VM's disks and state are not in the answer).
 export function backupSection(vm, backups, redraw) {
   const start = actionForm("POST", `/vms/${encodeURIComponent(vm.name)}/backups`,
     [field("Full (read everything)", h("input", { type: "checkbox", name: "full", value: "yes" }))], "Back up now",
     async (values) => {
-      await call("POST", `/vms/${encodeURIComponent(vm.name)}/backups`, { full: values.full === "yes" });
-      await redraw();
+      // The answer is the job: the page's live events draw the backup as the job runs and ends.
+      const job = await call("POST", `/vms/${encodeURIComponent(vm.name)}/backups`, { full: values.full === "yes" });
+      notify(`Backup job ${job.id} of ${vm.name} is ${job.state}.`);
     });
+  const results = h("div", { "data-boot-tests": "" },
+    backups.items.filter((b) => bootTests.has(b.id)).map((b) => bootTestResult(bootTests.get(b.id))));
   return [
     h("h2", {}, `Backups (${backups.total})`), start,
-    table(["Backup", "Kind", "Status", "Started", "Size", "Stored", "Notes", ""], backups.items.map((b) =>
-      h("tr", { "data-backup": b.id },
-        h("td", {}, b.id), h("td", {}, b.kind), h("td", { class: `status-${b.status}`, title: b.error ?? "" }, b.status),
-        h("td", { title: when(b.started_at) }, age(b.started_at)), h("td", {}, bytes(b.size)),
-        h("td", {}, bytes(b.bytes_stored)), h("td", {}, b.error ?? b.notes.join("; ")),
-        h("td", { class: "actions" }, b.status === "ok" && [restoreAsNew(b, redraw), instantRestore(b, redraw), restoreOver(b, redraw),
-          bootTest(b, redraw), protect(b, redraw),
-          vm.disks.map((d) => [h("a", { href: filesAddress(b.id, d.name), class: "files" }, `files of ${d.name}`),
-                               restoreDiskTo(b, d.name)])],
-          remove(b, redraw)))), "no backups yet"),
-    backups.items.filter((b) => bootTests.has(b.id)).map((b) => bootTestResult(bootTests.get(b.id))),
+    table(["Backup", "Kind", "Status", "Started", "Size", "Stored", "Notes", ""],
+          backups.items.map((b) => backupRow(vm, b, results, redraw)), "no backups yet"),
+    results,
   ];
 }

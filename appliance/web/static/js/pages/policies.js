@@ -1,5 +1,6 @@
 // Backup and snapshot policies: the list, a preview of the next runs and of what retention would
-// keep, create, enable or disable, delete.
+// keep, create, enable or disable, delete. Each action's answer is the policy as it is then (or what
+// deleting it took): the list is redrawn from it, without asking for it again.
 import { call, get, listPath } from "../api.js";
 import { age, fill, h, table, when } from "../dom.js";
 import { may } from "../roles.js";
@@ -41,8 +42,8 @@ async function preview(out, shown) {
 }
 
 // One form for a new policy and for changing one: edit() fills it with a policy's values, and saving
-// then replaces that policy (PUT) instead of adding one.
-function policyForm(redraw) {
+// then replaces that policy (PUT) instead of adding one; `saved(answer)` shows what was saved.
+function policyForm(saved) {
   let editing = null;
   const kind = h("select", { name: "kind" }, ["backup", "snapshot", "verify", "gc"].map((k) =>
     h("option", { value: k }, k === "gc" ? "GC" : k)));
@@ -65,10 +66,10 @@ function policyForm(redraw) {
     if (values.kind === "snapshot") body.keep = Number(values.keep);
     const retention = Object.fromEntries(KEEP.map((k) => [`keep_${k}`, Number(values[`keep_${k}`] || 0)]));
     if (values.kind === "backup") body.retention = Object.values(retention).some(Boolean) ? retention : null;
-    const saved = editing ? await call("PUT", `/policies/${editing.id}`, body) : await call("POST", "/policies", body);
-    notify(`Policy ${saved.policy.name} ${editing ? "saved" : "created"}.`);
+    const answer = editing ? await call("PUT", `/policies/${editing.id}`, body) : await call("POST", "/policies", body);
+    notify(`Policy ${answer.policy.name} ${editing ? "saved" : "created"}.`);
     reset();
-    await redraw();
+    await saved(answer);
   });
   if (!form) return { section: null, edit: null };
   // Only the fields of the policy's kind show: a snapshot policy has no retention, a backup policy no count.
@@ -113,13 +114,13 @@ function policyForm(redraw) {
   return { section: [heading, form], edit };
 }
 
-function remove(out, redraw) {
+function remove(out, removed) {
   const path = `/policies/${out.id}`;
   return actionButton("Delete", "DELETE", path, async () => {
     const impact = await call("DELETE", `${path}?dry_run=true`);
     return await confirmAction(`Delete policy ${out.policy.name}?`, impact.takes, "Delete")
       ? call("DELETE", path) : undefined;
-  }, redraw, { class: "danger" });
+  }, () => removed(out), { class: "danger" });
 }
 
 // The newest job each policy started (one query for all of them), and each one's next run.
@@ -134,31 +135,48 @@ async function runsOf(policies) {
   return { last, next: new Map(ids.map((id, i) => [id, previews[i]?.next_runs[0] ?? null])) };
 }
 
+const byName = (a, b) => (a.policy.name < b.policy.name ? -1 : a.policy.name > b.policy.name ? 1 : 0);
+
 export async function policiesPage(main) {
   const shown = h("div", { id: "policy-preview" });
-  const draw = async () => {
-    const policies = await get("/policies?sort=name");
-    const { last, next } = await runsOf(policies);
-    fill(main, h("h1", {}, "Policies"),
-      table(["Policy", "Kind", "Schedule", "What", "State", "Last run", "Next run", ""], policies.map((out) => {
-        const p = out.policy;
-        const path = `/policies/${out.id}`;
-        const job = last.get(out.id);
-        return h("tr", { "data-policy": p.name },
-          h("td", {}, p.name), h("td", {}, p.kind), h("td", {}, p.schedule), h("td", {}, describe(p)),
-          h("td", {}, p.enabled ? "enabled" : "disabled"),
-          h("td", {}, job ? h("a", { href: `#/job/${encodeURIComponent(job.id)}`, class: `state-${job.state}`,
-                                     title: job.error ?? "" }, `${job.state} ${age(job.created_at)}`) : "never"),
-          h("td", {}, when(next.get(out.id))),
-          h("td", { class: "actions" },
-            actionButton("Preview", "GET", `${path}/preview`, () => preview(out, shown)),
-            form.edit && h("button", { type: "button", onclick: () => form.edit(out) }, "Edit"),
-            actionButton(p.enabled ? "Disable" : "Enable", "PUT", path,
-              () => call("PUT", path, { ...p, enabled: !p.enabled }), draw),
-            remove(out, draw)));
-      }), "no policies"),
-      shown, form.section);
+  let policies = [];
+  let runs = { last: new Map(), next: new Map() };
+  const row = (out) => {
+    const p = out.policy;
+    const path = `/policies/${out.id}`;
+    const job = runs.last.get(out.id);
+    return h("tr", { "data-policy": p.name },
+      h("td", {}, p.name), h("td", {}, p.kind), h("td", {}, p.schedule), h("td", {}, describe(p)),
+      h("td", {}, p.enabled ? "enabled" : "disabled"),
+      h("td", {}, job ? h("a", { href: `#/job/${encodeURIComponent(job.id)}`, class: `state-${job.state}`,
+                                 title: job.error ?? "" }, `${job.state} ${age(job.created_at)}`) : "never"),
+      h("td", {}, when(runs.next.get(out.id))),
+      h("td", { class: "actions" },
+        actionButton("Preview", "GET", `${path}/preview`, () => preview(out, shown)),
+        form.edit && h("button", { type: "button", onclick: () => form.edit(out) }, "Edit"),
+        actionButton(p.enabled ? "Disable" : "Enable", "PUT", path,
+          () => call("PUT", path, { ...p, enabled: !p.enabled }), changed),
+        remove(out, removed)));
   };
-  const form = policyForm(() => draw());
-  await draw();
+  const render = () => fill(main, h("h1", {}, "Policies"),
+    table(["Policy", "Kind", "Schedule", "What", "State", "Last run", "Next run", ""], policies.map(row), "no policies"),
+    shown, form.section);
+  // A policy as an answer gives it: drawn at once; its next run, which only the scheduler knows, is
+  // asked of that one policy and filled in when it comes.
+  const changed = async (out) => {
+    policies = [...policies.filter((p) => p.id !== out.id), out].sort(byName);
+    runs.next.delete(out.id);
+    render();
+    if (!out.policy.enabled) return;
+    runs.next.set(out.id, (await get(`/policies/${out.id}/preview?count=1`)).next_runs[0] ?? null);
+    render();
+  };
+  const removed = (out) => {
+    policies = policies.filter((p) => p.id !== out.id);
+    render();
+  };
+  const form = policyForm(changed);
+  policies = await get("/policies?sort=name");
+  runs = await runsOf(policies);
+  render();
 }
