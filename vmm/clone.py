@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Literal
 
 from .images import convert_image, create_disk
-from .spec import DiskSpec, NicSpec, VMSpec, random_mac
+from .spec import DiskSpec, VMSpec, random_mac
 
 CloneMode = Literal["full", "linked", "cached"]
 
@@ -47,7 +47,7 @@ def clone_disks(source: VMSpec, folder: Path, mode: CloneMode,
 def clone_spec(source: VMSpec, name: str, disks: list[DiskSpec]) -> VMSpec:
     """The source's definition under a new name, with new disks and new MAC addresses (two
     cards with one MAC on a network would steal each other's traffic)."""
-    nics = [NicSpec(n.name, n.mode, random_mac(), n.tap, n.bridge) for n in source.nics]
+    nics = [replace(n, mac=random_mac()) for n in source.nics]
     spec = replace(source, name=name, disks=disks, nics=nics)
     spec.validate()
     return spec

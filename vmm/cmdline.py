@@ -77,7 +77,7 @@ def build_command(binary: str, spec: VMSpec, accel: Accel, rundir: RunDir, incom
                            + next(ide_slots) + _boot_index(boot_index, "cdrom", 0)]
     for position, nic in enumerate(spec.nics):
         cmd += ["-netdev", _netdev(nic)]
-        cmd += ["-device", f"{profile.nic_model},netdev={nic.netdev_id()},id={nic.name},"
+        cmd += ["-device", f"{nic.model or profile.nic_model},netdev={nic.netdev_id()},id={nic.name},"
                            f"mac={nic.mac}" + _boot_index(boot_index, "network", position)]
     if spec.vnc:
         # The password is set through QMP after start (set_password), never on the command

@@ -41,6 +41,9 @@ NIC_NAME_RE = re.compile(r"^net[0-9]{1,2}\Z")
 MAC_RE = re.compile(r"^[0-9a-f][26ae](:[0-9a-f]{2}){5}\Z")
 IFNAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,15}\Z")
 NIC_MODES = ("user", "tap", "bridge")
+# The emulated network cards a NIC may ask for instead of its OS profile's (virtio for modern
+# guests, an Intel e1000 or a Realtek 8139 for those without virtio drivers).
+NIC_MODELS = ("virtio-net-pci", "e1000", "rtl8139")
 BOOT_DEVICES = ("disk", "cdrom", "network")
 CDROM_NODE = "cdrom"
 
@@ -98,6 +101,7 @@ class NicSpec:
     mac: str = field(default_factory=random_mac)
     tap: str | None = None
     bridge: str | None = None
+    model: str | None = None   # one of NIC_MODELS; None: the OS profile's
 
     def netdev_id(self) -> str:
         return f"{self.name}-nd"
@@ -119,6 +123,8 @@ class NicSpec:
                                   f"name, at most 15 characters>, got {value!r}")
             if not needed and value is not None:
                 raise VMSpecError(f"NIC {self.name}: {key} is only for mode {key}")
+        if self.model is not None and self.model not in NIC_MODELS:
+            raise VMSpecError(f"NIC {self.name}: model {self.model!r} is not one of {', '.join(NIC_MODELS)}")
 
 
 @dataclass
@@ -201,6 +207,11 @@ class VMSpec:
                                   f"{', '.join(BOOT_DEVICES)}")
             if not present[device]:
                 raise VMSpecError(f"VM {self.name!r}: boot from {device}, but the VM has none")
+
+    def drop_nics(self, names: set[str]) -> None:
+        """Remove these NICs; without any left, the network leaves the boot order too."""
+        self.nics = [n for n in self.nics if n.name not in names]
+        self.boot = [b for b in self.boot if b != "network" or self.nics]
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -101,8 +101,9 @@ def create_app(appliance: Appliance) -> FastAPI:
     # Jobs, events, policies, deletion; backups, store verify and GC are started as jobs.
     from . import operations
     api.include_router(operations.router)
-    from .vms import vm_router
-    api.include_router(vm_router(appliance))
+    from . import vms
+    vms.serve_consoles(api)
+    api.include_router(vms.router)
     from . import restores
     api.include_router(restores.router)
     from . import hosts
@@ -117,8 +118,6 @@ def create_app(appliance: Appliance) -> FastAPI:
     # The web console: static files at /ui that call this API like any script.
     from appliance.web import mount_console
     mount_console(api)
-    from . import vms
-    api.include_router(vms.router)
 
     declare_statuses(api)
     return api

@@ -48,6 +48,7 @@ class NicOut(BaseModel):
     mac: str
     tap: str | None
     bridge: str | None
+    model: str | None = Field(None, description="the emulated card; none: the OS profile's")
 
 
 class VMDetail(BaseModel):

@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from appliance.context import Appliance
     from appliance.deletion.protection import Impact
     from appliance.policies.service import Policy, PolicyOut, PolicyService
+    from appliance.vms.devices import NewDisk, NewNic
     from dedup.stats import StoreStats
 
 T = TypeVar("T")
@@ -170,6 +171,24 @@ class LocalClient:
 
         deletions = deletion_service(self.appliance)
         return deletions.preview("vm", name) if dry_run else deletions.delete("vm", name)
+
+    # -- a stopped VM's disks and NICs -----------------------------------------------------------
+
+    def add_disk(self, name: str, disk: NewDisk) -> VMDetail:
+        self.appliance.vms.hardware.add_disk(name, disk)
+        return self.vm(name)
+
+    def remove_disk(self, name: str, disk: str, delete_file: bool) -> VMDetail:
+        self.appliance.vms.hardware.remove_disk(name, disk, delete_file)
+        return self.vm(name)
+
+    def add_nic(self, name: str, nic: NewNic) -> VMDetail:
+        self.appliance.vms.hardware.add_nic(name, nic)
+        return self.vm(name)
+
+    def remove_nic(self, name: str, mac: str) -> VMDetail:
+        self.appliance.vms.hardware.remove_nic(name, mac)
+        return self.vm(name)
 
     # -- the image library -----------------------------------------------------------------------
 

@@ -20,7 +20,7 @@ import ssl
 import threading
 import time
 from collections.abc import Callable, Generator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlencode, urlsplit
@@ -47,6 +47,7 @@ if TYPE_CHECKING:
 
     from appliance.deletion.protection import Impact
     from appliance.policies.service import Policy, PolicyOut
+    from appliance.vms.devices import NewDisk, NewNic
     from dedup.stats import StoreStats
 
 API = "/api/v1"
@@ -351,6 +352,21 @@ class RemoteClient:
         from appliance.deletion.protection import Impact
 
         return Impact.model_validate(self.call("DELETE", f"/vms/{quote(name)}", dry_run=str(dry_run).lower()))
+
+    # -- a stopped VM's disks and NICs -----------------------------------------------------------
+
+    def add_disk(self, name: str, disk: NewDisk) -> VMDetail:
+        return VMDetail.model_validate(self.call("POST", f"/vms/{quote(name)}/disks", asdict(disk)))
+
+    def remove_disk(self, name: str, disk: str, delete_file: bool) -> VMDetail:
+        return VMDetail.model_validate(self.call("DELETE", f"/vms/{quote(name)}/disks/{quote(disk)}",
+                                                 delete_file=str(delete_file).lower()))
+
+    def add_nic(self, name: str, nic: NewNic) -> VMDetail:
+        return VMDetail.model_validate(self.call("POST", f"/vms/{quote(name)}/nics", asdict(nic)))
+
+    def remove_nic(self, name: str, mac: str) -> VMDetail:
+        return VMDetail.model_validate(self.call("DELETE", f"/vms/{quote(name)}/nics/{quote(mac)}"))
 
     # -- the image library -----------------------------------------------------------------------
 

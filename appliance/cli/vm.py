@@ -22,7 +22,12 @@ group_app = typer.Typer(help="VM scheduling groups: affinity and anti-affinity p
                         no_args_is_help=True)
 image_app = typer.Typer(help="The image library: ISO media and disk images, checksummed.",
                         no_args_is_help=True)
+disk_app = typer.Typer(help="Add or remove a stopped VM's disks (its guest sees them from its next start).",
+                       no_args_is_help=True)
+nic_app = typer.Typer(help="Add or remove a stopped VM's network cards (from its next start).", no_args_is_help=True)
 vm_app.add_typer(group_app, name="group")
+vm_app.add_typer(disk_app, name="disk")
+vm_app.add_typer(nic_app, name="nic")
 # Options whose defaults are mutable (lists) or paths, kept out of the signatures (ruff B008).
 DISK_OPT = typer.Option([], "--disk", help="Size of a new blank qcow2 disk (repeat for more).")
 IMAGE_FILE_OPT = typer.Option(None, "--image", help="Base image file for the first disk (a thin overlay on it).")
@@ -38,14 +43,14 @@ IMAGE_PATH_ARG = typer.Argument(..., exists=True, dir_okay=False, help="The file
                                 "--url).")
 
 
-def parse_nic(text: str) -> dict[str, str]:
+def parse_nic(text: str, option: str = "--nic") -> dict[str, str]:
     """user | tap:IFNAME | bridge:BRIDGE, as the API's NIC: {"mode": ..., "tap"|"bridge": ...}."""
     mode, _, target = text.partition(":")
     if mode == "user" and not target:
         return {"mode": "user"}
     if mode in ("tap", "bridge") and target:
         return {"mode": mode, mode: target}
-    raise ValueError(f"--nic {text!r}: use user, tap:IFNAME or bridge:BRIDGE")
+    raise ValueError(f"{option} {text!r}: use user, tap:IFNAME or bridge:BRIDGE")
 
 
 def _opt(p: Path | None) -> str | None:
@@ -299,16 +304,79 @@ def vm_show(name: str, as_json: bool = JsonOpt) -> None:
               f"profile {view.profile}" + ("  HA" if view.ha else ""))
     out.print(f"  host {view.host}" + (f"  compute pool {view.compute_pool}" if view.compute_pool else ""),
               highlight=False)
-    for d in view.disks:
-        out.print(f"  {d['name']}  {d['format']}  {d['path']}", highlight=False)
-    for n in view.nics:
-        out.print(f"  {n.name}  {n.mode} {n.tap or n.bridge or ''}  {n.mac}", highlight=False)
+    _hardware(view)
     if view.cdrom:
         out.print(f"  cdrom  {view.cdrom}", highlight=False)
     if view.linked_to:
         progress = state.client.clone_progress(name)
         out.print(f"  instant clone of {view.linked_to}: "
                   + (", ".join(f"{d} {p:.0%}" for d, p in progress.items()) or "independent"), highlight=False)
+
+
+def _hardware(view: VMDetail) -> None:
+    """The VM's disks and network cards, a line each."""
+    for d in view.disks:
+        out.print(f"  {d['name']}  {d['format']}  {d['path']}", highlight=False)
+    for n in view.nics:
+        out.print(f"  {n.name}  {n.mode} {n.tap or n.bridge or ''}  {n.mac}" + (f"  {n.model}" if n.model else ""),
+                  highlight=False)
+
+
+def _say_hardware(view: VMDetail, as_json: bool) -> None:
+    if as_json:
+        emit_json(view)
+    else:
+        out.print(f"{escape(view.name)}: {view.state}", highlight=False)
+        _hardware(view)
+
+
+@disk_app.command("add")
+@reports_errors
+def disk_add(name: str,
+             size: str | None = typer.Option(None, help="Its size, e.g. 10G (on --image: at least the image's)."),
+             disk_format: str | None = typer.Option(None, "--format", help="qcow2 (default) or raw."),
+             image: str | None = typer.Option(None, help="A library disk image it starts as (a thin layer over it)."),
+             storage_pool: str | None = typer.Option(None, help="Default: the storage pool of the VM's first disk."),
+             as_json: bool = JsonOpt) -> None:
+    """Add a disk to a stopped VM, after its others: blank, or a library image's content."""
+    from appliance.vms.devices import NewDisk
+
+    new = NewDisk(size=parse_size(size) if size is not None else None, format=disk_format,
+                  image=image, storage_pool=storage_pool)
+    _say_hardware(state.client.add_disk(name, new), as_json)
+
+
+@disk_app.command("remove")
+@reports_errors
+def disk_remove(name: str, disk: str,
+                delete_file: bool = typer.Option(False, "--delete-file", help="Also delete its file (only one "
+                                                                              "Cairn made); default: keep it."),
+                as_json: bool = JsonOpt) -> None:
+    """Take a disk (not the first: the boot disk) out of a stopped VM."""
+    _say_hardware(state.client.remove_disk(name, disk, delete_file), as_json)
+
+
+@nic_app.command("add")
+@reports_errors
+def nic_add(name: str,
+            network: str | None = typer.Option(None, help="A network (cairn network list): an address is reserved."),
+            connect: str = typer.Option("user", "--mode", help="Without --network: user, tap:IFNAME or bridge:BRIDGE."),
+            model: str | None = typer.Option(None, help="virtio-net-pci, e1000 or rtl8139 (default: the OS "
+                                                        "profile's)."),
+            mac: str | None = typer.Option(None, help="Default: a random 52:54:00:xx:xx:xx."),
+            as_json: bool = JsonOpt) -> None:
+    """Add a network card to a stopped VM."""
+    from appliance.vms.devices import NewNic
+
+    how = parse_nic(connect, "--mode")
+    _say_hardware(state.client.add_nic(name, NewNic(network=network, model=model, mac=mac, **how)), as_json)
+
+
+@nic_app.command("remove")
+@reports_errors
+def nic_remove(name: str, mac: str, as_json: bool = JsonOpt) -> None:
+    """Take the network card with this MAC out of a stopped VM (on a network, its address is released)."""
+    _say_hardware(state.client.remove_nic(name, mac), as_json)
 
 
 @vm_app.command("access")

@@ -172,15 +172,16 @@ class NetworkService:
                 for lease in self.pools.leases(owner=vm, seen=seen)
                 if lease.pool in pools and lease.nic is not None]
 
-    def attach(self, name: str, vm: str) -> Attachment:
+    def attach(self, name: str, vm: str, mac: str | None = None, model: str | None = None) -> Attachment:
         """A new NIC for the stopped VM `vm` on the network, with the pool's next free address
-        reserved for its MAC; effective at the VM's next start."""
+        reserved for its MAC (`mac`, default a random one); effective at the VM's next start.
+        `model`: its emulated card (vmm.spec.NIC_MODELS), default the VM's OS profile's."""
         network = self.get(name)
         self._require_stopped(vm, "attach it to a network")
         for _ in range(ALLOCATE_ATTEMPTS):
             try:
                 with self.catalog.begin() as s:
-                    attachment = self._attach(s, network, vm)
+                    attachment = self._attach(s, network, vm, mac, model)
                 break
             except IntegrityError:
                 continue  # another attach took that address: pick again
@@ -189,7 +190,7 @@ class NetworkService:
         self._restart_dhcp(network)
         return attachment
 
-    def _attach(self, s: Session, network: Network, vm: str) -> Attachment:
+    def _attach(self, s: Session, network: Network, vm: str, mac: str | None, model: str | None) -> Attachment:
         row = s.get(VMRecord, vm)
         if row is None:
             raise NotFoundError(f"no VM named {vm}")
@@ -198,7 +199,9 @@ class NetworkService:
         nic_name = next((f"net{i}" for i in range(MAX_NICS) if f"net{i}" not in used), None)
         if nic_name is None:
             raise PoolError(f"VM {vm} has {MAX_NICS} NICs already")
-        nic = NicSpec(nic_name, mode="tap", tap=tap_name(vm, nic_name))
+        nic = NicSpec(nic_name, mode="tap", tap=tap_name(vm, nic_name), model=model)
+        if mac is not None:
+            nic.mac = mac
         spec.nics.append(nic)
         spec.validate()
         lease = self.pools.allocate(network.pool.name, vm, nic=nic.name, mac=nic.mac, session=s)
@@ -217,12 +220,31 @@ class NetworkService:
             if row is None:
                 raise NotFoundError(f"no VM named {vm}")
             spec = VMSpec.from_dict(row.spec)
-            spec.nics = [n for n in spec.nics if n.name not in {a.nic for a in mine}]
-            spec.boot = [b for b in spec.boot if b != "network" or spec.nics]
+            spec.drop_nics({a.nic for a in mine})
             row.spec = spec.to_dict()
             self._delete_leases(s, network.pool.name, vm)
         for a in mine:
             remove_tap(a.tap, network.ns)
+        self._restart_dhcp(network)
+        return mine
+
+    def detach_nic(self, vm: str, nic: str) -> Attachment:
+        """Remove one NIC of the stopped VM that is on a network, and release its address."""
+        mine = next((a for a in self.attachments(vm=vm) if a.nic == nic), None)
+        if mine is None:
+            raise NotFoundError(f"NIC {nic} of VM {vm} is on no network")
+        network = self.get(mine.network)
+        self._require_stopped(vm, "remove its NIC")
+        with self.catalog.begin() as s:
+            row = s.get_one(VMRecord, vm)
+            spec = VMSpec.from_dict(row.spec)
+            spec.drop_nics({nic})
+            row.spec = spec.to_dict()
+            for lease in s.scalars(select(AddressLeaseRecord).where(AddressLeaseRecord.pool == network.pool.name,
+                                                                    AddressLeaseRecord.owner == vm,
+                                                                    AddressLeaseRecord.nic == nic)):
+                s.delete(lease)
+        remove_tap(mine.tap, network.ns)
         self._restart_dhcp(network)
         return mine
 

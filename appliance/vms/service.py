@@ -44,11 +44,11 @@ from vmm.placement import LOCAL_HOST, SchedulingGroup
 from vmm.rundir import exclusive
 from vmm.spec import NicSpec, validate_vm_name
 
+from .hardware import DISK_NAMES, VMHardware
 from .placement import VMPlacement
 from .readers import Reader, ReadingVM, find_readers, refusal
 from .records import SchedulingGroupRecord, VMOptionsRecord, VMRecord, VMTagRecord
 
-DISK_NAMES = [f"vd{c}" for c in "abcdefghijklmnopqrstuvwxyz"]
 ACTIVE = ("running", "paused")
 # States in which no QEMU of the VM runs anywhere ("unknown": its host does not answer).
 DOWN = ("stopped", "crashed")
@@ -103,6 +103,7 @@ class VMService:
         self.pools = PoolService(catalog)
         self.networks = NetworkService(settings, catalog, self.pools, driver)
         self.placement = VMPlacement(catalog, self.pools, self.networks, self.groups)
+        self.hardware = VMHardware(self)
 
     # -- definitions --------------------------------------------------------------------------
 
@@ -290,7 +291,7 @@ class VMService:
     def resize(self, name: str, vcpus: int | None = None, memory_mib: int | None = None) -> VMSpec:
         """New CPU count and memory size, for a stopped VM (they apply at its next start)."""
         self.spec(name)
-        self._require_stopped(name, "change its CPUs or memory")
+        self.require_stopped(name, "change its CPUs or memory")
         with self.catalog.begin() as s:
             rec = s.get_one(VMRecord, name)
             spec = VMSpec.from_dict(rec.spec)
@@ -484,7 +485,7 @@ class VMService:
 
     def _clone(self, source: str, names: list[str], mode: str) -> list[VMSpec]:
         src = self.spec(source)
-        self._require_stopped(source, "clone it")
+        self.require_stopped(source, "clone it")
         with self.catalog() as s:
             taken = [n for n in names if s.get(VMRecord, n)]
         if taken or len(set(names)) != len(names):
@@ -590,7 +591,7 @@ class VMService:
     def image_from_vm(self, name: str, image: str, disk: str | None = None) -> ImageRecord:
         """A library image of a stopped VM's disk (its backing chain flattened)."""
         spec = self.spec(name)
-        self._require_stopped(name, "make an image of it")
+        self.require_stopped(name, "make an image of it")
         chosen = next((d for d in spec.disks if disk in (None, d.name)), None)
         if chosen is None:
             raise NotFoundError(f"VM {name} has no disk {disk}")
@@ -691,7 +692,7 @@ class VMService:
         finally:
             until_recorded.close()
 
-    def _require_stopped(self, name: str, doing: str) -> None:
+    def require_stopped(self, name: str, doing: str) -> None:
         self._require_down(name, self.placement.host_of(name), f"to {doing}")
 
     def _require_down(self, name: str, host: str, purpose: str, status: VMStatus | None = None) -> None:

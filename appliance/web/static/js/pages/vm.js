@@ -5,13 +5,16 @@ import { actionForm, attempt, field, jobBar, live, notify, pager } from "../ui.j
 import { backupCalendar, calendarStart } from "../calendar.js";
 import { backupSection } from "./backups.js";
 import { snapshotSection } from "./snapshots.js";
-import { vmActions } from "./vm_actions.js";
+import { addDiskForm, addNicForm, removeDiskButton, removeNicButton, vmActions } from "./vm_actions.js";
 
 const BACKUPS_PER_PAGE = 100;
 
-// CPUs and memory (for a stopped VM: they apply at its next start), and growing a disk.
-function hardwareSection(vm, redraw) {
+// CPUs and memory (for a stopped VM: they apply at its next start), its disks (grown, even live;
+// added or removed) and its network cards (added or removed). Adding and removing apply to a
+// stopped VM only (Cairn does not hot-plug): the answer, the VM as it is now, is shown at once.
+function hardwareSection(vm, { redraw, shown, open }) {
   const path = `/vms/${encodeURIComponent(vm.name)}`;
+  const stopped = ["stopped", "crashed"].includes(vm.state);
   const sizing = actionForm("PATCH", path, [
     field("vCPUs", h("input", { name: "vcpus", type: "number", min: "1", max: "255", value: String(vm.vcpus) })),
     field("Memory (MiB)", h("input", { name: "memory_mib", type: "number", min: "16", value: String(vm.memory_mib) })),
@@ -20,33 +23,40 @@ function hardwareSection(vm, redraw) {
     notify(`VM ${changed.name}: ${changed.vcpus} vCPUs, ${changed.memory_mib} MiB from its next start.`);
     await redraw();
   });
-  const growing = vm.disks.map((d) => actionForm("POST", `${path}/disks/${encodeURIComponent(d.name)}/resize`, [
-    field(`Disk ${d.name} new size`, h("input", { name: "size", required: true, placeholder: "20G" })),
-  ], `Grow ${d.name}`, async (values) => {
+  const growing = (d) => actionForm("POST", `${path}/disks/${encodeURIComponent(d.name)}/resize`, [
+    field("New size", h("input", { name: "size", required: true, placeholder: "20G" })),
+  ], "Grow", async (values) => {
     const grown = await call("POST", `${path}/disks/${encodeURIComponent(d.name)}/resize`, { size: values.size });
     notify(`Disk ${grown.disk} of ${vm.name} is now ${grown.size}.`);
     await redraw();
-  }));
-  if (!sizing && !growing.some(Boolean)) return null;
-  return h("details", { "data-hardware": "" }, h("summary", {}, "Hardware"), sizing, growing);
+  });
+  const disks = table(["Disk", "Format", "File", ""], vm.disks.map((d, i) => h("tr", { "data-disk": d.name },
+    h("td", {}, d.name), h("td", {}, d.format), h("td", {}, d.path),
+    h("td", {}, growing(d), stopped && i > 0 ? removeDiskButton(vm, d, shown) : null))), "none");
+  const nics = table(["NIC", "Connection", "MAC", "Model", ""], vm.nics.map((n) => h("tr", { "data-nic": n.mac },
+    h("td", {}, n.name), h("td", {}, [n.mode, n.tap ?? n.bridge].filter(Boolean).join(" ")), h("td", {}, n.mac),
+    h("td", {}, n.model ?? "the profile's"), h("td", {}, stopped ? removeNicButton(vm, n, shown) : null))), "none");
+  const adding = stopped ? [addDiskForm(vm, shown), addNicForm(vm, shown)]
+    : h("p", {}, "Stop the VM to add or remove disks and network cards.");
+  return h("details", { "data-hardware": "", open }, h("summary", {}, "Hardware"), sizing, disks, nics, adding);
 }
 
 export async function vmPage(main, { name }, signal) {
   const path = `/vms/${encodeURIComponent(name)}`;
   const jobsOfVM = "/jobs?sort=-created_at&limit=10&filter=" + encodeURIComponent(`resource:eq:vm:${name}`);
   let offset = 0;   // into the VM's backups, newest first
-  const draw = async () => {
-    const [vm, tree, backups, jobs, recent] = await Promise.all([get(path), get(`${path}/snapshots`),
-      getPage(listPath("/backups", { vm: name, sort: "-started_at", limit: BACKUPS_PER_PAGE, offset })), get(jobsOfVM),
-      get(listPath("/backups", { vm: name, limit: 1000,
-                                 filters: [`started_at:ge:${calendarStart().toISOString()}`] }))]);
+  let around;   // what the last draw fetched besides the VM: an answer that is the VM is shown with it
+  const render = (vm) => {
+    const { tree, backups, jobs, recent } = around;
     const pages = pager(offset, BACKUPS_PER_PAGE, backups.total, (to) => { offset = to; attempt(draw); });
+    // Redrawn, the hardware section stays open if it was: its forms are where the user works.
+    const open = main.querySelector("details[data-hardware]")?.open ?? false;
     fill(main, 
       h("h1", {}, `VM ${vm.name} `, h("span", { class: `state-${vm.state}`, "data-vm-state": vm.state }, vm.state)),
       h("p", { class: "actions" }, `${vm.vcpus} vCPUs · ${vm.memory_mib} MiB · disks `,
         vm.disks.map((d) => `${d.name} (${d.format})`).join(", "), " ",
         vmActions(vm, draw, () => { location.hash = "#/vms"; })),
-      hardwareSection(vm, draw),
+      hardwareSection(vm, { redraw: draw, shown: render, open }),
       h("h2", {}, "Backups by day"), backupCalendar(recent),
       h("h2", {}, "Recent jobs"),
       table(["Job", "State", "Started", "Result"], jobs.map((j) => h("tr", {},
@@ -54,6 +64,14 @@ export async function vmPage(main, { name }, signal) {
         h("td", {}, j.error ?? (j.result?.backup_id ? `backup ${j.result.backup_id}` : "")))), "none"),
       snapshotSection(vm, tree, draw),
       backupSection(vm, backups, draw), pages);
+  };
+  const draw = async () => {
+    const [vm, tree, backups, jobs, recent] = await Promise.all([get(path), get(`${path}/snapshots`),
+      getPage(listPath("/backups", { vm: name, sort: "-started_at", limit: BACKUPS_PER_PAGE, offset })), get(jobsOfVM),
+      get(listPath("/backups", { vm: name, limit: 1000,
+                                 filters: [`started_at:ge:${calendarStart().toISOString()}`] }))]);
+    around = { tree, backups, jobs, recent };
+    render(vm);
   };
   await draw();
   live(main, signal, draw);

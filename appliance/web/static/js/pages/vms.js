@@ -13,7 +13,7 @@ function imageChoice(name, images, kind) {
 }
 
 // The VM's network card: none, QEMU's user-mode NAT, or a NIC on one of the appliance's networks
-// (attached once the VM exists: the network reserves its address).
+// (added once the VM exists, as any NIC of a stopped VM: the network reserves its address).
 function nicChoice(networks) {
   return h("select", { name: "nic" }, h("option", { value: "" }, "none"), h("option", { value: "user" }, "NAT (user mode)"),
     networks.map((n) => h("option", { value: `network:${n.name}` }, `network ${n.name} (${n.subnet})`)));
@@ -42,7 +42,7 @@ function createForm(images, networks, created) {
     await call("POST", "/vms", body);
     if (values.nic.startsWith("network:")) {
       const network = values.nic.slice("network:".length);
-      await call("POST", `/networks/${encodeURIComponent(network)}/attachments`, { vm: body.name });
+      await call("POST", `/vms/${encodeURIComponent(body.name)}/nics`, { network });
     }
     form.reset();
     await created(body.name);
