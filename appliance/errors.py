@@ -32,6 +32,11 @@ class ForbiddenError(CairnError):
     status = 403
 
 
+class CatalogValueError(CairnError):
+    """A value no catalog may hold: a text with a NUL character (PostgreSQL stores none)."""
+    status = 422
+
+
 class CatalogError(CairnError):
     """The catalog cannot be reached or opened (a bad URL, a database that is down)."""
     status = 503

@@ -29,7 +29,7 @@ from dedup import Store
 from vmm import DiskSpec, QemuDriver, VMSpec, create_disk
 from vmm.rundir import RunDir, is_our_qemu, read_pid
 
-# The catalog backends: the fixture catalog_backend and the mark both_catalogs' parametrization.
+# The catalog backends: the fixture catalog_backend, each test that has it run on SQLite and PostgreSQL.
 pytest_plugins = ["catalog_backends"]
 
 StartGuest = Callable[..., Awaitable[GuestVM]]
@@ -127,7 +127,7 @@ def start_guest(qemu_driver: QemuDriver, guest_kernel: GuestImage, tmp_path: Pat
 def appliance_data_dir(catalog_backend: str | None) -> Iterator[Path]:
     """A data directory for an Appliance, short enough for the unix sockets under it;
     every QEMU and NBD server started under it dies with the test. Its catalog is the data
-    dir's SQLite file, or for a test marked `both_catalogs` each backend in turn (catalog_backends.py)."""
+    dir's SQLite file, then a PostgreSQL database (catalog_backends.py)."""
     data_dir = Path(tempfile.mkdtemp(prefix="cairn-data-"))
     try:
         yield data_dir

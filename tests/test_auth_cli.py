@@ -12,7 +12,6 @@ from appliance.context import Appliance
 
 def cairn(data_dir: Path, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "CAIRN_DATA_DIR": str(data_dir)}
-    env.pop("CAIRN_CATALOG_URL", None)
     return subprocess.run([sys.executable, "-m", "appliance.cli", *args], check=False, env=env, input=stdin,
                           capture_output=True, text=True, timeout=120)
 

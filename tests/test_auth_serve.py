@@ -29,7 +29,6 @@ def free_port() -> int:
 def serving(data_dir: Path, *args: str) -> Iterator[tuple[int, subprocess.Popen[str]]]:
     port = free_port()
     env = {**os.environ, "CAIRN_DATA_DIR": str(data_dir)}
-    env.pop("CAIRN_CATALOG_URL", None)
     server = subprocess.Popen([sys.executable, "-m", "appliance.cli", "serve", "--port", str(port), *args],
                               env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:

@@ -34,8 +34,6 @@ from appliance.vms.records import VMRecord
 from restore import restore_disk
 from transports.points import Checkpoint, chain_problem
 
-pytestmark = pytest.mark.both_catalogs   # the checkpoint ledger on SQLite and on PostgreSQL
-
 
 def qemu_io(image: str, pattern: int, offset: int, length: int) -> None:
     subprocess.run(["qemu-io", "-f", "qcow2", "-c", f"write -P {pattern:#x} {offset} {length}", image],

@@ -52,7 +52,6 @@ def alice(appliance: Appliance) -> TestClient:
     return client
 
 
-@pytest.mark.both_catalogs   # the protected column and its filter on SQLite and on PostgreSQL
 def test_protect_answers_the_new_state_and_a_prune_keeps_the_backup(appliance: Appliance, alice: TestClient,
                                                                      api_client: TestClient):
     old, new = backed_up(alice, "a1"), backed_up(alice, "a1")
@@ -128,10 +127,11 @@ def test_a_mark_set_in_the_store_alone_reaches_the_catalog_at_the_next_prune(app
 # -- the CLI -------------------------------------------------------------------------------------------
 
 class Cli:
-    """`cairn` with an environment of its own (no CAIRN_* but what it is given)."""
+    """`cairn` with an environment of its own (no CAIRN_* but the catalog's and what it is given)."""
 
     def __init__(self, **env: str):
-        self.env = {**{k: v for k, v in os.environ.items() if not k.startswith("CAIRN_")}, "COLUMNS": "200", **env}
+        self.env = {**{k: v for k, v in os.environ.items() if not k.startswith("CAIRN_") or k == "CAIRN_CATALOG_URL"},
+                    "COLUMNS": "200", **env}
 
     def __call__(self, *args: str, code: int = 0, stdin: str | None = None) -> subprocess.CompletedProcess:
         proc = subprocess.run([CAIRN, *args], env=self.env, input=stdin, capture_output=True, text=True,

@@ -75,7 +75,6 @@ def test_unusable_catalog_urls_get_clear_errors(appliance_data_dir: Path):
 
 def test_db_commands(appliance_data_dir: Path):
     env = {**os.environ, "CAIRN_DATA_DIR": str(appliance_data_dir)}
-    env.pop("CAIRN_CATALOG_URL", None)
     cairn = [sys.executable, "-m", "appliance.cli"]
     upgraded = subprocess.run([*cairn, "db", "upgrade"], check=False, env=env, capture_output=True, text=True, timeout=120)
     assert upgraded.returncode == 0, upgraded.stderr

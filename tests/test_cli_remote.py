@@ -25,6 +25,9 @@ from web_helpers import PASSWORD, add_user, console_server
 from appliance.access.roles import Role
 from dedup import Store
 
+pytestmark = pytest.mark.sqlite_only(
+    reason="the CLI through the API (30 s); the same commands here: test_cli_tour, test_cli")
+
 CAIRN = str(Path(sys.executable).with_name("cairn"))
 # What differs between two runs of one command on two VMs: ids, times, process ids, durations.
 # What is stored new depends on what the store holds already.
@@ -55,10 +58,11 @@ def served(appliance_data_dir: Path) -> Iterator[Served]:
 
 
 class Cli:
-    """`cairn` with an environment of its own: no CAIRN_* but what it is given, 80 columns."""
+    """`cairn` with an environment of its own: no CAIRN_* but the catalog's and what it is given, 80 columns."""
 
     def __init__(self, **env: str):
-        self.env = {**{k: v for k, v in os.environ.items() if not k.startswith("CAIRN_")}, "COLUMNS": "80", **env}
+        self.env = {**{k: v for k, v in os.environ.items() if not k.startswith("CAIRN_") or k == "CAIRN_CATALOG_URL"},
+                    "COLUMNS": "80", **env}
 
     def __call__(self, *args: str, code: int = 0, stdin: str | None = None, **env: str) -> subprocess.CompletedProcess:
         proc = subprocess.run([CAIRN, *args], env={**self.env, **env}, input=stdin, capture_output=True, text=True,

@@ -11,8 +11,6 @@ from snapshot_helpers import has_pattern, qemu_io_write
 from appliance.context import Appliance
 from appliance.snapshots.service import CatalogJournal
 
-pytestmark = pytest.mark.both_catalogs   # the snapshot journal on SQLite and on PostgreSQL
-
 A, B = (0x11, 0, 256 << 10), (0x22, 256 << 10, 256 << 10)
 
 

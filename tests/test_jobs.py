@@ -24,8 +24,6 @@ from appliance.jobs.plan import JobKind, JobPlan, Step, StepContext
 from appliance.jobs.records import EventRecord, JobRecord
 from appliance.process import start_of
 
-pytestmark = pytest.mark.both_catalogs   # the job engine on SQLite and on PostgreSQL
-
 TIMEOUT = 30
 
 

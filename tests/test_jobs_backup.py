@@ -29,8 +29,6 @@ from appliance.jobs.plan import JobKind, JobPlan, Step, StepContext
 from appliance.jobs.resources import vm_resource
 from restore import restore_disk
 
-pytestmark = pytest.mark.both_catalogs   # backups as jobs on SQLite and on PostgreSQL
-
 JOB_TIMEOUT = 240   # TCG guests on a shared 2-core machine
 
 

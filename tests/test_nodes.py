@@ -208,6 +208,7 @@ def _kinds_until(feed: queue.SimpleQueue, last) -> list[str]:
             return kinds
 
 
+@pytest.mark.sqlite_only(reason="what SQLite refuses; several nodes on PostgreSQL: the tests above")
 def test_a_sqlite_catalog_has_one_node(appliance_data_dir: Path):
     """A second `cairn serve` on a SQLite catalog is refused, with the way out; the first one leads."""
     env = {**os.environ, "CAIRN_DATA_DIR": str(appliance_data_dir)}

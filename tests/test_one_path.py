@@ -41,7 +41,6 @@ def qemu_io(image: str, command: str) -> None:
 
 def cli_env(data_dir: Path, catalog: str | None) -> dict[str, str]:
     env = {**os.environ, "CAIRN_DATA_DIR": str(data_dir)}
-    env.pop("CAIRN_CATALOG_URL", None)
     return {**env, "CAIRN_CATALOG_URL": catalog} if catalog else env
 
 

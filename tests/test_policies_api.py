@@ -3,13 +3,10 @@ from __future__ import annotations
 
 from datetime import datetime
 
-import pytest
 from backup_helpers import MiB
 from fastapi.testclient import TestClient
 
 from appliance.context import Appliance
-
-pytestmark = pytest.mark.both_catalogs   # policies on SQLite and on PostgreSQL
 
 NIGHTLY = {"kind": "backup", "name": "nightly", "schedule": "0 2 * * *", "vms": ["web*"], "full_every": 7,
            "retention": {"keep_daily": 7, "keep_weekly": 4}, "max_per_host": 2}

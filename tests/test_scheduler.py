@@ -27,8 +27,6 @@ from appliance.policies.scheduler import Scheduler
 from appliance.policies.service import BackupPolicy, GcPolicy, PolicyService, SnapshotPolicy, VerifyPolicy
 from restore import restore_disk
 
-pytestmark = pytest.mark.both_catalogs   # the scheduler on SQLite and on PostgreSQL
-
 JOB_TIMEOUT = 240
 
 

@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from appliance.context import Appliance
 from vmm import create_disk
 
@@ -28,6 +30,7 @@ def cairn(data_dir: Path, *args: str) -> str:
     return done.stdout
 
 
+@pytest.mark.sqlite_only(reason="the modes of the SQLite catalog's own files; on PostgreSQL the rest is the same code")
 def test_everything_the_cli_writes_is_private(appliance_data_dir: Path, tmp_path: Path):
     data_dir = appliance_data_dir / "data"
     image = tmp_path / "base.qcow2"

@@ -177,7 +177,6 @@ def crash_after_step(data_dir: Path, op: str, vm: str, crash_at: int) -> int:
 A, B, C = (0x11, 0, 128 << 10), (0x22, 128 << 10, 128 << 10), (0x33, 256 << 10, 128 << 10)
 
 
-@pytest.mark.both_catalogs   # the snapshot journal's every step, on SQLite and on PostgreSQL
 @pytest.mark.parametrize(("op", "running"), [("create", False), ("revert", False), ("commit", False),
                                              ("pull", False), ("create", True), ("commit", True), ("pull", True)])
 def test_a_crash_after_any_step_is_finished_or_rolled_back(appliance: Appliance, appliance_data_dir: Path, op: str,

@@ -3,15 +3,12 @@ from __future__ import annotations
 
 import subprocess
 
-import pytest
 from backup_helpers import MiB
 from fastapi.testclient import TestClient
 from store_helpers import block_ids, block_pack, flip_byte
 
 from appliance.context import Appliance
 from appliance.jobs.records import JobRecord
-
-pytestmark = pytest.mark.both_catalogs   # the store's jobs on SQLite and on PostgreSQL
 
 JOB_TIMEOUT = 240
 

@@ -8,6 +8,9 @@ import pytest
 from test_cli_remote import Cli, Served, login, same_answer
 from test_cli_remote import served as served
 
+pytestmark = pytest.mark.sqlite_only(
+    reason="the CLI here and through the API (slow); the same routes: test_vm_hardware")
+
 
 @pytest.mark.slow
 def test_disks_and_nics_edited_here_and_through_the_api_answer_alike(served: Served, tmp_path: Path):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from job_helpers import job_result
 from web_helpers import (
     add_user,
@@ -21,6 +22,8 @@ from web_helpers import (
 from appliance.access.roles import Role
 from appliance.context import Appliance
 from dedup import Store, is_protected
+
+pytestmark = pytest.mark.sqlite_only(reason="a browser; protecting a backup on PostgreSQL: test_backup_protection")
 
 
 def api_paths(browser) -> list[str]:

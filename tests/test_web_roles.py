@@ -33,7 +33,8 @@ from appliance.access.roles import Role
 from appliance.context import Appliance
 from appliance.vms.records import VMRecord
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.sqlite_only(
+    reason="a browser; the routes it calls: test_web, test_authz_matrix, lists: test_lists")]
 PAGES = ("#/", "#/vms", "#/vm/idle", "#/jobs", "#/store")
 MiB = 1 << 20
 

@@ -47,7 +47,6 @@ def console_server(data_dir: Path, catalog_url: str | None = None) -> Iterator[s
     fill up and stall it)."""
     port = _free_port()
     env = {**os.environ, "CAIRN_DATA_DIR": str(data_dir)}
-    env.pop("CAIRN_CATALOG_URL", None)
     if catalog_url is not None:
         env["CAIRN_CATALOG_URL"] = catalog_url
     log_path = data_dir / "serve.log"

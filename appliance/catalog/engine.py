@@ -6,6 +6,7 @@ import): the CLI opens it on every command.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,7 @@ from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import ArgumentError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from appliance.errors import CatalogError
+from appliance.errors import CatalogError, CatalogValueError
 
 
 def catalog_engine(url: str) -> Engine:
@@ -29,7 +30,28 @@ def catalog_engine(url: str) -> Engine:
     if engine.dialect.name == "sqlite":
         _private_sqlite_files(parsed.database)
         event.listen(engine, "connect", _sqlite_pragmas)
+    event.listen(engine, "before_cursor_execute", _refuse_nul_characters)
     return engine
+
+
+def _refuse_nul_characters(_conn: Any, _cursor: Any, _statement: str, parameters: Any, _context: Any,
+                           _executemany: bool) -> None:
+    """PostgreSQL refuses a text holding a NUL character, as a server error, where SQLite takes it:
+    a name such as "x\\x00y" would fail on one catalog and pass a lookup on the other. Both refuse it
+    here, before the database sees it, as the caller's fault."""
+    for value in _values(parameters):
+        if isinstance(value, str) and "\x00" in value:
+            raise CatalogValueError(f"a NUL character cannot be stored or looked up: {value[:80]!r}")
+
+
+def _values(parameters: Any) -> Iterator[Any]:
+    """Every value of a statement's parameters: a row's (a dict or a tuple), or each row's of a batch,
+    however the dialect groups them (an insert of many rows may come as one flat tuple)."""
+    for item in parameters.values() if isinstance(parameters, dict) else parameters or ():
+        if isinstance(item, (dict, list, tuple)):
+            yield from _values(item)
+        else:
+            yield item
 
 
 def _private_sqlite_files(database: str | None) -> None:
