@@ -5,10 +5,11 @@ backups must not pay for QEMU's QMP library, the store's codecs or FastAPI.
 """
 from __future__ import annotations
 
+from collections.abc import Iterator, MutableMapping
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from appliance.settings import Settings
 
@@ -23,6 +24,7 @@ if TYPE_CHECKING:
     from appliance.backups.service import BackupService
     from appliance.hosts.service import HostService
     from appliance.jobs.engine import JobEngine
+    from appliance.jobs.plan import JobKind
     from appliance.metrics.exposition import Metrics
     from appliance.notifications.service import NotificationService
     from appliance.restores.service import RestoreService
@@ -133,9 +135,8 @@ class Appliance:
     def jobs(self) -> JobEngine:
         from appliance.jobs.engine import JobEngine
         from appliance.jobs.events import EventLog
-        from appliance.jobs.kinds import standard_kinds
 
-        return JobEngine(self.catalog, EventLog(self.catalog), standard_kinds(self))
+        return JobEngine(self.catalog, EventLog(self.catalog), JobKinds(self))
 
     @cached_property
     def notifications(self) -> NotificationService:
@@ -149,3 +150,32 @@ class Appliance:
         from appliance.metrics.exposition import Metrics
 
         return Metrics(self)
+
+
+class JobKinds(MutableMapping[str, "JobKind[Any]"]):
+    """The appliance's job kinds, made when one is first looked up: listing jobs needs none of
+    them, and their modules import the store's, QEMU's and the transports' machinery."""
+
+    def __init__(self, appliance: Appliance):
+        self.appliance = appliance
+
+    @cached_property
+    def standard(self) -> dict[str, JobKind[Any]]:
+        from appliance.jobs.kinds import standard_kinds
+
+        return standard_kinds(self.appliance)
+
+    def __getitem__(self, kind: str) -> JobKind[Any]:
+        return self.standard[kind]
+
+    def __setitem__(self, kind: str, job_kind: JobKind[Any]) -> None:
+        self.standard[kind] = job_kind
+
+    def __delitem__(self, kind: str) -> None:
+        del self.standard[kind]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.standard)
+
+    def __len__(self) -> int:
+        return len(self.standard)

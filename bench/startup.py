@@ -2,6 +2,8 @@
 """How fast Cairn starts: the CLI beside a bare Python start, and `cairn serve` until it answers.
 
   python -c pass            the floor: this venv's interpreter starting and stopping
+  python -c "import ..."    what any local listing cannot do without: typer with the pydantic coercion
+                            of its options, SQLAlchemy's ORM and its SQLite dialect (no Cairn code)
   cairn --help, cairn backup list --json, cairn vm list --json, cairn job list --json
                             on a data dir whose catalog is at its newest revision (no migration)
   cairn serve               from spawning it to the first 200 of GET /api/v1/health: on a fresh
@@ -32,6 +34,8 @@ ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
 CAIRN = str(Path(PYTHON).with_name("cairn"))
 CLI_GOAL, SERVE_GOAL = 0.3, 2.0
+# typer coerces a command's options with pydantic (typer._adapters) as it parses them.
+LISTING_LIBRARIES = "import typer, typer._adapters, sqlalchemy.orm, sqlalchemy.dialects.sqlite"
 COMMANDS = [["--help"], ["backup", "list", "--json"], ["vm", "list", "--json"], ["job", "list", "--json"]]
 
 
@@ -107,6 +111,8 @@ def main() -> None:
         floor_samples = [timed_run([PYTHON, "-c", "pass"], env) for _ in range(args.runs)]
         floor = statistics.median(floor_samples)
         say("python -c pass", floor_samples)
+        say("libraries of a listing", [timed_run([PYTHON, "-c", LISTING_LIBRARIES], env) for _ in range(args.runs)],
+            floor)
         for argv in COMMANDS:
             say(f"cairn {' '.join(argv)}", [timed_run([CAIRN, *argv], env) for _ in range(args.runs)], floor, CLI_GOAL)
         fresh = []

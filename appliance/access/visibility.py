@@ -22,11 +22,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from fastapi import Request
 from sqlalchemy import ColumnElement, and_, literal, or_, select, true
 from sqlalchemy.orm import Session, sessionmaker
+from starlette.requests import Request  # FastAPI's, without loading FastAPI: `cairn vm list` imports this
 
 from appliance.backups.records import BackupRecord
 from appliance.deletion.records import RecycledRecord
@@ -34,11 +34,12 @@ from appliance.errors import CairnError, ConflictError, NotFoundError
 from appliance.jobs.records import JobRecord
 from appliance.names import ACCOUNT
 from appliance.vms.records import VMRecord
-from dedup import StoreError
 
-from .auth import Principal
 from .records import UserRecord, VMAccessRecord
 from .roles import Role
+
+if TYPE_CHECKING:
+    from .auth import Principal
 
 VM_RESOURCE = "vm:"
 
@@ -188,6 +189,8 @@ class Visibility:
 
 def visibility(appliance: Any) -> Visibility:
     def backup_vm(backup_id: str) -> str | None:
+        from dedup import StoreError
+
         try:
             return appliance.store.get_backup(backup_id).vm
         except (StoreError, OSError, ValueError):   # not in the store either: the route answers for itself

@@ -13,7 +13,6 @@ from sqlalchemy.orm import Session, aliased, sessionmaker
 from appliance.catalog.base import utcnow
 from appliance.catalog.query import MAX_INTEGER, HasHeaders, ListQuery
 from appliance.errors import NotFoundError
-from appliance.jobs.nodes import process_gone
 
 from .records import BackupRecord, BackupStatus
 
@@ -71,6 +70,8 @@ def fail_interrupted(session: Session, vm: str | None) -> None:
     if vm:
         q = q.where(BackupRecord.vm_name == vm)
     for rec in session.scalars(q):
+        from appliance.jobs.nodes import process_gone  # only then: a listing needs none of the jobs' machinery
+
         if process_gone(session, rec.runner_pid, rec.runner_start):
             rec.status, rec.finished_at = BackupStatus.FAILED, utcnow()
             rec.error = f"interrupted: the process running it (pid {rec.runner_pid}) exited"

@@ -34,10 +34,10 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import Enum
+from importlib import import_module
 from typing import Any
 
 from sqlalchemy import select, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
 from appliance.catalog.base import Base, utcnow
@@ -84,7 +84,9 @@ def register(session: Session, resource: str) -> None:
 def insert_missing(session: Session, table: type[Base], **values: Any) -> None:
     """Insert the row `values` describe unless a row with its primary key exists: two processes
     that both find it missing both insert, and neither fails."""
-    insert: Any = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
+    # The catalog's dialect's INSERT, imported by its name: a SQLite catalog never loads PostgreSQL's.
+    dialect: Any = import_module(f"sqlalchemy.dialects.{session.get_bind().dialect.name}")
+    insert = dialect.insert
     session.execute(insert(table).values(**values).on_conflict_do_nothing())
 
 

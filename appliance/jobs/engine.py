@@ -20,7 +20,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, MutableMapping
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
@@ -90,11 +90,11 @@ class ClaimLostError(CairnError):
 
 
 class JobEngine:
-    def __init__(self, catalog: sessionmaker[Session], events: EventLog, kinds: Mapping[str, JobKind[Any]],
+    def __init__(self, catalog: sessionmaker[Session], events: EventLog, kinds: MutableMapping[str, JobKind[Any]],
                  nodes: Nodes | None = None):
         self.catalog = catalog
         self.events = events
-        self.kinds = dict(kinds)
+        self.kinds = kinds   # not copied: the appliance's are imported when first looked up (context.py)
         self.nodes = nodes or Nodes(catalog)
         self.capacity = Capacity()
         self._queues = ResourceQueues(self._run)

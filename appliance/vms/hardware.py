@@ -29,8 +29,6 @@ from appliance.catalog.base import utcnow
 from appliance.errors import ConflictError, NotFoundError
 from appliance.pools.networks import MAX_NICS
 from appliance.snapshots.records import SnapshotIntentRecord, SnapshotTreeRecord
-from chain import VMTree
-from chain.tree import Node, new_id
 from vmm import DiskSpec, VMSpec, VMSpecError, create_disk, image_info
 from vmm.images import copy_into
 from vmm.network_disks import RbdDisk, network_disk
@@ -42,6 +40,7 @@ from .records import VMRecord
 
 if TYPE_CHECKING:
     from appliance.pools.service import StoragePool
+    from chain import VMTree
 
     from .service import VMService
 
@@ -86,6 +85,8 @@ class VMHardware:
                 with self.catalog.begin() as s:
                     self._record(s, spec)
                     if (tree := s.get(SnapshotTreeRecord, name)) is not None:
+                        from chain.tree import Node, VMTree, new_id  # here: `cairn vm list` needs no chain code
+
                         snapshots = VMTree.from_dict(tree.tree)
                         root = Node(new_id(), disk.name, disk.path, None, utcnow())
                         snapshots.nodes[root.id] = root
@@ -117,6 +118,8 @@ class VMHardware:
             with self.catalog.begin() as s:
                 self._record(s, spec)
                 if (row := s.get(SnapshotTreeRecord, name)) is not None:
+                    from chain import VMTree
+
                     kept = VMTree.from_dict(row.tree)
                     kept.nodes = {i: n for i, n in kept.nodes.items() if n.disk != disk}
                     row.tree = kept.to_dict()
@@ -212,6 +215,8 @@ class VMHardware:
 
     @staticmethod
     def _tree(s: Session, name: str, doing: str) -> VMTree | None:
+        from chain import VMTree
+
         if s.get(SnapshotIntentRecord, name) is not None:
             raise ConflictError(f"a snapshot operation on VM {name} was interrupted: finish it first "
                                 f"(cairn snapshot check {name}), then {doing}")

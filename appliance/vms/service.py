@@ -33,7 +33,6 @@ from appliance.pools.networks import NetworkService
 from appliance.pools.service import PoolService
 from appliance.settings import Settings
 from appliance.snapshots.records import SnapshotIntentRecord, SnapshotTreeRecord
-from chain import VMTree
 from procs import Holding
 from vmm import DiskSpec, QemuDriver, StopMethod, VMSpec, VMStatus, create_disk, image_info
 from vmm.clone import CloneMode, clone_disks, clone_spec
@@ -574,6 +573,8 @@ class VMService:
             raise ConflictError(refusal(doing, readers, hint))
 
     def _reading_vms(self, besides: str | None) -> Iterator[ReadingVM]:
+        from chain import VMTree  # here and below: listing VMs needs none of the snapshot chains' code
+
         with self.catalog() as s:
             specs = [VMSpec.from_dict(r.spec) for r in s.scalars(select(VMRecord)) if r.name != besides]
             trees = {r.vm_name: VMTree.from_dict(r.tree) for r in s.scalars(select(SnapshotTreeRecord))}
@@ -783,6 +784,8 @@ def _in_recycle_bin(payload: dict[str, Any], path: str) -> str:
 
 def _recycled_layers(payload: dict[str, Any]) -> list[tuple[str, str]]:
     """The snapshot layers of a recycled VM, where the bin keeps them."""
+    from chain import VMTree
+
     rows = payload["rows"].get(SnapshotTreeRecord.__tablename__, [])
     return [(n.disk, _in_recycle_bin(payload, n.file)) for row in rows
             for n in VMTree.from_dict(row["tree"]).nodes.values()]
