@@ -65,20 +65,21 @@ def backup_list(vm: str | None = typer.Option(None, help="Only this VM's backups
                 as_json: bool = JsonOpt) -> None:
     """Backups recorded in the catalog, newest first; fields: id, vm_name, kind, status, started_at,
     finished_at, size, bytes_read, bytes_stored, protected, error... A backup's ID (what a restore
-    takes) is its start time in UTC and a suffix; notes and errors follow the table."""
+    takes) is its start time in UTC and a suffix; which are protected, notes and errors follow the table
+    (it stays within 80 columns)."""
     page = state.client.backups(vm, Listing(filters, sort, limit, offset))
     say_page(len(page.items), offset, page.total, "backups")
     backups = page.items
     if as_json:
         emit_json(backups)
         return
-    listing = table("id", "vm", "kind", "status", "read", "stored", "protected", numbers=("read", "stored"))
+    listing = table("id", "vm", "kind", "status", "read", "stored", numbers=("read", "stored"))
     for b in backups:
-        listing.add_row(b.id, b.vm_name, b.kind, b.status, human(b.bytes_read), human(b.bytes_stored),
-                        "yes" if b.protected else "")
+        listing.add_row(b.id, b.vm_name, b.kind, b.status, human(b.bytes_read), human(b.bytes_stored))
     print_table(listing)
     for b in backups:
-        for note in ([f"error: {b.error}"] if b.error else b.notes):
+        protection = ["protected: no prune removes it"] if b.protected else []
+        for note in protection + ([f"error: {b.error}"] if b.error else b.notes):
             out.print(f"{b.id}: {note}", highlight=False, soft_wrap=False)
 
 
