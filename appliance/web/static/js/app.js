@@ -1,7 +1,7 @@
 // The console's shell: signing in and out, the session's end, and which page shows for the address.
 import { call, hooks, session } from "./api.js";
 import { loadRule, may } from "./roles.js";
-import { describeError, notify } from "./ui.js";
+import { notify, notifyError } from "./ui.js";
 import { accountPage } from "./pages/account.js";
 import { auditPage } from "./pages/audit.js";
 import { consolePage } from "./pages/console.js";
@@ -59,7 +59,7 @@ async function show() {
   try {
     await loadRule();
   } catch (e) {
-    notify(describeError(e), true);
+    notifyError(e);
     return;
   }
   // Pages only an admin may read are not offered to others.
@@ -79,7 +79,7 @@ async function show() {
   try {
     await route[1](page, params, leaving.signal);
   } catch (e) {
-    if (e.name !== "AbortError") notify(describeError(e), true);
+    if (e.name !== "AbortError") notifyError(e);
   }
 }
 

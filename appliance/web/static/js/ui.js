@@ -9,6 +9,14 @@ export function notify(message, isError = false) {
   notice.textContent = message;
   notice.className = isError ? "error" : "";
   notice.hidden = !message;
+  delete notice.dataset.code;
+}
+
+// An error, in the API's words; its code (e.g. ConflictError) is kept on the notice for scripts and
+// support, not shown: the message says what is wrong and what to do.
+export function notifyError(e) {
+  notify(describeError(e), true);
+  if (e.code) document.getElementById("notice").dataset.code = e.code;
 }
 
 // What went wrong, in the API's words: for a request that did not validate, each field and what is
@@ -16,7 +24,7 @@ export function notify(message, isError = false) {
 export function describeError(e) {
   if (!e.code) return String(e);
   const fields = Array.isArray(e.details) ? e.details.filter((d) => d && d.msg) : [];
-  if (!fields.length) return `${e.code}: ${e.message}`;
+  if (!fields.length) return e.message;
   return fields.map((d) => {
     const where = (d.loc ?? []).filter((part, i) => !(i === 0 && ["body", "query", "path"].includes(part))).join(" ");
     return `${where ? `${where}: ` : ""}${String(d.msg).replace(/^Value error, /, "")}`;
@@ -28,7 +36,7 @@ export async function attempt(action) {
   try {
     return await action();
   } catch (e) {
-    notify(describeError(e), true);
+    notifyError(e);
     return undefined;
   }
 }
