@@ -64,6 +64,11 @@ export async function confirmedDeletion(title, path) {
   return await confirmAction(title, takes, "Delete") ? call("DELETE", path) : undefined;
 }
 
+// A list with an action's answer in it (one round trip): the answer takes the place of the item of
+// the same `key`, or, new, comes last.
+export const withAnswer = (list, answer, key = "name") => (list.some((item) => item[key] === answer[key])
+  ? list.map((item) => (item[key] === answer[key] ? answer : item)) : [...list, answer]);
+
 // A button for one API call, or nothing for a user whose role may not make it. `action` does the work
 // (disabled meanwhile), answering undefined if nothing was done (not confirmed, or failed: attempt()
 // shows why); otherwise `done(result)` shows its outcome (null for an API answer without a body).

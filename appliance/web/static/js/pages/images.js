@@ -1,8 +1,9 @@
 // The image library: disk images and ISOs to create VMs from. Upload one from this computer (with its
-// progress, and its SHA-256 worked out here and compared with the appliance's), verify, delete.
+// progress, and its SHA-256 worked out here and compared with the appliance's), verify, delete. An
+// upload answers the image, a deletion nothing: the table is redrawn from that, not asked for again.
 import { call, get, upload } from "../api.js";
 import { bytes, fill, h, table, when } from "../dom.js";
-import { actionButton, actionForm, field, notify } from "../ui.js";
+import { actionButton, actionForm, field, notify, withAnswer } from "../ui.js";
 
 // Hashing needs the whole file in memory (crypto.subtle has no streaming digest): only up to this size.
 const HASHED_IN_BROWSER = 512 * 1024 * 1024;
@@ -13,7 +14,7 @@ async function sha256Of(file) {
   return Array.from(new Uint8Array(digest), (b) => b.toString(16).padStart(2, "0")).join("");
 }
 
-function uploadForm(draw) {
+function uploadForm(uploaded) {
   const progress = h("progress", { max: "1", value: "0", hidden: true, "data-upload-progress": "" });
   const form = actionForm("PUT", "/images/x", [
     field("File", h("input", { name: "file", type: "file", required: true })),
@@ -34,14 +35,15 @@ function uploadForm(draw) {
              + (local ? ", the same as on this computer." : "."));
     }
     shown.reset();
-    await draw();
+    uploaded(record);
   });
   return form && [form, progress];
 }
 
 export async function imagesPage(main) {
-  const draw = async () => {
-    const images = await get("/images");
+  let images = await get("/images");
+  const uploading = uploadForm((image) => { images = withAnswer(images, image); render(); });
+  const render = () => {
     fill(main, h("h1", {}, "Images"),
       table(["Image", "Kind", "Format", "Size", "Guest sees", "SHA-256", "Added", ""], images.map((i) => {
         const path = `/images/${encodeURIComponent(i.name)}`;
@@ -52,9 +54,12 @@ export async function imagesPage(main) {
           h("td", { class: "actions" },
             actionButton("Verify", "POST", `${path}/verify`, () => call("POST", `${path}/verify`),
               (checked) => notify(`Image ${checked.name}: its bytes match SHA-256 ${checked.sha256}.`)),
-            actionButton("Delete", "DELETE", path, () => call("DELETE", path), draw, { class: "danger" })));
+            actionButton("Delete", "DELETE", path, () => call("DELETE", path), () => {
+              images = images.filter((other) => other.name !== i.name);
+              render();
+            }, { class: "danger" })));
       }), "no images yet"),
-      h("h2", {}, "Upload an image"), uploadForm(draw));
+      h("h2", {}, "Upload an image"), uploading);
   };
-  await draw();
+  render();
 }

@@ -1,13 +1,15 @@
 // Notifications: where alarms go (webhooks and mail), which alarms are raised (rules), the quiet
-// hours that hold them back, a test message per target, and the alarms and deliveries so far.
+// hours that hold them back, a test message per target, and the alarms and deliveries so far. Each
+// action answers the target, rule or quiet hours as they are now (clearing quiet hours: nothing): the
+// page is redrawn from that, not asked for again.
 import { call, get } from "../api.js";
 import { fill, h, table, when } from "../dom.js";
-import { actionButton, actionForm, field, notify } from "../ui.js";
+import { actionButton, actionForm, field, notify, withAnswer } from "../ui.js";
 
 const BASE = "/notifications";
 const words = (text) => text.split(/[\s,]+/).filter(Boolean);
 
-function targetForm(draw) {
+function targetForm(added) {
   const kind = h("select", { name: "kind" }, h("option", { value: "webhook" }, "webhook"),
     h("option", { value: "email" }, "mail (SMTP)"));
   return actionForm("POST", `${BASE}/targets`, [
@@ -25,9 +27,8 @@ function targetForm(draw) {
       ? { kind: "webhook", name: values.name, url: values.url, secret: values.secret || null }
       : { kind: "email", name: values.name, host: values.host, port: Number(values.port), sender: values.sender,
           recipients: words(values.recipients), username: values.username || null, password: values.password || null };
-    await call("POST", `${BASE}/targets`, body);
+    added(await call("POST", `${BASE}/targets`, body));
     form.reset();
-    await draw();
   });
 }
 
@@ -37,7 +38,7 @@ function describeTarget(t) {
 }
 
 // A rule's parameters as fields ("fill_percent" -> a number field), changed by PATCH.
-function ruleRow(rule, targets, draw) {
+function ruleRow(rule, targets, changed) {
   const path = `${BASE}/rules/${rule.kind}`;
   const params = Object.entries(rule.params).map(([key, value]) =>
     h("input", { name: key, "aria-label": key, title: key, size: "6", value: String(value ?? "") }));
@@ -47,19 +48,19 @@ function ruleRow(rule, targets, draw) {
     params: Object.fromEntries(params.map((i) => [i.name, i.value === "" ? null : Number.isNaN(Number(i.value))
       ? i.value : Number(i.value)])),
     targets: Array.from(chosen.selectedOptions, (o) => o.value),
-  }), (saved) => { notify(`Rule ${saved.kind} saved.`); return draw(); });
+  }), (saved) => { notify(`Rule ${saved.kind} saved.`); changed(saved); });
   return h("tr", { "data-rule": rule.kind },
     h("td", {}, rule.kind), h("td", {}, rule.severity), h("td", {}, rule.description),
     h("td", {}, params.map((i) => h("label", { class: "param" }, `${i.name} `, i))),
     h("td", {}, targets.length ? chosen : h("span", { class: "muted" }, "every target")),
     h("td", { class: "actions" },
       actionButton(rule.enabled ? "Disable" : "Enable", "PATCH", path,
-        () => call("PATCH", path, { enabled: !rule.enabled }), draw), save));
+        () => call("PATCH", path, { enabled: !rule.enabled }), changed), save));
 }
 
 const clock = (time) => time.slice(0, 5);   // "22:00:00" -> "22:00"
 
-function quietHoursForm(hours, draw) {
+function quietHoursForm(hours, changed) {
   const path = `${BASE}/quiet-hours`;
   const form = actionForm("PUT", path, [
     field("From", h("input", { name: "start", type: "time", required: true, value: hours ? clock(hours.start) : "22:00" })),
@@ -69,20 +70,25 @@ function quietHoursForm(hours, draw) {
     field("Hold errors too", h("input", { name: "hold_errors", type: "checkbox", value: "yes",
                                           checked: Boolean(hours?.hold_errors) })),
   ], "Save quiet hours", async (values) => {
-    await call("PUT", path, { start: values.start, end: values.end, timezone: values.timezone,
-                              hold_errors: values.hold_errors === "yes" });
+    const saved = await call("PUT", path, { start: values.start, end: values.end, timezone: values.timezone,
+                                            hold_errors: values.hold_errors === "yes" });
     notify("Quiet hours saved.");
-    await draw();
+    changed(saved);
   });
   return [h("p", { "data-quiet-hours": "" }, hours ? `Messages wait from ${clock(hours.start)} to ${clock(hours.end)} (${hours.timezone})`
     + `${hours.hold_errors ? ", errors too" : "; errors go at once"}.` : "No quiet hours: messages go at once."),
-  form, hours && actionButton("No quiet hours", "DELETE", path, () => call("DELETE", path), draw)];
+  form, hours && actionButton("No quiet hours", "DELETE", path, () => call("DELETE", path), changed)];
 }
 
 export async function notificationsPage(main) {
-  const draw = async () => {
-    const [targets, rules, hours, alarms, outbox] = await Promise.all([get(`${BASE}/targets`), get(`${BASE}/rules`),
-      get(`${BASE}/quiet-hours`), get(`${BASE}/alarms?limit=20`), get(`${BASE}/outbox?limit=20`)]);
+  const [alarms, outbox] = await Promise.all([get(`${BASE}/alarms?limit=20`), get(`${BASE}/outbox?limit=20`)]);
+  let [targets, rules, hours] = await Promise.all([get(`${BASE}/targets`), get(`${BASE}/rules`),
+    get(`${BASE}/quiet-hours`)]);
+  const addTarget = targetForm((target) => { targets = withAnswer(targets, target); render(); });
+  const ruleChanged = (rule) => { rules = withAnswer(rules, rule, "kind"); render(); };
+  // A DELETE answers null: no quiet hours.
+  const hoursChanged = (saved) => { hours = saved; render(); };
+  const render = () => {
     fill(main, h("h1", {}, "Notifications"),
       h("h2", {}, "Targets"),
       table(["Target", "Kind", "Where", "State", ""], targets.map((t) => {
@@ -93,12 +99,15 @@ export async function notificationsPage(main) {
           h("td", { class: "actions" },
             actionButton("Send test message", "POST", `${path}/test`, () => call("POST", `${path}/test`),
               () => notify(`Target ${t.name} took the test message.`)),
-            actionButton("Delete", "DELETE", path, () => call("DELETE", path), draw, { class: "danger" })));
+            actionButton("Delete", "DELETE", path, () => call("DELETE", path), (removed) => {
+              targets = targets.filter((other) => other.name !== removed.name);
+              render();
+            }, { class: "danger" })));
       }), "no targets: alarms go nowhere"),
-      targetForm(draw),
+      addTarget,
       h("h2", {}, "Rules"),
-      table(["Alarm", "Severity", "When", "Parameters", "Sent to", ""], rules.map((r) => ruleRow(r, targets, draw))),
-      h("h2", {}, "Quiet hours"), quietHoursForm(hours, draw),
+      table(["Alarm", "Severity", "When", "Parameters", "Sent to", ""], rules.map((r) => ruleRow(r, targets, ruleChanged))),
+      h("h2", {}, "Quiet hours"), quietHoursForm(hours, hoursChanged),
       h("h2", {}, "Recent alarms"),
       table(["Raised", "Alarm", "On", "State", "What"], alarms.map((a) => h("tr", {},
         h("td", {}, when(a.started_at)), h("td", {}, a.rule), h("td", {}, a.resource),
@@ -110,5 +119,5 @@ export async function notificationsPage(main) {
         h("td", {}, when(d.created_at)), h("td", {}, d.target), h("td", {}, d.summary ?? d.event),
         h("td", {}, d.state), h("td", {}, String(d.attempts)), h("td", {}, d.last_error ?? ""))), "none"));
   };
-  await draw();
+  render();
 }

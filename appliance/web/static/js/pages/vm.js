@@ -11,8 +11,9 @@ const BACKUPS_PER_PAGE = 100;
 
 // CPUs and memory (for a stopped VM: they apply at its next start), its disks (grown, even live;
 // added or removed) and its network cards (added or removed). Adding and removing apply to a
-// stopped VM only (Cairn does not hot-plug): the answer, the VM as it is now, is shown at once.
-function hardwareSection(vm, { redraw, shown, open }) {
+// stopped VM only (Cairn does not hot-plug): the answer, the VM as it is now, is shown at once. A
+// disk grown changes nothing this page shows (it lists no sizes): the notice says its new size.
+function hardwareSection(vm, { shown, open }) {
   const path = `/vms/${encodeURIComponent(vm.name)}`;
   const stopped = ["stopped", "crashed"].includes(vm.state);
   const sizing = actionForm("PATCH", path, [
@@ -21,14 +22,14 @@ function hardwareSection(vm, { redraw, shown, open }) {
   ], "Change", async (values) => {
     const changed = await call("PATCH", path, { vcpus: Number(values.vcpus), memory_mib: Number(values.memory_mib) });
     notify(`VM ${changed.name}: ${changed.vcpus} vCPUs, ${changed.memory_mib} MiB from its next start.`);
-    await redraw();
+    shown(changed);
   });
   const growing = (d) => actionForm("POST", `${path}/disks/${encodeURIComponent(d.name)}/resize`, [
     field("New size", h("input", { name: "size", required: true, placeholder: "20G" })),
-  ], "Grow", async (values) => {
+  ], "Grow", async (values, form) => {
     const grown = await call("POST", `${path}/disks/${encodeURIComponent(d.name)}/resize`, { size: values.size });
+    form.reset();
     notify(`Disk ${grown.disk} of ${vm.name} is now ${grown.size}.`);
-    await redraw();
   });
   const disks = table(["Disk", "Format", "File", ""], vm.disks.map((d, i) => h("tr", { "data-disk": d.name },
     h("td", {}, d.name), h("td", {}, d.format), h("td", {}, d.path),
@@ -56,7 +57,7 @@ export async function vmPage(main, { name }, signal) {
       h("p", { class: "actions" }, `${vm.vcpus} vCPUs · ${vm.memory_mib} MiB · disks `,
         vm.disks.map((d) => `${d.name} (${d.format})`).join(", "), " ",
         vmActions(vm, draw, () => { location.hash = "#/vms"; })),
-      hardwareSection(vm, { redraw: draw, shown: render, open }),
+      hardwareSection(vm, { shown: render, open }),
       h("h2", {}, "Backups by day"), backupCalendar(recent),
       h("h2", {}, "Recent jobs"),
       table(["Job", "State", "Started", "Result"], jobs.map((j) => h("tr", {},
