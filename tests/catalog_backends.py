@@ -131,7 +131,7 @@ def migrated_postgres_template() -> Iterator[str]:
         yield name
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture(params=["sqlite", "postgresql"])   # CATALOG_BACKENDS (defined below, with the hook)
 def catalog_url(request: pytest.FixtureRequest) -> Iterator[str | None]:
     """None (the data dir's SQLite file) or the URL of a new, empty PostgreSQL database."""
     if request.param == "sqlite":
@@ -141,8 +141,19 @@ def catalog_url(request: pytest.FixtureRequest) -> Iterator[str | None]:
         yield url
 
 
+CATALOG_BACKENDS = ("sqlite", "postgresql")
 SQLITE_ONLY = "sqlite_only"
 CHOOSES_ITS_CATALOG = {"catalog_url", "postgres_url", "postgres_server"}   # postgres_server: tests/postgres_server.py
+
+
+def without_catalog_backend(test_id: str) -> str:
+    """A test's id as written before it ran on both catalogs: `t[sqlite-commit]` -> `t[commit]`,
+    `t[postgresql]` -> `t` (what docs name a test by)."""
+    name, bracket, params = test_id.partition("[")
+    if not bracket:
+        return test_id
+    kept = [p for p in params.rstrip("]").split("-") if p not in CATALOG_BACKENDS]
+    return f"{name}[{'-'.join(kept)}]" if kept else name
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -152,7 +163,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         return
     sqlite_only = metafunc.definition.get_closest_marker(SQLITE_ONLY)
     if sqlite_only is None:
-        metafunc.parametrize("catalog_backend", ["sqlite", "postgresql"], indirect=True)
+        metafunc.parametrize("catalog_backend", CATALOG_BACKENDS, indirect=True)
     elif not sqlite_only.kwargs.get("reason"):
         raise pytest.UsageError(f"{metafunc.definition.nodeid}: @pytest.mark.sqlite_only needs reason=: "
                                 "which test proves its catalog work on PostgreSQL")
