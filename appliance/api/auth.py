@@ -118,7 +118,7 @@ class TotpCode(BaseModel):
 class TokenRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: Text = Field(min_length=1, max_length=128, description="what uses it")
-    expires_in_days: float | None = Field(None, gt=0, le=3650)
+    expires_in_days: float | None = Field(None, strict=True, gt=0, le=3650)
 
 
 class TokenOut(BaseModel):

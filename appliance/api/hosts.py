@@ -68,7 +68,7 @@ class HostVMOut(BaseModel):
 
 class StopIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    timeout: float = Field(default=60.0, gt=0, le=MAX_STOP_TIMEOUT, description="seconds to wait after the ACPI power button")
+    timeout: float = Field(strict=True, default=60.0, gt=0, le=MAX_STOP_TIMEOUT, description="seconds to wait after the ACPI power button")
     force: bool = Field(default=False, description="pull the plug at once")
 
 

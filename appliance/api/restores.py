@@ -71,17 +71,17 @@ class FileEntryOut(BaseModel):
 
 class SpeedRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    speed: int = Field(ge=0, description="bytes/s per disk; 0: unlimited")
+    speed: int = Field(strict=True, ge=0, description="bytes/s per disk; 0: unlimited")
 
 
 class ResumeRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    speed: int | None = Field(None, ge=0)
+    speed: int | None = Field(None, strict=True, ge=0)
 
 
 class BootTestRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    timeout: float = Field(default=120.0, gt=0, le=3600)
+    timeout: float = Field(strict=True, default=120.0, gt=0, le=3600)
     marker: str = Field(default=DEFAULT_MARKER, min_length=1)
 
 

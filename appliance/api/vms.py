@@ -61,8 +61,8 @@ class NicIn(BaseModel):
 class VMCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str
-    vcpus: int = Field(1, ge=1, le=255)
-    memory_mib: int = Field(256, ge=16)
+    vcpus: int = Field(1, strict=True, ge=1, le=255)
+    memory_mib: int = Field(256, strict=True, ge=16)
     disks: list[Size] = Field([], description="sizes of new blank disks, e.g. 10G (the first one "
                                              "is the size of the overlay on `image`)")
     image: str | None = Field(None, description="library disk image for the first disk (thin)")
@@ -90,8 +90,8 @@ class StartRequest(BaseModel):
 
 class Resize(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    vcpus: int | None = Field(None, ge=1, le=255)
-    memory_mib: int | None = Field(None, ge=16)
+    vcpus: int | None = Field(None, strict=True, ge=1, le=255)
+    memory_mib: int | None = Field(None, strict=True, ge=16)
 
 
 class DiskResize(BaseModel):
@@ -121,7 +121,7 @@ class NicAdd(BaseModel):
 
 class StopRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    timeout: float = Field(default=30.0, ge=0, le=MAX_STOP_TIMEOUT, description="seconds the guest gets to shut down")
+    timeout: float = Field(strict=True, default=30.0, ge=0, le=MAX_STOP_TIMEOUT, description="seconds the guest gets to shut down")
     force: bool = Field(default=False, description="end QEMU now; also cuts short a graceful stop that is waiting")
 
 

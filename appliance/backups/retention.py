@@ -15,12 +15,12 @@ from .records import BackupRecord, BackupStatus, record_pruned
 class RetentionCounts(BaseModel):
     """How many backups to keep per VM; each rule keeps the newest backup of each of its last N periods."""
     model_config = ConfigDict(extra="forbid")
-    keep_last: int = Field(0, ge=0)
-    keep_hourly: int = Field(0, ge=0)
-    keep_daily: int = Field(0, ge=0)
-    keep_weekly: int = Field(0, ge=0)
-    keep_monthly: int = Field(0, ge=0)
-    keep_yearly: int = Field(0, ge=0)
+    keep_last: int = Field(0, strict=True, ge=0)
+    keep_hourly: int = Field(0, strict=True, ge=0)
+    keep_daily: int = Field(0, strict=True, ge=0)
+    keep_weekly: int = Field(0, strict=True, ge=0)
+    keep_monthly: int = Field(0, strict=True, ge=0)
+    keep_yearly: int = Field(0, strict=True, ge=0)
 
 
 class RetentionRules(RetentionCounts):

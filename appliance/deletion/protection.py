@@ -26,7 +26,7 @@ Mode = Literal["immediate", "delayed", "never"]
 
 class DeletionRule(BaseModel):
     mode: Mode
-    delay_seconds: int = Field(default=0, ge=0, le=10 * 365 * 24 * 3600,
+    delay_seconds: int = Field(strict=True, default=0, ge=0, le=10 * 365 * 24 * 3600,
                                description="how long a deleted resource stays restorable (delayed), at most 10 years")
 
     @model_validator(mode="after")

@@ -69,7 +69,7 @@ class BackupRequest(DiskChoice):
     """How to back up a VM (the body of POST /vms/{name}/backups)."""
     model_config = ConfigDict(extra="forbid")
     full: bool = Field(default=False, description="read every disk in full")
-    full_every: int = Field(default=DEFAULT_FULL_EVERY, ge=0, le=100_000,
+    full_every: int = Field(strict=True, default=DEFAULT_FULL_EVERY, ge=0, le=100_000,
                             description="read a disk in full after this many incrementals of it (0: always)")
     transport: Literal["pull", "push"] = Field(default="pull",
                                                description="pull: Cairn reads an NBD export of the point in time; "
@@ -88,7 +88,7 @@ class HostBackupRequest(DiskChoice):
     an ssh host's VMs are backed up whole: a disk choice is refused there."""
     model_config = ConfigDict(extra="forbid")
     full: bool = Field(default=False, description="read every disk in full")
-    full_every: int = Field(default=DEFAULT_FULL_EVERY, ge=0, le=100_000,
+    full_every: int = Field(strict=True, default=DEFAULT_FULL_EVERY, ge=0, le=100_000,
                             description="read a disk in full after this many incrementals of it (0: always)")
 
 
@@ -102,7 +102,7 @@ class HostBackupParams(HostBackupRequest, JobParams):
 class SnapshotParams(OnVM):
     """A policy's automatic snapshot, and the rotation of the policy's older ones."""
     prefix: str = Field(default="auto", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=63)
-    keep: int = Field(default=0, ge=0, description="automatic snapshots named prefix-* to keep (0: all)")
+    keep: int = Field(strict=True, default=0, ge=0, description="automatic snapshots named prefix-* to keep (0: all)")
 
 
 class SnapshotRequest(BaseModel):
@@ -131,7 +131,7 @@ class SnapshotRevertParams(RevertRequest, OnVM):
 class DeleteRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     via: Literal["commit", "pull"] | None = None
-    rate_limit: int | None = Field(default=None, gt=0,
+    rate_limit: int | None = Field(strict=True, default=None, gt=0,
                                    description="bytes per second: the block job's speed on a running VM, qemu-img "
                                    "commit -r on a stopped one (an offline pull has no limit)")
 
@@ -212,7 +212,7 @@ class RestoreOverParams(FromBackup, OnVM):
 class InstantRestoreRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: NewVMName = Field(description="the new VM's name")
-    speed: int = Field(default=0, ge=0, description="bytes/s per disk; 0: unlimited")
+    speed: int = Field(strict=True, default=0, ge=0, description="bytes/s per disk; 0: unlimited")
     storage_pool: str | None = Field(default=None, description="copy the disks into this storage pool (an rbd "
                                                                "pool: into RBD images) instead of the data dir")
 
@@ -244,7 +244,7 @@ class MigrateRequest(BaseModel):
     """Where to move a running VM (the body of POST /vms/{name}/migrations)."""
     model_config = ConfigDict(extra="forbid")
     host: str = Field(description="another host of the VM's compute pool (\"local\": this machine)")
-    timeout: float = Field(default=MIGRATION_TIMEOUT, gt=0, le=3600,
+    timeout: float = Field(strict=True, default=MIGRATION_TIMEOUT, gt=0, le=3600,
                            description="seconds the migration may take before it is cancelled (the VM runs on)")
 
 
@@ -255,21 +255,21 @@ class MigrateParams(MigrateRequest, OnVM):
 # -- the store --------------------------------------------------------------------------------------
 
 class VerifyParams(JobParams):
-    sample_percent: float = Field(default=100.0, gt=0, le=100)
+    sample_percent: float = Field(strict=True, default=100.0, gt=0, le=100)
 
 
 class GcParams(JobParams):
-    grace_seconds: float = Field(default=DEFAULT_GRACE.total_seconds(), ge=0, le=10 * 365 * 86400)
+    grace_seconds: float = Field(strict=True, default=DEFAULT_GRACE.total_seconds(), ge=0, le=10 * 365 * 86400)
     dry_run: bool = False
-    repack_percent: float = Field(default=DEFAULT_REPACK_THRESHOLD * 100, gt=0, le=100,
+    repack_percent: float = Field(strict=True, default=DEFAULT_REPACK_THRESHOLD * 100, gt=0, le=100,
                                   description="repack a pack once this share of it is unreferenced")
 
 
 class UpgradeParams(JobParams):
     """Move the store to format 2 in place (the sizes apply to a format-1 store only)."""
     # The store's config checks the sizes (a power of two, in range): StoreConfigError, 422.
-    block_size: int = Field(default=DEFAULT_BLOCK_SIZE, gt=0, description="bytes per block of the format-2 store")
-    pack_size: int = Field(default=DEFAULT_PACK_SIZE, gt=0, description="bytes per pack of the format-2 store")
+    block_size: int = Field(strict=True, default=DEFAULT_BLOCK_SIZE, gt=0, description="bytes per block of the format-2 store")
+    pack_size: int = Field(strict=True, default=DEFAULT_PACK_SIZE, gt=0, description="bytes per pack of the format-2 store")
 
 
 class PruneParams(RetentionCounts, OnVM):
@@ -300,7 +300,7 @@ class SyncParams(JobParams):
     target: StoreLocation = Field(default=None, description="the store to copy into (push); default: this appliance's")
     source: StoreLocation = Field(default=None, description="the store to copy from (pull); default: this appliance's")
     backups_of: list[str] = Field(default=[], description="copy the backups of these VMs only (default: all)")
-    bandwidth: int | None = Field(default=None, ge=1, description="bytes per second at most (default: no limit)")
+    bandwidth: int | None = Field(strict=True, default=None, ge=1, description="bytes per second at most (default: no limit)")
 
     @model_validator(mode="after")
     def _names_another_store(self) -> Self:

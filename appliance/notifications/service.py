@@ -52,7 +52,7 @@ class EmailTarget(BaseModel):
     name: str = Field(pattern=NAME, max_length=63)
     enabled: bool = True
     host: str = Field(min_length=1, max_length=253, description="SMTP server")
-    port: int = Field(587, ge=1, le=65535)
+    port: int = Field(587, strict=True, ge=1, le=65535)
     starttls: bool = Field(True, description="upgrade to TLS before logging in (turn off only for a local relay)")
     ca_file: str | None = Field(None, description="PEM file of the CA that signed the server's certificate, "
                                 "when the system's CAs do not")

@@ -82,14 +82,14 @@ class PolicyBase(ScheduledBase):
 
 class BackupPolicy(PolicyBase):
     kind: Literal["backup"] = "backup"
-    full_every: int = Field(DEFAULT_FULL_EVERY, ge=0, le=100_000,
+    full_every: int = Field(DEFAULT_FULL_EVERY, strict=True, ge=0, le=100_000,
                             description="read a disk in full after this many incrementals of it (0: always)")
     retention: RetentionRules | None = Field(None, description="prune each VM's backups after its backup")
     include: list[str] = Field([], description="read only the disks one of these selects: a name pattern or "
                                                "kind:<tag> (see the backup request)")
     exclude: list[str] = Field([], description="then leave out the disks one of these selects")
-    max_per_host: int | None = Field(None, ge=1, description="backups running at once on this host")
-    max_per_store: int | None = Field(None, ge=1, description="backups running at once into the store")
+    max_per_host: int | None = Field(None, strict=True, ge=1, description="backups running at once on this host")
+    max_per_store: int | None = Field(None, strict=True, ge=1, description="backups running at once into the store")
 
     @model_validator(mode="after")
     def _selection_is_valid(self) -> BackupPolicy:
@@ -99,7 +99,7 @@ class BackupPolicy(PolicyBase):
 
 class SnapshotPolicy(PolicyBase):
     kind: Literal["snapshot"] = "snapshot"
-    keep: int = Field(7, ge=1, description="automatic snapshots of this policy kept per VM; older ones are merged")
+    keep: int = Field(7, strict=True, ge=1, description="automatic snapshots of this policy kept per VM; older ones are merged")
 
 
 class SyncPolicy(PolicyBase):
@@ -107,7 +107,7 @@ class SyncPolicy(PolicyBase):
     kind: Literal["sync"] = "sync"
     target: str | None = Field(None, description="the store to copy into (push); default: this appliance's")
     source: str | None = Field(None, description="the store to copy from (pull); default: this appliance's")
-    bandwidth: int | None = Field(None, ge=1, description="bytes per second at most (default: no limit)")
+    bandwidth: int | None = Field(None, strict=True, ge=1, description="bytes per second at most (default: no limit)")
 
     @model_validator(mode="after")
     def _names_another_store(self) -> SyncPolicy:
@@ -125,7 +125,7 @@ class StorePolicy(ScheduledBase):
 class VerifyPolicy(StorePolicy):
     """Verify the store (all chunks, or a sample) on a schedule: damage found raises the verify alarm."""
     kind: Literal["verify"] = "verify"
-    sample_percent: float = Field(default=100.0, gt=0, le=100, description="share of the chunks read each run")
+    sample_percent: float = Field(strict=True, default=100.0, gt=0, le=100, description="share of the chunks read each run")
 
 
 class GcPolicy(StorePolicy):

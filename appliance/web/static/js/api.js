@@ -41,11 +41,18 @@ async function failure(response) {
   return failed;
 }
 
+// How many changes this tab has made (requests other than GET that succeeded). A page drawn from
+// lists fetched while a change was made may show what was there before it: live() (ui.js) then
+// draws it again.
+let changes = 0;
+export const changesMade = () => changes;
+
 async function request(method, path, body) {
   const init = { method, headers: headers(body === undefined ? {} : { "Content-Type": "application/json" }) };
   if (body !== undefined) init.body = JSON.stringify(body);
   const response = await fetch(`/api/v1${path}`, init);
   if (!response.ok) throw await failure(response);
+  if (method !== "GET") changes += 1;
   return response;
 }
 

@@ -1,6 +1,6 @@
 // Widgets shared by the pages: notices, confirmation of destructive actions, buttons offered only to
 // those who may use them, and a job's live progress.
-import { ApiError, call, follow } from "./api.js";
+import { ApiError, call, changesMade, follow } from "./api.js";
 import { bytes, h } from "./dom.js";
 import { may } from "./roles.js";
 
@@ -148,8 +148,14 @@ export function live(main, signal, redraw) {
     clearTimeout(pending);
     pending = setTimeout(() => {
       if (signal.aborted) return;
-      if (main.contains(document.activeElement) && document.activeElement.matches("input, select")) later();
-      else attempt(redraw);
+      if (main.contains(document.activeElement) && document.activeElement.matches("input, select")) {
+        later();
+        return;
+      }
+      // A change answered while the page was fetched may have been drawn over with what its lists
+      // said before it: then the page is drawn again, from lists fetched after it.
+      const before = changesMade();
+      attempt(redraw).then(() => { if (changesMade() !== before && !signal.aborted) later(); });
     }, 300);
   };
   follow("/events/stream", (kind, event) => {
