@@ -87,8 +87,11 @@ def test_a_command_runs_its_work_as_a_job_and_ctrl_c_cancels_it(cairn, appliance
     noise.unlink()
 
     env = {**os.environ, "CAIRN_DATA_DIR": str(appliance.settings.data_dir)}
+    # As a terminal's foreground command: Ctrl-C's default action, even when this suite runs where
+    # SIGINT is ignored (a background job inherits SIG_IGN, and Python then never raises KeyboardInterrupt).
     proc = subprocess.Popen([CAIRN, "backup", "create", "big", "--full"], env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 120
     # Interrupted once it copies (a quick machine copies the disk in a few seconds).
     while not any(j.state == "running" and j.steps[1]["state"] == "running" for j in appliance.jobs.active()):
