@@ -156,9 +156,11 @@ function backupRow(vm, b, results, redraw) {
       bootTest(b, results), protection(b, redrawRow), lock(b),
       vm.disks.map((d) => [h("a", { href: filesAddress(b.id, d.name), class: "files" }, `files of ${d.name}`),
                            restoreDiskTo(b, d.name)])],
-      !["running", "recycled"].includes(b.status) && remove(b, redrawRow, () => row.remove())));
+      !["running", "recycled"].includes(b.status) && remove(b, redrawRow, () => shown()?.remove())));
+  // The row the page shows now: a live redraw may have drawn the section anew while the action ran.
+  const shown = () => (row.isConnected ? row : document.querySelector(`tr[data-backup="${CSS.escape(b.id)}"]`));
   function redrawRow(answer) {
-    row.replaceWith(backupRow(vm, answer, results, redraw));
+    shown()?.replaceWith(backupRow(vm, answer, results, redraw));
   }
   return row;
 }
