@@ -19,11 +19,15 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 from web_helpers import (
     add_user,
+    api_calls,
     chromium,
     click,
     confirm,
     console_server,
     element,
+    fill_form,
+    forget_api_calls,
+    form_with,
     read,
     screenshot,
     sign_in,
@@ -35,32 +39,6 @@ from dedup import Store
 
 pytestmark = [pytest.mark.slow, pytest.mark.sqlite_only(reason="a browser (60 s); the routes it calls: test_web, test_authz_matrix")]
 BACKUP_WAIT = 300   # a backup, or a boot test, of a TCG guest on a shared machine
-
-
-def fill_form(form, values: dict[str, str]) -> None:
-    for name, value in values.items():
-        field = form.find_element(By.NAME, name)
-        if field.tag_name == "select":
-            field.find_element(By.CSS_SELECTOR, f'option[value="{value}"]').click()
-        else:
-            field.clear()
-            field.send_keys(value)
-
-
-def form_with(browser, button_label: str):
-    """The form whose submit button says `button_label`."""
-    return element(browser, "form.inline button[type=submit]", button_label).find_element(By.XPATH, "./ancestor::form")
-
-
-def forget_api_calls(browser) -> None:
-    browser.execute_script("performance.clearResourceTimings();")
-
-
-def api_calls(browser) -> list[str]:
-    """The paths of the API calls the page made since forget_api_calls() (the browser's resource timing)."""
-    return browser.execute_script(
-        "return performance.getEntriesByType('resource').map((e) => new URL(e.name))"
-        ".filter((u) => u.pathname.startsWith('/api/v1/')).map((u) => u.pathname);")
 
 
 def go(browser, page: str) -> None:

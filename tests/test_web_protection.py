@@ -9,12 +9,14 @@ import pytest
 from job_helpers import job_result
 from web_helpers import (
     add_user,
+    api_calls,
     api_client_of,
     chromium,
     click,
     confirm,
     console_server,
     element,
+    forget_api_calls,
     screenshot,
     sign_in,
 )
@@ -24,13 +26,6 @@ from appliance.context import Appliance
 from dedup import Store, is_protected
 
 pytestmark = pytest.mark.sqlite_only(reason="a browser; protecting a backup on PostgreSQL: test_backup_protection")
-
-
-def api_paths(browser) -> list[str]:
-    """The API calls the page made since the last clear (the browser's resource timing)."""
-    return browser.execute_script(
-        "return performance.getEntriesByType('resource').map((e) => new URL(e.name))"
-        ".filter((u) => u.pathname.startsWith('/api/v1/')).map((u) => u.pathname);")
 
 
 def test_protect_in_the_console_marks_the_row_from_the_answer(appliance_data_dir: Path):
@@ -46,20 +41,20 @@ def test_protect_in_the_console_marks_the_row_from_the_answer(appliance_data_dir
         browser.get(f"{base}/ui/#/vm/web")
         row = f'tr[data-backup="{old}"]'
         element(browser, f'{row}[data-protected="false"]')
-        browser.execute_script("performance.clearResourceTimings();")
+        forget_api_calls(browser)
         click(browser, row, "Protect")
         assert "protected" in element(browser, f'{row}[data-protected="true"] .badge').text
         assert "no prune removes it" in element(browser, "#notice").text
-        assert api_paths(browser) == [f"/api/v1/backups/{old}/protection"], "one round trip"
+        assert api_calls(browser) == [f"/api/v1/backups/{old}/protection"], "one round trip"
         screenshot(browser, "backup-protected")
         store = Store.open(appliance_data_dir / "store")
         assert is_protected(store, store.get_backup(old))
 
-        browser.execute_script("performance.clearResourceTimings();")
+        forget_api_calls(browser)
         click(browser, row, "Unprotect")
         element(browser, f'{row}[data-protected="false"]')
         assert not browser.find_elements("css selector", f"{row} .badge")
-        assert api_paths(browser) == [f"/api/v1/backups/{old}/protection"]
+        assert api_calls(browser) == [f"/api/v1/backups/{old}/protection"]
         assert not is_protected(store, store.get_backup(old))
 
         # Protected again, a prune keeping one backup keeps it too; the page, redrawn by the prune's
@@ -76,16 +71,16 @@ def test_protect_in_the_console_marks_the_row_from_the_answer(appliance_data_dir
         element(browser, "#notice", "unprotect it first")
         click(browser, row, "Unprotect")
         element(browser, f'{row}[data-protected="false"]')
-        browser.execute_script("performance.clearResourceTimings();")
+        forget_api_calls(browser)
         click(browser, row, "Delete")
         assert any("recycle bin" in t for t in confirm(browser))
         element(browser, f"{row} .status-recycled")
-        assert api_paths(browser) == [f"/api/v1/backups/{old}"] * 2, "the dry run, then the deletion"
+        assert api_calls(browser) == [f"/api/v1/backups/{old}"] * 2, "the dry run, then the deletion"
         element(browser, "#sign-out").click()   # the recycle bin is the admin's
         sign_in(browser, base, "root")
         browser.get(f"{base}/ui/#/recycle-bin")
         element(browser, f'tr[data-recycled="{old}"]')
-        browser.execute_script("performance.clearResourceTimings();")
+        forget_api_calls(browser)
         click(browser, f'tr[data-recycled="{old}"]', "Restore")
         element(browser, "main td", "the recycle bin is empty")
-        assert api_paths(browser)[0].endswith("/restore") and len(api_paths(browser)) == 1
+        assert api_calls(browser)[0].endswith("/restore") and len(api_calls(browser)) == 1

@@ -15,14 +15,17 @@ from libvirt_helpers import libvirt_guest
 from libvirtd_server import libvirtd  # noqa: F401  (fixture)
 from network_helpers import netns  # noqa: F401  (fixture)
 from selenium.webdriver.common.by import By
-from test_web_pages import api_calls, fill_form, forget_api_calls, form_with
 from web_helpers import (
     add_user,
+    api_calls,
     chromium,
     click,
     confirm,
     console_server,
     element,
+    fill_form,
+    forget_api_calls,
+    form_with,
     read,
     screenshot,
     sign_in,

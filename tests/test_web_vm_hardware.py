@@ -8,15 +8,18 @@ from pathlib import Path
 import pytest
 from network_helpers import netns  # noqa: F401  (fixture)
 from selenium.webdriver.common.by import By
-from test_web_pages import api_calls, fill_form, forget_api_calls, form_with
 from web_helpers import (
     add_user,
+    api_calls,
     api_client_of,
     chromium,
     click,
     confirm,
     console_server,
     element,
+    fill_form,
+    forget_api_calls,
+    form_with,
     screenshot,
     sign_in,
     until,

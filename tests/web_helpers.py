@@ -177,6 +177,32 @@ def notice(browser: webdriver.Chrome) -> str:
     return found[0].text if found else ""
 
 
+def fill_form(form: WebElement, values: dict[str, str]) -> None:
+    for name, value in values.items():
+        field = form.find_element(By.NAME, name)
+        if field.tag_name == "select":
+            field.find_element(By.CSS_SELECTOR, f'option[value="{value}"]').click()
+        else:
+            field.clear()
+            field.send_keys(value)
+
+
+def form_with(browser: webdriver.Chrome, button_label: str) -> WebElement:
+    """The form whose submit button says `button_label`."""
+    return element(browser, "form.inline button[type=submit]", button_label).find_element(By.XPATH, "./ancestor::form")
+
+
+def forget_api_calls(browser: webdriver.Chrome) -> None:
+    browser.execute_script("performance.clearResourceTimings();")
+
+
+def api_calls(browser: webdriver.Chrome) -> list[str]:
+    """The paths of the API calls the page made since forget_api_calls() (the browser's resource timing)."""
+    return browser.execute_script(
+        "return performance.getEntriesByType('resource').map((e) => new URL(e.name))"
+        ".filter((u) => u.pathname.startsWith('/api/v1/')).map((u) => u.pathname);")
+
+
 def sign_in(browser: webdriver.Chrome, base: str, user: str, secret: str | None = None) -> None:
     """Sign in through the form; with a TOTP `secret`, answer the code prompt it brings up."""
     browser.get(f"{base}/ui/")
