@@ -19,7 +19,6 @@ from typer.core import TyperGroup
 from appliance.settings import UMASK
 
 from .common import err, reports_errors, state
-from .login import Logins, canonical_url
 
 # name: (module, its Typer app, the one-line help `cairn --help` shows without importing it)
 GROUPS: dict[str, tuple[str, str, str]] = {
@@ -95,12 +94,21 @@ def main(data_dir: Path | None = DataDirOpt, url: str | None = UrlOpt) -> None:
 
     os.umask(UMASK)   # before anything is written, by us or by what we start
     state.data_dir = str(data_dir) if data_dir else None
-    # An explicit appliance URL, else an explicit data dir (this machine), else the last login's.
-    state.url = canonical_url(url) if url else None if data_dir else Logins.load().current
+    state.url = _chosen_url(url, data_dir)
     state.url_asked = url is not None
     # Whatever a killed Cairn process left (qemu-nbd holding a disk, mounts, partial files) goes
     # before this one starts its own.
     sweep()
+
+
+def _chosen_url(url: str | None, data_dir: Path | None) -> str | None:
+    """An explicit appliance URL, else an explicit data dir (this machine: None), else the last login's."""
+    if data_dir and not url:
+        return None
+    # Only now: a command on a named data dir reads no login.
+    from .login import Logins, canonical_url
+
+    return canonical_url(url) if url else Logins.load().current
 
 
 CertOpt = typer.Option(None, "--cert", exists=True, dir_okay=False,
