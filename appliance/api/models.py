@@ -19,13 +19,19 @@ if TYPE_CHECKING:
     from appliance.vms.service import VMView
 
 
-class DiskOut(BaseModel):
+class Answer(BaseModel):
+    """What the API answers with. Each is built on its first use (defer_build), not as this module
+    is imported: a command that prints a backup list does not pay for the VM or job models."""
+    model_config = ConfigDict(defer_build=True)
+
+
+class DiskOut(Answer):
     name: str
     path: str
     format: str
 
 
-class VMOut(BaseModel):
+class VMOut(Answer):
     """A VM in a list."""
     name: str
     state: str
@@ -42,7 +48,7 @@ class VMOut(BaseModel):
                    disks=[DiskOut(name=d.name, path=d.path, format=d.format) for d in spec.disks])
 
 
-class NicOut(BaseModel):
+class NicOut(Answer):
     name: str
     mode: str
     mac: str
@@ -51,7 +57,7 @@ class NicOut(BaseModel):
     model: str | None = Field(None, description="the emulated card; none: the OS profile's")
 
 
-class VMDetail(BaseModel):
+class VMDetail(Answer):
     """One VM: its definition and state."""
     name: str
     state: str
@@ -88,7 +94,7 @@ class StoppedVM(VMDetail):
                     "not even quit and was killed; unknown: it ran on another host, whose agent does not say")
 
 
-class BackupOut(BaseModel):
+class BackupOut(Answer):
     model_config = ConfigDict(from_attributes=True)
     id: str
     vm_name: str
@@ -106,13 +112,13 @@ class BackupOut(BaseModel):
                                         "as the catalog last saw it)")
 
 
-class StepOut(BaseModel):
+class StepOut(Answer):
     name: str
     state: StepState
     error: str | None = None
 
 
-class JobOut(BaseModel):
+class JobOut(Answer):
     model_config = ConfigDict(from_attributes=True)
     id: str
     kind: str
@@ -130,7 +136,7 @@ class JobOut(BaseModel):
     finished_at: datetime | None
 
 
-class EventOut(BaseModel):
+class EventOut(Answer):
     model_config = ConfigDict(from_attributes=True)
     id: int
     created_at: datetime
@@ -142,14 +148,14 @@ class EventOut(BaseModel):
     data: dict[str, Any]
 
 
-class InstantDiskOut(BaseModel):
+class InstantDiskOut(Answer):
     name: str
     source: str
     overlay: str
     socket: str
 
 
-class InstantRestoreOut(BaseModel):
+class InstantRestoreOut(Answer):
     vm: str
     backup_id: str
     store: str
@@ -160,7 +166,7 @@ class InstantRestoreOut(BaseModel):
     progress: dict[str, list[int]]
 
 
-class BootTestOut(BaseModel):
+class BootTestOut(Answer):
     model_config = ConfigDict(from_attributes=True)
     id: int
     backup_id: str
@@ -178,7 +184,7 @@ class BootTestOut(BaseModel):
                    has_screen=result.has_screen)
 
 
-class PolicyPreview(BaseModel):
+class PolicyPreview(Answer):
     policy: str
     enabled: bool
     now: datetime
