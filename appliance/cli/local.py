@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from appliance.catalog.query import ListQuery
     from appliance.context import Appliance
     from appliance.deletion.protection import Impact
+    from appliance.jobs.catalog import JobCatalog
     from appliance.policies.service import Policy, PolicyOut, PolicyService
     from appliance.vms.devices import NewDisk, NewNic
     from dedup.stats import StoreStats
@@ -93,24 +94,30 @@ class LocalClient:
     def wait_job(self, job_id: str, timeout: float) -> JobOut:
         return JobOut.model_validate(self.appliance.jobs.wait(job_id, timeout))
 
+    def _job_catalog(self) -> JobCatalog:
+        """Jobs as the catalog has them, without the engine that runs them (nor its imports)."""
+        from appliance.jobs.catalog import JobCatalog
+
+        return JobCatalog(self.appliance.catalog)
+
     def jobs(self, listing: Listing) -> Page[JobOut]:
         from sqlalchemy import true
 
         from appliance.catalog.query import Total
 
         total = Total()
-        records = self.appliance.jobs.page(_query(listing), true(), total)   # root: every job
+        records = self._job_catalog().page(_query(listing), true(), total)   # root: every job
         return Page([JobOut.model_validate(r) for r in records], total.count)
 
     def job(self, job_id: str) -> JobOut:
-        return JobOut.model_validate(self.appliance.jobs.get(job_id))
+        return JobOut.model_validate(self._job_catalog().get(job_id))
 
     def events(self, job_id: str | None, limit: int) -> list[EventOut]:
         from sqlalchemy import true
 
         filters = [f"job_id:eq:{job_id}"] if job_id else []
         query = _query(Listing(filters, "-id", limit))
-        return [EventOut.model_validate(e) for e in self.appliance.jobs.page_events(query, true())]
+        return [EventOut.model_validate(e) for e in self._job_catalog().page_events(query, true())]
 
     # -- VMs -------------------------------------------------------------------------------------
 

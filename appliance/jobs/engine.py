@@ -24,17 +24,17 @@ from collections.abc import Callable, Mapping, MutableMapping
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
-from sqlalchemy import ColumnElement, select, update
+from sqlalchemy import select, update
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from appliance.access.roles import Role
 from appliance.catalog.base import rows_changed, utcnow
-from appliance.catalog.query import HasHeaders, ListQuery
 from appliance.errors import CairnError, ConflictError, ForbiddenError, NotFoundError
 from appliance.process import alive, ours
 
 from . import claims
+from .catalog import JobCatalog
 from .events import EventLog
 from .nodes import Nodes
 from .plan import JobCancelled, JobKind, JobPlan, StepContext, Throttle
@@ -43,7 +43,6 @@ from .records import (
     ACTIVE_STATES,
     FINISHED_STATES,
     HOLDING_STATES,
-    EventRecord,
     JobRecord,
     JobState,
     Severity,
@@ -89,10 +88,12 @@ class ClaimLostError(CairnError):
     status = 409
 
 
-class JobEngine:
+class JobEngine(JobCatalog):
+    """Runs jobs, and finds and lists them as its JobCatalog does (get, page, page_events)."""
+
     def __init__(self, catalog: sessionmaker[Session], events: EventLog, kinds: MutableMapping[str, JobKind[Any]],
                  nodes: Nodes | None = None):
-        self.catalog = catalog
+        super().__init__(catalog)
         self.events = events
         self.kinds = kinds   # not copied: the appliance's are imported when first looked up (context.py)
         self.nodes = nodes or Nodes(catalog)
@@ -142,27 +143,9 @@ class JobEngine:
         """Run a job recorded by `submit_in` (its transaction committed) on its resource's worker."""
         self._queues.submit(rec.resource, rec.id)
 
-    def get(self, job_id: str) -> JobRecord:
-        with self.catalog() as s:
-            rec = s.get(JobRecord, job_id)
-            if rec is None:
-                raise NotFoundError(f"no job {job_id}")
-            return rec
-
     def _reread(self, job_id: str) -> JobRecord:
         """`get` for a runner: waits out an outage of the catalog (CATALOG_OUTAGE)."""
         return self._through_outage(lambda: self.get(job_id))
-
-    def page(self, query: ListQuery, where: ColumnElement[bool], response: HasHeaders | None = None) -> list[JobRecord]:
-        """The jobs `query` asks for among those `where` selects (the caller's visible ones)."""
-        with self.catalog() as s:
-            return query.run(s, JobRecord, select(JobRecord).where(where), response=response)
-
-    def page_events(self, query: ListQuery, where: ColumnElement[bool],
-                    response: HasHeaders | None = None) -> list[EventRecord]:
-        """The events `query` asks for among those `where` selects (the caller's visible ones)."""
-        with self.catalog() as s:
-            return query.run(s, EventRecord, select(EventRecord).where(where), response=response)
 
     def cancel(self, job_id: str) -> JobRecord:
         """A queued job is cancelled at once; a running one stops at its next step or progress report
