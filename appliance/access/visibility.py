@@ -9,10 +9,11 @@ The rule, in one place:
     resource is `vm:NAME`.
 An invisible VM, backup or job answers 404, like a missing one.
 
-The app applies it to every request (`guard`, an app-wide dependency after authorization):
-requests naming a VM, a backup or a job in their path are checked before their route runs.
+The API applies it to every request (api/app.py's `visibility_guard`, an app-wide dependency after
+authorization): requests naming a VM, a backup or a job in their path are checked before their
+route runs.
 What lists VMs or names them is narrowed where it is queried: SQL lists with `vm_visible`
-(jobs, events) or `recycled_visible`, the services' lists with a `Seen` (scheduling groups,
+(jobs, events) or `recycled_visible`, the services' lists with a `Seen` (seen.py: scheduling groups,
 address leases and network attachments, policy previews, store stats), which also keeps a
 caller from naming a VM they do not see in what they write (a scheduling group).
 A VM's owner is a user: deleting the user leaves their VMs to admins and the VM's group, under
@@ -21,12 +22,10 @@ an owner name no user can take (users.deleted_owner), never to a new user given 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import ColumnElement, and_, literal, or_, select, true
 from sqlalchemy.orm import Session, sessionmaker
-from starlette.requests import Request  # FastAPI's, without loading FastAPI: `cairn vm list` imports this
 
 from appliance.backups.records import BackupRecord
 from appliance.deletion.records import RecycledRecord
@@ -37,28 +36,12 @@ from appliance.vms.records import VMRecord
 
 from .records import UserRecord, VMAccessRecord
 from .roles import Role
+from .seen import ALL, Seen
 
 if TYPE_CHECKING:
     from .auth import Principal
 
 VM_RESOURCE = "vm:"
-
-
-@dataclass(frozen=True)
-class Seen:
-    """What one caller may see of the VMs, for the queries that list VMs or name them.
-    `hidden` None: everything (an admin, or the appliance itself)."""
-    hidden: frozenset[str] | None = None
-
-    @property
-    def everything(self) -> bool:
-        return self.hidden is None
-
-    def vm(self, name: str) -> bool:
-        return self.hidden is None or name not in self.hidden
-
-
-ALL = Seen()
 
 
 def _hidden_condition(who: Principal) -> ColumnElement[bool]:
@@ -196,32 +179,3 @@ def visibility(appliance: Any) -> Visibility:
         except (StoreError, OSError, ValueError):   # not in the store either: the route answers for itself
             return None
     return Visibility(appliance.catalog, backup_vm)
-
-
-# -- the app-wide check ---------------------------------------------------------------------------
-
-# (path prefix, path parameter, check): a request under the prefix naming that parameter is checked.
-_GUARDED: tuple[tuple[str, str, str], ...] = (
-    ("/api/v1/vms/", "name", "check_vm"),
-    ("/api/v1/instant-restores/", "vm", "check_vm"),
-    ("/api/v1/backups/", "backup_id", "check_backup"),
-    ("/api/v1/jobs/", "job_id", "check_job"),
-)
-
-
-def guard(appliance: Any) -> Callable[[Request], None]:
-    """The app-wide dependency (after authorize): a VM, backup or job in the path that the
-    caller may not see is not found."""
-    checks = visibility(appliance)
-
-    def check_path(request: Request) -> None:
-        who: Principal | None = getattr(request.state, "principal", None)
-        if who is None or who.role == Role.ADMIN:
-            return
-        path = request.url.path
-        for prefix, param, check in _GUARDED:
-            value = request.path_params.get(param)
-            if value is not None and path.startswith(prefix):
-                getattr(checks, check)(who, value)
-
-    return check_path

@@ -13,6 +13,7 @@ route names with `raises`.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import Depends, FastAPI, Request
@@ -22,7 +23,9 @@ from pydantic import BaseModel
 from starlette.exceptions import HTTPException
 
 from appliance.access.audit import record_changes
-from appliance.access.visibility import guard
+from appliance.access.auth import Principal
+from appliance.access.roles import Role
+from appliance.access.visibility import visibility
 from appliance.context import Appliance
 from appliance.error_statuses import roots, status_of
 
@@ -43,15 +46,42 @@ class Health(BaseModel):
 
 
 
+# (path prefix, path parameter, check): a request under the prefix naming that parameter is checked.
+_GUARDED: tuple[tuple[str, str, str], ...] = (
+    ("/api/v1/vms/", "name", "check_vm"),
+    ("/api/v1/instant-restores/", "vm", "check_vm"),
+    ("/api/v1/backups/", "backup_id", "check_backup"),
+    ("/api/v1/jobs/", "job_id", "check_job"),
+)
+
+
+def visibility_guard(appliance: Appliance) -> Callable[[Request], None]:
+    """The app-wide dependency (after authorize): a VM, backup or job in the path that the
+    caller may not see is not found (the rule: appliance/access/visibility.py)."""
+    checks = visibility(appliance)
+
+    def check_path(request: Request) -> None:
+        who: Principal | None = getattr(request.state, "principal", None)
+        if who is None or who.role == Role.ADMIN:
+            return
+        path = request.url.path
+        for prefix, param, check in _GUARDED:
+            value = request.path_params.get(param)
+            if value is not None and path.startswith(prefix):
+                getattr(checks, check)(who, value)
+
+    return check_path
+
+
 # HTTP errors raised by the framework itself (no such route, method not allowed), named like ours.
 _HTTP_CODES = {404: "NotFoundError", 405: "MethodNotAllowedError"}
 
 
 def create_app(appliance: Appliance) -> FastAPI:
     """The app; every route it has or is given later needs credentials, except roles.PUBLIC,
-    and answers 404 for a VM, backup or job its caller may not see (visibility.guard)."""
+    and answers 404 for a VM, backup or job its caller may not see (visibility_guard)."""
     api = FastAPI(title="Cairn", version=VERSION, openapi_url="/api/v1/openapi.json", docs_url=None,
-                  redoc_url=None, dependencies=[Depends(bearer), Depends(guard(appliance))])
+                  redoc_url=None, dependencies=[Depends(bearer), Depends(visibility_guard(appliance))])
     from .gate import RequestGate  # it answers with this module's error_body
     api.add_middleware(RequestGate, appliance=appliance)
     record_changes(api, appliance.audit)   # added last: outermost, it also records what the gate refuses

@@ -25,7 +25,7 @@ from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from appliance.access.visibility import ALL, Seen
+from appliance.access.seen import ALL, Seen
 from appliance.backups.options import DEFAULT_FULL_EVERY
 from appliance.backups.records import last_good_backup
 from appliance.backups.retention import RetentionRules

@@ -23,7 +23,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from appliance.access.visibility import ALL, Seen
+from appliance.access.seen import ALL, Seen
 from appliance.errors import ConflictError, NotFoundError
 from appliance.settings import Settings
 from appliance.vms.records import VMRecord

@@ -24,7 +24,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from appliance.access.visibility import ALL, Seen
+from appliance.access.seen import ALL, Seen
 from appliance.errors import CairnError, ConflictError, NotFoundError
 from appliance.hosts.records import HostRecord
 from appliance.names import VM_LIKE

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+DISK_NAMES = [f"vd{c}" for c in "abcdefghijklmnopqrstuvwxyz"]   # a VM's disks, in order
+
 
 @dataclass(frozen=True)
 class NewDisk:

@@ -35,7 +35,7 @@ from vmm.network_disks import RbdDisk, network_disk
 from vmm.rundir import exclusive
 from vmm.spec import DISK_FORMATS, MAC_RE, NIC_MODELS, NicSpec, random_mac
 
-from .devices import NewDisk, NewNic
+from .devices import DISK_NAMES, NewDisk, NewNic
 from .records import VMRecord
 
 if TYPE_CHECKING:
@@ -43,9 +43,6 @@ if TYPE_CHECKING:
     from chain import VMTree
 
     from .service import VMService
-
-DISK_NAMES = [f"vd{c}" for c in "abcdefghijklmnopqrstuvwxyz"]
-
 
 class VMHardware:
     def __init__(self, vms: VMService):

@@ -16,18 +16,17 @@ import shutil
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from sqlalchemy import ColumnElement, Integer, Select, String, case, literal, select, type_coerce
 from sqlalchemy.orm import Session, sessionmaker
 
-from appliance.access.visibility import ALL, Seen
+from appliance.access.seen import ALL, Seen
 from appliance.catalog.base import utcnow
 from appliance.catalog.query import MAX_INTEGER, HasHeaders, ListQuery
-from appliance.deletion.records import RecycledRecord
 from appliance.errors import CairnError, ConflictError, NotFoundError
-from appliance.jobs.events import EventLog
 from appliance.names import LABEL
 from appliance.pools.networks import NetworkService
 from appliance.pools.service import PoolService
@@ -44,10 +43,15 @@ from vmm.placement import LOCAL_HOST, SchedulingGroup
 from vmm.rundir import exclusive
 from vmm.spec import NicSpec, validate_vm_name
 
-from .hardware import DISK_NAMES, VMHardware
+from .devices import DISK_NAMES
 from .placement import VMPlacement
 from .readers import Reader, ReadingVM, find_readers, refusal
 from .records import SchedulingGroupRecord, VMOptionsRecord, VMRecord, VMTagRecord
+
+if TYPE_CHECKING:
+    from appliance.jobs.events import EventLog
+
+    from .hardware import VMHardware
 
 ACTIVE = ("running", "paused")
 # States in which no QEMU of the VM runs anywhere ("unknown": its host does not answer).
@@ -99,11 +103,24 @@ class VMService:
         self.catalog = catalog
         self.driver = driver
         self.images = ImageLibrary(settings.data_dir / "images")
-        self.events = EventLog(catalog)
         self.pools = PoolService(catalog)
         self.networks = NetworkService(settings, catalog, self.pools, driver)
         self.placement = VMPlacement(catalog, self.pools, self.networks, self.groups)
-        self.hardware = VMHardware(self)
+
+    # Built when first used: their modules import the jobs' and backups' tables, which
+    # a listing of VMs does not need.
+    @cached_property
+    def events(self) -> EventLog:
+        from appliance.jobs.events import EventLog
+
+        return EventLog(self.catalog)
+
+    @cached_property
+    def hardware(self) -> VMHardware:
+        """A stopped VM's disks and NICs, added and removed."""
+        from .hardware import VMHardware
+
+        return VMHardware(self)
 
     # -- definitions --------------------------------------------------------------------------
 
@@ -605,6 +622,9 @@ class VMService:
     def _recycled_specs(self) -> Iterator[tuple[VMSpec, str, dict[str, Any]]]:
         """Each VM in the recycle bin, its disk paths pointing where the bin keeps them, with
         its recycle-bin payload."""
+        # Only now: a listing of VMs needs no recycle bin.
+        from appliance.deletion.records import RecycledRecord
+
         with self.catalog() as s:
             entries = [(r.payload, r.name) for r in s.scalars(select(RecycledRecord).where(RecycledRecord.kind == "vm"))]
         for payload, name in entries:
