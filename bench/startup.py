@@ -12,9 +12,11 @@
 Each figure is the median and the slowest of --runs runs, one command at a time; a CLI command's
 cost is its median less the bare start's. Goals (issue 16): a CLI command within 0.3 s of the bare
 start, `cairn serve` answering within 2 s. On a shared machine the load average (printed before
-and after) says how far to trust them. --imports adds each command's heaviest imports
-(python -X importtime: what to make lazy next).
-Run: .venv/bin/python bench/startup.py [--runs 10] [--serve-runs 5] [--imports]
+and after) says how far to trust them. --instructions also counts each start's instructions under
+valgrind's cachegrind, which the load does not change, and converts what a command runs beyond the
+bare start to seconds at the bare start's own pace in its fastest run (the least disturbed one).
+--imports adds each command's heaviest imports (python -X importtime: what to make lazy next).
+Run: .venv/bin/python bench/startup.py [--runs 10] [--serve-runs 5] [--instructions] [--imports]
 """
 from __future__ import annotations
 
@@ -78,6 +80,32 @@ def serve_until_healthy(env: dict[str, str]) -> float:
             server.wait()
 
 
+def instructions(argv: list[str], env: dict[str, str]) -> int:
+    """The instructions a run of `argv` executes, counted by cachegrind (no cache simulation)."""
+    trace = subprocess.run(["valgrind", "--tool=cachegrind", "--cache-sim=no", "--cachegrind-out-file=/dev/null",
+                            *argv], env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                           text=True).stderr
+    found = re.search(r"I\s+refs:\s+([\d,]+)", trace)
+    if found is None:
+        raise SystemExit(f"cachegrind printed no instruction count for {argv}:\n{trace}")
+    return int(found[1].replace(",", ""))
+
+
+def say_instructions(floor_samples: list[float], argvs: list[list[str]], env: dict[str, str]) -> None:
+    """Each command's instructions beyond the bare start's, in seconds at the bare start's pace."""
+    bare = instructions([PYTHON, "-c", "pass"], env)
+    pace = bare / min(floor_samples)   # instructions a second, the machine least disturbed
+    print(f"\ninstructions (cachegrind), at {pace / 1e9:.2f} G/s (the bare start's fastest run):")
+    print(f"{'python -c pass':<28} {bare / 1e6:7.1f} M")
+    for argv in argvs:
+        count = instructions(argv, env)
+        name = "libraries of a listing" if argv[1:2] == ["-c"] else f"cairn {' '.join(argv[1:])}"
+        spent = (count - bare) / pace
+        goal = "" if argv[1:2] == ["-c"] else f"   (goal {CLI_GOAL:g} s: {'met' if spent <= CLI_GOAL else 'MISSED'})"
+        print(f"{name:<28} {count / 1e6:7.1f} M   over the bare start {(count - bare) / 1e6:7.1f} M = {spent:6.3f} s"
+              + goal)
+
+
 def heaviest_imports(argv: list[str], env: dict[str, str], count: int = 10) -> list[tuple[int, str]]:
     """The top-level imports a command makes, heaviest first (microseconds, cumulative)."""
     trace = subprocess.run([PYTHON, "-X", "importtime", "-m", "appliance.cli", *argv], env=env, check=True,
@@ -101,6 +129,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=10)
     parser.add_argument("--serve-runs", type=int, default=5)
+    parser.add_argument("--instructions", action="store_true",
+                        help="also count each start's instructions (valgrind's cachegrind; slow: ~10 s a command)")
     parser.add_argument("--imports", action="store_true", help="also list each CLI command's heaviest imports")
     args = parser.parse_args()
     print(f"load average {load()} on {os.cpu_count()} CPUs")
@@ -120,6 +150,9 @@ def main() -> None:
             fresh.append(serve_until_healthy({**env, "CAIRN_DATA_DIR": str(Path(tmp) / f"fresh{run}")}))
         say("cairn serve (fresh data dir)", fresh, goal=SERVE_GOAL)
         say("cairn serve (restart)", [serve_until_healthy(env) for _ in range(args.serve_runs)], goal=SERVE_GOAL)
+        if args.instructions:
+            say_instructions(floor_samples, [[PYTHON, "-c", LISTING_LIBRARIES], *([CAIRN, *argv] for argv in COMMANDS)],
+                             env)
         if args.imports:
             for argv in COMMANDS:
                 print(f"\nheaviest imports of cairn {' '.join(argv)} (ms, cumulative):")
