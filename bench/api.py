@@ -100,6 +100,7 @@ def fill(appliance: Appliance, vms: int, backups: int) -> list[subprocess.Popen]
             {"id": f"{i:016x}", "vm_name": names[i % vms], "store": "bench", "kind": "full" if i < vms else "incremental",
              "status": "failed" if i % 20 == 7 else "ok", "parent": None, "checkpoint": None,
              "started_at": start + timedelta(minutes=i), "finished_at": start + timedelta(minutes=i, seconds=30),
+             "sequence": i + 1,   # as the column's default numbers them, without its max() per row
              "bytes_read": i * 4096, "bytes_stored": i * 1024, "size": 10 << 30,
              "error": "bench: failed" if i % 20 == 7 else None, "notes": [], "runner_pid": None, "verified_at": None,
              "damage": []} for i in range(backups)])
