@@ -1,8 +1,8 @@
 """The catalog's side of jobs: finding a job, and listing jobs and their events.
 
-Light on purpose (SQLAlchemy and the tables only), as backups/catalog.py is: `cairn job list`
-and `job show` use it without loading the engine that runs jobs (its claims, nodes and queues);
-the engine (engine.py) is one, and answers the API's listings with it.
+Light on purpose (SQLAlchemy and the tables only), as backups/catalog.py is: `cairn job list`,
+`job show` and `job events` use it without loading the engine that runs jobs (its claims, nodes
+and queues); the engine (engine.py) is one, and answers the API's listings with it.
 """
 from __future__ import annotations
 
