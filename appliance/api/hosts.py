@@ -11,14 +11,19 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from appliance.errors import ConflictError, NotFoundError
 from appliance.hosts.service import HOST_OPTIONS, HostCommandError, HostSpecError, HostUnreachableError
-from appliance.jobs.params import HostBackupParams, HostBackupRequest, LibvirtRestoreParams, LibvirtRestoreRequest
+from appliance.jobs.params import (
+    MAX_STOP_TIMEOUT,
+    HostBackupParams,
+    HostBackupRequest,
+    LibvirtRestoreParams,
+    LibvirtRestoreRequest,
+)
 from vmm.hosts import HostError, HostVM
 
 from .answers import raises
 from .auth import Caller
 from .dependencies import ApplianceDep
 from .jobs import SUBMIT_ERRORS, JobOut, submit_job
-from .vms import MAX_STOP_TIMEOUT
 
 
 class HostIn(BaseModel):

@@ -85,11 +85,12 @@ class JobRequestRoute(APIRoute):
 
 
 
-def submit_job(appliance: Appliance, caller: Principal, kind: str, params: JobParams) -> JobOut:
+def submit_job(appliance: Appliance, caller: Principal, kind: str, params: JobParams,
+               awaited: bool = False) -> JobOut:
     """Every route that starts a job comes here: the VMs and the backup it names must be the
     caller's to see, the caller's role must be the one the job's plan needs (JobPlan.needs),
     whichever route, and the VMs it creates are theirs from now on (the name is held for them
-    while the job waits)."""
+    while the job waits). `awaited`: the route answers once the job ended (JobEngine.outcome)."""
     seen = visibility(appliance)
     for vm in params.vms():
         seen.check_vm(caller, vm)
@@ -97,7 +98,7 @@ def submit_job(appliance: Appliance, caller: Principal, kind: str, params: JobPa
         seen.check_backup(caller, backup)
     for name in params.new_vms():
         seen.claim(caller, name)
-    job = appliance.jobs.submit(kind, params, role=caller.role)
+    job = appliance.jobs.submit(kind, params, role=caller.role, awaited=awaited)
     for name in params.new_vms():
         seen.own(caller, name)
     return JobOut.model_validate(job)

@@ -222,6 +222,33 @@ class InstantRestoreParams(InstantRestoreRequest, FromBackup):
         return [self.name]
 
 
+# -- power ----------------------------------------------------------------------------------------
+
+MAX_STOP_TIMEOUT = 3600.0   # a stop waits at most an hour for its guest (a forced stop cuts it short anyway)
+
+
+class StartRequest(BaseModel):
+    """How to start a VM (the body of POST /vms/{name}/start)."""
+    model_config = ConfigDict(extra="forbid")
+    paused: bool = Field(default=False, description="QEMU sets the machine up, the guest runs no code until resumed")
+
+
+class VMStartParams(StartRequest, OnVM):
+    pass
+
+
+class StopRequest(BaseModel):
+    """How to stop a VM (the body of POST /vms/{name}/stop)."""
+    model_config = ConfigDict(extra="forbid")
+    timeout: float = Field(strict=True, default=30.0, ge=0, le=MAX_STOP_TIMEOUT,
+                           description="seconds the guest gets to shut down before QEMU is ended")
+    force: bool = Field(default=False, description="end QEMU now; also cuts short a graceful stop that is waiting")
+
+
+class VMStopParams(StopRequest, OnVM):
+    pass
+
+
 # -- clones -----------------------------------------------------------------------------------------
 
 class CloneRequest(BaseModel):
@@ -324,6 +351,8 @@ PARAMS: dict[str, type[JobParams]] = {
     "restore.over_vm": RestoreOverParams,
     "restore.instant": InstantRestoreParams,
     "restore.libvirt": LibvirtRestoreParams,
+    "vm.start": VMStartParams,
+    "vm.stop": VMStopParams,
     "vm.clone": CloneParams,
     "vm.migrate": MigrateParams,
     "store.verify": VerifyParams,

@@ -1,0 +1,108 @@
+"""Starting and stopping a VM as jobs: on the VM's resource, so a start or a graceful stop waits
+for a backup, snapshot, restore or migration of the VM to end, and each leaves its record and
+its messages (where it started; how it stopped) in the VM's history.
+
+A forced stop does not wait for a graceful one that waits for its guest: it cuts it short
+(JobPlan.cuts_short), and the graceful stop, cancelled, ends QEMU itself: the guest was asked to
+shut down already and is not left half-way. The services' own jobs that start or stop their VM
+(a restore over it, an instant restore, a snapshot's revert) call VMService directly: they hold
+the VM's resource already. HA restarts a VM whose QEMU died directly too, without waiting for
+the VM's jobs (appliance/vms/ha.py records its own events).
+"""
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, Any
+
+from ..params import OnVM, VMStartParams, VMStopParams
+from ..plan import JobCancelled, JobKind, JobPlan, Step, StepContext
+from ..resources import vm_resource
+from ..states import Severity
+
+if TYPE_CHECKING:
+    from appliance.context import Appliance
+
+WAIT_REPORT = 0.5   # seconds between a stop's progress reports while it waits (each also looks for a cancel)
+
+# What a stop's message says of each way it went (QemuDriver.stop's answer, "unknown" on another host).
+HOW_STOPPED = {
+    "powerdown": "the guest shut down",
+    "quit": "QEMU was ended without the guest shutting down",
+    "kill": "QEMU did not quit and was killed",
+    "already-stopped": "it was not running",
+    "unknown": "its host does not say whether the guest shut down or was forced off",
+}
+
+
+def power_kinds(app: Appliance) -> dict[str, JobKind[Any]]:
+    def vm_exists(params: OnVM) -> None:
+        app.vms.spec(params.vm)
+
+    return {"vm.start": JobKind(VMStartParams, lambda params: start_plan(app, params), vm_exists),
+            "vm.stop": JobKind(VMStopParams, lambda params: stop_plan(app, params), vm_exists)}
+
+
+def say(app: Appliance, ctx: StepContext, vm: str, kind: str, message: str, severity: Severity = Severity.INFO,
+        **data: Any) -> None:
+    """A message in the job's task log (an event of the job, on the VM)."""
+    app.jobs.events.emit(kind, message, severity, resource=vm_resource(vm), job_id=ctx.job_id, data=data or None)
+
+
+def start_plan(app: Appliance, params: VMStartParams) -> JobPlan:
+    async def start(ctx: StepContext) -> None:
+        view = await app.vms.start(params.vm, paused=params.paused)
+        ctx.result.update(state=view.status.state, host=view.host, pid=view.status.pid)
+        process = f" (QEMU pid {view.status.pid})" if view.status.pid else ""
+        doing = "set up paused (its guest runs no code until resumed)" if params.paused else "started"
+        say(app, ctx, params.vm, "vm.started", f"VM {params.vm} {doing} on host {view.host}{process}", **ctx.result)
+
+    # Nothing to undo: a start that fails leaves nothing running (VMService.start).
+    return JobPlan(vm_resource(params.vm), [Step("start", start)])
+
+
+def stop_plan(app: Appliance, params: VMStopParams) -> JobPlan:
+    vm = params.vm
+
+    async def stop(ctx: StepContext) -> None:
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        before = app.vms.show(vm).status.state
+        graceful = before == "running" and not params.force
+        if graceful:
+            say(app, ctx, vm, "vm.stopping", f"asked the guest of VM {vm} to shut down (ACPI power button); QEMU is "
+                f"ended if it has not within {params.timeout:g} s")
+        stopping = asyncio.ensure_future(app.vms.stop(vm, timeout=params.timeout, force=params.force))
+        forced = None
+        while not (await asyncio.wait({stopping}, timeout=WAIT_REPORT))[0]:
+            try:
+                ctx.progress((loop.time() - began) / params.timeout if params.timeout else 0.0)
+            except JobCancelled:
+                # A forced stop (or a cancel) cuts the wait short: QEMU is ended now, and the
+                # waiting stop, which sees it gone, records the stop.
+                forced = await app.vms.stop(vm, force=True)
+                break
+        waited = await stopping
+        cut_short = forced is not None
+        view, how = forced or waited
+        seconds = round(loop.time() - began, 1)
+        ctx.result.update(state=view.status.state, how=how, host=view.host, seconds=seconds)
+        say(app, ctx, vm, "vm.stopped", f"VM {vm} {view.status.state} after {seconds:g} s: {HOW_STOPPED[how]}"
+            f"{why_forced(params, before, how, cut_short)}",
+            Severity.WARNING if graceful and how in ("quit", "kill") else Severity.INFO, **ctx.result)
+
+    # A forced stop does not wait for a graceful one that waits for its guest (see the module).
+    return JobPlan(vm_resource(vm), [Step("stop", stop)],
+                   cuts_short=frozenset({"vm.stop"}) if params.force else frozenset())
+
+
+def why_forced(params: VMStopParams, before: str, how: str, cut_short: bool) -> str:
+    """Why QEMU was ended, when it was, rather than the guest shutting down."""
+    if how not in ("quit", "kill"):
+        return ""
+    if cut_short:
+        return " (the wait for the guest was cut short by a forced stop, or a cancel)"
+    if params.force:
+        return " (forced, as asked)"
+    if before == "paused":
+        return " (a paused guest cannot answer the power button)"
+    return f" (it did not shut down within {params.timeout:g} s: it ignores the power button, or was busy)"
