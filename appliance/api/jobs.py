@@ -3,9 +3,10 @@
 Every long operation is a job (appliance/jobs/params.py lists the kinds): POST /jobs starts
 any of them, and the routes of each domain (a VM's backups and snapshots, restores, clones,
 the store's upkeep) start theirs through `submit_job`, the one place that checks what the
-caller may see. They answer 202 with the job at once; its state moves from queued through
-running to succeeded, failed or cancelled, its `result` says what it made, and the live
-stream `/api/v1/events/stream?job=ID` carries its progress and ends with it.
+caller may see. They answer 202 with the job at once (but for a VM's start and stop, which
+answer once it ended: `awaited_job`); its state moves from queued through running to
+succeeded, failed or cancelled, its `result` says what it made, and the live stream
+`/api/v1/events/stream?job=ID` carries its progress and ends with it.
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
 
 from fastapi import APIRouter, Depends, Request, Response
+from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from fastapi.sse import EventSourceResponse, ServerSentEvent
@@ -102,6 +104,14 @@ def submit_job(appliance: Appliance, caller: Principal, kind: str, params: JobPa
     for name in params.new_vms():
         seen.own(caller, name)
     return JobOut.model_validate(job)
+
+
+async def awaited_job(appliance: Appliance, caller: Principal, kind: str, params: JobParams) -> JobRecord:
+    """`submit_job`, and wait for the job's end (the request holds no thread meanwhile): its
+    record once it succeeded, or the error its step raised (JobEngine.outcome). For the routes
+    that answer as they did before their work was a job: a VM's start and stop."""
+    job = await run_in_threadpool(submit_job, appliance, caller, kind, params, True)
+    return await appliance.jobs.outcome(job.id)
 
 
 router = APIRouter(prefix="/api/v1", tags=["jobs"])

@@ -27,7 +27,6 @@ from appliance.errors import ConflictError, NotFoundError
 from appliance.jobs.params import (
     CloneParams,
     CloneRequest,
-    JobParams,
     MigrateParams,
     MigrateRequest,
     StartRequest,
@@ -35,7 +34,6 @@ from appliance.jobs.params import (
     VMStartParams,
     VMStopParams,
 )
-from appliance.jobs.records import JobRecord
 from appliance.units import parse_size
 from appliance.vms.devices import NewDisk, NewNic
 from appliance.vms.records import VMRecord
@@ -49,7 +47,7 @@ from vmm.spec import NIC_MODELS, NicSpec, random_mac
 from .answers import raises
 from .auth import Caller, still_signed_in
 from .dependencies import ApplianceDep, the_appliance
-from .jobs import SUBMIT_ERRORS, JobOut, submit_job
+from .jobs import SUBMIT_ERRORS, JobOut, awaited_job, submit_job
 from .listing import Query
 from .models import StartedVM, StoppedVM, VMDetail, VMOut
 
@@ -215,13 +213,6 @@ async def create_vm(appliance: ApplianceDep, caller: Caller, body: VMCreate) -> 
     if body.start:   # a start that fails leaves the VM defined, stopped, and answers why
         return await start_vm(appliance, caller, body.name, StartRequest(paused=body.start == "paused"))
     return VMDetail.of(vms.show(body.name))
-
-
-async def awaited_job(appliance: Appliance, caller: Principal, kind: str, params: JobParams) -> JobRecord:
-    """Run a job of the caller's and wait for its end (the request holds no thread meanwhile):
-    its record once it succeeded, or the error its step raised (JobEngine.outcome)."""
-    job = await run_in_threadpool(submit_job, appliance, caller, kind, params, True)
-    return await appliance.jobs.outcome(job.id)
 
 
 @router.post("/api/v1/vms/{name}/start", response_model=StartedVM, responses=SUBMIT_ERRORS)

@@ -36,7 +36,6 @@ if TYPE_CHECKING:
     from appliance.catalog.query import ListQuery
     from appliance.context import Appliance
     from appliance.deletion.protection import Impact
-    from appliance.jobs.records import JobRecord
     from appliance.policies.service import Policy, PolicyOut, PolicyService
     from appliance.vms.devices import NewDisk, NewNic
     from dedup.stats import StoreStats
@@ -143,7 +142,7 @@ class LocalClient:
     def start_vm(self, name: str, paused: bool) -> StartedVM:
         from appliance.jobs.params import VMStartParams
 
-        job = self._awaited_job("vm.start", VMStartParams(vm=name, paused=paused))
+        job = self.appliance.jobs.run_to_end("vm.start", VMStartParams(vm=name, paused=paused))
         return StartedVM.after(self.appliance.vms.show(name), job)
 
     def power(self, name: str, action: PowerAction) -> VMDetail:
@@ -152,14 +151,8 @@ class LocalClient:
     def stop_vm(self, name: str, timeout: float, force: bool) -> StoppedVM:
         from appliance.jobs.params import VMStopParams
 
-        job = self._awaited_job("vm.stop", VMStopParams(vm=name, timeout=timeout, force=force))
+        job = self.appliance.jobs.run_to_end("vm.stop", VMStopParams(vm=name, timeout=timeout, force=force))
         return StoppedVM.after(self.appliance.vms.show(name), job)
-
-    def _awaited_job(self, kind: str, params: BaseModel) -> JobRecord:
-        """A job run here and waited for, as the API's routes that answer once theirs ended do:
-        its record, or the error its step raised (JobEngine.outcome)."""
-        jobs = self.appliance.jobs
-        return _run(jobs.outcome(jobs.submit(kind, params, awaited=True).id))
 
     def resize_vm(self, name: str, vcpus: int | None, memory_mib: int | None) -> VMDetail:
         self.appliance.vms.resize(name, vcpus=vcpus, memory_mib=memory_mib)

@@ -187,6 +187,11 @@ class JobEngine:
             raise JobFailedError(rec)
         return rec
 
+    def run_to_end(self, kind: str, params: BaseModel | Mapping[str, Any]) -> JobRecord:
+        """`submit` (awaited) and `outcome`, for a caller with no event loop of its own (the local
+        CLI): the job's record once it succeeded, or the error its step raised."""
+        return asyncio.run(self.outcome(self.submit(kind, params, awaited=True).id))
+
     def _failed_with(self, job_id: str, error: Exception) -> None:
         """A step of the job failed with `error`: kept for the caller that awaits the job, if one does."""
         with self._lock:

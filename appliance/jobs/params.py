@@ -92,9 +92,13 @@ class HostBackupRequest(DiskChoice):
                             description="read a disk in full after this many incrementals of it (0: always)")
 
 
-class HostBackupParams(HostBackupRequest, JobParams):
+class OnHostVM(JobParams):
     host: str
     vm: str = Field(description="the VM (or libvirt domain) on the host; its backups go by <vm>@<host>")
+
+
+class HostBackupParams(HostBackupRequest, OnHostVM):
+    pass
 
 
 # -- snapshots --------------------------------------------------------------------------------------
@@ -249,6 +253,23 @@ class VMStopParams(StopRequest, OnVM):
     pass
 
 
+class HostVMStartParams(OnHostVM):
+    pass
+
+
+class HostStopRequest(BaseModel):
+    """How to stop a VM of a registered host (the body of POST /hosts/{name}/vms/{vm}/stop)."""
+    model_config = ConfigDict(extra="forbid")
+    timeout: float = Field(strict=True, default=60.0, gt=0, le=MAX_STOP_TIMEOUT,
+                           description="seconds to wait after the ACPI power button")
+    force: bool = Field(default=False, description="pull the plug at once; also cuts short a graceful stop that is "
+                                                   "waiting")
+
+
+class HostVMStopParams(HostStopRequest, OnHostVM):
+    pass
+
+
 # -- clones -----------------------------------------------------------------------------------------
 
 class CloneRequest(BaseModel):
@@ -353,6 +374,8 @@ PARAMS: dict[str, type[JobParams]] = {
     "restore.libvirt": LibvirtRestoreParams,
     "vm.start": VMStartParams,
     "vm.stop": VMStopParams,
+    "host.vm.start": HostVMStartParams,
+    "host.vm.stop": HostVMStopParams,
     "vm.clone": CloneParams,
     "vm.migrate": MigrateParams,
     "store.verify": VerifyParams,
