@@ -10,8 +10,8 @@ from pathlib import Path
 import blake3
 
 from appliance.context import Appliance
-from appliance.vms.records import VMRecord
-from vmm import DiskSpec, QMPSession, VMSpec, create_disk, disk_of_qdev
+from appliance.vms.devices import NewDisk
+from vmm import QMPSession, disk_of_qdev
 
 
 async def reference_copy(session: QMPSession, disk: str, target: Path, socket: Path) -> None:
@@ -104,16 +104,10 @@ def image_bitmaps(image: str | Path) -> list[str]:
     return [b["name"] for b in info.get("format-specific", {}).get("data", {}).get("bitmaps", [])]
 
 
-def add_disk(appliance: Appliance, vm: str, name: str, size: int) -> str:
-    """Give a stopped VM one more blank qcow2 disk (from its next start)."""
-    path = appliance.settings.images_dir / vm / f"{name}.qcow2"
-    create_disk(path, size)
-    with appliance.catalog.begin() as s:
-        rec = s.get(VMRecord, vm)
-        spec = VMSpec.from_dict(rec.spec)
-        spec.disks.append(DiskSpec(name, str(path)))
-        rec.spec = spec.to_dict()
-    return str(path)
+def add_disk(appliance: Appliance, vm: str, size: int) -> str:
+    """Give a stopped VM one more blank qcow2 disk, as `cairn vm disk add` does (from its next
+    start); the new disk's path."""
+    return appliance.vms.hardware.add_disk(vm, NewDisk(size=size)).path
 
 
 def image_to_raw(image: str | Path, raw: Path) -> Path:

@@ -119,7 +119,7 @@ def test_a_new_disk_is_read_in_full_and_the_others_stay_incremental(appliance: A
     (vda,) = stopped_vm(appliance, "grow", [32 * MiB])
     qemu_io(vda, 0x11, 0, 64 << 10)
     first = run(appliance.backups.create(appliance.vms.spec("grow"))).manifest
-    vdb = add_disk(appliance, "grow", "vdb", 16 * MiB)
+    vdb = add_disk(appliance, "grow", 16 * MiB)
     qemu_io(vda, 0x12, 20 * MiB, 64 << 10)
     qemu_io(vdb, 0x13, 5 * MiB, 64 << 10)
 
@@ -138,7 +138,7 @@ def test_a_disk_added_to_a_running_vm_across_a_restart(appliance: Appliance, gue
     try:
         first = run(appliance.backups.create(appliance.vms.spec("more"))).manifest
         run(appliance.vms.stop("more", timeout=5, force=True))
-        add_disk(appliance, "more", "vdb", 32 * MiB)
+        add_disk(appliance, "more", 32 * MiB)
         run(appliance.vms.start("more"))
         wait_serial(appliance, "more", "CAIRN: READY")
         run(write_pattern(appliance, "more", "vdb", 0x71, 3 * MiB, 64 << 10))

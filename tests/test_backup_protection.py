@@ -3,18 +3,14 @@ remote CLI: the answer carries the backup's new state, the store's `protected` m
 and the catalog follows it, a prune keeps the protected backup, and roles and visibility apply."""
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from cli_helpers import Cli, Served, login
+from cli_helpers import served as served
 from conftest import TEST_PASSWORD
 from fastapi.testclient import TestClient
 from job_helpers import job_result
-from web_helpers import PASSWORD, add_user, console_server
 
 from appliance.access.roles import Role
 from appliance.backups.records import BackupRecord, BackupStatus
@@ -22,8 +18,6 @@ from appliance.context import Appliance
 from appliance.process import claim
 from appliance.server.app import server_app
 from dedup import Store, is_protected, protect
-
-CAIRN = str(Path(sys.executable).with_name("cairn"))
 
 
 def user_client(appliance: Appliance, name: str, role: Role) -> TestClient:
@@ -126,48 +120,12 @@ def test_a_mark_set_in_the_store_alone_reaches_the_catalog_at_the_next_prune(app
 
 # -- the CLI -------------------------------------------------------------------------------------------
 
-class Cli:
-    """`cairn` with an environment of its own (no CAIRN_* but the catalog's and what it is given)."""
-
-    def __init__(self, **env: str):
-        self.env = {**{k: v for k, v in os.environ.items() if not k.startswith("CAIRN_") or k == "CAIRN_CATALOG_URL"},
-                    "COLUMNS": "200", **env}
-
-    def __call__(self, *args: str, code: int = 0, stdin: str | None = None) -> subprocess.CompletedProcess:
-        proc = subprocess.run([CAIRN, *args], env=self.env, input=stdin, capture_output=True, text=True,
-                              timeout=600, check=False)
-        assert proc.returncode == code, (args, proc.returncode, proc.stdout, proc.stderr)
-        assert "Traceback" not in proc.stderr
-        return proc
-
-    def json(self, *args: str) -> dict:
-        return json.loads(self(*args, "--json").stdout)
-
-
-@pytest.fixture
-def served(appliance_data_dir: Path) -> Iterator[str]:
-    Store.init(appliance_data_dir / "store")
-    add_user(appliance_data_dir, "ops", Role.ADMIN)
-    add_user(appliance_data_dir, "eve", Role.VIEWER)
-    with console_server(appliance_data_dir) as url:
-        yield url
-
-
-def sign_in(cli: Cli, url: str, user: str, data_dir: Path) -> None:
-    import hashlib
-    import ssl
-
-    pem = (data_dir / "tls" / "cert.pem").read_text()
-    fingerprint = ":".join(f"{b:02X}" for b in hashlib.sha256(ssl.PEM_cert_to_DER_cert(pem)).digest())
-    cli("login", url, "--user", user, "--password-stdin", "--fingerprint", fingerprint, stdin=PASSWORD + "\n")
-
-
-def test_the_cli_protects_here_and_through_the_api_alike(served: str, appliance_data_dir: Path, tmp_path: Path):
-    here = Cli(CAIRN_DATA_DIR=str(appliance_data_dir))
+def test_the_cli_protects_here_and_through_the_api_alike(served: Served, tmp_path: Path):
+    here = Cli(CAIRN_DATA_DIR=str(served.data_dir))
     there = Cli(XDG_CONFIG_HOME=str(tmp_path / "ops"))
     viewer = Cli(XDG_CONFIG_HOME=str(tmp_path / "eve"))
-    sign_in(there, served, "ops", appliance_data_dir)
-    sign_in(viewer, served, "eve", appliance_data_dir)
+    login(there, served, "ops")
+    login(viewer, served, "eve")
     here("vm", "create", "web", "--disk", "8M")
     first, second = (here.json("backup", "create", "web", "--full")["backup_id"] for _ in range(2))
 
@@ -181,7 +139,7 @@ def test_the_cli_protects_here_and_through_the_api_alike(served: str, appliance_
     assert {f"{first}: protected: no prune removes it", f"{second}: protected: no prune removes it"} <= set(
         table.splitlines())   # under the table, which stays within 80 columns (test_cli_tour)
 
-    store = Store.open(appliance_data_dir / "store")
+    store = Store.open(served.data_dir / "store")
     assert all(is_protected(store, m) for m in store.list_backups("web"))
     assert here.json("backup", "unprotect", second)["protected"] is False
     assert "no longer protected" in there("backup", "unprotect", first).stdout

@@ -4,79 +4,30 @@ draw the same progress from the job's events; a refused command says why, with t
 the one table gives it (appliance/cli/common.py, EXIT_CODES)."""
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 import re
 import ssl
 import stat
 import subprocess
-import sys
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from web_helpers import PASSWORD, add_user, console_server
-
-from appliance.access.roles import Role
-from dedup import Store
+from cli_helpers import Cli, Served, login
+from cli_helpers import served as served
+from web_helpers import PASSWORD
 
 pytestmark = pytest.mark.sqlite_only(
     reason="the CLI through the API (30 s); the same commands here: test_cli_tour, test_cli")
 
-CAIRN = str(Path(sys.executable).with_name("cairn"))
 # What differs between two runs of one command on two VMs: ids, times, process ids, durations.
 # What is stored new depends on what the store holds already.
 RUN_FIELDS = {"id", "job_id", "backup_id", "pid", "created_at", "started_at", "finished_at", "created", "seconds", "node",
               "file", "since", "target", "bytes_stored"}
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 NODE = re.compile(r"\bn[0-9a-f]{8}\b")   # a snapshot layer's node id (chain.tree.new_id)
-
-
-@dataclass(frozen=True)
-class Served:
-    url: str
-    data_dir: Path
-    fingerprint: str   # of its certificate, computed here, as openssl prints it
-
-
-def fingerprint_of(pem: Path) -> str:
-    return ":".join(f"{b:02X}" for b in hashlib.sha256(ssl.PEM_cert_to_DER_cert(pem.read_text())).digest())
-
-
-@pytest.fixture
-def served(appliance_data_dir: Path) -> Iterator[Served]:
-    Store.init(appliance_data_dir / "store")
-    add_user(appliance_data_dir, "ops", Role.ADMIN)
-    add_user(appliance_data_dir, "eve", Role.VIEWER)
-    with console_server(appliance_data_dir) as url:
-        yield Served(url, appliance_data_dir, fingerprint_of(appliance_data_dir / "tls" / "cert.pem"))
-
-
-class Cli:
-    """`cairn` with an environment of its own: no CAIRN_* but the catalog's and what it is given, 80 columns."""
-
-    def __init__(self, **env: str):
-        self.env = {**{k: v for k, v in os.environ.items() if not k.startswith("CAIRN_") or k == "CAIRN_CATALOG_URL"},
-                    "COLUMNS": "80", **env}
-
-    def __call__(self, *args: str, code: int = 0, stdin: str | None = None, **env: str) -> subprocess.CompletedProcess:
-        proc = subprocess.run([CAIRN, *args], env={**self.env, **env}, input=stdin, capture_output=True, text=True,
-                              timeout=600, check=False)
-        assert proc.returncode == code, (args, proc.returncode, proc.stdout, proc.stderr)
-        return proc
-
-    def json(self, *args: str, **env: str) -> Any:
-        return json.loads(self(*args, "--json", **env).stdout)
-
-
-def login(there: Cli, served: Served, user: str = "ops") -> subprocess.CompletedProcess:
-    return there("login", served.url, "--user", user, "--password-stdin", "--fingerprint", served.fingerprint,
-                 stdin=PASSWORD + "\n")
 
 
 def same_answer(here: Any, there: Any, names: tuple[str, str] = ("", "")) -> None:

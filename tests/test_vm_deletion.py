@@ -132,6 +132,26 @@ def test_put_back_is_refused_while_the_name_is_taken(api_client: TestClient, app
     assert read_image(old_disk, 0, MiB) == b"\x11" * MiB
 
 
+def test_put_back_is_refused_while_its_mac_is_another_vms(api_client: TestClient):
+    """Two NICs of one MAC on a network would take each other's traffic: a VM waiting in the bin
+    does not hold its MACs, so the one that took a MAC meanwhile keeps it until it lets it go."""
+    assert api_client.post("/api/v1/vms", json={"name": "db", "disks": ["16M"]}).status_code == 201
+    assert api_client.post("/api/v1/vms/db/nics", json={"mac": "52:54:00:00:00:09"}).status_code == 201
+    recycle_id = api_client.delete("/api/v1/vms/db").json()["recycle_id"]
+    assert api_client.post("/api/v1/vms", json={"name": "app", "disks": ["16M"]}).status_code == 201
+    assert api_client.post("/api/v1/vms/app/nics", json={"mac": "52:54:00:00:00:09"}).status_code == 201
+
+    r = api_client.post(f"/api/v1/recycle-bin/{recycle_id}/restore")
+    assert r.status_code == 409
+    assert "its NIC net0's MAC 52:54:00:00:00:09 is VM app's now" in r.json()["error"]["message"]
+    assert [e["id"] for e in api_client.get("/api/v1/recycle-bin").json()] == [recycle_id], "still in the bin"
+    assert api_client.get("/api/v1/vms/db").status_code == 404
+
+    assert api_client.delete("/api/v1/vms/app/nics/52:54:00:00:00:09").status_code == 200
+    assert api_client.post(f"/api/v1/recycle-bin/{recycle_id}/restore").status_code == 200
+    assert [n["mac"] for n in api_client.get("/api/v1/vms/db").json()["nics"]] == ["52:54:00:00:00:09"]
+
+
 def test_rule_never_refuses_and_immediate_removes_everything(api_client: TestClient, appliance: Appliance):
     assert api_client.post("/api/v1/vms", json={"name": "keep", "disks": ["16M"]}).status_code == 201
     assert api_client.put("/api/v1/deletion-rules/vm", json={"mode": "never"}).status_code == 200

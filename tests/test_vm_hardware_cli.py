@@ -5,8 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from test_cli_remote import Cli, Served, login, same_answer
-from test_cli_remote import served as served
+from cli_helpers import Cli, Served, login
+from cli_helpers import served as served
+from test_cli_remote import same_answer
 
 pytestmark = pytest.mark.sqlite_only(
     reason="the CLI here and through the API (slow); the same routes: test_vm_hardware")

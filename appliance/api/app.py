@@ -18,7 +18,6 @@ from typing import Any
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel
 from starlette.exceptions import HTTPException
 
 from appliance.access.audit import record_changes
@@ -26,21 +25,12 @@ from appliance.access.visibility import guard
 from appliance.context import Appliance
 from appliance.error_statuses import roots, status_of
 
-from . import access, auth, users
+from . import access, auth, health, users
 from .answers import declare_statuses, error_body
 from .auth import bearer
 from .dependencies import serve
 
-VERSION = "0.1.0"
 log = logging.getLogger(__name__)
-
-
-class Health(BaseModel):
-    status: str
-    version: str
-    store: str
-
-
 
 
 # HTTP errors raised by the framework itself (no such route, method not allowed), named like ours.
@@ -50,7 +40,7 @@ _HTTP_CODES = {404: "NotFoundError", 405: "MethodNotAllowedError"}
 def create_app(appliance: Appliance) -> FastAPI:
     """The app; every route it has or is given later needs credentials, except roles.PUBLIC,
     and answers 404 for a VM, backup or job its caller may not see (visibility.guard)."""
-    api = FastAPI(title="Cairn", version=VERSION, openapi_url="/api/v1/openapi.json", docs_url=None,
+    api = FastAPI(title="Cairn", version=health.VERSION, openapi_url="/api/v1/openapi.json", docs_url=None,
                   redoc_url=None, dependencies=[Depends(bearer), Depends(guard(appliance))])
     from .gate import RequestGate  # it answers with this module's error_body
     api.add_middleware(RequestGate, appliance=appliance)
@@ -83,13 +73,8 @@ def create_app(appliance: Appliance) -> FastAPI:
         # Starlette logs the traceback after this answer; the caller gets the usual body, not a text page.
         return failed(request, 500, "InternalError", "an unexpected error: the appliance's log has the details")
 
-    # First: a request is matched against the routes in order, and the first request to reach an
-    # included router builds its routes (FastAPI), so the health check does not wait for all of them.
-    @api.get("/api/v1/health", response_model=Health)
-    def health() -> Health:
-        return Health(status="ok", version=VERSION, store=appliance.store.location)
-
     serve(api, appliance)
+    api.include_router(health.router)
     api.include_router(auth.router)
     api.include_router(users.router)
     api.include_router(access.router)

@@ -220,6 +220,10 @@ class VMDeletable:
             if s.get(VMRecord, name) is not None:
                 raise ConflictError(f"VM {name} cannot come back: a VM of that name exists now "
                                     "(delete or rename that one first)")
+        for nic in VMSpec.from_dict(payload["rows"]["vms"][0]["spec"]).nics:
+            if (owner := vms.hardware.mac_owner(nic.mac)) is not None:
+                raise ConflictError(f"VM {name} cannot come back: its NIC {nic.name}'s MAC {nic.mac} is VM "
+                                    f"{owner}'s now (remove that NIC or give it another MAC first)")
         for original, recycled in payload["folders"]:
             if not Path(recycled).is_dir():
                 raise ConflictError(f"VM {name} cannot come back: its files are gone from {recycled}")

@@ -232,10 +232,16 @@ class VMHardware:
             raise ConflictError(f"backup {running.id} of VM {name} is reading its disks: {doing} once it is done")
 
     def _require_unused_mac(self, mac: str) -> None:
+        if (owner := self.mac_owner(mac)) is not None:
+            raise ConflictError(f"MAC {mac} is already VM {owner}'s: give another, or none for a random one")
+
+    def mac_owner(self, mac: str) -> str | None:
+        """The VM in the catalog with a NIC of this MAC (lower case), if any."""
         with self.catalog() as s:
             for row in s.scalars(select(VMRecord)):
                 if any(n["mac"] == mac for n in row.spec.get("nics", [])):
-                    raise ConflictError(f"MAC {mac} is already VM {row.name}'s: give another, or none for a random one")
+                    return row.name
+        return None
 
     def _pool_for(self, spec: VMSpec, named: str | None) -> StoragePool | None:
         """The storage pool a new disk goes in: the one named, else the first disk's (None: the data dir)."""
