@@ -7,8 +7,9 @@ A forced stop does not wait for a graceful one that waits for its guest: it cuts
 (JobPlan.cuts_short), and the graceful stop, cancelled, ends QEMU itself: the guest was asked to
 shut down already and is not left half-way. The services' own jobs that start or stop their VM
 (a restore over it, an instant restore, a snapshot's revert) call VMService directly: they hold
-the VM's resource already. HA restarts a VM whose QEMU died directly too, without waiting for
-the VM's jobs (appliance/vms/ha.py records its own events).
+the VM's resource already, and a job of theirs would wait for them forever. HA, which restarts a
+VM whose QEMU died, calls it directly too: a restart must not wait behind the VM's jobs (a
+backup of the dead VM fails anyway), and appliance/vms/ha.py records its own events.
 """
 from __future__ import annotations
 
