@@ -24,7 +24,7 @@ pytestmark = pytest.mark.sqlite_only(
 
 # What differs between two runs of one command on two VMs: ids, times, process ids, durations.
 # What is stored new depends on what the store holds already.
-RUN_FIELDS = {"id", "backup_id", "pid", "created_at", "started_at", "finished_at", "created", "seconds", "node",
+RUN_FIELDS = {"id", "job_id", "backup_id", "pid", "created_at", "started_at", "finished_at", "created", "seconds", "node",
               "file", "since", "target", "bytes_stored"}
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 NODE = re.compile(r"\bn[0-9a-f]{8}\b")   # a snapshot layer's node id (chain.tree.new_id)
@@ -102,7 +102,12 @@ def test_the_same_commands_answer_the_same_here_and_through_the_api(served: Serv
 
     # What the listings and lookups say, here and there, of the same appliance.
     jobs = here.json("job", "list")
-    assert [j["kind"] for j in jobs] == ["restore.disk"] * 2 + ["snapshot.create"] * 2 + ["backup"] * 2
+    assert [j["kind"] for j in jobs] == (["vm.stop"] * 2 + ["restore.disk"] * 2 + ["snapshot.create"] * 2
+                                         + ["backup"] * 2 + ["vm.start"] * 2)
+    # A start and a stop here and there: each a job of the VM, named by the command's answer.
+    for answer, kind in [*((s, "vm.start") for s in started), *((json.loads(s.stdout), "vm.stop") for s in stopped)]:
+        job = there.json("job", "show", answer["job_id"])
+        assert (job["kind"], job["state"], job["resource"]) == (kind, "succeeded", f"vm:{answer['name']}")
     for command in (("vm", "list"), ("vm", "show", "vm-there"), ("backup", "list"), ("job", "list"),
                     ("job", "show", jobs[-1]["id"]), ("job", "events", jobs[0]["id"]),
                     ("snapshot", "list", "vm-here")):

@@ -18,7 +18,7 @@ from sqlalchemy import select
 
 from appliance.catalog.engine import open_catalog
 from appliance.errors import ConflictError, NotFoundError
-from appliance.jobs.engine import JobEngine, JobParamsError
+from appliance.jobs.engine import JobEngine, JobFailedError, JobParamsError
 from appliance.jobs.events import EventLog
 from appliance.jobs.plan import JobKind, JobPlan, Step, StepContext
 from appliance.jobs.records import EventRecord, JobRecord
@@ -76,6 +76,9 @@ def engine(catalog_backend: str | None, tmp_path: Path) -> tuple[JobEngine, Jour
                                                                   journal.step("c", fail=p.fail)])),
         "slow": JobKind(Recorded, lambda p: JobPlan(p.resource, [journal.step("s", seconds=p.seconds)],
                                                     limits=p.limits)),
+        # Like a forced stop: it does not wait for a slow job on its resource, it cuts it short.
+        "brake": JobKind(Recorded, lambda p: JobPlan(p.resource, [journal.step("brake")],
+                                                     cuts_short=frozenset({"slow"}))),
     }
     return JobEngine(catalog, EventLog(catalog), kinds), journal
 
@@ -207,3 +210,35 @@ def test_cancel_from_another_process_reaches_the_running_step(engine):
     done = jobs.wait(job.id, TIMEOUT)
     assert done.state == "cancelled" and done.steps[0]["state"] == "undone"
     assert journal.lines == ["s", "undo s"]
+
+
+def test_an_awaited_job_ends_in_its_callers_hands_with_the_error_its_step_raised(engine):
+    """What a route that answers once its job ended (a VM's start, stop) gets: the job, or the
+    very error of the step that failed (its kind gives its status), after the undo."""
+    jobs, journal = engine
+    assert jobs.run_to_end("three", {"tag": "ok "}).state == "succeeded"
+    with pytest.raises(RuntimeError, match="^c broke$"):
+        jobs.run_to_end("three", {"fail": True})
+    assert journal.lines[-4:] == ["c", "undo c", "undo b", "undo a"], "undone before the caller is told"
+    waiting = jobs.submit("slow", {"seconds": 3600}, awaited=True)
+    _until(lambda: jobs.get(waiting.id).state == "running")
+    jobs.cancel(waiting.id)
+    with pytest.raises(JobFailedError, match=f"slow job {waiting.id} cancelled"):
+        asyncio.run(jobs.outcome(waiting.id))
+
+
+def test_a_job_that_cuts_short_another_cancels_it_rather_than_wait(engine):
+    jobs, journal = engine
+    slow = jobs.submit("slow", {"seconds": 3600, "tag": "here "})
+    beside = jobs.submit("slow", {"seconds": 3600, "tag": "there ", "resource": "vm:b"})
+    _until(lambda: jobs.get(slow.id).state == jobs.get(beside.id).state == "running")
+    brake = jobs.submit("brake", {})
+    assert jobs.wait(brake.id, TIMEOUT).state == "succeeded"
+    assert jobs.get(slow.id).state == "cancelled", "cut short, and undone, before the brake ran"
+    assert journal.lines.index("undo s") < journal.lines.index("brake")
+    assert jobs.get(beside.id).state == "running", "another resource's job is not in the way"
+    jobs.cancel(beside.id)
+    jobs.wait(beside.id, TIMEOUT)
+    with jobs.catalog() as s:
+        cut = s.scalars(select(EventRecord).where(EventRecord.kind == "job.cut_short")).all()
+    assert [(e.job_id, e.message) for e in cut] == [(slow.id, f"cut short by brake job {brake.id}")]

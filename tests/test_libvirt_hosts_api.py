@@ -42,6 +42,11 @@ def test_host_api_and_cli_drive_and_back_up_a_domain(api_client, appliance, libv
         answer = api_client.post("/api/v1/hosts/kvm1/vms/apiguest/start")
         assert answer.status_code == 200 and answer.json()["state"] == "running", answer.text
         assert api_client.post("/api/v1/hosts/kvm1/vms/apiguest/start").status_code == 409
+        # Each start was a job on the domain's resource: the first succeeded, the second failed saying why.
+        jobs = api_client.get("/api/v1/jobs", params={"sort": "-created_at",
+                                                      "filter": "resource:eq:vm:apiguest@kvm1"}).json()
+        assert [(j["kind"], j["state"]) for j in jobs] == [("host.vm.start", "failed"), ("host.vm.start", "succeeded")]
+        assert jobs[1]["id"] == answer.json()["job_id"] and "already running" in jobs[0]["error"]
         guest.wait_serial("CAIRN: READY")
 
         # The idle guest writes nothing after boot: API and CLI backups see the same disk.
@@ -94,6 +99,10 @@ def test_host_api_and_cli_drive_and_back_up_a_domain(api_client, appliance, libv
 
         answer = api_client.post("/api/v1/hosts/kvm1/vms/apiguest/stop", json={"timeout": 120})
         assert answer.status_code == 200 and answer.json()["state"] == "stopped", answer.text
+        said = {e["kind"]: e["message"] for e in api_client.get(
+            "/api/v1/events", params={"filter": f"job_id:eq:{answer.json()['job_id']}"}).json()}
+        assert said["vm.stopping"].startswith("asked the guest of VM apiguest on host kvm1 to shut down")
+        assert said["vm.stopped"].startswith("VM apiguest on host kvm1 stopped after ")
 
     shown = cairn(appliance.settings.data_dir, "host", "list")
     assert shown.returncode == 0 and "kvm1" in shown.stdout

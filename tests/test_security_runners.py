@@ -47,6 +47,11 @@ def test_a_force_stop_interrupts_a_graceful_one(appliance: Appliance, api_client
     assert not waiting.is_alive() and graceful[0].status_code == 200, graceful
     assert graceful[0].json()["state"] == "stopped"
     assert api_client.get("/api/v1/vms/deaf").json()["state"] == "stopped"
+    # Both are vm.stop jobs: the forced one cut the graceful one's wait short, which its task log says.
+    cut = api_client.get("/api/v1/events", params={"filter": f"job_id:eq:{graceful[0].json()['job_id']}"}).json()
+    said = {e["kind"]: e["message"] for e in cut}
+    assert said["job.cut_short"] == f"cut short by vm.stop job {forced.json()['job_id']}"
+    assert "the wait for the guest was cut short" in said["vm.stopped"] and graceful[0].json()["how"] == "quit"
 
 
 def job_claimed_by(appliance: Appliance, pid: int, start: str | None) -> str:

@@ -132,6 +132,9 @@ def test_every_page_against_a_real_appliance(appliance_data_dir: Path, guest_ker
         click(browser, "main p.actions", "Force off")
         confirm(browser)
         element(browser, "[data-vm-state=stopped]")
+        # The stop was a job: the notice says how it went and names it, and the VM's recent jobs list it.
+        element(browser, "#notice", "VM web1 stopped: QEMU was ended without the guest shutting down (job ")
+        element(browser, 'main a[href^="#/job/"]', "vm.stop")
         element(browser, "details[data-hardware] summary").click()
         fill_form(form_with(browser, "Change"), {"vcpus": "2"})
         click(browser, "details[data-hardware]", "Change")
@@ -180,6 +183,7 @@ def test_every_page_against_a_real_appliance(appliance_data_dir: Path, guest_ker
         click(browser, 'tr[data-vm="web1"]', "Start")
         element(browser, 'tr[data-vm="web1"] .state-running')
         assert api_calls(browser) == ["/api/v1/vms/web1/start"]
+        element(browser, "#notice", "VM web1 running (job ")
         click(browser, 'tr[data-vm="web1"]', "Force off")
         confirm(browser)
         element(browser, 'tr[data-vm="web1"] .state-stopped')

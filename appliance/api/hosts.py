@@ -1,24 +1,37 @@
 """Host endpoints under /api/v1/hosts: the same operations as `cairn host`.
 
 A VM's backup is a job (kind host.backup, on the resource `vm:<vm>@<host>`): it answers 202
-with the job, whose result names the backup, listed as `<vm>@<host>`."""
+with the job, whose result names the backup, listed as `<vm>@<host>`. Its start and stop are
+jobs on that resource too (host.vm.start, host.vm.stop), answered once they ended, as a VM of
+this appliance's."""
 from __future__ import annotations
 
 from typing import Any, Literal
 
 from fastapi import APIRouter, Response
+from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, ConfigDict, Field
 
+from appliance.access.auth import Principal
+from appliance.context import Appliance
 from appliance.errors import ConflictError, NotFoundError
 from appliance.hosts.service import HOST_OPTIONS, HostCommandError, HostSpecError, HostUnreachableError
-from appliance.jobs.params import HostBackupParams, HostBackupRequest, LibvirtRestoreParams, LibvirtRestoreRequest
+from appliance.jobs.params import (
+    HostBackupParams,
+    HostBackupRequest,
+    HostStopRequest,
+    HostVMStartParams,
+    HostVMStopParams,
+    JobParams,
+    LibvirtRestoreParams,
+    LibvirtRestoreRequest,
+)
 from vmm.hosts import HostError, HostVM
 
 from .answers import raises
 from .auth import Caller
 from .dependencies import ApplianceDep
-from .jobs import SUBMIT_ERRORS, JobOut, submit_job
-from .vms import MAX_STOP_TIMEOUT
+from .jobs import SUBMIT_ERRORS, JobOut, awaited_job, submit_job
 
 
 class HostIn(BaseModel):
@@ -66,10 +79,9 @@ class HostVMOut(BaseModel):
     disks: list[HostDiskOut]
 
 
-class StopIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    timeout: float = Field(strict=True, default=60.0, gt=0, le=MAX_STOP_TIMEOUT, description="seconds to wait after the ACPI power button")
-    force: bool = Field(default=False, description="pull the plug at once")
+class HostVMAfterJob(HostVMOut):
+    """A host's VM after its start or stop, and the job that did it."""
+    job_id: str = Field(description="the host.vm.start or host.vm.stop job (its events say what happened)")
 
 
 class SnapshotIn(BaseModel):
@@ -122,15 +134,26 @@ def get_vm(appliance: ApplianceDep, name: str, vm: str) -> HostVMOut:
     return _vm(appliance.hosts.vm(name, vm))
 
 
-@router.post("/{name}/vms/{vm}/start", response_model=HostVMOut)
-def start_vm(appliance: ApplianceDep, name: str, vm: str) -> HostVMOut:
-    return _vm(appliance.hosts.start(name, vm))
+async def _after_job(appliance: Appliance, caller: Principal, name: str, vm: str, kind: str,
+                     params: JobParams) -> HostVMAfterJob:
+    """Like a VM of this appliance's start and stop (api/vms.py): the job, waited for."""
+    job = await awaited_job(appliance, caller, kind, params)
+    info = await run_in_threadpool(appliance.hosts.vm, name, vm)
+    return HostVMAfterJob(**_vm(info).model_dump(), job_id=job.id)
 
 
-@router.post("/{name}/vms/{vm}/stop", response_model=HostVMOut)
-def stop_vm(appliance: ApplianceDep, name: str, vm: str, body: StopIn | None = None) -> HostVMOut:
-    body = body or StopIn()
-    return _vm(appliance.hosts.stop(name, vm, body.timeout, body.force))
+@router.post("/{name}/vms/{vm}/start", response_model=HostVMAfterJob, responses=SUBMIT_ERRORS)
+async def start_vm(appliance: ApplianceDep, caller: Caller, name: str, vm: str) -> HostVMAfterJob:
+    """A host.vm.start job on `vm:<vm>@<host>`, waited for: the VM then, and the job's id."""
+    return await _after_job(appliance, caller, name, vm, "host.vm.start", HostVMStartParams(host=name, vm=vm))
+
+
+@router.post("/{name}/vms/{vm}/stop", response_model=HostVMAfterJob, responses=SUBMIT_ERRORS)
+async def stop_vm(appliance: ApplianceDep, caller: Caller, name: str, vm: str,
+                  body: HostStopRequest | None = None) -> HostVMAfterJob:
+    """A host.vm.stop job, waited for; a forced one cuts short a graceful one that is waiting."""
+    params = HostVMStopParams(host=name, vm=vm, **(body or HostStopRequest()).model_dump())
+    return await _after_job(appliance, caller, name, vm, "host.vm.stop", params)
 
 
 @router.get("/{name}/vms/{vm}/snapshots", response_model=list[str])

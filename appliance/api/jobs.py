@@ -3,9 +3,10 @@
 Every long operation is a job (appliance/jobs/params.py lists the kinds): POST /jobs starts
 any of them, and the routes of each domain (a VM's backups and snapshots, restores, clones,
 the store's upkeep) start theirs through `submit_job`, the one place that checks what the
-caller may see. They answer 202 with the job at once; its state moves from queued through
-running to succeeded, failed or cancelled, its `result` says what it made, and the live
-stream `/api/v1/events/stream?job=ID` carries its progress and ends with it.
+caller may see. They answer 202 with the job at once (but for a VM's start and stop, which
+answer once it ended: `awaited_job`); its state moves from queued through running to
+succeeded, failed or cancelled, its `result` says what it made, and the live stream
+`/api/v1/events/stream?job=ID` carries its progress and ends with it.
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
 
 from fastapi import APIRouter, Depends, Request, Response
+from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from fastapi.sse import EventSourceResponse, ServerSentEvent
@@ -85,11 +87,12 @@ class JobRequestRoute(APIRoute):
 
 
 
-def submit_job(appliance: Appliance, caller: Principal, kind: str, params: JobParams) -> JobOut:
+def submit_job(appliance: Appliance, caller: Principal, kind: str, params: JobParams,
+               awaited: bool = False) -> JobOut:
     """Every route that starts a job comes here: the VMs and the backup it names must be the
     caller's to see, the caller's role must be the one the job's plan needs (JobPlan.needs),
     whichever route, and the VMs it creates are theirs from now on (the name is held for them
-    while the job waits)."""
+    while the job waits). `awaited`: the route answers once the job ended (JobEngine.outcome)."""
     seen = visibility(appliance)
     for vm in params.vms():
         seen.check_vm(caller, vm)
@@ -97,10 +100,18 @@ def submit_job(appliance: Appliance, caller: Principal, kind: str, params: JobPa
         seen.check_backup(caller, backup)
     for name in params.new_vms():
         seen.claim(caller, name)
-    job = appliance.jobs.submit(kind, params, role=caller.role)
+    job = appliance.jobs.submit(kind, params, role=caller.role, awaited=awaited)
     for name in params.new_vms():
         seen.own(caller, name)
     return JobOut.model_validate(job)
+
+
+async def awaited_job(appliance: Appliance, caller: Principal, kind: str, params: JobParams) -> JobRecord:
+    """`submit_job`, and wait for the job's end (the request holds no thread meanwhile): its
+    record once it succeeded, or the error its step raised (JobEngine.outcome). For the routes
+    that answer as they did before their work was a job: a VM's start and stop."""
+    job = await run_in_threadpool(submit_job, appliance, caller, kind, params, True)
+    return await appliance.jobs.outcome(job.id)
 
 
 router = APIRouter(prefix="/api/v1", tags=["jobs"])

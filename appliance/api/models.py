@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from appliance.jobs.states import JobState, Severity, StepState
 
 if TYPE_CHECKING:
+    from appliance.jobs.records import JobRecord
     from appliance.restores.boot_test import BootTestResult
     from appliance.snapshots.service import SnapshotService
     from appliance.vms.service import VMView
@@ -86,12 +87,27 @@ class VMDetail(Answer):
                    compute_pool=view.compute_pool)
 
 
+class StartedVM(VMDetail):
+    """A VM after a start: the VM as it is then, and the job that started it."""
+    job_id: str = Field(description="the vm.start job (GET /api/v1/jobs/{id}; its events say where it started)")
+
+    @classmethod
+    def after(cls, view: VMView, job: JobRecord) -> StartedVM:
+        return cls(**VMDetail.of(view).model_dump(), job_id=job.id)
+
+
 class StoppedVM(VMDetail):
-    """A VM after a stop, and how it went."""
+    """A VM after a stop, how it went, and the job that stopped it."""
     how: Literal["powerdown", "quit", "kill", "already-stopped", "unknown"] = Field(
         description="powerdown: the guest shut down; quit: QEMU was ended without the guest shutting "
                     "down (forced, or it did not within the timeout, or it was paused); kill: QEMU did "
                     "not even quit and was killed; unknown: it ran on another host, whose agent does not say")
+    job_id: str = Field(description="the vm.stop job (GET /api/v1/jobs/{id}; its events say how it stopped)")
+
+    @classmethod
+    def after(cls, view: VMView, job: JobRecord) -> StoppedVM:
+        """The VM as it is once its vm.stop job succeeded (whose result says how)."""
+        return cls(**VMDetail.of(view).model_dump(), how=(job.result or {})["how"], job_id=job.id)
 
 
 class BackupOut(Answer):

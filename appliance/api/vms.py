@@ -24,7 +24,16 @@ from appliance.context import Appliance
 from appliance.deletion.deletables import deletion_service
 from appliance.deletion.protection import Impact
 from appliance.errors import ConflictError, NotFoundError
-from appliance.jobs.params import CloneParams, CloneRequest, MigrateParams, MigrateRequest
+from appliance.jobs.params import (
+    CloneParams,
+    CloneRequest,
+    MigrateParams,
+    MigrateRequest,
+    StartRequest,
+    StopRequest,
+    VMStartParams,
+    VMStopParams,
+)
 from appliance.units import parse_size
 from appliance.vms.devices import NewDisk, NewNic
 from appliance.vms.records import VMRecord
@@ -38,12 +47,11 @@ from vmm.spec import NIC_MODELS, NicSpec, random_mac
 from .answers import raises
 from .auth import Caller, still_signed_in
 from .dependencies import ApplianceDep, the_appliance
-from .jobs import SUBMIT_ERRORS, JobOut, submit_job
+from .jobs import SUBMIT_ERRORS, JobOut, awaited_job, submit_job
 from .listing import Query
-from .models import StoppedVM, VMDetail, VMOut
+from .models import StartedVM, StoppedVM, VMDetail, VMOut
 
 CONSOLE_PATH = "/api/v1/console"
-MAX_STOP_TIMEOUT = 3600.0   # a stop waits at most an hour for its guest (a force-stop cuts it short anyway)
 PROXY_READ_SIZE = 64 * 1024
 CONSOLE_CHECK = 2.0   # seconds between checks that an open console's session or key still stands
 # "10G", "512M" or a number of bytes; a bad size is a 422 like any other invalid field.
@@ -83,11 +91,6 @@ class VMCreate(BaseModel):
         None, description="start it once created; paused: its guest runs no code until resumed")
 
 
-class StartRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    paused: bool = Field(False, description="QEMU sets the machine up, the guest runs no code until resumed")
-
-
 class Resize(BaseModel):
     model_config = ConfigDict(extra="forbid")
     vcpus: int | None = Field(None, strict=True, ge=1, le=255)
@@ -117,12 +120,6 @@ class NicAdd(BaseModel):
     model: str | None = Field(None, description=f"the emulated card: {', '.join(NIC_MODELS)}; default the OS "
                                                 "profile's")
     mac: str | None = Field(None, description="default a random 52:54:00:xx:xx:xx")
-
-
-class StopRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    timeout: float = Field(strict=True, default=30.0, ge=0, le=MAX_STOP_TIMEOUT, description="seconds the guest gets to shut down")
-    force: bool = Field(default=False, description="end QEMU now; also cuts short a graceful stop that is waiting")
 
 
 class HARequest(BaseModel):
@@ -196,7 +193,8 @@ def boot_file(appliance: Appliance, caller: Principal, value: str | None, what: 
 
 @router.post("/api/v1/vms", response_model=VMDetail, status_code=201)
 async def create_vm(appliance: ApplianceDep, caller: Caller, body: VMCreate) -> VMDetail:
-    """The new VM is the caller's: only they (and admins) see it until an admin shares it."""
+    """The new VM is the caller's: only they (and admins) see it until an admin shares it.
+    With `start`, a vm.start job starts it once defined, and the answer waits for it."""
     vms, seen = appliance.vms, visibility(appliance)
     seen.claim(caller, body.name)
     kernel = boot_file(appliance, caller, body.kernel, "kernel")
@@ -213,20 +211,25 @@ async def create_vm(appliance: ApplianceDep, caller: Caller, body: VMCreate) -> 
     if body.ha:
         vms.set_ha(body.name, True)
     if body.start:   # a start that fails leaves the VM defined, stopped, and answers why
-        return VMDetail.of(await vms.start(body.name, paused=body.start == "paused"))
+        return await start_vm(appliance, caller, body.name, StartRequest(paused=body.start == "paused"))
     return VMDetail.of(vms.show(body.name))
 
 
-@router.post("/api/v1/vms/{name}/start", response_model=VMDetail)
-async def start_vm(appliance: ApplianceDep, name: str, body: StartRequest | None = None) -> VMDetail:
-    return VMDetail.of(await appliance.vms.start(name, paused=bool(body and body.paused)))
+@router.post("/api/v1/vms/{name}/start", response_model=StartedVM, responses=SUBMIT_ERRORS)
+async def start_vm(appliance: ApplianceDep, caller: Caller, name: str, body: StartRequest | None = None) -> StartedVM:
+    """A vm.start job, waited for (after any job that holds the VM: a backup, a snapshot...):
+    the VM as it is then, and the job's id."""
+    job = await awaited_job(appliance, caller, "vm.start", VMStartParams(vm=name, **(body or StartRequest()).model_dump()))
+    return StartedVM.after(await run_in_threadpool(appliance.vms.show, name), job)
 
 
-@router.post("/api/v1/vms/{name}/stop", response_model=StoppedVM)
-async def stop_vm(appliance: ApplianceDep, name: str, body: StopRequest | None = None) -> StoppedVM:
-    body = body or StopRequest()
-    view, how = await appliance.vms.stop(name, timeout=body.timeout, force=body.force)
-    return StoppedVM(**VMDetail.of(view).model_dump(), how=how)
+@router.post("/api/v1/vms/{name}/stop", response_model=StoppedVM, responses=SUBMIT_ERRORS)
+async def stop_vm(appliance: ApplianceDep, caller: Caller, name: str, body: StopRequest | None = None) -> StoppedVM:
+    """A vm.stop job, waited for: the VM as it is then, how it stopped, and the job's id. A
+    graceful stop waits its turn after the VM's other jobs; a forced one also, but it cuts short
+    a graceful stop that waits for its guest."""
+    job = await awaited_job(appliance, caller, "vm.stop", VMStopParams(vm=name, **(body or StopRequest()).model_dump()))
+    return StoppedVM.after(await run_in_threadpool(appliance.vms.show, name), job)
 
 
 @router.post("/api/v1/vms/{name}/reboot", response_model=VMDetail)

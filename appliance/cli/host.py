@@ -75,8 +75,12 @@ def host_vms(name: str, as_json: bool = JsonOpt) -> None:
 @host_app.command("start")
 @reports_errors
 def host_start(name: str, vm: str) -> None:
-    """Start a VM (an ssh host's VM with the definition it last ran with)."""
-    out.print(f"{vm}: {state.appliance.hosts.start(name, vm).state}")
+    """Start a VM (an ssh host's VM with the definition it last ran with): a host.vm.start job,
+    after any other job on the VM (a backup)."""
+    from appliance.jobs.params import HostVMStartParams
+
+    job = state.appliance.jobs.run_to_end("host.vm.start", HostVMStartParams(host=name, vm=vm))
+    out.print(f"{vm}: {(job.result or {})['state']}; job {job.id}")
 
 
 @host_app.command("stop")
@@ -84,8 +88,13 @@ def host_start(name: str, vm: str) -> None:
 def host_stop(name: str, vm: str,
               timeout: float = typer.Option(60.0, help="Seconds to wait after the ACPI power button."),
               force: bool = typer.Option(False, "--force", help="Pull the plug at once.")) -> None:
-    """Stop a VM: the ACPI power button, then forced after --timeout."""
-    out.print(f"{vm}: {state.appliance.hosts.stop(name, vm, timeout, force).state}")
+    """Stop a VM: the ACPI power button, then forced after --timeout (--force: at once, and cuts
+    short a stop that waits for its guest). A host.vm.stop job, after any other job on the VM."""
+    from appliance.jobs.params import HostVMStopParams
+
+    job = state.appliance.jobs.run_to_end("host.vm.stop", HostVMStopParams(host=name, vm=vm, timeout=timeout,
+                                                                           force=force))
+    out.print(f"{vm}: {(job.result or {})['state']}; job {job.id}")
 
 
 @host_app.command("snapshot")

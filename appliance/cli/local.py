@@ -20,6 +20,7 @@ from appliance.api.models import (
     InstantRestoreOut,
     JobOut,
     PolicyPreview,
+    StartedVM,
     StoppedVM,
     VMDetail,
     VMOut,
@@ -145,15 +146,20 @@ class LocalClient:
             vms.set_ha(new.name, True)
         return self.vm(new.name)
 
-    def start_vm(self, name: str, paused: bool) -> VMDetail:
-        return VMDetail.of(_run(self.appliance.vms.start(name, paused=paused)))
+    def start_vm(self, name: str, paused: bool) -> StartedVM:
+        from appliance.jobs.params import VMStartParams
+
+        job = self.appliance.jobs.run_to_end("vm.start", VMStartParams(vm=name, paused=paused))
+        return StartedVM.after(self.appliance.vms.show(name), job)
 
     def power(self, name: str, action: PowerAction) -> VMDetail:
         return VMDetail.of(_run(getattr(self.appliance.vms, action)(name)))
 
     def stop_vm(self, name: str, timeout: float, force: bool) -> StoppedVM:
-        view, how = _run(self.appliance.vms.stop(name, timeout=timeout, force=force))
-        return StoppedVM(**VMDetail.of(view).model_dump(), how=how)
+        from appliance.jobs.params import VMStopParams
+
+        job = self.appliance.jobs.run_to_end("vm.stop", VMStopParams(vm=name, timeout=timeout, force=force))
+        return StoppedVM.after(self.appliance.vms.show(name), job)
 
     def resize_vm(self, name: str, vcpus: int | None, memory_mib: int | None) -> VMDetail:
         self.appliance.vms.resize(name, vcpus=vcpus, memory_mib=memory_mib)

@@ -32,6 +32,7 @@ from appliance.api.models import (
     InstantRestoreOut,
     JobOut,
     PolicyPreview,
+    StartedVM,
     StoppedVM,
     VMDetail,
     VMOut,
@@ -321,8 +322,8 @@ class RemoteClient:
         body = {k: v for k, v in vars(new).items() if k != "base_image"}
         return VMDetail.model_validate(self.call("POST", "/vms", body))
 
-    def start_vm(self, name: str, paused: bool) -> VMDetail:
-        return VMDetail.model_validate(self.call("POST", f"/vms/{quote(name)}/start", {"paused": paused}))
+    def start_vm(self, name: str, paused: bool) -> StartedVM:
+        return StartedVM.model_validate(self.call("POST", f"/vms/{quote(name)}/start", {"paused": paused}))
 
     def power(self, name: str, action: PowerAction) -> VMDetail:
         return VMDetail.model_validate(self.call("POST", f"/vms/{quote(name)}/{action}"))

@@ -57,12 +57,13 @@ def _opt(p: Path | None) -> str | None:
     return str(p.resolve()) if p else None
 
 
-def _say(view: VMDetail, as_json: bool) -> None:
+def _say(view: VMDetail, as_json: bool, job_id: str | None = None) -> None:
     if as_json:
         emit_json(view)
     else:
         pid = f" (pid {view.pid})" if view.pid else ""
-        out.print(f"{view.name}: {view.state}{pid}", highlight=False)
+        job = f"; job {job_id}" if job_id else ""
+        out.print(f"{view.name}: {view.state}{pid}{job}", highlight=False)
 
 
 @vm_app.command("import")
@@ -152,8 +153,10 @@ for _action, _summary in _POWER:
 def vm_start(name: str, paused: bool = typer.Option(False, "--paused",
                                                     help="Set the machine up, run no guest code until `vm resume`."),
              as_json: bool = JsonOpt) -> None:
-    """Start a VM (QEMU runs on after this command returns)."""
-    _say(state.client.start_vm(name, paused), as_json)
+    """Start a VM (QEMU runs on after this command returns): a vm.start job, after any other job
+    on the VM (a backup, a snapshot...)."""
+    started = state.client.start_vm(name, paused)
+    _say(started, as_json, started.job_id)
 
 
 @vm_app.command("stop")
@@ -165,26 +168,28 @@ def vm_stop(name: str,
             as_json: bool = JsonOpt) -> None:
     """Shut a VM down: the ACPI power button asks the guest to; if it has not within --timeout
     seconds (or it is paused and cannot), it is forced off, and the command says so. --force does
-    that at once."""
+    that at once (and cuts short a stop that waits for its guest). A vm.stop job, after any other
+    job on the VM."""
     client = state.client
     before = client.vm(name).state
     if before == "running" and not force:
         err.print(f"asking the guest of {name} to shut down (ACPI power button); if it has not within "
                   f"{timeout:g} s it is forced off (--force: at once, --timeout: longer)", highlight=False)
     stopped = client.stop_vm(name, timeout, force)
+    job = f"; job {stopped.job_id}"
     if as_json:
         emit_json(stopped)
     elif stopped.how == "powerdown":
-        out.print(f"{name}: stopped (the guest shut down)", highlight=False)
+        out.print(f"{name}: stopped (the guest shut down){job}", highlight=False)
     elif stopped.how == "already-stopped":
-        out.print(f"{name}: {stopped.state} (it was not running)", highlight=False)
+        out.print(f"{name}: {stopped.state} (it was not running){job}", highlight=False)
     elif stopped.how == "unknown":
         out.print(f"{name}: {stopped.state} (on host {stopped.host}, which does not say whether the guest shut "
-                  "down or was forced off)", highlight=False)
+                  f"down or was forced off){job}", highlight=False)
     else:
         why = ("as asked (--force)" if force else "a paused guest cannot answer the power button"
                if before == "paused" else f"the guest did not shut down within {timeout:g} s")
-        out.print(f"{name}: forced off, {why}: QEMU was ended as if its power was cut", highlight=False)
+        out.print(f"{name}: forced off, {why}: QEMU was ended as if its power was cut{job}", highlight=False)
 
 
 @vm_app.command("resize")

@@ -54,6 +54,7 @@ T = TypeVar("T")
 PROGRESS_INTERVAL = 0.5   # seconds between progress writes to the catalog
 SETTLE_TIMEOUT = 30.0     # seconds a finished job's worker may take to close its event loop
 POLL_INTERVAL = 0.5       # seconds between asks for a resource another process holds
+AWAIT_INTERVAL = 0.2      # seconds between looks at an awaited job's state (outcome())
 CATALOG_OUTAGE = 30.0     # seconds a runner waits for a catalog that stopped answering
 OUTAGE_RETRY = 1.0        # seconds between its tries meanwhile
 RELEASED: dict[str, Any] = {"runner_node": None, "runner_pid": None, "runner_start": None}
@@ -100,19 +101,26 @@ class JobEngine(JobCatalog):
         self.capacity = Capacity()
         self._queues = ResourceQueues(self._run)
         self._cancels: dict[str, threading.Event] = {}
+        # The jobs of this process a caller awaits (submit(awaited=True)): the error a step raised.
+        self._raised: dict[str, Exception | None] = {}
         self._lock = threading.Lock()
         self._ended = threading.Condition()   # notified when a job of this engine ends
 
     # -- asking ---------------------------------------------------------------------------------
 
     def submit(self, kind: str, params: BaseModel | Mapping[str, Any], policy_id: str | None = None,
-               limits: dict[str, int] | None = None, role: Role | None = None) -> JobRecord:
+               limits: dict[str, int] | None = None, role: Role | None = None, awaited: bool = False) -> JobRecord:
         """Queue a job of `kind` with its parameters (the kind's model, or what validates into it),
         to run in this process. Parameters that do not validate, a `role` (the submitter's; None:
         the appliance itself, e.g. its scheduler, or the local CLI) below what the plan needs, and
-        what the kind's `admit` refuses are refused now, before anything is queued."""
+        what the kind's `admit` refuses are refused now, before anything is queued.
+        `awaited`: the caller waits for the job's end with `outcome`, which then raises the error
+        its failed step raised."""
         with self.catalog.begin() as s:
             rec = self.submit_in(s, kind, params, policy_id, limits, role)
+        if awaited:
+            with self._lock:
+                self._raised[rec.id] = None
         self.queue(rec)
         return rec
 
@@ -140,8 +148,56 @@ class JobEngine(JobCatalog):
         return rec
 
     def queue(self, rec: JobRecord) -> None:
-        """Run a job recorded by `submit_in` (its transaction committed) on its resource's worker."""
+        """Run a job recorded by `submit_in` (its transaction committed) on its resource's worker,
+        once the running jobs it cuts short (JobPlan.cuts_short) were told to stop."""
+        self._cut_short(rec)
         self._queues.submit(rec.resource, rec.id)
+
+    def _cut_short(self, rec: JobRecord) -> None:
+        _, plan = self._rebuild(rec)
+        if not plan.cuts_short:
+            return
+        with self.catalog() as s:
+            running = list(s.scalars(select(JobRecord.id).where(
+                JobRecord.resource == rec.resource, JobRecord.kind.in_(plan.cuts_short),
+                JobRecord.state == JobState.RUNNING, JobRecord.cancel_requested.is_(False))))
+        for job_id in running:
+            try:
+                self.cancel(job_id)
+            except ConflictError:
+                continue   # it ended, or began undoing a failure, meanwhile
+            self.events.emit("job.cut_short", f"cut short by {rec.kind} job {rec.id}", resource=rec.resource,
+                             job_id=job_id)
+
+    async def outcome(self, job_id: str) -> JobRecord:
+        """Wait, without holding a thread, for the end of a job this process runs and was
+        submitted `awaited`; its record once it succeeded. If a step failed, the error that step
+        raised is raised here, as the service called directly would have raised it (its kind,
+        and so its status: appliance/error_statuses.py); a job that ended otherwise (cancelled,
+        or interrupted) raises JobFailedError."""
+        try:
+            while (rec := await asyncio.to_thread(self.get, job_id)).state not in FINISHED_STATES:
+                await asyncio.sleep(AWAIT_INTERVAL)
+            await asyncio.to_thread(self.settle, job_id)
+        finally:
+            with self._lock:
+                raised = self._raised.pop(job_id, None)
+        if raised is not None:
+            raise raised
+        if rec.state != JobState.SUCCEEDED:
+            raise JobFailedError(rec)
+        return rec
+
+    def run_to_end(self, kind: str, params: BaseModel | Mapping[str, Any]) -> JobRecord:
+        """`submit` (awaited) and `outcome`, for a caller with no event loop of its own (the local
+        CLI): the job's record once it succeeded, or the error its step raised."""
+        return asyncio.run(self.outcome(self.submit(kind, params, awaited=True).id))
+
+    def _failed_with(self, job_id: str, error: Exception) -> None:
+        """A step of the job failed with `error`: kept for the caller that awaits the job, if one does."""
+        with self._lock:
+            if job_id in self._raised:
+                self._raised[job_id] = error
 
     def _reread(self, job_id: str) -> JobRecord:
         """`get` for a runner: waits out an outage of the catalog (CATALOG_OUTAGE)."""
@@ -461,6 +517,8 @@ class _Execution:
                 await step.run(self.ctx)
             except BaseException as e:
                 cancelled = isinstance(e, JobCancelled)
+                if isinstance(e, Exception) and not cancelled:
+                    self.engine._failed_with(self.rec.id, e)
                 self._step_state(index, StepState.CANCELLED if cancelled else StepState.FAILED, _describe(e))
                 await self.roll_back(_describe(e), JobState.CANCELLED if cancelled else JobState.FAILED)
                 return

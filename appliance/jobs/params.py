@@ -92,9 +92,13 @@ class HostBackupRequest(DiskChoice):
                             description="read a disk in full after this many incrementals of it (0: always)")
 
 
-class HostBackupParams(HostBackupRequest, JobParams):
+class OnHostVM(JobParams):
     host: str
     vm: str = Field(description="the VM (or libvirt domain) on the host; its backups go by <vm>@<host>")
+
+
+class HostBackupParams(HostBackupRequest, OnHostVM):
+    pass
 
 
 # -- snapshots --------------------------------------------------------------------------------------
@@ -222,6 +226,50 @@ class InstantRestoreParams(InstantRestoreRequest, FromBackup):
         return [self.name]
 
 
+# -- power ----------------------------------------------------------------------------------------
+
+MAX_STOP_TIMEOUT = 3600.0   # a stop waits at most an hour for its guest (a forced stop cuts it short anyway)
+
+
+class StartRequest(BaseModel):
+    """How to start a VM (the body of POST /vms/{name}/start)."""
+    model_config = ConfigDict(extra="forbid")
+    paused: bool = Field(default=False, description="QEMU sets the machine up, the guest runs no code until resumed")
+
+
+class VMStartParams(StartRequest, OnVM):
+    pass
+
+
+class StopRequest(BaseModel):
+    """How to stop a VM (the body of POST /vms/{name}/stop)."""
+    model_config = ConfigDict(extra="forbid")
+    timeout: float = Field(strict=True, default=30.0, ge=0, le=MAX_STOP_TIMEOUT,
+                           description="seconds the guest gets to shut down before QEMU is ended")
+    force: bool = Field(default=False, description="end QEMU now; also cuts short a graceful stop that is waiting")
+
+
+class VMStopParams(StopRequest, OnVM):
+    pass
+
+
+class HostVMStartParams(OnHostVM):
+    pass
+
+
+class HostStopRequest(BaseModel):
+    """How to stop a VM of a registered host (the body of POST /hosts/{name}/vms/{vm}/stop)."""
+    model_config = ConfigDict(extra="forbid")
+    timeout: float = Field(strict=True, default=60.0, gt=0, le=MAX_STOP_TIMEOUT,
+                           description="seconds to wait after the ACPI power button")
+    force: bool = Field(default=False, description="pull the plug at once; also cuts short a graceful stop that is "
+                                                   "waiting")
+
+
+class HostVMStopParams(HostStopRequest, OnHostVM):
+    pass
+
+
 # -- clones -----------------------------------------------------------------------------------------
 
 class CloneRequest(BaseModel):
@@ -324,6 +372,10 @@ PARAMS: dict[str, type[JobParams]] = {
     "restore.over_vm": RestoreOverParams,
     "restore.instant": InstantRestoreParams,
     "restore.libvirt": LibvirtRestoreParams,
+    "vm.start": VMStartParams,
+    "vm.stop": VMStopParams,
+    "host.vm.start": HostVMStartParams,
+    "host.vm.stop": HostVMStopParams,
     "vm.clone": CloneParams,
     "vm.migrate": MigrateParams,
     "store.verify": VerifyParams,

@@ -82,6 +82,10 @@ class JobPlan:
     # The least role that may ask for this work: the plan says it, so every route that submits
     # the job (its own, or POST /api/v1/jobs) needs the same (JobEngine.submit checks it).
     needs: Role = Role.OPERATOR
+    # Kinds of job on the same resource that this one cancels, once queued, if they are running,
+    # rather than wait for their end: a forced stop cuts short a graceful stop that waits for its
+    # guest (whose step, cancelled, ends QEMU itself: kinds/power.py).
+    cuts_short: frozenset[str] = frozenset()
 
 
 P = TypeVar("P", bound=BaseModel)

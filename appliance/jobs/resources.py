@@ -12,6 +12,9 @@ if TYPE_CHECKING:
     from appliance.context import Appliance
 
 HOST = "host:local"   # one host for now; the key concurrency limits per host count against
+# QEMUs setting up at once in this process: each start job runs on its own event loop, whose
+# launch slots (QemuDriver._launch_slot) are its alone, so the jobs are capped here instead.
+LAUNCHES = "launches:local"
 
 
 def vm_resource(vm: str) -> str:

@@ -1,6 +1,6 @@
 """The appliance's job kinds, one module per domain: backups (of its own VMs and of other hosts'),
-snapshots, restores (into libvirt too), clones, migrations, the store's upkeep and off-site copies.
-`params.PARAMS` names what each takes.
+snapshots, restores (into libvirt too), VMs started and stopped, clones, migrations, the store's
+upkeep and off-site copies. `params.PARAMS` names what each takes.
 """
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from .backup import backup_kinds
 from .clone import clone_kinds
 from .libvirt import libvirt_kinds
 from .migrate import migrate_kinds
+from .power import power_kinds
 from .restore import restore_kinds
 from .snapshot import snapshot_kinds
 from .store import store_kinds
@@ -22,4 +23,4 @@ if TYPE_CHECKING:
 
 def standard_kinds(app: Appliance) -> dict[str, JobKind[Any]]:
     return {**backup_kinds(app), **snapshot_kinds(app), **restore_kinds(app), **libvirt_kinds(app), **clone_kinds(app),
-            **migrate_kinds(app), **store_kinds(app), **sync_kinds(app)}
+            **power_kinds(app), **migrate_kinds(app), **store_kinds(app), **sync_kinds(app)}

@@ -6,22 +6,40 @@ import { may } from "../roles.js";
 import { actionButton, actionForm, confirmAction, confirmedDeletion, field, notify } from "../ui.js";
 
 const RUNNING = ["running", "paused"];
+const STOP_TIMEOUT = 60;   // seconds the guest gets to shut down before QEMU is ended
+// How a stop went (the answer's `how`, which the vm.stop job's task log says too).
+const HOW_STOPPED = {
+  powerdown: "the guest shut down", quit: "QEMU was ended without the guest shutting down",
+  kill: "QEMU did not quit and was killed", "already-stopped": "it was not running",
+  unknown: "its host does not say whether the guest shut down",
+};
+
+// A start or stop answers the VM once its job ended: the notice says how, and names the job.
+const told = (after) => async (vm) => {
+  const how = vm.how ? `stopped: ${HOW_STOPPED[vm.how] ?? vm.how}` : vm.state;
+  notify(`VM ${vm.name} ${how} (job ${vm.job_id}).`);
+  await after(vm);
+};
 
 export function vmActions(vm, after, onDeleted = after) {
   const path = `/vms/${encodeURIComponent(vm.name)}`;
   if (RUNNING.includes(vm.state)) {
     return [
       may("POST", `${path}/console`) && h("a", { href: `#/console/${encodeURIComponent(vm.name)}`, class: "console" }, "Console"),
-      actionButton("Stop", "POST", `${path}/stop`, () => call("POST", `${path}/stop`, { timeout: 60 }), after),
+      actionButton("Stop", "POST", `${path}/stop`, () => {
+        notify(`Asked the guest of VM ${vm.name} to shut down (ACPI power button): QEMU is ended if it has not `
+               + `within ${STOP_TIMEOUT} s (Force off: at once).`);
+        return call("POST", `${path}/stop`, { timeout: STOP_TIMEOUT });
+      }, told(after)),
       actionButton("Force off", "POST", `${path}/stop`, async () => {
         const takes = ["The guest is cut off like a power failure: what it has not written to its disks is lost."];
         return await confirmAction(`Force VM ${vm.name} off?`, takes, "Force off")
           ? call("POST", `${path}/stop`, { force: true, timeout: 0 }) : undefined;
-      }, after, { class: "danger" }),
+      }, told(after), { class: "danger" }),
     ];
   }
   return [
-    actionButton("Start", "POST", `${path}/start`, () => call("POST", `${path}/start`), after),
+    actionButton("Start", "POST", `${path}/start`, () => call("POST", `${path}/start`), told(after)),
     actionButton("Delete", "DELETE", path, () => confirmedDeletion(`Delete VM ${vm.name}?`, path), onDeleted,
                  { class: "danger" }),
   ];
