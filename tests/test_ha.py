@@ -53,6 +53,8 @@ def test_killed_vm_is_restarted_until_it_flaps(appliance, guest_kernel):
                               and s.pid != o and s, what=f"restart {restart}")
             assert status.pid != old
             wait_serial(appliance, "ha1", "CAIRN: READY")      # a real boot, not just a process
+            # Recorded once the start returns, which under load can be after the guest booted.
+            wait_for(lambda n=restart: len(events(appliance, "vm.ha.restarted")) >= n, what=f"event of restart {restart}")
             assert len(events(appliance, "vm.ha.restarted")) == restart
         kill_qemu(appliance, "ha1")
         gave_up = wait_for(lambda: events(appliance, "vm.ha.gave_up"), what="giving up")
