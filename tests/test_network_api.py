@@ -155,13 +155,15 @@ def test_a_network_whose_bridge_exists_is_refused_and_leaves_it(api_client: Test
 
 def test_a_network_whose_dhcp_server_fails_leaves_nothing(api_client: TestClient, netns: str, tmp_path: Path,  # noqa: F811
                                                           monkeypatch) -> None:
-    # A PATH with `ip` but no dnsmasq: the bridge is made, then dnsmasq cannot start.
+    assert api_client.post("/api/v1/pools", json={"kind": "address", "name": "p", "subnet": "10.74.0.0/24"}).status_code == 201
+    # A PATH with `ip` but no dnsmasq: the bridge is made, then dnsmasq cannot start. Only for
+    # the request: the netns fixture's cleanup needs `ip` after tmp_path is gone.
     (tmp_path / "bin").mkdir()
     (tmp_path / "bin" / "ip").symlink_to(shutil.which("ip"))
-    monkeypatch.setenv("PATH", str(tmp_path / "bin"))
-    assert api_client.post("/api/v1/pools", json={"kind": "address", "name": "p", "subnet": "10.74.0.0/24"}).status_code == 201
-    error(api_client.post("/api/v1/networks", json={"name": "n", "address_pool": "p", "netns": netns}),
-          400, "dnsmasq did not start on cbr-n")
+    with monkeypatch.context() as only_ip:
+        only_ip.setenv("PATH", str(tmp_path / "bin"))
+        error(api_client.post("/api/v1/networks", json={"name": "n", "address_pool": "p", "netns": netns}),
+              400, "dnsmasq did not start on cbr-n")
     assert api_client.get("/api/v1/networks").json() == []
     assert not link_exists(Netns(netns), "cbr-n")
 
