@@ -10,11 +10,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from selenium import webdriver
 from selenium.webdriver.common.by import By
 from web_helpers import (
     add_user,
     chromium,
     click,
+    click_on,
     confirm,
     console_server,
     element,
@@ -53,6 +55,27 @@ def dashboard_row(browser, vm: str) -> list[str]:
     return [td.text for td in row.find_elements(By.TAG_NAME, "td")]
 
 
+def as_console(browser: webdriver.Chrome, method: str, path: str, body: dict | None = None) -> dict:
+    """An API call with the console's own session (its token is in the tab's sessionStorage): for
+    what the console does not offer, e.g. an instant restore at a given speed."""
+    answer = browser.execute_async_script("""
+        const [method, path, body, done] = arguments;
+        const token = JSON.parse(sessionStorage.getItem("cairn.session")).token;
+        fetch(`/api/v1${path}`, { method, body: body === null ? undefined : JSON.stringify(body),
+                                  headers: { Authorization: `Bearer ${token}`, "Content-Type": "application/json" } })
+          .then(async (r) => done({ status: r.status, body: await r.json() }));""", method, path, body)
+    assert answer["status"] < 300, answer
+    return answer["body"]
+
+
+def wait_for_job(browser: webdriver.Chrome, job_id: str) -> None:
+    def ended(b: webdriver.Chrome) -> bool:
+        job = as_console(b, "GET", f"/jobs/{job_id}")
+        assert job["state"] in ("queued", "running", "succeeded"), job
+        return job["state"] == "succeeded"
+    until(browser, ended, f"job {job_id}", BACKUP_WAIT)
+
+
 def test_sign_in_create_snapshot_back_up_restore_and_watch_the_dashboard(appliance_data_dir: Path, guest_kernel,
                                                                          tmp_path: Path):
     Store.init(appliance_data_dir / "store")
@@ -73,7 +96,7 @@ def test_sign_in_create_snapshot_back_up_restore_and_watch_the_dashboard(applian
         element(browser, "main[data-page=dashboard] a", "web1").click()
         click(browser, "main", "Start")
         element(browser, "[data-vm-state=running]")
-        element(browser, "main a.console", "Console").click()
+        click_on(browser, "main a.console", "Console")   # the start job's events redraw the page
         element(browser, "[data-console-state=connected]")   # noVNC through the appliance's WebSocket proxy
         element(browser, ".screen canvas")
         screenshot(browser, "03-vm-console")
@@ -138,6 +161,23 @@ def test_sign_in_create_snapshot_back_up_restore_and_watch_the_dashboard(applian
         confirm(browser)
         element(browser, "#notice", f"to {target} ", timeout=BACKUP_WAIT)
         assert image_info(str(target))["format"] == "qcow2"
+
+        # The instantly restored VM's page follows the copy of the backup into its disks to its end.
+        browser.get(f"{base}/ui/#/vm/web1-instant")
+        element(browser, "[data-instant-restore=done]",
+                f"Copy complete: the disks hold all of backup {backup_id}", timeout=BACKUP_WAIT)
+        # One copied at 64 KiB/s (through the API): its page shows the copy going on, disk by disk,
+        # then complete once it is let go at full speed, without being opened again.
+        restoring = as_console(browser, "POST", f"/backups/{backup_id}/instant-restore",
+                               {"name": "web1-slow", "speed": 64 << 10})
+        wait_for_job(browser, restoring["id"])
+        browser.get(f"{base}/ui/#/vm/web1-slow")
+        element(browser, "[data-instant-restore=hydrating]", f"Copying backup {backup_id} into the disks")
+        element(browser, "[data-instant-restore=hydrating] li[data-disk=vda] progress")
+        screenshot(browser, "05b-instant-restore-copying")
+        as_console(browser, "POST", "/instant-restores/web1-slow/speed", {"speed": 0})
+        element(browser, "[data-instant-restore=done]", "Copy complete", timeout=BACKUP_WAIT)
+        as_console(browser, "POST", "/vms/web1-slow/stop", {"force": True})
 
         element(browser, "header a", "Dashboard").click()
         assert dashboard_row(browser, "web1-restored")[1] == "stopped"

@@ -26,6 +26,7 @@ from web_helpers import (
     console_server,
     element,
     fill_form,
+    fill_form_with,
     forget_api_calls,
     form_with,
     read,
@@ -66,10 +67,10 @@ def test_every_page_against_a_real_appliance(appliance_data_dir: Path, guest_ker
 
         # An address pool, a network on it (in the test's namespace), and the pool's leases.
         go(browser, "Networks")
-        fill_form(form_with(browser, "Add pool"), {"kind": "address", "name": "lan", "subnet": "10.77.0.0/28"})
+        fill_form_with(browser, "Add pool", {"kind": "address", "name": "lan", "subnet": "10.77.0.0/28"})
         click(browser, "main", "Add pool")
         element(browser, 'tr[data-pool="lan"]', "10.77.0.0/28")
-        fill_form(form_with(browser, "Add network"), {"name": "net1", "address_pool": "lan", "netns": netns})
+        fill_form_with(browser, "Add network", {"name": "net1", "address_pool": "lan", "netns": netns})
         click(browser, "main", "Add network")
         element(browser, 'tr[data-network="net1"]', "10.77.0.1")
         click(browser, 'tr[data-pool="lan"]', "Leases")
@@ -136,29 +137,29 @@ def test_every_page_against_a_real_appliance(appliance_data_dir: Path, guest_ker
         element(browser, "#notice", "VM web1 stopped: QEMU was ended without the guest shutting down (job ")
         element(browser, 'main a[href^="#/job/"]', "vm.stop")
         element(browser, "details[data-hardware] summary").click()
-        fill_form(form_with(browser, "Change"), {"vcpus": "2"})
+        fill_form_with(browser, "Change", {"vcpus": "2"})
         click(browser, "details[data-hardware]", "Change")
         element(browser, "#notice", "2 vCPUs")
         element(browser, "main p.actions", "2 vCPUs")
 
         # A policy: a bad schedule is refused, saying why; then created, then changed in the same form.
         go(browser, "Policies")
-        fill_form(form_with(browser, "Create policy"), {"name": "nightly", "vms": "web*", "schedule": "at two"})
+        fill_form_with(browser, "Create policy", {"name": "nightly", "vms": "web*", "schedule": "at two"})
         click(browser, "main", "Create policy")
         element(browser, "#notice.error", "schedule: 'at two' is not a cron expression")
         assert not browser.find_elements(By.CSS_SELECTOR, 'tr[data-policy="nightly"]')
-        fill_form(form_with(browser, "Create policy"), {"schedule": "0 2 * * *"})
+        fill_form_with(browser, "Create policy", {"schedule": "0 2 * * *"})
         click(browser, "main", "Create policy")
         element(browser, 'tr[data-policy="nightly"]', "0 2 * * *")
         click(browser, 'tr[data-policy="nightly"]', "Edit")
-        fill_form(form_with(browser, "Save policy"), {"schedule": "30 3 * * 1-5", "keep_daily": "7"})
+        fill_form_with(browser, "Save policy", {"schedule": "30 3 * * 1-5", "keep_daily": "7"})
         click(browser, "main", "Save policy")
         element(browser, 'tr[data-policy="nightly"]', "30 3 * * 1-5")
         element(browser, 'tr[data-policy="nightly"]', "daily 7")
         assert read(browser, 'tr[data-policy="nightly"] td:nth-child(6)') == "never"      # last run
         assert read(browser, 'tr[data-policy="nightly"] td:nth-child(7)') not in ("", "–")  # next run
         # The store's upkeep on a schedule: a verify policy selects no VMs, it samples the store.
-        fill_form(form_with(browser, "Create policy"), {"kind": "verify", "name": "sunday-check",
+        fill_form_with(browser, "Create policy", {"kind": "verify", "name": "sunday-check",
                                                         "schedule": "0 3 * * 0", "sample_percent": "10"})
         assert not form_with(browser, "Create policy").find_element(By.NAME, "vms").is_displayed()
         click(browser, "main", "Create policy")
@@ -199,7 +200,7 @@ def test_every_page_against_a_real_appliance(appliance_data_dir: Path, guest_ker
 
         # A webhook, and its test message, signed with the secret.
         go(browser, "Notifications")
-        fill_form(form_with(browser, "Add target"), {"kind": "webhook", "name": "ops-hook", "url": hook.url,
+        fill_form_with(browser, "Add target", {"kind": "webhook", "name": "ops-hook", "url": hook.url,
                                                       "secret": SECRET})
         click(browser, "main", "Add target")
         element(browser, 'tr[data-target="ops-hook"]', "(signed)")
@@ -216,7 +217,7 @@ def test_every_page_against_a_real_appliance(appliance_data_dir: Path, guest_ker
         element(browser, "#notice", "Rule store.fill saved.")
         until(browser, lambda b: read(b, 'tr[data-rule="store.fill"] input[name=threshold_percent]', "value") == "80",
               "the page drawn again with the saved threshold")
-        fill_form(form_with(browser, "Save quiet hours"), {"timezone": "UTC"})
+        fill_form_with(browser, "Save quiet hours", {"timezone": "UTC"})
         click(browser, "main", "Save quiet hours")
         element(browser, "[data-quiet-hours]", "Messages wait from 22:00 to 07:00 (UTC)")
         screenshot(browser, "pages-10-notifications")
@@ -260,7 +261,7 @@ def test_a_libvirt_hosts_vms_started_and_backed_up_in_the_browser(appliance_data
           libvirt_guest(libvirtd, "webguest", guest_kernel, start=False) as guest):
         sign_in(browser, base, "ops")
         go(browser, "Hosts")
-        fill_form(form_with(browser, "Add host"), {"name": "kvm1", "kind": "libvirt", "uri": libvirtd.uri,
+        fill_form_with(browser, "Add host", {"name": "kvm1", "kind": "libvirt", "uri": libvirtd.uri,
                                                   "libvirt_dir": str(libvirtd.lib_dir)})
         click(browser, "main", "Add host")
         click(browser, 'tr[data-host="kvm1"]', "VMs")

@@ -24,6 +24,7 @@ from web_helpers import (
     console_server,
     element,
     fill_form,
+    fill_form_with,
     forget_api_calls,
     form_with,
     read,
@@ -45,7 +46,7 @@ def gone(browser, css: str) -> None:
 
 def submit(browser, label: str, values: dict[str, str]) -> None:
     """Fill the form whose button says `label` and send it, counting the API calls from here."""
-    fill_form(form_with(browser, label), values)
+    fill_form_with(browser, label, values)
     forget_api_calls(browser)
     click(browser, "main", label)
 

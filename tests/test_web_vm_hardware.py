@@ -18,6 +18,7 @@ from web_helpers import (
     console_server,
     element,
     fill_form,
+    fill_form_with,
     forget_api_calls,
     form_with,
     screenshot,
@@ -47,17 +48,17 @@ def test_a_disk_and_a_nic_added_and_removed_in_the_browser(appliance_data_dir: P
         element(browser, "details[data-hardware] summary").click()
 
         forget_api_calls(browser)
-        fill_form(form_with(browser, "Add disk"), {"size": "8M", "format": "raw"})
+        fill_form_with(browser, "Add disk", {"size": "8M", "format": "raw"})
         click(browser, "details[data-hardware]", "Add disk")
         element(browser, "#notice", "has disk vdb (raw) from its next start")
         element(browser, 'tr[data-disk="vdb"]', "raw")
         element(browser, "main p.actions", "vdb (raw)")
         assert api_calls(browser) == ["/api/v1/vms/box/disks"]
 
-        fill_form(form_with(browser, "Add NIC"), {"model": "e1000", "mac": "52:54:00:12:34:56"})
+        fill_form_with(browser, "Add NIC", {"model": "e1000", "mac": "52:54:00:12:34:56"})
         click(browser, "details[data-hardware]", "Add NIC")
         element(browser, 'tr[data-nic="52:54:00:12:34:56"]', "e1000")
-        fill_form(form_with(browser, "Add NIC"), {"mac": "52:54:00:12:34:56"})
+        fill_form_with(browser, "Add NIC", {"mac": "52:54:00:12:34:56"})
         click(browser, "details[data-hardware]", "Add NIC")
         element(browser, "#notice.error", "already VM box's")
         screenshot(browser, "vm-hardware")

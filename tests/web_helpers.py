@@ -155,13 +155,19 @@ def button(browser: webdriver.Chrome, scope_css: str, label: str, timeout: float
 def click(browser: webdriver.Chrome, scope_css: str, label: str, timeout: float = WAIT) -> None:
     """Click a button, found again if the page redrew it in between: a page redraws on every job
     event it hears (one of its own jobs starting or ending, say)."""
+    click_on(browser, f"{scope_css} button", label, timeout)
+
+
+def click_on(browser: webdriver.Chrome, css: str, text: str, timeout: float = WAIT) -> None:
+    """Click the element matching `css` that contains `text` (a link, a button), found again if
+    the page redrew it in between."""
     def clicked(b: webdriver.Chrome) -> bool:
         try:
-            button(b, scope_css, label, timeout).click()
+            element(b, css, text, timeout).click()
         except StaleElementReferenceException:
             return False
         return True
-    until(browser, clicked, f"a click on {label!r} in {scope_css}", timeout)
+    until(browser, clicked, f"a click on {text!r} in {css}", timeout)
 
 
 def read(browser: webdriver.Chrome, css: str, attribute: str | None = None) -> str | None:
@@ -190,6 +196,19 @@ def fill_form(form: WebElement, values: dict[str, str]) -> None:
 def form_with(browser: webdriver.Chrome, button_label: str) -> WebElement:
     """The form whose submit button says `button_label`."""
     return element(browser, "form.inline button[type=submit]", button_label).find_element(By.XPATH, "./ancestor::form")
+
+
+def fill_form_with(browser: webdriver.Chrome, button_label: str, values: dict[str, str]) -> None:
+    """Fill the form whose submit button says `button_label`, found again if the page redrew it
+    before the typing began (a job's events redraw a page; once a field has the focus, live()
+    waits for the typing to stop)."""
+    def filled(b: webdriver.Chrome) -> bool:
+        try:
+            fill_form(form_with(b, button_label), values)
+        except StaleElementReferenceException:
+            return False
+        return True
+    until(browser, filled, f"the form of {button_label!r} filled in")
 
 
 def forget_api_calls(browser: webdriver.Chrome) -> None:

@@ -1,7 +1,7 @@
 // One VM: its definition and lifecycle, the jobs at work on it, its snapshot tree and its backups.
 import { call, get, getPage, listPath } from "../api.js";
-import { age, fill, h, table } from "../dom.js";
-import { actionForm, attempt, field, jobBar, live, notify, pager } from "../ui.js";
+import { age, bytes, fill, h, table } from "../dom.js";
+import { actionButton, actionForm, attempt, field, jobBar, live, notify, pager } from "../ui.js";
 import { backupCalendar, calendarStart } from "../calendar.js";
 import { backupSection } from "./backups.js";
 import { snapshotSection } from "./snapshots.js";
@@ -42,6 +42,38 @@ function hardwareSection(vm, { shown, open }) {
   return h("details", { "data-hardware": "", open }, h("summary", {}, "Hardware"), sizing, disks, nics, adding);
 }
 
+// A VM an instant restore made runs from the backup while QEMU copies the backup into its disks
+// (GET /instant-restores/{vm}): shown while its instant restore is among its recent jobs, looked at
+// again every few seconds while it copies (looking is also what ends a finished one: the backup is
+// no longer served). A copy that failed (the VM stopped before it ended) is resumed from here.
+const COPY_LOOK_MS = 2000;
+
+function instantRestoreSection(name, signal) {
+  const path = `/instant-restores/${encodeURIComponent(name)}`;
+  const section = h("section", { "data-instant-restore": "" });
+  const show = (copy) => {
+    section.dataset.instantRestore = copy.status;
+    const what = {
+      hydrating: `Copying backup ${copy.backup_id} into the disks; the VM reads what is not copied yet from the backup.`,
+      done: `Copy complete: the disks hold all of backup ${copy.backup_id}; the VM no longer reads the backup.`,
+      failed: `The copy of backup ${copy.backup_id} stopped: ${copy.error}`,
+    }[copy.status];
+    const disks = Object.entries(copy.progress).map(([disk, [copied, total]]) => h("li", { "data-disk": disk },
+      `${disk} `, h("progress", { max: String(total || 1), value: String(copied) }),
+      ` ${bytes(copied)} of ${bytes(total)}`));
+    const resume = copy.status === "failed"
+      ? actionButton("Resume the copy", "POST", `${path}/resume`, () => call("POST", `${path}/resume`, {}), show)
+      : null;
+    fill(section, h("h2", {}, "Instant restore"), h("p", {}, what, " ", resume), disks.length ? h("ul", {}, disks) : null);
+    if (copy.status === "hydrating") setTimeout(look, COPY_LOOK_MS);
+  };
+  // Redrawn, the page makes a new section: the one no longer shown stops looking.
+  const look = () => { if (!signal.aborted && section.isConnected) get(path).then(show, notifyLost); };
+  const notifyLost = (e) => fill(section, h("h2", {}, "Instant restore"), h("p", { class: "error" }, e.message));
+  get(path).then(show, notifyLost);
+  return section;
+}
+
 export async function vmPage(main, { name }, signal) {
   const path = `/vms/${encodeURIComponent(name)}`;
   const jobsOfVM = "/jobs?sort=-created_at&limit=10&filter=" + encodeURIComponent(`resource:eq:vm:${name}`);
@@ -59,6 +91,7 @@ export async function vmPage(main, { name }, signal) {
         vmActions(vm, draw, () => { location.hash = "#/vms"; })),
       hardwareSection(vm, { shown: render, open }),
       h("h2", {}, "Backups by day"), backupCalendar(recent),
+      jobs.some((j) => j.kind === "restore.instant") ? instantRestoreSection(vm.name, signal) : null,
       h("h2", {}, "Recent jobs"),
       table(["Job", "State", "Started", "Result"], jobs.map((j) => h("tr", {},
         h("td", {}, h("a", { href: `#/job/${encodeURIComponent(j.id)}` }, j.kind)), h("td", {}, jobBar(j)), h("td", {}, age(j.started_at ?? j.created_at)),
