@@ -67,3 +67,6 @@ def test_browse_a_backed_up_filesystem_and_download_a_file(appliance_data_dir: P
         notice = element(browser, "#notice.error")
         assert notice.get_attribute("data-code") == "FileRestoreError"
         assert notice.text and not notice.text.startswith("FileRestoreError")
+        # The page says it too, where the listing was, with no "Loading…" left under it.
+        assert notice.text in element(browser, "main [data-files-error]", "Nothing to browse here: ").text
+        assert "Loading…" not in browser.find_element(By.TAG_NAME, "main").text

@@ -1,7 +1,7 @@
 // The files of a backed-up disk, browsed without restoring or booting anything, and downloaded.
 import { download, get } from "../api.js";
 import { bytes, fill, h, table } from "../dom.js";
-import { actionButton, field } from "../ui.js";
+import { actionButton, describeError, field } from "../ui.js";
 
 // "#/files/<backup>/<disk>?path=/etc&partition=1": the address says where one is, so Back works.
 export function filesAddress(backup, disk, path = "/", partition = "") {
@@ -27,7 +27,15 @@ export async function filesPage(main, { backup, disk, query }) {
   choosePartition.addEventListener("change", () => { location.hash = filesAddress(backup, disk, "/", choosePartition.value); });
   fill(main, h("h1", {}, `Files of ${disk} in backup ${backup}`), field("Partition", choosePartition),
     h("p", {}, "Loading…"));
-  const entries = await get(`${api}${where(path)}`);
+  let entries;
+  try {
+    entries = await get(`${api}${where(path)}`);
+  } catch (e) {
+    // Where the listing would be, what stopped it (no filesystem, no such partition); the notice too.
+    fill(main, h("h1", {}, `Files of ${disk} in backup ${backup}`), field("Partition", choosePartition),
+      h("p", { class: "error", "data-files-error": "" }, `Nothing to browse here: ${describeError(e)}`));
+    throw e;
+  }
   const up = path === "/" ? null : path.replace(/\/[^/]+\/?$/, "") || "/";
   fill(main, h("h1", {}, `Files of ${disk} in backup ${backup}`), field("Partition", choosePartition),
     h("p", { "data-path": path }, "In ", h("code", {}, path), " ",
