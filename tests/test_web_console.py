@@ -12,8 +12,10 @@ from pathlib import Path
 import pytest
 from selenium import webdriver
 from selenium.webdriver.common.by import By
+from selenium.webdriver.remote.webelement import WebElement
 from web_helpers import (
     add_user,
+    choose,
     chromium,
     click,
     click_on,
@@ -53,6 +55,21 @@ def take_snapshot(browser, name: str) -> None:
 def dashboard_row(browser, vm: str) -> list[str]:
     row = element(browser, f'main[data-page=dashboard] tr[data-vm="{vm}"]')
     return [td.text for td in row.find_elements(By.TAG_NAME, "td")]
+
+
+def row_layout(browser: webdriver.Chrome, row: WebElement) -> dict:
+    """The labels of a backup row's actions as shown, on how many lines they are drawn, and on
+    how many lines its ID is."""
+    return browser.execute_script("""
+        const row = arguments[0];
+        const shown = [...row.querySelectorAll("td.actions > button, td.actions > details > summary, td.actions > a")]
+          .filter((e) => e.offsetParent !== null);
+        const middles = shown.map((e) => { const r = e.getBoundingClientRect(); return (r.top + r.bottom) / 2; });
+        const id = document.createRange();
+        id.selectNodeContents(row.cells[0].firstChild);
+        return { labels: shown.map((e) => e.textContent),
+                 lines: new Set(middles.map((m) => Math.round((m - middles[0]) / 12))).size,
+                 id_lines: id.getClientRects().length };""", row)
 
 
 def as_console(browser: webdriver.Chrome, method: str, path: str, body: dict | None = None) -> dict:
@@ -139,24 +156,30 @@ def test_sign_in_create_snapshot_back_up_restore_and_watch_the_dashboard(applian
         assert "1" in element(browser, "[data-card=backups] .big").text
 
         browser.get(f"{base}/ui/#/vm/web1")
-        click(browser, f'tr[data-backup="{backup_id}"]', "Restore as new VM")
+        # A backup's row is one line: its ID whole, its actions side by side, the four ways to
+        # restore it in one menu (it had eight buttons, and its ID wrapped).
+        row = element(browser, f'tr[data-backup="{backup_id}"]', "Restore…")
+        assert row_layout(browser, row) == {
+            "labels": ["Restore…", "Boot test", "Protect", "Lock until…", "files of vda", "Delete"], "lines": 1,
+            "id_lines": 1}
+        choose(browser, f'tr[data-backup="{backup_id}"]', "Restore…", "Restore as new VM")
         assert element(browser, "#confirm-extra input").get_attribute("value") == "web1-restored"
         confirm(browser)
         element(browser, "#notice", "Restored ", timeout=BACKUP_WAIT)
 
         # Over the running VM without shutting it down: refused, and said why.
-        click(browser, f'tr[data-backup="{backup_id}"]', "Restore over VM")
+        choose(browser, f'tr[data-backup="{backup_id}"]', "Restore…", "Restore over VM")
         confirm(browser)
         element(browser, "#notice.error", "stop it first")
         element(browser, "[data-vm-state=running]")
 
-        click(browser, f'tr[data-backup="{backup_id}"]', "Instant restore")
+        choose(browser, f'tr[data-backup="{backup_id}"]', "Restore…", "Instant restore")
         confirm(browser)
         element(browser, "#notice", "VM web1-instant runs from backup", timeout=BACKUP_WAIT)
 
         # One disk to a file the admin names (outside the data dir): complete, verified, in the format asked for.
         target = tmp_path / "vda-copy.qcow2"
-        click(browser, f'tr[data-backup="{backup_id}"]', "Restore vda to…")
+        choose(browser, f'tr[data-backup="{backup_id}"]', "Restore…", "Restore vda to…")
         element(browser, "#confirm-extra input[name=target]").send_keys(str(target))
         confirm(browser)
         element(browser, "#notice", f"to {target} ", timeout=BACKUP_WAIT)

@@ -170,6 +170,26 @@ def click_on(browser: webdriver.Chrome, css: str, text: str, timeout: float = WA
     until(browser, clicked, f"a click on {text!r} in {css}", timeout)
 
 
+def choose(browser: webdriver.Chrome, scope_css: str, menu: str, label: str, timeout: float = WAIT) -> None:
+    """Open the menu `menu` (a details.menu) in `scope_css` and click its item `label`; opened
+    again if a redraw closed it in between."""
+    def chosen(b: webdriver.Chrome) -> bool:
+        try:
+            summary = element(b, f"{scope_css} details.menu > summary", menu, timeout)
+            opened = summary.find_element(By.XPATH, "..")
+            if opened.get_attribute("open") is None:
+                summary.click()
+            item = next((e for e in opened.find_elements(By.CSS_SELECTOR, "button")
+                         if e.is_displayed() and label in e.text), None)
+            if item is None:
+                return False
+            item.click()
+        except StaleElementReferenceException:
+            return False
+        return True
+    until(browser, chosen, f"{label!r} in the menu {menu!r} of {scope_css}", timeout)
+
+
 def read(browser: webdriver.Chrome, css: str, attribute: str | None = None) -> str | None:
     """The text (or an attribute) of the first element matching `css`, read in one go: no element
     is held that a redraw could make stale."""

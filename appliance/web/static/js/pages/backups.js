@@ -145,6 +145,18 @@ function remove(backup, redrawRow, removeRow) {
   }, { class: "danger" });
 }
 
+// The ways to restore a backup, in one menu so a row stays one line of actions: as a new VM, as a
+// VM at once, over the VM, one disk to a target. Only those the user may make; none, no menu.
+function restoreMenu(vm, backup, redraw) {
+  const items = [restoreAsNew(backup), instantRestore(backup), restoreOver(backup, redraw),
+                 ...vm.disks.map((d) => restoreDiskTo(backup, d.name))].filter(Boolean);
+  if (!items.length) return null;
+  const menu = h("details", { class: "menu" }, h("summary", {}, "Restore…"), h("div", {}, items));
+  // An item chosen closes the menu (its dialog or notice says what happens next).
+  menu.addEventListener("click", (event) => { if (event.target.closest("button")) menu.open = false; });
+  return menu;
+}
+
 function backupRow(vm, b, results, redraw) {
   const row = h("tr", { "data-backup": b.id, "data-protected": String(b.protected) },
     h("td", {}, b.id, b.protected && [" ", h("span", { class: "badge protected", title: "never pruned; not deleted until unprotected" },
@@ -152,10 +164,9 @@ function backupRow(vm, b, results, redraw) {
     h("td", {}, b.kind), h("td", { class: `status-${b.status}`, title: b.error ?? "" }, b.status),
     h("td", { title: when(b.started_at) }, age(b.started_at)), h("td", {}, bytes(b.size)),
     h("td", {}, bytes(b.bytes_stored)), h("td", {}, b.error ?? b.notes.join("; ")),
-    h("td", { class: "actions" }, b.status === "ok" && [restoreAsNew(b), instantRestore(b), restoreOver(b, redraw),
+    h("td", { class: "actions" }, b.status === "ok" && [restoreMenu(vm, b, redraw),
       bootTest(b, results), protection(b, redrawRow), lock(b),
-      vm.disks.map((d) => [h("a", { href: filesAddress(b.id, d.name), class: "files" }, `files of ${d.name}`),
-                           restoreDiskTo(b, d.name)])],
+      vm.disks.map((d) => h("a", { href: filesAddress(b.id, d.name), class: "files" }, `files of ${d.name}`))],
       !["running", "recycled"].includes(b.status) && remove(b, redrawRow, () => shown()?.remove())));
   // The row the page shows now: a live redraw may have drawn the section anew while the action ran.
   const shown = () => (row.isConnected ? row : document.querySelector(`tr[data-backup="${CSS.escape(b.id)}"]`));
