@@ -22,6 +22,7 @@ from web_helpers import (
     api_calls,
     chromium,
     click,
+    click_on,
     confirm,
     console_server,
     element,
@@ -136,7 +137,7 @@ def test_every_page_against_a_real_appliance(appliance_data_dir: Path, guest_ker
         # The stop was a job: the notice says how it went and names it, and the VM's recent jobs list it.
         element(browser, "#notice", "VM web1 stopped: QEMU was ended without the guest shutting down (job ")
         element(browser, 'main a[href^="#/job/"]', "vm.stop")
-        element(browser, "details[data-hardware] summary").click()
+        click_on(browser, "details[data-hardware] summary", "Hardware")   # the stop job's events redraw the page
         fill_form_with(browser, "Change", {"vcpus": "2"})
         click(browser, "details[data-hardware]", "Change")
         element(browser, "#notice", "2 vCPUs")
