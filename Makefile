@@ -18,6 +18,10 @@ BENCH_PACKAGES := virtnbdbackup borgbackup restic
 CEPH_PACKAGES := ceph-mon ceph-osd ceph-mgr radosgw ceph-common python3-rados python3-rbd qemu-block-extra
 DATA_DIR ?= $(CURDIR)/data
 PYTEST_ARGS ?=
+# Tests run two at a time (pytest-xdist): most of a test's time waits on a guest, a server or a
+# subprocess, and one at a time left a core idle half the run. Each test keeps its own names,
+# namespaces, ports and data dirs, so two never meet. TEST_WORKERS=0 runs them one at a time.
+TEST_WORKERS ?= 2
 
 .PHONY: serve test test-fast lint deps test-deps ceph-deps venv test-venv bench iso clean
 
@@ -25,7 +29,7 @@ serve: venv
 	CAIRN_DATA_DIR=$${CAIRN_DATA_DIR:-$(DATA_DIR)} $(VENV)/bin/cairn serve --host 127.0.0.1 --port 8080
 
 test: lint
-	$(PY) -m pytest --durations=15 $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist worksteal --durations=15 $(PYTEST_ARGS)
 
 # The rules the code keeps (pyproject.toml): style and bugs (ruff), the architecture's import
 # contracts (import-linter, see docs/architecture.md) and types (mypy).
