@@ -80,6 +80,19 @@ def qemu_driver() -> Iterator[QemuDriver]:
         shutil.rmtree(run_root, ignore_errors=True)
 
 
+@pytest.fixture
+def private_tmp(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """This test's own temp directory, where Cairn's temporary files go (NBD sockets, scratch
+    folders, mount points): a leftover there is this test's to see, and a test running beside it
+    (`make test` runs two at a time) puts its own elsewhere. Under /tmp and short, not tmp_path:
+    a unix socket path must fit in 107 bytes, and a long test name's tmp_path, under
+    pytest-xdist's popen-gwN/, does not."""
+    path = Path(tempfile.mkdtemp(prefix="cairn-t-"))
+    monkeypatch.setattr(tempfile, "tempdir", str(path))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
 def _kill_qemus_under(run_root: Path) -> None:
     # Only processes proven to be QEMUs of this run root (their argv carries its pidfile).
     for entry in run_root.iterdir():

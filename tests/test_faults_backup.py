@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import signal
-import tempfile
 import threading
 from pathlib import Path
 
@@ -36,15 +35,6 @@ from restore import restore_disk
 A = (0x41, 0, 8 * MiB)             # before the first backup
 B = (0x42, 4 * MiB, 24 * MiB)      # between the first backup and the one that fails
 C = (0x43, 30 * MiB, 1 * MiB)      # after it
-
-
-@pytest.fixture
-def private_temp(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
-    """Cairn's temporary directories (NBD sockets) go here, where a leftover can be seen."""
-    temp = tmp_path / "tmp"
-    temp.mkdir()
-    monkeypatch.setattr(tempfile, "tempdir", str(temp))
-    return temp
 
 
 async def write(appliance: Appliance, vm: str, pattern: tuple[int, int, int]) -> None:
@@ -95,7 +85,7 @@ def next_backup_is_whole(appliance: Appliance, vm: str, tmp_path: Path, kind: st
 
 @pytest.mark.parametrize("transport", ["pull", "push"])
 def test_a_live_backup_killed_mid_copy_leaves_nothing_once_cairn_starts_again(
-        appliance: Appliance, appliance_data_dir: Path, private_temp: Path, tmp_path: Path, transport: str):
+        appliance: Appliance, appliance_data_dir: Path, private_tmp: Path, tmp_path: Path, transport: str):
     """kill -9 of the backing-up Cairn process mid-copy: the next start (any `cairn` command)
     sweeps its helpers, scratch overlays or targets and socket directories; QEMU keeps its
     export until the next backup, which removes it, folds the frozen checkpoint back in, stays
@@ -117,7 +107,7 @@ def test_a_live_backup_killed_mid_copy_leaves_nothing_once_cairn_starts_again(
             os.kill(child.pid, signal.SIGKILL)
             child.wait()
     cairn(appliance_data_dir, "vm", "list")          # the next start of Cairn
-    nothing_left(appliance, private_temp, vm, backups_before=1)
+    nothing_left(appliance, private_tmp, vm, backups_before=1)
     assert run(appliance.snapshots.check(vm)).problems == []
 
     next_backup_is_whole(appliance, vm, tmp_path, "incremental")
@@ -154,7 +144,7 @@ class PausedCopy:
         return self.error
 
 
-def test_qemu_killed_mid_backup_fails_it_and_the_next_one_reads_in_full(appliance: Appliance, private_temp: Path,
+def test_qemu_killed_mid_backup_fails_it_and_the_next_one_reads_in_full(appliance: Appliance, private_tmp: Path,
                                                                            tmp_path: Path):
     """The backup cannot close its export in QEMU: what it holds on this side goes all the same
     (the fleecing export's socket directory stayed for as long as the backing-up process lived:
@@ -163,14 +153,14 @@ def test_qemu_killed_mid_backup_fails_it_and_the_next_one_reads_in_full(applianc
     copy = PausedCopy(appliance, vm)
     os.kill(appliance.driver.status(vm).pid, signal.SIGKILL)
     assert copy.release() is not None, "the backup survived QEMU's death"
-    nothing_left(appliance, private_temp, vm, backups_before=1)
+    nothing_left(appliance, private_tmp, vm, backups_before=1)
 
     run(appliance.vms.start(vm))                     # QEMU's in-memory bitmaps died with it
     next_backup_is_whole(appliance, vm, tmp_path, "full")
     run(appliance.vms.stop(vm, timeout=5, force=True))
 
 
-def test_qemu_killed_after_a_push_copied_leaves_nothing_on_this_side(appliance: Appliance, private_temp: Path,
+def test_qemu_killed_after_a_push_copied_leaves_nothing_on_this_side(appliance: Appliance, private_tmp: Path,
                                                                       tmp_path: Path):
     """In push mode QEMU has written the instant into targets here before they are read: QEMU
     killed then, the backup reads on from them, but cannot close the export in QEMU. The
@@ -181,7 +171,7 @@ def test_qemu_killed_after_a_push_copied_leaves_nothing_on_this_side(appliance: 
     os.kill(appliance.driver.status(vm).pid, signal.SIGKILL)
     assert copy.release() is not None
     assert helpers_naming(str(appliance.settings.data_dir)) == []
-    assert list(appliance.settings.scratch_dir.iterdir()) == [] and list(private_temp.iterdir()) == []
+    assert list(appliance.settings.scratch_dir.iterdir()) == [] and list(private_tmp.iterdir()) == []
 
     run(appliance.vms.start(vm))
     next_backup_is_whole(appliance, vm, tmp_path, "full")
@@ -189,7 +179,7 @@ def test_qemu_killed_after_a_push_copied_leaves_nothing_on_this_side(appliance: 
 
 
 def test_a_push_backup_whose_qemu_died_after_the_copy_is_in_the_store_only_if_recorded_ok(appliance: Appliance,
-                                                                                         private_temp: Path):
+                                                                                         private_tmp: Path):
     vm = running_vm(appliance, "pushrecord")
     copy = PausedCopy(appliance, vm, BackupOptions(transport="push"))
     os.kill(appliance.driver.status(vm).pid, signal.SIGKILL)
@@ -199,7 +189,7 @@ def test_a_push_backup_whose_qemu_died_after_the_copy_is_in_the_store_only_if_re
 
 
 def test_qemu_nbd_killed_mid_backup_of_a_stopped_vm_fails_it_and_keeps_the_checkpoint(appliance: Appliance,
-                                                                                        private_temp: Path,
+                                                                                        private_tmp: Path,
                                                                                         tmp_path: Path):
     vm = running_vm(appliance, "nbddies")
     run(appliance.vms.stop(vm, timeout=5, force=True))
@@ -209,7 +199,7 @@ def test_qemu_nbd_killed_mid_backup_of_a_stopped_vm_fails_it_and_keeps_the_check
     [(server, _)] = processes_naming(disk, "qemu-nbd")
     os.kill(server, signal.SIGKILL)
     assert copy.release() is not None, "the backup survived its qemu-nbd's death"
-    nothing_left(appliance, private_temp, vm, backups_before=1)
+    nothing_left(appliance, private_tmp, vm, backups_before=1)
     assert image_bitmaps(disk) == [checkpoint]       # the base of the next incremental, intact
 
     after = run(appliance.backups.create(appliance.vms.spec(vm))).manifest
@@ -218,7 +208,7 @@ def test_qemu_nbd_killed_mid_backup_of_a_stopped_vm_fails_it_and_keeps_the_check
     assert same_content(image_to_raw(disk, tmp_path / "disk.raw"), tmp_path / "after.raw")
 
 
-def test_a_cut_nbd_connection_fails_the_backup_and_the_next_one_repairs(appliance: Appliance, private_temp: Path,
+def test_a_cut_nbd_connection_fails_the_backup_and_the_next_one_repairs(appliance: Appliance, private_tmp: Path,
                                                                        tmp_path: Path):
     """QEMU's NBD server drops the reading connection mid-copy (the export removed by force)."""
     vm = running_vm(appliance, "cut")
@@ -230,14 +220,14 @@ def test_a_cut_nbd_connection_fails_the_backup_and_the_next_one_repairs(applianc
                 await s.execute("block-export-del", {"id": export["id"], "mode": "hard"})
     run(cut())
     assert copy.release() is not None, "the backup read on from a cut connection"
-    nothing_left(appliance, private_temp, vm, backups_before=1)
+    nothing_left(appliance, private_tmp, vm, backups_before=1)
 
     next_backup_is_whole(appliance, vm, tmp_path, "incremental")
     run(appliance.vms.stop(vm, timeout=5, force=True))
 
 
 def test_snapshots_of_a_vm_whose_live_backup_was_killed_work_once_cairn_starts_again(
-        appliance: Appliance, appliance_data_dir: Path, private_temp: Path, tmp_path: Path):
+        appliance: Appliance, appliance_data_dir: Path, private_tmp: Path, tmp_path: Path):
     """The snapshot clears what the dead backup left in QEMU and folds its frozen checkpoint
     back in: the next backup, on the snapshot's new layer, stays incremental and byte-exact."""
     vm = running_vm(appliance, "snapafter")

@@ -1,6 +1,5 @@
 import json
 import os
-import shutil
 import subprocess
 import tempfile
 from pathlib import Path
@@ -22,16 +21,6 @@ GiB = 1 << 30
 
 def allocated(path):
     return os.stat(path).st_blocks * 512
-
-
-@pytest.fixture
-def private_tmp(monkeypatch):
-    """A temp directory of this test's own for the qemu-nbd scratch dirs: /tmp is shared with
-    other tests running at the same time. Short, so unix socket paths under it fit."""
-    path = Path(tempfile.mkdtemp(prefix="cairn-t-"))
-    monkeypatch.setattr(tempfile, "tempdir", str(path))
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 def qemu_img(*args):

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import tempfile
 import time
 from pathlib import Path
 from urllib.parse import quote
@@ -33,32 +32,23 @@ def backup(appliance: Appliance, tmp_path: Path) -> str:
     return backup_file(appliance.store, "files", "vda", image)
 
 
-@pytest.fixture
-def scratch(tmp_path: Path, monkeypatch) -> Path:
-    """Where file restores put their mount points and sockets during the test: ours alone to inspect."""
-    folder = tmp_path / "scratch"
-    folder.mkdir()
-    monkeypatch.setattr(tempfile, "tempdir", str(folder))
-    return folder
-
-
-def leftovers(scratch: Path) -> list[str]:
-    """Mounts, loop devices and processes (nbdfuse, nbdkit) still using the test's scratch folder."""
-    found = [line for line in Path("/proc/mounts").read_text().splitlines() if str(scratch) in line]
+def leftovers(folder: Path) -> list[str]:
+    """Mounts, loop devices and processes (nbdfuse, nbdkit) still using `folder`."""
+    found = [line for line in Path("/proc/mounts").read_text().splitlines() if str(folder) in line]
     found += [line for line in subprocess.run(["losetup", "--list", "--noheadings", "--output", "NAME,BACK-FILE"],
                                               capture_output=True, text=True, check=True).stdout.splitlines()
-              if str(scratch) in line]
+              if str(folder) in line]
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
         except OSError:
             continue
-        if str(scratch) in cmdline and pid != str(os.getpid()):
+        if str(folder) in cmdline and pid != str(os.getpid()):
             found.append(cmdline.replace("\0", " "))
-    return found + [str(p) for p in scratch.iterdir()]
+    return found + [str(p) for p in folder.iterdir()]
 
 
-def test_any_file_name_downloads_and_leaves_nothing_behind(backup: str, viewer_client: TestClient, scratch: Path):
+def test_any_file_name_downloads_and_leaves_nothing_behind(backup: str, viewer_client: TestClient, private_tmp: Path):
     for i, name in enumerate(NAMES):
         r = viewer_client.get(f"/api/v1/backups/{backup}/disks/vda/files/content", params={"path": f"/{name}"})
         assert r.status_code == 200, (name, r.text)
@@ -66,28 +56,28 @@ def test_any_file_name_downloads_and_leaves_nothing_behind(backup: str, viewer_c
         disposition = r.headers["content-disposition"]
         assert disposition.isascii() and "\n" not in disposition
         assert f"filename*=UTF-8''{quote(name, safe='')}" in disposition
-        assert leftovers(scratch) == [], name
+        assert leftovers(private_tmp) == [], name
 
 
 def test_refused_and_abandoned_downloads_leave_nothing_behind(backup: str, viewer_client: TestClient,
-                                                              scratch: Path):
+                                                              private_tmp: Path):
     url = f"/api/v1/backups/{backup}/disks/vda/files/content"
     assert viewer_client.get(url, params={"path": "/nothing"}).status_code == 404
     assert viewer_client.get(url, params={"path": "/lost+found"}).status_code == 409
-    assert leftovers(scratch) == []
+    assert leftovers(private_tmp) == []
     with viewer_client.stream("GET", url, params={"path": "/big.bin"}) as r:
         assert r.status_code == 200
         next(r.iter_bytes())   # a first block, then the client goes away
-    assert leftovers(scratch) == []
+    assert leftovers(private_tmp) == []
 
 
-def test_a_download_abandoned_over_http_leaves_nothing_behind(appliance: Appliance, backup: str, scratch: Path,
+def test_a_download_abandoned_over_http_leaves_nothing_behind(appliance: Appliance, backup: str, private_tmp: Path,
                                                               monkeypatch):
     """The same through `cairn serve`, where the client going away is a real disconnect."""
     from test_auth_serve import serving
 
     appliance.users.create("watcher", "a long enough password", "viewer")
-    monkeypatch.setenv("TMPDIR", str(scratch))
+    monkeypatch.setenv("TMPDIR", str(private_tmp))
     with serving(appliance.settings.data_dir, "--insecure-http") as (port, _):
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as http:
             token = http.post("/api/v1/auth/login", json={"username": "watcher",
@@ -97,6 +87,6 @@ def test_a_download_abandoned_over_http_leaves_nothing_behind(appliance: Applian
                 assert r.status_code == 200
                 next(r.iter_raw())
         deadline = time.monotonic() + 30
-        while leftovers(scratch) and time.monotonic() < deadline:
+        while leftovers(private_tmp) and time.monotonic() < deadline:
             time.sleep(0.2)
-        assert leftovers(scratch) == []
+        assert leftovers(private_tmp) == []
