@@ -40,7 +40,7 @@ lint: test-venv
 
 # The quick set while working: everything but the slowest end-to-end scenarios.
 test-fast: test-venv
-	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(TEST_WORKERS) -m "not slow" $(PYTEST_ARGS)
 
 bench: test-venv ceph-deps
 	@$(call apt_install,$(BENCH_PACKAGES))
