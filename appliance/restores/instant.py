@@ -36,7 +36,7 @@ from appliance.vms.service import VMService
 from dedup import Store
 from restore.export import BackupExport
 from restore.targets import create_qcow2
-from vmm import DiskSpec, QMPSession, disk_of_qdev, image_info
+from vmm import DiskSpec, QMPConnectError, QMPSession, disk_of_qdev, image_info
 from vmm.cmdline import protocol_node
 from vmm.network_disks import RbdDisk, is_network, network_disk
 
@@ -166,11 +166,7 @@ class InstantRestoreService:
         state = self.load(name)
         if state.status != "hydrating":
             return state
-        if self.vms.show(name).status.state in ("running", "paused"):
-            errors, backed = await self._inspect(state)
-        else:
-            backed = [d.name for d in state.disks if _backing(d) is not None]
-            errors = [f"VM {name} stopped before disks {', '.join(backed)} were copied"] if backed else []
+        errors, backed = await self._inspect(state) if self._runs(name) else self._stopped(state)
         if errors:
             state.status, state.error = "failed", "; ".join(errors) + " (resume to go on)"
         elif not backed:
@@ -182,8 +178,26 @@ class InstantRestoreService:
         self._save(state)
         return state
 
+    def _runs(self, name: str) -> bool:
+        return self.vms.show(name).status.state in ("running", "paused")
+
+    @staticmethod
+    def _stopped(state: InstantRestore) -> tuple[list[str], list[str]]:
+        """(errors, disks still reading from the backup) of the VM that stopped mid-copy."""
+        backed = [d.name for d in state.disks if _backing(d) is not None]
+        return ([f"VM {state.vm} stopped before disks {', '.join(backed)} were copied"] if backed else []), backed
+
     async def _inspect(self, state: InstantRestore) -> tuple[list[str], list[str]]:
-        """(errors, disks still reading from the backup) of the running VM; records progress."""
+        """(errors, disks still reading from the backup) of the running VM; records progress. A
+        QEMU that dies as it is asked (its monitor refuses the connection) stopped mid-copy."""
+        try:
+            return await self._ask_qemu(state)
+        except QMPConnectError:
+            if self._runs(state.vm):
+                raise
+            return self._stopped(state)
+
+    async def _ask_qemu(self, state: InstantRestore) -> tuple[list[str], list[str]]:
         errors, backed = [], []
         async with self.vms.driver.session(state.vm) as qmp:
             jobs = {j["id"]: j for j in await qmp.execute("query-jobs")}
