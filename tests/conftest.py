@@ -81,12 +81,13 @@ def qemu_driver() -> Iterator[QemuDriver]:
 
 
 @pytest.fixture
-def private_tmp(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+def private_tmp(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """This test's own temp directory, where Cairn's temporary files go (NBD sockets, scratch
     folders, mount points): a leftover there is this test's to see, and a test running beside it
     (`make test` runs two at a time) puts its own elsewhere. Under /tmp and short, not tmp_path:
     a unix socket path must fit in 107 bytes, and a long test name's tmp_path, under
     pytest-xdist's popen-gwN/, does not."""
+    tmp_path_factory.getbasetemp()   # pytest's own temp root is settled first, outside this one
     path = Path(tempfile.mkdtemp(prefix="cairn-t-"))
     monkeypatch.setattr(tempfile, "tempdir", str(path))
     yield path

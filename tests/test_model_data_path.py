@@ -49,7 +49,6 @@ import asyncio
 import os
 import random
 import subprocess
-import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -595,19 +594,15 @@ class Runner:
 
 
 @pytest.fixture
-def model_appliance(appliance_data_dir: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
+def model_appliance(appliance_data_dir: Path, private_tmp: Path):
     """An appliance whose store has 64 KiB blocks in 1 MiB packs (a few MiB of disks span many
     blocks and packs, so prunes leave packs to repack), and a temp directory of its own."""
     Store.init(appliance_data_dir / "store", block_size=64 << 10, pack_size=1 << 20)
-    temp = Path(tempfile.mkdtemp(prefix="cairn-model-tmp-"))
-    monkeypatch.setattr(tempfile, "tempdir", str(temp))
     app = Appliance.open(str(appliance_data_dir))
-    yield app, temp
+    yield app, private_tmp
     for vm in app.vms.list():
         if vm.status.state in ("running", "paused"):
             run(app.vms.stop(vm.spec.name, timeout=5, force=True))
-    monkeypatch.undo()
-    subprocess.run(["rm", "-rf", str(temp)], check=False)
 
 
 @pytest.mark.slow
