@@ -5,56 +5,19 @@ a file copy of one migrated at the start of the session.
 Every test whose appliance has a catalog (`catalog_backend` among its fixtures: `appliance`,
 `appliance_data_dir`, the API clients) runs twice, `[sqlite]` then `[postgresql]`: its appliance
 and every Cairn process it starts ($CAIRN_CATALOG_URL) use that catalog. Nothing to mark, so no new
-test misses PostgreSQL. Not doubled: a test that chooses its catalog itself (`catalog_url`: SQLite
-and PostgreSQL as it says; `postgres_url`, `postgres_server`: several nodes, PostgreSQL only), and a
-test marked `@pytest.mark.sqlite_only(reason=...)` (a reason is required), for cost: its catalog
-work is what a doubled test does.
+test misses PostgreSQL: the guests, libvirt, Ceph, the hosts over SSH and the browser too, whatever
+they cost. Not doubled: a test that chooses its catalog itself (`catalog_url`: SQLite and PostgreSQL
+as it says; `postgres_url`, `postgres_server`: several nodes, PostgreSQL only), and a test about
+SQLite itself, marked `@pytest.mark.sqlite_only(reason=...)` (a reason is required; cost is none):
 
-SQLite only (test_*.py)  | why                               | its catalog paths on PostgreSQL
--------------------------+-----------------------------------+------------------------------------------
-backup_consistency,      | guests writing through backups    | test_jobs_backup (backups as jobs),
- backup_disk_kinds,      | (each 20-60 s)                    | test_backup_checkpoints (the ledger),
- backup_e2e, live_writes,|                                   | test_faults_backup (kills mid-backup)
- backup_guest_agent,     |                                   |
- backup_legacy,          |                                   |
- backup_scattered,       |                                   |
- backup_transports       |                                   |
-snapshots,               | guests' snapshot trees            | test_snapshot_crash (every journal step),
- snapshot_memory,        |                                   | test_faults_snapshots
- snapshot_random         |                                   |
-restore_vm,              | guests restored, cloned, booted   | test_restore_over_tree, test_faults_restore,
- instant_restore,        |                                   | test_restore_api, test_clone_bases,
- vm_clones, boot_test    |                                   | test_cli_tour (a boot test's record)
-vm_lifecycle, vm_import, | guests started, imported,         | test_api, test_security_images,
- vm_deletion, console,   | deleted; VNC                      | test_security_visibility (the recycle bin),
- network_disks,          |                                   | test_network_api (address leases)
- network_vm, network_cli |                                   |
-host_pool, remote_host,  | hosts over SSH, in namespaces,    | test_security_paths, test_authz_matrix
- helper_processes,       | libvirtd                          | (hosts), test_pools (compute pools),
- libvirt_* (5 files)     |                                   | test_ha (HA), test_jobs
-rbd_vm, sync_ceph,       | Ceph                              | test_pools (rbd pools), test_sync,
- rbd_instant_restore     |                                   | test_scheduler (sync policies)
-notifications            | guests, mail and webhook servers  | test_notifications_api, _rules
-web_pages, web_console,  | a browser (30-60 s each)          | test_web, test_authz_matrix (every route),
- web_files, web_roles,   |                                   | test_lists, test_security_downloads,
- web_protection,         |                                   | test_backup_protection, test_vm_hardware
- web_vm_hardware         |                                   |
-api_contract             | every operation fuzzed (80 s)     | test_authz_matrix, test_security_names
-model_data_path          | the data path's model (115 s)     | test_jobs_backup, test_snapshot_crash
-cli_remote, cli,         | the CLI, here and through the API | test_cli_tour (the same commands),
- vm_hardware_cli         | (25-110 s each)                   | test_restore_api, test_faults_restore,
-                         |                                   | test_vm_hardware
-and single tests in      | a guest, a 1 GiB backup, or a     | named in each mark (the module's other
- test_cli_tour,          | slow CLI run (30-80 s)            | tests, or the routes' own tests)
- test_jobs_cli, test_ha, |                                   |
- test_vm_hardware,       |                                   |
- test_metrics,           |                                   |
- test_security_revocation|                                   |
-test_security_runners's  | on PostgreSQL another boot's      | test_nodes (a runner judged by its node)
- backup runner           | runner may be another node's      |
-test_security_modes,     | the SQLite catalog's own file,    | (nothing catalog-specific)
- _paths, test_nodes (one)| or what a start on it imports     |
- test_startup            |                                   |
+SQLite only (test_*.py::test_*)                       why: what it proves is SQLite's own
+security_modes::everything_the_cli_writes_is_private  the modes of the SQLite catalog's files
+startup::quick_commands_import_only_what_they_use     what a start on SQLite imports (on
+                                                      PostgreSQL a command loads its driver)
+nodes::a_sqlite_catalog_has_one_node                  SQLite refuses a second node
+security_runners::a_backup_whose_runner_is_gone_      a runner of another boot is gone on SQLite;
+ is_interrupted_though_its_pid_lives                  on PostgreSQL it may be another node's
+                                                      (jobs.nodes.process_gone): test_nodes judges it
 """
 from __future__ import annotations
 
@@ -166,7 +129,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         metafunc.parametrize("catalog_backend", CATALOG_BACKENDS, indirect=True)
     elif not sqlite_only.kwargs.get("reason"):
         raise pytest.UsageError(f"{metafunc.definition.nodeid}: @pytest.mark.sqlite_only needs reason=: "
-                                "which test proves its catalog work on PostgreSQL")
+                                "what the test proves of SQLite itself")
 
 
 @pytest.fixture

@@ -31,9 +31,6 @@ from schemathesis.specs.openapi.checks import positive_data_acceptance
 
 from appliance.context import Appliance
 
-pytestmark = pytest.mark.sqlite_only(
-    reason="every operation fuzzed (80 s); every route on PostgreSQL: test_authz_matrix, test_security_names")
-
 EXAMPLES = int(os.environ.get("CAIRN_CONTRACT_EXAMPLES", "6"))
 SEED = int(os.environ.get("CAIRN_CONTRACT_SEED", str(random.randrange(1 << 32))))
 # Whatever a body asks a route to wait for (a stop's grace, a boot test), the run waits at most this.

@@ -7,11 +7,7 @@ import importlib
 from collections.abc import Callable, Iterator
 from typing import Any
 
-import pytest
-
 from appliance.api.app import create_app
-
-pytestmark = pytest.mark.sqlite_only(reason="reads the route table, which no catalog changes")
 
 
 def handlers(routes: list[Any]) -> Iterator[tuple[str, Callable[..., Any]]]:

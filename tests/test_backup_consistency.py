@@ -9,14 +9,11 @@ import re
 import time
 from pathlib import Path
 
-import pytest
 from backup_helpers import MiB, boot_guest_vm, run, wait_serial
 
 from appliance.backups.options import BackupOptions
 from appliance.context import Appliance
 from restore import restore_disk
-
-pytestmark = pytest.mark.sqlite_only(reason="guests writing through backups; their catalog work: test_jobs_backup")
 
 SEQ_OFFSET = 2 * MiB
 

@@ -21,8 +21,6 @@ from appliance.vms.records import VMRecord
 from restore import restore_disk
 from vmm import DiskSpec, VMSpec, create_disk
 
-pytestmark = pytest.mark.sqlite_only(reason="a guest on every disk kind; its backups' catalog work: test_jobs_backup")
-
 VM = "kinds"
 DISKS = ["vda", "vdb", "vdc", "vdd"]
 

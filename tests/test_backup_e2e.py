@@ -26,9 +26,6 @@ from appliance.context import Appliance
 from dedup import Store
 from restore import restore_disk
 
-pytestmark = pytest.mark.sqlite_only(
-    reason="guests backed up end to end; the ledger: test_backup_checkpoints, the jobs: test_jobs_backup")
-
 
 @pytest.mark.slow
 def test_running_vm_full_then_incrementals_restore_byte_exact(appliance: Appliance, guest_kernel, tmp_path: Path):

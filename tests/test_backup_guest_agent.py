@@ -16,8 +16,6 @@ from restore import restore_disk
 from transports.fleece import FleeceExport
 from transports.guest_agent import GuestAgent
 
-pytestmark = pytest.mark.sqlite_only(reason="a guest's qemu-ga freeze; the backups' catalog work: test_jobs_backup")
-
 AGENT_GUEST = "cairn.agent=on cairn.fs=vdb"
 
 

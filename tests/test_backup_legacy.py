@@ -4,15 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
 from backup_helpers import MiB, paused_backup_with_reference, run, same_content, write_pattern
 
 from appliance.context import Appliance
 from appliance.vms.service import VMOptions
 from restore import restore_disk
-
-pytestmark = pytest.mark.sqlite_only(
-    reason="a guest on IDE disks; its snapshots and backups: test_snapshot_crash, test_jobs_backup")
 
 
 def test_legacy_profile_vm_snapshot_and_incremental_backup_restore_byte_exact(appliance: Appliance, guest_kernel,

@@ -14,9 +14,6 @@ from backup_helpers import MiB, boot_guest_vm, paused_backup_with_reference, roo
 from appliance.context import Appliance
 from restore import restore_disk
 
-pytestmark = pytest.mark.sqlite_only(
-    reason="a guest's scattered writes, sizes in the store; the catalog's part: test_jobs_backup")
-
 DISK = 256 * MiB
 # The guest writes its boot pattern at 0 and 100 MiB; random data fills the disk's upper half.
 FILLED = (128 * MiB, 128 * MiB)

@@ -27,9 +27,6 @@ from appliance.context import Appliance
 from restore import restore_disk
 from transports.sshfs import SshfsEndpoint
 
-pytestmark = pytest.mark.sqlite_only(
-    reason="guests over push and SSHFS; the ledger on failure: test_backup_checkpoints, test_faults_backup")
-
 
 def endpoint(request: pytest.FixtureRequest, transport: str) -> SshfsEndpoint | None:
     if transport != "sshfs":

@@ -5,12 +5,8 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-import pytest
 from backup_helpers import CHUNK, MiB, boot_guest_vm, run
 from restore_helpers import boot_sector
-
-pytestmark = pytest.mark.sqlite_only(
-    reason="guests booted from backups; the boot-test records: test_cli_tour's boot test")
 
 
 def leftovers(appliance) -> list[Path]:

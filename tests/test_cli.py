@@ -14,9 +14,6 @@ from store_helpers import block_ids, block_pack, flip_byte
 
 from dedup import Store
 
-pytestmark = pytest.mark.sqlite_only(
-    reason="the CLI over the same services as the API (25-110 s each); restores: test_restore_api, test_faults_restore")
-
 CAIRN = str(Path(sys.executable).with_name("cairn"))
 MiB = 1 << 20
 

@@ -19,9 +19,6 @@ from cli_helpers import Cli, Served, login
 from cli_helpers import served as served
 from web_helpers import PASSWORD
 
-pytestmark = pytest.mark.sqlite_only(
-    reason="the CLI through the API (30 s); the same commands here: test_cli_tour, test_cli")
-
 # What differs between two runs of one command on two VMs: ids, times, process ids, durations.
 # What is stored new depends on what the store holds already.
 RUN_FIELDS = {"id", "job_id", "backup_id", "pid", "created_at", "started_at", "finished_at", "created", "seconds", "node",

@@ -43,7 +43,6 @@ def disk_of(cairn, vm: str) -> str:
     return json.loads(cairn("vm", "show", vm, "--json").stdout)["disks"][0]["path"]
 
 
-@pytest.mark.sqlite_only(reason="tables at 80 columns (55 s); a CLI backup as a job: test_jobs_backup")
 def test_tables_keep_ids_whole_at_80_columns_and_every_cli_backup_is_a_job(cairn, appliance_data_dir: Path):
     cairn("vm", "create", "web1", "--disk", "10M", "--disk", "2M")
     cairn("vm", "create", "database-server-01", "--disk", "4M")
@@ -83,7 +82,6 @@ def test_user_add_without_a_terminal_makes_a_password_and_says_so(cairn, applian
     assert "--password-stdin: stdin gave no password" in empty.stderr
 
 
-@pytest.mark.sqlite_only(reason="a guest stopped (30 s); VM states: test_api")
 def test_vm_stop_says_it_forces_the_vm_off(cairn):
     """A guest that ignores the power button (no OS: SeaBIOS finds nothing to boot)."""
     cairn("vm", "create", "deaf", "--disk", "1M")
@@ -109,7 +107,6 @@ def test_boot_test_of_a_disk_without_boot_signature_fails_at_once(cairn, tmp_pat
     assert time.monotonic() - started < 60, "not after the 120 s timeout"
 
 
-@pytest.mark.sqlite_only(reason="CLI messages (40 s); the commands' records: the tour's other tests")
 def test_messages_name_the_option_sizes_are_binary_and_results_take_json(cairn, tmp_path: Path):
     cairn("vm", "create", "src", "--disk", "4M")
     backup = json.loads(cairn("backup", "create", "src", "--json").stdout)["backup_id"]

@@ -23,9 +23,6 @@ with warnings.catch_warnings():
         from cryptography.hazmat.primitives.ciphers.algorithms import TripleDES
 from cryptography.hazmat.primitives.ciphers import Cipher, modes
 
-pytestmark = pytest.mark.sqlite_only(
-    reason="VNC to a guest; console tickets are not in the catalog, the VM's records: test_api")
-
 RFB_VERSION = b"RFB 003.008\n"
 VNC_AUTH = 2
 

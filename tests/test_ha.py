@@ -6,7 +6,6 @@ import os
 import signal
 from pathlib import Path
 
-import pytest
 from backup_helpers import new_guest_vm, run, wait_serial
 from sqlalchemy import select
 from test_vm_lifecycle import wait_for
@@ -40,7 +39,6 @@ def kill_qemu(appliance, name: str) -> int:
     return pid
 
 
-@pytest.mark.sqlite_only(reason="a guest killed 3 times; HA's records: test_a_failed_restart_gives_up_with_the_reason")
 def test_killed_vm_is_restarted_until_it_flaps(appliance, guest_kernel):
     new_guest_vm(appliance, guest_kernel, "ha1", [128 << 20])
     appliance.vms.set_ha("ha1", True, max_restarts=2, window_seconds=600)
@@ -64,7 +62,6 @@ def test_killed_vm_is_restarted_until_it_flaps(appliance, guest_kernel):
     assert view.ha is False and len(events(appliance, "vm.ha.restarted")) == 2
 
 
-@pytest.mark.sqlite_only(reason="a guest; HA's records: test_a_failed_restart_gives_up_with_the_reason")
 def test_a_vm_stopped_on_purpose_is_not_restarted(appliance, guest_kernel):
     new_guest_vm(appliance, guest_kernel, "ha2", [128 << 20])
     appliance.vms.set_ha("ha2", True)

@@ -20,16 +20,12 @@ from pathlib import Path
 from typing import TypeVar
 
 import httpx
-import pytest
 from backup_helpers import CHUNK, MiB, boot_guest_vm, run
 from restore_helpers import backup_file
 from store_helpers import new_store
 from test_auth_serve import serving
 
 from appliance.context import Appliance
-
-pytestmark = pytest.mark.sqlite_only(
-    reason="helper processes killed with their owner; the records they leave: test_faults_backup, test_faults_restore")
 
 CAIRN = str(Path(sys.executable).with_name("cairn"))
 KILL_TIMEOUT = 300   # TCG guests and busy neighbours on a shared 2-core machine

@@ -38,9 +38,6 @@ from appliance.vms.migrate import VMMigration
 from appliance.vms.service import VMOptions
 from vmm.placement import PlacementError, SchedulingGroup
 
-pytestmark = pytest.mark.sqlite_only(
-    reason="hosts in namespaces (60 s); compute pools: test_pools, HA: test_ha, jobs: test_jobs")
-
 DISK = 512 * MiB          # the journal is at 300 MiB, the writer's chunks at 200 MiB + n MiB
 JOURNAL = 300 * MiB
 ENTRY = 64 * 1024

@@ -17,9 +17,6 @@ from restore import restore_disk
 from restore.export import BackupExport
 from vmm import image_info
 
-pytestmark = pytest.mark.sqlite_only(
-    reason="guests booted from backups; instant restores' records: test_restore_api, test_faults_restore")
-
 DISK = 128 * MiB
 # bytes/s: slow enough that the guest boots and writes while the copy has far to go; the tests
 # lift the limit once the writes are in.

@@ -27,7 +27,6 @@ def cairn(appliance: Appliance):
     return call
 
 
-@pytest.mark.sqlite_only(reason="policy commands (80 s); the same routes: test_policies_api, test_scheduler")
 def test_policy_commands(cairn, appliance: Appliance):
     appliance.vms.create("web1", [8 << 20])
     cairn("policy", "create", "nightly", "--schedule", "0 2 * * *", "--vm", "web*", "--keep-last", "3",
@@ -65,7 +64,6 @@ def test_job_commands(cairn, appliance: Appliance):
     assert "cannot filter 'colour'" in cairn("job", "list", "--filter", "colour:eq:red", code=1).stderr
 
 
-@pytest.mark.sqlite_only(reason="a 1 GiB backup cancelled (70 s); a cancel's undo: test_jobs")
 def test_a_command_runs_its_work_as_a_job_and_ctrl_c_cancels_it(cairn, appliance: Appliance):
     """`cairn backup create` is a job like the API's (listed, same steps, `--json` its result); Ctrl-C
     cancels it, and its steps are undone before the command ends."""

@@ -21,9 +21,6 @@ from appliance.errors import ConflictError, NotFoundError
 from appliance.hosts.service import HostSpecError, HostUnreachableError
 from restore import restore_disk
 
-pytestmark = pytest.mark.sqlite_only(
-    reason="a private libvirtd; hosts' records: test_security_paths, backups: test_jobs_backup")
-
 HOST = "kvm1"
 
 

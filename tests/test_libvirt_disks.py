@@ -27,9 +27,6 @@ from appliance.restores.libvirt import LibvirtRestoreService
 from restore import FileDestination, restore_disk
 from vmm.libvirt_xml import domain_disks
 
-pytestmark = pytest.mark.sqlite_only(
-    reason="a private libvirtd (60 s); hosts' records: test_security_paths, backups: test_jobs_backup")
-
 HOST = "kvm1"
 DISKS = (DiskDef("vda"), DiskDef("vdb", format="raw"), DiskDef("vdc", 64 * MiB, format="raw", readonly=True),
          DiskDef("vdd", format="raw", kind="block"), DiskDef("vde"), DiskDef("sda", 4 * MiB, format="raw",

@@ -7,16 +7,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 from backup_helpers import same_content
 from job_helpers import job_result
 from libvirt_helpers import libvirt_guest, reference_copy
 from libvirtd_server import libvirtd  # noqa: F401  (fixture)
 
 from restore import restore_disk
-
-pytestmark = pytest.mark.sqlite_only(
-    reason="a private libvirtd; the hosts' routes: test_authz_matrix, test_security_paths")
 
 CAIRN = str(Path(sys.executable).with_name("cairn"))
 

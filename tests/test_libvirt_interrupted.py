@@ -22,9 +22,6 @@ from appliance.backups.libvirt import LibvirtBackupService
 from appliance.context import Appliance
 from appliance.restores.libvirt import LibvirtRestoreService
 
-pytestmark = pytest.mark.sqlite_only(
-    reason="a private libvirtd; interrupted backups and restores: test_faults_backup, test_faults_restore")
-
 HOST = "kvm1"
 CAIRN = str(Path(sys.executable).with_name("cairn"))
 

@@ -6,16 +6,12 @@ from __future__ import annotations
 import os
 import pwd
 
-import pytest
 from backup_helpers import same_content
 from libvirt_helpers import libvirt_guest, reference_copy
 from libvirtd_server import libvirtd  # noqa: F401  (fixture)
 
 from appliance.backups.host_vm import back_up_host_vm
 from restore import restore_disk
-
-pytestmark = pytest.mark.sqlite_only(
-    reason="libvirt over SSH; hosts' records: test_security_paths, backups: test_jobs_backup")
 
 HOST = "kvm2"
 

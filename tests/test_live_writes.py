@@ -26,8 +26,6 @@ from appliance.context import Appliance
 from restore import restore_disk
 from transports.live import joined_to_the_freeze
 
-pytestmark = pytest.mark.sqlite_only(reason="a guest writing through backups; their catalog work: test_jobs_backup")
-
 GiB = 1 << 30
 DISKS = ("vda", "vdb")
 # Sparse disks: each write lands 1 MiB further on, from 200 MiB (tests/guest/init); at a few

@@ -9,7 +9,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 from backup_helpers import MiB, boot_guest_vm, run, write_pattern
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
@@ -66,7 +65,6 @@ def test_the_dashboard_references_only_metrics_that_exist(viewer_client: TestCli
     assert dashboard["__inputs"][0]["pluginId"] == "prometheus"
 
 
-@pytest.mark.sqlite_only(reason="a guest backed up; the metrics' queries: the other tests here")
 def test_a_scrape_during_a_backup_shows_its_bytes_and_its_job(appliance: Appliance, appliance_data_dir: Path,
                                                               viewer_client: TestClient, guest_kernel):
     boot_guest_vm(appliance, guest_kernel, "scraped", [512 * MiB])

@@ -73,9 +73,6 @@ from dedup import Store, collect_garbage, verify_store
 from restore import restore_disk
 from vmm import disk_of_qdev
 
-pytestmark = pytest.mark.sqlite_only(
-    reason="the data path's model (115 s); its steps: test_jobs_backup, test_snapshot_crash, test_restore_over_tree")
-
 SLOT = 64 << 10
 DISKS = {"vda": 32, "vdb": 16}          # 2 MiB and 1 MiB
 ORIGIN = "m"                            # the first VM, never deleted

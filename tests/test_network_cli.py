@@ -11,9 +11,6 @@ from pathlib import Path
 import pytest
 from network_helpers import netns  # noqa: F401  (fixture)
 
-pytestmark = pytest.mark.sqlite_only(
-    reason="the network commands (80 s); the same routes: test_network_api, test_security_visibility")
-
 CAIRN = str(Path(sys.executable).with_name("cairn"))
 
 

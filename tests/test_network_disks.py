@@ -22,8 +22,6 @@ from appliance.vms.imports import VMImports
 from restore import restore_disk
 from vmm.errors import VMStartError
 
-pytestmark = pytest.mark.sqlite_only(reason="a guest on an NBD disk; VM records: test_api, backups: test_jobs_backup")
-
 VM = "onnbd"
 WRITER = "console=ttyS0 quiet cairn.mode=writer cairn.writes=1000 cairn.interval=1 cairn.writedisks=vda"
 

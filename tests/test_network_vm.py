@@ -14,9 +14,6 @@ from network_helpers import netns  # noqa: F401  (fixture)
 
 from appliance.context import Appliance
 
-pytestmark = pytest.mark.sqlite_only(
-    reason="guests on a bridge; address leases: test_network_api, test_security_visibility")
-
 SUBNET = "10.77.0.0/24"
 GATEWAY = "10.77.0.1"
 # udhcpc and ping run after READY, on a TCG guest on a shared machine: be generous.

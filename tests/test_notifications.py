@@ -34,9 +34,6 @@ from appliance.notifications.records import NotificationTargetRecord
 from appliance.notifications.rules import Severity
 from appliance.notifications.service import EmailTarget, RuleUpdate, WebhookTarget
 
-pytestmark = pytest.mark.sqlite_only(
-    reason="guests and mail servers; the outbox and rules: test_notifications_api, test_notifications_rules")
-
 JOB_TIMEOUT = 240
 QUICK_RETRIES = Backoff(first_seconds=0.2, cap_seconds=1.0)
 NEVER, ALWAYS = 100.0, 0.0001   # store.fill thresholds: no filesystem is fuller than 100 %

@@ -10,14 +10,11 @@ import subprocess
 import time
 from pathlib import Path
 
-import pytest
 from backup_helpers import MiB, boot_guest_vm, run, wait_serial, write_pattern
 
 from appliance.context import Appliance
 from restore import restore_disk
 from restore.export import BackupExport
-
-pytestmark = pytest.mark.sqlite_only(reason="Ceph; instant restores: test_restore_api, rbd pools: test_pools")
 
 DISK = 128 * MiB
 SLOW = 4 * 1024      # bytes/s: the guest boots and writes while the copy has far to go

@@ -25,8 +25,6 @@ from restore.whole_vm import restore_vm_to_rbd
 from vmm.errors import VMSpecError, VMStartError
 from vmm.network_disks import network_disk
 
-pytestmark = pytest.mark.sqlite_only(reason="Ceph (60 s); rbd storage pools: test_pools, backups: test_jobs_backup")
-
 VM = "onrbd"
 WRITER = "console=ttyS0 quiet cairn.mode=writer cairn.writes=1000 cairn.interval=1 cairn.writedisks=vda,vdb"
 

@@ -26,9 +26,6 @@ from transports.tunnel import SocketForward
 from vmm import DiskSpec, QMPSession, VMSpec
 from vmm.remote import RemoteHost
 
-pytestmark = pytest.mark.sqlite_only(
-    reason="a guest over SSH; hosts' records: test_security_paths, backups: test_jobs_backup")
-
 HOST = "far"
 
 

@@ -13,9 +13,6 @@ from store_helpers import block_ids, block_pack, flip_byte
 from appliance.errors import ConflictError
 from restore import CorruptBackupError
 
-pytestmark = pytest.mark.sqlite_only(
-    reason="guests restored over; the same restores' records: test_restore_over_tree, test_faults_restore")
-
 SIZES = [3 * CHUNK, 2 * CHUNK]
 
 

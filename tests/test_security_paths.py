@@ -74,20 +74,22 @@ def test_an_admins_host_paths_are_confined(appliance: Appliance, api_client: Tes
     assert appliance.vms.spec("direct").kernel == str(good)
 
 
-@pytest.mark.sqlite_only(reason="aims a restore at the SQLite catalog's file; the checks are the catalog's no matter which")
-def test_a_restore_target_is_confined_too(appliance: Appliance, api_client: TestClient, tmp_path: Path):
-    catalog = appliance.settings.data_dir / "catalog.db"
-    before = catalog.read_bytes()
+def test_a_restore_target_is_confined_too(appliance: Appliance, api_client: TestClient, tmp_path: Path,
+                                         catalog_backend: str | None):
+    # What a restore over would hurt most: the key that seals secrets, and the catalog where it is the data dir's file.
+    precious = [appliance.settings.secret_key_file] + ([appliance.settings.data_dir / "catalog.db"]
+                                                       if catalog_backend is None else [])
+    before = {path: path.read_bytes() for path in precious}
     link = tmp_path / "disk.img"
     link.symlink_to(tmp_path / "elsewhere.img")
-    for target, words in ((str(catalog), "inside the appliance's data dir"),
-                          (str(appliance.settings.images_dir / "new.img"), "inside the appliance's data dir"),
-                          (str(link), "is a symlink"),
-                          (str(tmp_path / "no" / "folder.img"), "does not exist"),
-                          (str(tmp_path), "neither a regular file nor a block device")):
+    for target, words in ([(str(path), "inside the appliance's data dir") for path in precious] +
+                          [(str(appliance.settings.images_dir / "new.img"), "inside the appliance's data dir"),
+                           (str(link), "is a symlink"),
+                           (str(tmp_path / "no" / "folder.img"), "does not exist"),
+                           (str(tmp_path), "neither a regular file nor a block device")]):
         r = api_client.post("/api/v1/backups/anything/disks/vda/restore", json={"target": target, "force": True})
         refused(r, 400, words)
-    assert catalog.read_bytes() == before and not (tmp_path / "elsewhere.img").exists()
+    assert {path: path.read_bytes() for path in precious} == before and not (tmp_path / "elsewhere.img").exists()
 
 
 def test_storage_pools_and_host_keys_are_checked(appliance: Appliance, api_client: TestClient,

@@ -66,7 +66,6 @@ def test_a_live_event_stream_ends_with_its_session(appliance: Appliance, api_cli
     assert not follower.is_alive(), "the stream of a disabled user is still open"
 
 
-@pytest.mark.sqlite_only(reason="a guest's console; sessions ending: the tests above")
 def test_an_open_console_closes_with_its_session(appliance: Appliance, api_client: TestClient,
                                                  console_vm: str):  # noqa: F811
     appliance.users.create("boss", TEST_PASSWORD, Role.ADMIN)

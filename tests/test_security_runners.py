@@ -21,7 +21,6 @@ MiB = 1 << 20
 INIT = 1   # a pid that is alive, and certainly not the runner of anything Cairn recorded
 
 
-@pytest.mark.sqlite_only(reason="a guest that ignores ACPI; no catalog work beyond test_api's")
 def test_a_force_stop_interrupts_a_graceful_one(appliance: Appliance, api_client: TestClient, guest_kernel):
     # A guest that ignores the power button: a graceful stop can only wait for its timeout.
     appliance.vms.create("deaf", [64 * MiB], kernel=str(guest_kernel.kernel), initrd=str(guest_kernel.initrd),

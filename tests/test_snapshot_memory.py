@@ -14,8 +14,6 @@ from backup_helpers import MiB, run, wait_serial
 from appliance.context import Appliance
 from appliance.errors import ConflictError
 
-pytestmark = pytest.mark.sqlite_only(reason="a guest's memory state; the snapshot journal: test_snapshot_crash")
-
 WRITES = re.compile(r"CAIRN: WRITE n=(\d+)")
 
 

@@ -28,9 +28,6 @@ from appliance.snapshots.records import SnapshotTreeRecord
 from chain import VMTree
 from restore import restore_disk
 
-pytestmark = pytest.mark.sqlite_only(
-    reason="random snapshot operations (60 s); every journal step: test_snapshot_crash")
-
 SLOT = 64 << 10
 SLOTS = {"vda": 32, "vdb": 16}          # 2 MiB and 1 MiB
 VM = "rnd"

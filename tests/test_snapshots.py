@@ -29,9 +29,6 @@ from appliance.context import Appliance
 from appliance.errors import ConflictError, NotFoundError
 from restore import restore_disk
 
-pytestmark = pytest.mark.sqlite_only(
-    reason="guests' snapshot trees; the journal: test_snapshot_crash, test_faults_snapshots")
-
 DISKS = ["vda", "vdb"]
 
 

@@ -11,7 +11,6 @@ import time
 from datetime import timedelta
 from pathlib import Path
 
-import pytest
 from backup_helpers import MiB
 from store_helpers import backup_image, disk_image, read_back
 from test_scheduler import FakeClock, scheduler, tick_and_wait, write_offline
@@ -19,8 +18,6 @@ from test_scheduler import FakeClock, scheduler, tick_and_wait, write_offline
 from appliance.context import Appliance
 from appliance.policies.service import SyncPolicy
 from dedup import Store, open_replica, sync_store, verify_store
-
-pytestmark = pytest.mark.sqlite_only(reason="Ceph; sync jobs and policies: test_sync, test_scheduler")
 
 CAIRN = str(Path(sys.executable).with_name("cairn"))
 BLOCK = 256 << 10

@@ -5,15 +5,12 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-import pytest
 from backup_helpers import wait_serial
 from guest.harness import MiB, read_image
 from job_helpers import job_done, job_result
 from test_vm_lifecycle import assert_guest_pattern, guest_body, wait_for
 
 from vmm.images import backing_chain
-
-pytestmark = pytest.mark.sqlite_only(reason="guests cloned; clone records: test_clone_bases, test_faults_restore")
 
 MARK = 60 * MiB   # the source's own data, written from the host before cloning
 

@@ -23,9 +23,6 @@ from appliance.context import Appliance
 from appliance.snapshots.records import SnapshotIntentRecord, SnapshotTreeRecord
 from appliance.vms.records import VMOptionsRecord, VMRecord, VMTagRecord
 
-pytestmark = pytest.mark.sqlite_only(
-    reason="guests deleted and put back; the recycle bin: test_security_visibility, test_deletion")
-
 CAIRN = str(Path(sys.executable).with_name("cairn"))
 MARK = 120 * MiB   # past the guest's boot pattern (0 and 100 MiB): the guest leaves it alone
 

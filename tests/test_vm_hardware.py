@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
 from backup_helpers import MiB, paused_backup_with_reference, run, same_content, wait_serial, write_pattern
 from fastapi.testclient import TestClient
 from network_helpers import netns  # noqa: F401  (fixture)
@@ -57,7 +56,6 @@ def pci_ids(appliance: Appliance, name: str) -> set[str]:
     return run(ask())
 
 
-@pytest.mark.sqlite_only(reason="a guest booted; the same records: the other tests here")
 def test_disks_and_a_nic_added_to_a_stopped_vm_reach_the_guest_and_its_backups(
         api_client: TestClient, appliance: Appliance, guest_kernel, tmp_path: Path):
     create_guest(api_client, guest_kernel, "hw", ["128M"])

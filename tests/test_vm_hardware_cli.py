@@ -9,9 +9,6 @@ from cli_helpers import Cli, Served, login
 from cli_helpers import served as served
 from test_cli_remote import same_answer
 
-pytestmark = pytest.mark.sqlite_only(
-    reason="the CLI here and through the API (slow); the same routes: test_vm_hardware")
-
 
 @pytest.mark.slow
 def test_disks_and_nics_edited_here_and_through_the_api_answer_alike(served: Served, tmp_path: Path):

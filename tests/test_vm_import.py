@@ -20,8 +20,6 @@ from vmm import create_disk
 from vmm.errors import DomainXMLError
 from vmm.imports import ImportRefusedError, from_command_line, from_domain
 
-pytestmark = pytest.mark.sqlite_only(reason="libvirt domains imported; VM records: test_api, test_cli_tour")
-
 HOST = "kvm1"
 CAIRN = str(Path(sys.executable).with_name("cairn"))
 

@@ -17,9 +17,6 @@ from appliance.context import Appliance
 from vmm import create_disk, image_info
 from vmm.images import backing_chain
 
-pytestmark = pytest.mark.sqlite_only(
-    reason="guests started and stopped; images: test_security_images, VM records: test_api")
-
 needs_xorriso = pytest.mark.skipif(not shutil.which("xorriso"), reason="xorriso is not installed")
 GUEST_APPEND = "console=ttyS0 quiet cairn.mode=idle"
 IMAGE_SIZE = 128 * MiB

@@ -12,7 +12,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 from backup_helpers import wait_serial
 from conftest import TEST_PASSWORD
 from fastapi.testclient import TestClient
@@ -83,7 +82,6 @@ def test_a_start_and_a_stop_through_the_api_are_jobs_in_the_vms_history(applianc
     assert [j["kind"] for j in history(api_client, "web")] == ["vm.stop", "vm.start"]
 
 
-@pytest.mark.sqlite_only(reason="a guest that ignores ACPI waited for (its catalog work: the test above)")
 def test_a_stop_of_a_guest_that_ignores_the_power_button_says_in_its_job_how_it_stopped(
         appliance: Appliance, api_client: TestClient, guest_kernel):
     appliance.vms.create("deaf", [64 * MiB], kernel=str(guest_kernel.kernel), initrd=str(guest_kernel.initrd),

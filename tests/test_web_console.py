@@ -32,7 +32,7 @@ from appliance.access.roles import Role
 from dedup import Store
 from vmm import image_info
 
-pytestmark = [pytest.mark.slow, pytest.mark.sqlite_only(reason="a browser (30 s); the routes it calls: test_web, test_authz_matrix")]
+pytestmark = pytest.mark.slow
 BACKUP_WAIT = 300   # a backup of a TCG guest on a shared machine
 
 

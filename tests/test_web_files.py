@@ -24,7 +24,7 @@ from appliance.access.roles import Role
 from appliance.context import Appliance
 from appliance.vms.service import VMOptions
 
-pytestmark = [pytest.mark.slow, pytest.mark.sqlite_only(reason="a browser; file downloads: test_security_downloads")]
+pytestmark = pytest.mark.slow
 BACKUP_WAIT = 300
 
 

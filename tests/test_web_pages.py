@@ -39,7 +39,7 @@ from web_helpers import (
 from appliance.access.roles import Role
 from dedup import Store
 
-pytestmark = [pytest.mark.slow, pytest.mark.sqlite_only(reason="a browser (60 s); the routes it calls: test_web, test_authz_matrix")]
+pytestmark = pytest.mark.slow
 BACKUP_WAIT = 300   # a backup, or a boot test, of a TCG guest on a shared machine
 
 

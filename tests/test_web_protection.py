@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
 from job_helpers import job_result
 from web_helpers import (
     add_user,
@@ -24,8 +23,6 @@ from web_helpers import (
 from appliance.access.roles import Role
 from appliance.context import Appliance
 from dedup import Store, is_protected
-
-pytestmark = pytest.mark.sqlite_only(reason="a browser; protecting a backup on PostgreSQL: test_backup_protection")
 
 
 def test_protect_in_the_console_marks_the_row_from_the_answer(appliance_data_dir: Path):

@@ -33,8 +33,7 @@ from appliance.access.roles import Role
 from appliance.context import Appliance
 from appliance.vms.records import VMRecord
 
-pytestmark = [pytest.mark.slow, pytest.mark.sqlite_only(
-    reason="a browser; the routes it calls: test_web, test_authz_matrix, lists: test_lists")]
+pytestmark = pytest.mark.slow
 PAGES = ("#/", "#/vms", "#/vm/idle", "#/jobs", "#/store")
 MiB = 1 << 20
 

@@ -37,7 +37,7 @@ from appliance.access.roles import Role
 from appliance.context import Appliance
 from dedup import Store
 
-pytestmark = [pytest.mark.slow, pytest.mark.sqlite_only(reason="a browser; the routes it calls: test_web, test_api_contract")]
+pytestmark = pytest.mark.slow
 
 
 def gone(browser, css: str) -> None:

@@ -29,7 +29,7 @@ from web_helpers import (
 from appliance.access.roles import Role
 from dedup import Store
 
-pytestmark = [pytest.mark.slow, pytest.mark.sqlite_only(reason="a browser; a VM's disks and NICs on PostgreSQL: test_vm_hardware")]
+pytestmark = pytest.mark.slow
 
 
 def test_a_disk_and_a_nic_added_and_removed_in_the_browser(appliance_data_dir: Path, netns: str):  # noqa: F811
