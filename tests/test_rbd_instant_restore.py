@@ -32,6 +32,14 @@ def expected_disk(appliance: Appliance, backup_id: str, tmp_path: Path) -> Path:
     return reference
 
 
+def deleted_with_its_image(appliance, ceph_cluster, vm: str) -> None:
+    """Deleting the restored VM removes its image from the cluster's pool, which the test of the
+    other catalog shares."""
+    appliance.vms.delete(vm)
+    images = ceph_cluster.cli("rbd", "ls", ceph_cluster.rbd_pool).split()
+    assert not [i for i in images if i.startswith(f"{vm}-")], images
+
+
 def test_an_instant_restore_copies_into_rbd_and_the_vm_ends_on_the_image(appliance, guest_kernel, ceph_cluster,
                                                                          tmp_path):
     boot_guest_vm(appliance, guest_kernel, "src", [DISK])
@@ -72,6 +80,7 @@ def test_an_instant_restore_copies_into_rbd_and_the_vm_ends_on_the_image(applian
     run(appliance.vms.start("fromrbd"))
     wait_serial(appliance, "fromrbd", "CAIRN: READY", timeout=180)
     run(appliance.vms.stop("fromrbd", force=True))
+    deleted_with_its_image(appliance, ceph_cluster, "fromrbd")
 
 
 def test_an_instant_restore_onto_rbd_whose_qemu_died_resumes_and_loses_no_write(appliance, guest_kernel,
@@ -113,3 +122,4 @@ def test_an_instant_restore_onto_rbd_whose_qemu_died_resumes_and_loses_no_write(
                                str(expected_disk(appliance, backup_id, tmp_path)), disk.target],
                               capture_output=True, text=True, check=False)
     assert compared.returncode == 0, compared.stdout + compared.stderr
+    deleted_with_its_image(appliance, ceph_cluster, name)
