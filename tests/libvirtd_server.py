@@ -43,6 +43,14 @@ class Libvirtd:
         self.lib_dir = root / "var-lib-libvirt"
         self._proc: subprocess.Popen | None = None
 
+    def folder(self, name: str) -> Path:
+        """A new folder under root for a test's files, which the domains' QEMUs reach too. Its
+        name is made unique: the daemon serves the whole session, so both catalogs' runs of a
+        test come here."""
+        path = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=self.root))
+        path.chmod(0o755)
+        return path
+
     def log_tail(self) -> str:
         try:
             return self.log.read_text(errors="replace")[-3000:]

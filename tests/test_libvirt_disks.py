@@ -154,8 +154,7 @@ def test_every_disk_kind_survives_redefine_restart_and_disk_restore(appliance, l
 
         # The whole domain as a new libvirt domain: its own name, UUID, MACs and files, and it boots.
         restores = LibvirtRestoreService(appliance.store, appliance.hosts)
-        folder = libvirtd.root / "restored"
-        folder.mkdir(mode=0o755)
+        folder = libvirtd.folder("restored")
         copy = restores.as_new_domain(HOST, after.manifest.backup_id, "kinds-copy", directory=str(folder))
         assert sorted(copy.disks) == BACKED_UP
         for disk, path in copy.disks.items():

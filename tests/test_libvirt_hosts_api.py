@@ -72,8 +72,7 @@ def test_host_api_and_cli_drive_and_back_up_a_domain(api_client, appliance, libv
         assert refused.returncode == 1 and "no disk to back up" in refused.stderr, refused.stderr
 
         # The CLI restores the backup as a new domain beside it.
-        folder = libvirtd.root / "apicopy"
-        folder.mkdir(mode=0o755)
+        folder = libvirtd.folder("apicopy")
         restored = cairn(appliance.settings.data_dir, "host", "restore", "kvm1", full["id"], "--name", "apicopy",
                          "--dir", str(folder))
         assert restored.returncode == 0, restored.stderr
@@ -83,8 +82,7 @@ def test_host_api_and_cli_drive_and_back_up_a_domain(api_client, appliance, libv
         guest.dom.connect().lookupByName("apicopy").undefine()
 
         # The API restores it as well, as a job on the new domain (the admin's).
-        folder = libvirtd.root / "apicopy2"
-        folder.mkdir(mode=0o755)
+        folder = libvirtd.folder("apicopy2")
         answer = api_client.post("/api/v1/hosts/kvm1/restores",
                                  json={"backup_id": full["id"], "name": "apicopy2", "directory": str(folder)})
         assert answer.status_code == 202 and answer.json()["resource"] == "vm:apicopy2@kvm1", answer.text

@@ -25,8 +25,7 @@ def test_qemu_ssh_host_full_and_incremental(appliance, libvirtd, sshd_server, gu
            f"&keyfile={server.key_file}&proxy=netcat&no_verify=1")
     # On a remote host Cairn cannot see libvirt's per-domain directories through this test's
     # private libvirtd: give it a scratch directory owned by the user libvirt runs QEMU as.
-    scratch = libvirtd.root / "lvscratch"
-    scratch.mkdir()
+    scratch = libvirtd.folder("lvscratch")
     qemu_user = pwd.getpwnam("libvirt-qemu")
     os.chown(scratch, qemu_user.pw_uid, qemu_user.pw_gid)
     appliance.hosts.add(HOST, uri, known_hosts=str(server.known_hosts), scratch_dir=str(scratch))
