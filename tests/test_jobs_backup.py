@@ -109,6 +109,24 @@ def test_a_failing_later_step_undoes_the_backup(appliance: Appliance, guest_kern
     assert result["kind"] == "full"
 
 
+def test_a_claim_cut_short_once_its_record_is_made_leaves_no_record(appliance: Appliance, monkeypatch):
+    """The claim remembers its backup id before it makes the record. It used to remember it
+    after: a node killed in between left a running record that no undo knew of, and the node
+    that took over saw a failed backup where the job had left none (test_nodes_takeover)."""
+    appliance.vms.create("cut", [16 * MiB])
+    make_record = appliance.backups.begin
+
+    def make_record_then_die(*args, **kwargs):
+        make_record(*args, **kwargs)
+        raise RuntimeError("killed once the record was made")
+    monkeypatch.setattr(appliance.backups, "begin", make_record_then_die)
+    job = appliance.jobs.wait(appliance.jobs.submit("backup", {"vm": "cut"}).id, JOB_TIMEOUT)
+    assert job.state == "failed" and "killed once the record was made" in job.error
+    assert job.steps[0]["state"] == "undone", job.steps
+    no_trace_of(appliance, job.memo["backup_id"], "cut")
+    assert appliance.backups.list(vm="cut") == []
+
+
 def test_cancel_mid_copy_leaves_nothing_and_the_next_backup_works(appliance: Appliance, guest_kernel,
                                                                   tmp_path: Path):
     boot_guest_vm(appliance, guest_kernel, "cancelme", [512 * MiB])

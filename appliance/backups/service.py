@@ -83,14 +83,15 @@ class BackupService:
     def get(self, backup_id: str) -> BackupRecord:
         return self.records.get(backup_id)
 
-    def begin(self, spec: VMSpec, full: bool = False) -> BackupRecord:
-        """Claim a backup id and record it as running (so the API can answer at once)."""
+    def begin(self, spec: VMSpec, full: bool = False, backup_id: str | None = None) -> BackupRecord:
+        """Claim a backup id (`backup_id`, or a new one) and record it as running (so the API
+        can answer at once)."""
         for disk in spec.disks:
             if is_network(disk.path):
                 continue   # reached when it is read: the export says what is wrong
             if not Path(disk.path).exists():
                 raise NotFoundError(f"disk {disk.name} of VM {spec.name} is missing: {disk.path} does not exist")
-        backup_id = new_backup_id(utcnow())
+        backup_id = backup_id or new_backup_id(utcnow())
         with self.catalog.begin() as s:
             fail_interrupted(s, spec.name)
             running = s.scalars(select(BackupRecord).where(BackupRecord.vm_name == spec.name,

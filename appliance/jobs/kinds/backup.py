@@ -18,7 +18,7 @@ from appliance.backups.records import BackupRecord, BackupStatus
 from appliance.backups.retention import RetentionRules, apply_retention
 from appliance.catalog.base import utcnow
 from appliance.errors import ConflictError
-from dedup import BackupNotFoundError, PruneReport
+from dedup import BackupNotFoundError, PruneReport, new_backup_id
 from dedup.prune import delete_backup
 from vmm.hosts import ACTIVE_STATES
 
@@ -57,8 +57,11 @@ def backup_steps(app: Appliance, vm: str, full: bool, options: BackupOptions) ->
     """Claim a backup id in the catalog, then copy the disks into the store."""
 
     async def claim(ctx: StepContext) -> None:
-        rec = app.backups.begin(app.vms.spec(vm), full=full)
-        ctx.remember(backup_id=rec.id)
+        # The id is remembered before its record is made: a process killed in between leaves
+        # an id whose undo finds nothing, never a record no undo knows of.
+        backup_id = new_backup_id(utcnow())
+        ctx.remember(backup_id=backup_id)
+        app.backups.begin(app.vms.spec(vm), full=full, backup_id=backup_id)
 
     async def forget(ctx: StepContext) -> None:
         """A job that did not complete leaves no backup behind; it says itself why it failed."""
