@@ -18,9 +18,9 @@ BENCH_PACKAGES := virtnbdbackup borgbackup restic
 CEPH_PACKAGES := ceph-mon ceph-osd ceph-mgr radosgw ceph-common python3-rados python3-rbd qemu-block-extra
 DATA_DIR ?= $(CURDIR)/data
 PYTEST_ARGS ?=
-# Tests run two at a time (pytest-xdist): most of a test's time waits on a guest, a server or a
-# subprocess, and one at a time left a core idle half the run. Each test keeps its own names,
-# namespaces, ports and data dirs, so two never meet. TEST_WORKERS=0 runs them one at a time.
+# Tests run two at a time (pytest-xdist): much of a test's time waits on a guest, a server or a
+# subprocess. Each test keeps its own names, namespaces, ports and data dirs, so two never meet
+# (README, Tests). TEST_WORKERS=0 runs them one at a time.
 TEST_WORKERS ?= 2
 
 .PHONY: serve test test-fast lint deps test-deps ceph-deps venv test-venv bench iso clean

@@ -39,6 +39,12 @@ StartGuest = Callable[..., Awaitable[GuestVM]]
 REQUIRE_EVERY_TEST = os.environ.get("CAIRN_TEST_REQUIRE_ALL") == "1"
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The slowest scenarios (marked slow) first, the rest after in their usual order: `make test`
+    runs two at a time, and a ten-minute test begun near the end would run on alone."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
     outcome = yield
