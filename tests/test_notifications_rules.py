@@ -68,13 +68,15 @@ def test_a_policys_run_that_left_no_backup_is_missed(appliance: Appliance):
     with appliance.catalog.begin() as s:   # made a day ago: runs were due since
         s.get(PolicyRecord, rec.id).created_at = utcnow() - timedelta(days=1)
     appliance.notifications.update_rule("backup.missed", RuleUpdate(params={"grace_minutes": 1}))
-    now = utcnow()
+    # Half past the hour, so that both checks below see the same run, due on the hour: checked at
+    # the real clock, a run at hh:59 would see the next hour's run come due between them.
+    now = utcnow().replace(minute=30, second=0, microsecond=0)
     notifier = Notifier.for_appliance(appliance)
     notifier.check(now)
     assert alarms_of(appliance, "backup.missed") == [("backup.missed:hourly:vm:db", True)]
     with appliance.catalog.begin() as s:   # the backup came, after the run was due
-        s.add(BackupRecord(id="late", vm_name="db", store="s", kind="full", status="ok", started_at=utcnow(),
-                           finished_at=utcnow(), notes=[]))
+        s.add(BackupRecord(id="late", vm_name="db", store="s", kind="full", status="ok", started_at=now,
+                           finished_at=now, notes=[]))
     notifier.check(now + timedelta(minutes=2))
     assert alarms_of(appliance, "backup.missed") == [("backup.missed:hourly:vm:db", False)]
 
