@@ -161,9 +161,9 @@ class CephCluster:
                         f"admin socket = {self.dir}/run/$cluster-$name.asok\n"
                         # without tcp_nodelay a small request waits out a delayed ACK: 40 ms, not 5
                         f"rgw frontends = beast endpoint=127.0.0.1:{port} tcp_nodelay=1\nrgw thread pool size = 32\n"
-                        # quotas are checked against usage cached this long (default 600 s)
-                        "rgw enable usage log = false\nrgw bucket quota ttl = 0\n"
-                        "rgw user quota bucket sync interval = 0\n")
+                        # a bucket's quota is checked against its usage cached this long (default 600 s);
+                        # the user quota's sync interval stays at its default: at 0 its thread spins
+                        "rgw enable usage log = false\nrgw bucket quota ttl = 0\n")
             self.s3_endpoint = f"http://127.0.0.1:{port}"
         endpoint = self.s3_endpoint
         self._launch("rgw.0", "radosgw", "-n", "client.rgw.0")
