@@ -2,7 +2,7 @@
 """List queries on a large catalog: the query helper against the bare SQL it runs, in one run.
 
 Fills a fresh SQLite catalog with 100k events and 100k jobs, then times, for each case, the
-appliance's list path (`ListQuery.run`: count + page, rows turned into the API's models) and
+appliance's list path (`run_query`: count + page, rows turned into the API's models) and
 the ceiling: the same two SQL statements through the database's own driver, rows fetched as
 tuples. Prints p50/p95 in ms and the ratio ceiling/helper of the p50s (1.0: the helper adds nothing).
 bench/api.py builds on this module (Ceiling, percentiles, the table) for the VM and backup lists.
@@ -30,7 +30,8 @@ from sqlalchemy.engine import make_url
 
 from appliance.api.jobs import EventOut, JobOut
 from appliance.catalog.engine import open_catalog
-from appliance.catalog.query import ListQuery, count_of
+from appliance.catalog.paging import count_of, page_statement, run_query
+from appliance.catalog.query import ListQuery
 from appliance.jobs.records import EventRecord, JobRecord
 
 CASES = [
@@ -117,7 +118,7 @@ def row(name: str, measured: list[float], ceiling: list[float]) -> str:
 
 def through_helper(catalog, query: ListQuery, model, out) -> list:
     with catalog() as s:
-        return [out.model_validate(r) for r in query.run(s, model)]
+        return [out.model_validate(r) for r in run_query(query, s, model)]
 
 
 def main() -> None:
@@ -136,7 +137,7 @@ def main() -> None:
         for name, model, out, spec in CASES:
             query = ListQuery.parse(spec.get("limit", 100), spec.get("offset", 0), spec.get("sort"),
                                     spec.get("filters", ()))
-            statements = ceiling.statements(query.statement(model))
+            statements = ceiling.statements(page_statement(query, model))
             helper: list[float] = []
             bare: list[float] = []
             for _ in range(args.repeat):

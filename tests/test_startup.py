@@ -13,6 +13,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from cli_helpers import Cli, Served, login
+from cli_helpers import served as served
 
 CAIRN = str(Path(sys.executable).with_name("cairn"))
 # The web stack, migrations, QEMU, the store's codecs and transports, remote access, the scheduler.
@@ -32,6 +34,8 @@ MORE = {"--help": {"sqlalchemy", "pydantic", "procs", "appliance.context", "appl
         "vm": LISTING | {"appliance.access.visibility", "appliance.vms.hardware", "appliance.jobs.records",
                          "appliance.backups", "appliance.deletion"}}
 ALLOWED = {"vm": {"vmm", "qemu"}}
+# Through an appliance's API a listing needs no database library, nor this machine's appliance.
+THROUGH_THE_API = SERVER_SIDE | {"sqlalchemy", "appliance.context", "appliance.catalog.paging", "appliance.cli.local"}
 
 
 def imported(argv: list[str], env: dict[str, str]) -> set[str]:
@@ -52,3 +56,13 @@ def test_quick_commands_import_only_what_they_use(argv: list[str], appliance_dat
     assert "appliance.cli.main" in modules   # the trace is the command's
     forbidden = (SERVER_SIDE - ALLOWED.get(argv[0], set())) | MORE.get(argv[0], set())
     assert sorted(m for m in modules if any(m == f or m.startswith(f"{f}.") for f in forbidden)) == []
+
+
+def test_listings_through_the_api_import_no_database_library(served: Served, tmp_path: Path):
+    there = Cli(XDG_CONFIG_HOME=str(tmp_path / "config"))
+    login(there, served)
+    for argv in (["backup", "list", "--json"], ["vm", "list", "--json"], ["job", "list", "--json"]):
+        there(*argv)   # it works there
+        modules = imported(argv, there.env)
+        assert "appliance.cli.remote" in modules, argv   # the trace is of a command through the API
+        assert sorted(m for m in modules if any(m == f or m.startswith(f"{f}.") for f in THROUGH_THE_API)) == [], argv

@@ -11,6 +11,7 @@ from sqlalchemy import ColumnElement, Select, exists, select
 from sqlalchemy.orm import Session, aliased, sessionmaker
 
 from appliance.catalog.base import utcnow
+from appliance.catalog.paging import fetch_page, page_statement
 from appliance.catalog.query import MAX_INTEGER, HasHeaders, ListQuery
 from appliance.errors import NotFoundError
 
@@ -30,7 +31,7 @@ class BackupCatalog:
         with self.catalog.begin() as s:
             fail_interrupted(s, vm)
         with self.catalog() as s:
-            return query.fetch(s, self.statement(query, where, vm, latest), response)
+            return fetch_page(s, self.statement(query, where, vm, latest), response)
 
     @staticmethod
     def statement(query: ListQuery, where: ColumnElement[bool] | None = None, vm: str | None = None,
@@ -45,7 +46,7 @@ class BackupCatalog:
             newer = aliased(BackupRecord)
             stmt = stmt.where(~exists().where(newer.vm_name == BackupRecord.vm_name,
                                               newer.started_at > BackupRecord.started_at))
-        return query.sorted_by_default("started_at").statement(BackupRecord, stmt)
+        return page_statement(query.sorted_by_default("started_at"), BackupRecord, stmt)
 
     def get(self, backup_id: str) -> BackupRecord:
         with self.catalog() as s:

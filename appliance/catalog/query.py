@@ -1,4 +1,4 @@
-"""Pagination, filtering and sorting for every list resource of the API.
+"""Pagination, filtering and sorting for every list resource of the API: the syntax.
 
     GET /api/v1/jobs?limit=50&offset=100&sort=-created_at,kind&filter=state:eq:failed&filter=kind:in:backup|snapshot
 
@@ -7,14 +7,12 @@
 (case-insensitive substring); `null` as value of eq/ne matches a missing value. The total
 number of matches, before limit and offset, is in the `X-Total-Count` header.
 
-Works on SQLAlchemy models (the query runs in the database) and on lists of dicts (resources
-assembled in Python), with the same syntax and errors. A resource whose fields are not all plain
-columns names them as SQL expressions (`fields`): a value inside a JSON column, or a VM's live
-state, known outside the database, as a CASE over the few VMs that are not stopped. So filtering,
-sorting and paging stay one query, and a page costs the same whichever page it is.
+A ListQuery runs on SQLAlchemy models in the database (appliance/catalog/paging.py) and on lists
+of dicts (resources assembled in Python: `apply`, here), with the same syntax and errors.
 
-No FastAPI here: the CLI pages its listings with it too (the API's dependency that parses a
-request into a ListQuery is appliance/api/listing.py).
+Neither SQLAlchemy nor FastAPI here: the CLI parses its listings' options with it, and through an
+appliance's API (appliance/cli/remote.py) it needs no database library at all (the API's
+dependency that parses a request into a ListQuery is appliance/api/listing.py).
 """
 from __future__ import annotations
 
@@ -24,19 +22,15 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, Protocol
 
-from sqlalchemy import JSON, ColumnElement, Select, String, TypeDecorator, cast, func, select
-from sqlalchemy.orm import DeclarativeBase, Session
-from sqlalchemy.types import TypeEngine
-
 from appliance.errors import CairnError
 
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
 MAX_INTEGER = 2**63 - 1   # what SQLite and PostgreSQL store
 TOTAL_HEADER = "X-Total-Count"
-_COMPARE: dict[str, Callable[[Any, Any], bool]] = {"eq": operator.eq, "ne": operator.ne, "lt": operator.lt,
-                                                   "le": operator.le, "gt": operator.gt, "ge": operator.ge}
-OPERATORS = (*_COMPARE, "in", "contains")
+COMPARISONS: dict[str, Callable[[Any, Any], bool]] = {"eq": operator.eq, "ne": operator.ne, "lt": operator.lt,
+                                                      "le": operator.le, "gt": operator.gt, "ge": operator.ge}
+OPERATORS = (*COMPARISONS, "in", "contains")
 FILTER_HELP = "field:op:value, repeatable; op: " + ", ".join(OPERATORS)
 
 
@@ -103,39 +97,6 @@ class ListQuery:
         """Whether the query filters or sorts by `field` (a costly field is then worth computing)."""
         return any(f.field == field for f in self.filters) or any(key == field for key, _ in self.sort)
 
-    # -- in the database -------------------------------------------------------------------------
-
-    def run(self, session: Session, model: type[DeclarativeBase], stmt: Select[Any] | None = None,
-            response: HasHeaders | None = None, fields: Mapping[str, ColumnElement[Any]] | None = None
-            ) -> list[Any]:
-        """The page of `model` rows (narrowed by `stmt`, default all); sets the total header.
-        `fields`: what may be filtered and sorted by, by name (default: the table's columns)."""
-        return self.fetch(session, self.statement(model, stmt, fields), response)
-
-    @staticmethod
-    def fetch(session: Session, page: Select[Any], response: HasHeaders | None = None) -> list[Any]:
-        """The rows of a page's statement (from statement()); sets the total header."""
-        if response is not None:
-            response.headers[TOTAL_HEADER] = str(session.scalar(count_of(page)))
-        return list(session.scalars(page))
-
-    def statement(self, model: type[DeclarativeBase], stmt: Select[Any] | None = None,
-                  fields: Mapping[str, ColumnElement[Any]] | None = None) -> Select[Any]:
-        """The page's SELECT (count_of() of it counts every match): what run() executes, and what
-        the benchmarks run bare as the ceiling."""
-        stmt = stmt if stmt is not None else select(model)
-        resource: str = model.__tablename__
-        columns = fields if fields is not None else {c.key: c for c in model.__table__.columns}
-        for f in self.filters:
-            stmt = stmt.where(_sql_condition(_known(columns, f.field, "filter", resource), f))
-        for field, descending in self.sort:
-            column = _known(columns, field, "sort by", resource)
-            if isinstance(column.type, JSON):
-                raise QueryError(f"cannot sort by {field!r}: it holds structured data")
-            stmt = stmt.order_by(column.desc() if descending else column.asc())
-        stmt = stmt.order_by(*model.__table__.primary_key)   # stable pages
-        return stmt.offset(self.offset).limit(self.limit)
-
     # -- in Python -------------------------------------------------------------------------------
 
     def apply(self, items: list[dict[str, Any]], resource: str, response: HasHeaders | None = None
@@ -143,11 +104,11 @@ class ListQuery:
         fields = set().union(*(item.keys() for item in items)) if items else set()
         for f in self.filters:
             if items:
-                _known(fields, f.field, "filter", resource)
+                known_field(fields, f.field, "filter", resource)
             items = [item for item in items if _matches(item.get(f.field), f)]
         for field, descending in reversed(self.sort):   # stable sorts, last key first
             if items:
-                _known(fields, field, "sort by", resource)
+                known_field(fields, field, "sort by", resource)
             try:
                 items = sorted(items, key=_missing_first(field), reverse=descending)
             except TypeError as e:
@@ -157,35 +118,15 @@ class ListQuery:
         return items[self.offset:self.offset + self.limit]
 
 
-def count_of(page: Select[Any]) -> Select[Any]:
-    """How many rows a page's query matches, before its order, offset and limit."""
-    matches = page.order_by(None).limit(None).offset(None)
-    return select(func.count()).select_from(matches.subquery())
-
-
 def _missing_first(field: str) -> Callable[[dict[str, Any]], tuple[bool, Any]]:
     return lambda item: (item.get(field) is not None, item.get(field))
 
 
-def _known(fields: Any, field: str, action: str, resource: str) -> Any:
+def known_field(fields: Any, field: str, action: str, resource: str) -> Any:
+    """`field` of `fields` (a name's column when a mapping), or the error naming the fields there are."""
     if field not in fields:
         raise QueryError(f"cannot {action} {field!r}: {resource} have the fields {', '.join(sorted(fields))}")
     return fields[field] if isinstance(fields, Mapping) else field
-
-
-def _sql_condition(column: Any, f: Filter) -> Any:
-    if isinstance(column.type, JSON):
-        raise QueryError(f"cannot filter {f.field!r}: it holds structured data")
-    sql_type: TypeEngine[Any] = column.type.impl_instance if isinstance(column.type, TypeDecorator) else column.type
-    python_type = sql_type.python_type
-    if f.op == "contains":
-        return cast(column, String).icontains(f.value)
-    if f.op == "in":
-        return column.in_([_convert(v, python_type, f) for v in f.value.split("|")])
-    value = _convert(f.value, python_type, f)
-    if value is None and f.op in ("eq", "ne"):
-        return column.is_(None) if f.op == "eq" else column.is_not(None)
-    return _COMPARE[f.op](column, value)
 
 
 def _matches(actual: Any, f: Filter) -> bool:
@@ -193,14 +134,15 @@ def _matches(actual: Any, f: Filter) -> bool:
         return actual is not None and f.value.lower() in str(actual).lower()
     python_type = type(actual) if actual is not None else str
     if f.op == "in":
-        return actual in [_convert(v, python_type, f) for v in f.value.split("|")]
-    value = _convert(f.value, python_type, f)
+        return actual in [filter_value(v, python_type, f) for v in f.value.split("|")]
+    value = filter_value(f.value, python_type, f)
     if value is None or actual is None:
         return (actual is value) == (f.op == "eq") if f.op in ("eq", "ne") else False
-    return _COMPARE[f.op](actual, value)
+    return COMPARISONS[f.op](actual, value)
 
 
-def _convert(text: str, python_type: type, f: Filter) -> Any:
+def filter_value(text: str, python_type: type, f: Filter) -> Any:
+    """A filter's value as the field's Python type (None for `null`), or the error saying why not."""
     if text == "null":
         return None
     try:

@@ -1,6 +1,7 @@
 """The list query of `cairn ... list`: --filter, --sort, --limit and --offset, as the API's
-?filter=&sort=&limit=&offset= (appliance/catalog/query.py has the syntax), and the line saying a
-listing shows one page of more.
+?filter=&sort=&limit=&offset= (appliance/catalog/query.py has the syntax, and imports no SQLAlchemy:
+a listing through an appliance's API needs no database library), and the line saying a listing
+shows one page of more.
 """
 from __future__ import annotations
 

@@ -37,6 +37,7 @@ from appliance.api.models import (
     VMDetail,
     VMOut,
 )
+from appliance.catalog.query import TOTAL_HEADER
 from appliance.jobs.states import FINISHED_STATES, JobState
 
 from .client import JobProgress, Listing, NewVM, Page, PowerAction
@@ -52,7 +53,6 @@ if TYPE_CHECKING:
     from dedup.stats import StoreStats
 
 API = "/api/v1"
-TOTAL_HEADER = "X-Total-Count"   # appliance/catalog/query.py's, without importing SQLAlchemy
 CONNECT_TIMEOUT = 15.0     # seconds to reach the appliance
 ANSWER_TIMEOUT = 3600.0    # seconds to wait for an answer: a boot test or a graceful stop takes a while
 CHECK_INTERVAL = 0.5       # seconds between looks at a followed job while it waits for its turn

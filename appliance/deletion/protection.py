@@ -15,6 +15,7 @@ from sqlalchemy import ColumnElement, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from appliance.catalog.base import utcnow
+from appliance.catalog.paging import run_query
 from appliance.catalog.query import HasHeaders, ListQuery
 from appliance.errors import ConflictError, NotFoundError
 from appliance.policies.service import Clock
@@ -83,7 +84,7 @@ class DeletionService:
              response: HasHeaders | None = None) -> list[RecycledRecord]:
         """What the recycle bin holds that `query` asks for, among what `where` selects (the caller's)."""
         with self.catalog() as s:
-            return query.run(s, RecycledRecord, select(RecycledRecord).where(where), response=response)
+            return run_query(query, s, RecycledRecord, select(RecycledRecord).where(where), response=response)
 
     def rules(self) -> dict[str, DeletionRule]:
         with self.catalog() as s:

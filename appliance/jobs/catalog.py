@@ -9,6 +9,7 @@ from __future__ import annotations
 from sqlalchemy import ColumnElement, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from appliance.catalog.paging import run_query
 from appliance.catalog.query import HasHeaders, ListQuery
 from appliance.errors import NotFoundError
 
@@ -29,10 +30,10 @@ class JobCatalog:
     def page(self, query: ListQuery, where: ColumnElement[bool], response: HasHeaders | None = None) -> list[JobRecord]:
         """The jobs `query` asks for among those `where` selects (the caller's visible ones)."""
         with self.catalog() as s:
-            return query.run(s, JobRecord, select(JobRecord).where(where), response=response)
+            return run_query(query, s, JobRecord, select(JobRecord).where(where), response=response)
 
     def page_events(self, query: ListQuery, where: ColumnElement[bool],
                     response: HasHeaders | None = None) -> list[EventRecord]:
         """The events `query` asks for among those `where` selects (the caller's visible ones)."""
         with self.catalog() as s:
-            return query.run(s, EventRecord, select(EventRecord).where(where), response=response)
+            return run_query(query, s, EventRecord, select(EventRecord).where(where), response=response)

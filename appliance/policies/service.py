@@ -31,6 +31,7 @@ from appliance.backups.records import last_good_backup
 from appliance.backups.retention import RetentionRules
 from appliance.backups.selection import DiskSelection
 from appliance.catalog.base import utcnow
+from appliance.catalog.paging import run_query
 from appliance.catalog.query import HasHeaders, ListQuery
 from appliance.errors import ConflictError, NotFoundError
 from appliance.jobs.params import SyncParams
@@ -195,7 +196,7 @@ class PolicyService:
 
     def page(self, query: ListQuery, response: HasHeaders | None = None) -> list[PolicyRecord]:
         with self.catalog() as s:
-            return query.run(s, PolicyRecord, response=response)
+            return run_query(query, s, PolicyRecord, response=response)
 
     def delete(self, ref: str) -> PolicyRecord:
         with self.catalog.begin() as s:

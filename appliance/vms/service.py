@@ -25,6 +25,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from appliance.access.seen import ALL, Seen
 from appliance.catalog.base import utcnow
+from appliance.catalog.paging import fetch_page, page_statement
 from appliance.catalog.query import MAX_INTEGER, HasHeaders, ListQuery
 from appliance.errors import CairnError, ConflictError, NotFoundError
 from appliance.names import LABEL
@@ -251,7 +252,7 @@ class VMService:
         live_fields = query.names("state") or query.names("pid")
         with self.catalog() as s:
             active = self._active(s) if live_fields else {}
-            records = query.fetch(s, self.statement(query, active, where), response)
+            records = fetch_page(s, self.statement(query, active, where), response)
             opts = {o.vm_name: o for o in s.scalars(
                 select(VMOptionsRecord).where(VMOptionsRecord.vm_name.in_([r.name for r in records])))}
         if not live_fields:
@@ -264,7 +265,7 @@ class VMService:
                   ) -> Select[Any]:
         """The SELECT of page(), the live states being `active` (_active())."""
         stmt = select(VMRecord) if where is None else select(VMRecord).where(where)
-        return query.statement(VMRecord, stmt, _listed_fields(active))
+        return page_statement(query, VMRecord, stmt, _listed_fields(active))
 
     def _active(self, session: Session) -> dict[str, VMStatus]:
         """Every VM not stopped, by name: this machine's from its driver's index, the others'
