@@ -38,13 +38,13 @@ class RateColumn(ProgressColumn):
 def byte_progress() -> Progress:
     """Bars of bytes: done of total, speed, time left."""
     return Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(binary_units=True), RateColumn(),
-                    TimeRemainingColumn(), console=err, transient=False, disable=not err.is_terminal)
+                    TimeRemainingColumn(), console=err.console, transient=False, disable=not err.is_terminal)
 
 
 def count_progress() -> Progress:
     """Bars of things counted (packs, backups): done of total, time taken."""
     return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    console=err, transient=False, disable=not err.is_terminal)
+                    console=err.console, transient=False, disable=not err.is_terminal)
 
 
 class JobBars:
@@ -54,7 +54,7 @@ class JobBars:
     def __init__(self, kind: str):
         self.kind = kind
         self.progress = Progress(TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(),
-                                 TextColumn("{task.fields[amount]}"), TimeRemainingColumn(), console=err,
+                                 TextColumn("{task.fields[amount]}"), TimeRemainingColumn(), console=err.console,
                                  transient=False, disable=not err.is_terminal)
         self.job = self.progress.add_task(kind, total=1.0, amount="")
         self.disks: dict[str, TaskID] = {}

@@ -5,7 +5,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import typer
-from rich.markup import escape
 
 from appliance.units import human, parse_size
 
@@ -301,6 +300,8 @@ def vm_list(filters: list[str] = FILTER_OPT, sort: str = sort_option("name"), li
 @reports_errors
 def vm_show(name: str, as_json: bool = JsonOpt) -> None:
     """Show a VM's definition, state, disks and network cards."""
+    from rich.markup import escape
+
     view = state.client.vm(name)
     if as_json:
         emit_json(view)
@@ -331,7 +332,7 @@ def _say_hardware(view: VMDetail, as_json: bool) -> None:
     if as_json:
         emit_json(view)
     else:
-        out.print(f"{escape(view.name)}: {view.state}", highlight=False)
+        out.print(f"{view.name}: {view.state}", highlight=False, markup=False)
         _hardware(view)
 
 
