@@ -52,8 +52,8 @@ from appliance.backups.catalog import BackupCatalog
 from appliance.backups.records import BackupRecord
 from appliance.catalog.query import ListQuery
 from appliance.context import Appliance
+from appliance.vms.listing import VMListing
 from appliance.vms.records import VMRecord
-from appliance.vms.service import VMService
 from vmm.rundir import VMState, write_state
 from vmm.spec import DiskSpec, VMSpec
 
@@ -185,7 +185,7 @@ def ceiling_statement(appliance: Appliance, path: str, params: dict[str, Any], w
     query = ListQuery.parse(params.get("limit", 100), params.get("offset", 0), params.get("sort"),
                             params.get("filter", ()))
     if path == "/vms":
-        return VMService.statement(query, appliance.driver.active(), vm_visible(VMRecord.name, who))
+        return VMListing.statement(query, appliance.driver.active(), vm_visible(VMRecord.name, who))
     return BackupCatalog.statement(query, vm_visible(BackupRecord.vm_name, who), params.get("vm"),
                                    params.get("latest", False))
 

@@ -24,15 +24,15 @@ SERVER_SIDE = {"fastapi", "starlette", "uvicorn", "alembic", "mako", "qemu", "pa
 # What each command may not import besides (`--help` reads no catalog; typer's coercion of a
 # command's options is pydantic's; a listing on a named data dir reads no login; the job list
 # reads the catalog, not the engine that runs jobs; the VM list neither the VMs' visibility rule,
-# which needs every domain's tables, nor the hardware changes', jobs', backups' or recycle bin's
-# code), or may import after all (a VM's listing reads its spec and its live state with vmm,
-# which speaks QMP).
+# which needs every domain's tables, nor the VM service that defines, places and networks VMs,
+# nor the hardware changes', jobs', backups' or recycle bin's code), or may import after all (a
+# VM's listing reads its spec and its live state with vmm, which speaks QMP).
 LISTING = {"appliance.cli.login", "appliance.jobs.engine", "appliance.jobs.claims"}
 MORE = {"--help": {"sqlalchemy", "pydantic", "procs", "appliance.context", "appliance.cli.login"},
         "backup": LISTING | {"rich.progress"},
         "job": LISTING | {"appliance.jobs.kinds"},
-        "vm": LISTING | {"appliance.access.visibility", "appliance.vms.hardware", "appliance.jobs.records",
-                         "appliance.backups", "appliance.deletion"}}
+        "vm": LISTING | {"appliance.access.visibility", "appliance.vms.service", "appliance.pools",
+                         "appliance.vms.hardware", "appliance.jobs.records", "appliance.backups", "appliance.deletion"}}
 ALLOWED = {"vm": {"vmm", "qemu"}}
 # Through an appliance's API a listing needs no database library, nor this machine's appliance.
 THROUGH_THE_API = SERVER_SIDE | {"sqlalchemy", "appliance.context", "appliance.catalog.paging", "appliance.cli.local"}

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from appliance.jobs.records import JobRecord
     from appliance.restores.boot_test import BootTestResult
     from appliance.snapshots.service import SnapshotService
-    from appliance.vms.service import VMView
+    from appliance.vms.listing import VMView
 
 
 class Answer(BaseModel):

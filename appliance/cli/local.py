@@ -123,10 +123,14 @@ class LocalClient:
     # -- VMs -------------------------------------------------------------------------------------
 
     def vms(self, listing: Listing) -> Page[VMOut]:
+        """VMs as listing.py lists them, without the VM service (nor its imports) unless a listed
+        VM sits on another host (its placement reaches the hosts)."""
         from appliance.catalog.query import Total
+        from appliance.vms.listing import VMListing
 
         total = Total()
-        views = self.appliance.vms.page(_query(listing), response=total)
+        vms = VMListing(self.appliance.catalog, self.appliance.driver, lambda: self.appliance.vms.placement.pool)
+        views = vms.page(_query(listing), response=total)
         return Page([VMOut.of(v) for v in views], total.count)
 
     def vm(self, name: str) -> VMDetail:

@@ -13,21 +13,20 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
-from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from sqlalchemy import ColumnElement, Integer, Select, String, case, literal, select, type_coerce
+from sqlalchemy import ColumnElement, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from appliance.access.seen import ALL, Seen
 from appliance.catalog.base import utcnow
-from appliance.catalog.paging import fetch_page, page_statement
 from appliance.catalog.query import MAX_INTEGER, HasHeaders, ListQuery
-from appliance.errors import CairnError, ConflictError, NotFoundError
+from appliance.errors import ConflictError, NotFoundError
 from appliance.names import LABEL
 from appliance.pools.networks import NetworkService
 from appliance.pools.service import PoolService
@@ -45,6 +44,7 @@ from vmm.rundir import exclusive
 from vmm.spec import NicSpec, validate_vm_name
 
 from .devices import DISK_NAMES
+from .listing import VMListing, VMView, status_in
 from .placement import VMPlacement
 from .readers import Reader, ReadingVM, find_readers, refusal
 from .records import SchedulingGroupRecord, VMOptionsRecord, VMRecord, VMTagRecord
@@ -71,21 +71,6 @@ class NewFolder(Holding):
 
 
 @dataclass
-class VMView:
-    spec: VMSpec
-    status: VMStatus
-    ha: bool = False
-    linked_to: str | None = None
-    host: str = LOCAL_HOST               # where it runs, or last ran
-    compute_pool: str | None = None      # the hosts placement may choose from (None: here only)
-
-    def to_dict(self) -> dict:
-        return {**self.spec.to_dict(), "state": self.status.state, "pid": self.status.pid,
-                "ha": self.ha, "linked_to": self.linked_to, "host": self.host,
-                "compute_pool": self.compute_pool}
-
-
-@dataclass
 class VMOptions:
     """What create() accepts beyond disks and direct boot (all optional)."""
     image: str | None = None          # library disk image: the first disk is a thin overlay on it
@@ -107,6 +92,7 @@ class VMService:
         self.pools = PoolService(catalog)
         self.networks = NetworkService(settings, catalog, self.pools, driver)
         self.placement = VMPlacement(catalog, self.pools, self.networks, self.groups)
+        self.listing = VMListing(catalog, driver, lambda: self.placement.pool)
 
     # Built when first used: their modules import the jobs' and backups' tables, which
     # a listing of VMs does not need.
@@ -239,50 +225,7 @@ class VMService:
         host = self.placement.host_of(name)
         with self.catalog() as s:
             opts = s.get(VMOptionsRecord, name)
-        return self._view(spec, opts, host, status or self._status_on(host, name))
-
-    def page(self, query: ListQuery, where: ColumnElement[bool] | None = None,
-             response: HasHeaders | None = None) -> list[VMView]:
-        """The VMs `query` asks for, among those `where` selects (the caller's visible ones), by
-        name unless it sorts otherwise: filtered, sorted and paged in the catalog, by any of
-        _listed_fields(). Live states come from each VM's host: this machine's driver's index of
-        the VMs not stopped, each other host asked once."""
-        # Every VM's live state if the query filters or sorts by it, else only the page's (a
-        # status() for each of them marked live: none for most).
-        live_fields = query.names("state") or query.names("pid")
-        with self.catalog() as s:
-            active = self._active(s) if live_fields else {}
-            records = fetch_page(s, self.statement(query, active, where), response)
-            opts = {o.vm_name: o for o in s.scalars(
-                select(VMOptionsRecord).where(VMOptionsRecord.vm_name.in_([r.name for r in records])))}
-        if not live_fields:
-            active = self._active_among({r.name: r.host for r in records})
-        return [self._view(VMSpec.from_dict(r.spec), opts.get(r.name), r.host,
-                           active.get(r.name) or VMStatus(r.name, "stopped", None, None)) for r in records]
-
-    @staticmethod
-    def statement(query: ListQuery, active: dict[str, VMStatus], where: ColumnElement[bool] | None = None
-                  ) -> Select[Any]:
-        """The SELECT of page(), the live states being `active` (_active())."""
-        stmt = select(VMRecord) if where is None else select(VMRecord).where(where)
-        return page_statement(query, VMRecord, stmt, _listed_fields(active))
-
-    def _active(self, session: Session) -> dict[str, VMStatus]:
-        """Every VM not stopped, by name: this machine's from its driver's index, the others'
-        as their hosts say."""
-        elsewhere = {name: host for name, host in session.execute(
-            select(VMRecord.name, VMRecord.host).where(VMRecord.host != LOCAL_HOST))}
-        return {**self.driver.active(), **self._active_among(elsewhere, local=False)}
-
-    def _active_among(self, hosts: dict[str, str], local: bool = True) -> dict[str, VMStatus]:
-        """The VMs of `hosts` (VM -> its host) not stopped, by name: each host asked once, and
-        those of a host that does not answer "unknown". `local=False`: skip this machine's."""
-        marked = self.driver.marked_live() if local else set()
-        found = {name: self.driver.status(name) for name, host in hosts.items() if host == LOCAL_HOST and name in marked}
-        for host in {h for h in hosts.values() if h != LOCAL_HOST}:
-            statuses = self._statuses_on(host)
-            found |= {name: _status_in(statuses, name) for name, on in hosts.items() if on == host}
-        return found
+        return VMView.of(spec, opts, host, status or self._status_on(host, name))
 
     def status(self, name: str) -> VMStatus:
         """The VM's state where it runs or last ran: "unknown" if that host does not answer."""
@@ -291,20 +234,12 @@ class VMService:
     def _status_on(self, host: str, name: str) -> VMStatus:
         if host == LOCAL_HOST:
             return self.driver.status(name)
-        return _status_in(self._statuses_on(host), name)
+        return status_in(self.listing.statuses_on(host), name)
 
-    def _statuses_on(self, host: str) -> dict[str, VMStatus] | None:
-        """What `host` runs (any VM not in it is stopped), or None if it does not answer (or is
-        no longer registered)."""
-        try:
-            return self.placement.pool.statuses(host)
-        except CairnError:
-            return None
-
-    @staticmethod
-    def _view(spec: VMSpec, opts: VMOptionsRecord | None, host: str, status: VMStatus) -> VMView:
-        return VMView(spec, status, ha=bool(opts and opts.ha_enabled), linked_to=opts.linked_to if opts else None,
-                      host=host, compute_pool=opts.compute_pool if opts else None)
+    def page(self, query: ListQuery, where: ColumnElement[bool] | None = None,
+             response: HasHeaders | None = None) -> list[VMView]:
+        """The VMs `query` asks for, among those `where` selects: listing.py's page()."""
+        return self.listing.page(query, where, response)
 
     def resize(self, name: str, vcpus: int | None = None, memory_mib: int | None = None) -> VMSpec:
         """New CPU count and memory size, for a stopped VM (they apply at its next start)."""
@@ -756,24 +691,6 @@ class VMService:
         return self.page(ListQuery(limit=MAX_INTEGER))
 
 
-def _listed_fields(active: dict[str, VMStatus]) -> dict[str, ColumnElement[Any]]:
-    """What a VM listing filters and sorts by, as SQL: its definition's numbers, read from the
-    spec's JSON, and its live state and pid, known outside the catalog: a CASE of one branch per
-    value (`name IN (...)`, the VMs not stopped: few, whatever the number of VMs)."""
-    def live(value: Callable[[VMStatus], Any], otherwise: Any, sql_type: Any) -> ColumnElement[Any]:
-        names: dict[Any, list[str]] = {}
-        for name, status in active.items():
-            names.setdefault(value(status), []).append(name)
-        if not names:
-            return literal(otherwise, sql_type)
-        return type_coerce(case(*((VMRecord.name.in_(these), literal(v, sql_type)) for v, these in names.items()),
-                                else_=literal(otherwise, sql_type)), sql_type)
-    return {"name": VMRecord.name, "state": live(lambda st: st.state, "stopped", String()),
-            "pid": live(lambda st: st.pid, None, Integer()),
-            "vcpus": VMRecord.spec["vcpus"].as_integer(), "memory_mib": VMRecord.spec["memory_mib"].as_integer(),
-            "disks": VMRecord.spec["disks"]}
-
-
 def _on(host: str) -> str:
     return "" if host == LOCAL_HOST else f" on host {host}"
 
@@ -781,13 +698,6 @@ def _on(host: str) -> str:
 def _silent(name: str, host: str) -> ConflictError:
     return ConflictError(f"host {host} does not answer, so VM {name} may still run there: it stays as it is "
                          "until the host answers again (HA restarts an HA VM elsewhere once it is fenced)")
-
-
-def _status_in(statuses: dict[str, VMStatus] | None, name: str) -> VMStatus:
-    """A VM's state among what its host runs (None: the host did not answer)."""
-    if statuses is None:
-        return VMStatus(name, "unknown", None, None)
-    return statuses.get(name) or VMStatus(name, "stopped", None, None)
 
 
 def _tops(spec: VMSpec, layers: list[tuple[str, str]]) -> list[tuple[str, str]]:
@@ -812,4 +722,4 @@ def _recycled_layers(payload: dict[str, Any]) -> list[tuple[str, str]]:
             for n in VMTree.from_dict(row["tree"]).nodes.values()]
 
 
-__all__ = ["VMOptions", "VMService", "VMView"]
+__all__ = ["VMOptions", "VMService"]
