@@ -22,8 +22,8 @@ from appliance.vms.records import VMRecord
 from appliance.vms.service import VMOptions
 from restore import parse_destination, restore_disk
 from restore.whole_vm import restore_vm_to_rbd
-from vmm.errors import VMSpecError, VMStartError
 from vmm import network_disks
+from vmm.errors import VMSpecError, VMStartError
 from vmm.network_disks import network_disk
 
 VM = "onrbd"
