@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 # message says why), ends the command with status 1.
 EXIT_CODES: dict[str, int] = {
     "ValueError": 2, "ValidationError": 2,            # the command line (or a request made of it) is not valid
+    "QueryError": 2,                                  # --filter or --sort names no field, or bad syntax
     "UnauthorizedError": 4, "NotSignedInError": 4,    # no token, or one that expired or was revoked
     "ForbiddenError": 5,                              # signed in, but the user's role does not allow it
     "UnreachableError": 6,                            # the appliance did not answer
