@@ -20,6 +20,8 @@ to null:, zstd of the data's blocks on all cores at the store's level, writing a
 Cairn's stored bytes to the store's disk. Cairn's CLI start-up (being fixed separately) is
 printed on its own: the Cairn figures are its data path, in process.
 
+Every timed step starts after a sync: what the step before wrote (the image's copy, another
+tool's repository) is not written back inside the next tool's time.
 The machine is shared: the load average is printed with the results.
 Run: `make bench` (or .venv/bin/python bench/peers.py [--keep DIR] [--skip-live] [--skip-raw]).
 """
@@ -75,7 +77,10 @@ def _cpu() -> float:
 
 
 def timed(work: Callable[[], object]) -> tuple[float, float, object]:
-    """(seconds, CPU seconds, result) of work()."""
+    """(seconds, CPU seconds, result) of work(), begun with nothing left to write back: what the
+    step before wrote (a copy of the image, another tool's repository) is flushed first, so that
+    no tool's time pays for another's writes."""
+    os.sync()
     cpu, started = _cpu(), time.perf_counter()
     result = work()
     return time.perf_counter() - started, _cpu() - cpu, result
