@@ -48,7 +48,7 @@ MB = 1_000_000
 MiB = 1 << 20
 GiB = 1 << 30
 TiB = 1 << 40
-BLOCK_SIZES = (256 << 10, MiB, 4 * MiB)
+BLOCK_SIZES = (256 << 10, MiB, 2 * MiB, 4 * MiB)
 LEVELS = (1, 3)
 INDEX_BYTES_PER_BLOCK = 200
 

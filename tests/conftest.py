@@ -171,7 +171,7 @@ def _kill_servers_under(data_dir: Path) -> None:
 
 @pytest.fixture
 def appliance(appliance_data_dir: Path) -> Appliance:
-    """An appliance whose store has small chunks, so tests can count the chunks a backup reads."""
+    """An appliance on a store of its own, made with the default block and pack sizes."""
     Store.init(appliance_data_dir / "store")
     return Appliance.open(str(appliance_data_dir))
 
