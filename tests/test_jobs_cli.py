@@ -61,7 +61,7 @@ def test_job_commands(cairn, appliance: Appliance):
     assert "no job was left behind" in cairn("job", "recover").stdout
     assert "already succeeded" in cairn("job", "cancel", job.id, code=1).stderr
     assert "no job nope" in cairn("job", "show", "nope", code=1).stderr
-    assert "cannot filter 'colour'" in cairn("job", "list", "--filter", "colour:eq:red", code=1).stderr
+    assert "cannot filter 'colour'" in cairn("job", "list", "--filter", "colour:eq:red", code=2).stderr
 
 
 def test_a_command_runs_its_work_as_a_job_and_ctrl_c_cancels_it(cairn, appliance: Appliance):
