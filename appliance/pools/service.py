@@ -358,7 +358,10 @@ class PoolService:
         raise ConflictError(f"address pool {pool}: too many concurrent allocations, try again")
 
     def _allocate(self, s: Session, pool: str, owner: str, nic: str | None, mac: str | None) -> Lease:
-        spec = _address_pool(self._get(s, AddressPoolRecord, "address", pool))
+        # The pool's row locked (PostgreSQL; SQLite's writers are serialized already): allocations
+        # from one pool queue instead of all reading the same lowest free address, where one wins
+        # and the others retry, and a writer unlucky enough ran out of attempts.
+        spec = _address_pool(self._get(s, AddressPoolRecord, "address", pool, for_update=True))
         taken = {IPv4Address(lease.address) for lease in self._leases(s, pool)}
         address = next((a for a in spec.candidates() if a not in taken), None)
         if address is None:
@@ -396,8 +399,8 @@ class PoolService:
     # -- shared -------------------------------------------------------------------------------
 
     @staticmethod
-    def _get(s: Session, record: type[Any], kind: str, name: str) -> Any:
-        if (row := s.get(record, name)) is None:
+    def _get(s: Session, record: type[Any], kind: str, name: str, for_update: bool = False) -> Any:
+        if (row := s.get(record, name, with_for_update=for_update)) is None:
             raise NotFoundError(f"no {kind} pool named {name}")
         return row
 
