@@ -102,6 +102,12 @@ class Settings:
         return self.data_dir / "tls"
 
     @property
+    def api_socket(self) -> Path:
+        """Where `cairn serve` also serves its API, to this machine's administrator only
+        (appliance/server/local_socket.py): the local CLI reads through it when it answers."""
+        return self.data_dir / "api.sock"
+
+    @property
     def secret_key_file(self) -> Path:
         """The key that seals secrets at rest: whoever has the data dir has it, a catalog dump alone does not."""
         return self.data_dir / "secret.key"

@@ -4,6 +4,8 @@ roles.required_role),
 which the request gate applies before a request's body is read (appliance/request_gate.py)."""
 from __future__ import annotations
 
+import os
+import pwd
 from datetime import datetime, timedelta
 from typing import Annotated
 
@@ -13,7 +15,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from appliance.access.auth import Principal
 from appliance.access.records import AccessKeyRecord
-from appliance.access.roles import required_role, the_rule
+from appliance.access.roles import READ_METHODS, Role, required_role, the_rule
 from appliance.access.throttle import TooManyAttemptsError
 from appliance.context import Appliance
 from appliance.errors import CairnError, ConflictError, ForbiddenError, NotFoundError, UnauthorizedError
@@ -50,8 +52,36 @@ def authenticate(appliance: Appliance, method: str, path: str, authorization: st
     return appliance.auth.authenticate(token.strip())
 
 
+# The key of a request's scope state under which the local socket's listener puts the uid of
+# the process at the other end of the connection, as the kernel gave it (server/local_socket.py):
+# a request over TCP never has it, and no header can set it.
+SOCKET_PEER_UID = "cairn.socket_peer_uid"
+SOCKET_CREDENTIAL = "local socket"   # the credential of the principal a socket request is
+
+
+def socket_caller(uid: int) -> Principal:
+    """Who a request through the local socket is: this machine's administrator, as the local
+    CLI is (an admin with no account: it sees everything), when the process that connected runs
+    as root or as the user `cairn serve` runs as; any other uid is refused, whatever the
+    socket file's mode lets through."""
+    served_as = os.getuid()
+    if uid not in (0, served_as):
+        raise ForbiddenError(f"the appliance's local socket serves root and the user it runs as (uid {served_as}), "
+                             f"not uid {uid}: use its HTTPS API with an access key (cairn login)")
+    try:
+        name = pwd.getpwuid(uid).pw_name
+    except KeyError:
+        name = f"uid {uid}"
+    return Principal(0, name, Role.ADMIN, SOCKET_CREDENTIAL)   # user ids start at 1: no account's
+
+
 def authorize(principal: Principal, method: str, path: str) -> None:
-    """ForbiddenError unless the principal's role may make this request (roles.required_role)."""
+    """ForbiddenError unless the principal's role may make this request (roles.required_role).
+    Through the local socket, reads only: the local CLI makes its changes in its own process,
+    and a principal with no account owns no token and stands for no one in the audit log."""
+    if principal.credential == SOCKET_CREDENTIAL and method not in READ_METHODS:
+        raise ForbiddenError(f"the appliance's local socket answers reads only, not {method} {path}: "
+                             "`cairn` makes changes in its own process")
     needed = required_role(method, path)
     if needed is not None and not principal.role.allows(needed):
         raise ForbiddenError(f"{principal.name} is a {principal.role.value}: {method} {path} needs an {needed.value}")

@@ -5,9 +5,10 @@ FastAPI reads and parses a request's body before any dependency runs, so authent
 dependency comes too late: an anonymous 200 MiB request would be read, and parsed, first. The
 gate is plain ASGI in front of the app (inside the audit log, which records what it refuses):
   - who calls and whether their role allows the request (api_auth.authenticate and authorize,
-    roles.py), from the headers alone: a request that may not be made is answered 401 or 403
-    with none of its body read; the caller is left in request.state.principal for the routes,
-    the visibility guard and the audit log;
+    roles.py), from the headers alone (through the local socket, from the kernel: socket_caller):
+    a request that may not be made is answered 401 or 403 with none of its body read; the
+    caller is left in request.state.principal for the routes, the visibility guard and the
+    audit log;
   - a request body holds at most MAX_BODY bytes: 413 from its announced Content-Length, or as
     soon as more arrives; the app gets the body only once it is whole;
   - an image upload (UPLOADS) streams to disk through its route, up to the appliance's
@@ -22,11 +23,12 @@ from typing import Any
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from appliance.access.auth import Principal
 from appliance.errors import CairnError, UnauthorizedError
 from appliance.units import human
 
 from .answers import BodyTooLargeError, error_body
-from .auth import authenticate, authorize
+from .auth import SOCKET_PEER_UID, authenticate, authorize, socket_caller
 
 API_PREFIX = "/api/v1/"
 # What the gate guards: the API, and the metrics (they name VMs); the console's static files are public.
@@ -54,8 +56,11 @@ class RequestGate:
         limit = self.appliance.settings.max_upload if upload else MAX_BODY
         try:
             headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-            principal = await run_in_threadpool(authenticate, self.appliance, scope["method"], scope["path"],
-                                                headers.get("authorization"))
+            if (peer_uid := state.get(SOCKET_PEER_UID)) is not None:   # the local socket: the kernel says who
+                principal: Principal | None = socket_caller(peer_uid)
+            else:
+                principal = await run_in_threadpool(authenticate, self.appliance, scope["method"], scope["path"],
+                                                    headers.get("authorization"))
             if principal is not None:
                 state["principal"] = principal   # also for the audit line of a refusal
                 authorize(principal, scope["method"], scope["path"])

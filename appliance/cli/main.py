@@ -7,10 +7,12 @@ A command works on this machine's appliance (its data dir, in this process), or 
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from importlib import import_module
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from typer import _click as click  # typer carries its own click; its groups speak only that one's types
@@ -18,7 +20,12 @@ from typer.core import TyperGroup
 
 from appliance.settings import UMASK
 
-from .common import err, reports_errors, state
+from .common import CliError, err, reports_errors, state
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+
+    from appliance.server.local_socket import LocalSocketServer
 
 # name: (module, its Typer app, the one-line help `cairn --help` shows without importing it)
 GROUPS: dict[str, tuple[str, str, str]] = {
@@ -131,11 +138,16 @@ def serve(host: str = typer.Option("127.0.0.1", help="Address to listen on."),
           ) -> None:
     """Run the appliance's web API over HTTPS (a self-signed certificate kept in <data dir>/tls/ by default).
 
+    It serves the same API on <data dir>/api.sock (mode 0600) to root and the user it runs as:
+    `cairn` listings on this machine read through it instead of opening the catalog.
+
     On the first start, with no user yet, creates user `admin` with a random password written
     to <data dir>/initial-admin-password."""
     import uvicorn
+    from uvicorn.config import STARTUP_FAILURE
 
     from appliance.server.app import server_app
+    from appliance.server.local_socket import ApplianceServer
     from appliance.server.logs import log_config
     from appliance.server.tls import TlsFiles, self_signed
 
@@ -161,9 +173,32 @@ def serve(host: str = typer.Option("127.0.0.1", help="Address to listen on."),
                   soft_wrap=True)
     # The client address counts sign-in attempts and goes in the audit log: it comes from a
     # forwarded header only when a proxy the admin named sent it (uvicorn would trust loopback).
-    uvicorn.run(api, host=host, port=port, log_level="info", log_config=log_config(),
-                proxy_headers=bool(trusted_proxy), forwarded_allow_ips=trusted_proxy or None,
-                ssl_certfile=str(tls.cert) if tls else None, ssl_keyfile=str(tls.key) if tls else None)
+    config = uvicorn.Config(api, host=host, port=port, log_level="info", log_config=log_config(),
+                            proxy_headers=bool(trusted_proxy), forwarded_allow_ips=trusted_proxy or None,
+                            ssl_certfile=str(tls.cert) if tls else None, ssl_keyfile=str(tls.key) if tls else None)
+    server = ApplianceServer(config, _local_socket(api, a.settings.api_socket))
+    with contextlib.suppress(KeyboardInterrupt):   # Ctrl-C: stopped as asked
+        server.run()
+    if not server.started:
+        raise typer.Exit(STARTUP_FAILURE)
+
+
+def _local_socket(api: FastAPI, path: Path) -> LocalSocketServer | None:
+    """The API on the data dir's socket too, for this machine's administrator; None, said, when
+    another node's `cairn serve` on this data dir answers there."""
+    from appliance.server.local_socket import LocalSocketServer, bind_local_socket
+
+    try:
+        bound = bind_local_socket(path)
+    except OSError as e:
+        raise CliError(f"cannot serve the local socket {path}: {e.strerror or e}") from None
+    if bound is None:
+        err.print(f"note: another cairn serve answers on {path}: this one serves its HTTPS API only",
+                  highlight=False, soft_wrap=True)
+        return None
+    err.print(f"local socket {path}, for root and this user: `cairn` on this machine reads through it",
+              highlight=False, soft_wrap=True)
+    return LocalSocketServer(api, path, bound)
 
 
 def _shown_host(host: str) -> str:
