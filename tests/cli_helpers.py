@@ -1,15 +1,16 @@
 """`cairn` run as a user runs it, here or signed in to a `cairn serve` on loopback: the helpers
 of the tests that drive the CLI on both sides (test_cli_remote, test_vm_hardware_cli,
-test_backup_protection)."""
+test_backup_protection, test_cli_local_socket), and what a command imports (test_startup)."""
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+import re
 import ssl
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,25 @@ from appliance.access.roles import Role
 from dedup import Store
 
 CAIRN = str(Path(sys.executable).with_name("cairn"))
+# The web stack, migrations, QEMU, the store's codecs and transports, remote access, the scheduler.
+SERVER_SIDE = {"fastapi", "starlette", "uvicorn", "alembic", "mako", "qemu", "paramiko", "zstandard", "blake3",
+               "cryptography", "psycopg", "libvirt", "croniter", "prometheus_client", "dedup", "transports",
+               "restore", "chain", "vmm"}
+
+# Through an appliance's API a listing needs no database library, nor this machine's appliance.
+THROUGH_THE_API = SERVER_SIDE | {"sqlalchemy", "appliance.context", "appliance.catalog.paging", "appliance.cli.local"}
+
+
+def imported(argv: list[str], env: dict[str, str]) -> set[str]:
+    """Every module the command imports (python -X importtime lists each once)."""
+    trace = subprocess.run([sys.executable, "-X", "importtime", "-m", "appliance.cli", *argv], env=env,
+                           capture_output=True, text=True, check=True).stderr
+    return set(re.findall(r"^import time:\s+\d+ \|\s+\d+ \| +(\S+)$", trace, re.MULTILINE))
+
+
+def among(modules: set[str], packages: Iterable[str]) -> list[str]:
+    """The modules that are (or are in) one of the packages."""
+    return sorted(m for m in modules if any(m == p or m.startswith(f"{p}.") for p in packages))
 
 
 @dataclass(frozen=True)

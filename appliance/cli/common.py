@@ -105,6 +105,14 @@ class State:
             from .remote import RemoteClient
 
             return RemoteClient.signed_in(self.url)
+        from appliance.settings import Settings
+
+        from .machine import MachineClient
+
+        settings = Settings.resolve(self.data_dir)
+        return MachineClient(settings.data_dir, settings.api_socket, self._in_process)
+
+    def _in_process(self) -> Client:
         from .local import LocalClient
 
         return LocalClient(self.local)

@@ -7,6 +7,10 @@ self-signed certificate such as the one `cairn serve` makes). A pinned certifica
 before anything is sent on the connection. An error answer's body, {"error": {"code",
 "message"}}, becomes an `ApiError` whose code picks the exit status (common.EXIT_CODES).
 
+On the appliance's own host, the running appliance's local socket serves the same requests
+(`LocalSocket`: plain HTTP, no key; the kernel tells the appliance who connects): the local
+CLI's reads go there (machine.py).
+
 A job is submitted with POST /api/v1/jobs, the route every client uses, and followed on its
 event stream (GET /api/v1/events/stream?job=ID, server-sent events) read on a thread of its own.
 """
@@ -54,6 +58,7 @@ if TYPE_CHECKING:
 
 API = "/api/v1"
 CONNECT_TIMEOUT = 15.0     # seconds to reach the appliance
+SOCKET_CONNECT_TIMEOUT = 1.0   # seconds to connect to the local socket: a live appliance takes it at once
 ANSWER_TIMEOUT = 3600.0    # seconds to wait for an answer: a boot test or a graceful stop takes a while
 CHECK_INTERVAL = 0.5       # seconds between looks at a followed job while it waits for its turn
 UPLOAD_BLOCK = 1 << 20
@@ -139,6 +144,46 @@ class Endpoint:
             raise UnreachableError(f"cannot reach the appliance at {self.url}: {e.strerror or e}") from None
 
 
+    @property
+    def prefix(self) -> str:
+        """The path the appliance's API is under (behind a proxy, maybe not the root)."""
+        return urlsplit(self.url).path
+
+
+@dataclass(frozen=True)
+class LocalSocket:
+    """The running appliance's local socket on this machine (appliance/server/local_socket.py):
+    plain HTTP and no access key; the appliance asks the kernel who connects."""
+    path: Path
+    prefix = ""
+
+    @property
+    def url(self) -> str:
+        return f"unix:{self.path}"
+
+    def connect(self) -> http.client.HTTPConnection:
+        conn = _UnixHTTPConnection(self.path)
+        try:
+            conn.connect()
+        except OSError as e:
+            conn.close()
+            raise UnreachableError(f"the appliance's local socket {self.path} does not answer: {e.strerror or e}") from None
+        assert conn.sock is not None
+        conn.sock.settimeout(ANSWER_TIMEOUT)
+        return conn
+
+
+class _UnixHTTPConnection(http.client.HTTPConnection):
+    def __init__(self, path: Path):
+        super().__init__("localhost", timeout=SOCKET_CONNECT_TIMEOUT)
+        self.socket_path = path
+
+    def connect(self) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(self.timeout)
+        self.sock.connect(str(self.socket_path))
+
+
 def _unverified() -> ssl.SSLContext:
     """TLS whose certificate is checked by the caller (against a pinned fingerprint), not by a CA."""
     context = ssl.create_default_context()
@@ -170,7 +215,7 @@ class _PinnedHTTPS(http.client.HTTPSConnection):
 
 
 class RemoteClient:
-    def __init__(self, endpoint: Endpoint, token: str, token_source: str):
+    def __init__(self, endpoint: Endpoint | LocalSocket, token: str, token_source: str):
         self.endpoint = endpoint
         self.where = endpoint.url
         self.token = token
@@ -220,7 +265,7 @@ class RemoteClient:
                 query: dict[str, Any] | None = None) -> tuple[http.client.HTTPResponse, http.client.HTTPConnection]:
         """Send a request and return its answer (status 2xx) still to be read, with its connection."""
         wanted = {k: v for k, v in (query or {}).items() if v is not None}
-        target = f"{urlsplit(self.endpoint.url).path}{API}{path}" + (f"?{urlencode(wanted, doseq=True)}" if wanted else "")
+        target = f"{self.endpoint.prefix}{API}{path}" + (f"?{urlencode(wanted, doseq=True)}" if wanted else "")
         headers = {"Accept": "application/json"}
         if self.token:   # none only to sign in
             headers["Authorization"] = f"Bearer {self.token}"
@@ -377,7 +422,7 @@ class RemoteClient:
     def import_image(self, name: str, file: Path, kind: str | None,
                      progress: Callable[[int], None]) -> dict[str, Any]:
         """Uploaded as the body of PUT /images/NAME, a block at a time."""
-        target = f"{urlsplit(self.endpoint.url).path}{API}/images/{quote(name)}" + (f"?kind={kind}" if kind else "")
+        target = f"{self.endpoint.prefix}{API}/images/{quote(name)}" + (f"?kind={kind}" if kind else "")
         conn = self.endpoint.connect()
         try:
             conn.putrequest("PUT", target)
