@@ -4,7 +4,8 @@ Two implementations meet it: `LocalClient` (local.py) calls this machine's servi
 engine in this process; `RemoteClient` (remote.py) calls an appliance's API over HTTPS. Both
 return the models the API answers with (appliance/api/models.py), so a command is written once,
 renders once, and prints the same `--json` either way. `state.client` (common.py) is the one
-the root command chose (--url, $CAIRN_URL, `cairn login`).
+the root command chose (--url, $CAIRN_URL, `cairn login`), or for this machine `MachineClient`
+(machine.py): reads through the running appliance's local socket, the rest in-process.
 
 Long operations are jobs: `run` submits one and follows it to its end, the same way for every
 kind (the CLI's follow.py draws its progress and handles Ctrl-C on top of it).
