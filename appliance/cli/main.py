@@ -193,7 +193,7 @@ def _local_socket(api: FastAPI, path: Path) -> LocalSocketServer | None:
     except OSError as e:
         raise CliError(f"cannot serve the local socket {path}: {e.strerror or e}") from None
     if bound is None:
-        err.print(f"note: another cairn serve answers on {path}: this one serves its HTTPS API only",
+        err.print(f"note: another cairn serve answers on {path}: this one serves only on its port",
                   highlight=False, soft_wrap=True)
         return None
     err.print(f"local socket {path}, for root and this user: `cairn` on this machine reads through it",
