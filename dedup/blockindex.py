@@ -26,7 +26,7 @@ Index file layout, integers little-endian:
 In memory the index maps a block id to one record (a block stored twice, e.g. by two
 backups racing or by an interrupted repack, is found at either place), and keeps every
 pack's records for GC, verify and stats. About 200 bytes per block: 1 TiB of unique data
-in 1 MiB blocks is about 1M blocks, 200 MB.
+in 2 MiB blocks is about 512 K blocks, 100 MB.
 """
 
 from __future__ import annotations

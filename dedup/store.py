@@ -76,7 +76,7 @@ from .packs import PACKS_DIR
 from .writer import BackupSession
 
 # Chosen by measurement (bench/store.py, docs/store-format.md): see there for the numbers.
-DEFAULT_BLOCK_SIZE = 1 << 20
+DEFAULT_BLOCK_SIZE = 2 << 20
 DEFAULT_PACK_SIZE = 64 << 20
 DEFAULT_ZSTD_LEVEL = 3
 BACKUPS_DIR = "backups"

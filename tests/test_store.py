@@ -58,9 +58,9 @@ def test_init_writes_config_and_open_reads_it(tmp_path):
     assert reopened.config == store.config
 
 
-def test_init_defaults_to_1_mib_blocks_in_64_mib_packs(tmp_path):
+def test_init_defaults_to_2_mib_blocks_in_64_mib_packs(tmp_path):
     store = Store.init(tmp_path)
-    assert (store.config.block_size, store.config.pack_size, store.config.zstd_level) == (MiB, 64 * MiB, 3)
+    assert (store.config.block_size, store.config.pack_size, store.config.zstd_level) == (2 * MiB, 64 * MiB, 3)
 
 
 @pytest.mark.parametrize(("block_size", "pack_size"), [(3 * 65536, PACK), (8 << 10, PACK), (32 * MiB, 64 * MiB),
