@@ -24,6 +24,7 @@ from web_helpers import console_server
 from appliance.cli.client import Client
 from appliance.cli.machine import READS
 from appliance.cli.remote import ApiError, LocalSocket, RemoteClient
+from appliance.server.local_socket import bind_local_socket
 from dedup import Store
 
 LISTINGS = (("backup", "list", "--json"), ("vm", "list", "--json"), ("job", "list", "--json"),
@@ -58,6 +59,23 @@ def refused(path: Path) -> bool:
 
 def test_every_read_the_socket_answers_is_a_client_query():
     assert READS - {name for name in dir(Client) if not name.startswith("_")} == set()
+
+
+def test_a_live_socket_is_kept_and_a_dead_one_replaced(tmp_path: Path):
+    """Another node's `cairn serve` on the data dir keeps its socket; a killed one's file is replaced."""
+    path = tmp_path / "api.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as other:
+        other.bind(str(path))
+        other.listen()
+        assert bind_local_socket(path) is None
+        assert peer_pid(path) == os.getpid(), "still the other one's"
+    assert path.exists() and refused(path)   # what a killed server leaves
+    bound = bind_local_socket(path)
+    assert bound is not None
+    with bound:
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+        bound.listen()
+        assert not refused(path)
 
 
 @pytest.mark.slow
