@@ -143,7 +143,6 @@ class Endpoint:
         except OSError as e:
             raise UnreachableError(f"cannot reach the appliance at {self.url}: {e.strerror or e}") from None
 
-
     @property
     def prefix(self) -> str:
         """The path the appliance's API is under (behind a proxy, maybe not the root)."""
