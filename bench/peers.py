@@ -24,7 +24,7 @@ Every timed step starts after a sync: what the step before wrote (the image's co
 tool's repository) is not written back inside the next tool's time. Each tool's repository and
 restored disk are deleted once measured and checked, so every tool starts with about the same
 free memory: kept, they filled the page cache until the last tool (Cairn's raw image part) ran
-with ~1.5 GiB free and took 3.3-3.5 s and 5.7-5.8 CPU s for what takes 2.4 s and 4.2 with more.
+with ~1.5 GiB free and took 3.1-3.8 s and 5.3-6.2 CPU s for what takes 2.4 s and 4.2 with more.
 The machine is shared: the load average is printed with the results.
 Run: `make bench` (or .venv/bin/python bench/peers.py [--keep DIR] [--skip-live] [--skip-raw]).
 """
