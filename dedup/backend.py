@@ -7,7 +7,7 @@ written against it, so a backend only has to provide:
 
 - atomic whole-file writes: a reader sees the old file, the new one or
   none, never a part (temporary sibling `.<name>.<hex>.tmp`, then rename);
-  a pack is one such file, streamed;
+  a pack is one such file, streamed in 8 MiB pieces;
 - ranged reads: a restore reads the blocks it needs out of 64 MiB packs;
 - mtimes from one clock, and touch (set the mtime to that clock's now):
   GC's safety rests on comparing them (see gc.py);
@@ -41,7 +41,7 @@ class Entry:
 class NewFile(Protocol):
     """What an atomic writer hands out: bytes are appended, nothing is read back or sought."""
 
-    def write(self, data: bytes, /) -> int:
+    def write(self, data: bytes | bytearray | memoryview, /) -> int:
         """Append data; returns its length."""
 
 

@@ -12,11 +12,10 @@ import shutil
 import stat
 from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import BinaryIO
 
 from .backend import Backend, Entry
 from .errors import StoreError
-from .fsutil import atomic_file, fsync_dir, mkdir_durable
+from .fsutil import AppendFile, atomic_file, fsync_dir, mkdir_durable
 from .locks import FileLock, create_locked
 
 
@@ -46,7 +45,7 @@ class LocalBackend:
         finally:
             os.close(fd)
 
-    def atomic_writer(self, name: str) -> AbstractContextManager[BinaryIO]:
+    def atomic_writer(self, name: str) -> AbstractContextManager[AppendFile]:
         return atomic_file(self.root / name)
 
     def make_dir(self, name: str) -> None:

@@ -27,12 +27,15 @@ end; the per-record headers let a damaged or truncated pack be read up to the da
 blocks inside it that are actually lost are lost (scan_records).
 
 PackWriter fills one pack at a time from many threads: appending a record is a short critical
-section, and a full pack is closed (trailer, fsync, rename) on a closer thread while the next
-one fills, so the writer's workers never wait for an fsync.
+section (a copy into the pack's current 8 MiB segment), and a closer thread writes each full
+segment and closes a full pack (trailer, fsync, rename) while the next one fills, so the
+writer's workers never wait for the disk. Gathering the bytes in page-aligned segments lets a
+local store write them around the page cache (fsutil.py says why).
 """
 
 from __future__ import annotations
 
+import mmap
 import re
 import secrets
 import struct
@@ -61,6 +64,12 @@ DATA = 0
 PAGE = 1
 KINDS = (DATA, PAGE)
 PackKind = Literal[0, 1]
+# A pack is gathered and written in pieces of SEGMENT bytes (page-aligned, so a local store
+# writes them with direct I/O, fsutil.py); SEGMENTS_IN_FLIGHT full ones may wait for the closer
+# thread, and KEPT_SEGMENTS idle ones are kept for the next pack.
+SEGMENT = 8 << 20
+SEGMENTS_IN_FLIGHT = 4
+KEPT_SEGMENTS = 16
 
 _PACK_NAME = re.compile("[0-9a-f]{32}")
 
@@ -167,39 +176,107 @@ class ClosedPack:
     records: tuple[PackRecord, ...]
 
 
+class _Segments:
+    """Page-aligned SEGMENT-sized buffers, kept for reuse (at most KEPT_SEGMENTS idle): a pack's
+    bytes are gathered in them, so the pack is written in large aligned pieces (direct I/O on a
+    local store), and memory once touched is used again rather than faulted in anew."""
+
+    def __init__(self) -> None:
+        self._idle: list[mmap.mmap] = []
+        self._lock = threading.Lock()
+
+    def take(self) -> mmap.mmap:
+        with self._lock:
+            if self._idle:
+                return self._idle.pop()
+        return mmap.mmap(-1, SEGMENT)
+
+    def give(self, segment: mmap.mmap) -> None:
+        with self._lock:
+            if len(self._idle) < KEPT_SEGMENTS:
+                segment.seek(0)
+                self._idle.append(segment)
+                return
+        segment.close()
+
+
+_SEGMENTS = _Segments()
+
+
 class _OpenPack:
+    """A pack being filled: its bytes gather in segments; each full one is handed back by
+    append() for the closer thread to write, the rest is written by close()."""
+
     def __init__(self, backend: Backend, name: str) -> None:
         self.name = name
         backend.make_dir(pack_file(name).rsplit("/", 1)[0])
         self.writer: AbstractContextManager[NewFile] = backend.atomic_writer(pack_file(name))
         self.file = self.writer.__enter__()
-        self.file.write(HEADER.pack(MAGIC, VERSION, 0))
-        self.size = FIRST_RECORD
+        self.failure: BaseException | None = None  # of a segment's write: the pack is discarded
+        self._segment: mmap.mmap | None = _SEGMENTS.take()
+        self.size = 0
+        self._put(HEADER.pack(MAGIC, VERSION, 0))
         self.headers: list[bytes] = []
         self.records: list[PackRecord] = []
 
-    def append(self, block_id: bytes, kind: int, codec: int, stored: bytes, plain_length: int) -> PackRecord:
+    def append(self, block_id: bytes, kind: int, codec: int, stored: bytes,
+               plain_length: int) -> tuple[PackRecord, list[mmap.mmap]]:
+        """The record, and the segments it filled (the caller writes them, in order, then gives them back)."""
         header = record_header(block_id, kind, codec, len(stored), plain_length)
-        self.file.write(header)
-        self.file.write(stored)
         record = PackRecord(block_id, kind, codec, self.size + RECORD_SIZE, len(stored), plain_length)
-        self.size += RECORD_SIZE + len(stored)
+        full = self._put(header) + self._put(stored)
         self.headers.append(header)
         self.records.append(record)
-        return record
+        return record, full
+
+    def write_segment(self, segment: mmap.mmap, length: int = SEGMENT) -> None:
+        """Write a segment's first length bytes (the closer thread's work) and give it back;
+        after a failure, only give it back: the pack is discarded at close."""
+        try:
+            if self.failure is None:
+                with memoryview(segment) as view:
+                    self.file.write(view[:length])
+        except BaseException as e:
+            self.failure = e
+        finally:
+            _SEGMENTS.give(segment)
 
     def close(self) -> ClosedPack:
         """Trailer and footer, then durable under its final name."""
         trailer = b"".join(self.headers)
-        self.file.write(trailer)
-        self.file.write(FOOTER.pack(self.size, len(self.headers), zlib.crc32(trailer), END_MAGIC))
-        size = self.size + len(trailer) + FOOTER.size
+        records_end = self.size
+        full = self._put(trailer) + self._put(FOOTER.pack(records_end, len(self.headers), zlib.crc32(trailer),
+                                                           END_MAGIC))
+        for segment in full:
+            self.write_segment(segment)
+        last, self._segment = self._segment, None
+        assert last is not None
+        self.write_segment(last, last.tell())
+        if self.failure is not None:
+            raise self.failure
         self.writer.__exit__(None, None, None)
-        return ClosedPack(self.name, size, tuple(self.records))
+        return ClosedPack(self.name, self.size, tuple(self.records))
 
     def discard(self) -> None:
+        if self._segment is not None:
+            _SEGMENTS.give(self._segment)
+            self._segment = None
         error = PackAborted(self.name)
         self.writer.__exit__(PackAborted, error, None)  # removes the temporary file
+
+    def _put(self, data: bytes) -> list[mmap.mmap]:
+        """Copy data into the segments; returns those it filled."""
+        full = []
+        view = memoryview(data)
+        while view:
+            assert self._segment is not None
+            n = self._segment.write(view[:SEGMENT - self._segment.tell()])
+            view = view[n:]
+            if self._segment.tell() == SEGMENT:
+                full.append(self._segment)
+                self._segment = _SEGMENTS.take()
+        self.size += len(data)
+        return full
 
 
 class PackAborted(Exception):
@@ -208,7 +285,11 @@ class PackAborted(Exception):
 
 class PackWriter:
     """Appends records of one kind to packs of about pack_size bytes; on_closed(pack) runs
-    once a pack is durable under its name (on the closer thread)."""
+    once a pack is durable under its name (on the closer thread).
+
+    The closer thread also writes each pack's full segments as they fill, in order, at most
+    SEGMENTS_IN_FLIGHT waiting at once (an append beyond that waits): the workers copy, the
+    closer writes, and memory stays bounded whatever the store's speed."""
 
     def __init__(self, backend: Backend, pack_size: int, on_closed: Callable[[ClosedPack], None]) -> None:
         self._backend = backend
@@ -217,6 +298,7 @@ class PackWriter:
         self._lock = threading.Lock()
         self._open: _OpenPack | None = None
         self._closer = ThreadPoolExecutor(1, thread_name_prefix="cairn-pack-close")
+        self._in_flight = threading.BoundedSemaphore(SEGMENTS_IN_FLIGHT)
         self._closing: list[Future[None]] = []
         self.closed: list[ClosedPack] = []
 
@@ -227,7 +309,10 @@ class PackWriter:
             if self._open is None:
                 self._open = _OpenPack(self._backend, new_pack_name())
             pack = self._open
-            record = pack.append(block_id, kind, codec, stored, plain_length)
+            record, full = pack.append(block_id, kind, codec, stored, plain_length)
+            for segment in full:
+                self._in_flight.acquire()
+                self._closer.submit(self._write_segment, pack, segment)
             if pack.size >= self._pack_size:
                 self._open = None
                 self._closing.append(self._closer.submit(self._close, pack))
@@ -251,6 +336,12 @@ class PackWriter:
         self._closer.shutdown(wait=True)
         if pack is not None:
             pack.discard()
+
+    def _write_segment(self, pack: _OpenPack, segment: mmap.mmap) -> None:
+        try:
+            pack.write_segment(segment)
+        finally:
+            self._in_flight.release()
 
     def _close(self, pack: _OpenPack) -> None:
         try:
