@@ -6,6 +6,7 @@ import os
 import random
 import subprocess
 import threading
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -117,32 +118,38 @@ def test_append_file_falls_back_where_o_direct_is_refused(tmp_path, monkeypatch)
     assert (tmp_path / "file").read_bytes() == b"".join(bytes(p) for p in data)
 
 
-class _FailingBackend(LocalBackend):
-    """A local store whose pack files fail on their second write (a segment, or the close)."""
+class _WatchedBackend(LocalBackend):
+    """A local store whose files call before_write(bytes) ahead of each write to them."""
 
+    def __init__(self, root: Path, before_write) -> None:
+        super().__init__(root)
+        self._before_write = before_write
+
+    @contextmanager
     def atomic_writer(self, name):
-        inner = super().atomic_writer(name)
-        writes = []
+        with super().atomic_writer(name) as f:
+            yield _WatchedFile(f, self._before_write)
 
-        class Failing:
-            def __enter__(self):
-                self.file = inner.__enter__()
-                return self
 
-            def __exit__(self, *exc):
-                return inner.__exit__(*exc)
+class _WatchedFile:
+    def __init__(self, f, before_write) -> None:
+        self._f = f
+        self._before_write = before_write
 
-            def write(self, data):
-                writes.append(len(data))
-                if len(writes) == 2:
-                    raise OSError(28, "No space left on device")
-                return self.file.write(data)
-
-        return Failing()
+    def write(self, data):
+        self._before_write(data)
+        return self._f.write(data)
 
 
 def test_a_failed_segment_write_fails_the_pack_and_leaves_nothing(tmp_path):
-    backend = _FailingBackend(store_dir(tmp_path))
+    writes = []
+
+    def second_write_fails(data):   # a segment's write, or the close's
+        writes.append(len(data))
+        if len(writes) == 2:
+            raise OSError(28, "No space left on device")
+
+    backend = _WatchedBackend(store_dir(tmp_path), second_write_fails)
     writer = PackWriter(backend, 64 * MiB, lambda pack: None)
     for block_id, stored in random_blocks(12, seed=5):
         writer.append(block_id, 0, 0, stored, len(stored))
@@ -156,25 +163,8 @@ def test_appends_wait_for_the_closer_beyond_the_segments_in_flight(tmp_path):
     release = threading.Event()
     most = []
 
-    class SlowBackend(LocalBackend):
-        def atomic_writer(self, name):
-            inner = super().atomic_writer(name)
-
-            class Slow:
-                def __enter__(self):
-                    self.file = inner.__enter__()
-                    return self
-
-                def __exit__(self, *exc):
-                    return inner.__exit__(*exc)
-
-                def write(self, data):
-                    release.wait()
-                    return self.file.write(data)
-
-            return Slow()
-
-    writer = PackWriter(SlowBackend(store_dir(tmp_path)), 256 * MiB, lambda pack: None)
+    writer = PackWriter(_WatchedBackend(store_dir(tmp_path), lambda _data: release.wait()), 256 * MiB,
+                        lambda pack: None)
     blocks = random_blocks(4 * (SEGMENTS_IN_FLIGHT + 3), seed=6, sizes=(2 * MiB,))
 
     def append_all():
