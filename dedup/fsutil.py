@@ -75,9 +75,6 @@ class AppendFile:
     def flush(self) -> None:
         self._f.flush()
 
-    def fileno(self) -> int:
-        return self._f.fileno()
-
     def close(self) -> None:
         if self._direct_fd is not None:
             os.close(self._direct_fd)
