@@ -138,7 +138,7 @@ def test_every_page_against_a_real_appliance(appliance_data_dir: Path, guest_ker
         element(browser, "#notice", "VM web1 stopped: QEMU was ended without the guest shutting down (job ")
         element(browser, 'main a[href^="#/job/"]', "vm.stop")
         click_on(browser, "details[data-hardware] summary", "Hardware")   # the stop job's events redraw the page
-        fill_form_with(browser, "Change", {"vcpus": "2"})
+        fill_form_with(browser, "Change", {"vcpus": "2"}, within="details[data-hardware]")
         click(browser, "details[data-hardware]", "Change")
         element(browser, "#notice", "2 vCPUs")
         element(browser, "main p.actions", "2 vCPUs")

@@ -19,7 +19,11 @@ from typing import Any
 import httpx
 import pyotp
 from selenium import webdriver
-from selenium.common.exceptions import StaleElementReferenceException, TimeoutException
+from selenium.common.exceptions import (
+    ElementNotInteractableException,
+    StaleElementReferenceException,
+    TimeoutException,
+)
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webelement import WebElement
 from selenium.webdriver.support.ui import WebDriverWait
@@ -218,17 +222,28 @@ def form_with(browser: webdriver.Chrome, button_label: str) -> WebElement:
     return element(browser, "form.inline button[type=submit]", button_label).find_element(By.XPATH, "./ancestor::form")
 
 
-def fill_form_with(browser: webdriver.Chrome, button_label: str, values: dict[str, str]) -> None:
+def fill_form_with(browser: webdriver.Chrome, button_label: str, values: dict[str, str],
+                   within: str | None = None) -> None:
     """Fill the form whose submit button says `button_label`, found again if the page redrew it
     before the typing began (a job's events redraw a page; once a field has the focus, live()
-    waits for the typing to stop)."""
+    waits for the typing to stop). A form inside the <details> `within` is typed into once that
+    is open: opened again if its fields stopped taking keys between the look and the typing."""
     def filled(b: webdriver.Chrome) -> bool:
         try:
+            if within is not None:
+                open_details(b, within)
             fill_form(form_with(b, button_label), values)
-        except StaleElementReferenceException:
+        except (StaleElementReferenceException, ElementNotInteractableException):
             return False
         return True
     until(browser, filled, f"the form of {button_label!r} filled in")
+
+
+def open_details(browser: webdriver.Chrome, css: str) -> None:
+    """Open the <details> matching `css` by clicking its summary, unless it is open."""
+    details = element(browser, css)
+    if details.get_attribute("open") is None:
+        details.find_element(By.CSS_SELECTOR, ":scope > summary").click()
 
 
 def forget_api_calls(browser: webdriver.Chrome) -> None:
