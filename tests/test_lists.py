@@ -161,7 +161,9 @@ def test_the_cli_lists_a_page_and_says_so(appliance: Appliance):
     assert [v["name"] for v in json.loads(page.stdout)] == ["v3", "v2"]
     assert "VMs 1-2 of 3 shown" in page.stderr
     every = cairn("vm", "list", "--filter", "state:eq:stopped", "--json")
-    assert [v["name"] for v in json.loads(every.stdout)] == ["v1", "v2", "v3"] and every.stderr == ""
+    # All of them: no page line (stderr may still say what the start's sweep released of another
+    # Cairn process killed on this host, the suite's other tests included).
+    assert [v["name"] for v in json.loads(every.stdout)] == ["v1", "v2", "v3"] and " shown" not in every.stderr
     assert json.loads(cairn("backup", "list", "--filter", "status:eq:ok", "--json").stdout) == []
     bad = subprocess.run([CAIRN, "vm", "list", "--filter", "colour:eq:red"], env=env, capture_output=True, text=True,
                          timeout=120, check=False)
