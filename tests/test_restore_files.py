@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
 import struct
 import subprocess
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -41,8 +44,21 @@ def content(tmp_path) -> Path:
     return tree
 
 
-def loop_mounts() -> set[str]:
-    return {line.split()[0] for line in Path("/proc/mounts").read_text().splitlines() if "cairn-files-" in line}
+@pytest.fixture
+def browsing_dir(monkeypatch) -> Iterator[Path]:
+    """The temporary directory this test's file browsers make theirs in: the suite's other tests
+    browse backups at the same time, in /tmp. Short, as the export's socket goes inside it."""
+    directory = Path(tempfile.mkdtemp(prefix="cf-"))
+    monkeypatch.setattr(tempfile, "tempdir", str(directory))
+    yield directory
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+def left_behind(directory: Path) -> tuple[set[str], list[Path]]:
+    """What file browsers left in `directory`: mounts inside it, and their own directories."""
+    mounts = {mountpoint for _, mountpoint, *_ in (line.split() for line in Path("/proc/mounts").read_text().splitlines())
+              if Path(mountpoint).is_relative_to(directory)}
+    return mounts, list(directory.glob("cairn-files-*"))
 
 
 def check_browsing(fs: BackupFilesystem, content: Path, tmp_path: Path) -> None:
@@ -66,15 +82,14 @@ def check_browsing(fs: BackupFilesystem, content: Path, tmp_path: Path) -> None:
         fs.extract("/etc/hostname", blob)
 
 
-def test_files_from_ext4_disk(store, content, tmp_path):
+def test_files_from_ext4_disk(store, content, tmp_path, browsing_dir):
     image = tmp_path / "disk.raw"
     sh("mkfs.ext4", "-q", "-F", "-d", str(content), str(image), "64M")
     backup_id = backup_file(store, "web1", "vda", image)
     image.unlink()  # the backup alone is read
     with BackupFilesystem(store, backup_id, "vda") as fs:
         check_browsing(fs, content, tmp_path)
-    assert loop_mounts() == set()
-    assert not list(Path("/tmp").glob("cairn-files-*"))
+    assert left_behind(browsing_dir) == (set(), [])
 
 
 def write_mbr(image: Path, start_sector: int, sectors: int) -> None:
@@ -87,7 +102,7 @@ def write_mbr(image: Path, start_sector: int, sectors: int) -> None:
         f.write(b"\x55\xaa")
 
 
-def test_files_from_xfs_partition(store, content, tmp_path):
+def test_files_from_xfs_partition(store, content, tmp_path, browsing_dir):
     image = tmp_path / "disk.raw"
     size = 400 * MiB
     image.write_bytes(b"")
@@ -110,7 +125,7 @@ def test_files_from_xfs_partition(store, content, tmp_path):
         pass
     with BackupFilesystem(store, backup_id, "vdb", partition=1) as fs:
         check_browsing(fs, content, tmp_path)
-    assert loop_mounts() == set()
+    assert left_behind(browsing_dir) == (set(), [])
 
 
 def test_files_from_an_encrypted_store(tmp_path, content, monkeypatch):
