@@ -14,6 +14,7 @@ from backup_helpers import wait_serial
 from guest.harness import PATTERN_LINE, PATTERN_OFFSETS, PATTERN_SIZE, MiB, read_image
 
 from appliance.context import Appliance
+from appliance.errors import ConflictError
 from vmm import create_disk, image_info
 from vmm.images import backing_chain
 
@@ -153,9 +154,18 @@ def test_bad_definitions_get_clear_errors_and_change_nothing(api_client, applian
     assert r.status_code == 404
     appliance.vms.create("hacfg", [16 << 20])
     for body in [{"enabled": True, "max_restarts": True}, {"enabled": True, "window_seconds": "60"},
-                 {"enabled": True, "max_restarts": 0}]:
+                 {"enabled": True, "max_restarts": 0},
+                 # beyond what the catalog's integers hold (PostgreSQL answered 500 to the contract test)
+                 {"enabled": True, "window_seconds": 4300454823082831}, {"enabled": True, "max_restarts": 2**31},
+                 {"enabled": True, "window_seconds": 30 * 86400 + 1}, {"enabled": True, "max_restarts": 1001}]:
         r = api_client.put("/api/v1/vms/hacfg/ha", json=body)
         assert r.status_code == 422, (body, r.text)   # a count is a number, not a yes
+    assert api_client.get("/api/v1/vms/hacfg").json()["ha"] is False   # nothing refused was kept
+    r = api_client.put("/api/v1/vms/hacfg/ha", json={"enabled": True, "max_restarts": 1000,
+                                                     "window_seconds": 30 * 86400})
+    assert r.status_code == 200 and r.json()["ha"] is True, r.text
+    with pytest.raises(ConflictError, match="window_seconds from 1 to 2592000"):   # the CLI's way in
+        appliance.vms.set_ha("hacfg", True, 3, 2**40)
 
 
 @needs_xorriso

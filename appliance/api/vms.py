@@ -36,7 +36,7 @@ from appliance.jobs.params import (
 )
 from appliance.units import parse_size
 from appliance.vms.devices import NewDisk, NewNic
-from appliance.vms.records import VMRecord
+from appliance.vms.records import HA_MAX_RESTARTS, HA_MAX_WINDOW_SECONDS, VMRecord
 from appliance.vms.service import VMOptions
 from vmm import VMError
 from vmm.console import ConsoleTokens, vnc_password
@@ -125,8 +125,8 @@ class NicAdd(BaseModel):
 class HARequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     enabled: bool
-    max_restarts: int = Field(3, ge=1, strict=True)
-    window_seconds: int = Field(600, ge=1, strict=True)
+    max_restarts: int = Field(3, ge=1, le=HA_MAX_RESTARTS, strict=True)
+    window_seconds: int = Field(600, ge=1, le=HA_MAX_WINDOW_SECONDS, strict=True)
 
 
 class ComputePoolRequest(BaseModel):

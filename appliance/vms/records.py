@@ -31,6 +31,12 @@ class VMRecord(Base):
     should_run: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
 
+# HA's flapping limit as a person sets it: up to 1000 restarts, within up to 30 days (both well
+# inside the catalog's 32-bit integers, which refuse what lies beyond).
+HA_MAX_RESTARTS = 1000
+HA_MAX_WINDOW_SECONDS = 30 * 86400
+
+
 class VMOptionsRecord(Base):
     """How the appliance manages a VM beyond its definition: HA, instant-clone links, placement."""
     __tablename__ = "vm_options"

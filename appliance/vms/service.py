@@ -47,7 +47,14 @@ from .devices import DISK_NAMES
 from .listing import VMListing, VMView, status_in
 from .placement import VMPlacement
 from .readers import Reader, ReadingVM, find_readers, refusal
-from .records import SchedulingGroupRecord, VMOptionsRecord, VMRecord, VMTagRecord
+from .records import (
+    HA_MAX_RESTARTS,
+    HA_MAX_WINDOW_SECONDS,
+    SchedulingGroupRecord,
+    VMOptionsRecord,
+    VMRecord,
+    VMTagRecord,
+)
 
 if TYPE_CHECKING:
     from appliance.jobs.events import EventLog
@@ -663,8 +670,9 @@ class VMService:
 
     def set_ha(self, name: str, enabled: bool, max_restarts: int = 3, window_seconds: int = 600) -> None:
         self.spec(name)
-        if max_restarts < 1 or window_seconds < 1:
-            raise ConflictError("HA needs max_restarts >= 1 and window_seconds >= 1")
+        if not (1 <= max_restarts <= HA_MAX_RESTARTS and 1 <= window_seconds <= HA_MAX_WINDOW_SECONDS):
+            raise ConflictError(f"HA needs max_restarts from 1 to {HA_MAX_RESTARTS} and window_seconds "
+                                f"from 1 to {HA_MAX_WINDOW_SECONDS} (30 days)")
         with self.catalog.begin() as s:
             opts = s.get(VMOptionsRecord, name) or VMOptionsRecord(vm_name=name)
             opts.ha_enabled, opts.ha_gave_up_at = enabled, None
