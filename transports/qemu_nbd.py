@@ -9,6 +9,7 @@ so a killed backup cannot leave a stopped VM's disk locked by a qemu-nbd nobody 
 """
 from __future__ import annotations
 
+import re
 import subprocess
 import time
 from pathlib import Path
@@ -75,8 +76,19 @@ class QemuNbd:
                 self._server.stderr.close()
 
 
+# A QEMU that was just killed holds its images' locks a moment after it stops counting as
+# running: the kernel frees its memory (which empties its /proc cmdline) before it closes its
+# files. A locked image is tried again for this long before the lock is reported.
+LOCK_WAIT = 5.0
+_LOCK_REFUSED = re.compile(r'Failed to get (shared )?"\w+" lock')
+
+
 def qemu_img(*args: str) -> str:
-    proc = subprocess.run(["qemu-img", *args], check=False, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise ExportError(f"qemu-img {' '.join(args[:2])} failed: {proc.stderr.strip()}")
-    return proc.stdout
+    deadline = time.monotonic() + LOCK_WAIT
+    while True:
+        proc = subprocess.run(["qemu-img", *args], check=False, capture_output=True, text=True)
+        if proc.returncode == 0:
+            return proc.stdout
+        if not _LOCK_REFUSED.search(proc.stderr) or time.monotonic() > deadline:
+            raise ExportError(f"qemu-img {' '.join(args[:2])} failed: {proc.stderr.strip()}")
+        time.sleep(0.1)
